@@ -1,0 +1,56 @@
+//! The `spawner` command line.
+//!
+//! - `spawner plugin check|run`: for plugin authors, no cluster needed
+//!   (`cli/plugin.rs`);
+//! - `spawner token mint`: mint a capability token, e.g. to try an auth
+//!   plugin (`cli/token.rs`).
+
+mod plugin;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Session-lived backends, customised by WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "spawner", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check and try plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Capability tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+    }
+}
+
+/// Reads an argument that is either literal text, `@path` (a file) or `-`
+/// (standard input).
+pub(crate) fn read_arg(value: &str, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    if value == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).with_context(|| format!("reading {what} from stdin"))?;
+        Ok(s)
+    } else if let Some(path) = value.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading {what} from {path}"))
+    } else {
+        Ok(value.to_string())
+    }
+}

@@ -1,0 +1,187 @@
+//! `spawner plugin check FILE` and `spawner plugin run FILE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::plugins::loaded::detect_kind;
+use crate::plugins::types::*;
+use crate::plugins::{LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
+use crate::token::{TokenKey, now_unix};
+
+/// Plugin author commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin as Spawner would, then make one trial decision on a
+    /// sample input. Exits 0 with a one-line summary, or 1 with the reason.
+    Check {
+        /// The component (.wasm) to check.
+        file: PathBuf,
+        /// The kind it must be (default: read from its exports).
+        #[arg(long)]
+        kind: Option<PluginKind>,
+        /// Settings to validate: JSON text, @file or - for stdin.
+        #[arg(long)]
+        settings: Option<String>,
+    },
+    /// Make one decision with a plugin and print it as JSON.
+    ///
+    /// Input shapes (JSON, snake_case fields): auth {"request": {"method",
+    /// "path", "query", "headers": [{"name","value"}], "peer", "websocket"},
+    /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now"};
+    /// idle {"backend", "age_seconds", "grace_period_seconds",
+    /// "lifetime_limit_seconds", "activity": {"open_connections",
+    /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",
+    /// "bytes_out", "websocket_messages"}, "now"}; scheduler {"backend",
+    /// "requests": {"cpu_millis","memory_bytes"}, "node_selector", "nodes":
+    /// [{"name","labels","capacity","backends"}], "owner_backends", "now"}.
+    /// `--input sample` uses the sample `plugin check` uses.
+    Run {
+        /// The component (.wasm) to run.
+        file: PathBuf,
+        /// The kind of plugin.
+        #[arg(long)]
+        kind: PluginKind,
+        /// The request: JSON text, @file, - for stdin, or `sample`.
+        #[arg(long)]
+        input: String,
+        /// Settings: JSON text, @file or - for stdin.
+        #[arg(long)]
+        settings: Option<String>,
+        /// Secret that `verify-capability-token` checks against (mint
+        /// matching tokens with `spawner token mint`).
+        #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
+        token_secret: Option<String>,
+    },
+}
+
+/// Runs a plugin command.
+pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PluginCommand::Check { file, kind, settings } => check(file, kind, settings),
+        PluginCommand::Run { file, kind, input, settings, token_secret } => run_once(file, kind, input, settings, token_secret),
+    }
+}
+
+fn settings_arg(settings: Option<String>) -> anyhow::Result<String> {
+    settings.map(|s| crate::cli::read_arg(&s, "settings")).transpose().map(Option::unwrap_or_default)
+}
+
+fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> anyhow::Result<ExitCode> {
+    let settings = settings_arg(settings)?;
+    // A random key: the trial decision only needs verification to work.
+    let rt = Runtime::new(RuntimeConfig::default(), Some(Arc::new(TokenKey::random())))?;
+    let outcome = (|| -> Result<String, String> {
+        let source = PluginSource::file(&file, settings).map_err(|e| e.to_string())?;
+        let kind = match kind {
+            Some(k) => k,
+            None => detect_kind(&rt, &source).map_err(|e| e.to_string())?,
+        };
+        let plugin = LoadedPlugin::load(&rt, kind, &source).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let now = now_unix();
+        let trial = match kind {
+            PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now)).map(|v| describe_verdict(&v)),
+            PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
+            PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
+        };
+        let took = started.elapsed();
+        let trial = trial.map_err(|e| format!("{}: trial decision on a sample {kind} request failed: the plugin {e}", source.name))?;
+        let info = plugin.info();
+        Ok(format!(
+            "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms",
+            info.name,
+            kind.with_article(),
+            crate::plugins::PACKAGE_VERSION,
+            info.size.div_ceil(1024),
+            &info.digest[..16],
+            took.as_secs_f64() * 1e3
+        ))
+    })();
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            eprintln!("refused: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_once(file: PathBuf, kind: PluginKind, input: String, settings: Option<String>, secret: Option<String>) -> anyhow::Result<ExitCode> {
+    let settings = settings_arg(settings)?;
+    let key = match secret {
+        Some(s) => Some(Arc::new(TokenKey::new(s.as_bytes())?)),
+        None => None,
+    };
+    let rt = Runtime::new(RuntimeConfig::default(), key)?;
+    let source = PluginSource::file(&file, settings)?;
+    let plugin = LoadedPlugin::load(&rt, kind, &source)?;
+    let input = if input == "sample" { None } else { Some(crate::cli::read_arg(&input, "input")?) };
+    let now = now_unix();
+    let parse_err = |kind: PluginKind| format!("--input is not a valid {kind} request (see `spawner plugin run --help` for the shape)");
+    let (decision, fallback) = match kind {
+        PluginKind::Auth => {
+            let req: AuthRequest = match &input {
+                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+                None => sample::auth_request(now),
+            };
+            let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
+            (plugin.check(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
+        }
+        PluginKind::Idle => {
+            let req: IdleRequest = match &input {
+                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+                None => sample::idle_request(now),
+            };
+            (plugin.evaluate(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(IdleVerdict::Keep)?)
+        }
+        PluginKind::Scheduler => {
+            let req: PlacementRequest = match &input {
+                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+                None => sample::placement_request(now),
+            };
+            let r = plugin.place(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable"));
+            (r, serde_json::json!("the default scheduler decides"))
+        }
+    };
+    match decision {
+        Ok(d) => {
+            println!("{}", serde_json::to_string_pretty(&d)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let out = serde_json::json!({ "error": format!("the plugin {e}"), "fallback": fallback });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn describe_verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Allow(a) => format!("allow (subject {})", a.subject.as_deref().unwrap_or("none")),
+        Verdict::Deny(d) => format!("deny {} ({})", d.status, d.reason),
+    }
+}
+
+fn describe_idle(v: &IdleVerdict) -> String {
+    match v {
+        IdleVerdict::Keep => "keep".into(),
+        IdleVerdict::Terminate(t) => format!("terminate {:?} ({})", t.kind, t.detail),
+    }
+}
+
+fn describe_placement(p: &Placement) -> String {
+    match p {
+        Placement::Node(n) => format!("place on {n}"),
+        Placement::Anywhere(_) => "place anywhere matching the selector".into(),
+        Placement::Reject(r) => format!("reject ({r})"),
+    }
+}

@@ -1,0 +1,104 @@
+//! The Prometheus registry every subsystem reports into, served at
+//! `/metrics`. Each subsystem owns a struct of metric families registered
+//! here once at start-up; recording is lock-free afterwards.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// All of Spawner's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Plugin calls, failures and loads.
+    pub plugins: PluginMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("spawner");
+        let plugins = PluginMetrics::register(&mut registry);
+        Metrics { registry, plugins }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Labels: plugin kind and the decision it made.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `scheduler`, `auth` or `idle`.
+    pub kind: &'static str,
+    /// `allow`/`deny`, `keep`/`terminate`, `node`/`anywhere`/`reject`.
+    pub decision: &'static str,
+}
+
+/// Labels: plugin kind, plugin name and what went wrong.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Plugin kind.
+    pub kind: &'static str,
+    /// Plugin name (file name or `default-*`).
+    pub plugin: String,
+    /// `deadline`, `memory`, `trap`, `plugin-error`, `invalid-answer`, `instantiate`.
+    pub error: &'static str,
+}
+
+/// Labels: plugin kind and the outcome of a load or reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// Plugin kind.
+    pub kind: &'static str,
+    /// `loaded` or `refused`.
+    pub result: &'static str,
+}
+
+/// Labels: plugin kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Plugin kind.
+    pub kind: &'static str,
+}
+
+/// Metrics of the plugin host.
+pub struct PluginMetrics {
+    /// Decisions returned to the rest of Spawner (after any fallback).
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Plugin calls that failed and were replaced by the kind's fallback.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Plugin loads and hot reloads.
+    pub loads: Family<LoadLabels, Counter>,
+    /// Wall time of one call, instantiation included.
+    pub call_seconds: Family<KindLabels, Histogram, fn() -> Histogram>,
+}
+
+impl PluginMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = PluginMetrics {
+            decisions: Family::default(),
+            failures: Family::default(),
+            loads: Family::default(),
+            // 1 µs to ~0.5 s: auth calls take microseconds, the deadline is
+            // 20-100 ms.
+            call_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1e-6, 4.0, 10))),
+        };
+        registry.register("plugin_decisions", "Plugin decisions by kind and outcome", m.decisions.clone());
+        registry.register("plugin_failures", "Plugin calls that failed (the kind's fallback applied)", m.failures.clone());
+        registry.register("plugin_loads", "Plugin loads and reloads by result", m.loads.clone());
+        registry.register("plugin_call_seconds", "Duration of one plugin call, instantiation included", m.call_seconds.clone());
+        m
+    }
+}

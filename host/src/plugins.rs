@@ -1,0 +1,354 @@
+//! The plugin host: loads sandboxed WebAssembly components for the three
+//! decisions (scheduling, auth, idle) and calls them with fallbacks.
+//!
+//! - [`runtime`]: the one wasmtime `Engine`, the linker, the epoch ticker
+//!   and the compiled-component cache;
+//! - [`loaded`]: load-time checks and the typed call into one plugin;
+//! - `host_state`: per-call store data and the `host` imports;
+//! - [`types`]: the request and decision types (generated from `wit/`);
+//! - [`embedded`]: the default bundle compiled into this binary;
+//! - [`sample`]: representative inputs, for `spawner plugin check`.
+//!
+//! [`Plugins`] is what the rest of Spawner uses: one slot per kind, swapped
+//! atomically on reload, and `plugins.auth().check(&request)` style calls
+//! that never fail: a failed call is logged, counted, and replaced by the
+//! kind's safe answer (auth denies, idle keeps, scheduling falls back to
+//! the default scheduler).
+
+mod bindings;
+pub mod embedded;
+mod error;
+mod host_state;
+pub mod loaded;
+pub mod runtime;
+pub mod sample;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+pub use error::{CallError, LoadError, LoadResult};
+pub use loaded::{LoadedPlugin, PluginInfo};
+pub use runtime::{Limits, Runtime, RuntimeConfig};
+
+use crate::metrics::{DecisionLabels, FailureLabels, KindLabels, LoadLabels, Metrics};
+use types::*;
+
+/// The version of the `spawner:plugin` WIT package this host implements.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// Headers an auth plugin may inject; client-sent ones are always stripped.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-spawner-";
+
+/// The three decisions plugins make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Admit and place a backend.
+    Scheduler,
+    /// Allow or deny a request or WebSocket.
+    Auth,
+    /// Keep or terminate a ready backend.
+    Idle,
+}
+
+impl PluginKind {
+    /// Every kind.
+    pub const ALL: [PluginKind; 3] = [PluginKind::Scheduler, PluginKind::Auth, PluginKind::Idle];
+
+    /// `scheduler`, `auth` or `idle` (also the WIT world name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Scheduler => "scheduler",
+            PluginKind::Auth => "auth",
+            PluginKind::Idle => "idle",
+        }
+    }
+
+    /// The interface a plugin of this kind exports.
+    fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Scheduler => "scheduling",
+            PluginKind::Auth => "authorization",
+            PluginKind::Idle => "idleness",
+        }
+    }
+
+    /// Full name of the exported interface, e.g.
+    /// `spawner:plugin/authorization@0.1.0`.
+    pub fn export_name(self) -> String {
+        format!("spawner:plugin/{}@{PACKAGE_VERSION}", self.interface())
+    }
+
+    /// The kind whose interface `name` is (any version).
+    pub fn from_export_name(name: &str) -> Option<PluginKind> {
+        let rest = name.strip_prefix("spawner:plugin/")?;
+        let iface = rest.split('@').next()?;
+        PluginKind::ALL.into_iter().find(|k| k.interface() == iface)
+    }
+
+    /// "a scheduler", "an auth", "an idle" (for messages).
+    pub fn with_article(self) -> &'static str {
+        match self {
+            PluginKind::Scheduler => "a scheduler",
+            PluginKind::Auth => "an auth",
+            PluginKind::Idle => "an idle",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A plugin to load: its bytes, a name for messages, and its settings.
+#[derive(Clone)]
+pub struct PluginSource {
+    /// Name used in logs, metrics and errors.
+    pub name: String,
+    /// The component.
+    pub bytes: Arc<[u8]>,
+    /// Settings, passed verbatim (by convention JSON).
+    pub settings: String,
+}
+
+impl std::fmt::Debug for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSource").field("name", &self.name).field("size", &self.bytes.len()).finish()
+    }
+}
+
+impl PluginSource {
+    /// The embedded default plugin of `kind`, with `settings`.
+    pub fn embedded(kind: PluginKind, settings: impl Into<String>) -> Self {
+        PluginSource {
+            name: format!("default-{kind}"),
+            bytes: embedded::bytes(kind).into(),
+            settings: settings.into(),
+        }
+    }
+
+    /// A plugin read from `path`.
+    pub fn file(path: &Path, settings: impl Into<String>) -> LoadResult<Self> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        Ok(PluginSource {
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()),
+            bytes: bytes.into(),
+            settings: settings.into(),
+        })
+    }
+}
+
+/// The loaded plugins of a running Spawner, one slot per kind.
+pub struct Plugins {
+    runtime: Arc<Runtime>,
+    slots: [ArcSwap<LoadedPlugin>; 3],
+    /// The embedded default scheduler with default settings: where a failed
+    /// scheduler call falls back to.
+    default_scheduler: Arc<LoadedPlugin>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(PluginKind::ALL.iter().map(|k| self.info(*k))).finish()
+    }
+}
+
+impl Plugins {
+    /// Loads one plugin per kind from `sources` (missing kinds use the
+    /// embedded defaults). Any refusal fails start-up: a misconfigured
+    /// Spawner should not start half-working.
+    pub fn new(runtime: Arc<Runtime>, metrics: Arc<Metrics>, mut sources: Vec<(PluginKind, PluginSource)>) -> LoadResult<Self> {
+        let mut load = |kind: PluginKind| -> LoadResult<Arc<LoadedPlugin>> {
+            let source = match sources.iter().position(|(k, _)| *k == kind) {
+                Some(i) => sources.remove(i).1,
+                None => PluginSource::embedded(kind, ""),
+            };
+            let result = LoadedPlugin::load(&runtime, kind, &source);
+            count_load(&metrics, kind, result.is_ok());
+            let plugin = Arc::new(result?);
+            tracing::info!(kind = kind.as_str(), plugin = %plugin.info().name, digest = %&plugin.info().digest[..12], "plugin loaded");
+            Ok(plugin)
+        };
+        let slots = [load(PluginKind::Scheduler)?, load(PluginKind::Auth)?, load(PluginKind::Idle)?];
+        let default_scheduler =
+            Arc::new(LoadedPlugin::load(&runtime, PluginKind::Scheduler, &PluginSource::embedded(PluginKind::Scheduler, ""))?);
+        Ok(Plugins { runtime, slots: slots.map(ArcSwap::new), default_scheduler, metrics })
+    }
+
+    /// The embedded default bundle with default settings.
+    pub fn defaults(runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> LoadResult<Self> {
+        Self::new(runtime, metrics, Vec::new())
+    }
+
+    /// The runtime plugins run in.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Hot swap: loads and validates `source`, then atomically replaces the
+    /// plugin of `kind`. Calls already running finish on the old plugin. On
+    /// any error the old plugin stays and the error says why.
+    pub fn replace(&self, kind: PluginKind, source: &PluginSource) -> LoadResult<PluginInfo> {
+        let result = LoadedPlugin::load(&self.runtime, kind, source);
+        count_load(&self.metrics, kind, result.is_ok());
+        match result {
+            Ok(plugin) => {
+                let info = plugin.info().clone();
+                self.slots[kind.index()].store(Arc::new(plugin));
+                tracing::info!(kind = kind.as_str(), plugin = %info.name, digest = %&info.digest[..12], "plugin replaced");
+                Ok(info)
+            }
+            Err(e) => {
+                let current = self.info(kind);
+                tracing::error!(kind = kind.as_str(), refused = %source.name, keeping = %current.name, error = %e, "plugin reload refused; keeping the current plugin");
+                Err(e)
+            }
+        }
+    }
+
+    /// What is loaded for `kind`.
+    pub fn info(&self, kind: PluginKind) -> PluginInfo {
+        self.slots[kind.index()].load().info().clone()
+    }
+
+    /// The auth decision.
+    pub fn auth(&self) -> AuthPlugin<'_> {
+        AuthPlugin(self)
+    }
+
+    /// The idle decision.
+    pub fn idle(&self) -> IdlePlugin<'_> {
+        IdlePlugin(self)
+    }
+
+    /// The scheduling decision.
+    pub fn scheduler(&self) -> SchedulerPlugin<'_> {
+        SchedulerPlugin(self)
+    }
+
+    fn current(&self, kind: PluginKind) -> Arc<LoadedPlugin> {
+        self.slots[kind.index()].load_full()
+    }
+
+    fn record<R>(&self, kind: PluginKind, plugin: &LoadedPlugin, started: Instant, result: &Result<R, CallError>) {
+        self.metrics
+            .plugins
+            .call_seconds
+            .get_or_create(&KindLabels { kind: kind.as_str() })
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            self.metrics
+                .plugins
+                .failures
+                .get_or_create(&FailureLabels { kind: kind.as_str(), plugin: plugin.info().name.clone(), error: e.label() })
+                .inc();
+            tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, "plugin call failed; applying the safe fallback");
+        }
+    }
+
+    fn decided(&self, kind: PluginKind, decision: &'static str) {
+        self.metrics.plugins.decisions.get_or_create(&DecisionLabels { kind: kind.as_str(), decision }).inc();
+    }
+}
+
+fn count_load(metrics: &Metrics, kind: PluginKind, ok: bool) {
+    metrics
+        .plugins
+        .loads
+        .get_or_create(&LoadLabels { kind: kind.as_str(), result: if ok { "loaded" } else { "refused" } })
+        .inc();
+}
+
+/// The auth decision; fails closed.
+pub struct AuthPlugin<'a>(&'a Plugins);
+
+impl AuthPlugin<'_> {
+    /// Decides one request. When the plugin fails the request is denied
+    /// (403) without details; the details go to the log and metrics.
+    pub fn check(&self, request: &AuthRequest) -> Verdict {
+        let plugin = self.0.current(PluginKind::Auth);
+        let started = Instant::now();
+        let result = plugin.check(&self.0.runtime, request);
+        self.0.record(PluginKind::Auth, &plugin, started, &result);
+        let verdict = result.unwrap_or_else(|_| Verdict::deny(403, "access check failed (the auth plugin could not decide)"));
+        self.0.decided(PluginKind::Auth, if verdict.is_allow() { "allow" } else { "deny" });
+        verdict
+    }
+}
+
+/// The idle decision; fails safe (keeps the backend).
+pub struct IdlePlugin<'a>(&'a Plugins);
+
+impl IdlePlugin<'_> {
+    /// Decides about one backend. When the plugin fails the backend is kept.
+    pub fn evaluate(&self, request: &IdleRequest) -> IdleVerdict {
+        let plugin = self.0.current(PluginKind::Idle);
+        let started = Instant::now();
+        let result = plugin.evaluate(&self.0.runtime, request);
+        self.0.record(PluginKind::Idle, &plugin, started, &result);
+        let verdict = result.unwrap_or(IdleVerdict::Keep);
+        self.0.decided(PluginKind::Idle, if matches!(verdict, IdleVerdict::Keep) { "keep" } else { "terminate" });
+        verdict
+    }
+}
+
+/// The scheduling decision; falls back to the default scheduler.
+pub struct SchedulerPlugin<'a>(&'a Plugins);
+
+impl SchedulerPlugin<'_> {
+    /// Decides placement. When the configured plugin fails, the embedded
+    /// default scheduler (default settings) decides; if that fails too, the
+    /// least loaded node matching the selector is used.
+    pub fn place(&self, request: &PlacementRequest) -> Placement {
+        let plugin = self.0.current(PluginKind::Scheduler);
+        let started = Instant::now();
+        let result = plugin.place(&self.0.runtime, request);
+        self.0.record(PluginKind::Scheduler, &plugin, started, &result);
+        let placement = match result {
+            Ok(p) => p,
+            Err(_) => {
+                let fallback = &self.0.default_scheduler;
+                let started = Instant::now();
+                let result = fallback.place(&self.0.runtime, request);
+                self.0.record(PluginKind::Scheduler, fallback, started, &result);
+                result.unwrap_or_else(|_| native_fallback(request))
+            }
+        };
+        self.0.decided(
+            PluginKind::Scheduler,
+            match placement {
+                Placement::Node(_) => "node",
+                Placement::Anywhere(_) => "anywhere",
+                Placement::Reject(_) => "reject",
+            },
+        );
+        placement
+    }
+}
+
+/// Last resort when even the default scheduler fails: the least loaded node
+/// that carries the selector's labels, or anywhere when none are listed.
+fn native_fallback(request: &PlacementRequest) -> Placement {
+    if request.nodes.is_empty() {
+        return Placement::Anywhere(request.node_selector.clone());
+    }
+    request
+        .nodes
+        .iter()
+        .filter(|n| request.node_selector.iter().all(|s| n.labels.iter().any(|l| l.key == s.key && l.value == s.value)))
+        .min_by_key(|n| n.backends.len())
+        .map(|n| Placement::Node(n.name.clone()))
+        .unwrap_or_else(|| Placement::Reject("no node matches the node selector".into()))
+}

@@ -1,0 +1,158 @@
+//! What each call's `Store` holds, and the `spawner:plugin/host` imports.
+//!
+//! A fresh `HostState` is built for every call, so nothing a plugin does in
+//! one call (globals, heap, resources) is visible in the next.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::PluginKind;
+use super::bindings::auth::spawner::plugin::{host, types};
+use crate::token::{self, TokenKey};
+
+/// A plugin's log line is cut at this length: plugins are untrusted and
+/// the log is shared.
+const MAX_LOG_LINE: usize = 2048;
+
+/// Log lines one call may write; the rest are dropped (with one notice) so a
+/// plugin cannot flood the log on every request.
+const MAX_LOG_LINES_PER_CALL: u32 = 20;
+
+/// Bytes of stderr kept per call: enough for a panic message.
+const STDERR_CAPTURE: usize = 4096;
+
+/// Table elements a plugin may grow to (Rust plugins use a few hundred).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Per-plugin facts every call of it shares.
+#[derive(Debug)]
+pub(crate) struct PluginContext {
+    pub name: Arc<str>,
+    pub kind: PluginKind,
+    pub settings: Arc<str>,
+    pub tokens: Option<Arc<TokenKey>>,
+}
+
+/// Memory limiter that remembers that the limit was hit, so the host can
+/// report "memory limit" rather than a generic trap.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = true;
+            // Trap rather than return -1: a Rust guest would abort with a
+            // less clear message, and a C guest might carry on half-failed.
+            wasmtime::bail!("memory limit of {} bytes reached (asked for {desired})", self.memory_bytes);
+        }
+        Ok(maximum.is_none_or(|m| desired <= m))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|m| desired <= m))
+    }
+}
+
+/// The data of one call's `Store`.
+pub(crate) struct HostState {
+    pub limiter: Limiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub stderr: MemoryOutputPipe,
+    ctx: Arc<PluginContext>,
+    logs_left: u32,
+}
+
+impl HostState {
+    pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        // No preopened directories, no environment, no arguments, no
+        // stdin, and the default socket policy denies every address:
+        // a plugin can compute and call the host, nothing else.
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).allow_tcp(false).allow_udp(false).build();
+        HostState {
+            limiter: Limiter { memory_bytes, hit: false },
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            ctx,
+            logs_left: MAX_LOG_LINES_PER_CALL,
+        }
+    }
+
+    /// What the plugin wrote to stderr (a panic message), trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        if self.logs_left == 0 {
+            return;
+        }
+        self.logs_left -= 1;
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("…");
+        }
+        if self.logs_left == 0 {
+            message.push_str(" (log limit for this call reached; further lines dropped)");
+        }
+        let (kind, plugin) = (self.ctx.kind.as_str(), &*self.ctx.name);
+        match level {
+            types::LogLevel::Trace => tracing::trace!(target: "spawner::plugin", kind, plugin, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(target: "spawner::plugin", kind, plugin, "{message}"),
+            types::LogLevel::Info => tracing::info!(target: "spawner::plugin", kind, plugin, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: "spawner::plugin", kind, plugin, "{message}"),
+            types::LogLevel::Error => tracing::error!(target: "spawner::plugin", kind, plugin, "{message}"),
+        }
+    }
+
+    fn settings(&mut self) -> String {
+        self.ctx.settings.to_string()
+    }
+
+    fn verify_capability_token(&mut self, token: String) -> Result<host::Capability, host::TokenError> {
+        let Some(key) = &self.ctx.tokens else {
+            return Err(host::TokenError::Malformed("this Spawner has no token secret configured".into()));
+        };
+        match key.verify(&token) {
+            Ok(c) => Ok(host::Capability {
+                backend: c.backend,
+                subject: c.subject,
+                issued_at: c.issued_at,
+                expires_at: c.expires_at,
+            }),
+            Err(token::TokenError::BadSignature) => Err(host::TokenError::BadSignature),
+            Err(e) => Err(host::TokenError::Malformed(e.to_string())),
+        }
+    }
+}
+
+impl HostState {
+    /// The kind of plugin this store serves (to look up its limits).
+    pub fn limits_kind(&self) -> PluginKind {
+        self.ctx.kind
+    }
+}

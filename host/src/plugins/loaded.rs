@@ -1,0 +1,279 @@
+//! A plugin that passed the load-time checks, and the typed calls into it.
+//!
+//! Loading: digest → compile (cached) → world and version checks on the
+//! component's type → link (`InstancePre`) → per-world export type check →
+//! `validate-settings`. Any step refuses the plugin with a [`LoadError`].
+//!
+//! Calling: a fresh `Store` per call (limits armed), instantiate from the
+//! `InstancePre` (pooled), call, classify failures into [`CallError`].
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre};
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::{auth::AuthPre, idle::IdlePre, scheduler::SchedulerPre};
+use super::error::{CallError, LoadError, LoadResult};
+use super::host_state::{HostState, PluginContext};
+use super::runtime::Runtime;
+use super::types::*;
+use super::{PACKAGE_VERSION, PluginKind, PluginSource};
+
+/// What is known about a loaded plugin.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Kind of decision it makes.
+    pub kind: PluginKind,
+    /// Name (file name, ConfigMap key or `default-*`).
+    pub name: String,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+}
+
+enum KindPre {
+    Scheduler(SchedulerPre<HostState>),
+    Auth(AuthPre<HostState>),
+    Idle(IdlePre<HostState>),
+}
+
+/// A checked, linked plugin, ready to be called any number of times.
+pub struct LoadedPlugin {
+    info: PluginInfo,
+    ctx: Arc<PluginContext>,
+    pre: KindPre,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Loads `source` as a plugin of `kind`, running every load-time check
+    /// and its `validate-settings`.
+    pub fn load(rt: &Runtime, kind: PluginKind, source: &PluginSource) -> LoadResult<Self> {
+        let name = source.name.as_str();
+        let (component, digest) = rt.compile(name, &source.bytes)?;
+        check_world(rt.engine(), &component, kind, name)?;
+        let pre: InstancePre<HostState> = rt
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| link_error(rt.engine(), &component, name, e))?;
+        let bad_export = |e: wasmtime::Error| LoadError::BadExport {
+            name: name.into(),
+            interface: kind.export_name(),
+            reason: format!("{e:#}"),
+        };
+        let pre = match kind {
+            PluginKind::Scheduler => KindPre::Scheduler(SchedulerPre::new(pre).map_err(bad_export)?),
+            PluginKind::Auth => KindPre::Auth(AuthPre::new(pre).map_err(bad_export)?),
+            PluginKind::Idle => KindPre::Idle(IdlePre::new(pre).map_err(bad_export)?),
+        };
+        let ctx = Arc::new(PluginContext {
+            name: name.into(),
+            kind,
+            settings: source.settings.as_str().into(),
+            tokens: rt.tokens(),
+        });
+        let info = PluginInfo {
+            kind,
+            name: name.into(),
+            digest: hex::encode(digest),
+            size: source.bytes.len(),
+        };
+        let plugin = LoadedPlugin { info, ctx, pre };
+        match plugin.validate_settings(rt, &source.settings) {
+            Ok(()) => Ok(plugin),
+            Err(CallError::Plugin(reason)) => Err(LoadError::Settings { name: name.into(), reason }),
+            Err(source) => Err(LoadError::SettingsCall { name: name.into(), source }),
+        }
+    }
+
+    /// What this plugin is.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Calls `validate-settings`.
+    pub fn validate_settings(&self, rt: &Runtime, settings: &str) -> Result<(), CallError> {
+        self.call(rt, |store, pre| match pre {
+            KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_validate_settings(store, settings),
+            KindPre::Auth(p) => p.instantiate(&mut *store)?.spawner_plugin_authorization().call_validate_settings(store, settings),
+            KindPre::Idle(p) => p.instantiate(&mut *store)?.spawner_plugin_idleness().call_validate_settings(store, settings),
+        })
+    }
+
+    /// Asks an auth plugin about one request, and checks the answer.
+    pub fn check(&self, rt: &Runtime, request: &AuthRequest) -> Result<Verdict, CallError> {
+        let verdict = self.call(rt, |store, pre| match pre {
+            KindPre::Auth(p) => p.instantiate(&mut *store)?.spawner_plugin_authorization().call_check(store, request),
+            _ => unreachable!("kind checked by the caller"),
+        })?;
+        validate_verdict(&verdict)?;
+        Ok(verdict)
+    }
+
+    /// Asks an idle plugin about one backend.
+    pub fn evaluate(&self, rt: &Runtime, request: &IdleRequest) -> Result<IdleVerdict, CallError> {
+        self.call(rt, |store, pre| match pre {
+            KindPre::Idle(p) => p.instantiate(&mut *store)?.spawner_plugin_idleness().call_evaluate(store, request),
+            _ => unreachable!("kind checked by the caller"),
+        })
+    }
+
+    /// Asks a scheduler plugin where to place a backend, and checks the
+    /// answer names a candidate node.
+    pub fn place(&self, rt: &Runtime, request: &PlacementRequest) -> Result<Placement, CallError> {
+        let placement = self.call(rt, |store, pre| match pre {
+            KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_place(store, request),
+            _ => unreachable!("kind checked by the caller"),
+        })?;
+        if let Placement::Node(n) = &placement {
+            if !request.nodes.is_empty() && !request.nodes.iter().any(|c| &c.name == n) {
+                return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
+            }
+        }
+        Ok(placement)
+    }
+
+    /// Runs `f` in a fresh store and turns every failure into a `CallError`.
+    fn call<R>(
+        &self,
+        rt: &Runtime,
+        f: impl FnOnce(&mut Store<HostState>, &KindPre) -> wasmtime::Result<Result<R, PluginError>>,
+    ) -> Result<R, CallError> {
+        let mut store = rt.store(self.ctx.clone());
+        match f(&mut store, &self.pre) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(CallError::Plugin(e.describe())),
+            Err(e) => Err(classify(e, &store, rt)),
+        }
+    }
+}
+
+/// Host-side rules a verdict must follow; breaking one is a failed call
+/// (so auth fails closed).
+fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
+    match v {
+        Verdict::Deny(d) if !(400..=599).contains(&d.status) => {
+            Err(CallError::InvalidAnswer(format!("deny status {} is not an HTTP error status (400-599)", d.status)))
+        }
+        Verdict::Deny(_) => Ok(()),
+        Verdict::Allow(a) => {
+            for h in &a.headers {
+                if !h.name.starts_with(super::IDENTITY_HEADER_PREFIX) {
+                    return Err(CallError::InvalidAnswer(format!(
+                        "header {} is outside the identity prefix {}",
+                        h.name,
+                        super::IDENTITY_HEADER_PREFIX
+                    )));
+                }
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() || http::HeaderValue::from_str(&h.value).is_err() {
+                    return Err(CallError::InvalidAnswer(format!("header {} is not a valid HTTP header", h.name)));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallError {
+    let kind = store.data().limits_kind();
+    let limits = rt.config().limits(kind);
+    if store.data().limiter.hit {
+        return CallError::MemoryLimit(limits.memory_bytes());
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Deadline(limits.deadline_ms),
+        Some(trap) => {
+            let stderr = store.data().stderr_text();
+            let panic = stderr.lines().skip_while(|l| !l.contains("panicked")).take(2).collect::<Vec<_>>().join(": ");
+            if panic.is_empty() { CallError::Trap(trap.to_string()) } else { CallError::Trap(format!("{trap} ({panic})")) }
+        }
+        None => {
+            let msg = format!("{e:#}");
+            if msg.contains("instance") && (msg.contains("limit") || msg.contains("pool")) {
+                CallError::Instantiate(msg)
+            } else {
+                CallError::Trap(msg)
+            }
+        }
+    }
+}
+
+/// Checks that the component targets `kind`'s world at this package version,
+/// and imports nothing the host lacks, naming both sides when it does not.
+fn check_world(engine: &Engine, component: &Component, kind: PluginKind, name: &str) -> LoadResult<()> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let required = kind.export_name();
+    let ours = |n: &str| n.starts_with("spawner:plugin/");
+    let wrong_version = |n: &str| ours(n) && !n.ends_with(&format!("@{PACKAGE_VERSION}"));
+
+    for (import, item) in ty.imports(engine) {
+        if wrong_version(import) {
+            return Err(LoadError::WrongVersion { name: name.into(), found: import.into(), supported: PACKAGE_VERSION });
+        }
+        let known = import.starts_with("wasi:") || import == format!("spawner:plugin/host@{PACKAGE_VERSION}") || import == format!("spawner:plugin/types@{PACKAGE_VERSION}");
+        if !known || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            return Err(LoadError::UnknownImport { name: name.into(), import: import.into() });
+        }
+    }
+    if exports.iter().any(|e| e == &required) {
+        return Ok(());
+    }
+    if let Some(other) = exports.iter().find(|e| wrong_version(e)) {
+        return Err(LoadError::WrongVersion { name: name.into(), found: other.clone(), supported: PACKAGE_VERSION });
+    }
+    let found = match exports.as_slice() {
+        [] => "nothing".to_string(),
+        list => {
+            let described: Vec<String> = list
+                .iter()
+                .map(|e| match PluginKind::from_export_name(e) {
+                    Some(k) => format!("{e} ({} plugin)", k.with_article()),
+                    None => e.clone(),
+                })
+                .collect();
+            described.join(", ")
+        }
+    };
+    Err(LoadError::WrongWorld { name: name.into(), kind, found, required })
+}
+
+/// Explains a failed link: usually an import (or an import's version) the
+/// linker does not have.
+fn link_error(engine: &Engine, component: &Component, name: &str, e: wasmtime::Error) -> LoadError {
+    let msg = format!("{e:#}");
+    let import = component
+        .component_type()
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .find(|n| msg.contains(n.as_str()))
+        .unwrap_or_else(|| msg.clone());
+    if import == msg {
+        LoadError::Compile { name: name.into(), reason: msg }
+    } else {
+        LoadError::UnknownImport { name: name.into(), import: format!("{import} ({msg})") }
+    }
+}
+
+/// The kind a component is built for, read from its exports (any version,
+/// so that a version mismatch is then reported by [`LoadedPlugin::load`]).
+pub fn detect_kind(rt: &Runtime, source: &PluginSource) -> LoadResult<PluginKind> {
+    let (component, _) = rt.compile(&source.name, &source.bytes)?;
+    let exports: Vec<String> = component.component_type().exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
+    let kinds: Vec<PluginKind> = exports.iter().filter_map(|e| PluginKind::from_export_name(e)).collect();
+    match kinds.as_slice() {
+        [k] => Ok(*k),
+        _ => Err(LoadError::UnknownKind {
+            name: source.name.clone(),
+            found: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+        }),
+    }
+}

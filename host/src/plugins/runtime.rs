@@ -1,0 +1,248 @@
+//! The one wasmtime `Engine` of the process, its `Linker`, the epoch ticker
+//! and the compiled-component cache.
+//!
+//! Engine settings and why:
+//! - pooling allocator: instantiation takes microseconds instead of
+//!   mmap/munmap per call, which is what makes a fresh instance per auth
+//!   decision affordable;
+//! - epoch interruption: a CPU deadline per call that costs a load and a
+//!   compare at loop headers, not fuel counting on every instruction;
+//! - one ticker thread owns the epoch, and is joined when the runtime drops.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use super::PluginKind;
+use super::error::{LoadError, LoadResult};
+use super::host_state::{HostState, PluginContext};
+use crate::token::TokenKey;
+
+/// One epoch tick. Deadlines are whole ticks, so this is their resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Compiled components kept for reuse (keyed by content digest). Reloading
+/// an unchanged file costs a hash; the cap bounds memory when many
+/// different plugins are tried in one process.
+const COMPONENT_CACHE_ENTRIES: usize = 32;
+
+/// Limits applied to every call of one plugin kind.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Linear memory a call may use, in MiB.
+    pub memory_mib: u64,
+    /// CPU deadline of a call, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl Limits {
+    /// Memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib * 1024 * 1024
+    }
+}
+
+/// Configuration of the plugin runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuntimeConfig {
+    /// Limits for scheduler calls.
+    pub scheduler: Limits,
+    /// Limits for auth calls.
+    pub auth: Limits,
+    /// Limits for idle calls.
+    pub idle: Limits,
+    /// Plugin instances that may exist at once (each call holds one while it
+    /// runs). Calls run on Spawner's worker threads, so this only needs to
+    /// exceed the thread count; extra slots cost address space, not memory.
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            // Scheduling runs once per create: 100 ms is invisible next to
+            // starting a process or a Pod.
+            scheduler: Limits { memory_mib: 64, deadline_ms: 100 },
+            // Auth runs on every request and WebSocket upgrade: a tight
+            // deadline bounds the latency a bad plugin can add.
+            auth: Limits { memory_mib: 64, deadline_ms: 20 },
+            // Idle runs per backend per sweep, off the request path.
+            idle: Limits { memory_mib: 64, deadline_ms: 100 },
+            max_instances: 256,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The limits of `kind`.
+    pub fn limits(&self, kind: PluginKind) -> Limits {
+        match kind {
+            PluginKind::Scheduler => self.scheduler,
+            PluginKind::Auth => self.auth,
+            PluginKind::Idle => self.idle,
+        }
+    }
+
+    /// Checks the numbers make sense, with a message that names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for kind in PluginKind::ALL {
+            let l = self.limits(kind);
+            if !(1..=4096).contains(&l.memory_mib) {
+                return Err(format!("plugins.{kind}.memory-mib must be between 1 and 4096 (got {})", l.memory_mib));
+            }
+            if !(1..=60_000).contains(&l.deadline_ms) {
+                return Err(format!("plugins.{kind}.deadline-ms must be between 1 and 60000 (got {})", l.deadline_ms));
+            }
+        }
+        if !(4..=100_000).contains(&self.max_instances) {
+            return Err(format!("plugins.max-instances must be between 4 and 100000 (got {})", self.max_instances));
+        }
+        Ok(())
+    }
+}
+
+/// Owns the thread that advances the engine's epoch; stops and joins it on
+/// drop.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("spawner-epoch".into()).spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(EpochTicker { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The process-wide plugin runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Mutex<HashMap<[u8; 32], Component>>,
+    config: RuntimeConfig,
+    tokens: Option<Arc<TokenKey>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker. `tokens` is the key
+    /// `verify-capability-token` checks against (none: every token fails).
+    pub fn new(config: RuntimeConfig, tokens: Option<Arc<TokenKey>>) -> LoadResult<Self> {
+        config.validate().map_err(LoadError::Runtime)?;
+        let max_memory = PluginKind::ALL.iter().map(|k| config.limits(*k).memory_bytes()).max().unwrap_or(0);
+
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            // A Rust component holds its module plus a few adapter shims.
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memory_size(max_memory as usize)
+            // Keep pages of recently used slots resident: reusing them is
+            // what keeps a fresh instance per call at microseconds.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&cfg).map_err(|e| LoadError::Runtime(format!("wasmtime engine: {e:#}")))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker: {e:#}")))?;
+        super::bindings::auth::spawner::plugin::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
+        super::bindings::auth::spawner::plugin::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
+
+        let ticker = EpochTicker::start(engine.clone()).map_err(|e| LoadError::Runtime(format!("epoch thread: {e}")))?;
+        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, _ticker: ticker })
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    pub(crate) fn tokens(&self) -> Option<Arc<TokenKey>> {
+        self.tokens.clone()
+    }
+
+    /// Compiles `bytes` (or returns the cached compilation) and its digest.
+    pub(crate) fn compile(&self, name: &str, bytes: &[u8]) -> LoadResult<(Component, [u8; 32])> {
+        use wasmtime::wasmparser::Parser;
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm { name: name.into() });
+        }
+        if Parser::is_core_wasm(bytes) {
+            return Err(LoadError::CoreModule { name: name.into() });
+        }
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(c) = self.cache.lock().expect("cache lock").get(&digest) {
+            return Ok((c.clone(), digest));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile { name: name.into(), reason: format!("{e:#}") })?;
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= COMPONENT_CACHE_ENTRIES {
+            // Any entry will do: plugins in use hold their own handle.
+            if let Some(k) = cache.keys().next().copied() {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(digest, component.clone());
+        Ok((component, digest))
+    }
+
+    /// A fresh store for one call of a plugin, with its limits armed.
+    pub(crate) fn store(&self, ctx: Arc<PluginContext>) -> Store<HostState> {
+        let limits = self.config.limits(ctx.kind);
+        let mut store = Store::new(&self.engine, HostState::new(ctx, limits.memory_bytes() as usize));
+        store.limiter(|s| &mut s.limiter);
+        // +1: the current tick may be nearly over when the call starts.
+        store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
+        store.epoch_deadline_trap();
+        store
+    }
+}

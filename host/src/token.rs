@@ -1,0 +1,193 @@
+//! Capability tokens: what the browser presents to reach one backend.
+//!
+//! Spawner mints a token when it creates a backend and hands it to the web
+//! app with the backend's URL; the default auth plugin asks the host to
+//! verify it (`verify-capability-token`), so the secret never enters the
+//! sandbox.
+//!
+//! Format (URL-, header- and cookie-safe; no padding):
+//!
+//! ```text
+//! st1.<base64url(payload JSON)>.<base64url(HMAC-SHA256(secret, "st1." + payload part))>
+//! payload: {"b": backend name, "sub": user (optional), "iat": issued at, "exp": expires at}
+//! ```
+//!
+//! Times are seconds since the Unix epoch. The signature covers the version
+//! prefix so a future format cannot be confused with this one. Verification
+//! is constant time (the `hmac` crate's `verify_slice`). Expiry is *not*
+//! checked here: the auth plugin compares `exp` with the request's `now`,
+//! so a policy may allow a grace period.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Version prefix of tokens in this format.
+pub const PREFIX: &str = "st1.";
+
+/// Shortest secret accepted: 128 bits, the HMAC-SHA256 security floor we
+/// are willing to ship.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Tokens longer than this are refused before any decoding: a real one is
+/// about 150 bytes, and the limit bounds work done on hostile input.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// The secret is too short to be safe.
+    #[error("the token secret must be at least {MIN_SECRET_BYTES} bytes (got {0}); generate one with `openssl rand -hex 32`")]
+    WeakSecret(usize),
+    /// Not a token in this format.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Well formed but not signed with this secret.
+    #[error("token signature does not match")]
+    BadSignature,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Backend the token grants access to.
+    pub backend: String,
+    /// User it was issued for, if any.
+    pub subject: Option<String>,
+    /// Issue time, seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Expiry time, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    b: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    iat: u64,
+    exp: u64,
+}
+
+/// The signing secret. `Debug` does not print it.
+#[derive(Clone)]
+pub struct TokenKey {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+impl TokenKey {
+    /// A key from a configured secret.
+    pub fn new(secret: &[u8]) -> Result<Self, TokenError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(TokenError::WeakSecret(secret.len()));
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        Ok(TokenKey { mac })
+    }
+
+    /// A random key, for a single process that mints and verifies its own
+    /// tokens (tokens do not survive a restart).
+    pub fn random() -> Self {
+        let secret: [u8; 32] = rand::random();
+        Self::new(&secret).expect("32 bytes is long enough")
+    }
+
+    /// Mints a token for `backend` valid until `expires_at`.
+    pub fn mint(&self, backend: &str, subject: Option<&str>, issued_at: u64, expires_at: u64) -> String {
+        let payload = Payload { b: backend.to_string(), sub: subject.map(str::to_string), iat: issued_at, exp: expires_at };
+        let json = serde_json::to_vec(&payload).expect("payload serialises");
+        let mut token = String::with_capacity(160);
+        token.push_str(PREFIX);
+        B64.encode_string(json, &mut token);
+        let sig = self.sign(token.as_bytes());
+        token.push('.');
+        B64.encode_string(sig, &mut token);
+        token
+    }
+
+    /// Checks the signature and decodes the claims (expiry not checked).
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed("too long"));
+        }
+        if !token.starts_with(PREFIX) {
+            return Err(TokenError::Malformed("not a Spawner token (expected prefix st1.)"));
+        }
+        let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed("no signature"))?;
+        let payload_b64 = &signed[PREFIX.len()..];
+        let sig = B64.decode(sig).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        let json = B64.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let p: Payload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("payload is not valid JSON"))?;
+        Ok(Claims { backend: p.b, subject: p.sub, issued_at: p.iat, expires_at: p.exp })
+    }
+
+    fn sign(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> TokenKey {
+        TokenKey::new(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_carry_their_claims() {
+        let k = key("0123456789abcdef-secret");
+        let t = k.mint("b-1", Some("alice"), 100, 200);
+        assert!(t.starts_with(PREFIX));
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{t}");
+        let c = k.verify(&t).unwrap();
+        assert_eq!(c, Claims { backend: "b-1".into(), subject: Some("alice".into()), issued_at: 100, expires_at: 200 });
+    }
+
+    #[test]
+    fn another_secret_or_a_tampered_payload_is_a_bad_signature() {
+        let t = key("0123456789abcdef-one").mint("b", None, 1, 2);
+        assert_eq!(key("0123456789abcdef-two").verify(&t), Err(TokenError::BadSignature));
+        let k = key("0123456789abcdef-one");
+        let (_, sig) = t.rsplit_once('.').unwrap();
+        let forged_payload = B64.encode(br#"{"b":"other","iat":1,"exp":99999999999}"#);
+        let forged = format!("{PREFIX}{forged_payload}.{sig}");
+        assert_eq!(k.verify(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn garbage_is_malformed_and_short_secrets_are_refused() {
+        let k = key("0123456789abcdef");
+        assert!(matches!(k.verify("hello"), Err(TokenError::Malformed(_))));
+        assert!(matches!(k.verify("st1.abc"), Err(TokenError::Malformed(_))));
+        assert!(matches!(k.verify("st1.abc.!!"), Err(TokenError::Malformed(_))));
+        assert!(matches!(k.verify(&"x".repeat(5000)), Err(TokenError::Malformed(_))));
+        assert_eq!(TokenKey::new(b"short").unwrap_err(), TokenError::WeakSecret(5));
+    }
+
+    #[test]
+    fn debug_does_not_print_the_secret() {
+        assert_eq!(format!("{:?}", key("0123456789abcdef-secret")), "TokenKey(<redacted>)");
+    }
+}

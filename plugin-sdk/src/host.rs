@@ -1,0 +1,63 @@
+//! Safe wrappers over the `spawner:plugin/host` imports.
+//!
+//! Inside Spawner these call the host. In native `cargo test` runs they are
+//! served by the [`testing::Harness`](crate::testing::Harness) in effect, so
+//! plugin logic can be tested without WebAssembly.
+
+use serde::de::DeserializeOwned;
+
+use crate::{LogLevel, PluginError};
+
+pub use crate::bindings::auth::spawner::plugin::host::{Capability, TokenError};
+
+/// Writes a line to Spawner's log, tagged with this plugin's kind and name.
+pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::bindings::auth::spawner::plugin::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testing::record_log(level, message);
+}
+
+/// Logs at `info` level.
+pub fn info(message: &str) {
+    log(LogLevel::Info, message)
+}
+
+/// Logs at `warn` level.
+pub fn warn(message: &str) {
+    log(LogLevel::Warn, message)
+}
+
+/// The plugin's settings exactly as the operator wrote them ("" when none).
+pub fn settings() -> String {
+    #[cfg(target_arch = "wasm32")]
+    return crate::bindings::auth::spawner::plugin::host::settings();
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::current_settings();
+}
+
+/// The plugin's settings parsed as JSON into `T`; empty settings give
+/// `T::default()`. Use the same function in `validate_settings` (through
+/// [`parse_settings`]) so that a bad file is refused at load time.
+pub fn settings_json<T: DeserializeOwned + Default>() -> Result<T, PluginError> {
+    parse_settings(&settings())
+}
+
+/// Parses settings text as JSON into `T` (empty text gives `T::default()`),
+/// with an error that says what is wrong and where.
+pub fn parse_settings<T: DeserializeOwned + Default>(text: &str) -> Result<T, PluginError> {
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(text).map_err(|e| PluginError::InvalidSettings(e.to_string()))
+}
+
+/// Checks a capability token's signature with the host's secret and returns
+/// its claims. The caller still compares `expires-at` with the request's
+/// `now` and `backend` with the target backend.
+pub fn verify_capability_token(token: &str) -> Result<Capability, TokenError> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::bindings::auth::spawner::plugin::host::verify_capability_token(token);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::verify_token(token);
+}
