@@ -121,8 +121,9 @@ impl TokenKey {
         if !token.starts_with(PREFIX) {
             return Err(TokenError::Malformed("not a Spawner token (expected prefix st1.)"));
         }
-        let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed("no signature"))?;
-        let payload_b64 = &signed[PREFIX.len()..];
+        let rest = &token[PREFIX.len()..];
+        let (payload_b64, sig) = rest.split_once('.').ok_or(TokenError::Malformed("no signature"))?;
+        let signed = &token[..PREFIX.len() + payload_b64.len()];
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac.clone();
         mac.update(signed.as_bytes());

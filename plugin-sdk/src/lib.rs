@@ -45,7 +45,7 @@
 extern crate self as spawner_plugin_sdk;
 
 mod bindings;
-mod helpers;
+pub mod helpers;
 pub mod host;
 pub mod testing;
 

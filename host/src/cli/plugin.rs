@@ -174,7 +174,7 @@ fn describe_verdict(v: &Verdict) -> String {
 fn describe_idle(v: &IdleVerdict) -> String {
     match v {
         IdleVerdict::Keep => "keep".into(),
-        IdleVerdict::Terminate(t) => format!("terminate {:?} ({})", t.kind, t.detail),
+        IdleVerdict::Terminate(t) => format!("terminate, reason {} ({})", t.kind.as_str(), t.detail),
     }
 }
 

@@ -117,7 +117,7 @@ pub enum CallError {
     #[error("did not finish within its {0} ms deadline")]
     Deadline(u64),
     /// It tried to grow memory beyond its limit.
-    #[error("exceeded its memory limit of {0} bytes")]
+    #[error("exceeded its memory limit of {} MiB", .0 / (1024 * 1024))]
     MemoryLimit(u64),
     /// It trapped (a panic, `unreachable`, a bad memory access).
     #[error("trapped: {0}")]

@@ -192,8 +192,15 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
         Some(Trap::Interrupt) => CallError::Deadline(limits.deadline_ms),
         Some(trap) => {
             let stderr = store.data().stderr_text();
-            let panic = stderr.lines().skip_while(|l| !l.contains("panicked")).take(2).collect::<Vec<_>>().join(": ");
-            if panic.is_empty() { CallError::Trap(trap.to_string()) } else { CallError::Trap(format!("{trap} ({panic})")) }
+            // Rust's panic hook writes "thread '..' panicked at FILE:LINE:COL:\nMESSAGE".
+            let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
+            match (lines.next(), lines.next()) {
+                (Some(at), Some(message)) => {
+                    let at = at.split("panicked at ").nth(1).unwrap_or(at).trim_end_matches(':');
+                    CallError::Trap(format!("panicked at {at}: {message}"))
+                }
+                _ => CallError::Trap(trap.to_string()),
+            }
         }
         None => {
             let msg = format!("{e:#}");

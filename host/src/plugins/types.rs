@@ -35,3 +35,13 @@ impl Verdict {
         matches!(self, Verdict::Allow(_))
     }
 }
+
+impl TerminationKind {
+    /// `idle` or `lifetime`: the terminal reason recorded for the backend.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationKind::Idle => "idle",
+            TerminationKind::Lifetime => "lifetime",
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The plugin host against real components: the default bundle, the
+//! examples and the misbehaving fixtures (built by spawner-test-plugins).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spawner::plugins::types::*;
+use spawner::plugins::{CallError, LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig};
+use spawner_test_plugins as built;
+
+fn deny_status(v: &Verdict) -> Option<u16> {
+    match v {
+        Verdict::Deny(d) => Some(d.status),
+        Verdict::Allow(_) => None,
+    }
+}
+
+fn termination(v: &IdleVerdict) -> Option<&'static str> {
+    match v {
+        IdleVerdict::Keep => None,
+        IdleVerdict::Terminate(t) => Some(t.kind.as_str()),
+    }
+}
+
+// ---- the default bundle -------------------------------------------------
+
+#[test]
+fn default_auth_allows_a_valid_token_wherever_the_browser_puts_it() {
+    let (plugins, _) = defaults();
+    let token = key().mint("b1", Some("alice"), NOW - 10, NOW + 600);
+
+    let v = plugins.auth().check(&auth_request("b1", &[("authorization", &bearer(&token))], None));
+    let Verdict::Allow(allow) = v else { panic!("denied: {v:?}") };
+    assert_eq!(allow.subject.as_deref(), Some("alice"));
+    assert!(allow.headers.iter().any(|h| h.name == "x-spawner-user" && h.value == "alice"));
+
+    let q = format!("token={token}");
+    assert!(plugins.auth().check(&auth_request("b1", &[], Some(&q))).is_allow());
+    let c = format!("theme=dark; spawner-token={token}");
+    assert!(plugins.auth().check(&auth_request("b1", &[("cookie", &c)], None)).is_allow());
+}
+
+#[test]
+fn default_auth_denies_no_token_another_backends_token_expired_and_forged() {
+    let (plugins, _) = defaults();
+    let k = key();
+    let check = |headers: &[(&str, &str)]| plugins.auth().check(&auth_request("b1", headers, None));
+
+    assert_eq!(deny_status(&check(&[])), Some(401));
+    let other = k.mint("b2", None, NOW, NOW + 600);
+    assert_eq!(deny_status(&check(&[("authorization", &bearer(&other))])), Some(403));
+    let expired = k.mint("b1", None, NOW - 600, NOW - 1);
+    assert_eq!(deny_status(&check(&[("authorization", &bearer(&expired))])), Some(401));
+    let foreign_key = spawner::token::TokenKey::new(b"another-secret-0123456789").unwrap();
+    let forged = foreign_key.mint("b1", None, NOW, NOW + 600);
+    assert_eq!(deny_status(&check(&[("authorization", &bearer(&forged))])), Some(401));
+    assert_eq!(deny_status(&check(&[("authorization", "Bearer not-a-token")])), Some(401));
+}
+
+#[test]
+fn default_idle_terminates_for_idleness_and_lifetime_and_keeps_open_connections() {
+    let (plugins, _) = defaults();
+    let idle = |r: IdleRequest| termination(&plugins.idle().evaluate(&r));
+    assert_eq!(idle(idle_request(0, 300, 1000, None)), Some("idle"));
+    assert_eq!(idle(idle_request(0, 299, 1000, None)), None);
+    assert_eq!(idle(idle_request(2, 5000, 5000, None)), None, "open WebSocket keeps it");
+    assert_eq!(idle(idle_request(2, 0, 7200, Some(7200))), Some("lifetime"));
+}
+
+#[test]
+fn default_scheduler_spreads_packs_selects_and_limits_owners() {
+    let nodes = || vec![node("a", &[("zone", "x")], 3), node("b", &[("zone", "y")], 1), node("c", &[("zone", "y")], 2)];
+    let (spread, _) = defaults();
+    assert_eq!(spread.scheduler().place(&placement_request(nodes())), Placement::Node("b".into()));
+
+    let (pack, _) = with(vec![(PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, r#"{"strategy":"pack"}"#))]);
+    assert_eq!(pack.scheduler().place(&placement_request(nodes())), Placement::Node("a".into()));
+
+    let mut selective = placement_request(nodes());
+    selective.node_selector = vec![Label { key: "zone".into(), value: "x".into() }];
+    assert_eq!(spread.scheduler().place(&selective), Placement::Node("a".into()));
+
+    let (limited, _) = with(vec![(PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, r#"{"max-per-owner":1}"#))]);
+    let mut second = placement_request(nodes());
+    second.owner_backends = vec![nodes()[0].backends[0].clone()];
+    let Placement::Reject(reason) = limited.scheduler().place(&second) else { panic!("admitted over the limit") };
+    assert!(reason.contains("max-per-owner is 1"), "{reason}");
+}
+
+// ---- examples -------------------------------------------------------------
+
+#[test]
+fn quota_by_label_example_rejects_at_its_quota() {
+    let settings = r#"{"label":"team","quotas":{"data":3},"default":10}"#;
+    let (plugins, _) = with(vec![(PluginKind::Scheduler, source(built::QUOTA_BY_LABEL, settings))]);
+    let mut req = placement_request(vec![node("a", &[], 2)]);
+    req.backend.labels = vec![Label { key: "team".into(), value: "data".into() }];
+    assert_eq!(plugins.scheduler().place(&req), Placement::Node("a".into()));
+    req.nodes = vec![node("a", &[], 3)];
+    assert!(matches!(plugins.scheduler().place(&req), Placement::Reject(r) if r.contains("quota 3")));
+}
+
+#[test]
+fn hmac_header_auth_example_allows_signed_owner_headers_only() {
+    use hmac::{Hmac, Mac};
+    let secret = "shared-secret-with-the-web-app";
+    let (plugins, _) = with(vec![(PluginKind::Auth, source(built::HMAC_HEADER_AUTH, &format!(r#"{{"secret":"{secret}"}}"#)))]);
+    let sign = |user: &str, exp: u64| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{user}:{exp}:b1").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let exp = (NOW + 60).to_string();
+    let request = |user: &str, sig: &str| auth_request("b1", &[("x-auth-user", user), ("x-auth-expires", &exp), ("x-auth-signature", sig)], None);
+
+    let v = plugins.auth().check(&request("alice", &sign("alice", NOW + 60)));
+    assert!(matches!(&v, Verdict::Allow(a) if a.subject.as_deref() == Some("alice")), "{v:?}");
+    assert_eq!(deny_status(&plugins.auth().check(&request("bob", &sign("bob", NOW + 60)))), Some(403));
+    assert_eq!(deny_status(&plugins.auth().check(&request("alice", &sign("mallory", NOW + 60)))), Some(401));
+    // Its capability tokens mean nothing to this plugin.
+    let token = key().mint("b1", Some("alice"), NOW, NOW + 60);
+    assert_eq!(deny_status(&plugins.auth().check(&auth_request("b1", &[("authorization", &bearer(&token))], None))), Some(401));
+}
+
+#[test]
+fn business_hours_example_keeps_quiet_backends_during_work_hours() {
+    let settings = r#"{"utc-offset-minutes": 0, "start-hour": 8, "end-hour": 18}"#;
+    let (plugins, _) = with(vec![(PluginKind::Idle, source(built::BUSINESS_HOURS_IDLE, settings))]);
+    let monday_10h = 1_795_996_800 + 10 * 3600;
+    let mut quiet = idle_request(0, 10_000, 20_000, None);
+    quiet.now = monday_10h;
+    assert_eq!(termination(&plugins.idle().evaluate(&quiet)), None);
+    quiet.now = monday_10h + 10 * 3600;
+    assert_eq!(termination(&plugins.idle().evaluate(&quiet)), Some("idle"));
+}
+
+// ---- misbehaving plugins ------------------------------------------------------
+
+#[test]
+fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
+    let rt = runtime();
+    let looping = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_LOOP, "")).unwrap();
+    let started = Instant::now();
+    let result = looping.check(&rt, &auth_request("b1", &[], None));
+    let took = started.elapsed();
+    assert_eq!(result, Err(CallError::Deadline(20)));
+    // Liveness, not a benchmark: a 20 ms deadline must not take seconds.
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+
+    // Through Plugins: fail closed, and other calls go on.
+    let (plugins, metrics) = with(vec![(PluginKind::Auth, source(built::FIXTURE_LOOP, ""))]);
+    let plugins = Arc::new(plugins);
+    let p = plugins.clone();
+    let looper = std::thread::spawn(move || (0..5).map(|_| p.auth().check(&auth_request("b1", &[], None))).collect::<Vec<_>>());
+    for _ in 0..50 {
+        assert_eq!(termination(&plugins.idle().evaluate(&idle_request(0, 1000, 1000, None))), Some("idle"));
+    }
+    for v in looper.join().unwrap() {
+        assert_eq!(deny_status(&v), Some(403));
+    }
+    assert!(metrics.encode().contains(r#"spawner_plugin_failures_total{kind="auth",plugin="fixture_loop.wasm",error="deadline"} 5"#), "{}", metrics.encode());
+}
+
+#[test]
+fn unbounded_allocation_is_refused_at_the_memory_limit() {
+    let config = RuntimeConfig { idle: spawner::plugins::Limits { memory_mib: 16, deadline_ms: 5000 }, ..Default::default() };
+    let rt = Runtime::new(config, None).unwrap();
+    let alloc = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_ALLOC, "")).unwrap();
+    assert_eq!(alloc.evaluate(&rt, &idle_request(0, 0, 0, None)), Err(CallError::MemoryLimit(16 << 20)));
+    // The slot is reusable afterwards.
+    let counter = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_COUNTER, "")).unwrap();
+    assert!(counter.evaluate(&rt, &idle_request(0, 0, 0, None)).is_ok());
+}
+
+#[test]
+fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
+    let rt = runtime();
+    let fail_auth = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "")).unwrap();
+    let err = fail_auth.check(&rt, &auth_request("b1", &[], None)).unwrap_err();
+    assert!(matches!(&err, CallError::Trap(m) if m.contains("fixture: auth plugin panicked")), "{err:?}");
+
+    // Auth fails closed, on a trap and on a plugin error alike.
+    for settings in ["panic", "error", "bad-header", "bad-status"] {
+        let (plugins, _) = with(vec![(PluginKind::Auth, source(built::FIXTURE_FAIL_AUTH, settings))]);
+        let token = key().mint("b1", None, NOW, NOW + 60);
+        let v = plugins.auth().check(&auth_request("b1", &[("authorization", &bearer(&token))], None));
+        assert_eq!(deny_status(&v), Some(403), "{settings}: {v:?}");
+    }
+    // Idle fails safe: the backend is kept.
+    for settings in ["panic", "error"] {
+        let (plugins, _) = with(vec![(PluginKind::Idle, source(built::FIXTURE_FAIL_IDLE, settings))]);
+        assert_eq!(plugins.idle().evaluate(&idle_request(0, 99_999, 99_999, Some(1))), IdleVerdict::Keep, "{settings}");
+    }
+    // Scheduling falls back to the default scheduler.
+    for settings in ["panic", "error", "unknown-node"] {
+        let (plugins, metrics) = with(vec![(PluginKind::Scheduler, source(built::FIXTURE_FAIL_SCHEDULER, settings))]);
+        let req = placement_request(vec![node("a", &[], 3), node("b", &[], 1)]);
+        assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "{settings}");
+        assert!(metrics.encode().contains(r#"plugin="fixture_fail_scheduler.wasm""#));
+    }
+}
+
+#[test]
+fn wrong_world_and_wrong_version_are_refused_naming_both_sides() {
+    let rt = runtime();
+    let err = LoadedPlugin::load(&rt, PluginKind::Auth, &PluginSource::embedded(PluginKind::Idle, "")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{msg}");
+    assert!(msg.contains("exports spawner:plugin/idleness@0.1.0 (an idle plugin)") && msg.contains("must export spawner:plugin/authorization@0.1.0"), "{msg}");
+
+    let msg = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_WRONG_WORLD, "")).unwrap_err().to_string();
+    assert!(msg.contains("exports render") && msg.contains("spawner:plugin/authorization@0.1.0"), "{msg}");
+
+    let err = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_WRONG_VERSION, "")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::WrongVersion { .. }), "{msg}");
+    assert!(msg.contains("spawner:plugin/authorization@0.2.0") && msg.contains("supports spawner:plugin@0.1.0"), "{msg}");
+
+    let msg = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_BAD_EXPORT, "")).unwrap_err().to_string();
+    assert!(msg.contains("not as Spawner defines it") && msg.contains("validate-settings"), "{msg}");
+}
+
+#[test]
+fn non_components_and_refused_settings_are_explained() {
+    let rt = runtime();
+    let raw = |bytes: &[u8]| PluginSource { name: "x.wasm".into(), bytes: bytes.into(), settings: String::new() };
+    let core = LoadedPlugin::load(&rt, PluginKind::Auth, &raw(b"\0asm\x01\0\0\0")).unwrap_err();
+    assert!(matches!(core, LoadError::CoreModule { .. }) && core.to_string().contains("wasm32-wasip2"), "{core}");
+    let junk = LoadedPlugin::load(&rt, PluginKind::Auth, &raw(b"#!/bin/sh\necho hi\n")).unwrap_err();
+    assert!(matches!(junk, LoadError::NotWasm { .. }), "{junk}");
+    let truncated = &spawner::plugins::embedded::DEFAULT_AUTH[..1000];
+    assert!(matches!(LoadedPlugin::load(&rt, PluginKind::Auth, &raw(truncated)).unwrap_err(), LoadError::Compile { .. }));
+
+    let err = LoadedPlugin::load(&rt, PluginKind::Scheduler, &PluginSource::embedded(PluginKind::Scheduler, r#"{"strategy":"random"}"#)).unwrap_err();
+    assert!(matches!(&err, LoadError::Settings { reason, .. } if reason.contains("unknown variant `random`")), "{err}");
+}
+
+// ---- isolation and resources ----------------------------------------------------
+
+#[test]
+fn no_state_is_carried_from_one_call_to_the_next() {
+    let (plugins, _) = with(vec![(PluginKind::Idle, source(built::FIXTURE_COUNTER, ""))]);
+    for _ in 0..200 {
+        let IdleVerdict::Terminate(t) = plugins.idle().evaluate(&idle_request(0, 0, 0, None)) else { panic!("kept") };
+        assert_eq!(t.detail, "call 1");
+    }
+}
+
+/// Runs in a child process (see `ten_thousand_calls_do_not_grow_memory`) so
+/// other tests' allocations do not blur the measurement.
+#[test]
+#[ignore = "run by ten_thousand_calls_do_not_grow_memory in its own process"]
+fn memory_child() {
+    let (plugins, _) = defaults();
+    let token = key().mint("b1", None, NOW, NOW + 600);
+    let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
+    for _ in 0..1000 {
+        assert!(plugins.auth().check(&req).is_allow());
+    }
+    let before = rss_bytes();
+    for _ in 0..10_000 {
+        assert!(plugins.auth().check(&req).is_allow());
+    }
+    let after = rss_bytes();
+    println!("RSS_BEFORE={before} RSS_AFTER={after}");
+}
+
+#[test]
+fn ten_thousand_calls_do_not_grow_memory() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "memory_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let num = |k: &str| -> u64 { stdout.split(k).nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap() };
+    let (before, after) = (num("RSS_BEFORE="), num("RSS_AFTER="));
+    let growth = after.saturating_sub(before);
+    // A leak of even 300 bytes per call would show as 3 MB.
+    assert!(growth < 3 << 20, "RSS grew by {growth} bytes over 10,000 calls ({before} -> {after})");
+}
+
+// ---- hot swap -----------------------------------------------------------------------
+
+#[test]
+fn a_bad_replacement_keeps_the_old_plugin_and_a_good_one_takes_over() {
+    let (plugins, metrics) = defaults();
+    let before = plugins.info(PluginKind::Auth);
+
+    let err = plugins.replace(PluginKind::Auth, &source(built::FIXTURE_WRONG_VERSION, "")).unwrap_err();
+    assert!(err.to_string().contains("0.2.0"));
+    assert_eq!(plugins.info(PluginKind::Auth), before);
+    let err = plugins.replace(PluginKind::Auth, &source(built::HMAC_HEADER_AUTH, r#"{"secret":"short"}"#)).unwrap_err();
+    assert!(matches!(err, LoadError::Settings { .. }), "{err}");
+    assert_eq!(plugins.info(PluginKind::Auth), before);
+
+    let token = key().mint("b1", None, NOW, NOW + 60);
+    let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
+    assert!(plugins.auth().check(&req).is_allow());
+    let info = plugins.replace(PluginKind::Auth, &source(built::HMAC_HEADER_AUTH, r#"{"secret":"0123456789abcdefgh"}"#)).unwrap();
+    assert_eq!(info.name, "hmac_header_auth.wasm");
+    assert_eq!(plugins.info(PluginKind::Auth), info);
+    assert_eq!(deny_status(&plugins.auth().check(&req)), Some(401), "the new plugin decides");
+    let text = metrics.encode();
+    assert!(text.contains(r#"spawner_plugin_loads_total{kind="auth",result="refused"} 2"#), "{text}");
+}
+
+#[test]
+fn calls_running_during_a_swap_all_get_answers() {
+    let (plugins, _) = defaults();
+    let plugins = Arc::new(plugins);
+    let token = key().mint("b1", None, NOW, NOW + 60);
+    let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
+    let p = plugins.clone();
+    let caller = std::thread::spawn(move || (0..2000).filter(|_| p.auth().check(&req).is_allow()).count());
+    for i in 0..20 {
+        let settings = if i % 2 == 0 { r#"{"cookie":"a"}"# } else { r#"{"cookie":"b"}"# };
+        plugins.replace(PluginKind::Auth, &PluginSource::embedded(PluginKind::Auth, settings)).unwrap();
+    }
+    assert_eq!(caller.join().unwrap(), 2000, "every call allowed: none saw a half-swapped plugin");
+}
