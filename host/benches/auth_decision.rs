@@ -1,0 +1,92 @@
+//! One auth decision with the default auth plugin, instantiation included,
+//! next to the same policy compiled natively. Reports p50/p99 per call.
+//!
+//! `cargo bench -p spawner --bench auth_decision`
+//! (goal on the 2-core reference machine: wasm p50 < 5 µs, p99 < 20 µs).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use spawner::metrics::Metrics;
+use spawner::plugins::types::{AuthRequest, Header, HttpRequest, Backend};
+use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
+use spawner::token::TokenKey;
+
+const WARMUP: usize = 2_000;
+const SAMPLES: usize = 50_000;
+
+fn percentiles(mut ns: Vec<u64>) -> (f64, f64, f64) {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    (at(0.50), at(0.99), at(0.999))
+}
+
+fn measure(mut f: impl FnMut() -> bool) -> (f64, f64, f64) {
+    for _ in 0..WARMUP {
+        assert!(f());
+    }
+    let mut ns = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        let ok = f();
+        ns.push(t.elapsed().as_nanos() as u64);
+        assert!(ok);
+    }
+    percentiles(ns)
+}
+
+fn main() {
+    let key = Arc::new(TokenKey::new(b"bench-secret-0123456789abcdef").unwrap());
+    let now = spawner::token::now_unix();
+    let token = key.mint("doc-42", Some("alice"), now, now + 3600);
+    let headers = vec![
+        ("host", "localhost:8080".to_string()),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".to_string()),
+        ("accept", "text/html,application/xhtml+xml".to_string()),
+        ("cookie", format!("theme=dark; spawner-token={token}")),
+    ];
+
+    // Host side: the real plugin through the real runtime.
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), Some(key.clone())).unwrap());
+    let plugins = Plugins::defaults(runtime, Arc::new(Metrics::new())).unwrap();
+    let request = AuthRequest {
+        request: HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.clone() }).collect(),
+            peer: "127.0.0.1:50000".into(),
+            websocket: false,
+        },
+        backend: Backend { name: "doc-42".into(), key: None, owner: Some("alice".into()), labels: vec![] },
+        now,
+    };
+    let wasm = measure(|| plugins.auth().check(&request).is_allow());
+    // Native: the same policy crate compiled for the host, same verifier.
+    use spawner_plugin_sdk::auth as sdk;
+    let native_request = sdk::AuthRequest {
+        request: sdk::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: headers.iter().map(|(n, v)| sdk::Header { name: n.to_string(), value: v.clone() }).collect(),
+            peer: "127.0.0.1:50000".into(),
+            websocket: false,
+        },
+        backend: sdk::Backend { name: "doc-42".into(), key: None, owner: Some("alice".into()), labels: vec![] },
+        now,
+    };
+    let settings = default_auth::Settings::default();
+    let verify = |t: &str| {
+        key.verify(t)
+            .map(|c| sdk::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at })
+            .map_err(|_| sdk::TokenError::BadSignature)
+    };
+    let native = measure(|| default_auth::decide(&native_request, &settings, verify).is_allow());
+
+    println!("auth decision, default auth plugin, {SAMPLES} samples after {WARMUP} warm-up calls");
+    println!("{:<42} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p99.9 µs");
+    println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "wasm (fresh instance per call)", wasm.0, wasm.1, wasm.2);
+    println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "native Rust (same policy and verifier)", native.0, native.1, native.2);
+    println!("goal: wasm p50 < 5 µs, p99 < 20 µs -> {}", if wasm.0 < 5.0 && wasm.1 < 20.0 { "met" } else { "NOT met" });
+}

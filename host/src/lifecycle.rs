@@ -1,0 +1,533 @@
+//! The backend lifecycle: one pure state machine shared by every runtime.
+//!
+//! Given a backend's recorded [`Status`] and what is [`Observed`] now (the
+//! scheduler's answer, the workload's state as the runtime sees it, any
+//! termination request, the time), [`step`] returns the next status and
+//! the one [`Action`] the runtime must execute. It does no I/O; runtimes
+//! (local processes, Kubernetes Pods) only observe and execute, so the same
+//! rules hold everywhere and every transition is unit tested below.
+//!
+//! Phases, in order: `pending → scheduled → starting → ready → terminating
+//! → terminated`, plus `failed`. `terminated` and `failed` are terminal and
+//! record a [`Reason`]. The function is level-triggered: calling it again
+//! with the same inputs gives the same answer, which is what a Kubernetes
+//! reconcile loop needs after a crash at any line.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Where a backend is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Accepted; waiting for the scheduler.
+    Pending,
+    /// Admitted and placed; the workload is being created.
+    Scheduled,
+    /// The workload exists; waiting for it to accept connections.
+    Starting,
+    /// Accepting connections through the proxy.
+    Ready,
+    /// Being stopped (grace period running).
+    Terminating,
+    /// Stopped (see the reason).
+    Terminated,
+    /// Never became usable, or died (see the reason).
+    Failed,
+}
+
+impl Phase {
+    /// `terminated` or `failed`.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Terminated | Phase::Failed)
+    }
+
+    /// The lower-case name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Scheduled => "scheduled",
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Terminating => "terminating",
+            Phase::Terminated => "terminated",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Every phase, in order.
+    pub const ALL: [Phase; 7] =
+        [Phase::Pending, Phase::Scheduled, Phase::Starting, Phase::Ready, Phase::Terminating, Phase::Terminated, Phase::Failed];
+}
+
+/// Why a backend is terminating, terminated or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The idle plugin condemned it.
+    Idle,
+    /// It reached its lifetime limit.
+    Lifetime,
+    /// Someone asked (API call, deletion, Spawner shutting down).
+    Requested,
+    /// The scheduler refused it.
+    Rejected,
+    /// It did not accept connections within the startup timeout.
+    StartupTimeout,
+    /// Its process or container exited on its own (see the exit code).
+    Exited,
+    /// The runtime lost it (process or Pod vanished unexpectedly).
+    Lost,
+}
+
+impl Reason {
+    /// The kebab-case name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Idle => "idle",
+            Reason::Lifetime => "lifetime",
+            Reason::Requested => "requested",
+            Reason::Rejected => "rejected",
+            Reason::StartupTimeout => "startup-timeout",
+            Reason::Exited => "exited",
+            Reason::Lost => "lost",
+        }
+    }
+}
+
+/// The recorded state of one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Current phase.
+    pub phase: Phase,
+    /// Why it is terminating or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Human-readable detail for the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Exit code of the process or container, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Node the scheduler chose (none: "anywhere", or not yet scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+    /// When the scheduler admitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<Timestamp>,
+    /// When the workload was created (startup timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Timestamp>,
+    /// When it reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Status {
+    /// A new backend, pending, created at `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Status {
+            phase: Phase::Pending,
+            reason: None,
+            message: None,
+            exit_code: None,
+            node: None,
+            created_at: now,
+            scheduled_at: None,
+            started_at: None,
+            ready_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// The scheduler's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Run it (on this node, or anywhere when `None`).
+    Admitted {
+        /// The chosen node.
+        node: Option<String>,
+    },
+    /// Do not run it.
+    Rejected {
+        /// Why, shown to the caller.
+        message: String,
+    },
+}
+
+/// The workload as the runtime sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Not created (or not yet visible).
+    Absent,
+    /// Created, not accepting connections yet.
+    Starting,
+    /// Accepting connections.
+    Ready,
+    /// Exited (code if known).
+    Exited(Option<i32>),
+    /// Was created, and is now gone without an exit record.
+    Vanished,
+}
+
+impl Workload {
+    fn exists(self) -> bool {
+        matches!(self, Workload::Starting | Workload::Ready)
+    }
+}
+
+/// A request to end a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminationRequest {
+    /// Recorded reason.
+    pub reason: Reason,
+    /// Recorded detail.
+    pub message: String,
+}
+
+/// Everything [`step`] looks at besides the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The scheduler's answer, once given.
+    pub admission: Option<Admission>,
+    /// The workload's state.
+    pub workload: Workload,
+    /// A termination request, if any.
+    pub termination: Option<TerminationRequest>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Timing rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a created workload may take to accept connections.
+    pub startup: Duration,
+}
+
+/// What the runtime must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until something changes (or a deadline passes).
+    Wait,
+    /// Ask the scheduler plugin.
+    Schedule,
+    /// Create the workload (on `node` when given). Must be idempotent.
+    Create {
+        /// The scheduler's node.
+        node: Option<String>,
+    },
+    /// Stop the workload (SIGTERM / Pod deletion, then escalation after the
+    /// grace period). Must be idempotent.
+    Stop,
+}
+
+/// The next status and action for a backend.
+pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Status, Action) {
+    let mut next = status.clone();
+    let now = observed.now;
+
+    if status.phase.is_terminal() {
+        // Ended: make sure nothing keeps running (e.g. after a startup
+        // timeout, or a crash of Spawner between recording and stopping).
+        let action = if observed.workload.exists() { Action::Stop } else { Action::Wait };
+        return (next, action);
+    }
+
+    // Exits are facts: record them before anything else.
+    match observed.workload {
+        Workload::Exited(code) if status.phase >= Phase::Scheduled => {
+            next.exit_code = code;
+            if status.phase == Phase::Terminating {
+                next.phase = Phase::Terminated;
+            } else {
+                next.phase = if code == Some(0) { Phase::Terminated } else { Phase::Failed };
+                next.reason = Some(Reason::Exited);
+                next.message = Some(match code {
+                    Some(c) => format!("exited on its own with code {c}"),
+                    None => "exited on its own (killed by a signal)".into(),
+                });
+            }
+            next.finished_at = Some(now);
+            return (next, Action::Wait);
+        }
+        Workload::Vanished if status.phase >= Phase::Starting => {
+            if status.phase == Phase::Terminating {
+                next.phase = Phase::Terminated;
+            } else {
+                next.phase = Phase::Failed;
+                next.reason = Some(Reason::Lost);
+                next.message = Some("the workload disappeared".into());
+            }
+            next.finished_at = Some(now);
+            return (next, Action::Wait);
+        }
+        _ => {}
+    }
+
+    if let Some(req) = &observed.termination {
+        if status.phase != Phase::Terminating {
+            next.reason = Some(req.reason);
+            next.message = Some(req.message.clone());
+            // Once scheduled, a create may be in flight: stop (a no-op when
+            // nothing exists) and let the next step see the workload gone.
+            if status.phase >= Phase::Scheduled || observed.workload.exists() {
+                next.phase = Phase::Terminating;
+                return (next, Action::Stop);
+            }
+            // Nothing is running: end right away.
+            next.phase = Phase::Terminated;
+            next.finished_at = Some(now);
+            return (next, Action::Wait);
+        }
+    }
+
+    match status.phase {
+        Phase::Pending => match &observed.admission {
+            None => (next, Action::Schedule),
+            Some(Admission::Rejected { message }) => {
+                next.phase = Phase::Failed;
+                next.reason = Some(Reason::Rejected);
+                next.message = Some(message.clone());
+                next.finished_at = Some(now);
+                (next, Action::Wait)
+            }
+            Some(Admission::Admitted { node }) => {
+                next.phase = Phase::Scheduled;
+                next.node = node.clone();
+                next.scheduled_at = Some(now);
+                (next, Action::Create { node: node.clone() })
+            }
+        },
+        Phase::Scheduled => match observed.workload {
+            Workload::Absent | Workload::Vanished => {
+                let node = next.node.clone();
+                (next, Action::Create { node })
+            }
+            Workload::Starting => {
+                next.phase = Phase::Starting;
+                next.started_at = Some(now);
+                (next, Action::Wait)
+            }
+            Workload::Ready => {
+                next.phase = Phase::Ready;
+                next.started_at.get_or_insert(now);
+                next.ready_at = Some(now);
+                (next, Action::Wait)
+            }
+            Workload::Exited(_) => unreachable!("handled above"),
+        },
+        Phase::Starting => match observed.workload {
+            Workload::Ready => {
+                next.phase = Phase::Ready;
+                next.ready_at = Some(now);
+                (next, Action::Wait)
+            }
+            _ => {
+                let started = status.started_at.unwrap_or(status.created_at);
+                let waited = now.duration_since(started);
+                if waited.is_positive() && waited.unsigned_abs() >= timeouts.startup {
+                    next.phase = Phase::Failed;
+                    next.reason = Some(Reason::StartupTimeout);
+                    next.message = Some(format!(
+                        "did not accept connections within {} s",
+                        timeouts.startup.as_secs_f64()
+                    ));
+                    next.finished_at = Some(now);
+                    (next, Action::Stop)
+                } else {
+                    (next, Action::Wait)
+                }
+            }
+        },
+        Phase::Ready => (next, Action::Wait),
+        Phase::Terminating => {
+            if observed.workload.exists() {
+                (next, Action::Stop)
+            } else {
+                next.phase = Phase::Terminated;
+                next.finished_at = Some(now);
+                (next, Action::Wait)
+            }
+        }
+        Phase::Terminated | Phase::Failed => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STARTUP: Timeouts = Timeouts { startup: Duration::from_secs(60) };
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn observed(workload: Workload, secs: i64) -> Observed {
+        Observed { admission: Some(Admission::Admitted { node: Some("n1".into()) }), workload, termination: None, now: t(secs) }
+    }
+
+    fn in_phase(phase: Phase) -> Status {
+        let mut s = Status::new(t(0));
+        s.phase = phase;
+        if phase >= Phase::Scheduled {
+            s.scheduled_at = Some(t(0));
+            s.node = Some("n1".into());
+        }
+        if phase >= Phase::Starting {
+            s.started_at = Some(t(1));
+        }
+        s
+    }
+
+    fn terminate(reason: Reason) -> Option<TerminationRequest> {
+        Some(TerminationRequest { reason, message: format!("{} test", reason.as_str()) })
+    }
+
+    #[test]
+    fn pending_asks_the_scheduler_then_follows_its_answer() {
+        let s = Status::new(t(0));
+        let mut o = observed(Workload::Absent, 1);
+        o.admission = None;
+        assert_eq!(step(&s, &o, &STARTUP), (s.clone(), Action::Schedule));
+
+        let (next, action) = step(&s, &observed(Workload::Absent, 1), &STARTUP);
+        assert_eq!((next.phase, next.node.as_deref(), next.scheduled_at), (Phase::Scheduled, Some("n1"), Some(t(1))));
+        assert_eq!(action, Action::Create { node: Some("n1".into()) });
+
+        o.admission = Some(Admission::Rejected { message: "quota".into() });
+        let (next, action) = step(&s, &o, &STARTUP);
+        assert_eq!((next.phase, next.reason, next.message.as_deref()), (Phase::Failed, Some(Reason::Rejected), Some("quota")));
+        assert_eq!((action, next.finished_at), (Action::Wait, Some(t(1))));
+    }
+
+    #[test]
+    fn scheduled_creates_until_the_workload_shows_up() {
+        let s = in_phase(Phase::Scheduled);
+        assert_eq!(step(&s, &observed(Workload::Absent, 2), &STARTUP).1, Action::Create { node: Some("n1".into()) });
+        let (next, action) = step(&s, &observed(Workload::Starting, 2), &STARTUP);
+        assert_eq!((next.phase, next.started_at, action), (Phase::Starting, Some(t(2)), Action::Wait));
+        let (next, _) = step(&s, &observed(Workload::Ready, 2), &STARTUP);
+        assert_eq!((next.phase, next.ready_at), (Phase::Ready, Some(t(2))));
+    }
+
+    #[test]
+    fn starting_becomes_ready_or_times_out() {
+        let s = in_phase(Phase::Starting);
+        let (next, action) = step(&s, &observed(Workload::Ready, 3), &STARTUP);
+        assert_eq!((next.phase, next.ready_at, action), (Phase::Ready, Some(t(3)), Action::Wait));
+
+        let (next, action) = step(&s, &observed(Workload::Starting, 60), &STARTUP);
+        assert_eq!((next.phase, action), (Phase::Starting, Action::Wait), "59 s after start: still waiting");
+        let (next, action) = step(&s, &observed(Workload::Starting, 61), &STARTUP);
+        assert_eq!((next.phase, next.reason, action), (Phase::Failed, Some(Reason::StartupTimeout), Action::Stop));
+        assert!(next.message.unwrap().contains("60 s"));
+    }
+
+    #[test]
+    fn an_exit_on_its_own_is_recorded_with_its_code() {
+        for phase in [Phase::Scheduled, Phase::Starting, Phase::Ready] {
+            let (next, action) = step(&in_phase(phase), &observed(Workload::Exited(Some(3)), 5), &STARTUP);
+            assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(Reason::Exited), Some(3), Action::Wait), "{phase:?}");
+            assert_eq!(next.finished_at, Some(t(5)));
+        }
+        let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(0)), 5), &STARTUP);
+        assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Terminated, Some(Reason::Exited), Some(0)));
+        let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(None), 5), &STARTUP);
+        assert_eq!((next.phase, next.exit_code), (Phase::Failed, None));
+    }
+
+    #[test]
+    fn a_vanished_workload_is_lost() {
+        let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Vanished, 5), &STARTUP);
+        assert_eq!((next.phase, next.reason), (Phase::Failed, Some(Reason::Lost)));
+        // Before it was ever seen, "vanished" just means "create it".
+        assert_eq!(step(&in_phase(Phase::Scheduled), &observed(Workload::Vanished, 5), &STARTUP).1, Action::Create { node: Some("n1".into()) });
+    }
+
+    #[test]
+    fn termination_stops_the_workload_and_keeps_the_reason_through_the_exit() {
+        for reason in [Reason::Idle, Reason::Lifetime, Reason::Requested] {
+            let mut o = observed(Workload::Ready, 10);
+            o.termination = terminate(reason);
+            let (terminating, action) = step(&in_phase(Phase::Ready), &o, &STARTUP);
+            assert_eq!((terminating.phase, terminating.reason, action), (Phase::Terminating, Some(reason), Action::Stop));
+
+            // Still running: stop again (idempotent), status unchanged.
+            assert_eq!(step(&terminating, &o, &STARTUP), (terminating.clone(), Action::Stop));
+
+            // SIGTERM'd process exits 143: terminated, reason kept.
+            o.workload = Workload::Exited(Some(143));
+            let (ended, action) = step(&terminating, &o, &STARTUP);
+            assert_eq!((ended.phase, ended.reason, ended.exit_code, action), (Phase::Terminated, Some(reason), Some(143), Action::Wait));
+
+            o.workload = Workload::Absent;
+            assert_eq!(step(&terminating, &o, &STARTUP).0.phase, Phase::Terminated);
+            o.workload = Workload::Vanished;
+            assert_eq!(step(&terminating, &o, &STARTUP).0.phase, Phase::Terminated);
+        }
+    }
+
+    #[test]
+    fn termination_before_anything_runs_ends_at_once() {
+        let mut o = observed(Workload::Absent, 1);
+        o.admission = None;
+        o.termination = terminate(Reason::Requested);
+        let (next, action) = step(&Status::new(t(0)), &o, &STARTUP);
+        assert_eq!((next.phase, next.reason, action), (Phase::Terminated, Some(Reason::Requested), Action::Wait));
+
+        // Scheduled with a create possibly in flight: stop to be sure.
+        let (next, action) = step(&in_phase(Phase::Scheduled), &o, &STARTUP);
+        assert_eq!((next.phase, action), (Phase::Terminating, Action::Stop));
+        let (next, action) = step(&next, &o, &STARTUP);
+        assert_eq!((next.phase, action), (Phase::Terminated, Action::Wait));
+    }
+
+    #[test]
+    fn terminal_states_are_final_but_leave_nothing_running() {
+        for phase in [Phase::Terminated, Phase::Failed] {
+            let s = in_phase(phase);
+            let mut o = observed(Workload::Ready, 9);
+            o.termination = terminate(Reason::Idle);
+            assert_eq!(step(&s, &o, &STARTUP), (s.clone(), Action::Stop));
+            o.workload = Workload::Absent;
+            assert_eq!(step(&s, &o, &STARTUP), (s.clone(), Action::Wait));
+        }
+    }
+
+    #[test]
+    fn every_state_reaches_a_fixpoint_under_unchanged_inputs() {
+        // Level-triggered: re-running with the same observation converges.
+        let workloads = [Workload::Absent, Workload::Starting, Workload::Ready, Workload::Exited(Some(1)), Workload::Vanished];
+        for phase in Phase::ALL {
+            for w in workloads {
+                for term in [None, terminate(Reason::Idle)] {
+                    let mut o = observed(w, 1000);
+                    o.termination = term.clone();
+                    let mut s = in_phase(phase);
+                    let mut steps = 0;
+                    loop {
+                        let (next, _) = step(&s, &o, &STARTUP);
+                        if next == s {
+                            break;
+                        }
+                        assert!(next.phase >= s.phase || next.phase.is_terminal(), "{phase:?} went back to {:?}", next.phase);
+                        s = next;
+                        steps += 1;
+                        assert!(steps < 5, "no fixpoint from {phase:?} with {w:?}, {term:?}");
+                    }
+                }
+            }
+        }
+    }
+}
