@@ -24,6 +24,12 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run everything on this machine: API, proxy, sweeper, plugins, and
+    /// backends as local processes.
+    Dev(crate::dev::DevArgs),
+    /// The demo backend (a shared notepad); what the `demo` template runs.
+    #[command(hide = true)]
+    DemoBackend,
     /// Check and try plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -35,6 +41,11 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Dev(args) => crate::dev::run(args).map(|()| ExitCode::SUCCESS),
+        Command::DemoBackend => {
+            demo_backend::main_from_env()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => token::run(cmd),
     }

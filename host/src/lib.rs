@@ -6,21 +6,41 @@
 //! decisions are made by sandboxed WebAssembly plugins.
 //!
 //! Modules:
-//! - [`plugins`]: the wasmtime host that loads, checks and calls plugins
-//!   (scheduler, auth, idle), with fallbacks when a plugin fails;
-//! - [`token`]: capability tokens (mint and verify), the secret the default
-//!   auth plugin relies on without ever seeing;
-//! - [`metrics`]: the Prometheus registry every subsystem reports into;
-//! - [`cli`]: the `spawner` command line.
+//! - [`lifecycle`]: the pure state machine every runtime follows;
+//! - [`backends`]: what a backend is, and the [`backends::Control`]
+//!   interface the API drives a runtime through;
+//! - [`local`]: the local runtime (backends as processes, via [`process`]);
+//! - [`api`]: the REST API (axum) the web app's server calls;
+//! - [`proxy`]: `/p/{name}/…` to backends, HTTP and WebSocket, auth on
+//!   every request, metering into [`activity`];
+//! - [`sweeper`]: feeds activity to the idle plugin, terminates the idle;
+//! - [`plugins`]: the wasmtime host for the scheduler, auth and idle
+//!   plugins, with fallbacks when a plugin fails; [`watch`] hot-reloads them;
+//! - [`token`]: capability tokens (mint and verify);
+//! - [`config`], [`server`], [`dev`]: configuration, the listener, and the
+//!   `spawner dev` composition; [`metrics`]: Prometheus; [`cli`]: commands.
 //!
-//! Data flow: the API mints a token per backend (`token`); the proxy asks
-//! `plugins.auth()` on each request; the sweeper asks `plugins.idle()` on
-//! each tick; a create asks `plugins.scheduler()`; every call is counted in
-//! `metrics`.
+//! Data flow: a create (API) asks the scheduler plugin and starts a
+//! process; the API returns a URL and a token; the browser's requests reach
+//! the proxy, which asks the auth plugin, forwards, and meters activity; the
+//! sweeper turns activity into idle-plugin decisions and terminations; every
+//! status change follows [`lifecycle::step`].
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
+pub mod api;
+pub mod backends;
 pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod lifecycle;
+pub mod local;
 pub mod metrics;
 pub mod plugins;
+pub mod process;
+pub mod proxy;
+pub mod server;
+pub mod sweeper;
 pub mod token;
+pub mod watch;

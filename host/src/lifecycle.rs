@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Where a backend is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Accepted; waiting for the scheduler.
@@ -63,7 +63,7 @@ impl Phase {
 }
 
 /// Why a backend is terminating, terminated or failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     /// The idle plugin condemned it.
@@ -98,7 +98,7 @@ impl Reason {
 }
 
 /// The recorded state of one backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// Current phase.
@@ -116,18 +116,23 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// When it was accepted.
+    #[schema(value_type = String)]
     pub created_at: Timestamp,
     /// When the scheduler admitted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub scheduled_at: Option<Timestamp>,
     /// When the workload was created (startup timeout counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub started_at: Option<Timestamp>,
     /// When it became ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub ready_at: Option<Timestamp>,
     /// When it reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub finished_at: Option<Timestamp>,
 }
 
@@ -203,6 +208,9 @@ pub struct Observed {
     pub workload: Workload,
     /// A termination request, if any.
     pub termination: Option<TerminationRequest>,
+    /// Why creating the workload failed, if it did (e.g. the program does
+    /// not exist). Recorded as `failed`, reason `exited`, no exit code.
+    pub create_error: Option<String>,
     /// Now.
     pub now: Timestamp,
 }
@@ -291,6 +299,14 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         }
     }
 
+    if let (Phase::Scheduled, Some(err), Workload::Absent) = (status.phase, &observed.create_error, observed.workload) {
+        next.phase = Phase::Failed;
+        next.reason = Some(Reason::Exited);
+        next.message = Some(format!("could not start: {err}"));
+        next.finished_at = Some(now);
+        return (next, Action::Wait);
+    }
+
     match status.phase {
         Phase::Pending => match &observed.admission {
             None => (next, Action::Schedule),
@@ -374,7 +390,13 @@ mod tests {
     }
 
     fn observed(workload: Workload, secs: i64) -> Observed {
-        Observed { admission: Some(Admission::Admitted { node: Some("n1".into()) }), workload, termination: None, now: t(secs) }
+        Observed {
+            admission: Some(Admission::Admitted { node: Some("n1".into()) }),
+            workload,
+            termination: None,
+            create_error: None,
+            now: t(secs),
+        }
     }
 
     fn in_phase(phase: Phase) -> Status {
@@ -445,6 +467,15 @@ mod tests {
         assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Terminated, Some(Reason::Exited), Some(0)));
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(None), 5), &STARTUP);
         assert_eq!((next.phase, next.exit_code), (Phase::Failed, None));
+    }
+
+    #[test]
+    fn a_workload_that_cannot_be_created_fails_with_the_reason() {
+        let mut o = observed(Workload::Absent, 2);
+        o.create_error = Some("No such file or directory".into());
+        let (next, action) = step(&in_phase(Phase::Scheduled), &o, &STARTUP);
+        assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(Reason::Exited), None, Action::Wait));
+        assert!(next.message.unwrap().contains("could not start: No such file"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -13,6 +14,10 @@ pub struct Metrics {
     registry: Registry,
     /// Plugin calls, failures and loads.
     pub plugins: PluginMetrics,
+    /// Backends by phase, spawn-to-ready.
+    pub backends: BackendMetrics,
+    /// Proxy requests and connections.
+    pub proxy: ProxyMetrics,
 }
 
 impl Default for Metrics {
@@ -26,7 +31,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("spawner");
         let plugins = PluginMetrics::register(&mut registry);
-        Metrics { registry, plugins }
+        let backends = BackendMetrics::register(&mut registry);
+        let proxy = ProxyMetrics::register(&mut registry);
+        Metrics { registry, plugins, backends, proxy }
     }
 
     /// The text exposition format, for `/metrics`.
@@ -99,6 +106,69 @@ impl PluginMetrics {
         registry.register("plugin_failures", "Plugin calls that failed (the kind's fallback applied)", m.failures.clone());
         registry.register("plugin_loads", "Plugin loads and reloads by result", m.loads.clone());
         registry.register("plugin_call_seconds", "Duration of one plugin call, instantiation included", m.call_seconds.clone());
+        m
+    }
+}
+
+/// Labels: lifecycle phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `pending`, `ready`, `terminated`, ...
+    pub phase: &'static str,
+}
+
+/// Metrics of backends.
+pub struct BackendMetrics {
+    /// Backends currently in each phase (ended ones until forgotten).
+    pub phase: Family<PhaseLabels, Gauge>,
+    /// From accepted to ready.
+    pub spawn_to_ready_seconds: Histogram,
+}
+
+impl BackendMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = BackendMetrics {
+            phase: Family::default(),
+            // 0.5 ms to ~30 s.
+            spawn_to_ready_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
+        };
+        registry.register("backends", "Backends by lifecycle phase", m.phase.clone());
+        registry.register("spawn_to_ready_seconds", "Time from create to ready", m.spawn_to_ready_seconds.clone());
+        m
+    }
+}
+
+/// Labels: HTTP status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClassLabels {
+    /// `2xx`, `3xx`, `4xx`, `5xx`, `1xx` (WebSocket upgrades).
+    pub class: &'static str,
+}
+
+/// Metrics of the proxy.
+pub struct ProxyMetrics {
+    /// Proxied requests by response status class.
+    pub requests: Family<StatusClassLabels, Counter>,
+    /// Client connections open now.
+    pub open_connections: Gauge,
+    /// WebSockets open now.
+    pub open_websockets: Gauge,
+    /// Client connections accepted.
+    pub connections: Counter,
+}
+
+impl ProxyMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ProxyMetrics {
+            requests: Family::default(),
+            open_connections: Gauge::default(),
+            open_websockets: Gauge::default(),
+            connections: Counter::default(),
+        };
+        registry.register("proxy_requests", "Requests answered by the proxy, by status class", m.requests.clone());
+        registry.register("proxy_open_connections", "Client connections open", m.open_connections.clone());
+        registry.register("proxy_open_websockets", "WebSockets open through the proxy", m.open_websockets.clone());
+        registry.register("proxy_connections", "Client connections accepted", m.connections.clone());
         m
     }
 }

@@ -28,6 +28,14 @@ pub enum PluginCommand {
         #[arg(long)]
         settings: Option<String>,
     },
+    /// Write the embedded default plugins (default_scheduler.wasm,
+    /// default_auth.wasm, default_idle.wasm) into a directory, to inspect,
+    /// check or use as a starting point.
+    Defaults {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Make one decision with a plugin and print it as JSON.
     ///
     /// Input shapes (JSON, snake_case fields): auth {"request": {"method",
@@ -64,6 +72,15 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Check { file, kind, settings } => check(file, kind, settings),
         PluginCommand::Run { file, kind, input, settings, token_secret } => run_once(file, kind, input, settings, token_secret),
+        PluginCommand::Defaults { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for kind in PluginKind::ALL {
+                let path = out.join(format!("default_{kind}.wasm"));
+                std::fs::write(&path, crate::plugins::embedded::bytes(kind)).with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

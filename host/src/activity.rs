@@ -1,0 +1,176 @@
+//! Per-backend activity meters, written by the proxy on every request,
+//! connection and WebSocket frame, read by the sweeper.
+//!
+//! Lock-free (atomics only): the proxy's hot path pays a few relaxed
+//! increments. Counters since the last evaluation are swapped to zero when
+//! the sweeper takes a [`Snapshot`]; gauges (open connections, in-flight
+//! requests) are read as they are.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the first use of this module (monotonic).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Activity of one backend.
+#[derive(Debug)]
+pub struct Activity {
+    open_connections: AtomicU32,
+    in_flight: AtomicU32,
+    last_activity_ms: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    websocket_messages: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            open_connections: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            last_activity_ms: AtomicU64::new(now_ms()),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            websocket_messages: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the sweeper sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Connections open now (HTTP keep-alive and WebSocket).
+    pub open_connections: u32,
+    /// Requests in flight now.
+    pub in_flight_requests: u32,
+    /// Time since the last request, frame, connect or disconnect.
+    pub idle_for: Duration,
+    /// Bytes from clients since the previous snapshot.
+    pub bytes_in: u64,
+    /// Bytes to clients since the previous snapshot.
+    pub bytes_out: u64,
+    /// WebSocket messages (both ways) since the previous snapshot.
+    pub websocket_messages: u64,
+}
+
+impl Activity {
+    /// A new meter, "last active" now (a fresh backend gets its full grace
+    /// period before it can be idle).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Marks activity now.
+    pub fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ConnectionGuard(self.clone())
+    }
+
+    /// Counts an in-flight request until the guard drops.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        RequestGuard(self.clone())
+    }
+
+    /// Adds bytes received from a client.
+    pub fn add_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Adds bytes sent to a client.
+    pub fn add_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Adds complete WebSocket messages.
+    pub fn add_messages(&self, n: u64) {
+        if n > 0 {
+            self.websocket_messages.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the gauges and takes (resets) the counters.
+    pub fn snapshot(&self) -> Snapshot {
+        let last = self.last_activity_ms.load(Ordering::Relaxed);
+        Snapshot {
+            open_connections: self.open_connections.load(Ordering::Relaxed),
+            in_flight_requests: self.in_flight.load(Ordering::Relaxed),
+            idle_for: Duration::from_millis(now_ms().saturating_sub(last)),
+            bytes_in: self.bytes_in.swap(0, Ordering::Relaxed),
+            bytes_out: self.bytes_out.swap(0, Ordering::Relaxed),
+            websocket_messages: self.websocket_messages.swap(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Open connections now (for status views).
+    pub fn open_connections(&self) -> u32 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the open-connection gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<Activity>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_and_snapshots_reset_counters_not_gauges() {
+        let a = Activity::new();
+        let conn = a.connection();
+        let req = a.request();
+        a.add_in(10);
+        a.add_out(20);
+        a.add_messages(3);
+        let s = a.snapshot();
+        assert_eq!((s.open_connections, s.in_flight_requests, s.bytes_in, s.bytes_out, s.websocket_messages), (1, 1, 10, 20, 3));
+        drop(req);
+        let s = a.snapshot();
+        assert_eq!((s.open_connections, s.in_flight_requests, s.bytes_in, s.websocket_messages), (1, 0, 0, 0));
+        drop(conn);
+        assert_eq!(a.snapshot().open_connections, 0);
+    }
+
+    #[test]
+    fn idle_time_grows_without_activity_and_resets_on_touch() {
+        let a = Activity::new();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(a.snapshot().idle_for >= Duration::from_millis(25));
+        a.touch();
+        assert!(a.snapshot().idle_for < Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,122 @@
+//! The REST API the web app's server calls, under `/api/`.
+//!
+//! - `api/v1` (`backends`): create-or-get, status, status stream (SSE with
+//!   `Last-Event-ID`), wait-for-ready, terminate, list, logs, tokens;
+//! - `original`: the original Spawner surface (`POST /api/spawn`,
+//!   `GET /api/backend/{id}/ready|status|status/stream`);
+//! - `error`: [`ApiError`], JSON errors with a status and a message;
+//! - `/api/openapi.json`: this API as OpenAPI 3.1 (utoipa).
+//!
+//! Every route but `/api/openapi.json` requires `Authorization: Bearer
+//! <api-token>` when a token is configured (mandatory on non-loopback
+//! listeners). Bodies are limited to 64 KiB.
+
+mod backends;
+pub mod error;
+mod original;
+mod sse;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+
+use crate::backends::Backends;
+use crate::metrics::Metrics;
+use crate::token::TokenKey;
+pub use error::ApiError;
+
+/// Largest request body accepted (create requests are well under 1 KiB).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The runtime.
+    pub backends: Backends,
+    /// Signs capability tokens.
+    pub tokens: Arc<TokenKey>,
+    /// Default token lifetime, seconds.
+    pub token_ttl_seconds: u64,
+    /// Base URL for links.
+    pub public_url: String,
+    /// The API bearer token, if any.
+    pub api_token: Option<Arc<str>>,
+    /// Metrics registry (served at /metrics).
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Spawner API", description = "Session-lived backends: create, watch, reach and terminate per-user server processes."),
+    paths(
+        backends::create, backends::list, backends::get_one, backends::terminate, backends::events,
+        backends::ready, backends::logs, backends::token,
+        original::spawn, original::ready, original::status, original::status_stream,
+    ),
+    components(schemas(
+        backends::CreateRequest, backends::CreateResponse, backends::Resources, backends::TokenRequest,
+        backends::TokenResponse, crate::backends::BackendView, original::SpawnRequest, original::SpawnResponse,
+    )),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The API router (plus `/metrics` and `/healthz`).
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .merge(backends::routes())
+        .merge(original::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/api/openapi.json", get(|| async { axum::Json(openapi()) }));
+    Router::new()
+        .merge(api)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /api/openapi.json") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
+}
+
+/// Checks the bearer token in constant time (comparing digests).
+async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &s.api_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if Sha256::digest(presented.as_bytes()) != Sha256::digest(expected.as_bytes()) {
+            let msg = if presented.is_empty() { "this API needs Authorization: Bearer <api-token>" } else { "the API token is not valid" };
+            return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+        }
+    }
+    next.run(req).await
+}

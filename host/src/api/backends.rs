@@ -1,0 +1,276 @@
+//! `/api/v1/backends`: the API a web app's server uses.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiState, sse};
+use crate::backends::{BackendSpec, BackendView, Filter};
+use crate::lifecycle::Phase;
+
+/// Longest wait-for-ready long poll, seconds.
+const MAX_WAIT_SECONDS: u64 = 300;
+
+/// Longest token lifetime a caller may ask for: 30 days.
+const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 86_400;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/backends", post(create).get(list))
+        .route("/api/v1/backends/{name}", get(get_one).delete(terminate))
+        .route("/api/v1/backends/{name}/events", get(events))
+        .route("/api/v1/backends/{name}/ready", get(ready))
+        .route("/api/v1/backends/{name}/logs", get(logs))
+        .route("/api/v1/backends/{name}/tokens", post(token))
+}
+
+/// Requested compute (used by the scheduler plugin).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Resources {
+    /// Thousandths of a CPU core.
+    cpu_millis: u64,
+    /// Bytes of memory.
+    memory_bytes: u64,
+}
+
+/// Create (or get by key) a backend.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct CreateRequest {
+    /// Template to run (`image` is accepted as an alias).
+    #[serde(alias = "image")]
+    template: String,
+    /// Get-or-create key: while a backend with this key is live, creates
+    /// return it instead of starting another.
+    key: Option<String>,
+    /// The user the backend is for (passed to plugins; the token's subject
+    /// unless `subject` says otherwise).
+    owner: Option<String>,
+    /// Labels for plugins (quota, policy).
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Environment variables for the backend.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// How long the backend may stay unused before it is terminated (s).
+    grace_period_seconds: Option<u64>,
+    /// Hard limit on the backend's lifetime (s).
+    lifetime_limit_seconds: Option<u64>,
+    /// Requested compute.
+    #[serde(default)]
+    resources: Resources,
+    /// Node labels required.
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
+    /// Lifetime of the returned token (s; default from configuration).
+    token_ttl_seconds: Option<u64>,
+    /// Subject of the returned token (default: `owner`).
+    subject: Option<String>,
+}
+
+/// A created (or found) backend and a token for it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateResponse {
+    /// False when a live backend with the same key was returned.
+    created: bool,
+    /// The backend.
+    backend: BackendView,
+    /// Capability token for this backend (send as `Authorization: Bearer`,
+    /// or let the proxy turn `?token=` into a cookie).
+    token: String,
+    /// When the token expires.
+    #[schema(value_type = String)]
+    token_expires_at: Timestamp,
+    /// The URL to hand to the browser: `url` with the token in the query.
+    browser_url: String,
+}
+
+/// Mint a token for someone else (e.g. a second user of a shared document).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct TokenRequest {
+    /// Subject (user) of the token.
+    subject: Option<String>,
+    /// Lifetime, seconds.
+    ttl_seconds: Option<u64>,
+}
+
+/// A token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TokenResponse {
+    /// The token.
+    token: String,
+    /// When it expires.
+    #[schema(value_type = String)]
+    expires_at: Timestamp,
+    /// The backend URL with the token.
+    browser_url: String,
+}
+
+pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl: Option<u64>) -> Result<(String, Timestamp, String), ApiError> {
+    let ttl = ttl.unwrap_or(s.token_ttl_seconds);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("token TTL must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds")));
+    }
+    let now = crate::token::now_unix();
+    let token = s.tokens.mint(&view.name, subject, now, now + ttl);
+    let expires = Timestamp::from_second((now + ttl) as i64).unwrap_or(Timestamp::MAX);
+    let browser_url = format!("{}?token={token}", view.url);
+    Ok((token, expires, browser_url))
+}
+
+/// Create a backend, or get the live one with the same key.
+#[utoipa::path(post, path = "/api/v1/backends", request_body = CreateRequest,
+    responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
+        (status = 400, description = "Malformed JSON"), (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
+pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let spec = BackendSpec {
+        template: r.template,
+        key: r.key,
+        owner: r.owner.clone(),
+        labels: r.labels,
+        env: r.env,
+        grace_period_seconds: r.grace_period_seconds.unwrap_or_else(|| s.backends.default_grace_seconds()),
+        lifetime_limit_seconds: r.lifetime_limit_seconds,
+        cpu_millis: r.resources.cpu_millis,
+        memory_bytes: r.resources.memory_bytes,
+        node_selector: r.node_selector,
+    };
+    let created = s.backends.create(spec).await?;
+    let subject = r.subject.or(r.owner);
+    let (token, token_expires_at, browser_url) = mint(&s, &created.backend, subject.as_deref(), r.token_ttl_seconds)?;
+    let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
+    let location = format!("/api/v1/backends/{}", created.backend.name);
+    let body = CreateResponse { created: created.created, backend: created.backend, token, token_expires_at, browser_url };
+    Ok((status, [(header::LOCATION, location), (header::REFERRER_POLICY, "no-referrer".into())], Json(body)).into_response())
+}
+
+/// List filters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Only this phase.
+    phase: Option<Phase>,
+    /// Only this owner.
+    owner: Option<String>,
+    /// Only this key.
+    key: Option<String>,
+    /// Only backends with these labels: `k=v,k2=v2`.
+    labels: Option<String>,
+    /// Only live (not ended) backends.
+    live: Option<bool>,
+}
+
+/// List backends, newest first.
+#[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView])))]
+pub(crate) async fn list(State(s): State<ApiState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Vec<BackendView>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut labels = BTreeMap::new();
+    for pair in q.labels.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs separated by commas (got {pair:?})")))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let filter = Filter { phase: q.phase, owner: q.owner, key: q.key, labels, live: q.live.unwrap_or(false) };
+    Ok(Json(s.backends.list(&filter).await))
+}
+
+/// One backend.
+#[utoipa::path(get, path = "/api/v1/backends/{name}", params(("name" = String, Path)), responses((status = 200, body = BackendView), (status = 404)))]
+pub(crate) async fn get_one(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<BackendView>, ApiError> {
+    s.backends.get(&name).await.map(Json).ok_or_else(|| ApiError::no_backend(&name))
+}
+
+/// Terminate a backend (reason `requested`). Idempotent.
+#[utoipa::path(delete, path = "/api/v1/backends/{name}", params(("name" = String, Path)), responses((status = 202, body = BackendView), (status = 404)))]
+pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let view = s.backends.terminate(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Status changes as server-sent events (`event: status`, `id` = sequence
+/// number; send `Last-Event-ID` to resume). Ends after a terminal status.
+#[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path)), responses((status = 200, content_type = "text/event-stream"), (status = 404)))]
+pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    Ok(sse::stream(feed, sse::last_event_id(&headers), |status| serde_json::to_string(status).unwrap_or_default()).into_response())
+}
+
+/// Wait-for-ready query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    /// Seconds to wait at most (default 30, max 300).
+    timeout: Option<u64>,
+}
+
+/// Wait until the backend is ready: 200 when it is, 410 if it ended, 202
+/// (with the current status) if the timeout passed first.
+#[utoipa::path(get, path = "/api/v1/backends/{name}/ready", params(("name" = String, Path), WaitQuery),
+    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 404)))]
+pub(crate) async fn ready(State(s): State<ApiState>, Path(name): Path<String>, q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
+    let mut feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| e.status.phase == Phase::Ready || e.status.phase.is_terminal())).await;
+    let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    Ok(match view.status.phase {
+        Phase::Ready => (StatusCode::OK, Json(view)).into_response(),
+        p if p.is_terminal() => ApiError::new(
+            StatusCode::GONE,
+            format!("backend {name} ended before it was ready: {}", view.status.message.as_deref().unwrap_or(p.as_str())),
+        )
+        .into_response(),
+        _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(view)).into_response(),
+    })
+}
+
+/// Log query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    /// Only the last N lines.
+    tail: Option<usize>,
+}
+
+/// The backend's captured stdout and stderr, one line per entry:
+/// `<time> <stream> <text>`.
+#[utoipa::path(get, path = "/api/v1/backends/{name}/logs", params(("name" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain"), (status = 404)))]
+pub(crate) async fn logs(State(s): State<ApiState>, Path(name): Path<String>, q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let lines = s.backends.logs(&name, q.tail).await?;
+    let mut text = String::new();
+    for l in lines {
+        let stream = match l.stream {
+            crate::process::Stream::Stdout => "stdout",
+            crate::process::Stream::Stderr => "stderr",
+        };
+        text.push_str(&format!("{} {stream} {}\n", l.time, l.text));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Mint another token for a backend.
+#[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 404)))]
+pub(crate) async fn token(State(s): State<ApiState>, Path(name): Path<String>, body: Result<Json<TokenRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    if view.status.phase.is_terminal() {
+        return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
+    }
+    let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), r.ttl_seconds)?;
+    Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url })).into_response())
+}

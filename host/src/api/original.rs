@@ -1,0 +1,144 @@
+//! The original Spawner surface, kept so existing clients work unchanged:
+//! `POST /api/spawn`, `GET /api/backend/{id}/ready`, `.../status` and
+//! `.../status/stream`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::backends::mint;
+use super::{ApiError, ApiState, sse};
+use crate::backends::BackendSpec;
+use crate::lifecycle::{Phase, Status};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/spawn", post(spawn))
+        .route("/api/backend/{id}/ready", get(ready))
+        .route("/api/backend/{id}/status", get(status))
+        .route("/api/backend/{id}/status/stream", get(status_stream))
+}
+
+/// The original spawn request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct SpawnRequest {
+    /// Image (a template name locally).
+    image: String,
+    /// The container's HTTP port. Locally backends always listen on the
+    /// port Spawner passes in `PORT`; on Kubernetes this is the Pod's port.
+    port: Option<u16>,
+    /// Environment variables.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Idle grace period, seconds.
+    grace_period_seconds: Option<u64>,
+}
+
+/// The original spawn response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SpawnResponse {
+    /// The URL to open (carries a capability token).
+    url: String,
+    /// Backend name.
+    name: String,
+    /// Redirects to `url` once ready (409 before).
+    ready_url: String,
+    /// Status as JSON.
+    status_url: String,
+}
+
+/// Original-style status: the phase as `state`, plus the full status.
+#[derive(Debug, Serialize)]
+struct OriginalStatus<'a> {
+    state: &'static str,
+    #[serde(flatten)]
+    status: &'a Status,
+}
+
+fn state_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Pending => "Pending",
+        Phase::Scheduled => "Scheduled",
+        Phase::Starting => "Loading",
+        Phase::Ready => "Ready",
+        Phase::Terminating => "Terminating",
+        Phase::Terminated => "Terminated",
+        Phase::Failed => "Failed",
+    }
+}
+
+fn render(status: &Status) -> String {
+    serde_json::to_string(&OriginalStatus { state: state_name(status.phase), status }).unwrap_or_default()
+}
+
+/// Start a backend from an image (original API).
+#[utoipa::path(post, path = "/api/spawn", request_body = SpawnRequest, responses((status = 200, body = SpawnResponse), (status = 422)))]
+pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let _ = r.port;
+    let spec = BackendSpec {
+        template: r.image,
+        key: None,
+        owner: None,
+        labels: BTreeMap::new(),
+        env: r.env,
+        grace_period_seconds: r.grace_period_seconds.unwrap_or_else(|| s.backends.default_grace_seconds()),
+        lifetime_limit_seconds: None,
+        cpu_millis: 0,
+        memory_bytes: 0,
+        node_selector: BTreeMap::new(),
+    };
+    let created = s.backends.create(spec).await?;
+    let (_, _, url) = mint(&s, &created.backend, None, None)?;
+    let name = created.backend.name;
+    let base = &s.public_url;
+    Ok((
+        [(header::REFERRER_POLICY, "no-referrer")],
+        Json(SpawnResponse {
+            url,
+            ready_url: format!("{base}/api/backend/{name}/ready"),
+            status_url: format!("{base}/api/backend/{name}/status"),
+            name,
+        }),
+    )
+        .into_response())
+}
+
+/// 302 to the backend's URL (with a fresh token) once ready; 409 before;
+/// 410 if it ended; 404 if unknown.
+#[utoipa::path(get, path = "/api/backend/{id}/ready", params(("id" = String, Path)), responses((status = 302), (status = 409), (status = 410), (status = 404)))]
+pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let view = s.backends.get(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    match view.status.phase {
+        Phase::Ready => {
+            let (_, _, url) = mint(&s, &view, None, None)?;
+            Ok((StatusCode::FOUND, [(header::LOCATION, url), (header::REFERRER_POLICY, "no-referrer".into())]).into_response())
+        }
+        p if p.is_terminal() => Err(ApiError::new(StatusCode::GONE, format!("backend {id} has ended"))),
+        p => Err(ApiError::new(StatusCode::CONFLICT, format!("backend {id} is not ready yet ({})", p.as_str()))),
+    }
+}
+
+/// Status (original shape: `state` plus the status fields).
+#[utoipa::path(get, path = "/api/backend/{id}/status", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
+pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let view = s.backends.get(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], render(&view.status)).into_response())
+}
+
+/// Status changes as server-sent events (original shape).
+#[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path)), responses((status = 200, content_type = "text/event-stream"), (status = 404)))]
+pub(crate) async fn status_stream(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let feed = s.backends.subscribe(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    Ok(sse::stream(feed, sse::last_event_id(&headers), render).into_response())
+}

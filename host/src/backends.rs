@@ -1,0 +1,346 @@
+//! What a backend is, independent of where it runs, and the [`Control`]
+//! interface the API uses to manage backends (implemented by the local
+//! runtime today, by the Kubernetes runtime next).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+use crate::lifecycle::Status;
+use crate::process::LogLine;
+
+/// Longest key accepted (Kubernetes names are 253; keys become labels).
+pub const MAX_KEY_LEN: usize = 253;
+
+/// A create request after defaults are applied and input validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Template (or image) name.
+    pub template: String,
+    /// Get-or-create key.
+    pub key: Option<String>,
+    /// The user it is for.
+    pub owner: Option<String>,
+    /// Free-form labels, passed to plugins.
+    pub labels: BTreeMap<String, String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Idle grace period, seconds.
+    pub grace_period_seconds: u64,
+    /// Maximum lifetime, seconds.
+    pub lifetime_limit_seconds: Option<u64>,
+    /// Requested CPU, thousandths of a core.
+    pub cpu_millis: u64,
+    /// Requested memory, bytes.
+    pub memory_bytes: u64,
+    /// Node labels required.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// A backend as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendView {
+    /// Unique name; also the URL segment `/p/{name}/`.
+    pub name: String,
+    /// Template it runs.
+    pub template: String,
+    /// Get-or-create key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The user it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Idle grace period, seconds.
+    pub grace_period_seconds: u64,
+    /// Maximum lifetime, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_limit_seconds: Option<u64>,
+    /// The URL a browser opens (without a token; see `token`).
+    pub url: String,
+    /// Lifecycle status.
+    pub status: Status,
+    /// Where the backend listens (local mode: `127.0.0.1:PORT`; Kubernetes:
+    /// the Pod IP and port). For operators; browsers go through `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Connections open through the proxy right now.
+    pub open_connections: u32,
+}
+
+/// One entry of a backend's status history (SSE event id = `seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// Position in this backend's history, from 1.
+    pub seq: u64,
+    /// The status at that point.
+    pub status: Status,
+}
+
+/// Everything needed to stream a backend's status: what happened so far,
+/// and a receiver for what comes next.
+#[derive(Debug)]
+pub struct StatusFeed {
+    /// Past events, oldest first.
+    pub history: Vec<StatusEvent>,
+    /// Changes from here on.
+    pub live: watch::Receiver<StatusEvent>,
+}
+
+/// List filter (all conditions must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this phase.
+    pub phase: Option<crate::lifecycle::Phase>,
+    /// Only this owner.
+    pub owner: Option<String>,
+    /// Only this key.
+    pub key: Option<String>,
+    /// Only backends carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only live (non-terminal) backends.
+    pub live: bool,
+}
+
+impl Filter {
+    /// Whether `v` passes.
+    pub fn matches(&self, v: &BackendView) -> bool {
+        self.phase.is_none_or(|p| v.status.phase == p)
+            && self.owner.as_ref().is_none_or(|o| v.owner.as_ref() == Some(o))
+            && self.key.as_ref().is_none_or(|k| v.key.as_ref() == Some(k))
+            && self.labels.iter().all(|(k, val)| v.labels.get(k) == Some(val))
+            && (!self.live || !v.status.phase.is_terminal())
+    }
+}
+
+/// Errors of [`Control`] operations, mapped to HTTP statuses by the API.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// No backend of that name.
+    #[error("no backend named {0}")]
+    NotFound(String),
+    /// The template is not configured.
+    #[error("unknown template {0:?}; configured templates: {1}")]
+    UnknownTemplate(String, String),
+    /// Input is invalid; the message says what to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// Too many live backends.
+    #[error("{0}")]
+    Capacity(String),
+    /// Spawner is shutting down.
+    #[error("spawner is shutting down")]
+    ShuttingDown,
+}
+
+/// Result of a create-or-get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The backend.
+    pub backend: BackendView,
+    /// False when a live backend with the same key was returned.
+    pub created: bool,
+}
+
+/// What the API needs from a runtime. Methods return futures so that a
+/// runtime backed by a remote store (the Kubernetes API) fits the same API.
+pub trait Control: Send + Sync + 'static {
+    /// Creates a backend, or returns the live one with the same key.
+    /// Concurrent calls with one key create exactly one.
+    fn create(&self, spec: BackendSpec) -> impl Future<Output = Result<Created, ControlError>> + Send;
+    /// One backend.
+    fn get(&self, name: &str) -> impl Future<Output = Option<BackendView>> + Send;
+    /// Backends passing `filter`, newest first.
+    fn list(&self, filter: &Filter) -> impl Future<Output = Vec<BackendView>> + Send;
+    /// Asks a backend to stop (reason `requested`); idempotent.
+    fn terminate(&self, name: &str) -> impl Future<Output = Result<BackendView, ControlError>> + Send;
+    /// Status history and live changes.
+    fn subscribe(&self, name: &str) -> impl Future<Output = Option<StatusFeed>> + Send;
+    /// Captured output, the last `tail` lines.
+    fn logs(&self, name: &str, tail: Option<usize>) -> impl Future<Output = Result<Vec<LogLine>, ControlError>> + Send;
+    /// Names of the configured templates.
+    fn templates(&self) -> Vec<String>;
+}
+
+/// Checks a key, labels, env and owner; the message names the field.
+pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
+    let bad = |m: String| Err(ControlError::Invalid(m));
+    if let Some(k) = &spec.key {
+        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return bad(format!("key must be 1-{MAX_KEY_LEN} characters without spaces or control characters"));
+        }
+    }
+    if let Some(o) = &spec.owner {
+        if o.is_empty() || o.len() > 253 || o.chars().any(char::is_control) {
+            return bad("owner must be 1-253 characters without control characters".into());
+        }
+    }
+    for (k, v) in spec.labels.iter().chain(spec.node_selector.iter()) {
+        let ok_key = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        let ok_val = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok_key || !ok_val {
+            return bad(format!(
+                "label {k:?}={v:?} is not valid: keys use letters, digits and -_./ (up to 253), values letters, digits and -_. (up to 63)"
+            ));
+        }
+    }
+    for k in spec.env.keys() {
+        let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return bad(format!("env name {k:?} is not a valid variable name"));
+        }
+        if k == "PORT" || k.starts_with("SPAWNER_") {
+            return bad(format!("env {k} is set by Spawner and cannot be overridden"));
+        }
+    }
+    if spec.grace_period_seconds == 0 {
+        return bad("gracePeriodSeconds must be at least 1".into());
+    }
+    if spec.lifetime_limit_seconds == Some(0) {
+        return bad("lifetimeLimitSeconds must be at least 1 (omit it for no limit)".into());
+    }
+    Ok(())
+}
+
+/// A new backend name: a slug of the template and ten random characters,
+/// valid as a DNS label and a URL segment.
+pub fn new_name(template: &str) -> String {
+    use rand::Rng;
+    let slug: String = template
+        .rsplit('/')
+        .next()
+        .unwrap_or(template)
+        .split(':')
+        .next()
+        .unwrap_or("b")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(20)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string();
+    let slug = if slug.is_empty() || !slug.starts_with(|c: char| c.is_ascii_lowercase()) { format!("b{slug}") } else { slug };
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..10).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("{slug}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BackendSpec {
+        BackendSpec {
+            template: "demo".into(),
+            key: Some("doc-1".into()),
+            owner: Some("alice".into()),
+            labels: BTreeMap::from([("team".into(), "data".into())]),
+            env: BTreeMap::from([("MODE".into(), "x".into())]),
+            grace_period_seconds: 300,
+            lifetime_limit_seconds: None,
+            cpu_millis: 0,
+            memory_bytes: 0,
+            node_selector: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for t in ["demo", "ghcr.io/acme/Editor_App:1.2", "123", "---"] {
+            let n = new_name(t);
+            assert!(n.len() <= 63 && n.starts_with(|c: char| c.is_ascii_lowercase()), "{n}");
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{n}");
+        }
+        assert!(new_name("ghcr.io/acme/editor:1").starts_with("editor-"));
+        assert_ne!(new_name("demo"), new_name("demo"));
+    }
+
+    #[test]
+    fn invalid_input_is_explained() {
+        validate_spec(&spec()).unwrap();
+        let with = |f: fn(&mut BackendSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            validate_spec(&s).unwrap_err().to_string()
+        };
+        assert!(with(|s| s.key = Some("has space".into())).contains("key"));
+        assert!(with(|s| s.env.insert("PORT".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("PORT"));
+        assert!(with(|s| s.env.insert("1BAD".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("valid variable"));
+        assert!(with(|s| s.labels.insert("ok".into(), "bad value!".into()).map(|_| ()).unwrap_or(())).contains("label"));
+        assert!(with(|s| s.grace_period_seconds = 0).contains("gracePeriodSeconds"));
+        assert!(with(|s| s.lifetime_limit_seconds = Some(0)).contains("lifetimeLimitSeconds"));
+    }
+}
+
+/// The runtime behind the API, chosen at start-up. An enum rather than a
+/// trait object: [`Control`]'s methods return futures, and static dispatch
+/// keeps the API handlers plain functions.
+#[derive(Clone)]
+pub enum Backends {
+    /// Local processes (`spawner dev`).
+    Local(std::sync::Arc<crate::local::Local>),
+}
+
+impl Backends {
+    /// See [`Control::create`].
+    pub async fn create(&self, spec: BackendSpec) -> Result<Created, ControlError> {
+        match self {
+            Backends::Local(l) => l.create(spec).await,
+        }
+    }
+
+    /// See [`Control::get`].
+    pub async fn get(&self, name: &str) -> Option<BackendView> {
+        match self {
+            Backends::Local(l) => l.get(name).await,
+        }
+    }
+
+    /// See [`Control::list`].
+    pub async fn list(&self, filter: &Filter) -> Vec<BackendView> {
+        match self {
+            Backends::Local(l) => l.list(filter).await,
+        }
+    }
+
+    /// See [`Control::terminate`].
+    pub async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
+        match self {
+            Backends::Local(l) => l.terminate(name).await,
+        }
+    }
+
+    /// See [`Control::subscribe`].
+    pub async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
+        match self {
+            Backends::Local(l) => l.subscribe(name).await,
+        }
+    }
+
+    /// See [`Control::logs`].
+    pub async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
+        match self {
+            Backends::Local(l) => l.logs(name, tail).await,
+        }
+    }
+
+    /// See [`Control::templates`].
+    pub fn templates(&self) -> Vec<String> {
+        match self {
+            Backends::Local(l) => l.templates(),
+        }
+    }
+
+    /// Default idle grace period for creates that do not give one.
+    pub fn default_grace_seconds(&self) -> u64 {
+        match self {
+            Backends::Local(l) => l.default_grace_seconds(),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! `spawner dev` configuration: one TOML file, every field optional, flags
+//! and environment variables on top.
+//!
+//! Unknown fields are refused (a typo must not be silently ignored), and
+//! parse errors name the line and column. [`Config::validate`] checks the
+//! combination at start-up, e.g. that a non-loopback listener has an API
+//! token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::plugins::{Limits, PluginKind, RuntimeConfig};
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message has the line).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// The values do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The name of the built-in template that runs the demo backend.
+pub const DEMO_TEMPLATE: &str = "demo";
+
+/// Everything `spawner dev` can be told.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Address for the API, the proxy and /metrics.
+    pub listen: SocketAddr,
+    /// Base URL browsers reach Spawner at (default `http://{listen}`).
+    pub public_url: Option<String>,
+    /// Bearer token the web app's server presents to the API. Required when
+    /// `listen` is not a loopback address.
+    pub api_token: Option<String>,
+    /// Secret capability tokens are signed with (at least 16 bytes). When
+    /// unset a random one is generated, so tokens do not survive a restart.
+    pub token_secret: Option<String>,
+    /// Lifetime of a capability token, in seconds.
+    pub token_ttl_seconds: u64,
+    /// Enables host routing: `{name}.{host-domain}` reaches backend `name`.
+    pub host_domain: Option<String>,
+    /// Defaults and limits for backends.
+    pub backends: BackendsConfig,
+    /// The idle sweeper.
+    pub sweeper: SweeperConfig,
+    /// Proxy hygiene and limits.
+    pub proxy: ProxyConfig,
+    /// Plugins: files, settings and limits per kind.
+    pub plugins: PluginsConfig,
+    /// Named templates (a name may be an image reference, e.g.
+    /// `"ghcr.io/acme/editor:1"`, so one spec works locally and on
+    /// Kubernetes).
+    pub templates: BTreeMap<String, Template>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            api_token: None,
+            token_secret: None,
+            // A day: long enough for a working session, short enough that a
+            // leaked URL stops working.
+            token_ttl_seconds: 86_400,
+            host_domain: None,
+            backends: BackendsConfig::default(),
+            sweeper: SweeperConfig::default(),
+            proxy: ProxyConfig::default(),
+            plugins: PluginsConfig::default(),
+            templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// Backend defaults and limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendsConfig {
+    /// How long a backend may stay unused before the default idle plugin
+    /// terminates it, when the create request does not say.
+    pub grace_period_seconds: u64,
+    /// How long a started backend may take to accept connections.
+    pub startup_timeout_seconds: u64,
+    /// Between SIGTERM and SIGKILL when stopping a backend.
+    pub stop_timeout_seconds: u64,
+    /// How long ended backends stay visible in the API.
+    pub retention_seconds: u64,
+    /// Live backends at most; creates beyond it get 429.
+    pub max_backends: usize,
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        BackendsConfig {
+            // Five minutes: the original Spawner's default, long enough to
+            // survive a page reload or a short network drop.
+            grace_period_seconds: 300,
+            // A minute covers slow language runtimes on a busy laptop.
+            startup_timeout_seconds: 60,
+            // Ten seconds, like Kubernetes' default grace is 30: enough to
+            // flush state, short enough not to hold up a shutdown.
+            stop_timeout_seconds: 10,
+            // An hour of history for status pages and debugging.
+            retention_seconds: 3600,
+            // One machine: a thousand processes is already a lot.
+            max_backends: 1000,
+        }
+    }
+}
+
+/// The idle sweeper.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SweeperConfig {
+    /// Time between sweeps, in milliseconds.
+    pub interval_ms: u64,
+    /// Log decisions without terminating anything.
+    pub dry_run: bool,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        // Five seconds: idle grace periods are minutes, so this adds at most
+        // a few percent to them, at negligible cost.
+        SweeperConfig { interval_ms: 5000, dry_run: false }
+    }
+}
+
+/// Proxy limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProxyConfig {
+    /// Open client connections at most; further ones wait in the backlog.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Listen backlog: connections the kernel queues before we accept them.
+    pub listen_backlog: u32,
+    /// `X-Forwarded-Proto` sent to backends (set `https` behind a TLS
+    /// terminator; never taken from the client).
+    pub forwarded_proto: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            // Each idle WebSocket costs a few KiB; 20k stays far below
+            // typical file-descriptor limits of 64k+.
+            max_connections: 20_000,
+            // Ten seconds defeats slowloris without hurting slow mobiles.
+            header_read_timeout_ms: 10_000,
+            // 64 KiB: large cookies fit, header floods do not.
+            max_header_bytes: 64 * 1024,
+            // 4096 (the kernel's usual somaxconn): a burst of a thousand
+            // WebSocket connects must not overflow into SYN retransmits,
+            // which a backlog of 128 turns into seconds of delay.
+            listen_backlog: 4096,
+            forwarded_proto: "http".into(),
+        }
+    }
+}
+
+/// One plugin slot.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginSlot {
+    /// Component file; the embedded default when unset. Watched and
+    /// hot-reloaded.
+    pub file: Option<PathBuf>,
+    /// Settings text (by convention JSON).
+    pub settings: Option<String>,
+    /// Settings read from a file instead (watched too).
+    pub settings_file: Option<PathBuf>,
+    /// Memory per call, MiB (default 64).
+    pub memory_mib: Option<u64>,
+    /// CPU deadline per call, ms (default 20 for auth, 100 otherwise).
+    pub deadline_ms: Option<u64>,
+}
+
+/// Plugins.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginsConfig {
+    /// The scheduler.
+    pub scheduler: PluginSlot,
+    /// Auth.
+    pub auth: PluginSlot,
+    /// Idle.
+    pub idle: PluginSlot,
+    /// Plugin instances at once (see `RuntimeConfig::max_instances`).
+    pub max_instances: Option<u32>,
+}
+
+impl PluginsConfig {
+    /// The slot of `kind`.
+    pub fn slot(&self, kind: PluginKind) -> &PluginSlot {
+        match kind {
+            PluginKind::Scheduler => &self.scheduler,
+            PluginKind::Auth => &self.auth,
+            PluginKind::Idle => &self.idle,
+        }
+    }
+
+    /// Mutable slot of `kind`.
+    pub fn slot_mut(&mut self, kind: PluginKind) -> &mut PluginSlot {
+        match kind {
+            PluginKind::Scheduler => &mut self.scheduler,
+            PluginKind::Auth => &mut self.auth,
+            PluginKind::Idle => &mut self.idle,
+        }
+    }
+
+    /// The plugin runtime's limits.
+    pub fn runtime(&self) -> RuntimeConfig {
+        let mut rc = RuntimeConfig::default();
+        for kind in PluginKind::ALL {
+            let d = rc.limits(kind);
+            let s = self.slot(kind);
+            let l = Limits { memory_mib: s.memory_mib.unwrap_or(d.memory_mib), deadline_ms: s.deadline_ms.unwrap_or(d.deadline_ms) };
+            match kind {
+                PluginKind::Scheduler => rc.scheduler = l,
+                PluginKind::Auth => rc.auth = l,
+                PluginKind::Idle => rc.idle = l,
+            }
+        }
+        if let Some(n) = self.max_instances {
+            rc.max_instances = n;
+        }
+        rc
+    }
+}
+
+/// How to run a backend locally.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Template {
+    /// Program to run (path, or a name looked up in PATH).
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Environment variables for it.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path` (or starts from defaults when `None`).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Adds the built-in `demo` template (this binary's `demo-backend`
+    /// subcommand) unless the file defines one.
+    pub fn with_builtin_templates(mut self) -> Self {
+        if !self.templates.contains_key(DEMO_TEMPLATE) {
+            let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "spawner".into());
+            self.templates.insert(
+                DEMO_TEMPLATE.into(),
+                Template { command: exe, args: vec!["demo-backend".into()], env: BTreeMap::new(), cwd: None },
+            );
+        }
+        self
+    }
+
+    /// The base URL browsers use.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen)).trim_end_matches('/').to_string()
+    }
+
+    /// Checks the values together; the message names the field to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !self.listen.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty) {
+            return bad(format!(
+                "listen = {} is reachable from other machines, so the API needs a token: set api-token in the config file or SPAWNER_API_TOKEN (or listen on 127.0.0.1)",
+                self.listen
+            ));
+        }
+        if let Some(t) = &self.api_token {
+            if t.len() < 16 {
+                return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
+            }
+        }
+        if let Some(s) = &self.token_secret {
+            if s.len() < crate::token::MIN_SECRET_BYTES {
+                return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
+            }
+        }
+        if self.token_ttl_seconds == 0 {
+            return bad("token-ttl-seconds must be positive".into());
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(format!("public-url must start with http:// or https:// (got {u})"));
+            }
+        }
+        if self.sweeper.interval_ms == 0 {
+            return bad("sweeper.interval-ms must be positive".into());
+        }
+        if self.backends.startup_timeout_seconds == 0 {
+            return bad("backends.startup-timeout-seconds must be positive".into());
+        }
+        if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
+            return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
+        }
+        for (name, t) in &self.templates {
+            if t.command.trim().is_empty() {
+                return bad(format!("templates.\"{name}\".command is empty"));
+            }
+        }
+        for kind in PluginKind::ALL {
+            let s = self.plugins.slot(kind);
+            if s.settings.is_some() && s.settings_file.is_some() {
+                return bad(format!("plugins.{kind}: set settings or settings-file, not both"));
+            }
+        }
+        self.plugins.runtime().validate().map_err(ConfigError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = Config::parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            token-ttl-seconds = 60
+            [backends]
+            grace-period-seconds = 30
+            [plugins.auth]
+            file = "auth.wasm"
+            settings = '{"cookie":"s"}'
+            deadline-ms = 5
+            [templates."ghcr.io/acme/editor:1"]
+            command = "node"
+            args = ["server.js"]
+            env = { NODE_ENV = "production" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.backends.grace_period_seconds, 30);
+        assert_eq!(c.plugins.runtime().auth, Limits { memory_mib: 64, deadline_ms: 5 });
+        assert_eq!(c.templates["ghcr.io/acme/editor:1"].env["NODE_ENV"], "production");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_types_name_the_line() {
+        let e = Config::parse("listen = \"127.0.0.1:1\"\n\n[backends]\ngrace-period = 3\n").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("grace-period"), "{e}");
+        let e = Config::parse("token-ttl-seconds = -5\n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_public_listener_needs_an_api_token() {
+        let mut c = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("needs a token"));
+        c.api_token = Some("0123456789abcdef0123".into());
+        c.validate().unwrap();
+        c.token_secret = Some("short".into());
+        assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
+    }
+}

@@ -1,0 +1,213 @@
+//! `spawner dev`: the whole system in one process — API, proxy, sweeper,
+//! plugins and backends as local processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::api::{self, ApiState};
+use crate::backends::Backends;
+use crate::config::Config;
+use crate::local::{Local, LocalConfig};
+use crate::metrics::Metrics;
+use crate::plugins::{PluginKind, Plugins, Runtime};
+use crate::proxy::{Proxy, ProxySettings};
+use crate::server::{self, App, Limits};
+use crate::token::TokenKey;
+
+/// A running `spawner dev`.
+pub struct Dev {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The local runtime.
+    pub local: Arc<Local>,
+    /// The plugins.
+    pub plugins: Arc<Plugins>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Dev {
+    /// Builds everything from a validated `config` and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Dev> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let tokens = Arc::new(match &config.token_secret {
+            Some(s) => TokenKey::new(s.as_bytes())?,
+            None => TokenKey::random(),
+        });
+        let runtime = Arc::new(Runtime::new(config.plugins.runtime(), Some(tokens.clone()))?);
+        let mut sources = Vec::new();
+        for kind in PluginKind::ALL {
+            sources.push((kind, crate::watch::source(&config.plugins, kind)?));
+        }
+        let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
+
+        let listener = server::bind(config.listen, config.proxy.listen_backlog).with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mut config = config;
+        if config.listen.port() == 0 && config.public_url.is_none() {
+            config.public_url = Some(format!("http://{addr}"));
+        }
+
+        let local = Local::new(LocalConfig::from_config(&config), plugins.clone(), metrics.clone());
+        let proxy = Arc::new(Proxy::new(
+            local.clone(),
+            plugins.clone(),
+            metrics.clone(),
+            ProxySettings { host_domain: config.host_domain.clone(), forwarded_proto: config.proxy.forwarded_proto.clone(), ..ProxySettings::default() },
+        ));
+        let api = api::router(ApiState {
+            backends: Backends::Local(local.clone()),
+            tokens,
+            token_ttl_seconds: config.token_ttl_seconds,
+            public_url: config.public_url(),
+            api_token: config.api_token.as_deref().map(Arc::from),
+            metrics: metrics.clone(),
+        });
+        let app = Arc::new(App { proxy, api, metrics: metrics.clone() });
+        let limits = Limits {
+            max_connections: config.proxy.max_connections,
+            header_read_timeout: Duration::from_millis(config.proxy.header_read_timeout_ms),
+            max_header_bytes: config.proxy.max_header_bytes,
+        };
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(listener, app, limits, async {
+            let _ = stop.await;
+        }));
+        let tasks = vec![
+            crate::sweeper::spawn(local.clone(), plugins.clone(), Duration::from_millis(config.sweeper.interval_ms), config.sweeper.dry_run),
+            local.start_gc(),
+        ];
+        let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone()).context("watching plugin files")?;
+        Ok(Dev { addr, local, plugins, shutdown, server, _tasks: tasks, _watcher: watcher })
+    }
+
+    /// Stops accepting, terminates every backend and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.server.await;
+        self.local.shutdown().await;
+    }
+}
+
+/// Flags of `spawner dev`; each overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DevArgs {
+    /// Config file (TOML).
+    #[arg(long, env = "SPAWNER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the API and proxy on (port 0 picks a free one).
+    #[arg(long, env = "SPAWNER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Base URL browsers reach Spawner at.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// API bearer token (required off loopback).
+    #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Capability token secret (random per start when unset).
+    #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Enable host routing: `{name}.{DOMAIN}`.
+    #[arg(long)]
+    pub host_domain: Option<String>,
+    /// A plugin file: `KIND=PATH` (kind: scheduler, auth, idle). Repeatable.
+    #[arg(long = "plugin", value_name = "KIND=PATH")]
+    pub plugins: Vec<String>,
+    /// Plugin settings: `KIND=JSON` or `KIND=@FILE`. Repeatable.
+    #[arg(long = "plugin-settings", value_name = "KIND=SETTINGS")]
+    pub plugin_settings: Vec<String>,
+    /// Time between idle sweeps, milliseconds.
+    #[arg(long)]
+    pub sweep_interval_ms: Option<u64>,
+    /// Log what the sweeper would terminate, without terminating.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn kind_value(arg: &str, flag: &str) -> anyhow::Result<(PluginKind, String)> {
+    let (k, v) = arg.split_once('=').with_context(|| format!("{flag} takes KIND=VALUE (got {arg:?})"))?;
+    let kind = match k {
+        "scheduler" => PluginKind::Scheduler,
+        "auth" => PluginKind::Auth,
+        "idle" => PluginKind::Idle,
+        other => anyhow::bail!("{flag}: unknown plugin kind {other:?} (expected scheduler, auth or idle)"),
+    };
+    Ok((kind, v.to_string()))
+}
+
+/// The configuration `spawner dev` runs with: file, then flags and env.
+pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
+    let mut c = Config::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        c.listen = l;
+    }
+    if let Some(u) = &args.public_url {
+        c.public_url = Some(u.clone());
+    }
+    if let Some(t) = &args.api_token {
+        c.api_token = Some(t.clone());
+    }
+    if let Some(t) = &args.token_secret {
+        c.token_secret = Some(t.clone());
+    }
+    if let Some(d) = &args.host_domain {
+        c.host_domain = Some(d.clone());
+    }
+    for p in &args.plugins {
+        let (kind, path) = kind_value(p, "--plugin")?;
+        c.plugins.slot_mut(kind).file = Some(PathBuf::from(path));
+    }
+    for p in &args.plugin_settings {
+        let (kind, value) = kind_value(p, "--plugin-settings")?;
+        let slot = c.plugins.slot_mut(kind);
+        match value.strip_prefix('@') {
+            Some(path) => {
+                slot.settings_file = Some(PathBuf::from(path));
+                slot.settings = None;
+            }
+            None => {
+                slot.settings = Some(value);
+                slot.settings_file = None;
+            }
+        }
+    }
+    if let Some(i) = args.sweep_interval_ms {
+        c.sweeper.interval_ms = i;
+    }
+    if args.dry_run {
+        c.sweeper.dry_run = true;
+    }
+    let c = c.with_builtin_templates();
+    c.validate()?;
+    Ok(c)
+}
+
+/// Runs `spawner dev` until SIGINT or SIGTERM, then stops every backend.
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let config = config_from_args(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let dev = Dev::start(config.clone()).await?;
+        let base = config.public_url.clone().unwrap_or_else(|| format!("http://{}", dev.addr));
+        let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $SPAWNER_API_TOKEN\"" } else { "" };
+        tracing::info!(listen = %dev.addr, "spawner dev is ready");
+        eprintln!(
+            "\nSpawner is listening on {base}\n\n  Start a demo backend (a shared notepad):\n    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: stopping every backend");
+        dev.stop().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,334 @@
+//! The local runtime (`spawner dev`): backends as child processes, state in
+//! memory.
+//!
+//! - [`Local`] keeps the records and implements [`Control`] (for the API),
+//!   [`Resolve`](crate::proxy::Resolve) (for the proxy) and
+//!   [`SweepSource`](crate::sweeper::SweepSource) (for the sweeper);
+//! - `record`: one backend's state: spec, status history, activity, process;
+//! - `driver`: one task per backend that runs [`lifecycle::step`] and
+//!   executes its actions with [`crate::process`];
+//! - `node`: this machine as the scheduler's one node.
+
+mod driver;
+mod node;
+mod record;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::activity::Activity;
+use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusFeed, new_name, validate_spec};
+use crate::config::{Config, Template};
+use crate::lifecycle::{self, Phase, Reason, Status, TerminationRequest};
+use crate::metrics::{Metrics, PhaseLabels};
+use crate::plugins::Plugins;
+use crate::process::LogLine;
+use crate::proxy::{Resolve, Target};
+use crate::sweeper::{Candidate, SweepSource};
+use record::Record;
+
+/// Settings of the local runtime, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Templates by name.
+    pub templates: HashMap<String, Template>,
+    /// Base URL for backend URLs.
+    pub public_url: String,
+    /// Host routing domain, if enabled.
+    pub host_domain: Option<String>,
+    /// Default idle grace period, seconds.
+    pub default_grace_seconds: u64,
+    /// Startup timeout.
+    pub startup_timeout: Duration,
+    /// SIGTERM → SIGKILL.
+    pub stop_timeout: Duration,
+    /// How long ended backends stay listed.
+    pub retention: Duration,
+    /// Live backends at most.
+    pub max_backends: usize,
+}
+
+impl LocalConfig {
+    /// From the configuration file and flags.
+    pub fn from_config(c: &Config) -> Self {
+        LocalConfig {
+            templates: c.templates.clone().into_iter().collect(),
+            public_url: c.public_url(),
+            host_domain: c.host_domain.clone(),
+            default_grace_seconds: c.backends.grace_period_seconds,
+            startup_timeout: Duration::from_secs(c.backends.startup_timeout_seconds),
+            stop_timeout: Duration::from_secs(c.backends.stop_timeout_seconds),
+            retention: Duration::from_secs(c.backends.retention_seconds),
+            max_backends: c.backends.max_backends,
+        }
+    }
+}
+
+/// The local runtime.
+pub struct Local {
+    config: LocalConfig,
+    plugins: Arc<Plugins>,
+    metrics: Arc<Metrics>,
+    records: RwLock<HashMap<String, Arc<Record>>>,
+    /// Key → name of the live backend holding it. Its mutex is also the
+    /// lock that makes get-or-create by key atomic.
+    keys: Mutex<HashMap<String, String>>,
+    shutting_down: AtomicBool,
+    /// Drivers need an owning handle; `Local` only exists inside an Arc.
+    me: Weak<Local>,
+}
+
+impl Local {
+    /// A runtime; call [`Local::start_gc`] to have ended backends forgotten.
+    pub fn new(config: LocalConfig, plugins: Arc<Plugins>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Local {
+            config,
+            plugins,
+            metrics,
+            records: RwLock::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+
+    /// Default idle grace period for create requests that do not give one.
+    pub fn default_grace_seconds(&self) -> u64 {
+        self.config.default_grace_seconds
+    }
+
+    /// Forgets ended backends older than the retention, periodically.
+    pub fn start_gc(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let every = (self.config.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(local) = weak.upgrade() else { return };
+                local.collect_garbage();
+            }
+        })
+    }
+
+    fn collect_garbage(&self) {
+        let cutoff = Timestamp::now() - self.config.retention;
+        let mut records = self.records.write().expect("records lock");
+        records.retain(|_, r| {
+            let s = r.status();
+            let keep = !(s.phase.is_terminal() && s.finished_at.is_some_and(|f| f < cutoff));
+            if !keep {
+                self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: s.phase.as_str() }).dec();
+            }
+            keep
+        });
+    }
+
+    fn record(&self, name: &str) -> Option<Arc<Record>> {
+        self.records.read().expect("records lock").get(name).cloned()
+    }
+
+    fn url(&self, name: &str) -> String {
+        match &self.config.host_domain {
+            Some(domain) => {
+                let scheme = self.config.public_url.split("://").next().unwrap_or("http");
+                format!("{scheme}://{name}.{domain}/")
+            }
+            None => format!("{}/p/{name}/", self.config.public_url),
+        }
+    }
+
+    fn view(&self, r: &Record) -> BackendView {
+        let process = r.process.lock().expect("process lock");
+        BackendView {
+            name: r.name.clone(),
+            template: r.spec.template.clone(),
+            key: r.spec.key.clone(),
+            owner: r.spec.owner.clone(),
+            labels: r.spec.labels.clone(),
+            grace_period_seconds: r.spec.grace_period_seconds,
+            lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
+            url: self.url(&r.name),
+            status: r.status(),
+            address: process.as_ref().map(|p| p.addr.to_string()),
+            open_connections: r.activity.open_connections(),
+        }
+    }
+
+    /// Called by the driver for every status change.
+    fn transition(&self, r: &Record, from: &Status, to: Status) {
+        let gauge = &self.metrics.backends.phase;
+        if from.phase != to.phase {
+            gauge.get_or_create(&PhaseLabels { phase: from.phase.as_str() }).dec();
+            gauge.get_or_create(&PhaseLabels { phase: to.phase.as_str() }).inc();
+        }
+        if to.phase == Phase::Ready && from.phase != Phase::Ready {
+            if let Some(ready) = to.ready_at {
+                let secs = ready.duration_since(to.created_at).as_secs_f64();
+                self.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
+            }
+        }
+        if to.phase.is_terminal() {
+            if let Some(key) = &r.spec.key {
+                let mut keys = self.keys.lock().expect("keys lock");
+                if keys.get(key) == Some(&r.name) {
+                    keys.remove(key);
+                }
+            }
+        }
+        tracing::info!(
+            backend = %r.name,
+            from = from.phase.as_str(),
+            to = to.phase.as_str(),
+            reason = to.reason.map(Reason::as_str).unwrap_or(""),
+            message = to.message.as_deref().unwrap_or(""),
+            "backend status"
+        );
+        r.set_status(to);
+    }
+
+    /// Terminates every backend (reason `requested`) and waits for them to
+    /// exit, up to the stop timeout plus a margin; then kills what is left.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
+        for r in &records {
+            r.request_termination(TerminationRequest { reason: Reason::Requested, message: "spawner is shutting down".into() });
+        }
+        let all_done = async {
+            for r in &records {
+                r.wait_finished().await;
+            }
+        };
+        if tokio::time::timeout(self.config.stop_timeout + Duration::from_secs(2), all_done).await.is_err() {
+            tracing::warn!("backends still running after the stop timeout; killing them");
+        }
+        for r in &records {
+            if let Some(p) = r.process.lock().expect("process lock").as_ref() {
+                p.kill();
+            }
+        }
+    }
+}
+
+impl Control for Local {
+    async fn create(&self, spec: BackendSpec) -> Result<Created, ControlError> {
+        self.create_now(spec)
+    }
+
+    async fn get(&self, name: &str) -> Option<BackendView> {
+        self.record(name).map(|r| self.view(&r))
+    }
+
+    async fn list(&self, filter: &Filter) -> Vec<BackendView> {
+        let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
+        let mut views: Vec<BackendView> = records.iter().map(|r| self.view(r)).filter(|v| filter.matches(v)).collect();
+        views.sort_by(|a, b| b.status.created_at.cmp(&a.status.created_at).then(a.name.cmp(&b.name)));
+        views
+    }
+
+    async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
+        let r = self.record(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        r.request_termination(TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() });
+        Ok(self.view(&r))
+    }
+
+    async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
+        self.record(name).map(|r| r.feed())
+    }
+
+    async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
+        let r = self.record(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        let process = r.process.lock().expect("process lock");
+        Ok(process.as_ref().map(|p| p.logs.lines(tail)).unwrap_or_default())
+    }
+
+    fn templates(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.config.templates.keys().cloned().collect();
+        t.sort();
+        t
+    }
+}
+
+impl Local {
+    fn create_now(&self, spec: BackendSpec) -> Result<Created, ControlError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ControlError::ShuttingDown);
+        }
+        validate_spec(&spec)?;
+        let Some(template) = self.config.templates.get(&spec.template).cloned() else {
+            return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", ")));
+        };
+        let mut keys = self.keys.lock().expect("keys lock");
+        if let Some(key) = &spec.key {
+            if let Some(existing) = keys.get(key).and_then(|n| self.record(n)) {
+                if !existing.status().phase.is_terminal() {
+                    return Ok(Created { backend: self.view(&existing), created: false });
+                }
+            }
+        }
+        let live = self.records.read().expect("records lock").values().filter(|r| !r.status().phase.is_terminal()).count();
+        if live >= self.config.max_backends {
+            return Err(ControlError::Capacity(format!(
+                "{live} backends are running, the configured maximum (backends.max-backends); terminate some or raise it"
+            )));
+        }
+        let name = new_name(&spec.template);
+        let record = Arc::new(Record::new(name.clone(), spec, template, Activity::new()));
+        self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: Phase::Pending.as_str() }).inc();
+        self.records.write().expect("records lock").insert(name.clone(), record.clone());
+        if let Some(key) = &record.spec.key {
+            keys.insert(key.clone(), name);
+        }
+        drop(keys);
+        let view = self.view(&record);
+        tokio::spawn(driver::drive(self.self_arc(), record));
+        Ok(Created { backend: view, created: true })
+    }
+
+    fn self_arc(&self) -> Arc<Local> {
+        self.me.upgrade().expect("Local is alive while its methods run")
+    }
+}
+
+impl Resolve for Local {
+    fn resolve(&self, name: &str) -> Option<Target> {
+        let r = self.record(name)?;
+        let phase = r.status().phase;
+        let addr = if phase == Phase::Ready { r.process.lock().expect("process lock").as_ref().map(|p| p.addr) } else { None };
+        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone() })
+    }
+}
+
+impl SweepSource for Local {
+    fn ready(&self) -> Vec<Candidate> {
+        let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
+        records
+            .into_iter()
+            .filter_map(|r| {
+                let s = r.status();
+                (s.phase == Phase::Ready).then(|| Candidate {
+                    backend: (*r.info).clone(),
+                    created_at: s.created_at,
+                    grace_period_seconds: r.spec.grace_period_seconds,
+                    lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
+                    activity: r.activity.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn terminate(&self, name: &str, request: TerminationRequest) {
+        if let Some(r) = self.record(name) {
+            r.request_termination(request);
+        }
+    }
+}
+
+/// Lifecycle timing for the driver.
+fn timeouts(c: &LocalConfig) -> lifecycle::Timeouts {
+    lifecycle::Timeouts { startup: c.startup_timeout }
+}

@@ -1,0 +1,160 @@
+//! One task per backend: observe, [`lifecycle::step`], execute, wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use super::node::this_machine;
+use super::record::Record;
+use super::{Local, timeouts};
+use crate::lifecycle::{self, Action, Admission, Observed, Phase, Workload};
+use crate::plugins::types::{Label, Node, PlacedBackend, Placement, PlacementRequest, Resources};
+use crate::process::{self, Identity, ProcessCommand, ProcessState};
+
+pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
+    let timeouts = timeouts(&local.config);
+    let mut admission: Option<Admission> = None;
+    let mut create_error: Option<String> = None;
+    let mut state: Option<watch::Receiver<ProcessState>> = None;
+    let mut stop_sent = false;
+    loop {
+        let workload = match &state {
+            None => Workload::Absent,
+            Some(w) => match *w.borrow() {
+                ProcessState::Starting => Workload::Starting,
+                ProcessState::Ready => Workload::Ready,
+                ProcessState::Exited(code) => Workload::Exited(code),
+            },
+        };
+        let observed = Observed {
+            admission: admission.clone(),
+            workload,
+            termination: rec.termination(),
+            create_error: create_error.clone(),
+            now: Timestamp::now(),
+        };
+        let current = rec.status();
+        let (next, action) = lifecycle::step(&current, &observed, &timeouts);
+        if next != current {
+            local.transition(&rec, &current, next.clone());
+        }
+        match action {
+            Action::Schedule => {
+                admission = Some(schedule(&local, &rec).await);
+                continue;
+            }
+            Action::Create { .. } => {
+                match start(&local, &rec) {
+                    Ok(p) => {
+                        state = Some(p.watch());
+                        *rec.process.lock().expect("process lock") = Some(p);
+                    }
+                    Err(e) => create_error = Some(e.to_string()),
+                }
+                continue;
+            }
+            Action::Stop => {
+                if !stop_sent {
+                    if let Some(p) = rec.process.lock().expect("process lock").as_ref() {
+                        p.stop(local.config.stop_timeout);
+                    }
+                    stop_sent = true;
+                }
+            }
+            Action::Wait => {
+                if next.phase.is_terminal() && !matches!(workload, Workload::Starting | Workload::Ready) {
+                    return;
+                }
+            }
+        }
+
+        // Sleep until something can have changed.
+        let deadline = match (next.phase, next.started_at) {
+            (Phase::Starting, Some(started)) => {
+                let elapsed = Timestamp::now().duration_since(started).unsigned_abs();
+                timeouts.startup.saturating_sub(elapsed) + Duration::from_millis(1)
+            }
+            _ => Duration::from_secs(3600),
+        };
+        let process_changed = async {
+            match state.as_mut() {
+                Some(w) => {
+                    if w.changed().await.is_err() {
+                        // The process task ended: its last state stays put.
+                        std::future::pending::<()>().await
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = rec.wake.notified() => {}
+            _ = process_changed => {}
+            _ = tokio::time::sleep(deadline) => {}
+        }
+    }
+}
+
+fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
+    let mut env = rec.template.env.clone();
+    env.extend(rec.spec.env.clone());
+    let command = ProcessCommand { program: rec.template.command.clone(), args: rec.template.args.clone(), env, cwd: rec.template.cwd.clone() };
+    let prefix = if local.config.host_domain.is_some() { "/".to_string() } else { format!("/p/{}/", rec.name) };
+    process::start(&command, &Identity { name: rec.name.clone(), key: rec.spec.key.clone(), prefix })
+}
+
+/// Asks the scheduler plugin, with this machine as the only node.
+async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
+    let node = this_machine();
+    let placed: Vec<PlacedBackend> = {
+        let records = local.records.read().expect("records lock");
+        records
+            .values()
+            .filter(|r| r.name != rec.name)
+            .filter(|r| {
+                let s = r.status();
+                !s.phase.is_terminal() && s.phase != Phase::Pending
+            })
+            .map(|r| PlacedBackend {
+                name: r.name.clone(),
+                owner: r.spec.owner.clone(),
+                labels: r.info.labels.clone(),
+                node: Some(node.name.clone()),
+                requests: Resources { cpu_millis: r.spec.cpu_millis, memory_bytes: r.spec.memory_bytes },
+            })
+            .collect()
+    };
+    let owner_backends = match &rec.spec.owner {
+        Some(o) => placed.iter().filter(|b| b.owner.as_ref() == Some(o)).cloned().collect(),
+        None => Vec::new(),
+    };
+    let request = PlacementRequest {
+        backend: (*rec.info).clone(),
+        requests: Resources { cpu_millis: rec.spec.cpu_millis, memory_bytes: rec.spec.memory_bytes },
+        node_selector: rec.spec.node_selector.iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
+        nodes: vec![Node { name: node.name.clone(), labels: node.labels.clone(), capacity: node.capacity, backends: placed }],
+        owner_backends,
+        now: crate::token::now_unix(),
+    };
+    let plugins = local.plugins.clone();
+    let placement = tokio::task::spawn_blocking(move || {
+        let p = plugins.scheduler().place(&request);
+        (p, request.node_selector)
+    })
+    .await;
+    match placement {
+        Ok((Placement::Node(n), _)) => Admission::Admitted { node: Some(n) },
+        Ok((Placement::Anywhere(selector), _)) => {
+            let fits = selector.iter().all(|s| node.labels.iter().any(|l| l.key == s.key && l.value == s.value));
+            if fits {
+                Admission::Admitted { node: Some(node.name.clone()) }
+            } else {
+                Admission::Rejected { message: "this machine does not carry the requested node labels".into() }
+            }
+        }
+        Ok((Placement::Reject(message), _)) => Admission::Rejected { message },
+        Err(e) => Admission::Rejected { message: format!("scheduling failed: {e}") },
+    }
+}

@@ -1,0 +1,223 @@
+//! The local runtime: backends as child processes.
+//!
+//! A backend's process gets a free loopback port in `PORT` (and its name,
+//! key and URL prefix in `SPAWNER_BACKEND_NAME`, `SPAWNER_BACKEND_KEY`,
+//! `SPAWNER_URL_PREFIX`), a cleared environment (only a few harmless
+//! variables such as `PATH` and `HOME` are kept, so Spawner's own secrets
+//! never leak to a backend), and its own process group so that stopping it
+//! reaches every process it started.
+//!
+//! It is *ready* when its port accepts a TCP connection, checked every
+//! millisecond for the first half second, then every 25 ms, so readiness is seen about
+//! a millisecond after `listen()`. Stopping sends SIGTERM to the group, then
+//! SIGKILL after the stop timeout. When the main process exits, the rest of
+//! its group is killed too, so nothing is left behind.
+
+pub mod logs;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+pub use logs::{LogBuffer, LogLine, Stream};
+
+/// Environment variables a backend inherits from Spawner; everything else
+/// is cleared.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Readiness poll: every millisecond for the first `READY_POLL_FAST`
+/// attempts (most backends listen within tens of milliseconds, and a
+/// refused connect costs microseconds), then every `READY_POLL_SLOW`.
+const READY_POLL_FAST: u32 = 500;
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(1);
+const READY_POLL_SLOW: Duration = Duration::from_millis(25);
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessCommand {
+    /// The program (a path, or a name looked up in `PATH`).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment (template, then request; later wins).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Identity passed to the process.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Backend name.
+    pub name: String,
+    /// Backend key, if any.
+    pub key: Option<String>,
+    /// URL prefix the proxy serves it under (`/p/{name}/`).
+    pub prefix: String,
+}
+
+/// The state of a started process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Running, not yet accepting connections.
+    Starting,
+    /// Accepting connections on its port.
+    Ready,
+    /// Exited; the code, or 128 + signal when killed by a signal.
+    Exited(Option<i32>),
+}
+
+/// A started backend process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Its process id (also its process group id).
+    pub pid: i32,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its captured output.
+    pub logs: Arc<LogBuffer>,
+    state: watch::Receiver<ProcessState>,
+}
+
+impl Process {
+    /// The current state.
+    pub fn state(&self) -> ProcessState {
+        *self.state.borrow()
+    }
+
+    /// A receiver that changes with the state.
+    pub fn watch(&self) -> watch::Receiver<ProcessState> {
+        self.state.clone()
+    }
+
+    /// SIGTERM to the process group now; SIGKILL after `timeout` if the
+    /// process has not exited by then.
+    pub fn stop(&self, timeout: Duration) {
+        if matches!(self.state(), ProcessState::Exited(_)) {
+            return;
+        }
+        let group = Pid::from_raw(self.pid);
+        let _ = killpg(group, Signal::SIGTERM);
+        let mut state = self.state.clone();
+        tokio::spawn(async move {
+            let exited = tokio::time::timeout(timeout, state.wait_for(|s| matches!(s, ProcessState::Exited(_)))).await;
+            if exited.is_err() {
+                tracing::warn!(pid = group.as_raw(), "backend ignored SIGTERM; sending SIGKILL");
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        });
+    }
+
+    /// Kills the whole group at once (Spawner shutting down hard).
+    pub fn kill(&self) {
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+}
+
+/// Picks a free loopback port. Another process could take it before the
+/// backend binds; the startup timeout then reports it.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// Starts `command` for a backend. Returns once the process exists;
+/// readiness and exit arrive through [`Process::watch`].
+pub fn start(command: &ProcessCommand, id: &Identity) -> std::io::Result<Process> {
+    let port = free_port()?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .env_clear()
+        .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+        .envs(&command.env)
+        .env("PORT", port.to_string())
+        .env("SPAWNER_BACKEND_NAME", &id.name)
+        .env("SPAWNER_BACKEND_KEY", id.key.as_deref().unwrap_or(""))
+        .env("SPAWNER_URL_PREFIX", &id.prefix)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // Spawner's own exit path stops backends; this is the last resort
+        // when the Child handle is dropped without that.
+        .kill_on_drop(true);
+    if let Some(dir) = &command.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let logs = Arc::new(LogBuffer::default());
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(capture(err, Stream::Stderr, logs.clone()));
+    }
+    let (tx, rx) = watch::channel(ProcessState::Starting);
+    let tx = Arc::new(tx);
+
+    // Exit watcher: records the code, then clears out the rest of the group.
+    let exit_tx = tx.clone();
+    tokio::spawn(async move {
+        let code = match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                status.code().or_else(|| status.signal().map(|s| 128 + s))
+            }
+            Err(_) => None,
+        };
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        exit_tx.send_replace(ProcessState::Exited(code));
+    });
+
+    // Readiness prober.
+    let ready_tx = tx;
+    tokio::spawn(async move {
+        let mut attempts = 0u32;
+        loop {
+            if matches!(*ready_tx.borrow(), ProcessState::Exited(_)) {
+                return;
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                ready_tx.send_if_modified(|s| {
+                    let starting = *s == ProcessState::Starting;
+                    if starting {
+                        *s = ProcessState::Ready;
+                    }
+                    starting
+                });
+                return;
+            }
+            attempts += 1;
+            tokio::time::sleep(if attempts < READY_POLL_FAST { READY_POLL_INTERVAL } else { READY_POLL_SLOW }).await;
+        }
+    });
+
+    Ok(Process { pid, addr, logs, state: rx })
+}
+
+async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuffer>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    line.pop();
+                }
+                logs.push(which, String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The proxy: `/p/{name}/…` (or `{name}.{domain}`) to the backend, for HTTP
+//! and WebSocket, with the auth plugin deciding every request and upgrade.
+//!
+//! Order of work for one request: route → resolve the backend (404/410) →
+//! auth plugin (its status on deny) → readiness (503 + Retry-After, or a
+//! page that reloads itself) → move a query token into a cookie and
+//! redirect to the clean URL → header hygiene (`headers`) → forward, with
+//! bodies streamed and metered (`body`) or the WebSocket relayed
+//! (`websocket`, `frames`).
+//!
+//! The proxy knows backends only through [`Resolve`], so the same code
+//! serves the local runtime and Kubernetes.
+
+mod body;
+pub mod frames;
+pub mod headers;
+mod pages;
+mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::activity::Activity;
+use crate::lifecycle::Phase;
+use crate::metrics::{Metrics, StatusClassLabels};
+use crate::plugins::Plugins;
+use crate::plugins::types::{AuthRequest, Backend, HttpRequest, Verdict};
+use body::{Direction, Metered};
+
+/// Idle keep-alive connections kept per backend. Backends are small
+/// servers; a few warm connections cover bursts without hogging them.
+const POOL_IDLE_PER_BACKEND: usize = 32;
+
+/// How the proxy sees a backend.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The backend, as the auth plugin sees it.
+    pub backend: Arc<Backend>,
+    /// Its phase.
+    pub phase: Phase,
+    /// Where to send requests (only when ready).
+    pub addr: Option<SocketAddr>,
+    /// Where to count activity.
+    pub activity: Arc<Activity>,
+}
+
+/// Finds backends by name.
+pub trait Resolve: Send + Sync + 'static {
+    /// The backend called `name`, if any.
+    fn resolve(&self, name: &str) -> Option<Target>;
+}
+
+/// Proxy behaviour that comes from configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Host routing domain (`{name}.{domain}`), if enabled.
+    pub host_domain: Option<String>,
+    /// `X-Forwarded-Proto` to send.
+    pub forwarded_proto: String,
+    /// Query parameter that carries a token on a browser's first visit.
+    pub token_query_param: String,
+    /// Cookie the token is moved into.
+    pub token_cookie: String,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings { host_domain: None, forwarded_proto: "http".into(), token_query_param: "token".into(), token_cookie: "spawner-token".into() }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route {
+    name: String,
+    /// `/p/{name}` for path routing, empty for host routing.
+    prefix: String,
+    /// The path the backend sees, starting with `/`.
+    rest: String,
+    /// `/p/{name}` without the slash: redirect so relative URLs work.
+    add_slash: bool,
+}
+
+/// The reverse proxy.
+pub struct Proxy {
+    resolver: Arc<dyn Resolve>,
+    plugins: Arc<Plugins>,
+    metrics: Arc<Metrics>,
+    client: Client<HttpConnector, Metered<Incoming>>,
+    settings: ProxySettings,
+}
+
+impl Proxy {
+    /// A proxy over `resolver`.
+    pub fn new(resolver: Arc<dyn Resolve>, plugins: Arc<Plugins>, metrics: Arc<Metrics>, settings: ProxySettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(POOL_IDLE_PER_BACKEND).build(connector);
+        Proxy { resolver, plugins, metrics, client, settings }
+    }
+
+    /// Whether this request is for a backend (rather than the API).
+    pub fn claims(&self, req: &Request<Incoming>) -> bool {
+        self.route(req).is_some()
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Option<Route> {
+        if let Some(domain) = &self.settings.host_domain {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+            if let Some(name) = host.strip_suffix(domain.as_str()).and_then(|n| n.strip_suffix('.')) {
+                if !name.is_empty() && !name.contains('.') {
+                    return Some(Route { name: name.into(), prefix: String::new(), rest: req.uri().path().into(), add_slash: false });
+                }
+            }
+        }
+        let rest = req.uri().path().strip_prefix("/p/")?;
+        let (name, path) = match rest.split_once('/') {
+            Some((n, p)) => (n, format!("/{p}")),
+            None => (rest, String::new()),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        Some(Route { name: name.into(), prefix: format!("/p/{name}"), add_slash: path.is_empty(), rest: if path.is_empty() { "/".into() } else { path } })
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let response = self.handle_inner(req, peer).await;
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics.proxy.requests.get_or_create(&StatusClassLabels { class }).inc();
+        response
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let accept = req.headers().get(header::ACCEPT).cloned();
+        let Some(route) = self.route(&req) else {
+            return pages::error(StatusCode::NOT_FOUND, "not a backend URL", accept.as_ref());
+        };
+        if route.add_slash {
+            let location = match req.uri().query() {
+                Some(q) => format!("{}/?{q}", route.prefix),
+                None => format!("{}/", route.prefix),
+            };
+            return redirect(StatusCode::PERMANENT_REDIRECT, &location);
+        }
+        let Some(target) = self.resolver.resolve(&route.name) else {
+            return pages::error(StatusCode::NOT_FOUND, &format!("no backend named {}", route.name), accept.as_ref());
+        };
+        if target.phase.is_terminal() {
+            return pages::error(StatusCode::GONE, &format!("backend {} has ended", route.name), accept.as_ref());
+        }
+
+        let websocket = is_websocket(&req);
+        let auth = AuthRequest {
+            request: HttpRequest {
+                method: req.method().as_str().to_string(),
+                path: route.rest.clone(),
+                query: req.uri().query().map(str::to_string),
+                headers: headers::for_plugin(req.headers()),
+                peer: peer.to_string(),
+                websocket,
+            },
+            backend: (*target.backend).clone(),
+            now: crate::token::now_unix(),
+        };
+        let identity = match self.plugins.auth().check(&auth) {
+            Verdict::Deny(d) => {
+                let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
+                return pages::error(status, &d.reason, accept.as_ref());
+            }
+            Verdict::Allow(a) => a.headers,
+        };
+        let Some(addr) = target.addr else {
+            return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
+        };
+
+        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.token_query_param);
+        if let Some(token) = token.filter(|t| cookie_safe(t)) {
+            if !websocket && (req.method() == Method::GET || req.method() == Method::HEAD) {
+                return self.token_redirect(&route, clean_query.as_deref(), &token);
+            }
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let path = match &clean_query {
+            Some(q) => format!("{}?{q}", route.rest),
+            None => route.rest.clone(),
+        };
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers, websocket);
+        headers::strip_untrusted(&mut parts.headers);
+        headers::strip_credentials(&mut parts.headers, &self.settings.token_cookie);
+        headers::set_forwarded(&mut parts.headers, &peer.ip().to_string(), &self.settings.forwarded_proto, host.as_ref(), &route.prefix);
+        headers::inject_identity(&mut parts.headers, &identity);
+
+        if websocket {
+            let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+            parts.uri = match path.parse() {
+                Ok(u) => u,
+                Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
+            };
+            return self.websocket(parts, client_upgrade, addr, target.activity).await;
+        }
+
+        parts.uri = match format!("http://{addr}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
+        };
+        let in_flight = target.activity.request();
+        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, None));
+        match self.client.request(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, false);
+                Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
+            }
+            Err(e) => {
+                tracing::warn!(backend = %route.name, error = %e, "backend request failed");
+                pages::error(StatusCode::BAD_GATEWAY, &format!("backend {} did not answer", route.name), accept.as_ref())
+            }
+        }
+    }
+
+    async fn websocket(&self, parts: http::request::Parts, client_upgrade: Option<OnUpgrade>, addr: SocketAddr, activity: Arc<Activity>) -> Response<Body> {
+        let bad_gateway = |why: String| {
+            tracing::warn!(%addr, error = %why, "websocket handshake with backend failed");
+            pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)
+        };
+        let Some(client_upgrade) = client_upgrade else { return bad_gateway("client connection cannot be upgraded".into()) };
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => return bad_gateway(e.to_string()),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => return bad_gateway(e.to_string()),
+        };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let request = Request::from_parts(parts, Empty::<bytes::Bytes>::new());
+        let mut response = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(e) => return bad_gateway(e.to_string()),
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            return Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, None)));
+        }
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(websocket::relay(client_upgrade, backend_upgrade, activity, self.metrics.clone()));
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Body::empty())
+    }
+
+    /// Moves a query token into a cookie scoped to the backend and sends the
+    /// browser to the clean URL, so the token leaves the address bar,
+    /// history and logs.
+    fn token_redirect(&self, route: &Route, clean_query: Option<&str>, token: &str) -> Response<Body> {
+        let location = match clean_query {
+            Some(q) => format!("{}{}?{q}", route.prefix, route.rest),
+            None => format!("{}{}", route.prefix, route.rest),
+        };
+        let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
+        let secure = if self.settings.forwarded_proto == "https" { "; Secure" } else { "" };
+        let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.token_cookie);
+        let mut r = redirect(StatusCode::SEE_OTHER, &location);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        r
+    }
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::LOCATION, location)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::empty())
+        .expect("static response")
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    req.method() == Method::GET && has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Only token-shaped values go into a cookie (no `;`, spaces or quotes).
+fn cookie_safe(t: &str) -> bool {
+    !t.is_empty() && t.len() <= crate::token::MAX_TOKEN_BYTES && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}

@@ -1,0 +1,222 @@
+//! Header hygiene for proxied requests and responses.
+//!
+//! - hop-by-hop headers (and those named in `Connection`) are not forwarded;
+//! - `X-Forwarded-*`, `Forwarded` and `X-Real-IP` from clients are dropped
+//!   and set from what the proxy saw (clients cannot spoof their address);
+//! - identity headers (`x-spawner-*`) from clients are dropped; only the auth
+//!   plugin's verified ones are injected;
+//! - Spawner's credentials are removed before the backend sees the request:
+//!   the token query parameter, the token cookie, and an
+//!   `Authorization: Bearer st1.…` header (other `Authorization` schemes are
+//!   the application's own and pass through).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugins::IDENTITY_HEADER_PREFIX;
+use crate::plugins::types::Header;
+use crate::token::PREFIX as TOKEN_PREFIX;
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+const UNTRUSTED: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// Removes hop-by-hop headers, including any listed in `Connection`.
+/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` (WebSocket
+/// handshakes).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+            continue;
+        }
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes client-sent forwarding and identity headers.
+pub fn strip_untrusted(h: &mut HeaderMap) {
+    for n in &UNTRUSTED {
+        h.remove(n);
+    }
+    let identity: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with(IDENTITY_HEADER_PREFIX)).cloned().collect();
+    for n in identity {
+        h.remove(n);
+    }
+}
+
+/// Removes Spawner's credentials: Bearer tokens in Spawner's format and the
+/// token cookie (other cookies are kept).
+pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
+    let spawner_bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .is_some_and(|t| t.trim_start().starts_with(TOKEN_PREFIX));
+    if spawner_bearer {
+        h.remove(header::AUTHORIZATION);
+    }
+    let cookies: Vec<HeaderValue> = h.get_all(header::COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    h.remove(header::COOKIE);
+    let prefix = format!("{cookie}=");
+    let kept: Vec<&str> = cookies
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .collect();
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// The query without parameter `name`, and the parameter's value if it was
+/// there.
+pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Option<String>) {
+    let Some(q) = query else { return (None, None) };
+    let mut value = None;
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == name {
+                value.get_or_insert_with(|| v.to_string());
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let rest = if kept.is_empty() { None } else { Some(kept.join("&")) };
+    (rest, value)
+}
+
+/// Sets the forwarding headers from what the proxy saw.
+pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option<&HeaderValue>, prefix: &str) {
+    if let Ok(v) = HeaderValue::from_str(peer_ip) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v.clone());
+        h.insert(HeaderName::from_static("x-real-ip"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(proto) {
+        h.insert(HeaderName::from_static("x-forwarded-proto"), v);
+    }
+    if let Some(host) = host {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    if !prefix.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(prefix) {
+            h.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+        }
+    }
+}
+
+/// Injects the auth plugin's identity headers (already validated by the
+/// plugin host: prefix and syntax).
+pub fn inject_identity(h: &mut HeaderMap, identity: &[Header]) {
+    for i in identity {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(i.name.as_bytes()), HeaderValue::from_str(&i.value)) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// The request's headers as the auth plugin sees them (UTF-8 values only).
+pub fn for_plugin(h: &HeaderMap) -> Vec<Header> {
+    h.iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| Header { name: k.as_str().to_string(), value: v.to_string() }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = map(&[("connection", "keep-alive, x-secret"), ("keep-alive", "5"), ("x-secret", "1"), ("te", "trailers"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "5")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn spoofed_forwarding_and_identity_headers_are_replaced() {
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-spawner-user", "admin"), ("X-Spawner-Backend", "x"), ("forwarded", "for=1.2.3.4")]);
+        strip_untrusted(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        set_forwarded(&mut h, "127.0.0.1", "http", Some(&HeaderValue::from_static("example.test")), "/p/b1");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert_eq!(h.get("x-forwarded-prefix").unwrap(), "/p/b1");
+        inject_identity(&mut h, &[Header { name: "x-spawner-user".into(), value: "alice".into() }]);
+        assert_eq!(h.get("x-spawner-user").unwrap(), "alice");
+    }
+
+    #[test]
+    fn spawner_credentials_go_and_the_apps_own_stay() {
+        let mut h = map(&[("authorization", "Bearer st1.abc.def"), ("cookie", "a=1; spawner-token=st1.x.y"), ("cookie", "b=2")]);
+        strip_credentials(&mut h, "spawner-token");
+        assert!(!h.contains_key("authorization"));
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+
+        let mut h = map(&[("authorization", "Basic dXNlcjpwdw=="), ("cookie", "spawner-token=st1.x.y")]);
+        strip_credentials(&mut h, "spawner-token");
+        assert_eq!(h.get("authorization").unwrap(), "Basic dXNlcjpwdw==");
+        assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn the_token_parameter_is_taken_out_of_the_query() {
+        assert_eq!(take_query_param(Some("a=1&token=st1.x&b=2"), "token"), (Some("a=1&b=2".into()), Some("st1.x".into())));
+        assert_eq!(take_query_param(Some("token=st1.x"), "token"), (None, Some("st1.x".into())));
+        assert_eq!(take_query_param(Some("a=1"), "token"), (Some("a=1".into()), None));
+        assert_eq!(take_query_param(None, "token"), (None, None));
+    }
+}

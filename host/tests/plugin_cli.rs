@@ -1,0 +1,88 @@
+//! `spawner plugin check|run|defaults` and `spawner token mint`, run as a
+//! plugin author would run them.
+
+use std::process::{Command, Output};
+
+use spawner_test_plugins as built;
+
+fn spawner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spawner")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn check_accepts_each_default_plugin_with_a_one_line_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawner(&["plugin", "defaults", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for kind in ["scheduler", "auth", "idle"] {
+        let file = dir.path().join(format!("default_{kind}.wasm"));
+        let out = spawner(&["plugin", "check", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{kind}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(stdout.starts_with("ok: ") && stdout.contains(&format!("spawner:plugin/{kind}@0.1.0")), "{stdout}");
+    }
+}
+
+#[test]
+fn check_refuses_each_fixture_with_the_reason() {
+    let cases = [
+        (built::FIXTURE_LOOP, "deadline"),
+        (built::FIXTURE_ALLOC, "memory limit of 64 MiB"),
+        (built::FIXTURE_FAIL_AUTH, "panicked at"),
+        (built::FIXTURE_FAIL_IDLE, "panicked at"),
+        (built::FIXTURE_FAIL_SCHEDULER, "panicked at"),
+        (built::FIXTURE_WRONG_WORLD, "is not a Spawner plugin"),
+        (built::FIXTURE_WRONG_VERSION, "spawner:plugin/authorization@0.2.0"),
+        (built::FIXTURE_BAD_EXPORT, "validate-settings"),
+    ];
+    for (file, reason) in cases {
+        let out = spawner(&["plugin", "check", file]);
+        assert_eq!(out.status.code(), Some(1), "{file}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("refused: ") && stderr.contains(reason), "{file}: expected {reason:?} in {stderr}");
+    }
+    // A kind given explicitly is enforced.
+    let out = spawner(&["plugin", "check", built::QUOTA_BY_LABEL, "--kind", "auth"]);
+    assert!(!out.status.success() && text(&out).contains("an auth plugin must export"), "{}", text(&out));
+    // Settings are validated.
+    let out = spawner(&["plugin", "check", built::HMAC_HEADER_AUTH, "--settings", r#"{"secret":"short"}"#]);
+    assert!(!out.status.success() && text(&out).contains("at least 16 characters"), "{}", text(&out));
+}
+
+#[test]
+fn run_prints_the_decision_for_a_minted_token() {
+    let secret = "cli-test-secret-0123456789";
+    let mint = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--subject", "alice"]);
+    assert!(mint.status.success(), "{}", text(&mint));
+    let token = String::from_utf8_lossy(&mint.stdout).trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    spawner(&["plugin", "defaults", "--out", dir.path().to_str().unwrap()]);
+    let auth = dir.path().join("default_auth.wasm");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let input = serde_json::json!({
+        "request": {"method": "GET", "path": "/", "query": format!("token={token}"), "headers": [], "peer": "127.0.0.1:1", "websocket": false},
+        "backend": {"name": "doc-42", "key": null, "owner": "alice", "labels": []},
+        "now": now,
+    })
+    .to_string();
+    let out = spawner(&["plugin", "run", auth.to_str().unwrap(), "--kind", "auth", "--input", &input, "--token-secret", secret]);
+    assert!(out.status.success(), "{}", text(&out));
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
+
+    // The fixture's failure is shown with the fallback the host would use.
+    let out = spawner(&["plugin", "run", built::FIXTURE_FAIL_IDLE, "--kind", "idle", "--input", "sample"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fallback"], "Keep", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("panicked"), "{v}");
+
+    // Bad input says what is wrong.
+    let out = spawner(&["plugin", "run", auth.to_str().unwrap(), "--kind", "auth", "--input", "{}"]);
+    assert!(!out.status.success() && text(&out).contains("not a valid auth request"), "{}", text(&out));
+}
