@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod dev;
+
 use std::sync::{Arc, OnceLock};
 
 use spawner::metrics::Metrics;

@@ -1,0 +1,100 @@
+//! The REST API's contract: errors that say what to fix, the bearer token,
+//! filters, and the OpenAPI document.
+
+mod common;
+
+use common::dev::{Dev, FAST};
+use serde_json::{Value, json};
+
+async fn post_raw(dev: &Dev, path: &str, body: impl Into<reqwest::Body>, json_type: bool) -> (u16, String) {
+    let mut r = dev.http.post(format!("{}{path}", dev.base)).body(body);
+    if json_type {
+        r = r.header("content-type", "application/json");
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
+    let dev = Dev::start(FAST, &[]);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("bad JSON", "{\"template\": ".into(), 400, "EOF"),
+        ("unknown field", r#"{"template":"demo","gracePeriod":5}"#.into(), 422, "unknown field `gracePeriod`"),
+        ("negative duration", r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(), 422, "invalid value: integer `-5`"),
+        ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
+        ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
+        ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
+        ("zero grace", r#"{"template":"demo","gracePeriodSeconds":0}"#.into(), 422, "gracePeriodSeconds must be at least 1"),
+        ("oversized body", format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)), 413, ""),
+    ];
+    for (what, body, status, message) in cases {
+        let (got, text) = post_raw(&dev, "/api/v1/backends", body, true).await;
+        assert_eq!(got, status, "{what}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or(json!({"error": text}));
+        assert!(v["error"].as_str().unwrap_or("").contains(message), "{what}: {text}");
+    }
+    let (got, text) = post_raw(&dev, "/api/v1/backends", r#"{"template":"demo"}"#, false).await;
+    assert_eq!(got, 415, "{text}");
+    assert!(text.contains("Content-Type: application/json"), "{text}");
+    // Nothing was created by all that.
+    let list: Value = dev.http.get(format!("{}/api/v1/backends", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list, json!([]));
+    let missing = dev.http.get(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_terminate_and_openapi() {
+    let dev = Dev::start(FAST, &[]);
+    let (a, _) = dev.create_ok(json!({"template":"demo","owner":"alice","labels":{"team":"data"},"gracePeriodSeconds":60})).await;
+    let (b, _) = dev.create_ok(json!({"template":"demo","owner":"bob","gracePeriodSeconds":60})).await;
+    dev.wait_ready(&a).await;
+    dev.wait_ready(&b).await;
+    let names = |v: Value| v.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let get = |q: &str| dev.http.get(format!("{}/api/v1/backends{q}", dev.base)).send();
+    assert_eq!(names(get("?owner=alice").await.unwrap().json().await.unwrap()), vec![a.clone()]);
+    assert_eq!(names(get("?labels=team=data").await.unwrap().json().await.unwrap()), vec![a.clone()]);
+    assert_eq!(get("?phase=flying").await.unwrap().status(), 400);
+
+    let r = dev.http.delete(format!("{}/api/v1/backends/{b}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let ended = dev.wait_phase(&b, "terminated").await;
+    assert_eq!(ended["status"]["reason"], "requested");
+    assert_eq!(names(get("?live=true").await.unwrap().json().await.unwrap()), vec![a.clone()]);
+
+    let doc: Value = dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/backends", "/api/v1/backends/{name}", "/api/v1/backends/{name}/events", "/api/spawn", "/api/backend/{id}/ready"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn off_loopback_the_api_requires_its_token() {
+    // Refuses to start without a token.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["dev", "--listen", "0.0.0.0:0", "--config", cfg.to_str().unwrap()])
+        .env_remove("SPAWNER_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // With one, calls must present it.
+    let token = "api-token-0123456789abcdef";
+    let dev = Dev::start(FAST, &["--api-token", token]);
+    let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth("wrong-token-0123456789").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The OpenAPI document and health stay public.
+    assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);
+    assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);
+}

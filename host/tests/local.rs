@@ -1,0 +1,333 @@
+//! `spawner dev` end to end: the real binary, real backend processes, real
+//! HTTP and WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::dev::{Dev, FAST, backend_pids, processes_with_env};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
+    dev.wait_ready(&name).await;
+    let pids = backend_pids(&name);
+    assert_eq!(pids.len(), 1, "one process for {name}");
+
+    // HTTP through the proxy, with verified identity and no credentials.
+    let r = dev.get(&name, "/headers", Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-spawner-user"][0], "alice");
+    assert!(seen["headers"].get("authorization").is_none(), "token forwarded: {seen}");
+
+    // WebSocket echo through the proxy; while it is open the backend stays.
+    let mut ws = dev.websocket(&name, &token).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("hello".into()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dev.backend(&name).await["status"]["phase"], "ready", "an open WebSocket keeps the backend");
+    assert_eq!(dev.backend(&name).await["openConnections"], 1);
+
+    // Disconnect: swept after the grace period, with reason idle.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let ended = dev.wait_phase(&name, "terminated").await;
+    assert_eq!(ended["status"]["reason"], "idle", "{ended}");
+    assert!(backend_pids(&name).is_empty(), "process {pids:?} still running");
+    // The proxy says it is gone.
+    assert_eq!(dev.get(&name, "/", Some(&token)).await.status(), 410);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
+    let dev = Dev::start(FAST, &["--token-secret", "e2e-secret-0123456789abcdef"]);
+    let long = json!({"template": "demo", "gracePeriodSeconds": 60});
+    let (name, token) = dev.create_ok(long.clone()).await;
+    let (other, other_token) = dev.create_ok(long).await;
+    dev.wait_ready(&name).await;
+    dev.wait_ready(&other).await;
+    let before = dev.stats(&name, &token).await["requests"].as_u64().unwrap();
+
+    assert_eq!(dev.get(&name, "/api/stats", None).await.status(), 401);
+    assert_eq!(dev.get(&name, "/api/stats", Some(&other_token)).await.status(), 403);
+    let expired = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["token", "mint", "--secret", "e2e-secret-0123456789abcdef", "--backend", &name, "--ttl", "-10"])
+        .output()
+        .unwrap();
+    let expired = String::from_utf8(expired.stdout).unwrap();
+    assert_eq!(dev.get(&name, "/api/stats", Some(expired.trim())).await.status(), 401);
+    // A client-sent identity header does not help either.
+    let spoof = dev.http.get(format!("{}/p/{name}/api/stats", dev.base)).header("x-spawner-user", "admin").send().await.unwrap();
+    assert_eq!(spoof.status(), 401);
+    // The denied requests never arrived: only the stats calls themselves did.
+    let after = dev.stats(&name, &token).await["requests"].as_u64().unwrap();
+    assert_eq!(after, before + 1, "the backend saw a denied request");
+
+    // WebSocket upgrades are checked too.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let req = format!("{}/p/{name}/ws", dev.base.replace("http://", "ws://")).into_client_request().unwrap();
+    let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_creates_with_one_key_start_one_process() {
+    let dev = std::sync::Arc::new(Dev::start(FAST, &[]));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let dev = dev.clone();
+        tasks.push(tokio::spawn(async move { dev.create(json!({"template": "demo", "key": "doc-42", "gracePeriodSeconds": 30})).await }));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        assert!(status == 200 || status == 201, "{status}: {v}");
+        created += usize::from(status == 201);
+        names.insert(v["backend"]["name"].as_str().unwrap().to_string());
+    }
+    assert_eq!((names.len(), created), (1, 1), "{names:?}");
+    let name = names.into_iter().next().unwrap();
+    dev.wait_ready(&name).await;
+    assert_eq!(processes_with_env("SPAWNER_BACKEND_KEY=doc-42").len(), 1);
+}
+
+const FAILING: &str = r#"
+[sweeper]
+interval-ms = 100
+[backends]
+startup-timeout-seconds = 2
+stop-timeout-seconds = 1
+[templates.crash]
+command = "sh"
+args = ["-c", "sleep 0.2; echo about to fail >&2; exit 3"]
+[templates.deaf]
+command = "sleep"
+args = ["600"]
+[templates.missing]
+command = "/nonexistent/program"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
+    let dev = Dev::start(FAILING, &[]);
+    let (crash, _) = dev.create_ok(json!({"template": "crash"})).await;
+    let (deaf, _) = dev.create_ok(json!({"template": "deaf"})).await;
+    let (missing, _) = dev.create_ok(json!({"template": "missing"})).await;
+
+    let c = dev.wait_phase(&crash, "failed").await;
+    assert_eq!((c["status"]["reason"].as_str(), c["status"]["exitCode"].as_i64()), (Some("exited"), Some(3)), "{c}");
+    let logs = dev.http.get(format!("{}/api/v1/backends/{crash}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("stderr about to fail"), "{logs}");
+
+    let d = dev.wait_phase(&deaf, "failed").await;
+    assert_eq!(d["status"]["reason"], "startup-timeout", "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(backend_pids(&deaf).is_empty(), "the silent process was left running");
+
+    let m = dev.wait_phase(&missing, "failed").await;
+    assert!(m["status"]["message"].as_str().unwrap().contains("could not start"), "{m}");
+
+    // The long poll says why it will never be ready.
+    let r = dev.http.get(format!("{}/api/v1/backends/{deaf}/ready", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lifetime_limit_ends_a_busy_backend() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600, "lifetimeLimitSeconds": 2})).await;
+    dev.wait_ready(&name).await;
+    let mut ws = dev.websocket(&name, &token).await;
+    let busy = tokio::spawn(async move {
+        for i in 0..200 {
+            if ws.send(Message::Text(format!("keystroke {i}").into())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let ended = dev.wait_phase(&name, "terminated").await;
+    assert_eq!(ended["status"]["reason"], "lifetime", "{ended}");
+    busy.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_leaves_no_backend_running() {
+    let config = format!("{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n");
+    let mut dev = Dev::start(&config, &[]);
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (name, _) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600})).await;
+        dev.wait_ready(&name).await;
+        names.push(name);
+    }
+    // A backend that ignores SIGTERM is killed after the stop timeout.
+    let (ignorer, _) = dev.create_ok(json!({"template": "stubborn", "gracePeriodSeconds": 600})).await;
+    dev.wait_ready(&ignorer).await;
+    let status = dev.terminate();
+    assert!(status.success(), "spawner exited with {status}");
+    for n in names.iter().chain([&ignorer]) {
+        assert!(backend_pids(n).is_empty(), "{n} survived spawner's SIGTERM");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_original_spawner_flow_works_as_its_clients_used_it() {
+    let dev = Dev::start(FAST, &[]);
+    let r = dev.http.post(format!("{}/api/spawn", dev.base)).json(&json!({"image": "demo", "gracePeriodSeconds": 2})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let spawned: serde_json::Value = r.json().await.unwrap();
+    let name = spawned["name"].as_str().unwrap().to_string();
+    let ready_url = spawned["readyUrl"].as_str().unwrap();
+    assert!(spawned["statusUrl"].as_str().unwrap().ends_with(&format!("/api/backend/{name}/status")));
+
+    // Poll ready until 302.
+    let location = loop {
+        let r = dev.http.get(ready_url).send().await.unwrap();
+        match r.status().as_u16() {
+            302 => break r.headers()["location"].to_str().unwrap().to_string(),
+            409 => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("ready answered {other}"),
+        }
+    };
+    assert!(location.contains("token="));
+
+    // A browser: follows redirects, keeps cookies.
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let page = browser.get(&location).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(!page.url().as_str().contains("token="), "the token stays in the address bar: {}", page.url());
+    assert!(page.text().await.unwrap().contains("Shared notepad"));
+    let stats: serde_json::Value = browser.get(format!("{}/p/{name}/api/stats", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["name"], name.as_str());
+
+    let status: serde_json::Value = dev.http.get(spawned["statusUrl"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "Ready");
+
+    // Leave; after the grace period it is terminated as idle.
+    drop(browser);
+    let ended = dev.wait_phase(&name, "terminated").await;
+    assert_eq!(ended["status"]["reason"], "idle");
+
+    // The status stream replays the whole history and ends.
+    let events = dev.http.get(format!("{}/api/backend/{name}/status/stream", dev.base)).send().await.unwrap().text().await.unwrap();
+    for state in ["Pending", "Scheduled", "Ready", "Terminating", "Terminated"] {
+        assert!(events.contains(&format!("\"state\":\"{state}\"")), "{state} missing in {events}");
+    }
+    let resumed = dev.http.get(format!("{}/api/v1/backends/{name}/events", dev.base)).header("last-event-id", "4").send().await.unwrap().text().await.unwrap();
+    assert!(!resumed.contains("id: 4\n") && resumed.contains("id: 5\n"), "{resumed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_loaded_from_files_change_behaviour() {
+    use spawner_test_plugins as built;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "files-secret-0123456789";
+    let settings = dir.path().join("auth.json");
+    std::fs::write(&settings, format!(r#"{{"secret":"{secret}", "owner-only": true}}"#)).unwrap();
+    let args = [
+        format!("auth={}", built::HMAC_HEADER_AUTH),
+        format!("auth=@{}", settings.display()),
+        format!("idle={}", built::BUSINESS_HOURS_IDLE),
+        // Working hours that never happen: the example then applies the grace period.
+        r#"idle={"start-hour": 0, "end-hour": 1, "utc-offset-minutes": 0, "weekends": false}"#.to_string(),
+    ];
+    let dev = Dev::start_in(dir, FAST, &["--plugin", &args[0], "--plugin-settings", &args[1], "--plugin", &args[2], "--plugin-settings", &args[3]]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
+    dev.wait_ready(&name).await;
+
+    // Capability tokens mean nothing to the HMAC plugin; signed headers do.
+    assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 401);
+    use hmac::{Hmac, Mac};
+    let expires = (spawner::token::now_unix() + 60).to_string();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("alice:{expires}:{name}").as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let signed = dev
+        .http
+        .get(format!("{}/p/{name}/headers", dev.base))
+        .header("x-auth-user", "alice")
+        .header("x-auth-expires", &expires)
+        .header("x-auth-signature", &signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    let seen: serde_json::Value = signed.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-spawner-user"][0], "alice");
+    let bob = dev.http.get(format!("{}/p/{name}/", dev.base)).header("x-auth-user", "bob").header("x-auth-expires", &expires).header("x-auth-signature", &signature).send().await.unwrap();
+    assert_eq!(bob.status(), 401, "a signature for alice does not let bob in");
+
+    // The idle example decides: outside its working hours, the grace period applies.
+    let ended = dev.wait_phase(&name, "terminated").await;
+    assert_eq!(ended["status"]["reason"], "idle");
+    assert!(ended["status"]["message"].as_str().unwrap().contains("after hours"), "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
+    use spawner_test_plugins as built;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.wasm");
+    let settings = dir.path().join("auth.json");
+    std::fs::write(&auth, spawner::plugins::embedded::DEFAULT_AUTH).unwrap();
+    std::fs::write(&settings, "{}").unwrap();
+    let (a, s) = (format!("auth={}", auth.display()), format!("auth=@{}", settings.display()));
+    let dev = Dev::start_in(dir, FAST, &["--plugin", &a, "--plugin-settings", &s]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600})).await;
+    dev.wait_ready(&name).await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let mut ws = dev.websocket(&name, &token).await;
+        ws.next().await.unwrap().unwrap();
+        sockets.push(ws);
+    }
+
+    // A broken file is refused and the current plugin keeps deciding.
+    std::fs::write(&auth, b"not a component").unwrap();
+    let metric = |m: &str, key: &str| m.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let loads = |m: &str| (metric(m, r#"spawner_plugin_loads_total{kind="auth",result="loaded"}"#), metric(m, r#"spawner_plugin_loads_total{kind="auth",result="refused"}"#));
+    let wait_for = |want: (u64, u64)| {
+        let dev = &dev;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let m = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+                let got = loads(&m);
+                if got.0 >= want.0 && got.1 >= want.1 {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "plugin loads {got:?}, waiting for {want:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for((1, 1)).await;
+    assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 200, "the old plugin still decides");
+
+    // Now a real replacement: the HMAC example (settings first, then the file).
+    std::fs::write(&settings, r#"{"secret":"swap-secret-0123456789"}"#).unwrap();
+    std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
+    wait_for((2, 1)).await;
+    assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 401, "the new plugin decides new requests");
+
+    // Every WebSocket opened before the swap still works.
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let text = format!("still here {i}");
+        ws.send(Message::Text(text.clone().into())).await.unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == text => break,
+                Some(Ok(_)) => continue,
+                other => panic!("websocket {i} dropped: {other:?}"),
+            }
+        }
+    }
+}
