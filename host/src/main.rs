@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPAWNER_LOG").unwrap_or_else(|_| "spawner=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPAWNER_LOG").unwrap_or_else(|_| "spawner=info,warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // SPAWNER_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    if std::env::var("SPAWNER_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     match spawner::cli::run(spawner::cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
