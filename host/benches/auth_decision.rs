@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use spawner::metrics::Metrics;
-use spawner::plugins::types::{AuthRequest, Header, HttpRequest, Backend};
+use spawner::plugins::types::{AuthRequest, Backend, Header, HttpRequest};
 use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 
@@ -39,7 +39,7 @@ fn main() {
     let key = Arc::new(TokenKey::new(b"bench-secret-0123456789abcdef").unwrap());
     let now = spawner::token::now_unix();
     let token = key.mint("doc-42", Some("alice"), now, now + 3600);
-    let headers = vec![
+    let headers = [
         ("host", "localhost:8080".to_string()),
         ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".to_string()),
         ("accept", "text/html,application/xhtml+xml".to_string()),

@@ -42,7 +42,9 @@ impl Drop for Spawner {
 
 fn start_spawner() -> Spawner {
     let exe = std::env::current_exe().unwrap();
-    let bin = std::env::var("SPAWNER_BIN").map(std::path::PathBuf::from).unwrap_or_else(|_| exe.parent().unwrap().parent().unwrap().join("spawner"));
+    let bin = std::env::var("SPAWNER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| exe.parent().unwrap().parent().unwrap().join("spawner"));
     assert!(bin.exists(), "{} missing: run `cargo build --release -p spawner` first", bin.display());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -65,10 +67,10 @@ fn start_spawner() -> Spawner {
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("Spawner is listening on ") {
-                if let Some(tx) = tx.take() {
-                    tx.send(url.to_string()).unwrap();
-                }
+            if let Some(url) = line.trim().strip_prefix("Spawner is listening on ")
+                && let Some(tx) = tx.take()
+            {
+                tx.send(url.to_string()).unwrap();
             }
         }
     });
@@ -119,7 +121,10 @@ async fn spawn_to_ready(s: &Spawner) {
     println!("  goal: p50 < 5 ms, p99 < 15 ms");
 }
 
-async fn connect(url: &str, token: &str) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
+async fn connect(
+    url: &str,
+    token: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -205,7 +210,12 @@ async fn burst(s: &Spawner) {
         }
     }
     println!("{N} simultaneous WebSocket connects through the proxy");
-    println!("  failures {failures}; connect p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", percentile(&mut ms, 0.5), percentile(&mut ms, 0.99), percentile(&mut ms, 1.0));
+    println!(
+        "  failures {failures}; connect p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(&mut ms, 0.5),
+        percentile(&mut ms, 0.99),
+        percentile(&mut ms, 1.0)
+    );
     println!("  goal: 0 failures, p99 under 100 ms");
 }
 

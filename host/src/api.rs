@@ -107,12 +107,8 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// Checks the bearer token in constant time (comparing digests).
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     if let Some(expected) = &s.api_token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let presented =
+            req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if Sha256::digest(presented.as_bytes()) != Sha256::digest(expected.as_bytes()) {
             let msg = if presented.is_empty() { "this API needs Authorization: Bearer <api-token>" } else { "the API token is not valid" };
             return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();

@@ -169,15 +169,15 @@ pub trait Control: Send + Sync + 'static {
 /// Checks a key, labels, env and owner; the message names the field.
 pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::Invalid(m));
-    if let Some(k) = &spec.key {
-        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return bad(format!("key must be 1-{MAX_KEY_LEN} characters without spaces or control characters"));
-        }
+    if let Some(k) = &spec.key
+        && (k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return bad(format!("key must be 1-{MAX_KEY_LEN} characters without spaces or control characters"));
     }
-    if let Some(o) = &spec.owner {
-        if o.is_empty() || o.len() > 253 || o.chars().any(char::is_control) {
-            return bad("owner must be 1-253 characters without control characters".into());
-        }
+    if let Some(o) = &spec.owner
+        && (o.is_empty() || o.len() > 253 || o.chars().any(char::is_control))
+    {
+        return bad("owner must be 1-253 characters without control characters".into());
     }
     for (k, v) in spec.labels.iter().chain(spec.node_selector.iter()) {
         let ok_key = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));

@@ -308,23 +308,23 @@ impl Config {
                 self.listen
             ));
         }
-        if let Some(t) = &self.api_token {
-            if t.len() < 16 {
-                return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
-            }
+        if let Some(t) = &self.api_token
+            && t.len() < 16
+        {
+            return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
         }
-        if let Some(s) = &self.token_secret {
-            if s.len() < crate::token::MIN_SECRET_BYTES {
-                return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
-            }
+        if let Some(s) = &self.token_secret
+            && s.len() < crate::token::MIN_SECRET_BYTES
+        {
+            return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
         }
         if self.token_ttl_seconds == 0 {
             return bad("token-ttl-seconds must be positive".into());
         }
-        if let Some(u) = &self.public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return bad(format!("public-url must start with http:// or https:// (got {u})"));
-            }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return bad(format!("public-url must start with http:// or https:// (got {u})"));
         }
         if self.sweeper.interval_ms == 0 {
             return bad("sweeper.interval-ms must be positive".into());

@@ -48,7 +48,8 @@ impl Dev {
         }
         let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
 
-        let listener = server::bind(config.listen, config.proxy.listen_backlog).with_context(|| format!("listening on {}", config.listen))?;
+        let listener =
+            server::bind(config.listen, config.proxy.listen_backlog).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
@@ -60,7 +61,11 @@ impl Dev {
             local.clone(),
             plugins.clone(),
             metrics.clone(),
-            ProxySettings { host_domain: config.host_domain.clone(), forwarded_proto: config.proxy.forwarded_proto.clone(), ..ProxySettings::default() },
+            ProxySettings {
+                host_domain: config.host_domain.clone(),
+                forwarded_proto: config.proxy.forwarded_proto.clone(),
+                ..ProxySettings::default()
+            },
         ));
         let api = api::router(ApiState {
             backends: Backends::Local(local.clone()),
@@ -81,7 +86,12 @@ impl Dev {
             let _ = stop.await;
         }));
         let tasks = vec![
-            crate::sweeper::spawn(local.clone(), plugins.clone(), Duration::from_millis(config.sweeper.interval_ms), config.sweeper.dry_run),
+            crate::sweeper::spawn(
+                local.clone(),
+                plugins.clone(),
+                Duration::from_millis(config.sweeper.interval_ms),
+                config.sweeper.dry_run,
+            ),
             local.start_gc(),
         ];
         let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone()).context("watching plugin files")?;

@@ -282,21 +282,21 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         _ => {}
     }
 
-    if let Some(req) = &observed.termination {
-        if status.phase != Phase::Terminating {
-            next.reason = Some(req.reason);
-            next.message = Some(req.message.clone());
-            // Once scheduled, a create may be in flight: stop (a no-op when
-            // nothing exists) and let the next step see the workload gone.
-            if status.phase >= Phase::Scheduled || observed.workload.exists() {
-                next.phase = Phase::Terminating;
-                return (next, Action::Stop);
-            }
-            // Nothing is running: end right away.
-            next.phase = Phase::Terminated;
-            next.finished_at = Some(now);
-            return (next, Action::Wait);
+    if let Some(req) = &observed.termination
+        && status.phase != Phase::Terminating
+    {
+        next.reason = Some(req.reason);
+        next.message = Some(req.message.clone());
+        // Once scheduled, a create may be in flight: stop (a no-op when
+        // nothing exists) and let the next step see the workload gone.
+        if status.phase >= Phase::Scheduled || observed.workload.exists() {
+            next.phase = Phase::Terminating;
+            return (next, Action::Stop);
         }
+        // Nothing is running: end right away.
+        next.phase = Phase::Terminated;
+        next.finished_at = Some(now);
+        return (next, Action::Wait);
     }
 
     if let (Phase::Scheduled, Some(err), Workload::Absent) = (status.phase, &observed.create_error, observed.workload) {
@@ -354,10 +354,7 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                 if waited.is_positive() && waited.unsigned_abs() >= timeouts.startup {
                     next.phase = Phase::Failed;
                     next.reason = Some(Reason::StartupTimeout);
-                    next.message = Some(format!(
-                        "did not accept connections within {} s",
-                        timeouts.startup.as_secs_f64()
-                    ));
+                    next.message = Some(format!("did not accept connections within {} s", timeouts.startup.as_secs_f64()));
                     next.finished_at = Some(now);
                     (next, Action::Stop)
                 } else {
@@ -460,7 +457,11 @@ mod tests {
     fn an_exit_on_its_own_is_recorded_with_its_code() {
         for phase in [Phase::Scheduled, Phase::Starting, Phase::Ready] {
             let (next, action) = step(&in_phase(phase), &observed(Workload::Exited(Some(3)), 5), &STARTUP);
-            assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(Reason::Exited), Some(3), Action::Wait), "{phase:?}");
+            assert_eq!(
+                (next.phase, next.reason, next.exit_code, action),
+                (Phase::Failed, Some(Reason::Exited), Some(3), Action::Wait),
+                "{phase:?}"
+            );
             assert_eq!(next.finished_at, Some(t(5)));
         }
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(0)), 5), &STARTUP);
@@ -483,7 +484,10 @@ mod tests {
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Vanished, 5), &STARTUP);
         assert_eq!((next.phase, next.reason), (Phase::Failed, Some(Reason::Lost)));
         // Before it was ever seen, "vanished" just means "create it".
-        assert_eq!(step(&in_phase(Phase::Scheduled), &observed(Workload::Vanished, 5), &STARTUP).1, Action::Create { node: Some("n1".into()) });
+        assert_eq!(
+            step(&in_phase(Phase::Scheduled), &observed(Workload::Vanished, 5), &STARTUP).1,
+            Action::Create { node: Some("n1".into()) }
+        );
     }
 
     #[test]

@@ -165,18 +165,19 @@ impl Local {
             gauge.get_or_create(&PhaseLabels { phase: from.phase.as_str() }).dec();
             gauge.get_or_create(&PhaseLabels { phase: to.phase.as_str() }).inc();
         }
-        if to.phase == Phase::Ready && from.phase != Phase::Ready {
-            if let Some(ready) = to.ready_at {
-                let secs = ready.duration_since(to.created_at).as_secs_f64();
-                self.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
-            }
+        if to.phase == Phase::Ready
+            && from.phase != Phase::Ready
+            && let Some(ready) = to.ready_at
+        {
+            let secs = ready.duration_since(to.created_at).as_secs_f64();
+            self.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
         }
-        if to.phase.is_terminal() {
-            if let Some(key) = &r.spec.key {
-                let mut keys = self.keys.lock().expect("keys lock");
-                if keys.get(key) == Some(&r.name) {
-                    keys.remove(key);
-                }
+        if to.phase.is_terminal()
+            && let Some(key) = &r.spec.key
+        {
+            let mut keys = self.keys.lock().expect("keys lock");
+            if keys.get(key) == Some(&r.name) {
+                keys.remove(key);
             }
         }
         tracing::info!(
@@ -263,12 +264,11 @@ impl Local {
             return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", ")));
         };
         let mut keys = self.keys.lock().expect("keys lock");
-        if let Some(key) = &spec.key {
-            if let Some(existing) = keys.get(key).and_then(|n| self.record(n)) {
-                if !existing.status().phase.is_terminal() {
-                    return Ok(Created { backend: self.view(&existing), created: false });
-                }
-            }
+        if let Some(key) = &spec.key
+            && let Some(existing) = keys.get(key).and_then(|n| self.record(n))
+            && !existing.status().phase.is_terminal()
+        {
+            return Ok(Created { backend: self.view(&existing), created: false });
         }
         let live = self.records.read().expect("records lock").values().filter(|r| !r.status().phase.is_terminal()).count();
         if live >= self.config.max_backends {

@@ -131,11 +131,7 @@ impl std::fmt::Debug for PluginSource {
 impl PluginSource {
     /// The embedded default plugin of `kind`, with `settings`.
     pub fn embedded(kind: PluginKind, settings: impl Into<String>) -> Self {
-        PluginSource {
-            name: format!("default-{kind}"),
-            bytes: embedded::bytes(kind).into(),
-            settings: settings.into(),
-        }
+        PluginSource { name: format!("default-{kind}"), bytes: embedded::bytes(kind).into(), settings: settings.into() }
     }
 
     /// A plugin read from `path`.
@@ -243,11 +239,7 @@ impl Plugins {
     }
 
     fn record<R>(&self, kind: PluginKind, plugin: &LoadedPlugin, started: Instant, result: &Result<R, CallError>) {
-        self.metrics
-            .plugins
-            .call_seconds
-            .get_or_create(&KindLabels { kind: kind.as_str() })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.plugins.call_seconds.get_or_create(&KindLabels { kind: kind.as_str() }).observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
             self.metrics
                 .plugins
@@ -264,11 +256,7 @@ impl Plugins {
 }
 
 fn count_load(metrics: &Metrics, kind: PluginKind, ok: bool) {
-    metrics
-        .plugins
-        .loads
-        .get_or_create(&LoadLabels { kind: kind.as_str(), result: if ok { "loaded" } else { "refused" } })
-        .inc();
+    metrics.plugins.loads.get_or_create(&LoadLabels { kind: kind.as_str(), result: if ok { "loaded" } else { "refused" } }).inc();
 }
 
 /// The auth decision; fails closed.

@@ -74,7 +74,12 @@ pub struct ProxySettings {
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings { host_domain: None, forwarded_proto: "http".into(), token_query_param: "token".into(), token_cookie: "spawner-token".into() }
+        ProxySettings {
+            host_domain: None,
+            forwarded_proto: "http".into(),
+            token_query_param: "token".into(),
+            token_cookie: "spawner-token".into(),
+        }
     }
 }
 
@@ -117,10 +122,11 @@ impl Proxy {
         if let Some(domain) = &self.settings.host_domain {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
-            if let Some(name) = host.strip_suffix(domain.as_str()).and_then(|n| n.strip_suffix('.')) {
-                if !name.is_empty() && !name.contains('.') {
-                    return Some(Route { name: name.into(), prefix: String::new(), rest: req.uri().path().into(), add_slash: false });
-                }
+            if let Some(name) = host.strip_suffix(domain.as_str()).and_then(|n| n.strip_suffix('.'))
+                && !name.is_empty()
+                && !name.contains('.')
+            {
+                return Some(Route { name: name.into(), prefix: String::new(), rest: req.uri().path().into(), add_slash: false });
             }
         }
         let rest = req.uri().path().strip_prefix("/p/")?;
@@ -131,7 +137,12 @@ impl Proxy {
         if name.is_empty() {
             return None;
         }
-        Some(Route { name: name.into(), prefix: format!("/p/{name}"), add_slash: path.is_empty(), rest: if path.is_empty() { "/".into() } else { path } })
+        Some(Route {
+            name: name.into(),
+            prefix: format!("/p/{name}"),
+            add_slash: path.is_empty(),
+            rest: if path.is_empty() { "/".into() } else { path },
+        })
     }
 
     /// Answers one request.
@@ -192,10 +203,11 @@ impl Proxy {
         };
 
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.token_query_param);
-        if let Some(token) = token.filter(|t| cookie_safe(t)) {
-            if !websocket && (req.method() == Method::GET || req.method() == Method::HEAD) {
-                return self.token_redirect(&route, clean_query.as_deref(), &token);
-            }
+        if let Some(token) = token.filter(|t| cookie_safe(t))
+            && !websocket
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+        {
+            return self.token_redirect(&route, clean_query.as_deref(), &token);
         }
 
         let (mut parts, body) = req.into_parts();
@@ -238,7 +250,13 @@ impl Proxy {
         }
     }
 
-    async fn websocket(&self, parts: http::request::Parts, client_upgrade: Option<OnUpgrade>, addr: SocketAddr, activity: Arc<Activity>) -> Response<Body> {
+    async fn websocket(
+        &self,
+        parts: http::request::Parts,
+        client_upgrade: Option<OnUpgrade>,
+        addr: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Response<Body> {
         let bad_gateway = |why: String| {
             tracing::warn!(%addr, error = %why, "websocket handshake with backend failed");
             pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)

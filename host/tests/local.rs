@@ -160,7 +160,9 @@ async fn the_lifetime_limit_ends_a_busy_backend() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_leaves_no_backend_running() {
-    let config = format!("{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n");
+    let config = format!(
+        "{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
+    );
     let mut dev = Dev::start(&config, &[]);
     let mut names = Vec::new();
     for _ in 0..3 {
@@ -221,7 +223,16 @@ async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     for state in ["Pending", "Scheduled", "Ready", "Terminating", "Terminated"] {
         assert!(events.contains(&format!("\"state\":\"{state}\"")), "{state} missing in {events}");
     }
-    let resumed = dev.http.get(format!("{}/api/v1/backends/{name}/events", dev.base)).header("last-event-id", "4").send().await.unwrap().text().await.unwrap();
+    let resumed = dev
+        .http
+        .get(format!("{}/api/v1/backends/{name}/events", dev.base))
+        .header("last-event-id", "4")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!resumed.contains("id: 4\n") && resumed.contains("id: 5\n"), "{resumed}");
 }
 
@@ -239,7 +250,11 @@ async fn plugins_loaded_from_files_change_behaviour() {
         // Working hours that never happen: the example then applies the grace period.
         r#"idle={"start-hour": 0, "end-hour": 1, "utc-offset-minutes": 0, "weekends": false}"#.to_string(),
     ];
-    let dev = Dev::start_in(dir, FAST, &["--plugin", &args[0], "--plugin-settings", &args[1], "--plugin", &args[2], "--plugin-settings", &args[3]]);
+    let dev = Dev::start_in(
+        dir,
+        FAST,
+        &["--plugin", &args[0], "--plugin-settings", &args[1], "--plugin", &args[2], "--plugin-settings", &args[3]],
+    );
     let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
     dev.wait_ready(&name).await;
 
@@ -262,7 +277,15 @@ async fn plugins_loaded_from_files_change_behaviour() {
     assert_eq!(signed.status(), 200);
     let seen: serde_json::Value = signed.json().await.unwrap();
     assert_eq!(seen["headers"]["x-spawner-user"][0], "alice");
-    let bob = dev.http.get(format!("{}/p/{name}/", dev.base)).header("x-auth-user", "bob").header("x-auth-expires", &expires).header("x-auth-signature", &signature).send().await.unwrap();
+    let bob = dev
+        .http
+        .get(format!("{}/p/{name}/", dev.base))
+        .header("x-auth-user", "bob")
+        .header("x-auth-expires", &expires)
+        .header("x-auth-signature", &signature)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bob.status(), 401, "a signature for alice does not let bob in");
 
     // The idle example decides: outside its working hours, the grace period applies.
@@ -292,8 +315,15 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
 
     // A broken file is refused and the current plugin keeps deciding.
     std::fs::write(&auth, b"not a component").unwrap();
-    let metric = |m: &str, key: &str| m.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let loads = |m: &str| (metric(m, r#"spawner_plugin_loads_total{kind="auth",result="loaded"}"#), metric(m, r#"spawner_plugin_loads_total{kind="auth",result="refused"}"#));
+    let metric = |m: &str, key: &str| {
+        m.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let loads = |m: &str| {
+        (
+            metric(m, r#"spawner_plugin_loads_total{kind="auth",result="loaded"}"#),
+            metric(m, r#"spawner_plugin_loads_total{kind="auth",result="refused"}"#),
+        )
+    };
     let wait_for = |want: (u64, u64)| {
         let dev = &dev;
         async move {

@@ -114,7 +114,8 @@ fn hmac_header_auth_example_allows_signed_owner_headers_only() {
         hex::encode(mac.finalize().into_bytes())
     };
     let exp = (NOW + 60).to_string();
-    let request = |user: &str, sig: &str| auth_request("b1", &[("x-auth-user", user), ("x-auth-expires", &exp), ("x-auth-signature", sig)], None);
+    let request =
+        |user: &str, sig: &str| auth_request("b1", &[("x-auth-user", user), ("x-auth-expires", &exp), ("x-auth-signature", sig)], None);
 
     let v = plugins.auth().check(&request("alice", &sign("alice", NOW + 60)));
     assert!(matches!(&v, Verdict::Allow(a) if a.subject.as_deref() == Some("alice")), "{v:?}");
@@ -161,7 +162,11 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     for v in looper.join().unwrap() {
         assert_eq!(deny_status(&v), Some(403));
     }
-    assert!(metrics.encode().contains(r#"spawner_plugin_failures_total{kind="auth",plugin="fixture_loop.wasm",error="deadline"} 5"#), "{}", metrics.encode());
+    assert!(
+        metrics.encode().contains(r#"spawner_plugin_failures_total{kind="auth",plugin="fixture_loop.wasm",error="deadline"} 5"#),
+        "{}",
+        metrics.encode()
+    );
 }
 
 #[test]
@@ -209,7 +214,11 @@ fn wrong_world_and_wrong_version_are_refused_naming_both_sides() {
     let err = LoadedPlugin::load(&rt, PluginKind::Auth, &PluginSource::embedded(PluginKind::Idle, "")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{msg}");
-    assert!(msg.contains("exports spawner:plugin/idleness@0.1.0 (an idle plugin)") && msg.contains("must export spawner:plugin/authorization@0.1.0"), "{msg}");
+    assert!(
+        msg.contains("exports spawner:plugin/idleness@0.1.0 (an idle plugin)")
+            && msg.contains("must export spawner:plugin/authorization@0.1.0"),
+        "{msg}"
+    );
 
     let msg = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_WRONG_WORLD, "")).unwrap_err().to_string();
     assert!(msg.contains("exports render") && msg.contains("spawner:plugin/authorization@0.1.0"), "{msg}");
@@ -234,7 +243,8 @@ fn non_components_and_refused_settings_are_explained() {
     let truncated = &spawner::plugins::embedded::DEFAULT_AUTH[..1000];
     assert!(matches!(LoadedPlugin::load(&rt, PluginKind::Auth, &raw(truncated)).unwrap_err(), LoadError::Compile { .. }));
 
-    let err = LoadedPlugin::load(&rt, PluginKind::Scheduler, &PluginSource::embedded(PluginKind::Scheduler, r#"{"strategy":"random"}"#)).unwrap_err();
+    let err = LoadedPlugin::load(&rt, PluginKind::Scheduler, &PluginSource::embedded(PluginKind::Scheduler, r#"{"strategy":"random"}"#))
+        .unwrap_err();
     assert!(matches!(&err, LoadError::Settings { reason, .. } if reason.contains("unknown variant `random`")), "{err}");
 }
 

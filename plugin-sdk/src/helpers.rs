@@ -20,10 +20,7 @@ pub fn find_label<'a>(labels: &'a [Label], key: &str) -> Option<&'a str> {
 impl HttpRequest {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     /// The value of query parameter `name`, percent-decoding not applied
@@ -37,14 +34,10 @@ impl HttpRequest {
 
     /// The value of cookie `name` from the `cookie` headers.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .flat_map(|h| h.value.split(';'))
-            .find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                (k == name).then_some(v)
-            })
+        self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")).flat_map(|h| h.value.split(';')).find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
     }
 }
 
@@ -80,10 +73,7 @@ impl IdleVerdict {
 
     /// Terminate with reason `lifetime`.
     pub fn terminate_lifetime(detail: impl Into<String>) -> Self {
-        IdleVerdict::Terminate(Termination {
-            kind: TerminationKind::Lifetime,
-            detail: detail.into(),
-        })
+        IdleVerdict::Terminate(Termination { kind: TerminationKind::Lifetime, detail: detail.into() })
     }
 }
 

@@ -75,9 +75,7 @@ pub mod scheduler {
 
 /// Auth plugins: decide whether a request or WebSocket reaches a backend.
 pub mod auth {
-    pub use crate::bindings::auth::exports::spawner::plugin::authorization::{
-        Allow, AuthRequest, Deny, Header, HttpRequest, Verdict,
-    };
+    pub use crate::bindings::auth::exports::spawner::plugin::authorization::{Allow, AuthRequest, Deny, Header, HttpRequest, Verdict};
     pub use crate::host::{Capability, TokenError};
     pub use crate::{Backend, Label, PluginError};
 
@@ -98,9 +96,7 @@ pub mod auth {
 
 /// Idle plugins: decide whether a ready backend should be terminated.
 pub mod idle {
-    pub use crate::bindings::idle::exports::spawner::plugin::idleness::{
-        Activity, IdleRequest, IdleVerdict, Termination, TerminationKind,
-    };
+    pub use crate::bindings::idle::exports::spawner::plugin::idleness::{Activity, IdleRequest, IdleVerdict, Termination, TerminationKind};
     pub use crate::{Backend, Label, PluginError};
 
     /// An idle plugin. Implement it on a unit struct and export it with
@@ -136,13 +132,11 @@ macro_rules! export {
                 ) -> ::core::result::Result<$crate::scheduler::Placement, $crate::PluginError> {
                     <$ty as $crate::scheduler::Scheduler>::place(request)
                 }
-                fn validate_settings(
-                    settings: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::scheduler::Scheduler>::validate_settings(&settings)
                 }
             }
-            __w::export!(__SpawnerPlugin with_types_in $crate::__private::scheduler);
+    __w::export!(__SpawnerPlugin with_types_in $crate::__private::scheduler);
         };
     };
     (auth: $ty:ty) => {
@@ -151,18 +145,14 @@ macro_rules! export {
             use $crate::__private::auth as __w;
             struct __SpawnerPlugin;
             impl __w::exports::spawner::plugin::authorization::Guest for __SpawnerPlugin {
-                fn check(
-                    request: $crate::auth::AuthRequest,
-                ) -> ::core::result::Result<$crate::auth::Verdict, $crate::PluginError> {
+                fn check(request: $crate::auth::AuthRequest) -> ::core::result::Result<$crate::auth::Verdict, $crate::PluginError> {
                     <$ty as $crate::auth::Auth>::check(request)
                 }
-                fn validate_settings(
-                    settings: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::auth::Auth>::validate_settings(&settings)
                 }
             }
-            __w::export!(__SpawnerPlugin with_types_in $crate::__private::auth);
+    __w::export!(__SpawnerPlugin with_types_in $crate::__private::auth);
         };
     };
     (idle: $ty:ty) => {
@@ -171,18 +161,14 @@ macro_rules! export {
             use $crate::__private::idle as __w;
             struct __SpawnerPlugin;
             impl __w::exports::spawner::plugin::idleness::Guest for __SpawnerPlugin {
-                fn evaluate(
-                    request: $crate::idle::IdleRequest,
-                ) -> ::core::result::Result<$crate::idle::IdleVerdict, $crate::PluginError> {
+                fn evaluate(request: $crate::idle::IdleRequest) -> ::core::result::Result<$crate::idle::IdleVerdict, $crate::PluginError> {
                     <$ty as $crate::idle::Idle>::evaluate(request)
                 }
-                fn validate_settings(
-                    settings: ::std::string::String,
-                ) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::idle::Idle>::validate_settings(&settings)
                 }
             }
-            __w::export!(__SpawnerPlugin with_types_in $crate::__private::idle);
+    __w::export!(__SpawnerPlugin with_types_in $crate::__private::idle);
         };
     };
 }

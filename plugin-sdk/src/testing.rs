@@ -56,10 +56,7 @@ impl Harness {
 
     /// What `host::verify_capability_token` does (the host checks an HMAC;
     /// tests usually map a few literal tokens to claims).
-    pub fn token_verifier(
-        mut self,
-        verify: impl Fn(&str) -> Result<Capability, TokenError> + 'static,
-    ) -> Self {
+    pub fn token_verifier(mut self, verify: impl Fn(&str) -> Result<Capability, TokenError> + 'static) -> Self {
         self.verifier = Some(Rc::new(verify));
         self
     }
@@ -74,11 +71,7 @@ impl Harness {
                 CURRENT.with(|c| *c.borrow_mut() = previous);
             }
         }
-        let state = State {
-            settings: self.settings.clone(),
-            verifier: self.verifier.clone(),
-            logs: self.logs.clone(),
-        };
+        let state = State { settings: self.settings.clone(), verifier: self.verifier.clone(), logs: self.logs.clone() };
         let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(state)));
         f()
     }
@@ -90,12 +83,7 @@ impl Harness {
 }
 
 pub(crate) fn record_log(level: LogLevel, message: &str) {
-    let logged = CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .map(|s| s.logs.borrow_mut().push((level, message.to_string())))
-            .is_some()
-    });
+    let logged = CURRENT.with(|c| c.borrow().as_ref().map(|s| s.logs.borrow_mut().push((level, message.to_string()))).is_some());
     if !logged {
         eprintln!("[plugin {level:?}] {message}");
     }
@@ -109,9 +97,7 @@ pub(crate) fn verify_token(token: &str) -> Result<Capability, TokenError> {
     let verifier = CURRENT.with(|c| c.borrow().as_ref().and_then(|s| s.verifier.clone()));
     match verifier {
         Some(v) => v(token),
-        None => Err(TokenError::Malformed(
-            "no token verifier in this test: use Harness::token_verifier".into(),
-        )),
+        None => Err(TokenError::Malformed("no token verifier in this test: use Harness::token_verifier".into())),
     }
 }
 

@@ -25,8 +25,8 @@
 
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -119,11 +119,10 @@ pub async fn shared() -> &'static ControlPlane {
     PLANE
         .get_or_init(|| async {
             tokio::task::spawn_blocking(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(ControlPlane::start(&[FakeNode::new("node-a").label("zone", "a"), FakeNode::new("node-b").label("zone", "b")]))
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(ControlPlane::start(&[
+                    FakeNode::new("node-a").label("zone", "a"),
+                    FakeNode::new("node-b").label("zone", "b"),
+                ]))
             })
             .await
             .expect("start thread")
@@ -193,15 +192,22 @@ impl ControlPlane {
         plane.spawn(
             &bin.join("etcd"),
             &[
-                "--data-dir", &dir.join("etcd").display().to_string(),
-                "--listen-client-urls", &etcd_url,
-                "--advertise-client-urls", &etcd_url,
-                "--listen-peer-urls", &format!("http://127.0.0.1:{etcd_peer}"),
-                "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{etcd_peer}"),
-                "--initial-cluster", &format!("default=http://127.0.0.1:{etcd_peer}"),
+                "--data-dir",
+                &dir.join("etcd").display().to_string(),
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{etcd_peer}"),
                 // Tests do not need durability; fsync dominates on busy disks.
                 "--unsafe-no-fsync",
-                "--log-level", "warn",
+                "--log-level",
+                "warn",
             ],
             "etcd",
         )?;
@@ -211,25 +217,39 @@ impl ControlPlane {
         plane.spawn(
             &bin.join("kube-apiserver"),
             &[
-                "--etcd-servers", &etcd_url,
-                "--bind-address", "127.0.0.1",
-                "--secure-port", &api_port.to_string(),
-                "--cert-dir", &dir.join("apiserver-certs").display().to_string(),
-                "--tls-cert-file", &p("apiserver.crt"),
-                "--tls-private-key-file", &p("apiserver.key"),
-                "--client-ca-file", &p("ca.crt"),
-                "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-                "--service-account-key-file", &p("sa.pub"),
-                "--service-account-signing-key-file", &p("sa.key"),
-                "--service-cluster-ip-range", "10.96.0.0/16",
-                "--authorization-mode", "RBAC",
+                "--etcd-servers",
+                &etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &api_port.to_string(),
+                "--cert-dir",
+                &dir.join("apiserver-certs").display().to_string(),
+                "--tls-cert-file",
+                &p("apiserver.crt"),
+                "--tls-private-key-file",
+                &p("apiserver.key"),
+                "--client-ca-file",
+                &p("ca.crt"),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                &p("sa.pub"),
+                "--service-account-signing-key-file",
+                &p("sa.key"),
+                "--service-cluster-ip-range",
+                "10.96.0.0/16",
+                "--authorization-mode",
+                "RBAC",
                 "--allow-privileged=true",
                 // No node lifecycle controller runs (kwok nodes send no
                 // heartbeats), so nothing would lift the not-ready taint this
                 // plugin adds to new Nodes.
-                "--disable-admission-plugins", "ServiceAccount,TaintNodesByCondition",
+                "--disable-admission-plugins",
+                "ServiceAccount,TaintNodesByCondition",
                 "--profiling=false",
-                "-v", "1",
+                "-v",
+                "1",
             ],
             "kube-apiserver",
         )?;
@@ -239,16 +259,23 @@ impl ControlPlane {
         plane.spawn(
             &bin.join("kube-controller-manager"),
             &[
-                "--kubeconfig", &kc,
+                "--kubeconfig",
+                &kc,
                 "--leader-elect=false",
-                "--bind-address", "127.0.0.1",
-                "--secure-port", "0",
-                "--service-account-private-key-file", &p("sa.key"),
-                "--root-ca-file", &p("ca.crt"),
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                "0",
+                "--service-account-private-key-file",
+                &p("sa.key"),
+                "--root-ca-file",
+                &p("ca.crt"),
                 "--use-service-account-credentials=false",
                 // No cloud, no node IPAM: kwok nodes need neither.
-                "--controllers", "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
-                "-v", "1",
+                "--controllers",
+                "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                "-v",
+                "1",
             ],
             "kube-controller-manager",
         )?;
@@ -268,11 +295,15 @@ impl ControlPlane {
         plane.spawn(
             &bin.join("kwok"),
             &[
-                "--config", &stage_list,
-                "--kubeconfig", &kc,
+                "--config",
+                &stage_list,
+                "--kubeconfig",
+                &kc,
                 "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector", &format!("{KWOK_NODE_ANNOTATION}=fake"),
-                "--server-address", &format!("127.0.0.1:{}", free_port()?),
+                "--manage-nodes-with-annotation-selector",
+                &format!("{KWOK_NODE_ANNOTATION}=fake"),
+                "--server-address",
+                &format!("127.0.0.1:{}", free_port()?),
             ],
             "kwok",
         )?;
@@ -437,12 +468,14 @@ impl ControlPlane {
         use kube::api::{Patch, PatchParams};
         let api = Api::<CustomResourceDefinition>::all(self.client().await?);
         let mut names = Vec::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
         files.sort();
         for f in files {
             let text = std::fs::read_to_string(&f)?;
             for doc in text.split("\n---").filter(|d| d.contains("kind: CustomResourceDefinition")) {
-                let crd: CustomResourceDefinition = yaml_to_json(doc).and_then(|v| Ok(serde_json::from_value(v)?)).with_context(|| format!("parsing {}", f.display()))?;
+                let crd: CustomResourceDefinition =
+                    yaml_to_json(doc).and_then(|v| Ok(serde_json::from_value(v)?)).with_context(|| format!("parsing {}", f.display()))?;
                 let name = crd.metadata.name.clone().context("CRD without a name")?;
                 api.patch(&name, &PatchParams::apply("spawner-testenv").force(), &Patch::Apply(&crd)).await?;
                 names.push(name);

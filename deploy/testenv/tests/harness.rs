@@ -39,13 +39,14 @@ async fn pods_are_scheduled_onto_fake_nodes_and_run() {
 
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     pods.create(&PostParams::default(), &pod("web", Some(("zone", "b")))).await.unwrap();
-    let running = match tokio::time::timeout(Duration::from_secs(60), await_condition(pods.clone(), "web", conditions::is_pod_running())).await {
-        Ok(p) => p.unwrap().unwrap(),
-        Err(_) => {
-            let p = pods.get("web").await.unwrap();
-            panic!("pod never ran: {:?}\nscheduler log:\n{}", p.status, plane.log("kube-scheduler"))
-        }
-    };
+    let running =
+        match tokio::time::timeout(Duration::from_secs(60), await_condition(pods.clone(), "web", conditions::is_pod_running())).await {
+            Ok(p) => p.unwrap().unwrap(),
+            Err(_) => {
+                let p = pods.get("web").await.unwrap();
+                panic!("pod never ran: {:?}\nscheduler log:\n{}", p.status, plane.log("kube-scheduler"))
+            }
+        };
     let spec = running.spec.unwrap();
     assert_eq!(spec.node_name.as_deref(), Some("node-b"), "bound by kube-scheduler to the node matching the selector");
     let status = running.status.unwrap();
@@ -64,7 +65,10 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
     let plane = shared().await;
     let ns = plane.namespace("gc").await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(plane.client().await.unwrap(), &ns);
-    let owner = cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}})).unwrap()).await.unwrap();
+    let owner = cms
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}})).unwrap())
+        .await
+        .unwrap();
     let uid = owner.metadata.uid.unwrap();
     let owned: ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "owned", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}
@@ -74,7 +78,11 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
     cms.delete("owner", &DeleteParams::background()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cms.get_opt("owned").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "owned object survived its owner; controller-manager log:\n{}", plane.log("kube-controller-manager"));
+        assert!(
+            Instant::now() < deadline,
+            "owned object survived its owner; controller-manager log:\n{}",
+            plane.log("kube-controller-manager")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -90,7 +98,10 @@ async fn a_crd_schema_refuses_invalid_objects() {
     let resource = kube::api::ApiResource::from_gvk(&gvk);
     let api: Api<DynamicObject> = Api::namespaced_with(plane.client().await.unwrap(), &ns, &resource);
     let widget = |spec: serde_json::Value| -> DynamicObject {
-        serde_json::from_value(serde_json::json!({"apiVersion": "testenv.spawner.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"apiVersion": "testenv.spawner.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec}),
+        )
+        .unwrap()
     };
     for (bad, why) in [
         (serde_json::json!({"colour": "red"}), "spec.size: Required value"),
@@ -139,6 +150,7 @@ async fn failing_child() {
     let plane = spawner_testenv::ControlPlane::start(&[]).await.unwrap();
     println!("DIR={} PIDS={:?}", plane.dir().display(), plane.pids());
     // Leak it on purpose, as a crashing test would, then fail.
+    #[allow(clippy::disallowed_methods, reason = "simulates a test that crashes without dropping its plane")]
     std::mem::forget(plane);
     panic!("this test fails on purpose");
 }
@@ -151,7 +163,10 @@ fn a_failing_test_leaves_nothing_behind() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "the child was supposed to fail");
-    let line = stdout.lines().find_map(|l| l.split_once("DIR=").map(|(_, rest)| rest)).unwrap_or_else(|| panic!("no DIR line:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("DIR=").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no DIR line:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     let dir = line.split_whitespace().next().unwrap().to_string();
     let pids: Vec<u32> = line.split("PIDS=[").nth(1).unwrap().trim_end_matches(']').split(", ").map(|p| p.parse().unwrap()).collect();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -79,10 +79,7 @@ pub fn main_from_env() -> std::io::Result<()> {
     let name = std::env::var("SPAWNER_BACKEND_NAME").unwrap_or_else(|_| "demo".into());
     // One thread: it starts in about a millisecond, and one note per
     // process needs no more.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(SocketAddr::from(([127, 0, 0, 1], port)), name))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(SocketAddr::from(([127, 0, 0, 1], port)), name))
 }
 
 async fn count(State(d): State<Arc<Demo>>, req: Request, next: Next) -> Response {

@@ -120,10 +120,18 @@ pub(crate) struct TokenResponse {
     browser_url: String,
 }
 
-pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl: Option<u64>) -> Result<(String, Timestamp, String), ApiError> {
+pub(super) fn mint(
+    s: &ApiState,
+    view: &BackendView,
+    subject: Option<&str>,
+    ttl: Option<u64>,
+) -> Result<(String, Timestamp, String), ApiError> {
     let ttl = ttl.unwrap_or(s.token_ttl_seconds);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("token TTL must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds")));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("token TTL must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds"),
+        ));
     }
     let now = crate::token::now_unix();
     let token = s.tokens.mint(&view.name, subject, now, now + ttl);
@@ -177,11 +185,16 @@ pub(crate) struct ListQuery {
 
 /// List backends, newest first.
 #[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView])))]
-pub(crate) async fn list(State(s): State<ApiState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Vec<BackendView>>, ApiError> {
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<BackendView>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mut labels = BTreeMap::new();
     for pair in q.labels.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs separated by commas (got {pair:?})")))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs separated by commas (got {pair:?})")))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let filter = Filter { phase: q.phase, owner: q.owner, key: q.key, labels, live: q.live.unwrap_or(false) };
@@ -221,7 +234,11 @@ pub(crate) struct WaitQuery {
 /// (with the current status) if the timeout passed first.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/ready", params(("name" = String, Path), WaitQuery),
     responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 404)))]
-pub(crate) async fn ready(State(s): State<ApiState>, Path(name): Path<String>, q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn ready(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
     let mut feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
@@ -249,7 +266,11 @@ pub(crate) struct LogsQuery {
 /// The backend's captured stdout and stderr, one line per entry:
 /// `<time> <stream> <text>`.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/logs", params(("name" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain"), (status = 404)))]
-pub(crate) async fn logs(State(s): State<ApiState>, Path(name): Path<String>, q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn logs(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let lines = s.backends.logs(&name, q.tail).await?;
     let mut text = String::new();
@@ -265,12 +286,17 @@ pub(crate) async fn logs(State(s): State<ApiState>, Path(name): Path<String>, q:
 
 /// Mint another token for a backend.
 #[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 404)))]
-pub(crate) async fn token(State(s): State<ApiState>, Path(name): Path<String>, body: Result<Json<TokenRequest>, JsonRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn token(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(r) = body?;
     let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }
     let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), r.ttl_seconds)?;
-    Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url })).into_response())
+    Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url }))
+        .into_response())
 }

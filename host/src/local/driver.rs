@@ -100,7 +100,8 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
 fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
     let mut env = rec.template.env.clone();
     env.extend(rec.spec.env.clone());
-    let command = ProcessCommand { program: rec.template.command.clone(), args: rec.template.args.clone(), env, cwd: rec.template.cwd.clone() };
+    let command =
+        ProcessCommand { program: rec.template.command.clone(), args: rec.template.args.clone(), env, cwd: rec.template.cwd.clone() };
     let prefix = if local.config.host_domain.is_some() { "/".to_string() } else { format!("/p/{}/", rec.name) };
     process::start(&command, &Identity { name: rec.name.clone(), key: rec.spec.key.clone(), prefix })
 }

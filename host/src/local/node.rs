@@ -34,7 +34,10 @@ pub(crate) fn this_machine() -> &'static NodeInfo {
         let labels = vec![
             Label { key: "kubernetes.io/hostname".into(), value: name.clone() },
             Label { key: "kubernetes.io/os".into(), value: std::env::consts::OS.into() },
-            Label { key: "kubernetes.io/arch".into(), value: if std::env::consts::ARCH == "x86_64" { "amd64".into() } else { std::env::consts::ARCH.into() } },
+            Label {
+                key: "kubernetes.io/arch".into(),
+                value: if std::env::consts::ARCH == "x86_64" { "amd64".into() } else { std::env::consts::ARCH.into() },
+            },
             Label { key: "spawner.dev/runtime".into(), value: "local".into() },
         ];
         NodeInfo { name, labels, capacity: Resources { cpu_millis: cpus * 1000, memory_bytes: memory } }

@@ -20,7 +20,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// A core module, not a component.
-    #[error("{name} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (cargo build --target wasm32-wasip2) with spawner-plugin-sdk")]
+    #[error(
+        "{name} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (cargo build --target wasm32-wasip2) with spawner-plugin-sdk"
+    )]
     CoreModule {
         /// Plugin name.
         name: String,
@@ -61,7 +63,9 @@ pub enum LoadError {
         found: String,
     },
     /// It targets another version of the package.
-    #[error("{name} targets {found}, but this Spawner supports spawner:plugin@{supported}: rebuild it against a spawner-plugin-sdk for {supported}")]
+    #[error(
+        "{name} targets {found}, but this Spawner supports spawner:plugin@{supported}: rebuild it against a spawner-plugin-sdk for {supported}"
+    )]
     WrongVersion {
         /// Plugin name.
         name: String,

@@ -114,7 +114,7 @@ impl host::Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         if self.logs_left == 0 {
             message.push_str(" (log limit for this call reached; further lines dropped)");
@@ -138,12 +138,7 @@ impl host::Host for HostState {
             return Err(host::TokenError::Malformed("this Spawner has no token secret configured".into()));
         };
         match key.verify(&token) {
-            Ok(c) => Ok(host::Capability {
-                backend: c.backend,
-                subject: c.subject,
-                issued_at: c.issued_at,
-                expires_at: c.expires_at,
-            }),
+            Ok(c) => Ok(host::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
             Err(token::TokenError::BadSignature) => Err(host::TokenError::BadSignature),
             Err(e) => Err(host::TokenError::Malformed(e.to_string())),
         }

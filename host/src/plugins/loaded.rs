@@ -60,32 +60,17 @@ impl LoadedPlugin {
         let name = source.name.as_str();
         let (component, digest) = rt.compile(name, &source.bytes)?;
         check_world(rt.engine(), &component, kind, name)?;
-        let pre: InstancePre<HostState> = rt
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| link_error(rt.engine(), &component, name, e))?;
-        let bad_export = |e: wasmtime::Error| LoadError::BadExport {
-            name: name.into(),
-            interface: kind.export_name(),
-            reason: format!("{e:#}"),
-        };
+        let pre: InstancePre<HostState> =
+            rt.linker().instantiate_pre(&component).map_err(|e| link_error(rt.engine(), &component, name, e))?;
+        let bad_export =
+            |e: wasmtime::Error| LoadError::BadExport { name: name.into(), interface: kind.export_name(), reason: format!("{e:#}") };
         let pre = match kind {
             PluginKind::Scheduler => KindPre::Scheduler(SchedulerPre::new(pre).map_err(bad_export)?),
             PluginKind::Auth => KindPre::Auth(AuthPre::new(pre).map_err(bad_export)?),
             PluginKind::Idle => KindPre::Idle(IdlePre::new(pre).map_err(bad_export)?),
         };
-        let ctx = Arc::new(PluginContext {
-            name: name.into(),
-            kind,
-            settings: source.settings.as_str().into(),
-            tokens: rt.tokens(),
-        });
-        let info = PluginInfo {
-            kind,
-            name: name.into(),
-            digest: hex::encode(digest),
-            size: source.bytes.len(),
-        };
+        let ctx = Arc::new(PluginContext { name: name.into(), kind, settings: source.settings.as_str().into(), tokens: rt.tokens() });
+        let info = PluginInfo { kind, name: name.into(), digest: hex::encode(digest), size: source.bytes.len() };
         let plugin = LoadedPlugin { info, ctx, pre };
         match plugin.validate_settings(rt, &source.settings) {
             Ok(()) => Ok(plugin),
@@ -133,10 +118,11 @@ impl LoadedPlugin {
             KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_place(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
-        if let Placement::Node(n) = &placement {
-            if !request.nodes.is_empty() && !request.nodes.iter().any(|c| &c.name == n) {
-                return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
-            }
+        if let Placement::Node(n) = &placement
+            && !request.nodes.is_empty()
+            && !request.nodes.iter().any(|c| &c.name == n)
+        {
+            return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
         }
         Ok(placement)
     }
@@ -226,7 +212,9 @@ fn check_world(engine: &Engine, component: &Component, kind: PluginKind, name: &
         if wrong_version(import) {
             return Err(LoadError::WrongVersion { name: name.into(), found: import.into(), supported: PACKAGE_VERSION });
         }
-        let known = import.starts_with("wasi:") || import == format!("spawner:plugin/host@{PACKAGE_VERSION}") || import == format!("spawner:plugin/types@{PACKAGE_VERSION}");
+        let known = import.starts_with("wasi:")
+            || import == format!("spawner:plugin/host@{PACKAGE_VERSION}")
+            || import == format!("spawner:plugin/types@{PACKAGE_VERSION}");
         if !known || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             return Err(LoadError::UnknownImport { name: name.into(), import: import.into() });
         }

@@ -234,8 +234,8 @@ impl Runtime {
         if let Some(c) = self.cache.lock().expect("cache lock").get(&digest) {
             return Ok((c.clone(), digest));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile { name: name.into(), reason: format!("{e:#}") })?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile { name: name.into(), reason: format!("{e:#}") })?;
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= COMPONENT_CACHE_ENTRIES {
             // Any entry will do: plugins in use hold their own handle.

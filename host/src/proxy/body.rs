@@ -44,13 +44,13 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let n = data.len() as u64;
-                match this.direction {
-                    Direction::In => this.activity.add_in(n),
-                    Direction::Out => this.activity.add_out(n),
-                }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            match this.direction {
+                Direction::In => this.activity.add_in(n),
+                Direction::Out => this.activity.add_out(n),
             }
         }
         if let Poll::Ready(None) = &polled {

@@ -97,10 +97,10 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
         .map(str::trim)
         .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
         .collect();
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            h.insert(header::COOKIE, v);
-        }
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -137,10 +137,10 @@ pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option
     if let Some(host) = host {
         h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
-    if !prefix.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(prefix) {
-            h.insert(HeaderName::from_static("x-forwarded-prefix"), v);
-        }
+    if !prefix.is_empty()
+        && let Ok(v) = HeaderValue::from_str(prefix)
+    {
+        h.insert(HeaderName::from_static("x-forwarded-prefix"), v);
     }
 }
 
@@ -156,9 +156,7 @@ pub fn inject_identity(h: &mut HeaderMap, identity: &[Header]) {
 
 /// The request's headers as the auth plugin sees them (UTF-8 values only).
 pub fn for_plugin(h: &HeaderMap) -> Vec<Header> {
-    h.iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| Header { name: k.as_str().to_string(), value: v.to_string() }))
-        .collect()
+    h.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| Header { name: k.as_str().to_string(), value: v.to_string() })).collect()
 }
 
 #[cfg(test)]
@@ -175,7 +173,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
-        let mut h = map(&[("connection", "keep-alive, x-secret"), ("keep-alive", "5"), ("x-secret", "1"), ("te", "trailers"), ("accept", "*/*")]);
+        let mut h =
+            map(&[("connection", "keep-alive, x-secret"), ("keep-alive", "5"), ("x-secret", "1"), ("te", "trailers"), ("accept", "*/*")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
@@ -189,7 +188,8 @@ mod tests {
 
     #[test]
     fn spoofed_forwarding_and_identity_headers_are_replaced() {
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-spawner-user", "admin"), ("X-Spawner-Backend", "x"), ("forwarded", "for=1.2.3.4")]);
+        let mut h =
+            map(&[("x-forwarded-for", "6.6.6.6"), ("x-spawner-user", "admin"), ("X-Spawner-Backend", "x"), ("forwarded", "for=1.2.3.4")]);
         strip_untrusted(&mut h);
         assert!(h.is_empty(), "{h:?}");
         set_forwarded(&mut h, "127.0.0.1", "http", Some(&HeaderValue::from_static("example.test")), "/p/b1");

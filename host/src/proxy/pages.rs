@@ -45,7 +45,10 @@ pub fn starting(name: &str, phase: &str, accept: Option<&HeaderValue>) -> Respon
             escape(name),
             escape(phase)
         );
-        Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header(header::CONTENT_TYPE, "text/html; charset=utf-8").body(Body::from(body))
+        Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Body::from(body))
     } else {
         Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)

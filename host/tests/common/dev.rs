@@ -58,10 +58,10 @@ impl Dev {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.trim().strip_prefix("Spawner is listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.to_string());
-                    }
+                if let Some(url) = line.trim().strip_prefix("Spawner is listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(url.to_string());
                 }
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
@@ -159,7 +159,11 @@ impl Dev {
     }
 
     /// A WebSocket to the backend, authenticated with `token`.
-    pub async fn websocket(&self, name: &str, token: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    pub async fn websocket(
+        &self,
+        name: &str,
+        token: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!("{}/p/{name}/ws", self.base.replace("http://", "ws://"));
         let mut req = url.into_client_request().unwrap();

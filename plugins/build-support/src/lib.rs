@@ -76,8 +76,7 @@ pub fn build_into_out_dir(packages: &[&str]) -> Vec<(String, PathBuf)> {
         .into_iter()
         .map(|(p, file)| {
             let dest = out.join(file.file_name().expect("wasm file name"));
-            std::fs::copy(&file, &dest)
-                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", file.display(), dest.display()));
+            std::fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copy {} to {}: {e}", file.display(), dest.display()));
             (p, dest)
         })
         .collect()
@@ -101,11 +100,7 @@ fn workspace_root(start: &Path) -> PathBuf {
 fn plugin_target_dir() -> PathBuf {
     let out = PathBuf::from(env("OUT_DIR"));
     let guess = out.ancestors().nth(4).expect("OUT_DIR has the usual layout");
-    let target = guess
-        .ancestors()
-        .take(2)
-        .find(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or(guess);
+    let target = guess.ancestors().take(2).find(|d| d.join("CACHEDIR.TAG").exists()).unwrap_or(guess);
     target.join("spawner-plugins")
 }
 
@@ -130,6 +125,8 @@ fn ensure_target() {
     match cmd.status() {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("`rustup target add {TARGET}` failed ({s}); install the target and build again"),
-        Err(e) => panic!("the {TARGET} target is missing and rustup could not be run ({e}); install the target with your toolchain manager"),
+        Err(e) => {
+            panic!("the {TARGET} target is missing and rustup could not be run ({e}); install the target with your toolchain manager")
+        }
     }
 }

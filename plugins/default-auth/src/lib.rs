@@ -57,16 +57,9 @@ spawner_plugin_sdk::export!(auth: DefaultAuth);
 
 /// The whole policy, as a plain function so it runs natively in tests and
 /// benchmarks. `verify` checks a token's signature.
-pub fn decide(
-    request: &AuthRequest,
-    settings: &Settings,
-    verify: impl Fn(&str) -> Result<Capability, TokenError>,
-) -> Verdict {
+pub fn decide(request: &AuthRequest, settings: &Settings, verify: impl Fn(&str) -> Result<Capability, TokenError>) -> Verdict {
     let http = &request.request;
-    let bearer = http
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let bearer = http.header("authorization").and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
     let candidates = [bearer, http.query_param(&settings.query_param), http.cookie(&settings.cookie)];
 
     // The most specific refusal wins when several candidates fail.
@@ -78,9 +71,7 @@ pub fn decide(
             Ok(cap) if cap.backend != request.backend.name => {
                 Verdict::deny(403, format!("token is for backend {}, not {}", cap.backend, request.backend.name))
             }
-            Ok(cap) if cap.expires_at <= request.now => {
-                Verdict::deny(401, format!("token expired {} s ago", request.now - cap.expires_at))
-            }
+            Ok(cap) if cap.expires_at <= request.now => Verdict::deny(401, format!("token expired {} s ago", request.now - cap.expires_at)),
             Ok(cap) => return allow(request, cap),
         };
         if refusal.as_ref().is_none_or(|r| status(r) < status(&verdict)) {

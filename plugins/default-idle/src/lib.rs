@@ -34,13 +34,10 @@ spawner_plugin_sdk::export!(idle: DefaultIdle);
 
 /// The policy as a plain function.
 pub fn decide(request: &IdleRequest) -> IdleVerdict {
-    if let Some(limit) = request.lifetime_limit_seconds {
-        if request.age_seconds >= limit {
-            return IdleVerdict::terminate_lifetime(format!(
-                "lifetime limit of {limit} s reached (age {} s)",
-                request.age_seconds
-            ));
-        }
+    if let Some(limit) = request.lifetime_limit_seconds
+        && request.age_seconds >= limit
+    {
+        return IdleVerdict::terminate_lifetime(format!("lifetime limit of {limit} s reached (age {} s)", request.age_seconds));
     }
     let a = &request.activity;
     let unused = a.open_connections == 0 && a.in_flight_requests == 0;

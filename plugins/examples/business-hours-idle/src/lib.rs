@@ -90,7 +90,14 @@ mod tests {
             age_seconds: 100_000,
             grace_period_seconds: 300,
             lifetime_limit_seconds: None,
-            activity: Activity { open_connections: 0, in_flight_requests: 0, seconds_since_last_activity: 10_000, bytes_in: 0, bytes_out: 0, websocket_messages: 0 },
+            activity: Activity {
+                open_connections: 0,
+                in_flight_requests: 0,
+                seconds_since_last_activity: 10_000,
+                bytes_in: 0,
+                bytes_out: 0,
+                websocket_messages: 0,
+            },
             now,
         }
     }

@@ -107,7 +107,9 @@ mod tests {
     fn quota_counts_only_the_same_label_value() {
         let s: Settings = host::parse_settings(r#"{"label":"team","quotas":{"data":2},"default":1}"#).unwrap();
         assert_eq!(decide(&request("data", vec![placed("data"), placed("web")]), &s), Placement::Node("n1".into()));
-        assert!(matches!(decide(&request("data", vec![placed("data"), placed("data")]), &s), Placement::Reject(r) if r.contains("quota 2")));
+        assert!(
+            matches!(decide(&request("data", vec![placed("data"), placed("data")]), &s), Placement::Reject(r) if r.contains("quota 2"))
+        );
         assert!(matches!(decide(&request("web", vec![placed("web")]), &s), Placement::Reject(_)));
     }
 }
