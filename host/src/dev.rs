@@ -199,9 +199,25 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     Ok(c)
 }
 
+/// Raises the open-file soft limit to the hard limit: every proxied
+/// WebSocket holds two descriptors, and the usual soft limit (1024) would
+/// cap Spawner at a few hundred sessions. Backends inherit the raised limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 /// Runs `spawner dev` until SIGINT or SIGTERM, then stops every backend.
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = config_from_args(&args)?;
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let dev = Dev::start(config.clone()).await?;

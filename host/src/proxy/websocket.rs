@@ -76,6 +76,11 @@ async fn pump(client: TcpStream, client_pre: Bytes, backend: TcpStream, backend_
         activity.add_messages(b.meter.feed(&backend_pre));
         c.pending.extend_from_slice(&backend_pre);
     }
+    // These may share hyper's whole read buffer (8 KiB or more); holding
+    // them for the life of an idle WebSocket would multiply memory per
+    // connection.
+    drop(client_pre);
+    drop(backend_pre);
     loop {
         if c.eof && b.eof && c.pending.is_empty() && b.pending.is_empty() {
             return Ok(());
