@@ -1,5 +1,8 @@
 //! Small conveniences on the generated types, so plugins read as policy.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::auth::{Allow, AuthRequest, Deny, HttpRequest, Verdict};
 use crate::idle::{IdleVerdict, Termination, TerminationKind};
 use crate::scheduler::Resources;

@@ -4,6 +4,8 @@
 //! served by the [`testing::Harness`](crate::testing::Harness) in effect, so
 //! plugin logic can be tested without WebAssembly.
 
+use alloc::string::{String, ToString};
+
 use serde::de::DeserializeOwned;
 
 use crate::{LogLevel, PluginError};

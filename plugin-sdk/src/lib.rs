@@ -42,11 +42,20 @@
 //! applies a safe fallback: auth denies, idle keeps, scheduling uses the
 //! default scheduler.
 
+#![no_std]
+
+extern crate alloc;
+// The native test harness (and only it) uses std.
+#[cfg(not(target_arch = "wasm32"))]
+extern crate std;
+
 extern crate self as spawner_plugin_sdk;
 
 mod bindings;
 pub mod helpers;
 pub mod host;
+pub mod lean;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use bindings::auth::spawner::plugin::types::{Backend, Label, LogLevel, PluginError};
@@ -132,7 +141,7 @@ macro_rules! export {
                 ) -> ::core::result::Result<$crate::scheduler::Placement, $crate::PluginError> {
                     <$ty as $crate::scheduler::Scheduler>::place(request)
                 }
-                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: $crate::__private::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::scheduler::Scheduler>::validate_settings(&settings)
                 }
             }
@@ -148,7 +157,7 @@ macro_rules! export {
                 fn check(request: $crate::auth::AuthRequest) -> ::core::result::Result<$crate::auth::Verdict, $crate::PluginError> {
                     <$ty as $crate::auth::Auth>::check(request)
                 }
-                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: $crate::__private::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::auth::Auth>::validate_settings(&settings)
                 }
             }
@@ -164,7 +173,7 @@ macro_rules! export {
                 fn evaluate(request: $crate::idle::IdleRequest) -> ::core::result::Result<$crate::idle::IdleVerdict, $crate::PluginError> {
                     <$ty as $crate::idle::Idle>::evaluate(request)
                 }
-                fn validate_settings(settings: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
+                fn validate_settings(settings: $crate::__private::String) -> ::core::result::Result<(), $crate::PluginError> {
                     <$ty as $crate::idle::Idle>::validate_settings(&settings)
                 }
             }
@@ -177,5 +186,6 @@ macro_rules! export {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::{auth, idle, scheduler};
+    pub use alloc::string::String;
     pub use wit_bindgen;
 }

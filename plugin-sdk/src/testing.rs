@@ -1,6 +1,6 @@
 //! A native test harness: run plugin logic under plain `cargo test`.
 //!
-//! (On wasm32 the host wrappers call the real host and this state is unused.)
+//! Native only: inside Spawner the host wrappers call the real host.
 //!
 //! ```
 //! use spawner_plugin_sdk::testing::Harness;
@@ -14,10 +14,11 @@
 //! Outside [`Harness::run`], settings are empty, token verification fails
 //! with `malformed` and logs go to stderr.
 
-#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
-
 use std::cell::RefCell;
+use std::eprintln;
 use std::rc::Rc;
+use std::string::{String, ToString};
+use std::vec::Vec;
 
 use crate::host::{Capability, TokenError};
 use crate::{Backend, Label, LogLevel};
@@ -30,7 +31,7 @@ struct State {
     logs: Rc<RefCell<Vec<(LogLevel, String)>>>,
 }
 
-thread_local! {
+std::thread_local! {
     static CURRENT: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 

@@ -63,39 +63,46 @@ impl ResourceLimiter for Limiter {
 /// The data of one call's `Store`.
 pub(crate) struct HostState {
     pub limiter: Limiter,
-    wasi: WasiCtx,
+    /// Built on first use: plugins without WASI imports (the `no_std`
+    /// default bundle) never pay for it.
+    wasi: Option<(WasiCtx, MemoryOutputPipe)>,
     table: ResourceTable,
-    pub stderr: MemoryOutputPipe,
     ctx: Arc<PluginContext>,
     logs_left: u32,
+    /// The last error-level line the plugin logged (a `no_std` plugin's
+    /// panic message), for the trap report.
+    pub last_error: Option<String>,
 }
 
 impl HostState {
     pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
-        // No preopened directories, no environment, no arguments, no
-        // stdin, and the default socket policy denies every address:
-        // a plugin can compute and call the host, nothing else.
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).allow_tcp(false).allow_udp(false).build();
         HostState {
             limiter: Limiter { memory_bytes, hit: false },
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
-            stderr,
             ctx,
             logs_left: MAX_LOG_LINES_PER_CALL,
+            last_error: None,
         }
     }
 
-    /// What the plugin wrote to stderr (a panic message), trimmed.
+    /// What the plugin wrote to stderr (a `std` plugin's panic message).
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        self.wasi.as_ref().map(|(_, err)| String::from_utf8_lossy(&err.contents()).trim().to_string()).unwrap_or_default()
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let (wasi, _) = self.wasi.get_or_insert_with(|| {
+            let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+            // No preopened directories, no environment, no arguments, no
+            // stdin, and no socket may connect or bind: a plugin can
+            // compute and call the host, nothing else.
+            let ctx = WasiCtx::builder().stderr(stderr.clone()).allow_tcp(false).allow_udp(false).build();
+            (ctx, stderr)
+        });
+        WasiCtxView { ctx: wasi, table: &mut self.table }
     }
 }
 
@@ -118,6 +125,9 @@ impl host::Host for HostState {
         }
         if self.logs_left == 0 {
             message.push_str(" (log limit for this call reached; further lines dropped)");
+        }
+        if matches!(level, types::LogLevel::Error) {
+            self.last_error = Some(message.clone());
         }
         let (kind, plugin) = (self.ctx.kind.as_str(), &*self.ctx.name);
         match level {

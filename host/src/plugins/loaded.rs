@@ -178,13 +178,15 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
         Some(Trap::Interrupt) => CallError::Deadline(limits.deadline_ms),
         Some(trap) => {
             let stderr = store.data().stderr_text();
-            // Rust's panic hook writes "thread '..' panicked at FILE:LINE:COL:\nMESSAGE".
+            // std's panic hook writes "thread '..' panicked at FILE:LINE:COL:\nMESSAGE"
+            // to stderr; the SDK's lean runtime logs "panicked at ..." instead.
             let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
-            match (lines.next(), lines.next()) {
-                (Some(at), Some(message)) => {
+            match (lines.next(), lines.next(), &store.data().last_error) {
+                (Some(at), Some(message), _) => {
                     let at = at.split("panicked at ").nth(1).unwrap_or(at).trim_end_matches(':');
                     CallError::Trap(format!("panicked at {at}: {message}"))
                 }
+                (_, _, Some(logged)) if logged.starts_with("panicked") => CallError::Trap(logged.clone()),
                 _ => CallError::Trap(trap.to_string()),
             }
         }

@@ -15,6 +15,13 @@
 //! Settings (JSON, all optional):
 //! `{"cookie": "spawner-token", "query-param": "token"}`.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
 use serde::Deserialize;
 use spawner_plugin_sdk::auth::*;
 use spawner_plugin_sdk::host;
@@ -53,6 +60,7 @@ impl Auth for DefaultAuth {
     }
 }
 
+spawner_plugin_sdk::lean_runtime!();
 spawner_plugin_sdk::export!(auth: DefaultAuth);
 
 /// The whole policy, as a plain function so it runs natively in tests and

@@ -8,6 +8,11 @@
 //! Settings: none (`{}` or empty); the grace period and lifetime limit are
 //! per backend, set when it is created.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
 use serde::Deserialize;
 use spawner_plugin_sdk::host;
 use spawner_plugin_sdk::idle::*;
@@ -30,6 +35,7 @@ impl Idle for DefaultIdle {
     }
 }
 
+spawner_plugin_sdk::lean_runtime!();
 spawner_plugin_sdk::export!(idle: DefaultIdle);
 
 /// The policy as a plain function.

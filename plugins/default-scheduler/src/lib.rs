@@ -13,6 +13,13 @@
 //!
 //! Settings (JSON, all optional): `{"max-per-owner": 3, "strategy": "pack"}`.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use serde::Deserialize;
 use spawner_plugin_sdk::host;
 use spawner_plugin_sdk::scheduler::*;
@@ -56,6 +63,7 @@ impl Scheduler for DefaultScheduler {
     }
 }
 
+spawner_plugin_sdk::lean_runtime!();
 spawner_plugin_sdk::export!(scheduler: DefaultScheduler);
 
 /// The policy as a plain function.
