@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod process;
 pub mod proxy;
+pub mod reaper;
 pub mod server;
 pub mod sweeper;
 pub mod token;

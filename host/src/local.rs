@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
 use crate::process::LogLine;
 use crate::proxy::{Resolve, Target};
+use crate::reaper::Reaper;
 use crate::sweeper::{Candidate, SweepSource};
 use record::Record;
 
@@ -78,6 +79,9 @@ pub struct Local {
     /// lock that makes get-or-create by key atomic.
     keys: Mutex<HashMap<String, String>>,
     shutting_down: AtomicBool,
+    /// Stops the backends if this process dies without doing it (see
+    /// [`crate::reaper`]); `None` if `sh` could not be started.
+    reaper: Option<Reaper>,
     /// Drivers need an owning handle; `Local` only exists inside an Arc.
     me: Weak<Local>,
 }
@@ -85,7 +89,11 @@ pub struct Local {
 impl Local {
     /// A runtime; call [`Local::start_gc`] to have ended backends forgotten.
     pub fn new(config: LocalConfig, plugins: Arc<Plugins>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let reaper = Reaper::start(config.stop_timeout)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot start the backend reaper (sh); backends may outlive a crash of Spawner"))
+            .ok();
         Arc::new_cyclic(|me| Local {
+            reaper,
             config,
             plugins,
             metrics,

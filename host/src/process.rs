@@ -11,7 +11,8 @@
 //! millisecond for the first half second, then every 25 ms, so readiness is seen about
 //! a millisecond after `listen()`. Stopping sends SIGTERM to the group, then
 //! SIGKILL after the stop timeout. When the main process exits, the rest of
-//! its group is killed too, so nothing is left behind.
+//! its group is killed too, so nothing is left behind; and if Spawner itself
+//! dies without stopping its backends, the [`Reaper`] stops them.
 
 pub mod logs;
 
@@ -29,6 +30,8 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 pub use logs::{LogBuffer, LogLine, Stream};
+
+use crate::reaper::Reaper;
 
 /// Environment variables a backend inherits from Spawner; everything else
 /// is cleared.
@@ -130,8 +133,9 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts `command` for a backend. Returns once the process exists;
-/// readiness and exit arrive through [`Process::watch`].
-pub fn start(command: &ProcessCommand, id: &Identity) -> std::io::Result<Process> {
+/// readiness and exit arrive through [`Process::watch`]. The `reaper`, if
+/// any, is told about the process group for as long as it lives.
+pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -> std::io::Result<Process> {
     let port = free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut cmd = Command::new(&command.program);
@@ -155,6 +159,10 @@ pub fn start(command: &ProcessCommand, id: &Identity) -> std::io::Result<Process
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let reaper = reaper.cloned();
+    if let Some(r) = &reaper {
+        r.watch(pid);
+    }
     let logs = Arc::new(LogBuffer::default());
     if let Some(out) = child.stdout.take() {
         tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
@@ -176,6 +184,9 @@ pub fn start(command: &ProcessCommand, id: &Identity) -> std::io::Result<Process
             Err(_) => None,
         };
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Some(r) = reaper {
+            r.forget(pid);
+        }
         exit_tx.send_replace(ProcessState::Exited(code));
     });
 

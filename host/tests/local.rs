@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::dev::{Dev, FAST, backend_pids, processes_with_env};
 use futures_util::{SinkExt, StreamExt};
@@ -178,6 +178,31 @@ async fn sigterm_leaves_no_backend_running() {
     for n in names.iter().chain([&ignorer]) {
         assert!(backend_pids(n).is_empty(), "{n} survived spawner's SIGTERM");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_spawner_leaves_no_backend_running() {
+    let config = format!(
+        "{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
+    );
+    let mut dev = Dev::start(&config, &[]);
+    let mut names = Vec::new();
+    for template in ["demo", "demo", "stubborn"] {
+        let (name, _) = dev.create_ok(json!({"template": template, "gracePeriodSeconds": 600})).await;
+        dev.wait_ready(&name).await;
+        assert!(!backend_pids(&name).is_empty());
+        names.push(name);
+    }
+    // Spawner gets no chance to stop them: the reaper must (SIGTERM, then
+    // SIGKILL after the 2 s stop timeout for the one that ignores SIGTERM).
+    dev.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut left: Vec<&String> = names.iter().collect();
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left.retain(|n| !backend_pids(n).is_empty());
+    }
+    assert!(left.is_empty(), "{left:?} outlived spawner's SIGKILL");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,7 +103,7 @@ fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
     let command =
         ProcessCommand { program: rec.template.command.clone(), args: rec.template.args.clone(), env, cwd: rec.template.cwd.clone() };
     let prefix = if local.config.host_domain.is_some() { "/".to_string() } else { format!("/p/{}/", rec.name) };
-    process::start(&command, &Identity { name: rec.name.clone(), key: rec.spec.key.clone(), prefix })
+    process::start(&command, &Identity { name: rec.name.clone(), key: rec.spec.key.clone(), prefix }, local.reaper.as_ref())
 }
 
 /// Asks the scheduler plugin, with this machine as the only node.

@@ -101,6 +101,13 @@ impl Dev {
         }
     }
 
+    /// Sends SIGKILL (no chance to clean up) and reaps the process.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// POST /api/v1/backends; returns (status, body).
     pub async fn create(&self, body: Value) -> (u16, Value) {
         let r = self.http.post(format!("{}/api/v1/backends", self.base)).json(&body).send().await.unwrap();

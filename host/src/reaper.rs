@@ -1,0 +1,144 @@
+//! The last line of defence against orphaned backends.
+//!
+//! Spawner stops its backends itself when it shuts down (SIGINT, SIGTERM,
+//! or the API). It cannot when it is killed with SIGKILL, crashes, or is
+//! OOM-killed: the backends, each in its own process group, would run on
+//! with nobody to stop them. Linux's `PR_SET_PDEATHSIG` would need `unsafe`
+//! code between fork and exec, which the host crate forbids.
+//!
+//! Instead, a small `sh` process (the reaper), in its own process group so
+//! that a terminal's Ctrl-C does not reach it, reads the process groups of
+//! live backends from a pipe: `+PGID` when one starts, `-PGID` when it
+//! exits. Only Spawner holds the pipe's write end, so when Spawner's process
+//! ends for any reason the kernel closes it, the reaper reads end-of-file,
+//! sends SIGTERM to every group still listed, waits the grace period and
+//! sends SIGKILL. After a clean shutdown the list is empty and the reaper
+//! simply exits.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The reaper's program: a list of groups kept as " a b c ", updated per
+/// line, acted on at end of input. POSIX sh (dash) compatible.
+const SCRIPT: &str = r#"grace="$1"; g=" "
+while read -r line; do
+  pid="${line#?}"
+  case "$line" in
+    +*) g="$g$pid " ;;
+    -*) case "$g" in *" $pid "*) g="${g%% $pid *} ${g#* $pid }" ;; esac ;;
+  esac
+done
+set -- $g
+[ $# -gt 0 ] || exit 0
+for p in "$@"; do kill -TERM "-$p" 2>/dev/null; done
+sleep "$grace"
+for p in "$@"; do kill -KILL "-$p" 2>/dev/null; done"#;
+
+/// A handle on the reaper process; clones share it.
+#[derive(Clone, Debug)]
+pub struct Reaper {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `None` once writing failed (the reaper died): nothing more to tell.
+    pipe: Option<ChildStdin>,
+    child: Child,
+}
+
+impl Reaper {
+    /// Starts the reaper. `grace` is how long backends get between SIGTERM
+    /// and SIGKILL once Spawner is gone.
+    pub fn start(grace: Duration) -> std::io::Result<Reaper> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg("spawner-reaper")
+            .arg(grace.as_secs().max(1).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pipe = child.stdin.take();
+        Ok(Reaper { inner: Arc::new(Mutex::new(Inner { pipe, child })) })
+    }
+
+    /// The reaper's process id (tests watch it).
+    pub fn pid(&self) -> u32 {
+        self.inner.lock().expect("reaper lock").child.id()
+    }
+
+    /// A backend's process group started.
+    pub fn watch(&self, group: i32) {
+        self.send('+', group);
+    }
+
+    /// A backend's process group is gone: forget it, so that its id, once
+    /// reused by an unrelated process, is never signalled.
+    pub fn forget(&self, group: i32) {
+        self.send('-', group);
+    }
+
+    fn send(&self, op: char, group: i32) {
+        let mut inner = self.inner.lock().expect("reaper lock");
+        let Some(pipe) = inner.pipe.as_mut() else { return };
+        // One short line to a pipe the reaper drains: does not block in
+        // practice (the pipe holds 64 KiB).
+        if let Err(e) = writeln!(pipe, "{op}{group}") {
+            tracing::warn!(error = %e, "the backend reaper is gone; backends may outlive a crash of Spawner");
+            inner.pipe = None;
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the pipe lets the reaper finish; reap it so no zombie stays.
+        self.pipe = None;
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn alive(pid: u32) -> bool {
+        // A zombie still has /proc/PID; count it as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+    }
+
+    fn sleeper() -> Child {
+        Command::new("sleep").arg("60").process_group(0).spawn().unwrap()
+    }
+
+    fn wait_gone(child: &mut Child) -> bool {
+        for _ in 0..500 {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn kills_listed_groups_when_the_pipe_closes_and_spares_forgotten_ones() {
+        let (mut listed, mut forgotten) = (sleeper(), sleeper());
+        let reaper = Reaper::start(Duration::from_secs(1)).unwrap();
+        reaper.watch(listed.id() as i32);
+        reaper.watch(forgotten.id() as i32);
+        reaper.forget(forgotten.id() as i32);
+        drop(reaper);
+        assert!(wait_gone(&mut listed), "a listed group is terminated");
+        assert!(forgotten.try_wait().unwrap().is_none() && alive(forgotten.id()), "a forgotten group is left alone");
+        forgotten.kill().unwrap();
+        forgotten.wait().unwrap();
+    }
+}
