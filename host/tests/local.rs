@@ -158,41 +158,36 @@ async fn the_lifetime_limit_ends_a_busy_backend() {
     busy.abort();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_leaves_no_backend_running() {
+/// Spawner with three demo backends and one that ignores SIGTERM (so it
+/// can only be stopped by SIGKILL after the stop timeout), all ready.
+async fn dev_with_backends() -> (Dev, Vec<String>) {
     let config = format!(
         "{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
     );
-    let mut dev = Dev::start(&config, &[]);
+    let dev = Dev::start(&config, &[]);
     let mut names = Vec::new();
-    for _ in 0..3 {
-        let (name, _) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600})).await;
+    for template in ["demo", "demo", "demo", "stubborn"] {
+        let (name, _) = dev.create_ok(json!({"template": template, "gracePeriodSeconds": 600})).await;
         dev.wait_ready(&name).await;
+        assert!(!backend_pids(&name).is_empty(), "{name} is running");
         names.push(name);
     }
-    // A backend that ignores SIGTERM is killed after the stop timeout.
-    let (ignorer, _) = dev.create_ok(json!({"template": "stubborn", "gracePeriodSeconds": 600})).await;
-    dev.wait_ready(&ignorer).await;
+    (dev, names)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_leaves_no_backend_running() {
+    let (mut dev, names) = dev_with_backends().await;
     let status = dev.terminate();
     assert!(status.success(), "spawner exited with {status}");
-    for n in names.iter().chain([&ignorer]) {
+    for n in &names {
         assert!(backend_pids(n).is_empty(), "{n} survived spawner's SIGTERM");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_spawner_leaves_no_backend_running() {
-    let config = format!(
-        "{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
-    );
-    let mut dev = Dev::start(&config, &[]);
-    let mut names = Vec::new();
-    for template in ["demo", "demo", "stubborn"] {
-        let (name, _) = dev.create_ok(json!({"template": template, "gracePeriodSeconds": 600})).await;
-        dev.wait_ready(&name).await;
-        assert!(!backend_pids(&name).is_empty());
-        names.push(name);
-    }
+    let (mut dev, names) = dev_with_backends().await;
     // Spawner gets no chance to stop them: the reaper must (SIGTERM, then
     // SIGKILL after the 2 s stop timeout for the one that ignores SIGTERM).
     dev.kill_hard();
