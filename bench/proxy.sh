@@ -27,15 +27,23 @@ CHP="$WORK/chp/node_modules/.bin/configurable-http-proxy"
 npm install --silent --prefix "$WORK/chp" configurable-http-proxy >/dev/null 2>&1
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Spawner, with one demo backend.
-SP_PORT=$(free_port)
-SPAWNER_LOG=warn "$SPAWNER" dev --listen "127.0.0.1:$SP_PORT" --sweep-interval-ms 3600000 2>"$WORK/spawner.log" &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "127.0.0.1:$SP_PORT/healthz" >/dev/null && break; sleep 0.1; done
-CREATED=$(curl -sf -X POST "127.0.0.1:$SP_PORT/api/v1/backends" -H 'Content-Type: application/json' -d '{"template":"demo","gracePeriodSeconds":3600}')
-NAME=$(echo "$CREATED" | python3 -c 'import sys,json; print(json.load(sys.stdin)["backend"]["name"])')
-TOKEN=$(echo "$CREATED" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
-BACKEND=$(curl -sf "127.0.0.1:$SP_PORT/api/v1/backends/$NAME/ready?timeout=30" | python3 -c 'import sys,json; print(json.load(sys.stdin)["address"])')
+# Spawner, with one demo backend: with tokio's default worker threads (one
+# per core), and with one worker thread (fewer cross-thread wakeups when the
+# load generator and the backend share the cores).
+start_spawner() { # worker-threads; sets SP_PORT NAME TOKEN BACKEND
+  local created
+  SP_PORT=$(free_port)
+  SPAWNER_LOG=warn TOKIO_WORKER_THREADS="$1" "$SPAWNER" dev --listen "127.0.0.1:$SP_PORT" --sweep-interval-ms 3600000 2>>"$WORK/spawner.log" &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$SP_PORT/healthz" >/dev/null && break; sleep 0.1; done
+  created=$(curl -sf -X POST "127.0.0.1:$SP_PORT/api/v1/backends" -H 'Content-Type: application/json' -d '{"template":"demo","gracePeriodSeconds":3600}')
+  NAME=$(echo "$created" | python3 -c 'import sys,json; print(json.load(sys.stdin)["backend"]["name"])')
+  TOKEN=$(echo "$created" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
+  BACKEND=$(curl -sf "127.0.0.1:$SP_PORT/api/v1/backends/$NAME/ready?timeout=30" | python3 -c 'import sys,json; print(json.load(sys.stdin)["address"])')
+}
+start_spawner 1
+SP1_PORT=$SP_PORT NAME1=$NAME TOKEN1=$TOKEN
+start_spawner "$(nproc)"
 
 # nginx with keep-alive to the same backend.
 NG_PORT=$(free_port)
@@ -84,5 +92,6 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s GET $PATH_UNDER_TEST (demo ba
 printf "%-28s %12s %10s %10s\n" "" "requests/s" "p50" "p99"
 run "direct" "http://$BACKEND$PATH_UNDER_TEST"
 run "spawner (auth plugin)" "http://127.0.0.1:$SP_PORT/p/$NAME$PATH_UNDER_TEST" "Authorization: Bearer $TOKEN"
+run "spawner, 1 worker thread" "http://127.0.0.1:$SP1_PORT/p/$NAME1$PATH_UNDER_TEST" "Authorization: Bearer $TOKEN1"
 run "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" "http://127.0.0.1:$NG_PORT$PATH_UNDER_TEST"
 run "configurable-http-proxy" "http://127.0.0.1:$CHP_PORT$PATH_UNDER_TEST"

@@ -12,6 +12,11 @@ use spawner::plugins::types::{AuthRequest, Backend, Header, HttpRequest};
 use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 
+/// The allocator the `spawner` binary ships with (see main.rs), so the
+/// host side of a call allocates as it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WARMUP: usize = 2_000;
 const SAMPLES: usize = 50_000;
 

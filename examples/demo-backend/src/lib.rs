@@ -58,9 +58,22 @@ pub fn router(name: String) -> Router {
         .with_state(state)
 }
 
+/// Pending connections the listener queues. tokio's default (1,024) is
+/// overrun when a thousand browsers connect at once (or Spawner's proxy
+/// opens a connection for each of a thousand WebSockets): the kernel drops
+/// the overflow and the clients wait a second for a retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the demo on `addr` until SIGTERM/SIGINT.
 pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     axum::serve(listener, router(name))
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
