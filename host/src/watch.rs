@@ -1,12 +1,20 @@
 //! Hot reload of plugin files: when a configured plugin (or its settings
 //! file) changes, it is loaded and validated, then swapped in; a bad file
 //! keeps the old plugin and the reason is logged and counted.
+//!
+//! Only changes count: reading a file for a reload raises access events,
+//! which must not trigger the next reload, and a file whose content (with
+//! its settings) is what was last tried is not tried again, so one bad
+//! write is one error, not one per debounce period.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 
 use crate::config::PluginsConfig;
 use crate::plugins::{LoadResult, PluginKind, PluginSource, Plugins};
@@ -46,7 +54,9 @@ pub fn spawn(config: PluginsConfig, plugins: Arc<Plugins>) -> notify::Result<Opt
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
+        if let Ok(e) = event
+            && changes_content(&e.kind)
+        {
             for p in e.paths {
                 let _ = tx.send(p);
             }
@@ -60,6 +70,8 @@ pub fn spawn(config: PluginsConfig, plugins: Arc<Plugins>) -> notify::Result<Opt
         watcher.watch(d, RecursiveMode::NonRecursive)?;
     }
     tokio::spawn(async move {
+        // What was last tried for each kind (digest of component + settings).
+        let mut tried: HashMap<PluginKind, [u8; 32]> = HashMap::new();
         while let Some(first) = rx.recv().await {
             let mut changed = vec![first];
             while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
@@ -72,12 +84,72 @@ pub fn spawn(config: PluginsConfig, plugins: Arc<Plugins>) -> notify::Result<Opt
                 .collect();
             kinds.dedup();
             for kind in kinds {
-                let result = source(&config, kind).and_then(|s| plugins.replace(kind, &s));
-                if let Err(e) = result {
-                    tracing::error!(kind = kind.as_str(), error = %e, "plugin reload failed; the previous plugin stays");
+                let source = match source(&config, kind) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(kind = kind.as_str(), error = %e, "plugin reload failed; the previous plugin stays");
+                        continue;
+                    }
+                };
+                let digest = fingerprint(&source);
+                if tried.insert(kind, digest) == Some(digest) {
+                    tracing::debug!(kind = kind.as_str(), plugin = %source.name, "plugin file touched but unchanged; not reloaded");
+                    continue;
                 }
+                // `replace` logs and counts the outcome.
+                let _ = plugins.replace(kind, &source);
             }
         }
     });
     Ok(Some(watcher))
+}
+
+/// Whether a file event can mean new content: creation, removal, renames
+/// and writes do; reads (opening, closing after reading, atime updates) do
+/// not.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        // The end of a write is worth a look; other accesses are reads.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+    }
+}
+
+/// Digest of what a reload would load: the component and its settings.
+fn fingerprint(source: &PluginSource) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(&source.bytes);
+    h.update([0]);
+    h.update(source.settings.as_bytes());
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RemoveKind};
+
+    #[test]
+    fn reads_do_not_count_as_changes_and_writes_do() {
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn the_fingerprint_covers_component_and_settings() {
+        let a = PluginSource { name: "a".into(), bytes: Arc::from(&b"wasm"[..]), settings: "{}".into() };
+        let same = PluginSource { name: "b".into(), bytes: Arc::from(&b"wasm"[..]), settings: "{}".into() };
+        let other_settings = PluginSource { settings: "{\"x\":1}".into(), ..same.clone() };
+        let other_bytes = PluginSource { bytes: Arc::from(&b"wasm2"[..]), ..same.clone() };
+        assert_eq!(fingerprint(&a), fingerprint(&same));
+        assert_ne!(fingerprint(&a), fingerprint(&other_settings));
+        assert_ne!(fingerprint(&a), fingerprint(&other_bytes));
+    }
 }

@@ -361,12 +361,27 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
     };
     wait_for((1, 1)).await;
     assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 200, "the old plugin still decides");
+    // One bad write is one refusal: reading the file for the reload must not
+    // trigger another reload (five debounce periods later, still one).
+    let settled = || {
+        let dev = &dev;
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            loads(&dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap())
+        }
+    };
+    assert_eq!(settled().await, (1, 1), "a refused file is tried once");
 
     // Now a real replacement: the HMAC example (settings first, then the file).
     std::fs::write(&settings, r#"{"secret":"swap-secret-0123456789"}"#).unwrap();
     std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
     wait_for((2, 1)).await;
     assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 401, "the new plugin decides new requests");
+    // The settings may have been tried on their own against the broken file
+    // (one more refusal), but the new plugin is loaded once and stays.
+    let (loaded, refused) = settled().await;
+    assert_eq!(loaded, 2, "the new plugin is loaded once");
+    assert!(refused <= 2, "no reload loop: {refused} refusals");
 
     // Every WebSocket opened before the swap still works.
     for (i, ws) in sockets.iter_mut().enumerate() {
