@@ -21,12 +21,18 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("bad JSON", "{\"template\": ".into(), 400, "EOF"),
         ("unknown field", r#"{"template":"demo","gracePeriod":5}"#.into(), 422, "unknown field `gracePeriod`"),
-        ("negative duration", r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(), 422, "invalid value: integer `-5`"),
+        ("negative duration", r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(), 422, "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more"),
         ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
         ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
         ("zero grace", r#"{"template":"demo","gracePeriodSeconds":0}"#.into(), 422, "gracePeriodSeconds must be at least 1"),
-        ("oversized body", format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)), 413, ""),
+        ("oversized body", format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)), 413, "larger than the API's limit of 64 KiB"),
+        ("not an object", "[1, 2]".into(), 422, "the body must be a JSON object"),
+        ("empty array", "[]".into(), 422, "the body must be a JSON object"),
+        ("template and image", r#"{"template":"demo","image":"demo"}"#.into(), 422, "either `template` or `image`"),
+        // Checked before anything starts: a refused create leaves nothing running.
+        ("zero token TTL", r#"{"template":"demo","tokenTtlSeconds":0}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
+        ("huge token TTL", r#"{"template":"demo","tokenTtlSeconds":99999999}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
     ];
     for (what, body, status, message) in cases {
         let (got, text) = post_raw(&dev, "/api/v1/backends", body, true).await;
@@ -42,6 +48,13 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert_eq!(list, json!([]));
     let missing = dev.http.get(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // Query strings and methods get the same kind of answer.
+    let r = dev.http.get(format!("{}/api/v1/backends/nope/ready?timeout=-1", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "timeout: expected a whole number, 0 or more");
+    let r = dev.http.put(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("does not take that method"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,6 +81,22 @@ async fn list_filters_terminate_and_openapi() {
     for path in ["/api/v1/backends", "/api/v1/backends/{name}", "/api/v1/backends/{name}/events", "/api/spawn", "/api/backend/{id}/ready"] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    // Path parameters are placeholders of their path; the rest are optional
+    // query parameters (client generators break otherwise).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                match p["in"].as_str().unwrap() {
+                    "path" => assert!(path.contains(&format!("{{{name}}}")), "{method} {path}: path parameter {name} is not in the path"),
+                    "query" => assert_ne!(p["required"], true, "{method} {path}: query parameter {name} should be optional"),
+                    other => panic!("{method} {path}: parameter {name} in {other}"),
+                }
+            }
+        }
+    }
+    let list_params = doc["paths"]["/api/v1/backends"]["get"]["parameters"].as_array().unwrap();
+    assert!(list_params.iter().any(|p| p["name"] == "owner" && p["in"] == "query"), "{list_params:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

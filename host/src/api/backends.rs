@@ -120,32 +120,38 @@ pub(crate) struct TokenResponse {
     browser_url: String,
 }
 
-pub(super) fn mint(
-    s: &ApiState,
-    view: &BackendView,
-    subject: Option<&str>,
-    ttl: Option<u64>,
-) -> Result<(String, Timestamp, String), ApiError> {
-    let ttl = ttl.unwrap_or(s.token_ttl_seconds);
+/// The token lifetime to use: `requested` (the request field `field`) or
+/// the configured default, checked before anything is created so a refused
+/// request leaves nothing running.
+pub(super) fn token_ttl(s: &ApiState, requested: Option<u64>, field: &str) -> Result<u64, ApiError> {
+    let ttl = requested.unwrap_or(s.token_ttl_seconds);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("token TTL must be between 1 and {MAX_TOKEN_TTL_SECONDS} seconds"),
+            format!("{field} must be between 1 and {MAX_TOKEN_TTL_SECONDS} (30 days), got {ttl}"),
         ));
     }
+    Ok(ttl)
+}
+
+/// A token for `view` valid for `ttl` seconds (see [`token_ttl`]), its
+/// expiry, and the browser URL that carries it.
+pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl: u64) -> (String, Timestamp, String) {
     let now = crate::token::now_unix();
     let token = s.tokens.mint(&view.name, subject, now, now + ttl);
     let expires = Timestamp::from_second((now + ttl) as i64).unwrap_or(Timestamp::MAX);
     let browser_url = format!("{}?token={token}", view.url);
-    Ok((token, expires, browser_url))
+    (token, expires, browser_url)
 }
 
 /// Create a backend, or get the live one with the same key.
 #[utoipa::path(post, path = "/api/v1/backends", request_body = CreateRequest,
     responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
-        (status = 400, description = "Malformed JSON"), (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
+        (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
+        (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
 pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
+    let ttl = token_ttl(&s, r.token_ttl_seconds, "tokenTtlSeconds")?;
     let spec = BackendSpec {
         template: r.template,
         key: r.key,
@@ -160,7 +166,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
     };
     let created = s.backends.create(spec).await?;
     let subject = r.subject.or(r.owner);
-    let (token, token_expires_at, browser_url) = mint(&s, &created.backend, subject.as_deref(), r.token_ttl_seconds)?;
+    let (token, token_expires_at, browser_url) = mint(&s, &created.backend, subject.as_deref(), ttl);
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/api/v1/backends/{}", created.backend.name);
     let body = CreateResponse { created: created.created, backend: created.backend, token, token_expires_at, browser_url };
@@ -169,6 +175,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
 
 /// List filters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Only this phase.
@@ -184,12 +191,12 @@ pub(crate) struct ListQuery {
 }
 
 /// List backends, newest first.
-#[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView])))]
+#[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView]), (status = 400, description = "Bad filter")))]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<BackendView>>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = q?;
     let mut labels = BTreeMap::new();
     for pair in q.labels.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -224,6 +231,7 @@ pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, 
 
 /// Wait-for-ready query.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct WaitQuery {
     /// Seconds to wait at most (default 30, max 300).
@@ -233,13 +241,13 @@ pub(crate) struct WaitQuery {
 /// Wait until the backend is ready: 200 when it is, 410 if it ended, 202
 /// (with the current status) if the timeout passed first.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/ready", params(("name" = String, Path), WaitQuery),
-    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 404)))]
+    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 400, description = "Bad timeout"), (status = 404)))]
 pub(crate) async fn ready(
     State(s): State<ApiState>,
     Path(name): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = q?;
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
     let mut feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
     let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| e.status.phase == Phase::Ready || e.status.phase.is_terminal())).await;
@@ -257,6 +265,7 @@ pub(crate) async fn ready(
 
 /// Log query.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct LogsQuery {
     /// Only the last N lines.
@@ -265,13 +274,13 @@ pub(crate) struct LogsQuery {
 
 /// The backend's captured stdout and stderr, one line per entry:
 /// `<time> <stream> <text>`.
-#[utoipa::path(get, path = "/api/v1/backends/{name}/logs", params(("name" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain"), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/backends/{name}/logs", params(("name" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain"), (status = 400, description = "Bad tail"), (status = 404)))]
 pub(crate) async fn logs(
     State(s): State<ApiState>,
     Path(name): Path<String>,
     q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = q?;
     let lines = s.backends.logs(&name, q.tail).await?;
     let mut text = String::new();
     for l in lines {
@@ -285,7 +294,8 @@ pub(crate) async fn logs(
 }
 
 /// Mint another token for a backend.
-#[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 404)))]
+#[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
+    (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404)))]
 pub(crate) async fn token(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -296,7 +306,8 @@ pub(crate) async fn token(
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }
-    let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), r.ttl_seconds)?;
+    let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
+    let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), ttl);
     Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url }))
         .into_response())
 }

@@ -2,7 +2,7 @@
 //! `{"error": "..."}`.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -60,8 +60,73 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let message = match &r {
             JsonRejection::MissingJsonContentType(_) => "send the body as JSON with Content-Type: application/json".to_string(),
-            _ => r.body_text(),
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the request body is larger than the API's limit of {} KiB", super::MAX_BODY_BYTES / 1024)
+            }
+            _ => plain_serde_message(&r.body_text()),
         };
         ApiError::new(r.status(), message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(plain_serde_message(&r.body_text()))
+    }
+}
+
+/// Rewrites a serde/axum rejection ("Failed to deserialize the JSON body
+/// into the target type: gracePeriodSeconds: invalid value: integer `-5`,
+/// expected u64 at line 1 column 40") in the API's terms ("gracePeriodSeconds:
+/// invalid value: integer `-5`, expected a whole number, 0 or more, at line 1
+/// column 40"): no framework prefixes, no Rust type names.
+pub fn plain_serde_message(text: &str) -> String {
+    const PREFIXES: &[&str] = &[
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize query string: ",
+    ];
+    let mut text = PREFIXES.iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text).to_string();
+    if text.contains("duplicate field `template`") {
+        return "send the template as either `template` or `image` (its alias), not both".into();
+    }
+    const TYPES: &[(&str, &str)] = &[
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid digit found in string", "expected a whole number, 0 or more"),
+        ("number too large to fit in target type", "the number is too large"),
+        ("expected a string", "expected a JSON string"),
+        ("expected a map", "expected a JSON object"),
+    ];
+    for (from, to) in TYPES {
+        text = text.replace(from, to);
+    }
+    // Every body of this API is a JSON object; serde reads a top-level
+    // array as the struct's fields in order ("[0]: invalid type ...", or
+    // "expected struct CreateRequest with 11 elements").
+    if text.starts_with('[') || text.contains("expected struct ") {
+        return "the body must be a JSON object ({...}), not an array or a value".into();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_serde_message as plain;
+
+    #[test]
+    fn serde_messages_lose_rust_type_names_and_framework_prefixes() {
+        assert_eq!(
+            plain("Failed to deserialize the JSON body into the target type: gracePeriodSeconds: invalid value: integer `-5`, expected u64 at line 1 column 40"),
+            "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more at line 1 column 40"
+        );
+        assert!(plain("Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct CreateRequest with 11 elements at line 1 column 1").starts_with("the body must be a JSON object"));
+        assert!(plain("Failed to deserialize the JSON body into the target type: [0]: invalid type: integer `1`, expected a string at line 1 column 2").starts_with("the body must be a JSON object"));
+        assert_eq!(plain("Failed to deserialize query string: timeout: invalid digit found in string"), "timeout: expected a whole number, 0 or more");
+        assert!(plain("Failed to deserialize the JSON body into the target type: duplicate field `template` at line 1 column 30").contains("either `template` or `image`"));
+        assert_eq!(plain("unknown field `x`, expected one of `a`, `b`"), "unknown field `x`, expected one of `a`, `b`");
     }
 }

@@ -82,7 +82,8 @@ fn render(status: &Status) -> String {
 }
 
 /// Start a backend from an image (original API).
-#[utoipa::path(post, path = "/api/spawn", request_body = SpawnRequest, responses((status = 200, body = SpawnResponse), (status = 422)))]
+#[utoipa::path(post, path = "/api/spawn", request_body = SpawnRequest, responses((status = 200, body = SpawnResponse), (status = 400, description = "Malformed JSON"),
+    (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid values or unknown image")))]
 pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
     let _ = r.port;
@@ -99,7 +100,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
         node_selector: BTreeMap::new(),
     };
     let created = s.backends.create(spec).await?;
-    let (_, _, url) = mint(&s, &created.backend, None, None)?;
+    let (_, _, url) = mint(&s, &created.backend, None, s.token_ttl_seconds);
     let name = created.backend.name;
     let base = &s.public_url;
     Ok((
@@ -121,7 +122,7 @@ pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> 
     let view = s.backends.get(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
     match view.status.phase {
         Phase::Ready => {
-            let (_, _, url) = mint(&s, &view, None, None)?;
+            let (_, _, url) = mint(&s, &view, None, s.token_ttl_seconds);
             Ok((StatusCode::FOUND, [(header::LOCATION, url), (header::REFERRER_POLICY, "no-referrer".into())]).into_response())
         }
         p if p.is_terminal() => Err(ApiError::new(StatusCode::GONE, format!("backend {id} has ended"))),
