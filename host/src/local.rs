@@ -32,6 +32,10 @@ use crate::reaper::Reaper;
 use crate::sweeper::{Candidate, SweepSource};
 use record::Record;
 
+/// How long a terminate request waits for the backend to leave its phase
+/// before answering (the driver acts within milliseconds).
+const TERMINATE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// Settings of the local runtime, taken from [`Config`].
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -241,7 +245,14 @@ impl Control for Local {
 
     async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
         let r = self.record(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        let mut live = r.feed().live;
+        let before = live.borrow().status.phase;
         r.request_termination(TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() });
+        // Answer with the status the request caused (terminating, or
+        // terminated for a backend that had not started), not the one before.
+        if !before.is_terminal() {
+            let _ = tokio::time::timeout(TERMINATE_ANSWER_WAIT, live.wait_for(|e| e.status.phase != before)).await;
+        }
         Ok(self.view(&r))
     }
 

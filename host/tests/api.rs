@@ -72,8 +72,14 @@ async fn list_filters_terminate_and_openapi() {
 
     let r = dev.http.delete(format!("{}/api/v1/backends/{b}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.unwrap();
+    assert!(matches!(answer["status"]["phase"].as_str(), Some("terminating" | "terminated")), "the answer shows the termination: {answer}");
     let ended = dev.wait_phase(&b, "terminated").await;
     assert_eq!(ended["status"]["reason"], "requested");
+    let r = dev.http.get(format!("{}/api/v1/backends/{b}/ready", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("was ready and has ended") && text.contains("terminated through the API"), "{text}");
     assert_eq!(names(get("?live=true").await.unwrap().json().await.unwrap()), vec![a.clone()]);
 
     let doc: Value = dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().json().await.unwrap();

@@ -17,6 +17,17 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     dev.wait_ready(&name).await;
     let pids = backend_pids(&name);
     assert_eq!(pids.len(), 1, "one process for {name}");
+    // Its stdout is captured (read concurrently, so allow a moment).
+    let wanted = format!("stdout demo backend {name} serving a shared notepad");
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+        if logs.contains(&wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logs.contains(&wanted), "the backend's stdout is captured: {logs}");
 
     // HTTP through the proxy, with verified identity and no credentials.
     let r = dev.get(&name, "/headers", Some(&token)).await;

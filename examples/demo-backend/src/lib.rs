@@ -73,14 +73,18 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Serves the demo on `addr` until SIGTERM/SIGINT.
 pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
+    // Two lines on stdout, so a backend's log (the API's /logs) shows what a
+    // backend's output looks like; nothing per request, to keep it cheap.
+    println!("demo backend {name} serving a shared notepad on http://{addr}/");
     let listener = listen(addr)?;
     axum::serve(listener, router(name))
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            let signal = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+            println!("{signal}: closing connections and exiting");
         })
         .await
 }

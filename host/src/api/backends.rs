@@ -254,11 +254,15 @@ pub(crate) async fn ready(
     let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
     Ok(match view.status.phase {
         Phase::Ready => (StatusCode::OK, Json(view)).into_response(),
-        p if p.is_terminal() => ApiError::new(
-            StatusCode::GONE,
-            format!("backend {name} ended before it was ready: {}", view.status.message.as_deref().unwrap_or(p.as_str())),
-        )
-        .into_response(),
+        p if p.is_terminal() => {
+            let why = view.status.message.as_deref().unwrap_or(p.as_str());
+            let message = match (view.status.ready_at, view.status.finished_at) {
+                (Some(_), Some(at)) => format!("backend {name} was ready and has ended (at {at}): {why}"),
+                (Some(_), None) => format!("backend {name} was ready and has ended: {why}"),
+                (None, _) => format!("backend {name} ended before it was ready: {why}"),
+            };
+            ApiError::new(StatusCode::GONE, message).into_response()
+        }
         _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(view)).into_response(),
     })
 }
