@@ -304,7 +304,7 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !self.listen.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty) {
             return bad(format!(
-                "listen = {} is reachable from other machines, so the API needs a token: set api-token in the config file or SPAWNER_API_TOKEN (or listen on 127.0.0.1)",
+                "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1)",
                 self.listen
             ));
         }

@@ -49,7 +49,10 @@ impl Dev {
         let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
 
         let listener =
-            server::bind(config.listen, config.proxy.listen_backlog).with_context(|| format!("listening on {}", config.listen))?;
+            server::bind(config.listen, config.proxy.listen_backlog).with_context(|| match config.listen.port() {
+                0 => format!("listening on {}", config.listen),
+                _ => format!("listening on {} (is another Spawner running? pick another address with --listen or SPAWNER_LISTEN)", config.listen),
+            })?;
         let addr = listener.local_addr()?;
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
