@@ -70,7 +70,8 @@ fn run_prints_the_decision_for_a_minted_token() {
         "now": now,
     })
     .to_string();
-    let out = spawner(&["plugin", "run", auth.to_str().unwrap(), "--kind", "auth", "--input", &input, "--token-secret", secret]);
+    // No --kind: read from the component's exports, as `check` does.
+    let out = spawner(&["plugin", "run", auth.to_str().unwrap(), "--input", &input, "--token-secret", secret]);
     assert!(out.status.success(), "{}", text(&out));
     let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");

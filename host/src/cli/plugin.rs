@@ -47,13 +47,15 @@ pub enum PluginCommand {
     /// "bytes_out", "websocket_messages"}, "now"}; scheduler {"backend",
     /// "requests": {"cpu_millis","memory_bytes"}, "node_selector", "nodes":
     /// [{"name","labels","capacity","backends"}], "owner_backends", "now"}.
+    /// Variants are written as in the Rust bindings, in input and output
+    /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}}.
     /// `--input sample` uses the sample `plugin check` uses.
     Run {
         /// The component (.wasm) to run.
         file: PathBuf,
-        /// The kind of plugin.
+        /// The kind of plugin (default: read from its exports).
         #[arg(long)]
-        kind: PluginKind,
+        kind: Option<PluginKind>,
         /// The request: JSON text, @file, - for stdin, or `sample`.
         #[arg(long)]
         input: String,
@@ -131,7 +133,13 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> a
     }
 }
 
-fn run_once(file: PathBuf, kind: PluginKind, input: String, settings: Option<String>, secret: Option<String>) -> anyhow::Result<ExitCode> {
+fn run_once(
+    file: PathBuf,
+    kind: Option<PluginKind>,
+    input: String,
+    settings: Option<String>,
+    secret: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let settings = settings_arg(settings)?;
     let key = match secret {
         Some(s) => Some(Arc::new(TokenKey::new(s.as_bytes())?)),
@@ -139,6 +147,10 @@ fn run_once(file: PathBuf, kind: PluginKind, input: String, settings: Option<Str
     };
     let rt = Runtime::new(RuntimeConfig::default(), key)?;
     let source = PluginSource::file(&file, settings)?;
+    let kind = match kind {
+        Some(k) => k,
+        None => detect_kind(&rt, &source)?,
+    };
     let plugin = LoadedPlugin::load(&rt, kind, &source)?;
     let input = if input == "sample" { None } else { Some(crate::cli::read_arg(&input, "input")?) };
     let now = now_unix();
