@@ -292,7 +292,8 @@ impl Local {
         let live = self.records.read().expect("records lock").values().filter(|r| !r.status().phase.is_terminal()).count();
         if live >= self.config.max_backends {
             return Err(ControlError::Capacity(format!(
-                "{live} backends are running, the configured maximum (backends.max-backends); terminate some or raise it"
+                "{live} backend{} running, the configured maximum (backends.max-backends); terminate some or raise it",
+                if live == 1 { " is" } else { "s are" }
             )));
         }
         let name = new_name(&spec.template);

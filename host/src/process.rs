@@ -160,7 +160,10 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     if let Some(dir) = &command.cwd {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn()?;
+    // Name the program: "No such file or directory" alone does not say
+    // which file.
+    let mut child =
+        cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", command.program)))?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let reaper = reaper.cloned();
     if let Some(r) = &reaper {

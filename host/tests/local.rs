@@ -143,7 +143,7 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
     assert!(backend_pids(&deaf).is_empty(), "the silent process was left running");
 
     let m = dev.wait_phase(&missing, "failed").await;
-    assert!(m["status"]["message"].as_str().unwrap().contains("could not start"), "{m}");
+    assert!(m["status"]["message"].as_str().unwrap().contains("could not start: /nonexistent/program: No such file"), "{m}");
 
     // The long poll says why it will never be ready.
     let r = dev.http.get(format!("{}/api/v1/backends/{deaf}/ready", dev.base)).send().await.unwrap();
