@@ -318,8 +318,12 @@ impl Config {
         {
             return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
         }
-        if self.token_ttl_seconds == 0 {
-            return bad("token-ttl-seconds must be positive".into());
+        if self.token_ttl_seconds == 0 || self.token_ttl_seconds > crate::token::MAX_TTL_SECONDS {
+            return bad(format!(
+                "token-ttl-seconds must be between 1 and {} (30 days), got {}",
+                crate::token::MAX_TTL_SECONDS,
+                self.token_ttl_seconds
+            ));
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -400,5 +404,13 @@ mod tests {
         c.validate().unwrap();
         c.token_secret = Some("short".into());
         assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
+    }
+
+    #[test]
+    fn the_default_token_lifetime_is_bounded_like_a_requested_one() {
+        let c = Config { token_ttl_seconds: crate::token::MAX_TTL_SECONDS + 1, ..Config::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("token-ttl-seconds must be between 1 and 2592000 (30 days), got 2592001"), "{e}");
+        Config { token_ttl_seconds: crate::token::MAX_TTL_SECONDS, ..Config::default() }.validate().unwrap();
     }
 }

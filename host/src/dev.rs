@@ -1,6 +1,7 @@
 //! `spawner dev`: the whole system in one process — API, proxy, sweeper,
 //! plugins and backends as local processes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,13 +47,16 @@ impl Dev {
         for kind in PluginKind::ALL {
             sources.push((kind, crate::watch::source(&config.plugins, kind)?));
         }
+        let loaded: HashMap<PluginKind, [u8; 32]> = sources.iter().map(|(k, s)| (*k, crate::watch::fingerprint(s))).collect();
         let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
 
-        let listener =
-            server::bind(config.listen, config.proxy.listen_backlog).with_context(|| match config.listen.port() {
-                0 => format!("listening on {}", config.listen),
-                _ => format!("listening on {} (is another Spawner running? pick another address with --listen or SPAWNER_LISTEN)", config.listen),
-            })?;
+        let listener = server::bind(config.listen, config.proxy.listen_backlog).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => " (is another Spawner running? pick another address with --listen or SPAWNER_LISTEN)",
+                _ => "",
+            };
+            anyhow::anyhow!("listening on {}{hint}: {e}", config.listen)
+        })?;
         let addr = listener.local_addr()?;
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
@@ -97,7 +101,7 @@ impl Dev {
             ),
             local.start_gc(),
         ];
-        let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone()).context("watching plugin files")?;
+        let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone(), loaded).context("watching plugin files")?;
         Ok(Dev { addr, local, plugins, shutdown, server, _tasks: tasks, _watcher: watcher })
     }
 

@@ -245,13 +245,15 @@ impl Control for Local {
 
     async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
         let r = self.record(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
-        let mut live = r.feed().live;
+        let mut live = r.changes();
         let before = live.borrow().status.phase;
         r.request_termination(TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() });
         // Answer with the status the request caused (terminating, or
-        // terminated for a backend that had not started), not the one before.
-        if !before.is_terminal() {
-            let _ = tokio::time::timeout(TERMINATE_ANSWER_WAIT, live.wait_for(|e| e.status.phase != before)).await;
+        // terminated for a backend that had not started), not the one
+        // before; a backend already on its way out answers at once.
+        if before != Phase::Terminating && !before.is_terminal() {
+            let stopping = |e: &crate::backends::StatusEvent| e.status.phase == Phase::Terminating || e.status.phase.is_terminal();
+            let _ = tokio::time::timeout(TERMINATE_ANSWER_WAIT, live.wait_for(stopping)).await;
         }
         Ok(self.view(&r))
     }

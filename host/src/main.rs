@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPAWNER_LOG").unwrap_or_else(|_| "spawner=info,warn".into());
     // Colours only for a person at a terminal: not in files, pipes or
     // journald, and never with NO_COLOR set.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // SPAWNER_LOG_FORMAT=json: one JSON object per line, for log shippers.
     if std::env::var("SPAWNER_LOG_FORMAT").is_ok_and(|f| f == "json") {
@@ -38,13 +38,14 @@ fn main() -> ExitCode {
 }
 
 /// The error and its causes on one line, each cause once: our error types
-/// already quote their cause in their message ("cannot read plugin x.wasm:
-/// No such file or directory"), so a cause the message contains is skipped.
+/// already quote their cause at the end of their message ("cannot read
+/// plugin x.wasm: No such file or directory"), so a cause the text so far
+/// ends with is skipped.
 fn describe(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();
-        if text.contains(&part) {
+        if text.ends_with(&part) {
             continue;
         }
         if !text.is_empty() {

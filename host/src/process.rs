@@ -160,10 +160,15 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     if let Some(dir) = &command.cwd {
         cmd.current_dir(dir);
     }
-    // Name the program: "No such file or directory" alone does not say
-    // which file.
-    let mut child =
-        cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", command.program)))?;
+    // Name the file: "No such file or directory" alone does not say which
+    // (the program, or the working directory).
+    let mut child = cmd.spawn().map_err(|e| {
+        let what = match &command.cwd {
+            Some(dir) if !dir.is_dir() => format!("working directory {}", dir.display()),
+            _ => command.program.clone(),
+        };
+        std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    })?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let reaper = reaper.cloned();
     if let Some(r) = &reaper {

@@ -35,6 +35,11 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// about 150 bytes, and the limit bounds work done on hostile input.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
+/// Longest token lifetime, configured or asked for: 30 days. A leaked token
+/// is good until it expires (there is no revocation list), so this bounds
+/// the damage.
+pub const MAX_TTL_SECONDS: u64 = 30 * 86_400;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {

@@ -40,8 +40,13 @@ pub fn source(config: &PluginsConfig, kind: PluginKind) -> LoadResult<PluginSour
 }
 
 /// Watches the configured plugin files; returns the watcher, which stops
-/// watching when dropped.
-pub fn spawn(config: PluginsConfig, plugins: Arc<Plugins>) -> notify::Result<Option<notify::RecommendedWatcher>> {
+/// watching when dropped. `loaded` holds the [`fingerprint`]s of what is
+/// loaded now, so touching an unchanged file reloads nothing.
+pub fn spawn(
+    config: PluginsConfig,
+    plugins: Arc<Plugins>,
+    loaded: HashMap<PluginKind, [u8; 32]>,
+) -> notify::Result<Option<notify::RecommendedWatcher>> {
     let mut files: Vec<(PluginKind, PathBuf)> = Vec::new();
     for kind in PluginKind::ALL {
         let slot = config.slot(kind);
@@ -71,7 +76,7 @@ pub fn spawn(config: PluginsConfig, plugins: Arc<Plugins>) -> notify::Result<Opt
     }
     tokio::spawn(async move {
         // What was last tried for each kind (digest of component + settings).
-        let mut tried: HashMap<PluginKind, [u8; 32]> = HashMap::new();
+        let mut tried = loaded;
         while let Some(first) = rx.recv().await {
             let mut changed = vec![first];
             while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
@@ -118,11 +123,12 @@ fn changes_content(kind: &EventKind) -> bool {
 }
 
 /// Digest of what a reload would load: the component and its settings.
-fn fingerprint(source: &PluginSource) -> [u8; 32] {
+pub fn fingerprint(source: &PluginSource) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(&source.bytes);
-    h.update([0]);
-    h.update(source.settings.as_bytes());
+    for part in [&source.bytes[..], source.settings.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
     h.finalize().into()
 }
 
@@ -133,6 +139,9 @@ mod tests {
 
     #[test]
     fn reads_do_not_count_as_changes_and_writes_do() {
+        // What notify's inotify backend reports for IN_OPEN, the event that
+        // made every reload trigger the next one.
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
         assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
         assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
         assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))));

@@ -21,18 +21,39 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("bad JSON", "{\"template\": ".into(), 400, "EOF"),
         ("unknown field", r#"{"template":"demo","gracePeriod":5}"#.into(), 422, "unknown field `gracePeriod`"),
-        ("negative duration", r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(), 422, "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more"),
+        (
+            "negative duration",
+            r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(),
+            422,
+            "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more",
+        ),
         ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
         ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
         ("zero grace", r#"{"template":"demo","gracePeriodSeconds":0}"#.into(), 422, "gracePeriodSeconds must be at least 1"),
-        ("oversized body", format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)), 413, "larger than the API's limit of 64 KiB"),
+        (
+            "oversized body",
+            format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)),
+            413,
+            "larger than the API's limit of 64 KiB",
+        ),
         ("not an object", "[1, 2]".into(), 422, "the body must be a JSON object"),
         ("empty array", "[]".into(), 422, "the body must be a JSON object"),
+        (
+            "nested non-object",
+            r#"{"template":"demo","resources":null}"#.into(),
+            422,
+            "resources: invalid type: null, expected a JSON object",
+        ),
         ("template and image", r#"{"template":"demo","image":"demo"}"#.into(), 422, "either `template` or `image`"),
         // Checked before anything starts: a refused create leaves nothing running.
         ("zero token TTL", r#"{"template":"demo","tokenTtlSeconds":0}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
-        ("huge token TTL", r#"{"template":"demo","tokenTtlSeconds":99999999}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
+        (
+            "huge token TTL",
+            r#"{"template":"demo","tokenTtlSeconds":99999999}"#.into(),
+            422,
+            "tokenTtlSeconds must be between 1 and 2592000",
+        ),
     ];
     for (what, body, status, message) in cases {
         let (got, text) = post_raw(&dev, "/api/v1/backends", body, true).await;
@@ -74,6 +95,11 @@ async fn list_filters_terminate_and_openapi() {
     assert_eq!(r.status(), 202);
     let answer: Value = r.json().await.unwrap();
     assert!(matches!(answer["status"]["phase"].as_str(), Some("terminating" | "terminated")), "the answer shows the termination: {answer}");
+    // Idempotent: asking again answers the same way.
+    let again = dev.http.delete(format!("{}/api/v1/backends/{b}", dev.base)).send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert!(matches!(again["status"]["phase"].as_str(), Some("terminating" | "terminated")), "{again}");
     let ended = dev.wait_phase(&b, "terminated").await;
     assert_eq!(ended["status"]["reason"], "requested");
     let r = dev.http.get(format!("{}/api/v1/backends/{b}/ready", dev.base)).send().await.unwrap();

@@ -58,10 +58,11 @@ pub fn router(name: String) -> Router {
         .with_state(state)
 }
 
-/// Pending connections the listener queues. tokio's default (1,024) is
-/// overrun when a thousand browsers connect at once (or Spawner's proxy
-/// opens a connection for each of a thousand WebSockets): the kernel drops
-/// the overflow and the clients wait a second for a retransmit.
+/// Pending connections the listener queues. `tokio::net::TcpListener::bind`
+/// listens with a backlog of 128 (mio follows std), which a thousand
+/// browsers connecting at once (or Spawner's proxy opening a connection for
+/// each of a thousand WebSockets) overruns: the kernel drops the overflow
+/// and those clients wait a second for a retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -73,10 +74,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Serves the demo on `addr` until SIGTERM/SIGINT.
 pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
+    let listener = listen(addr)?;
     // Two lines on stdout, so a backend's log (the API's /logs) shows what a
     // backend's output looks like; nothing per request, to keep it cheap.
     println!("demo backend {name} serving a shared notepad on http://{addr}/");
-    let listener = listen(addr)?;
     axum::serve(listener, router(name))
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -17,12 +17,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::{ApiError, ApiState, sse};
 use crate::backends::{BackendSpec, BackendView, Filter};
 use crate::lifecycle::Phase;
+use crate::token::MAX_TTL_SECONDS as MAX_TOKEN_TTL_SECONDS;
 
 /// Longest wait-for-ready long poll, seconds.
 const MAX_WAIT_SECONDS: u64 = 300;
-
-/// Longest token lifetime a caller may ask for: 30 days.
-const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 86_400;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
@@ -299,7 +297,7 @@ pub(crate) async fn logs(
 
 /// Mint another token for a backend.
 #[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
-    (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404)))]
+    (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404), (status = 410, description = "The backend has ended")))]
 pub(crate) async fn token(
     State(s): State<ApiState>,
     Path(name): Path<String>,

@@ -78,7 +78,7 @@ impl From<QueryRejection> for ApiError {
 /// Rewrites a serde/axum rejection ("Failed to deserialize the JSON body
 /// into the target type: gracePeriodSeconds: invalid value: integer `-5`,
 /// expected u64 at line 1 column 40") in the API's terms ("gracePeriodSeconds:
-/// invalid value: integer `-5`, expected a whole number, 0 or more, at line 1
+/// invalid value: integer `-5`, expected a whole number, 0 or more at line 1
 /// column 40"): no framework prefixes, no Rust type names.
 pub fn plain_serde_message(text: &str) -> String {
     const PREFIXES: &[&str] = &[
@@ -104,11 +104,19 @@ pub fn plain_serde_message(text: &str) -> String {
     for (from, to) in TYPES {
         text = text.replace(from, to);
     }
-    // Every body of this API is a JSON object; serde reads a top-level
-    // array as the struct's fields in order ("[0]: invalid type ...", or
-    // "expected struct CreateRequest with 11 elements").
-    if text.starts_with('[') || text.contains("expected struct ") {
+    // Every body of this API is a JSON object. A message without a field
+    // path is about the body itself ("invalid type: sequence, expected
+    // struct CreateRequest"), and serde reads a top-level array as the
+    // struct's fields in order ("[0]: invalid type ..."). With a path
+    // ("resources: invalid type: null, expected struct Resources") it is
+    // about that field.
+    let about_the_body = text.starts_with('[') || text.starts_with("invalid type") || text.starts_with("invalid length");
+    if about_the_body && (text.starts_with('[') || text.contains("expected struct ")) {
         return "the body must be a JSON object ({...}), not an array or a value".into();
+    }
+    if let Some(at) = text.find("expected struct ") {
+        let end = text[at..].find(" at line").map_or(text.len(), |e| at + e);
+        text.replace_range(at..end, "expected a JSON object");
     }
     text
 }
@@ -120,13 +128,28 @@ mod tests {
     #[test]
     fn serde_messages_lose_rust_type_names_and_framework_prefixes() {
         assert_eq!(
-            plain("Failed to deserialize the JSON body into the target type: gracePeriodSeconds: invalid value: integer `-5`, expected u64 at line 1 column 40"),
+            plain(
+                "Failed to deserialize the JSON body into the target type: gracePeriodSeconds: invalid value: integer `-5`, expected u64 at line 1 column 40"
+            ),
             "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more at line 1 column 40"
         );
         assert!(plain("Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct CreateRequest with 11 elements at line 1 column 1").starts_with("the body must be a JSON object"));
         assert!(plain("Failed to deserialize the JSON body into the target type: [0]: invalid type: integer `1`, expected a string at line 1 column 2").starts_with("the body must be a JSON object"));
-        assert_eq!(plain("Failed to deserialize query string: timeout: invalid digit found in string"), "timeout: expected a whole number, 0 or more");
-        assert!(plain("Failed to deserialize the JSON body into the target type: duplicate field `template` at line 1 column 30").contains("either `template` or `image`"));
+        assert_eq!(
+            plain("Failed to deserialize query string: timeout: invalid digit found in string"),
+            "timeout: expected a whole number, 0 or more"
+        );
+        assert!(
+            plain("Failed to deserialize the JSON body into the target type: duplicate field `template` at line 1 column 30")
+                .contains("either `template` or `image`")
+        );
         assert_eq!(plain("unknown field `x`, expected one of `a`, `b`"), "unknown field `x`, expected one of `a`, `b`");
+        // A nested object is named, not blamed on the body.
+        assert_eq!(
+            plain(
+                "Failed to deserialize the JSON body into the target type: resources: invalid type: null, expected struct Resources at line 1 column 37"
+            ),
+            "resources: invalid type: null, expected a JSON object at line 1 column 37"
+        );
     }
 }

@@ -69,6 +69,11 @@ impl Record {
         self.status.send_replace(event);
     }
 
+    /// Status changes from now on (no history).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<StatusEvent> {
+        self.status.subscribe()
+    }
+
     pub fn feed(&self) -> StatusFeed {
         // Subscribe under the history lock so no event falls between them.
         let history = self.history.lock().expect("history lock");
