@@ -44,6 +44,8 @@ pub struct ApiState {
     pub tokens: Arc<TokenKey>,
     /// Default token lifetime, seconds.
     pub token_ttl_seconds: u64,
+    /// Query parameter `browserUrl` carries the token in (the proxy's).
+    pub token_query_param: String,
     /// Base URL for links.
     pub public_url: String,
     /// The API bearer token, if any.

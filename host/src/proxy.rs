@@ -72,6 +72,25 @@ pub struct ProxySettings {
     pub token_cookie: String,
 }
 
+impl ProxySettings {
+    /// The token cookie and query parameter named by the auth plugin's
+    /// settings (`{"cookie": "...", "query-param": "..."}`, the default
+    /// auth plugin's keys), or the defaults. The proxy strips, moves and
+    /// sets tokens by these names and the API builds `browserUrl` with
+    /// them, so plugin, proxy and API agree.
+    pub fn with_token_names_from(mut self, auth_settings: &str) -> Self {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(auth_settings) {
+            if let Some(c) = m.get("cookie").and_then(|v| v.as_str()).filter(|c| !c.is_empty()) {
+                self.token_cookie = c.to_string();
+            }
+            if let Some(q) = m.get("query-param").and_then(|v| v.as_str()).filter(|q| !q.is_empty()) {
+                self.token_query_param = q.to_string();
+            }
+        }
+        self
+    }
+}
+
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
@@ -198,10 +217,9 @@ impl Proxy {
             }
             Verdict::Allow(a) => a.headers,
         };
-        let Some(addr) = target.addr else {
-            return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
-        };
-
+        // Before the readiness check: a browser usually opens its URL while
+        // the backend is still starting, and the waiting page must not keep
+        // the token in the address bar.
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.token_query_param);
         if let Some(token) = token.filter(|t| cookie_safe(t))
             && !websocket
@@ -209,6 +227,9 @@ impl Proxy {
         {
             return self.token_redirect(&route, clean_query.as_deref(), &token);
         }
+        let Some(addr) = target.addr else {
+            return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
+        };
 
         let (mut parts, body) = req.into_parts();
         let path = match &clean_query {

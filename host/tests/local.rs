@@ -212,6 +212,40 @@ async fn sigkill_of_spawner_leaves_no_backend_running() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn token_names_from_the_auth_settings_are_used_by_proxy_and_api() {
+    let dev = Dev::start(FAST, &["--plugin-settings", r#"auth={"cookie":"session","query-param":"t"}"#]);
+    let created: serde_json::Value = dev
+        .http
+        .post(format!("{}/api/v1/backends", dev.base))
+        .json(&json!({"template": "demo", "gracePeriodSeconds": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = created["backend"]["name"].as_str().unwrap().to_string();
+    let browser_url = created["browserUrl"].as_str().unwrap().to_string();
+    assert!(browser_url.contains("?t=st1."), "{browser_url}");
+
+    // Opened at once (the backend may still be starting): the token moves
+    // into the renamed cookie before any waiting page is shown.
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_follow.get(&browser_url).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("session=st1."), "{cookie}");
+    assert!(!r.headers()["location"].to_str().unwrap().contains("st1."));
+
+    dev.wait_ready(&name).await;
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    assert_eq!(browser.get(&browser_url).send().await.unwrap().status(), 200);
+    let seen: serde_json::Value = browser.get(format!("{}/p/{name}/headers?keep=1", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert!(!seen.to_string().contains("st1."), "a token reached the backend: {seen}");
+    assert_eq!(seen["uri"], "/headers?keep=1", "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     let dev = Dev::start(FAST, &[]);
     let r = dev.http.post(format!("{}/api/spawn", dev.base)).json(&json!({"image": "demo", "gracePeriodSeconds": 2})).send().await.unwrap();

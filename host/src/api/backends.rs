@@ -138,7 +138,7 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
     let now = crate::token::now_unix();
     let token = s.tokens.mint(&view.name, subject, now, now + ttl);
     let expires = Timestamp::from_second((now + ttl) as i64).unwrap_or(Timestamp::MAX);
-    let browser_url = format!("{}?token={token}", view.url);
+    let browser_url = format!("{}?{}={token}", view.url, s.token_query_param);
     (token, expires, browser_url)
 }
 
