@@ -221,10 +221,11 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String
 
 /// Status changes as server-sent events (`event: status`, `id` = sequence
 /// number; send `Last-Event-ID` to resume). Ends after a terminal status.
-#[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path)), responses((status = 200, content_type = "text/event-stream"), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path)), responses((status = 200, content_type = "text/event-stream"),
+    (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
 pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
-    Ok(sse::stream(feed, sse::last_event_id(&headers), |status| serde_json::to_string(status).unwrap_or_default()).into_response())
+    Ok(sse::stream(feed, sse::last_event_id(&headers), |status| serde_json::to_string(status).unwrap_or_default()))
 }
 
 /// Wait-for-ready query.

@@ -1,6 +1,7 @@
 //! Server-sent status streams with `Last-Event-ID` replay.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
@@ -13,8 +14,18 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> u64 {
 }
 
 /// Replays history after `after`, then follows live changes; ends after a
-/// terminal status has been sent.
-pub(super) fn stream(
+/// terminal status has been sent. A client resuming after the terminal
+/// status (an `EventSource` reconnects whenever a stream closes) gets 204,
+/// which tells it to stop, rather than a stream that never sends anything.
+pub(super) fn stream(feed: StatusFeed, after: u64, render: impl Fn(&Status) -> String + Send + 'static) -> Response {
+    let ended = feed.live.borrow().status.phase.is_terminal();
+    if ended && feed.history.iter().all(|e| e.seq <= after) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    events(feed, after, render).into_response()
+}
+
+fn events(
     feed: StatusFeed,
     after: u64,
     render: impl Fn(&Status) -> String + Send + 'static,
