@@ -336,12 +336,15 @@ impl Config {
         if self.backends.startup_timeout_seconds == 0 {
             return bad("backends.startup-timeout-seconds must be positive".into());
         }
+        if self.backends.max_backends == 0 {
+            return bad("backends.max-backends must be at least 1 (every create would be refused)".into());
+        }
         if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
             return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
         }
         for (name, t) in &self.templates {
             if t.command.trim().is_empty() {
-                return bad(format!("templates.\"{name}\".command is empty"));
+                return bad(format!("templates.\"{name}\".command is missing or empty: give the program to run, e.g. command = \"python3\""));
             }
         }
         for kind in PluginKind::ALL {
@@ -404,6 +407,13 @@ mod tests {
         c.validate().unwrap();
         c.token_secret = Some("short".into());
         assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
+    }
+
+    #[test]
+    fn a_zero_backend_limit_is_refused_at_load() {
+        let mut c = Config::default();
+        c.backends.max_backends = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("backends.max-backends must be at least 1"));
     }
 
     #[test]

@@ -150,6 +150,8 @@ impl host::Host for HostState {
         match key.verify(&token) {
             Ok(c) => Ok(host::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
             Err(token::TokenError::BadSignature) => Err(host::TokenError::BadSignature),
+            // The variant already says "malformed"; pass only the why.
+            Err(token::TokenError::Malformed(why)) => Err(host::TokenError::Malformed(why.into())),
             Err(e) => Err(host::TokenError::Malformed(e.to_string())),
         }
     }
