@@ -301,7 +301,7 @@ async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     assert!(!resumed.contains("id: 4\n") && resumed.contains("id: 5\n"), "{resumed}");
     // Resuming after the last event of an ended backend: 204, so an
     // EventSource stops reconnecting instead of waiting on an empty stream.
-    let last = resumed.lines().filter_map(|l| l.strip_prefix("id: ")).last().unwrap().to_string();
+    let last = resumed.lines().filter_map(|l| l.strip_prefix("id: ")).next_back().unwrap().to_string();
     for path in [format!("/api/v1/backends/{name}/events"), format!("/api/backend/{name}/status/stream")] {
         let r = dev.http.get(format!("{}{path}", dev.base)).header("last-event-id", &last).send().await.unwrap();
         assert_eq!(r.status(), 204, "{path}");
