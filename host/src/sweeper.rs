@@ -85,9 +85,8 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
             }),
         };
         if let Some(request) = request {
-            if dry_run {
-                tracing::info!(backend = %c.backend.name, reason = request.reason.as_str(), detail = %request.message, "dry run: would terminate");
-            } else {
+            // In dry-run mode `spawn` logs the decision, once per backend.
+            if !dry_run {
                 tracing::info!(backend = %c.backend.name, reason = request.reason.as_str(), detail = %request.message, "terminating");
                 source.terminate(&c.backend.name, request.clone());
             }
@@ -104,11 +103,26 @@ pub fn spawn(source: Arc<dyn SweepSource>, plugins: Arc<Plugins>, interval: Dura
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if dry_run {
+            tracing::warn!("sweeper in dry-run mode: idle and expired backends are logged, not terminated");
+        }
+        // Dry run: what was already reported, so each backend's verdict is
+        // logged once, not on every tick.
+        let mut reported: std::collections::HashMap<String, Reason> = std::collections::HashMap::new();
         loop {
             ticker.tick().await;
             let (s, p) = (source.clone(), plugins.clone());
-            if let Err(e) = tokio::task::spawn_blocking(move || sweep(&*s, &p, dry_run)).await {
-                tracing::error!(error = %e, "sweep failed");
+            match tokio::task::spawn_blocking(move || sweep(&*s, &p, dry_run)).await {
+                Ok(decisions) if dry_run => {
+                    reported.retain(|name, _| decisions.iter().any(|d| &d.name == name));
+                    for d in decisions {
+                        if reported.insert(d.name.clone(), d.request.reason) != Some(d.request.reason) {
+                            tracing::info!(backend = %d.name, reason = d.request.reason.as_str(), detail = %d.request.message, "dry run: would terminate");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "sweep failed"),
             }
         }
     })
