@@ -12,8 +12,9 @@ use crate::token::{TokenKey, now_unix};
 pub enum TokenCommand {
     /// Print a token for one backend.
     Mint {
-        /// The signing secret (at least 16 bytes).
-        #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
+        /// The signing secret (at least 16 bytes); `--token-secret` as in
+        /// `spawner dev` and `spawner plugin run` works too.
+        #[arg(long, visible_alias = "token-secret", env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
         secret: String,
         /// Backend the token grants access to.
         #[arg(long)]
