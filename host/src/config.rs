@@ -344,7 +344,9 @@ impl Config {
         }
         for (name, t) in &self.templates {
             if t.command.trim().is_empty() {
-                return bad(format!("templates.\"{name}\".command is missing or empty: give the program to run, e.g. command = \"python3\""));
+                return bad(format!(
+                    "templates.\"{name}\".command is missing or empty: give the program to run, e.g. command = \"python3\""
+                ));
             }
         }
         for kind in PluginKind::ALL {

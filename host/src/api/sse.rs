@@ -1,8 +1,8 @@
 //! Server-sent status streams with `Last-Event-ID` replay.
 
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 
 use crate::backends::{StatusEvent, StatusFeed};
