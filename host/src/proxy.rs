@@ -221,6 +221,7 @@ impl Proxy {
         // the backend is still starting, and the waiting page must not keep
         // the token in the address bar.
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.token_query_param);
+        let token_in_url = token.is_some();
         if let Some(token) = token.filter(|t| cookie_safe(t))
             && !websocket
             && (req.method() == Method::GET || req.method() == Method::HEAD)
@@ -262,6 +263,11 @@ impl Proxy {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, false);
+                // The page's URL carried a token (a POST, which is not
+                // redirected): keep it out of Referer headers it causes.
+                if token_in_url {
+                    parts.headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                }
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
             Err(e) => {

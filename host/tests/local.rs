@@ -243,6 +243,11 @@ async fn token_names_from_the_auth_settings_are_used_by_proxy_and_api() {
     let seen: serde_json::Value = browser.get(format!("{}/p/{name}/headers?keep=1", dev.base)).send().await.unwrap().json().await.unwrap();
     assert!(!seen.to_string().contains("st1."), "a token reached the backend: {seen}");
     assert_eq!(seen["uri"], "/headers?keep=1", "{seen}");
+    // A POST is forwarded, not redirected; its answer keeps the URL's
+    // token out of Referer headers.
+    let token = created["token"].as_str().unwrap();
+    let r = no_follow.post(format!("{}/p/{name}/headers?t={token}", dev.base)).send().await.unwrap();
+    assert_eq!(r.headers().get("referrer-policy").map(|v| v.to_str().unwrap()), Some("no-referrer"), "{:?}", r.headers());
 }
 
 #[tokio::test(flavor = "multi_thread")]
