@@ -257,6 +257,13 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             next.exit_code = code;
             if status.phase == Phase::Terminating {
                 next.phase = Phase::Terminated;
+                // 137 = 128 + SIGKILL: it ignored SIGTERM for the whole stop
+                // timeout; say so next to why it was stopped.
+                if code == Some(137) {
+                    let why = status.message.clone().unwrap_or_default();
+                    next.message =
+                        Some(format!("{why} (it did not exit within the stop timeout after SIGTERM and was killed)").trim_start().into());
+                }
             } else {
                 next.phase = if code == Some(0) { Phase::Terminated } else { Phase::Failed };
                 next.reason = Some(Reason::Exited);
@@ -466,6 +473,14 @@ mod tests {
         }
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(0)), 5), &STARTUP);
         assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Terminated, Some(Reason::Exited), Some(0)));
+        let mut stopping = in_phase(Phase::Terminating);
+        stopping.message = Some("terminated through the API".into());
+        let (next, _) = step(&stopping, &observed(Workload::Exited(Some(137)), 5), &STARTUP);
+        assert_eq!(next.phase, Phase::Terminated);
+        assert_eq!(
+            next.message.as_deref(),
+            Some("terminated through the API (it did not exit within the stop timeout after SIGTERM and was killed)")
+        );
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(None), 5), &STARTUP);
         assert_eq!((next.phase, next.exit_code), (Phase::Failed, None));
     }
