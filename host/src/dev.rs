@@ -116,14 +116,16 @@ impl Dev {
 /// Flags of `spawner dev`; each overrides the config file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DevArgs {
-    /// Config file (TOML).
-    #[arg(long, env = "SPAWNER_CONFIG")]
+    /// Config file (TOML; default: built-in settings and the `demo` template).
+    #[arg(long, env = "SPAWNER_CONFIG", hide_env_values = true)]
     pub config: Option<PathBuf>,
-    /// Address to serve the API and proxy on (port 0 picks a free one).
-    #[arg(long, env = "SPAWNER_LISTEN")]
+    /// Address to serve the API and proxy on (default 127.0.0.1:8080; port 0
+    /// picks a free one).
+    #[arg(long, env = "SPAWNER_LISTEN", hide_env_values = true)]
     pub listen: Option<SocketAddr>,
-    /// Base URL browsers reach Spawner at.
-    #[arg(long)]
+    /// Base URL browsers reach Spawner at (default: http:// and the listen
+    /// address).
+    #[arg(long, env = "SPAWNER_PUBLIC_URL", hide_env_values = true)]
     pub public_url: Option<String>,
     /// API bearer token (required off loopback).
     #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
@@ -132,7 +134,7 @@ pub struct DevArgs {
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
     /// Enable host routing: `{name}.{DOMAIN}`.
-    #[arg(long)]
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true)]
     pub host_domain: Option<String>,
     /// A plugin file: `KIND=PATH` (kind: scheduler, auth, idle). Repeatable.
     #[arg(long = "plugin", value_name = "KIND=PATH")]
@@ -140,7 +142,7 @@ pub struct DevArgs {
     /// Plugin settings: `KIND=JSON` or `KIND=@FILE`. Repeatable.
     #[arg(long = "plugin-settings", value_name = "KIND=SETTINGS")]
     pub plugin_settings: Vec<String>,
-    /// Time between idle sweeps, milliseconds.
+    /// Time between idle sweeps, milliseconds (default 5000).
     #[arg(long)]
     pub sweep_interval_ms: Option<u64>,
     /// Log what the sweeper would terminate, without terminating.
