@@ -268,12 +268,38 @@ pub struct Template {
     pub cwd: Option<PathBuf>,
 }
 
+impl Template {
+    /// Makes relative paths independent of where Spawner was started: a
+    /// relative `cwd` is taken from the config file's directory, and a
+    /// relative `command` with a `/` in it (`./run.sh`, `bin/server`) from
+    /// the working directory it will run in, as a shell would after `cd`.
+    /// A bare name (`python3`) is still looked up in `PATH`.
+    fn resolve_paths(&mut self, config_dir: &Path) {
+        if let Some(cwd) = &self.cwd
+            && cwd.is_relative()
+        {
+            self.cwd = Some(config_dir.join(cwd));
+        }
+        if self.command.contains('/') && Path::new(&self.command).is_relative() {
+            let base = self.cwd.as_deref().unwrap_or(config_dir);
+            self.command = base.join(&self.command).display().to_string();
+        }
+    }
+}
+
 impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Config::default()) };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        let dir = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        if let Some(dir) = dir {
+            for t in config.templates.values_mut() {
+                t.resolve_paths(&dir);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses TOML text.
@@ -409,6 +435,23 @@ mod tests {
         c.validate().unwrap();
         c.token_secret = Some("short".into());
         assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
+    }
+
+    #[test]
+    fn relative_template_paths_are_taken_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spawner.toml");
+        std::fs::write(
+            &file,
+            "[templates.a]\ncommand = \"./run.sh\"\ncwd = \"www\"\n[templates.b]\ncommand = \"bin/server\"\n[templates.c]\ncommand = \"python3\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(c.templates["a"].cwd.as_deref(), Some(root.join("www").as_path()));
+        assert_eq!(c.templates["a"].command, root.join("www/./run.sh").display().to_string());
+        assert_eq!(c.templates["b"].command, root.join("bin/server").display().to_string());
+        assert_eq!(c.templates["c"].command, "python3");
     }
 
     #[test]
