@@ -344,7 +344,7 @@ impl Config {
         {
             return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
         }
-        if self.token_ttl_seconds == 0 || self.token_ttl_seconds > crate::token::MAX_TTL_SECONDS {
+        if !crate::token::TTL_SECONDS.contains(&self.token_ttl_seconds) {
             return bad(format!(
                 "token-ttl-seconds must be between 1 and {} (30 days), got {}",
                 crate::token::MAX_TTL_SECONDS,

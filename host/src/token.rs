@@ -40,6 +40,9 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 /// the damage.
 pub const MAX_TTL_SECONDS: u64 = 30 * 86_400;
 
+/// Token lifetimes accepted, in the configuration and in API requests.
+pub const TTL_SECONDS: std::ops::RangeInclusive<u64> = 1..=MAX_TTL_SECONDS;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {

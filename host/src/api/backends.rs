@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{ApiError, ApiState, sse};
 use crate::backends::{BackendSpec, BackendView, Filter};
 use crate::lifecycle::Phase;
-use crate::token::MAX_TTL_SECONDS as MAX_TOKEN_TTL_SECONDS;
+use crate::token::{MAX_TTL_SECONDS, TTL_SECONDS};
 
 /// Longest wait-for-ready long poll, seconds.
 const MAX_WAIT_SECONDS: u64 = 300;
@@ -123,10 +123,10 @@ pub(crate) struct TokenResponse {
 /// request leaves nothing running.
 pub(super) fn token_ttl(s: &ApiState, requested: Option<u64>, field: &str) -> Result<u64, ApiError> {
     let ttl = requested.unwrap_or(s.token_ttl_seconds);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECONDS {
+    if !TTL_SECONDS.contains(&ttl) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{field} must be between 1 and {MAX_TOKEN_TTL_SECONDS} (30 days), got {ttl}"),
+            format!("{field} must be between 1 and {MAX_TTL_SECONDS} (30 days), got {ttl}"),
         ));
     }
     Ok(ttl)
