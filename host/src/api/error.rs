@@ -110,8 +110,9 @@ pub fn plain_serde_message(text: &str) -> String {
     // struct's fields in order ("[0]: invalid type ..."). With a path
     // ("resources: invalid type: null, expected struct Resources") it is
     // about that field.
-    let about_the_body = text.starts_with('[') || text.starts_with("invalid type") || text.starts_with("invalid length");
-    if about_the_body && (text.starts_with('[') || text.contains("expected struct ")) {
+    let top_level_array = text.starts_with('[');
+    let body_not_an_object = (text.starts_with("invalid type") || text.starts_with("invalid length")) && text.contains("expected struct ");
+    if top_level_array || body_not_an_object {
         return "the body must be a JSON object ({...}), not an array or a value".into();
     }
     if let Some(at) = text.find("expected struct ") {
