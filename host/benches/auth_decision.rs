@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use spawner::metrics::Metrics;
-use spawner::plugins::types::{AuthRequest, Backend, Header, HttpRequest};
+use spawner::plugins::credentials::{self, TokenNames};
+use spawner::plugins::types::{AuthRequest, Backend, Credential, CredentialSource, Header, HttpRequest, TokenError};
 use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 
@@ -54,7 +55,10 @@ fn main() {
     // Host side: the real plugin through the real runtime.
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), Some(key.clone())).unwrap());
     let plugins = Plugins::defaults(runtime, Arc::new(Metrics::new())).unwrap();
-    let request = AuthRequest {
+    // As the proxy does per request: find the tokens in Spawner's places
+    // and verify their signatures (host), then ask the plugin (wasm).
+    let names = TokenNames::default();
+    let mut request = AuthRequest {
         request: HttpRequest {
             method: "GET".into(),
             path: "/".into(),
@@ -65,11 +69,16 @@ fn main() {
         },
         backend: Backend { name: "doc-42".into(), key: None, owner: Some("alice".into()), labels: vec![] },
         now,
+        credentials: vec![],
     };
-    let wasm = measure(|| plugins.auth().check(&request).is_allow());
-    // Native: the same policy crate compiled for the host, same verifier.
+    let wasm = measure(|| {
+        request.credentials = credentials::find(&request.request, &names, Some(&key));
+        plugins.auth().check(&request).is_allow()
+    });
+    // Native: the same host-side token search and verification, then the
+    // same policy crate compiled for the host.
     use spawner_plugin_sdk::auth as sdk;
-    let native_request = sdk::AuthRequest {
+    let mut native_request = sdk::AuthRequest {
         request: sdk::HttpRequest {
             method: "GET".into(),
             path: "/".into(),
@@ -80,18 +89,35 @@ fn main() {
         },
         backend: sdk::Backend { name: "doc-42".into(), key: None, owner: Some("alice".into()), labels: vec![] },
         now,
+        credentials: vec![],
     };
-    let settings = default_auth::Settings::default();
-    let verify = |t: &str| {
-        key.verify(t)
-            .map(|c| sdk::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at })
-            .map_err(|_| sdk::TokenError::BadSignature)
-    };
-    let native = measure(|| default_auth::decide(&native_request, &settings, verify).is_allow());
+    let native = measure(|| {
+        native_request.credentials = credentials::find(&request.request, &names, Some(&key)).into_iter().map(to_sdk).collect();
+        default_auth::decide(&native_request).is_allow()
+    });
 
     println!("auth decision, default auth plugin, {SAMPLES} samples after {WARMUP} warm-up calls");
     println!("{:<42} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p99.9 µs");
     println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "wasm (fresh instance per call)", wasm.0, wasm.1, wasm.2);
     println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "native Rust (same policy and verifier)", native.0, native.1, native.2);
     println!("goal: wasm p50 < 5 µs, p99 < 20 µs -> {}", if wasm.0 < 5.0 && wasm.1 < 20.0 { "met" } else { "NOT met" });
+}
+
+/// The host's generated type as the SDK's (the same WIT record, two crates).
+fn to_sdk(c: Credential) -> spawner_plugin_sdk::auth::Credential {
+    use spawner_plugin_sdk::auth as sdk;
+    sdk::Credential {
+        source: match c.source {
+            CredentialSource::Bearer => sdk::CredentialSource::Bearer,
+            CredentialSource::Query => sdk::CredentialSource::Query,
+            CredentialSource::Cookie => sdk::CredentialSource::Cookie,
+        },
+        verified: c
+            .verified
+            .map(|c| sdk::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at })
+            .map_err(|e| match e {
+                TokenError::BadSignature => sdk::TokenError::BadSignature,
+                TokenError::Malformed(why) => sdk::TokenError::Malformed(why),
+            }),
+    }
 }

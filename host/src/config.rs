@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::plugins::credentials::TokenNames;
 use crate::plugins::{Limits, PluginKind, RuntimeConfig};
 
 /// Errors loading or validating configuration.
@@ -163,6 +164,13 @@ pub struct ProxyConfig {
     /// `X-Forwarded-Proto` sent to backends (set `https` behind a TLS
     /// terminator; never taken from the client).
     pub forwarded_proto: String,
+    /// Cookie the proxy moves a browser's token into (and strips before
+    /// forwarding). The host finds tokens here, in the query parameter and
+    /// in `Authorization: Bearer`, and passes them verified to the auth
+    /// plugin.
+    pub token_cookie: String,
+    /// Query parameter `browserUrl` carries the token in.
+    pub token_query_param: String,
 }
 
 impl Default for ProxyConfig {
@@ -180,7 +188,16 @@ impl Default for ProxyConfig {
             // which a backlog of 128 turns into seconds of delay.
             listen_backlog: 4096,
             forwarded_proto: "http".into(),
+            token_cookie: TokenNames::default().cookie,
+            token_query_param: TokenNames::default().query_param,
         }
+    }
+}
+
+impl ProxyConfig {
+    /// The token cookie and query parameter names.
+    pub fn token_names(&self) -> TokenNames {
+        TokenNames { cookie: self.token_cookie.clone(), query_param: self.token_query_param.clone() }
     }
 }
 
@@ -368,6 +385,12 @@ impl Config {
         if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
             return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
         }
+        for (field, name) in [("token-cookie", &self.proxy.token_cookie), ("token-query-param", &self.proxy.token_query_param)] {
+            // Safe both as a cookie name and, undecoded, in a query string.
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+                return bad(format!("proxy.{field} must be letters, digits, '-', '_', '.' or '~' (got \"{name}\")"));
+            }
+        }
         for (name, t) in &self.templates {
             if t.command.trim().is_empty() {
                 return bad(format!(
@@ -402,9 +425,11 @@ mod tests {
             token-ttl-seconds = 60
             [backends]
             grace-period-seconds = 30
+            [proxy]
+            token-cookie = "s"
             [plugins.auth]
             file = "auth.wasm"
-            settings = '{"cookie":"s"}'
+            settings = '{"header":"x-key"}'
             deadline-ms = 5
             [templates."ghcr.io/acme/editor:1"]
             command = "node"
@@ -417,6 +442,20 @@ mod tests {
         assert_eq!(c.backends.grace_period_seconds, 30);
         assert_eq!(c.plugins.runtime().auth, Limits { memory_mib: 64, deadline_ms: 5 });
         assert_eq!(c.templates["ghcr.io/acme/editor:1"].env["NODE_ENV"], "production");
+        assert_eq!(c.proxy.token_names(), TokenNames { cookie: "s".into(), query_param: "token".into() });
+    }
+
+    #[test]
+    fn token_names_must_be_safe_in_a_cookie_and_a_query_string() {
+        for bad in ["", "a b", "a;b", "t=1", "tök"] {
+            let mut c = Config::default();
+            c.proxy.token_query_param = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("proxy.token-query-param"), "{bad:?}: {e}");
+        }
+        let mut c = Config::default();
+        c.proxy.token_cookie = "my-app.session_1".into();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -47,7 +47,6 @@ impl Dev {
         for kind in PluginKind::ALL {
             sources.push((kind, crate::watch::source(&config.plugins, kind)?));
         }
-        let auth_settings = sources.iter().find(|(k, _)| *k == PluginKind::Auth).map(|(_, s)| s.settings.clone()).unwrap_or_default();
         let loaded: HashMap<PluginKind, [u8; 32]> = sources.iter().map(|(k, s)| (*k, crate::watch::fingerprint(s))).collect();
         let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
 
@@ -68,10 +67,9 @@ impl Dev {
         let proxy_settings = ProxySettings {
             host_domain: config.host_domain.clone(),
             forwarded_proto: config.proxy.forwarded_proto.clone(),
-            ..ProxySettings::default()
-        }
-        .with_token_names_from(&auth_settings);
-        let token_query_param = proxy_settings.token_query_param.clone();
+            tokens: config.proxy.token_names(),
+        };
+        let token_query_param = config.proxy.token_query_param.clone();
         let proxy = Arc::new(Proxy::new(local.clone(), plugins.clone(), metrics.clone(), proxy_settings));
         let api = api::router(ApiState {
             backends: Backends::Local(local.clone()),

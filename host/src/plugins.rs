@@ -6,6 +6,8 @@
 //! - [`loaded`]: load-time checks and the typed call into one plugin;
 //! - `host_state`: per-call store data and the `host` imports;
 //! - [`types`]: the request and decision types (generated from `wit/`);
+//! - [`credentials`]: the capability tokens a request carries, verified
+//!   before the auth plugin runs;
 //! - [`embedded`]: the default bundle compiled into this binary;
 //! - [`sample`]: representative inputs, for `spawner plugin check`.
 //!
@@ -16,6 +18,7 @@
 //! the default scheduler).
 
 mod bindings;
+pub mod credentials;
 pub mod embedded;
 mod error;
 mod host_state;

@@ -33,6 +33,7 @@ use crate::activity::Activity;
 use crate::lifecycle::Phase;
 use crate::metrics::{Metrics, StatusClassLabels};
 use crate::plugins::Plugins;
+use crate::plugins::credentials::{self, TokenNames};
 use crate::plugins::types::{AuthRequest, Backend, HttpRequest, Verdict};
 use body::{Direction, Metered};
 
@@ -66,39 +67,14 @@ pub struct ProxySettings {
     pub host_domain: Option<String>,
     /// `X-Forwarded-Proto` to send.
     pub forwarded_proto: String,
-    /// Query parameter that carries a token on a browser's first visit.
-    pub token_query_param: String,
-    /// Cookie the token is moved into.
-    pub token_cookie: String,
-}
-
-impl ProxySettings {
-    /// The token cookie and query parameter named by the auth plugin's
-    /// settings (`{"cookie": "...", "query-param": "..."}`, the default
-    /// auth plugin's keys), or the defaults. The proxy strips, moves and
-    /// sets tokens by these names and the API builds `browserUrl` with
-    /// them, so plugin, proxy and API agree.
-    pub fn with_token_names_from(mut self, auth_settings: &str) -> Self {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(auth_settings) {
-            if let Some(c) = m.get("cookie").and_then(|v| v.as_str()).filter(|c| !c.is_empty()) {
-                self.token_cookie = c.to_string();
-            }
-            if let Some(q) = m.get("query-param").and_then(|v| v.as_str()).filter(|q| !q.is_empty()) {
-                self.token_query_param = q.to_string();
-            }
-        }
-        self
-    }
+    /// Where capability tokens are looked for, moved to and stripped from
+    /// (Spawner's config `proxy.token-cookie` and `proxy.token-query-param`).
+    pub tokens: TokenNames,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings {
-            host_domain: None,
-            forwarded_proto: "http".into(),
-            token_query_param: "token".into(),
-            token_cookie: "spawner-token".into(),
-        }
+        ProxySettings { host_domain: None, forwarded_proto: "http".into(), tokens: TokenNames::default() }
     }
 }
 
@@ -198,18 +174,16 @@ impl Proxy {
         }
 
         let websocket = is_websocket(&req);
-        let auth = AuthRequest {
-            request: HttpRequest {
-                method: req.method().as_str().to_string(),
-                path: route.rest.clone(),
-                query: req.uri().query().map(str::to_string),
-                headers: headers::for_plugin(req.headers()),
-                peer: peer.to_string(),
-                websocket,
-            },
-            backend: (*target.backend).clone(),
-            now: crate::token::now_unix(),
+        let request = HttpRequest {
+            method: req.method().as_str().to_string(),
+            path: route.rest.clone(),
+            query: req.uri().query().map(str::to_string),
+            headers: headers::for_plugin(req.headers()),
+            peer: peer.to_string(),
+            websocket,
         };
+        let credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
+        let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
         let identity = match self.plugins.auth().check(&auth) {
             Verdict::Deny(d) => {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
@@ -220,7 +194,7 @@ impl Proxy {
         // Before the readiness check: a browser usually opens its URL while
         // the backend is still starting, and the waiting page must not keep
         // the token in the address bar.
-        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.token_query_param);
+        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
         let token_in_url = token.is_some();
         if let Some(token) = token.filter(|t| cookie_safe(t))
             && !websocket
@@ -240,7 +214,7 @@ impl Proxy {
         let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers, websocket);
         headers::strip_untrusted(&mut parts.headers);
-        headers::strip_credentials(&mut parts.headers, &self.settings.token_cookie);
+        headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie);
         headers::set_forwarded(&mut parts.headers, &peer.ip().to_string(), &self.settings.forwarded_proto, host.as_ref(), &route.prefix);
         headers::inject_identity(&mut parts.headers, &identity);
 
@@ -327,7 +301,7 @@ impl Proxy {
         };
         let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
         let secure = if self.settings.forwarded_proto == "https" { "; Secure" } else { "" };
-        let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.token_cookie);
+        let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie);
         let mut r = redirect(StatusCode::SEE_OTHER, &location);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             r.headers_mut().insert(header::SET_COOKIE, v);

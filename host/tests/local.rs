@@ -212,8 +212,9 @@ async fn sigkill_of_spawner_leaves_no_backend_running() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_names_from_the_auth_settings_are_used_by_proxy_and_api() {
-    let dev = Dev::start(FAST, &["--plugin-settings", r#"auth={"cookie":"session","query-param":"t"}"#]);
+async fn configured_token_names_are_used_by_proxy_api_and_auth() {
+    let config = format!("{FAST}[proxy]\ntoken-cookie = \"session\"\ntoken-query-param = \"t\"\n");
+    let dev = Dev::start(&config, &[]);
     let created: serde_json::Value = dev
         .http
         .post(format!("{}/api/v1/backends", dev.base))

@@ -327,7 +327,7 @@ fn calls_running_during_a_swap_all_get_answers() {
     let p = plugins.clone();
     let caller = std::thread::spawn(move || (0..2000).filter(|_| p.auth().check(&req).is_allow()).count());
     for i in 0..20 {
-        let settings = if i % 2 == 0 { r#"{"cookie":"a"}"# } else { r#"{"cookie":"b"}"# };
+        let settings = if i % 2 == 0 { "" } else { "{}" };
         plugins.replace(PluginKind::Auth, &PluginSource::embedded(PluginKind::Auth, settings)).unwrap();
     }
     assert_eq!(caller.join().unwrap(), 2000, "every call allowed: none saw a half-swapped plugin");

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{LogLevel, PluginError};
 
-pub use crate::bindings::auth::spawner::plugin::host::{Capability, TokenError};
+pub use crate::bindings::auth::spawner::plugin::types::{Capability, TokenError};
 
 /// Writes a line to Spawner's log, tagged with this plugin's kind and name.
 pub fn log(level: LogLevel, message: &str) {
@@ -56,7 +56,10 @@ pub fn parse_settings<T: DeserializeOwned + Default>(text: &str) -> Result<T, Pl
 
 /// Checks a capability token's signature with the host's secret and returns
 /// its claims. The caller still compares `expires-at` with the request's
-/// `now` and `backend` with the target backend.
+/// `now` and `backend` with the target backend. Tokens where Spawner puts
+/// them (bearer header, token query parameter, token cookie) arrive already
+/// checked in `AuthRequest::credentials`, which costs the plugin no import;
+/// this is for tokens found elsewhere.
 pub fn verify_capability_token(token: &str) -> Result<Capability, TokenError> {
     #[cfg(target_arch = "wasm32")]
     return crate::bindings::auth::spawner::plugin::host::verify_capability_token(token);

@@ -84,7 +84,9 @@ pub mod scheduler {
 
 /// Auth plugins: decide whether a request or WebSocket reaches a backend.
 pub mod auth {
-    pub use crate::bindings::auth::exports::spawner::plugin::authorization::{Allow, AuthRequest, Deny, Header, HttpRequest, Verdict};
+    pub use crate::bindings::auth::exports::spawner::plugin::authorization::{
+        Allow, AuthRequest, Credential, CredentialSource, Deny, Header, HttpRequest, Verdict,
+    };
     pub use crate::host::{Capability, TokenError};
     pub use crate::{Backend, Label, PluginError};
 

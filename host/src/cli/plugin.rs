@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use crate::plugins::credentials::{self, TokenNames};
 use crate::plugins::loaded::detect_kind;
 use crate::plugins::types::*;
 use crate::plugins::{LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
@@ -40,7 +41,10 @@ pub enum PluginCommand {
     ///
     /// Input shapes (JSON, snake_case fields): auth {"request": {"method",
     /// "path", "query", "headers": [{"name","value"}], "peer", "websocket"},
-    /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now"};
+    /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now"}
+    /// (the tokens in its bearer header, `token` parameter and
+    /// `spawner-token` cookie are verified with --token-secret into
+    /// "credentials", as the proxy does, unless the input gives them);
     /// idle {"backend", "age_seconds", "grace_period_seconds",
     /// "lifetime_limit_seconds", "activity": {"open_connections",
     /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",
@@ -62,8 +66,9 @@ pub enum PluginCommand {
         /// Settings: JSON text, @file or - for stdin.
         #[arg(long)]
         settings: Option<String>,
-        /// Secret that `verify-capability-token` checks against (mint
-        /// matching tokens with `spawner token mint`).
+        /// Secret capability tokens are verified with, for the request's
+        /// credentials and `verify-capability-token` (mint matching tokens
+        /// with `spawner token mint`).
         #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
         token_secret: Option<String>,
     },
@@ -157,8 +162,8 @@ fn run_once(
     let parse_err = |kind: PluginKind| format!("--input is not a valid {kind} request (see `spawner plugin run --help` for the shape)");
     let (decision, fallback) = match kind {
         PluginKind::Auth => {
-            let req: AuthRequest = match &input {
-                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+            let req = match &input {
+                Some(i) => serde_json::from_str::<AuthInput>(i).with_context(|| parse_err(kind))?.into_request(rt.token_key()),
                 None => sample::auth_request(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
@@ -190,6 +195,24 @@ fn run_once(
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// An auth request as `plugin run` reads it: `credentials` may be left out,
+/// and are then found and verified as the proxy would.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthInput {
+    request: HttpRequest,
+    backend: Backend,
+    now: u64,
+    credentials: Option<Vec<Credential>>,
+}
+
+impl AuthInput {
+    fn into_request(self, key: Option<&TokenKey>) -> AuthRequest {
+        let credentials = self.credentials.unwrap_or_else(|| credentials::find(&self.request, &TokenNames::default(), key));
+        AuthRequest { request: self.request, backend: self.backend, now: self.now, credentials }
     }
 }
 

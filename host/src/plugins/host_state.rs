@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginKind;
 use super::bindings::auth::spawner::plugin::{host, types};
-use crate::token::{self, TokenKey};
+use crate::token::TokenKey;
 
 /// A plugin's log line is cut at this length: plugins are untrusted and
 /// the log is shared.
@@ -143,17 +143,8 @@ impl host::Host for HostState {
         self.ctx.settings.to_string()
     }
 
-    fn verify_capability_token(&mut self, token: String) -> Result<host::Capability, host::TokenError> {
-        let Some(key) = &self.ctx.tokens else {
-            return Err(host::TokenError::Malformed("this Spawner has no token secret configured".into()));
-        };
-        match key.verify(&token) {
-            Ok(c) => Ok(host::Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
-            Err(token::TokenError::BadSignature) => Err(host::TokenError::BadSignature),
-            // The variant already says "malformed"; pass only the why.
-            Err(token::TokenError::Malformed(why)) => Err(host::TokenError::Malformed(why.into())),
-            Err(e) => Err(host::TokenError::Malformed(e.to_string())),
-        }
+    fn verify_capability_token(&mut self, token: String) -> Result<types::Capability, types::TokenError> {
+        super::credentials::verify(self.ctx.tokens.as_deref(), &token)
     }
 }
 

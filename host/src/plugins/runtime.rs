@@ -221,6 +221,11 @@ impl Runtime {
         self.tokens.clone()
     }
 
+    /// The key capability tokens are verified with, if any.
+    pub fn token_key(&self) -> Option<&TokenKey> {
+        self.tokens.as_deref()
+    }
+
     /// Compiles `bytes` (or returns the cached compilation) and its digest.
     pub(crate) fn compile(&self, name: &str, bytes: &[u8]) -> LoadResult<(Component, [u8; 32])> {
         use wasmtime::wasmparser::Parser;

@@ -19,6 +19,7 @@ pub fn auth_request(now: u64) -> AuthRequest {
         },
         backend: sample_backend(),
         now,
+        credentials: vec![],
     }
 }
 

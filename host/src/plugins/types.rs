@@ -1,9 +1,10 @@
 //! The plugin request and decision types the rest of the host uses,
 //! re-exported from the generated bindings under short names.
 
-pub use super::bindings::auth::exports::spawner::plugin::authorization::{Allow, AuthRequest, Deny, Header, HttpRequest, Verdict};
-pub use super::bindings::auth::spawner::plugin::host::{Capability, TokenError};
-pub use super::bindings::auth::spawner::plugin::types::{Backend, Label, LogLevel, PluginError};
+pub use super::bindings::auth::exports::spawner::plugin::authorization::{
+    Allow, AuthRequest, Credential, CredentialSource, Deny, Header, HttpRequest, Verdict,
+};
+pub use super::bindings::auth::spawner::plugin::types::{Backend, Capability, Label, LogLevel, PluginError, TokenError};
 pub use super::bindings::idle::exports::spawner::plugin::idleness::{Activity, IdleRequest, IdleVerdict, Termination, TerminationKind};
 pub use super::bindings::scheduler::exports::spawner::plugin::scheduling::{Node, PlacedBackend, Placement, PlacementRequest, Resources};
 

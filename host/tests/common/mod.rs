@@ -9,6 +9,7 @@ pub mod dev;
 use std::sync::{Arc, OnceLock};
 
 use spawner::metrics::Metrics;
+use spawner::plugins::credentials;
 use spawner::plugins::types::*;
 use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
@@ -51,18 +52,17 @@ pub fn backend(name: &str) -> Backend {
 }
 
 pub fn auth_request(backend_name: &str, headers: &[(&str, &str)], query: Option<&str>) -> AuthRequest {
-    AuthRequest {
-        request: HttpRequest {
-            method: "GET".into(),
-            path: "/index.html".into(),
-            query: query.map(Into::into),
-            headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
-            peer: "127.0.0.1:40000".into(),
-            websocket: false,
-        },
-        backend: backend(backend_name),
-        now: NOW,
-    }
+    let request = HttpRequest {
+        method: "GET".into(),
+        path: "/index.html".into(),
+        query: query.map(Into::into),
+        headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
+        peer: "127.0.0.1:40000".into(),
+        websocket: false,
+    };
+    // As the proxy does: tokens in Spawner's places arrive verified.
+    let credentials = credentials::find(&request, &credentials::TokenNames::default(), Some(&key()));
+    AuthRequest { request, backend: backend(backend_name), now: NOW, credentials }
 }
 
 pub fn bearer(token: &str) -> String {

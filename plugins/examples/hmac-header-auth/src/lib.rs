@@ -111,6 +111,7 @@ mod tests {
             },
             backend: b,
             now: 1000,
+            credentials: vec![],
         }
     }
 

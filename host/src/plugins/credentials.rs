@@ -1,0 +1,117 @@
+//! The capability tokens a request carries where Spawner puts them, found
+//! and verified by the host before the auth plugin runs.
+//!
+//! Why the host and not the plugin: the proxy must know these places anyway
+//! (it moves a query token into the cookie and strips all three before
+//! forwarding), the secret stays in the host either way, and a plugin that
+//! gets verified claims in its input calls no host function. A plugin with
+//! no string-passing imports is instantiated as one core module instead of
+//! three, which halves the cost of an auth decision (bench/README.md).
+//! The plugin keeps the policy: which backend, which user, until when.
+
+use super::types::{Capability, Credential, CredentialSource, HttpRequest, TokenError};
+use crate::token::{self, TokenKey};
+
+/// Where tokens are looked for, besides `Authorization: Bearer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenNames {
+    /// Cookie the proxy stores a token in.
+    pub cookie: String,
+    /// Query parameter a browser's first visit carries the token in.
+    pub query_param: String,
+}
+
+impl Default for TokenNames {
+    fn default() -> Self {
+        TokenNames { cookie: "spawner-token".into(), query_param: "token".into() }
+    }
+}
+
+/// The first non-empty token of each source (bearer, query, cookie), each
+/// verified with `key` (without a key every token is refused as malformed).
+pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -> Vec<Credential> {
+    let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
+    let bearer = header("authorization").find_map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
+    let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
+    let cookie = header("cookie").find_map(|v| pair_value(v.split(';').map(str::trim), &names.cookie));
+    [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query), (CredentialSource::Cookie, cookie)]
+        .into_iter()
+        .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| Credential { source, verified: verify(key, t) }))
+        .collect()
+}
+
+/// The value of the first `name=value` pair named `name`.
+fn pair_value<'a>(mut pairs: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    pairs.find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+}
+
+/// Checks one token's signature: what `host.verify-capability-token`
+/// answers, and what each credential carries.
+pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenError> {
+    let Some(key) = key else {
+        return Err(TokenError::Malformed("this Spawner has no token secret configured".into()));
+    };
+    match key.verify(token) {
+        Ok(c) => Ok(Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
+        Err(token::TokenError::BadSignature) => Err(TokenError::BadSignature),
+        // The variant already says "malformed"; pass only the why.
+        Err(token::TokenError::Malformed(why)) => Err(TokenError::Malformed(why.into())),
+        Err(e) => Err(TokenError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::types::Header;
+
+    fn request(query: Option<&str>, headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.map(Into::into),
+            headers: headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
+            peer: "127.0.0.1:1".into(),
+            websocket: false,
+        }
+    }
+
+    fn sources(found: &[Credential]) -> Vec<CredentialSource> {
+        found.iter().map(|c| c.source).collect()
+    }
+
+    #[test]
+    fn finds_one_token_per_source_in_order_and_verifies_each() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let now = token::now_unix();
+        let good = key.mint("b1", Some("alice"), now, now + 60);
+        let req = request(
+            Some(&format!("a=1&token={good}&token=second")),
+            &[("cookie", "x=1; spawner-token=st1.forged.sig"), ("authorization", &format!("Bearer {good}"))],
+        );
+        let found = find(&req, &TokenNames::default(), Some(&key));
+        assert_eq!(sources(&found), [CredentialSource::Bearer, CredentialSource::Query, CredentialSource::Cookie]);
+        let cap = found[0].verified.as_ref().unwrap();
+        assert_eq!((cap.backend.as_str(), cap.subject.as_deref()), ("b1", Some("alice")));
+        assert!(found[1].verified.is_ok(), "the first query value is the one checked");
+        assert!(found[2].verified.is_err(), "a forged cookie is reported, not dropped");
+    }
+
+    #[test]
+    fn names_are_configurable_and_empty_or_absent_tokens_are_skipped() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let names = TokenNames { cookie: "sess".into(), query_param: "t".into() };
+        let req =
+            request(Some("token=ignored&t="), &[("cookie", "spawner-token=ignored; sess=st1.a.b"), ("authorization", "Basic dXNlcg==")]);
+        let found = find(&req, &names, Some(&key));
+        assert_eq!(sources(&found), [CredentialSource::Cookie]);
+        assert!(find(&request(None, &[]), &names, Some(&key)).is_empty());
+    }
+
+    #[test]
+    fn without_a_key_every_token_is_refused_with_a_reason() {
+        let req = request(Some("token=st1.a.b"), &[]);
+        let found = find(&req, &TokenNames::default(), None);
+        assert!(matches!(&found[0].verified, Err(TokenError::Malformed(why)) if why.contains("no token secret")));
+    }
+}
