@@ -324,15 +324,11 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
-    /// Adds the built-in `demo` template (this binary's `demo-backend`
-    /// subcommand) unless the file defines one.
+    /// Adds the built-in `demo` template unless the file defines one.
     pub fn with_builtin_templates(mut self) -> Self {
         if !self.templates.contains_key(DEMO_TEMPLATE) {
-            let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "spawner".into());
-            self.templates.insert(
-                DEMO_TEMPLATE.into(),
-                Template { command: exe, args: vec!["demo-backend".into()], env: BTreeMap::new(), cwd: None },
-            );
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spawner"));
+            self.templates.insert(DEMO_TEMPLATE.into(), demo_template(&exe));
         }
         self
     }
@@ -408,9 +404,32 @@ impl Config {
     }
 }
 
+/// The `demo` template for Spawner running as `exe`: the
+/// `spawner-demo-backend` executable beside it when there is one (it starts
+/// in about half the time), else `exe demo-backend`.
+fn demo_template(exe: &Path) -> Template {
+    let small = exe.with_file_name(format!("spawner-demo-backend{}", std::env::consts::EXE_SUFFIX));
+    let (command, args) =
+        if small.is_file() { (small.display().to_string(), vec![]) } else { (exe.display().to_string(), vec!["demo-backend".to_string()]) };
+    Template { command, args, env: BTreeMap::new(), cwd: None }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_template_prefers_the_small_executable_beside_spawner() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("spawner");
+        let t = demo_template(&exe);
+        assert_eq!((t.command.as_str(), t.args.as_slice()), (exe.to_str().unwrap(), ["demo-backend".to_string()].as_slice()));
+        let small = dir.path().join("spawner-demo-backend");
+        std::fs::write(&small, "").unwrap();
+        let t = demo_template(&exe);
+        assert_eq!(t.command, small.to_str().unwrap());
+        assert!(t.args.is_empty());
+    }
 
     #[test]
     fn an_empty_file_is_the_defaults() {

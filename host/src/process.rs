@@ -8,9 +8,9 @@
 //! reaches every process it started.
 //!
 //! It is *ready* when its port accepts a TCP connection, checked every
-//! millisecond at first and less often as time passes (see
-//! `READY_POLL_FRACTION`), so a quick backend is seen ready about a
-//! millisecond after `listen()`. Stopping sends SIGTERM to the group, then
+//! 250 µs at first (`FINE_PHASE`) and less often as time passes (see
+//! `READY_POLL_FRACTION`), so a quick backend is seen ready within a
+//! fraction of a millisecond after `listen()`. Stopping sends SIGTERM to the group, then
 //! SIGKILL after the stop timeout. When the main process exits, the rest of
 //! its group is killed too, so nothing is left behind; and if Spawner itself
 //! dies without stopping its backends, the [`Reaper`] stops them.
@@ -22,6 +22,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -46,6 +47,15 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ",
 const READY_POLL_MIN: Duration = Duration::from_millis(1);
 const READY_POLL_MAX: Duration = Duration::from_millis(25);
 const READY_POLL_FRACTION: u32 = 8;
+
+/// The first milliseconds of a start are probed from a blocking thread,
+/// at least every `FINE_POLL`: tokio's timer has millisecond resolution (a
+/// 1 ms sleep lasts 1–2 ms), which alone kept a backend that listens within
+/// a millisecond or two waiting another millisecond to be seen. Only while
+/// no more backends are starting than there are cores: beyond that the CPU
+/// is the bottleneck, and probes would take it from the backends.
+const FINE_PHASE: Duration = Duration::from_millis(5);
+const FINE_POLL: Duration = Duration::from_micros(250);
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,29 +211,65 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         exit_tx.send_replace(ProcessState::Exited(code));
     });
 
-    // Readiness prober.
-    let ready_tx = tx;
-    tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        loop {
-            if matches!(*ready_tx.borrow(), ProcessState::Exited(_)) {
-                return;
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                ready_tx.send_if_modified(|s| {
-                    let starting = *s == ProcessState::Starting;
-                    if starting {
-                        *s = ProcessState::Ready;
-                    }
-                    starting
-                });
-                return;
-            }
-            tokio::time::sleep((started.elapsed() / READY_POLL_FRACTION).clamp(READY_POLL_MIN, READY_POLL_MAX)).await;
-        }
-    });
+    tokio::spawn(probe_until_ready(addr, tx));
 
     Ok(Process { pid, addr, logs, state: rx })
+}
+
+/// Marks the process ready when its port accepts a connection (see the
+/// module docs and `FINE_PHASE`). Stops when the process exits first.
+async fn probe_until_ready(addr: SocketAddr, ready_tx: Arc<watch::Sender<ProcessState>>) {
+    let started = std::time::Instant::now();
+    let mut ready = false;
+    if let Some(slot) = FineProber::acquire() {
+        let state = ready_tx.subscribe();
+        ready = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            while started.elapsed() < FINE_PHASE && !matches!(*state.borrow(), ProcessState::Exited(_)) {
+                if std::net::TcpStream::connect_timeout(&addr, READY_POLL_MAX).is_ok() {
+                    return true;
+                }
+                std::thread::sleep((started.elapsed() / READY_POLL_FRACTION).max(FINE_POLL));
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+    }
+    loop {
+        if matches!(*ready_tx.borrow(), ProcessState::Exited(_)) {
+            return;
+        }
+        if ready || tokio::net::TcpStream::connect(addr).await.is_ok() {
+            ready_tx.send_if_modified(|s| {
+                let starting = *s == ProcessState::Starting;
+                if starting {
+                    *s = ProcessState::Ready;
+                }
+                starting
+            });
+            return;
+        }
+        tokio::time::sleep((started.elapsed() / READY_POLL_FRACTION).clamp(READY_POLL_MIN, READY_POLL_MAX)).await;
+    }
+}
+
+/// A slot for fine-grained probing; at most one per core at a time.
+struct FineProber;
+
+static FINE_PROBERS: AtomicUsize = AtomicUsize::new(0);
+
+impl FineProber {
+    fn acquire() -> Option<FineProber> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        FINE_PROBERS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cores).then_some(n + 1)).ok().map(|_| FineProber)
+    }
+}
+
+impl Drop for FineProber {
+    fn drop(&mut self) {
+        FINE_PROBERS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuffer>) {
@@ -240,5 +286,19 @@ async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuf
                 logs.push(which, String::from_utf8_lossy(&line).into_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fine_probing_is_limited_to_one_start_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let slots: Vec<FineProber> = (0..cores).map(|_| FineProber::acquire().expect("a slot per core")).collect();
+        assert!(FineProber::acquire().is_none(), "more starts than cores probe coarsely");
+        drop(slots);
+        assert!(FineProber::acquire().is_some(), "slots come back when probing ends");
     }
 }
