@@ -387,6 +387,14 @@ impl Config {
                 return bad(format!("proxy.{field} must be letters, digits, '-', '_', '.' or '~' (got \"{name}\")"));
             }
         }
+        // Browsers drop `__Host-` cookies whose path is not `/` (ours is
+        // the backend's prefix), and `__Secure-` ones without `Secure`.
+        let cookie = &self.proxy.token_cookie;
+        if cookie.starts_with("__Host-") || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != "https") {
+            return bad(format!(
+                "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix), and __Secure- needs proxy.forwarded-proto = \"https\""
+            ));
+        }
         for (name, t) in &self.templates {
             if t.command.trim().is_empty() {
                 return bad(format!(
@@ -474,6 +482,12 @@ mod tests {
         }
         let mut c = Config::default();
         c.proxy.token_cookie = "my-app.session_1".into();
+        c.validate().unwrap();
+        c.proxy.token_cookie = "__Host-session".into();
+        assert!(c.validate().unwrap_err().to_string().contains("__Host-"));
+        c.proxy.token_cookie = "__Secure-session".into();
+        assert!(c.validate().is_err());
+        c.proxy.forwarded_proto = "https".into();
         c.validate().unwrap();
     }
 

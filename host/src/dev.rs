@@ -14,6 +14,7 @@ use crate::backends::Backends;
 use crate::config::Config;
 use crate::local::{Local, LocalConfig};
 use crate::metrics::Metrics;
+use crate::plugins::credentials::TokenNames;
 use crate::plugins::{PluginKind, Plugins, Runtime};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, App, Limits};
@@ -46,6 +47,11 @@ impl Dev {
         let mut sources = Vec::new();
         for kind in PluginKind::ALL {
             sources.push((kind, crate::watch::source(&config.plugins, kind)?));
+        }
+        if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
+            && let Some(warning) = token_names_mismatch(&auth.settings, &config.proxy.token_names())
+        {
+            tracing::warn!("{warning}");
         }
         let loaded: HashMap<PluginKind, [u8; 32]> = sources.iter().map(|(k, s)| (*k, crate::watch::fingerprint(s))).collect();
         let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), sources).context("loading plugins")?);
@@ -243,4 +249,36 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         dev.stop().await;
         Ok(())
     })
+}
+
+/// A warning when the auth plugin's settings name a token `cookie` or
+/// `query-param` other than Spawner's: the proxy moves, sets and strips
+/// tokens only by `proxy.token-cookie` and `proxy.token-query-param`, so a
+/// plugin reading Spawner's tokens elsewhere would never see them, and a
+/// token in a cookie the proxy does not know would reach the backend.
+fn token_names_mismatch(settings: &str, names: &TokenNames) -> Option<String> {
+    let serde_json::Value::Object(m) = serde_json::from_str(settings).ok()? else { return None };
+    let differs = |key: &str, ours: &str| m.get(key).and_then(|v| v.as_str()).is_some_and(|v| v != ours);
+    (differs("cookie", &names.cookie) || differs("query-param", &names.query_param)).then(|| {
+        format!(
+            "the auth plugin's settings name a cookie or query-param, but Spawner moves, sets and strips capability tokens by proxy.token-cookie (\"{}\") and proxy.token-query-param (\"{}\"): set those in the config file to match",
+            names.cookie, names.query_param
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_settings_naming_other_token_places_are_warned_about() {
+        let names = TokenNames::default();
+        let w = token_names_mismatch(r#"{"cookie":"session"}"#, &names).unwrap();
+        assert!(w.contains("proxy.token-cookie (\"spawner-token\")"), "{w}");
+        assert!(token_names_mismatch(r#"{"query-param":"t","secret":"x"}"#, &names).is_some());
+        assert!(token_names_mismatch(r#"{"cookie":"spawner-token"}"#, &names).is_none(), "same names: nothing to fix");
+        assert!(token_names_mismatch(r#"{"secret":"x"}"#, &names).is_none());
+        assert!(token_names_mismatch("", &names).is_none());
+    }
 }

@@ -42,7 +42,7 @@ use crate::metrics::{DecisionLabels, FailureLabels, KindLabels, LoadLabels, Metr
 use types::*;
 
 /// The version of the `spawner:plugin` WIT package this host implements.
-pub const PACKAGE_VERSION: &str = "0.1.0";
+pub const PACKAGE_VERSION: &str = "0.2.0";
 
 /// Headers an auth plugin may inject; client-sent ones are always stripped.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-spawner-";
@@ -82,7 +82,7 @@ impl PluginKind {
     }
 
     /// Full name of the exported interface, e.g.
-    /// `spawner:plugin/authorization@0.1.0`.
+    /// `spawner:plugin/authorization@0.2.0`.
     pub fn export_name(self) -> String {
         format!("spawner:plugin/{}@{PACKAGE_VERSION}", self.interface())
     }

@@ -2,9 +2,10 @@
 //! and WebSocket, with the auth plugin deciding every request and upgrade.
 //!
 //! Order of work for one request: route → resolve the backend (404/410) →
-//! auth plugin (its status on deny) → readiness (503 + Retry-After, or a
-//! page that reloads itself) → move a query token into a cookie and
-//! redirect to the clean URL → header hygiene (`headers`) → forward, with
+//! find and verify the request's capability tokens (`credentials`) → auth
+//! plugin (its status on deny) → move a query token into a cookie and
+//! redirect to the clean URL → readiness (503 + Retry-After, or a page that
+//! reloads itself) → header hygiene (`headers`) → forward, with
 //! bodies streamed and metered (`body`) or the WebSocket relayed
 //! (`websocket`, `frames`).
 //!

@@ -1,9 +1,10 @@
 //! Capability tokens: what the browser presents to reach one backend.
 //!
 //! Spawner mints a token when it creates a backend and hands it to the web
-//! app with the backend's URL; the default auth plugin asks the host to
-//! verify it (`verify-capability-token`), so the secret never enters the
-//! sandbox.
+//! app with the backend's URL. The host finds tokens in a request and
+//! verifies them before the auth plugin runs (`plugins::credentials`), and
+//! plugins may ask it to verify others (`verify-capability-token`), so the
+//! secret never enters the sandbox.
 //!
 //! Format (URL-, header- and cookie-safe; no padding):
 //!

@@ -24,7 +24,7 @@ fn check_accepts_each_default_plugin_with_a_one_line_summary() {
         assert!(out.status.success(), "{kind}: {}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.lines().count(), 1, "{stdout}");
-        assert!(stdout.starts_with("ok: ") && stdout.contains(&format!("spawner:plugin/{kind}@0.1.0")), "{stdout}");
+        assert!(stdout.starts_with("ok: ") && stdout.contains(&format!("spawner:plugin/{kind}@0.2.0")), "{stdout}");
     }
 }
 
@@ -37,7 +37,7 @@ fn check_refuses_each_fixture_with_the_reason() {
         (built::FIXTURE_FAIL_IDLE, "panicked at"),
         (built::FIXTURE_FAIL_SCHEDULER, "panicked at"),
         (built::FIXTURE_WRONG_WORLD, "is not a Spawner plugin"),
-        (built::FIXTURE_WRONG_VERSION, "spawner:plugin/authorization@0.2.0"),
+        (built::FIXTURE_WRONG_VERSION, "spawner:plugin/authorization@0.1.0"),
         (built::FIXTURE_BAD_EXPORT, "validate-settings"),
     ];
     for (file, reason) in cases {

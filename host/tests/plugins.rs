@@ -215,18 +215,18 @@ fn wrong_world_and_wrong_version_are_refused_naming_both_sides() {
     let msg = err.to_string();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{msg}");
     assert!(
-        msg.contains("exports spawner:plugin/idleness@0.1.0 (an idle plugin)")
-            && msg.contains("must export spawner:plugin/authorization@0.1.0"),
+        msg.contains("exports spawner:plugin/idleness@0.2.0 (an idle plugin)")
+            && msg.contains("must export spawner:plugin/authorization@0.2.0"),
         "{msg}"
     );
 
     let msg = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_WRONG_WORLD, "")).unwrap_err().to_string();
-    assert!(msg.contains("exports render") && msg.contains("spawner:plugin/authorization@0.1.0"), "{msg}");
+    assert!(msg.contains("exports render") && msg.contains("spawner:plugin/authorization@0.2.0"), "{msg}");
 
     let err = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_WRONG_VERSION, "")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoadError::WrongVersion { .. }), "{msg}");
-    assert!(msg.contains("spawner:plugin/authorization@0.2.0") && msg.contains("supports spawner:plugin@0.1.0"), "{msg}");
+    assert!(msg.contains("spawner:plugin/authorization@0.1.0") && msg.contains("supports spawner:plugin@0.2.0"), "{msg}");
 
     let msg = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_BAD_EXPORT, "")).unwrap_err().to_string();
     assert!(msg.contains("not as Spawner defines it") && msg.contains("validate-settings"), "{msg}");
@@ -301,7 +301,7 @@ fn a_bad_replacement_keeps_the_old_plugin_and_a_good_one_takes_over() {
     let before = plugins.info(PluginKind::Auth);
 
     let err = plugins.replace(PluginKind::Auth, &source(built::FIXTURE_WRONG_VERSION, "")).unwrap_err();
-    assert!(err.to_string().contains("0.2.0"));
+    assert!(err.to_string().contains("0.1.0"));
     assert_eq!(plugins.info(PluginKind::Auth), before);
     let err = plugins.replace(PluginKind::Auth, &source(built::HMAC_HEADER_AUTH, r#"{"secret":"short"}"#)).unwrap_err();
     assert!(matches!(err, LoadError::Settings { .. }), "{err}");

@@ -14,7 +14,7 @@
 pub mod auth {
     wit_bindgen::generate!({
         path: "wit",
-        world: "spawner:plugin/auth@0.1.0",
+        world: "spawner:plugin/auth@0.2.0",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export",
@@ -27,11 +27,11 @@ pub mod auth {
 pub mod scheduler {
     wit_bindgen::generate!({
         path: "wit",
-        world: "spawner:plugin/scheduler@0.1.0",
+        world: "spawner:plugin/scheduler@0.2.0",
         with: {
-            "spawner:plugin/types@0.1.0": crate::bindings::auth::spawner::plugin::types,
-            "spawner:plugin/host@0.1.0": crate::bindings::auth::spawner::plugin::host,
-            "spawner:plugin/scheduling@0.1.0": generate,
+            "spawner:plugin/types@0.2.0": crate::bindings::auth::spawner::plugin::types,
+            "spawner:plugin/host@0.2.0": crate::bindings::auth::spawner::plugin::host,
+            "spawner:plugin/scheduling@0.2.0": generate,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -44,11 +44,11 @@ pub mod scheduler {
 pub mod idle {
     wit_bindgen::generate!({
         path: "wit",
-        world: "spawner:plugin/idle@0.1.0",
+        world: "spawner:plugin/idle@0.2.0",
         with: {
-            "spawner:plugin/types@0.1.0": crate::bindings::auth::spawner::plugin::types,
-            "spawner:plugin/host@0.1.0": crate::bindings::auth::spawner::plugin::host,
-            "spawner:plugin/idleness@0.1.0": generate,
+            "spawner:plugin/types@0.2.0": crate::bindings::auth::spawner::plugin::types,
+            "spawner:plugin/host@0.2.0": crate::bindings::auth::spawner::plugin::host,
+            "spawner:plugin/idleness@0.2.0": generate,
         },
         pub_export_macro: true,
         export_macro_name: "export",

@@ -23,7 +23,7 @@
 //! one core module per call instead of three, because an import that passes
 //! a string needs the plugin's memory before the plugin exists, which
 //! wit-component solves with two small extra modules. Measured: an auth
-//! decision takes about half the time (bench/README.md). The host still
+//! decision about 22% cheaper (bench/README.md). The host still
 //! reports the trap, with the wasm backtrace.
 
 #![allow(unsafe_code)]

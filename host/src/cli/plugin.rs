@@ -43,8 +43,9 @@ pub enum PluginCommand {
     /// "path", "query", "headers": [{"name","value"}], "peer", "websocket"},
     /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now"}
     /// (the tokens in its bearer header, `token` parameter and
-    /// `spawner-token` cookie are verified with --token-secret into
-    /// "credentials", as the proxy does, unless the input gives them);
+    /// `spawner-token` cookie, the default names, are verified with
+    /// --token-secret into "credentials" as the proxy would, unless the
+    /// input gives them);
     /// idle {"backend", "age_seconds", "grace_period_seconds",
     /// "lifetime_limit_seconds", "activity": {"open_connections",
     /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",

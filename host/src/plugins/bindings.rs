@@ -11,7 +11,7 @@
 pub mod auth {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "spawner:plugin/auth@0.1.0",
+        world: "spawner:plugin/auth@0.2.0",
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });
 }
@@ -19,10 +19,10 @@ pub mod auth {
 pub mod scheduler {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "spawner:plugin/scheduler@0.1.0",
+        world: "spawner:plugin/scheduler@0.2.0",
         with: {
-            "spawner:plugin/types@0.1.0": crate::plugins::bindings::auth::spawner::plugin::types,
-            "spawner:plugin/host@0.1.0": crate::plugins::bindings::auth::spawner::plugin::host,
+            "spawner:plugin/types@0.2.0": crate::plugins::bindings::auth::spawner::plugin::types,
+            "spawner:plugin/host@0.2.0": crate::plugins::bindings::auth::spawner::plugin::host,
         },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });
@@ -31,10 +31,10 @@ pub mod scheduler {
 pub mod idle {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "spawner:plugin/idle@0.1.0",
+        world: "spawner:plugin/idle@0.2.0",
         with: {
-            "spawner:plugin/types@0.1.0": crate::plugins::bindings::auth::spawner::plugin::types,
-            "spawner:plugin/host@0.1.0": crate::plugins::bindings::auth::spawner::plugin::host,
+            "spawner:plugin/types@0.2.0": crate::plugins::bindings::auth::spawner::plugin::types,
+            "spawner:plugin/host@0.2.0": crate::plugins::bindings::auth::spawner::plugin::host,
         },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
     });

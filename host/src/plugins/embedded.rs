@@ -18,3 +18,33 @@ pub fn bytes(kind: PluginKind) -> &'static [u8] {
         PluginKind::Idle => DEFAULT_IDLE,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::{Runtime, RuntimeConfig};
+
+    /// Auth runs on every request; an imported function that passes a
+    /// string would add two core modules to every call (see
+    /// `credentials`). Type-only imports (the `types` interface) cost
+    /// nothing at run time.
+    #[test]
+    fn the_default_auth_plugin_imports_no_function() {
+        use wasmtime::component::types::ComponentItem;
+        let rt = Runtime::new(RuntimeConfig::default(), None).unwrap();
+        let (component, _) = rt.compile("default_auth.wasm", DEFAULT_AUTH).unwrap();
+        let engine = rt.engine();
+        let mut functions = Vec::new();
+        for (name, item) in component.component_type().imports(engine) {
+            match item.ty {
+                ComponentItem::ComponentInstance(i) => functions
+                    .extend(i.exports(engine).filter(|(_, e)| !matches!(e.ty, ComponentItem::Type(_))).map(|(f, _)| format!("{name}#{f}"))),
+                ComponentItem::Type(_) => {}
+                _ => functions.push(name.to_string()),
+            }
+        }
+        assert!(functions.is_empty(), "default auth imports {functions:?}");
+        let (scheduler, _) = rt.compile("default_scheduler.wasm", DEFAULT_SCHEDULER).unwrap();
+        assert!(scheduler.component_type().imports(engine).any(|(n, _)| n.starts_with("spawner:plugin/host")), "the check can see imports");
+    }
+}

@@ -69,7 +69,7 @@ pub enum LoadError {
     WrongVersion {
         /// Plugin name.
         name: String,
-        /// What it references, e.g. `spawner:plugin/authorization@0.2.0`.
+        /// What it references, e.g. `spawner:plugin/authorization@0.3.0`.
         found: String,
         /// The version this host implements.
         supported: &'static str,

@@ -73,16 +73,22 @@ pub fn strip_untrusted(h: &mut HeaderMap) {
     }
 }
 
-/// Removes Spawner's credentials: Bearer tokens in Spawner's format and the
-/// token cookie (other cookies are kept).
+/// Removes Spawner's credentials: Bearer tokens in Spawner's format (from
+/// every `Authorization` header, as the credential search looks at every
+/// one) and the token cookie. Other schemes and cookies are kept.
 pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
-    let spawner_bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .is_some_and(|t| t.trim_start().starts_with(TOKEN_PREFIX));
-    if spawner_bearer {
+    let is_spawner_bearer = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .is_some_and(|t| t.trim_start().starts_with(TOKEN_PREFIX))
+    };
+    if h.get_all(header::AUTHORIZATION).iter().any(is_spawner_bearer) {
+        let kept: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().filter(|v| !is_spawner_bearer(v)).cloned().collect();
         h.remove(header::AUTHORIZATION);
+        for v in kept {
+            h.append(header::AUTHORIZATION, v);
+        }
     }
     let cookies: Vec<HeaderValue> = h.get_all(header::COOKIE).iter().cloned().collect();
     if cookies.is_empty() {
@@ -210,6 +216,16 @@ mod tests {
         strip_credentials(&mut h, "spawner-token");
         assert_eq!(h.get("authorization").unwrap(), "Basic dXNlcjpwdw==");
         assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn every_authorization_header_is_checked_in_either_order() {
+        for pair in [["Basic dXNlcjpwdw==", "Bearer st1.abc.def"], ["Bearer st1.abc.def", "Basic dXNlcjpwdw=="]] {
+            let mut h = map(&[("authorization", pair[0]), ("authorization", pair[1])]);
+            strip_credentials(&mut h, "spawner-token");
+            let left: Vec<&str> = h.get_all("authorization").iter().map(|v| v.to_str().unwrap()).collect();
+            assert_eq!(left, ["Basic dXNlcjpwdw=="], "{pair:?}");
+        }
     }
 
     #[test]
