@@ -92,6 +92,12 @@ pub mod auth {
 
     /// An auth plugin. Implement it on a unit struct and export it with
     /// `spawner_plugin_sdk::export!(auth: MyAuth)`.
+    ///
+    /// `request.credentials` holds the capability tokens Spawner found in
+    /// its own places (bearer header, token query parameter, token cookie),
+    /// already verified by the host: a policy over Spawner's tokens needs
+    /// no host function (see `plugins/default-auth`). The raw request is
+    /// there too, for anything else.
     pub trait Auth {
         /// Decides one HTTP request or WebSocket upgrade.
         fn check(request: AuthRequest) -> Result<Verdict, PluginError>;
