@@ -34,7 +34,7 @@ impl Default for TokenNames {
 /// one gives no credential.
 pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -> Vec<Credential> {
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
-    let bearer = header("authorization").find_map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
+    let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
     let cookie = header("cookie").find_map(|v| pair_value(v.split(';').map(str::trim), &names.cookie));
     [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query), (CredentialSource::Cookie, cookie)]
@@ -43,10 +43,23 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
         .collect()
 }
 
-/// The value of the first pair named `name` (`name` alone is an empty value).
+/// The token in an `Authorization` value of the Bearer scheme. The proxy
+/// strips by the same reading, so what the plugin was shown is what never
+/// reaches the backend.
+pub fn bearer(value: &str) -> Option<&str> {
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
+/// A query or cookie pair as `(name, value)`; a name alone has an empty
+/// value. The proxy's token redirect reads the query the same way.
+pub fn split_pair(pair: &str) -> (&str, &str) {
+    pair.split_once('=').unwrap_or((pair, ""))
+}
+
+/// The value of the first pair named `name`.
 fn pair_value<'a>(mut pairs: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
     pairs.find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = split_pair(pair);
         (k == name).then_some(v)
     })
 }

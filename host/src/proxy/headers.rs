@@ -13,6 +13,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::plugins::IDENTITY_HEADER_PREFIX;
+use crate::plugins::credentials;
 use crate::plugins::types::Header;
 use crate::token::PREFIX as TOKEN_PREFIX;
 
@@ -77,12 +78,7 @@ pub fn strip_untrusted(h: &mut HeaderMap) {
 /// every `Authorization` header, as the credential search looks at every
 /// one) and the token cookie. Other schemes and cookies are kept.
 pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
-    let is_spawner_bearer = |v: &HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .is_some_and(|t| t.trim_start().starts_with(TOKEN_PREFIX))
-    };
+    let is_spawner_bearer = |v: &HeaderValue| v.to_str().ok().and_then(credentials::bearer).is_some_and(|t| t.starts_with(TOKEN_PREFIX));
     if h.get_all(header::AUTHORIZATION).iter().any(is_spawner_bearer) {
         let kept: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().filter(|v| !is_spawner_bearer(v)).cloned().collect();
         h.remove(header::AUTHORIZATION);
@@ -118,7 +114,7 @@ pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Opt
     let kept: Vec<&str> = q
         .split('&')
         .filter(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = credentials::split_pair(pair);
             if k == name {
                 value.get_or_insert_with(|| v.to_string());
                 false
