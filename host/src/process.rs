@@ -11,10 +11,10 @@
 //! 250 µs at first (`FINE_PHASE`, while a fine-probe slot is free) and less
 //! often as time passes (see `READY_POLL_FRACTION`), so a quick backend is
 //! seen ready well within a millisecond after `listen()`. Stopping sends
-//! SIGTERM to the group, then
-//! SIGKILL after the stop timeout. When the main process exits, the rest of
-//! its group is killed too, so nothing is left behind; and if Spawner itself
-//! dies without stopping its backends, the [`Reaper`] stops them.
+//! SIGTERM to the group, then SIGKILL after the stop timeout. When the main
+//! process exits, the rest of its group is killed too, so nothing is left
+//! behind; and if Spawner itself dies without stopping its backends, the
+//! [`Reaper`] stops them.
 
 pub mod logs;
 
@@ -52,9 +52,10 @@ const READY_POLL_FRACTION: u32 = 8;
 
 /// The first milliseconds of a start are probed from a blocking thread,
 /// every `FINE_POLL` or an eighth of the elapsed time, whichever is longer
-/// (250 µs until 2 ms, about 600 µs by 5 ms): tokio's timer has millisecond resolution (a
-/// 1 ms sleep lasts 1–2 ms), which alone kept a backend that listens within
-/// a millisecond or two waiting another millisecond to be seen. Only while
+/// (250 µs until 2 ms, about 600 µs by 5 ms): tokio's timer has millisecond
+/// resolution (a 1 ms sleep lasts 1–2 ms), which alone kept a backend that
+/// listens within a millisecond or two waiting another millisecond to be
+/// seen. Only while
 /// no more backends are starting than there are cores: beyond that the CPU
 /// is the bottleneck, and probes would take it from the backends.
 const FINE_PHASE: Duration = Duration::from_millis(5);
