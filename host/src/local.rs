@@ -284,11 +284,11 @@ impl Local {
         let mut keys = self.keys.lock().expect("keys lock");
         if let Some(key) = &spec.key
             && let Some(existing) = keys.get(key).and_then(|n| self.record(n))
-            && !existing.status().phase.is_terminal()
+            && !existing.phase().is_terminal()
         {
             return Ok(Created { backend: self.view(&existing), created: false });
         }
-        let live = self.records.read().expect("records lock").values().filter(|r| !r.status().phase.is_terminal()).count();
+        let live = self.records.read().expect("records lock").values().filter(|r| !r.phase().is_terminal()).count();
         if live >= self.config.max_backends {
             return Err(ControlError::Capacity(format!(
                 "{live} backend{} running, the configured maximum (backends.max-backends); terminate some or raise it",
@@ -316,7 +316,7 @@ impl Local {
 impl Resolve for Local {
     fn resolve(&self, name: &str) -> Option<Target> {
         let r = self.record(name)?;
-        let phase = r.status().phase;
+        let phase = r.phase();
         let addr = if phase == Phase::Ready { r.process.lock().expect("process lock").as_ref().map(|p| p.addr) } else { None };
         Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone() })
     }
@@ -327,15 +327,13 @@ impl SweepSource for Local {
         let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
         records
             .into_iter()
-            .filter_map(|r| {
-                let s = r.status();
-                (s.phase == Phase::Ready).then(|| Candidate {
-                    backend: (*r.info).clone(),
-                    created_at: s.created_at,
-                    grace_period_seconds: r.spec.grace_period_seconds,
-                    lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
-                    activity: r.activity.clone(),
-                })
+            .filter(|r| r.phase() == Phase::Ready)
+            .map(|r| Candidate {
+                backend: (*r.info).clone(),
+                created_at: r.status().created_at,
+                grace_period_seconds: r.spec.grace_period_seconds,
+                lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
+                activity: r.activity.clone(),
             })
             .collect()
     }

@@ -115,8 +115,8 @@ async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
             .values()
             .filter(|r| r.name != rec.name)
             .filter(|r| {
-                let s = r.status();
-                !s.phase.is_terminal() && s.phase != Phase::Pending
+                let phase = r.phase();
+                !phase.is_terminal() && phase != Phase::Pending
             })
             .map(|r| PlacedBackend {
                 name: r.name.clone(),

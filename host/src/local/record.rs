@@ -8,7 +8,7 @@ use tokio::sync::{Notify, watch};
 use crate::activity::Activity;
 use crate::backends::{BackendSpec, StatusEvent, StatusFeed};
 use crate::config::Template;
-use crate::lifecycle::{Status, TerminationRequest};
+use crate::lifecycle::{Phase, Status, TerminationRequest};
 use crate::plugins::types::{Backend, Label};
 use crate::process::Process;
 
@@ -56,6 +56,12 @@ impl Record {
 
     pub fn status(&self) -> Status {
         self.status.borrow().status.clone()
+    }
+
+    /// The current phase, without copying the status: the proxy asks on
+    /// every request, and each create scans every record.
+    pub fn phase(&self) -> Phase {
+        self.status.borrow().status.phase
     }
 
     pub fn set_status(&self, status: Status) {
