@@ -3,7 +3,8 @@
 //! - `spawner plugin check|run`: for plugin authors, no cluster needed
 //!   (`cli/plugin.rs`);
 //! - `spawner token mint`: mint a capability token, e.g. to try an auth
-//!   plugin (`cli/token.rs`).
+//!   plugin (`cli/token.rs`);
+//! - `spawner crd`: the `SessionLivedBackend` CustomResourceDefinition.
 
 mod plugin;
 mod token;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Capability tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Print the SessionLivedBackend CustomResourceDefinition (YAML), e.g.
+    /// `spawner crd | kubectl apply -f -`.
+    Crd,
 }
 
 /// Runs a parsed command line.
@@ -48,6 +52,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Crd => {
+            print!("{}", crate::k8s::crd::crd_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`plugins`]: the wasmtime host for the scheduler, auth and idle
 //!   plugins, with fallbacks when a plugin fails; [`watch`] hot-reloads them;
 //! - [`token`]: capability tokens (mint and verify);
+//! - [`k8s`]: Kubernetes mode: the `SessionLivedBackend` resource;
 //! - [`config`], [`server`], [`dev`]: configuration, the listener, and the
 //!   `spawner dev` composition; [`metrics`]: Prometheus; [`cli`]: commands.
 //!
@@ -34,6 +35,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod k8s;
 pub mod lifecycle;
 pub mod local;
 pub mod metrics;

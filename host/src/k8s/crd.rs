@@ -1,0 +1,374 @@
+//! The `SessionLivedBackend` custom resource (`spawner.dev/v1`, short name
+//! `slab`): what a backend is on Kubernetes.
+//!
+//! The spec keeps the original Spawner's fields and shapes (`template` with
+//! `containers`, `imagePullSecrets` and `volumes`; `gracePeriodSeconds`;
+//! `httpPort`), so a manifest written for the original applies unchanged,
+//! and adds what users asked for since: `key`, `owner`,
+//! `lifetimeLimitSeconds`, and `service`. The object's own labels are the
+//! labels plugins see, as they are in local mode.
+//!
+//! The status carries everything the shared [`lifecycle`](crate::lifecycle)
+//! records (so a reconcile can rebuild the lifecycle's view from the object
+//! alone, after a crash at any line), plus what Kubernetes users read:
+//! `nodeName`, `podIP`, `url` and a `Ready` condition.
+//!
+//! `deploy/crd/sessionlivedbackend.yaml` is generated from these types by
+//! `spawner crd`; a test fails when the two differ.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, Volume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt as _};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::backends::MAX_KEY_LEN;
+use crate::lifecycle::{Phase, Reason, Status};
+
+/// The API group.
+pub const GROUP: &str = "spawner.dev";
+/// The port the application listens on when the spec does not say
+/// (the original Spawner's default).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// The condition type that mirrors the `ready` phase.
+pub const READY_CONDITION: &str = "Ready";
+
+/// What a session-lived backend runs, and how long it may live.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spawner.dev",
+    version = "v1",
+    kind = "SessionLivedBackend",
+    shortname = "slab",
+    namespaced,
+    status = "SessionLivedBackendStatus",
+    derive = "PartialEq",
+    doc = "A session-lived backend: a Pod dedicated to one user or document, reached through Spawner's proxy and terminated when it falls idle.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the backend is in its life"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why it ended or is ending"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName", description = "The node it runs on"),
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner", description = "The user it is for"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".spec.key", description = "Its get-or-create key", priority = "1"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "What the browser opens", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionLivedBackendSpec {
+    /// What the backend's Pod runs. The first container is the application.
+    pub template: BackendPodTemplate,
+
+    /// Seconds the backend may stay without connections before it is
+    /// terminated (the idle plugin decides; the default plugin uses this).
+    /// Default: the operator's configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u32>,
+
+    /// The application container's HTTP port. Default: 8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub http_port: Option<u16>,
+
+    /// Get-or-create key (a document id, a room): at most one live backend
+    /// per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_KEY_LEN))]
+    pub key: Option<String>,
+
+    /// The user the backend is for (plugins see it, e.g. for quotas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+
+    /// Seconds after which the backend is terminated however busy it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub lifetime_limit_seconds: Option<u64>,
+
+    /// Also create a Service for the Pod (the proxy itself routes to the Pod
+    /// IP and needs none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<bool>,
+}
+
+/// The part of a Pod spec a backend sets: the original Spawner's template.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendPodTemplate {
+    /// Containers to run; the first is the application.
+    #[schemars(length(min = 1))]
+    pub containers: Vec<Container>,
+
+    /// Secrets for pulling the images from private registries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// Volumes the containers mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Volume>>,
+}
+
+impl BackendPodTemplate {
+    /// The Pod spec these fields describe, and nothing else: a backend Pod
+    /// gets no Kubernetes credentials.
+    pub fn pod_spec(&self) -> PodSpec {
+        PodSpec {
+            containers: self.containers.clone(),
+            image_pull_secrets: self.image_pull_secrets.clone(),
+            volumes: self.volumes.clone(),
+            automount_service_account_token: Some(false),
+            ..PodSpec::default()
+        }
+    }
+}
+
+impl SessionLivedBackendSpec {
+    /// The application's port (`httpPort`, default 8080).
+    pub fn http_port(&self) -> u16 {
+        self.http_port.unwrap_or(DEFAULT_HTTP_PORT)
+    }
+}
+
+impl SessionLivedBackend {
+    /// The labels plugins see: the object's own labels.
+    pub fn plugin_labels(&self) -> BTreeMap<String, String> {
+        self.metadata.labels.clone().unwrap_or_default()
+    }
+}
+
+/// What Spawner observed and decided; written by the operator only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionLivedBackendStatus {
+    /// Where the backend is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Why it is terminating, terminated or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Detail for the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The application container's exit code, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The node the Pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The Pod's IP; the proxy connects to it.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    /// The URL the browser opens (through Spawner's proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// When Spawner accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// When the scheduler plugin admitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<Timestamp>,
+    /// When its Pod was created (the startup timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Timestamp>,
+    /// When it reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Standard conditions; `Ready` mirrors the `ready` phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl SessionLivedBackendStatus {
+    /// The lifecycle's view of this status; `None` before the operator has
+    /// written one (a new object: the lifecycle starts it as pending).
+    pub fn lifecycle(&self) -> Option<Status> {
+        Some(Status {
+            phase: self.phase?,
+            reason: self.reason,
+            message: self.message.clone(),
+            exit_code: self.exit_code,
+            node: self.node_name.clone(),
+            created_at: self.created_at?,
+            scheduled_at: self.scheduled_at,
+            started_at: self.started_at,
+            ready_at: self.ready_at,
+            finished_at: self.finished_at,
+        })
+    }
+
+    /// Records the lifecycle's status, keeping what Kubernetes adds (Pod IP,
+    /// URL), and updates the `Ready` condition; its transition time moves
+    /// only when readiness changes, as Kubernetes conditions require.
+    pub fn record(&mut self, status: &Status, generation: Option<i64>, now: Timestamp) {
+        self.phase = Some(status.phase);
+        self.reason = status.reason;
+        self.message = status.message.clone();
+        self.exit_code = status.exit_code;
+        self.node_name = status.node.clone();
+        self.created_at = Some(status.created_at);
+        self.scheduled_at = status.scheduled_at;
+        self.started_at = status.started_at;
+        self.ready_at = status.ready_at;
+        self.finished_at = status.finished_at;
+
+        let ready = status.phase == Phase::Ready;
+        let condition = Condition {
+            type_: READY_CONDITION.into(),
+            status: if ready { "True" } else { "False" }.into(),
+            reason: condition_reason(status),
+            message: status.message.clone().unwrap_or_default(),
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        };
+        match self.conditions.iter_mut().find(|c| c.type_ == READY_CONDITION) {
+            Some(c) => {
+                let transition = if c.status == condition.status { c.last_transition_time.clone() } else { Time(now) };
+                *c = Condition { last_transition_time: transition, ..condition };
+            }
+            None => self.conditions.push(condition),
+        }
+    }
+}
+
+/// A condition reason: CamelCase, as the API requires
+/// (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`).
+fn condition_reason(status: &Status) -> String {
+    let word = status.reason.map_or(status.phase.as_str(), Reason::as_str);
+    word.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect()
+}
+
+/// The CustomResourceDefinition, as YAML, with a header saying where it
+/// comes from: what `spawner crd` prints and deploy/crd/ holds.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let body = serde_saphyr::to_string(&SessionLivedBackend::crd())?;
+    Ok(format!(
+        "# Generated from host/src/k8s/crd.rs by `spawner crd`; do not edit.\n\
+         # Regenerate: cargo run -p spawner -- crd > deploy/crd/sessionlivedbackend.yaml\n\
+         {body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Phase;
+
+    /// The original Spawner's manifest shape (only its three fields).
+    const ORIGINAL: &str = r#"{
+        "apiVersion": "spawner.dev/v1",
+        "kind": "SessionLivedBackend",
+        "metadata": {"name": "notes"},
+        "spec": {
+            "template": {"containers": [{"name": "app", "image": "ghcr.io/example/notes:1"}],
+                         "imagePullSecrets": [{"name": "registry"}]},
+            "gracePeriodSeconds": 300,
+            "httpPort": 3000
+        }
+    }"#;
+
+    #[test]
+    fn an_original_manifest_reads_and_writes_back_unchanged() {
+        let slab: SessionLivedBackend = serde_json::from_str(ORIGINAL).unwrap();
+        assert_eq!(slab.spec.http_port(), 3000);
+        assert_eq!(slab.spec.grace_period_seconds, Some(300));
+        assert_eq!(slab.spec.template.containers[0].image.as_deref(), Some("ghcr.io/example/notes:1"));
+        let back = serde_json::to_value(&slab).unwrap();
+        let mut original: serde_json::Value = serde_json::from_str(ORIGINAL).unwrap();
+        original["metadata"] = back["metadata"].clone();
+        assert_eq!(back, original, "no field added, renamed or lost");
+    }
+
+    #[test]
+    fn http_port_defaults_to_8080_and_pods_get_no_credentials() {
+        let spec = SessionLivedBackendSpec::default();
+        assert_eq!(spec.http_port(), DEFAULT_HTTP_PORT);
+        assert_eq!(spec.template.pod_spec().automount_service_account_token, Some(false));
+    }
+
+    fn at(s: u64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s as i64).unwrap()
+    }
+
+    #[test]
+    fn lifecycle_status_round_trips_through_the_object_status() {
+        let mut status = Status::new(at(0));
+        status.phase = Phase::Terminated;
+        status.reason = Some(Reason::Exited);
+        status.exit_code = Some(3);
+        status.message = Some("exited with code 3".into());
+        status.node = Some("node-a".into());
+        status.scheduled_at = Some(at(1));
+        status.started_at = Some(at(2));
+        status.ready_at = Some(at(3));
+        status.finished_at = Some(at(9));
+        let mut object = SessionLivedBackendStatus { pod_ip: Some("10.0.0.7".into()), ..Default::default() };
+        object.record(&status, Some(1), at(9));
+        assert_eq!(object.lifecycle(), Some(status));
+        assert_eq!(object.pod_ip.as_deref(), Some("10.0.0.7"), "Kubernetes-only fields are kept");
+        let json = serde_json::to_value(&object).unwrap();
+        assert_eq!(json["phase"], "terminated");
+        assert_eq!(json["reason"], "exited");
+        assert_eq!(json["nodeName"], "node-a");
+        assert_eq!(json["podIP"], "10.0.0.7");
+        assert_eq!(SessionLivedBackendStatus::default().lifecycle(), None, "no status yet: the lifecycle starts it");
+    }
+
+    #[test]
+    fn the_ready_condition_moves_its_transition_time_only_when_readiness_changes() {
+        let mut status = Status::new(at(0));
+        let mut object = SessionLivedBackendStatus::default();
+        object.record(&status, None, at(0));
+        assert_eq!(object.conditions.len(), 1);
+        assert_eq!((object.conditions[0].status.as_str(), object.conditions[0].reason.as_str()), ("False", "Pending"));
+
+        status.phase = Phase::Starting;
+        object.record(&status, None, at(5));
+        assert_eq!(object.conditions[0].last_transition_time, Time(at(0)), "still not ready: same transition");
+        assert_eq!(object.conditions[0].reason, "Starting");
+
+        status.phase = Phase::Ready;
+        object.record(&status, Some(2), at(7));
+        let c = &object.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str(), c.observed_generation), ("True", "Ready", Some(2)));
+        assert_eq!(c.last_transition_time, Time(at(7)));
+
+        status.phase = Phase::Failed;
+        status.reason = Some(Reason::StartupTimeout);
+        object.record(&status, Some(2), at(8));
+        assert_eq!((object.conditions[0].status.as_str(), object.conditions[0].reason.as_str()), ("False", "StartupTimeout"));
+        assert_eq!(object.conditions.len(), 1);
+    }
+
+    #[test]
+    fn the_crd_in_deploy_is_generated_from_these_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd/sessionlivedbackend.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crd_yaml().unwrap(),
+            "deploy/crd/sessionlivedbackend.yaml differs from the Rust types; regenerate it:\n  \
+             cargo run -p spawner -- crd > deploy/crd/sessionlivedbackend.yaml"
+        );
+    }
+
+    #[test]
+    fn the_crd_names_printer_columns_and_validation() {
+        let crd = SessionLivedBackend::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["slab".to_string()][..]));
+        let version = &crd.spec.versions[0];
+        let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Phase", "Reason", "Node", "Owner", "Key", "URL", "Age"]);
+        assert!(version.subresources.as_ref().unwrap().status.is_some(), "status is a subresource");
+        let schema = serde_json::to_value(&version.schema).unwrap();
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["template"]));
+        assert_eq!(spec["properties"]["httpPort"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(spec["properties"]["template"]["properties"]["containers"]["minItems"].as_u64(), Some(1));
+        let phases = &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]["enum"];
+        assert_eq!(phases.as_array().unwrap().len(), Phase::ALL.len());
+    }
+}
