@@ -4,3 +4,4 @@
 //! plugins, proxy and sweeper as local mode, builds on these types.
 
 pub mod crd;
+pub mod pod;

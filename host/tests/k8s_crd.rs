@@ -101,13 +101,16 @@ async fn kubectl_get_slab_shows_the_status_columns() {
     let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(columns, ["Name", "Phase", "Reason", "Node", "Owner", "Key", "URL", "Age"]);
     let cells = table["rows"][0]["cells"].as_array().unwrap();
-    assert_eq!(cells[..7], [
-        serde_json::json!("notes-doc-42"),
-        serde_json::json!("ready"),
-        serde_json::Value::Null,
-        serde_json::json!("node-a"),
-        serde_json::json!("alice"),
-        serde_json::json!("doc-42"),
-        serde_json::json!("https://spawner.example/p/notes-doc-42/"),
-    ]);
+    assert_eq!(
+        cells[..7],
+        [
+            serde_json::json!("notes-doc-42"),
+            serde_json::json!("ready"),
+            serde_json::Value::Null,
+            serde_json::json!("node-a"),
+            serde_json::json!("alice"),
+            serde_json::json!("doc-42"),
+            serde_json::json!("https://spawner.example/p/notes-doc-42/"),
+        ]
+    );
 }

@@ -1,0 +1,260 @@
+//! A backend's Pod: built from its `SessionLivedBackend`, and read back as
+//! the lifecycle's [`Workload`]. Pure functions, unit tested below; the
+//! controller does the I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource as _;
+use kube::api::ObjectMeta;
+
+use super::crd::SessionLivedBackend;
+use crate::lifecycle::{Phase, Status, Workload};
+use crate::plugins::types::{Label, Resources};
+
+/// The label every backend Pod carries: the backend's name. The controller
+/// watches Pods with this label only.
+pub const BACKEND_LABEL: &str = "spawner.dev/backend";
+
+/// The Pod for `slab`: named after it, owned by it (so Kubernetes deletes it
+/// with the object), on `node` when the scheduler plugin chose one, else
+/// wherever kube-scheduler finds a node carrying `selector`.
+///
+/// The application (first) container gets `PORT`, `SPAWNER_BACKEND_NAME`
+/// and `SPAWNER_BACKEND_KEY` as in local mode, and a TCP readiness probe on
+/// the port when it brings none, so the Pod's Ready condition means what
+/// local mode's "accepts connections" means. The Pod gets no Kubernetes
+/// credentials, no service links, and is never restarted: a backend that
+/// exits has ended (reason `exited`, with its code).
+pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label]) -> Pod {
+    let name = slab.metadata.name.clone().unwrap_or_default();
+    let port = slab.spec.http_port();
+    let mut labels = slab.plugin_labels();
+    labels.insert(BACKEND_LABEL.into(), name.clone());
+    let mut spec = slab.spec.template.pod_spec();
+    spec.restart_policy = Some("Never".into());
+    spec.enable_service_links = Some(false);
+    spec.node_name = node.map(str::to_string);
+    if !selector.is_empty() {
+        let merged = spec.node_selector.get_or_insert_with(BTreeMap::new);
+        merged.extend(selector.iter().map(|l| (l.key.clone(), l.value.clone())));
+    }
+    if let Some(app) = spec.containers.first_mut() {
+        let env = app.env.get_or_insert_with(Vec::new);
+        env.retain(|e| !matches!(e.name.as_str(), "PORT" | "SPAWNER_BACKEND_NAME" | "SPAWNER_BACKEND_KEY"));
+        env.push(EnvVar { name: "PORT".into(), value: Some(port.to_string()), ..EnvVar::default() });
+        env.push(EnvVar { name: "SPAWNER_BACKEND_NAME".into(), value: Some(name.clone()), ..EnvVar::default() });
+        if let Some(key) = &slab.spec.key {
+            env.push(EnvVar { name: "SPAWNER_BACKEND_KEY".into(), value: Some(key.clone()), ..EnvVar::default() });
+        }
+        app.readiness_probe.get_or_insert_with(|| Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.into()), host: None }),
+            period_seconds: Some(1),
+            ..Probe::default()
+        });
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: slab.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: slab.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// What the lifecycle sees of a backend's Pod. `None`: there is no Pod,
+/// which means "not created yet" until one was started, and "lost" after.
+pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
+    let Some(pod) = pod else {
+        return if status.started_at.is_some() && status.phase >= Phase::Starting { Workload::Vanished } else { Workload::Absent };
+    };
+    let Some(pod_status) = &pod.status else { return Workload::Starting };
+    match pod_status.phase.as_deref() {
+        Some("Succeeded") | Some("Failed") => Workload::Exited(app_exit_code(pod)),
+        Some("Running") if ready(pod) => Workload::Ready,
+        _ => Workload::Starting,
+    }
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The exit code of the application (first) container, once it ended.
+fn app_exit_code(pod: &Pod) -> Option<i32> {
+    let app = pod.spec.as_ref()?.containers.first()?.name.clone();
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find(|s| s.name == app)?.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code)
+}
+
+/// The CPU and memory the application asks for (requests, else limits),
+/// as the scheduler plugin sees them; zero where unset or unreadable.
+pub fn requests(slab: &SessionLivedBackend) -> Resources {
+    let Some(res) = slab.spec.template.containers.first().and_then(|c| c.resources.as_ref()) else {
+        return Resources { cpu_millis: 0, memory_bytes: 0 };
+    };
+    let pick = |key: &str| res.requests.as_ref().and_then(|r| r.get(key)).or_else(|| res.limits.as_ref().and_then(|l| l.get(key)));
+    Resources { cpu_millis: pick("cpu").and_then(cpu_millis).unwrap_or(0), memory_bytes: pick("memory").and_then(bytes).unwrap_or(0) }
+}
+
+/// A Node's allocatable capacity.
+pub fn capacity(allocatable: Option<&BTreeMap<String, Quantity>>) -> Resources {
+    Resources {
+        cpu_millis: allocatable.and_then(|a| a.get("cpu")).and_then(cpu_millis).unwrap_or(0),
+        memory_bytes: allocatable.and_then(|a| a.get("memory")).and_then(bytes).unwrap_or(0),
+    }
+}
+
+/// `500m` → 500, `2` → 2000, `1.5` → 1500.
+fn cpu_millis(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    match s.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => s.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| (v * 1000.0).round() as u64),
+    }
+}
+
+/// Kubernetes memory quantities: plain bytes, decimal (`k`, `M`, `G`, `T`)
+/// and binary (`Ki`, `Mi`, `Gi`, `Ti`) suffixes.
+fn bytes(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    const SUFFIXES: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in SUFFIXES {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| (v * factor as f64).round() as u64);
+        }
+    }
+    s.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| v.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodStatus};
+
+    use super::*;
+
+    fn slab() -> SessionLivedBackend {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+            "metadata": {"name": "notes-1", "namespace": "ns", "uid": "u-1", "labels": {"team": "docs"}},
+            "spec": {
+                "template": {"containers": [
+                    {"name": "app", "image": "example/app:1", "env": [{"name": "PORT", "value": "1"}, {"name": "MODE", "value": "x"}],
+                     "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}}},
+                    {"name": "sidecar", "image": "example/side:1"}
+                ]},
+                "httpPort": 3000, "key": "doc-1"
+            }
+        }))
+        .unwrap()
+    }
+
+    fn env(pod: &Pod) -> Vec<(String, String)> {
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        app.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn the_pod_is_owned_labelled_placed_and_told_its_port() {
+        let pod = pod_for(&slab(), Some("node-a"), &[]);
+        assert_eq!(pod.metadata.name.as_deref(), Some("notes-1"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!((labels[BACKEND_LABEL].as_str(), labels["team"].as_str()), ("notes-1", "docs"));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("SessionLivedBackend", "u-1", Some(true)));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-a"));
+        assert_eq!(spec.automount_service_account_token, Some(false), "backend pods get no cluster credentials");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            env(&pod),
+            [("MODE", "x"), ("PORT", "3000"), ("SPAWNER_BACKEND_NAME", "notes-1"), ("SPAWNER_BACKEND_KEY", "doc-1")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let probe = spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3000));
+        assert!(spec.containers[1].readiness_probe.is_none() && spec.containers[1].env.is_none(), "only the application is changed");
+    }
+
+    #[test]
+    fn anywhere_leaves_the_node_to_kube_scheduler_with_the_selector() {
+        let pod = pod_for(&slab(), None, &[Label { key: "zone".into(), value: "b".into() }]);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name, None);
+        assert_eq!(spec.node_selector.unwrap()["zone"], "b");
+    }
+
+    fn pod_in(phase: &str, ready: bool, exit: Option<i32>) -> Pod {
+        let mut pod = pod_for(&slab(), None, &[]);
+        pod.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            container_statuses: exit.map(|code| {
+                vec![ContainerStatus {
+                    name: "app".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn pods_read_as_workloads() {
+        let mut status = Status::new(Timestamp::UNIX_EPOCH);
+        status.phase = Phase::Scheduled;
+        assert_eq!(workload(None, &status), Workload::Absent, "not created yet");
+        assert_eq!(workload(Some(&pod_for(&slab(), None, &[])), &status), Workload::Starting, "no status yet");
+        assert_eq!(workload(Some(&pod_in("Pending", false, None)), &status), Workload::Starting);
+        assert_eq!(workload(Some(&pod_in("Running", false, None)), &status), Workload::Starting, "running, not ready");
+        assert_eq!(workload(Some(&pod_in("Running", true, None)), &status), Workload::Ready);
+        assert_eq!(workload(Some(&pod_in("Failed", false, Some(3))), &status), Workload::Exited(Some(3)));
+        assert_eq!(workload(Some(&pod_in("Succeeded", false, Some(0))), &status), Workload::Exited(Some(0)));
+        assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Exited(None), "evicted: no code");
+        status.phase = Phase::Ready;
+        status.started_at = Some(Timestamp::UNIX_EPOCH);
+        assert_eq!(workload(None, &status), Workload::Vanished, "was started, now gone");
+    }
+
+    #[test]
+    fn quantities_read_as_the_scheduler_sees_them() {
+        assert_eq!(requests(&slab()), Resources { cpu_millis: 250, memory_bytes: 128 << 20 });
+        let q = |s: &str| Quantity(s.into());
+        assert_eq!(
+            [cpu_millis(&q("2")), cpu_millis(&q("1.5")), cpu_millis(&q("100m")), cpu_millis(&q("x"))],
+            [Some(2000), Some(1500), Some(100), None]
+        );
+        assert_eq!(
+            [bytes(&q("1Gi")), bytes(&q("2G")), bytes(&q("512")), bytes(&q("1.5Ki")), bytes(&q("-1"))],
+            [Some(1 << 30), Some(2_000_000_000), Some(512), Some(1536), None]
+        );
+        let allocatable = BTreeMap::from([("cpu".to_string(), q("4")), ("memory".to_string(), q("16Gi"))]);
+        assert_eq!(capacity(Some(&allocatable)), Resources { cpu_millis: 4000, memory_bytes: 16 << 30 });
+    }
+}
