@@ -4,8 +4,10 @@
 //!   (`cli/plugin.rs`);
 //! - `spawner token mint`: mint a capability token, e.g. to try an auth
 //!   plugin (`cli/token.rs`);
+//! - `spawner operator`: the Kubernetes controller (`cli/operator.rs`);
 //! - `spawner crd`: the `SessionLivedBackend` CustomResourceDefinition.
 
+mod operator;
 mod plugin;
 mod token;
 
@@ -37,6 +39,9 @@ pub enum Command {
     /// Capability tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run the Kubernetes controller: reconcile SessionLivedBackend objects
+    /// into Pods.
+    Operator(operator::OperatorArgs),
     /// Print the SessionLivedBackend CustomResourceDefinition (YAML), e.g.
     /// `spawner crd | kubectl apply -f -`.
     Crd,
@@ -52,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Operator(args) => operator::run(args),
         Command::Crd => {
             print!("{}", crate::k8s::crd::crd_yaml()?);
             Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
-//! Kubernetes mode: the `SessionLivedBackend` resource ([`crd`]).
-//!
-//! The operator that reconciles it into Pods, using the same lifecycle,
-//! plugins, proxy and sweeper as local mode, builds on these types.
+//! Kubernetes mode: the `SessionLivedBackend` resource ([`crd`]), its Pods
+//! ([`pod`]) and the controller that reconciles one into the other
+//! ([`controller`]) with the lifecycle and plugins local mode uses.
 
+pub mod controller;
 pub mod crd;
 pub mod pod;

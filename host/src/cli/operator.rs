@@ -1,0 +1,54 @@
+//! `spawner operator`: the Kubernetes controller for `SessionLivedBackend`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::k8s::controller::{self, Context, OperatorConfig};
+use crate::metrics::Metrics;
+use crate::plugins::{Plugins, Runtime, RuntimeConfig};
+
+/// Reconcile SessionLivedBackend objects into Pods.
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// Watch one namespace (default: all).
+    #[arg(long, env = "SPAWNER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Public base URL of Spawner's proxy, for `status.url`.
+    #[arg(long, env = "SPAWNER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds a Pod may take to become Ready before the backend fails.
+    #[arg(long, env = "SPAWNER_STARTUP_TIMEOUT", default_value_t = 60)]
+    pub startup_timeout_seconds: u64,
+    /// Termination grace period, in seconds, given to a Pod Spawner stops.
+    #[arg(long, env = "SPAWNER_STOP_TIMEOUT", default_value_t = 10)]
+    pub stop_timeout_seconds: u64,
+}
+
+/// Connects with the kubeconfig (or the in-cluster service account) and
+/// runs the controller with the embedded default plugins until SIGINT or
+/// SIGTERM.
+pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    let config = OperatorConfig {
+        namespace: args.namespace,
+        public_url: args.public_url,
+        startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
+        stop_timeout: Duration::from_secs(args.stop_timeout_seconds),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
+        let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).context("loading plugins")?);
+        tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = controller::run(Context::new(client, plugins, config)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,299 @@
+//! The controller: reconciles each `SessionLivedBackend` into a Pod with
+//! the same [`lifecycle::step`] local mode uses.
+//!
+//! A reconcile reads the object's recorded status (the lifecycle's view is
+//! rebuilt from it alone, so a crash at any line is repaired by the next
+//! reconcile), observes the Pod, steps the lifecycle until it waits, executes
+//! each action (ask the scheduler plugin, create the Pod, delete the Pod),
+//! and writes the status once, only when it changed. Pod events wake the
+//! owning object's reconcile; a starting backend is also requeued for its
+//! startup deadline.
+//!
+//! Deleting the object is the `requested` termination: a finalizer keeps it
+//! until its Pod is gone, with the status saying `terminating` meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::finalizer::{self, Event, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt as _};
+
+use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, workload};
+use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
+use crate::plugins::Plugins;
+use crate::plugins::types::{Backend, Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
+
+/// The finalizer that holds a deleted object until its Pod is gone.
+pub const FINALIZER: &str = "spawner.dev/stop-backend";
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Watch one namespace, or all when `None`.
+    pub namespace: Option<String>,
+    /// Base of the URLs written to `status.url` (`{base}/p/{name}/`).
+    pub public_url: Option<String>,
+    /// How long a Pod may take to become Ready.
+    pub startup_timeout: Duration,
+    /// The Pod's termination grace period when Spawner stops it.
+    pub stop_timeout: Duration,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            namespace: None,
+            public_url: None,
+            startup_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a reconcile can fail with; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A deleted backend's Pod is still stopping (not a failure: retried).
+    #[error("waiting for Pod {0} to stop")]
+    Stopping(String),
+    /// A Pod with the backend's name exists and belongs to something else.
+    #[error("a Pod named {0} exists and is not this backend's; retrying")]
+    PodNameTaken(String),
+    /// The scheduler plugin's task panicked (the plugin host itself never does).
+    #[error("scheduler task: {0}")]
+    Scheduler(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    plugins: Arc<Plugins>,
+    config: OperatorConfig,
+}
+
+impl Context {
+    /// A context for [`run`].
+    pub fn new(client: Client, plugins: Arc<Plugins>, config: OperatorConfig) -> Arc<Self> {
+        Arc::new(Context { client, plugins, config })
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts { startup: self.config.startup_timeout }
+    }
+}
+
+/// Runs the controller until the stream ends (the process is stopped).
+pub async fn run(ctx: Arc<Context>) {
+    let (slabs, pods) = match &ctx.config.namespace {
+        Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    Controller::new(slabs, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(BACKEND_LABEL))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    match error {
+        Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
+        Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::Stopping(_))) => {
+            Requeue::requeue(Duration::from_secs(1))
+        }
+        _ => {
+            tracing::warn!(backend = %slab.name_any(), namespace = ?slab.namespace(), error = %error, "reconcile failed; retrying");
+            Requeue::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = slab.namespace().unwrap_or_default();
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, slab, |event| async {
+        match event {
+            Event::Apply(slab) => apply(&slab, &ctx, None).await,
+            Event::Cleanup(slab) => {
+                let request = TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
+                let requeue = apply(&slab, &ctx, Some(request)).await?;
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                match pods.get_opt(&slab.name_any()).await? {
+                    Some(pod) if owned_by(&pod, &slab) => Err(Error::Stopping(slab.name_any())),
+                    _ => Ok(requeue),
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Steps the lifecycle for `slab` until it waits, executing each action,
+/// then records the status.
+async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<TerminationRequest>) -> Result<Requeue, Error> {
+    let name = slab.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+    let now = Timestamp::now();
+    let created = slab.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let mut status = slab.status.as_ref().and_then(SessionLivedBackendStatus::lifecycle).unwrap_or_else(|| Status::new(created));
+    let mut pod = pods.get_opt(&name).await?.filter(|p| owned_by(p, slab));
+    let mut admission = None;
+    let mut selector = Vec::new();
+    let mut create_error = None;
+    // Each action moves the lifecycle forward; four steps cover the
+    // longest path (schedule, create, observe) with room to spare.
+    for _ in 0..4 {
+        let observed = Observed {
+            admission: admission.clone(),
+            workload: workload(pod.as_ref(), &status),
+            termination: termination.clone(),
+            create_error: create_error.clone(),
+            now,
+        };
+        let (next, action) = lifecycle::step(&status, &observed, &ctx.timeouts());
+        status = next;
+        match action {
+            Action::Schedule => {
+                let (a, s) = schedule(ctx, slab).await?;
+                admission = Some(a);
+                selector = s;
+            }
+            Action::Create { node } => match pods.create(&PostParams::default(), &pod_for(slab, node.as_deref(), &selector)).await {
+                Ok(p) => pod = Some(p),
+                Err(kube::Error::Api(e)) if e.code == 409 => match pods.get_opt(&name).await? {
+                    Some(p) if owned_by(&p, slab) => pod = Some(p),
+                    _ => return Err(Error::PodNameTaken(name)),
+                },
+                // The API server refused the Pod itself (an invalid container,
+                // a quota): the backend fails with the server's reason.
+                Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => create_error = Some(e.message),
+                Err(e) => return Err(e.into()),
+            },
+            Action::Stop => {
+                let grace = ctx.config.stop_timeout.as_secs().min(u32::MAX.into()) as u32;
+                match pods.delete(&name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                break;
+            }
+            Action::Wait => break,
+        }
+    }
+    record(slab, ctx, &status, pod.as_ref(), now).await?;
+    Ok(match (status.phase, status.started_at) {
+        (Phase::Starting, Some(started)) => {
+            let waited = now.duration_since(started).unsigned_abs();
+            Requeue::requeue(ctx.config.startup_timeout.saturating_sub(waited) + Duration::from_secs(1))
+        }
+        _ => Requeue::await_change(),
+    })
+}
+
+/// Writes the status when it differs from what the object says.
+async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod: Option<&Pod>, now: Timestamp) -> Result<(), Error> {
+    let mut next = slab.status.clone().unwrap_or_default();
+    next.record(status, slab.metadata.generation, now);
+    if let Some(pod) = pod {
+        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            next.pod_ip = Some(ip);
+        }
+        if next.node_name.is_none() {
+            next.node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        }
+    }
+    if let Some(base) = &ctx.config.public_url {
+        next.url = Some(format!("{}/p/{}/", base.trim_end_matches('/'), slab.name_any()));
+    }
+    if slab.status.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": next });
+    api.patch_status(&slab.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
+        tracing::info!(backend = %slab.name_any(), namespace = ?slab.namespace(), phase = status.phase.as_str(),
+            reason = status.reason.map(Reason::as_str), "backend changed phase");
+    }
+    Ok(())
+}
+
+/// Asks the scheduler plugin, with the cluster's schedulable Nodes as
+/// candidates and every live backend as what is already placed. Returns
+/// the admission and, for "anywhere", the node selector to give the Pod.
+async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
+    let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?;
+    let slabs = Api::<SessionLivedBackend>::all(ctx.client.clone()).list(&ListParams::default()).await?;
+    let placed: Vec<PlacedBackend> = slabs
+        .items
+        .iter()
+        .filter(|s| s.uid() != slab.uid())
+        .filter(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| !p.is_terminal() && p != Phase::Pending))
+        .map(|s| PlacedBackend {
+            name: s.name_any(),
+            owner: s.spec.owner.clone(),
+            labels: labels(s),
+            node: s.status.as_ref().and_then(|st| st.node_name.clone()),
+            requests: requests(s),
+        })
+        .collect();
+    let candidates: Vec<CandidateNode> = nodes
+        .items
+        .iter()
+        .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
+        .map(|n| CandidateNode {
+            name: n.name_any(),
+            labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
+            capacity: capacity(n.status.as_ref().and_then(|s| s.allocatable.as_ref())),
+            backends: placed.iter().filter(|b| b.node.as_deref() == Some(n.name_any().as_str())).cloned().collect(),
+        })
+        .collect();
+    let owner_backends = match &slab.spec.owner {
+        Some(o) => placed.iter().filter(|b| b.owner.as_ref() == Some(o)).cloned().collect(),
+        None => Vec::new(),
+    };
+    let request = PlacementRequest {
+        backend: Backend { name: slab.name_any(), key: slab.spec.key.clone(), owner: slab.spec.owner.clone(), labels: labels(slab) },
+        requests: requests(slab),
+        node_selector: Vec::new(),
+        nodes: candidates,
+        owner_backends,
+        now: crate::token::now_unix(),
+    };
+    let plugins = ctx.plugins.clone();
+    let placement =
+        tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))?;
+    Ok(match placement {
+        Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
+        Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
+        Placement::Reject(message) => (Admission::Rejected { message }, Vec::new()),
+    })
+}
+
+fn labels(slab: &SessionLivedBackend) -> Vec<Label> {
+    slab.plugin_labels().into_iter().map(|(key, value)| Label { key, value }).collect()
+}
+
+fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
+    let uid = slab.uid();
+    pod.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
