@@ -1,0 +1,154 @@
+//! The operator against a real kube-apiserver, kube-scheduler and kwok
+//! (deploy/testenv): a SessionLivedBackend becomes an owned Pod placed by
+//! the scheduler plugin, its status follows the Pod to ready, a crash is
+//! recorded with its exit code, the scheduler plugin's rejection fails it,
+//! and deleting it stops the Pod before the object goes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
+use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::lifecycle::{Phase, Reason};
+use spawner::metrics::Metrics;
+use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
+use spawner_testenv::shared;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A namespace with the CRD installed and an operator watching it, using
+/// the default plugins (the scheduler with `scheduler_settings`).
+async fn operator(prefix: &str, scheduler_settings: &str) -> (kube::Client, String) {
+    let plane = shared().await;
+    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    let ns = plane.namespace(prefix).await.unwrap();
+    let client = plane.client().await.unwrap();
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let sources = vec![(PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, scheduler_settings))];
+    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), sources).unwrap());
+    let config = OperatorConfig {
+        namespace: Some(ns.clone()),
+        public_url: Some("https://spawner.example".into()),
+        stop_timeout: Duration::ZERO,
+        ..OperatorConfig::default()
+    };
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, config)));
+    (client, ns)
+}
+
+fn slab(name: &str, owner: &str) -> SessionLivedBackend {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+        "metadata": {"name": name, "labels": {"team": "docs"}},
+        "spec": {
+            "template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]},
+            "httpPort": 3000, "owner": owner, "key": format!("doc-{name}")
+        }
+    }))
+    .unwrap()
+}
+
+/// Waits until the object's status satisfies `f`, and returns it.
+async fn until(
+    api: &Api<SessionLivedBackend>,
+    name: &str,
+    what: &str,
+    f: impl Fn(&SessionLivedBackendStatus) -> bool,
+) -> SessionLivedBackend {
+    let cond = move |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(&f);
+    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(o))) => o,
+        other => panic!("{name} never became {what}: {other:?}; now: {:?}", api.get_opt(name).await.unwrap().and_then(|o| o.status)),
+    }
+}
+
+fn phase(p: Phase) -> impl Fn(&SessionLivedBackendStatus) -> bool {
+    move |s| s.phase == Some(p)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
+    let (client, ns) = operator("op-ready", "").await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    slabs.create(&PostParams::default(), &slab("notes", "alice")).await.unwrap();
+
+    let ready = until(&slabs, "notes", "ready", phase(Phase::Ready)).await;
+    let status = ready.status.as_ref().unwrap();
+    assert!(ready.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER));
+    let pod = pods.get("notes").await.unwrap();
+    let spec = pod.spec.as_ref().unwrap();
+    let node = spec.node_name.clone().unwrap();
+    assert!(node == "node-a" || node == "node-b", "placed by the scheduler plugin on a candidate: {node}");
+    assert_eq!(status.node_name.as_deref(), Some(node.as_str()));
+    assert_eq!(status.pod_ip, pod.status.as_ref().unwrap().pod_ip, "the proxy's address for it");
+    assert!(status.pod_ip.is_some());
+    assert_eq!(status.url.as_deref(), Some("https://spawner.example/p/notes/"));
+    assert!(status.created_at.is_some() && status.scheduled_at.is_some() && status.started_at.is_some() && status.ready_at.is_some());
+    let ready_condition = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("True", "Ready"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let env: Vec<(String, Option<String>)> = spec.containers[0].env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+    assert!(env.contains(&("PORT".into(), Some("3000".into()))) && env.contains(&("SPAWNER_BACKEND_KEY".into(), Some("doc-notes".into()))));
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(Some(&owner.uid), ready.metadata.uid.as_ref());
+
+    // Delete: the finalizer holds the object until its Pod is gone.
+    slabs.delete("notes", &DeleteParams::default()).await.unwrap();
+    let gone = tokio::time::timeout(
+        WAIT,
+        await_condition(slabs.clone(), "notes", kube::runtime::conditions::is_deleted(&ready.metadata.uid.clone().unwrap())),
+    )
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the object was never released: {:?}",
+        slabs.get_opt("notes").await.unwrap().map(|o| (o.metadata.finalizers, o.status))
+    );
+    assert!(pods.get_opt("notes").await.unwrap().is_none(), "no Pod outlives its backend");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
+    let (client, ns) = operator("op-crash", "").await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    slabs.create(&PostParams::default(), &slab("crashy", "bob")).await.unwrap();
+    until(&slabs, "crashy", "ready", phase(Phase::Ready)).await;
+
+    // What a kubelet reports when the application exits with code 3.
+    let crashed = serde_json::json!({"status": {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]
+    }});
+    pods.patch_status("crashy", &PatchParams::default(), &Patch::Merge(&crashed)).await.unwrap();
+
+    let failed = until(&slabs, "crashy", "failed", phase(Phase::Failed)).await;
+    let status = failed.status.unwrap();
+    assert_eq!((status.reason, status.exit_code), (Some(Reason::Exited), Some(3)));
+    assert!(status.finished_at.is_some());
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Exited"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_plugin_rejects_over_quota_backends() {
+    let (client, ns) = operator("op-quota", r#"{"max-per-owner": 1}"#).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    slabs.create(&PostParams::default(), &slab("first", "carol")).await.unwrap();
+    until(&slabs, "first", "ready", phase(Phase::Ready)).await;
+    slabs.create(&PostParams::default(), &slab("second", "carol")).await.unwrap();
+
+    let rejected = until(&slabs, "second", "failed", phase(Phase::Failed)).await;
+    let status = rejected.status.unwrap();
+    assert_eq!(status.reason, Some(Reason::Rejected));
+    assert!(status.message.as_deref().unwrap_or_default().contains("max-per-owner"), "{:?}", status.message);
+    assert!(pods.get_opt("second").await.unwrap().is_none(), "a rejected backend never gets a Pod");
+}
