@@ -1,0 +1,105 @@
+//! deploy/operator/ against a real API server: every manifest applies, and
+//! the operator, running as the ServiceAccount those manifests bind, can
+//! do its whole job (place, create, watch, record, delete) and nothing
+//! more (no Secrets, no Pod exec, no other kinds).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use spawner::k8s::controller::{self, Context, OperatorConfig};
+use spawner::k8s::crd::SessionLivedBackend;
+use spawner::lifecycle::Phase;
+use spawner::metrics::Metrics;
+use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
+use spawner_testenv::shared;
+
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-operator";
+const SA_GROUPS: [&str; 3] = ["system:serviceaccounts", "system:serviceaccounts:spawner", "system:authenticated"];
+
+fn deploy(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+/// `kubectl apply -f FILE`: server-side apply of every document.
+async fn apply_file(client: &kube::Client, path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut applied = Vec::new();
+    for doc in text.split("\n---").filter(|d| d.lines().any(|l| l.starts_with("kind:"))) {
+        let obj: DynamicObject = serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let types = obj.types.clone().unwrap();
+        let gvk = GroupVersionKind::try_from(&types).unwrap();
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("spawner-test").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("{} {name} from {}: {e}", types.kind, path.display()));
+        applied.push(format!("{}/{name}", types.kind));
+    }
+    applied
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
+    let plane = shared().await;
+    plane.install_crds(&deploy("crd")).await.unwrap();
+    let admin = plane.client().await.unwrap();
+    let rbac = apply_file(&admin, &deploy("operator/rbac.yaml")).await;
+    assert_eq!(
+        rbac,
+        ["Namespace/spawner", "ServiceAccount/spawner-operator", "ClusterRole/spawner-operator", "ClusterRoleBinding/spawner-operator"]
+    );
+    assert_eq!(apply_file(&admin, &deploy("operator/deployment.yaml")).await, ["Deployment/spawner-operator"]);
+
+    // The operator, as its ServiceAccount, watching every namespace.
+    let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+    let config = OperatorConfig { stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    tokio::spawn(controller::run(Context::new(operator.clone(), plugins, config)));
+
+    let ns = plane.namespace("rbac").await.unwrap();
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), &ns);
+    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
+    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    let name = slab.metadata.name.clone().unwrap();
+    slabs.create(&PostParams::default(), &slab).await.unwrap();
+    let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));
+    let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, ready)).await;
+    assert!(ready.is_ok(), "never ready as the ServiceAccount: {:?}", slabs.get(&name).await.unwrap().status);
+
+    let uid = slabs.get(&name).await.unwrap().metadata.uid.unwrap();
+    slabs.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deleted =
+        tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, kube::runtime::conditions::is_deleted(&uid)))
+            .await;
+    assert!(deleted.is_ok(), "the finalizer was never removed as the ServiceAccount");
+    assert!(Api::<Pod>::namespaced(admin, &ns).get_opt(&name).await.unwrap().is_none());
+
+    // And no more than that.
+    let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{what}: {e:?}"),
+        Ok(_) => panic!("{what} is allowed; the ClusterRole grants too much"),
+        Err(e) => panic!("{what}: {e}"),
+    };
+    forbidden(Api::<Secret>::all(operator.clone()).list(&Default::default()).await.map(|_| ()), "listing Secrets");
+    forbidden(Api::<Secret>::namespaced(operator.clone(), &ns).get("any").await.map(|_| ()), "reading a Secret");
+    let pod: Pod =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a", "image": "b"}]}}))
+            .unwrap();
+    forbidden(
+        Api::<Pod>::namespaced(operator.clone(), &ns).patch("x", &PatchParams::default(), &Patch::Merge(&pod)).await.map(|_| ()),
+        "patching Pods",
+    );
+    forbidden(
+        Api::<SessionLivedBackend>::namespaced(operator, &ns).create(&PostParams::default(), &slab).await.map(|_| ()),
+        "creating backends",
+    );
+}
