@@ -106,7 +106,22 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
+    metrics_response(&s.metrics)
+}
+
+fn metrics_response(metrics: &Metrics) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode()).into_response()
+}
+
+/// `/metrics` and `/healthz` only: what `spawner proxy` serves next to the
+/// proxy on Kubernetes, where the operator owns the backends.
+pub fn ops_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { metrics_response(&metrics) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: this is Spawner's proxy (/p/{name}/), /metrics and /healthz")
+        })
 }
 
 /// Checks the bearer token in constant time (comparing digests).

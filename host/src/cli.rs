@@ -5,10 +5,12 @@
 //! - `spawner token mint`: mint a capability token, e.g. to try an auth
 //!   plugin (`cli/token.rs`);
 //! - `spawner operator`: the Kubernetes controller (`cli/operator.rs`);
+//! - `spawner proxy`: the proxy and sweeper on Kubernetes (`cli/proxy.rs`);
 //! - `spawner crd`: the `SessionLivedBackend` CustomResourceDefinition.
 
 mod operator;
 mod plugin;
+mod proxy;
 mod token;
 
 use std::process::ExitCode;
@@ -42,6 +44,9 @@ pub enum Command {
     /// Run the Kubernetes controller: reconcile SessionLivedBackend objects
     /// into Pods.
     Operator(operator::OperatorArgs),
+    /// Run the proxy and sweeper on Kubernetes: route browsers to backend
+    /// Pods and terminate idle backends.
+    Proxy(proxy::ProxyArgs),
     /// Print the SessionLivedBackend CustomResourceDefinition (YAML), e.g.
     /// `spawner crd | kubectl apply -f -`.
     Crd,
@@ -58,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Operator(args) => operator::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Crd => {
             print!("{}", crate::k8s::crd::crd_yaml()?);
             Ok(ExitCode::SUCCESS)

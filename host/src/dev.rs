@@ -215,7 +215,7 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
 /// Raises the open-file soft limit to the hard limit: every proxied
 /// WebSocket holds two descriptors, and the usual soft limit (1024) would
 /// cap Spawner at a few hundred sessions. Backends inherit the raised limit.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {

@@ -278,6 +278,13 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         Workload::Vanished if status.phase >= Phase::Starting => {
             if status.phase == Phase::Terminating {
                 next.phase = Phase::Terminated;
+            } else if let Some(req) = &observed.termination {
+                // Asked to end, and gone: the stop already happened (on
+                // Kubernetes, a reconcile may read the object from a cache
+                // that does not yet show its own `terminating` write).
+                next.phase = Phase::Terminated;
+                next.reason = Some(req.reason);
+                next.message = Some(req.message.clone());
             } else {
                 next.phase = Phase::Failed;
                 next.reason = Some(Reason::Lost);
@@ -503,6 +510,18 @@ mod tests {
             step(&in_phase(Phase::Scheduled), &observed(Workload::Vanished, 5), &STARTUP).1,
             Action::Create { node: Some("n1".into()) }
         );
+    }
+
+    #[test]
+    fn a_vanished_workload_that_was_asked_to_end_is_terminated_not_lost() {
+        // A reconcile reading its object from a cache that does not yet show
+        // its own `terminating` write sees `ready`, the request, and no Pod.
+        let mut o = observed(Workload::Vanished, 5);
+        o.termination = terminate(Reason::Idle);
+        let (next, action) = step(&in_phase(Phase::Ready), &o, &STARTUP);
+        assert_eq!((next.phase, next.reason, action), (Phase::Terminated, Some(Reason::Idle), Action::Wait));
+        assert_eq!(next.message.as_deref(), Some("idle test"));
+        assert_eq!(next.finished_at, Some(t(5)));
     }
 
     #[test]

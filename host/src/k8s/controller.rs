@@ -11,6 +11,9 @@
 //!
 //! Deleting the object is the `requested` termination: a finalizer keeps it
 //! until its Pod is gone, with the status saying `terminating` meanwhile.
+//! The sweeper's verdicts arrive as an annotation
+//! ([`TERMINATE_ANNOTATION`](super::cluster::TERMINATE_ANNOTATION)); the
+//! object then stays, `terminated` with the sweeper's reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,7 @@ use kube::runtime::finalizer::{self, Event, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
 
+use super::cluster::termination_requested;
 use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
@@ -151,6 +155,8 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
 async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<TerminationRequest>) -> Result<Requeue, Error> {
     let name = slab.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+    // Deletion first; else what the sweeper (or anyone) asked for.
+    let termination = termination.or_else(|| termination_requested(slab));
     let now = Timestamp::now();
     let created = slab.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let mut status = slab.status.as_ref().and_then(SessionLivedBackendStatus::lifecycle).unwrap_or_else(|| Status::new(created));

@@ -1,0 +1,199 @@
+//! The proxy's and the sweeper's view of backends on Kubernetes: a watched
+//! cache of one namespace's `SessionLivedBackend` objects, answering the
+//! same [`Resolve`] and [`SweepSource`] questions local mode answers.
+//!
+//! The proxy routes `/p/{name}/` to the Pod IP and `httpPort` the operator
+//! recorded, once the status says `ready`. Activity is metered here, in the
+//! proxy process, never reported by the backend Pods, so a backend cannot
+//! keep itself alive by writing to the API server.
+//!
+//! The sweeper's verdicts travel to the operator as an annotation on the
+//! object ([`TERMINATE_ANNOTATION`]); the operator feeds it to the
+//! lifecycle as a termination request, so the object keeps its record:
+//! `terminated`, reason `idle` or `lifetime`, and the plugin's message.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt as _;
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, ResourceExt as _};
+use serde::{Deserialize, Serialize};
+
+use super::crd::SessionLivedBackend;
+use crate::activity::Activity;
+use crate::lifecycle::{Phase, Reason, TerminationRequest};
+use crate::plugins::types::{Backend, Label};
+use crate::proxy::{Resolve, Target};
+use crate::sweeper::{Candidate, SweepSource};
+
+/// The annotation a termination request travels in, from the sweeper (or
+/// anyone allowed to patch the object) to the operator. Its value is JSON:
+/// `{"reason": "idle", "message": "..."}`.
+pub const TERMINATE_ANNOTATION: &str = "spawner.dev/terminate";
+
+#[derive(Serialize, Deserialize)]
+struct TerminateNote {
+    reason: Reason,
+    message: String,
+}
+
+/// The termination asked for through [`TERMINATE_ANNOTATION`], if any. An
+/// unreadable value still ends the backend (reason `requested`), and the
+/// message says what was wrong with it.
+pub fn termination_requested(slab: &SessionLivedBackend) -> Option<TerminationRequest> {
+    let value = slab.annotations().get(TERMINATE_ANNOTATION)?;
+    Some(match serde_json::from_str::<TerminateNote>(value) {
+        Ok(n) => TerminationRequest { reason: n.reason, message: n.message },
+        Err(e) => TerminationRequest {
+            reason: Reason::Requested,
+            message: format!("{TERMINATE_ANNOTATION} is not {{\"reason\": ..., \"message\": ...}} ({e}); terminating anyway"),
+        },
+    })
+}
+
+/// The merge patch that asks the operator to end a backend.
+pub fn termination_patch(request: &TerminationRequest) -> serde_json::Value {
+    let note = TerminateNote { reason: request.reason, message: request.message.clone() };
+    let value = serde_json::to_string(&note).expect("a note serializes");
+    serde_json::json!({ "metadata": { "annotations": { TERMINATE_ANNOTATION: value } } })
+}
+
+/// One namespace's backends, watched.
+pub struct Cluster {
+    namespace: String,
+    store: Store<SessionLivedBackend>,
+    api: Api<SessionLivedBackend>,
+    /// Activity meters by backend name, with the object's uid so a new
+    /// object with an old name starts from zero.
+    activity: Mutex<HashMap<String, (String, Arc<Activity>)>>,
+    default_grace_seconds: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Cluster {
+    /// Starts watching `namespace` (on the current tokio runtime) and waits
+    /// until the cache holds the first full listing.
+    pub async fn start(client: Client, namespace: &str, default_grace_seconds: u64) -> Result<Arc<Self>, kube::Error> {
+        let api: Api<SessionLivedBackend> = Api::namespaced(client, namespace);
+        // Fail here, with the API server's reason, rather than retrying
+        // silently in the background (no CRD, no permission).
+        api.list(&kube::api::ListParams::default().limit(1)).await?;
+        let (store, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().applied_objects();
+        tokio::spawn(stream.for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching SessionLivedBackends; retrying");
+            }
+        }));
+        let _ = store.wait_until_ready().await;
+        Ok(Arc::new(Cluster {
+            namespace: namespace.to_string(),
+            store,
+            api,
+            activity: Mutex::new(HashMap::new()),
+            default_grace_seconds,
+            runtime: tokio::runtime::Handle::current(),
+        }))
+    }
+
+    fn slab(&self, name: &str) -> Option<Arc<SessionLivedBackend>> {
+        self.store.get(&ObjectRef::new(name).within(&self.namespace))
+    }
+
+    fn activity(&self, slab: &SessionLivedBackend) -> Arc<Activity> {
+        let uid = slab.uid().unwrap_or_default();
+        let mut meters = self.activity.lock().expect("activity lock");
+        let entry = meters.entry(slab.name_any()).or_insert_with(|| (uid.clone(), Activity::new()));
+        if entry.0 != uid {
+            *entry = (uid, Activity::new());
+        }
+        entry.1.clone()
+    }
+}
+
+fn backend(slab: &SessionLivedBackend) -> Backend {
+    Backend {
+        name: slab.name_any(),
+        key: slab.spec.key.clone(),
+        owner: slab.spec.owner.clone(),
+        labels: slab.plugin_labels().into_iter().map(|(key, value)| Label { key, value }).collect(),
+    }
+}
+
+impl Resolve for Cluster {
+    fn resolve(&self, name: &str) -> Option<Target> {
+        let slab = self.slab(name)?;
+        let status = slab.status.as_ref();
+        let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
+        let addr = match (phase, status.and_then(|s| s.pod_ip.as_deref())) {
+            (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
+            _ => None,
+        };
+        Some(Target { backend: Arc::new(backend(&slab)), phase, addr, activity: self.activity(&slab) })
+    }
+}
+
+impl SweepSource for Cluster {
+    fn ready(&self) -> Vec<Candidate> {
+        let slabs = self.store.state();
+        // Forget the meters of objects that are gone.
+        let names: std::collections::HashSet<String> = slabs.iter().map(|s| s.name_any()).collect();
+        self.activity.lock().expect("activity lock").retain(|name, _| names.contains(name));
+        slabs
+            .iter()
+            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Ready))
+            // Already condemned: the operator is on it.
+            .filter(|s| !s.annotations().contains_key(TERMINATE_ANNOTATION))
+            .map(|s| Candidate {
+                backend: backend(s),
+                created_at: s.status.as_ref().and_then(|st| st.created_at).unwrap_or_else(Timestamp::now),
+                grace_period_seconds: s.spec.grace_period_seconds.map_or(self.default_grace_seconds, u64::from),
+                lifetime_limit_seconds: s.spec.lifetime_limit_seconds,
+                activity: self.activity(s),
+            })
+            .collect()
+    }
+
+    fn terminate(&self, name: &str, request: TerminationRequest) {
+        let (api, name) = (self.api.clone(), name.to_string());
+        self.runtime.spawn(async move {
+            let patch = termination_patch(&request);
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => tracing::info!(backend = %name, reason = request.reason.as_str(), detail = %request.message, "asked the operator to terminate"),
+                Err(e) => tracing::warn!(backend = %name, error = %e, "could not ask the operator to terminate; the next sweep retries"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_annotation(value: &str) -> SessionLivedBackend {
+        let mut slab = SessionLivedBackend::new("b", Default::default());
+        slab.metadata.annotations = Some([(TERMINATE_ANNOTATION.to_string(), value.to_string())].into());
+        slab
+    }
+
+    #[test]
+    fn a_termination_request_round_trips_through_the_annotation() {
+        let request = TerminationRequest { reason: Reason::Idle, message: "no connections for 300 s".into() };
+        let patch = termination_patch(&request);
+        let value = patch["metadata"]["annotations"][TERMINATE_ANNOTATION].as_str().unwrap();
+        assert_eq!(termination_requested(&with_annotation(value)), Some(request));
+        assert_eq!(termination_requested(&SessionLivedBackend::new("b", Default::default())), None);
+    }
+
+    #[test]
+    fn an_unreadable_annotation_still_terminates_and_says_why() {
+        let r = termination_requested(&with_annotation("please stop")).unwrap();
+        assert_eq!(r.reason, Reason::Requested);
+        assert!(r.message.contains(TERMINATE_ANNOTATION), "{}", r.message);
+    }
+}

@@ -1,0 +1,148 @@
+//! Kubernetes mode end to end against a real control plane: the operator
+//! runs a SessionLivedBackend's Pod, `spawner proxy` routes a request with
+//! a capability token to it (and refuses one without), and when it falls
+//! idle the sweeper's verdict reaches the operator, which stops the Pod and
+//! records `terminated`, reason `idle`.
+//!
+//! kwok's Pods run nothing, so the test runs the demo backend on loopback
+//! and reports that address as the Pod's IP, as a kubelet would report a
+//! real one.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use spawner::config::ProxyConfig;
+use spawner::k8s::cluster::TERMINATE_ANNOTATION;
+use spawner::k8s::controller::{self, Context, OperatorConfig};
+use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::k8s::serve::{self, ProxyOptions};
+use spawner::lifecycle::{Phase, Reason};
+use spawner::metrics::Metrics;
+use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
+use spawner::token::{TokenKey, now_unix};
+use spawner_testenv::shared;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo backend on a free loopback port.
+async fn demo_backend() -> (Demo, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_spawner-demo-backend")).env("PORT", port.to_string()).spawn().unwrap();
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (Demo(child), port);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the demo backend never listened");
+}
+
+async fn until(
+    api: &Api<SessionLivedBackend>,
+    name: &str,
+    what: &str,
+    f: impl Fn(&SessionLivedBackendStatus) -> bool,
+) -> SessionLivedBackend {
+    let cond = move |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(&f);
+    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(o))) => o,
+        other => panic!(
+            "{name} never {what}: {other:?}; now: {:?}",
+            api.get_opt(name).await.unwrap().map(|o| (o.metadata.annotations, o.status))
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_with_a_token_then_swept_when_idle() {
+    let plane = shared().await;
+    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    let ns = plane.namespace("proxy").await.unwrap();
+    let client = plane.client().await.unwrap();
+
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, config)));
+    let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
+    let proxy = serve::start(
+        client.clone(),
+        ProxyOptions {
+            namespace: ns.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tokens: tokens.clone(),
+            default_grace_seconds: 300,
+            sweep_interval: Duration::from_millis(200),
+            dry_run: false,
+            proxy: ProxyConfig::default(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let (_demo, port) = demo_backend().await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+        "metadata": {"name": "notes"},
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": 2}
+    }))
+    .unwrap();
+    slabs.create(&PostParams::default(), &slab).await.unwrap();
+    until(&slabs, "notes", "became ready", |s| s.phase == Some(Phase::Ready)).await;
+
+    // What a kubelet reports for a Pod whose application listens here.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let ip = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
+    pods.patch_status("notes", &PatchParams::default(), &Patch::Merge(&ip)).await.unwrap();
+    until(&slabs, "notes", "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/p/notes/api/stats", proxy.addr);
+    let token = tokens.mint("notes", Some("alice"), now_unix(), now_unix() + 600);
+    let mut stats = None;
+    for _ in 0..200 {
+        // The proxy's cache follows the API server within moments.
+        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        if r.status() == 200 {
+            stats = Some(r.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(r.status(), 503, "before the cache catches up: not ready yet");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stats = stats.expect("the proxy never reached the backend");
+    assert_eq!(stats["requests"], 1, "the demo backend saw this one request");
+
+    let refused = http.get(&url).send().await.unwrap();
+    assert!(refused.status() == 401 || refused.status() == 403, "no token: {}", refused.status());
+    let other = tokens.mint("someone-else", None, now_unix(), now_unix() + 600);
+    assert_eq!(http.get(&url).bearer_auth(&other).send().await.unwrap().status(), 403, "a token for another backend");
+    let r: serde_json::Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["requests"], 2, "refused requests never reached the backend");
+
+    // Idle for the grace period: the sweeper condemns it, the operator stops it.
+    let ended = until(&slabs, "notes", "was terminated", |s| s.phase == Some(Phase::Terminated)).await;
+    let status = ended.status.as_ref().unwrap();
+    assert_eq!(status.reason, Some(Reason::Idle), "{status:?}");
+    assert!(ended.metadata.annotations.as_ref().unwrap().contains_key(TERMINATE_ANNOTATION));
+    let pod_gone = tokio::time::timeout(WAIT, await_condition(pods.clone(), "notes", |p: Option<&Pod>| p.is_none())).await;
+    assert!(pod_gone.is_ok(), "the idle backend's Pod was never deleted");
+    let after = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(after.status(), 410, "an ended backend is gone");
+    proxy.stop().await;
+}
