@@ -1,7 +1,7 @@
-//! deploy/operator/ against a real API server: every manifest applies, and
-//! the operator, running as the ServiceAccount those manifests bind, can
-//! do its whole job (place, create, watch, record, delete) and nothing
-//! more (no Secrets, no Pod exec, no other kinds).
+//! deploy/operator/ and deploy/proxy/ against a real API server: every
+//! manifest applies, and the operator and the proxy, each running as the
+//! ServiceAccount those manifests bind, can do their whole job (place,
+//! create, watch, record, delete; route, sweep) and nothing more.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,14 +10,18 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
+use spawner::config::ProxyConfig;
 use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
-use spawner::lifecycle::Phase;
+use spawner::k8s::serve::{self, ProxyOptions};
+use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
 use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
+use spawner::token::TokenKey;
 use spawner_testenv::shared;
 
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-operator";
+const PROXY_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-proxy";
 const SA_GROUPS: [&str; 3] = ["system:serviceaccounts", "system:serviceaccounts:spawner", "system:authenticated"];
 
 fn deploy(path: &str) -> std::path::PathBuf {
@@ -57,6 +61,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         ["Namespace/spawner", "ServiceAccount/spawner-operator", "ClusterRole/spawner-operator", "ClusterRoleBinding/spawner-operator"]
     );
     assert_eq!(apply_file(&admin, &deploy("operator/deployment.yaml")).await, ["Deployment/spawner-operator"]);
+    assert_eq!(
+        apply_file(&admin, &deploy("proxy/rbac.yaml")).await,
+        ["ServiceAccount/spawner-proxy", "Role/spawner-proxy", "RoleBinding/spawner-proxy"]
+    );
+    assert_eq!(apply_file(&admin, &deploy("proxy/deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
 
     // The operator, as its ServiceAccount, watching every namespace.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
@@ -81,7 +90,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, kube::runtime::conditions::is_deleted(&uid)))
             .await;
     assert!(deleted.is_ok(), "the finalizer was never removed as the ServiceAccount");
-    assert!(Api::<Pod>::namespaced(admin, &ns).get_opt(&name).await.unwrap().is_none());
+    assert!(Api::<Pod>::namespaced(admin.clone(), &ns).get_opt(&name).await.unwrap().is_none());
 
     // And no more than that.
     let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
@@ -101,5 +110,51 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     forbidden(
         Api::<SessionLivedBackend>::namespaced(operator, &ns).create(&PostParams::default(), &slab).await.map(|_| ()),
         "creating backends",
+    );
+
+    // The proxy, as its ServiceAccount, in its namespace: it routes, and its
+    // sweeper's verdict (an annotation) gets an idle backend terminated.
+    let proxy_client = plane.client_as(PROXY_ACCOUNT, &SA_GROUPS).await.unwrap();
+    let proxy = serve::start(
+        proxy_client.clone(),
+        ProxyOptions {
+            namespace: "spawner".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tokens: Arc::new(TokenKey::random()),
+            default_grace_seconds: 300,
+            sweep_interval: Duration::from_millis(200),
+            dry_run: false,
+            proxy: ProxyConfig::default(),
+        },
+    )
+    .await
+    .expect("the proxy starts as its ServiceAccount");
+    let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), "spawner");
+    let mut idle = slab.clone();
+    idle.spec.grace_period_seconds = Some(1);
+    home.create(&PostParams::default(), &idle).await.unwrap();
+    let terminated = |o: Option<&SessionLivedBackend>| {
+        o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Terminated) && s.reason == Some(Reason::Idle))
+    };
+    let swept = tokio::time::timeout(Duration::from_secs(60), await_condition(home.clone(), &name, terminated)).await;
+    assert!(swept.is_ok(), "never swept as the proxy's ServiceAccount: {:?}", home.get(&name).await.unwrap().status);
+    let routed = reqwest::get(format!("http://{}/p/{name}/", proxy.addr)).await.unwrap().status();
+    assert_eq!(routed, 410, "the proxy sees it: an ended backend is gone");
+    proxy.stop().await;
+
+    let as_proxy = |ns: &str| Api::<SessionLivedBackend>::namespaced(proxy_client.clone(), ns);
+    forbidden(
+        Api::<Secret>::namespaced(proxy_client.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
+        "the proxy listing Secrets",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(proxy_client.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
+        "the proxy listing Pods",
+    );
+    forbidden(as_proxy(&ns).list(&Default::default()).await.map(|_| ()), "the proxy reading another namespace");
+    forbidden(as_proxy("spawner").delete(&name, &DeleteParams::default()).await.map(|_| ()), "the proxy deleting backends");
+    forbidden(
+        as_proxy("spawner").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
+        "the proxy writing status",
     );
 }
