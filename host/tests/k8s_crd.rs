@@ -69,7 +69,19 @@ async fn kubectl_get_slab_shows_the_status_columns() {
     let ns = plane.namespace("crd-table").await.unwrap();
 
     // `kubectl get slab` finds the resource by its short name.
-    let resources = client.list_api_group_resources("spawner.dev/v1").await.unwrap();
+    // Discovery follows an established CRD within moments, not at once.
+    let mut resources = None;
+    for _ in 0..300 {
+        match client.list_api_group_resources("spawner.dev/v1").await {
+            Ok(r) => {
+                resources = Some(r);
+                break;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => panic!("discovery: {e}"),
+        }
+    }
+    let resources = resources.expect("spawner.dev/v1 never appeared in discovery");
     let r = resources.resources.iter().find(|r| r.name == "sessionlivedbackends").unwrap();
     assert_eq!(r.short_names.as_deref(), Some(&["slab".to_string()][..]));
 

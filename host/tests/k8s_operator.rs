@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
@@ -46,7 +46,7 @@ fn slab(name: &str, owner: &str) -> SessionLivedBackend {
         "metadata": {"name": name, "labels": {"team": "docs"}},
         "spec": {
             "template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]},
-            "httpPort": 3000, "owner": owner, "key": format!("doc-{name}")
+            "httpPort": 3000, "owner": owner, "key": format!("doc-{name}"), "service": name == "notes"
         }
     }))
     .unwrap()
@@ -96,6 +96,10 @@ async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
     assert!(env.contains(&("PORT".into(), Some("3000".into()))) && env.contains(&("SPAWNER_BACKEND_KEY".into(), Some("doc-notes".into()))));
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(Some(&owner.uid), ready.metadata.uid.as_ref());
+    let services: Api<Service> = Api::namespaced(pods.clone().into_client(), &ns);
+    let service = services.get("notes").await.expect("the spec asked for a Service");
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 3000);
+    assert_eq!(service.metadata.owner_references.unwrap()[0].uid, owner.uid);
 
     // Delete: the finalizer holds the object until its Pod is gone.
     slabs.delete("notes", &DeleteParams::default()).await.unwrap();

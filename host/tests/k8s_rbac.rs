@@ -91,6 +91,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             .await;
     assert!(deleted.is_ok(), "the finalizer was never removed as the ServiceAccount");
     assert!(Api::<Pod>::namespaced(admin.clone(), &ns).get_opt(&name).await.unwrap().is_none());
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &ns).get_opt(&name).await.unwrap();
+    assert!(service.is_some(), "the example asks for a Service; the operator may create it");
 
     // And no more than that.
     let forbidden = |r: Result<_, kube::Error>, what: &str| match r {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::finalizer::{self, Event, finalizer};
@@ -29,7 +29,7 @@ use kube::{Client, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
-use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, workload};
+use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::plugins::Plugins;
 use crate::plugins::types::{Backend, Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
@@ -182,7 +182,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 admission = Some(a);
                 selector = s;
             }
-            Action::Create { node } => match pods.create(&PostParams::default(), &pod_for(slab, node.as_deref(), &selector)).await {
+            Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await {
                 Ok(p) => pod = Some(p),
                 Err(kube::Error::Api(e)) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
@@ -213,6 +213,26 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         }
         _ => Requeue::await_change(),
     })
+}
+
+/// Creates the backend's Service (when asked for; one that exists is
+/// kept) and then its Pod.
+async fn create_pod(
+    ctx: &Context,
+    slab: &SessionLivedBackend,
+    pods: &Api<Pod>,
+    node: Option<&str>,
+    selector: &[Label],
+) -> Result<Pod, kube::Error> {
+    if let Some(service) = service_for(slab) {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+        match services.create(&PostParams::default(), &service).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await
 }
 
 /// Writes the status when it differs from what the object says.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
@@ -66,6 +66,37 @@ pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label
         spec: Some(spec),
         status: None,
     }
+}
+
+/// The Service for `slab` when its spec asks for one (`service: true`):
+/// same name, owned by the object, selecting its Pod, on its HTTP port.
+/// Spawner's proxy does not need it; other in-cluster clients may.
+pub fn service_for(slab: &SessionLivedBackend) -> Option<Service> {
+    if slab.spec.service != Some(true) {
+        return None;
+    }
+    let name = slab.metadata.name.clone().unwrap_or_default();
+    let port = i32::from(slab.spec.http_port());
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: slab.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(BACKEND_LABEL.to_string(), name.clone())])),
+            owner_references: slab.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(BACKEND_LABEL.to_string(), name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::Int(port)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
 }
 
 /// What the lifecycle sees of a backend's Pod. `None`: there is no Pod,
@@ -191,6 +222,21 @@ mod tests {
         let probe = spec.containers[0].readiness_probe.as_ref().unwrap();
         assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3000));
         assert!(spec.containers[1].readiness_probe.is_none() && spec.containers[1].env.is_none(), "only the application is changed");
+    }
+
+    #[test]
+    fn a_service_only_when_asked_for_selecting_the_pod() {
+        let mut s = slab();
+        assert!(service_for(&s).is_none());
+        s.spec.service = Some(true);
+        let svc = service_for(&s).unwrap();
+        let pod = pod_for(&s, None, &[]);
+        let selector = svc.spec.as_ref().unwrap().selector.as_ref().unwrap();
+        let pod_labels = pod.metadata.labels.as_ref().unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the Service selects the Pod");
+        let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!((port.port, port.target_port.clone()), (3000, Some(IntOrString::Int(3000))));
+        assert_eq!(svc.metadata.owner_references.unwrap()[0].uid, "u-1");
     }
 
     #[test]
