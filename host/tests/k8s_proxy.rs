@@ -41,10 +41,11 @@ impl Drop for Demo {
 /// The demo backend on a free loopback port.
 async fn demo_backend() -> (Demo, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_spawner-demo-backend")).env("PORT", port.to_string()).spawn().unwrap();
+    // Owned by the guard at once, so a failure below still kills it.
+    let demo = Demo(Command::new(env!("CARGO_BIN_EXE_spawner-demo-backend")).env("PORT", port.to_string()).spawn().unwrap());
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (Demo(child), port);
+            return (demo, port);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -47,13 +47,13 @@ pub const READY_CONDITION: &str = "Ready";
     status = "SessionLivedBackendStatus",
     derive = "PartialEq",
     doc = "A session-lived backend: a Pod dedicated to one user or document, reached through Spawner's proxy and terminated when it falls idle.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the backend is in its life"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why it ended or is ending"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName", description = "The node it runs on"),
-    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner", description = "The user it is for"),
-    printcolumn(name = "Key", type_ = "string", json_path = ".spec.key", description = "Its get-or-create key", priority = "1"),
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "What the browser opens", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the backend is in its life"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "Why it ended or is ending"}"#,
+    printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".status.nodeName", "description": "The node it runs on"}"#,
+    printcolumn = r#"{"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "description": "The user it is for"}"#,
+    printcolumn = r#"{"name": "Key", "type": "string", "jsonPath": ".spec.key", "description": "Its get-or-create key", "priority": 1}"#,
+    printcolumn = r#"{"name": "URL", "type": "string", "jsonPath": ".status.url", "description": "What the browser opens", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SessionLivedBackendSpec {
