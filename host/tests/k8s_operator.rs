@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
@@ -66,6 +67,28 @@ async fn until(
     }
 }
 
+/// The Events recorded on backend `name`, as (type, reason, note), once
+/// one with `reason` is there.
+async fn events_until(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    for _ in 0..100 {
+        let events: Vec<(String, String, String)> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        if events.iter().any(|e| e.1 == reason) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {reason} Event for {name}");
+}
+
 fn phase(p: Phase) -> impl Fn(&SessionLivedBackendStatus) -> bool {
     move |s| s.phase == Some(p)
 }
@@ -100,6 +123,10 @@ async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
     let service = services.get("notes").await.expect("the spec asked for a Service");
     assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 3000);
     assert_eq!(service.metadata.owner_references.unwrap()[0].uid, owner.uid);
+
+    let events = events_until(&services.clone().into_client(), &ns, "notes", "Ready").await;
+    let ready_event = events.iter().find(|e| e.1 == "Ready").unwrap();
+    assert_eq!((ready_event.0.as_str(), ready_event.2.as_str()), ("Normal", format!("ready on {node}").as_str()));
 
     // Delete: the finalizer holds the object until its Pod is gone.
     slabs.delete("notes", &DeleteParams::default()).await.unwrap();
@@ -139,6 +166,10 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
     assert!(status.finished_at.is_some());
     let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Exited"));
+    let events = events_until(&slabs.into_client(), &ns, "crashy", "Failed").await;
+    let failed = events.iter().find(|e| e.1 == "Failed").unwrap();
+    assert_eq!(failed.0, "Warning");
+    assert!(failed.2.contains("(exited): exited on its own with code 3"), "{}", failed.2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -84,6 +84,20 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, ready)).await;
     assert!(ready.is_ok(), "never ready as the ServiceAccount: {:?}", slabs.get(&name).await.unwrap().status);
 
+    // Its Events were recorded too (the role allows them).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &ns);
+    let mut recorded = false;
+    for _ in 0..100 {
+        let list = events.list(&Default::default()).await.unwrap();
+        if list.items.iter().any(|e| e.reporting_controller.as_deref() == Some("spawner-operator") && e.reason.as_deref() == Some("Ready"))
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recorded, "no Ready Event from the operator's ServiceAccount");
+
     let uid = slabs.get(&name).await.unwrap().metadata.uid.unwrap();
     slabs.delete(&name, &DeleteParams::default()).await.unwrap();
     let deleted =

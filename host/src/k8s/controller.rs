@@ -23,9 +23,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event, finalizer};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt as _};
+use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
@@ -86,12 +87,15 @@ pub struct Context {
     client: Client,
     plugins: Arc<Plugins>,
     config: OperatorConfig,
+    events: Recorder,
 }
 
 impl Context {
     /// A context for [`run`].
     pub fn new(client: Client, plugins: Arc<Plugins>, config: OperatorConfig) -> Arc<Self> {
-        Arc::new(Context { client, plugins, config })
+        let reporter = Reporter { controller: "spawner-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        let events = Recorder::new(client.clone(), reporter);
+        Arc::new(Context { client, plugins, config, events })
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -259,8 +263,34 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
     if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
         tracing::info!(backend = %slab.name_any(), namespace = ?slab.namespace(), phase = status.phase.as_str(),
             reason = status.reason.map(Reason::as_str), "backend changed phase");
+        // `kubectl describe slab` shows these; a failed one is a warning.
+        let event = KubeEvent {
+            type_: if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
+            reason: super::crd::camel_case(status.phase.as_str()),
+            note: Some(phase_note(status)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
+            tracing::warn!(backend = %slab.name_any(), error = %e, "could not record a Kubernetes Event");
+        }
     }
     Ok(())
+}
+
+/// An Event's note: the phase, where, and why.
+fn phase_note(status: &Status) -> String {
+    let mut note = status.phase.as_str().to_string();
+    if let Some(node) = &status.node {
+        note.push_str(&format!(" on {node}"));
+    }
+    match (status.reason, &status.message) {
+        (Some(r), Some(m)) => note.push_str(&format!(" ({}): {m}", r.as_str())),
+        (Some(r), None) => note.push_str(&format!(" ({})", r.as_str())),
+        (None, Some(m)) => note.push_str(&format!(": {m}")),
+        (None, None) => {}
+    }
+    note
 }
 
 /// Asks the scheduler plugin, with the cluster's schedulable Nodes as

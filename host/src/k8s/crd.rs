@@ -237,8 +237,12 @@ impl SessionLivedBackendStatus {
 /// A condition reason: CamelCase, as the API requires
 /// (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`).
 fn condition_reason(status: &Status) -> String {
-    let word = status.reason.map_or(status.phase.as_str(), Reason::as_str);
-    word.split('-').map(|w| w[..1].to_uppercase() + &w[1..]).collect()
+    camel_case(status.reason.map_or(status.phase.as_str(), Reason::as_str))
+}
+
+/// `startup-timeout` → `StartupTimeout`: Kubernetes' spelling of reasons.
+pub fn camel_case(kebab: &str) -> String {
+    kebab.split('-').filter(|w| !w.is_empty()).map(|w| w[..1].to_uppercase() + &w[1..]).collect()
 }
 
 /// The CustomResourceDefinition, as YAML, with a header saying where it
