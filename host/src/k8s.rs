@@ -7,5 +7,6 @@
 pub mod cluster;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod pod;
 pub mod serve;

@@ -8,12 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
 use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
 use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
@@ -186,4 +188,40 @@ async fn the_scheduler_plugin_rejects_over_quota_backends() {
     assert_eq!(status.reason, Some(Reason::Rejected));
     assert!(status.message.as_deref().unwrap_or_default().contains("max-per-owner"), "{:?}", status.message);
     assert!(pods.get_opt("second").await.unwrap().is_none(), "a rejected backend never gets a Pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_elect_one_leader_and_a_standby_takes_over() {
+    let plane = shared().await;
+    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    let ns = plane.namespace("op-lease").await.unwrap();
+    let client = plane.client().await.unwrap();
+    let mut replicas = std::collections::HashMap::new();
+    for identity in ["replica-a", "replica-b"] {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+        let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+        let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+        let lease = LeaseSettings {
+            namespace: ns.clone(),
+            name: "spawner-operator".into(),
+            identity: identity.into(),
+            duration_seconds: 2,
+            grace_seconds: 1,
+        };
+        replicas.insert(identity, tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, config), lease)));
+    }
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    slabs.create(&PostParams::default(), &slab("one", "dana")).await.unwrap();
+    until(&slabs, "one", "ready", phase(Phase::Ready)).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = leases.get("spawner-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert!(replicas.contains_key(holder.as_str()), "held by one of the replicas: {holder}");
+
+    // The leader dies without releasing the Lease; the standby takes over
+    // once it expires and serves new backends.
+    replicas[holder.as_str()].abort();
+    slabs.create(&PostParams::default(), &slab("two", "dana")).await.unwrap();
+    until(&slabs, "two", "ready", phase(Phase::Ready)).await;
+    let new_holder = leases.get("spawner-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert_ne!(new_holder, holder, "the standby holds the Lease now");
 }

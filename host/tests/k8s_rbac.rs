@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::config::ProxyConfig;
-use spawner::k8s::controller::{self, Context, OperatorConfig};
+use spawner::k8s::controller::{Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
+use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::k8s::serve::{self, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
@@ -58,7 +59,14 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let rbac = apply_file(&admin, &deploy("operator/rbac.yaml")).await;
     assert_eq!(
         rbac,
-        ["Namespace/spawner", "ServiceAccount/spawner-operator", "ClusterRole/spawner-operator", "ClusterRoleBinding/spawner-operator"]
+        [
+            "Namespace/spawner",
+            "ServiceAccount/spawner-operator",
+            "ClusterRole/spawner-operator",
+            "ClusterRoleBinding/spawner-operator",
+            "Role/spawner-operator-lease",
+            "RoleBinding/spawner-operator-lease"
+        ]
     );
     assert_eq!(apply_file(&admin, &deploy("operator/deployment.yaml")).await, ["Deployment/spawner-operator"]);
     assert_eq!(
@@ -72,7 +80,14 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
     let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
     let config = OperatorConfig { stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(operator.clone(), plugins, config)));
+    let lease = LeaseSettings {
+        namespace: "spawner".into(),
+        name: "spawner-operator".into(),
+        identity: "operator-0".into(),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    let elected = tokio::spawn(leader::run_elected(Context::new(operator.clone(), plugins, config), lease));
 
     let ns = plane.namespace("rbac").await.unwrap();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), &ns);
@@ -83,6 +98,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));
     let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, ready)).await;
     assert!(ready.is_ok(), "never ready as the ServiceAccount: {:?}", slabs.get(&name).await.unwrap().status);
+
+    assert!(!elected.is_finished(), "the election runs as the ServiceAccount: {:?}", elected.is_finished());
+    let holder =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), "spawner").get("spawner-operator").await.unwrap();
+    assert_eq!(holder.spec.unwrap().holder_identity.as_deref(), Some("operator-0"));
 
     // Its Events were recorded too (the role allows them).
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &ns);

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::k8s::controller::{self, Context, OperatorConfig};
+use crate::k8s::controller::{Context, OperatorConfig};
+use crate::k8s::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::plugins::{Plugins, Runtime, RuntimeConfig};
 
@@ -25,11 +26,21 @@ pub struct OperatorArgs {
     /// Termination grace period, in seconds, given to a Pod Spawner stops.
     #[arg(long, env = "SPAWNER_STOP_TIMEOUT", default_value_t = 10)]
     pub stop_timeout_seconds: u64,
+    /// Namespace of the Lease replicas compete for (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "spawner")]
+    pub lease_namespace: String,
+    /// Name of that Lease.
+    #[arg(long, env = "SPAWNER_LEASE_NAME", default_value = "spawner-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the election (default: the Pod name, or
+    /// host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
-/// Connects with the kubeconfig (or the in-cluster service account) and
-/// runs the controller with the embedded default plugins until SIGINT or
-/// SIGTERM.
+/// Connects with the kubeconfig (or the in-cluster service account) and,
+/// while this replica holds the Lease, runs the controller with the
+/// embedded default plugins, until SIGINT or SIGTERM.
 pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let config = OperatorConfig {
         namespace: args.namespace,
@@ -37,6 +48,11 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
         stop_timeout: Duration::from_secs(args.stop_timeout_seconds),
     };
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = LeaseSettings { namespace: args.lease_namespace, name: args.lease_name, identity, duration_seconds: 15, grace_seconds: 5 };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
@@ -45,7 +61,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = controller::run(Context::new(client, plugins, config)) => {}
+            r = leader::run_elected(Context::new(client, plugins, config), lease) => r.context("leader election")?,
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }

@@ -98,6 +98,10 @@ impl Context {
         Arc::new(Context { client, plugins, config, events })
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn timeouts(&self) -> Timeouts {
         Timeouts { startup: self.config.startup_timeout }
     }

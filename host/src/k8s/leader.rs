@@ -1,0 +1,60 @@
+//! One active operator at a time: replicas compete for a Lease
+//! (coordination.k8s.io), and only its holder reconciles. When the holder
+//! dies or loses the API server, the Lease expires and another replica
+//! takes over within the lease duration. Elections are
+//! `kube-lease-manager`'s (server-side apply on the Lease, clock-skew
+//! tolerant).
+
+use std::sync::Arc;
+
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+
+use super::controller::{self, Context};
+
+/// The Lease the operator replicas compete for.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// Namespace of the Lease (the operator's own).
+    pub namespace: String,
+    /// Lease name.
+    pub name: String,
+    /// This replica (its Pod name; unique among replicas).
+    pub identity: String,
+    /// Seconds a holder stays leader without renewing.
+    pub duration_seconds: u64,
+    /// Seconds before expiry the holder renews.
+    pub grace_seconds: u64,
+}
+
+/// Waits for the Lease, reconciles while holding it, stops reconciling the
+/// moment it is lost, and competes again. Returns only if the election
+/// itself fails (no permission on Leases, for example).
+pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> Result<(), LeaseManagerError> {
+    let manager = LeaseManagerBuilder::new(ctx.client().clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_seconds)
+        .with_grace(lease.grace_seconds)
+        .build()
+        .await?;
+    let (mut leading, election) = manager.watch().await;
+    loop {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return election.await.map_err(|e| LeaseManagerError::InconsistentState(e.to_string())).and_then(|r| r.map(|_| ()));
+            }
+        }
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");
+        let lost = async {
+            while *leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = controller::run(ctx.clone()) => return Ok(()),
+            () = lost => tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling"),
+        }
+    }
+}
