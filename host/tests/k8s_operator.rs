@@ -39,7 +39,7 @@ async fn operator(prefix: &str, scheduler_settings: &str) -> (kube::Client, Stri
         stop_timeout: Duration::ZERO,
         ..OperatorConfig::default()
     };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins, config)));
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
     (client, ns)
 }
 
@@ -208,7 +208,10 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
             duration_seconds: 2,
             grace_seconds: 1,
         };
-        replicas.insert(identity, tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, config), lease)));
+        replicas.insert(
+            identity,
+            tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config), lease)),
+        );
     }
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     slabs.create(&PostParams::default(), &slab("one", "dana")).await.unwrap();

@@ -78,7 +78,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
     let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
     let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins, config)));
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
     let proxy = serve::start(
         client.clone(),

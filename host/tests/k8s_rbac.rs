@@ -87,7 +87,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         duration_seconds: 15,
         grace_seconds: 5,
     };
-    let elected = tokio::spawn(leader::run_elected(Context::new(operator.clone(), plugins, config), lease));
+    let elected = tokio::spawn(leader::run_elected(Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config), lease));
 
     let ns = plane.namespace("rbac").await.unwrap();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), &ns);

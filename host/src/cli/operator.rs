@@ -32,6 +32,9 @@ pub struct OperatorArgs {
     /// Name of that Lease.
     #[arg(long, env = "SPAWNER_LEASE_NAME", default_value = "spawner-operator")]
     pub lease_name: String,
+    /// Where to serve `/metrics` and `/healthz`.
+    #[arg(long, env = "SPAWNER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: std::net::SocketAddr,
     /// This replica's identity in the election (default: the Pod name, or
     /// host name and process id).
     #[arg(long, env = "POD_NAME")]
@@ -57,11 +60,21 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
-        let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).context("loading plugins")?);
+        let metrics = Arc::new(Metrics::new());
+        let metrics_for_http = metrics.clone();
+        let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?);
+        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+            .await
+            .with_context(|| format!("listening on {} (--metrics-listen)", args.metrics_listen))?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, crate::api::ops_router(metrics_for_http)).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            r = leader::run_elected(Context::new(client, plugins, config), lease) => r.context("leader election")?,
+            r = leader::run_elected(Context::new(client, plugins, metrics, config), lease) => r.context("leader election")?,
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }

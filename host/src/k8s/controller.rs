@@ -32,6 +32,7 @@ use super::cluster::termination_requested;
 use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
+use crate::metrics::Metrics;
 use crate::plugins::Plugins;
 use crate::plugins::types::{Backend, Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
 
@@ -86,16 +87,18 @@ pub enum Error {
 pub struct Context {
     client: Client,
     plugins: Arc<Plugins>,
+    metrics: Arc<Metrics>,
     config: OperatorConfig,
     events: Recorder,
 }
 
 impl Context {
-    /// A context for [`run`].
-    pub fn new(client: Client, plugins: Arc<Plugins>, config: OperatorConfig) -> Arc<Self> {
+    /// A context for [`run`]. `metrics` records spawn-to-ready times (and
+    /// should be the registry `plugins` report to).
+    pub fn new(client: Client, plugins: Arc<Plugins>, metrics: Arc<Metrics>, config: OperatorConfig) -> Arc<Self> {
         let reporter = Reporter { controller: "spawner-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let events = Recorder::new(client.clone(), reporter);
-        Arc::new(Context { client, plugins, config, events })
+        Arc::new(Context { client, plugins, metrics, config, events })
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -267,6 +270,10 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
     if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
         tracing::info!(backend = %slab.name_any(), namespace = ?slab.namespace(), phase = status.phase.as_str(),
             reason = status.reason.map(Reason::as_str), "backend changed phase");
+        if let (Phase::Ready, Some(ready)) = (status.phase, status.ready_at) {
+            let secs = ready.duration_since(status.created_at).as_secs_f64();
+            ctx.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
+        }
         // `kubectl describe slab` shows these; a failed one is a warning.
         let event = KubeEvent {
             type_: if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal },

@@ -1,0 +1,133 @@
+//! `spawner operator` and `spawner proxy` as a platform engineer runs them:
+//! the real binary, a kubeconfig in `KUBECONFIG`, against a real control
+//! plane. The operator runs a backend to ready and reports on `/metrics`;
+//! the proxy serves `/healthz` and refuses a request without a token; both
+//! stop on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::await_condition;
+use spawner::k8s::crd::SessionLivedBackend;
+use spawner::lifecycle::Phase;
+use spawner_testenv::shared;
+
+struct Running(Child);
+
+impl Running {
+    /// SIGTERM, then the exit status (killed after 10 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        for _ in 0..100 {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawner(kubeconfig: &Path, args: &[&str]) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_spawner"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("SPAWNER_LOG", "spawner=debug,warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}
+
+async fn until_up(url: &str) {
+    for _ in 0..300 {
+        if get(url).await.is_some_and(|(s, _)| s == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered 200");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_and_proxy_commands_run_against_a_cluster() {
+    let plane = shared().await;
+    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    let ns = plane.namespace("cli").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, plane.kubeconfig_for("cli-admin", &["system:masters"]).unwrap()).unwrap();
+
+    let metrics_port = free_port().to_string();
+    let operator = spawner(
+        &kubeconfig,
+        &[
+            "operator",
+            "--namespace",
+            &ns,
+            "--lease-namespace",
+            &ns,
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--public-url",
+            "https://spawner.example",
+        ],
+    );
+    let proxy_port = free_port().to_string();
+    let proxy = spawner(
+        &kubeconfig,
+        &["proxy", "--namespace", &ns, "--listen", &format!("127.0.0.1:{proxy_port}"), "--token-secret", "a secret for this test only"],
+    );
+    until_up(&format!("http://127.0.0.1:{metrics_port}/healthz")).await;
+    until_up(&format!("http://127.0.0.1:{proxy_port}/healthz")).await;
+
+    let client = plane.client().await.unwrap();
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/notes.yaml")).unwrap();
+    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    slabs.create(&PostParams::default(), &slab).await.unwrap();
+    let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));
+    let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), "notes-doc-42", ready)).await;
+    assert!(ready.is_ok(), "spawner operator never made it ready: {:?}", slabs.get("notes-doc-42").await.unwrap().status);
+    let status = slabs.get("notes-doc-42").await.unwrap().status.unwrap();
+    assert_eq!(status.url.as_deref(), Some("https://spawner.example/p/notes-doc-42/"));
+
+    let (code, metrics) = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("plugin_decisions_total{kind=\"scheduler\""), "the scheduler plugin's decision is counted:\n{metrics}");
+    assert!(metrics.contains("spawn_to_ready_seconds_count 1"), "one spawn-to-ready observed:\n{metrics}");
+
+    // The proxy knows the backend and asks for a token.
+    let mut code = 0;
+    for _ in 0..100 {
+        code = get(&format!("http://127.0.0.1:{proxy_port}/p/notes-doc-42/")).await.unwrap().0;
+        if code != 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(code == 401 || code == 403, "no token: {code}");
+    assert_eq!(get(&format!("http://127.0.0.1:{proxy_port}/p/nobody/")).await.unwrap().0, 404);
+
+    assert!(operator.terminate().success(), "the operator exits cleanly on SIGTERM");
+    assert!(proxy.terminate().success(), "the proxy exits cleanly on SIGTERM");
+}
