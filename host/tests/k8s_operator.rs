@@ -22,10 +22,12 @@ use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig
 use spawner_testenv::shared;
 
 const WAIT: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// A namespace with the CRD installed and an operator watching it, using
-/// the default plugins (the scheduler with `scheduler_settings`).
-async fn operator(prefix: &str, scheduler_settings: &str) -> (kube::Client, String) {
+/// the default plugins (the scheduler with `scheduler_settings`), keeping
+/// ended backends for `retention`.
+async fn operator(prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
     let plane = shared().await;
     plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
@@ -37,6 +39,7 @@ async fn operator(prefix: &str, scheduler_settings: &str) -> (kube::Client, Stri
         namespace: Some(ns.clone()),
         public_url: Some("https://spawner.example".into()),
         stop_timeout: Duration::ZERO,
+        retention,
         ..OperatorConfig::default()
     };
     tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
@@ -97,7 +100,7 @@ fn phase(p: Phase) -> impl Fn(&SessionLivedBackendStatus) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
-    let (client, ns) = operator("op-ready", "").await;
+    let (client, ns) = operator("op-ready", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     slabs.create(&PostParams::default(), &slab("notes", "alice")).await.unwrap();
@@ -147,7 +150,7 @@ async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
-    let (client, ns) = operator("op-crash", "").await;
+    let (client, ns) = operator("op-crash", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     slabs.create(&PostParams::default(), &slab("crashy", "bob")).await.unwrap();
@@ -176,7 +179,7 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scheduler_plugin_rejects_over_quota_backends() {
-    let (client, ns) = operator("op-quota", r#"{"max-per-owner": 1}"#).await;
+    let (client, ns) = operator("op-quota", r#"{"max-per-owner": 1}"#, Duration::from_secs(3)).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     slabs.create(&PostParams::default(), &slab("first", "carol")).await.unwrap();
@@ -188,6 +191,12 @@ async fn the_scheduler_plugin_rejects_over_quota_backends() {
     assert_eq!(status.reason, Some(Reason::Rejected));
     assert!(status.message.as_deref().unwrap_or_default().contains("max-per-owner"), "{:?}", status.message);
     assert!(pods.get_opt("second").await.unwrap().is_none(), "a rejected backend never gets a Pod");
+
+    // Kept for the retention (3 s here), with its record; then deleted.
+    let uid = rejected.metadata.uid.clone().unwrap();
+    let deleted = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "second", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(deleted.is_ok(), "an ended backend outlived its retention");
+    assert!(slabs.get_opt("first").await.unwrap().is_some(), "a live one stays");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,6 +26,10 @@ pub struct OperatorArgs {
     /// Termination grace period, in seconds, given to a Pod Spawner stops.
     #[arg(long, env = "SPAWNER_STOP_TIMEOUT", default_value_t = 10)]
     pub stop_timeout_seconds: u64,
+    /// Seconds an ended backend's object is kept, with its status, before
+    /// the operator deletes it.
+    #[arg(long, env = "SPAWNER_RETENTION_SECONDS", default_value_t = 3600)]
+    pub retention_seconds: u64,
     /// Namespace of the Lease replicas compete for (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "spawner")]
     pub lease_namespace: String,
@@ -50,6 +54,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         public_url: args.public_url,
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
         stop_timeout: Duration::from_secs(args.stop_timeout_seconds),
+        retention: Duration::from_secs(args.retention_seconds),
     };
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -50,6 +50,9 @@ pub struct OperatorConfig {
     pub startup_timeout: Duration,
     /// The Pod's termination grace period when Spawner stops it.
     pub stop_timeout: Duration,
+    /// How long an ended backend's object is kept (with its status) before
+    /// the operator deletes it.
+    pub retention: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -59,6 +62,7 @@ impl Default for OperatorConfig {
             public_url: None,
             startup_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(3600),
         }
     }
 }
@@ -217,10 +221,27 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         }
     }
     record(slab, ctx, &status, pod.as_ref(), now).await?;
-    Ok(match (status.phase, status.started_at) {
-        (Phase::Starting, Some(started)) => {
+    Ok(match (status.phase, status.started_at, status.finished_at) {
+        (Phase::Starting, Some(started), _) => {
             let waited = now.duration_since(started).unsigned_abs();
             Requeue::requeue(ctx.config.startup_timeout.saturating_sub(waited) + Duration::from_secs(1))
+        }
+        // Ended, and no longer running anything: keep the record for the
+        // retention period (kubectl shows why it ended), then delete it.
+        (phase, _, Some(finished)) if phase.is_terminal() && slab.metadata.deletion_timestamp.is_none() => {
+            let kept = now.duration_since(finished).unsigned_abs();
+            match ctx.config.retention.checked_sub(kept).filter(|left| !left.is_zero()) {
+                Some(left) => Requeue::requeue(left + Duration::from_millis(100)),
+                None => {
+                    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => tracing::info!(backend = %name, "ended backend past its retention: deleted"),
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    Requeue::await_change()
+                }
+            }
         }
         _ => Requeue::await_change(),
     })
