@@ -87,11 +87,7 @@ impl Dev {
             metrics: metrics.clone(),
         });
         let app = Arc::new(App { proxy, api, metrics: metrics.clone() });
-        let limits = Limits {
-            max_connections: config.proxy.max_connections,
-            header_read_timeout: Duration::from_millis(config.proxy.header_read_timeout_ms),
-            max_header_bytes: config.proxy.max_header_bytes,
-        };
+        let limits = Limits::from(&config.proxy);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, app, limits, async {
             let _ = stop.await;

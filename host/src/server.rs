@@ -36,6 +36,16 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
+impl From<&crate::config::ProxyConfig> for Limits {
+    fn from(c: &crate::config::ProxyConfig) -> Self {
+        Limits {
+            max_connections: c.max_connections,
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            max_header_bytes: c.max_header_bytes,
+        }
+    }
+}
+
 /// Binds `addr` with `backlog` pending connections.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };

@@ -4,10 +4,13 @@
 //! the proxy serves `/healthz` and refuses a request without a token; both
 //! stop on SIGTERM.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::k8s::deploy;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::crd::SessionLivedBackend;
@@ -71,7 +74,7 @@ async fn until_up(url: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_and_proxy_commands_run_against_a_cluster() {
     let plane = shared().await;
-    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace("cli").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -102,7 +105,7 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
 
     let client = plane.client().await.unwrap();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/notes.yaml")).unwrap();
+    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
     let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
     slabs.create(&PostParams::default(), &slab).await.unwrap();
     let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));

@@ -4,17 +4,14 @@
 //! status is a subresource, and `kubectl get slab` shows the printer
 //! columns with what the status says.
 
-use std::path::Path;
+mod common;
 
+use common::k8s::deploy;
 use jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::lifecycle::{Phase, Status};
 use spawner_testenv::shared;
-
-fn deploy(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
-}
 
 async fn installed() -> (&'static spawner_testenv::ControlPlane, kube::Client) {
     let plane = shared().await;

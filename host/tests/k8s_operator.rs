@@ -4,10 +4,12 @@
 //! recorded with its exit code, the scheduler plugin's rejection fails it,
 //! and deleting it stops the Pod before the object goes.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::k8s::{WAIT, deploy, plugins, until};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -18,10 +20,8 @@ use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
 use spawner_testenv::shared;
 
-const WAIT: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// A namespace with the CRD installed and an operator watching it, using
@@ -29,12 +29,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// ended backends for `retention`.
 async fn operator(prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
     let plane = shared().await;
-    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
     let client = plane.client().await.unwrap();
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
-    let sources = vec![(PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, scheduler_settings))];
-    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), sources).unwrap());
+    let plugins = plugins(scheduler_settings);
     let config = OperatorConfig {
         namespace: Some(ns.clone()),
         public_url: Some("https://spawner.example".into()),
@@ -56,20 +54,6 @@ fn slab(name: &str, owner: &str) -> SessionLivedBackend {
         }
     }))
     .unwrap()
-}
-
-/// Waits until the object's status satisfies `f`, and returns it.
-async fn until(
-    api: &Api<SessionLivedBackend>,
-    name: &str,
-    what: &str,
-    f: impl Fn(&SessionLivedBackendStatus) -> bool,
-) -> SessionLivedBackend {
-    let cond = move |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(&f);
-    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
-        Ok(Ok(Some(o))) => o,
-        other => panic!("{name} never became {what}: {other:?}; now: {:?}", api.get_opt(name).await.unwrap().and_then(|o| o.status)),
-    }
 }
 
 /// The Events recorded on backend `name`, as (type, reason, note), once
@@ -202,13 +186,12 @@ async fn the_scheduler_plugin_rejects_over_quota_backends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     let plane = shared().await;
-    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace("op-lease").await.unwrap();
     let client = plane.client().await.unwrap();
     let mut replicas = std::collections::HashMap::new();
     for identity in ["replica-a", "replica-b"] {
-        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
-        let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+        let plugins = plugins("");
         let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
         let lease = LeaseSettings {
             namespace: ns.clone(),

@@ -8,26 +8,25 @@
 //! and reports that address as the Pod's IP, as a kubelet would report a
 //! real one.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::k8s::{WAIT, deploy, plugins, until};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::config::ProxyConfig;
 use spawner::k8s::cluster::TERMINATE_ANNOTATION;
 use spawner::k8s::controller::{self, Context, OperatorConfig};
-use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::serve::{self, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
 use spawner::token::{TokenKey, now_unix};
 use spawner_testenv::shared;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 struct Demo(Child);
 
@@ -52,31 +51,14 @@ async fn demo_backend() -> (Demo, u16) {
     panic!("the demo backend never listened");
 }
 
-async fn until(
-    api: &Api<SessionLivedBackend>,
-    name: &str,
-    what: &str,
-    f: impl Fn(&SessionLivedBackendStatus) -> bool,
-) -> SessionLivedBackend {
-    let cond = move |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(&f);
-    match tokio::time::timeout(WAIT, await_condition(api.clone(), name, cond)).await {
-        Ok(Ok(Some(o))) => o,
-        other => panic!(
-            "{name} never {what}: {other:?}; now: {:?}",
-            api.get_opt(name).await.unwrap().map(|o| (o.metadata.annotations, o.status))
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn proxied_with_a_token_then_swept_when_idle() {
     let plane = shared().await;
-    plane.install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd")).await.unwrap();
+    plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace("proxy").await.unwrap();
     let client = plane.client().await.unwrap();
 
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
-    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+    let plugins = plugins("");
     let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());

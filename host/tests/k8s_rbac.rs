@@ -3,10 +3,13 @@
 //! ServiceAccount those manifests bind, can do their whole job (place,
 //! create, watch, record, delete; route, sweep) and nothing more.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::k8s::{deploy, plugins};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -17,17 +20,12 @@ use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::k8s::serve::{self, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 use spawner_testenv::shared;
 
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-operator";
 const PROXY_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-proxy";
 const SA_GROUPS: [&str; 3] = ["system:serviceaccounts", "system:serviceaccounts:spawner", "system:authenticated"];
-
-fn deploy(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
-}
 
 /// `kubectl apply -f FILE`: server-side apply of every document.
 async fn apply_file(client: &kube::Client, path: &Path) -> Vec<String> {
@@ -77,8 +75,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
 
     // The operator, as its ServiceAccount, watching every namespace.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
-    let plugins = Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), Vec::new()).unwrap());
+    let plugins = plugins("");
     let config = OperatorConfig { stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     let lease = LeaseSettings {
         namespace: "spawner".into(),

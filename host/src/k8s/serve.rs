@@ -71,11 +71,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let listener =
         server::bind(options.listen, options.proxy.listen_backlog).with_context(|| format!("listening on {}", options.listen))?;
     let addr = listener.local_addr()?;
-    let limits = Limits {
-        max_connections: options.proxy.max_connections,
-        header_read_timeout: Duration::from_millis(options.proxy.header_read_timeout_ms),
-        max_header_bytes: options.proxy.max_header_bytes,
-    };
+    let limits = Limits::from(&options.proxy);
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, app, limits, async {
         let _ = stop.await;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dev;
+pub mod k8s;
 
 use std::sync::{Arc, OnceLock};
 
