@@ -155,10 +155,23 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
     assert!(status.finished_at.is_some());
     let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Exited"));
-    let events = events_until(&slabs.into_client(), &ns, "crashy", "Failed").await;
-    let failed = events.iter().find(|e| e.1 == "Failed").unwrap();
-    assert_eq!(failed.0, "Warning");
-    assert!(failed.2.contains("(exited): exited on its own with code 3"), "{}", failed.2);
+    let events = events_until(&slabs.clone().into_client(), &ns, "crashy", "Failed").await;
+    let failed_event = events.iter().find(|e| e.1 == "Failed").unwrap();
+    assert_eq!(failed_event.0, "Warning");
+    assert!(failed_event.2.contains("(exited): exited on its own with code 3"), "{}", failed_event.2);
+
+    // The exited Pod stays (for `kubectl logs`) until the backend is deleted;
+    // then it goes, and so does the object.
+    assert!(pods.get_opt("crashy").await.unwrap().is_some());
+    slabs.delete("crashy", &DeleteParams::default()).await.unwrap();
+    let uid = failed.metadata.uid.clone().unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "crashy", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(
+        gone.is_ok(),
+        "deleting a crashed backend never finished: {:?}",
+        slabs.get_opt("crashy").await.unwrap().map(|o| o.metadata.finalizers)
+    );
+    assert!(pods.get_opt("crashy").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

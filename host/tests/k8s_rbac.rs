@@ -59,6 +59,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         rbac,
         [
             "Namespace/spawner",
+            "Namespace/spawner-backends",
             "ServiceAccount/spawner-operator",
             "ClusterRole/spawner-operator",
             "ClusterRoleBinding/spawner-operator",
@@ -151,7 +152,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let proxy = serve::start(
         proxy_client.clone(),
         ProxyOptions {
-            namespace: "spawner".into(),
+            namespace: "spawner-backends".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             tokens: Arc::new(TokenKey::random()),
             default_grace_seconds: 300,
@@ -162,7 +163,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     )
     .await
     .expect("the proxy starts as its ServiceAccount");
-    let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), "spawner");
+    let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), "spawner-backends");
     let mut idle = slab.clone();
     idle.spec.grace_period_seconds = Some(1);
     home.create(&PostParams::default(), &idle).await.unwrap();
@@ -171,23 +172,35 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     };
     let swept = tokio::time::timeout(Duration::from_secs(60), await_condition(home.clone(), &name, terminated)).await;
     assert!(swept.is_ok(), "never swept as the proxy's ServiceAccount: {:?}", home.get(&name).await.unwrap().status);
+    // The backends' namespace holds Pods to the `restricted` standard: a
+    // backend asking for a privileged container fails, and says why.
+    let mut privileged = slab.clone();
+    privileged.metadata.name = Some("privileged".into());
+    privileged.spec.template.containers[0].security_context =
+        Some(serde_json::from_value(serde_json::json!({"privileged": true})).unwrap());
+    home.create(&PostParams::default(), &privileged).await.unwrap();
+    let failed = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Failed));
+    let refused = tokio::time::timeout(Duration::from_secs(60), await_condition(home.clone(), "privileged", failed)).await;
+    let message = home.get("privileged").await.unwrap().status.and_then(|s| s.message).unwrap_or_default();
+    assert!(refused.is_ok() && message.contains("PodSecurity"), "a privileged backend was not refused: {message}");
+
     let routed = reqwest::get(format!("http://{}/p/{name}/", proxy.addr)).await.unwrap().status();
     assert_eq!(routed, 410, "the proxy sees it: an ended backend is gone");
     proxy.stop().await;
 
     let as_proxy = |ns: &str| Api::<SessionLivedBackend>::namespaced(proxy_client.clone(), ns);
     forbidden(
-        Api::<Secret>::namespaced(proxy_client.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
+        Api::<Secret>::namespaced(proxy_client.clone(), "spawner-backends").list(&Default::default()).await.map(|_| ()),
         "the proxy listing Secrets",
     );
     forbidden(
-        Api::<Pod>::namespaced(proxy_client.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
+        Api::<Pod>::namespaced(proxy_client.clone(), "spawner-backends").list(&Default::default()).await.map(|_| ()),
         "the proxy listing Pods",
     );
     forbidden(as_proxy(&ns).list(&Default::default()).await.map(|_| ()), "the proxy reading another namespace");
-    forbidden(as_proxy("spawner").delete(&name, &DeleteParams::default()).await.map(|_| ()), "the proxy deleting backends");
+    forbidden(as_proxy("spawner-backends").delete(&name, &DeleteParams::default()).await.map(|_| ()), "the proxy deleting backends");
     forbidden(
-        as_proxy("spawner").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
+        as_proxy("spawner-backends").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
         "the proxy writing status",
     );
 }

@@ -79,6 +79,10 @@ pub enum Error {
     /// A deleted backend's Pod is still stopping (not a failure: retried).
     #[error("waiting for Pod {0} to stop")]
     Stopping(String),
+    /// The object changed since this reconcile read it (not a failure:
+    /// retried on the newer version).
+    #[error("{0} changed while being reconciled; retrying")]
+    Stale(String),
     /// A Pod with the backend's name exists and belongs to something else.
     #[error("a Pod named {0} exists and is not this backend's; retrying")]
     PodNameTaken(String),
@@ -134,6 +138,12 @@ pub async fn run(ctx: Arc<Context>) {
 fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context>) -> Requeue {
     match error {
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
+        Error::Stale(_) => Requeue::requeue(Duration::from_millis(200)),
+        Error::Finalizer(e)
+            if matches!(**e, finalizer::Error::ApplyFailed(Error::Stale(_)) | finalizer::Error::CleanupFailed(Error::Stale(_))) =>
+        {
+            Requeue::requeue(Duration::from_millis(200))
+        }
         Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::Stopping(_))) => {
             Requeue::requeue(Duration::from_secs(1))
         }
@@ -155,7 +165,16 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
                 let requeue = apply(&slab, &ctx, Some(request)).await?;
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 match pods.get_opt(&slab.name_any()).await? {
-                    Some(pod) if owned_by(&pod, &slab) => Err(Error::Stopping(slab.name_any())),
+                    Some(pod) if owned_by(&pod, &slab) => {
+                        // A Pod whose application exited is no workload to
+                        // the lifecycle, but it is still an object the
+                        // garbage collector keeps while this finalizer
+                        // holds its owner: delete it here.
+                        if pod.metadata.deletion_timestamp.is_none() {
+                            delete_pod(&pods, &slab.name_any(), Duration::ZERO).await?;
+                        }
+                        Err(Error::Stopping(slab.name_any()))
+                    }
                     _ => Ok(requeue),
                 }
             }
@@ -204,17 +223,13 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     _ => return Err(Error::PodNameTaken(name)),
                 },
                 // The API server refused the Pod itself (an invalid container,
-                // a quota): the backend fails with the server's reason.
-                Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => create_error = Some(e.message),
+                // a quota, Pod Security): the backend fails with the server's
+                // reason. Anything else (throttling, timeouts) is retried.
+                Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
                 Err(e) => return Err(e.into()),
             },
             Action::Stop => {
-                let grace = ctx.config.stop_timeout.as_secs().min(u32::MAX.into()) as u32;
-                match pods.delete(&name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_pod(&pods, &name, ctx.config.stop_timeout).await?;
                 break;
             }
             Action::Wait => break,
@@ -247,6 +262,16 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     })
 }
 
+/// Deletes a backend's Pod with `grace` to stop (gone already: fine).
+async fn delete_pod(pods: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube::Error> {
+    let grace = grace.as_secs().min(u32::MAX.into()) as u32;
+    match pods.delete(name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates the backend's Service (when asked for; one that exists is
 /// kept) and then its Pod.
 async fn create_pod(
@@ -275,8 +300,9 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
         if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             next.pod_ip = Some(ip);
         }
-        if next.node_name.is_none() {
-            next.node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        // Where it really runs (kube-scheduler binds the Pod), once known.
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            next.node_name = Some(node);
         }
     }
     if let Some(base) = &ctx.config.public_url {
@@ -286,8 +312,15 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
         return Ok(());
     }
     let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": next });
-    api.patch_status(&slab.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    // Only onto the version this reconcile read: a reconcile that ran on a
+    // cached object older than our last write must not undo it (409, retried
+    // once the cache has caught up).
+    let patch = serde_json::json!({ "metadata": { "resourceVersion": slab.metadata.resource_version }, "status": next });
+    match api.patch_status(&slab.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::Stale(slab.name_any())),
+        Err(e) => return Err(e.into()),
+    }
     if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
         tracing::info!(backend = %slab.name_any(), namespace = ?slab.namespace(), phase = status.phase.as_str(),
             reason = status.reason.map(Reason::as_str), "backend changed phase");

@@ -62,7 +62,7 @@ pub struct SessionLivedBackendSpec {
 
     /// Seconds the backend may stay without connections before it is
     /// terminated (the idle plugin decides; the default plugin uses this).
-    /// Default: the operator's configured default.
+    /// Default: `spawner proxy --default-grace-seconds` (300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_seconds: Option<u32>,
 
@@ -71,8 +71,9 @@ pub struct SessionLivedBackendSpec {
     #[schemars(range(min = 1))]
     pub http_port: Option<u16>,
 
-    /// Get-or-create key (a document id, a room): at most one live backend
-    /// per key.
+    /// Get-or-create key (a document id, a room), passed to the backend and
+    /// to plugins. For at most one backend per key, name the object after
+    /// the key: the API server refuses a second object of the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_KEY_LEN))]
     pub key: Option<String>,
@@ -110,8 +111,10 @@ pub struct BackendPodTemplate {
 }
 
 impl BackendPodTemplate {
-    /// The Pod spec these fields describe, and nothing else: a backend Pod
-    /// gets no Kubernetes credentials.
+    /// The Pod spec these fields describe, and nothing else; no
+    /// service-account token is mounted. What else a template may ask for
+    /// (volumes, privileges) is for the namespace's Pod Security level to
+    /// decide: deploy/ puts backends in a `restricted` namespace.
     pub fn pod_spec(&self) -> PodSpec {
         PodSpec {
             containers: self.containers.clone(),

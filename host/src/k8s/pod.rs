@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe, Service, ServicePort, ServiceSpec,
+    TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
@@ -14,29 +17,48 @@ use super::crd::SessionLivedBackend;
 use crate::lifecycle::{Phase, Status, Workload};
 use crate::plugins::types::{Label, Resources};
 
-/// The label every backend Pod carries: the backend's name. The controller
-/// watches Pods with this label only.
-pub const BACKEND_LABEL: &str = "spawner.dev/backend";
+/// The label every backend Pod (and Service) carries: the backend object's
+/// uid (a name may be longer than a label value may be). The controller
+/// watches Pods with this label only; a Service selects its Pod by it.
+pub const BACKEND_LABEL: &str = "spawner.dev/backend-uid";
 
 /// The Pod for `slab`: named after it, owned by it (so Kubernetes deletes it
-/// with the object), on `node` when the scheduler plugin chose one, else
-/// wherever kube-scheduler finds a node carrying `selector`.
+/// with the object), required on `node` when the scheduler plugin chose one
+/// (a node affinity, so kube-scheduler still checks resources and taints),
+/// else wherever kube-scheduler finds a node carrying `selector`. It
+/// carries only Spawner's label, never the object's: a user's label must
+/// not make a backend an endpoint of some other Service.
 ///
 /// The application (first) container gets `PORT`, `SPAWNER_BACKEND_NAME`
 /// and `SPAWNER_BACKEND_KEY` as in local mode, and a TCP readiness probe on
 /// the port when it brings none, so the Pod's Ready condition means what
-/// local mode's "accepts connections" means. The Pod gets no Kubernetes
-/// credentials, no service links, and is never restarted: a backend that
-/// exits has ended (reason `exited`, with its code).
+/// local mode's "accepts connections" means. The Pod gets no
+/// service-account token, no service links, and is never restarted: a
+/// backend that exits has ended (reason `exited`, with its code).
 pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label]) -> Pod {
     let name = slab.metadata.name.clone().unwrap_or_default();
     let port = slab.spec.http_port();
-    let mut labels = slab.plugin_labels();
-    labels.insert(BACKEND_LABEL.into(), name.clone());
+    let labels = backend_labels(slab);
     let mut spec = slab.spec.template.pod_spec();
     spec.restart_policy = Some("Never".into());
     spec.enable_service_links = Some(false);
-    spec.node_name = node.map(str::to_string);
+    if let Some(node) = node {
+        let on_node = NodeSelectorTerm {
+            match_fields: Some(vec![NodeSelectorRequirement {
+                key: "metadata.name".into(),
+                operator: "In".into(),
+                values: Some(vec![node.to_string()]),
+            }]),
+            ..NodeSelectorTerm::default()
+        };
+        spec.affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: vec![on_node] }),
+                ..NodeAffinity::default()
+            }),
+            ..Affinity::default()
+        });
+    }
     if !selector.is_empty() {
         let merged = spec.node_selector.get_or_insert_with(BTreeMap::new);
         merged.extend(selector.iter().map(|l| (l.key.clone(), l.value.clone())));
@@ -68,6 +90,10 @@ pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label
     }
 }
 
+fn backend_labels(slab: &SessionLivedBackend) -> BTreeMap<String, String> {
+    BTreeMap::from([(BACKEND_LABEL.to_string(), slab.metadata.uid.clone().unwrap_or_default())])
+}
+
 /// The Service for `slab` when its spec asks for one (`service: true`):
 /// same name, owned by the object, selecting its Pod, on its HTTP port.
 /// Spawner's proxy does not need it; other in-cluster clients may.
@@ -81,12 +107,12 @@ pub fn service_for(slab: &SessionLivedBackend) -> Option<Service> {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: slab.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(BACKEND_LABEL.to_string(), name.clone())])),
+            labels: Some(backend_labels(slab)),
             owner_references: slab.controller_owner_ref(&()).map(|r| vec![r]),
             ..ObjectMeta::default()
         },
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(BACKEND_LABEL.to_string(), name)])),
+            selector: Some(backend_labels(slab)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port,
@@ -106,8 +132,16 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
         return if status.started_at.is_some() && status.phase >= Phase::Starting { Workload::Vanished } else { Workload::Absent };
     };
     let Some(pod_status) = &pod.status else { return Workload::Starting };
+    // The application's exit ends the backend, even while a sidecar keeps
+    // the Pod running.
+    if let Some(code) = app_exit_code(pod) {
+        return Workload::Exited(Some(code));
+    }
     match pod_status.phase.as_deref() {
-        Some("Succeeded") | Some("Failed") => Workload::Exited(app_exit_code(pod)),
+        // Failed with no exit of the application: evicted, or refused by
+        // the kubelet (OutOfcpu, ...). Not an exit of its own.
+        Some("Failed") if status.phase >= Phase::Starting => Workload::Vanished,
+        Some("Succeeded") | Some("Failed") => Workload::Exited(None),
         Some("Running") if ready(pod) => Workload::Ready,
         _ => Workload::Starting,
     }
@@ -207,11 +241,18 @@ mod tests {
         assert_eq!(pod.metadata.name.as_deref(), Some("notes-1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
         let labels = pod.metadata.labels.as_ref().unwrap();
-        assert_eq!((labels[BACKEND_LABEL].as_str(), labels["team"].as_str()), ("notes-1", "docs"));
+        assert_eq!(labels, &BTreeMap::from([(BACKEND_LABEL.to_string(), "u-1".to_string())]), "only Spawner's label");
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("SessionLivedBackend", "u-1", Some(true)));
         let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("node-a"));
+        assert_eq!(spec.node_name, None, "kube-scheduler binds it, within the affinity");
+        let required = spec.affinity.as_ref().unwrap().node_affinity.as_ref().unwrap();
+        let term = &required.required_during_scheduling_ignored_during_execution.as_ref().unwrap().node_selector_terms[0];
+        let field = &term.match_fields.as_ref().unwrap()[0];
+        assert_eq!(
+            (field.key.as_str(), field.operator.as_str(), field.values.as_deref()),
+            ("metadata.name", "In", Some(&["node-a".to_string()][..]))
+        );
         assert_eq!(spec.automount_service_account_token, Some(false), "backend pods get no cluster credentials");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(
@@ -243,7 +284,7 @@ mod tests {
     fn anywhere_leaves_the_node_to_kube_scheduler_with_the_selector() {
         let pod = pod_for(&slab(), None, &[Label { key: "zone".into(), value: "b".into() }]);
         let spec = pod.spec.unwrap();
-        assert_eq!(spec.node_name, None);
+        assert!(spec.affinity.is_none());
         assert_eq!(spec.node_selector.unwrap()["zone"], "b");
     }
 
@@ -282,10 +323,12 @@ mod tests {
         assert_eq!(workload(Some(&pod_in("Running", true, None)), &status), Workload::Ready);
         assert_eq!(workload(Some(&pod_in("Failed", false, Some(3))), &status), Workload::Exited(Some(3)));
         assert_eq!(workload(Some(&pod_in("Succeeded", false, Some(0))), &status), Workload::Exited(Some(0)));
-        assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Exited(None), "evicted: no code");
+        assert_eq!(workload(Some(&pod_in("Running", true, Some(2))), &status), Workload::Exited(Some(2)), "app exited, sidecar runs on");
+        assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Exited(None), "refused before it started");
         status.phase = Phase::Ready;
         status.started_at = Some(Timestamp::UNIX_EPOCH);
         assert_eq!(workload(None, &status), Workload::Vanished, "was started, now gone");
+        assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Vanished, "evicted: lost, not exited");
     }
 
     #[test]
