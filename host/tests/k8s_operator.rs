@@ -233,3 +233,29 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     let new_holder = leases.get("spawner-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
     assert_ne!(new_holder, holder, "the standby holds the Lease now");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
+    let (client, ns) = operator("op-taken", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let stranger: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "taken"},
+        "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stranger).await.unwrap();
+    slabs.create(&PostParams::default(), &slab("taken", "erin")).await.unwrap();
+
+    let events = events_until(&client, &ns, "taken", "PodNameTaken").await;
+    let warning = events.iter().find(|e| e.1 == "PodNameTaken").unwrap();
+    assert_eq!(warning.0, "Warning");
+    let status = slabs.get("taken").await.unwrap().status;
+    assert_ne!(status.and_then(|s| s.phase), Some(Phase::Ready), "never takes over a stranger's Pod");
+
+    // Once the stranger is gone, the backend gets its own Pod.
+    pods.delete("taken", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    until(&slabs, "taken", "became ready", phase(Phase::Ready)).await;
+    let pod = pods.get("taken").await.unwrap();
+    assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "SessionLivedBackend");
+}

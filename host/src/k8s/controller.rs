@@ -220,7 +220,21 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 Ok(p) => pod = Some(p),
                 Err(kube::Error::Api(e)) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
-                    _ => return Err(Error::PodNameTaken(name)),
+                    _ => {
+                        // Often the previous object's Pod, still stopping;
+                        // retried, and said where `kubectl describe` shows it.
+                        let event = KubeEvent {
+                            type_: EventType::Warning,
+                            reason: "PodNameTaken".into(),
+                            note: Some(format!("a Pod named {name} exists and is not this backend's; retrying until it is gone")),
+                            action: "CreatePod".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
+                            tracing::warn!(backend = %name, error = %e, "could not record a Kubernetes Event");
+                        }
+                        return Err(Error::PodNameTaken(name));
+                    }
                 },
                 // The API server refused the Pod itself (an invalid container,
                 // a quota, Pod Security): the backend fails with the server's
