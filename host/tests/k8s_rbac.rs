@@ -54,7 +54,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let plane = shared().await;
     plane.install_crds(&deploy("crd")).await.unwrap();
     let admin = plane.client().await.unwrap();
-    let rbac = apply_file(&admin, &deploy("operator/rbac.yaml")).await;
+    let rbac = apply_file(&admin, &deploy("operator/01-rbac.yaml")).await;
     assert_eq!(
         rbac,
         [
@@ -67,12 +67,12 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "RoleBinding/spawner-operator-lease"
         ]
     );
-    assert_eq!(apply_file(&admin, &deploy("operator/deployment.yaml")).await, ["Deployment/spawner-operator"]);
+    assert_eq!(apply_file(&admin, &deploy("operator/02-deployment.yaml")).await, ["Deployment/spawner-operator"]);
     assert_eq!(
-        apply_file(&admin, &deploy("proxy/rbac.yaml")).await,
+        apply_file(&admin, &deploy("proxy/01-rbac.yaml")).await,
         ["ServiceAccount/spawner-proxy", "Role/spawner-proxy", "RoleBinding/spawner-proxy"]
     );
-    assert_eq!(apply_file(&admin, &deploy("proxy/deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
+    assert_eq!(apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
 
     // The operator, as its ServiceAccount, watching every namespace.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
