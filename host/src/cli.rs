@@ -65,8 +65,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Operator(args) => operator::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Crd => {
-            print!("{}", crate::k8s::crd::crd_yaml()?);
-            Ok(ExitCode::SUCCESS)
+            let yaml = crate::k8s::crd::crd_yaml()?;
+            // `spawner crd | head` closes the pipe early: not an error.
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
     }
 }
