@@ -236,11 +236,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         eprintln!(
             "\nSpawner is listening on {base}\n\n  Start a demo backend (a shared notepad):\n    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        server::stop_signal().await?;
         tracing::info!("shutting down: stopping every backend");
         dev.stop().await;
         Ok(())

@@ -46,6 +46,17 @@ impl From<&crate::config::ProxyConfig> for Limits {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM: how `spawner dev`, `operator` and
+/// `proxy` are told to stop.
+pub async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 /// Binds `addr` with `backlog` pending connections.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };

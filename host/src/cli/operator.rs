@@ -77,11 +77,9 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             }
         });
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = leader::run_elected(Context::new(client, plugins, metrics, config), lease) => r.context("leader election")?,
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            r = crate::server::stop_signal() => r?,
         }
         Ok(ExitCode::SUCCESS)
     })

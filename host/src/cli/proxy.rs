@@ -57,11 +57,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
         let running = serve::start(client, options).await?;
         tracing::info!(listen = %running.addr, "spawner proxy is ready");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        crate::server::stop_signal().await?;
         running.stop().await;
         Ok(ExitCode::SUCCESS)
     })
