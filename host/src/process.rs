@@ -55,9 +55,9 @@ const READY_POLL_FRACTION: u32 = 8;
 /// (250 µs until 2 ms, about 600 µs by 5 ms): tokio's timer has millisecond
 /// resolution (a 1 ms sleep lasts 1–2 ms), which alone kept a backend that
 /// listens within a millisecond or two waiting another millisecond to be
-/// seen. Only while
-/// no more backends are starting than there are cores: beyond that the CPU
-/// is the bottleneck, and probes would take it from the backends.
+/// seen. Only while no more backends are starting than there are cores:
+/// beyond that the CPU is the bottleneck, and probes would take it from
+/// the backends.
 const FINE_PHASE: Duration = Duration::from_millis(5);
 const FINE_POLL: Duration = Duration::from_micros(250);
 

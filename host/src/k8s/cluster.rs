@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 use super::crd::SessionLivedBackend;
 use crate::activity::Activity;
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
-use crate::plugins::types::{Backend, Label};
 use crate::proxy::{Resolve, Target};
 use crate::sweeper::{Candidate, SweepSource};
 
@@ -116,15 +115,6 @@ impl Cluster {
     }
 }
 
-fn backend(slab: &SessionLivedBackend) -> Backend {
-    Backend {
-        name: slab.name_any(),
-        key: slab.spec.key.clone(),
-        owner: slab.spec.owner.clone(),
-        labels: slab.plugin_labels().into_iter().map(|(key, value)| Label { key, value }).collect(),
-    }
-}
-
 impl Resolve for Cluster {
     fn resolve(&self, name: &str) -> Option<Target> {
         let slab = self.slab(name)?;
@@ -134,7 +124,7 @@ impl Resolve for Cluster {
             (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
             _ => None,
         };
-        Some(Target { backend: Arc::new(backend(&slab)), phase, addr, activity: self.activity(&slab) })
+        Some(Target { backend: Arc::new(slab.plugin_backend()), phase, addr, activity: self.activity(&slab) })
     }
 }
 
@@ -150,7 +140,7 @@ impl SweepSource for Cluster {
             // Already condemned: the operator is on it.
             .filter(|s| !s.annotations().contains_key(TERMINATE_ANNOTATION))
             .map(|s| Candidate {
-                backend: backend(s),
+                backend: s.plugin_backend(),
                 created_at: s.status.as_ref().and_then(|st| st.created_at).unwrap_or_else(Timestamp::now),
                 grace_period_seconds: s.spec.grace_period_seconds.map_or(self.default_grace_seconds, u64::from),
                 lifetime_limit_seconds: s.spec.lifetime_limit_seconds,

@@ -34,7 +34,7 @@ use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, worklo
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
-use crate::plugins::types::{Backend, Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
+use crate::plugins::types::{Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
 
 /// The finalizer that holds a deleted object until its Pod is gone.
 pub const FINALIZER: &str = "spawner.dev/stop-backend";
@@ -136,17 +136,17 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context>) -> Requeue {
-    match error {
+    // The finalizer wraps what the reconcile itself returned.
+    let inner = match error {
+        Error::Finalizer(e) => match &**e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            _ => error,
+        },
+        _ => error,
+    };
+    match inner {
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
         Error::Stale(_) => Requeue::requeue(Duration::from_millis(200)),
-        Error::Finalizer(e)
-            if matches!(**e, finalizer::Error::ApplyFailed(Error::Stale(_)) | finalizer::Error::CleanupFailed(Error::Stale(_))) =>
-        {
-            Requeue::requeue(Duration::from_millis(200))
-        }
-        Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::Stopping(_))) => {
-            Requeue::requeue(Duration::from_secs(1))
-        }
         _ => {
             tracing::warn!(backend = %slab.name_any(), namespace = ?slab.namespace(), error = %error, "reconcile failed; retrying");
             Requeue::requeue(Duration::from_secs(5))
@@ -223,16 +223,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     _ => {
                         // Often the previous object's Pod, still stopping;
                         // retried, and said where `kubectl describe` shows it.
-                        let event = KubeEvent {
-                            type_: EventType::Warning,
-                            reason: "PodNameTaken".into(),
-                            note: Some(format!("a Pod named {name} exists and is not this backend's; retrying until it is gone")),
-                            action: "CreatePod".into(),
-                            secondary: None,
-                        };
-                        if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
-                            tracing::warn!(backend = %name, error = %e, "could not record a Kubernetes Event");
-                        }
+                        let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
+                        publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
                         return Err(Error::PodNameTaken(name));
                     }
                 },
@@ -343,18 +335,18 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
             ctx.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
         }
         // `kubectl describe slab` shows these; a failed one is a warning.
-        let event = KubeEvent {
-            type_: if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
-            reason: super::crd::camel_case(status.phase.as_str()),
-            note: Some(phase_note(status)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
-            tracing::warn!(backend = %slab.name_any(), error = %e, "could not record a Kubernetes Event");
-        }
+        let kind = if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
+        publish(ctx, slab, kind, super::crd::camel_case(status.phase.as_str()), phase_note(status), "Reconcile").await;
     }
     Ok(())
+}
+
+/// Records a Kubernetes Event on `slab`; failing to is logged, not fatal.
+async fn publish(ctx: &Context, slab: &SessionLivedBackend, type_: EventType, reason: String, note: String, action: &str) {
+    let event = KubeEvent { type_, reason, note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
+        tracing::warn!(backend = %slab.name_any(), error = %e, "could not record a Kubernetes Event");
+    }
 }
 
 /// An Event's note: the phase, where, and why.
@@ -386,7 +378,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         .map(|s| PlacedBackend {
             name: s.name_any(),
             owner: s.spec.owner.clone(),
-            labels: labels(s),
+            labels: s.plugin_backend().labels,
             node: s.status.as_ref().and_then(|st| st.node_name.clone()),
             requests: requests(s),
         })
@@ -407,7 +399,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         None => Vec::new(),
     };
     let request = PlacementRequest {
-        backend: Backend { name: slab.name_any(), key: slab.spec.key.clone(), owner: slab.spec.owner.clone(), labels: labels(slab) },
+        backend: slab.plugin_backend(),
         requests: requests(slab),
         node_selector: Vec::new(),
         nodes: candidates,
@@ -422,10 +414,6 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
         Placement::Reject(message) => (Admission::Rejected { message }, Vec::new()),
     })
-}
-
-fn labels(slab: &SessionLivedBackend) -> Vec<Label> {
-    slab.plugin_labels().into_iter().map(|(key, value)| Label { key, value }).collect()
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {

@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, CustomResourceExt as _};
+use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::MAX_KEY_LEN;
 use crate::lifecycle::{Phase, Reason, Status};
+use crate::plugins::types::{Backend, Label};
 
 /// The API group.
 pub const GROUP: &str = "spawner.dev";
@@ -137,6 +138,16 @@ impl SessionLivedBackend {
     /// The labels plugins see: the object's own labels.
     pub fn plugin_labels(&self) -> BTreeMap<String, String> {
         self.metadata.labels.clone().unwrap_or_default()
+    }
+
+    /// The backend as plugins see it (scheduler, auth, idle).
+    pub fn plugin_backend(&self) -> Backend {
+        Backend {
+            name: self.name_any(),
+            key: self.spec.key.clone(),
+            owner: self.spec.owner.clone(),
+            labels: self.plugin_labels().into_iter().map(|(key, value)| Label { key, value }).collect(),
+        }
     }
 }
 
