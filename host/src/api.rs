@@ -114,13 +114,17 @@ fn metrics_response(metrics: &Metrics) -> Response {
 }
 
 /// `/metrics` and `/healthz` only: what `spawner proxy` serves next to the
-/// proxy on Kubernetes, where the operator owns the backends.
+/// proxy on Kubernetes when it has no API token (the REST API is off).
 pub fn ops_router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(move || async move { metrics_response(&metrics) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: this is Spawner's proxy (/p/{name}/), /metrics and /healthz")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: this is Spawner's proxy (/p/{name}/), /metrics and /healthz; \
+                 the REST API (/api/) is off until spawner proxy gets --api-token",
+            )
         })
 }
 

@@ -1,6 +1,6 @@
 //! What a backend is, independent of where it runs, and the [`Control`]
 //! interface the API uses to manage backends (implemented by the local
-//! runtime today, by the Kubernetes runtime next).
+//! runtime and by the Kubernetes one, [`crate::k8s::control`]).
 
 use std::collections::BTreeMap;
 
@@ -37,6 +37,9 @@ pub struct BackendSpec {
     pub memory_bytes: u64,
     /// Node labels required.
     pub node_selector: BTreeMap<String, String>,
+    /// The application's HTTP port on Kubernetes (default 8080). Local
+    /// backends always listen on the port Spawner passes in `PORT`.
+    pub port: Option<u16>,
 }
 
 /// A backend as the API shows it.
@@ -135,6 +138,12 @@ pub enum ControlError {
     /// Spawner is shutting down.
     #[error("spawner is shutting down")]
     ShuttingDown,
+    /// What was asked for existed once and is gone; the message says what.
+    #[error("{0}")]
+    Gone(String),
+    /// The runtime's store (the Kubernetes API) failed; worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Result of a create-or-get.
@@ -247,6 +256,7 @@ mod tests {
             cpu_millis: 0,
             memory_bytes: 0,
             node_selector: BTreeMap::new(),
+            port: None,
         }
     }
 
@@ -285,6 +295,8 @@ mod tests {
 pub enum Backends {
     /// Local processes (`spawner dev`).
     Local(std::sync::Arc<crate::local::Local>),
+    /// `SessionLivedBackend` objects (`spawner proxy`).
+    Kubernetes(std::sync::Arc<crate::k8s::control::KubeBackends>),
 }
 
 impl Backends {
@@ -292,6 +304,7 @@ impl Backends {
     pub async fn create(&self, spec: BackendSpec) -> Result<Created, ControlError> {
         match self {
             Backends::Local(l) => l.create(spec).await,
+            Backends::Kubernetes(k) => k.create(spec).await,
         }
     }
 
@@ -299,6 +312,7 @@ impl Backends {
     pub async fn get(&self, name: &str) -> Option<BackendView> {
         match self {
             Backends::Local(l) => l.get(name).await,
+            Backends::Kubernetes(k) => k.get(name).await,
         }
     }
 
@@ -306,6 +320,7 @@ impl Backends {
     pub async fn list(&self, filter: &Filter) -> Vec<BackendView> {
         match self {
             Backends::Local(l) => l.list(filter).await,
+            Backends::Kubernetes(k) => k.list(filter).await,
         }
     }
 
@@ -313,6 +328,7 @@ impl Backends {
     pub async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
         match self {
             Backends::Local(l) => l.terminate(name).await,
+            Backends::Kubernetes(k) => k.terminate(name).await,
         }
     }
 
@@ -320,6 +336,7 @@ impl Backends {
     pub async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
         match self {
             Backends::Local(l) => l.subscribe(name).await,
+            Backends::Kubernetes(k) => k.subscribe(name).await,
         }
     }
 
@@ -327,6 +344,7 @@ impl Backends {
     pub async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
         match self {
             Backends::Local(l) => l.logs(name, tail).await,
+            Backends::Kubernetes(k) => k.logs(name, tail).await,
         }
     }
 
@@ -334,6 +352,7 @@ impl Backends {
     pub fn templates(&self) -> Vec<String> {
         match self {
             Backends::Local(l) => l.templates(),
+            Backends::Kubernetes(k) => k.templates(),
         }
     }
 
@@ -341,6 +360,7 @@ impl Backends {
     pub fn default_grace_seconds(&self) -> u64 {
         match self {
             Backends::Local(l) => l.default_grace_seconds(),
+            Backends::Kubernetes(k) => k.default_grace_seconds(),
         }
     }
 }

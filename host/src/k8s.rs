@@ -1,10 +1,12 @@
 //! Kubernetes mode: the `SessionLivedBackend` resource ([`crd`]), its Pods
 //! ([`pod`]), the controller that reconciles one into the other
 //! ([`controller`], `spawner operator`), and the proxy's and sweeper's view
-//! of them ([`cluster`], `spawner proxy`), with the lifecycle, plugins,
-//! proxy and sweeper local mode uses.
+//! of them ([`cluster`], `spawner proxy`), and the REST API's runtime over
+//! them ([`control`]), with the lifecycle, plugins, proxy, sweeper and API
+//! local mode uses.
 
 pub mod cluster;
+pub mod control;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, deploy, plugins, until};
+use common::k8s::{WAIT, demo_backend, deploy, plugins, report_loopback_pod_ip, until};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::config::ProxyConfig;
 use spawner::k8s::cluster::TERMINATE_ANNOTATION;
@@ -27,29 +26,6 @@ use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
 use spawner::token::{TokenKey, now_unix};
 use spawner_testenv::shared;
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The demo backend on a free loopback port.
-async fn demo_backend() -> (Demo, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // Owned by the guard at once, so a failure below still kills it.
-    let demo = Demo(Command::new(env!("CARGO_BIN_EXE_spawner-demo-backend")).env("PORT", port.to_string()).spawn().unwrap());
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return (demo, port);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the demo backend never listened");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxied_with_a_token_then_swept_when_idle() {
@@ -72,6 +48,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
             sweep_interval: Duration::from_millis(200),
             dry_run: false,
             proxy: ProxyConfig::default(),
+            api: None,
         },
     )
     .await
@@ -88,10 +65,8 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     slabs.create(&PostParams::default(), &slab).await.unwrap();
     until(&slabs, "notes", "became ready", |s| s.phase == Some(Phase::Ready)).await;
 
-    // What a kubelet reports for a Pod whose application listens here.
+    report_loopback_pod_ip(&client, &ns, "notes").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let ip = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
-    pods.patch_status("notes", &PatchParams::default(), &Patch::Merge(&ip)).await.unwrap();
     until(&slabs, "notes", "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
 
     let http = reqwest::Client::new();

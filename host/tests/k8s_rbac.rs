@@ -1,7 +1,8 @@
 //! deploy/operator/ and deploy/proxy/ against a real API server: every
 //! manifest applies, and the operator and the proxy, each running as the
 //! ServiceAccount those manifests bind, can do their whole job (place,
-//! create, watch, record, delete; route, sweep) and nothing more.
+//! create, watch, record, delete; route, sweep, serve the REST API) and
+//! nothing more.
 
 mod common;
 
@@ -17,7 +18,7 @@ use spawner::config::ProxyConfig;
 use spawner::k8s::controller::{Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::leader::{self, LeaseSettings};
-use spawner::k8s::serve::{self, ProxyOptions};
+use spawner::k8s::serve::{self, ApiOptions, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
 use spawner::token::TokenKey;
@@ -146,9 +147,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         "creating backends",
     );
 
-    // The proxy, as its ServiceAccount, in its namespace: it routes, and its
-    // sweeper's verdict (an annotation) gets an idle backend terminated.
+    // The proxy, as its ServiceAccount, in its namespace: it routes, its
+    // sweeper's verdict (an annotation) gets an idle backend terminated,
+    // and its REST API creates, terminates and replaces backends.
     let proxy_client = plane.client_as(PROXY_ACCOUNT, &SA_GROUPS).await.unwrap();
+    const API_TOKEN: &str = "the-api-token-of-the-rbac-test";
     let proxy = serve::start(
         proxy_client.clone(),
         ProxyOptions {
@@ -159,6 +162,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             sweep_interval: Duration::from_millis(200),
             dry_run: false,
             proxy: ProxyConfig::default(),
+            api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: "http://proxy.test".into(), token_ttl_seconds: 600 }),
         },
     )
     .await
@@ -186,6 +190,23 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
 
     let routed = reqwest::get(format!("http://{}/p/{name}/", proxy.addr)).await.unwrap().status();
     assert_eq!(routed, 410, "the proxy sees it: an ended backend is gone");
+
+    // The REST API: create with a key, terminate, create again with that
+    // key (which deletes the ended object), and read logs (the Pod's; kwok
+    // serves none, but the answer must not be a permission error).
+    let http = reqwest::Client::new();
+    let api = |method: reqwest::Method, path: &str| http.request(method, format!("http://{}{path}", proxy.addr)).bearer_auth(API_TOKEN);
+    let create = serde_json::json!({"template": "example.invalid/notes:1", "key": "rbac-doc"});
+    let first: serde_json::Value = api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap().json().await.unwrap();
+    let keyed = first["backend"]["name"].as_str().unwrap_or_else(|| panic!("create as the proxy: {first}")).to_string();
+    let logs = api(reqwest::Method::GET, &format!("/api/v1/backends/{keyed}/logs")).send().await.unwrap().text().await.unwrap();
+    assert!(!logs.contains("Role") && !logs.contains("forbidden"), "reading logs as the proxy: {logs}");
+    assert_eq!(api(reqwest::Method::DELETE, &format!("/api/v1/backends/{keyed}")).send().await.unwrap().status(), 202);
+    let ended = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Terminated));
+    let stopped = tokio::time::timeout(Duration::from_secs(60), await_condition(home.clone(), &keyed, ended)).await;
+    assert!(stopped.is_ok(), "terminate through the API as the proxy: {:?}", home.get(&keyed).await.unwrap().status);
+    let again = api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap();
+    assert_eq!(again.status(), 201, "replacing the ended object as the proxy: {:?}", again.text().await);
     proxy.stop().await;
 
     let as_proxy = |ns: &str| Api::<SessionLivedBackend>::namespaced(proxy_client.clone(), ns);
@@ -198,7 +219,10 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         "the proxy listing Pods",
     );
     forbidden(as_proxy(&ns).list(&Default::default()).await.map(|_| ()), "the proxy reading another namespace");
-    forbidden(as_proxy("spawner-backends").delete(&name, &DeleteParams::default()).await.map(|_| ()), "the proxy deleting backends");
+    forbidden(
+        Api::<Pod>::namespaced(proxy_client.clone(), "spawner-backends").delete(&name, &DeleteParams::default()).await.map(|_| ()),
+        "the proxy deleting Pods",
+    );
     forbidden(
         as_proxy("spawner-backends").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
         "the proxy writing status",

@@ -71,6 +71,10 @@ pub(crate) struct CreateRequest {
     /// Node labels required.
     #[serde(default)]
     node_selector: BTreeMap<String, String>,
+    /// The application's HTTP port on Kubernetes (default 8080, also passed
+    /// as `PORT`). Local backends listen on the port Spawner passes in
+    /// `PORT`, so locally this is ignored.
+    port: Option<u16>,
     /// Lifetime of the returned token (s; default from configuration).
     token_ttl_seconds: Option<u64>,
     /// Subject of the returned token (default: `owner`).
@@ -161,6 +165,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
         cpu_millis: r.resources.cpu_millis,
         memory_bytes: r.resources.memory_bytes,
         node_selector: r.node_selector,
+        port: r.port,
     };
     let created = s.backends.create(spec).await?;
     let subject = r.subject.or(r.owner);

@@ -50,7 +50,8 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::UnknownTemplate(..) | ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Capacity(_) => StatusCode::TOO_MANY_REQUESTS,
-            ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Gone(_) => StatusCode::GONE,
+            ControlError::ShuttingDown | ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }

@@ -87,7 +87,6 @@ fn render(status: &Status) -> String {
     (status = 422, description = "Invalid values or unknown image"), (status = 429, description = "Too many backends")))]
 pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    let _ = r.port;
     let spec = BackendSpec {
         template: r.image,
         key: None,
@@ -99,6 +98,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
         cpu_millis: 0,
         memory_bytes: 0,
         node_selector: BTreeMap::new(),
+        port: r.port,
     };
     let created = s.backends.create(spec).await?;
     let (_, _, url) = mint(&s, &created.backend, None, s.token_ttl_seconds);

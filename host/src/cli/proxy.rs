@@ -1,4 +1,5 @@
-//! `spawner proxy`: Spawner's proxy and sweeper on Kubernetes.
+//! `spawner proxy`: Spawner's proxy and sweeper on Kubernetes, and its REST
+//! API when given an API token.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::ProxyConfig;
-use crate::k8s::serve::{self, ProxyOptions};
+use crate::k8s::serve::{self, ApiOptions, ProxyOptions};
 use crate::token::TokenKey;
 
 /// Route browsers to SessionLivedBackend Pods, with the auth plugin on every
@@ -37,11 +38,40 @@ pub struct ProxyArgs {
     /// `X-Forwarded-Proto` to send (`https` behind a TLS terminator).
     #[arg(long, env = "SPAWNER_FORWARDED_PROTO", default_value = "http")]
     pub forwarded_proto: String,
+    /// Serve the REST API under /api/, for callers presenting this bearer
+    /// token (at least 16 characters). Without it, the API is off.
+    #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// This proxy's address as browsers reach it, for the URLs the API
+    /// returns (e.g. https://spawner.example.com). Default: http://LISTEN.
+    #[arg(long, env = "SPAWNER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Default lifetime, in seconds, of the capability tokens the API mints.
+    #[arg(long, env = "SPAWNER_TOKEN_TTL_SECONDS", default_value_t = 86_400)]
+    pub token_ttl_seconds: u64,
 }
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let tokens = Arc::new(TokenKey::new(args.token_secret.as_bytes()).context("--token-secret")?);
+    let api = match args.api_token.filter(|t| !t.is_empty()) {
+        Some(t) if t.len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
+        Some(t) => {
+            if !crate::token::TTL_SECONDS.contains(&args.token_ttl_seconds) {
+                anyhow::bail!(
+                    "--token-ttl-seconds must be between 1 and {} (30 days), got {}",
+                    crate::token::MAX_TTL_SECONDS,
+                    args.token_ttl_seconds
+                );
+            }
+            let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
+            Some(ApiOptions { api_token: t.into(), public_url, token_ttl_seconds: args.token_ttl_seconds })
+        }
+        None => {
+            tracing::info!("the REST API is off (no --api-token): serving the proxy, /metrics and /healthz");
+            None
+        }
+    };
     let options = ProxyOptions {
         namespace: args.namespace,
         listen: args.listen,
@@ -50,6 +80,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(100)),
         dry_run: args.dry_run,
         proxy: ProxyConfig { forwarded_proto: args.forwarded_proto, ..ProxyConfig::default() },
+        api,
     };
     crate::dev::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -70,6 +70,9 @@ pub struct Cluster {
     /// Activity meters by backend name, with the object's uid so a new
     /// object with an old name starts from zero.
     activity: Mutex<HashMap<String, (String, Arc<Activity>)>>,
+    /// Bumped after every change the watch delivers (the cache is already
+    /// updated): what status streams wait on.
+    changes: tokio::sync::watch::Sender<u64>,
     default_grace_seconds: u64,
     runtime: tokio::runtime::Handle,
 }
@@ -83,11 +86,16 @@ impl Cluster {
         // silently in the background (no CRD, no permission).
         api.list(&kube::api::ListParams::default().limit(1)).await?;
         let (store, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().applied_objects();
-        tokio::spawn(stream.for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching SessionLivedBackends; retrying");
+        let (changes, _) = tokio::sync::watch::channel(0u64);
+        let notify = changes.clone();
+        // Touched, not applied: a deletion is a change too.
+        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().touched_objects();
+        tokio::spawn(stream.for_each(move |event| {
+            match event {
+                Ok(_) => notify.send_modify(|n| *n += 1),
+                Err(e) => tracing::warn!(error = %e, "watching SessionLivedBackends; retrying"),
             }
+            std::future::ready(())
         }));
         let _ = store.wait_until_ready().await;
         Ok(Arc::new(Cluster {
@@ -95,16 +103,45 @@ impl Cluster {
             store,
             api,
             activity: Mutex::new(HashMap::new()),
+            changes,
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),
         }))
     }
 
-    fn slab(&self, name: &str) -> Option<Arc<SessionLivedBackend>> {
+    /// The namespace it watches.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The object `name` as the cache holds it (the cache follows the API
+    /// server within moments; an object just created may not be in it yet).
+    pub fn slab(&self, name: &str) -> Option<Arc<SessionLivedBackend>> {
         self.store.get(&ObjectRef::new(name).within(&self.namespace))
     }
 
-    fn activity(&self, slab: &SessionLivedBackend) -> Arc<Activity> {
+    /// Every object in the cache.
+    pub fn slabs(&self) -> Vec<Arc<SessionLivedBackend>> {
+        self.store.state()
+    }
+
+    /// The API for this namespace's objects.
+    pub fn api(&self) -> &Api<SessionLivedBackend> {
+        &self.api
+    }
+
+    /// Grace period for objects whose spec gives none.
+    pub fn default_grace_seconds(&self) -> u64 {
+        self.default_grace_seconds
+    }
+
+    /// A receiver that sees a change after every update of the cache.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The activity meter of `slab` (what the proxy counted).
+    pub fn activity(&self, slab: &SessionLivedBackend) -> Arc<Activity> {
         let uid = slab.uid().unwrap_or_default();
         let mut meters = self.activity.lock().expect("activity lock");
         let entry = meters.entry(slab.name_any()).or_insert_with(|| (uid.clone(), Activity::new()));

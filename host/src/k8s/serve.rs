@@ -1,7 +1,9 @@
 //! `spawner proxy` on Kubernetes: the same proxy and sweeper as local mode,
 //! over the watched [`Cluster`], with the auth and idle plugins, `/metrics`
-//! and `/healthz`. The operator owns the backends; this process only routes
-//! to them, meters them and condemns the idle.
+//! and `/healthz`; and, when given an API token, the same REST API under
+//! `/api/` ([`KubeBackends`]). The operator runs the backends; this process
+//! routes to them, meters them, condemns the idle, and writes the objects
+//! the API is asked for.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::cluster::Cluster;
+use super::control::KubeBackends;
+use crate::api::ApiState;
+use crate::backends::Backends;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::plugins::{Plugins, Runtime, RuntimeConfig};
@@ -34,6 +39,19 @@ pub struct ProxyOptions {
     pub dry_run: bool,
     /// Limits and token names, as in local mode's `[proxy]`.
     pub proxy: ProxyConfig,
+    /// Serve the REST API under `/api/` (none: only the proxy).
+    pub api: Option<ApiOptions>,
+}
+
+/// The REST API of `spawner proxy`.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// The bearer token the web app's server presents.
+    pub api_token: Arc<str>,
+    /// This proxy's address as browsers reach it (URLs the API returns).
+    pub public_url: String,
+    /// Default lifetime of the capability tokens it mints, seconds.
+    pub token_ttl_seconds: u64,
 }
 
 /// A started proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -61,13 +79,25 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let metrics = Arc::new(Metrics::new());
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), Some(options.tokens.clone()))?);
     let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?);
-    let cluster = Cluster::start(client, &options.namespace, options.default_grace_seconds)
+    let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds)
         .await
         .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
     let settings =
         ProxySettings { host_domain: None, forwarded_proto: options.proxy.forwarded_proto.clone(), tokens: options.proxy.token_names() };
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
-    let app = Arc::new(App { proxy, api: crate::api::ops_router(metrics.clone()), metrics });
+    let api = match options.api {
+        Some(api) => crate::api::router(ApiState {
+            backends: Backends::Kubernetes(KubeBackends::new(cluster.clone(), client, &api.public_url)),
+            tokens: options.tokens.clone(),
+            token_ttl_seconds: api.token_ttl_seconds,
+            token_query_param: options.proxy.token_query_param.clone(),
+            public_url: api.public_url.trim_end_matches('/').to_string(),
+            api_token: Some(api.api_token),
+            metrics: metrics.clone(),
+        }),
+        None => crate::api::ops_router(metrics.clone()),
+    };
+    let app = Arc::new(App { proxy, api, metrics });
     let listener =
         server::bind(options.listen, options.proxy.listen_backlog).with_context(|| format!("listening on {}", options.listen))?;
     let addr = listener.local_addr()?;

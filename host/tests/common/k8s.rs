@@ -2,6 +2,7 @@
 //! real control plane).
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,4 +43,43 @@ pub async fn until(
             panic!("{name} never {what}: {other:?}; now: {now:?}")
         }
     }
+}
+
+/// A running demo backend, killed when dropped.
+pub struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo backend on a free loopback port.
+pub async fn demo_backend() -> (Demo, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Owned by the guard at once, so a failure below still kills it.
+    let demo = Demo(Command::new(env!("CARGO_BIN_EXE_spawner-demo-backend")).env("PORT", port.to_string()).spawn().unwrap());
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (demo, port);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the demo backend never listened");
+}
+
+/// What a kubelet reports for a Pod whose application listens on this
+/// machine's loopback (kwok's Pods run nothing; the tests run the demo
+/// backend themselves), once kwok has started the Pod: kwok only moves
+/// Pods that have no IP yet, so an earlier patch would stop it.
+pub async fn report_loopback_pod_ip(client: &kube::Client, namespace: &str, name: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let running = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.phase.as_deref() == Some("Running"));
+    let started = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, running)).await;
+    assert!(started.is_ok(), "Pod {name} never ran");
+    let ip = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&ip)).await.unwrap();
 }

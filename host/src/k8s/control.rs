@@ -1,0 +1,483 @@
+//! The REST API's runtime on Kubernetes: [`Control`] over
+//! `SessionLivedBackend` objects, so `spawner proxy` serves the same
+//! `/api/` as `spawner dev` (create or get by key, status, status stream,
+//! wait-for-ready, terminate, list, logs, tokens) and a web app's server
+//! does not change when it moves to a cluster.
+//!
+//! - **Create** writes an object; the operator does the rest. On
+//!   Kubernetes a template is a container image (as in the original
+//!   Spawner's `POST /spawn`): the Pod runs it as a non-root container
+//!   that meets the `restricted` Pod Security level, listening on `port`
+//!   (default 8080, also passed as `PORT`).
+//! - **Keys**: the object's name is derived from the key, so the API
+//!   server's name uniqueness is the lock: of concurrent creates with one
+//!   key exactly one succeeds, and the others read what it made. A key
+//!   whose backend has ended is reused: the ended object is deleted (with a
+//!   uid precondition, so only that one) and a new one created.
+//! - **Terminate** asks the operator through the same annotation the
+//!   sweeper uses, so the object records `terminated`, reason `requested`.
+//! - **Status streams** start at the object's current status; event ids
+//!   are the phase's rank in the lifecycle (pending 1 … ended 6), the same
+//!   on every proxy replica and after restarts, so `Last-Event-ID` resumes
+//!   correctly anywhere.
+//! - **Logs** are the application container's, read through the API
+//!   server (Kubernetes merges stdout and stderr; lines are marked stdout).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, Pod, ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, ResourceExt as _};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::cluster::{Cluster, termination_patch, termination_requested};
+use super::crd::{BackendPodTemplate, DEFAULT_HTTP_PORT, SessionLivedBackend, SessionLivedBackendSpec};
+use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, new_name, validate_spec};
+use crate::lifecycle::{Phase, Reason, Status, TerminationRequest};
+use crate::process::{LogLine, Stream};
+
+/// Creates tried before giving up when names keep colliding (a key whose
+/// ended object is being replaced by another caller at the same moment).
+const CREATE_ATTEMPTS: usize = 5;
+
+/// How long a create waits for an ended object with its key to be gone.
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
+
+/// The name of the application container in Pods made through the API.
+const APP_CONTAINER: &str = "app";
+
+/// The API's runtime on Kubernetes (see the module docs).
+pub struct KubeBackends {
+    cluster: Arc<Cluster>,
+    pods: Api<Pod>,
+    public_url: String,
+}
+
+impl KubeBackends {
+    /// Backends in `cluster`'s namespace; `public_url` is the proxy's
+    /// address as browsers reach it.
+    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str) -> Arc<Self> {
+        let pods = Api::namespaced(client, cluster.namespace());
+        Arc::new(KubeBackends { cluster, pods, public_url: public_url.trim_end_matches('/').to_string() })
+    }
+
+    /// Default idle grace period for creates that do not give one.
+    pub fn default_grace_seconds(&self) -> u64 {
+        self.cluster.default_grace_seconds()
+    }
+
+    /// The object, from the cache, else from the API server (an object
+    /// created a moment ago may not be cached yet).
+    async fn find(&self, name: &str) -> Result<Option<Arc<SessionLivedBackend>>, ControlError> {
+        if let Some(slab) = self.cluster.slab(name) {
+            return Ok(Some(slab));
+        }
+        if !is_object_name(name) {
+            return Ok(None);
+        }
+        self.cluster.api().get_opt(name).await.map(|s| s.map(Arc::new)).map_err(|e| unavailable("reading", name, e))
+    }
+
+    fn view(&self, slab: &SessionLivedBackend) -> BackendView {
+        let name = slab.name_any();
+        let status = status_of(slab);
+        let address = slab.status.as_ref().and_then(|s| s.pod_ip.as_deref()).map(|ip| match ip.contains(':') {
+            true => format!("[{ip}]:{}", slab.spec.http_port()),
+            false => format!("{ip}:{}", slab.spec.http_port()),
+        });
+        BackendView {
+            template: slab.spec.template.containers.first().and_then(|c| c.image.clone()).unwrap_or_default(),
+            key: slab.spec.key.clone(),
+            owner: slab.spec.owner.clone(),
+            labels: slab.plugin_labels(),
+            grace_period_seconds: slab.spec.grace_period_seconds.map_or(self.cluster.default_grace_seconds(), u64::from),
+            lifetime_limit_seconds: slab.spec.lifetime_limit_seconds,
+            url: format!("{}/p/{name}/", self.public_url),
+            open_connections: if status.phase.is_terminal() { 0 } else { self.cluster.activity(slab).open_connections() },
+            status,
+            address,
+            name,
+        }
+    }
+
+    /// Deletes the ended object `slab` (only that one: uid precondition)
+    /// and waits until its name is free.
+    async fn replace_ended(&self, slab: &SessionLivedBackend) -> Result<(), ControlError> {
+        let name = slab.name_any();
+        let params = DeleteParams { preconditions: Some(Preconditions { uid: slab.uid(), resource_version: None }), ..Default::default() };
+        match self.cluster.api().delete(&name, &params).await {
+            Ok(_) => {}
+            // Gone already, or already replaced by a concurrent create.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(()),
+            Err(e) => return Err(unavailable("deleting the ended", &name, e)),
+        }
+        let deadline = tokio::time::Instant::now() + REPLACE_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match self.cluster.api().get_opt(&name).await {
+                Ok(Some(s)) if s.uid() == slab.uid() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(unavailable("reading", &name, e)),
+            }
+        }
+        Err(ControlError::Unavailable(format!(
+            "the ended backend {name} that held this key is still being deleted (is `spawner operator` running? it removes the \
+             object's finalizer); retry in a moment"
+        )))
+    }
+}
+
+impl Control for KubeBackends {
+    async fn create(&self, spec: BackendSpec) -> Result<Created, ControlError> {
+        validate_spec(&spec)?;
+        let mut name = match &spec.key {
+            Some(key) => key_name(key),
+            None => new_name(&spec.template),
+        };
+        for _ in 0..CREATE_ATTEMPTS {
+            let slab = slab_for(&spec, &name)?;
+            let err = match self.cluster.api().create(&PostParams::default(), &slab).await {
+                Ok(made) => return Ok(Created { backend: self.view(&made), created: true }),
+                Err(kube::Error::Api(e)) if e.code == 409 => e,
+                Err(e) => return Err(refused(&name, e)),
+            };
+            if spec.key.is_none() {
+                // A random name taken: pick another.
+                tracing::debug!(backend = %name, reason = %err.message, "name taken; trying another");
+                name = new_name(&spec.template);
+                continue;
+            }
+            match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
+                // Deleted in between: create again.
+                None => {}
+                Some(existing) if existing.metadata.deletion_timestamp.is_none() && !status_of(&existing).phase.is_terminal() => {
+                    return Ok(Created { backend: self.view(&existing), created: false });
+                }
+                Some(ended) => self.replace_ended(&ended).await?,
+            }
+        }
+        Err(ControlError::Unavailable(format!("could not create backend {name}: its name stayed taken; retry")))
+    }
+
+    async fn get(&self, name: &str) -> Option<BackendView> {
+        match self.find(name).await {
+            Ok(slab) => slab.map(|s| self.view(&s)),
+            Err(e) => {
+                tracing::warn!(backend = %name, error = %e, "cannot read backend");
+                None
+            }
+        }
+    }
+
+    async fn list(&self, filter: &Filter) -> Vec<BackendView> {
+        let mut views: Vec<BackendView> = self.cluster.slabs().iter().map(|s| self.view(s)).filter(|v| filter.matches(v)).collect();
+        views.sort_by(|a, b| b.status.created_at.cmp(&a.status.created_at).then_with(|| a.name.cmp(&b.name)));
+        views
+    }
+
+    async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
+        let slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
+        if status_of(&slab).phase.is_terminal() || termination_requested(&slab).is_some() {
+            return Ok(self.view(&slab));
+        }
+        let request = TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
+        match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&termination_patch(&request))).await {
+            Ok(patched) => Ok(self.view(&patched)),
+            Err(kube::Error::Api(e)) if e.code == 404 => Err(ControlError::NotFound(name.into())),
+            Err(e) => Err(unavailable("terminating", name, e)),
+        }
+    }
+
+    async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
+        let slab = match self.find(name).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(backend = %name, error = %e, "cannot read backend");
+                return None;
+            }
+        };
+        let first = event_of(status_of(&slab));
+        let (tx, live) = watch::channel(first.clone());
+        if !first.status.phase.is_terminal() {
+            tokio::spawn(follow(self.cluster.clone(), name.to_string(), slab.uid(), tx));
+        }
+        Some(StatusFeed { history: vec![first], live })
+    }
+
+    async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
+        let slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
+        let container = slab.spec.template.containers.first().map(|c| c.name.clone());
+        let params = LogParams { container, tail_lines: tail.map(|t| t as i64), timestamps: true, ..LogParams::default() };
+        let text = match self.pods.logs(name, &params).await {
+            Ok(text) => text,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(ControlError::Gone(format!(
+                    "backend {name} has no Pod (any more), so no logs: its Pod is deleted when it ends"
+                )));
+            }
+            Err(e) => return Err(unavailable("reading the logs of the Pod of", name, e)),
+        };
+        Ok(text.lines().map(log_line).collect())
+    }
+
+    fn templates(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Feeds `tx` the status of object `name` (uid `uid`) as the cache changes,
+/// until it ends, is deleted, or nobody listens.
+async fn follow(cluster: Arc<Cluster>, name: String, uid: Option<String>, tx: watch::Sender<StatusEvent>) {
+    let mut changes = cluster.changes();
+    // The object may be newer than the cache (found on the API server):
+    // until the cache has it, its absence means nothing.
+    let mut seen = false;
+    loop {
+        match cluster.slab(&name) {
+            Some(slab) if slab.uid() == uid => {
+                seen = true;
+                let event = event_of(status_of(&slab));
+                let ended = event.status.phase.is_terminal();
+                tx.send_if_modified(|current| {
+                    let newer = event.seq > current.seq;
+                    if newer {
+                        *current = event;
+                    }
+                    newer
+                });
+                if ended {
+                    return;
+                }
+            }
+            // Deleted, or replaced by another object of the same name.
+            Some(_) => return,
+            None if seen => return,
+            None => {}
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The object name for a key: a digest, so any key (up to 253 characters
+/// of anything printable) gives a valid, fixed-length DNS label.
+pub fn key_name(key: &str) -> String {
+    format!("k-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..20])
+}
+
+/// Whether `name` could be an object name (a DNS subdomain); anything else
+/// is not looked up on the API server.
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The object a create request asks for.
+fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, ControlError> {
+    let bad = |m: String| Err(ControlError::Invalid(m));
+    let image = spec.template.as_str();
+    if image.is_empty() || image.len() > 1024 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(format!(
+            "template {image:?} is not a container image reference: on Kubernetes a template is an image, e.g. ghcr.io/acme/editor:1"
+        ));
+    }
+    if !spec.node_selector.is_empty() {
+        return bad("nodeSelector is not supported on Kubernetes yet; use a scheduler plugin setting or labels instead".into());
+    }
+    let Ok(grace) = u32::try_from(spec.grace_period_seconds) else {
+        return bad(format!("gracePeriodSeconds must be at most {} on Kubernetes", u32::MAX));
+    };
+    let port = spec.port.unwrap_or(DEFAULT_HTTP_PORT);
+    if port == 0 {
+        return bad("port must be between 1 and 65535".into());
+    }
+    let mut requests = BTreeMap::new();
+    if spec.cpu_millis > 0 {
+        requests.insert("cpu".to_string(), Quantity(format!("{}m", spec.cpu_millis)));
+    }
+    if spec.memory_bytes > 0 {
+        requests.insert("memory".to_string(), Quantity(spec.memory_bytes.to_string()));
+    }
+    let container = Container {
+        name: APP_CONTAINER.into(),
+        image: Some(image.into()),
+        env: Some(spec.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None }).collect()),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: port.into(), ..Default::default() }]),
+        resources: (!requests.is_empty()).then(|| ResourceRequirements { requests: Some(requests), ..Default::default() }),
+        // What the `restricted` Pod Security level requires (deploy/ puts
+        // backends in such a namespace): the image must run as a non-root
+        // user.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut slab = SessionLivedBackend::new(
+        name,
+        SessionLivedBackendSpec {
+            template: BackendPodTemplate { containers: vec![container], ..Default::default() },
+            grace_period_seconds: Some(grace),
+            http_port: Some(port),
+            key: spec.key.clone(),
+            owner: spec.owner.clone(),
+            lifetime_limit_seconds: spec.lifetime_limit_seconds,
+            service: None,
+        },
+    );
+    if !spec.labels.is_empty() {
+        slab.metadata.labels = Some(spec.labels.clone());
+    }
+    Ok(slab)
+}
+
+/// The lifecycle status the object records, or `pending` since its
+/// creation before the operator has written one.
+fn status_of(slab: &SessionLivedBackend) -> Status {
+    slab.status
+        .as_ref()
+        .and_then(|s| s.lifecycle())
+        .unwrap_or_else(|| Status::new(slab.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)))
+}
+
+/// A status as a stream event; its id is the phase's rank (see the module
+/// docs), so ids only grow.
+fn event_of(status: Status) -> StatusEvent {
+    let seq = match status.phase {
+        Phase::Pending => 1,
+        Phase::Scheduled => 2,
+        Phase::Starting => 3,
+        Phase::Ready => 4,
+        Phase::Terminating => 5,
+        Phase::Terminated | Phase::Failed => 6,
+    };
+    StatusEvent { seq, status }
+}
+
+/// One line of `kubectl logs --timestamps`: `<RFC 3339 time> <text>`.
+fn log_line(line: &str) -> LogLine {
+    let (time, text) = match line.split_once(' ').map(|(t, rest)| (t.parse::<Timestamp>(), rest)) {
+        Some((Ok(t), rest)) => (t, rest),
+        _ => (Timestamp::now(), line),
+    };
+    LogLine { time, stream: Stream::Stdout, text: text.to_string() }
+}
+
+/// A create the API server refused: its reason is the caller's to fix
+/// (invalid label, quota) or Spawner's (permissions, outage).
+fn refused(name: &str, e: kube::Error) -> ControlError {
+    match e {
+        kube::Error::Api(e) if matches!(e.code, 400 | 422) => {
+            ControlError::Invalid(format!("Kubernetes refused backend {name}: {}", e.message))
+        }
+        kube::Error::Api(e) if e.code == 403 && e.reason == "Forbidden" && e.message.contains("quota") => {
+            ControlError::Capacity(format!("Kubernetes refused backend {name}: {}", e.message))
+        }
+        e => unavailable("creating", name, e),
+    }
+}
+
+/// An API server error that is not the caller's doing, with the server's
+/// own message (its `Status` is noise to an API caller).
+fn unavailable(doing: &str, name: &str, e: kube::Error) -> ControlError {
+    let why = match &e {
+        kube::Error::Api(a) if a.code == 403 => format!("{} (check spawner proxy's Role: deploy/proxy/01-rbac.yaml)", a.message),
+        kube::Error::Api(a) => format!("{} ({})", a.message, a.code),
+        e => e.to_string(),
+    };
+    ControlError::Unavailable(format!("Kubernetes API error {doing} backend {name}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BackendSpec {
+        BackendSpec {
+            template: "ghcr.io/acme/editor:1".into(),
+            key: Some("doc 1/α".into()),
+            owner: Some("alice".into()),
+            labels: BTreeMap::from([("team".into(), "data".into())]),
+            env: BTreeMap::from([("MODE".into(), "x".into())]),
+            grace_period_seconds: 60,
+            lifetime_limit_seconds: Some(3600),
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+            node_selector: BTreeMap::new(),
+            port: Some(3000),
+        }
+    }
+
+    #[test]
+    fn key_names_are_fixed_length_dns_labels_and_differ_by_key() {
+        let a = key_name("doc 1/α");
+        assert_eq!(a.len(), 22);
+        assert!(is_object_name(&a), "{a}");
+        assert_eq!(a, key_name("doc 1/α"), "the same key, the same name: the API server's lock");
+        assert_ne!(a, key_name("doc 2/α"));
+    }
+
+    #[test]
+    fn a_create_request_becomes_a_restricted_pod_template() {
+        let slab = slab_for(&spec(), "k-1").unwrap();
+        assert_eq!(slab.spec.http_port(), 3000);
+        assert_eq!(slab.spec.grace_period_seconds, Some(60));
+        assert_eq!(slab.spec.key.as_deref(), Some("doc 1/α"));
+        assert_eq!(slab.plugin_labels(), BTreeMap::from([("team".to_string(), "data".to_string())]));
+        let c = &slab.spec.template.containers[0];
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/acme/editor:1"));
+        assert_eq!(c.env.as_ref().unwrap()[0].name, "MODE");
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("250m", "67108864"));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
+        assert_eq!(slab.spec.template.pod_spec().automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn what_kubernetes_cannot_run_is_refused_with_the_field() {
+        let with = |f: fn(&mut BackendSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            slab_for(&s, "k-1").unwrap_err().to_string()
+        };
+        assert!(with(|s| s.template = "two words".into()).contains("image"));
+        assert!(with(|s| s.node_selector.insert("zone".into(), "a".into()).map(|_| ()).unwrap_or(())).contains("nodeSelector"));
+        assert!(with(|s| s.grace_period_seconds = u64::MAX).contains("gracePeriodSeconds"));
+        assert!(with(|s| s.port = Some(0)).contains("port"));
+    }
+
+    #[test]
+    fn event_ids_follow_the_lifecycle_order() {
+        let mut status = Status::new(Timestamp::now());
+        let ids: Vec<u64> = Phase::ALL
+            .iter()
+            .map(|p| {
+                status.phase = *p;
+                event_of(status.clone()).seq
+            })
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 6]);
+    }
+
+    #[test]
+    fn log_lines_keep_their_timestamps() {
+        let l = log_line("2026-11-29T10:00:00.123456789Z listening on 8080");
+        assert_eq!(l.text, "listening on 8080");
+        assert_eq!(l.time.to_string(), "2026-11-29T10:00:00.123456789Z");
+        assert_eq!(log_line("no time here").text, "no time here");
+    }
+}

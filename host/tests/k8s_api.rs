@@ -1,0 +1,229 @@
+//! The REST API on Kubernetes, against a real control plane: a web app's
+//! server creates a backend through `spawner proxy`'s `/api/` exactly as it
+//! does with `spawner dev`, hands the browser URL to a browser that reaches
+//! the backend, watches its status, terminates it, and reuses its key; the
+//! original `POST /api/spawn` flow works too. Concurrent creates with one
+//! key make one object: the API server's name uniqueness is the lock.
+//!
+//! kwok's Pods run nothing, so the test runs the demo backend on loopback
+//! and reports that address as the Pod's IP, as a kubelet would.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::k8s::{WAIT, demo_backend, deploy, plugins, report_loopback_pod_ip};
+use futures_util::StreamExt as _;
+use kube::api::Api;
+use serde_json::{Value, json};
+use spawner::config::ProxyConfig;
+use spawner::k8s::control::key_name;
+use spawner::k8s::controller::{self, Context, OperatorConfig};
+use spawner::k8s::crd::SessionLivedBackend;
+use spawner::k8s::serve::{self, ApiOptions, ProxyOptions, RunningProxy};
+use spawner::metrics::Metrics;
+use spawner::token::TokenKey;
+use spawner_testenv::shared;
+
+const API_TOKEN: &str = "an-api-token-for-the-test";
+
+/// The operator and an API-serving proxy for a fresh namespace.
+async fn system(prefix: &str) -> (kube::Client, String, RunningProxy) {
+    let plane = shared().await;
+    plane.install_crds(&deploy("crd")).await.unwrap();
+    let ns = plane.namespace(prefix).await.unwrap();
+    let client = plane.client().await.unwrap();
+    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins(""), Arc::new(Metrics::new()), config)));
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let proxy = serve::start(
+        client.clone(),
+        ProxyOptions {
+            namespace: ns.clone(),
+            listen,
+            tokens: Arc::new(TokenKey::new(b"a test secret of some length").unwrap()),
+            default_grace_seconds: 300,
+            sweep_interval: Duration::from_millis(500),
+            dry_run: false,
+            proxy: ProxyConfig::default(),
+            api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: format!("http://{listen}"), token_ttl_seconds: 600 }),
+        },
+    )
+    .await
+    .unwrap();
+    (client, ns, proxy)
+}
+
+/// The web app's server: every call carries the API token.
+struct WebApp {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl WebApp {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(API_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Polls `GET /api/v1/backends/{name}` until `f` holds.
+    async fn until(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..(WAIT.as_millis() / 50) {
+            let (status, view) = self.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}"), None).await;
+            if status == 200 && f(&view) {
+                return view;
+            }
+            last = view;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("backend {name} never {what}; last: {last}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_api() {
+    let (client, ns, proxy) = system("api").await;
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let (_demo, port) = demo_backend().await;
+    let create =
+        json!({"template": "example.invalid/notes:1", "key": "doc-42", "owner": "alice", "port": port, "labels": {"team": "data"}});
+
+    // The API wants its token, and says what to fix in bad input.
+    let anonymous = reqwest::Client::new().post(format!("{}/api/v1/backends", app.base)).json(&create).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "not an image"}))).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err.to_string().contains("image"), "{err}");
+    let (status, err) =
+        app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "x:1", "labels": {"bad/key/twice": "v"}}))).await;
+    assert_eq!(status, 422, "the API server's own validation, passed on: {err}");
+    assert!(err.to_string().contains("Kubernetes refused"), "{err}");
+
+    // Concurrent creates with one key: one object, and everyone gets it.
+    let calls = (0..8).map(|_| app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())));
+    let answers = futures_util::future::join_all(calls).await;
+    let name = key_name("doc-42");
+    for (status, body) in &answers {
+        assert!(*status == 201 || *status == 200, "{status} {body}");
+        assert_eq!(body["backend"]["name"], name.as_str(), "{body}");
+    }
+    assert_eq!(answers.iter().filter(|(s, b)| *s == 201 && b["created"] == true).count(), 1, "exactly one created: {answers:?}");
+    let created = &answers.iter().find(|(s, _)| *s == 201).unwrap().1;
+    assert_eq!(created["backend"]["url"], format!("{}/p/{name}/", app.base));
+    assert_eq!(created["backend"]["owner"], "alice");
+    let browser_url = created["browserUrl"].as_str().unwrap().to_string();
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let first_uid = slabs.get(&name).await.unwrap().metadata.uid;
+    assert_eq!(slabs.get(&name).await.unwrap().spec.key.as_deref(), Some("doc-42"));
+
+    // Ready: the long poll answers once the operator says so.
+    report_loopback_pod_ip(&client, &ns, &name).await;
+    let (status, view) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/ready?timeout=60"), None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"]["phase"], "ready");
+    app.until(&name, "recorded its address", |v| v["address"] == format!("127.0.0.1:{port}")).await;
+
+    // The browser opens the URL it was handed: the token moves into a
+    // cookie, and the backend answers.
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let page = browser.get(&browser_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{:?}", page.text().await);
+    let stats: Value = browser.get(format!("{}/p/{name}/api/stats", app.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["requests"], 2, "the page and this request: {stats}");
+
+    // Listing, filtered.
+    let (_, mine) = app.call(reqwest::Method::GET, "/api/v1/backends?owner=alice&labels=team=data", None).await;
+    assert_eq!(mine.as_array().map(|a| a.len()), Some(1), "{mine}");
+    let (_, theirs) = app.call(reqwest::Method::GET, "/api/v1/backends?owner=bob", None).await;
+    assert_eq!(theirs, json!([]));
+
+    // The status stream starts at the current status; its id is the phase's rank.
+    let events = app.http.get(format!("{}/api/v1/backends/{name}/events", app.base)).bearer_auth(API_TOKEN).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    let mut body = events.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(WAIT, body.next()).await.expect("no status event").unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("id: 4") && text.contains("\"phase\":\"ready\""), "{text}");
+
+    // Logs come from the API server (kwok has no kubelet to serve them, so
+    // the answer says it could not read them), never a permission error.
+    let (status, logs) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/logs"), None).await;
+    assert!(status == 200 || (status == 503 && logs.to_string().contains("logs")), "{status} {logs}");
+
+    // Terminate: the stream sees the end; the object records why.
+    let (status, _) = app.call(reqwest::Method::DELETE, &format!("/api/v1/backends/{name}"), None).await;
+    assert_eq!(status, 202);
+    let mut rest = String::new();
+    while !rest.contains("id: 6") {
+        let next = tokio::time::timeout(WAIT, body.next()).await.expect("the stream never showed the end");
+        let Some(chunk) = next else { break };
+        rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(rest.contains("id: 6") && rest.contains("\"reason\":\"requested\""), "{rest}");
+    let ended = app.until(&name, "was terminated", |v| v["status"]["phase"] == "terminated").await;
+    assert_eq!(ended["status"]["reason"], "requested");
+    let after = browser.get(format!("{}/p/{name}/api/stats", app.base)).send().await.unwrap();
+    assert_eq!(after.status(), 410, "an ended backend is gone");
+
+    // The key is free again: a create replaces the ended object.
+    let (status, again) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["backend"]["name"], name.as_str());
+    assert_ne!(slabs.get(&name).await.unwrap().metadata.uid, first_uid, "a new object");
+    assert_ne!(again["backend"]["status"]["phase"], "terminated");
+
+    let (status, err) = app.call(reqwest::Method::GET, "/api/v1/backends/no-such-backend", None).await;
+    assert_eq!(status, 404, "{err}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_original_spawn_flow_works_on_kubernetes() {
+    let (client, ns, proxy) = system("api-original").await;
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let (_demo, port) = demo_backend().await;
+
+    let (status, spawned) =
+        app.call(reqwest::Method::POST, "/api/spawn", Some(json!({"image": "example.invalid/notes:1", "port": port}))).await;
+    assert_eq!(status, 200, "{spawned}");
+    let name = spawned["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("notes-"), "{name}");
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(slabs.get(&name).await.unwrap().spec.http_port(), port, "port reaches the object");
+    report_loopback_pod_ip(&client, &ns, &name).await;
+
+    // As the original client did: poll readyUrl until it redirects.
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let ready_url = spawned["readyUrl"].as_str().unwrap();
+    let mut location = None;
+    for _ in 0..(WAIT.as_millis() / 50) {
+        let r = no_follow.get(ready_url).bearer_auth(API_TOKEN).send().await.unwrap();
+        match r.status().as_u16() {
+            302 => {
+                location = r.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+                break;
+            }
+            409 => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("readyUrl answered {other}"),
+        }
+    }
+    let location = location.expect("never ready");
+    assert!(location.starts_with(&format!("{}/p/{name}/?", app.base)), "{location}");
+    app.until(&name, "recorded its address", |v| v["address"] == format!("127.0.0.1:{port}")).await;
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    assert_eq!(browser.get(&location).send().await.unwrap().status(), 200);
+    let (_, status) = app.call(reqwest::Method::GET, &format!("/api/backend/{name}/status"), None).await;
+    assert_eq!(status["state"], "Ready", "{status}");
+    proxy.stop().await;
+}
