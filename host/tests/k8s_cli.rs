@@ -1,7 +1,8 @@
 //! `spawner operator` and `spawner proxy` as a platform engineer runs them:
 //! the real binary, a kubeconfig in `KUBECONFIG`, against a real control
 //! plane. The operator runs a backend to ready and reports on `/metrics`;
-//! the proxy serves `/healthz` and refuses a request without a token; both
+//! the proxy serves `/healthz`, refuses a request without a token and, with
+//! `--api-token`, serves the REST API; both
 //! stop on SIGTERM.
 
 mod common;
@@ -71,6 +72,20 @@ async fn until_up(url: &str) {
     panic!("{url} never answered 200");
 }
 
+const API_TOKEN: &str = "an-api-token-for-the-cli-test";
+
+#[test]
+fn a_short_api_token_is_refused_before_anything_starts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["proxy", "--namespace", "x", "--token-secret", "a secret for this test only", "--api-token", "short"])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--api-token must be at least 16 characters"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_and_proxy_commands_run_against_a_cluster() {
     let plane = shared().await;
@@ -98,7 +113,19 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     let proxy_port = free_port().to_string();
     let proxy = spawner(
         &kubeconfig,
-        &["proxy", "--namespace", &ns, "--listen", &format!("127.0.0.1:{proxy_port}"), "--token-secret", "a secret for this test only"],
+        &[
+            "proxy",
+            "--namespace",
+            &ns,
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--token-secret",
+            "a secret for this test only",
+            "--api-token",
+            API_TOKEN,
+            "--public-url",
+            "https://spawner.example/",
+        ],
     );
     until_up(&format!("http://127.0.0.1:{metrics_port}/healthz")).await;
     until_up(&format!("http://127.0.0.1:{proxy_port}/healthz")).await;
@@ -130,6 +157,13 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     }
     assert!(code == 401 || code == 403, "no token: {code}");
     assert_eq!(get(&format!("http://127.0.0.1:{proxy_port}/p/nobody/")).await.unwrap().0, 404);
+
+    // Its REST API, with the API token, sees the object written by kubectl.
+    let api = format!("http://127.0.0.1:{proxy_port}/api/v1/backends/notes-doc-42");
+    assert_eq!(get(&api).await.unwrap().0, 401, "the API wants its token");
+    let view: serde_json::Value = reqwest::Client::new().get(&api).bearer_auth(API_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["status"]["phase"], "ready", "{view}");
+    assert_eq!(view["url"], "https://spawner.example/p/notes-doc-42/", "{view}");
 
     assert!(operator.terminate().success(), "the operator exits cleanly on SIGTERM");
     assert!(proxy.terminate().success(), "the proxy exits cleanly on SIGTERM");
