@@ -2,8 +2,7 @@
 //! the real binary, a kubeconfig in `KUBECONFIG`, against a real control
 //! plane. The operator runs a backend to ready and reports on `/metrics`;
 //! the proxy serves `/healthz`, refuses a request without a token and, with
-//! `--api-token`, serves the REST API; both
-//! stop on SIGTERM.
+//! `--api-token`, serves the REST API; both stop on SIGTERM.
 
 mod common;
 
