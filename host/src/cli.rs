@@ -13,6 +13,26 @@ mod plugin;
 mod proxy;
 mod token;
 
+/// Where `spawner operator` and `spawner proxy` read their plugins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginMapArgs {
+    /// Load plugins from this ConfigMap (`KIND.wasm` in binaryData,
+    /// `KIND.json` settings in data) and reload them when it changes.
+    /// Default: the embedded plugins.
+    #[arg(long, env = "SPAWNER_PLUGINS_CONFIGMAP")]
+    pub plugins_configmap: Option<String>,
+    /// The ConfigMap's namespace (Spawner's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "spawner")]
+    pub plugins_namespace: String,
+}
+
+impl PluginMapArgs {
+    /// The ConfigMap, if one is configured.
+    pub fn configmap(&self) -> Option<crate::k8s::plugins::PluginConfigMap> {
+        self.plugins_configmap.clone().map(|name| crate::k8s::plugins::PluginConfigMap { namespace: self.plugins_namespace.clone(), name })
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

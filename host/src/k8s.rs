@@ -2,7 +2,7 @@
 //! ([`pod`]), the controller that reconciles one into the other
 //! ([`controller`], `spawner operator`), and the proxy's and sweeper's view
 //! of them ([`cluster`], `spawner proxy`), and the REST API's runtime over
-//! them ([`control`]), with the lifecycle, plugins, proxy, sweeper and API
+//! them ([`control`]), plugins from a ConfigMap ([`plugins`]), with the lifecycle, plugins, proxy, sweeper and API
 //! local mode uses.
 
 pub mod cluster;
@@ -10,5 +10,6 @@ pub mod control;
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod plugins;
 pub mod pod;
 pub mod serve;

@@ -48,6 +48,7 @@ async fn system(prefix: &str) -> (kube::Client, String, RunningProxy) {
             dry_run: false,
             proxy: ProxyConfig::default(),
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: format!("http://{listen}"), token_ttl_seconds: 600 }),
+            plugins: None,
         },
     )
     .await

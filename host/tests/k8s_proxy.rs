@@ -49,6 +49,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
             dry_run: false,
             proxy: ProxyConfig::default(),
             api: None,
+            plugins: None,
         },
     )
     .await

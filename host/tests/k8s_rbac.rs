@@ -10,17 +10,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{deploy, plugins};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use base64::Engine as _;
+use common::k8s::deploy;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::config::ProxyConfig;
 use spawner::k8s::controller::{Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::leader::{self, LeaseSettings};
+use spawner::k8s::plugins::{self as configmap, PluginConfigMap};
 use spawner::k8s::serve::{self, ApiOptions, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
+use spawner::plugins::{PluginKind, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 use spawner_testenv::shared;
 
@@ -64,20 +67,39 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "ServiceAccount/spawner-operator",
             "ClusterRole/spawner-operator",
             "ClusterRoleBinding/spawner-operator",
-            "Role/spawner-operator-lease",
-            "RoleBinding/spawner-operator-lease"
+            "Role/spawner-operator",
+            "RoleBinding/spawner-operator"
         ]
     );
     assert_eq!(apply_file(&admin, &deploy("operator/02-deployment.yaml")).await, ["Deployment/spawner-operator"]);
     assert_eq!(
         apply_file(&admin, &deploy("proxy/01-rbac.yaml")).await,
-        ["ServiceAccount/spawner-proxy", "Role/spawner-proxy", "RoleBinding/spawner-proxy"]
+        [
+            "ServiceAccount/spawner-proxy",
+            "Role/spawner-proxy",
+            "RoleBinding/spawner-proxy",
+            "Role/spawner-proxy",
+            "RoleBinding/spawner-proxy"
+        ]
     );
     assert_eq!(apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
 
+    // The plugin ConfigMap both read (the default scheduler, configured).
+    let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "spawner");
+    let plugin_map = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "spawner-plugins"},
+        "data": {"scheduler.json": "{\"max-per-owner\": 5}"}
+    });
+    maps.patch("spawner-plugins", &PatchParams::apply("spawner-test").force(), &Patch::Apply(&plugin_map)).await.unwrap();
+    let at = PluginConfigMap { namespace: "spawner".into(), name: "spawner-plugins".into() };
+
     // The operator, as its ServiceAccount, watching every namespace.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
-    let plugins = plugins("");
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let (plugins, _watch) =
+        configmap::load(operator.clone(), &at, runtime, Arc::new(Metrics::new()), &[PluginKind::Scheduler], "spawner-operator")
+            .await
+            .expect("the operator reads its plugin ConfigMap as its ServiceAccount");
     let config = OperatorConfig { stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     let lease = LeaseSettings {
         namespace: "spawner".into(),
@@ -143,7 +165,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         "patching Pods",
     );
     forbidden(
-        Api::<SessionLivedBackend>::namespaced(operator, &ns).create(&PostParams::default(), &slab).await.map(|_| ()),
+        Api::<SessionLivedBackend>::namespaced(operator.clone(), &ns).create(&PostParams::default(), &slab).await.map(|_| ()),
         "creating backends",
     );
 
@@ -163,10 +185,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             dry_run: false,
             proxy: ProxyConfig::default(),
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: "http://proxy.test".into(), token_ttl_seconds: 600 }),
+            plugins: Some(at.clone()),
         },
     )
     .await
-    .expect("the proxy starts as its ServiceAccount");
+    .expect("the proxy starts as its ServiceAccount, reading its plugin ConfigMap");
     let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), "spawner-backends");
     let mut idle = slab.clone();
     idle.spec.grace_period_seconds = Some(1);
@@ -207,9 +230,37 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     assert!(stopped.is_ok(), "terminate through the API as the proxy: {:?}", home.get(&keyed).await.unwrap().status);
     let again = api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap();
     assert_eq!(again.status(), 201, "replacing the ended object as the proxy: {:?}", again.text().await);
+
+    // A refused plugin in the ConfigMap: the proxy may record why on it.
+    let wrong = std::fs::read(spawner_test_plugins::FIXTURE_WRONG_WORLD).unwrap();
+    let mut broken = plugin_map.clone();
+    broken["binaryData"] = serde_json::json!({"idle.wasm": base64::engine::general_purpose::STANDARD.encode(wrong)});
+    maps.patch("spawner-plugins", &PatchParams::apply("spawner-test").force(), &Patch::Apply(&broken)).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "spawner");
+    let mut rejected = false;
+    for _ in 0..300 {
+        let list = events.list(&Default::default()).await.unwrap();
+        rejected = list
+            .items
+            .iter()
+            .any(|e| e.reporting_controller.as_deref() == Some("spawner-proxy") && e.reason.as_deref() == Some("PluginRejected"));
+        if rejected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rejected, "no PluginRejected Event from the proxy's ServiceAccount");
     proxy.stop().await;
 
     let as_proxy = |ns: &str| Api::<SessionLivedBackend>::namespaced(proxy_client.clone(), ns);
+    forbidden(
+        Api::<ConfigMap>::namespaced(proxy_client.clone(), "spawner").get("another").await.map(|_| ()),
+        "the proxy reading another ConfigMap",
+    );
+    forbidden(
+        Api::<ConfigMap>::namespaced(operator.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
+        "the operator listing ConfigMaps",
+    );
     forbidden(
         Api::<Secret>::namespaced(proxy_client.clone(), "spawner-backends").list(&Default::default()).await.map(|_| ()),
         "the proxy listing Secrets",

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::k8s::controller::{Context, OperatorConfig};
 use crate::k8s::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::plugins::{Plugins, Runtime, RuntimeConfig};
+use crate::plugins::{PluginKind, Plugins, Runtime, RuntimeConfig};
 
 /// Reconcile SessionLivedBackend objects into Pods.
 #[derive(Debug, clap::Args)]
@@ -43,11 +43,14 @@ pub struct OperatorArgs {
     /// host name and process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The scheduler plugin.
+    #[command(flatten)]
+    pub plugins: super::PluginMapArgs,
 }
 
 /// Connects with the kubeconfig (or the in-cluster service account) and,
 /// while this replica holds the Lease, runs the controller with the
-/// embedded default plugins, until SIGINT or SIGTERM.
+/// embedded default plugins (or the ConfigMap's), until SIGINT or SIGTERM.
 pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let config = OperatorConfig {
         namespace: args.namespace,
@@ -67,7 +70,14 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
         let metrics = Arc::new(Metrics::new());
         let metrics_for_http = metrics.clone();
-        let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?);
+        let plugins = match args.plugins.configmap() {
+            Some(at) => {
+                let kinds = &[PluginKind::Scheduler];
+                // The watch runs for the life of the process.
+                crate::k8s::plugins::load(client.clone(), &at, runtime, metrics.clone(), kinds, "spawner-operator").await?.0
+            }
+            None => Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?),
+        };
         let listener = tokio::net::TcpListener::bind(args.metrics_listen)
             .await
             .with_context(|| format!("listening on {} (--metrics-listen)", args.metrics_listen))?;

@@ -49,6 +49,9 @@ pub struct ProxyArgs {
     /// Default lifetime, in seconds, of the capability tokens the API mints.
     #[arg(long, env = "SPAWNER_TOKEN_TTL_SECONDS", default_value_t = 86_400)]
     pub token_ttl_seconds: u64,
+    /// The auth and idle plugins.
+    #[command(flatten)]
+    pub plugins: super::PluginMapArgs,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -81,6 +84,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         proxy: ProxyConfig { forwarded_proto: args.forwarded_proto, ..ProxyConfig::default() },
         api,
+        plugins: args.plugins.configmap(),
     };
     crate::dev::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

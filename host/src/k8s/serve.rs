@@ -13,11 +13,12 @@ use anyhow::Context as _;
 
 use super::cluster::Cluster;
 use super::control::KubeBackends;
+use super::plugins::{self as configmap, PluginConfigMap};
 use crate::api::ApiState;
 use crate::backends::Backends;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
-use crate::plugins::{Plugins, Runtime, RuntimeConfig};
+use crate::plugins::{PluginKind, Plugins, Runtime, RuntimeConfig};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, App, Limits};
 use crate::token::TokenKey;
@@ -41,6 +42,9 @@ pub struct ProxyOptions {
     pub proxy: ProxyConfig,
     /// Serve the REST API under `/api/` (none: only the proxy).
     pub api: Option<ApiOptions>,
+    /// Load the auth and idle plugins from this ConfigMap, and follow it
+    /// (none: the embedded defaults).
+    pub plugins: Option<PluginConfigMap>,
 }
 
 /// The REST API of `spawner proxy`.
@@ -58,8 +62,9 @@ pub struct ApiOptions {
 pub struct RunningProxy {
     /// The bound address.
     pub addr: SocketAddr,
-    /// The plugins (embedded defaults).
+    /// The plugins (embedded defaults, or from the ConfigMap).
     pub plugins: Arc<Plugins>,
+    plugin_watch: Option<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
@@ -69,6 +74,9 @@ impl RunningProxy {
     /// Stops accepting and sweeping.
     pub async fn stop(self) {
         self.sweeper.abort();
+        if let Some(w) = &self.plugin_watch {
+            w.abort();
+        }
         let _ = self.shutdown.send(());
         let _ = self.server.await;
     }
@@ -78,7 +86,15 @@ impl RunningProxy {
 pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Result<RunningProxy> {
     let metrics = Arc::new(Metrics::new());
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), Some(options.tokens.clone()))?);
-    let plugins = Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?);
+    let (plugins, plugin_watch) = match &options.plugins {
+        Some(at) => {
+            let (plugins, watch) =
+                configmap::load(client.clone(), at, runtime, metrics.clone(), &[PluginKind::Auth, PluginKind::Idle], "spawner-proxy")
+                    .await?;
+            (plugins, Some(watch))
+        }
+        None => (Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?), None),
+    };
     let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds)
         .await
         .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
@@ -107,5 +123,5 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         let _ = stop.await;
     }));
     let sweeper = crate::sweeper::spawn(cluster, plugins.clone(), options.sweep_interval, options.dry_run);
-    Ok(RunningProxy { addr, plugins, shutdown, server, sweeper })
+    Ok(RunningProxy { addr, plugins, plugin_watch, shutdown, server, sweeper })
 }
