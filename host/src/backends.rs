@@ -216,6 +216,21 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The URL a browser opens for backend `name`: `{public_url}/p/{name}/`,
+/// or with host routing `{scheme}://{name}.{domain}[:{port}]/`, keeping the
+/// public URL's scheme and port.
+pub fn backend_url(public_url: &str, host_domain: Option<&str>, name: &str) -> String {
+    let Some(domain) = host_domain else {
+        return format!("{}/p/{name}/", public_url.trim_end_matches('/'));
+    };
+    let uri = public_url.parse::<http::Uri>().ok();
+    let scheme = uri.as_ref().and_then(|u| u.scheme_str()).unwrap_or("http");
+    match uri.as_ref().and_then(|u| u.port_u16()) {
+        Some(port) => format!("{scheme}://{name}.{domain}:{port}/"),
+        None => format!("{scheme}://{name}.{domain}/"),
+    }
+}
+
 /// A new backend name: a slug of the template and ten random characters,
 /// valid as a DNS label and a URL segment.
 pub fn new_name(template: &str) -> String {
@@ -258,6 +273,14 @@ mod tests {
             node_selector: BTreeMap::new(),
             port: None,
         }
+    }
+
+    #[test]
+    fn urls_by_path_or_by_host_keep_the_public_port_and_scheme() {
+        assert_eq!(backend_url("https://spawner.example.com/", None, "b1"), "https://spawner.example.com/p/b1/");
+        assert_eq!(backend_url("http://127.0.0.1:18092", Some("apps.localhost"), "b1"), "http://b1.apps.localhost:18092/");
+        assert_eq!(backend_url("https://spawner.example.com", Some("apps.example.com"), "b1"), "https://b1.apps.example.com/");
+        assert_eq!(backend_url("https://spawner.example.com:8443/", Some("apps.example.com"), "b1"), "https://b1.apps.example.com:8443/");
     }
 
     #[test]

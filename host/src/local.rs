@@ -21,7 +21,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::activity::Activity;
-use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusFeed, new_name, validate_spec};
+use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusFeed, backend_url, new_name, validate_spec};
 use crate::config::{Config, Template};
 use crate::lifecycle::{self, Phase, Reason, Status, TerminationRequest};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -144,10 +144,7 @@ impl Local {
     }
 
     fn url(&self, name: &str) -> String {
-        match &self.config.host_domain {
-            Some(domain) => host_routed_url(&self.config.public_url, domain, name),
-            None => format!("{}/p/{name}/", self.config.public_url),
-        }
+        backend_url(&self.config.public_url, self.config.host_domain.as_deref(), name)
     }
 
     fn view(&self, r: &Record) -> BackendView {
@@ -348,28 +345,4 @@ impl SweepSource for Local {
 /// Lifecycle timing for the driver.
 fn timeouts(c: &LocalConfig) -> lifecycle::Timeouts {
     lifecycle::Timeouts { startup: c.startup_timeout }
-}
-
-/// `{scheme}://{name}.{domain}[:port]/`: the scheme and port of the public
-/// URL (the port matters whenever Spawner is not on 80/443, as in `spawner
-/// dev`), the host from the routing domain.
-fn host_routed_url(public_url: &str, domain: &str, name: &str) -> String {
-    let uri = public_url.parse::<http::Uri>().ok();
-    let scheme = uri.as_ref().and_then(|u| u.scheme_str()).unwrap_or("http");
-    match uri.as_ref().and_then(|u| u.port_u16()) {
-        Some(port) => format!("{scheme}://{name}.{domain}:{port}/"),
-        None => format!("{scheme}://{name}.{domain}/"),
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    use super::host_routed_url;
-
-    #[test]
-    fn host_routed_urls_keep_the_public_port_and_scheme() {
-        assert_eq!(host_routed_url("http://127.0.0.1:18092", "apps.localhost", "b1"), "http://b1.apps.localhost:18092/");
-        assert_eq!(host_routed_url("https://spawner.example.com", "apps.example.com", "b1"), "https://b1.apps.example.com/");
-        assert_eq!(host_routed_url("https://spawner.example.com:8443/", "apps.example.com", "b1"), "https://b1.apps.example.com:8443/");
-    }
 }

@@ -28,8 +28,9 @@ use spawner_testenv::shared;
 
 const API_TOKEN: &str = "an-api-token-for-the-test";
 
-/// The operator and an API-serving proxy for a fresh namespace.
-async fn system(prefix: &str) -> (kube::Client, String, RunningProxy) {
+/// The operator and an API-serving proxy for a fresh namespace, with host
+/// routing under `host_domain` if given.
+async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, String, RunningProxy) {
     let plane = shared().await;
     plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
@@ -47,6 +48,7 @@ async fn system(prefix: &str) -> (kube::Client, String, RunningProxy) {
             sweep_interval: Duration::from_millis(500),
             dry_run: false,
             proxy: ProxyConfig::default(),
+            host_domain: host_domain.map(String::from),
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: format!("http://{listen}"), token_ttl_seconds: 600 }),
             plugins: None,
         },
@@ -91,7 +93,7 @@ impl WebApp {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_api() {
-    let (client, ns, proxy) = system("api").await;
+    let (client, ns, proxy) = system("api", None).await;
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
     let create =
@@ -189,9 +191,11 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     proxy.stop().await;
 }
 
+/// Also with host routing: the URL the browser is sent to is
+/// `{name}.{domain}`.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_original_spawn_flow_works_on_kubernetes() {
-    let (client, ns, proxy) = system("api-original").await;
+async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
+    let (client, ns, proxy) = system("api-original", Some("apps.test")).await;
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
 
@@ -220,10 +224,17 @@ async fn the_original_spawn_flow_works_on_kubernetes() {
         }
     }
     let location = location.expect("never ready");
-    assert!(location.starts_with(&format!("{}/p/{name}/?", app.base)), "{location}");
+    let host = format!("{name}.apps.test");
+    assert!(location.starts_with(&format!("http://{host}:{}/?token=", proxy.addr.port())), "{location}");
     app.until(&name, "recorded its address", |v| v["address"] == format!("127.0.0.1:{port}")).await;
-    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    // A browser whose DNS points the wildcard domain at the proxy.
+    let browser = reqwest::Client::builder().cookie_store(true).resolve(&host, proxy.addr).build().unwrap();
     assert_eq!(browser.get(&location).send().await.unwrap().status(), 200);
+    let stats: Value = browser.get(format!("http://{host}:{}/api/stats", proxy.addr.port())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["requests"], 2, "the page and this request reached the backend by host: {stats}");
+    let anonymous = reqwest::Client::builder().resolve(&host, proxy.addr).build().unwrap();
+    let refused = anonymous.get(format!("http://{host}:{}/api/stats", proxy.addr.port())).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "no token, by host too");
     let (_, status) = app.call(reqwest::Method::GET, &format!("/api/backend/{name}/status"), None).await;
     assert_eq!(status["state"], "Ready", "{status}");
     proxy.stop().await;

@@ -57,6 +57,7 @@ fn proxy_options(ns: &str, tokens: Arc<TokenKey>, plugins: PluginConfigMap) -> P
         sweep_interval: Duration::from_secs(5),
         dry_run: false,
         proxy: ProxyConfig::default(),
+        host_domain: None,
         api: None,
         plugins: Some(plugins),
     }

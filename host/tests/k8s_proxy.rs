@@ -48,6 +48,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
             sweep_interval: Duration::from_millis(200),
             dry_run: false,
             proxy: ProxyConfig::default(),
+            host_domain: None,
             api: None,
             plugins: None,
         },

@@ -184,6 +184,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             sweep_interval: Duration::from_millis(200),
             dry_run: false,
             proxy: ProxyConfig::default(),
+            host_domain: None,
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: "http://proxy.test".into(), token_ttl_seconds: 600 }),
             plugins: Some(at.clone()),
         },

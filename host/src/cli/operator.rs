@@ -20,6 +20,10 @@ pub struct OperatorArgs {
     /// Public base URL of Spawner's proxy, for `status.url`.
     #[arg(long, env = "SPAWNER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Host routing, as `spawner proxy --host-domain`: `status.url` is
+    /// `{scheme}://{name}.{domain}/`.
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN")]
+    pub host_domain: Option<String>,
     /// Seconds a Pod may take to become Ready before the backend fails.
     #[arg(long, env = "SPAWNER_STARTUP_TIMEOUT", default_value_t = 60)]
     pub startup_timeout_seconds: u64,
@@ -55,6 +59,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let config = OperatorConfig {
         namespace: args.namespace,
         public_url: args.public_url,
+        host_domain: args.host_domain,
         startup_timeout: Duration::from_secs(args.startup_timeout_seconds),
         stop_timeout: Duration::from_secs(args.stop_timeout_seconds),
         retention: Duration::from_secs(args.retention_seconds),

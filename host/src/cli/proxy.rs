@@ -49,6 +49,11 @@ pub struct ProxyArgs {
     /// Default lifetime, in seconds, of the capability tokens the API mints.
     #[arg(long, env = "SPAWNER_TOKEN_TTL_SECONDS", default_value_t = 86_400)]
     pub token_ttl_seconds: u64,
+    /// Host routing: `{name}.{domain}` also reaches backend `name` (point a
+    /// wildcard DNS record and certificate at the proxy), and the API's
+    /// URLs use it.
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN")]
+    pub host_domain: Option<String>,
     /// The auth and idle plugins.
     #[command(flatten)]
     pub plugins: super::PluginMapArgs,
@@ -85,6 +90,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         proxy: ProxyConfig { forwarded_proto: args.forwarded_proto, ..ProxyConfig::default() },
         api,
         plugins: args.plugins.configmap(),
+        host_domain: args.host_domain,
     };
     crate::dev::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

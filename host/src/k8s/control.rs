@@ -39,7 +39,9 @@ use tokio::sync::watch;
 
 use super::cluster::{Cluster, termination_patch, termination_requested};
 use super::crd::{BackendPodTemplate, DEFAULT_HTTP_PORT, SessionLivedBackend, SessionLivedBackendSpec};
-use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, new_name, validate_spec};
+use crate::backends::{
+    BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, new_name, validate_spec,
+};
 use crate::lifecycle::{Phase, Reason, Status, TerminationRequest};
 use crate::process::{LogLine, Stream};
 
@@ -58,14 +60,15 @@ pub struct KubeBackends {
     cluster: Arc<Cluster>,
     pods: Api<Pod>,
     public_url: String,
+    host_domain: Option<String>,
 }
 
 impl KubeBackends {
     /// Backends in `cluster`'s namespace; `public_url` is the proxy's
-    /// address as browsers reach it.
-    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str) -> Arc<Self> {
+    /// address as browsers reach it, `host_domain` its host routing domain.
+    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str, host_domain: Option<String>) -> Arc<Self> {
         let pods = Api::namespaced(client, cluster.namespace());
-        Arc::new(KubeBackends { cluster, pods, public_url: public_url.trim_end_matches('/').to_string() })
+        Arc::new(KubeBackends { cluster, pods, public_url: public_url.to_string(), host_domain })
     }
 
     /// Default idle grace period for creates that do not give one.
@@ -99,7 +102,7 @@ impl KubeBackends {
             labels: slab.plugin_labels(),
             grace_period_seconds: slab.spec.grace_period_seconds.map_or(self.cluster.default_grace_seconds(), u64::from),
             lifetime_limit_seconds: slab.spec.lifetime_limit_seconds,
-            url: format!("{}/p/{name}/", self.public_url),
+            url: backend_url(&self.public_url, self.host_domain.as_deref(), &name),
             open_connections: if status.phase.is_terminal() { 0 } else { self.cluster.activity(slab).open_connections() },
             status,
             address,

@@ -46,6 +46,9 @@ pub struct OperatorConfig {
     pub namespace: Option<String>,
     /// Base of the URLs written to `status.url` (`{base}/p/{name}/`).
     pub public_url: Option<String>,
+    /// Host routing: `status.url` is `{scheme}://{name}.{domain}/`, as
+    /// `spawner proxy --host-domain` serves it.
+    pub host_domain: Option<String>,
     /// How long a Pod may take to become Ready.
     pub startup_timeout: Duration,
     /// The Pod's termination grace period when Spawner stops it.
@@ -60,6 +63,7 @@ impl Default for OperatorConfig {
         OperatorConfig {
             namespace: None,
             public_url: None,
+            host_domain: None,
             startup_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
@@ -312,7 +316,7 @@ async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod:
         }
     }
     if let Some(base) = &ctx.config.public_url {
-        next.url = Some(format!("{}/p/{}/", base.trim_end_matches('/'), slab.name_any()));
+        next.url = Some(crate::backends::backend_url(base, ctx.config.host_domain.as_deref(), &slab.name_any()));
     }
     if slab.status.as_ref() == Some(&next) {
         return Ok(());

@@ -40,6 +40,9 @@ pub struct ProxyOptions {
     pub dry_run: bool,
     /// Limits and token names, as in local mode's `[proxy]`.
     pub proxy: ProxyConfig,
+    /// Host routing: `{name}.{domain}` reaches backend `name` (as well as
+    /// `/p/{name}/`); the API's URLs use it.
+    pub host_domain: Option<String>,
     /// Serve the REST API under `/api/` (none: only the proxy).
     pub api: Option<ApiOptions>,
     /// Load the auth and idle plugins from this ConfigMap, and follow it
@@ -98,12 +101,15 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds)
         .await
         .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
-    let settings =
-        ProxySettings { host_domain: None, forwarded_proto: options.proxy.forwarded_proto.clone(), tokens: options.proxy.token_names() };
+    let settings = ProxySettings {
+        host_domain: options.host_domain.clone(),
+        forwarded_proto: options.proxy.forwarded_proto.clone(),
+        tokens: options.proxy.token_names(),
+    };
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let api = match options.api {
         Some(api) => crate::api::router(ApiState {
-            backends: Backends::Kubernetes(KubeBackends::new(cluster.clone(), client, &api.public_url)),
+            backends: Backends::Kubernetes(KubeBackends::new(cluster.clone(), client, &api.public_url, options.host_domain.clone())),
             tokens: options.tokens.clone(),
             token_ttl_seconds: api.token_ttl_seconds,
             token_query_param: options.proxy.token_query_param.clone(),
