@@ -41,14 +41,17 @@ impl Default for Activity {
     }
 }
 
-/// What the sweeper sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the sweeper sees. On the wire between proxy replicas (JSON,
+/// camelCase, `idleFor` in milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     /// Connections open now (HTTP keep-alive and WebSocket).
     pub open_connections: u32,
     /// Requests in flight now.
     pub in_flight_requests: u32,
     /// Time since the last request, frame, connect or disconnect.
+    #[serde(rename = "idleForMs", with = "millis")]
     pub idle_for: Duration,
     /// Bytes from clients since the previous snapshot.
     pub bytes_in: u64,
@@ -56,6 +59,36 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// WebSocket messages (both ways) since the previous snapshot.
     pub websocket_messages: u64,
+}
+
+impl Snapshot {
+    /// One backend's activity seen by two proxy replicas as one: gauges and
+    /// counters add up, and it was last active when either saw it last.
+    pub fn merge(self, other: Snapshot) -> Snapshot {
+        Snapshot {
+            open_connections: self.open_connections.saturating_add(other.open_connections),
+            in_flight_requests: self.in_flight_requests.saturating_add(other.in_flight_requests),
+            idle_for: self.idle_for.min(other.idle_for),
+            bytes_in: self.bytes_in.saturating_add(other.bytes_in),
+            bytes_out: self.bytes_out.saturating_add(other.bytes_out),
+            websocket_messages: self.websocket_messages.saturating_add(other.websocket_messages),
+        }
+    }
+}
+
+/// `Duration` as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 impl Activity {
@@ -163,6 +196,19 @@ mod tests {
         assert_eq!((s.open_connections, s.in_flight_requests, s.bytes_in, s.websocket_messages), (1, 0, 0, 0));
         drop(conn);
         assert_eq!(a.snapshot().open_connections, 0);
+    }
+
+    #[test]
+    fn replicas_snapshots_merge_and_travel_as_json() {
+        let a =
+            Snapshot { open_connections: 1, in_flight_requests: 0, idle_for: Duration::from_secs(9), bytes_in: 5, ..Default::default() };
+        let b =
+            Snapshot { open_connections: 0, in_flight_requests: 2, idle_for: Duration::from_secs(3), bytes_in: 7, ..Default::default() };
+        let m = a.merge(b);
+        assert_eq!((m.open_connections, m.in_flight_requests, m.idle_for, m.bytes_in), (1, 2, Duration::from_secs(3), 12));
+        let json = serde_json::to_value(m).unwrap();
+        assert_eq!(json["idleForMs"], 3000);
+        assert_eq!(serde_json::from_value::<Snapshot>(json).unwrap(), m);
     }
 
     #[test]

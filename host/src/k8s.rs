@@ -10,6 +10,7 @@ pub mod control;
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod peers;
 pub mod plugins;
 pub mod pod;
 pub mod serve;

@@ -5,12 +5,13 @@
 //! failing idle plugin keeps backends (fail safe), and the lifetime limit is
 //! what still bounds their cost. In dry-run mode decisions are logged only.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::activity::Activity;
+use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Reason, TerminationRequest};
 use crate::plugins::Plugins;
 use crate::plugins::types::{Activity as PluginActivity, Backend, IdleRequest, IdleVerdict, TerminationKind};
@@ -36,6 +37,16 @@ pub trait SweepSource: Send + Sync + 'static {
     fn ready(&self) -> Vec<Candidate>;
     /// Ends one.
     fn terminate(&self, name: &str, request: TerminationRequest);
+    /// The activity to judge `c` by: its own meter's (the default), or,
+    /// with several proxy replicas, the sum of what each one saw.
+    fn activity(&self, c: &Candidate) -> Snapshot {
+        c.activity.snapshot()
+    }
+    /// Runs on the async side before each sweep (to gather other replicas'
+    /// activity, say); `false` skips this sweep.
+    fn prepare(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// One decision of a sweep.
@@ -53,7 +64,7 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
     let now = Timestamp::now();
     let mut condemned = Vec::new();
     for c in source.ready() {
-        let snap = c.activity.snapshot();
+        let snap = source.activity(&c);
         let age = now.duration_since(c.created_at).as_secs().max(0) as u64;
         let request = IdleRequest {
             backend: c.backend.clone(),
@@ -111,6 +122,9 @@ pub fn spawn(source: Arc<dyn SweepSource>, plugins: Arc<Plugins>, interval: Dura
         let mut reported: std::collections::HashMap<String, Reason> = std::collections::HashMap::new();
         loop {
             ticker.tick().await;
+            if !source.prepare().await {
+                continue;
+            }
             let (s, p) = (source.clone(), plugins.clone());
             match tokio::task::spawn_blocking(move || sweep(&*s, &p, dry_run)).await {
                 Ok(decisions) if dry_run => {

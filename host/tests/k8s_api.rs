@@ -51,6 +51,7 @@ async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, Strin
             host_domain: host_domain.map(String::from),
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: format!("http://{listen}"), token_ttl_seconds: 600 }),
             plugins: None,
+            replicas: None,
         },
     )
     .await

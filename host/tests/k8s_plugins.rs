@@ -60,6 +60,7 @@ fn proxy_options(ns: &str, tokens: Arc<TokenKey>, plugins: PluginConfigMap) -> P
         host_domain: None,
         api: None,
         plugins: Some(plugins),
+        replicas: None,
     }
 }
 
@@ -112,7 +113,8 @@ async fn the_proxy_loads_auth_from_a_configmap_and_follows_its_changes() {
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     slabs.create(&PostParams::default(), &slab("notes", "alice", port)).await.unwrap();
     report_loopback_pod_ip(&client, &ns, "notes").await;
-    until(&slabs, "notes", "became ready at the Pod IP", |s| s.phase == Some(Phase::Ready) && s.pod_ip.is_some()).await;
+    until(&slabs, "notes", "became ready at the Pod IP", |s| s.phase == Some(Phase::Ready) && s.pod_ip.as_deref() == Some("127.0.0.1"))
+        .await;
 
     let http = reqwest::Client::new();
     let url = format!("http://{}/p/notes/api/stats", proxy.addr);

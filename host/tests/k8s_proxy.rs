@@ -51,6 +51,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
             host_domain: None,
             api: None,
             plugins: None,
+            replicas: None,
         },
     )
     .await

@@ -19,8 +19,9 @@ use spawner::config::ProxyConfig;
 use spawner::k8s::controller::{Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::leader::{self, LeaseSettings};
+use spawner::k8s::peers::PeerOptions;
 use spawner::k8s::plugins::{self as configmap, PluginConfigMap};
-use spawner::k8s::serve::{self, ApiOptions, ProxyOptions};
+use spawner::k8s::serve::{self, ApiOptions, ProxyOptions, Replicas};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
 use spawner::plugins::{PluginKind, Runtime, RuntimeConfig};
@@ -187,6 +188,26 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             host_domain: None,
             api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: "http://proxy.test".into(), token_ttl_seconds: 600 }),
             plugins: Some(at.clone()),
+            // Sharing the sweeping: it competes for the sweeper Lease and
+            // lists its fellow replicas before each sweep. (None here: the
+            // deployed Deployment's kwok Pods match the deployed selector
+            // but answer nowhere, which would rightly stop every sweep.)
+            replicas: Some(Replicas {
+                peers: PeerOptions {
+                    namespace: "spawner".into(),
+                    selector: "app.kubernetes.io/name=spawner-proxy-in-this-test".into(),
+                    identity: "proxy-0".into(),
+                    token: "the-peer-token-of-the-rbac-test".into(),
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                },
+                lease: LeaseSettings {
+                    namespace: "spawner".into(),
+                    name: "spawner-proxy-sweeper".into(),
+                    identity: "proxy-0".into(),
+                    duration_seconds: 15,
+                    grace_seconds: 5,
+                },
+            }),
         },
     )
     .await

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::ProxyConfig;
-use crate::k8s::serve::{self, ApiOptions, ProxyOptions};
+use crate::k8s::leader::LeaseSettings;
+use crate::k8s::peers::PeerOptions;
+use crate::k8s::serve::{self, ApiOptions, ProxyOptions, Replicas};
 use crate::token::TokenKey;
 
 /// Route browsers to SessionLivedBackend Pods, with the auth plugin on every
@@ -57,11 +59,51 @@ pub struct ProxyArgs {
     /// The auth and idle plugins.
     #[command(flatten)]
     pub plugins: super::PluginMapArgs,
+    /// Several replicas: the label selector of the replicas' Pods (in the
+    /// namespace of --plugins-namespace). The replica holding the sweeper
+    /// Lease sweeps, asking the others for their activity first.
+    #[arg(long, env = "SPAWNER_PEER_SELECTOR")]
+    pub peer_selector: Option<String>,
+    /// The token replicas present to each other (at least 16 characters).
+    #[arg(long, env = "SPAWNER_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+    /// Where this replica answers the others (not exposed by the Service).
+    #[arg(long, env = "SPAWNER_PEER_LISTEN", default_value = "0.0.0.0:9091")]
+    pub peer_listen: SocketAddr,
+    /// The Lease the replicas compete for to sweep.
+    #[arg(long, env = "SPAWNER_SWEEPER_LEASE", default_value = "spawner-proxy-sweeper")]
+    pub sweeper_lease: String,
+    /// This replica's identity (its Pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// The replicas settings, when `--peer-selector` asks for them.
+fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
+    let Some(selector) = args.peer_selector.clone() else { return Ok(None) };
+    let token = match args.peer_token.as_deref() {
+        Some(t) if t.len() >= 16 => t,
+        _ => anyhow::bail!("--peer-selector needs --peer-token (SPAWNER_PEER_TOKEN), at least 16 characters, the same on every replica"),
+    };
+    let Some(identity) = args.identity.clone() else {
+        anyhow::bail!("--peer-selector needs --identity (POD_NAME): this replica's Pod name, so it does not ask itself");
+    };
+    let namespace = args.plugins.plugins_namespace.clone();
+    let lease = LeaseSettings {
+        namespace: namespace.clone(),
+        name: args.sweeper_lease.clone(),
+        identity: identity.clone(),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    let peers = PeerOptions { namespace, selector, identity, token: token.into(), listen: args.peer_listen };
+    Ok(Some(Replicas { peers, lease }))
 }
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let tokens = Arc::new(TokenKey::new(args.token_secret.as_bytes()).context("--token-secret")?);
+    let replicas = replicas(&args)?;
     let api = match args.api_token.filter(|t| !t.is_empty()) {
         Some(t) if t.len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
         Some(t) => {
@@ -81,6 +123,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let options = ProxyOptions {
+        replicas,
         namespace: args.namespace,
         listen: args.listen,
         tokens,

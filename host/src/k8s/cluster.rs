@@ -25,7 +25,8 @@ use kube::{Client, ResourceExt as _};
 use serde::{Deserialize, Serialize};
 
 use super::crd::SessionLivedBackend;
-use crate::activity::Activity;
+use super::peers::{BackendActivity, Gathered, Peers};
+use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::proxy::{Resolve, Target};
 use crate::sweeper::{Candidate, SweepSource};
@@ -75,6 +76,17 @@ pub struct Cluster {
     changes: tokio::sync::watch::Sender<u64>,
     default_grace_seconds: u64,
     runtime: tokio::runtime::Handle,
+    /// Set when several replicas share the sweeping (see [`super::peers`]).
+    fleet: std::sync::OnceLock<Fleet>,
+}
+
+/// What a replica needs to sweep for all replicas.
+struct Fleet {
+    /// Whether this replica holds the sweeper Lease.
+    leading: tokio::sync::watch::Receiver<bool>,
+    peers: Peers,
+    /// The other replicas' activity, gathered before this sweep.
+    gathered: Mutex<Gathered>,
 }
 
 impl Cluster {
@@ -106,6 +118,7 @@ impl Cluster {
             changes,
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),
+            fleet: std::sync::OnceLock::new(),
         }))
     }
 
@@ -140,6 +153,23 @@ impl Cluster {
         self.changes.subscribe()
     }
 
+    /// Sweeps only while `leading`, judging each backend by the activity
+    /// every replica in `peers` saw (see [`super::peers`]). Set once, at
+    /// start.
+    pub fn share_sweeping(&self, leading: tokio::sync::watch::Receiver<bool>, peers: Peers) {
+        let fleet = Fleet { leading, peers, gathered: Mutex::new(Gathered::new()) };
+        if self.fleet.set(fleet).is_err() {
+            tracing::warn!("share_sweeping called twice; keeping the first");
+        }
+    }
+
+    /// Every meter's activity (taking the counters since the last call), for
+    /// the replica that sweeps.
+    pub fn take_activity(&self) -> Vec<BackendActivity> {
+        let meters = self.activity.lock().expect("activity lock");
+        meters.iter().map(|(name, (uid, a))| BackendActivity { name: name.clone(), uid: uid.clone(), activity: a.snapshot() }).collect()
+    }
+
     /// The activity meter of `slab` (what the proxy counted).
     pub fn activity(&self, slab: &SessionLivedBackend) -> Arc<Activity> {
         let uid = slab.uid().unwrap_or_default();
@@ -166,6 +196,35 @@ impl Resolve for Cluster {
 }
 
 impl SweepSource for Cluster {
+    fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let Some(fleet) = self.fleet.get() else { return true };
+            if !*fleet.leading.borrow() {
+                return false;
+            }
+            match fleet.peers.gather().await {
+                Ok(gathered) => {
+                    *fleet.gathered.lock().expect("gathered lock") = gathered;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot see every proxy replica's activity; skipping this sweep (fail safe)");
+                    false
+                }
+            }
+        })
+    }
+
+    fn activity(&self, c: &Candidate) -> Snapshot {
+        let own = c.activity.snapshot();
+        let Some(fleet) = self.fleet.get() else { return own };
+        let uid = self.slab(&c.backend.name).and_then(|s| s.uid());
+        match fleet.gathered.lock().expect("gathered lock").get(&c.backend.name) {
+            Some((seen_uid, theirs)) if Some(seen_uid) == uid.as_ref() => own.merge(*theirs),
+            _ => own,
+        }
+    }
+
     fn ready(&self) -> Vec<Candidate> {
         let slabs = self.store.state();
         // Forget the meters of objects that are gone.

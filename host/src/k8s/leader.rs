@@ -1,9 +1,9 @@
-//! One active operator at a time: replicas compete for a Lease
-//! (coordination.k8s.io), and only its holder reconciles. When the holder
-//! dies or loses the API server, the Lease expires and another replica
-//! takes over within the lease duration. Elections are
-//! `kube-lease-manager`'s (server-side apply on the Lease, clock-skew
-//! tolerant).
+//! One active operator (and one sweeping proxy) at a time: replicas compete
+//! for a Lease (coordination.k8s.io), and only its holder reconciles (or
+//! sweeps). When the holder dies or loses the API server, the Lease
+//! expires and another replica takes over within the lease duration.
+//! Elections are `kube-lease-manager`'s (server-side apply on the Lease,
+//! clock-skew tolerant).
 
 use std::sync::Arc;
 
@@ -26,22 +26,37 @@ pub struct LeaseSettings {
     pub grace_seconds: u64,
 }
 
-/// Waits for the Lease, reconciles while holding it, stops reconciling the
-/// moment it is lost, and competes again. Returns only if the election
-/// itself fails (no permission on Leases, for example).
-pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> Result<(), LeaseManagerError> {
-    let manager = LeaseManagerBuilder::new(ctx.client().clone(), &lease.name)
+/// Competes for the Lease in the background; the receiver says whether this
+/// replica holds it now. The election stops when every receiver is gone.
+pub async fn leadership(client: kube::Client, lease: &LeaseSettings) -> Result<tokio::sync::watch::Receiver<bool>, LeaseManagerError> {
+    let manager = LeaseManagerBuilder::new(client, &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
         .with_duration(lease.duration_seconds)
         .with_grace(lease.grace_seconds)
         .build()
         .await?;
-    let (mut leading, election) = manager.watch().await;
+    let (leading, election) = manager.watch().await;
+    let name = lease.name.clone();
+    tokio::spawn(async move {
+        match election.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(lease = %name, error = %e, "leader election failed"),
+            Err(e) => tracing::error!(lease = %name, error = %e, "leader election task failed"),
+        }
+    });
+    Ok(leading)
+}
+
+/// Waits for the Lease, reconciles while holding it, stops reconciling the
+/// moment it is lost, and competes again. Returns only if the election
+/// itself fails (no permission on Leases, for example).
+pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> Result<(), LeaseManagerError> {
+    let mut leading = leadership(ctx.client().clone(), &lease).await?;
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
-                return election.await.map_err(|e| LeaseManagerError::InconsistentState(e.to_string())).and_then(|r| r.map(|_| ()));
+                return Err(LeaseManagerError::InconsistentState(format!("the election for Lease {} stopped (see the log)", lease.name)));
             }
         }
         tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");

@@ -13,6 +13,8 @@ use anyhow::Context as _;
 
 use super::cluster::Cluster;
 use super::control::KubeBackends;
+use super::leader::{self, LeaseSettings};
+use super::peers::{self, PeerOptions, Peers};
 use super::plugins::{self as configmap, PluginConfigMap};
 use crate::api::ApiState;
 use crate::backends::Backends;
@@ -48,6 +50,18 @@ pub struct ProxyOptions {
     /// Load the auth and idle plugins from this ConfigMap, and follow it
     /// (none: the embedded defaults).
     pub plugins: Option<PluginConfigMap>,
+    /// Several replicas: sweep only while holding `lease`, judging by
+    /// every replica's activity (none: this replica is the only one).
+    pub replicas: Option<Replicas>,
+}
+
+/// How replicas share the sweeping (see [`super::peers`]).
+#[derive(Debug, Clone)]
+pub struct Replicas {
+    /// Finding and asking the other replicas, and answering them.
+    pub peers: PeerOptions,
+    /// The sweeper Lease.
+    pub lease: LeaseSettings,
 }
 
 /// The REST API of `spawner proxy`.
@@ -68,6 +82,9 @@ pub struct RunningProxy {
     /// The plugins (embedded defaults, or from the ConfigMap).
     pub plugins: Arc<Plugins>,
     plugin_watch: Option<tokio::task::JoinHandle<()>>,
+    /// Where other replicas ask for this one's activity, if shared.
+    pub peer_addr: Option<SocketAddr>,
+    peer_server: Option<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
@@ -77,8 +94,8 @@ impl RunningProxy {
     /// Stops accepting and sweeping.
     pub async fn stop(self) {
         self.sweeper.abort();
-        if let Some(w) = &self.plugin_watch {
-            w.abort();
+        for task in [&self.plugin_watch, &self.peer_server].into_iter().flatten() {
+            task.abort();
         }
         let _ = self.shutdown.send(());
         let _ = self.server.await;
@@ -101,6 +118,26 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds)
         .await
         .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
+    let (peer_addr, peer_server) = match &options.replicas {
+        Some(r) => {
+            let listener = tokio::net::TcpListener::bind(r.peers.listen)
+                .await
+                .with_context(|| format!("listening on {} (--peer-listen)", r.peers.listen))?;
+            let addr = listener.local_addr()?;
+            let router = peers::router(cluster.clone(), r.peers.token.clone());
+            let server = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "peer listener stopped");
+                }
+            });
+            let leading = leader::leadership(client.clone(), &r.lease)
+                .await
+                .with_context(|| format!("competing for Lease {}/{}", r.lease.namespace, r.lease.name))?;
+            cluster.share_sweeping(leading, Peers::new(client.clone(), r.peers.clone()));
+            (Some(addr), Some(server))
+        }
+        None => (None, None),
+    };
     let settings = ProxySettings {
         host_domain: options.host_domain.clone(),
         forwarded_proto: options.proxy.forwarded_proto.clone(),
@@ -129,5 +166,5 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         let _ = stop.await;
     }));
     let sweeper = crate::sweeper::spawn(cluster, plugins.clone(), options.sweep_interval, options.dry_run);
-    Ok(RunningProxy { addr, plugins, plugin_watch, shutdown, server, sweeper })
+    Ok(RunningProxy { addr, plugins, plugin_watch, peer_addr, peer_server, shutdown, server, sweeper })
 }

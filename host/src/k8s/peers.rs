@@ -1,0 +1,230 @@
+//! Several `spawner proxy` replicas, one sweeper: each replica meters only
+//! the connections it carries, so the replica that holds the sweeper Lease
+//! asks every other replica for its activity before each sweep and judges
+//! each backend by the sum (the design's "bulk snapshot": activity comes
+//! from the proxies, never from backend Pods).
+//!
+//! - Replicas find each other as the Pods matching a label selector in
+//!   their own namespace, at the container port named `peer` (else
+//!   [`DEFAULT_PEER_PORT`]).
+//! - Each serves `GET /activity` on its peer listener (not the public one),
+//!   to callers presenting the shared peer token. Answering takes (resets)
+//!   the counters since the last answer, as a local sweep does.
+//! - Fail safe: if any running replica cannot be asked, the sweep is
+//!   skipped (its connections are unknown, and a backend busy there must
+//!   not be condemned); the next tick tries again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt as _};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::cluster::Cluster;
+use crate::activity::Snapshot;
+
+/// The peer listener's port when a replica's Pod names none.
+pub const DEFAULT_PEER_PORT: u16 = 9091;
+
+/// How long one replica may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One backend's activity as one replica saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendActivity {
+    /// The backend.
+    pub name: String,
+    /// Its object's uid (a new object with an old name starts from zero).
+    pub uid: String,
+    /// What the replica saw.
+    #[serde(flatten)]
+    pub activity: Snapshot,
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityReport {
+    /// Every backend it meters.
+    pub backends: Vec<BackendActivity>,
+}
+
+/// Activity gathered from the other replicas, by backend name.
+pub type Gathered = HashMap<String, (String, Snapshot)>;
+
+/// How this replica finds and asks the others.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// The replicas' namespace (Spawner's own).
+    pub namespace: String,
+    /// Label selector of the replicas' Pods, e.g.
+    /// `app.kubernetes.io/name=spawner-proxy`.
+    pub selector: String,
+    /// This replica's Pod name (it does not ask itself).
+    pub identity: String,
+    /// The token replicas present to each other.
+    pub token: Arc<str>,
+    /// Where this replica answers.
+    pub listen: SocketAddr,
+}
+
+/// The other replicas.
+pub struct Peers {
+    pods: Api<Pod>,
+    options: PeerOptions,
+    http: HttpClient<HttpConnector, Empty<Bytes>>,
+}
+
+/// Why the others' activity could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Listing the replicas failed.
+    #[error("listing proxy replicas ({0}): {1}")]
+    List(String, #[source] kube::Error),
+    /// One replica did not answer well.
+    #[error("asking replica {pod} at {addr}: {why}")]
+    Ask {
+        /// Its Pod.
+        pod: String,
+        /// Where it was asked.
+        addr: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+impl Peers {
+    /// The replicas `options` describes.
+    pub fn new(client: Client, options: PeerOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(ASK_TIMEOUT));
+        Peers {
+            pods: Api::namespaced(client, &options.namespace),
+            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            options,
+        }
+    }
+
+    /// Every other running replica's activity, summed per backend (by
+    /// name, for the uid the replicas agree on).
+    pub async fn gather(&self) -> Result<Gathered, PeerError> {
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&self.options.selector))
+            .await
+            .map_err(|e| PeerError::List(self.options.selector.clone(), e))?;
+        let mut gathered = Gathered::new();
+        for pod in list.items.iter().filter(|p| p.name_any() != self.options.identity) {
+            let Some(addr) = peer_address(pod) else { continue };
+            let report = self.ask(&pod.name_any(), &addr).await?;
+            for b in report.backends {
+                match gathered.get_mut(&b.name) {
+                    Some((uid, seen)) if *uid == b.uid => *seen = seen.merge(b.activity),
+                    // Another object of that name: the newest meters count.
+                    Some(entry) => *entry = (b.uid, b.activity),
+                    None => {
+                        gathered.insert(b.name, (b.uid, b.activity));
+                    }
+                }
+            }
+        }
+        Ok(gathered)
+    }
+
+    async fn ask(&self, pod: &str, addr: &str) -> Result<ActivityReport, PeerError> {
+        let fail = |why: String| PeerError::Ask { pod: pod.into(), addr: addr.into(), why };
+        let request = http::Request::get(format!("http://{addr}/activity"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.options.token))
+            .body(Empty::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let answer = async {
+            let response = self.http.request(request).await.map_err(|e| fail(e.to_string()))?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
+            if !status.is_success() {
+                return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body))));
+            }
+            serde_json::from_slice(&body).map_err(|e| fail(format!("unreadable answer: {e}")))
+        };
+        tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| fail(format!("no answer within {ASK_TIMEOUT:?}")))?
+    }
+}
+
+/// Where a replica's Pod answers: its IP and the container port named
+/// `peer`. A Pod not running (or going away) carries no connections.
+fn peer_address(pod: &Pod) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ip = status.pod_ip.as_deref()?;
+    let port = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("peer"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(DEFAULT_PEER_PORT);
+    Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") })
+}
+
+#[derive(Clone)]
+struct PeerState {
+    cluster: Arc<Cluster>,
+    token: Arc<str>,
+}
+
+/// The peer listener's routes: `GET /activity`.
+pub fn router(cluster: Arc<Cluster>, token: Arc<str>) -> Router {
+    Router::new().route("/activity", get(activity)).with_state(PeerState { cluster, token })
+}
+
+async fn activity(State(s): State<PeerState>, headers: axum::http::HeaderMap) -> Response {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    // Compared as digests: constant time whatever the length.
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(s.token.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "a proxy replica's peer token is required\n").into_response();
+    }
+    axum::Json(ActivityReport { backends: s.cluster.take_activity() }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str, ip: Option<&str>, port: Option<i32>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "proxy", "ports": port.map(|p| vec![serde_json::json!({"name": "peer", "containerPort": p})])}]},
+            "status": {"phase": phase, "podIP": ip}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn running_replicas_are_asked_at_their_peer_port() {
+        assert_eq!(peer_address(&pod("Running", Some("10.0.0.5"), Some(7000))).as_deref(), Some("10.0.0.5:7000"));
+        assert_eq!(peer_address(&pod("Running", Some("fd00::5"), None)).as_deref(), Some("[fd00::5]:9091"));
+        assert_eq!(peer_address(&pod("Pending", Some("10.0.0.5"), None)), None);
+        assert_eq!(peer_address(&pod("Running", None, None)), None);
+    }
+}
