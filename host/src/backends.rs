@@ -11,6 +11,11 @@ use utoipa::ToSchema;
 use crate::lifecycle::Status;
 use crate::process::LogLine;
 
+/// How long a terminate request waits for the backend to leave its phase
+/// before answering (locally the driver acts within milliseconds; on
+/// Kubernetes the operator within a round trip or two).
+pub const TERMINATE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Longest key accepted (Kubernetes names are 253; keys become labels).
 pub const MAX_KEY_LEN: usize = 253;
 
@@ -161,14 +166,14 @@ pub trait Control: Send + Sync + 'static {
     /// Creates a backend, or returns the live one with the same key.
     /// Concurrent calls with one key create exactly one.
     fn create(&self, spec: BackendSpec) -> impl Future<Output = Result<Created, ControlError>> + Send;
-    /// One backend.
-    fn get(&self, name: &str) -> impl Future<Output = Option<BackendView>> + Send;
+    /// One backend (none: no such backend; an error: it could not be read).
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<BackendView>, ControlError>> + Send;
     /// Backends passing `filter`, newest first.
     fn list(&self, filter: &Filter) -> impl Future<Output = Vec<BackendView>> + Send;
     /// Asks a backend to stop (reason `requested`); idempotent.
     fn terminate(&self, name: &str) -> impl Future<Output = Result<BackendView, ControlError>> + Send;
-    /// Status history and live changes.
-    fn subscribe(&self, name: &str) -> impl Future<Output = Option<StatusFeed>> + Send;
+    /// Status history and live changes (none: no such backend).
+    fn subscribe(&self, name: &str) -> impl Future<Output = Result<Option<StatusFeed>, ControlError>> + Send;
     /// Captured output, the last `tail` lines.
     fn logs(&self, name: &str, tail: Option<usize>) -> impl Future<Output = Result<Vec<LogLine>, ControlError>> + Send;
     /// Names of the configured templates.
@@ -332,7 +337,7 @@ impl Backends {
     }
 
     /// See [`Control::get`].
-    pub async fn get(&self, name: &str) -> Option<BackendView> {
+    pub async fn get(&self, name: &str) -> Result<Option<BackendView>, ControlError> {
         match self {
             Backends::Local(l) => l.get(name).await,
             Backends::Kubernetes(k) => k.get(name).await,
@@ -356,7 +361,7 @@ impl Backends {
     }
 
     /// See [`Control::subscribe`].
-    pub async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
+    pub async fn subscribe(&self, name: &str) -> Result<Option<StatusFeed>, ControlError> {
         match self {
             Backends::Local(l) => l.subscribe(name).await,
             Backends::Kubernetes(k) => k.subscribe(name).await,

@@ -43,6 +43,7 @@ pub mod plugins;
 pub mod process;
 pub mod proxy;
 pub mod reaper;
+pub mod secret;
 pub mod server;
 pub mod sweeper;
 pub mod token;

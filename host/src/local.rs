@@ -21,7 +21,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::activity::Activity;
-use crate::backends::{BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusFeed, backend_url, new_name, validate_spec};
+use crate::backends::{
+    BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusFeed, TERMINATE_ANSWER_WAIT, backend_url, new_name,
+    validate_spec,
+};
 use crate::config::{Config, Template};
 use crate::lifecycle::{self, Phase, Reason, Status, TerminationRequest};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -31,10 +34,6 @@ use crate::proxy::{Resolve, Target};
 use crate::reaper::Reaper;
 use crate::sweeper::{Candidate, SweepSource};
 use record::Record;
-
-/// How long a terminate request waits for the backend to leave its phase
-/// before answering (the driver acts within milliseconds).
-const TERMINATE_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of the local runtime, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -226,8 +225,8 @@ impl Control for Local {
         self.create_now(spec)
     }
 
-    async fn get(&self, name: &str) -> Option<BackendView> {
-        self.record(name).map(|r| self.view(&r))
+    async fn get(&self, name: &str) -> Result<Option<BackendView>, ControlError> {
+        Ok(self.record(name).map(|r| self.view(&r)))
     }
 
     async fn list(&self, filter: &Filter) -> Vec<BackendView> {
@@ -252,8 +251,8 @@ impl Control for Local {
         Ok(self.view(&r))
     }
 
-    async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
-        self.record(name).map(|r| r.feed())
+    async fn subscribe(&self, name: &str) -> Result<Option<StatusFeed>, ControlError> {
+        Ok(self.record(name).map(|r| r.feed()))
     }
 
     async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
@@ -315,7 +314,7 @@ impl Resolve for Local {
         let r = self.record(name)?;
         let phase = r.phase();
         let addr = if phase == Phase::Ready { r.process.lock().expect("process lock").as_ref().map(|p| p.addr) } else { None };
-        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone() })
+        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone(), created_at: r.created_at })
     }
 }
 

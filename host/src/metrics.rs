@@ -155,6 +155,9 @@ pub struct ProxyMetrics {
     pub open_websockets: Gauge,
     /// Client connections accepted.
     pub connections: Counter,
+    /// Sweeps skipped because a proxy replica could not be asked for its
+    /// activity (alert on its rate: idle backends are not being ended).
+    pub sweeps_skipped: Counter,
 }
 
 impl ProxyMetrics {
@@ -164,11 +167,17 @@ impl ProxyMetrics {
             open_connections: Gauge::default(),
             open_websockets: Gauge::default(),
             connections: Counter::default(),
+            sweeps_skipped: Counter::default(),
         };
         registry.register("proxy_requests", "Requests answered by the proxy, by status class", m.requests.clone());
         registry.register("proxy_open_connections", "Client connections open", m.open_connections.clone());
         registry.register("proxy_open_websockets", "WebSockets open through the proxy", m.open_websockets.clone());
         registry.register("proxy_connections", "Client connections accepted", m.connections.clone());
+        registry.register(
+            "proxy_sweeps_skipped",
+            "Sweeps skipped because a proxy replica could not be asked for its activity",
+            m.sweeps_skipped.clone(),
+        );
         m
     }
 }

@@ -53,6 +53,9 @@ pub struct Target {
     pub addr: Option<SocketAddr>,
     /// Where to count activity.
     pub activity: Arc<Activity>,
+    /// When it was created (Unix seconds): tokens issued before were for an
+    /// earlier backend of the same name.
+    pub created_at: u64,
 }
 
 /// Finds backends by name.
@@ -183,7 +186,8 @@ impl Proxy {
             peer: peer.to_string(),
             websocket,
         };
-        let credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
+        let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
+        credentials::refuse_issued_before(&mut credentials, target.created_at);
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
         let identity = match self.plugins.auth().check(&auth) {
             Verdict::Deny(d) => {

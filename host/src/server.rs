@@ -133,3 +133,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdow
         });
     }
 }
+
+/// A background task that is aborted when this handle drops: for tasks that
+/// must not outlive what started them (a start-up that fails half-way, a
+/// stopped proxy).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

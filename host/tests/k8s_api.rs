@@ -18,11 +18,12 @@ use futures_util::StreamExt as _;
 use kube::api::Api;
 use serde_json::{Value, json};
 use spawner::config::ProxyConfig;
-use spawner::k8s::control::key_name;
+use spawner::k8s::control::{CreateLimits, key_name};
 use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::serve::{self, ApiOptions, ProxyOptions, RunningProxy};
 use spawner::metrics::Metrics;
+use spawner::plugins::credentials::ISSUE_SKEW_SECONDS;
 use spawner::token::TokenKey;
 use spawner_testenv::shared;
 
@@ -49,7 +50,12 @@ async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, Strin
             dry_run: false,
             proxy: ProxyConfig::default(),
             host_domain: host_domain.map(String::from),
-            api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: format!("http://{listen}"), token_ttl_seconds: 600 }),
+            api: Some(ApiOptions {
+                api_token: API_TOKEN.into(),
+                public_url: format!("http://{listen}"),
+                token_ttl_seconds: 600,
+                limits: CreateLimits { max_backends: 1000, image_prefixes: vec!["example.invalid/".into()] },
+            }),
             plugins: None,
             replicas: None,
         },
@@ -57,6 +63,11 @@ async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, Strin
     .await
     .unwrap();
     (client, ns, proxy)
+}
+
+/// The ids of the server-sent events in `text`.
+fn ids(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|id| id.trim().parse().ok()).collect()
 }
 
 /// The web app's server: every call carries the API token.
@@ -106,8 +117,12 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "not an image"}))).await;
     assert_eq!(status, 422, "{err}");
     assert!(err.to_string().contains("image"), "{err}");
-    let (status, err) =
-        app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "x:1", "labels": {"bad/key/twice": "v"}}))).await;
+    let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "docker.io/anything:1"}))).await;
+    assert_eq!(status, 422, "only images under the allowed prefixes: {err}");
+    assert!(err.to_string().contains("example.invalid/"), "{err}");
+    let (status, err) = app
+        .call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/x:1", "labels": {"bad/key/twice": "v"}})))
+        .await;
     assert_eq!(status, 422, "the API server's own validation, passed on: {err}");
     assert!(err.to_string().contains("Kubernetes refused"), "{err}");
 
@@ -124,6 +139,7 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     assert_eq!(created["backend"]["url"], format!("{}/p/{name}/", app.base));
     assert_eq!(created["backend"]["owner"], "alice");
     let browser_url = created["browserUrl"].as_str().unwrap().to_string();
+    let first_minted = tokio::time::Instant::now();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let first_uid = slabs.get(&name).await.unwrap().metadata.uid;
     assert_eq!(slabs.get(&name).await.unwrap().spec.key.as_deref(), Some("doc-42"));
@@ -158,34 +174,79 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
         let chunk = tokio::time::timeout(WAIT, body.next()).await.expect("no status event").unwrap().unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(text.contains("id: 4") && text.contains("\"phase\":\"ready\""), "{text}");
+    let first_ids = ids(&text);
+    assert!(first_ids.len() == 1 && first_ids[0] % 10 == 4 && text.contains("\"phase\":\"ready\""), "{text}");
 
     // Logs come from the API server (kwok has no kubelet to serve them, so
     // the answer says it could not read them), never a permission error.
     let (status, logs) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/logs"), None).await;
-    assert!(status == 200 || (status == 503 && logs.to_string().contains("logs")), "{status} {logs}");
+    let logs = logs.to_string();
+    assert!(status == 200 || status == 503, "{status} {logs}");
+    assert!(!logs.contains("forbidden") && !logs.contains("Role"), "{logs}");
 
     // Terminate: the stream sees the end; the object records why.
     let (status, _) = app.call(reqwest::Method::DELETE, &format!("/api/v1/backends/{name}"), None).await;
     assert_eq!(status, 202);
     let mut rest = String::new();
-    while !rest.contains("id: 6") {
+    while !ids(&rest).iter().any(|id| id % 10 == 6) {
         let next = tokio::time::timeout(WAIT, body.next()).await.expect("the stream never showed the end");
         let Some(chunk) = next else { break };
         rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
-    assert!(rest.contains("id: 6") && rest.contains("\"reason\":\"requested\""), "{rest}");
+    assert!(ids(&rest).iter().all(|id| *id > first_ids[0]) && rest.contains("\"reason\":\"requested\""), "{rest}");
     let ended = app.until(&name, "was terminated", |v| v["status"]["phase"] == "terminated").await;
     assert_eq!(ended["status"]["reason"], "requested");
     let after = browser.get(format!("{}/p/{name}/api/stats", app.base)).send().await.unwrap();
     assert_eq!(after.status(), 410, "an ended backend is gone");
 
-    // The key is free again: a create replaces the ended object.
+    // The key is free again: a create replaces the ended object. (Past the
+    // clock tolerance since the first token was minted, so that token's
+    // refusal below is the rule, not luck.)
+    tokio::time::sleep_until(first_minted + Duration::from_secs(ISSUE_SKEW_SECONDS + 1)).await;
     let (status, again) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())).await;
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["backend"]["name"], name.as_str());
     assert_ne!(slabs.get(&name).await.unwrap().metadata.uid, first_uid, "a new object");
     assert_ne!(again["backend"]["status"]["phase"], "terminated");
+    // Read at once, the cache may still hold the ended object: answers
+    // must be about the new one.
+    let (status, view) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}"), None).await;
+    assert_eq!(status, 200);
+    assert_ne!(view["status"]["phase"], "terminated", "{view}");
+    report_loopback_pod_ip(&client, &ns, &name).await;
+    let (status, view) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/ready?timeout=60"), None).await;
+    assert_eq!(status, 200, "the new backend's readiness: {view}");
+    app.until(&name, "recorded the new Pod's address", |v| v["address"] == format!("127.0.0.1:{port}")).await;
+    // The first browser's token was for the ended backend: refused. The
+    // new one's token works.
+    let mut old = 0;
+    for _ in 0..100 {
+        old = browser.get(format!("{}/p/{name}/api/stats", app.base)).send().await.unwrap().status().as_u16();
+        if old != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(old, 401, "a token minted for the ended backend of this key");
+    let fresh = reqwest::Client::new()
+        .get(format!("{}/p/{name}/api/stats", app.base))
+        .bearer_auth(again["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
+
+    // A live object written with kubectl, keyed, is found by its key.
+    let mut by_kubectl: SessionLivedBackend = serde_json::from_value(json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "metadata": {"name": "written-by-kubectl"},
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "key": "doc-7"}
+    }))
+    .unwrap();
+    by_kubectl = slabs.create(&Default::default(), &by_kubectl).await.unwrap();
+    app.until(by_kubectl.metadata.name.as_deref().unwrap(), "was seen by the API", |v| v["status"]["phase"] == "ready").await;
+    let (status, found) =
+        app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/notes:1", "key": "doc-7"}))).await;
+    assert_eq!((status, &found["backend"]["name"]), (200, &json!("written-by-kubectl")), "{found}");
 
     let (status, err) = app.call(reqwest::Method::GET, "/api/v1/backends/no-such-backend", None).await;
     assert_eq!(status, 404, "{err}");

@@ -186,12 +186,18 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             dry_run: false,
             proxy: ProxyConfig::default(),
             host_domain: None,
-            api: Some(ApiOptions { api_token: API_TOKEN.into(), public_url: "http://proxy.test".into(), token_ttl_seconds: 600 }),
+            api: Some(ApiOptions {
+                api_token: API_TOKEN.into(),
+                public_url: "http://proxy.test".into(),
+                token_ttl_seconds: 600,
+                limits: Default::default(),
+            }),
             plugins: Some(at.clone()),
             // Sharing the sweeping: it competes for the sweeper Lease and
-            // lists its fellow replicas before each sweep. (None here: the
-            // deployed Deployment's kwok Pods match the deployed selector
-            // but answer nowhere, which would rightly stop every sweep.)
+            // lists its fellow replicas before each sweep. The selector
+            // matches no Pod: the deployed Deployment's kwok Pods match the
+            // deployed one but answer nowhere, which would rightly stop
+            // every sweep.
             replicas: Some(Replicas {
                 peers: PeerOptions {
                     namespace: "spawner".into(),

@@ -160,9 +160,10 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     assert_eq!(ended.status.unwrap().reason, Some(Reason::Idle));
 
     // A running replica that cannot be asked: no sweeps (its connections
-    // are unknown) until its Pod is gone.
-    ready_backend(&client, &ns, "notes-2", port).await;
+    // are unknown) until its Pod is gone. Stopped first, so that no sweep
+    // can end the new backend before the replica is gone.
     other.stop().await;
+    ready_backend(&client, &ns, "notes-2", port).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(phase(&slabs, "notes-2").await, Some(Phase::Ready), "swept while a replica could not be asked");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -214,7 +214,7 @@ pub(crate) async fn list(
 /// One backend.
 #[utoipa::path(get, path = "/api/v1/backends/{name}", params(("name" = String, Path)), responses((status = 200, body = BackendView), (status = 404)))]
 pub(crate) async fn get_one(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<BackendView>, ApiError> {
-    s.backends.get(&name).await.map(Json).ok_or_else(|| ApiError::no_backend(&name))
+    s.backends.get(&name).await?.map(Json).ok_or_else(|| ApiError::no_backend(&name))
 }
 
 /// Terminate a backend (reason `requested`). Idempotent.
@@ -229,7 +229,7 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String
 #[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path)), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
 pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    let feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     Ok(sse::stream(feed, sse::last_event_id(&headers), |status| serde_json::to_string(status).unwrap_or_default()))
 }
 
@@ -253,9 +253,9 @@ pub(crate) async fn ready(
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
-    let mut feed = s.backends.subscribe(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    let mut feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| e.status.phase == Phase::Ready || e.status.phase.is_terminal())).await;
-    let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     Ok(match view.status.phase {
         Phase::Ready => (StatusCode::OK, Json(view)).into_response(),
         p if p.is_terminal() => {
@@ -310,7 +310,7 @@ pub(crate) async fn token(
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    let view = s.backends.get(&name).await.ok_or_else(|| ApiError::no_backend(&name))?;
+    let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }

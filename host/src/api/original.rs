@@ -120,7 +120,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
 /// 410 if it ended; 404 if unknown.
 #[utoipa::path(get, path = "/api/backend/{id}/ready", params(("id" = String, Path)), responses((status = 302), (status = 409), (status = 410), (status = 404)))]
 pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let view = s.backends.get(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     match view.status.phase {
         Phase::Ready => {
             let (_, _, url) = mint(&s, &view, None, s.token_ttl_seconds);
@@ -134,7 +134,7 @@ pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> 
 /// Status (original shape: `state` plus the status fields).
 #[utoipa::path(get, path = "/api/backend/{id}/status", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
 pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let view = s.backends.get(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], render(&view.status)).into_response())
 }
 
@@ -142,6 +142,6 @@ pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) ->
 #[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path)), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
 pub(crate) async fn status_stream(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let feed = s.backends.subscribe(&id).await.ok_or_else(|| ApiError::no_backend(&id))?;
+    let feed = s.backends.subscribe(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     Ok(sse::stream(feed, sse::last_event_id(&headers), render))
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::ProxyConfig;
+use crate::k8s::control::CreateLimits;
 use crate::k8s::leader::LeaseSettings;
 use crate::k8s::peers::PeerOptions;
 use crate::k8s::serve::{self, ApiOptions, ProxyOptions, Replicas};
+use crate::secret::Secret;
 use crate::token::TokenKey;
 
 /// Route browsers to SessionLivedBackend Pods, with the auth plugin on every
@@ -27,7 +29,7 @@ pub struct ProxyArgs {
     /// Capability-token secret (the one tokens are minted with, e.g. by
     /// `spawner token mint`).
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: String,
+    pub token_secret: Secret,
     /// Idle grace period, in seconds, for backends whose spec gives none.
     #[arg(long, env = "SPAWNER_DEFAULT_GRACE_SECONDS", default_value_t = 300)]
     pub default_grace_seconds: u64,
@@ -43,11 +45,20 @@ pub struct ProxyArgs {
     /// Serve the REST API under /api/, for callers presenting this bearer
     /// token (at least 16 characters). Without it, the API is off.
     #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// This proxy's address as browsers reach it, for the URLs the API
     /// returns (e.g. https://spawner.example.com). Default: http://LISTEN.
     #[arg(long, env = "SPAWNER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Live backends the API may have at once (creates beyond are refused
+    /// with 429).
+    #[arg(long, env = "SPAWNER_MAX_BACKENDS", default_value_t = 1000)]
+    pub max_backends: usize,
+    /// Only images under these prefixes may be created through the API
+    /// (repeat, or comma-separate in the environment), e.g.
+    /// `ghcr.io/acme/`. Default: any image.
+    #[arg(long, env = "SPAWNER_IMAGE_PREFIXES", value_delimiter = ',')]
+    pub image_prefix: Vec<String>,
     /// Default lifetime, in seconds, of the capability tokens the API mints.
     #[arg(long, env = "SPAWNER_TOKEN_TTL_SECONDS", default_value_t = 86_400)]
     pub token_ttl_seconds: u64,
@@ -66,7 +77,7 @@ pub struct ProxyArgs {
     pub peer_selector: Option<String>,
     /// The token replicas present to each other (at least 16 characters).
     #[arg(long, env = "SPAWNER_PEER_TOKEN", hide_env_values = true)]
-    pub peer_token: Option<String>,
+    pub peer_token: Option<Secret>,
     /// Where this replica answers the others (not exposed by the Service).
     #[arg(long, env = "SPAWNER_PEER_LISTEN", default_value = "0.0.0.0:9091")]
     pub peer_listen: SocketAddr,
@@ -81,8 +92,8 @@ pub struct ProxyArgs {
 /// The replicas settings, when `--peer-selector` asks for them.
 fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
     let Some(selector) = args.peer_selector.clone() else { return Ok(None) };
-    let token = match args.peer_token.as_deref() {
-        Some(t) if t.len() >= 16 => t,
+    let token = match &args.peer_token {
+        Some(t) if t.expose().len() >= 16 => t.clone(),
         _ => anyhow::bail!("--peer-selector needs --peer-token (SPAWNER_PEER_TOKEN), at least 16 characters, the same on every replica"),
     };
     let Some(identity) = args.identity.clone() else {
@@ -96,16 +107,16 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
         duration_seconds: 15,
         grace_seconds: 5,
     };
-    let peers = PeerOptions { namespace, selector, identity, token: token.into(), listen: args.peer_listen };
+    let peers = PeerOptions { namespace, selector, identity, token, listen: args.peer_listen };
     Ok(Some(Replicas { peers, lease }))
 }
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let tokens = Arc::new(TokenKey::new(args.token_secret.as_bytes()).context("--token-secret")?);
+    let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?);
     let replicas = replicas(&args)?;
-    let api = match args.api_token.filter(|t| !t.is_empty()) {
-        Some(t) if t.len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
+    let api = match args.api_token.clone().filter(|t| !t.expose().is_empty()) {
+        Some(t) if t.expose().len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
         Some(t) => {
             if !crate::token::TTL_SECONDS.contains(&args.token_ttl_seconds) {
                 anyhow::bail!(
@@ -115,7 +126,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
-            Some(ApiOptions { api_token: t.into(), public_url, token_ttl_seconds: args.token_ttl_seconds })
+            let limits = CreateLimits { max_backends: args.max_backends, image_prefixes: args.image_prefix.clone() };
+            Some(ApiOptions { api_token: t, public_url, token_ttl_seconds: args.token_ttl_seconds, limits })
         }
         None => {
             tracing::info!("the REST API is off (no --api-token): serving the proxy, /metrics and /healthz");

@@ -29,6 +29,7 @@ use super::peers::{BackendActivity, Gathered, Peers};
 use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::proxy::{Resolve, Target};
+use crate::server::AbortOnDrop;
 use crate::sweeper::{Candidate, SweepSource};
 
 /// The annotation a termination request travels in, from the sweeper (or
@@ -78,15 +79,20 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     /// Set when several replicas share the sweeping (see [`super::peers`]).
     fleet: std::sync::OnceLock<Fleet>,
+    /// The watch feeding the cache, stopped with it.
+    _watching: AbortOnDrop,
 }
 
 /// What a replica needs to sweep for all replicas.
 struct Fleet {
-    /// Whether this replica holds the sweeper Lease.
-    leading: tokio::sync::watch::Receiver<bool>,
+    /// Whether this replica holds the sweeper Lease; dropping it ends the
+    /// election (and releases the Lease).
+    leading: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     peers: Peers,
     /// The other replicas' activity, gathered before this sweep.
     gathered: Mutex<Gathered>,
+    /// Counts sweeps skipped for want of a replica's answer.
+    skipped: prometheus_client::metrics::counter::Counter,
 }
 
 impl Cluster {
@@ -102,7 +108,7 @@ impl Cluster {
         let notify = changes.clone();
         // Touched, not applied: a deletion is a change too.
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().touched_objects();
-        tokio::spawn(stream.for_each(move |event| {
+        let watching = tokio::spawn(stream.for_each(move |event| {
             match event {
                 Ok(_) => notify.send_modify(|n| *n += 1),
                 Err(e) => tracing::warn!(error = %e, "watching SessionLivedBackends; retrying"),
@@ -119,6 +125,7 @@ impl Cluster {
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),
             fleet: std::sync::OnceLock::new(),
+            _watching: AbortOnDrop(watching),
         }))
     }
 
@@ -156,18 +163,45 @@ impl Cluster {
     /// Sweeps only while `leading`, judging each backend by the activity
     /// every replica in `peers` saw (see [`super::peers`]). Set once, at
     /// start.
-    pub fn share_sweeping(&self, leading: tokio::sync::watch::Receiver<bool>, peers: Peers) {
-        let fleet = Fleet { leading, peers, gathered: Mutex::new(Gathered::new()) };
+    pub fn share_sweeping(&self, leading: tokio::sync::watch::Receiver<bool>, peers: Peers, metrics: &crate::metrics::Metrics) {
+        let skipped = metrics.proxy.sweeps_skipped.clone();
+        let fleet = Fleet { leading: Mutex::new(Some(leading)), peers, gathered: Mutex::new(Gathered::new()), skipped };
         if self.fleet.set(fleet).is_err() {
             tracing::warn!("share_sweeping called twice; keeping the first");
         }
     }
 
     /// Every meter's activity (taking the counters since the last call), for
-    /// the replica that sweeps.
+    /// the replica that sweeps; meters of objects that are gone are dropped
+    /// first (a replica that does not sweep forgets them here).
     pub fn take_activity(&self) -> Vec<BackendActivity> {
+        self.forget_gone_meters();
         let meters = self.activity.lock().expect("activity lock");
         meters.iter().map(|(name, (uid, a))| BackendActivity { name: name.clone(), uid: uid.clone(), activity: a.snapshot() }).collect()
+    }
+
+    /// Connections open to `slab` through this replica, without starting a
+    /// meter for it (reading must not reset anyone's idle clock).
+    pub fn open_connections(&self, slab: &SessionLivedBackend) -> u32 {
+        let meters = self.activity.lock().expect("activity lock");
+        match meters.get(&slab.name_any()) {
+            Some((uid, a)) if Some(uid) == slab.uid().as_ref() => a.open_connections(),
+            _ => 0,
+        }
+    }
+
+    /// Stops competing for the sweeper Lease (releasing it if held).
+    pub fn stop_sweeping(&self) {
+        if let Some(fleet) = self.fleet.get() {
+            fleet.leading.lock().expect("leading lock").take();
+        }
+    }
+
+    /// Drops the meters of objects no longer in the cache.
+    fn forget_gone_meters(&self) {
+        let present: std::collections::HashSet<(String, String)> =
+            self.store.state().iter().map(|s| (s.name_any(), s.uid().unwrap_or_default())).collect();
+        self.activity.lock().expect("activity lock").retain(|name, (uid, _)| present.contains(&(name.clone(), uid.clone())));
     }
 
     /// The activity meter of `slab` (what the proxy counted).
@@ -191,7 +225,8 @@ impl Resolve for Cluster {
             (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
             _ => None,
         };
-        Some(Target { backend: Arc::new(slab.plugin_backend()), phase, addr, activity: self.activity(&slab) })
+        let created_at = slab.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second().max(0) as u64);
+        Some(Target { backend: Arc::new(slab.plugin_backend()), phase, addr, activity: self.activity(&slab), created_at })
     }
 }
 
@@ -199,7 +234,8 @@ impl SweepSource for Cluster {
     fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
             let Some(fleet) = self.fleet.get() else { return true };
-            if !*fleet.leading.borrow() {
+            let leading = fleet.leading.lock().expect("leading lock").as_ref().is_some_and(|l| *l.borrow());
+            if !leading {
                 return false;
             }
             match fleet.peers.gather().await {
@@ -208,6 +244,7 @@ impl SweepSource for Cluster {
                     true
                 }
                 Err(e) => {
+                    fleet.skipped.inc();
                     tracing::warn!(error = %e, "cannot see every proxy replica's activity; skipping this sweep (fail safe)");
                     false
                 }
@@ -218,18 +255,16 @@ impl SweepSource for Cluster {
     fn activity(&self, c: &Candidate) -> Snapshot {
         let own = c.activity.snapshot();
         let Some(fleet) = self.fleet.get() else { return own };
-        let uid = self.slab(&c.backend.name).and_then(|s| s.uid());
-        match fleet.gathered.lock().expect("gathered lock").get(&c.backend.name) {
-            Some((seen_uid, theirs)) if Some(seen_uid) == uid.as_ref() => own.merge(*theirs),
-            _ => own,
+        let Some(uid) = self.slab(&c.backend.name).and_then(|s| s.uid()) else { return own };
+        match fleet.gathered.lock().expect("gathered lock").get(&(c.backend.name.clone(), uid)) {
+            Some(theirs) => own.merge(*theirs),
+            None => own,
         }
     }
 
     fn ready(&self) -> Vec<Candidate> {
+        self.forget_gone_meters();
         let slabs = self.store.state();
-        // Forget the meters of objects that are gone.
-        let names: std::collections::HashSet<String> = slabs.iter().map(|s| s.name_any()).collect();
-        self.activity.lock().expect("activity lock").retain(|name, _| names.contains(name));
         slabs
             .iter()
             .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Ready))

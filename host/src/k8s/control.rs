@@ -11,17 +11,28 @@
 //!   (default 8080, also passed as `PORT`).
 //! - **Keys**: the object's name is derived from the key, so the API
 //!   server's name uniqueness is the lock: of concurrent creates with one
-//!   key exactly one succeeds, and the others read what it made. A key
-//!   whose backend has ended is reused: the ended object is deleted (with a
-//!   uid precondition, so only that one) and a new one created.
+//!   key exactly one succeeds, and the others read what it made. A live
+//!   object written with another name (by kubectl) but the same key is
+//!   found too. A key whose backend has ended is reused: the ended object
+//!   is deleted (with a uid precondition, so only that one) and a new one
+//!   created; tokens minted for the ended one do not open the new one (the
+//!   proxy refuses tokens issued before a backend was created).
+//! - **Limits**: at most `max_backends` live backends, and, if image
+//!   prefixes are configured, only images under them: whoever holds the API
+//!   token chooses what the cluster runs.
 //! - **Terminate** asks the operator through the same annotation the
 //!   sweeper uses, so the object records `terminated`, reason `requested`.
-//! - **Status streams** start at the object's current status; event ids
-//!   are the phase's rank in the lifecycle (pending 1 … ended 6), the same
-//!   on every proxy replica and after restarts, so `Last-Event-ID` resumes
-//!   correctly anywhere.
+//! - **Status streams** start at the object's current status; an event id
+//!   is the object's creation time (Unix seconds) × 10 plus the phase's rank
+//!   in the lifecycle (pending 1 … ended 6): the same on every proxy
+//!   replica and after restarts, and growing across the backends a key
+//!   names in turn, so `Last-Event-ID` resumes correctly anywhere.
+//! - **Reads** prefer the watched cache, but an object the cache does not
+//!   have, or has as ended or deleted, is read from the API server: just
+//!   after a key's backend is replaced, the cache may still hold the old.
 //! - **Logs** are the application container's, read through the API
-//!   server (Kubernetes merges stdout and stderr; lines are marked stdout).
+//!   server (Kubernetes merges stdout and stderr; lines are marked stdout),
+//!   at most the last 256 KiB.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +50,7 @@ use tokio::sync::watch;
 
 use super::cluster::{Cluster, termination_patch, termination_requested};
 use super::crd::{BackendPodTemplate, DEFAULT_HTTP_PORT, SessionLivedBackend, SessionLivedBackendSpec};
+use crate::backends::TERMINATE_ANSWER_WAIT;
 use crate::backends::{
     BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, new_name, validate_spec,
 };
@@ -55,20 +67,42 @@ const REPLACE_WAIT: Duration = Duration::from_secs(10);
 /// The name of the application container in Pods made through the API.
 const APP_CONTAINER: &str = "app";
 
+/// Most log bytes one request reads (as local mode keeps).
+const MAX_LOG_BYTES: i64 = 256 * 1024;
+
+/// Most log lines one request asks for.
+const MAX_LOG_LINES: usize = 100_000;
+
+/// What the API may create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateLimits {
+    /// Live backends at most (counted in this proxy's namespace).
+    pub max_backends: usize,
+    /// Images must start with one of these (none: any image).
+    pub image_prefixes: Vec<String>,
+}
+
+impl Default for CreateLimits {
+    fn default() -> Self {
+        CreateLimits { max_backends: 1000, image_prefixes: Vec::new() }
+    }
+}
+
 /// The API's runtime on Kubernetes (see the module docs).
 pub struct KubeBackends {
     cluster: Arc<Cluster>,
     pods: Api<Pod>,
     public_url: String,
     host_domain: Option<String>,
+    limits: CreateLimits,
 }
 
 impl KubeBackends {
     /// Backends in `cluster`'s namespace; `public_url` is the proxy's
     /// address as browsers reach it, `host_domain` its host routing domain.
-    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str, host_domain: Option<String>) -> Arc<Self> {
+    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str, host_domain: Option<String>, limits: CreateLimits) -> Arc<Self> {
         let pods = Api::namespaced(client, cluster.namespace());
-        Arc::new(KubeBackends { cluster, pods, public_url: public_url.to_string(), host_domain })
+        Arc::new(KubeBackends { cluster, pods, public_url: public_url.to_string(), host_domain, limits })
     }
 
     /// Default idle grace period for creates that do not give one.
@@ -76,10 +110,14 @@ impl KubeBackends {
         self.cluster.default_grace_seconds()
     }
 
-    /// The object, from the cache, else from the API server (an object
-    /// created a moment ago may not be cached yet).
+    /// The object, from the cache, else from the API server: an object
+    /// created a moment ago may not be cached yet, and one the cache holds
+    /// as ended or deleted may have been replaced already (a reused key).
     async fn find(&self, name: &str) -> Result<Option<Arc<SessionLivedBackend>>, ControlError> {
-        if let Some(slab) = self.cluster.slab(name) {
+        if let Some(slab) = self.cluster.slab(name)
+            && slab.metadata.deletion_timestamp.is_none()
+            && !status_of(&slab).phase.is_terminal()
+        {
             return Ok(Some(slab));
         }
         if !is_object_name(name) {
@@ -103,7 +141,7 @@ impl KubeBackends {
             grace_period_seconds: slab.spec.grace_period_seconds.map_or(self.cluster.default_grace_seconds(), u64::from),
             lifetime_limit_seconds: slab.spec.lifetime_limit_seconds,
             url: backend_url(&self.public_url, self.host_domain.as_deref(), &name),
-            open_connections: if status.phase.is_terminal() { 0 } else { self.cluster.activity(slab).open_connections() },
+            open_connections: if status.phase.is_terminal() { 0 } else { self.cluster.open_connections(slab) },
             status,
             address,
             name,
@@ -136,9 +174,37 @@ impl KubeBackends {
     }
 }
 
+impl KubeBackends {
+    /// The object's status now, and its changes as the cache sees them.
+    fn feed(&self, slab: Arc<SessionLivedBackend>) -> StatusFeed {
+        let first = event_of(&slab);
+        let (tx, live) = watch::channel(first.clone());
+        if !first.status.phase.is_terminal() {
+            tokio::spawn(follow(self.cluster.clone(), slab.name_any(), slab.uid(), tx));
+        }
+        StatusFeed { history: vec![first], live }
+    }
+}
+
 impl Control for KubeBackends {
     async fn create(&self, spec: BackendSpec) -> Result<Created, ControlError> {
         validate_spec(&spec)?;
+        check_image(&spec.template, &self.limits.image_prefixes)?;
+        let slabs = self.cluster.slabs();
+        let live: Vec<&Arc<SessionLivedBackend>> =
+            slabs.iter().filter(|s| s.metadata.deletion_timestamp.is_none() && !status_of(s).phase.is_terminal()).collect();
+        if let Some(key) = &spec.key
+            && let Some(existing) = live.iter().find(|s| s.spec.key.as_ref() == Some(key))
+        {
+            // Written with another name (kubectl), or ours, already cached.
+            return Ok(Created { backend: self.view(existing), created: false });
+        }
+        if live.len() >= self.limits.max_backends {
+            return Err(ControlError::Capacity(format!(
+                "{} live backends, the most this Spawner allows (spawner proxy --max-backends); terminate some, or raise it",
+                live.len()
+            )));
+        }
         let mut name = match &spec.key {
             Some(key) => key_name(key),
             None => new_name(&spec.template),
@@ -168,14 +234,8 @@ impl Control for KubeBackends {
         Err(ControlError::Unavailable(format!("could not create backend {name}: its name stayed taken; retry")))
     }
 
-    async fn get(&self, name: &str) -> Option<BackendView> {
-        match self.find(name).await {
-            Ok(slab) => slab.map(|s| self.view(&s)),
-            Err(e) => {
-                tracing::warn!(backend = %name, error = %e, "cannot read backend");
-                None
-            }
-        }
+    async fn get(&self, name: &str) -> Result<Option<BackendView>, ControlError> {
+        Ok(self.find(name).await?.map(|s| self.view(&s)))
     }
 
     async fn list(&self, filter: &Filter) -> Vec<BackendView> {
@@ -190,33 +250,39 @@ impl Control for KubeBackends {
             return Ok(self.view(&slab));
         }
         let request = TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
-        match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&termination_patch(&request))).await {
-            Ok(patched) => Ok(self.view(&patched)),
-            Err(kube::Error::Api(e)) if e.code == 404 => Err(ControlError::NotFound(name.into())),
-            Err(e) => Err(unavailable("terminating", name, e)),
-        }
+        // Only this object: a uid precondition (a reused key's new object
+        // must not be ended by a request meant for the old one).
+        let mut patch = termination_patch(&request);
+        patch["metadata"]["uid"] = serde_json::json!(slab.uid());
+        let patched = match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(patched) => patched,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Err(ControlError::NotFound(name.into())),
+            Err(e) => return Err(unavailable("terminating", name, e)),
+        };
+        // Answer with the status the request caused (terminating, or ended
+        // if it had not started), as local mode does: the operator acts
+        // within a round trip or two.
+        let mut live = self.feed(Arc::new(patched)).live;
+        let stopping = |e: &StatusEvent| e.status.phase == Phase::Terminating || e.status.phase.is_terminal();
+        let _ = tokio::time::timeout(TERMINATE_ANSWER_WAIT, live.wait_for(stopping)).await;
+        let after = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
+        Ok(self.view(&after))
     }
 
-    async fn subscribe(&self, name: &str) -> Option<StatusFeed> {
-        let slab = match self.find(name).await {
-            Ok(s) => s?,
-            Err(e) => {
-                tracing::warn!(backend = %name, error = %e, "cannot read backend");
-                return None;
-            }
-        };
-        let first = event_of(status_of(&slab));
-        let (tx, live) = watch::channel(first.clone());
-        if !first.status.phase.is_terminal() {
-            tokio::spawn(follow(self.cluster.clone(), name.to_string(), slab.uid(), tx));
-        }
-        Some(StatusFeed { history: vec![first], live })
+    async fn subscribe(&self, name: &str) -> Result<Option<StatusFeed>, ControlError> {
+        Ok(self.find(name).await?.map(|slab| self.feed(slab)))
     }
 
     async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
         let slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
         let container = slab.spec.template.containers.first().map(|c| c.name.clone());
-        let params = LogParams { container, tail_lines: tail.map(|t| t as i64), timestamps: true, ..LogParams::default() };
+        let params = LogParams {
+            container,
+            tail_lines: tail.map(|t| t.min(MAX_LOG_LINES) as i64),
+            limit_bytes: Some(MAX_LOG_BYTES),
+            timestamps: true,
+            ..LogParams::default()
+        };
         let text = match self.pods.logs(name, &params).await {
             Ok(text) => text,
             Err(kube::Error::Api(e)) if e.code == 404 => {
@@ -245,7 +311,7 @@ async fn follow(cluster: Arc<Cluster>, name: String, uid: Option<String>, tx: wa
         match cluster.slab(&name) {
             Some(slab) if slab.uid() == uid => {
                 seen = true;
-                let event = event_of(status_of(&slab));
+                let event = event_of(&slab);
                 let ended = event.status.phase.is_terminal();
                 tx.send_if_modified(|current| {
                     let newer = event.seq > current.seq;
@@ -259,9 +325,9 @@ async fn follow(cluster: Arc<Cluster>, name: String, uid: Option<String>, tx: wa
                 }
             }
             // Deleted, or replaced by another object of the same name.
-            Some(_) => return,
-            None if seen => return,
-            None => {}
+            Some(_) | None if seen => return,
+            // The cache has not caught up (still the old object, or none).
+            Some(_) | None => {}
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
@@ -356,10 +422,13 @@ fn status_of(slab: &SessionLivedBackend) -> Status {
         .unwrap_or_else(|| Status::new(slab.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)))
 }
 
-/// A status as a stream event; its id is the phase's rank (see the module
-/// docs), so ids only grow.
-fn event_of(status: Status) -> StatusEvent {
-    let seq = match status.phase {
+/// The object's status as a stream event; its id is the creation time × 10
+/// plus the phase's rank (see the module docs), so ids only grow, also
+/// across the objects a reused key names in turn.
+fn event_of(slab: &SessionLivedBackend) -> StatusEvent {
+    let status = status_of(slab);
+    let created = slab.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second().max(0) as u64);
+    let rank = match status.phase {
         Phase::Pending => 1,
         Phase::Scheduled => 2,
         Phase::Starting => 3,
@@ -367,7 +436,16 @@ fn event_of(status: Status) -> StatusEvent {
         Phase::Terminating => 5,
         Phase::Terminated | Phase::Failed => 6,
     };
-    StatusEvent { seq, status }
+    StatusEvent { seq: created * 10 + rank, status }
+}
+
+/// Refuses an image outside the configured prefixes, saying which are
+/// allowed.
+fn check_image(image: &str, prefixes: &[String]) -> Result<(), ControlError> {
+    if prefixes.is_empty() || prefixes.iter().any(|p| image.starts_with(p.as_str())) {
+        return Ok(());
+    }
+    Err(ControlError::Invalid(format!("image {image:?} is not allowed here; allowed: images under {}", prefixes.join(", "))))
 }
 
 /// One line of `kubectl logs --timestamps`: `<RFC 3339 time> <text>`.
@@ -464,16 +542,30 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_follow_the_lifecycle_order() {
-        let mut status = Status::new(Timestamp::now());
-        let ids: Vec<u64> = Phase::ALL
-            .iter()
-            .map(|p| {
-                status.phase = *p;
-                event_of(status.clone()).seq
-            })
-            .collect();
-        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 6]);
+    fn event_ids_follow_the_lifecycle_and_grow_across_a_keys_objects() {
+        let at = |second: i64, phase: Phase| {
+            let mut slab = slab_for(&spec(), "k-1").unwrap();
+            slab.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::from_second(second).unwrap()));
+            let mut status = Status::new(Timestamp::from_second(second).unwrap());
+            status.phase = phase;
+            let mut object = super::super::crd::SessionLivedBackendStatus::default();
+            object.record(&status, None, Timestamp::from_second(second).unwrap());
+            slab.status = Some(object);
+            event_of(&slab).seq
+        };
+        let ids: Vec<u64> = Phase::ALL.iter().map(|p| at(1_800_000_000, *p)).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 6].map(|r| 18_000_000_000 + r));
+        assert!(at(1_800_000_001, Phase::Pending) > at(1_800_000_000, Phase::Failed), "a key's next object continues the ids");
+    }
+
+    #[test]
+    fn images_outside_the_allowed_prefixes_are_refused() {
+        assert!(check_image("anything:1", &[]).is_ok());
+        let allowed = ["ghcr.io/acme/".to_string()];
+        assert!(check_image("ghcr.io/acme/editor:1", &allowed).is_ok());
+        let e = check_image("docker.io/evil:1", &allowed).unwrap_err().to_string();
+        assert!(e.contains("ghcr.io/acme/"), "{e}");
     }
 
     #[test]

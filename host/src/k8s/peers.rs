@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use super::cluster::Cluster;
 use crate::activity::Snapshot;
+use crate::secret::Secret;
 
 /// The peer listener's port when a replica's Pod names none.
 pub const DEFAULT_PEER_PORT: u16 = 9091;
@@ -64,8 +65,9 @@ pub struct ActivityReport {
     pub backends: Vec<BackendActivity>,
 }
 
-/// Activity gathered from the other replicas, by backend name.
-pub type Gathered = HashMap<String, (String, Snapshot)>;
+/// Activity gathered from the other replicas, by backend name and object
+/// uid (replicas may briefly disagree on which object a name is).
+pub type Gathered = HashMap<(String, String), Snapshot>;
 
 /// How this replica finds and asks the others.
 #[derive(Debug, Clone)]
@@ -78,7 +80,7 @@ pub struct PeerOptions {
     /// This replica's Pod name (it does not ask itself).
     pub identity: String,
     /// The token replicas present to each other.
-    pub token: Arc<str>,
+    pub token: Secret,
     /// Where this replica answers.
     pub listen: SocketAddr,
 }
@@ -128,28 +130,18 @@ impl Peers {
             .list(&ListParams::default().labels(&self.options.selector))
             .await
             .map_err(|e| PeerError::List(self.options.selector.clone(), e))?;
-        let mut gathered = Gathered::new();
+        let mut reports = Vec::new();
         for pod in list.items.iter().filter(|p| p.name_any() != self.options.identity) {
             let Some(addr) = peer_address(pod) else { continue };
-            let report = self.ask(&pod.name_any(), &addr).await?;
-            for b in report.backends {
-                match gathered.get_mut(&b.name) {
-                    Some((uid, seen)) if *uid == b.uid => *seen = seen.merge(b.activity),
-                    // Another object of that name: the newest meters count.
-                    Some(entry) => *entry = (b.uid, b.activity),
-                    None => {
-                        gathered.insert(b.name, (b.uid, b.activity));
-                    }
-                }
-            }
+            reports.push(self.ask(&pod.name_any(), &addr).await?);
         }
-        Ok(gathered)
+        Ok(sum(reports))
     }
 
     async fn ask(&self, pod: &str, addr: &str) -> Result<ActivityReport, PeerError> {
         let fail = |why: String| PeerError::Ask { pod: pod.into(), addr: addr.into(), why };
         let request = http::Request::get(format!("http://{addr}/activity"))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.options.token))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.options.token.expose()))
             .body(Empty::new())
             .map_err(|e| fail(e.to_string()))?;
         let answer = async {
@@ -165,14 +157,30 @@ impl Peers {
     }
 }
 
+/// The replicas' reports summed per backend object.
+fn sum(reports: Vec<ActivityReport>) -> Gathered {
+    let mut gathered = Gathered::new();
+    for b in reports.into_iter().flat_map(|r| r.backends) {
+        let entry = gathered.entry((b.name, b.uid)).or_insert(Snapshot { idle_for: Duration::MAX, ..Snapshot::default() });
+        *entry = entry.merge(b.activity);
+    }
+    gathered
+}
+
 /// Where a replica's Pod answers: its IP and the container port named
-/// `peer`. A Pod not running (or going away) carries no connections.
+/// `peer`. Only a Pod whose containers are all running can carry
+/// connections: one going away, not started, or waiting to restart after a
+/// crash (phase `Running` all the same) carries none and is not asked.
 fn peer_address(pod: &Pod) -> Option<String> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let containers = status.container_statuses.as_deref().unwrap_or_default();
+    if containers.is_empty() || containers.iter().any(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none()) {
         return None;
     }
     let ip = status.pod_ip.as_deref()?;
@@ -190,18 +198,18 @@ fn peer_address(pod: &Pod) -> Option<String> {
 #[derive(Clone)]
 struct PeerState {
     cluster: Arc<Cluster>,
-    token: Arc<str>,
+    token: Secret,
 }
 
 /// The peer listener's routes: `GET /activity`.
-pub fn router(cluster: Arc<Cluster>, token: Arc<str>) -> Router {
+pub fn router(cluster: Arc<Cluster>, token: Secret) -> Router {
     Router::new().route("/activity", get(activity)).with_state(PeerState { cluster, token })
 }
 
 async fn activity(State(s): State<PeerState>, headers: axum::http::HeaderMap) -> Response {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     // Compared as digests: constant time whatever the length.
-    if Sha256::digest(presented.as_bytes()) != Sha256::digest(s.token.as_bytes()) {
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(s.token.expose().as_bytes()) {
         return (StatusCode::UNAUTHORIZED, "a proxy replica's peer token is required\n").into_response();
     }
     axum::Json(ActivityReport { backends: s.cluster.take_activity() }).into_response()
@@ -215,7 +223,9 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "proxy", "ports": port.map(|p| vec![serde_json::json!({"name": "peer", "containerPort": p})])}]},
-            "status": {"phase": phase, "podIP": ip}
+            "status": {"phase": phase, "podIP": ip,
+                       "containerStatuses": [{"name": "proxy", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                                              "state": {"running": {}}}]}
         }))
         .unwrap()
     }
@@ -226,5 +236,31 @@ mod tests {
         assert_eq!(peer_address(&pod("Running", Some("fd00::5"), None)).as_deref(), Some("[fd00::5]:9091"));
         assert_eq!(peer_address(&pod("Pending", Some("10.0.0.5"), None)), None);
         assert_eq!(peer_address(&pod("Running", None, None)), None);
+        let mut crashing = pod("Running", Some("10.0.0.6"), None);
+        crashing.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].state =
+            Some(serde_json::from_value(serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}})).unwrap());
+        assert_eq!(peer_address(&crashing), None, "a replica waiting to restart holds no connections");
+    }
+
+    fn report(entries: &[(&str, &str, u32, u64)]) -> ActivityReport {
+        ActivityReport {
+            backends: entries
+                .iter()
+                .map(|(name, uid, open, idle_s)| BackendActivity {
+                    name: name.to_string(),
+                    uid: uid.to_string(),
+                    activity: Snapshot { open_connections: *open, idle_for: Duration::from_secs(*idle_s), ..Snapshot::default() },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reports_add_up_per_object_and_a_stale_uid_hides_nothing() {
+        // Three replicas; one still meters the name's previous object.
+        let gathered = sum(vec![report(&[("b", "new", 1, 50)]), report(&[("b", "old", 0, 900)]), report(&[("b", "new", 2, 5)])]);
+        let new = gathered[&("b".to_string(), "new".to_string())];
+        assert_eq!((new.open_connections, new.idle_for), (3, Duration::from_secs(5)));
+        assert_eq!(gathered[&("b".to_string(), "old".to_string())].open_connections, 0);
     }
 }

@@ -18,7 +18,9 @@
 //! the running plugin in place, and the reason is logged, counted
 //! (`plugin_loads_total`) and recorded as a Warning Event on the ConfigMap
 //! (`kubectl describe configmap spawner-plugins`). Deleting the ConfigMap
-//! returns to the defaults.
+//! returns to the defaults, as starting without one does: absence is "no
+//! plugin configured", which is not the same as a plugin refused (the
+//! default auth plugin, the one then used, requires Spawner's tokens).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,11 +154,23 @@ async fn follow(
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).default_backoff().boxed();
+    // A (re)listing that finds no ConfigMap means it was deleted, perhaps
+    // while the watch was down (no Delete event then).
+    let mut listed = false;
     while let Some(event) = stream.next().await {
         let configmap = match event {
-            Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => Some(cm),
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(cm)) => {
+                listed = true;
+                Some(cm)
+            }
+            Ok(watcher::Event::InitDone) if !listed => None,
+            Ok(watcher::Event::InitDone) => continue,
+            Ok(watcher::Event::Apply(cm)) => Some(cm),
             Ok(watcher::Event::Delete(_)) => None,
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
             Err(e) => {
                 tracing::warn!(configmap = %name, error = %e, "watching the plugin ConfigMap; retrying");
                 continue;

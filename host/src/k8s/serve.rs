@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::cluster::Cluster;
-use super::control::KubeBackends;
+use super::control::{CreateLimits, KubeBackends};
 use super::leader::{self, LeaseSettings};
 use super::peers::{self, PeerOptions, Peers};
 use super::plugins::{self as configmap, PluginConfigMap};
@@ -22,7 +22,8 @@ use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::plugins::{PluginKind, Plugins, Runtime, RuntimeConfig};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::server::{self, App, Limits};
+use crate::secret::Secret;
+use crate::server::{self, AbortOnDrop, App, Limits};
 use crate::token::TokenKey;
 
 /// How `spawner proxy` runs.
@@ -68,11 +69,13 @@ pub struct Replicas {
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     /// The bearer token the web app's server presents.
-    pub api_token: Arc<str>,
+    pub api_token: Secret,
     /// This proxy's address as browsers reach it (URLs the API returns).
     pub public_url: String,
     /// Default lifetime of the capability tokens it mints, seconds.
     pub token_ttl_seconds: u64,
+    /// What creates may ask for.
+    pub limits: CreateLimits,
 }
 
 /// A started proxy; dropping it does not stop it, [`RunningProxy::stop`] does.
@@ -81,10 +84,11 @@ pub struct RunningProxy {
     pub addr: SocketAddr,
     /// The plugins (embedded defaults, or from the ConfigMap).
     pub plugins: Arc<Plugins>,
-    plugin_watch: Option<tokio::task::JoinHandle<()>>,
     /// Where other replicas ask for this one's activity, if shared.
     pub peer_addr: Option<SocketAddr>,
-    peer_server: Option<tokio::task::JoinHandle<()>>,
+    cluster: Arc<Cluster>,
+    /// The plugin ConfigMap watch and the peer listener.
+    tasks: Vec<AbortOnDrop>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
@@ -94,9 +98,8 @@ impl RunningProxy {
     /// Stops accepting and sweeping.
     pub async fn stop(self) {
         self.sweeper.abort();
-        for task in [&self.plugin_watch, &self.peer_server].into_iter().flatten() {
-            task.abort();
-        }
+        self.cluster.stop_sweeping();
+        drop(self.tasks);
         let _ = self.shutdown.send(());
         let _ = self.server.await;
     }
@@ -111,7 +114,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
             let (plugins, watch) =
                 configmap::load(client.clone(), at, runtime, metrics.clone(), &[PluginKind::Auth, PluginKind::Idle], "spawner-proxy")
                     .await?;
-            (plugins, Some(watch))
+            (plugins, Some(AbortOnDrop(watch)))
         }
         None => (Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?), None),
     };
@@ -133,8 +136,8 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
             let leading = leader::leadership(client.clone(), &r.lease)
                 .await
                 .with_context(|| format!("competing for Lease {}/{}", r.lease.namespace, r.lease.name))?;
-            cluster.share_sweeping(leading, Peers::new(client.clone(), r.peers.clone()));
-            (Some(addr), Some(server))
+            cluster.share_sweeping(leading, Peers::new(client.clone(), r.peers.clone()), &metrics);
+            (Some(addr), Some(AbortOnDrop(server)))
         }
         None => (None, None),
     };
@@ -146,12 +149,18 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let api = match options.api {
         Some(api) => crate::api::router(ApiState {
-            backends: Backends::Kubernetes(KubeBackends::new(cluster.clone(), client, &api.public_url, options.host_domain.clone())),
+            backends: Backends::Kubernetes(KubeBackends::new(
+                cluster.clone(),
+                client,
+                &api.public_url,
+                options.host_domain.clone(),
+                api.limits,
+            )),
             tokens: options.tokens.clone(),
             token_ttl_seconds: api.token_ttl_seconds,
             token_query_param: options.proxy.token_query_param.clone(),
             public_url: api.public_url.trim_end_matches('/').to_string(),
-            api_token: Some(api.api_token),
+            api_token: Some(api.api_token.expose().into()),
             metrics: metrics.clone(),
         }),
         None => crate::api::ops_router(metrics.clone()),
@@ -165,6 +174,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let server = tokio::spawn(server::serve(listener, app, limits, async {
         let _ = stop.await;
     }));
-    let sweeper = crate::sweeper::spawn(cluster, plugins.clone(), options.sweep_interval, options.dry_run);
-    Ok(RunningProxy { addr, plugins, plugin_watch, peer_addr, peer_server, shutdown, server, sweeper })
+    let sweeper = crate::sweeper::spawn(cluster.clone(), plugins.clone(), options.sweep_interval, options.dry_run);
+    let tasks = plugin_watch.into_iter().chain(peer_server).collect();
+    Ok(RunningProxy { addr, plugins, peer_addr, cluster, tasks, shutdown, server, sweeper })
 }

@@ -23,6 +23,9 @@ pub(crate) struct Record {
     /// The backend as plugins see it, built once.
     pub info: Arc<Backend>,
     pub activity: Arc<Activity>,
+    /// When it was created, Unix seconds (the proxy refuses tokens issued
+    /// before).
+    pub created_at: u64,
     status: watch::Sender<StatusEvent>,
     history: Mutex<Vec<StatusEvent>>,
     termination: Mutex<Option<TerminationRequest>>,
@@ -39,13 +42,15 @@ impl Record {
             owner: spec.owner.clone(),
             labels: spec.labels.iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
         });
-        let first = StatusEvent { seq: 1, status: Status::new(Timestamp::now()) };
+        let now = Timestamp::now();
+        let first = StatusEvent { seq: 1, status: Status::new(now) };
         Record {
             name,
             spec,
             template,
             info,
             activity,
+            created_at: now.as_second().max(0) as u64,
             status: watch::Sender::new(first.clone()),
             history: Mutex::new(vec![first]),
             termination: Mutex::new(None),

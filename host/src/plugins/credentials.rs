@@ -64,6 +64,25 @@ fn pair_value<'a>(mut pairs: impl Iterator<Item = &'a str>, name: &str) -> Optio
     })
 }
 
+/// Clock difference tolerated between whoever minted a token and whoever
+/// created its backend (the API server, on Kubernetes).
+pub const ISSUE_SKEW_SECONDS: u64 = 5;
+
+/// Turns tokens issued before the backend existed into failed credentials:
+/// they were for an earlier backend of the same name (on Kubernetes a key
+/// always names the same object, so a key's backends share a name), and an
+/// old user of a document must not reach the next backend opened for it.
+pub fn refuse_issued_before(credentials: &mut [Credential], backend_created_at: u64) {
+    for c in credentials {
+        if let Ok(cap) = &c.verified
+            && cap.issued_at.saturating_add(ISSUE_SKEW_SECONDS) < backend_created_at
+        {
+            let why = format!("issued before backend {} was created: it was for an earlier backend of that name", cap.backend);
+            c.verified = Err(TokenError::Malformed(why));
+        }
+    }
+}
+
 /// Checks one token's signature: what `host.verify-capability-token`
 /// answers, and what each credential carries.
 pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenError> {
@@ -97,6 +116,21 @@ mod tests {
 
     fn sources(found: &[Credential]) -> Vec<CredentialSource> {
         found.iter().map(|c| c.source).collect()
+    }
+
+    #[test]
+    fn tokens_from_before_the_backend_existed_are_refused() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let created = 1_800_000_000;
+        let old = key.mint("k-1", Some("alice"), created - 600, created + 3600);
+        let fresh = key.mint("k-1", Some("bob"), created, created + 3600);
+        let skewed = key.mint("k-1", Some("bob"), created - ISSUE_SKEW_SECONDS, created + 3600);
+        let mut found: Vec<Credential> =
+            [old, fresh, skewed].iter().map(|t| Credential { source: CredentialSource::Bearer, verified: verify(Some(&key), t) }).collect();
+        refuse_issued_before(&mut found, created);
+        assert!(matches!(&found[0].verified, Err(TokenError::Malformed(why)) if why.contains("earlier backend")), "{:?}", found[0]);
+        assert!(found[1].verified.is_ok());
+        assert!(found[2].verified.is_ok(), "a few seconds of clock difference are tolerated");
     }
 
     #[test]
