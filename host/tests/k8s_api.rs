@@ -13,55 +13,33 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, demo_backend, deploy, plugins, report_loopback_pod_ip};
+use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator};
 use futures_util::StreamExt as _;
 use kube::api::Api;
 use serde_json::{Value, json};
-use spawner::config::ProxyConfig;
 use spawner::k8s::control::{CreateLimits, key_name};
-use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::serve::{self, ApiOptions, ProxyOptions, RunningProxy};
-use spawner::metrics::Metrics;
 use spawner::plugins::credentials::ISSUE_SKEW_SECONDS;
 use spawner::token::TokenKey;
-use spawner_testenv::shared;
 
 const API_TOKEN: &str = "an-api-token-for-the-test";
 
 /// The operator and an API-serving proxy for a fresh namespace, with host
 /// routing under `host_domain` if given.
 async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, String, RunningProxy) {
-    let plane = shared().await;
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace(prefix).await.unwrap();
-    let client = plane.client().await.unwrap();
-    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins(""), Arc::new(Metrics::new()), config)));
+    let (client, ns) = namespace(prefix).await;
+    spawn_operator(&client, &ns, plugins(""));
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let proxy = serve::start(
-        client.clone(),
-        ProxyOptions {
-            namespace: ns.clone(),
-            listen,
-            tokens: Arc::new(TokenKey::new(b"a test secret of some length").unwrap()),
-            default_grace_seconds: 300,
-            sweep_interval: Duration::from_millis(500),
-            dry_run: false,
-            proxy: ProxyConfig::default(),
-            host_domain: host_domain.map(String::from),
-            api: Some(ApiOptions {
-                api_token: API_TOKEN.into(),
-                public_url: format!("http://{listen}"),
-                token_ttl_seconds: 600,
-                limits: CreateLimits { max_backends: 1000, image_prefixes: vec!["example.invalid/".into()] },
-            }),
-            plugins: None,
-            replicas: None,
-        },
-    )
-    .await
-    .unwrap();
+    let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
+    let api = ApiOptions {
+        api_token: API_TOKEN.into(),
+        public_url: format!("http://{listen}"),
+        token_ttl_seconds: 600,
+        limits: CreateLimits { max_backends: 1000, image_prefixes: vec!["example.invalid/".into()] },
+    };
+    let options = ProxyOptions { listen, host_domain: host_domain.map(String::from), api: Some(api), ..proxy_options(&ns, tokens) };
+    let proxy = serve::start(client.clone(), options).await.unwrap();
     (client, ns, proxy)
 }
 

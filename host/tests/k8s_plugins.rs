@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, demo_backend, deploy, report_loopback_pod_ip, until};
+use common::k8s::{WAIT, demo_backend, namespace, proxy_options, report_loopback_pod_ip, spawn_operator, until};
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, PostParams};
-use spawner::config::ProxyConfig;
-use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::plugins::{self as configmap, PluginConfigMap};
 use spawner::k8s::serve::{self, ProxyOptions};
@@ -26,7 +24,6 @@ use spawner::metrics::Metrics;
 use spawner::plugins::{PluginKind, Runtime, RuntimeConfig};
 use spawner::token::{TokenKey, now_unix};
 use spawner_test_plugins as built;
-use spawner_testenv::shared;
 
 const HMAC_SECRET: &str = "shared-secret-with-the-web-app";
 
@@ -48,20 +45,8 @@ fn slab(name: &str, owner: &str, port: u16) -> SessionLivedBackend {
     .unwrap()
 }
 
-fn proxy_options(ns: &str, tokens: Arc<TokenKey>, plugins: PluginConfigMap) -> ProxyOptions {
-    ProxyOptions {
-        namespace: ns.into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tokens,
-        default_grace_seconds: 300,
-        sweep_interval: Duration::from_secs(5),
-        dry_run: false,
-        proxy: ProxyConfig::default(),
-        host_domain: None,
-        api: None,
-        plugins: Some(plugins),
-        replicas: None,
-    }
+fn with_plugins(ns: &str, tokens: Arc<TokenKey>, plugins: PluginConfigMap) -> ProxyOptions {
+    ProxyOptions { sweep_interval: Duration::from_secs(5), plugins: Some(plugins), ..proxy_options(ns, tokens) }
 }
 
 /// Waits for a Kubernetes Event with `reason` on ConfigMap `name`.
@@ -92,20 +77,16 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_proxy_loads_auth_from_a_configmap_and_follows_its_changes() {
-    let plane = shared().await;
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace("plugins").await.unwrap();
-    let client = plane.client().await.unwrap();
+    let (client, ns) = namespace("plugins").await;
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let settings = format!(r#"{{"secret": "{HMAC_SECRET}"}}"#);
     let hmac_auth = configmap("spawner-plugins", &[("auth.json", &settings)], &[("auth.wasm", built::HMAC_HEADER_AUTH)]);
     maps.create(&PostParams::default(), &hmac_auth).await.unwrap();
 
-    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), common::k8s::plugins(""), Arc::new(Metrics::new()), config)));
+    spawn_operator(&client, &ns, common::k8s::plugins(""));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
     let at = PluginConfigMap { namespace: ns.clone(), name: "spawner-plugins".into() };
-    let proxy = serve::start(client.clone(), proxy_options(&ns, tokens.clone(), at)).await.unwrap();
+    let proxy = serve::start(client.clone(), with_plugins(&ns, tokens.clone(), at)).await.unwrap();
     assert_eq!(proxy.plugins.info(PluginKind::Auth).name, format!("{ns}/spawner-plugins/auth.wasm"));
     assert_eq!(proxy.plugins.info(PluginKind::Idle).name, "default-idle", "a kind the ConfigMap leaves out runs the default");
 
@@ -153,10 +134,7 @@ async fn the_proxy_loads_auth_from_a_configmap_and_follows_its_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_takes_scheduler_settings_from_a_configmap_and_a_bad_plugin_stops_start() {
-    let plane = shared().await;
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace("plugins-sched").await.unwrap();
-    let client = plane.client().await.unwrap();
+    let (client, ns) = namespace("plugins-sched").await;
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     maps.create(&PostParams::default(), &configmap("spawner-plugins", &[("scheduler.json", r#"{"max-per-owner": 1}"#)], &[]))
         .await
@@ -168,8 +146,7 @@ async fn the_operator_takes_scheduler_settings_from_a_configmap_and_a_bad_plugin
     let (plugins, _watch) =
         configmap::load(client.clone(), &at, runtime, metrics.clone(), &[PluginKind::Scheduler], "spawner-operator").await.unwrap();
     assert_eq!(plugins.info(PluginKind::Scheduler).name, "default-scheduler");
-    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins, metrics, config)));
+    spawn_operator(&client, &ns, plugins);
 
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     slabs.create(&PostParams::default(), &slab("first", "alice", 8080)).await.unwrap();
@@ -183,7 +160,7 @@ async fn the_operator_takes_scheduler_settings_from_a_configmap_and_a_bad_plugin
     maps.create(&PostParams::default(), &configmap("bad-plugins", &[], &[("auth.wasm", built::FIXTURE_WRONG_WORLD)])).await.unwrap();
     let bad = PluginConfigMap { namespace: ns.clone(), name: "bad-plugins".into() };
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
-    let refused = serve::start(client.clone(), proxy_options(&ns, tokens, bad)).await.err().expect("started with a refused plugin");
+    let refused = serve::start(client.clone(), with_plugins(&ns, tokens, bad)).await.err().expect("started with a refused plugin");
     let why = format!("{refused:#}");
     assert!(why.contains("bad-plugins") && why.contains("auth.wasm"), "{why}");
 }

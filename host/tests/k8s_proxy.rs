@@ -13,49 +13,22 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, demo_backend, deploy, plugins, report_loopback_pod_ip, until};
+use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator, until};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
-use spawner::config::ProxyConfig;
 use spawner::k8s::cluster::TERMINATE_ANNOTATION;
-use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
-use spawner::k8s::serve::{self, ProxyOptions};
+use spawner::k8s::serve;
 use spawner::lifecycle::{Phase, Reason};
-use spawner::metrics::Metrics;
 use spawner::token::{TokenKey, now_unix};
-use spawner_testenv::shared;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxied_with_a_token_then_swept_when_idle() {
-    let plane = shared().await;
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace("proxy").await.unwrap();
-    let client = plane.client().await.unwrap();
-
-    let plugins = plugins("");
-    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
+    let (client, ns) = namespace("proxy").await;
+    spawn_operator(&client, &ns, plugins(""));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
-    let proxy = serve::start(
-        client.clone(),
-        ProxyOptions {
-            namespace: ns.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tokens: tokens.clone(),
-            default_grace_seconds: 300,
-            sweep_interval: Duration::from_millis(200),
-            dry_run: false,
-            proxy: ProxyConfig::default(),
-            host_domain: None,
-            api: None,
-            plugins: None,
-            replicas: None,
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = serve::start(client.clone(), proxy_options(&ns, tokens.clone())).await.unwrap();
 
     let (_demo, port) = demo_backend().await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);

@@ -13,21 +13,17 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, demo_backend, deploy, plugins, report_loopback_pod_ip, until};
+use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator, until};
 use futures_util::{SinkExt as _, StreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
-use spawner::config::ProxyConfig;
-use spawner::k8s::controller::{self, Context, OperatorConfig};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::leader::LeaseSettings;
 use spawner::k8s::peers::PeerOptions;
 use spawner::k8s::serve::{self, ProxyOptions, Replicas, RunningProxy};
 use spawner::lifecycle::{Phase, Reason};
-use spawner::metrics::Metrics;
 use spawner::token::{TokenKey, now_unix};
-use spawner_testenv::shared;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
@@ -44,24 +40,8 @@ async fn replica(client: &kube::Client, ns: &str, identity: &str, tokens: Arc<To
     };
     let lease =
         LeaseSettings { namespace: ns.into(), name: "sweeper".into(), identity: identity.into(), duration_seconds: 15, grace_seconds: 5 };
-    let proxy = serve::start(
-        client.clone(),
-        ProxyOptions {
-            namespace: ns.into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tokens,
-            default_grace_seconds: 300,
-            sweep_interval: Duration::from_millis(200),
-            dry_run: false,
-            proxy: ProxyConfig::default(),
-            host_domain: None,
-            api: None,
-            plugins: None,
-            replicas: Some(Replicas { peers, lease }),
-        },
-    )
-    .await
-    .unwrap();
+    let options = ProxyOptions { replicas: Some(Replicas { peers, lease }), ..proxy_options(ns, tokens) };
+    let proxy = serve::start(client.clone(), options).await.unwrap();
     // The Pod this replica would run in, answering on its peer port.
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": identity, "labels": {"app": "spawner-proxy-test"}},
@@ -97,12 +77,8 @@ async fn phase(slabs: &Api<SessionLivedBackend>, name: &str) -> Option<Phase> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweeping_replica_counts_the_other_replicas_connections() {
-    let plane = shared().await;
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace("replicas").await.unwrap();
-    let client = plane.client().await.unwrap();
-    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins(""), Arc::new(Metrics::new()), config)));
+    let (client, ns) = namespace("replicas").await;
+    spawn_operator(&client, &ns, plugins(""));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
     let a = replica(&client, &ns, "proxy-a", tokens.clone()).await;
     let b = replica(&client, &ns, "proxy-b", tokens.clone()).await;

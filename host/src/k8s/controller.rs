@@ -369,24 +369,28 @@ fn phase_note(status: &Status) -> String {
 }
 
 /// Asks the scheduler plugin, with the cluster's schedulable Nodes as
-/// candidates and every live backend as what is already placed. Returns
-/// the admission and, for "anywhere", the node selector to give the Pod.
+/// candidates and every live backend as what is already placed (all
+/// namespaces: they share the Nodes). The owner's backends are those in the
+/// backend's own namespace: namespaces are tenancy boundaries, and an owner
+/// name in one says nothing about the same name in another. Returns the
+/// admission and, for "anywhere", the node selector to give the Pod.
 async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
     let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?;
     let slabs = Api::<SessionLivedBackend>::all(ctx.client.clone()).list(&ListParams::default()).await?;
-    let placed: Vec<PlacedBackend> = slabs
+    let live: Vec<&SessionLivedBackend> = slabs
         .items
         .iter()
         .filter(|s| s.uid() != slab.uid())
         .filter(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| !p.is_terminal() && p != Phase::Pending))
-        .map(|s| PlacedBackend {
-            name: s.name_any(),
-            owner: s.spec.owner.clone(),
-            labels: s.plugin_backend().labels,
-            node: s.status.as_ref().and_then(|st| st.node_name.clone()),
-            requests: requests(s),
-        })
         .collect();
+    let placed_backend = |s: &SessionLivedBackend| PlacedBackend {
+        name: s.name_any(),
+        owner: s.spec.owner.clone(),
+        labels: s.plugin_backend().labels,
+        node: s.status.as_ref().and_then(|st| st.node_name.clone()),
+        requests: requests(s),
+    };
+    let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).collect();
     let candidates: Vec<CandidateNode> = nodes
         .items
         .iter()
@@ -399,7 +403,11 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         })
         .collect();
     let owner_backends = match &slab.spec.owner {
-        Some(o) => placed.iter().filter(|b| b.owner.as_ref() == Some(o)).cloned().collect(),
+        Some(o) => live
+            .iter()
+            .filter(|s| s.namespace() == slab.namespace() && s.spec.owner.as_ref() == Some(o))
+            .map(|s| placed_backend(s))
+            .collect(),
         None => Vec::new(),
     };
     let request = PlacementRequest {

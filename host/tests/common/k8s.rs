@@ -83,3 +83,38 @@ pub async fn report_loopback_pod_ip(client: &kube::Client, namespace: &str, name
     let ip = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&ip)).await.unwrap();
 }
+
+/// A fresh namespace on the shared control plane (CRD installed), and an
+/// admin client.
+pub async fn namespace(prefix: &str) -> (kube::Client, String) {
+    let plane = spawner_testenv::shared().await;
+    plane.install_crds(&deploy("crd")).await.unwrap();
+    let ns = plane.namespace(prefix).await.unwrap();
+    (plane.client().await.unwrap(), ns)
+}
+
+/// Runs the operator for `ns` in the background, with `plugins`, stopping
+/// Pods at once.
+pub fn spawn_operator(client: &kube::Client, ns: &str, plugins: Arc<Plugins>) {
+    use spawner::k8s::controller::{self, Context, OperatorConfig};
+    let config = OperatorConfig { namespace: Some(ns.into()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
+}
+
+/// `spawner proxy` options for `ns` on a free loopback port: the embedded
+/// plugins, no API, one replica, sweeping every 200 ms.
+pub fn proxy_options(ns: &str, tokens: Arc<spawner::token::TokenKey>) -> spawner::k8s::serve::ProxyOptions {
+    spawner::k8s::serve::ProxyOptions {
+        namespace: ns.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tokens,
+        default_grace_seconds: 300,
+        sweep_interval: Duration::from_millis(200),
+        dry_run: false,
+        proxy: spawner::config::ProxyConfig::default(),
+        host_domain: None,
+        api: None,
+        plugins: None,
+        replicas: None,
+    }
+}
