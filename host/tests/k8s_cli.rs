@@ -144,6 +144,17 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     assert_eq!(code, 200);
     assert!(metrics.contains("plugin_decisions_total{kind=\"scheduler\""), "the scheduler plugin's decision is counted:\n{metrics}");
     assert!(metrics.contains("spawn_to_ready_seconds_count 1"), "one spawn-to-ready observed:\n{metrics}");
+    // Backends by phase, recounted from the operator's cache every 2 s.
+    let mut by_phase = String::new();
+    for _ in 0..100 {
+        by_phase = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().1;
+        if by_phase.contains("spawner_backends{phase=\"ready\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(by_phase.contains("spawner_backends{phase=\"ready\"} 1"), "one ready backend:\n{by_phase}");
+    assert!(by_phase.contains("spawner_backends{phase=\"pending\"} 0"), "{by_phase}");
 
     // The proxy knows the backend and asks for a token.
     let mut code = 0;

@@ -32,7 +32,7 @@ use super::cluster::termination_requested;
 use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
 use crate::plugins::types::{Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
 
@@ -128,8 +128,9 @@ pub async fn run(ctx: Arc<Context>) {
         Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    Controller::new(slabs, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(BACKEND_LABEL))
+    let controller = Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL));
+    let _counting = PhaseCounter::start(controller.store(), ctx.metrics.clone());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -137,6 +138,50 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// How often `spawner_backends{phase}` is recounted from the cache.
+const PHASE_COUNT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps `spawner_backends{phase}` equal to the objects in the controller's
+/// cache by phase (an object without a status yet counts as pending), while
+/// this replica reconciles; zeroes it when it stops (a standby reports
+/// nothing, so summing replicas stays true).
+struct PhaseCounter {
+    task: crate::server::AbortOnDrop,
+    metrics: Arc<Metrics>,
+}
+
+impl PhaseCounter {
+    fn start(store: kube::runtime::reflector::Store<SessionLivedBackend>, metrics: Arc<Metrics>) -> Self {
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PHASE_COUNT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let mut counts = [0i64; Phase::ALL.len()];
+                for slab in store.state() {
+                    let phase = slab.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending);
+                    if let Some(i) = Phase::ALL.iter().position(|p| *p == phase) {
+                        counts[i] += 1;
+                    }
+                }
+                for (phase, n) in Phase::ALL.iter().zip(counts) {
+                    m.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(n);
+                }
+            }
+        });
+        PhaseCounter { task: crate::server::AbortOnDrop(task), metrics }
+    }
+}
+
+impl Drop for PhaseCounter {
+    fn drop(&mut self) {
+        self.task.0.abort();
+        for phase in Phase::ALL {
+            self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(0);
+        }
+    }
 }
 
 fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context>) -> Requeue {
