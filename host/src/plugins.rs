@@ -269,9 +269,16 @@ impl AuthPlugin<'_> {
     /// Decides one request. When the plugin fails the request is denied
     /// (403) without details; the details go to the log and metrics.
     pub fn check(&self, request: &AuthRequest) -> Verdict {
+        self.check_for(request, 0)
+    }
+
+    /// The same, for a backend created at `backend_created_at` (Unix
+    /// seconds): tokens the plugin verifies through the host that were
+    /// issued before were for an earlier backend of the same name.
+    pub fn check_for(&self, request: &AuthRequest, backend_created_at: u64) -> Verdict {
         let plugin = self.0.current(PluginKind::Auth);
         let started = Instant::now();
-        let result = plugin.check(&self.0.runtime, request);
+        let result = plugin.check(&self.0.runtime, request, backend_created_at);
         self.0.record(PluginKind::Auth, &plugin, started, &result);
         let verdict = result.unwrap_or_else(|_| Verdict::deny(403, "access check failed (the auth plugin could not decide)"));
         self.0.decided(PluginKind::Auth, if verdict.is_allow() { "allow" } else { "deny" });

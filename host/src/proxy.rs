@@ -189,7 +189,7 @@ impl Proxy {
         let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
         credentials::refuse_issued_before(&mut credentials, target.created_at);
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
-        let identity = match self.plugins.auth().check(&auth) {
+        let identity = match self.plugins.auth().check_for(&auth, target.created_at) {
             Verdict::Deny(d) => {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
                 return pages::error(status, &d.reason, accept.as_ref());

@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,11 +28,14 @@ use tokio_tungstenite::tungstenite::Message;
 /// How long the browser may take to show something.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// chromedriver in its own process group, killed with the browsers it
+/// started (even when the test fails half-way).
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -54,7 +58,8 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
 /// Starts chromedriver on a free port; returns it and its URL.
 async fn chromedriver(path: &PathBuf) -> (Driver, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(path).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child =
+        Command::new(path).arg(format!("--port={port}")).process_group(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let driver = Driver(child);
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {

@@ -69,7 +69,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "ClusterRole/spawner-operator",
             "ClusterRoleBinding/spawner-operator",
             "Role/spawner-operator",
-            "RoleBinding/spawner-operator"
+            "RoleBinding/spawner-operator",
+            "Lease/spawner-operator"
         ]
     );
     assert_eq!(apply_file(&admin, &deploy("operator/02-deployment.yaml")).await, ["Deployment/spawner-operator"]);
@@ -80,7 +81,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "Role/spawner-proxy",
             "RoleBinding/spawner-proxy",
             "Role/spawner-proxy",
-            "RoleBinding/spawner-proxy"
+            "RoleBinding/spawner-proxy",
+            "Lease/spawner-proxy-sweeper"
         ]
     );
     assert_eq!(apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
@@ -287,6 +289,15 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         Api::<ConfigMap>::namespaced(proxy_client.clone(), "spawner").get("another").await.map(|_| ()),
         "the proxy reading another ConfigMap",
     );
+    let leases = |c: &kube::Client| Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(c.clone(), "spawner");
+    let hijack = serde_json::json!({"spec": {"holderIdentity": "intruder"}});
+    forbidden(
+        leases(&proxy_client).patch("spawner-operator", &PatchParams::default(), &Patch::Merge(&hijack)).await.map(|_| ()),
+        "the proxy taking the operator's Lease",
+    );
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "pre-empted"}})).unwrap();
+    forbidden(leases(&proxy_client).create(&PostParams::default(), &lease).await.map(|_| ()), "the proxy creating Leases");
     forbidden(
         Api::<ConfigMap>::namespaced(operator.clone(), "spawner").list(&Default::default()).await.map(|_| ()),
         "the operator listing ConfigMaps",

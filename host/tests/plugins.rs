@@ -145,7 +145,7 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     let rt = runtime();
     let looping = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_LOOP, "")).unwrap();
     let started = Instant::now();
-    let result = looping.check(&rt, &auth_request("b1", &[], None));
+    let result = looping.check(&rt, &auth_request("b1", &[], None), 0);
     let took = started.elapsed();
     assert_eq!(result, Err(CallError::Deadline(20)));
     // Liveness, not a benchmark: a 20 ms deadline must not take seconds.
@@ -184,7 +184,7 @@ fn unbounded_allocation_is_refused_at_the_memory_limit() {
 fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let rt = runtime();
     let fail_auth = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "")).unwrap();
-    let err = fail_auth.check(&rt, &auth_request("b1", &[], None)).unwrap_err();
+    let err = fail_auth.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
     assert!(matches!(&err, CallError::Trap(m) if m.contains("fixture: auth plugin panicked")), "{err:?}");
 
     // Auth fails closed, on a trap and on a plugin error alike.

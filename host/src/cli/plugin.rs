@@ -110,7 +110,7 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> a
         let started = Instant::now();
         let now = now_unix();
         let trial = match kind {
-            PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now)).map(|v| describe_verdict(&v)),
+            PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now), 0).map(|v| describe_verdict(&v)),
             PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
             PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
         };
@@ -168,7 +168,7 @@ fn run_once(
                 None => sample::auth_request(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
-            (plugin.check(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
+            (plugin.check(&rt, &req, 0).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
         }
         PluginKind::Idle => {
             let req: IdleRequest = match &input {

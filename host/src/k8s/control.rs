@@ -21,18 +21,21 @@
 //!   prefixes are configured, only images under them: whoever holds the API
 //!   token chooses what the cluster runs.
 //! - **Terminate** asks the operator through the same annotation the
-//!   sweeper uses, so the object records `terminated`, reason `requested`.
+//!   sweeper uses, so the object records `terminated`, reason `requested`;
+//!   the patch carries the `resourceVersion` read, so it lands on the object
+//!   the caller was answered about, not on a key's replacement.
 //! - **Status streams** start at the object's current status; an event id
 //!   is the object's creation time (Unix seconds) × 10 plus the phase's rank
 //!   in the lifecycle (pending 1 … ended 6): the same on every proxy
 //!   replica and after restarts, and growing across the backends a key
-//!   names in turn, so `Last-Event-ID` resumes correctly anywhere.
+//!   names in turn (unless two are created within one second: creation
+//!   times have one-second precision), so `Last-Event-ID` resumes anywhere.
 //! - **Reads** prefer the watched cache, but an object the cache does not
 //!   have, or has as ended or deleted, is read from the API server: just
 //!   after a key's backend is replaced, the cache may still hold the old.
 //! - **Logs** are the application container's, read through the API
-//!   server (Kubernetes merges stdout and stderr; lines are marked stdout),
-//!   at most the last 256 KiB.
+//!   server (Kubernetes merges stdout and stderr; lines are marked stdout):
+//!   the last `tail` lines (default 10,000), of which the newest 256 KiB.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,10 +70,14 @@ const REPLACE_WAIT: Duration = Duration::from_secs(10);
 /// The name of the application container in Pods made through the API.
 const APP_CONTAINER: &str = "app";
 
-/// Most log bytes one request reads (as local mode keeps).
-const MAX_LOG_BYTES: i64 = 256 * 1024;
+/// Log bytes an answer keeps at most, the newest (as local mode keeps).
+const MAX_LOG_BYTES: usize = 256 * 1024;
 
-/// Most log lines one request asks for.
+/// Log bytes read from the API server at most.
+const MAX_LOG_READ_BYTES: i64 = 4 * 1024 * 1024;
+
+/// Log lines asked for when the caller gives no `tail`, and at most.
+const DEFAULT_LOG_LINES: usize = 10_000;
 const MAX_LOG_LINES: usize = 100_000;
 
 /// What the API may create.
@@ -194,10 +201,17 @@ impl Control for KubeBackends {
         let live: Vec<&Arc<SessionLivedBackend>> =
             slabs.iter().filter(|s| s.metadata.deletion_timestamp.is_none() && !status_of(s).phase.is_terminal()).collect();
         if let Some(key) = &spec.key
-            && let Some(existing) = live.iter().find(|s| s.spec.key.as_ref() == Some(key))
+            && let Some(cached) = live.iter().find(|s| s.spec.key.as_ref() == Some(key))
         {
-            // Written with another name (kubectl), or ours, already cached.
-            return Ok(Created { backend: self.view(existing), created: false });
+            // Written with another name (kubectl), or ours, already cached;
+            // confirmed live on the API server (the cache may lag an end).
+            let name = cached.name_any();
+            match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
+                Some(s) if s.metadata.deletion_timestamp.is_none() && !status_of(&s).phase.is_terminal() => {
+                    return Ok(Created { backend: self.view(&s), created: false });
+                }
+                _ => {}
+            }
         }
         if live.len() >= self.limits.max_backends {
             return Err(ControlError::Capacity(format!(
@@ -245,19 +259,30 @@ impl Control for KubeBackends {
     }
 
     async fn terminate(&self, name: &str) -> Result<BackendView, ControlError> {
-        let slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
-        if status_of(&slab).phase.is_terminal() || termination_requested(&slab).is_some() {
-            return Ok(self.view(&slab));
-        }
+        let mut slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
+        let uid = slab.uid();
         let request = TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
-        // Only this object: a uid precondition (a reused key's new object
-        // must not be ended by a request meant for the old one).
-        let mut patch = termination_patch(&request);
-        patch["metadata"]["uid"] = serde_json::json!(slab.uid());
-        let patched = match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(patched) => patched,
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Err(ControlError::NotFound(name.into())),
-            Err(e) => return Err(unavailable("terminating", name, e)),
+        let mut attempts = 0;
+        let patched = loop {
+            if status_of(&slab).phase.is_terminal() || termination_requested(&slab).is_some() {
+                return Ok(self.view(&slab));
+            }
+            // Onto the version read: if the object changed meanwhile (409),
+            // read it again; if it is another object by now (a reused key),
+            // the one asked about is gone.
+            let mut patch = termination_patch(&request);
+            patch["metadata"]["resourceVersion"] = serde_json::json!(slab.metadata.resource_version);
+            match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(patched) => break patched,
+                Err(kube::Error::Api(e)) if e.code == 404 => return Err(ControlError::NotFound(name.into())),
+                Err(kube::Error::Api(e)) if e.code == 409 && attempts < CREATE_ATTEMPTS => attempts += 1,
+                Err(e) => return Err(unavailable("terminating", name, e)),
+            }
+            let fresh = self.cluster.api().get_opt(name).await.map_err(|e| unavailable("reading", name, e))?;
+            slab = match fresh {
+                Some(s) if s.uid() == uid => Arc::new(s),
+                _ => return Err(ControlError::NotFound(name.into())),
+            };
         };
         // Answer with the status the request caused (terminating, or ended
         // if it had not started), as local mode does: the operator acts
@@ -276,10 +301,12 @@ impl Control for KubeBackends {
     async fn logs(&self, name: &str, tail: Option<usize>) -> Result<Vec<LogLine>, ControlError> {
         let slab = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
         let container = slab.spec.template.containers.first().map(|c| c.name.clone());
+        // The API server reads forward from the tail point, so ask for the
+        // last lines (bounded in bytes too), then keep the newest 256 KiB.
         let params = LogParams {
             container,
-            tail_lines: tail.map(|t| t.min(MAX_LOG_LINES) as i64),
-            limit_bytes: Some(MAX_LOG_BYTES),
+            tail_lines: Some(tail.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES) as i64),
+            limit_bytes: Some(MAX_LOG_READ_BYTES),
             timestamps: true,
             ..LogParams::default()
         };
@@ -292,7 +319,7 @@ impl Control for KubeBackends {
             }
             Err(e) => return Err(unavailable("reading the logs of the Pod of", name, e)),
         };
-        Ok(text.lines().map(log_line).collect())
+        Ok(newest(&text, MAX_LOG_BYTES).lines().map(log_line).collect())
     }
 
     fn templates(&self) -> Vec<String> {
@@ -440,12 +467,29 @@ fn event_of(slab: &SessionLivedBackend) -> StatusEvent {
 }
 
 /// Refuses an image outside the configured prefixes, saying which are
-/// allowed.
+/// allowed. A prefix ends at a boundary (`/`, `:` or `@`): `ghcr.io/acme`
+/// allows `ghcr.io/acme/editor`, not `ghcr.io/acme-evil/editor`.
 fn check_image(image: &str, prefixes: &[String]) -> Result<(), ControlError> {
-    if prefixes.is_empty() || prefixes.iter().any(|p| image.starts_with(p.as_str())) {
+    let boundary = ['/', ':', '@'];
+    let under = |p: &str| image.strip_prefix(p).is_some_and(|rest| p.ends_with(boundary) || rest.is_empty() || rest.starts_with(boundary));
+    if prefixes.is_empty() || prefixes.iter().any(|p| under(p)) {
         return Ok(());
     }
     Err(ControlError::Invalid(format!("image {image:?} is not allowed here; allowed: images under {}", prefixes.join(", "))))
+}
+
+/// The newest whole lines of `text` within `max` bytes.
+fn newest(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = text.len() - max;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let tail = &text[cut..];
+    // The cut fell inside a line: start at the next whole one.
+    if text.as_bytes()[cut - 1] == b'\n' { tail } else { tail.find('\n').map_or("", |i| &tail[i + 1..]) }
 }
 
 /// One line of `kubectl logs --timestamps`: `<RFC 3339 time> <text>`.
@@ -566,6 +610,17 @@ mod tests {
         assert!(check_image("ghcr.io/acme/editor:1", &allowed).is_ok());
         let e = check_image("docker.io/evil:1", &allowed).unwrap_err().to_string();
         assert!(e.contains("ghcr.io/acme/"), "{e}");
+        let unslashed = ["ghcr.io/acme".to_string()];
+        assert!(check_image("ghcr.io/acme/editor:1", &unslashed).is_ok());
+        assert!(check_image("ghcr.io/acme-evil/editor:1", &unslashed).is_err(), "a prefix ends at a boundary");
+        assert!(check_image("docker.io.evil.com/x:1", &["docker.io".to_string()]).is_err());
+    }
+
+    #[test]
+    fn logs_keep_the_newest_whole_lines() {
+        assert_eq!(newest("a\nbb\nccc\n", 100), "a\nbb\nccc\n");
+        assert_eq!(newest("a\nbb\nccc\n", 5), "ccc\n");
+        assert_eq!(newest("é\nx\n", 3), "x\n");
     }
 
     #[test]

@@ -146,16 +146,16 @@ const PHASE_COUNT_INTERVAL: Duration = Duration::from_secs(2);
 /// Keeps `spawner_backends{phase}` equal to the objects in the controller's
 /// cache by phase (an object without a status yet counts as pending), while
 /// this replica reconciles; zeroes it when it stops (a standby reports
-/// nothing, so summing replicas stays true).
-struct PhaseCounter {
-    task: crate::server::AbortOnDrop,
-    metrics: Arc<Metrics>,
-}
+/// nothing, so summing replicas stays true). The zeroing lives in the task,
+/// so it happens after the task's last update, never before. (The
+/// controller's cache does not signal readiness; in the first seconds after
+/// a start, before it has listed, the counts may read 0.)
+struct PhaseCounter;
 
 impl PhaseCounter {
-    fn start(store: kube::runtime::reflector::Store<SessionLivedBackend>, metrics: Arc<Metrics>) -> Self {
-        let m = metrics.clone();
-        let task = tokio::spawn(async move {
+    fn start(store: kube::runtime::reflector::Store<SessionLivedBackend>, metrics: Arc<Metrics>) -> crate::server::AbortOnDrop {
+        crate::server::AbortOnDrop(tokio::spawn(async move {
+            let _zero = ZeroPhases(metrics.clone());
             let mut tick = tokio::time::interval(PHASE_COUNT_INTERVAL);
             loop {
                 tick.tick().await;
@@ -167,19 +167,20 @@ impl PhaseCounter {
                     }
                 }
                 for (phase, n) in Phase::ALL.iter().zip(counts) {
-                    m.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(n);
+                    metrics.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(n);
                 }
             }
-        });
-        PhaseCounter { task: crate::server::AbortOnDrop(task), metrics }
+        }))
     }
 }
 
-impl Drop for PhaseCounter {
+/// Zeroes `spawner_backends{phase}` when dropped.
+struct ZeroPhases(Arc<Metrics>);
+
+impl Drop for ZeroPhases {
     fn drop(&mut self) {
-        self.task.0.abort();
         for phase in Phase::ALL {
-            self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(0);
+            self.0.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(0);
         }
     }
 }

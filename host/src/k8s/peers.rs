@@ -168,9 +168,10 @@ fn sum(reports: Vec<ActivityReport>) -> Gathered {
 }
 
 /// Where a replica's Pod answers: its IP and the container port named
-/// `peer`. Only a Pod whose containers are all running can carry
-/// connections: one going away, not started, or waiting to restart after a
-/// crash (phase `Running` all the same) carries none and is not asked.
+/// `peer`. Only a running proxy container (the one declaring that port, or
+/// the first) can carry connections: a Pod going away, not started, or
+/// whose proxy waits to restart after a crash (phase `Running` all the
+/// same) carries none and is not asked; a sidecar's state does not matter.
 fn peer_address(pod: &Pod) -> Option<String> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
@@ -179,19 +180,18 @@ fn peer_address(pod: &Pod) -> Option<String> {
     if status.phase.as_deref() != Some("Running") {
         return None;
     }
-    let containers = status.container_statuses.as_deref().unwrap_or_default();
-    if containers.is_empty() || containers.iter().any(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none()) {
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let peer_port = |c: &k8s_openapi::api::core::v1::Container| {
+        c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("peer")).and_then(|p| u16::try_from(p.container_port).ok())
+    };
+    let proxy = containers.iter().find(|c| peer_port(c).is_some()).or(containers.first())?;
+    let running =
+        status.container_statuses.iter().flatten().any(|c| c.name == proxy.name && c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    if !running {
         return None;
     }
     let ip = status.pod_ip.as_deref()?;
-    let port = pod
-        .spec
-        .iter()
-        .flat_map(|s| &s.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some("peer"))
-        .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(DEFAULT_PEER_PORT);
+    let port = peer_port(proxy).unwrap_or(DEFAULT_PEER_PORT);
     Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") })
 }
 
@@ -240,6 +240,14 @@ mod tests {
         crashing.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0].state =
             Some(serde_json::from_value(serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}})).unwrap());
         assert_eq!(peer_address(&crashing), None, "a replica waiting to restart holds no connections");
+        let mut with_sidecar = pod("Running", Some("10.0.0.7"), Some(7000));
+        with_sidecar.spec.as_mut().unwrap().containers.push(serde_json::from_value(serde_json::json!({"name": "sidecar"})).unwrap());
+        with_sidecar.status.as_mut().unwrap().container_statuses.as_mut().unwrap().push(
+            serde_json::from_value(serde_json::json!({"name": "sidecar", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                                                      "state": {"waiting": {"reason": "CrashLoopBackOff"}}}))
+            .unwrap(),
+        );
+        assert_eq!(peer_address(&with_sidecar).as_deref(), Some("10.0.0.7:7000"), "a failing sidecar does not hide the proxy");
     }
 
     fn report(entries: &[(&str, &str, u32, u64)]) -> ActivityReport {

@@ -197,7 +197,9 @@ async fn apply(
             }
         }
     };
-    if configmap.is_none() {
+    // Said only when something else was loaded (not on a start without one).
+    let customised = kinds.iter().any(|k| tried.get(k).is_some_and(|d| *d != fingerprint(&PluginSource::embedded(*k, ""))));
+    if configmap.is_none() && customised {
         tracing::info!("the plugin ConfigMap is gone; returning to the embedded defaults");
     }
     if let Some(cm) = configmap {

@@ -128,16 +128,17 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
                 .with_context(|| format!("listening on {} (--peer-listen)", r.peers.listen))?;
             let addr = listener.local_addr()?;
             let router = peers::router(cluster.clone(), r.peers.token.clone());
-            let server = tokio::spawn(async move {
+            // Owned at once: a failure below must not leave it listening.
+            let server = AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!(error = %e, "peer listener stopped");
                 }
-            });
+            }));
             let leading = leader::leadership(client.clone(), &r.lease)
                 .await
                 .with_context(|| format!("competing for Lease {}/{}", r.lease.namespace, r.lease.name))?;
             cluster.share_sweeping(leading, Peers::new(client.clone(), r.peers.clone()), &metrics);
-            (Some(addr), Some(AbortOnDrop(server)))
+            (Some(addr), Some(server))
         }
         None => (None, None),
     };

@@ -75,12 +75,22 @@ pub const ISSUE_SKEW_SECONDS: u64 = 5;
 pub fn refuse_issued_before(credentials: &mut [Credential], backend_created_at: u64) {
     for c in credentials {
         if let Ok(cap) = &c.verified
-            && cap.issued_at.saturating_add(ISSUE_SKEW_SECONDS) < backend_created_at
+            && let Err(e) = issued_since(cap, backend_created_at)
         {
-            let why = format!("issued before backend {} was created: it was for an earlier backend of that name", cap.backend);
-            c.verified = Err(TokenError::Malformed(why));
+            c.verified = Err(e);
         }
     }
+}
+
+/// A verified token issued before `backend_created_at` (Unix seconds, 0 for
+/// unknown) was for an earlier backend of the same name: an error that says
+/// so (the WIT's `malformed`, with the reason).
+pub fn issued_since(cap: &Capability, backend_created_at: u64) -> Result<(), TokenError> {
+    if cap.issued_at.saturating_add(ISSUE_SKEW_SECONDS) < backend_created_at {
+        let why = format!("issued before backend {} was created: it was for an earlier backend of that name", cap.backend);
+        return Err(TokenError::Malformed(why));
+    }
+    Ok(())
 }
 
 /// Checks one token's signature: what `host.verify-capability-token`

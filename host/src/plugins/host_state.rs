@@ -72,6 +72,10 @@ pub(crate) struct HostState {
     /// The last error-level line the plugin logged (a `no_std` plugin's
     /// panic message), for the trap report.
     pub last_error: Option<String>,
+    /// When the backend an auth call is about was created (Unix seconds; 0
+    /// for unknown): `verify-capability-token` refuses older tokens, as the
+    /// proxy does for the credentials it finds.
+    pub backend_created_at: u64,
 }
 
 impl HostState {
@@ -83,6 +87,7 @@ impl HostState {
             ctx,
             logs_left: MAX_LOG_LINES_PER_CALL,
             last_error: None,
+            backend_created_at: 0,
         }
     }
 
@@ -144,7 +149,9 @@ impl host::Host for HostState {
     }
 
     fn verify_capability_token(&mut self, token: String) -> Result<types::Capability, types::TokenError> {
-        super::credentials::verify(self.ctx.tokens.as_deref(), &token)
+        let cap = super::credentials::verify(self.ctx.tokens.as_deref(), &token)?;
+        super::credentials::issued_since(&cap, self.backend_created_at)?;
+        Ok(cap)
     }
 }
 
@@ -152,5 +159,26 @@ impl HostState {
     /// The kind of plugin this store serves (to look up its limits).
     pub fn limits_kind(&self) -> PluginKind {
         self.ctx.kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::types::TokenError;
+
+    #[test]
+    fn the_host_import_refuses_tokens_older_than_the_backend() {
+        let key = Arc::new(TokenKey::new(b"0123456789abcdef-host-import").unwrap());
+        let ctx = Arc::new(PluginContext { name: "p".into(), kind: PluginKind::Auth, settings: "".into(), tokens: Some(key.clone()) });
+        let mut state = HostState::new(ctx, 1 << 20);
+        let created = 1_800_000_000;
+        let old = key.mint("k-1", None, created - 600, created + 600);
+        let fresh = key.mint("k-1", None, created, created + 600);
+        use host::Host as _;
+        assert!(state.verify_capability_token(old.clone()).is_ok(), "no creation time known: only the signature counts");
+        state.backend_created_at = created;
+        assert!(matches!(state.verify_capability_token(old), Err(TokenError::Malformed(why)) if why.contains("earlier backend")));
+        assert!(state.verify_capability_token(fresh).is_ok());
     }
 }

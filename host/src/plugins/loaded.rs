@@ -94,9 +94,15 @@ impl LoadedPlugin {
     }
 
     /// Asks an auth plugin about one request, and checks the answer.
-    pub fn check(&self, rt: &Runtime, request: &AuthRequest) -> Result<Verdict, CallError> {
+    /// `backend_created_at` (Unix seconds, 0 for unknown) is when the target
+    /// backend was created: tokens the plugin verifies through the host must
+    /// be younger.
+    pub fn check(&self, rt: &Runtime, request: &AuthRequest, backend_created_at: u64) -> Result<Verdict, CallError> {
         let verdict = self.call(rt, |store, pre| match pre {
-            KindPre::Auth(p) => p.instantiate(&mut *store)?.spawner_plugin_authorization().call_check(store, request),
+            KindPre::Auth(p) => {
+                store.data_mut().backend_created_at = backend_created_at;
+                p.instantiate(&mut *store)?.spawner_plugin_authorization().call_check(store, request)
+            }
             _ => unreachable!("kind checked by the caller"),
         })?;
         validate_verdict(&verdict)?;
