@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 use crate::plugins::credentials::TokenNames;
 use crate::plugins::{Limits, PluginKind, RuntimeConfig};
 
@@ -53,10 +55,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Bearer token the web app's server presents to the API. Required when
     /// `listen` is not a loopback address.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// Secret capability tokens are signed with (at least 16 bytes). When
     /// unset a random one is generated, so tokens do not survive a restart.
-    pub token_secret: Option<String>,
+    pub token_secret: Option<Secret>,
     /// Lifetime of a capability token, in seconds.
     pub token_ttl_seconds: u64,
     /// Enables host routing: `{name}.{host-domain}` reaches backend `name`.
@@ -341,19 +343,19 @@ impl Config {
     /// Checks the values together; the message names the field to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !self.listen.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty) {
+        if !self.listen.ip().is_loopback() && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
             return bad(format!(
                 "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1)",
                 self.listen
             ));
         }
         if let Some(t) = &self.api_token
-            && t.len() < 16
+            && t.expose().len() < 16
         {
             return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
         }
         if let Some(s) = &self.token_secret
-            && s.len() < crate::token::MIN_SECRET_BYTES
+            && s.expose().len() < crate::token::MIN_SECRET_BYTES
         {
             return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
         }

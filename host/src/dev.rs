@@ -40,7 +40,7 @@ impl Dev {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(match &config.token_secret {
-            Some(s) => TokenKey::new(s.as_bytes())?,
+            Some(s) => TokenKey::new(s.expose().as_bytes())?,
             None => TokenKey::random(),
         });
         let runtime = Arc::new(Runtime::new(config.plugins.runtime(), Some(tokens.clone()))?);
@@ -83,7 +83,7 @@ impl Dev {
             token_ttl_seconds: config.token_ttl_seconds,
             token_query_param,
             public_url: config.public_url(),
-            api_token: config.api_token.as_deref().map(Arc::from),
+            api_token: config.api_token.as_ref().map(|t| Arc::from(t.expose())),
             metrics: metrics.clone(),
         });
         let app = Arc::new(App { proxy, api, metrics: metrics.clone() });
@@ -129,10 +129,10 @@ pub struct DevArgs {
     pub public_url: Option<String>,
     /// API bearer token (required off loopback).
     #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<crate::secret::Secret>,
     /// Capability token secret (random per start when unset).
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: Option<String>,
+    pub token_secret: Option<crate::secret::Secret>,
     /// Enable host routing: `{name}.{DOMAIN}`.
     #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true)]
     pub host_domain: Option<String>,

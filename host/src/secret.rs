@@ -29,6 +29,12 @@ impl std::str::FromStr for Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Secret(s.into()))
+    }
+}
+
 impl From<&str> for Secret {
     fn from(s: &str) -> Self {
         Secret(s.into())

@@ -71,7 +71,7 @@ pub enum PluginCommand {
         /// credentials and `verify-capability-token` (mint matching tokens
         /// with `spawner token mint`).
         #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
-        token_secret: Option<String>,
+        token_secret: Option<crate::secret::Secret>,
     },
 }
 
@@ -79,7 +79,9 @@ pub enum PluginCommand {
 pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Check { file, kind, settings } => check(file, kind, settings),
-        PluginCommand::Run { file, kind, input, settings, token_secret } => run_once(file, kind, input, settings, token_secret),
+        PluginCommand::Run { file, kind, input, settings, token_secret } => {
+            run_once(file, kind, input, settings, token_secret.as_ref().map(|s| s.expose().to_string()))
+        }
         PluginCommand::Defaults { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             for kind in PluginKind::ALL {

@@ -15,7 +15,7 @@ pub enum TokenCommand {
         /// The signing secret (at least 16 bytes); `--token-secret` as in
         /// `spawner dev` and `spawner plugin run` works too.
         #[arg(long, visible_alias = "token-secret", env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
-        secret: String,
+        secret: crate::secret::Secret,
         /// Backend the token grants access to.
         #[arg(long)]
         backend: String,
@@ -32,7 +32,7 @@ pub enum TokenCommand {
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Mint { secret, backend, subject, ttl } => {
-            let key = TokenKey::new(secret.as_bytes())?;
+            let key = TokenKey::new(secret.expose().as_bytes())?;
             let now = now_unix();
             let exp = now.saturating_add_signed(ttl);
             println!("{}", key.mint(&backend, subject.as_deref(), now, exp));
