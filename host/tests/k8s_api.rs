@@ -26,8 +26,8 @@ use spawner::token::TokenKey;
 const API_TOKEN: &str = "an-api-token-for-the-test";
 
 /// The operator and an API-serving proxy for a fresh namespace, with host
-/// routing under `host_domain` if given.
-async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, String, RunningProxy) {
+/// routing under `host_domain` if given, allowing `max_backends` live ones.
+async fn system(prefix: &str, host_domain: Option<&str>, max_backends: usize) -> (kube::Client, String, RunningProxy) {
     let (client, ns) = namespace(prefix).await;
     spawn_operator(&client, &ns, plugins(""));
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -36,7 +36,7 @@ async fn system(prefix: &str, host_domain: Option<&str>) -> (kube::Client, Strin
         api_token: API_TOKEN.into(),
         public_url: format!("http://{listen}"),
         token_ttl_seconds: 600,
-        limits: CreateLimits { max_backends: 1000, image_prefixes: vec!["example.invalid/".into()] },
+        limits: CreateLimits { max_backends, image_prefixes: vec!["example.invalid/".into()] },
     };
     let options = ProxyOptions { listen, host_domain: host_domain.map(String::from), api: Some(api), ..proxy_options(&ns, tokens) };
     let proxy = serve::start(client.clone(), options).await.unwrap();
@@ -83,7 +83,7 @@ impl WebApp {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_api() {
-    let (client, ns, proxy) = system("api", None).await;
+    let (client, ns, proxy) = system("api", None, 1000).await;
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
     let create =
@@ -232,10 +232,10 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
 }
 
 /// Also with host routing: the URL the browser is sent to is
-/// `{name}.{domain}`.
+/// `{name}.{domain}`. And with a limit of one live backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
-    let (client, ns, proxy) = system("api-original", Some("apps.test")).await;
+    let (client, ns, proxy) = system("api-original", Some("apps.test"), 1).await;
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
 
@@ -277,5 +277,11 @@ async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
     assert_eq!(refused.status(), 401, "no token, by host too");
     let (_, status) = app.call(reqwest::Method::GET, &format!("/api/backend/{name}/status"), None).await;
     assert_eq!(status["state"], "Ready", "{status}");
+
+    // One live backend is this proxy's limit: the next create is refused.
+    let (status, refused) =
+        app.call(reqwest::Method::POST, "/api/spawn", Some(json!({"image": "example.invalid/notes:1", "port": port}))).await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(refused.to_string().contains("--max-backends"), "{refused}");
     proxy.stop().await;
 }
