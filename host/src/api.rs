@@ -88,14 +88,21 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The API router (plus `/metrics` and `/healthz`).
 pub fn router(state: ApiState) -> Router {
+    router_with(state, true)
+}
+
+/// The API router, with `/metrics` only if `metrics` (else it is served
+/// elsewhere, off the public listener) and `/healthz`.
+pub fn router_with(state: ApiState, metrics: bool) -> Router {
     let api = Router::new()
         .merge(backends::routes())
         .merge(original::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/api/openapi.json", get(|| async { axum::Json(openapi()) }));
+    let ops = if metrics { Router::new().route("/metrics", get(self::metrics)) } else { Router::new() };
     Router::new()
         .merge(api)
-        .route("/metrics", get(metrics))
+        .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async {
@@ -113,19 +120,23 @@ fn metrics_response(metrics: &Metrics) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode()).into_response()
 }
 
-/// `/metrics` and `/healthz` only: what `spawner proxy` serves next to the
-/// proxy on Kubernetes when it has no API token (the REST API is off).
+/// `/metrics` and `/healthz` only: what the operator serves, and what
+/// `spawner proxy` serves next to the proxy when it has no API token (the
+/// REST API is off).
 pub fn ops_router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(move || async move { metrics_response(&metrics) }))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such endpoint: this is Spawner's proxy (/p/{name}/), /metrics and /healthz; \
-                 the REST API (/api/) is off until spawner proxy gets --api-token",
-            )
-        })
+    healthz_router().route("/metrics", get(move || async move { metrics_response(&metrics) }))
+}
+
+/// `/healthz` only: `spawner proxy`'s public listener when metrics are
+/// served on their own listener.
+pub fn healthz_router() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(|| async {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: this listener serves /healthz, /metrics (unless --metrics-listen moved it) and, on spawner \
+             proxy, backends under /p/{name}/; the REST API (/api/) is off until spawner proxy gets --api-token",
+        )
+    })
 }
 
 /// Checks the bearer token in constant time (comparing digests).

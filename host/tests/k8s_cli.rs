@@ -110,6 +110,7 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
         ],
     );
     let proxy_port = free_port().to_string();
+    let proxy_metrics_port = free_port().to_string();
     let proxy = spawner(
         &kubeconfig,
         &[
@@ -124,6 +125,8 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
             API_TOKEN,
             "--public-url",
             "https://spawner.example/",
+            "--metrics-listen",
+            &format!("127.0.0.1:{proxy_metrics_port}"),
         ],
     );
     until_up(&format!("http://127.0.0.1:{metrics_port}/healthz")).await;
@@ -167,6 +170,12 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     }
     assert!(code == 401 || code == 403, "no token: {code}");
     assert_eq!(get(&format!("http://127.0.0.1:{proxy_port}/p/nobody/")).await.unwrap().0, 404);
+
+    // Its metrics are on their own listener, not the public one.
+    let (code, proxy_metrics) = get(&format!("http://127.0.0.1:{proxy_metrics_port}/metrics")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(proxy_metrics.contains("spawner_proxy_requests"), "{proxy_metrics}");
+    assert_eq!(get(&format!("http://127.0.0.1:{proxy_port}/metrics")).await.unwrap().0, 404, "metrics on the public listener");
 
     // Its REST API, with the API token, sees the object written by kubectl.
     let api = format!("http://127.0.0.1:{proxy_port}/api/v1/backends/notes-doc-42");

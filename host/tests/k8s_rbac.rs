@@ -218,6 +218,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
                     grace_seconds: 5,
                 },
             }),
+            metrics_listen: None,
         },
     )
     .await

@@ -84,6 +84,10 @@ pub struct ProxyArgs {
     /// The Lease the replicas compete for to sweep.
     #[arg(long, env = "SPAWNER_SWEEPER_LEASE", default_value = "spawner-proxy-sweeper")]
     pub sweeper_lease: String,
+    /// Serve /metrics (and /healthz) on this address instead of the public
+    /// listener (e.g. 0.0.0.0:9090, not exposed by the Service).
+    #[arg(long, env = "SPAWNER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// This replica's identity (its Pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -145,6 +149,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         proxy: ProxyConfig { forwarded_proto: args.forwarded_proto, ..ProxyConfig::default() },
         api,
         plugins: args.plugins.configmap(),
+        metrics_listen: args.metrics_listen,
         host_domain: args.host_domain,
     };
     crate::dev::raise_fd_limit();

@@ -54,6 +54,9 @@ pub struct ProxyOptions {
     /// Several replicas: sweep only while holding `lease`, judging by
     /// every replica's activity (none: this replica is the only one).
     pub replicas: Option<Replicas>,
+    /// Serve `/metrics` (and `/healthz`) here instead of on the public
+    /// listener, where anyone who reaches the proxy could read them.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How replicas share the sweeping (see [`super::peers`]).
@@ -148,23 +151,40 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         tokens: options.proxy.token_names(),
     };
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
+    let public_metrics = options.metrics_listen.is_none();
+    let metrics_server = match options.metrics_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("listening on {at} (--metrics-listen)"))?;
+            let router = crate::api::ops_router(metrics.clone());
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            })))
+        }
+        None => None,
+    };
     let api = match options.api {
-        Some(api) => crate::api::router(ApiState {
-            backends: Backends::Kubernetes(KubeBackends::new(
-                cluster.clone(),
-                client,
-                &api.public_url,
-                options.host_domain.clone(),
-                api.limits,
-            )),
-            tokens: options.tokens.clone(),
-            token_ttl_seconds: api.token_ttl_seconds,
-            token_query_param: options.proxy.token_query_param.clone(),
-            public_url: api.public_url.trim_end_matches('/').to_string(),
-            api_token: Some(api.api_token.expose().into()),
-            metrics: metrics.clone(),
-        }),
-        None => crate::api::ops_router(metrics.clone()),
+        Some(api) => crate::api::router_with(
+            ApiState {
+                backends: Backends::Kubernetes(KubeBackends::new(
+                    cluster.clone(),
+                    client,
+                    &api.public_url,
+                    options.host_domain.clone(),
+                    api.limits,
+                )),
+                tokens: options.tokens.clone(),
+                token_ttl_seconds: api.token_ttl_seconds,
+                token_query_param: options.proxy.token_query_param.clone(),
+                public_url: api.public_url.trim_end_matches('/').to_string(),
+                api_token: Some(api.api_token.expose().into()),
+                metrics: metrics.clone(),
+            },
+            public_metrics,
+        ),
+        None if public_metrics => crate::api::ops_router(metrics.clone()),
+        None => crate::api::healthz_router(),
     };
     let app = Arc::new(App { proxy, api, metrics });
     let listener =
@@ -176,6 +196,6 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         let _ = stop.await;
     }));
     let sweeper = crate::sweeper::spawn(cluster.clone(), plugins.clone(), options.sweep_interval, options.dry_run);
-    let tasks = plugin_watch.into_iter().chain(peer_server).collect();
+    let tasks = plugin_watch.into_iter().chain(peer_server).chain(metrics_server).collect();
     Ok(RunningProxy { addr, plugins, peer_addr, cluster, tasks, shutdown, server, sweeper })
 }

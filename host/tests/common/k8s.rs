@@ -116,5 +116,6 @@ pub fn proxy_options(ns: &str, tokens: Arc<spawner::token::TokenKey>) -> spawner
         api: None,
         plugins: None,
         replicas: None,
+        metrics_listen: None,
     }
 }
