@@ -219,14 +219,18 @@ impl Cluster {
 impl Resolve for Cluster {
     fn resolve(&self, name: &str) -> Option<Target> {
         let slab = self.slab(name)?;
-        let status = slab.status.as_ref();
-        let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
-        let addr = match (phase, status.and_then(|s| s.pod_ip.as_deref())) {
+        let phase = slab.phase();
+        let addr = match (phase, slab.status.as_ref().and_then(|s| s.pod_ip.as_deref())) {
             (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
             _ => None,
         };
-        let created_at = slab.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second().max(0) as u64);
-        Some(Target { backend: Arc::new(slab.plugin_backend()), phase, addr, activity: self.activity(&slab), created_at })
+        Some(Target {
+            backend: Arc::new(slab.plugin_backend()),
+            phase,
+            addr,
+            activity: self.activity(&slab),
+            created_at: slab.created_unix(),
+        })
     }
 }
 
@@ -267,7 +271,7 @@ impl SweepSource for Cluster {
         let slabs = self.store.state();
         slabs
             .iter()
-            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Ready))
+            .filter(|s| s.phase() == Phase::Ready)
             // Already condemned: the operator is on it.
             .filter(|s| !s.annotations().contains_key(TERMINATE_ANNOTATION))
             .map(|s| Candidate {

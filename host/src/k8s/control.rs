@@ -57,7 +57,7 @@ use crate::backends::TERMINATE_ANSWER_WAIT;
 use crate::backends::{
     BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, new_name, validate_spec,
 };
-use crate::lifecycle::{Phase, Reason, Status, TerminationRequest};
+use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::process::{LogLine, Stream};
 
 /// Creates tried before giving up when names keep colliding (a key whose
@@ -122,8 +122,7 @@ impl KubeBackends {
     /// as ended or deleted may have been replaced already (a reused key).
     async fn find(&self, name: &str) -> Result<Option<Arc<SessionLivedBackend>>, ControlError> {
         if let Some(slab) = self.cluster.slab(name)
-            && slab.metadata.deletion_timestamp.is_none()
-            && !status_of(&slab).phase.is_terminal()
+            && is_live(&slab)
         {
             return Ok(Some(slab));
         }
@@ -135,7 +134,7 @@ impl KubeBackends {
 
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
         let name = slab.name_any();
-        let status = status_of(slab);
+        let status = slab.lifecycle_status();
         let address = slab.status.as_ref().and_then(|s| s.pod_ip.as_deref()).map(|ip| match ip.contains(':') {
             true => format!("[{ip}]:{}", slab.spec.http_port()),
             false => format!("{ip}:{}", slab.spec.http_port()),
@@ -198,8 +197,7 @@ impl Control for KubeBackends {
         validate_spec(&spec)?;
         check_image(&spec.template, &self.limits.image_prefixes)?;
         let slabs = self.cluster.slabs();
-        let live: Vec<&Arc<SessionLivedBackend>> =
-            slabs.iter().filter(|s| s.metadata.deletion_timestamp.is_none() && !status_of(s).phase.is_terminal()).collect();
+        let live: Vec<&Arc<SessionLivedBackend>> = slabs.iter().filter(|s| is_live(s)).collect();
         if let Some(key) = &spec.key
             && let Some(cached) = live.iter().find(|s| s.spec.key.as_ref() == Some(key))
         {
@@ -207,7 +205,7 @@ impl Control for KubeBackends {
             // confirmed live on the API server (the cache may lag an end).
             let name = cached.name_any();
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
-                Some(s) if s.metadata.deletion_timestamp.is_none() && !status_of(&s).phase.is_terminal() => {
+                Some(s) if is_live(&s) => {
                     return Ok(Created { backend: self.view(&s), created: false });
                 }
                 _ => {}
@@ -239,7 +237,7 @@ impl Control for KubeBackends {
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
                 // Deleted in between: create again.
                 None => {}
-                Some(existing) if existing.metadata.deletion_timestamp.is_none() && !status_of(&existing).phase.is_terminal() => {
+                Some(existing) if is_live(&existing) => {
                     return Ok(Created { backend: self.view(&existing), created: false });
                 }
                 Some(ended) => self.replace_ended(&ended).await?,
@@ -264,7 +262,7 @@ impl Control for KubeBackends {
         let request = TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
         let mut attempts = 0;
         let patched = loop {
-            if status_of(&slab).phase.is_terminal() || termination_requested(&slab).is_some() {
+            if slab.phase().is_terminal() || termination_requested(&slab).is_some() {
                 return Ok(self.view(&slab));
             }
             // Onto the version read: if the object changed meanwhile (409),
@@ -440,21 +438,17 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
     Ok(slab)
 }
 
-/// The lifecycle status the object records, or `pending` since its
-/// creation before the operator has written one.
-fn status_of(slab: &SessionLivedBackend) -> Status {
-    slab.status
-        .as_ref()
-        .and_then(|s| s.lifecycle())
-        .unwrap_or_else(|| Status::new(slab.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)))
+/// Neither being deleted nor ended: what a key may keep returning.
+fn is_live(slab: &SessionLivedBackend) -> bool {
+    slab.metadata.deletion_timestamp.is_none() && !slab.phase().is_terminal()
 }
 
 /// The object's status as a stream event; its id is the creation time × 10
 /// plus the phase's rank (see the module docs), so ids only grow, also
 /// across the objects a reused key names in turn.
 fn event_of(slab: &SessionLivedBackend) -> StatusEvent {
-    let status = status_of(slab);
-    let created = slab.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second().max(0) as u64);
+    let status = slab.lifecycle_status();
+    let created = slab.created_unix();
     let rank = match status.phase {
         Phase::Pending => 1,
         Phase::Scheduled => 2,
@@ -529,6 +523,7 @@ fn unavailable(doing: &str, name: &str, e: kube::Error) -> ControlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::Status;
 
     fn spec() -> BackendSpec {
         BackendSpec {

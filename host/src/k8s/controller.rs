@@ -29,7 +29,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
-use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use super::crd::SessionLivedBackend;
 use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -161,8 +161,7 @@ impl PhaseCounter {
                 tick.tick().await;
                 let mut counts = [0i64; Phase::ALL.len()];
                 for slab in store.state() {
-                    let phase = slab.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending);
-                    if let Some(i) = Phase::ALL.iter().position(|p| *p == phase) {
+                    if let Some(i) = Phase::ALL.iter().position(|p| *p == slab.phase()) {
                         counts[i] += 1;
                     }
                 }
@@ -242,8 +241,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     // Deletion first; else what the sweeper (or anyone) asked for.
     let termination = termination.or_else(|| termination_requested(slab));
     let now = Timestamp::now();
-    let created = slab.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let mut status = slab.status.as_ref().and_then(SessionLivedBackendStatus::lifecycle).unwrap_or_else(|| Status::new(created));
+    let mut status = slab.lifecycle_status();
     let mut pod = pods.get_opt(&name).await?.filter(|p| owned_by(p, slab));
     let mut admission = None;
     let mut selector = Vec::new();

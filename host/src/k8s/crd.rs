@@ -140,6 +140,26 @@ impl SessionLivedBackend {
         self.metadata.labels.clone().unwrap_or_default()
     }
 
+    /// The lifecycle status the object records, or `pending` since its
+    /// creation before the operator has written one.
+    pub fn lifecycle_status(&self) -> Status {
+        self.status
+            .as_ref()
+            .and_then(SessionLivedBackendStatus::lifecycle)
+            .unwrap_or_else(|| Status::new(self.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)))
+    }
+
+    /// The recorded phase (`pending` before the operator has written one),
+    /// without building the whole status.
+    pub fn phase(&self) -> Phase {
+        self.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending)
+    }
+
+    /// When the API server created the object, Unix seconds (0 if unset).
+    pub fn created_unix(&self) -> u64 {
+        self.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second().max(0) as u64)
+    }
+
     /// The backend as plugins see it (scheduler, auth, idle).
     pub fn plugin_backend(&self) -> Backend {
         Backend {
