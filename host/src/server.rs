@@ -145,3 +145,19 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Binds `addr` and serves `router` there in the background (what `flag`
+/// names in the error): the side listeners (metrics, peers) beside the
+/// main one. Returns the bound address and the task, stopped when dropped.
+pub async fn serve_side(addr: SocketAddr, router: axum::Router, flag: &str) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} ({flag})"))?;
+    let bound = listener.local_addr()?;
+    let what = flag.to_string();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, listener = %what, "listener stopped");
+        }
+    });
+    Ok((bound, AbortOnDrop(task)))
+}

@@ -74,7 +74,6 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
         let metrics = Arc::new(Metrics::new());
-        let metrics_for_http = metrics.clone();
         let plugins = match args.plugins.configmap() {
             Some(at) => {
                 let kinds = &[PluginKind::Scheduler];
@@ -83,14 +82,9 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             }
             None => Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?),
         };
-        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-            .await
-            .with_context(|| format!("listening on {} (--metrics-listen)", args.metrics_listen))?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, crate::api::ops_router(metrics_for_http)).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
+        // Serves for the life of the process.
+        let (_, _metrics_server) =
+            crate::server::serve_side(args.metrics_listen, crate::api::ops_router(metrics.clone()), "--metrics-listen").await?;
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
         tokio::select! {
             r = leader::run_elected(Context::new(client, plugins, metrics, config), lease) => r.context("leader election")?,

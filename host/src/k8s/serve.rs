@@ -126,17 +126,9 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
     let (peer_addr, peer_server) = match &options.replicas {
         Some(r) => {
-            let listener = tokio::net::TcpListener::bind(r.peers.listen)
-                .await
-                .with_context(|| format!("listening on {} (--peer-listen)", r.peers.listen))?;
-            let addr = listener.local_addr()?;
-            let router = peers::router(cluster.clone(), r.peers.token.clone());
             // Owned at once: a failure below must not leave it listening.
-            let server = AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "peer listener stopped");
-                }
-            }));
+            let router = peers::router(cluster.clone(), r.peers.token.clone());
+            let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen").await?;
             let leading = leader::leadership(client.clone(), &r.lease)
                 .await
                 .with_context(|| format!("competing for Lease {}/{}", r.lease.namespace, r.lease.name))?;
@@ -153,15 +145,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let public_metrics = options.metrics_listen.is_none();
     let metrics_server = match options.metrics_listen {
-        Some(at) => {
-            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("listening on {at} (--metrics-listen)"))?;
-            let router = crate::api::ops_router(metrics.clone());
-            Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "metrics listener stopped");
-                }
-            })))
-        }
+        Some(at) => Some(server::serve_side(at, crate::api::ops_router(metrics.clone()), "--metrics-listen").await?.1),
         None => None,
     };
     let api = match options.api {
