@@ -24,7 +24,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 
 use crate::backends::Backends;
@@ -49,7 +48,7 @@ pub struct ApiState {
     /// Base URL for links.
     pub public_url: String,
     /// The API bearer token, if any.
-    pub api_token: Option<Arc<str>>,
+    pub api_token: Option<crate::secret::Secret>,
     /// Metrics registry (served at /metrics).
     pub metrics: Arc<Metrics>,
 }
@@ -139,15 +138,17 @@ pub fn healthz_router() -> Router {
     })
 }
 
-/// Checks the bearer token in constant time (comparing digests).
+/// Checks the bearer token (compared as digests, see [`crate::secret::Secret::presented_in`]).
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &s.api_token {
-        let presented =
-            req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        if Sha256::digest(presented.as_bytes()) != Sha256::digest(expected.as_bytes()) {
-            let msg = if presented.is_empty() { "this API needs Authorization: Bearer <api-token>" } else { "the API token is not valid" };
-            return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
-        }
+    if let Some(expected) = &s.api_token
+        && !expected.presented_in(req.headers())
+    {
+        let msg = if crate::secret::bearer(req.headers()).is_empty() {
+            "this API needs Authorization: Bearer <api-token>"
+        } else {
+            "the API token is not valid"
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
     }
     next.run(req).await
 }

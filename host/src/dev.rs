@@ -83,7 +83,7 @@ impl Dev {
             token_ttl_seconds: config.token_ttl_seconds,
             token_query_param,
             public_url: config.public_url(),
-            api_token: config.api_token.as_ref().map(|t| Arc::from(t.expose())),
+            api_token: config.api_token.clone(),
             metrics: metrics.clone(),
         });
         let app = Arc::new(App { proxy, api, metrics: metrics.clone() });

@@ -13,6 +13,19 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether the bearer token in `headers` is this secret. Compared as
+    /// SHA-256 digests, so the time taken says nothing about where a guess
+    /// first differs, nor about the secret's length.
+    pub fn presented_in(&self, headers: &http::HeaderMap) -> bool {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(bearer(headers).as_bytes()) == Sha256::digest(self.0.as_bytes())
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (empty if there is none).
+pub fn bearer(headers: &http::HeaderMap) -> &str {
+    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("")
 }
 
 impl std::fmt::Debug for Secret {
@@ -51,5 +64,15 @@ mod tests {
         assert_eq!(format!("{s:?}"), "<redacted>");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(<redacted>)");
         assert_eq!(s.expose(), "hunter2-hunter2-hunter2");
+    }
+
+    #[test]
+    fn only_the_same_bearer_token_matches() {
+        let s = Secret::from("the-api-token-0123");
+        let headers = |v: &str| http::HeaderMap::from_iter([(http::header::AUTHORIZATION, v.parse().unwrap())]);
+        assert!(s.presented_in(&headers("Bearer the-api-token-0123")));
+        assert!(!s.presented_in(&headers("Bearer the-api-token-012")));
+        assert!(!s.presented_in(&headers("the-api-token-0123")), "not as a bearer token");
+        assert!(!s.presented_in(&http::HeaderMap::new()));
     }
 }

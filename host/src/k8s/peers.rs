@@ -33,7 +33,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt as _};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::cluster::Cluster;
 use crate::activity::Snapshot;
@@ -207,9 +206,7 @@ pub fn router(cluster: Arc<Cluster>, token: Secret) -> Router {
 }
 
 async fn activity(State(s): State<PeerState>, headers: axum::http::HeaderMap) -> Response {
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    // Compared as digests: constant time whatever the length.
-    if Sha256::digest(presented.as_bytes()) != Sha256::digest(s.token.expose().as_bytes()) {
+    if !s.token.presented_in(&headers) {
         return (StatusCode::UNAUTHORIZED, "a proxy replica's peer token is required\n").into_response();
     }
     axum::Json(ActivityReport { backends: s.cluster.take_activity() }).into_response()
