@@ -96,17 +96,30 @@ pub fn spawn(
                         continue;
                     }
                 };
-                let digest = fingerprint(&source);
-                if tried.insert(kind, digest) == Some(digest) {
+                if replace_if_changed(&plugins, kind, &source, &mut tried).is_none() {
                     tracing::debug!(kind = kind.as_str(), plugin = %source.name, "plugin file touched but unchanged; not reloaded");
-                    continue;
                 }
-                // `replace` logs and counts the outcome.
-                let _ = plugins.replace(kind, &source);
             }
         }
     });
     Ok(Some(watcher))
+}
+
+/// Hot-swaps `kind` to `source` unless that (component and settings) is
+/// what was last tried, as `tried` records: one bad write is then one
+/// error, not one per notification. `None` when unchanged; else the
+/// outcome, which [`Plugins::replace`] has logged and counted.
+pub fn replace_if_changed(
+    plugins: &Plugins,
+    kind: PluginKind,
+    source: &PluginSource,
+    tried: &mut HashMap<PluginKind, [u8; 32]>,
+) -> Option<LoadResult<crate::plugins::PluginInfo>> {
+    let digest = fingerprint(source);
+    if tried.insert(kind, digest) == Some(digest) {
+        return None;
+    }
+    Some(plugins.replace(kind, source))
 }
 
 /// Whether a file event can mean new content: creation, removal, renames

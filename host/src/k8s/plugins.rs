@@ -34,7 +34,7 @@ use kube::{Client, Resource as _};
 
 use crate::metrics::Metrics;
 use crate::plugins::{LoadError, PluginKind, PluginSource, Plugins, Runtime};
-use crate::watch::fingerprint;
+use crate::watch::{fingerprint, replace_if_changed};
 
 /// Where a process's plugins come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,17 +220,13 @@ async fn apply(
         }
     };
     for (kind, source) in sources {
-        let digest = fingerprint(&source);
-        if tried.insert(kind, digest) == Some(digest) {
-            continue;
-        }
-        // `replace` logs and counts the outcome.
-        match plugins.replace(kind, &source) {
-            Ok(info) => {
+        match replace_if_changed(plugins, kind, &source, tried) {
+            None => {}
+            Some(Ok(info)) => {
                 let note = format!("{kind} plugin {} (sha256 {}) loaded", info.name, &info.digest[..12]);
                 report(EventType::Normal, "PluginLoaded", note).await;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let keeping = plugins.info(kind).name;
                 report(EventType::Warning, "PluginRejected", format!("{e}; keeping {keeping}")).await;
             }
