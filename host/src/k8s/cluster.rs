@@ -28,6 +28,7 @@ use super::crd::SessionLivedBackend;
 use super::peers::{BackendActivity, Gathered, Peers};
 use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
+use crate::plugins::types::Backend;
 use crate::proxy::{Resolve, Target};
 use crate::server::AbortOnDrop;
 use crate::sweeper::{Candidate, SweepSource};
@@ -69,9 +70,8 @@ pub struct Cluster {
     namespace: String,
     store: Store<SessionLivedBackend>,
     api: Api<SessionLivedBackend>,
-    /// Activity meters by backend name, with the object's uid so a new
-    /// object with an old name starts from zero.
-    activity: Mutex<HashMap<String, (String, Arc<Activity>)>>,
+    /// Per backend name: its activity meter and its plugin view.
+    meters: Mutex<HashMap<String, Meter>>,
     /// Bumped after every change the watch delivers (the cache is already
     /// updated): what status streams wait on.
     changes: tokio::sync::watch::Sender<u64>,
@@ -81,6 +81,16 @@ pub struct Cluster {
     fleet: std::sync::OnceLock<Fleet>,
     /// The watch feeding the cache, stopped with it.
     _watching: AbortOnDrop,
+}
+
+/// What the proxy keeps per backend object.
+struct Meter {
+    /// The object's uid: a new object with an old name starts from zero.
+    uid: String,
+    activity: Arc<Activity>,
+    /// The backend as plugins see it, built once per object version (the
+    /// proxy asks on every request), with that `resourceVersion`.
+    backend: Option<(String, Arc<Backend>)>,
 }
 
 /// What a replica needs to sweep for all replicas.
@@ -120,7 +130,7 @@ impl Cluster {
             namespace: namespace.to_string(),
             store,
             api,
-            activity: Mutex::new(HashMap::new()),
+            meters: Mutex::new(HashMap::new()),
             changes,
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),
@@ -176,16 +186,16 @@ impl Cluster {
     /// first (a replica that does not sweep forgets them here).
     pub fn take_activity(&self) -> Vec<BackendActivity> {
         self.forget_gone_meters();
-        let meters = self.activity.lock().expect("activity lock");
-        meters.iter().map(|(name, (uid, a))| BackendActivity { name: name.clone(), uid: uid.clone(), activity: a.snapshot() }).collect()
+        let meters = self.meters.lock().expect("meters lock");
+        meters.iter().map(|(name, m)| BackendActivity { name: name.clone(), uid: m.uid.clone(), activity: m.activity.snapshot() }).collect()
     }
 
     /// Connections open to `slab` through this replica, without starting a
     /// meter for it (reading must not reset anyone's idle clock).
     pub fn open_connections(&self, slab: &SessionLivedBackend) -> u32 {
-        let meters = self.activity.lock().expect("activity lock");
-        match meters.get(&slab.name_any()) {
-            Some((uid, a)) if Some(uid) == slab.uid().as_ref() => a.open_connections(),
+        let meters = self.meters.lock().expect("meters lock");
+        match meters.get(slab.metadata.name.as_deref().unwrap_or_default()) {
+            Some(m) if slab.metadata.uid.as_ref() == Some(&m.uid) => m.activity.open_connections(),
             _ => 0,
         }
     }
@@ -201,18 +211,29 @@ impl Cluster {
     fn forget_gone_meters(&self) {
         let present: std::collections::HashSet<(String, String)> =
             self.store.state().iter().map(|s| (s.name_any(), s.uid().unwrap_or_default())).collect();
-        self.activity.lock().expect("activity lock").retain(|name, (uid, _)| present.contains(&(name.clone(), uid.clone())));
+        self.meters.lock().expect("meters lock").retain(|name, m| present.contains(&(name.clone(), m.uid.clone())));
     }
 
     /// The activity meter of `slab` (what the proxy counted).
     pub fn activity(&self, slab: &SessionLivedBackend) -> Arc<Activity> {
-        let uid = slab.uid().unwrap_or_default();
-        let mut meters = self.activity.lock().expect("activity lock");
-        let entry = meters.entry(slab.name_any()).or_insert_with(|| (uid.clone(), Activity::new()));
-        if entry.0 != uid {
-            *entry = (uid, Activity::new());
-        }
-        entry.1.clone()
+        self.with_meter(slab, |m| m.activity.clone())
+    }
+
+    /// `f` on the meter of `slab`, started (or restarted, for a new object
+    /// of the same name) if need be.
+    fn with_meter<R>(&self, slab: &SessionLivedBackend, f: impl FnOnce(&mut Meter) -> R) -> R {
+        let name = slab.metadata.name.as_deref().unwrap_or_default();
+        let uid = slab.metadata.uid.as_deref().unwrap_or_default();
+        let mut meters = self.meters.lock().expect("meters lock");
+        let meter = match meters.get_mut(name) {
+            Some(m) if m.uid == uid => m,
+            _ => {
+                let fresh = Meter { uid: uid.to_string(), activity: Activity::new(), backend: None };
+                meters.insert(name.to_string(), fresh);
+                meters.get_mut(name).expect("just inserted")
+            }
+        };
+        f(meter)
     }
 }
 
@@ -224,13 +245,20 @@ impl Resolve for Cluster {
             (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
             _ => None,
         };
-        Some(Target {
-            backend: Arc::new(slab.plugin_backend()),
-            phase,
-            addr,
-            activity: self.activity(&slab),
-            created_at: slab.created_unix(),
-        })
+        // The plugin view is built once per object version, not per request.
+        let version = slab.metadata.resource_version.as_deref().unwrap_or_default();
+        let (backend, activity) = self.with_meter(&slab, |m| {
+            let backend = match &m.backend {
+                Some((v, b)) if v == version => b.clone(),
+                _ => {
+                    let b = Arc::new(slab.plugin_backend());
+                    m.backend = Some((version.to_string(), b.clone()));
+                    b
+                }
+            };
+            (backend, m.activity.clone())
+        });
+        Some(Target { backend, phase, addr, activity, created_at: slab.created_unix() })
     }
 }
 
