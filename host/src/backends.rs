@@ -180,6 +180,39 @@ pub trait Control: Send + Sync + 'static {
     fn templates(&self) -> Vec<String>;
 }
 
+/// A label name or value: 1-63 letters, digits and `-_.`, starting and
+/// ending with a letter or digit.
+fn is_label_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain.
+/// Labels follow Kubernetes' rules in both modes, so a spec that works
+/// locally also works on a cluster.
+fn is_label_key(k: &str) -> bool {
+    match k.rsplit_once('/') {
+        None => is_label_name(k),
+        Some((prefix, name)) => {
+            is_label_name(name)
+                && (1..=253).contains(&prefix.len())
+                && prefix.split('.').all(|part| {
+                    !part.is_empty()
+                        && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !part.starts_with('-')
+                        && !part.ends_with('-')
+                })
+        }
+    }
+}
+
+/// A Kubernetes label value: empty, or a label name.
+fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_label_name(v)
+}
+
 /// Checks a key, labels, env and owner; the message names the field.
 pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::Invalid(m));
@@ -193,13 +226,14 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     {
         return bad("owner must be 1-253 characters without control characters".into());
     }
-    for (k, v) in spec.labels.iter().chain(spec.node_selector.iter()) {
-        let ok_key = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        let ok_val = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok_key || !ok_val {
-            return bad(format!(
-                "label {k:?}={v:?} is not valid: keys use letters, digits and -_./ (up to 253), values letters, digits and -_. (up to 63)"
-            ));
+    for (field, map) in [("label", &spec.labels), ("nodeSelector", &spec.node_selector)] {
+        for (k, v) in map {
+            if !is_label_key(k) || !is_label_value(v) {
+                return bad(format!(
+                    "{field} {k:?}={v:?} is not a valid Kubernetes label: a key is an optional DNS-subdomain prefix and '/', then a \
+                     name of 1-63 letters, digits and -_. that starts and ends with a letter or digit; a value is empty or such a name"
+                ));
+            }
         }
     }
     for k in spec.env.keys() {
@@ -311,6 +345,14 @@ mod tests {
         assert!(with(|s| s.env.insert("PORT".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("PORT"));
         assert!(with(|s| s.env.insert("1BAD".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("valid variable"));
         assert!(with(|s| s.labels.insert("ok".into(), "bad value!".into()).map(|_| ()).unwrap_or(())).contains("label"));
+        assert!(with(|s| s.node_selector.insert("zone".into(), "-a".into()).map(|_| ()).unwrap_or(())).contains("nodeSelector"));
+        for bad_key in ["bad/key/twice", "Example.com/x", "example.com/", "/x", "x".repeat(64).as_str(), "a..b/x", "-a.com/x"] {
+            assert!(!is_label_key(bad_key), "{bad_key}");
+        }
+        for good_key in ["team", "app.kubernetes.io/name", "example.com/Team_1", "a.b-c.d/x.y"] {
+            assert!(is_label_key(good_key), "{good_key}");
+        }
+        assert!(is_label_value("") && is_label_value("v1.2_a-b") && !is_label_value("a ") && !is_label_value(&"v".repeat(64)));
         assert!(with(|s| s.grace_period_seconds = 0).contains("gracePeriodSeconds"));
         assert!(with(|s| s.lifetime_limit_seconds = Some(0)).contains("lifetimeLimitSeconds"));
     }

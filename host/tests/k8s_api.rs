@@ -86,8 +86,8 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     let (client, ns, proxy) = system("api", None, 1000).await;
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
-    let create =
-        json!({"template": "example.invalid/notes:1", "key": "doc-42", "owner": "alice", "port": port, "labels": {"team": "data"}});
+    let create = json!({"template": "example.invalid/notes:1", "key": "doc-42", "owner": "alice", "port": port, "labels": {"team": "data"},
+            "nodeSelector": {"zone": "b"}});
 
     // The API wants its token, and says what to fix in bad input.
     let anonymous = reqwest::Client::new().post(format!("{}/api/v1/backends", app.base)).json(&create).send().await.unwrap();
@@ -101,8 +101,8 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     let (status, err) = app
         .call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/x:1", "labels": {"bad/key/twice": "v"}})))
         .await;
-    assert_eq!(status, 422, "the API server's own validation, passed on: {err}");
-    assert!(err.to_string().contains("Kubernetes refused"), "{err}");
+    assert_eq!(status, 422, "Kubernetes' label rules, checked before the API server is asked: {err}");
+    assert!(err.to_string().contains("not a valid Kubernetes label"), "{err}");
 
     // Concurrent creates with one key: one object, and everyone gets it.
     let calls = (0..8).map(|_| app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())));
@@ -128,6 +128,8 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"]["phase"], "ready");
     app.until(&name, "recorded its address", |v| v["address"] == format!("127.0.0.1:{port}")).await;
+    let placed = slabs.get(&name).await.unwrap();
+    assert_eq!(placed.status.unwrap().node_name.as_deref(), Some("node-b"), "the only node in zone b");
 
     // The browser opens the URL it was handed: the token moves into a
     // cookie, and the backend answers.

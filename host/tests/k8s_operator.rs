@@ -1,8 +1,9 @@
 //! The operator against a real kube-apiserver, kube-scheduler and kwok
 //! (deploy/testenv): a SessionLivedBackend becomes an owned Pod placed by
 //! the scheduler plugin, its status follows the Pod to ready, a crash is
-//! recorded with its exit code, the scheduler plugin's rejection fails it,
-//! and deleting it stops the Pod before the object goes.
+//! recorded with its exit code, the scheduler plugin's rejection fails it
+//! (over quota, or no node matching its node selector), and deleting it
+//! stops the Pod before the object goes.
 
 mod common;
 
@@ -194,6 +195,34 @@ async fn the_scheduler_plugin_rejects_over_quota_backends() {
     let deleted = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "second", kube::runtime::conditions::is_deleted(&uid))).await;
     assert!(deleted.is_ok(), "an ended backend outlived its retention");
     assert!(slabs.get_opt("first").await.unwrap().is_some(), "a live one stays");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_selector_places_the_backend_on_a_matching_node_or_rejects_it() {
+    let (client, ns) = operator("op-zone", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let zoned = |name: &str, zone: &str| {
+        let mut s = slab(name, "dave");
+        s.spec.template.node_selector = Some([("zone".to_string(), zone.to_string())].into());
+        s
+    };
+    // The test control plane's fake nodes: node-a in zone a, node-b in zone b.
+    for (name, zone) in [("in-b", "b"), ("in-a", "a"), ("also-b", "b")] {
+        slabs.create(&PostParams::default(), &zoned(name, zone)).await.unwrap();
+        let ready = until(&slabs, name, "ready", phase(Phase::Ready)).await;
+        let node = format!("node-{zone}");
+        assert_eq!(ready.status.unwrap().node_name.as_deref(), Some(node.as_str()), "{name}");
+        let spec = pods.get(name).await.unwrap().spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["zone"], zone, "kube-scheduler is held to it too");
+    }
+
+    slabs.create(&PostParams::default(), &zoned("nowhere", "c")).await.unwrap();
+    let rejected = until(&slabs, "nowhere", "failed", phase(Phase::Failed)).await;
+    let status = rejected.status.unwrap();
+    assert_eq!(status.reason, Some(Reason::Rejected));
+    assert!(status.message.as_deref().unwrap_or_default().contains("zone=c"), "{:?}", status.message);
+    assert!(pods.get_opt("nowhere").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

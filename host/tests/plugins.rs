@@ -206,6 +206,16 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
         assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "{settings}");
         assert!(metrics.encode().contains(r#"plugin="fixture_fail_scheduler.wasm""#));
     }
+    // A node without the selector's labels is a failed answer too: the
+    // platform would never run the backend there.
+    let (plugins, metrics) = with(vec![(PluginKind::Scheduler, source(built::FIXTURE_FAIL_SCHEDULER, "first-node"))]);
+    let mut req = placement_request(vec![node("a", &[("zone", "x")], 5), node("b", &[("zone", "y")], 0)]);
+    assert_eq!(plugins.scheduler().place(&req), Placement::Node("a".into()), "no selector: the plugin's answer stands");
+    assert!(!metrics.encode().contains("invalid-answer"));
+    req.node_selector = vec![Label { key: "zone".into(), value: "y".into() }];
+    assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "the default scheduler decided instead");
+    let text = metrics.encode();
+    assert!(text.lines().any(|l| l.contains("plugin_failures") && l.contains("invalid-answer")), "{text}");
 }
 
 #[test]

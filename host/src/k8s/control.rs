@@ -385,9 +385,6 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
             "template {image:?} is not a container image reference: on Kubernetes a template is an image, e.g. ghcr.io/acme/editor:1"
         ));
     }
-    if !spec.node_selector.is_empty() {
-        return bad("nodeSelector is not supported on Kubernetes yet; use a scheduler plugin setting or labels instead".into());
-    }
     let Ok(grace) = u32::try_from(spec.grace_period_seconds) else {
         return bad(format!("gracePeriodSeconds must be at most {} on Kubernetes", u32::MAX));
     };
@@ -423,7 +420,11 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
     let mut slab = SessionLivedBackend::new(
         name,
         SessionLivedBackendSpec {
-            template: BackendPodTemplate { containers: vec![container], ..Default::default() },
+            template: BackendPodTemplate {
+                containers: vec![container],
+                node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                ..Default::default()
+            },
             grace_period_seconds: Some(grace),
             http_port: Some(port),
             key: spec.key.clone(),
@@ -565,6 +566,14 @@ mod tests {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
         assert_eq!(slab.spec.template.pod_spec().automount_service_account_token, Some(false));
+        assert_eq!(slab.spec.template.node_selector, None, "none asked for");
+
+        let mut zoned = spec();
+        zoned.node_selector.insert("zone".into(), "b".into());
+        let slab = slab_for(&zoned, "k-1").unwrap();
+        let selector = BTreeMap::from([("zone".to_string(), "b".to_string())]);
+        assert_eq!(slab.spec.template.node_selector.as_ref(), Some(&selector));
+        assert_eq!(slab.spec.template.pod_spec().node_selector, Some(selector), "the Pod asks kube-scheduler for it too");
     }
 
     #[test]
@@ -575,7 +584,6 @@ mod tests {
             slab_for(&s, "k-1").unwrap_err().to_string()
         };
         assert!(with(|s| s.template = "two words".into()).contains("image"));
-        assert!(with(|s| s.node_selector.insert("zone".into(), "a".into()).map(|_| ()).unwrap_or(())).contains("nodeSelector"));
         assert!(with(|s| s.grace_period_seconds = u64::MAX).contains("gracePeriodSeconds"));
         assert!(with(|s| s.port = Some(0)).contains("port"));
     }

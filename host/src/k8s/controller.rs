@@ -457,7 +457,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let request = PlacementRequest {
         backend: slab.plugin_backend(),
         requests: requests(slab),
-        node_selector: Vec::new(),
+        node_selector: slab.spec.template.node_selector_labels(),
         nodes: candidates,
         owner_backends,
         now: crate::token::now_unix(),

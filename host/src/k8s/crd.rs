@@ -5,7 +5,7 @@
 //! `containers`, `imagePullSecrets` and `volumes`; `gracePeriodSeconds`;
 //! `httpPort`), so a manifest written for the original applies unchanged,
 //! and adds what users asked for since: `key`, `owner`,
-//! `lifetimeLimitSeconds`, and `service`. The object's own labels are the
+//! `lifetimeLimitSeconds`, `service`, and the template's `nodeSelector`. The object's own labels are the
 //! labels plugins see, as they are in local mode.
 //!
 //! The status carries everything the shared [`lifecycle`](crate::lifecycle)
@@ -109,6 +109,12 @@ pub struct BackendPodTemplate {
     /// Volumes the containers mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
+
+    /// Labels a node must carry to run the backend (the Pod's
+    /// `nodeSelector`). The scheduler plugin sees them too, and the default
+    /// one only considers nodes that carry them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
 }
 
 impl BackendPodTemplate {
@@ -121,9 +127,15 @@ impl BackendPodTemplate {
             containers: self.containers.clone(),
             image_pull_secrets: self.image_pull_secrets.clone(),
             volumes: self.volumes.clone(),
+            node_selector: self.node_selector.clone().filter(|s| !s.is_empty()),
             automount_service_account_token: Some(false),
             ..PodSpec::default()
         }
+    }
+
+    /// The node selector as the scheduler plugin's labels.
+    pub fn node_selector_labels(&self) -> Vec<Label> {
+        self.node_selector.iter().flatten().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect()
     }
 }
 

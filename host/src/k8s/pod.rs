@@ -286,6 +286,13 @@ mod tests {
         let spec = pod.spec.unwrap();
         assert!(spec.affinity.is_none());
         assert_eq!(spec.node_selector.unwrap()["zone"], "b");
+
+        // The template's own selector stays, with the plugin's added.
+        let mut s = slab();
+        s.spec.template.node_selector = Some(BTreeMap::from([("disk".to_string(), "ssd".to_string())]));
+        let pod = pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }]);
+        let selector = pod.spec.unwrap().node_selector.unwrap();
+        assert_eq!(selector, BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("zone".to_string(), "b".to_string())]));
     }
 
     fn pod_in(phase: &str, ready: bool, exit: Option<i32>) -> Pod {

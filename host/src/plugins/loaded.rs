@@ -126,9 +126,18 @@ impl LoadedPlugin {
         })?;
         if let Placement::Node(n) = &placement
             && !request.nodes.is_empty()
-            && !request.nodes.iter().any(|c| &c.name == n)
         {
-            return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
+            let Some(node) = request.nodes.iter().find(|c| &c.name == n) else {
+                return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
+            };
+            // The platform would never run the backend there: the Pod
+            // would wait for ever, and a process would ignore the selector.
+            if let Some(missing) = request.node_selector.iter().find(|s| !node.labels.contains(s)) {
+                return Err(CallError::InvalidAnswer(format!(
+                    "node {n} does not carry the node selector's label {}={}",
+                    missing.key, missing.value
+                )));
+            }
         }
         Ok(placement)
     }
