@@ -2,7 +2,9 @@
 //! deploy/testenv): the generated YAML installs, the original Spawner's
 //! manifest shape applies, the server refuses bad specs with a reason,
 //! status is a subresource, and `kubectl get slab` shows the printer
-//! columns with what the status says.
+//! columns with what the status says. Also: deploy/Dockerfile agrees with
+//! the toolchain, the binaries and the manifests (no container engine here
+//! to build it).
 
 mod common;
 
@@ -122,4 +124,35 @@ async fn kubectl_get_slab_shows_the_status_columns() {
             serde_json::json!("https://spawner.example/p/notes-doc-42/"),
         ]
     );
+}
+
+/// deploy/Dockerfile cannot be built here (no container engine), so what
+/// can drift is checked: the builder's Rust is the pinned toolchain, the
+/// binaries it copies are the ones cargo builds, its user is the one the
+/// manifests run as, and the build context leaves out `target/`.
+#[test]
+fn the_image_recipe_agrees_with_the_toolchain_the_binaries_and_the_manifests() {
+    let root = deploy("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let dockerfile = read("deploy/Dockerfile");
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain.lines().find_map(|l| l.strip_prefix("channel = ")).unwrap().trim_matches('"');
+    let minor = channel.rsplit_once('.').map_or(channel, |(m, _)| m);
+    assert!(dockerfile.contains(&format!("rust:{minor}-")), "the builder image is Rust {minor} (rust-toolchain.toml)");
+
+    let manifest = read("host/Cargo.toml");
+    for bin in ["spawner", "spawner-demo-backend"] {
+        assert!(manifest.contains(&format!("name = \"{bin}\"")), "{bin} is a binary of host/");
+        assert!(dockerfile.contains(&format!("target/release/{bin}")), "the image has {bin}");
+    }
+
+    let users: Vec<&str> = dockerfile.lines().filter_map(|l| l.strip_prefix("USER ")).collect();
+    assert_eq!(users.len(), 2, "both images name their user");
+    for file in ["deploy/operator/02-deployment.yaml", "deploy/proxy/02-deployment.yaml"] {
+        let text = read(file);
+        let run_as = text.lines().find_map(|l| l.trim().strip_prefix("runAsUser: ")).unwrap();
+        assert!(users.iter().all(|u| u.split(':').next() == Some(run_as)), "{file} runs as {run_as}, the images as {users:?}");
+        assert!(text.contains("image: SPAWNER_IMAGE"), "{file}");
+    }
+    assert!(read(".dockerignore").lines().any(|l| l.trim() == "target"), "the build context leaves out target/");
 }

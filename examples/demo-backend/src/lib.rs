@@ -90,14 +90,32 @@ pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
         .await
 }
 
-/// Entry point for `spawner demo-backend`: reads `PORT` (default 8080) and
-/// `SPAWNER_BACKEND_NAME`, serves on 127.0.0.1.
+/// Entry point for `spawner demo-backend`: reads `PORT` (default 8080),
+/// `HOST` (default 127.0.0.1: locally only Spawner's proxy reaches it; the
+/// container image sets 0.0.0.0, since on Kubernetes the proxy connects to
+/// the Pod's IP) and `SPAWNER_BACKEND_NAME`.
 pub fn main_from_env() -> std::io::Result<()> {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
-    let name = std::env::var("SPAWNER_BACKEND_NAME").unwrap_or_else(|_| "demo".into());
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let addr = listen_address(var("HOST").as_deref(), var("PORT").as_deref())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let name = var("SPAWNER_BACKEND_NAME").unwrap_or_else(|| "demo".into());
     // One thread: it starts in about a millisecond, and one note per
     // process needs no more.
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(SocketAddr::from(([127, 0, 0, 1], port)), name))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(addr, name))
+}
+
+/// The address to listen on, from `HOST` and `PORT` (either unset: its
+/// default), or what is wrong with them.
+pub fn listen_address(host: Option<&str>, port: Option<&str>) -> Result<SocketAddr, String> {
+    let ip: std::net::IpAddr = match host {
+        None => [127, 0, 0, 1].into(),
+        Some(h) => h.parse().map_err(|_| format!("HOST={h:?} is not an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::)"))?,
+    };
+    let port: u16 = match port {
+        None => 8080,
+        Some(p) => p.parse().map_err(|_| format!("PORT={p:?} is not a port number (0-65535)"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 async fn count(State(d): State<Arc<Demo>>, req: Request, next: Next) -> Response {
@@ -190,3 +208,17 @@ ws.onclose = () => { state.textContent = 'disconnected'; note.disabled = true; }
 ws.onmessage = (e) => { if (e.data !== note.value) note.value = e.data; };
 note.oninput = () => ws.send(note.value);
 </script></body></html>"#;
+
+#[cfg(test)]
+mod tests {
+    use super::listen_address;
+
+    #[test]
+    fn listens_on_loopback_unless_host_says_otherwise() {
+        assert_eq!(listen_address(None, None).unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(listen_address(Some("0.0.0.0"), Some("3000")).unwrap().to_string(), "0.0.0.0:3000");
+        assert_eq!(listen_address(Some("::"), Some("3000")).unwrap().to_string(), "[::]:3000");
+        assert!(listen_address(Some("example.com"), None).unwrap_err().contains("HOST"));
+        assert!(listen_address(None, Some("70000")).unwrap_err().contains("PORT=\"70000\""));
+    }
+}
