@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::k8s::{WAIT, deploy, plugins, until};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -21,7 +21,7 @@ use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner_testenv::shared;
+use spawner_testenv::{FakeNode, shared};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -223,6 +223,54 @@ async fn a_node_selector_places_the_backend_on_a_matching_node_or_rejects_it() {
     assert_eq!(status.reason, Some(Reason::Rejected));
     assert!(status.message.as_deref().unwrap_or_default().contains("zone=c"), "{:?}", status.message);
     assert!(pods.get_opt("nowhere").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
+    let (client, ns) = operator("op-taint", "", HOUR).await;
+    // A third node for this test, in its own zone, tainted as GPU nodes are.
+    let plane = shared().await;
+    plane.add_node(&FakeNode::new("node-gpu").label("zone", "gpu")).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_ready = |n: &Node| {
+        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    tokio::time::timeout(WAIT, await_condition(nodes.clone(), "node-gpu", |n: Option<&Node>| n.is_some_and(node_ready)))
+        .await
+        .expect("kwok never made node-gpu Ready")
+        .unwrap();
+    let taint = serde_json::json!({"spec": {"taints": [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]}});
+    nodes.patch("node-gpu", &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
+
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let on_gpu = |name: &str, tolerate: bool| {
+        let mut s = slab(name, "erin");
+        s.spec.template.node_selector = Some([("zone".to_string(), "gpu".to_string())].into());
+        if tolerate {
+            s.spec.template.tolerations =
+                Some(vec![serde_json::from_value(serde_json::json!({"key": "gpu", "operator": "Exists"})).unwrap()]);
+        }
+        s
+    };
+
+    slabs.create(&PostParams::default(), &on_gpu("intolerant", false)).await.unwrap();
+    let rejected = until(&slabs, "intolerant", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(rejected.reason, Some(Reason::Rejected));
+    let message = rejected.message.unwrap_or_default();
+    assert!(message.contains("not offered: node-gpu") && message.contains("taint"), "says what to change: {message}");
+
+    slabs.create(&PostParams::default(), &on_gpu("tolerant", true)).await.unwrap();
+    let ready = until(&slabs, "tolerant", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("node-gpu"));
+    let spec = pods.get("tolerant").await.unwrap().spec.unwrap();
+    assert_eq!(spec.tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "the Pod tolerates it too");
+
+    // Untainted nodes stay the only choice for everyone else.
+    slabs.create(&PostParams::default(), &slab("elsewhere", "erin")).await.unwrap();
+    let placed = until(&slabs, "elsewhere", "ready", phase(Phase::Ready)).await;
+    assert_ne!(placed.status.unwrap().node_name.as_deref(), Some("node-gpu"));
+    nodes.delete("node-gpu", &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

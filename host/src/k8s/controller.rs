@@ -30,7 +30,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
-use super::pod::{BACKEND_LABEL, capacity, pod_for, requests, service_for, workload};
+use super::pod::{BACKEND_LABEL, can_run_on, capacity, pod_for, requests, service_for, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
@@ -412,8 +412,8 @@ fn phase_note(status: &Status) -> String {
     note
 }
 
-/// Asks the scheduler plugin, with the cluster's schedulable Nodes as
-/// candidates and every live backend as what is already placed (all
+/// Asks the scheduler plugin, with the Nodes that could run the backend's
+/// Pod (not cordoned, taints tolerated) as candidates and every live backend as what is already placed (all
 /// namespaces: they share the Nodes). The owner's backends are those in the
 /// backend's own namespace: namespaces are tenancy boundaries, and an owner
 /// name in one says nothing about the same name in another. Returns the
@@ -435,10 +435,14 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         requests: requests(s),
     };
     let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).collect();
-    let candidates: Vec<CandidateNode> = nodes
-        .items
+    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.items.iter().partition(|n| can_run_on(slab, n));
+    if runnable.is_empty() && !excluded.is_empty() {
+        // No candidates would mean "anywhere" to the plugin, and the Pod
+        // would wait for a node that cannot come.
+        return Ok((Admission::Rejected { message: format!("no node can run it; {}", not_offered(&excluded)) }, Vec::new()));
+    }
+    let candidates: Vec<CandidateNode> = runnable
         .iter()
-        .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
         .map(|n| CandidateNode {
             name: n.name_any(),
             labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
@@ -468,8 +472,20 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     Ok(match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
-        Placement::Reject(message) => (Admission::Rejected { message }, Vec::new()),
+        Placement::Reject(message) if excluded.is_empty() => (Admission::Rejected { message }, Vec::new()),
+        Placement::Reject(message) => (Admission::Rejected { message: format!("{message}; {}", not_offered(&excluded)) }, Vec::new()),
     })
+}
+
+/// Names the nodes the scheduler plugin was not offered, and why, so a
+/// rejection says what to change (uncordon, or add a toleration).
+fn not_offered(nodes: &[&Node]) -> String {
+    const NAMED: usize = 5;
+    let mut names: Vec<String> = nodes.iter().take(NAMED).map(|n| n.name_any()).collect();
+    if nodes.len() > NAMED {
+        names.push(format!("and {} more", nodes.len() - NAMED));
+    }
+    format!("not offered: {} (cordoned, or a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {

@@ -5,7 +5,8 @@
 //! `containers`, `imagePullSecrets` and `volumes`; `gracePeriodSeconds`;
 //! `httpPort`), so a manifest written for the original applies unchanged,
 //! and adds what users asked for since: `key`, `owner`,
-//! `lifetimeLimitSeconds`, `service`, and the template's `nodeSelector`. The object's own labels are the
+//! `lifetimeLimitSeconds`, `service`, and the template's `nodeSelector`
+//! and `tolerations`. The object's own labels are the
 //! labels plugins see, as they are in local mode.
 //!
 //! The status carries everything the shared [`lifecycle`](crate::lifecycle)
@@ -19,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, Toleration, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
 use schemars::JsonSchema;
@@ -115,6 +116,12 @@ pub struct BackendPodTemplate {
     /// one only considers nodes that carry them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Taints the backend tolerates (the Pod's `tolerations`). A node with
+    /// a `NoSchedule` or `NoExecute` taint not tolerated here is not offered
+    /// to the scheduler plugin, as kube-scheduler would not run the Pod there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 impl BackendPodTemplate {
@@ -128,6 +135,7 @@ impl BackendPodTemplate {
             image_pull_secrets: self.image_pull_secrets.clone(),
             volumes: self.volumes.clone(),
             node_selector: self.node_selector.clone().filter(|s| !s.is_empty()),
+            tolerations: self.tolerations.clone(),
             automount_service_account_token: Some(false),
             ..PodSpec::default()
         }

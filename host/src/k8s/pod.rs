@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe, Service, ServicePort, ServiceSpec,
-    TCPSocketAction,
+    Affinity, EnvVar, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -207,6 +207,41 @@ fn bytes(q: &Quantity) -> Option<u64> {
     s.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| v.round() as u64)
 }
 
+/// Whether kube-scheduler would run `slab`'s Pod on `node` as far as the
+/// node's own say goes: it is not cordoned, and the template tolerates
+/// every taint that keeps Pods off (`NoSchedule`, `NoExecute`;
+/// `PreferNoSchedule` is only a preference). Nodes that fail this are not
+/// offered to the scheduler plugin: a Pod placed there would stay pending.
+pub fn can_run_on(slab: &SessionLivedBackend, node: &Node) -> bool {
+    let Some(spec) = &node.spec else { return true };
+    if spec.unschedulable == Some(true) {
+        return false;
+    }
+    let tolerations = slab.spec.template.tolerations.as_deref().unwrap_or_default();
+    spec.taints
+        .iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+}
+
+/// Kubernetes' rule (`Toleration.ToleratesTaint`): the effect matches (or
+/// the toleration names none), the key matches (or it names none, with
+/// `Exists`: every taint), and the value is equal (`Equal`, the default)
+/// or anything (`Exists`).
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    let key = toleration.key.as_deref().unwrap_or_default();
+    if (!effect.is_empty() && effect != taint.effect) || (!key.is_empty() && key != taint.key) {
+        return false;
+    }
+    match toleration.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        "Equal" => !key.is_empty() && toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
@@ -293,6 +328,52 @@ mod tests {
         let pod = pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }]);
         let selector = pod.spec.unwrap().node_selector.unwrap();
         assert_eq!(selector, BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("zone".to_string(), "b".to_string())]));
+    }
+
+    #[test]
+    fn only_nodes_whose_taints_are_tolerated_can_run_the_backend() {
+        let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            ..Taint::default()
+        };
+        let node = |taints: Vec<Taint>, cordoned: bool| Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec { taints: Some(taints), unschedulable: Some(cordoned), ..Default::default() }),
+            ..Node::default()
+        };
+        let toleration = |key: Option<&str>, operator: Option<&str>, value: Option<&str>, effect: Option<&str>| Toleration {
+            key: key.map(Into::into),
+            operator: operator.map(Into::into),
+            value: value.map(Into::into),
+            effect: effect.map(Into::into),
+            ..Toleration::default()
+        };
+        let with = |tolerations: Vec<Toleration>| {
+            let mut s = slab();
+            s.spec.template.tolerations = Some(tolerations);
+            s
+        };
+        let gpu = node(vec![taint("gpu", Some("true"), "NoSchedule")], false);
+        let control_plane = node(vec![taint("node-role.kubernetes.io/control-plane", None, "NoSchedule")], false);
+
+        assert!(can_run_on(&slab(), &Node::default()) && can_run_on(&slab(), &node(vec![], false)));
+        assert!(!can_run_on(&slab(), &node(vec![], true)), "cordoned");
+        assert!(!can_run_on(&slab(), &gpu) && !can_run_on(&slab(), &control_plane));
+        assert!(can_run_on(&slab(), &node(vec![taint("spot", None, "PreferNoSchedule")], false)), "a preference only");
+
+        assert!(can_run_on(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &gpu), "Equal by default, any effect");
+        assert!(can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoSchedule"))]), &gpu));
+        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Equal"), Some("false"), None)]), &gpu), "other value");
+        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoExecute"))]), &gpu), "other effect");
+        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &control_plane), "other key");
+        assert!(can_run_on(&with(vec![toleration(None, Some("Exists"), None, None)]), &control_plane), "tolerates everything");
+        assert!(!can_run_on(&with(vec![toleration(None, Some("Equal"), None, None)]), &control_plane), "no key needs Exists");
+        let both = node(vec![taint("gpu", Some("true"), "NoSchedule"), taint("zone-down", None, "NoExecute")], false);
+        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), &both), "every taint must be tolerated");
+
+        let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[]);
+        assert_eq!(pod.spec.unwrap().tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "and the Pod carries them");
     }
 
     fn pod_in(phase: &str, ready: bool, exit: Option<i32>) -> Pod {
