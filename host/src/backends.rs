@@ -230,8 +230,9 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
         for (k, v) in map {
             if !is_label_key(k) || !is_label_value(v) {
                 return bad(format!(
-                    "{field} {k:?}={v:?} is not a valid Kubernetes label: a key is an optional DNS-subdomain prefix and '/', then a \
-                     name of 1-63 letters, digits and -_. that starts and ends with a letter or digit; a value is empty or such a name"
+                    "{field} {k:?}={v:?} is not a valid Kubernetes label: a key is a name of 1-63 letters, digits and -_. that \
+                     starts and ends with a letter or digit, optionally after a prefix of lowercase letters, digits, '-' and '.' \
+                     (a DNS subdomain, up to 253) and '/'; a value is empty or such a name"
                 ));
             }
         }

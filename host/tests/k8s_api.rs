@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator};
 use futures_util::StreamExt as _;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::ResourceQuota;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use spawner::k8s::control::{CreateLimits, key_name};
 use spawner::k8s::crd::SessionLivedBackend;
@@ -286,4 +287,21 @@ async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
     assert_eq!(status, 429, "{refused}");
     assert!(refused.to_string().contains("--max-backends"), "{refused}");
     proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_servers_own_refusal_is_passed_on_with_its_reason() {
+    let (client, ns, proxy) = system("api-quota", None, 1000).await;
+    // A ResourceQuota that allows no backends in this namespace: the API
+    // server's admission refuses the object, not Spawner.
+    let quota: ResourceQuota = serde_json::from_value(
+        json!({"metadata": {"name": "no-backends"}, "spec": {"hard": {"count/sessionlivedbackends.spawner.dev": "0"}}}),
+    )
+    .unwrap();
+    Api::<ResourceQuota>::namespaced(client, &ns).create(&PostParams::default(), &quota).await.unwrap();
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/x:1"}))).await;
+    assert_eq!(status, 429, "a quota is a capacity limit: {err}");
+    let err = err.to_string();
+    assert!(err.contains("Kubernetes refused") && err.contains("quota"), "the API server's reason, passed on: {err}");
 }

@@ -137,7 +137,7 @@ fn the_image_recipe_agrees_with_the_toolchain_the_binaries_and_the_manifests() {
     let dockerfile = read("deploy/Dockerfile");
     let toolchain = read("rust-toolchain.toml");
     let channel = toolchain.lines().find_map(|l| l.strip_prefix("channel = ")).unwrap().trim_matches('"');
-    let minor = channel.rsplit_once('.').map_or(channel, |(m, _)| m);
+    let minor = channel.split('.').take(2).collect::<Vec<_>>().join(".");
     assert!(dockerfile.contains(&format!("rust:{minor}-")), "the builder image is Rust {minor} (rust-toolchain.toml)");
 
     let manifest = read("host/Cargo.toml");

@@ -228,9 +228,10 @@ async fn a_node_selector_places_the_backend_on_a_matching_node_or_rejects_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     let (client, ns) = operator("op-taint", "", HOUR).await;
-    // A third node for this test, in its own zone, tainted as GPU nodes are.
+    // A third node for this test, in its own zone, tainted (from its
+    // creation, so other tests never see it untainted) as GPU nodes are.
     let plane = shared().await;
-    plane.add_node(&FakeNode::new("node-gpu").label("zone", "gpu")).await.unwrap();
+    plane.add_node(&FakeNode::new("node-gpu").label("zone", "gpu").taint("gpu", "true", "NoSchedule")).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
     let node_ready = |n: &Node| {
         n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
@@ -239,8 +240,6 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
         .await
         .expect("kwok never made node-gpu Ready")
         .unwrap();
-    let taint = serde_json::json!({"spec": {"taints": [{"key": "gpu", "value": "true", "effect": "NoSchedule"}]}});
-    nodes.patch("node-gpu", &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
 
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

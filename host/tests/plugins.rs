@@ -216,6 +216,13 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "the default scheduler decided instead");
     let text = metrics.encode();
     assert!(text.lines().any(|l| l.contains("plugin_failures") && l.contains("invalid-answer")), "{text}");
+    // Nor may "anywhere" contradict the selector.
+    let (plugins, _) = with(vec![(PluginKind::Scheduler, source(built::FIXTURE_FAIL_SCHEDULER, "anywhere-zone-x"))]);
+    req.node_selector = vec![];
+    let zone_x = Placement::Anywhere(vec![Label { key: "zone".into(), value: "x".into() }]);
+    assert_eq!(plugins.scheduler().place(&req), zone_x, "no selector: the plugin's answer stands");
+    req.node_selector = vec![Label { key: "zone".into(), value: "y".into() }];
+    assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "zone=x against zone=y: the default decided");
 }
 
 #[test]

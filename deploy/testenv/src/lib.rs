@@ -70,17 +70,26 @@ pub struct FakeNode {
     pub cpu: String,
     /// Allocatable memory, e.g. "8Gi".
     pub memory: String,
+    /// Taints, as (key, value, effect).
+    pub taints: Vec<(String, String, String)>,
 }
 
 impl FakeNode {
     /// A node with 4 CPUs and 8 GiB.
     pub fn new(name: &str) -> Self {
-        FakeNode { name: name.into(), labels: Vec::new(), cpu: "4".into(), memory: "8Gi".into() }
+        FakeNode { name: name.into(), labels: Vec::new(), cpu: "4".into(), memory: "8Gi".into(), taints: Vec::new() }
     }
 
     /// Adds a label.
     pub fn label(mut self, k: &str, v: &str) -> Self {
         self.labels.push((k.into(), v.into()));
+        self
+    }
+
+    /// Adds a taint (effect `NoSchedule`, `PreferNoSchedule` or `NoExecute`),
+    /// present from the node's creation.
+    pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Self {
+        self.taints.push((key.into(), value.into(), effect.into()));
         self
     }
 }
@@ -449,8 +458,11 @@ impl ControlPlane {
                 ("type".to_string(), serde_json::Value::String("kwok".into())),
             ])
             .collect();
+        let taints: Vec<serde_json::Value> =
+            node.taints.iter().map(|(k, v, e)| serde_json::json!({"key": k, "value": v, "effect": e})).collect();
         let n: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": node.name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
+            "spec": {"taints": taints},
             "status": {
                 "allocatable": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},
                 "capacity": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},

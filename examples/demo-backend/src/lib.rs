@@ -93,7 +93,10 @@ pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
 /// Entry point for `spawner demo-backend`: reads `PORT` (default 8080),
 /// `HOST` (default 127.0.0.1: locally only Spawner's proxy reaches it; the
 /// container image sets 0.0.0.0, since on Kubernetes the proxy connects to
-/// the Pod's IP) and `SPAWNER_BACKEND_NAME`.
+/// the Pod's IP) and `SPAWNER_BACKEND_NAME`. Spawner's local mode never
+/// sets `HOST`; a create that passes it in `env` chooses what the demo
+/// listens on (0.0.0.0 would let others on the network reach the notepad
+/// without the proxy's auth, and ::1 is not where local readiness probes).
 pub fn main_from_env() -> std::io::Result<()> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let addr = listen_address(var("HOST").as_deref(), var("PORT").as_deref())

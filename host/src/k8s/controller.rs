@@ -30,7 +30,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
-use super::pod::{BACKEND_LABEL, can_run_on, capacity, pod_for, requests, service_for, workload};
+use super::pod::{BACKEND_LABEL, can_run_on, capacity, carries, pod_for, requests, service_for, toleration_problem, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
@@ -435,12 +435,14 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         requests: requests(s),
     };
     let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).collect();
-    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.items.iter().partition(|n| can_run_on(slab, n));
-    if runnable.is_empty() && !excluded.is_empty() {
-        // No candidates would mean "anywhere" to the plugin, and the Pod
-        // would wait for a node that cannot come.
-        return Ok((Admission::Rejected { message: format!("no node can run it; {}", not_offered(&excluded)) }, Vec::new()));
+    if let Some(problem) = toleration_problem(slab) {
+        return Ok((Admission::Rejected { message: problem }, Vec::new()));
     }
+    // Nodes the Pod could not run on are not offered. When that is every
+    // node (all cordoned for an upgrade, say) none is offered, which asks
+    // the plugin for "anywhere": the Pod then waits for kube-scheduler to
+    // find one, and the startup timeout bounds the wait.
+    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.items.iter().partition(|n| can_run_on(slab, n));
     let candidates: Vec<CandidateNode> = runnable
         .iter()
         .map(|n| CandidateNode {
@@ -458,10 +460,12 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             .collect(),
         None => Vec::new(),
     };
+    let selector = slab.spec.template.node_selector_labels();
+    let left_out = left_out_note(&selector, &runnable, &excluded);
     let request = PlacementRequest {
         backend: slab.plugin_backend(),
         requests: requests(slab),
-        node_selector: slab.spec.template.node_selector_labels(),
+        node_selector: selector,
         nodes: candidates,
         owner_backends,
         now: crate::token::now_unix(),
@@ -472,23 +476,57 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     Ok(match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
-        Placement::Reject(message) if excluded.is_empty() => (Admission::Rejected { message }, Vec::new()),
-        Placement::Reject(message) => (Admission::Rejected { message: format!("{message}; {}", not_offered(&excluded)) }, Vec::new()),
+        Placement::Reject(message) => (Admission::Rejected { message: message + &left_out }, Vec::new()),
     })
 }
 
-/// Names the nodes the scheduler plugin was not offered, and why, so a
-/// rejection says what to change (uncordon, or add a toleration).
-fn not_offered(nodes: &[&Node]) -> String {
+/// For a rejection: the nodes carrying the node selector's labels that
+/// were not offered, when no offered node carries them, since then they are
+/// what to change (uncordon, or tolerate a taint). Empty otherwise (a quota
+/// rejection, say, has nothing to do with them).
+fn left_out_note(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> String {
     const NAMED: usize = 5;
-    let mut names: Vec<String> = nodes.iter().take(NAMED).map(|n| n.name_any()).collect();
-    if nodes.len() > NAMED {
-        names.push(format!("and {} more", nodes.len() - NAMED));
+    if offered.iter().any(|n| carries(n, selector)) {
+        return String::new();
     }
-    format!("not offered: {} (cordoned, or a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
+    let matching: Vec<&&Node> = left_out.iter().filter(|n| carries(n, selector)).collect();
+    if matching.is_empty() {
+        return String::new();
+    }
+    let mut names: Vec<String> = matching.iter().take(NAMED).map(|n| n.name_any()).collect();
+    if matching.len() > NAMED {
+        names.push(format!("and {} more", matching.len() - NAMED));
+    }
+    format!("; not offered: {} (cordoned, or a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
     let uid = slab.uid();
     pod.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, zone: &str) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some([("zone".to_string(), zone.to_string())].into());
+        n
+    }
+
+    #[test]
+    fn a_rejection_names_left_out_nodes_only_when_they_are_what_to_change() {
+        let (a, gpu1, gpu2) = (node("a", "a"), node("gpu-1", "gpu"), node("gpu-2", "gpu"));
+        let zone = |z: &str| vec![Label { key: "zone".into(), value: z.into() }];
+        let note = left_out_note(&zone("gpu"), &[&a], &[&gpu1, &gpu2]);
+        assert!(note.starts_with("; not offered: gpu-1, gpu-2 (cordoned, or a NoSchedule/NoExecute taint"), "{note}");
+        assert_eq!(left_out_note(&[], &[&a], &[&gpu1]), "", "an offered node carries the (empty) selector: not about them");
+        assert_eq!(left_out_note(&zone("a"), &[&a], &[&gpu1]), "", "nor when one offered carries it");
+        assert_eq!(left_out_note(&zone("b"), &[&a], &[&gpu1]), "", "nor when none left out would have matched");
+        let many: Vec<Node> = (0..7).map(|i| node(&format!("gpu-{i}"), "gpu")).collect();
+        let note = left_out_note(&zone("gpu"), &[], &many.iter().collect::<Vec<_>>());
+        assert!(note.contains("gpu-4, and 2 more"), "{note}");
+    }
 }

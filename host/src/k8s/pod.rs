@@ -60,8 +60,12 @@ pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label
         });
     }
     if !selector.is_empty() {
+        // The plugin may add labels, never change the template's (the
+        // host refuses such an answer; this holds regardless).
         let merged = spec.node_selector.get_or_insert_with(BTreeMap::new);
-        merged.extend(selector.iter().map(|l| (l.key.clone(), l.value.clone())));
+        for l in selector {
+            merged.entry(l.key.clone()).or_insert_with(|| l.value.clone());
+        }
     }
     if let Some(app) = spec.containers.first_mut() {
         let env = app.env.get_or_insert_with(Vec::new);
@@ -207,39 +211,80 @@ fn bytes(q: &Quantity) -> Option<u64> {
     s.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| v.round() as u64)
 }
 
+/// The taint kube-scheduler treats a cordoned node as carrying.
+const CORDONED: &str = "node.kubernetes.io/unschedulable";
+
 /// Whether kube-scheduler would run `slab`'s Pod on `node` as far as the
-/// node's own say goes: it is not cordoned, and the template tolerates
-/// every taint that keeps Pods off (`NoSchedule`, `NoExecute`;
-/// `PreferNoSchedule` is only a preference). Nodes that fail this are not
-/// offered to the scheduler plugin: a Pod placed there would stay pending.
+/// node's own say goes: the template tolerates every taint that keeps Pods
+/// off (`NoSchedule`, `NoExecute`; `PreferNoSchedule` is only a
+/// preference), a cordon counting as the `node.kubernetes.io/unschedulable`
+/// taint. Nodes that fail this are not offered to the scheduler plugin: a
+/// Pod placed there would stay pending. (Tolerations a namespace adds by
+/// default, through the PodTolerationRestriction admission plugin, are not
+/// known here: a backend relying on them needs them in its template.)
 pub fn can_run_on(slab: &SessionLivedBackend, node: &Node) -> bool {
     let Some(spec) = &node.spec else { return true };
-    if spec.unschedulable == Some(true) {
-        return false;
-    }
     let tolerations = slab.spec.template.tolerations.as_deref().unwrap_or_default();
+    let cordon =
+        (spec.unschedulable == Some(true)).then(|| Taint { key: CORDONED.into(), effect: "NoSchedule".into(), ..Taint::default() });
     spec.taints
         .iter()
         .flatten()
+        .chain(cordon.as_ref())
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
 }
 
 /// Kubernetes' rule (`Toleration.ToleratesTaint`): the effect matches (or
-/// the toleration names none), the key matches (or it names none, with
-/// `Exists`: every taint), and the value is equal (`Equal`, the default)
-/// or anything (`Exists`).
+/// the toleration names none), the key matches (or it names none, which
+/// only `Exists` may: every taint), and the value is equal (`Equal`, also
+/// when the operator is empty) or anything (`Exists`). Checked valid
+/// first by [`toleration_problem`], as the API server checks a Pod's.
 fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect = toleration.effect.as_deref().unwrap_or_default();
     let key = toleration.key.as_deref().unwrap_or_default();
     if (!effect.is_empty() && effect != taint.effect) || (!key.is_empty() && key != taint.key) {
         return false;
     }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
+    match toleration.operator.as_deref().unwrap_or_default() {
         "Exists" => true,
-        "Equal" => !key.is_empty() && toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        "" | "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
         _ => false,
     }
+}
+
+/// What is wrong with the template's tolerations, by the rules the API
+/// server applies to a Pod's (which it would only apply when the Pod is
+/// created, after scheduling), naming the entry: so a typo is reported as
+/// such, not as "no node tolerated".
+pub fn toleration_problem(slab: &SessionLivedBackend) -> Option<String> {
+    for (i, t) in slab.spec.template.tolerations.iter().flatten().enumerate() {
+        let at = format!("template.tolerations[{i}]");
+        let operator = t.operator.as_deref().unwrap_or_default();
+        let key = t.key.as_deref().unwrap_or_default();
+        let value = t.value.as_deref().unwrap_or_default();
+        let effect = t.effect.as_deref().unwrap_or_default();
+        let problem = match operator {
+            "Exists" if !value.is_empty() => Some(format!("value must be empty when operator is Exists (got {value:?})")),
+            "" | "Equal" if key.is_empty() => Some("an empty key requires operator Exists (to tolerate every taint)".to_string()),
+            "" | "Equal" | "Exists" => None,
+            other => Some(format!("operator must be Equal or Exists (got {other:?})")),
+        };
+        let problem = problem.or_else(|| {
+            (!["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect))
+                .then(|| format!("effect must be NoSchedule, PreferNoSchedule or NoExecute, or empty for all (got {effect:?})"))
+        });
+        if let Some(p) = problem {
+            return Some(format!("{at}: {p}"));
+        }
+    }
+    None
+}
+
+/// Whether `node` carries every label of `selector`.
+pub fn carries(node: &Node, selector: &[Label]) -> bool {
+    let labels = node.metadata.labels.as_ref();
+    selector.iter().all(|s| labels.and_then(|l| l.get(&s.key)) == Some(&s.value))
 }
 
 #[cfg(test)]
@@ -325,9 +370,13 @@ mod tests {
         // The template's own selector stays, with the plugin's added.
         let mut s = slab();
         s.spec.template.node_selector = Some(BTreeMap::from([("disk".to_string(), "ssd".to_string())]));
-        let pod = pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }]);
+        let pod = pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }, Label { key: "disk".into(), value: "hdd".into() }]);
         let selector = pod.spec.unwrap().node_selector.unwrap();
-        assert_eq!(selector, BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("zone".to_string(), "b".to_string())]));
+        assert_eq!(
+            selector,
+            BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("zone".to_string(), "b".to_string())]),
+            "added to, never changed"
+        );
     }
 
     #[test]
@@ -368,12 +417,23 @@ mod tests {
         assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoExecute"))]), &gpu), "other effect");
         assert!(!can_run_on(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &control_plane), "other key");
         assert!(can_run_on(&with(vec![toleration(None, Some("Exists"), None, None)]), &control_plane), "tolerates everything");
-        assert!(!can_run_on(&with(vec![toleration(None, Some("Equal"), None, None)]), &control_plane), "no key needs Exists");
+        assert!(can_run_on(&with(vec![toleration(Some("gpu"), Some(""), Some("true"), None)]), &gpu), "an empty operator is Equal");
+        assert!(can_run_on(&with(vec![toleration(Some(CORDONED), Some("Exists"), None, None)]), &node(vec![], true)), "cordon tolerated");
         let both = node(vec![taint("gpu", Some("true"), "NoSchedule"), taint("zone-down", None, "NoExecute")], false);
         assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), &both), "every taint must be tolerated");
 
         let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[]);
         assert_eq!(pod.spec.unwrap().tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "and the Pod carries them");
+
+        // Typos are reported as such, naming the entry.
+        let problem = |t: Toleration| toleration_problem(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None), t]));
+        assert_eq!(problem(toleration(Some("gpu"), None, Some("true"), Some("NoSchedule"))), None);
+        assert_eq!(problem(toleration(None, Some("Exists"), None, None)), None);
+        let p = problem(toleration(Some("gpu"), Some("exists"), None, None)).unwrap();
+        assert!(p.starts_with("template.tolerations[1]: operator must be Equal or Exists"), "{p}");
+        assert!(problem(toleration(Some("gpu"), Some("Exists"), None, Some("NoSchedul"))).unwrap().contains("effect must be"));
+        assert!(problem(toleration(None, Some("Equal"), None, None)).unwrap().contains("empty key requires operator Exists"));
+        assert!(problem(toleration(Some("gpu"), Some("Exists"), Some("true"), None)).unwrap().contains("value must be empty"));
     }
 
     fn pod_in(phase: &str, ready: bool, exit: Option<i32>) -> Pod {

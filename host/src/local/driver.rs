@@ -147,8 +147,9 @@ async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
     .await;
     match placement {
         Ok((Placement::Node(n), _)) => Admission::Admitted { node: Some(n) },
-        Ok((Placement::Anywhere(selector), _)) => {
-            let fits = selector.iter().all(|s| node.labels.iter().any(|l| l.key == s.key && l.value == s.value));
+        Ok((Placement::Anywhere(selector), requested)) => {
+            // The plugin's labels and the backend's own node selector.
+            let fits = selector.iter().chain(&requested).all(|s| node.labels.contains(s));
             if fits {
                 Admission::Admitted { node: Some(node.name.clone()) }
             } else {

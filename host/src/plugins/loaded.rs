@@ -124,6 +124,16 @@ impl LoadedPlugin {
             KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_place(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
+        if let Placement::Anywhere(labels) = &placement
+            && let Some(l) = labels.iter().find(|l| request.node_selector.iter().any(|s| s.key == l.key && s.value != l.value))
+        {
+            return Err(CallError::InvalidAnswer(format!(
+                "anywhere with {}={} contradicts the node selector's {}",
+                l.key,
+                l.value,
+                request.node_selector.iter().find(|s| s.key == l.key).map(|s| format!("{}={}", s.key, s.value)).unwrap_or_default()
+            )));
+        }
         if let Placement::Node(n) = &placement
             && !request.nodes.is_empty()
         {
