@@ -1,6 +1,7 @@
 //! Kubernetes mode: the `SessionLivedBackend` resource ([`crd`]), its Pods
 //! ([`pod`]), the controller that reconciles one into the other
-//! ([`controller`], `spawner operator`), and the proxy's and sweeper's view
+//! ([`controller`], `spawner operator`, scheduling from the caches in
+//! [`inventory`]), and the proxy's and sweeper's view
 //! of them ([`cluster`], `spawner proxy`), and the REST API's runtime over
 //! them ([`control`]), plugins from a ConfigMap ([`plugins`]), with the lifecycle, plugins, proxy, sweeper and API
 //! local mode uses.
@@ -9,6 +10,7 @@ pub mod cluster;
 pub mod control;
 pub mod controller;
 pub mod crd;
+pub mod inventory;
 pub mod leader;
 pub mod peers;
 pub mod plugins;

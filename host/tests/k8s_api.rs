@@ -300,7 +300,16 @@ async fn the_api_servers_own_refusal_is_passed_on_with_its_reason() {
     .unwrap();
     Api::<ResourceQuota>::namespaced(client, &ns).create(&PostParams::default(), &quota).await.unwrap();
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
-    let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/x:1"}))).await;
+    // The API server's admission sees a new quota through its own cache,
+    // moments later: until then a create still succeeds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (status, err) = loop {
+        let (status, body) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/x:1"}))).await;
+        if status != 201 || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status, 429, "a quota is a capacity limit: {err}");
     let err = err.to_string();
     assert!(err.contains("Kubernetes refused") && err.contains("quota"), "the API server's reason, passed on: {err}");

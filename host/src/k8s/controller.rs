@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event, finalizer};
@@ -30,6 +30,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
+use super::inventory::Inventory;
 use super::pod::{BACKEND_LABEL, can_run_on, capacity, carries, pod_for, requests, service_for, toleration_problem, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -102,6 +103,10 @@ pub struct Context {
     metrics: Arc<Metrics>,
     config: OperatorConfig,
     events: Recorder,
+    /// Nodes and backends for scheduling, while [`run`] runs (it starts
+    /// the watches when this replica starts leading, and stops them when
+    /// it stops).
+    inventory: std::sync::Mutex<Option<Arc<Inventory>>>,
 }
 
 impl Context {
@@ -110,7 +115,7 @@ impl Context {
     pub fn new(client: Client, plugins: Arc<Plugins>, metrics: Arc<Metrics>, config: OperatorConfig) -> Arc<Self> {
         let reporter = Reporter { controller: "spawner-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let events = Recorder::new(client.clone(), reporter);
-        Arc::new(Context { client, plugins, metrics, config, events })
+        Arc::new(Context { client, plugins, metrics, config, events, inventory: std::sync::Mutex::new(None) })
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -123,7 +128,11 @@ impl Context {
 }
 
 /// Runs the controller until the stream ends (the process is stopped).
-pub async fn run(ctx: Arc<Context>) {
+/// Fails at the start, with the API server's reason, if scheduling's
+/// watches (every Node, every backend) are not allowed.
+pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
+    let inventory = Arc::new(Inventory::start(ctx.client.clone()).await?);
+    let _inventory = InventoryInUse::set(ctx.clone(), inventory);
     let (slabs, pods) = match &ctx.config.namespace {
         Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
@@ -138,6 +147,24 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    Ok(())
+}
+
+/// Puts the inventory in the context for one [`run`], and takes it out
+/// (stopping its watches) when that run ends.
+struct InventoryInUse(Arc<Context>);
+
+impl InventoryInUse {
+    fn set(ctx: Arc<Context>, inventory: Arc<Inventory>) -> Self {
+        *ctx.inventory.lock().expect("inventory lock") = Some(inventory);
+        InventoryInUse(ctx)
+    }
+}
+
+impl Drop for InventoryInUse {
+    fn drop(&mut self) {
+        self.0.inventory.lock().expect("inventory lock").take();
+    }
 }
 
 /// How often `spawner_backends{phase}` is recounted from the cache.
@@ -419,11 +446,13 @@ fn phase_note(status: &Status) -> String {
 /// name in one says nothing about the same name in another. Returns the
 /// admission and, for "anywhere", the node selector to give the Pod.
 async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
-    let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?;
-    let slabs = Api::<SessionLivedBackend>::all(ctx.client.clone()).list(&ListParams::default()).await?;
+    let inventory = ctx.inventory.lock().expect("inventory lock").clone();
+    let inventory = inventory.ok_or_else(|| Error::Scheduler("the scheduling caches are not running".into()))?;
+    let nodes = inventory.nodes();
+    let slabs = inventory.backends();
     let live: Vec<&SessionLivedBackend> = slabs
-        .items
         .iter()
+        .map(|s| &**s)
         .filter(|s| s.uid() != slab.uid())
         .filter(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| !p.is_terminal() && p != Phase::Pending))
         .collect();
@@ -442,7 +471,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     // node (all cordoned for an upgrade, say) none is offered, which asks
     // the plugin for "anywhere": the Pod then waits for kube-scheduler to
     // find one, and the startup timeout bounds the wait.
-    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.items.iter().partition(|n| can_run_on(slab, n));
+    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.iter().map(|n| &**n).partition(|n| can_run_on(slab, n));
     let candidates: Vec<CandidateNode> = runnable
         .iter()
         .map(|n| CandidateNode {

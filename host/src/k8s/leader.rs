@@ -50,13 +50,14 @@ pub async fn leadership(client: kube::Client, lease: &LeaseSettings) -> Result<t
 
 /// Waits for the Lease, reconciles while holding it, stops reconciling the
 /// moment it is lost, and competes again. Returns only if the election
-/// itself fails (no permission on Leases, for example).
-pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> Result<(), LeaseManagerError> {
+/// itself fails (no permission on Leases, for example), or reconciling
+/// cannot start (no permission to watch Nodes, for example).
+pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> anyhow::Result<()> {
     let mut leading = leadership(ctx.client().clone(), &lease).await?;
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
-                return Err(LeaseManagerError::InconsistentState(format!("the election for Lease {} stopped (see the log)", lease.name)));
+                anyhow::bail!("the election for Lease {} stopped (see the log)", lease.name);
             }
         }
         tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");
@@ -68,7 +69,7 @@ pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> Result<(), 
             }
         };
         tokio::select! {
-            () = controller::run(ctx.clone()) => return Ok(()),
+            result = controller::run(ctx.clone()) => return result.map_err(|e| anyhow::anyhow!("reconciling could not start: {e}")),
             () = lost => tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling"),
         }
     }
