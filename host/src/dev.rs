@@ -86,12 +86,20 @@ impl Dev {
             api_token: config.api_token.clone(),
             metrics: metrics.clone(),
         });
-        let app = Arc::new(App { proxy, api, metrics: metrics.clone() });
+        let app = Arc::new(App::new(proxy, api, metrics.clone()));
         let limits = Limits::from(&config.proxy);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, app, limits, async {
-            let _ = stop.await;
-        }));
+        // Stopping at once: `spawner dev` stops with its backends, and
+        // nothing balances load onto it.
+        let server = tokio::spawn(server::serve(
+            listener,
+            app,
+            limits,
+            async {
+                let _ = stop.await;
+            },
+            server::Stopping::default(),
+        ));
         let tasks = vec![
             crate::sweeper::spawn(
                 local.clone(),

@@ -3,12 +3,15 @@
 //!
 //! Hygiene from the start: a listen backlog sized for bursts, a cap on open
 //! connections (further ones wait in the backlog), a header-read timeout
-//! (slowloris) and a bound on the request head size.
+//! (slowloris) and a bound on the request head size. And a graceful stop
+//! ([`Stopping`]), so that a rolling update of `spawner proxy` cuts no
+//! request short.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -73,12 +76,26 @@ pub struct App {
     pub api: Router,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Set when the server has been asked to stop: `/healthz` then answers
+    /// 503, so load balancers (Kubernetes' readiness probe) send no more.
+    pub stopping: AtomicBool,
 }
 
 impl App {
+    /// The server's parts, not stopping.
+    pub fn new(proxy: Arc<Proxy>, api: Router, metrics: Arc<Metrics>) -> Self {
+        App { proxy, api, metrics, stopping: AtomicBool::new(false) }
+    }
+
     async fn dispatch(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if self.proxy.claims(&req) {
             return self.proxy.handle(req, peer).await;
+        }
+        if req.uri().path() == "/healthz" && self.stopping.load(Ordering::Relaxed) {
+            return Response::builder()
+                .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                .body(Body::from("stopping\n"))
+                .expect("static response");
         }
         match self.api.clone().oneshot(req.map(Body::new)).await {
             Ok(r) => r,
@@ -87,9 +104,27 @@ impl App {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: impl Future<Output = ()>) {
+/// How a server stops once asked to. First it goes on accepting for
+/// `delay` while `/healthz` answers 503: Kubernetes takes a few seconds to
+/// stop sending new connections to a terminating Pod, and those would
+/// otherwise be refused. Then it stops accepting, asks every connection to
+/// finish the request in flight and close (idle keep-alive connections
+/// close at once), and waits up to `drain` for them. Upgraded connections
+/// (WebSockets) are relayed by their own tasks and end with the process;
+/// their clients reconnect, through another replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopping {
+    /// Accepting on, health check failing.
+    pub delay: Duration,
+    /// Waiting for requests in flight.
+    pub drain: Duration,
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops
+/// as `stopping` says.
+pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: impl Future<Output = ()>, stopping: Stopping) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -97,11 +132,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdow
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     let builder = Arc::new(builder);
-    tokio::pin!(shutdown);
+    let stop_accepting = {
+        let app = app.clone();
+        async move {
+            shutdown.await;
+            app.stopping.store(true, Ordering::Relaxed);
+            tokio::time::sleep(stopping.delay).await;
+        }
+    };
+    tokio::pin!(stop_accepting);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut shutdown => return,
+            _ = &mut stop_accepting => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -113,10 +156,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdow
                     continue;
                 }
             },
-            _ = &mut shutdown => return,
+            _ = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, builder) = (app.clone(), builder.clone());
+        let (app, builder, mut closing) = (app.clone(), builder.clone(), closing_seen.clone());
         app.metrics.proxy.connections.inc();
         app.metrics.proxy.open_connections.inc();
         tokio::spawn(async move {
@@ -125,12 +168,34 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdow
                 let app = svc_app.clone();
                 async move { Ok::<_, Infallible>(app.dispatch(req, peer).await) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await {
+            let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(connection);
+            let asked_to_close = async move {
+                // Err: the server is gone, which asks the same.
+                let _ = closing.wait_for(|c| *c).await;
+            };
+            let ended = tokio::select! {
+                r = connection.as_mut() => r,
+                // Finish the request in flight, then close.
+                () = asked_to_close => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             app.metrics.proxy.open_connections.dec();
             drop(permit);
         });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(stopping.drain, permits.acquire_many(all)).await;
+    let open = limits.max_connections - permits.available_permits();
+    if drained.is_err() && open > 0 {
+        tracing::info!(open, drain = ?stopping.drain, "stopped with requests still in flight");
     }
 }
 

@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator, until};
+use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::cluster::TERMINATE_ANNOTATION;
 use spawner::k8s::crd::SessionLivedBackend;
-use spawner::k8s::serve;
+use spawner::k8s::serve::{self, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
+use spawner::server::Stopping;
 use spawner::token::{TokenKey, now_unix};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,4 +81,61 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     let after = http.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(after.status(), 410, "an ended backend is gone");
     proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finish() {
+    let (client, ns) = namespace("proxy-stop").await;
+    spawn_operator(&client, &ns, plugins(""));
+    let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
+    let stopping = Stopping { delay: Duration::from_secs(1), drain: Duration::from_secs(20) };
+    let proxy = serve::start(client.clone(), ProxyOptions { stopping, ..proxy_options(&ns, tokens.clone()) }).await.unwrap();
+    let addr = proxy.addr;
+
+    let (_demo, port) = demo_backend().await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+        "metadata": {"name": "stream"},
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port}
+    }))
+    .unwrap();
+    slabs.create(&PostParams::default(), &slab).await.unwrap();
+    until(&slabs, "stream", "became ready", |s| s.phase == Some(Phase::Ready)).await;
+    report_loopback_pod_ip(&client, &ns, "stream").await;
+    until(&slabs, "stream", "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
+
+    let http = reqwest::Client::new();
+    let token = tokens.mint("stream", None, now_unix(), now_unix() + 600);
+    let stats = format!("http://{addr}/p/stream/api/stats");
+    for _ in 0..200 {
+        if http.get(&stats).bearer_auth(&token).send().await.unwrap().status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(http.get(format!("http://{addr}/healthz")).send().await.unwrap().status(), 200);
+
+    // A response that streams for about two seconds, well past the delay.
+    let mut events = http.get(format!("http://{addr}/p/stream/events?ticks=20")).bearer_auth(&token).send().await.unwrap().bytes_stream();
+    let mut received = String::from_utf8_lossy(&events.next().await.unwrap().unwrap()).to_string();
+
+    let stopped = tokio::spawn(proxy.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Within the delay: the health check fails, but new requests are served.
+    let health = http.get(format!("http://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503, "load balancers are told to stop sending");
+    assert_eq!(http.get(&stats).bearer_auth(&token).send().await.unwrap().status(), 200, "still accepting during the delay");
+
+    // The stream in flight finishes whole, after the delay, before the drain runs out.
+    while let Some(chunk) = tokio::time::timeout(WAIT, events.next()).await.expect("the stream stalled") {
+        assert!(!stopped.is_finished(), "stop returned with a response in flight");
+        received.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert_eq!(received.matches("data: tick").count(), 20, "every tick arrived: {received}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("idle keep-alive connections did not hold the stop for the whole drain")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting once stopped");
 }

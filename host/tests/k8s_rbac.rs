@@ -219,6 +219,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
                 },
             }),
             metrics_listen: None,
+            stopping: Default::default(),
         },
     )
     .await

@@ -137,7 +137,17 @@ async fn rbac_limits_a_restricted_identity() {
     }))
     .unwrap();
     Api::<RoleBinding>::namespaced(admin, &ns).create(&PostParams::default(), &binding).await.unwrap();
-    alice_cms.list(&Default::default()).await.unwrap();
+    // The API server's authorizer sees new bindings through its own cache,
+    // moments later.
+    let mut allowed = alice_cms.list(&Default::default()).await;
+    for _ in 0..100 {
+        if allowed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        allowed = alice_cms.list(&Default::default()).await;
+    }
+    allowed.expect("the binding never took effect");
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
     let err = alice_cms.create(&PostParams::default(), &cm).await.unwrap_err();
     assert!(err.to_string().contains("forbidden"), "read-only role must not create: {err}");

@@ -10,8 +10,9 @@
 //! - `GET /api/stats`: requests and WebSocket messages received (JSON), so a
 //!   test can prove what reached it;
 //! - `GET /headers`: the request line and headers it received (JSON);
-//! - `GET /events`: a server-sent event stream of five ticks, 100 ms apart
-//!   (to check that streaming responses are not buffered).
+//! - `GET /events`: a server-sent event stream of five ticks (or
+//!   `?ticks=N`, up to 600), 100 ms apart (to check that streaming
+//!   responses are not buffered, and that stopping waits for them).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, Sse};
@@ -149,9 +150,15 @@ async fn headers(req: Request) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "method": req.method().as_str(), "uri": req.uri().to_string(), "headers": map }))
 }
 
-async fn events() -> impl IntoResponse {
-    let ticks = futures_util::stream::unfold(0u32, |n| async move {
-        if n >= 5 {
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    ticks: Option<u32>,
+}
+
+async fn events(Query(q): Query<EventsQuery>) -> impl IntoResponse {
+    let count = q.ticks.unwrap_or(5).min(600);
+    let ticks = futures_util::stream::unfold(0u32, move |n| async move {
+        if n >= count {
             return None;
         }
         if n > 0 {

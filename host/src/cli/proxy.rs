@@ -91,6 +91,14 @@ pub struct ProxyArgs {
     /// This replica's identity (its Pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// On SIGTERM, seconds to go on accepting while /healthz answers 503,
+    /// so Kubernetes stops sending new connections before they are refused.
+    #[arg(long, env = "SPAWNER_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
+    /// Then, seconds to wait for requests in flight to finish (keep the sum
+    /// under the Pod's terminationGracePeriodSeconds, 30 by default).
+    #[arg(long, env = "SPAWNER_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
 }
 
 /// The replicas settings, when `--peer-selector` asks for them.
@@ -150,6 +158,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         api,
         plugins: args.plugins.configmap(),
         metrics_listen: args.metrics_listen,
+        stopping: crate::server::Stopping {
+            delay: Duration::from_secs(args.shutdown_delay_seconds),
+            drain: Duration::from_secs(args.drain_seconds),
+        },
         host_domain: args.host_domain,
     };
     crate::dev::raise_fd_limit();

@@ -57,6 +57,8 @@ pub struct ProxyOptions {
     /// Serve `/metrics` (and `/healthz`) here instead of on the public
     /// listener, where anyone who reaches the proxy could read them.
     pub metrics_listen: Option<SocketAddr>,
+    /// How [`RunningProxy::stop`] lets requests in flight finish.
+    pub stopping: server::Stopping,
 }
 
 /// How replicas share the sweeping (see [`super::peers`]).
@@ -98,7 +100,8 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// Stops accepting and sweeping.
+    /// Stops sweeping at once, then serving as [`ProxyOptions::stopping`]
+    /// says (the health check failing first, requests in flight finished).
     pub async fn stop(self) {
         self.sweeper.abort();
         self.cluster.stop_sweeping();
@@ -170,15 +173,21 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         None if public_metrics => crate::api::ops_router(metrics.clone()),
         None => crate::api::healthz_router(),
     };
-    let app = Arc::new(App { proxy, api, metrics });
+    let app = Arc::new(App::new(proxy, api, metrics));
     let listener =
         server::bind(options.listen, options.proxy.listen_backlog).with_context(|| format!("listening on {}", options.listen))?;
     let addr = listener.local_addr()?;
     let limits = Limits::from(&options.proxy);
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, app, limits, async {
-        let _ = stop.await;
-    }));
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        async {
+            let _ = stop.await;
+        },
+        options.stopping,
+    ));
     let sweeper = crate::sweeper::spawn(cluster.clone(), plugins.clone(), options.sweep_interval, options.dry_run);
     let tasks = plugin_watch.into_iter().chain(peer_server).chain(metrics_server).collect();
     Ok(RunningProxy { addr, plugins, peer_addr, cluster, tasks, shutdown, server, sweeper })

@@ -117,5 +117,6 @@ pub fn proxy_options(ns: &str, tokens: Arc<spawner::token::TokenKey>) -> spawner
         plugins: None,
         replicas: None,
         metrics_listen: None,
+        stopping: spawner::server::Stopping::default(),
     }
 }
