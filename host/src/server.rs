@@ -88,14 +88,34 @@ impl App {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if !self.stopping.load(Ordering::Relaxed) {
+            return self.route(req, peer).await;
+        }
+        // Stopping: fail the health check; refuse new WebSockets, which
+        // would be cut at exit, so their clients go to another replica at
+        // once; and close each connection after its response, so clients
+        // reconnect elsewhere before the listener goes.
+        let unavailable = |text: &'static str| {
+            Response::builder()
+                .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                .header(http::header::RETRY_AFTER, "1")
+                .body(Body::from(text))
+                .expect("static response")
+        };
+        let mut response = if req.headers().contains_key(http::header::UPGRADE) {
+            unavailable("this replica is stopping; connect again\n")
+        } else if req.uri().path() == "/healthz" && !self.proxy.claims(&req) {
+            unavailable("stopping\n")
+        } else {
+            self.route(req, peer).await
+        };
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if self.proxy.claims(&req) {
             return self.proxy.handle(req, peer).await;
-        }
-        if req.uri().path() == "/healthz" && self.stopping.load(Ordering::Relaxed) {
-            return Response::builder()
-                .status(http::StatusCode::SERVICE_UNAVAILABLE)
-                .body(Body::from("stopping\n"))
-                .expect("static response");
         }
         match self.api.clone().oneshot(req.map(Body::new)).await {
             Ok(r) => r,
@@ -105,13 +125,16 @@ impl App {
 }
 
 /// How a server stops once asked to. First it goes on accepting for
-/// `delay` while `/healthz` answers 503: Kubernetes takes a few seconds to
-/// stop sending new connections to a terminating Pod, and those would
-/// otherwise be refused. Then it stops accepting, asks every connection to
-/// finish the request in flight and close (idle keep-alive connections
-/// close at once), and waits up to `drain` for them. Upgraded connections
-/// (WebSockets) are relayed by their own tasks and end with the process;
-/// their clients reconnect, through another replica.
+/// `delay`: Kubernetes takes moments to stop sending new connections to a
+/// terminating Pod (the endpoint update travels to every node and load
+/// balancer), and those would otherwise be refused. Meanwhile `/healthz`
+/// answers 503 (for load balancers that probe the Pod themselves), each
+/// response closes its connection, and new WebSockets are refused (503)
+/// so they reconnect elsewhere. Then it stops accepting, asks every
+/// connection to finish the request in flight and close (idle keep-alive
+/// connections close at once), and waits up to `drain` for them. Upgraded
+/// connections (WebSockets) are relayed by their own tasks and end with
+/// the process; their clients reconnect, through another replica.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stopping {
     /// Accepting on, health check failing.

@@ -198,6 +198,28 @@ async fn the_scheduler_plugin_rejects_over_quota_backends() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn backends_created_together_count_against_one_quota() {
+    let (client, ns) = operator("op-together", r#"{"max-per-owner": 1}"#, HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    // Created at once: the second is decided before the first's admission
+    // has come back through the watch.
+    let names = ["together-1", "together-2", "together-3"];
+    futures_util::future::join_all(names.iter().map(|n| {
+        let (slabs, slab) = (slabs.clone(), slab(n, "frank"));
+        async move { slabs.create(&PostParams::default(), &slab).await.unwrap() }
+    }))
+    .await;
+    let mut ended = Vec::new();
+    for n in names {
+        let s = until(&slabs, n, "decided", |s| matches!(s.phase, Some(Phase::Ready | Phase::Failed))).await;
+        ended.push(s.status.unwrap());
+    }
+    let admitted = ended.iter().filter(|s| s.phase == Some(Phase::Ready)).count();
+    assert_eq!(admitted, 1, "max-per-owner 1 admits exactly one: {ended:?}");
+    assert!(ended.iter().filter(|s| s.phase == Some(Phase::Failed)).all(|s| s.reason == Some(Reason::Rejected)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_node_selector_places_the_backend_on_a_matching_node_or_rejects_it() {
     let (client, ns) = operator("op-zone", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);

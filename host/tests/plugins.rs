@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use spawner::plugins::types::*;
-use spawner::plugins::{CallError, LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig};
+use spawner::plugins::{CallError, Limits, LoadError, LoadedPlugin, PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
 use spawner_test_plugins as built;
 
 fn deny_status(v: &Verdict) -> Option<u16> {
@@ -337,8 +337,11 @@ fn a_bad_replacement_keeps_the_old_plugin_and_a_good_one_takes_over() {
 
 #[test]
 fn calls_running_during_a_swap_all_get_answers() {
-    let (plugins, _) = defaults();
-    let plugins = Arc::new(plugins);
+    // A deadline no busy machine reaches: this is about the swap, and a
+    // call descheduled past the default 20 ms would be denied for that.
+    let config = RuntimeConfig { auth: Limits { memory_mib: 64, deadline_ms: 30_000 }, ..RuntimeConfig::default() };
+    let rt = Arc::new(Runtime::new(config, Some(key())).unwrap());
+    let plugins = Arc::new(Plugins::new(rt, Arc::new(spawner::metrics::Metrics::new()), vec![]).unwrap());
     let token = key().mint("b1", None, NOW, NOW + 60);
     let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
     let p = plugins.clone();

@@ -171,7 +171,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         let running = serve::start(client, options).await?;
         tracing::info!(listen = %running.addr, "spawner proxy is ready");
         crate::server::stop_signal().await?;
-        running.stop().await;
+        tracing::info!("stopping: draining requests in flight (a second signal stops at once)");
+        tokio::select! {
+            () = running.stop() => {}
+            r = crate::server::stop_signal() => r?,
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

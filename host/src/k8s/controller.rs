@@ -30,7 +30,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
-use super::inventory::Inventory;
+use super::inventory::{self, Inventory};
 use super::pod::{BACKEND_LABEL, can_run_on, capacity, carries, pod_for, requests, service_for, toleration_problem, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -94,6 +94,10 @@ pub enum Error {
     /// The scheduler plugin's task panicked (the plugin host itself never does).
     #[error("scheduler task: {0}")]
     Scheduler(String),
+    /// Scheduling's caches have not had their first listing yet (not a
+    /// failure: retried shortly).
+    #[error("the scheduling caches are not filled yet; retrying")]
+    CachesFilling,
 }
 
 /// Shared by every reconcile.
@@ -129,9 +133,19 @@ impl Context {
 
 /// Runs the controller until the stream ends (the process is stopped).
 /// Fails at the start, with the API server's reason, if scheduling's
-/// watches (every Node, every backend) are not allowed.
+/// watches (every Node, every backend) are not allowed; passing errors
+/// (the API server busy or restarting) are retried.
 pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
-    let inventory = Arc::new(Inventory::start(ctx.client.clone()).await?);
+    let inventory = loop {
+        match Inventory::start(ctx.client.clone()).await {
+            Ok(inventory) => break Arc::new(inventory),
+            Err(e) if inventory::is_lasting(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "starting the scheduling caches; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
     let _inventory = InventoryInUse::set(ctx.clone(), inventory);
     let (slabs, pods) = match &ctx.config.namespace {
         Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
@@ -222,7 +236,7 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context
     };
     match inner {
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
-        Error::Stale(_) => Requeue::requeue(Duration::from_millis(200)),
+        Error::Stale(_) | Error::CachesFilling => Requeue::requeue(Duration::from_millis(200)),
         _ => {
             tracing::warn!(backend = %slab.name_any(), namespace = ?slab.namespace(), error = %error, "reconcile failed; retrying");
             Requeue::requeue(Duration::from_secs(5))
@@ -447,7 +461,8 @@ fn phase_note(status: &Status) -> String {
 /// admission and, for "anywhere", the node selector to give the Pod.
 async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();
-    let inventory = inventory.ok_or_else(|| Error::Scheduler("the scheduling caches are not running".into()))?;
+    let inventory = inventory.filter(|i| i.ready()).ok_or(Error::CachesFilling)?;
+    let _deciding = inventory.deciding().await;
     let nodes = inventory.nodes();
     let slabs = inventory.backends();
     let live: Vec<&SessionLivedBackend> = slabs
@@ -463,7 +478,8 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         node: s.status.as_ref().and_then(|st| st.node_name.clone()),
         requests: requests(s),
     };
-    let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).collect();
+    let unseen = inventory.unseen_admissions(slab.uid().as_deref());
+    let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).chain(unseen.iter().map(|a| a.placed.clone())).collect();
     if let Some(problem) = toleration_problem(slab) {
         return Ok((Admission::Rejected { message: problem }, Vec::new()));
     }
@@ -481,11 +497,13 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             backends: placed.iter().filter(|b| b.node.as_deref() == Some(n.name_any().as_str())).cloned().collect(),
         })
         .collect();
+    let namespace = slab.namespace().unwrap_or_default();
     let owner_backends = match &slab.spec.owner {
         Some(o) => live
             .iter()
-            .filter(|s| s.namespace() == slab.namespace() && s.spec.owner.as_ref() == Some(o))
+            .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()) && s.spec.owner.as_ref() == Some(o))
             .map(|s| placed_backend(s))
+            .chain(unseen.iter().filter(|a| a.namespace == namespace && a.placed.owner.as_ref() == Some(o)).map(|a| a.placed.clone()))
             .collect(),
         None => Vec::new(),
     };
@@ -502,11 +520,15 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let plugins = ctx.plugins.clone();
     let placement =
         tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))?;
-    Ok(match placement {
+    let admission = match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
         Placement::Reject(message) => (Admission::Rejected { message: message + &left_out }, Vec::new()),
-    })
+    };
+    if let (Admission::Admitted { node }, Some(uid)) = (&admission.0, slab.uid()) {
+        inventory.admitted(uid, namespace, PlacedBackend { node: node.clone(), ..placed_backend(slab) });
+    }
+    Ok(admission)
 }
 
 /// For a rejection: the nodes carrying the node selector's labels that

@@ -7,28 +7,60 @@
 //! The caches drop what scheduling never reads and what makes objects big
 //! (a Node's image list, every object's managed fields), so a large
 //! cluster's Nodes cost little memory.
+//!
+//! A cache lags the operator's own writes: a backend admitted a moment ago
+//! still looks pending in it. So decisions are taken one at a time, and
+//! each admission is remembered until the cache shows it (or a minute has
+//! passed), and counted meanwhile: two backends created together for one
+//! owner see each other, as do two placed on one node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource};
 
 use super::crd::SessionLivedBackend;
+use crate::lifecycle::Phase;
+use crate::plugins::types::PlacedBackend;
 use crate::server::AbortOnDrop;
 
-/// The two caches, filled before [`Inventory::start`] returns.
+/// How long an admission is counted without the cache showing it.
+const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// A backend this replica admitted, as scheduling counts it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// Its namespace (owners are counted per namespace).
+    pub namespace: String,
+    /// Its name, owner, labels, node (if chosen) and requests.
+    pub placed: PlacedBackend,
+    at: Instant,
+}
+
+/// The two caches. They fill in the background: until both have their
+/// first listing, [`Inventory::ready`] says no and scheduling waits (the
+/// controller retries), while the rest of reconciling goes on.
 pub struct Inventory {
     nodes: Store<Node>,
     backends: Store<SessionLivedBackend>,
-    _watches: [AbortOnDrop; 2],
+    ready: Arc<AtomicBool>,
+    deciding: tokio::sync::Mutex<()>,
+    /// Admissions by uid, until the cache shows them.
+    admitted: Mutex<HashMap<String, Admitted>>,
+    _tasks: [AbortOnDrop; 3],
 }
 
 impl Inventory {
-    /// Starts both watches and waits for their first listings. Fails at
-    /// once, with the API server's reason, when a list or a watch is not
-    /// allowed (rather than retrying in the background for ever).
+    /// Checks that both may be listed and watched, failing with the API
+    /// server's answer when not (see [`is_lasting`] for which answers will
+    /// not change by retrying), then starts both watches.
     pub async fn start(client: Client) -> Result<Inventory, kube::Error> {
         let nodes: Api<Node> = Api::all(client.clone());
         let backends: Api<SessionLivedBackend> = Api::all(client);
@@ -40,30 +72,78 @@ impl Inventory {
             }
         });
         let (backend_store, backend_watch) = cache(backends, |_: &mut SessionLivedBackend| {});
-        node_store.wait_until_ready().await.ok();
-        backend_store.wait_until_ready().await.ok();
-        Ok(Inventory { nodes: node_store, backends: backend_store, _watches: [node_watch, backend_watch] })
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stores, flag) = ((node_store.clone(), backend_store.clone()), ready.clone());
+        let filled = AbortOnDrop(tokio::spawn(async move {
+            // Err only when a watch task is gone: then never ready.
+            if stores.0.wait_until_ready().await.is_ok() && stores.1.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Release);
+            }
+        }));
+        Ok(Inventory {
+            nodes: node_store,
+            backends: backend_store,
+            ready,
+            deciding: tokio::sync::Mutex::new(()),
+            admitted: Mutex::new(HashMap::new()),
+            _tasks: [node_watch, backend_watch, filled],
+        })
+    }
+
+    /// Held while one scheduling decision is taken.
+    pub async fn deciding(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.deciding.lock().await
+    }
+
+    /// Remembers an admission until the cache shows it.
+    pub fn admitted(&self, uid: String, namespace: String, placed: PlacedBackend) {
+        self.admitted.lock().expect("admitted lock").insert(uid, Admitted { namespace, placed, at: Instant::now() });
+    }
+
+    /// The admissions the cache does not show yet (still pending there, or
+    /// absent), but for `except`'s; forgets the others.
+    pub fn unseen_admissions(&self, except: Option<&str>) -> Vec<Admitted> {
+        let mut admitted = self.admitted.lock().expect("admitted lock");
+        admitted.retain(|uid, a| {
+            let cached = self.backends.get(&ObjectRef::new(&a.placed.name).within(&a.namespace));
+            let shown = cached.is_some_and(|s| s.metadata.uid.as_deref() == Some(uid.as_str()) && s.phase() != Phase::Pending);
+            !shown && a.at.elapsed() < REMEMBERED_FOR
+        });
+        admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Whether both caches hold their first full listing.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Every Node, as last seen.
-    pub fn nodes(&self) -> Vec<std::sync::Arc<Node>> {
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes.state()
     }
 
     /// Every backend in every namespace, as last seen.
-    pub fn backends(&self) -> Vec<std::sync::Arc<SessionLivedBackend>> {
+    pub fn backends(&self) -> Vec<Arc<SessionLivedBackend>> {
         self.backends.state()
     }
 }
 
-/// Lists one object and opens a one-second watch: either is refused with
-/// the API server's reason when the role lacks the verb.
+/// Whether an error from [`Inventory::start`] will be the same on the next
+/// try (no permission, no such resource), rather than a passing one (the
+/// API server busy, restarting or unreachable).
+pub fn is_lasting(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404))
+}
+
+/// Lists one object and opens a one-second watch from there: either is
+/// refused with the API server's reason when the role lacks the verb.
 async fn allowed<K>(api: &Api<K>) -> Result<(), kube::Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.list(&ListParams::default().limit(1)).await?;
-    api.watch(&WatchParams::default().timeout(1), "0").await.map(drop)
+    let listed = api.list(&ListParams::default().limit(1)).await?;
+    let from = listed.metadata.resource_version.unwrap_or_else(|| "0".into());
+    api.watch(&WatchParams::default().timeout(1), &from).await.map(drop)
 }
 
 /// A watch feeding a cache, each object trimmed by `trim` (and of its

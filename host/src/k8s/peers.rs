@@ -168,13 +168,12 @@ fn sum(reports: Vec<ActivityReport>) -> Gathered {
 
 /// Where a replica's Pod answers: its IP and the container port named
 /// `peer`. Only a running proxy container (the one declaring that port, or
-/// the first) can carry connections: a Pod going away, not started, or
-/// whose proxy waits to restart after a crash (phase `Running` all the
-/// same) carries none and is not asked; a sidecar's state does not matter.
+/// the first) can carry connections: a Pod not started, or whose proxy
+/// waits to restart after a crash (phase `Running` all the same), carries
+/// none and is not asked; a sidecar's state does not matter. A Pod being
+/// deleted is asked while its proxy runs: it goes on serving through its
+/// shutdown delay and drain, and its streams count.
 fn peer_address(pod: &Pod) -> Option<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;

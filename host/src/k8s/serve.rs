@@ -105,9 +105,12 @@ impl RunningProxy {
     pub async fn stop(self) {
         self.sweeper.abort();
         self.cluster.stop_sweeping();
-        drop(self.tasks);
         let _ = self.shutdown.send(());
         let _ = self.server.await;
+        // Only now: while draining, the sweeping replica still asks this
+        // one for its activity (the peer listener), so a stream in flight
+        // here keeps its backend alive.
+        drop(self.tasks);
     }
 }
 
