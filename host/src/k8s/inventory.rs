@@ -5,8 +5,8 @@
 //! backend created.
 //!
 //! The caches drop what scheduling never reads and what makes objects big
-//! (a Node's image list, every object's managed fields), so a large
-//! cluster's Nodes cost little memory.
+//! (a Node's image list, a backend's template but for its resources,
+//! every object's managed fields), so a large cluster costs little memory.
 //!
 //! A cache lags the operator's own writes: a backend admitted a moment ago
 //! still looks pending in it. So decisions are taken one at a time, and
@@ -71,7 +71,7 @@ impl Inventory {
                 status.images = None;
             }
         });
-        let (backend_store, backend_watch) = cache(backends, |_: &mut SessionLivedBackend| {});
+        let (backend_store, backend_watch) = cache(backends, trim_backend);
         let ready = Arc::new(AtomicBool::new(false));
         let (stores, flag) = ((node_store.clone(), backend_store.clone()), ready.clone());
         let filled = AbortOnDrop(tokio::spawn(async move {
@@ -128,6 +128,27 @@ impl Inventory {
     }
 }
 
+/// Keeps of a backend what scheduling reads (name, uid, labels, owner,
+/// key, phase, node, the application container's resources) and drops the
+/// rest of its template, which can be large (env, volumes, probes, a
+/// `kubectl apply` copy of the whole object).
+fn trim_backend(s: &mut SessionLivedBackend) {
+    if let Some(a) = s.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    let template = &mut s.spec.template;
+    template.volumes = None;
+    template.tolerations = None;
+    template.containers.truncate(1);
+    for c in &mut template.containers {
+        *c = k8s_openapi::api::core::v1::Container {
+            name: std::mem::take(&mut c.name),
+            resources: c.resources.take(),
+            ..Default::default()
+        };
+    }
+}
+
 /// Whether an error from [`Inventory::start`] will be the same on the next
 /// try (no permission, no such resource), rather than a passing one (the
 /// API server busy, restarting or unreachable).
@@ -168,4 +189,34 @@ where
             std::future::ready(())
         });
     (store, AbortOnDrop(tokio::spawn(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_backend_keeps_what_scheduling_reads() {
+        let mut s: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+            "metadata": {"name": "b", "uid": "u", "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}},
+            "spec": {"owner": "alice", "key": "k", "template": {
+                "containers": [
+                    {"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}], "resources": {"requests": {"cpu": "250m"}}},
+                    {"name": "sidecar", "image": "y"}
+                ],
+                "volumes": [{"name": "v", "emptyDir": {}}]}},
+            "status": {"phase": "ready", "nodeName": "n1"}
+        }))
+        .unwrap();
+        let before = (s.plugin_backend(), super::super::pod::requests(&s), s.phase(), s.status.clone());
+        trim_backend(&mut s);
+        assert_eq!((s.plugin_backend(), super::super::pod::requests(&s), s.phase(), s.status.clone()), before);
+        assert_eq!(super::super::pod::requests(&s).cpu_millis, 250);
+        let c = &s.spec.template.containers;
+        assert!(c.len() == 1 && c[0].env.is_none() && c[0].image.is_none() && s.spec.template.volumes.is_none());
+        let annotations = s.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration") && annotations.contains_key("keep"));
+    }
 }
