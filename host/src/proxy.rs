@@ -325,7 +325,9 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         .expect("static response")
 }
 
-fn is_websocket<B>(req: &Request<B>) -> bool {
+/// A WebSocket upgrade request (RFC 6455: GET, `Connection: upgrade`,
+/// `Upgrade: websocket`).
+pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
     let has = |name: header::HeaderName, token: &str| {
         req.headers()
             .get_all(name)

@@ -102,7 +102,7 @@ impl App {
                 .body(Body::from(text))
                 .expect("static response")
         };
-        let mut response = if req.headers().contains_key(http::header::UPGRADE) {
+        let mut response = if crate::proxy::is_websocket(&req) {
             unavailable("this replica is stopping; connect again\n")
         } else if req.uri().path() == "/healthz" && !self.proxy.claims(&req) {
             unavailable("stopping\n")

@@ -478,7 +478,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         node: s.status.as_ref().and_then(|st| st.node_name.clone()),
         requests: requests(s),
     };
-    let unseen = inventory.unseen_admissions(slab.uid().as_deref());
+    let unseen = inventory.unseen_admissions(&slabs, slab.uid().as_deref());
     let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).chain(unseen.iter().map(|a| a.placed.clone())).collect();
     if let Some(problem) = toleration_problem(slab) {
         return Ok((Admission::Rejected { message: problem }, Vec::new()));
@@ -525,8 +525,12 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
         Placement::Reject(message) => (Admission::Rejected { message: message + &left_out }, Vec::new()),
     };
-    if let (Admission::Admitted { node }, Some(uid)) = (&admission.0, slab.uid()) {
-        inventory.admitted(uid, namespace, PlacedBackend { node: node.clone(), ..placed_backend(slab) });
+    match (&admission.0, slab.uid()) {
+        (Admission::Admitted { node }, Some(uid)) => {
+            inventory.admitted(uid, namespace, PlacedBackend { node: node.clone(), ..placed_backend(slab) })
+        }
+        (Admission::Rejected { .. }, Some(uid)) => inventory.forget(&uid),
+        _ => {}
     }
     Ok(admission)
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource};
 
@@ -31,8 +31,13 @@ use crate::lifecycle::Phase;
 use crate::plugins::types::PlacedBackend;
 use crate::server::AbortOnDrop;
 
-/// How long an admission is counted without the cache showing it.
+/// How long an admission is counted while the cache shows its backend
+/// still pending.
 const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// How long an admission is counted while the cache does not have its
+/// backend at all (not yet; after this, it was deleted).
+const ABSENT_FOR: Duration = Duration::from_secs(10);
 
 /// A backend this replica admitted, as scheduling counts it.
 #[derive(Debug, Clone)]
@@ -100,15 +105,18 @@ impl Inventory {
         self.admitted.lock().expect("admitted lock").insert(uid, Admitted { namespace, placed, at: Instant::now() });
     }
 
-    /// The admissions the cache does not show yet (still pending there, or
-    /// absent), but for `except`'s; forgets the others.
-    pub fn unseen_admissions(&self, except: Option<&str>) -> Vec<Admitted> {
+    /// Forgets an admission (the backend was rejected after all).
+    pub fn forget(&self, uid: &str) {
+        self.admitted.lock().expect("admitted lock").remove(uid);
+    }
+
+    /// The admissions `cached` (one read of [`Inventory::backends`], the
+    /// one scheduling counts from) does not show, but for `except`'s;
+    /// forgets the others.
+    pub fn unseen_admissions(&self, cached: &[Arc<SessionLivedBackend>], except: Option<&str>) -> Vec<Admitted> {
+        let by_uid: HashMap<&str, &SessionLivedBackend> = cached.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, &**s))).collect();
         let mut admitted = self.admitted.lock().expect("admitted lock");
-        admitted.retain(|uid, a| {
-            let cached = self.backends.get(&ObjectRef::new(&a.placed.name).within(&a.namespace));
-            let shown = cached.is_some_and(|s| s.metadata.uid.as_deref() == Some(uid.as_str()) && s.phase() != Phase::Pending);
-            !shown && a.at.elapsed() < REMEMBERED_FOR
-        });
+        admitted.retain(|uid, a| still_unseen(by_uid.get(uid.as_str()).copied(), a.at.elapsed()));
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
     }
 
@@ -125,6 +133,17 @@ impl Inventory {
     /// Every backend in every namespace, as last seen.
     pub fn backends(&self) -> Vec<Arc<SessionLivedBackend>> {
         self.backends.state()
+    }
+}
+
+/// Whether an admission still needs counting, given its backend as the
+/// cache shows it: still pending there (the status write not back yet) and
+/// not being deleted; or not there at all, for a few seconds (not listed
+/// yet; after that, deleted before it was).
+fn still_unseen(cached: Option<&SessionLivedBackend>, age: Duration) -> bool {
+    match cached {
+        Some(s) => s.phase() == Phase::Pending && s.metadata.deletion_timestamp.is_none() && age < REMEMBERED_FOR,
+        None => age < ABSENT_FOR,
     }
 }
 
@@ -194,6 +213,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admission_counts_until_the_cache_shows_it_or_it_is_gone() {
+        let backend = |phase: Option<&str>, deleting: bool| -> SessionLivedBackend {
+            let mut s: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+                "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+                "metadata": {"name": "b", "uid": "u"},
+                "spec": {"template": {"containers": [{"name": "app", "image": "x"}]}}
+            }))
+            .unwrap();
+            if let Some(p) = phase {
+                s.status = Some(serde_json::from_value(serde_json::json!({"phase": p})).unwrap());
+            }
+            if deleting {
+                s.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+            }
+            s
+        };
+        let second = Duration::from_secs(1);
+        assert!(still_unseen(Some(&backend(None, false)), second), "no status yet: still pending");
+        assert!(still_unseen(Some(&backend(Some("pending"), false)), second));
+        assert!(!still_unseen(Some(&backend(Some("scheduled"), false)), second), "shown: counted from the cache");
+        assert!(!still_unseen(Some(&backend(Some("failed"), false)), second));
+        assert!(!still_unseen(Some(&backend(None, true)), second), "being deleted");
+        assert!(!still_unseen(Some(&backend(None, false)), REMEMBERED_FOR), "not for ever");
+        assert!(still_unseen(None, second), "not listed yet");
+        assert!(!still_unseen(None, ABSENT_FOR), "deleted before it was listed");
+    }
 
     #[test]
     fn a_cached_backend_keeps_what_scheduling_reads() {

@@ -172,8 +172,16 @@ fn sum(reports: Vec<ActivityReport>) -> Gathered {
 /// waits to restart after a crash (phase `Running` all the same), carries
 /// none and is not asked; a sidecar's state does not matter. A Pod being
 /// deleted is asked while its proxy runs: it goes on serving through its
-/// shutdown delay and drain, and its streams count.
+/// shutdown delay and drain, and its streams count. Not past its deletion
+/// deadline, though (the deletion time plus its grace period, plus a
+/// little): a Pod on a lost node stays "terminating" with its proxy shown
+/// running, and would otherwise stop every sweep until the node returns.
 fn peer_address(pod: &Pod) -> Option<String> {
+    if let Some(deadline) = &pod.metadata.deletion_timestamp
+        && jiff::Timestamp::now() > deadline.0 + jiff::SignedDuration::from_secs(5)
+    {
+        return None;
+    }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;
@@ -244,6 +252,15 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(peer_address(&with_sidecar).as_deref(), Some("10.0.0.7:7000"), "a failing sidecar does not hide the proxy");
+
+        let deleting = |deadline_in: i64| {
+            let mut p = pod("Running", Some("10.0.0.8"), None);
+            let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(deadline_in);
+            p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+            p
+        };
+        assert_eq!(peer_address(&deleting(20)).as_deref(), Some("10.0.0.8:9091"), "draining: its streams count");
+        assert_eq!(peer_address(&deleting(-60)), None, "long past its deadline: its node is lost");
     }
 
     fn report(entries: &[(&str, &str, u32, u64)]) -> ActivityReport {
