@@ -88,18 +88,9 @@ impl Dev {
         });
         let app = Arc::new(App::new(proxy, api, metrics.clone()));
         let limits = Limits::from(&config.proxy);
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         // Stopping at once: `spawner dev` stops with its backends, and
         // nothing balances load onto it.
-        let server = tokio::spawn(server::serve(
-            listener,
-            app,
-            limits,
-            async {
-                let _ = stop.await;
-            },
-            server::Stopping::default(),
-        ));
+        let (shutdown, server) = server::spawn(listener, app, limits, server::Stopping::default());
         let tasks = vec![
             crate::sweeper::spawn(
                 local.clone(),

@@ -143,6 +143,26 @@ pub struct Stopping {
     pub drain: Duration,
 }
 
+/// [`serve`] in a task, until the returned sender is used (or dropped).
+pub fn spawn(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    stopping: Stopping,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        listener,
+        app,
+        limits,
+        async {
+            let _ = stop.await;
+        },
+        stopping,
+    ));
+    (shutdown, task)
+}
+
 /// Serves connections from `listener` until `shutdown` resolves, then stops
 /// as `stopping` says.
 pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: impl Future<Output = ()>, stopping: Stopping) {
