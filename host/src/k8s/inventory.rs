@@ -15,11 +15,10 @@
 //! owner see each other, as do two placed on one node.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -55,11 +54,10 @@ pub struct Admitted {
 pub struct Inventory {
     nodes: Store<Node>,
     backends: Store<SessionLivedBackend>,
-    ready: Arc<AtomicBool>,
     deciding: tokio::sync::Mutex<()>,
     /// Admissions by uid, until the cache shows them.
     admitted: Mutex<HashMap<String, Admitted>>,
-    _tasks: [AbortOnDrop; 3],
+    _watches: [AbortOnDrop; 2],
 }
 
 impl Inventory {
@@ -77,21 +75,12 @@ impl Inventory {
             }
         });
         let (backend_store, backend_watch) = cache(backends, trim_backend);
-        let ready = Arc::new(AtomicBool::new(false));
-        let (stores, flag) = ((node_store.clone(), backend_store.clone()), ready.clone());
-        let filled = AbortOnDrop(tokio::spawn(async move {
-            // Err only when a watch task is gone: then never ready.
-            if stores.0.wait_until_ready().await.is_ok() && stores.1.wait_until_ready().await.is_ok() {
-                flag.store(true, Ordering::Release);
-            }
-        }));
         Ok(Inventory {
             nodes: node_store,
             backends: backend_store,
-            ready,
             deciding: tokio::sync::Mutex::new(()),
             admitted: Mutex::new(HashMap::new()),
-            _tasks: [node_watch, backend_watch, filled],
+            _watches: [node_watch, backend_watch],
         })
     }
 
@@ -120,9 +109,11 @@ impl Inventory {
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
     }
 
-    /// Whether both caches hold their first full listing.
+    /// Whether both caches hold their first full listing (asked without
+    /// waiting; an error means a watch task is gone: never ready).
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        let filled = |ready: Option<Result<(), _>>| ready.is_some_and(|r| r.is_ok());
+        filled(self.nodes.wait_until_ready().now_or_never()) && filled(self.backends.wait_until_ready().now_or_never())
     }
 
     /// Every Node, as last seen.
