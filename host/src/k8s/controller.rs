@@ -460,6 +460,9 @@ fn phase_note(status: &Status) -> String {
 /// name in one says nothing about the same name in another. Returns the
 /// admission and, for "anywhere", the node selector to give the Pod.
 async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
+    if let Some(problem) = toleration_problem(slab) {
+        return Ok((Admission::Rejected { message: problem }, Vec::new()));
+    }
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();
     let inventory = inventory.filter(|i| i.ready()).ok_or(Error::CachesFilling)?;
     let _deciding = inventory.deciding().await;
@@ -469,7 +472,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         .iter()
         .map(|s| &**s)
         .filter(|s| s.uid() != slab.uid())
-        .filter(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| !p.is_terminal() && p != Phase::Pending))
+        .filter(|s| !s.phase().is_terminal() && s.phase() != Phase::Pending)
         .collect();
     let placed_backend = |s: &SessionLivedBackend| PlacedBackend {
         name: s.name_any(),
@@ -480,9 +483,6 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     };
     let unseen = inventory.unseen_admissions(&slabs, slab.uid().as_deref());
     let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).chain(unseen.iter().map(|a| a.placed.clone())).collect();
-    if let Some(problem) = toleration_problem(slab) {
-        return Ok((Admission::Rejected { message: problem }, Vec::new()));
-    }
     // Nodes the Pod could not run on are not offered. When that is every
     // node (all cordoned for an upgrade, say) none is offered, which asks
     // the plugin for "anywhere": the Pod then waits for kube-scheduler to
@@ -490,11 +490,14 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.iter().map(|n| &**n).partition(|n| can_run_on(slab, n));
     let candidates: Vec<CandidateNode> = runnable
         .iter()
-        .map(|n| CandidateNode {
-            name: n.name_any(),
-            labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
-            capacity: capacity(n.status.as_ref().and_then(|s| s.allocatable.as_ref())),
-            backends: placed.iter().filter(|b| b.node.as_deref() == Some(n.name_any().as_str())).cloned().collect(),
+        .map(|n| {
+            let name = n.name_any();
+            CandidateNode {
+                labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
+                capacity: capacity(n.status.as_ref().and_then(|s| s.allocatable.as_ref())),
+                backends: placed.iter().filter(|b| b.node.as_ref() == Some(&name)).cloned().collect(),
+                name,
+            }
         })
         .collect();
     let namespace = slab.namespace().unwrap_or_default();
