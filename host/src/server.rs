@@ -8,7 +8,6 @@
 //! request short.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,8 +75,8 @@ pub struct App {
     pub api: Router,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Set when the server has been asked to stop: `/healthz` then answers
-    /// 503, so load balancers (Kubernetes' readiness probe) send no more.
+    /// Set when the server has been asked to stop (see [`Stopping`]):
+    /// `/healthz` then answers 503, for load balancers that probe the Pod.
     pub stopping: AtomicBool,
 }
 
@@ -151,21 +150,12 @@ pub fn spawn(
     stopping: Stopping,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(
-        listener,
-        app,
-        limits,
-        async {
-            let _ = stop.await;
-        },
-        stopping,
-    ));
-    (shutdown, task)
+    (shutdown, tokio::spawn(serve(listener, app, limits, stop, stopping)))
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then stops
-/// as `stopping` says.
-pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: impl Future<Output = ()>, stopping: Stopping) {
+/// Serves connections from `listener` until `shutdown` is sent (or its
+/// sender dropped), then stops as `stopping` says.
+async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: tokio::sync::oneshot::Receiver<()>, stopping: Stopping) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut builder = http1::Builder::new();
@@ -178,7 +168,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdow
     let stop_accepting = {
         let app = app.clone();
         async move {
-            shutdown.await;
+            let _ = shutdown.await;
             app.stopping.store(true, Ordering::Relaxed);
             tokio::time::sleep(stopping.delay).await;
         }

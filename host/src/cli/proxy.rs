@@ -91,8 +91,8 @@ pub struct ProxyArgs {
     /// This replica's identity (its Pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// On SIGTERM, seconds to go on accepting while /healthz answers 503,
-    /// so Kubernetes stops sending new connections before they are refused.
+    /// On SIGTERM, seconds to go on accepting (/healthz answering 503), while
+    /// Kubernetes' endpoint update stops new connections reaching this Pod.
     #[arg(long, env = "SPAWNER_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
     pub shutdown_delay_seconds: u64,
     /// Then, seconds to wait for requests in flight to finish (keep the sum
