@@ -125,13 +125,12 @@ impl LoadedPlugin {
             _ => unreachable!("kind checked by the caller"),
         })?;
         if let Placement::Anywhere(labels) = &placement
-            && let Some(l) = labels.iter().find(|l| request.node_selector.iter().any(|s| s.key == l.key && s.value != l.value))
+            && let Some((l, s)) =
+                labels.iter().find_map(|l| request.node_selector.iter().find(|s| s.key == l.key && s.value != l.value).map(|s| (l, s)))
         {
             return Err(CallError::InvalidAnswer(format!(
-                "anywhere with {}={} contradicts the node selector's {}",
-                l.key,
-                l.value,
-                request.node_selector.iter().find(|s| s.key == l.key).map(|s| format!("{}={}", s.key, s.value)).unwrap_or_default()
+                "anywhere with {}={} contradicts the node selector's {}={}",
+                l.key, l.value, s.key, s.value
             )));
         }
         if let Placement::Node(n) = &placement
