@@ -42,9 +42,66 @@ pub struct BackendSpec {
     pub memory_bytes: u64,
     /// Node labels required.
     pub node_selector: BTreeMap<String, String>,
+    /// Node taints the backend tolerates (Kubernetes only: this machine
+    /// has none, but they are checked the same so a spec runs in both).
+    pub tolerations: Vec<Toleration>,
     /// The application's HTTP port on Kubernetes (default 8080). Local
     /// backends always listen on the port Spawner passes in `PORT`.
     pub port: Option<u16>,
+}
+
+/// A node taint a backend tolerates: Kubernetes' `Toleration`, with its
+/// fields, defaults and rules, so the API can pass it to the Pod as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Toleration {
+    /// The taint's key; empty (with `Exists`) tolerates every taint.
+    #[serde(default)]
+    pub key: String,
+    /// `Equal` (the default when empty): the taint's value must be `value`;
+    /// `Exists`: any value.
+    #[serde(default)]
+    pub operator: String,
+    /// The taint's value, for `Equal`.
+    #[serde(default)]
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty for all.
+    #[serde(default)]
+    pub effect: String,
+    /// With `NoExecute` only: seconds the backend may stay on a node after
+    /// the taint appears there (none: for ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+impl Toleration {
+    /// What is wrong with it, by the rules the API server applies to a
+    /// Pod's tolerations (`ValidateTolerations`); none if it is valid.
+    /// Checked before anything is created: on Kubernetes the Pod is only
+    /// made after scheduling, and its refusal would then be a failed
+    /// backend instead of an answer that says what to fix.
+    pub fn problem(&self) -> Option<String> {
+        let Toleration { key, operator, value, effect, toleration_seconds } = self;
+        if !key.is_empty() && !is_label_key(key) {
+            return Some(format!("key {key:?} is not a valid Kubernetes label key"));
+        }
+        match operator.as_str() {
+            "" | "Equal" if key.is_empty() => {
+                return Some("an empty key requires operator Exists (which tolerates every taint)".into());
+            }
+            "" | "Equal" if !is_label_value(value) => return Some(format!("value {value:?} is not a valid Kubernetes label value")),
+            "Exists" if !value.is_empty() => return Some(format!("value must be empty when operator is Exists (got {value:?})")),
+            "" | "Equal" | "Exists" => {}
+            other => return Some(format!("operator must be Equal or Exists (got {other:?})")),
+        }
+        if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect.as_str()) {
+            return Some(format!("effect must be NoSchedule, PreferNoSchedule or NoExecute, or empty for all (got {effect:?})"));
+        }
+        if toleration_seconds.is_some() && effect != "NoExecute" {
+            return Some("tolerationSeconds needs effect NoExecute (other effects never evict)".into());
+        }
+        None
+    }
 }
 
 /// A backend as the API shows it.
@@ -237,6 +294,9 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
             }
         }
     }
+    if let Some((i, problem)) = spec.tolerations.iter().enumerate().find_map(|(i, t)| Some((i, t.problem()?))) {
+        return bad(format!("tolerations[{i}]: {problem}"));
+    }
     for k in spec.env.keys() {
         let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -311,6 +371,7 @@ mod tests {
             cpu_millis: 0,
             memory_bytes: 0,
             node_selector: BTreeMap::new(),
+            tolerations: vec![],
             port: None,
         }
     }
@@ -356,6 +417,35 @@ mod tests {
         assert!(is_label_value("") && is_label_value("v1.2_a-b") && !is_label_value("a ") && !is_label_value(&"v".repeat(64)));
         assert!(with(|s| s.grace_period_seconds = 0).contains("gracePeriodSeconds"));
         assert!(with(|s| s.lifetime_limit_seconds = Some(0)).contains("lifetimeLimitSeconds"));
+        assert!(with(|s| s.tolerations = vec![Toleration::default()]).contains("tolerations[0]: an empty key requires operator Exists"));
+    }
+
+    #[test]
+    fn tolerations_follow_the_api_servers_rules() {
+        let t = |json: serde_json::Value| serde_json::from_value::<Toleration>(json).unwrap().problem();
+        use serde_json::json;
+        for valid in [
+            json!({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}),
+            json!({"key": "gpu", "value": "true"}),
+            json!({"key": "example.com/dedicated", "operator": "Equal", "value": "", "effect": "PreferNoSchedule"}),
+            json!({"operator": "Exists"}),
+            json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}),
+        ] {
+            assert_eq!(t(valid.clone()), None, "{valid}");
+        }
+        for (invalid, says) in [
+            (json!({"value": "x"}), "empty key requires operator Exists"),
+            (json!({"key": "gpu", "operator": "Exists", "value": "true"}), "value must be empty"),
+            (json!({"key": "gpu", "operator": "In"}), "operator must be Equal or Exists"),
+            (json!({"key": "gpu", "effect": "NoRun"}), "effect must be"),
+            (json!({"key": "bad key"}), "not a valid Kubernetes label key"),
+            (json!({"key": "gpu", "value": "not valid!"}), "not a valid Kubernetes label value"),
+            (json!({"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}), "needs effect NoExecute"),
+        ] {
+            let problem = t(invalid.clone()).unwrap_or_default();
+            assert!(problem.contains(says), "{invalid}: {problem}");
+        }
+        assert!(serde_json::from_value::<Toleration>(json!({"key": "gpu", "operater": "Exists"})).is_err(), "misspelt fields are refused");
     }
 }
 

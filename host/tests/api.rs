@@ -31,6 +31,14 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
         ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
         ("zero grace", r#"{"template":"demo","gracePeriodSeconds":0}"#.into(), 422, "gracePeriodSeconds must be at least 1"),
+        // Kubernetes' rules locally too, so a spec that runs here runs on a cluster.
+        (
+            "invalid toleration",
+            r#"{"template":"demo","tolerations":[{"key":"gpu","operator":"Exists"},{"key":"gpu","operator":"In"}]}"#.into(),
+            422,
+            "tolerations[1]: operator must be Equal or Exists",
+        ),
+        ("misspelt toleration", r#"{"template":"demo","tolerations":[{"kee":"gpu"}]}"#.into(), 422, "unknown field `kee`"),
         (
             "oversized body",
             format!(r#"{{"template":"demo","key":"{}"}}"#, "k".repeat(100_000)),
@@ -81,7 +89,7 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
 #[tokio::test(flavor = "multi_thread")]
 async fn list_filters_terminate_and_openapi() {
     let dev = Dev::start(FAST, &[]);
-    let (a, _) = dev.create_ok(json!({"template":"demo","owner":"alice","labels":{"team":"data"},"gracePeriodSeconds":60})).await;
+    let (a, _) = dev.create_ok(json!({"template":"demo","owner":"alice","labels":{"team":"data"},"tolerations":[{"key":"gpu","operator":"Exists"}],"gracePeriodSeconds":60})).await;
     let (b, _) = dev.create_ok(json!({"template":"demo","owner":"bob","gracePeriodSeconds":60})).await;
     dev.wait_ready(&a).await;
     dev.wait_ready(&b).await;

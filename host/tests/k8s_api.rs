@@ -88,7 +88,7 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
     let (_demo, port) = demo_backend().await;
     let create = json!({"template": "example.invalid/notes:1", "key": "doc-42", "owner": "alice", "port": port, "labels": {"team": "data"},
-            "nodeSelector": {"zone": "b"}});
+            "nodeSelector": {"zone": "b"}, "tolerations": [{"key": "dedicated", "value": "sessions", "effect": "NoSchedule"}]});
 
     // The API wants its token, and says what to fix in bad input.
     let anonymous = reqwest::Client::new().post(format!("{}/api/v1/backends", app.base)).json(&create).send().await.unwrap();
@@ -104,6 +104,10 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
         .await;
     assert_eq!(status, 422, "Kubernetes' label rules, checked before the API server is asked: {err}");
     assert!(err.to_string().contains("not a valid Kubernetes label"), "{err}");
+    let bad_toleration = json!({"template": "example.invalid/x:1", "tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]});
+    let (status, err) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(bad_toleration)).await;
+    assert_eq!(status, 422, "the API server's toleration rules, checked before anything is created: {err}");
+    assert!(err.to_string().contains("tolerations[0]: value must be empty when operator is Exists"), "{err}");
 
     // Concurrent creates with one key: one object, and everyone gets it.
     let calls = (0..8).map(|_| app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())));
@@ -122,6 +126,9 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let first_uid = slabs.get(&name).await.unwrap().metadata.uid;
     assert_eq!(slabs.get(&name).await.unwrap().spec.key.as_deref(), Some("doc-42"));
+    let tolerations = slabs.get(&name).await.unwrap().spec.template.tolerations.unwrap_or_default();
+    let t = tolerations.first().expect("the API's tolerations reach the object");
+    assert_eq!((t.key.as_deref(), t.value.as_deref(), t.effect.as_deref()), (Some("dedicated"), Some("sessions"), Some("NoSchedule")));
 
     // Ready: the long poll answers once the operator says so.
     report_loopback_pod_ip(&client, &ns, &name).await;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, sse};
-use crate::backends::{BackendSpec, BackendView, Filter};
+use crate::backends::{BackendSpec, BackendView, Filter, Toleration};
 use crate::lifecycle::Phase;
 use crate::token::{MAX_TTL_SECONDS, TTL_SECONDS};
 
@@ -71,6 +71,10 @@ pub(crate) struct CreateRequest {
     /// Node labels required.
     #[serde(default)]
     node_selector: BTreeMap<String, String>,
+    /// Node taints tolerated (Kubernetes' tolerations; checked, and without
+    /// effect, locally).
+    #[serde(default)]
+    tolerations: Vec<Toleration>,
     /// The application's HTTP port on Kubernetes (default 8080, also passed
     /// as `PORT`). Local backends listen on the port Spawner passes in
     /// `PORT`, so locally this is ignored.
@@ -165,6 +169,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
         cpu_millis: r.resources.cpu_millis,
         memory_bytes: r.resources.memory_bytes,
         node_selector: r.node_selector,
+        tolerations: r.tolerations,
         port: r.port,
     };
     let created = s.backends.create(spec).await?;

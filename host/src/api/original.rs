@@ -98,6 +98,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
         cpu_millis: 0,
         memory_bytes: 0,
         node_selector: BTreeMap::new(),
+        tolerations: vec![],
         port: r.port,
     };
     let created = s.backends.create(spec).await?;

@@ -53,6 +53,7 @@ use tokio::sync::watch;
 
 use super::cluster::{Cluster, termination_patch, termination_requested};
 use super::crd::{BackendPodTemplate, DEFAULT_HTTP_PORT, SessionLivedBackend, SessionLivedBackendSpec};
+use super::pod::to_k8s;
 use crate::backends::TERMINATE_ANSWER_WAIT;
 use crate::backends::{
     BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, new_name, validate_spec,
@@ -423,6 +424,7 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
             template: BackendPodTemplate {
                 containers: vec![container],
                 node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.iter().map(to_k8s).collect()),
                 ..Default::default()
             },
             grace_period_seconds: Some(grace),
@@ -538,6 +540,7 @@ mod tests {
             cpu_millis: 250,
             memory_bytes: 64 << 20,
             node_selector: BTreeMap::new(),
+            tolerations: vec![],
             port: Some(3000),
         }
     }
@@ -567,6 +570,7 @@ mod tests {
         assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
         assert_eq!(slab.spec.template.pod_spec().automount_service_account_token, Some(false));
         assert_eq!(slab.spec.template.node_selector, None, "none asked for");
+        assert_eq!(slab.spec.template.tolerations, None, "none asked for");
 
         let mut zoned = spec();
         zoned.node_selector.insert("zone".into(), "b".into());
@@ -574,6 +578,20 @@ mod tests {
         let selector = BTreeMap::from([("zone".to_string(), "b".to_string())]);
         assert_eq!(slab.spec.template.node_selector.as_ref(), Some(&selector));
         assert_eq!(slab.spec.template.pod_spec().node_selector, Some(selector), "the Pod asks kube-scheduler for it too");
+
+        let mut tolerant = spec();
+        tolerant.tolerations = vec![crate::backends::Toleration {
+            key: "gpu".into(),
+            operator: "Exists".into(),
+            effect: "NoExecute".into(),
+            toleration_seconds: Some(30),
+            ..Default::default()
+        }];
+        let slab = slab_for(&tolerant, "k-1").unwrap();
+        let t = &slab.spec.template.pod_spec().tolerations.unwrap()[0];
+        assert_eq!((t.key.as_deref(), t.operator.as_deref(), t.value.as_deref()), (Some("gpu"), Some("Exists"), None), "empty is unset");
+        assert_eq!((t.effect.as_deref(), t.toleration_seconds), (Some("NoExecute"), Some(30)));
+        assert_eq!(super::super::pod::toleration_problem(&slab), None, "valid in both spellings");
     }
 
     #[test]

@@ -258,27 +258,34 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 /// created, after scheduling), naming the entry: so a typo is reported as
 /// such, not as "no node tolerated".
 pub fn toleration_problem(slab: &SessionLivedBackend) -> Option<String> {
-    for (i, t) in slab.spec.template.tolerations.iter().flatten().enumerate() {
-        let at = format!("template.tolerations[{i}]");
-        let operator = t.operator.as_deref().unwrap_or_default();
-        let key = t.key.as_deref().unwrap_or_default();
-        let value = t.value.as_deref().unwrap_or_default();
-        let effect = t.effect.as_deref().unwrap_or_default();
-        let problem = match operator {
-            "Exists" if !value.is_empty() => Some(format!("value must be empty when operator is Exists (got {value:?})")),
-            "" | "Equal" if key.is_empty() => Some("an empty key requires operator Exists (to tolerate every taint)".to_string()),
-            "" | "Equal" | "Exists" => None,
-            other => Some(format!("operator must be Equal or Exists (got {other:?})")),
-        };
-        let problem = problem.or_else(|| {
-            (!["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect))
-                .then(|| format!("effect must be NoSchedule, PreferNoSchedule or NoExecute, or empty for all (got {effect:?})"))
-        });
-        if let Some(p) = problem {
-            return Some(format!("{at}: {p}"));
-        }
+    slab.spec.template.tolerations.iter().flatten().enumerate().find_map(|(i, t)| {
+        let problem = from_k8s(t).problem()?;
+        Some(format!("template.tolerations[{i}]: {problem}"))
+    })
+}
+
+/// The API's toleration as the Pod's (the same fields).
+pub fn to_k8s(t: &crate::backends::Toleration) -> Toleration {
+    let text = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Toleration {
+        key: text(&t.key),
+        operator: text(&t.operator),
+        value: text(&t.value),
+        effect: text(&t.effect),
+        toleration_seconds: t.toleration_seconds,
     }
-    None
+}
+
+/// The Pod's toleration as the API's, to check it by the same rules.
+fn from_k8s(t: &Toleration) -> crate::backends::Toleration {
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    crate::backends::Toleration {
+        key: text(&t.key),
+        operator: text(&t.operator),
+        value: text(&t.value),
+        effect: text(&t.effect),
+        toleration_seconds: t.toleration_seconds,
+    }
 }
 
 /// Whether `node` carries every label of `selector`.
