@@ -101,6 +101,10 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     client: Client<HttpConnector, Metered<Incoming>>,
     settings: ProxySettings,
+    /// Turns true when the server stops: every relayed WebSocket then
+    /// closes (see [`websocket`]). Each relay holds a receiver, so the
+    /// receivers' count is the number of WebSockets open.
+    going_away: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -109,7 +113,18 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(POOL_IDLE_PER_BACKEND).build(connector);
-        Proxy { resolver, plugins, metrics, client, settings }
+        Proxy { resolver, plugins, metrics, client, settings, going_away: tokio::sync::watch::Sender::new(false) }
+    }
+
+    /// Asks every relayed WebSocket to close with status 1001 ("going
+    /// away") at its next frame boundary: the server is stopping.
+    pub fn close_websockets(&self) {
+        self.going_away.send_replace(true);
+    }
+
+    /// Resolves once no WebSocket is relayed.
+    pub async fn websockets_closed(&self) {
+        self.going_away.closed().await;
     }
 
     /// Whether this request is for a backend (rather than the API).
@@ -291,7 +306,8 @@ impl Proxy {
             return Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, None)));
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(websocket::relay(client_upgrade, backend_upgrade, activity, self.metrics.clone()));
+        let going_away = self.going_away.subscribe();
+        tokio::spawn(websocket::relay(client_upgrade, backend_upgrade, activity, self.metrics.clone(), going_away));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Body::empty())
     }

@@ -131,9 +131,9 @@ impl App {
 /// response closes its connection, and new WebSockets are refused (503)
 /// so they reconnect elsewhere. Then it stops accepting, asks every
 /// connection to finish the request in flight and close (idle keep-alive
-/// connections close at once), and waits up to `drain` for them. Upgraded
-/// connections (WebSockets) are relayed by their own tasks and end with
-/// the process; their clients reconnect, through another replica.
+/// connections close at once), closes every WebSocket with status 1001
+/// ("going away", so clients reconnect, through another replica), and
+/// waits up to `drain` for all of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stopping {
     /// Accepting on, health check failing.
@@ -224,11 +224,16 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
     }
     drop(listener);
     let _ = closing.send(true);
+    app.proxy.close_websockets();
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(stopping.drain, permits.acquire_many(all)).await;
+    let drained = tokio::time::timeout(stopping.drain, async {
+        let _ = permits.acquire_many(all).await;
+        app.proxy.websockets_closed().await;
+    })
+    .await;
     let open = limits.max_connections - permits.available_permits();
-    if drained.is_err() && open > 0 {
-        tracing::info!(open, drain = ?stopping.drain, "stopped with requests still in flight");
+    if drained.is_err() {
+        tracing::info!(open, drain = ?stopping.drain, "stopped with requests or WebSockets still open");
     }
 }
 

@@ -116,6 +116,13 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     }
     assert_eq!(http.get(format!("http://{addr}/healthz")).send().await.unwrap().status(), 200);
 
+    // A WebSocket open before the stop.
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode};
+    let mut req = format!("ws://{addr}/p/stream/ws").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(req).await.expect("a WebSocket before the stop");
+
     // A response that streams for about two seconds, well past the delay.
     let mut events = http.get(format!("http://{addr}/p/stream/events?ticks=20")).bearer_auth(&token).send().await.unwrap().bytes_stream();
     let mut received = String::from_utf8_lossy(&events.next().await.unwrap().unwrap()).to_string();
@@ -134,6 +141,21 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503, "new WebSockets go elsewhere"),
         other => panic!("a WebSocket was accepted while stopping: {:?}", other.map(|_| ())),
     }
+    // The open one still carries messages during the delay ...
+    socket.send(Message::text("still here")).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, socket.next()).await.expect("no echo").unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
+    // ... and is then closed cleanly, "going away", so the browser reconnects.
+    let close = loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("the WebSocket was never closed") {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("the WebSocket ended without a Close frame: {other:?}"),
+        }
+    };
+    let close = close.expect("a status in the Close frame");
+    assert_eq!(close.code, CloseCode::Away, "{close:?}");
+    assert!(close.reason.contains("reconnect"), "{close:?}");
 
     // The stream in flight finishes whole, after the delay, before the drain runs out.
     while let Some(chunk) = tokio::time::timeout(WAIT, events.next()).await.expect("the stream stalled") {

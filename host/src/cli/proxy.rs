@@ -95,7 +95,8 @@ pub struct ProxyArgs {
     /// Kubernetes' endpoint update stops new connections reaching this Pod.
     #[arg(long, env = "SPAWNER_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
     pub shutdown_delay_seconds: u64,
-    /// Then, seconds to wait for requests in flight to finish (keep the sum
+    /// Then, seconds to wait for requests in flight to finish and WebSockets
+    /// to close (with status 1001, going away; keep the sum
     /// under the Pod's terminationGracePeriodSeconds, 30 by default).
     #[arg(long, env = "SPAWNER_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,

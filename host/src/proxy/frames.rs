@@ -13,6 +13,8 @@ pub struct FrameMeter {
     have: usize,
     /// Payload bytes of the current frame still to skip.
     skip: u64,
+    /// A Close frame went by: this direction's sender is closing.
+    close_seen: bool,
 }
 
 impl FrameMeter {
@@ -44,10 +46,23 @@ impl FrameMeter {
             if fin && opcode <= 2 {
                 messages += 1;
             }
+            self.close_seen |= opcode == 8;
             self.skip = payload_len(&self.header);
             self.have = 0;
         }
         messages
+    }
+
+    /// Whether the bytes fed so far end exactly at a frame's end (or
+    /// nothing was fed): a frame may be inserted here.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.skip == 0
+    }
+
+    /// Whether a Close frame went by (after one, its sender sends no more
+    /// frames, and must not be sent another Close).
+    pub fn closing(&self) -> bool {
+        self.close_seen
     }
 }
 
@@ -115,5 +130,23 @@ mod tests {
         let mut chunked = FrameMeter::default();
         let total: u64 = stream.chunks(7).map(|c| chunked.feed(c)).sum();
         assert_eq!(total, 3);
+    }
+
+    #[test]
+    fn knows_when_a_frame_ends() {
+        let mut meter = FrameMeter::default();
+        assert!(meter.at_boundary(), "nothing fed yet");
+        let f = frame(true, 2, true, 300);
+        meter.feed(&f[..1]);
+        assert!(!meter.at_boundary(), "inside the header");
+        meter.feed(&f[1..10]);
+        assert!(!meter.at_boundary(), "inside the payload");
+        meter.feed(&f[10..]);
+        assert!(meter.at_boundary());
+        meter.feed(&frame(true, 9, false, 0));
+        assert!(meter.at_boundary(), "an empty ping is whole once its header is");
+        assert!(!meter.closing());
+        meter.feed(&frame(true, 8, false, 2));
+        assert!(meter.closing(), "a Close frame went by");
     }
 }

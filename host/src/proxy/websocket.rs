@@ -2,6 +2,12 @@
 //! connection; after both sides switch protocols, bytes are relayed as they
 //! arrive in both directions, metered by [`FrameMeter`].
 //!
+//! When the server stops, every relay is asked to close: at the next frame
+//! boundary in both directions it sends each side a Close frame with code
+//! 1001 ("going away"), so browsers see a clean close they can reconnect
+//! after (through another replica), and backends an orderly end of the
+//! session, instead of both finding the connection cut at exit.
+//!
 //! An idle WebSocket holds no buffer: the relay waits for readiness on both
 //! sockets and reads into a per-thread scratch buffer, so 10,000 idle
 //! sessions cost only their sockets and a small task each.
@@ -9,12 +15,14 @@
 use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::frames::FrameMeter;
 use crate::activity::Activity;
@@ -27,8 +35,26 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
 }
 
-/// Completes both upgrades and relays until either side closes.
-pub async fn relay(client: OnUpgrade, backend: OnUpgrade, activity: Arc<Activity>, metrics: Arc<Metrics>) {
+/// The Close frames' status: 1001, going away.
+const GOING_AWAY: u16 = 1001;
+
+/// The Close frames' reason (a browser shows it in `CloseEvent.reason`).
+const GOING_AWAY_REASON: &[u8] = b"proxy stopping; reconnect";
+
+/// How long, after sending Close frames, the relay waits for each side's
+/// answering Close (or end of stream) before it drops the connections.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Completes both upgrades and relays until either side closes, or until
+/// `going_away` turns true (the server is stopping), when it closes both
+/// sides with status 1001.
+pub async fn relay(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    activity: Arc<Activity>,
+    metrics: Arc<Metrics>,
+    going_away: watch::Receiver<bool>,
+) {
     let (client, backend) = match tokio::join!(client, backend) {
         (Ok(c), Ok(b)) => (c, b),
         (c, b) => {
@@ -42,7 +68,7 @@ pub async fn relay(client: OnUpgrade, backend: OnUpgrade, activity: Arc<Activity
     };
     let _open = activity.connection();
     metrics.proxy.open_websockets.inc();
-    let result = pump(client, client_pre, backend, backend_pre, &activity).await;
+    let result = pump(client, client_pre, backend, backend_pre, &activity, going_away).await;
     metrics.proxy.open_websockets.dec();
     if let Err(e) = result {
         tracing::debug!(error = %e, "websocket relay ended with an error");
@@ -62,7 +88,14 @@ struct Side {
     meter: FrameMeter,
 }
 
-async fn pump(client: TcpStream, client_pre: Bytes, backend: TcpStream, backend_pre: Bytes, activity: &Activity) -> std::io::Result<()> {
+async fn pump(
+    client: TcpStream,
+    client_pre: Bytes,
+    backend: TcpStream,
+    backend_pre: Bytes,
+    activity: &Activity,
+    mut going_away: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut c = Side { stream: client, pending: Vec::new(), eof: false, meter: FrameMeter::default() };
     let mut b = Side { stream: backend, pending: Vec::new(), eof: false, meter: FrameMeter::default() };
     // Bytes hyper read past the handshake belong to the relay.
@@ -81,11 +114,26 @@ async fn pump(client: TcpStream, client_pre: Bytes, backend: TcpStream, backend_
     // connection.
     drop(client_pre);
     drop(backend_pre);
+    // False once the signal has come (perhaps before this relay began), or
+    // can no longer come.
+    let mut listening = !*going_away.borrow_and_update();
     loop {
         if c.eof && b.eof && c.pending.is_empty() && b.pending.is_empty() {
             return Ok(());
         }
+        // Closing waits until no frame is half-relayed either way (a Close
+        // frame in the middle of another would corrupt the stream) and no
+        // side has ended (it is closing already).
+        let quiet = c.meter.at_boundary() && b.meter.at_boundary() && c.pending.is_empty() && b.pending.is_empty();
+        if !listening && *going_away.borrow() && quiet && !c.eof && !b.eof {
+            // A side that sent Close is closing already: it gets no Close
+            // of ours, only the other side's answer as relayed.
+            return say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing()).await;
+        }
         tokio::select! {
+            // An error: the server is gone without asking (the value stays
+            // false), so there is nothing more to listen for either way.
+            _ = going_away.changed(), if listening => listening = false,
             r = c.stream.readable(), if !c.eof && b.pending.is_empty() => {
                 r?;
                 if transfer(&mut c, &mut b, activity, true)? {
@@ -103,6 +151,61 @@ async fn pump(client: TcpStream, client_pre: Bytes, backend: TcpStream, backend_
             r = b.stream.writable(), if !b.pending.is_empty() => { r?; flush(&mut b)?; }
             r = c.stream.writable(), if !c.pending.is_empty() => { r?; flush(&mut c)?; }
             else => return Ok(()),
+        }
+    }
+}
+
+/// Sends the client an unmasked and the backend a masked Close frame (status
+/// 1001; each only if asked: `to_client`, `to_backend`), ends both streams,
+/// and gives each side [`CLOSE_HANDSHAKE`] to answer, discarding what it
+/// sends meanwhile (its own Close frame).
+async fn say_going_away(mut client: TcpStream, to_client: bool, mut backend: TcpStream, to_backend: bool) -> std::io::Result<()> {
+    let mask: [u8; 4] = rand::random();
+    let sent = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        if to_client {
+            client.write_all(&close_frame(None)).await?;
+        }
+        if to_backend {
+            backend.write_all(&close_frame(Some(mask))).await?;
+        }
+        client.shutdown().await?;
+        backend.shutdown().await
+    })
+    .await;
+    if let Ok(Ok(())) = sent {
+        let _ =
+            tokio::time::timeout(CLOSE_HANDSHAKE, async { tokio::join!(discard_to_end(&mut client), discard_to_end(&mut backend)) }).await;
+    }
+    Ok(())
+}
+
+/// A Close frame with status [`GOING_AWAY`]: masked (as a client must
+/// send frames) when `mask` is given, unmasked (as a server sends) if not.
+fn close_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut payload = GOING_AWAY.to_be_bytes().to_vec();
+    payload.extend_from_slice(GOING_AWAY_REASON);
+    let mut frame = vec![0x88]; // FIN, opcode 8 (close)
+    match mask {
+        None => {
+            frame.push(payload.len() as u8);
+            frame.extend_from_slice(&payload);
+        }
+        Some(key) => {
+            frame.push(0x80 | payload.len() as u8);
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+    }
+    frame
+}
+
+/// Reads until end of stream (or an error), keeping nothing.
+async fn discard_to_end(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
         }
     }
 }
@@ -148,5 +251,113 @@ fn flush(side: &mut Side) -> std::io::Result<()> {
         }
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair of loopback sockets: (the relay's end, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        (ours, peer)
+    }
+
+    /// Reads exactly `n` bytes, or fails the test after a while.
+    async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await.expect("bytes never came").unwrap();
+        buf
+    }
+
+    /// Status code and reason of a Close frame, unmasking if needed.
+    fn parse_close(frame: &[u8]) -> (bool, u16, String) {
+        assert_eq!(frame[0], 0x88, "FIN + close: {frame:?}");
+        let masked = frame[1] & 0x80 != 0;
+        let len = (frame[1] & 0x7f) as usize;
+        let (key, payload) = if masked { (frame[2..6].to_vec(), &frame[6..6 + len]) } else { (vec![0; 4], &frame[2..2 + len]) };
+        let payload: Vec<u8> = payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k).collect();
+        (masked, u16::from_be_bytes([payload[0], payload[1]]), String::from_utf8(payload[2..].to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_both_sides_with_going_away_but_never_inside_a_frame() {
+        let (relay_client, mut browser) = pair().await;
+        let (relay_backend, mut app) = pair().await;
+        let (going_away, signal) = watch::channel(false);
+        let activity = Activity::new();
+        let pump = tokio::spawn({
+            let activity = activity.clone();
+            async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await }
+        });
+
+        // A masked binary frame of 200 bytes from the browser, sent in two
+        // parts with the stop asked for in between.
+        let mut frame = vec![0x82, 0x80 | 126, 0, 200, 9, 9, 9, 9];
+        frame.extend(std::iter::repeat_n(0x55, 200));
+        browser.write_all(&frame[..50]).await.unwrap();
+        assert_eq!(read_n(&mut app, 50).await, frame[..50]);
+        going_away.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        browser.write_all(&frame[50..]).await.unwrap();
+        // The frame arrives whole, and only then the Close.
+        assert_eq!(read_n(&mut app, frame.len() - 50).await, frame[50..]);
+        let close_len = 2 + 4 + 2 + GOING_AWAY_REASON.len();
+        let (masked, code, reason) = parse_close(&read_n(&mut app, close_len).await);
+        assert!(masked, "frames to the backend are masked, as a client's must be");
+        assert_eq!((code, reason.as_str()), (1001, "proxy stopping; reconnect"));
+        let (masked, code, _) = parse_close(&read_n(&mut browser, close_len - 4).await);
+        assert!(!masked, "frames to the browser are not");
+        assert_eq!(code, 1001);
+
+        // Both answer with their own Close and hang up: the relay is done.
+        browser.write_all(&close_frame(Some([1, 2, 3, 4]))).await.unwrap();
+        app.write_all(&close_frame(None)).await.unwrap();
+        drop((browser, app));
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
+        assert_eq!(activity.snapshot().websocket_messages, 1, "the frame counted once, the Close frames not at all");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_starts_after_the_stop_closes_at_once() {
+        let (relay_client, mut browser) = pair().await;
+        let (relay_backend, mut app) = pair().await;
+        let (going_away, signal) = watch::channel(false);
+        going_away.send_replace(true);
+        let activity = Activity::new();
+        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await });
+        let (_, code, _) = parse_close(&read_n(&mut browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
+        assert_eq!(code, 1001);
+        let (_, code, _) = parse_close(&read_n(&mut app, 2 + 4 + 2 + GOING_AWAY_REASON.len()).await);
+        assert_eq!(code, 1001);
+        drop((browser, app));
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_side_already_closing_gets_no_second_close() {
+        let (relay_client, mut browser) = pair().await;
+        let (relay_backend, mut app) = pair().await;
+        let (going_away, signal) = watch::channel(false);
+        let activity = Activity::new();
+        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await });
+        // The browser starts the closing handshake; the backend has not answered yet.
+        let browsers_close = close_frame(Some([7, 7, 7, 7]));
+        browser.write_all(&browsers_close).await.unwrap();
+        assert_eq!(read_n(&mut app, browsers_close.len()).await, browsers_close, "relayed as sent");
+        going_away.send_replace(true);
+        let (_, code, _) = parse_close(&read_n(&mut browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
+        assert_eq!(code, 1001, "the browser still gets the backend side's Close");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut rest)).await.expect("never ended").unwrap();
+        assert!(rest.is_empty(), "the backend got nothing after the browser's Close: {rest:?}");
+        drop((browser, app));
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
     }
 }
