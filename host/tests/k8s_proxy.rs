@@ -142,6 +142,9 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
         other => panic!("a WebSocket was accepted while stopping: {:?}", other.map(|_| ())),
     }
     // The open one still carries messages during the delay ...
+    // (The demo backend sends the notepad first, then each edit back.)
+    let first = tokio::time::timeout(WAIT, socket.next()).await.expect("no notepad").unwrap().unwrap();
+    assert_eq!(first.into_text().unwrap().as_str(), "", "the empty notepad");
     socket.send(Message::text("still here")).await.unwrap();
     let echo = tokio::time::timeout(WAIT, socket.next()).await.expect("no echo").unwrap().unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "still here");
