@@ -146,13 +146,13 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
             }
         }
     };
+    let _counting = PhaseCounter::start(inventory.clone(), ctx.config.namespace.clone(), ctx.metrics.clone());
     let _inventory = InventoryInUse::set(ctx.clone(), inventory);
     let (slabs, pods) = match &ctx.config.namespace {
         Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
     let controller = Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL));
-    let _counting = PhaseCounter::start(controller.store(), ctx.metrics.clone());
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -184,24 +184,28 @@ impl Drop for InventoryInUse {
 /// How often `spawner_backends{phase}` is recounted from the cache.
 const PHASE_COUNT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Keeps `spawner_backends{phase}` equal to the objects in the controller's
-/// cache by phase (an object without a status yet counts as pending), while
-/// this replica reconciles; zeroes it when it stops (a standby reports
-/// nothing, so summing replicas stays true). The zeroing lives in the task,
-/// so it happens after the task's last update, never before. (The
-/// controller's cache does not signal readiness; in the first seconds after
-/// a start, before it has listed, the counts may read 0.)
+/// Keeps `spawner_backends{phase}` equal to the backends in the scheduling
+/// cache by phase (an object without a status yet counts as pending; with
+/// `--namespace`, that namespace's only), while this replica reconciles;
+/// zeroes it when it stops (a standby reports nothing, so summing replicas
+/// stays true). The zeroing lives in the task, so it happens after the
+/// task's last update, never before. Nothing is reported until the cache
+/// has listed every backend, so a fresh leader never reports a false 0.
 struct PhaseCounter;
 
 impl PhaseCounter {
-    fn start(store: kube::runtime::reflector::Store<SessionLivedBackend>, metrics: Arc<Metrics>) -> crate::server::AbortOnDrop {
+    fn start(inventory: Arc<Inventory>, namespace: Option<String>, metrics: Arc<Metrics>) -> crate::server::AbortOnDrop {
         crate::server::AbortOnDrop(tokio::spawn(async move {
             let _zero = ZeroPhases(metrics.clone());
             let mut tick = tokio::time::interval(PHASE_COUNT_INTERVAL);
             loop {
                 tick.tick().await;
+                if !inventory.ready() {
+                    continue;
+                }
                 let mut counts = [0i64; Phase::ALL.len()];
-                for slab in store.state() {
+                let ours = |s: &&Arc<SessionLivedBackend>| namespace.is_none() || s.namespace() == namespace;
+                for slab in inventory.backends().iter().filter(ours) {
                     if let Some(i) = Phase::ALL.iter().position(|p| *p == slab.phase()) {
                         counts[i] += 1;
                     }
