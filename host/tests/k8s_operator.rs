@@ -21,7 +21,7 @@ use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner_testenv::{FakeNode, shared};
+use spawner_testenv::{ControlPlane, FakeNode, shared};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -29,7 +29,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// the default plugins (the scheduler with `scheduler_settings`), keeping
 /// ended backends for `retention`.
 async fn operator(prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
-    let plane = shared().await;
+    operator_on(shared().await, prefix, scheduler_settings, retention).await
+}
+
+/// [`operator`] on `plane`.
+async fn operator_on(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
     plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
     let client = plane.client().await.unwrap();
@@ -292,6 +296,44 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     let placed = until(&slabs, "elsewhere", "ready", phase(Phase::Ready)).await;
     assert_ne!(placed.status.unwrap().node_name.as_deref(), Some("node-gpu"));
     nodes.delete("node-gpu", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_created_while_every_node_is_cordoned_waits_for_one_instead_of_failing() {
+    // A control plane of its own: cordoning every node of the shared one
+    // would hold up the other tests.
+    let plane = ControlPlane::start(&[FakeNode::new("lone").label("zone", "a")]).await.unwrap();
+    let client = plane.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cordon = |on: bool| {
+        let nodes = nodes.clone();
+        async move {
+            let patch = Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}}));
+            nodes.patch("lone", &PatchParams::default(), &patch).await.unwrap();
+        }
+    };
+    cordon(true).await;
+    let (client, ns) = operator_on(&plane, "op-cordon", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // No node can run it right now (an upgrade drains them one by one, or
+    // all at once): admitted "anywhere", so the Pod waits for
+    // kube-scheduler instead of the backend failing.
+    slabs.create(&PostParams::default(), &slab("patient", "erin")).await.unwrap();
+    tokio::time::timeout(WAIT, await_condition(pods.clone(), "patient", |p: Option<&Pod>| p.is_some()))
+        .await
+        .expect("the backend was admitted and its Pod created")
+        .unwrap();
+    let pod = pods.get("patient").await.unwrap();
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.clone()), None, "bound to no node: kube-scheduler decides");
+    let waiting = slabs.get("patient").await.unwrap();
+    assert!(!waiting.phase().is_terminal(), "waiting, not failed: {:?}", waiting.status);
+
+    // The node comes back: the Pod is placed there and the backend runs.
+    cordon(false).await;
+    let ready = until(&slabs, "patient", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("lone"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
