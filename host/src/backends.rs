@@ -56,22 +56,29 @@ pub struct BackendSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Toleration {
     /// The taint's key; empty (with `Exists`) tolerates every taint.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub key: String,
     /// `Equal` (the default when empty): the taint's value must be `value`;
     /// `Exists`: any value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub operator: String,
     /// The taint's value, for `Equal`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub value: String,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty for all.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub effect: String,
     /// With `NoExecute` only: seconds the backend may stay on a node after
     /// the taint appears there (none: for ever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toleration_seconds: Option<i64>,
+}
+
+/// A string field given as `null` reads as empty, as the API server reads
+/// it (clients that serialise every field, such as Kubernetes' Python
+/// client, send `null` for unset ones).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Toleration {
@@ -446,6 +453,8 @@ mod tests {
             assert!(problem.contains(says), "{invalid}: {problem}");
         }
         assert!(serde_json::from_value::<Toleration>(json!({"key": "gpu", "operater": "Exists"})).is_err(), "misspelt fields are refused");
+        let nulls = json!({"key": "gpu", "operator": "Exists", "value": null, "effect": null, "tolerationSeconds": null});
+        assert_eq!(t(nulls), None, "null reads as unset, as the API server reads it");
     }
 }
 

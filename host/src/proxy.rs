@@ -127,6 +127,11 @@ impl Proxy {
         self.going_away.closed().await;
     }
 
+    /// WebSockets relayed (or upgrading) right now.
+    pub fn open_websockets(&self) -> usize {
+        self.going_away.receiver_count()
+    }
+
     /// Whether this request is for a backend (rather than the API).
     pub fn claims(&self, req: &Request<Incoming>) -> bool {
         self.route(req).is_some()

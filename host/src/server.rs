@@ -231,9 +231,9 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
         app.proxy.websockets_closed().await;
     })
     .await;
-    let open = limits.max_connections - permits.available_permits();
-    if drained.is_err() {
-        tracing::info!(open, drain = ?stopping.drain, "stopped with requests or WebSockets still open");
+    let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
+    if drained.is_err() && open + websockets > 0 {
+        tracing::info!(open, websockets, drain = ?stopping.drain, "stopped with connections still open");
     }
 }
 

@@ -122,6 +122,12 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     let mut req = format!("ws://{addr}/p/stream/ws").into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(req).await.expect("a WebSocket before the stop");
+    // (The demo backend sends the notepad first, then each edit back.)
+    let first = tokio::time::timeout(WAIT, socket.next()).await.expect("no notepad").unwrap().unwrap();
+    assert_eq!(first.into_text().unwrap().as_str(), "", "the empty notepad");
+    socket.send(Message::text("before the stop")).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, socket.next()).await.expect("no echo").unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "before the stop");
 
     // A response that streams for about two seconds, well past the delay.
     let mut events = http.get(format!("http://{addr}/p/stream/events?ticks=20")).bearer_auth(&token).send().await.unwrap().bytes_stream();
@@ -141,14 +147,8 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503, "new WebSockets go elsewhere"),
         other => panic!("a WebSocket was accepted while stopping: {:?}", other.map(|_| ())),
     }
-    // The open one still carries messages during the delay ...
-    // (The demo backend sends the notepad first, then each edit back.)
-    let first = tokio::time::timeout(WAIT, socket.next()).await.expect("no notepad").unwrap().unwrap();
-    assert_eq!(first.into_text().unwrap().as_str(), "", "the empty notepad");
-    socket.send(Message::text("still here")).await.unwrap();
-    let echo = tokio::time::timeout(WAIT, socket.next()).await.expect("no echo").unwrap().unwrap();
-    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
-    // ... and is then closed cleanly, "going away", so the browser reconnects.
+    // The open one is closed cleanly after the delay, "going away", so the
+    // browser reconnects.
     let close = loop {
         match tokio::time::timeout(WAIT, socket.next()).await.expect("the WebSocket was never closed") {
             Some(Ok(Message::Close(frame))) => break frame,

@@ -60,7 +60,7 @@ impl FrameMeter {
     }
 
     /// Whether a Close frame went by (after one, its sender sends no more
-    /// frames, and must not be sent another Close).
+    /// frames, and its receiver must not be sent another Close).
     pub fn closing(&self) -> bool {
         self.close_seen
     }

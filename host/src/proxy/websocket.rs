@@ -45,6 +45,11 @@ const GOING_AWAY_REASON: &[u8] = b"proxy stopping; reconnect";
 /// answering Close (or end of stream) before it drops the connections.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
+/// How long, once asked to close, the relay waits for a moment when no
+/// frame is half-relayed; after that it cuts the connection, as before
+/// WebSockets were closed (and so a stop is never held up by one).
+const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+
 /// Completes both upgrades and relays until either side closes, or until
 /// `going_away` turns true (the server is stopping), when it closes both
 /// sides with status 1001.
@@ -117,6 +122,11 @@ async fn pump(
     // False once the signal has come (perhaps before this relay began), or
     // can no longer come.
     let mut listening = !*going_away.borrow_and_update();
+    // Once asked to close: when to give up waiting for a frame boundary
+    // (a stalled sender, a peer not reading, bytes that are not WebSocket
+    // frames) and cut the connection instead. Boxed, so an open relay
+    // does not carry a timer until then.
+    let mut give_up = (!listening).then(|| Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
     loop {
         if c.eof && b.eof && c.pending.is_empty() && b.pending.is_empty() {
             return Ok(());
@@ -125,15 +135,21 @@ async fn pump(
         // frame in the middle of another would corrupt the stream) and no
         // side has ended (it is closing already).
         let quiet = c.meter.at_boundary() && b.meter.at_boundary() && c.pending.is_empty() && b.pending.is_empty();
-        if !listening && *going_away.borrow() && quiet && !c.eof && !b.eof {
-            // A side that sent Close is closing already: it gets no Close
-            // of ours, only the other side's answer as relayed.
+        if give_up.is_some() && quiet && !c.eof && !b.eof {
+            // A side that was already sent a Close (the other side's,
+            // relayed) gets none of ours: an endpoint sends one Close.
             return say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing()).await;
         }
         tokio::select! {
             // An error: the server is gone without asking (the value stays
             // false), so there is nothing more to listen for either way.
-            _ = going_away.changed(), if listening => listening = false,
+            r = going_away.changed(), if listening => {
+                listening = false;
+                if r.is_ok() && *going_away.borrow() {
+                    give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
+                }
+            }
+            () = async { give_up.as_mut().expect("checked").await }, if give_up.is_some() => return Ok(()),
             r = c.stream.readable(), if !c.eof && b.pending.is_empty() => {
                 r?;
                 if transfer(&mut c, &mut b, activity, true)? {
@@ -158,25 +174,31 @@ async fn pump(
 /// Sends the client an unmasked and the backend a masked Close frame (status
 /// 1001; each only if asked: `to_client`, `to_backend`), ends both streams,
 /// and gives each side [`CLOSE_HANDSHAKE`] to answer, discarding what it
-/// sends meanwhile (its own Close frame).
-async fn say_going_away(mut client: TcpStream, to_client: bool, mut backend: TcpStream, to_backend: bool) -> std::io::Result<()> {
+/// sends meanwhile (its own Close frame). The sides are closed
+/// independently: one that does not read, or fails, does not keep the
+/// other from its Close.
+async fn say_going_away(client: TcpStream, to_client: bool, backend: TcpStream, to_backend: bool) -> std::io::Result<()> {
     let mask: [u8; 4] = rand::random();
+    tokio::join!(
+        close_side(client, to_client.then(|| close_frame(None))),
+        close_side(backend, to_backend.then(|| close_frame(Some(mask))))
+    );
+    Ok(())
+}
+
+/// Writes `frame` (if any) and ends the stream, then reads until the peer
+/// ends it too, each step within [`CLOSE_HANDSHAKE`]; errors end it early.
+async fn close_side(mut stream: TcpStream, frame: Option<Vec<u8>>) {
     let sent = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-        if to_client {
-            client.write_all(&close_frame(None)).await?;
+        if let Some(frame) = frame {
+            stream.write_all(&frame).await?;
         }
-        if to_backend {
-            backend.write_all(&close_frame(Some(mask))).await?;
-        }
-        client.shutdown().await?;
-        backend.shutdown().await
+        stream.shutdown().await
     })
     .await;
     if let Ok(Ok(())) = sent {
-        let _ =
-            tokio::time::timeout(CLOSE_HANDSHAKE, async { tokio::join!(discard_to_end(&mut client), discard_to_end(&mut backend)) }).await;
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, discard_to_end(&mut stream)).await;
     }
-    Ok(())
 }
 
 /// A Close frame with status [`GOING_AWAY`]: masked (as a client must
@@ -269,6 +291,33 @@ mod tests {
         (ours, peer)
     }
 
+    /// A relay between a browser's socket and an app's, and the signal
+    /// that stops it.
+    struct Relayed {
+        browser: TcpStream,
+        app: TcpStream,
+        going_away: watch::Sender<bool>,
+        activity: Arc<Activity>,
+        pump: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    /// Starts a relay (the stop already asked for if `stopped`).
+    async fn relayed(stopped: bool) -> Relayed {
+        let (relay_client, browser) = pair().await;
+        let (relay_backend, app) = pair().await;
+        let (going_away, signal) = watch::channel(stopped);
+        let activity = Activity::new();
+        let meter = activity.clone();
+        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &meter, signal).await });
+        Relayed { browser, app, going_away, activity, pump }
+    }
+
+    /// Hangs up both peers and waits for the relay to end.
+    async fn hang_up(r: Relayed) {
+        drop((r.browser, r.app));
+        tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
+    }
+
     /// Reads exactly `n` bytes, or fails the test after a while.
     async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
@@ -288,76 +337,73 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_closes_both_sides_with_going_away_but_never_inside_a_frame() {
-        let (relay_client, mut browser) = pair().await;
-        let (relay_backend, mut app) = pair().await;
-        let (going_away, signal) = watch::channel(false);
-        let activity = Activity::new();
-        let pump = tokio::spawn({
-            let activity = activity.clone();
-            async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await }
-        });
+        let mut r = relayed(false).await;
 
         // A masked binary frame of 200 bytes from the browser, sent in two
         // parts with the stop asked for in between.
         let mut frame = vec![0x82, 0x80 | 126, 0, 200, 9, 9, 9, 9];
         frame.extend(std::iter::repeat_n(0x55, 200));
-        browser.write_all(&frame[..50]).await.unwrap();
-        assert_eq!(read_n(&mut app, 50).await, frame[..50]);
-        going_away.send_replace(true);
+        r.browser.write_all(&frame[..50]).await.unwrap();
+        assert_eq!(read_n(&mut r.app, 50).await, frame[..50]);
+        r.going_away.send_replace(true);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        browser.write_all(&frame[50..]).await.unwrap();
+        r.browser.write_all(&frame[50..]).await.unwrap();
         // The frame arrives whole, and only then the Close.
-        assert_eq!(read_n(&mut app, frame.len() - 50).await, frame[50..]);
+        assert_eq!(read_n(&mut r.app, frame.len() - 50).await, frame[50..]);
         let close_len = 2 + 4 + 2 + GOING_AWAY_REASON.len();
-        let (masked, code, reason) = parse_close(&read_n(&mut app, close_len).await);
+        let (masked, code, reason) = parse_close(&read_n(&mut r.app, close_len).await);
         assert!(masked, "frames to the backend are masked, as a client's must be");
         assert_eq!((code, reason.as_str()), (1001, "proxy stopping; reconnect"));
-        let (masked, code, _) = parse_close(&read_n(&mut browser, close_len - 4).await);
+        let (masked, code, _) = parse_close(&read_n(&mut r.browser, close_len - 4).await);
         assert!(!masked, "frames to the browser are not");
         assert_eq!(code, 1001);
 
         // Both answer with their own Close and hang up: the relay is done.
-        browser.write_all(&close_frame(Some([1, 2, 3, 4]))).await.unwrap();
-        app.write_all(&close_frame(None)).await.unwrap();
-        drop((browser, app));
-        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
+        r.browser.write_all(&close_frame(Some([1, 2, 3, 4]))).await.unwrap();
+        r.app.write_all(&close_frame(None)).await.unwrap();
+        let activity = r.activity.clone();
+        hang_up(r).await;
         assert_eq!(activity.snapshot().websocket_messages, 1, "the frame counted once, the Close frames not at all");
     }
 
     #[tokio::test]
     async fn a_relay_that_starts_after_the_stop_closes_at_once() {
-        let (relay_client, mut browser) = pair().await;
-        let (relay_backend, mut app) = pair().await;
-        let (going_away, signal) = watch::channel(false);
-        going_away.send_replace(true);
-        let activity = Activity::new();
-        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await });
-        let (_, code, _) = parse_close(&read_n(&mut browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
+        let mut r = relayed(true).await;
+        let (_, code, _) = parse_close(&read_n(&mut r.browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
         assert_eq!(code, 1001);
-        let (_, code, _) = parse_close(&read_n(&mut app, 2 + 4 + 2 + GOING_AWAY_REASON.len()).await);
+        let (_, code, _) = parse_close(&read_n(&mut r.app, 2 + 4 + 2 + GOING_AWAY_REASON.len()).await);
         assert_eq!(code, 1001);
-        drop((browser, app));
-        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
+        hang_up(r).await;
     }
 
     #[tokio::test]
     async fn a_side_already_closing_gets_no_second_close() {
-        let (relay_client, mut browser) = pair().await;
-        let (relay_backend, mut app) = pair().await;
-        let (going_away, signal) = watch::channel(false);
-        let activity = Activity::new();
-        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal).await });
+        let mut r = relayed(false).await;
         // The browser starts the closing handshake; the backend has not answered yet.
         let browsers_close = close_frame(Some([7, 7, 7, 7]));
-        browser.write_all(&browsers_close).await.unwrap();
-        assert_eq!(read_n(&mut app, browsers_close.len()).await, browsers_close, "relayed as sent");
-        going_away.send_replace(true);
-        let (_, code, _) = parse_close(&read_n(&mut browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
+        r.browser.write_all(&browsers_close).await.unwrap();
+        assert_eq!(read_n(&mut r.app, browsers_close.len()).await, browsers_close, "relayed as sent");
+        r.going_away.send_replace(true);
+        let (_, code, _) = parse_close(&read_n(&mut r.browser, 2 + 2 + GOING_AWAY_REASON.len()).await);
         assert_eq!(code, 1001, "the browser still gets the backend side's Close");
         let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut rest)).await.expect("never ended").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), r.app.read_to_end(&mut rest)).await.expect("never ended").unwrap();
         assert!(rest.is_empty(), "the backend got nothing after the browser's Close: {rest:?}");
-        drop((browser, app));
-        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("the relay did not end").unwrap().unwrap();
+        hang_up(r).await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_never_ends_is_cut_after_a_while_instead_of_holding_the_stop() {
+        let mut r = relayed(false).await;
+        let frame_start = [0x82, 0x80 | 126, 0, 200, 9, 9, 9, 9, 0x55];
+        r.browser.write_all(&frame_start).await.unwrap();
+        assert_eq!(read_n(&mut r.app, frame_start.len()).await, frame_start);
+        r.going_away.send_replace(true);
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), r.app.read_to_end(&mut rest)).await.expect("never cut").unwrap();
+        assert!(rest.is_empty(), "no Close inside the frame: {rest:?}");
+        assert!(started.elapsed() >= BOUNDARY_WAIT, "cut only after waiting for the frame's end");
+        hang_up(r).await;
     }
 }
