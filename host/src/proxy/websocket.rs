@@ -7,7 +7,7 @@
 //! 1001 ("going away"), so browsers see a clean close they can reconnect
 //! after (through another replica), and backends an orderly end of the
 //! session, instead of both finding the connection cut at exit. A relay
-//! that reaches no such boundary within [`BOUNDARY_WAIT`] (a stalled
+//! that reaches no such boundary within `BOUNDARY_WAIT` (a stalled
 //! sender, bytes that are not frames) is cut, as before.
 //!
 //! An idle WebSocket holds no buffer: the relay waits for readiness on both
