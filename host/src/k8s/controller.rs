@@ -204,7 +204,7 @@ impl PhaseCounter {
                     continue;
                 }
                 let mut counts = [0i64; Phase::ALL.len()];
-                let ours = |s: &&Arc<SessionLivedBackend>| namespace.is_none() || s.namespace() == namespace;
+                let ours = |s: &&Arc<SessionLivedBackend>| namespace.is_none() || s.metadata.namespace == namespace;
                 for slab in inventory.backends().iter().filter(ours) {
                     if let Some(i) = Phase::ALL.iter().position(|p| *p == slab.phase()) {
                         counts[i] += 1;
