@@ -14,10 +14,11 @@ use common::k8s::{WAIT, deploy, plugins, until};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
-use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::k8s::crd::{READY_CONDITION, SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
@@ -34,6 +35,12 @@ async fn operator(prefix: &str, scheduler_settings: &str, retention: Duration) -
 
 /// [`operator`] on `plane`.
 async fn operator_on(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
+    operator_with(plane, prefix, scheduler_settings, OperatorConfig { retention, ..OperatorConfig::default() }).await
+}
+
+/// [`operator`] on `plane` with `config` (its namespace and public URL set
+/// here, and no grace to stop a Pod).
+async fn operator_with(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, config: OperatorConfig) -> (kube::Client, String) {
     plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
     let client = plane.client().await.unwrap();
@@ -42,8 +49,7 @@ async fn operator_on(plane: &ControlPlane, prefix: &str, scheduler_settings: &st
         namespace: Some(ns.clone()),
         public_url: Some("https://spawner.example".into()),
         stop_timeout: Duration::ZERO,
-        retention,
-        ..OperatorConfig::default()
+        ..config
     };
     tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
     (client, ns)
@@ -85,6 +91,10 @@ async fn events_until(client: &kube::Client, ns: &str, name: &str, reason: &str)
 
 fn phase(p: Phase) -> impl Fn(&SessionLivedBackendStatus) -> bool {
     move |s| s.phase == Some(p)
+}
+
+fn ready_condition(s: &SessionLivedBackendStatus) -> Option<&Condition> {
+    s.conditions.iter().find(|c| c.type_ == READY_CONDITION)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,41 +309,91 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_backend_created_while_every_node_is_cordoned_waits_for_one_instead_of_failing() {
+async fn a_backend_whose_nodes_are_all_cordoned_waits_for_one_instead_of_failing() {
     // A control plane of its own: cordoning every node of the shared one
     // would hold up the other tests.
-    let plane = ControlPlane::start(&[FakeNode::new("lone").label("zone", "a")]).await.unwrap();
+    let plane = ControlPlane::start(&[FakeNode::new("lone").label("zone", "a"), FakeNode::new("pool").label("zone", "b")]).await.unwrap();
     let client = plane.client().await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    let cordon = |on: bool| {
+    let cordon = |name: &'static str, on: bool| {
         let nodes = nodes.clone();
         async move {
             let patch = Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}}));
-            nodes.patch("lone", &PatchParams::default(), &patch).await.unwrap();
+            nodes.patch(name, &PatchParams::default(), &patch).await.unwrap();
         }
     };
-    cordon(true).await;
+    // The pool a backend's node selector names is drained for maintenance
+    // (before the operator starts, so its first look sees the cordon).
+    cordon("pool", true).await;
     let (client, ns) = operator_on(&plane, "op-cordon", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Admitted "anywhere": its Pod exists, bound to no node (kube-scheduler
+    // decides), and the backend waits instead of failing.
+    let waits = |name: &'static str| {
+        let (slabs, pods) = (slabs.clone(), pods.clone());
+        async move {
+            let admitted = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_some())).await;
+            if admitted.is_err() {
+                panic!("{name} was never admitted: {:?}", slabs.get(name).await.ok().and_then(|s| s.status));
+            }
+            let pod = pods.get(name).await.unwrap();
+            assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.clone()), None, "{name}: bound to no node");
+            let waiting = slabs.get(name).await.unwrap();
+            assert!(!waiting.phase().is_terminal(), "{name}: waiting, not failed: {:?}", waiting.status);
+            // kube-scheduler's reason shows in the Ready condition (what
+            // `kubectl describe slab` and `kubectl wait` show).
+            let noted =
+                until(&slabs, name, "noted why it waits", |s| ready_condition(s).is_some_and(|c| c.reason == "WaitingForNode")).await;
+            let note = noted.status.as_ref().and_then(ready_condition).unwrap().message.clone();
+            assert!(note.starts_with("no node can run its Pod yet: ") && note.contains("unschedulable"), "{name}: {note}");
+        }
+    };
 
-    // No node can run it right now (an upgrade drains them one by one, or
-    // all at once): admitted "anywhere", so the Pod waits for
-    // kube-scheduler instead of the backend failing.
+    // The other node could run Pods, but not this one: it waits, as it
+    // would for any cordon, rather than being rejected for want of a node.
+    let mut drained = slab("drained", "erin");
+    drained.spec.template.node_selector = Some([("zone".to_string(), "b".to_string())].into());
+    slabs.create(&PostParams::default(), &drained).await.unwrap();
+    waits("drained").await;
+    // A backend that may run anywhere is placed on the node still open.
+    slabs.create(&PostParams::default(), &slab("elsewhere", "erin")).await.unwrap();
+    let placed = until(&slabs, "elsewhere", "ready", phase(Phase::Ready)).await;
+    assert_eq!(placed.status.unwrap().node_name.as_deref(), Some("lone"));
+
+    // No node can run anything right now (an upgrade drains them one by
+    // one, or all at once).
+    cordon("lone", true).await;
     slabs.create(&PostParams::default(), &slab("patient", "erin")).await.unwrap();
-    tokio::time::timeout(WAIT, await_condition(pods.clone(), "patient", |p: Option<&Pod>| p.is_some()))
-        .await
-        .expect("the backend was admitted and its Pod created")
-        .unwrap();
-    let pod = pods.get("patient").await.unwrap();
-    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.clone()), None, "bound to no node: kube-scheduler decides");
-    let waiting = slabs.get("patient").await.unwrap();
-    assert!(!waiting.phase().is_terminal(), "waiting, not failed: {:?}", waiting.status);
+    waits("patient").await;
 
-    // The node comes back: the Pod is placed there and the backend runs.
-    cordon(false).await;
+    // The nodes come back: each Pod is placed and each backend runs.
+    cordon("lone", false).await;
+    cordon("pool", false).await;
+    let ready = until(&slabs, "drained", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("pool"));
     let ready = until(&slabs, "patient", "ready", phase(Phase::Ready)).await;
-    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("lone"));
+    assert!(ready.status.unwrap().node_name.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_no_node_takes_in_time_fails_saying_why() {
+    // Its only node stays cordoned (from its creation, so other tests
+    // never see it open) past the startup timeout.
+    let plane = shared().await;
+    plane.add_node(&FakeNode::new("node-maint").label("zone", "maint").cordoned()).await.unwrap();
+    let config = OperatorConfig { startup_timeout: Duration::from_secs(3), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(plane, "op-unplaced", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let mut stuck = slab("stuck", "erin");
+    stuck.spec.template.node_selector = Some([("zone".to_string(), "maint".to_string())].into());
+    slabs.create(&PostParams::default(), &stuck).await.unwrap();
+
+    let failed = until(&slabs, "stuck", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout));
+    let message = failed.message.unwrap_or_default();
+    assert!(message.starts_with("no node could run its Pod within 3 s: ") && message.contains("unschedulable"), "{message}");
+    Api::<Node>::all(client).delete("node-maint", &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -72,12 +72,14 @@ pub struct FakeNode {
     pub memory: String,
     /// Taints, as (key, value, effect).
     pub taints: Vec<(String, String, String)>,
+    /// Cordoned (`spec.unschedulable`) from its creation.
+    pub cordoned: bool,
 }
 
 impl FakeNode {
     /// A node with 4 CPUs and 8 GiB.
     pub fn new(name: &str) -> Self {
-        FakeNode { name: name.into(), labels: Vec::new(), cpu: "4".into(), memory: "8Gi".into(), taints: Vec::new() }
+        FakeNode { name: name.into(), labels: Vec::new(), cpu: "4".into(), memory: "8Gi".into(), taints: Vec::new(), cordoned: false }
     }
 
     /// Adds a label.
@@ -90,6 +92,12 @@ impl FakeNode {
     /// present from the node's creation.
     pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Self {
         self.taints.push((key.into(), value.into(), effect.into()));
+        self
+    }
+
+    /// Cordoned from its creation, as `kubectl cordon` leaves a node.
+    pub fn cordoned(mut self) -> Self {
+        self.cordoned = true;
         self
     }
 }
@@ -462,7 +470,7 @@ impl ControlPlane {
             node.taints.iter().map(|(k, v, e)| serde_json::json!({"key": k, "value": v, "effect": e})).collect();
         let n: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": node.name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
-            "spec": {"taints": taints},
+            "spec": {"taints": taints, "unschedulable": node.cordoned},
             "status": {
                 "allocatable": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},
                 "capacity": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},

@@ -31,7 +31,7 @@ use kube::{Client, Resource as _, ResourceExt as _};
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
 use super::inventory::{self, Inventory};
-use super::pod::{BACKEND_LABEL, can_run_on, capacity, carries, pod_for, requests, service_for, toleration_problem, workload};
+use super::pod::{BACKEND_LABEL, Fit, capacity, carries, fit, pod_for, requests, service_for, toleration_problem, unschedulable, workload};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
@@ -334,7 +334,16 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             Action::Wait => break,
         }
     }
-    record(slab, ctx, &status, pod.as_ref(), now).await?;
+    // A Pod kube-scheduler could place nowhere never started: say so, with
+    // its reasons, rather than that the application did not listen.
+    let unplaced = pod.as_ref().and_then(unschedulable);
+    if let Some(why) = &unplaced
+        && status.reason == Some(Reason::StartupTimeout)
+        && slab.phase() == Phase::Starting
+    {
+        status.message = Some(format!("no node could run its Pod within {} s: {why}", ctx.config.startup_timeout.as_secs()));
+    }
+    record(slab, ctx, &status, pod.as_ref(), unplaced.as_deref(), now).await?;
     Ok(match (status.phase, status.started_at, status.finished_at) {
         (Phase::Starting, Some(started), _) => {
             let waited = now.duration_since(started).unsigned_abs();
@@ -391,10 +400,23 @@ async fn create_pod(
     pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await
 }
 
-/// Writes the status when it differs from what the object says.
-async fn record(slab: &SessionLivedBackend, ctx: &Context, status: &Status, pod: Option<&Pod>, now: Timestamp) -> Result<(), Error> {
+/// Writes the status when it differs from what the object says;
+/// `unplaced` is kube-scheduler's reason when it found no node for the Pod.
+async fn record(
+    slab: &SessionLivedBackend,
+    ctx: &Context,
+    status: &Status,
+    pod: Option<&Pod>,
+    unplaced: Option<&str>,
+    now: Timestamp,
+) -> Result<(), Error> {
     let mut next = slab.status.clone().unwrap_or_default();
     next.record(status, slab.metadata.generation, now);
+    if let Some(why) = unplaced
+        && status.phase == Phase::Starting
+    {
+        next.waiting_for_node(why);
+    }
     if let Some(pod) = pod {
         if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             next.pod_ip = Some(ip);
@@ -458,7 +480,8 @@ fn phase_note(status: &Status) -> String {
 }
 
 /// Asks the scheduler plugin, with the Nodes that could run the backend's
-/// Pod (not cordoned, taints tolerated) as candidates and every live backend as what is already placed (all
+/// Pod (not cordoned, taints tolerated; none while a cordon is all that
+/// keeps it off the nodes its selector names) as candidates and every live backend as what is already placed (all
 /// namespaces: they share the Nodes). The owner's backends are those in the
 /// backend's own namespace: namespaces are tenancy boundaries, and an owner
 /// name in one says nothing about the same name in another. Returns the
@@ -487,12 +510,23 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     };
     let unseen = inventory.unseen_admissions(&slabs, slab.uid().as_deref());
     let placed: Vec<PlacedBackend> = live.iter().map(|s| placed_backend(s)).chain(unseen.iter().map(|a| a.placed.clone())).collect();
-    // Nodes the Pod could not run on are not offered. When that is every
-    // node (all cordoned for an upgrade, say) none is offered, which asks
-    // the plugin for "anywhere": the Pod then waits for kube-scheduler to
-    // find one, and the startup timeout bounds the wait.
-    let (runnable, excluded): (Vec<&Node>, Vec<&Node>) = nodes.iter().map(|n| &**n).partition(|n| can_run_on(slab, n));
-    let candidates: Vec<CandidateNode> = runnable
+    // Nodes the Pod could not run on are not offered: it would stay pending
+    // there. When no node that could run it carries its node selector but a
+    // cordoned one does (every node cordoned for an upgrade, a GPU pool
+    // drained for maintenance), none is offered, which asks the plugin for
+    // "anywhere": the Pod then waits for kube-scheduler to place it once
+    // the cordon lifts, and the startup timeout bounds the wait. A taint
+    // the template does not tolerate is not waited for: the plugin decides
+    // among the nodes left, and a rejection names the tainted ones.
+    let selector = slab.spec.template.node_selector_labels();
+    let fits: Vec<(&Node, Fit)> = nodes.iter().map(|n| (&**n, fit(slab, n))).collect();
+    let fitting = |f: Fit| fits.iter().filter(move |(_, x)| *x == f).map(|(n, _)| *n);
+    let runnable: Vec<&Node> = fitting(Fit::Runs).collect();
+    let after_cordon: Vec<&Node> = fitting(Fit::Cordoned).filter(|n| carries(n, &selector)).collect();
+    let wait_for_uncordon = !after_cordon.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
+    let offered: &[&Node] = if wait_for_uncordon { &[] } else { &runnable };
+    let left_out = left_out_note(&selector, &[&runnable[..], &after_cordon[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
+    let candidates: Vec<CandidateNode> = offered
         .iter()
         .map(|n| {
             let name = n.name_any();
@@ -514,8 +548,6 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             .collect(),
         None => Vec::new(),
     };
-    let selector = slab.spec.template.node_selector_labels();
-    let left_out = left_out_note(&selector, &runnable, &excluded);
     let request = PlacementRequest {
         backend: slab.plugin_backend(),
         requests: requests(slab),
@@ -543,8 +575,9 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
 }
 
 /// For a rejection: the nodes carrying the node selector's labels that
-/// were not offered, when no offered node carries them, since then they are
-/// what to change (uncordon, or tolerate a taint). Empty otherwise (a quota
+/// were left out for a taint, when no node that could run the backend
+/// (now, or once uncordoned) carries them, since then they are what to
+/// change (tolerate the taint). Empty otherwise (a quota
 /// rejection, say, has nothing to do with them).
 fn left_out_note(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> String {
     const NAMED: usize = 5;
@@ -559,7 +592,7 @@ fn left_out_note(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> S
     if matching.len() > NAMED {
         names.push(format!("and {} more", matching.len() - NAMED));
     }
-    format!("; not offered: {} (cordoned, or a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
+    format!("; not offered: {} (a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
@@ -583,7 +616,7 @@ mod tests {
         let (a, gpu1, gpu2) = (node("a", "a"), node("gpu-1", "gpu"), node("gpu-2", "gpu"));
         let zone = |z: &str| vec![Label { key: "zone".into(), value: z.into() }];
         let note = left_out_note(&zone("gpu"), &[&a], &[&gpu1, &gpu2]);
-        assert!(note.starts_with("; not offered: gpu-1, gpu-2 (cordoned, or a NoSchedule/NoExecute taint"), "{note}");
+        assert!(note.starts_with("; not offered: gpu-1, gpu-2 (a NoSchedule/NoExecute taint"), "{note}");
         assert_eq!(left_out_note(&[], &[&a], &[&gpu1]), "", "an offered node carries the (empty) selector: not about them");
         assert_eq!(left_out_note(&zone("a"), &[&a], &[&gpu1]), "", "nor when one offered carries it");
         assert_eq!(left_out_note(&zone("b"), &[&a], &[&gpu1]), "", "nor when none left out would have matched");

@@ -290,6 +290,22 @@ impl SessionLivedBackendStatus {
 
 /// A condition reason: CamelCase, as the API requires
 /// (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`).
+impl SessionLivedBackendStatus {
+    /// Says, in the `Ready` condition, why a starting backend's Pod is not
+    /// running yet: kube-scheduler found no node for it (`why` is its
+    /// message, e.g. "0/3 nodes are available: 3 node(s) were
+    /// unschedulable"). The condition is rebuilt on every [`record`], so
+    /// the note goes once the Pod is placed.
+    ///
+    /// [`record`]: SessionLivedBackendStatus::record
+    pub fn waiting_for_node(&mut self, why: &str) {
+        if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == READY_CONDITION) {
+            c.reason = "WaitingForNode".into();
+            c.message = format!("no node can run its Pod yet: {why}");
+        }
+    }
+}
+
 fn condition_reason(status: &Status) -> String {
     camel_case(status.reason.map_or(status.phase.as_str(), Reason::as_str))
 }

@@ -151,6 +151,16 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
     }
 }
 
+/// kube-scheduler's message when it has found no node for `pod` (its
+/// `PodScheduled` condition is false with reason `Unschedulable`): it
+/// names what kept the Pod off each node. `None` once placed, or before
+/// kube-scheduler has looked.
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))?;
+    Some(c.message.clone().filter(|m| !m.trim().is_empty()).unwrap_or_else(|| "no reason given".into()))
+}
+
 fn ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
@@ -214,25 +224,42 @@ fn bytes(q: &Quantity) -> Option<u64> {
 /// The taint kube-scheduler treats a cordoned node as carrying.
 const CORDONED: &str = "node.kubernetes.io/unschedulable";
 
-/// Whether kube-scheduler would run `slab`'s Pod on `node` as far as the
-/// node's own say goes: the template tolerates every taint that keeps Pods
-/// off (`NoSchedule`, `NoExecute`; `PreferNoSchedule` is only a
-/// preference), a cordon counting as the `node.kubernetes.io/unschedulable`
-/// taint. Nodes that fail this are not offered to the scheduler plugin: a
-/// Pod placed there would stay pending. (Tolerations a namespace adds by
-/// default, through the PodTolerationRestriction admission plugin, are not
-/// known here: a backend relying on them needs them in its template.)
-pub fn can_run_on(slab: &SessionLivedBackend, node: &Node) -> bool {
-    let Some(spec) = &node.spec else { return true };
+/// Whether kube-scheduler would run a backend's Pod on a node, as far as
+/// the node's own say goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// It would.
+    Runs,
+    /// Only the node's cordon keeps the Pod off: it would run there once
+    /// the node is uncordoned (after maintenance, an upgrade), which is
+    /// worth waiting for.
+    Cordoned,
+    /// A taint the template does not tolerate keeps the Pod off: the
+    /// template must change, so waiting would not help.
+    Tainted,
+}
+
+/// How `slab`'s Pod fits `node`: the template must tolerate every taint
+/// that keeps Pods off (`NoSchedule`, `NoExecute`; `PreferNoSchedule` is
+/// only a preference), a cordon counting as the
+/// `node.kubernetes.io/unschedulable` taint. Nodes that do not fit are not
+/// offered to the scheduler plugin: a Pod placed there would stay pending.
+/// (Tolerations a namespace adds by default, through the
+/// PodTolerationRestriction admission plugin, are not known here: a backend
+/// relying on them needs them in its template.)
+pub fn fit(slab: &SessionLivedBackend, node: &Node) -> Fit {
+    let Some(spec) = &node.spec else { return Fit::Runs };
     let tolerations = slab.spec.template.tolerations.as_deref().unwrap_or_default();
-    let cordon =
-        (spec.unschedulable == Some(true)).then(|| Taint { key: CORDONED.into(), effect: "NoSchedule".into(), ..Taint::default() });
-    spec.taints
-        .iter()
-        .flatten()
-        .chain(cordon.as_ref())
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+    let tolerated =
+        |taint: &Taint| !(taint.effect == "NoSchedule" || taint.effect == "NoExecute") || tolerations.iter().any(|t| tolerates(t, taint));
+    if !spec.taints.iter().flatten().all(tolerated) {
+        return Fit::Tainted;
+    }
+    let cordon = Taint { key: CORDONED.into(), effect: "NoSchedule".into(), ..Taint::default() };
+    if spec.unschedulable == Some(true) && !tolerated(&cordon) {
+        return Fit::Cordoned;
+    }
+    Fit::Runs
 }
 
 /// Kubernetes' rule (`Toleration.ToleratesTaint`): the effect matches (or
@@ -387,6 +414,29 @@ mod tests {
     }
 
     #[test]
+    fn kube_schedulers_reason_for_finding_no_node_is_read_from_the_pod() {
+        let with = |reason: &str, status: &str, message: Option<&str>| Pod {
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: status.into(),
+                    reason: Some(reason.into()),
+                    message: message.map(Into::into),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let why = "0/2 nodes are available: 2 node(s) were unschedulable.";
+        assert_eq!(unschedulable(&with("Unschedulable", "False", Some(why))).as_deref(), Some(why));
+        assert_eq!(unschedulable(&with("Unschedulable", "False", None)).as_deref(), Some("no reason given"));
+        assert_eq!(unschedulable(&with("SchedulingGated", "False", Some("gated"))), None, "another reason");
+        assert_eq!(unschedulable(&with("", "True", None)), None, "placed");
+        assert_eq!(unschedulable(&Pod::default()), None, "not looked at yet");
+    }
+
+    #[test]
     fn only_nodes_whose_taints_are_tolerated_can_run_the_backend() {
         let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
             key: key.into(),
@@ -413,21 +463,25 @@ mod tests {
         let gpu = node(vec![taint("gpu", Some("true"), "NoSchedule")], false);
         let control_plane = node(vec![taint("node-role.kubernetes.io/control-plane", None, "NoSchedule")], false);
 
-        assert!(can_run_on(&slab(), &Node::default()) && can_run_on(&slab(), &node(vec![], false)));
-        assert!(!can_run_on(&slab(), &node(vec![], true)), "cordoned");
-        assert!(!can_run_on(&slab(), &gpu) && !can_run_on(&slab(), &control_plane));
-        assert!(can_run_on(&slab(), &node(vec![taint("spot", None, "PreferNoSchedule")], false)), "a preference only");
+        let runs = |s: &SessionLivedBackend, n: &Node| fit(s, n) == Fit::Runs;
+        assert!(runs(&slab(), &Node::default()) && runs(&slab(), &node(vec![], false)));
+        assert_eq!(fit(&slab(), &node(vec![], true)), Fit::Cordoned, "worth waiting for");
+        assert_eq!(fit(&slab(), &gpu), Fit::Tainted, "the template must change");
+        assert!(!runs(&slab(), &gpu) && !runs(&slab(), &control_plane));
+        assert!(runs(&slab(), &node(vec![taint("spot", None, "PreferNoSchedule")], false)), "a preference only");
 
-        assert!(can_run_on(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &gpu), "Equal by default, any effect");
-        assert!(can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoSchedule"))]), &gpu));
-        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Equal"), Some("false"), None)]), &gpu), "other value");
-        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoExecute"))]), &gpu), "other effect");
-        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &control_plane), "other key");
-        assert!(can_run_on(&with(vec![toleration(None, Some("Exists"), None, None)]), &control_plane), "tolerates everything");
-        assert!(can_run_on(&with(vec![toleration(Some("gpu"), Some(""), Some("true"), None)]), &gpu), "an empty operator is Equal");
-        assert!(can_run_on(&with(vec![toleration(Some(CORDONED), Some("Exists"), None, None)]), &node(vec![], true)), "cordon tolerated");
+        assert!(runs(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &gpu), "Equal by default, any effect");
+        assert!(runs(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoSchedule"))]), &gpu));
+        assert!(!runs(&with(vec![toleration(Some("gpu"), Some("Equal"), Some("false"), None)]), &gpu), "other value");
+        assert!(!runs(&with(vec![toleration(Some("gpu"), Some("Exists"), None, Some("NoExecute"))]), &gpu), "other effect");
+        assert!(!runs(&with(vec![toleration(Some("gpu"), None, Some("true"), None)]), &control_plane), "other key");
+        assert!(runs(&with(vec![toleration(None, Some("Exists"), None, None)]), &control_plane), "tolerates everything");
+        assert!(runs(&with(vec![toleration(Some("gpu"), Some(""), Some("true"), None)]), &gpu), "an empty operator is Equal");
+        assert!(runs(&with(vec![toleration(Some(CORDONED), Some("Exists"), None, None)]), &node(vec![], true)), "cordon tolerated");
         let both = node(vec![taint("gpu", Some("true"), "NoSchedule"), taint("zone-down", None, "NoExecute")], false);
-        assert!(!can_run_on(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), &both), "every taint must be tolerated");
+        assert!(!runs(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), &both), "every taint must be tolerated");
+        let cordoned_gpu = node(vec![taint("gpu", Some("true"), "NoSchedule")], true);
+        assert_eq!(fit(&slab(), &cordoned_gpu), Fit::Tainted, "a taint outranks a cordon: uncordoning would not help");
 
         let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[]);
         assert_eq!(pod.spec.unwrap().tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "and the Pod carries them");
