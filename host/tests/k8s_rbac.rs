@@ -31,6 +31,8 @@ use spawner_testenv::shared;
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-operator";
 const PROXY_ACCOUNT: &str = "system:serviceaccount:spawner:spawner-proxy";
 const SA_GROUPS: [&str; 3] = ["system:serviceaccounts", "system:serviceaccounts:spawner", "system:authenticated"];
+/// The namespace backends run in (SPAWNER_NAMESPACE in the deployments).
+const HOME: &str = "spawner-backends";
 
 /// `kubectl apply -f FILE`: server-side apply of every document.
 async fn apply_file(client: &kube::Client, path: &Path) -> Vec<String> {
@@ -70,6 +72,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "ClusterRoleBinding/spawner-operator",
             "Role/spawner-operator",
             "RoleBinding/spawner-operator",
+            "Role/spawner-operator",
+            "RoleBinding/spawner-operator",
             "Lease/spawner-operator"
         ]
     );
@@ -98,14 +102,15 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     maps.patch("spawner-plugins", &PatchParams::apply("spawner-test").force(), &Patch::Apply(&plugin_map)).await.unwrap();
     let at = PluginConfigMap { namespace: "spawner".into(), name: "spawner-plugins".into() };
 
-    // The operator, as its ServiceAccount, watching every namespace.
+    // The operator, as its ServiceAccount, serving the backends' namespace
+    // as deployed.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
     let (plugins, _watch) =
         configmap::load(operator.clone(), &at, runtime, Arc::new(Metrics::new()), &[PluginKind::Scheduler], "spawner-operator")
             .await
             .expect("the operator reads its plugin ConfigMap as its ServiceAccount");
-    let config = OperatorConfig { stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    let config = OperatorConfig { namespace: Some(HOME.into()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     let lease = LeaseSettings {
         namespace: "spawner".into(),
         name: "spawner-operator".into(),
@@ -115,8 +120,9 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     };
     let elected = tokio::spawn(leader::run_elected(Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config), lease));
 
+    // Another namespace: the operator may only read backends there.
     let ns = plane.namespace("rbac").await.unwrap();
-    let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), &ns);
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), HOME);
     let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
     let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
     let name = slab.metadata.name.clone().unwrap();
@@ -131,7 +137,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     assert_eq!(holder.spec.unwrap().holder_identity.as_deref(), Some("operator-0"));
 
     // Its Events were recorded too (the role allows them).
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), HOME);
     let mut recorded = false;
     for _ in 0..100 {
         let list = events.list(&Default::default()).await.unwrap();
@@ -150,8 +156,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, kube::runtime::conditions::is_deleted(&uid)))
             .await;
     assert!(deleted.is_ok(), "the finalizer was never removed as the ServiceAccount");
-    assert!(Api::<Pod>::namespaced(admin.clone(), &ns).get_opt(&name).await.unwrap().is_none());
-    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &ns).get_opt(&name).await.unwrap();
+    assert!(Api::<Pod>::namespaced(admin.clone(), HOME).get_opt(&name).await.unwrap().is_none());
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), HOME).get_opt(&name).await.unwrap();
     assert!(service.is_some(), "the example asks for a Service; the operator may create it");
 
     // And no more than that.
@@ -161,18 +167,31 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         Err(e) => panic!("{what}: {e}"),
     };
     forbidden(Api::<Secret>::all(operator.clone()).list(&Default::default()).await.map(|_| ()), "listing Secrets");
-    forbidden(Api::<Secret>::namespaced(operator.clone(), &ns).get("any").await.map(|_| ()), "reading a Secret");
+    forbidden(Api::<Secret>::namespaced(operator.clone(), HOME).get("any").await.map(|_| ()), "reading a Secret");
     let pod: Pod =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a", "image": "b"}]}}))
             .unwrap();
     forbidden(
-        Api::<Pod>::namespaced(operator.clone(), &ns).patch("x", &PatchParams::default(), &Patch::Merge(&pod)).await.map(|_| ()),
+        Api::<Pod>::namespaced(operator.clone(), HOME).patch("x", &PatchParams::default(), &Patch::Merge(&pod)).await.map(|_| ()),
         "patching Pods",
     );
     forbidden(
-        Api::<SessionLivedBackend>::namespaced(operator.clone(), &ns).create(&PostParams::default(), &slab).await.map(|_| ()),
+        Api::<SessionLivedBackend>::namespaced(operator.clone(), HOME).create(&PostParams::default(), &slab).await.map(|_| ()),
         "creating backends",
     );
+    // Outside the backends' namespace it changes nothing: no Pods in its
+    // own namespace (where the token Secret is) or any other.
+    for other in ["spawner", ns.as_str()] {
+        let pods = Api::<Pod>::namespaced(operator.clone(), other);
+        forbidden(pods.create(&PostParams::default(), &pod).await.map(|_| ()), &format!("creating a Pod in {other}"));
+        forbidden(pods.delete("x", &DeleteParams::default()).await.map(|_| ()), &format!("deleting a Pod in {other}"));
+        let backends = Api::<SessionLivedBackend>::namespaced(operator.clone(), other);
+        forbidden(backends.delete("x", &DeleteParams::default()).await.map(|_| ()), &format!("deleting a backend in {other}"));
+    }
+    Api::<SessionLivedBackend>::namespaced(operator.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .expect("placement reads every namespace's backends: they share the Nodes");
 
     // The proxy, as its ServiceAccount, in its namespace: it routes, its
     // sweeper's verdict (an annotation) gets an idle backend terminated,
@@ -224,7 +243,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     )
     .await
     .expect("the proxy starts as its ServiceAccount, reading its plugin ConfigMap");
-    let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), "spawner-backends");
+    let home: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), HOME);
     let mut idle = slab.clone();
     idle.spec.grace_period_seconds = Some(1);
     home.create(&PostParams::default(), &idle).await.unwrap();
