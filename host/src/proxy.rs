@@ -214,7 +214,7 @@ impl Proxy {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
                 return pages::error(status, &d.reason, accept.as_ref());
             }
-            Verdict::Allow(a) => a.headers,
+            Verdict::Allow(a) => a,
         };
         // Before the readiness check: a browser usually opens its URL while
         // the backend is still starting, and the waiting page must not keep
@@ -241,7 +241,7 @@ impl Proxy {
         headers::strip_untrusted(&mut parts.headers);
         headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie);
         headers::set_forwarded(&mut parts.headers, &peer.ip().to_string(), &self.settings.forwarded_proto, host.as_ref(), &route.prefix);
-        headers::inject_identity(&mut parts.headers, &identity);
+        headers::inject_identity(&mut parts.headers, &target.backend.name, identity.subject.as_deref(), &identity.headers);
 
         if websocket {
             let client_upgrade = parts.extensions.remove::<OnUpgrade>();

@@ -33,7 +33,8 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     let r = dev.get(&name, "/headers", Some(&token)).await;
     assert_eq!(r.status(), 200);
     let seen: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-spawner-user"][0], "alice");
+    assert_eq!(seen["headers"]["x-spawner-user"], serde_json::json!(["alice"]), "the token's user");
+    assert_eq!(seen["headers"]["x-spawner-backend"], serde_json::json!([name]), "the backend routed to");
     assert!(seen["headers"].get("authorization").is_none(), "token forwarded: {seen}");
 
     // WebSocket echo through the proxy; while it is open the backend stays.
@@ -354,7 +355,8 @@ async fn plugins_loaded_from_files_change_behaviour() {
         .unwrap();
     assert_eq!(signed.status(), 200);
     let seen: serde_json::Value = signed.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-spawner-user"][0], "alice");
+    // The plugin only names the subject; the proxy makes it the header.
+    assert_eq!(seen["headers"]["x-spawner-user"], serde_json::json!(["alice"]));
     let bob = dev
         .http
         .get(format!("{}/p/{name}/", dev.base))

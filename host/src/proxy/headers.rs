@@ -3,8 +3,9 @@
 //! - hop-by-hop headers (and those named in `Connection`) are not forwarded;
 //! - `X-Forwarded-*`, `Forwarded` and `X-Real-IP` from clients are dropped
 //!   and set from what the proxy saw (clients cannot spoof their address);
-//! - identity headers (`x-spawner-*`) from clients are dropped; only the auth
-//!   plugin's verified ones are injected;
+//! - identity headers (`x-spawner-*`) from clients are dropped; only
+//!   verified ones are injected: the backend's name, the auth verdict's
+//!   subject, and the auth plugin's own;
 //! - Spawner's credentials are removed before the backend sees the request:
 //!   the token query parameter, the token cookie, and an
 //!   `Authorization: Bearer st1.…` header (other `Authorization` schemes are
@@ -146,11 +147,25 @@ pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option
     }
 }
 
-/// Injects the auth plugin's identity headers (already validated by the
-/// plugin host: prefix and syntax).
-pub fn inject_identity(h: &mut HeaderMap, identity: &[Header]) {
-    for i in identity {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(i.name.as_bytes()), HeaderValue::from_str(&i.value)) {
+/// Header naming the backend a request was routed to.
+pub const BACKEND_HEADER: &str = "x-spawner-backend";
+
+/// Header naming the user the auth plugin's verdict names (`subject`).
+pub const USER_HEADER: &str = "x-spawner-user";
+
+/// Tells the backend who is calling: [`BACKEND_HEADER`] (the backend the
+/// proxy routed to), [`USER_HEADER`] (the auth verdict's subject, when it
+/// names one), then the plugin's other identity headers (already checked
+/// by the plugin host: prefix and syntax). Those two names are the host's
+/// to set: a plugin's headers of the same names are dropped, so a backend
+/// can rely on them whatever auth plugin runs.
+pub fn inject_identity(h: &mut HeaderMap, backend: &str, subject: Option<&str>, extra: &[Header]) {
+    let ours = [BACKEND_HEADER, USER_HEADER];
+    let set = [Some(backend), subject].into_iter().zip(ours).filter_map(|(v, n)| v.map(|v| (n, v)));
+    let theirs = extra.iter().filter(|e| !ours.iter().any(|o| e.name.eq_ignore_ascii_case(o))).map(|e| (e.name.as_str(), e.value.as_str()));
+    for (name, value) in set.chain(theirs) {
+        // Bytes, not `from_str`: a subject may be any UTF-8 (obs-text).
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
             h.append(n, v);
         }
     }
@@ -197,8 +212,19 @@ mod tests {
         set_forwarded(&mut h, "127.0.0.1", "http", Some(&HeaderValue::from_static("example.test")), "/p/b1");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-forwarded-prefix").unwrap(), "/p/b1");
-        inject_identity(&mut h, &[Header { name: "x-spawner-user".into(), value: "alice".into() }]);
-        assert_eq!(h.get("x-spawner-user").unwrap(), "alice");
+        let plugins = [("x-spawner-user", "mallory"), ("X-Spawner-Backend", "other"), ("x-spawner-role", "editor")];
+        let plugins: Vec<Header> = plugins.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect();
+        inject_identity(&mut h, "b1", Some("alice"), &plugins);
+        let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(all("x-spawner-user"), ["alice"], "the verdict's subject, and only that");
+        assert_eq!(all("x-spawner-backend"), ["b1"], "the backend routed to, and only that");
+        assert_eq!(all("x-spawner-role"), ["editor"], "the plugin's own headers pass");
+
+        let mut h = HeaderMap::new();
+        inject_identity(&mut h, "b1", None, &[]);
+        assert!(!h.contains_key("x-spawner-user"), "no subject, no user");
+        inject_identity(&mut h, "b1", Some("José"), &[]);
+        assert_eq!(h.get("x-spawner-user").unwrap().as_bytes(), "José".as_bytes(), "any UTF-8 subject");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! which backend, until when.
 //!
 //! Verdicts: no token → 401; forged, malformed or expired → 401; a valid
-//! token for another backend → 403; otherwise allow, injecting
-//! `x-spawner-backend` and (when the token names a user) `x-spawner-user`.
+//! token for another backend → 403; otherwise allow, with the token's user
+//! (if it names one) as the subject, which the proxy passes to the backend
+//! as `x-spawner-user` (and the backend's name as `x-spawner-backend`).
 //! When several tokens fail, the most specific refusal wins.
 //!
 //! No settings. The plugin calls no host function and traps on panic
@@ -62,7 +63,7 @@ pub fn decide(request: &AuthRequest) -> Verdict {
                 Verdict::deny(403, format!("token is for backend {}, not {}", cap.backend, request.backend.name))
             }
             Ok(cap) if cap.expires_at <= request.now => Verdict::deny(401, format!("token expired {} s ago", request.now - cap.expires_at)),
-            Ok(cap) => return allow(request, cap),
+            Ok(cap) => return allow(cap),
         };
         if refusal.as_ref().is_none_or(|r| status(r) < status(&verdict)) {
             refusal = Some(verdict);
@@ -71,12 +72,10 @@ pub fn decide(request: &AuthRequest) -> Verdict {
     refusal.unwrap_or_else(|| Verdict::deny(401, "no capability token: use the URL or token Spawner returned for this backend"))
 }
 
-fn allow(request: &AuthRequest, cap: &Capability) -> Verdict {
-    let mut headers = vec![Header { name: "x-spawner-backend".into(), value: request.backend.name.clone() }];
-    if let Some(user) = &cap.subject {
-        headers.push(Header { name: "x-spawner-user".into(), value: user.clone() });
-    }
-    Verdict::Allow(Allow { subject: cap.subject.clone(), headers })
+/// The token's user, if it names one, is the subject: the proxy sends it
+/// to the backend as `x-spawner-user` (with `x-spawner-backend`).
+fn allow(cap: &Capability) -> Verdict {
+    Verdict::Allow(Allow { subject: cap.subject.clone(), headers: vec![] })
 }
 
 fn status(v: &Verdict) -> u16 {
@@ -125,9 +124,8 @@ mod tests {
     fn a_valid_token_for_this_backend_is_allowed_with_identity() {
         let v = DefaultAuth::check(request(vec![cap("b1", NOW + 60, Some("alice"))])).unwrap();
         let Verdict::Allow(a) = v else { panic!("denied: {v:?}") };
-        assert_eq!(a.subject.as_deref(), Some("alice"));
-        assert!(a.headers.iter().any(|h| h.name == "x-spawner-user" && h.value == "alice"));
-        assert!(a.headers.iter().any(|h| h.name == "x-spawner-backend" && h.value == "b1"));
+        assert_eq!(a.subject.as_deref(), Some("alice"), "the proxy sends it as x-spawner-user");
+        assert!(a.headers.is_empty(), "nothing beyond what the proxy sets itself: {:?}", a.headers);
     }
 
     #[test]

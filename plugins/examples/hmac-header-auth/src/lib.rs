@@ -83,10 +83,8 @@ pub fn decide(request: &AuthRequest, settings: &Settings) -> Verdict {
     if settings.owner_only && request.backend.owner.as_deref() != Some(user) {
         return Verdict::deny(403, format!("{user} is not the owner of this backend"));
     }
-    Verdict::Allow(Allow {
-        subject: Some(user.to_string()),
-        headers: vec![Header { name: "x-spawner-user".into(), value: user.to_string() }],
-    })
+    // The proxy passes the subject to the backend as `x-spawner-user`.
+    Verdict::Allow(Allow { subject: Some(user.to_string()), headers: vec![] })
 }
 
 #[cfg(test)]
