@@ -314,13 +314,35 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
             return bad(format!("env {k} is set by Spawner and cannot be overridden"));
         }
     }
-    if spec.grace_period_seconds == 0 {
-        return bad("gracePeriodSeconds must be at least 1".into());
+    // Names were checked above; a value can hold anything but NUL.
+    if let Some(k) = spec.env.iter().find_map(|(k, v)| v.contains('\0').then_some(k)) {
+        return bad(format!("env {k}: the value contains a NUL byte, which no environment variable can hold"));
+    }
+    if !(1..=MAX_GRACE_SECONDS).contains(&spec.grace_period_seconds) {
+        return bad(out_of_range("gracePeriodSeconds", MAX_GRACE_SECONDS, spec.grace_period_seconds));
     }
     if spec.lifetime_limit_seconds == Some(0) {
-        return bad("lifetimeLimitSeconds must be at least 1 (omit it for no limit)".into());
+        return bad(format!("{} (omit it for no limit)", out_of_range("lifetimeLimitSeconds", u64::MAX, 0)));
+    }
+    if spec.port == Some(0) {
+        return bad("port must be between 1 and 65535, got 0".into());
     }
     Ok(())
+}
+
+/// The longest idle grace period, seconds: what a SessionLivedBackend
+/// holds (a uint32, about 136 years), so a spec that runs locally also runs
+/// on a cluster.
+pub const MAX_GRACE_SECONDS: u64 = u32::MAX as u64;
+
+/// The message for a duration `field` outside 1 to `max` seconds (the same
+/// whether the value was negative, zero or too large).
+pub fn out_of_range(field: &str, max: u64, got: impl std::fmt::Display) -> String {
+    if max == u64::MAX {
+        format!("{field} must be at least 1, got {got}")
+    } else {
+        format!("{field} must be between 1 and {max}, got {got}")
+    }
 }
 
 /// The URL a browser opens for backend `name`: `{public_url}/p/{name}/`,
@@ -422,8 +444,12 @@ mod tests {
             assert!(is_label_key(good_key), "{good_key}");
         }
         assert!(is_label_value("") && is_label_value("v1.2_a-b") && !is_label_value("a ") && !is_label_value(&"v".repeat(64)));
-        assert!(with(|s| s.grace_period_seconds = 0).contains("gracePeriodSeconds"));
-        assert!(with(|s| s.lifetime_limit_seconds = Some(0)).contains("lifetimeLimitSeconds"));
+        assert_eq!(with(|s| s.grace_period_seconds = 0), "gracePeriodSeconds must be between 1 and 4294967295, got 0");
+        assert!(with(|s| s.grace_period_seconds = MAX_GRACE_SECONDS + 1).contains("got 4294967296"), "a cluster could not hold it");
+        assert_eq!(with(|s| s.lifetime_limit_seconds = Some(0)), "lifetimeLimitSeconds must be at least 1, got 0 (omit it for no limit)");
+        assert_eq!(with(|s| s.port = Some(0)), "port must be between 1 and 65535, got 0");
+        let nul = with(|s| s.env.insert("A".into(), "x\0y".into()).map(|_| ()).unwrap_or(()));
+        assert!(nul.starts_with("env A: the value contains a NUL byte"), "{nul}");
         assert!(with(|s| s.tolerations = vec![Toleration::default()]).contains("tolerations[0]: an empty key requires operator Exists"));
     }
 

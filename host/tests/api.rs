@@ -19,18 +19,36 @@ async fn post_raw(dev: &Dev, path: &str, body: impl Into<reqwest::Body>, json_ty
 async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let dev = Dev::start(FAST, &[]);
     let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("bad JSON", "{\"template\": ".into(), 400, "EOF"),
+        ("bad JSON", "{\"template\": ".into(), 400, "the body is not valid JSON: template: EOF while parsing"),
+        // serde's "key must be a string" is about JSON syntax, not the `key` field.
+        ("unquoted name", "{template: 1}".into(), 400, "the body is not valid JSON: object keys must be strings in double quotes"),
+        ("empty body", "".into(), 400, "the body is empty: send a JSON object"),
         ("unknown field", r#"{"template":"demo","gracePeriod":5}"#.into(), 422, "unknown field `gracePeriod`"),
         (
             "negative duration",
             r#"{"template":"demo","gracePeriodSeconds":-5}"#.into(),
             422,
-            "gracePeriodSeconds: invalid value: integer `-5`, expected a whole number, 0 or more",
+            "gracePeriodSeconds must be between 1 and 4294967295, got -5",
         ),
+        (
+            "zero grace",
+            r#"{"template":"demo","gracePeriodSeconds":0}"#.into(),
+            422,
+            "gracePeriodSeconds must be between 1 and 4294967295, got 0",
+        ),
+        // What a SessionLivedBackend can hold, so a spec that runs here runs on a cluster.
+        ("huge grace", r#"{"template":"demo","gracePeriodSeconds":4294967296}"#.into(), 422, "gracePeriodSeconds must be between 1"),
+        (
+            "negative lifetime",
+            r#"{"template":"demo","lifetimeLimitSeconds":-1}"#.into(),
+            422,
+            "lifetimeLimitSeconds must be at least 1, got -1",
+        ),
+        ("zero port", r#"{"template":"demo","port":0}"#.into(), 422, "port must be between 1 and 65535, got 0"),
+        ("NUL in env", r#"{"template":"demo","env":{"A":"x\u0000y"}}"#.into(), 422, "env A: the value contains a NUL byte"),
         ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
         ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
-        ("zero grace", r#"{"template":"demo","gracePeriodSeconds":0}"#.into(), 422, "gracePeriodSeconds must be at least 1"),
         // Kubernetes' rules locally too, so a spec that runs here runs on a cluster.
         (
             "invalid toleration",
@@ -56,6 +74,12 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ("template and image", r#"{"template":"demo","image":"demo"}"#.into(), 422, "either `template` or `image`"),
         // Checked before anything starts: a refused create leaves nothing running.
         ("zero token TTL", r#"{"template":"demo","tokenTtlSeconds":0}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
+        (
+            "negative token TTL",
+            r#"{"template":"demo","tokenTtlSeconds":-1}"#.into(),
+            422,
+            "tokenTtlSeconds must be between 1 and 2592000 (30 days), got -1",
+        ),
         (
             "huge token TTL",
             r#"{"template":"demo","tokenTtlSeconds":99999999}"#.into(),
@@ -84,6 +108,42 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let r = dev.http.put(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("does not take that method"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, _) = dev.create_ok(json!({"template":"demo","owner":"alice"})).await;
+    dev.wait_ready(&name).await;
+    let tokens = format!("/api/v1/backends/{name}/tokens");
+
+    // A second user of the same document.
+    let (status, text) = post_raw(&dev, &tokens, r#"{"subject":"bob","ttlSeconds":60}"#, true).await;
+    assert_eq!(status, 201, "{text}");
+    let minted: Value = serde_json::from_str(&text).unwrap();
+    let token = minted["token"].as_str().unwrap();
+    assert!(minted["browserUrl"].as_str().unwrap().contains(&format!("/p/{name}/?token=")), "{minted}");
+    let seen: Value = dev.get(&name, "/headers", Some(token)).await.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-spawner-user"], json!(["bob"]), "the backend is told who it is");
+
+    // Every field is optional: no body at all is all defaults.
+    let r = dev.http.post(format!("{}{tokens}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    for (what, body, status, message) in [
+        ("empty JSON body", "", 400, "the body is empty: send a JSON object ({} for all defaults)"),
+        ("negative lifetime", r#"{"ttlSeconds":-1}"#, 422, "ttlSeconds must be between 1 and 2592000 (30 days), got -1"),
+        ("misspelt field", r#"{"ttl":60}"#, 422, "unknown field `ttl`"),
+    ] {
+        let (got, text) = post_raw(&dev, &tokens, body, true).await;
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text}");
+    }
+    assert_eq!(post_raw(&dev, "/api/v1/backends/nope/tokens", "{}", true).await.0, 404);
+    let ended = dev.http.delete(format!("{}/api/v1/backends/{name}", dev.base)).send().await.unwrap();
+    assert_eq!(ended.status(), 202);
+    dev.wait_phase(&name, "terminated").await;
+    let (got, text) = post_raw(&dev, &tokens, "{}", true).await;
+    assert_eq!(got, 410, "no tokens for an ended backend: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,8 @@ async fn the_server_refuses_bad_specs_and_says_which_field() {
         ("httpPort", serde_json::json!({"template": {"containers": container}, "httpPort": 0})),
         ("httpPort", serde_json::json!({"template": {"containers": container}, "httpPort": 70000})),
         ("gracePeriodSeconds", serde_json::json!({"template": {"containers": container}, "gracePeriodSeconds": -1})),
+        // As the REST API refuses it, in both modes.
+        ("gracePeriodSeconds", serde_json::json!({"template": {"containers": container}, "gracePeriodSeconds": 0})),
         ("containers", serde_json::json!({"template": {"containers": []}})),
         ("key", serde_json::json!({"template": {"containers": container}, "key": ""})),
         ("lifetimeLimitSeconds", serde_json::json!({"template": {"containers": container}, "lifetimeLimitSeconds": 0})),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, sse};
-use crate::backends::{BackendSpec, BackendView, Filter, Toleration};
+use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, out_of_range};
 use crate::lifecycle::Phase;
 use crate::token::{MAX_TTL_SECONDS, TTL_SECONDS};
 
@@ -62,9 +62,9 @@ pub(crate) struct CreateRequest {
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// How long the backend may stay unused before it is terminated (s).
-    grace_period_seconds: Option<u64>,
+    grace_period_seconds: Option<i64>,
     /// Hard limit on the backend's lifetime (s).
-    lifetime_limit_seconds: Option<u64>,
+    lifetime_limit_seconds: Option<i64>,
     /// Requested compute.
     #[serde(default)]
     resources: Resources,
@@ -80,7 +80,7 @@ pub(crate) struct CreateRequest {
     /// `PORT`, so locally this is ignored.
     port: Option<u16>,
     /// Lifetime of the returned token (s; default from configuration).
-    token_ttl_seconds: Option<u64>,
+    token_ttl_seconds: Option<i64>,
     /// Subject of the returned token (default: `owner`).
     subject: Option<String>,
 }
@@ -110,7 +110,7 @@ pub(crate) struct TokenRequest {
     /// Subject (user) of the token.
     subject: Option<String>,
     /// Lifetime, seconds.
-    ttl_seconds: Option<u64>,
+    ttl_seconds: Option<i64>,
 }
 
 /// A token.
@@ -129,15 +129,23 @@ pub(crate) struct TokenResponse {
 /// The token lifetime to use: `requested` (the request field `field`) or
 /// the configured default, checked before anything is created so a refused
 /// request leaves nothing running.
-pub(super) fn token_ttl(s: &ApiState, requested: Option<u64>, field: &str) -> Result<u64, ApiError> {
-    let ttl = requested.unwrap_or(s.token_ttl_seconds);
-    if !TTL_SECONDS.contains(&ttl) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{field} must be between 1 and {MAX_TTL_SECONDS} (30 days), got {ttl}"),
-        ));
-    }
-    Ok(ttl)
+pub(super) fn token_ttl(s: &ApiState, requested: Option<i64>, field: &str) -> Result<u64, ApiError> {
+    let Some(ttl) = requested else { return Ok(s.token_ttl_seconds) };
+    u64::try_from(ttl).ok().filter(|t| TTL_SECONDS.contains(t)).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field} must be between 1 and {MAX_TTL_SECONDS} (30 days), got {ttl}"))
+    })
+}
+
+/// A duration field as sent, read signed so that a negative one gets the
+/// same message as zero (which [`crate::backends::validate_spec`] refuses,
+/// with a too large one) instead of a type error.
+pub(super) fn seconds(field: &str, value: i64, max: u64) -> Result<u64, ApiError> {
+    u64::try_from(value).map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, out_of_range(field, max, value)))
+}
+
+/// The grace period a request asks for, or the configured default.
+pub(super) fn grace(s: &ApiState, requested: Option<i64>) -> Result<u64, ApiError> {
+    requested.map_or_else(|| Ok(s.backends.default_grace_seconds()), |g| seconds("gracePeriodSeconds", g, MAX_GRACE_SECONDS))
 }
 
 /// A token for `view` valid for `ttl` seconds (see [`token_ttl`]), its
@@ -164,8 +172,8 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
         owner: r.owner.clone(),
         labels: r.labels,
         env: r.env,
-        grace_period_seconds: r.grace_period_seconds.unwrap_or_else(|| s.backends.default_grace_seconds()),
-        lifetime_limit_seconds: r.lifetime_limit_seconds,
+        grace_period_seconds: grace(&s, r.grace_period_seconds)?,
+        lifetime_limit_seconds: r.lifetime_limit_seconds.map(|l| seconds("lifetimeLimitSeconds", l, u64::MAX)).transpose()?,
         cpu_millis: r.resources.cpu_millis,
         memory_bytes: r.resources.memory_bytes,
         node_selector: r.node_selector,
@@ -312,9 +320,10 @@ pub(crate) async fn logs(
 pub(crate) async fn token(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    body: Result<Json<TokenRequest>, JsonRejection>,
+    // Every field is optional: no body (and no Content-Type) is all defaults.
+    body: Result<Option<Json<TokenRequest>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(r) = body?;
+    let r = body?.map(|Json(r)| r).unwrap_or_default();
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));

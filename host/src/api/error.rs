@@ -64,10 +64,22 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 format!("the request body is larger than the API's limit of {} KiB", super::MAX_BODY_BYTES / 1024)
             }
+            JsonRejection::JsonSyntaxError(_) => syntax_message(&plain_serde_message(&r.body_text())),
             _ => plain_serde_message(&r.body_text()),
         };
         ApiError::new(r.status(), message)
     }
+}
+
+/// A JSON syntax error in the API's terms: said to be about the body's
+/// syntax (serde's "key must be a string" is about an object key, not the
+/// API's `key` field), and an empty body said to be one.
+fn syntax_message(serde: &str) -> String {
+    if serde.starts_with("EOF while parsing a value at line 1 column 0") {
+        return "the body is empty: send a JSON object ({} for all defaults)".into();
+    }
+    let serde = serde.replace("key must be a string", "object keys must be strings in double quotes");
+    format!("the body is not valid JSON: {serde}")
 }
 
 impl From<QueryRejection> for ApiError {
@@ -94,7 +106,7 @@ pub fn plain_serde_message(text: &str) -> String {
     const TYPES: &[(&str, &str)] = &[
         ("expected u64", "expected a whole number, 0 or more"),
         ("expected u32", "expected a whole number, 0 or more"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u16", "expected a whole number from 1 to 65535"),
         ("expected i64", "expected a whole number"),
         ("expected a boolean", "expected true or false"),
         ("invalid digit found in string", "expected a whole number, 0 or more"),

@@ -40,7 +40,7 @@ pub(crate) struct SpawnRequest {
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// Idle grace period, seconds.
-    grace_period_seconds: Option<u64>,
+    grace_period_seconds: Option<i64>,
 }
 
 /// The original spawn response.
@@ -93,7 +93,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
         owner: None,
         labels: BTreeMap::new(),
         env: r.env,
-        grace_period_seconds: r.grace_period_seconds.unwrap_or_else(|| s.backends.default_grace_seconds()),
+        grace_period_seconds: super::backends::grace(&s, r.grace_period_seconds)?,
         lifetime_limit_seconds: None,
         cpu_millis: 0,
         memory_bytes: 0,

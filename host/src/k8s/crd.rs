@@ -66,6 +66,7 @@ pub struct SessionLivedBackendSpec {
     /// terminated (the idle plugin decides; the default plugin uses this).
     /// Default: `spawner proxy --default-grace-seconds` (300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub grace_period_seconds: Option<u32>,
 
     /// The application container's HTTP port. Default: 8080.
