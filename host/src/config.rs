@@ -289,20 +289,18 @@ pub struct Template {
 
 impl Template {
     /// Makes relative paths independent of where Spawner was started: a
-    /// relative `cwd` is taken from the config file's directory, and a
-    /// relative `command` with a `/` in it (`./run.sh`, `bin/server`) from
-    /// the working directory it will run in, as a shell would after `cd`.
-    /// A bare name (`python3`) is still looked up in `PATH`.
+    /// template of a config file runs in that file's directory unless its
+    /// `cwd` says otherwise (a relative `cwd` being taken from there too),
+    /// and a relative `command` with a `/` in it (`./run.sh`, `bin/server`)
+    /// is taken from the directory it runs in, as a shell would after `cd`,
+    /// so the program found and the directory it runs in always agree. A
+    /// bare name (`python3`) is still looked up in `PATH`.
     fn resolve_paths(&mut self, config_dir: &Path) {
-        if let Some(cwd) = &self.cwd
-            && cwd.is_relative()
-        {
-            self.cwd = Some(config_dir.join(cwd));
-        }
+        let cwd = self.cwd.as_deref().map_or_else(|| config_dir.to_path_buf(), |c| config_dir.join(c));
         if self.command.contains('/') && Path::new(&self.command).is_relative() {
-            let base = self.cwd.as_deref().unwrap_or(config_dir);
-            self.command = base.join(&self.command).display().to_string();
+            self.command = cwd.join(&self.command).display().to_string();
         }
+        self.cwd = Some(cwd);
     }
 }
 
@@ -525,7 +523,9 @@ mod tests {
         assert_eq!(c.templates["a"].cwd.as_deref(), Some(root.join("www").as_path()));
         assert_eq!(c.templates["a"].command, root.join("www/./run.sh").display().to_string());
         assert_eq!(c.templates["b"].command, root.join("bin/server").display().to_string());
+        assert_eq!(c.templates["b"].cwd.as_deref(), Some(root.as_path()), "runs where its command was found: the file's directory");
         assert_eq!(c.templates["c"].command, "python3");
+        assert_eq!(c.templates["c"].cwd.as_deref(), Some(root.as_path()));
     }
 
     #[test]

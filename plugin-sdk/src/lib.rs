@@ -1,6 +1,7 @@
 //! # spawner-plugin-sdk
 //!
-//! Write [Spawner](https://github.com/) plugins in Rust. A plugin makes one of
+//! Write Spawner plugins in Rust (Spawner's README has the plugin author's
+//! path: build, `spawner plugin check`, load). A plugin makes one of
 //! three decisions — scheduling, auth or idle — and runs sandboxed in
 //! Spawner's WebAssembly host (no filesystem, no network, a memory limit and
 //! a CPU deadline per call).
