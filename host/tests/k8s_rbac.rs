@@ -91,7 +91,10 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     );
     assert_eq!(apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
     // Applies (enforcing it is the network plugin's job; there is none here).
-    assert_eq!(apply_file(&admin, &deploy("proxy/03-network-policy.yaml")).await, ["NetworkPolicy/backends-from-spawner-proxy"]);
+    assert_eq!(
+        apply_file(&admin, &deploy("proxy/03-network-policy.yaml")).await,
+        ["NetworkPolicy/backends-from-spawner-proxy", "NetworkPolicy/spawner-ingress", "NetworkPolicy/backends-egress"]
+    );
 
     // The plugin ConfigMap both read (the default scheduler, configured).
     let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "spawner");
