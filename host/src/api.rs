@@ -77,6 +77,16 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        // Every operation answers 401 once an API token is configured.
+        let unauthorized = utoipa::openapi::ResponseBuilder::new()
+            .description("The API token is missing or wrong (when `api-token` is configured: always off loopback)")
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                op.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+            }
+        }
     }
 }
 

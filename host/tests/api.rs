@@ -181,6 +181,11 @@ async fn list_filters_terminate_and_openapi() {
     for path in ["/api/v1/backends", "/api/v1/backends/{name}", "/api/v1/backends/{name}/events", "/api/spawn", "/api/backend/{id}/ready"] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["responses"].get("401").is_some(), "{method} {path}: the API token's 401 is not documented");
+        }
+    }
     // Path parameters are placeholders of their path; the rest are optional
     // query parameters (client generators break otherwise).
     for (path, item) in doc["paths"].as_object().unwrap() {
