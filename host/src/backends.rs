@@ -256,7 +256,7 @@ fn is_label_name(s: &str) -> bool {
 /// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain.
 /// Labels follow Kubernetes' rules in both modes, so a spec that works
 /// locally also works on a cluster.
-fn is_label_key(k: &str) -> bool {
+pub fn is_label_key(k: &str) -> bool {
     match k.rsplit_once('/') {
         None => is_label_name(k),
         Some((prefix, name)) => {
@@ -273,7 +273,7 @@ fn is_label_key(k: &str) -> bool {
 }
 
 /// A Kubernetes label value: empty, or a label name.
-fn is_label_value(v: &str) -> bool {
+pub fn is_label_value(v: &str) -> bool {
     v.is_empty() || is_label_name(v)
 }
 

@@ -158,6 +158,12 @@ async fn list_filters_terminate_and_openapi() {
     assert_eq!(names(get("?owner=alice").await.unwrap().json().await.unwrap()), vec![a.clone()]);
     assert_eq!(names(get("?labels=team=data").await.unwrap().json().await.unwrap()), vec![a.clone()]);
     assert_eq!(get("?phase=flying").await.unwrap().status(), 400);
+    assert_eq!(names(get("?labels=").await.unwrap().json().await.unwrap()).len(), 2, "an empty filter filters nothing");
+    for bad in ["?labels=team", "?labels=team=data,,x=y", "?labels=bad%20key=v"] {
+        let r = get(bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.text().await.unwrap().contains("k=v pairs of valid labels"), "{bad}");
+    }
 
     let r = dev.http.delete(format!("{}/api/v1/backends/{b}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);

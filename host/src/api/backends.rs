@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, sse};
-use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, out_of_range};
+use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, is_label_key, is_label_value, out_of_range};
 use crate::lifecycle::Phase;
 use crate::token::{MAX_TTL_SECONDS, TTL_SECONDS};
 
@@ -214,10 +214,12 @@ pub(crate) async fn list(
 ) -> Result<Json<Vec<BackendView>>, ApiError> {
     let Query(q) = q?;
     let mut labels = BTreeMap::new();
-    for pair in q.labels.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
+    for pair in q.labels.iter().filter(|l| !l.is_empty()).flat_map(|l| l.split(',')) {
+        // A label no backend can carry would silently match nothing.
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs separated by commas (got {pair:?})")))?;
+            .filter(|(k, v)| is_label_key(k) && is_label_value(v))
+            .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs of valid labels separated by commas (got {pair:?})")))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let filter = Filter { phase: q.phase, owner: q.owner, key: q.key, labels, live: q.live.unwrap_or(false) };
