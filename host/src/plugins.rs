@@ -28,11 +28,12 @@ pub mod sample;
 pub mod types;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 pub use error::{CallError, LoadError, LoadResult};
 pub use loaded::{LoadedPlugin, PluginInfo};
@@ -156,6 +157,43 @@ pub struct Plugins {
     /// scheduler call falls back to.
     default_scheduler: Arc<LoadedPlugin>,
     metrics: Arc<Metrics>,
+    /// Per kind: when a failed call was last logged, and how many since.
+    failure_logs: [Mutex<LogGate>; 3],
+}
+
+/// At most one log line per [`FAILURE_LOG_EVERY`] for a kind's failed
+/// calls: an auth plugin that traps fails on every request, an idle plugin
+/// on every backend at every sweep, and the log would drown in one cause.
+/// The metrics count every failure.
+#[derive(Default)]
+struct LogGate {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// How often a kind's failed calls are logged, at most.
+const FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LogGate {
+    /// Whether to log now, and how many failures were not logged before.
+    fn pass(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// A short digest of a plugin's settings, for logs: a reload that changed
+/// only the settings is told apart from one that changed nothing.
+fn settings_digest(settings: &str) -> String {
+    if settings.trim().is_empty() {
+        return "none".into();
+    }
+    let digest = sha2::Sha256::digest(settings.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Plugins {
@@ -177,13 +215,14 @@ impl Plugins {
             let result = LoadedPlugin::load(&runtime, kind, &source);
             count_load(&metrics, kind, result.is_ok());
             let plugin = Arc::new(result?);
-            tracing::info!(kind = kind.as_str(), plugin = %plugin.info().name, digest = %&plugin.info().digest[..12], "plugin loaded");
+            tracing::info!(kind = kind.as_str(), plugin = %plugin.info().name, digest = %&plugin.info().digest[..12],
+                settings = %settings_digest(&source.settings), "plugin loaded");
             Ok(plugin)
         };
         let slots = [load(PluginKind::Scheduler)?, load(PluginKind::Auth)?, load(PluginKind::Idle)?];
         let default_scheduler =
             Arc::new(LoadedPlugin::load(&runtime, PluginKind::Scheduler, &PluginSource::embedded(PluginKind::Scheduler, ""))?);
-        Ok(Plugins { runtime, slots: slots.map(ArcSwap::new), default_scheduler, metrics })
+        Ok(Plugins { runtime, slots: slots.map(ArcSwap::new), default_scheduler, metrics, failure_logs: Default::default() })
     }
 
     /// The embedded default bundle with default settings.
@@ -206,12 +245,14 @@ impl Plugins {
             Ok(plugin) => {
                 let info = plugin.info().clone();
                 self.slots[kind.index()].store(Arc::new(plugin));
-                tracing::info!(kind = kind.as_str(), plugin = %info.name, digest = %&info.digest[..12], "plugin replaced");
+                tracing::info!(kind = kind.as_str(), plugin = %info.name, digest = %&info.digest[..12],
+                    settings = %settings_digest(&source.settings), "plugin replaced");
                 Ok(info)
             }
             Err(e) => {
                 let current = self.info(kind);
-                tracing::error!(kind = kind.as_str(), refused = %source.name, keeping = %current.name, error = %e, "plugin reload refused; keeping the current plugin");
+                tracing::error!(kind = kind.as_str(), refused = %source.name, keeping = %current.name,
+                    keeping_digest = %&current.digest[..12], error = %e, "plugin reload refused; keeping the current plugin");
                 Err(e)
             }
         }
@@ -249,7 +290,11 @@ impl Plugins {
                 .failures
                 .get_or_create(&FailureLabels { kind: kind.as_str(), plugin: plugin.info().name.clone(), error: e.label() })
                 .inc();
-            tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, "plugin call failed; applying the safe fallback");
+            let gate = self.failure_logs[kind.index()].lock().expect("log gate lock").pass(Instant::now());
+            if let Some(suppressed) = gate {
+                tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, suppressed,
+                    "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per 10 s)");
+            }
         }
     }
 
@@ -349,4 +394,28 @@ fn native_fallback(request: &PlacementRequest) -> Placement {
         .min_by_key(|n| n.backends.len())
         .map(|n| Placement::Node(n.name.clone()))
         .unwrap_or_else(|| Placement::Reject("no node matches the node selector".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_calls_are_logged_once_per_period_with_a_count_of_the_rest() {
+        let mut gate = LogGate::default();
+        let t0 = Instant::now();
+        assert_eq!(gate.pass(t0), Some(0), "the first failure is logged");
+        for i in 1..=5 {
+            assert_eq!(gate.pass(t0 + std::time::Duration::from_secs(i)), None);
+        }
+        assert_eq!(gate.pass(t0 + FAILURE_LOG_EVERY), Some(5), "then one line says how many were not");
+        assert_eq!(gate.pass(t0 + FAILURE_LOG_EVERY), None);
+    }
+
+    #[test]
+    fn settings_digests_tell_settings_apart() {
+        assert_eq!(settings_digest(" \n"), "none");
+        assert_eq!(settings_digest("{\"a\":1}").len(), 12);
+        assert_ne!(settings_digest("{\"a\":1}"), settings_digest("{\"a\":2}"));
+    }
 }
