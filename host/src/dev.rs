@@ -20,6 +20,10 @@ use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, App, Limits};
 use crate::token::TokenKey;
 
+/// How long a stopping `spawner dev` waits for open connections (WebSockets
+/// closing, requests in flight) before it stops the backends.
+const DEV_DRAIN: Duration = Duration::from_secs(2);
+
 /// A running `spawner dev`.
 pub struct Dev {
     /// Where it listens.
@@ -88,9 +92,13 @@ impl Dev {
         });
         let app = Arc::new(App::new(proxy, api, metrics.clone()));
         let limits = Limits::from(&config.proxy);
-        // Stopping at once: `spawner dev` stops with its backends, and
-        // nothing balances load onto it.
-        let (shutdown, server) = server::spawn(listener, app, limits, server::Stopping::default());
+        // No delay (nothing balances load onto `spawner dev`), but a short
+        // drain before the backends are stopped: open WebSockets get their
+        // Close (1001) through, so browsers see a clean close rather than
+        // a cut connection; requests in flight may finish. A status stream
+        // still open holds Ctrl-C for at most this long.
+        let stopping = server::Stopping { delay: Duration::ZERO, drain: DEV_DRAIN };
+        let (shutdown, server) = server::spawn(listener, app, limits, stopping);
         let tasks = vec![
             crate::sweeper::spawn(
                 local.clone(),

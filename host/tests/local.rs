@@ -198,6 +198,25 @@ async fn sigterm_leaves_no_backend_running() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_open_websockets_with_going_away() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let mut dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template":"demo"})).await;
+    dev.wait_ready(&name).await;
+    let mut ws = dev.websocket(&name, &token).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "relayed both ways");
+    let stopped = tokio::task::spawn_blocking(move || dev.terminate());
+    // The browser is told to reconnect (1001) before its backend stops,
+    // rather than finding the connection cut (1006).
+    let close = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("no answer within 20 s");
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away, "{frame:?}"),
+        other => panic!("expected a Close frame with status 1001, got {other:?}"),
+    }
+    assert!(stopped.await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_spawner_leaves_no_backend_running() {
     let (mut dev, names) = dev_with_backends().await;
     // Spawner gets no chance to stop them: the reaper must (SIGTERM, then
