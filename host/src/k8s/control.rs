@@ -135,7 +135,7 @@ impl KubeBackends {
 
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
         let name = slab.name_any();
-        let status = slab.lifecycle_status();
+        let status = slab.shown_status();
         let address = slab.status.as_ref().and_then(|s| s.pod_ip.as_deref()).map(|ip| match ip.contains(':') {
             true => format!("[{ip}]:{}", slab.spec.http_port()),
             false => format!("{ip}:{}", slab.spec.http_port()),
@@ -450,7 +450,7 @@ fn is_live(slab: &SessionLivedBackend) -> bool {
 /// plus the phase's rank (see the module docs), so ids only grow, also
 /// across the objects a reused key names in turn.
 fn event_of(slab: &SessionLivedBackend) -> StatusEvent {
-    let status = slab.lifecycle_status();
+    let status = slab.shown_status();
     let created = slab.created_unix();
     let rank = match status.phase {
         Phase::Pending => 1,

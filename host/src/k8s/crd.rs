@@ -38,6 +38,10 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// The condition type that mirrors the `ready` phase.
 pub const READY_CONDITION: &str = "Ready";
 
+/// The `Ready` condition's reason while kube-scheduler finds no node for
+/// the backend's Pod.
+pub const WAITING_FOR_NODE: &str = "WaitingForNode";
+
 /// What a session-lived backend runs, and how long it may live.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -168,6 +172,23 @@ impl SessionLivedBackend {
             .as_ref()
             .and_then(SessionLivedBackendStatus::lifecycle)
             .unwrap_or_else(|| Status::new(self.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)))
+    }
+
+    /// The status as the REST API shows it: the lifecycle's, and while the
+    /// Pod waits for a node, the `Ready` condition's note on why (see
+    /// [`SessionLivedBackendStatus::waiting_for_node`]) as its message, so
+    /// a web developer watching a starting backend is told what holds it.
+    pub fn shown_status(&self) -> Status {
+        let mut status = self.lifecycle_status();
+        let waiting =
+            self.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == READY_CONDITION && c.reason == WAITING_FOR_NODE));
+        if let Some(c) = waiting
+            && status.phase == Phase::Starting
+            && status.message.is_none()
+        {
+            status.message = Some(c.message.clone());
+        }
+        status
     }
 
     /// The recorded phase (`pending` before the operator has written one),
@@ -301,7 +322,7 @@ impl SessionLivedBackendStatus {
     /// [`record`]: SessionLivedBackendStatus::record
     pub fn waiting_for_node(&mut self, why: &str) {
         if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == READY_CONDITION) {
-            c.reason = "WaitingForNode".into();
+            c.reason = WAITING_FOR_NODE.into();
             c.message = format!("no node can run its Pod yet: {why}");
         }
     }
@@ -390,6 +411,30 @@ mod tests {
         assert_eq!(json["nodeName"], "node-a");
         assert_eq!(json["podIP"], "10.0.0.7");
         assert_eq!(SessionLivedBackendStatus::default().lifecycle(), None, "no status yet: the lifecycle starts it");
+    }
+
+    #[test]
+    fn a_pod_waiting_for_a_node_says_why_in_the_condition_and_the_shown_status() {
+        let why = "0/2 nodes are available: 2 node(s) were unschedulable.";
+        let mut status = Status::new(at(0));
+        status.phase = Phase::Starting;
+        status.started_at = Some(at(1));
+        let mut object = SessionLivedBackendStatus::default();
+        object.record(&status, Some(1), at(1));
+        object.waiting_for_node(why);
+        let ready = &object.conditions[0];
+        assert_eq!((ready.reason.as_str(), ready.status.as_str()), (WAITING_FOR_NODE, "False"));
+        assert_eq!(ready.message, format!("no node can run its Pod yet: {why}"));
+        let mut slab: SessionLivedBackend = serde_json::from_str(ORIGINAL).unwrap();
+        slab.status = Some(object.clone());
+        assert_eq!(slab.shown_status().message, Some(ready.message.clone()), "what the REST API shows");
+        assert_eq!(slab.lifecycle_status().message, None, "not part of the lifecycle: it goes with the wait");
+
+        // Placed: the next record rebuilds the condition without the note.
+        object.record(&status, Some(1), at(2));
+        slab.status = Some(object);
+        assert_eq!(slab.status.as_ref().unwrap().conditions[0].reason, "Starting");
+        assert_eq!(slab.shown_status().message, None);
     }
 
     #[test]
