@@ -33,7 +33,6 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 pub use error::{CallError, LoadError, LoadResult};
 pub use loaded::{LoadedPlugin, PluginInfo};
@@ -187,13 +186,19 @@ impl LogGate {
 }
 
 /// A short digest of a plugin's settings, for logs: a reload that changed
-/// only the settings is told apart from one that changed nothing.
+/// only the settings is told apart from one that changed nothing. Keyed
+/// with a key of this process: settings may hold a secret (an HMAC key,
+/// say), and a plain hash in a log would let whoever reads it test guesses
+/// offline. Comparable within one process's log, not across restarts.
 fn settings_digest(settings: &str) -> String {
+    use hmac::{Hmac, Mac};
+    static KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(rand::random);
     if settings.trim().is_empty() {
         return "none".into();
     }
-    let digest = sha2::Sha256::digest(settings.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&*KEY).expect("HMAC takes keys of any length");
+    mac.update(settings.as_bytes());
+    mac.finalize().into_bytes()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Plugins {

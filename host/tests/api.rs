@@ -192,6 +192,8 @@ async fn list_filters_terminate_and_openapi() {
             assert!(op["responses"].get("401").is_some(), "{method} {path}: the API token's 401 is not documented");
         }
     }
+    let tokens = &doc["paths"]["/api/v1/backends/{name}/tokens"]["post"]["requestBody"];
+    assert_ne!(tokens["required"], true, "a token request needs no body: {tokens}");
     // Path parameters are placeholders of their path; the rest are optional
     // query parameters (client generators break otherwise).
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -293,6 +293,7 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     let rejected = until(&slabs, "intolerant", "failed", phase(Phase::Failed)).await.status.unwrap();
     assert_eq!(rejected.reason, Some(Reason::Rejected));
     let message = rejected.message.unwrap_or_default();
+    assert!(message.starts_with("no node that can run it carries its node selector"), "{message}");
     assert!(message.contains("not offered: node-gpu") && message.contains("taint"), "says what to change: {message}");
 
     slabs.create(&PostParams::default(), &on_gpu("tolerant", true)).await.unwrap();

@@ -317,7 +317,7 @@ pub(crate) async fn logs(
 }
 
 /// Mint another token for a backend.
-#[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = TokenRequest, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
+#[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = Option<TokenRequest>, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
     (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404), (status = 410, description = "The backend has ended")))]
 pub(crate) async fn token(
     State(s): State<ApiState>,

@@ -516,8 +516,8 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     // drained for maintenance), none is offered, which asks the plugin for
     // "anywhere": the Pod then waits for kube-scheduler to place it once
     // the cordon lifts, and the startup timeout bounds the wait. A taint
-    // the template does not tolerate is not waited for: the plugin decides
-    // among the nodes left, and a rejection names the tainted ones.
+    // the template does not tolerate is not waited for: when only tainted
+    // nodes carry the selector, the backend is rejected, naming them.
     let selector = slab.spec.template.node_selector_labels();
     let fits: Vec<(&Node, Fit)> = nodes.iter().map(|n| (&**n, fit(slab, n))).collect();
     let fitting = |f: Fit| fits.iter().filter(move |(_, x)| *x == f).map(|(n, _)| *n);
@@ -556,9 +556,17 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         owner_backends,
         now: crate::token::now_unix(),
     };
-    let plugins = ctx.plugins.clone();
-    let placement =
-        tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))?;
+    // Only tainted nodes carry what it needs: rejected here, whatever the
+    // plugin would say (with no candidates, "anywhere"), since no wait
+    // helps until the template tolerates the taint.
+    let placement = if !left_out.is_empty() {
+        let what =
+            if request.node_selector.is_empty() { "no node can run it" } else { "no node that can run it carries its node selector" };
+        Placement::Reject(what.into())
+    } else {
+        let plugins = ctx.plugins.clone();
+        tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))?
+    };
     let admission = match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),

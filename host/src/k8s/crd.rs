@@ -310,8 +310,6 @@ impl SessionLivedBackendStatus {
     }
 }
 
-/// A condition reason: CamelCase, as the API requires
-/// (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`).
 impl SessionLivedBackendStatus {
     /// Says, in the `Ready` condition, why a starting backend's Pod is not
     /// running yet: kube-scheduler found no node for it (`why` is its
@@ -328,6 +326,8 @@ impl SessionLivedBackendStatus {
     }
 }
 
+/// A condition reason: CamelCase, as the API requires
+/// (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`).
 fn condition_reason(status: &Status) -> String {
     camel_case(status.reason.map_or(status.phase.as_str(), Reason::as_str))
 }

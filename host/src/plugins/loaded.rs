@@ -187,6 +187,13 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
                     return Err(CallError::InvalidAnswer(format!("header {} is not a valid HTTP header", h.name)));
                 }
             }
+            // The proxy sends it as `x-spawner-user`: one it could not send
+            // must not let the request through as nobody's.
+            if let Some(subject) = &a.subject
+                && http::HeaderValue::from_bytes(subject.as_bytes()).is_err()
+            {
+                return Err(CallError::InvalidAnswer(format!("subject {subject:?} has control characters; it cannot be a header value")));
+            }
             Ok(())
         }
     }
@@ -296,5 +303,30 @@ pub fn detect_kind(rt: &Runtime, source: &PluginSource) -> LoadResult<PluginKind
             name: source.name.clone(),
             found: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::types::{Allow, Deny, Header};
+
+    fn allow(subject: Option<&str>, headers: &[(&str, &str)]) -> Verdict {
+        let headers = headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect();
+        Verdict::Allow(Allow { subject: subject.map(Into::into), headers })
+    }
+
+    #[test]
+    fn verdicts_the_proxy_could_not_carry_out_are_failed_calls() {
+        assert!(validate_verdict(&allow(Some("José"), &[("x-spawner-role", "editor")])).is_ok(), "any UTF-8 subject");
+        assert!(validate_verdict(&allow(None, &[])).is_ok());
+        let refused = |v: Verdict| match validate_verdict(&v) {
+            Err(CallError::InvalidAnswer(why)) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(refused(allow(Some("alice\r\nx-spawner-role: admin"), &[])).contains("control characters"), "no header injection");
+        assert!(refused(allow(None, &[("x-other", "1")])).contains("outside the identity prefix"));
+        assert!(refused(allow(None, &[("x-spawner-role", "a\nb")])).contains("not a valid HTTP header"));
+        assert!(refused(Verdict::Deny(Deny { status: 200, reason: "ok?".into() })).contains("400-599"));
     }
 }
