@@ -215,8 +215,16 @@ url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
 const ws = new WebSocket(url);
 ws.onopen = () => { state.textContent = 'live'; note.disabled = false; };
 ws.onclose = () => { state.textContent = 'disconnected'; note.disabled = true; };
-ws.onmessage = (e) => { if (e.data !== note.value) note.value = e.data; };
-note.oninput = () => ws.send(note.value);
+// Every update comes back to everyone, its writer included, in order. Our
+// own come back late when typing outpaces the round trip: applying one would
+// roll the note back under the cursor, so each is only checked off.
+const sent = [];
+ws.onmessage = (e) => {
+  const own = sent.indexOf(e.data);
+  if (own >= 0) { sent.splice(0, own + 1); return; }
+  if (e.data !== note.value) note.value = e.data;
+};
+note.oninput = () => { sent.push(note.value); if (sent.length > 256) sent.shift(); ws.send(note.value); };
 </script></body></html>"#;
 
 #[cfg(test)]
