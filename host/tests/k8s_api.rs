@@ -321,3 +321,34 @@ async fn the_api_servers_own_refusal_is_passed_on_with_its_reason() {
     let err = err.to_string();
     assert!(err.contains("Kubernetes refused") && err.contains("quota"), "the API server's reason, passed on: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_waiting_for_a_node_says_why_in_its_status_and_its_stream() {
+    // The only node its selector names is cordoned (from its creation, so
+    // no other test sees it open): it waits, and says why.
+    let plane = spawner_testenv::shared().await;
+    plane.add_node(&spawner_testenv::FakeNode::new("node-api-maint").label("zone", "api-maint").cordoned()).await.unwrap();
+    let (client, _ns, proxy) = system("api-wait", None, 10).await;
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let create = json!({"template": "example.invalid/notes:1", "nodeSelector": {"zone": "api-maint"}});
+    let (status, created) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(create)).await;
+    assert_eq!(status, 201, "{created}");
+    let name = created["backend"]["name"].as_str().unwrap().to_string();
+
+    // The stream opens in the starting phase, before kube-scheduler has
+    // looked, and carries the note once it has: the same id, a new status.
+    app.until(&name, "started", |v| v["status"]["phase"] == "starting").await;
+    let events = app.http.get(format!("{}/api/v1/backends/{name}/events", app.base)).bearer_auth(API_TOKEN).send().await.unwrap();
+    let mut body = events.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("no node can run its Pod yet") {
+        let chunk = tokio::time::timeout(WAIT, body.next()).await.unwrap_or_else(|_| panic!("no note in the stream: {text}"));
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    assert!(text.contains("unschedulable"), "kube-scheduler's words: {text}");
+    let waiting = app.until(&name, "said why it waits", |v| v["status"]["message"].as_str().is_some()).await;
+    let message = waiting["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("no node can run its Pod yet: ") && waiting["status"]["phase"] == "starting", "{waiting}");
+    drop(body);
+    Api::<k8s_openapi::api::core::v1::Node>::all(client).delete("node-api-maint", &Default::default()).await.unwrap();
+}

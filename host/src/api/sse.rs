@@ -31,7 +31,11 @@ fn events(
     render: impl Fn(&Status) -> String + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let backlog: std::collections::VecDeque<StatusEvent> = feed.history.into_iter().filter(|e| e.seq > after).collect();
-    let state = (backlog, feed.live, after, false, render);
+    // What was sent last: its id, and its status (unknown when resuming,
+    // so the event the client already has is not sent again). A status
+    // may change within one id (on Kubernetes, an id per phase, and a note
+    // on why a Pod waits added later): that is sent again, same id.
+    let state = (backlog, feed.live, (after, None::<Status>), false, render);
     let events = futures_util::stream::unfold(state, |(mut backlog, mut live, mut last, done, render)| async move {
         if done {
             return None;
@@ -41,7 +45,8 @@ fn events(
             None => loop {
                 {
                     let current = live.borrow_and_update().clone();
-                    if current.seq > last {
+                    let (seq, sent) = &last;
+                    if current.seq > *seq || (current.seq == *seq && sent.as_ref().is_some_and(|s| *s != current.status)) {
                         break current;
                     }
                 }
@@ -50,10 +55,70 @@ fn events(
                 }
             },
         };
-        last = next.seq;
         let done = next.status.phase.is_terminal();
         let event = Event::default().id(next.seq.to_string()).event("status").data(render(&next.status));
+        last = (next.seq, Some(next.status));
         Some((Ok(event), (backlog, live, last, done, render)))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use jiff::Timestamp;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::backends::StatusEvent;
+    use crate::lifecycle::Phase;
+
+    fn starting(message: Option<&str>) -> StatusEvent {
+        let mut status = Status::new(Timestamp::UNIX_EPOCH);
+        status.phase = Phase::Starting;
+        status.message = message.map(Into::into);
+        StatusEvent { seq: 13, status }
+    }
+
+    /// The ids and messages of the first `n` events of a stream.
+    async fn first(feed: StatusFeed, after: u64, n: usize) -> Vec<(String, String)> {
+        let body = events(feed, after, |s: &Status| s.message.clone().unwrap_or_default()).into_response().into_body();
+        let mut stream = body.into_data_stream();
+        let mut text = String::new();
+        while text.matches("\n\n").count() < n {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await.expect("no event").unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text.split("\n\n")
+            .filter(|e| e.contains("id:"))
+            .map(|e| {
+                let field = |name: &str| e.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
+                (field("id:"), field("data:"))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_status_that_changes_within_one_id_is_sent_again_but_not_to_a_client_that_has_it() {
+        let (tx, live) = watch::channel(starting(None));
+        let feed = StatusFeed { history: Vec::new(), live };
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            later.send_replace(starting(Some("no node can run its Pod yet")));
+        });
+        let sent = first(feed, 0, 2).await;
+        assert_eq!(sent, [("13".into(), "".into()), ("13".into(), "no node can run its Pod yet".into())]);
+
+        // Resuming after id 13: what it has is not sent again; a change is.
+        let (tx, live) = watch::channel(starting(Some("no node can run its Pod yet")));
+        let resumed = tokio::spawn(first(StatusFeed { history: Vec::new(), live }, 13, 1));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!resumed.is_finished(), "the event the client has was sent again");
+        let mut ready = starting(None);
+        ready.seq = 14;
+        ready.status.phase = Phase::Ready;
+        tx.send_replace(ready);
+        assert_eq!(resumed.await.unwrap(), [("14".into(), "".into())]);
+    }
 }

@@ -340,11 +340,13 @@ async fn follow(cluster: Arc<Cluster>, name: String, uid: Option<String>, tx: wa
                 let event = event_of(&slab);
                 let ended = event.status.phase.is_terminal();
                 tx.send_if_modified(|current| {
-                    let newer = event.seq > current.seq;
-                    if newer {
+                    // Also within a phase: kube-scheduler's note on why a
+                    // Pod waits for a node comes after the phase's event.
+                    let changed = event.seq > current.seq || (event.seq == current.seq && event.status != current.status);
+                    if changed {
                         *current = event;
                     }
-                    newer
+                    changed
                 });
                 if ended {
                     return;
