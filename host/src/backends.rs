@@ -256,7 +256,7 @@ fn is_label_name(s: &str) -> bool {
 /// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain.
 /// Labels follow Kubernetes' rules in both modes, so a spec that works
 /// locally also works on a cluster.
-pub fn is_label_key(k: &str) -> bool {
+fn is_label_key(k: &str) -> bool {
     match k.rsplit_once('/') {
         None => is_label_name(k),
         Some((prefix, name)) => {
@@ -273,8 +273,13 @@ pub fn is_label_key(k: &str) -> bool {
 }
 
 /// A Kubernetes label value: empty, or a label name.
-pub fn is_label_value(v: &str) -> bool {
+fn is_label_value(v: &str) -> bool {
     v.is_empty() || is_label_name(v)
+}
+
+/// A Kubernetes label: a valid key with a valid value.
+pub fn is_label(k: &str, v: &str) -> bool {
+    is_label_key(k) && is_label_value(v)
 }
 
 /// Checks a key, labels, env and owner; the message names the field.
@@ -292,7 +297,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     }
     for (field, map) in [("label", &spec.labels), ("nodeSelector", &spec.node_selector)] {
         for (k, v) in map {
-            if !is_label_key(k) || !is_label_value(v) {
+            if !is_label(k, v) {
                 return bad(format!(
                     "{field} {k:?}={v:?} is not a valid Kubernetes label: a key is a name of 1-63 letters, digits and -_. that \
                      starts and ends with a letter or digit, optionally after a prefix of lowercase letters, digits, '-' and '.' \

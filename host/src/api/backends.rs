@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, sse};
-use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, is_label_key, is_label_value, out_of_range};
+use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, is_label, out_of_range};
 use crate::lifecycle::Phase;
 use crate::token::{MAX_TTL_SECONDS, TTL_SECONDS};
 
@@ -218,7 +218,7 @@ pub(crate) async fn list(
         // A label no backend can carry would silently match nothing.
         let (k, v) = pair
             .split_once('=')
-            .filter(|(k, v)| is_label_key(k) && is_label_value(v))
+            .filter(|(k, v)| is_label(k, v))
             .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs of valid labels separated by commas (got {pair:?})")))?;
         labels.insert(k.to_string(), v.to_string());
     }
