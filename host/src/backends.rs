@@ -324,10 +324,10 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
         return bad(format!("env {k}: the value contains a NUL byte, which no environment variable can hold"));
     }
     if !(1..=MAX_GRACE_SECONDS).contains(&spec.grace_period_seconds) {
-        return bad(out_of_range("gracePeriodSeconds", MAX_GRACE_SECONDS, spec.grace_period_seconds));
+        return bad(out_of_range("gracePeriodSeconds", Some(MAX_GRACE_SECONDS), spec.grace_period_seconds));
     }
     if spec.lifetime_limit_seconds == Some(0) {
-        return bad(format!("{} (omit it for no limit)", out_of_range("lifetimeLimitSeconds", u64::MAX, 0)));
+        return bad(format!("{} (omit it for no limit)", out_of_range("lifetimeLimitSeconds", None, 0)));
     }
     if spec.port == Some(0) {
         return bad("port must be between 1 and 65535, got 0".into());
@@ -340,13 +340,13 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
 /// on a cluster.
 pub const MAX_GRACE_SECONDS: u64 = u32::MAX as u64;
 
-/// The message for a duration `field` outside 1 to `max` seconds (the same
-/// whether the value was negative, zero or too large).
-pub fn out_of_range(field: &str, max: u64, got: impl std::fmt::Display) -> String {
-    if max == u64::MAX {
-        format!("{field} must be at least 1, got {got}")
-    } else {
-        format!("{field} must be between 1 and {max}, got {got}")
+/// The message for a duration `field` outside 1 to `max` seconds (no
+/// `max`: no upper bound); the same whether the value was negative, zero
+/// or too large.
+pub fn out_of_range(field: &str, max: Option<u64>, got: impl std::fmt::Display) -> String {
+    match max {
+        Some(max) => format!("{field} must be between 1 and {max}, got {got}"),
+        None => format!("{field} must be at least 1, got {got}"),
     }
 }
 

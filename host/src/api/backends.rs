@@ -139,13 +139,13 @@ pub(super) fn token_ttl(s: &ApiState, requested: Option<i64>, field: &str) -> Re
 /// A duration field as sent, read signed so that a negative one gets the
 /// same message as zero (which [`crate::backends::validate_spec`] refuses,
 /// with a too large one) instead of a type error.
-pub(super) fn seconds(field: &str, value: i64, max: u64) -> Result<u64, ApiError> {
+pub(super) fn seconds(field: &str, value: i64, max: Option<u64>) -> Result<u64, ApiError> {
     u64::try_from(value).map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, out_of_range(field, max, value)))
 }
 
 /// The grace period a request asks for, or the configured default.
 pub(super) fn grace(s: &ApiState, requested: Option<i64>) -> Result<u64, ApiError> {
-    requested.map_or_else(|| Ok(s.backends.default_grace_seconds()), |g| seconds("gracePeriodSeconds", g, MAX_GRACE_SECONDS))
+    requested.map_or_else(|| Ok(s.backends.default_grace_seconds()), |g| seconds("gracePeriodSeconds", g, Some(MAX_GRACE_SECONDS)))
 }
 
 /// A token for `view` valid for `ttl` seconds (see [`token_ttl`]), its
@@ -173,7 +173,7 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
         labels: r.labels,
         env: r.env,
         grace_period_seconds: grace(&s, r.grace_period_seconds)?,
-        lifetime_limit_seconds: r.lifetime_limit_seconds.map(|l| seconds("lifetimeLimitSeconds", l, u64::MAX)).transpose()?,
+        lifetime_limit_seconds: r.lifetime_limit_seconds.map(|l| seconds("lifetimeLimitSeconds", l, None)).transpose()?,
         cpu_millis: r.resources.cpu_millis,
         memory_bytes: r.resources.memory_bytes,
         node_selector: r.node_selector,
