@@ -14,11 +14,10 @@ use common::k8s::{WAIT, deploy, plugins, until};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::controller::{self, Context, FINALIZER, OperatorConfig};
-use spawner::k8s::crd::{READY_CONDITION, SessionLivedBackend, SessionLivedBackendStatus};
+use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::k8s::leader::{self, LeaseSettings};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
@@ -93,10 +92,6 @@ fn phase(p: Phase) -> impl Fn(&SessionLivedBackendStatus) -> bool {
     move |s| s.phase == Some(p)
 }
 
-fn ready_condition(s: &SessionLivedBackendStatus) -> Option<&Condition> {
-    s.conditions.iter().find(|c| c.type_ == READY_CONDITION)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
     let (client, ns) = operator("op-ready", "", HOUR).await;
@@ -116,7 +111,7 @@ async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
     assert!(status.pod_ip.is_some());
     assert_eq!(status.url.as_deref(), Some("https://spawner.example/p/notes/"));
     assert!(status.created_at.is_some() && status.scheduled_at.is_some() && status.started_at.is_some() && status.ready_at.is_some());
-    let ready_condition = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready_condition = status.ready_condition().unwrap();
     assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("True", "Ready"));
     assert_eq!(spec.automount_service_account_token, Some(false));
     let env: Vec<(String, Option<String>)> = spec.containers[0].env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
@@ -345,8 +340,8 @@ async fn a_backend_whose_nodes_are_all_cordoned_waits_for_one_instead_of_failing
             // kube-scheduler's reason shows in the Ready condition (what
             // `kubectl describe slab` and `kubectl wait` show).
             let noted =
-                until(&slabs, name, "noted why it waits", |s| ready_condition(s).is_some_and(|c| c.reason == "WaitingForNode")).await;
-            let note = noted.status.as_ref().and_then(ready_condition).unwrap().message.clone();
+                until(&slabs, name, "noted why it waits", |s| s.ready_condition().is_some_and(|c| c.reason == "WaitingForNode")).await;
+            let note = noted.status.as_ref().and_then(|s| s.ready_condition()).unwrap().message.clone();
             assert!(note.starts_with("no node can run its Pod yet: ") && note.contains("unschedulable"), "{name}: {note}");
         }
     };

@@ -180,8 +180,7 @@ impl SessionLivedBackend {
     /// a web developer watching a starting backend is told what holds it.
     pub fn shown_status(&self) -> Status {
         let mut status = self.lifecycle_status();
-        let waiting =
-            self.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == READY_CONDITION && c.reason == WAITING_FOR_NODE));
+        let waiting = self.status.as_ref().and_then(|s| s.ready_condition()).filter(|c| c.reason == WAITING_FOR_NODE);
         if let Some(c) = waiting
             && status.phase == Phase::Starting
             && status.message.is_none()
@@ -308,9 +307,14 @@ impl SessionLivedBackendStatus {
             None => self.conditions.push(condition),
         }
     }
-}
 
-impl SessionLivedBackendStatus {
+    /// The `Ready` condition, once [`record`] has written it.
+    ///
+    /// [`record`]: SessionLivedBackendStatus::record
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == READY_CONDITION)
+    }
+
     /// Says, in the `Ready` condition, why a starting backend's Pod is not
     /// running yet: kube-scheduler found no node for it (`why` is its
     /// message, e.g. "0/3 nodes are available: 3 node(s) were
