@@ -5,6 +5,7 @@
 //! - `original`: the original Spawner surface (`POST /api/spawn`,
 //!   `GET /api/backend/{id}/ready|status|status/stream`);
 //! - `error`: [`ApiError`], JSON errors with a status and a message;
+//! - `query`: query strings read strictly (a malformed `%` escape is a 400);
 //! - `/api/openapi.json`: this API as OpenAPI 3.1 (utoipa).
 //!
 //! Every route but `/api/openapi.json` requires `Authorization: Bearer
@@ -14,6 +15,7 @@
 mod backends;
 pub mod error;
 mod original;
+mod query;
 mod sse;
 
 use std::sync::Arc;

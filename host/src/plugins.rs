@@ -298,7 +298,8 @@ impl Plugins {
             let gate = self.failure_logs[kind.index()].lock().expect("log gate lock").pass(Instant::now());
             if let Some(suppressed) = gate {
                 tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, suppressed,
-                    "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per 10 s)");
+                    "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per {} s)",
+                    FAILURE_LOG_EVERY.as_secs());
             }
         }
     }

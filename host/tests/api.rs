@@ -164,6 +164,12 @@ async fn list_filters_terminate_and_openapi() {
         assert_eq!(r.status(), 400, "{bad}");
         assert!(r.text().await.unwrap().contains("k=v pairs of valid labels"), "{bad}");
     }
+    // A malformed escape would otherwise be read literally and match nothing.
+    let r = get("?owner=%ZZ").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let error: Value = r.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("malformed percent-escape \"%ZZ\""), "{error}");
+    assert_eq!(names(get("?owner=%61lice").await.unwrap().json().await.unwrap()), vec![a.clone()], "escapes decode");
 
     let r = dev.http.delete(format!("{}/api/v1/backends/{b}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::query::StrictQuery;
 use super::{ApiError, ApiState, sse};
 use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, is_label, out_of_range};
 use crate::lifecycle::Phase;
@@ -208,11 +209,7 @@ pub(crate) struct ListQuery {
 
 /// List backends, newest first.
 #[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView]), (status = 400, description = "Bad filter")))]
-pub(crate) async fn list(
-    State(s): State<ApiState>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<BackendView>>, ApiError> {
-    let Query(q) = q?;
+pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<ListQuery>) -> Result<Json<Vec<BackendView>>, ApiError> {
     let mut labels = BTreeMap::new();
     for pair in q.labels.iter().filter(|l| !l.is_empty()).flat_map(|l| l.split(',')) {
         // A label no backend can carry would silently match nothing.
@@ -264,9 +261,8 @@ pub(crate) struct WaitQuery {
 pub(crate) async fn ready(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q?;
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
     let mut feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| e.status.phase == Phase::Ready || e.status.phase.is_terminal())).await;
@@ -301,9 +297,8 @@ pub(crate) struct LogsQuery {
 pub(crate) async fn logs(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(q): StrictQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q?;
     let lines = s.backends.logs(&name, q.tail).await?;
     let mut text = String::new();
     for l in lines {

@@ -525,7 +525,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let after_cordon: Vec<&Node> = fitting(Fit::Cordoned).filter(|n| carries(n, &selector)).collect();
     let wait_for_uncordon = !after_cordon.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
     let offered: &[&Node] = if wait_for_uncordon { &[] } else { &runnable };
-    let left_out = left_out_note(&selector, &[&runnable[..], &after_cordon[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
+    let tainted_only = tainted_only(&selector, &[&runnable[..], &after_cordon[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
     let candidates: Vec<CandidateNode> = offered
         .iter()
         .map(|n| {
@@ -559,7 +559,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     // Only tainted nodes carry what it needs: rejected here, whatever the
     // plugin would say (with no candidates, "anywhere"), since no wait
     // helps until the template tolerates the taint.
-    let placement = if !left_out.is_empty() {
+    let placement = if tainted_only.is_some() {
         let what =
             if request.node_selector.is_empty() { "no node can run it" } else { "no node that can run it carries its node selector" };
         Placement::Reject(what.into())
@@ -570,7 +570,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let admission = match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
-        Placement::Reject(message) => (Admission::Rejected { message: message + &left_out }, Vec::new()),
+        Placement::Reject(message) => (Admission::Rejected { message: message + tainted_only.as_deref().unwrap_or_default() }, Vec::new()),
     };
     match (&admission.0, slab.uid()) {
         (Admission::Admitted { node }, Some(uid)) => {
@@ -582,25 +582,25 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     Ok(admission)
 }
 
-/// For a rejection: the nodes carrying the node selector's labels that
-/// were left out for a taint, when no node that could run the backend
-/// (now, or once uncordoned) carries them, since then they are what to
-/// change (tolerate the taint). Empty otherwise (a quota
-/// rejection, say, has nothing to do with them).
-fn left_out_note(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> String {
+/// When only nodes left out for a taint carry the node selector's labels
+/// (no node that could run the backend, now or once uncordoned, does):
+/// the note naming them, for the rejection, since they are what to change
+/// (tolerate the taint). `None` otherwise: the plugin decides, and a
+/// rejection of its own (a quota, say) has nothing to do with them.
+fn tainted_only(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> Option<String> {
     const NAMED: usize = 5;
     if offered.iter().any(|n| carries(n, selector)) {
-        return String::new();
+        return None;
     }
     let matching: Vec<&&Node> = left_out.iter().filter(|n| carries(n, selector)).collect();
     if matching.is_empty() {
-        return String::new();
+        return None;
     }
     let mut names: Vec<String> = matching.iter().take(NAMED).map(|n| n.name_any()).collect();
     if matching.len() > NAMED {
         names.push(format!("and {} more", matching.len() - NAMED));
     }
-    format!("; not offered: {} (a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", "))
+    Some(format!("; not offered: {} (a NoSchedule/NoExecute taint the template does not tolerate)", names.join(", ")))
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
@@ -623,13 +623,13 @@ mod tests {
     fn a_rejection_names_left_out_nodes_only_when_they_are_what_to_change() {
         let (a, gpu1, gpu2) = (node("a", "a"), node("gpu-1", "gpu"), node("gpu-2", "gpu"));
         let zone = |z: &str| vec![Label { key: "zone".into(), value: z.into() }];
-        let note = left_out_note(&zone("gpu"), &[&a], &[&gpu1, &gpu2]);
+        let note = tainted_only(&zone("gpu"), &[&a], &[&gpu1, &gpu2]).unwrap();
         assert!(note.starts_with("; not offered: gpu-1, gpu-2 (a NoSchedule/NoExecute taint"), "{note}");
-        assert_eq!(left_out_note(&[], &[&a], &[&gpu1]), "", "an offered node carries the (empty) selector: not about them");
-        assert_eq!(left_out_note(&zone("a"), &[&a], &[&gpu1]), "", "nor when one offered carries it");
-        assert_eq!(left_out_note(&zone("b"), &[&a], &[&gpu1]), "", "nor when none left out would have matched");
+        assert_eq!(tainted_only(&[], &[&a], &[&gpu1]), None, "an offered node carries the (empty) selector: not about them");
+        assert_eq!(tainted_only(&zone("a"), &[&a], &[&gpu1]), None, "nor when one offered carries it");
+        assert_eq!(tainted_only(&zone("b"), &[&a], &[&gpu1]), None, "nor when none left out would have matched");
         let many: Vec<Node> = (0..7).map(|i| node(&format!("gpu-{i}"), "gpu")).collect();
-        let note = left_out_note(&zone("gpu"), &[], &many.iter().collect::<Vec<_>>());
+        let note = tainted_only(&zone("gpu"), &[], &many.iter().collect::<Vec<_>>()).unwrap();
         assert!(note.contains("gpu-4, and 2 more"), "{note}");
     }
 }
