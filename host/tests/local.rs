@@ -393,6 +393,31 @@ async fn plugins_loaded_from_files_change_behaviour() {
     assert!(ended["status"]["message"].as_str().unwrap().contains("after hours"), "{ended}");
 }
 
+/// A `std` auth plugin writes to WASI streams when it prints or panics;
+/// the proxy calls it on a tokio worker, where wasmtime-wasi's blocking
+/// writes used to panic the request's task (the client saw the connection
+/// close, with no answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_std_auth_plugin_that_prints_or_panics_still_answers_through_the_proxy() {
+    use spawner_test_plugins as built;
+    let plugin = format!("auth={}", built::FIXTURE_FAIL_AUTH);
+    for (settings, status) in [("print", 451), ("panic", 403)] {
+        let settings = format!("auth={settings}");
+        let dev = Dev::start(FAST, &["--plugin", &plugin, "--plugin-settings", &settings]);
+        let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+        dev.wait_ready(&name).await;
+        for _ in 0..3 {
+            assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), status, "{settings}");
+        }
+        let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+        let trapped = metrics.lines().find(|l| l.starts_with("spawner_plugin_failures_total{") && l.contains(r#"error="trap""#));
+        match status {
+            451 => assert_eq!(trapped, None, "printing is not a failure"),
+            _ => assert!(trapped.is_some_and(|l| l.ends_with(" 3")), "each panic is a counted trap: {trapped:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
     use spawner_test_plugins as built;

@@ -136,6 +136,11 @@ pub enum CallError {
     /// It could not be instantiated (e.g. the instance pool is exhausted).
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
+    /// The host panicked during the call (a host function, or wasmtime):
+    /// a bug on Spawner's side, contained so that the request or sweep that
+    /// made the call still gets the kind's fallback.
+    #[error("failed in the host: {0}")]
+    HostPanic(String),
 }
 
 impl CallError {
@@ -148,6 +153,7 @@ impl CallError {
             CallError::Plugin(_) => "plugin-error",
             CallError::InvalidAnswer(_) => "invalid-answer",
             CallError::Instantiate(_) => "instantiate",
+            CallError::HostPanic(_) => "host-panic",
         }
     }
 }

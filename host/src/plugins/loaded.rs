@@ -45,6 +45,10 @@ pub struct LoadedPlugin {
     info: PluginInfo,
     ctx: Arc<PluginContext>,
     pre: KindPre,
+    /// It imports WASI (a `std` plugin: its `println!`, `eprintln!` and
+    /// panic messages write to WASI streams), so a call may block: see
+    /// [`where_blocking_is_allowed`].
+    imports_wasi: bool,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -71,7 +75,8 @@ impl LoadedPlugin {
         };
         let ctx = Arc::new(PluginContext { name: name.into(), kind, settings: source.settings.as_str().into(), tokens: rt.tokens() });
         let info = PluginInfo { kind, name: name.into(), digest: hex::encode(digest), size: source.bytes.len() };
-        let plugin = LoadedPlugin { info, ctx, pre };
+        let imports_wasi = component.component_type().imports(rt.engine()).any(|(n, _)| n.starts_with("wasi:"));
+        let plugin = LoadedPlugin { info, ctx, pre, imports_wasi };
         match plugin.validate_settings(rt, &source.settings) {
             Ok(()) => Ok(plugin),
             Err(CallError::Plugin(reason)) => Err(LoadError::Settings { name: name.into(), reason }),
@@ -151,18 +156,56 @@ impl LoadedPlugin {
         Ok(placement)
     }
 
-    /// Runs `f` in a fresh store and turns every failure into a `CallError`.
-    fn call<R>(
+    /// Runs `f` in a fresh store and turns every failure into a `CallError`,
+    /// a panic in the host included: whoever called (a request, the sweeper,
+    /// a create) gets the kind's fallback, never an unwinding task.
+    fn call<R: Send>(
         &self,
         rt: &Runtime,
-        f: impl FnOnce(&mut Store<HostState>, &KindPre) -> wasmtime::Result<Result<R, PluginError>>,
+        f: impl FnOnce(&mut Store<HostState>, &KindPre) -> wasmtime::Result<Result<R, PluginError>> + Send,
     ) -> Result<R, CallError> {
-        let mut store = rt.store(self.ctx.clone());
-        match f(&mut store, &self.pre) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(CallError::Plugin(e.describe())),
-            Err(e) => Err(classify(e, &store, rt)),
+        let run = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut store = rt.store(self.ctx.clone());
+                match f(&mut store, &self.pre) {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(CallError::Plugin(e.describe())),
+                    Err(e) => Err(classify(e, &store, rt)),
+                }
+            }))
+            .unwrap_or_else(|panic| Err(CallError::HostPanic(panic_message(&*panic))))
+        };
+        if self.imports_wasi { where_blocking_is_allowed(run) } else { run() }
+    }
+}
+
+/// Runs `f` where a blocking call may be made. wasmtime-wasi's synchronous
+/// WASI functions (writing to stdout or stderr, so every `println!`,
+/// `eprintln!` and panic message of a `std` plugin) run their async
+/// implementation with tokio's `Handle::block_on`, which panics on a
+/// runtime's worker thread; the proxy calls the auth plugin on one. There,
+/// `f` runs in `block_in_place` (the worker's other tasks move to another
+/// thread meanwhile, a few microseconds: the SDK's lean runtime, which
+/// imports no WASI, avoids it). Outside a runtime, or on a blocking-pool
+/// thread (where the sweeper and the scheduler call), `f` runs as it is;
+/// on a current-thread runtime, which cannot give its thread away, on a
+/// scoped thread.
+fn where_blocking_is_allowed<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+            std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         }
+        Ok(_) => tokio::task::block_in_place(f),
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".into(),
     }
 }
 
