@@ -190,7 +190,7 @@ impl Local {
             from = from.phase.as_str(),
             to = to.phase.as_str(),
             reason = to.reason.map(Reason::as_str).unwrap_or(""),
-            message = to.message.as_deref().unwrap_or(""),
+            detail = to.message.as_deref().unwrap_or(""),
             "backend status"
         );
         r.set_status(to);
@@ -324,9 +324,11 @@ impl SweepSource for Local {
         records
             .into_iter()
             .filter(|r| r.phase() == Phase::Ready)
-            .map(|r| Candidate {
+            .map(|r| (r.status(), r))
+            .map(|(status, r)| Candidate {
                 backend: (*r.info).clone(),
-                created_at: r.status().created_at,
+                created_at: status.created_at,
+                ready_at: status.ready_at,
                 grace_period_seconds: r.spec.grace_period_seconds,
                 lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
                 activity: r.activity.clone(),

@@ -23,6 +23,9 @@ pub struct Candidate {
     pub backend: Backend,
     /// When it was created.
     pub created_at: Timestamp,
+    /// When it became ready: with no activity since, it has been idle
+    /// since then.
+    pub ready_at: Option<Timestamp>,
     /// Its idle grace period.
     pub grace_period_seconds: u64,
     /// Its lifetime limit.
@@ -66,6 +69,11 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
     for c in source.ready() {
         let snap = source.activity(&c);
         let age = now.duration_since(c.created_at).as_secs().max(0) as u64;
+        // Idle since it became ready at most, not since it was created (its
+        // meter's start): a start slower than the grace period must not
+        // leave the browser it was created for no time to connect.
+        let since_ready = c.ready_at.map_or(Duration::MAX, |r| now.duration_since(r).unsigned_abs());
+        let idle_for = snap.idle_for.min(since_ready);
         let request = IdleRequest {
             backend: c.backend.clone(),
             age_seconds: age,
@@ -74,7 +82,7 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
             activity: PluginActivity {
                 open_connections: snap.open_connections,
                 in_flight_requests: snap.in_flight_requests,
-                seconds_since_last_activity: snap.idle_for.as_secs(),
+                seconds_since_last_activity: idle_for.as_secs(),
                 bytes_in: snap.bytes_in,
                 bytes_out: snap.bytes_out,
                 websocket_messages: snap.websocket_messages,
@@ -140,4 +148,55 @@ pub fn spawn(source: Arc<dyn SweepSource>, plugins: Arc<Plugins>, interval: Dura
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::plugins::{Runtime, RuntimeConfig};
+
+    /// One ready backend, created `created` seconds ago and ready for
+    /// `ready` seconds, whose meter saw nothing for `idle` seconds.
+    struct OneBackend {
+        created: i64,
+        ready: i64,
+        idle: u64,
+    }
+
+    impl SweepSource for OneBackend {
+        fn ready(&self) -> Vec<Candidate> {
+            let now = Timestamp::now();
+            let ago = |s: i64| now - jiff::SignedDuration::from_secs(s);
+            let backend = Backend { name: "b".into(), key: None, owner: None, labels: Vec::new() };
+            vec![Candidate {
+                backend,
+                created_at: ago(self.created),
+                ready_at: Some(ago(self.ready)),
+                grace_period_seconds: 30,
+                lifetime_limit_seconds: None,
+                activity: Activity::new(),
+            }]
+        }
+        fn terminate(&self, _: &str, _: TerminationRequest) {}
+        fn activity(&self, _: &Candidate) -> Snapshot {
+            Snapshot { idle_for: Duration::from_secs(self.idle), ..Snapshot::default() }
+        }
+    }
+
+    #[test]
+    fn a_backend_is_idle_since_it_became_ready_at_most() {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+        let plugins = Plugins::defaults(runtime, Arc::new(Metrics::new())).unwrap();
+        // Its start took 40 s, longer than its 30 s grace period: ready 5 s ago, it is kept.
+        assert_eq!(sweep(&OneBackend { created: 45, ready: 5, idle: 45 }, &plugins, true), vec![]);
+        // Ready 35 s ago with no connection since: idle.
+        let condemned = sweep(&OneBackend { created: 75, ready: 35, idle: 75 }, &plugins, true);
+        assert_eq!(condemned.len(), 1);
+        assert_eq!(condemned[0].request.reason, Reason::Idle);
+        let message = &condemned[0].request.message;
+        assert!(["no connections for 34 s", "no connections for 35 s"].iter().any(|m| message.starts_with(m)), "since ready: {message}");
+        // Activity after it became ready counts as it always did.
+        assert_eq!(sweep(&OneBackend { created: 75, ready: 35, idle: 3 }, &plugins, true), vec![]);
+    }
 }

@@ -305,6 +305,7 @@ impl SweepSource for Cluster {
             .map(|s| Candidate {
                 backend: s.plugin_backend(),
                 created_at: s.status.as_ref().and_then(|st| st.created_at).unwrap_or_else(Timestamp::now),
+                ready_at: s.status.as_ref().and_then(|st| st.ready_at),
                 grace_period_seconds: s.spec.grace_period_seconds.map_or(self.default_grace_seconds, u64::from),
                 lifetime_limit_seconds: s.spec.lifetime_limit_seconds,
                 activity: self.activity(s),
