@@ -315,6 +315,14 @@ impl Config {
             for t in config.templates.values_mut() {
                 t.resolve_paths(&dir);
             }
+            // Like templates: a file's paths are from where the file is, so
+            // it works from any directory (flags are from the current one).
+            for kind in PluginKind::ALL {
+                let slot = config.plugins.slot_mut(kind);
+                for path in [&mut slot.file, &mut slot.settings_file].into_iter().flatten() {
+                    *path = dir.join(&*path);
+                }
+            }
         }
         Ok(config)
     }
@@ -351,6 +359,14 @@ impl Config {
             && t.expose().len() < 16
         {
             return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
+        }
+        // Backends build links from X-Forwarded-Proto, and the token cookie
+        // is Secure only for https: anything else is a typo.
+        if !["http", "https"].contains(&self.proxy.forwarded_proto.as_str()) {
+            return bad(format!(
+                "proxy.forwarded-proto must be \"http\" or \"https\" (the scheme browsers use to reach Spawner), got {:?}",
+                self.proxy.forwarded_proto
+            ));
         }
         if let Some(s) = &self.token_secret
             && s.expose().len() < crate::token::MIN_SECRET_BYTES
@@ -526,6 +542,31 @@ mod tests {
         assert_eq!(c.templates["b"].cwd.as_deref(), Some(root.as_path()), "runs where its command was found: the file's directory");
         assert_eq!(c.templates["c"].command, "python3");
         assert_eq!(c.templates["c"].cwd.as_deref(), Some(root.as_path()));
+    }
+
+    #[test]
+    fn relative_plugin_paths_are_taken_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spawner.toml");
+        std::fs::write(
+            &file,
+            "[plugins.idle]\nfile = \"idle.wasm\"\nsettings-file = \"conf/idle.json\"\n[plugins.auth]\nfile = \"/opt/auth.wasm\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(c.plugins.idle.file, Some(root.join("idle.wasm")));
+        assert_eq!(c.plugins.idle.settings_file, Some(root.join("conf/idle.json")));
+        assert_eq!(c.plugins.auth.file.as_deref(), Some(Path::new("/opt/auth.wasm")), "absolute paths stay");
+    }
+
+    #[test]
+    fn the_forwarded_scheme_is_http_or_https() {
+        let mut c = Config::default();
+        c.proxy.forwarded_proto = "ftp".into();
+        assert!(c.validate().unwrap_err().to_string().contains("proxy.forwarded-proto must be \"http\" or \"https\""));
+        c.proxy.forwarded_proto = "https".into();
+        c.validate().unwrap();
     }
 
     #[test]

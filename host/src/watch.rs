@@ -28,9 +28,8 @@ pub fn source(config: &PluginsConfig, kind: PluginKind) -> LoadResult<PluginSour
     let slot = config.slot(kind);
     let settings = match (&slot.settings, &slot.settings_file) {
         (Some(s), _) => s.clone(),
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|source| crate::plugins::LoadError::Read { path: path.display().to_string(), source })?
-        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|source| crate::plugins::LoadError::ReadSettings { path: path.display().to_string(), source })?,
         (None, None) => String::new(),
     };
     match &slot.file {

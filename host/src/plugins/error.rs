@@ -19,6 +19,15 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The settings file could not be read.
+    #[error("cannot read plugin settings file {path}: {source}")]
+    ReadSettings {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A core module, not a component.
     #[error(
         "{name} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (cargo build --target wasm32-wasip2) with spawner-plugin-sdk"
