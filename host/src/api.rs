@@ -66,12 +66,56 @@ pub struct ApiState {
     components(schemas(
         backends::CreateRequest, backends::CreateResponse, backends::Resources, backends::TokenRequest,
         backends::TokenResponse, crate::backends::BackendView, original::SpawnRequest, original::SpawnResponse,
+        original::OriginalStatus, error::ErrorBody,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorBodies, &ImageAlias),
 )]
 struct ApiDoc;
 
 struct BearerAuth;
+
+/// Every error answer has the same JSON body, [`error::ErrorBody`]: said
+/// once here rather than on each of some forty responses.
+struct ErrorBodies;
+
+impl utoipa::Modify for ErrorBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for op in operations.into_iter().flatten() {
+                for (status, response) in op.responses.responses.iter_mut() {
+                    if let (true, RefOr::T(response)) = (status.parse::<u16>().is_ok_and(|s| s >= 400), response)
+                        && response.content.is_empty()
+                    {
+                        response.content.insert("application/json".into(), body.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `template` may be sent as `image` (serde's alias, which the schema
+/// derive cannot see): one of the two is required, so neither is listed
+/// as required, and `image` is a property of its own.
+struct ImageAlias;
+
+impl utoipa::Modify for ImageAlias {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        let schemas = openapi.components.as_mut().map(|c| &mut c.schemas);
+        let Some(RefOr::T(Schema::Object(create))) = schemas.and_then(|s| s.get_mut("CreateRequest")) else { return };
+        create.required.retain(|r| r != "template");
+        let image = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("The template, under the name the original Spawner used (send one of `template` and `image`)."))
+            .build();
+        create.properties.insert("image".into(), image.into());
+    }
+}
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

@@ -209,6 +209,10 @@ async fn list_filters_terminate_and_openapi() {
                 match p["in"].as_str().unwrap() {
                     "path" => assert!(path.contains(&format!("{{{name}}}")), "{method} {path}: path parameter {name} is not in the path"),
                     "query" => assert_ne!(p["required"], true, "{method} {path}: query parameter {name} should be optional"),
+                    "header" => assert!(
+                        name == "Last-Event-ID" && (path.ends_with("/stream") || path.ends_with("/events")),
+                        "{method} {path}: header {name}"
+                    ),
                     other => panic!("{method} {path}: parameter {name} in {other}"),
                 }
             }
@@ -216,6 +220,25 @@ async fn list_filters_terminate_and_openapi() {
     }
     let list_params = doc["paths"]["/api/v1/backends"]["get"]["parameters"].as_array().unwrap();
     assert!(list_params.iter().any(|p| p["name"] == "owner" && p["in"] == "query"), "{list_params:?}");
+    // Every error answer is described with the body it has.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap().iter().filter(|(s, _)| s.as_str() >= "400") {
+                let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            }
+        }
+    }
+    let error: Value = dev.http.get(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert!(error.as_object().is_some_and(|o| o.len() == 1 && o["error"].is_string()), "the body is as described: {error}");
+    for stream in ["/api/v1/backends/{name}/events", "/api/backend/{id}/status/stream"] {
+        let params = doc["paths"][stream]["get"]["parameters"].as_array().unwrap();
+        assert!(params.iter().any(|p| p["name"] == "Last-Event-ID" && p["in"] == "header"), "{stream}: {params:?}");
+    }
+    // `image` is the alias of `template`: either may be sent.
+    let create = &doc["components"]["schemas"]["CreateRequest"];
+    assert!(create["properties"]["image"].is_object() && create["properties"]["template"].is_object(), "{create}");
+    assert!(!create["required"].as_array().into_iter().flatten().any(|r| r == "template" || r == "image"), "{create}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -163,7 +163,8 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
 #[utoipa::path(post, path = "/api/v1/backends", request_body = CreateRequest,
     responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
         (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
-        (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
+        (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends"),
+        (status = 503, description = "Spawner is stopping, or (Kubernetes) the API server cannot be reached")))]
 pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
     let ttl = token_ttl(&s, r.token_ttl_seconds, "tokenTtlSeconds")?;
@@ -238,7 +239,7 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String
 
 /// Status changes as server-sent events (`event: status`, `id` = sequence
 /// number; send `Last-Event-ID` to resume). Ends after a terminal status.
-#[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path)), responses((status = 200, content_type = "text/event-stream"),
+#[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path), sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
 pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;

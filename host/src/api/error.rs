@@ -34,9 +34,16 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer of the API.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, and what to do about it.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut r = (self.status, Json(ErrorBody { error: self.message })).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

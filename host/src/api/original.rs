@@ -58,8 +58,9 @@ pub(crate) struct SpawnResponse {
 }
 
 /// Original-style status: the phase as `state`, plus the full status.
-#[derive(Debug, Serialize)]
-struct OriginalStatus<'a> {
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OriginalStatus<'a> {
+    /// The phase as the original Spawner named it (`Pending`, `Ready`, …).
     state: &'static str,
     #[serde(flatten)]
     status: &'a Status,
@@ -133,14 +134,14 @@ pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> 
 }
 
 /// Status (original shape: `state` plus the status fields).
-#[utoipa::path(get, path = "/api/backend/{id}/status", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
+#[utoipa::path(get, path = "/api/backend/{id}/status", params(("id" = String, Path)), responses((status = 200, body = OriginalStatus), (status = 404)))]
 pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], render(&view.status)).into_response())
 }
 
 /// Status changes as server-sent events (original shape).
-#[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path)), responses((status = 200, content_type = "text/event-stream"),
+#[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path), super::sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
 pub(crate) async fn status_stream(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;

@@ -8,6 +8,17 @@ use futures_util::Stream;
 use crate::backends::{StatusEvent, StatusFeed};
 use crate::lifecycle::Status;
 
+/// The `Last-Event-ID` request header, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Read by `last_event_id`; this type only describes it.
+pub(super) struct LastEventId {
+    /// The `id` of the last event received: the stream resumes after it
+    /// (an `EventSource` sends it when it reconnects).
+    #[param(rename = "Last-Event-ID")]
+    last_event_id: Option<u64>,
+}
+
 /// The `Last-Event-ID` header, if the client is resuming.
 pub(super) fn last_event_id(headers: &HeaderMap) -> u64 {
     headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
