@@ -237,11 +237,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let dev = Dev::start(config.clone()).await?;
-        let base = config.public_url.clone().unwrap_or_else(|| format!("http://{}", dev.addr));
+        // The API is called from the web app's server, so the lines to try
+        // use the address Spawner listens on; browsers use the public URL.
+        let base = format!("http://{}", dev.addr);
         let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $SPAWNER_API_TOKEN\"" } else { "" };
+        let public = config.public_url.as_ref().map(|url| format!("\nBrowsers reach it as {url} (its browserUrl links)\n")).unwrap_or_default();
         tracing::info!(listen = %dev.addr, "spawner dev is ready");
         eprintln!(
-            "\nSpawner is listening on {base}\n\n  Start a demo backend (a shared notepad):\n    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
+            "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
         );
         server::stop_signal().await?;
         tracing::info!("shutting down: stopping every backend");

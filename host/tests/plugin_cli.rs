@@ -86,4 +86,18 @@ fn run_prints_the_decision_for_a_minted_token() {
     // Bad input says what is wrong.
     let out = spawner(&["plugin", "run", auth.to_str().unwrap(), "--kind", "auth", "--input", "{}"]);
     assert!(!out.status.success() && text(&out).contains("not a valid auth request"), "{}", text(&out));
+
+    // A printed sample is an input `run` takes as it is: the auth one with
+    // a verified token for its backend, which the default plugin lets in.
+    for (kind, expect) in [("auth", "Allow"), ("idle", "Keep"), ("scheduler", "Node")] {
+        let sample = spawner(&["plugin", "sample", "--kind", kind]);
+        assert!(sample.status.success(), "{}", text(&sample));
+        let file = dir.path().join(format!("{kind}.json"));
+        std::fs::write(&file, &sample.stdout).unwrap();
+        let plugin = dir.path().join(format!("default_{kind}.wasm"));
+        let out = spawner(&["plugin", "run", plugin.to_str().unwrap(), "--input", &format!("@{}", file.display())]);
+        assert!(out.status.success(), "{kind}: {}", text(&out));
+        let decision = String::from_utf8_lossy(&out.stdout);
+        assert!(decision.contains(expect), "{kind}: {decision}");
+    }
 }

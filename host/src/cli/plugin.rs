@@ -37,6 +37,14 @@ pub enum PluginCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Print a sample input of a kind as JSON: a starting point for
+    /// `plugin run --input @file`. The auth sample carries one verified
+    /// bearer token, to show the shape of `credentials`.
+    Sample {
+        /// The kind of plugin the input is for.
+        #[arg(long)]
+        kind: PluginKind,
+    },
     /// Make one decision with a plugin and print it as JSON.
     ///
     /// Input shapes (JSON, snake_case fields): auth {"request": {"method",
@@ -54,7 +62,8 @@ pub enum PluginCommand {
     /// [{"name","labels","capacity","backends"}], "owner_backends", "now"}.
     /// Variants are written as in the Rust bindings, in input and output
     /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}}.
-    /// `--input sample` uses the sample `plugin check` uses.
+    /// `--input sample` uses the sample `plugin check` uses; `spawner
+    /// plugin sample --kind KIND` prints one to start from.
     Run {
         /// The component (.wasm) to run.
         file: PathBuf,
@@ -81,6 +90,20 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Check { file, kind, settings } => check(file, kind, settings),
         PluginCommand::Run { file, kind, input, settings, token_secret } => {
             run_once(file, kind, input, settings, token_secret.as_ref().map(|s| s.expose().to_string()))
+        }
+        PluginCommand::Sample { kind } => {
+            let now = now_unix();
+            let json = match kind {
+                PluginKind::Auth => {
+                    let mut request = sample::auth_request(now);
+                    request.credentials.push(sample::bearer_credential(&request.backend, now));
+                    serde_json::to_string_pretty(&request)
+                }
+                PluginKind::Idle => serde_json::to_string_pretty(&sample::idle_request(now)),
+                PluginKind::Scheduler => serde_json::to_string_pretty(&sample::placement_request(now)),
+            }?;
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Defaults { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

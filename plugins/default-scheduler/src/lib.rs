@@ -71,7 +71,8 @@ pub fn decide(request: &PlacementRequest, settings: &Settings) -> Placement {
     if let (Some(max), Some(owner)) = (settings.max_per_owner, &request.backend.owner) {
         let live = request.owner_backends.len();
         if live >= max as usize {
-            return Placement::Reject(format!("owner {owner} already has {live} backends (max-per-owner is {max})"));
+            let backends = if live == 1 { "backend" } else { "backends" };
+            return Placement::Reject(format!("owner {owner} already has {live} {backends} (max-per-owner is {max})"));
         }
     }
     if request.nodes.is_empty() {
