@@ -177,6 +177,9 @@ impl Local {
             let secs = ready.duration_since(to.created_at).as_secs_f64();
             self.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
         }
+        if to.phase.is_terminal() && !from.phase.is_terminal() {
+            self.metrics.backends.count_end(&to);
+        }
         if to.phase.is_terminal()
             && let Some(key) = &r.spec.key
         {

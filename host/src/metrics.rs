@@ -117,22 +117,45 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Labels: how a backend ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    /// `terminated` or `failed`.
+    pub phase: &'static str,
+    /// `idle`, `lifetime`, `requested`, `rejected`, `startup-timeout`,
+    /// `exited`, `lost`.
+    pub reason: &'static str,
+}
+
 /// Metrics of backends.
 pub struct BackendMetrics {
     /// Backends currently in each phase (ended ones until forgotten).
     pub phase: Family<PhaseLabels, Gauge>,
+    /// Backends that ended, by how: unlike the phase gauge, which loses
+    /// ended backends when they are forgotten, this only grows.
+    pub ended: Family<EndLabels, Counter>,
     /// From accepted to ready.
     pub spawn_to_ready_seconds: Histogram,
+}
+
+impl BackendMetrics {
+    /// Counts one backend that reached `status`'s terminal phase.
+    pub fn count_end(&self, status: &crate::lifecycle::Status) {
+        let reason = status.reason.map_or("unknown", crate::lifecycle::Reason::as_str);
+        self.ended.get_or_create(&EndLabels { phase: status.phase.as_str(), reason }).inc();
+    }
 }
 
 impl BackendMetrics {
     fn register(registry: &mut Registry) -> Self {
         let m = BackendMetrics {
             phase: Family::default(),
+            ended: Family::default(),
             // 0.5 ms to ~30 s.
             spawn_to_ready_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
         };
         registry.register("backends", "Backends by lifecycle phase", m.phase.clone());
+        registry.register("backends_ended", "Backends that ended, by final phase and reason", m.ended.clone());
         registry.register("spawn_to_ready_seconds", "Time from create to ready", m.spawn_to_ready_seconds.clone());
         m
     }

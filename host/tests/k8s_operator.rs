@@ -40,6 +40,17 @@ async fn operator_on(plane: &ControlPlane, prefix: &str, scheduler_settings: &st
 /// [`operator`] on `plane` with `config` (its namespace and public URL set
 /// here, and no grace to stop a Pod).
 async fn operator_with(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, config: OperatorConfig) -> (kube::Client, String) {
+    let (client, ns, _) = operator_with_metrics(plane, prefix, scheduler_settings, config).await;
+    (client, ns)
+}
+
+/// `operator_with`, also returning the operator's metrics.
+async fn operator_with_metrics(
+    plane: &ControlPlane,
+    prefix: &str,
+    scheduler_settings: &str,
+    config: OperatorConfig,
+) -> (kube::Client, String, Arc<Metrics>) {
     plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
     let client = plane.client().await.unwrap();
@@ -50,8 +61,9 @@ async fn operator_with(plane: &ControlPlane, prefix: &str, scheduler_settings: &
         stop_timeout: Duration::ZERO,
         ..config
     };
-    tokio::spawn(controller::run(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config)));
-    (client, ns)
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn(controller::run(Context::new(client.clone(), plugins, metrics.clone(), config)));
+    (client, ns, metrics)
 }
 
 fn slab(name: &str, owner: &str) -> SessionLivedBackend {
@@ -379,7 +391,7 @@ async fn a_backend_no_node_takes_in_time_fails_saying_why() {
     let plane = shared().await;
     plane.add_node(&FakeNode::new("node-maint").label("zone", "maint").cordoned()).await.unwrap();
     let config = OperatorConfig { startup_timeout: Duration::from_secs(3), retention: HOUR, ..OperatorConfig::default() };
-    let (client, ns) = operator_with(plane, "op-unplaced", "", config).await;
+    let (client, ns, metrics) = operator_with_metrics(plane, "op-unplaced", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let mut stuck = slab("stuck", "erin");
     stuck.spec.template.node_selector = Some([("zone".to_string(), "maint".to_string())].into());
@@ -389,6 +401,14 @@ async fn a_backend_no_node_takes_in_time_fails_saying_why() {
     assert_eq!(failed.reason, Some(Reason::StartupTimeout));
     let message = failed.message.unwrap_or_default();
     assert!(message.starts_with("no node could run its Pod within 3 s: ") && message.contains("unschedulable"), "{message}");
+    // Counted once the operator's status write has returned (the watch may
+    // show it a moment before).
+    let counted = r#"spawner_backends_ended_total{phase="failed",reason="startup-timeout"} 1"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !metrics.encode().lines().any(|l| l == counted) {
+        assert!(std::time::Instant::now() < deadline, "{counted} missing:\n{}", metrics.encode());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Api::<Node>::all(client).delete("node-maint", &DeleteParams::default()).await.unwrap();
 }
 

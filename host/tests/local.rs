@@ -54,6 +54,9 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     assert!(backend_pids(&name).is_empty(), "process {pids:?} still running");
     // The proxy says it is gone.
     assert_eq!(dev.get(&name, "/", Some(&token)).await.status(), 410);
+    // And the metrics count how it ended.
+    let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == r#"spawner_backends_ended_total{phase="terminated",reason="idle"} 1"#), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

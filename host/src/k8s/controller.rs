@@ -449,6 +449,9 @@ async fn record(
             let secs = ready.duration_since(status.created_at).as_secs_f64();
             ctx.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
         }
+        if status.phase.is_terminal() {
+            ctx.metrics.backends.count_end(status);
+        }
         // `kubectl describe slab` shows these; a failed one is a warning.
         let kind = if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
         publish(ctx, slab, kind, super::crd::camel_case(status.phase.as_str()), phase_note(status), "Reconcile").await;
