@@ -196,7 +196,7 @@ pub enum ControlError {
     #[error("no backend named {0}")]
     NotFound(String),
     /// The template is not configured.
-    #[error("unknown template {0:?}; configured templates: {1}")]
+    #[error("unknown template {0:?}; configured templates: {1} (add one to the config file: [templates.{0:?}] with the command that runs it)")]
     UnknownTemplate(String, String),
     /// Input is invalid; the message says what to fix.
     #[error("{0}")]
