@@ -166,26 +166,26 @@ pub struct StatusFeed {
 /// List filter (all conditions must hold).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// Only this phase.
-    pub phase: Option<crate::lifecycle::Phase>,
+    /// Only these phases (any when empty).
+    pub phases: Vec<crate::lifecycle::Phase>,
     /// Only this owner.
     pub owner: Option<String>,
     /// Only this key.
     pub key: Option<String>,
     /// Only backends carrying all these labels.
     pub labels: BTreeMap<String, String>,
-    /// Only live (non-terminal) backends.
-    pub live: bool,
+    /// Only live (`true`) or only ended (`false`) backends.
+    pub live: Option<bool>,
 }
 
 impl Filter {
     /// Whether `v` passes.
     pub fn matches(&self, v: &BackendView) -> bool {
-        self.phase.is_none_or(|p| v.status.phase == p)
+        (self.phases.is_empty() || self.phases.contains(&v.status.phase))
             && self.owner.as_ref().is_none_or(|o| v.owner.as_ref() == Some(o))
             && self.key.as_ref().is_none_or(|k| v.key.as_ref() == Some(k))
             && self.labels.iter().all(|(k, val)| v.labels.get(k) == Some(val))
-            && (!self.live || !v.status.phase.is_terminal())
+            && self.live.is_none_or(|live| live != v.status.phase.is_terminal())
     }
 }
 
@@ -196,7 +196,9 @@ pub enum ControlError {
     #[error("no backend named {0}")]
     NotFound(String),
     /// The template is not configured.
-    #[error("unknown template {0:?}; configured templates: {1} (add one to the config file: [templates.{0:?}] with the command that runs it)")]
+    #[error(
+        "unknown template {0:?}; configured templates: {1} (add one to the config file: [templates.{0:?}] with the command that runs it)"
+    )]
     UnknownTemplate(String, String),
     /// Input is invalid; the message says what to fix.
     #[error("{0}")]

@@ -187,6 +187,13 @@ async fn list_filters_terminate_and_openapi() {
     let text = r.text().await.unwrap();
     assert!(text.contains("was ready and has ended") && text.contains("terminated through the API"), "{text}");
     assert_eq!(names(get("?live=true").await.unwrap().json().await.unwrap()), vec![a.clone()]);
+    assert_eq!(names(get("?live=false").await.unwrap().json().await.unwrap()), vec![b.clone()], "ended ones only");
+    assert_eq!(names(get("?phase=ready,terminated").await.unwrap().json().await.unwrap()), vec![b.clone(), a.clone()], "either phase");
+    assert_eq!(names(get("?phase=terminated").await.unwrap().json().await.unwrap()), vec![b.clone()]);
+    let bad = get("?phase=ready,flying").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert!(bad["error"].as_str().unwrap().contains("unknown phase \"flying\"; one of pending, scheduled"), "{bad}");
 
     let doc: Value = dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

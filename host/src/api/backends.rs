@@ -196,15 +196,15 @@ pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRe
 #[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    /// Only this phase.
-    phase: Option<Phase>,
+    /// Only these phases, separated by commas: `ready` or `terminated,failed`.
+    phase: Option<String>,
     /// Only this owner.
     owner: Option<String>,
     /// Only this key.
     key: Option<String>,
     /// Only backends with these labels: `k=v,k2=v2`.
     labels: Option<String>,
-    /// Only live (not ended) backends.
+    /// `true`: only live (not ended) backends; `false`: only ended ones.
     live: Option<bool>,
 }
 
@@ -220,7 +220,15 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
             .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs of valid labels separated by commas (got {pair:?})")))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let filter = Filter { phase: q.phase, owner: q.owner, key: q.key, labels, live: q.live.unwrap_or(false) };
+    let mut phases = Vec::new();
+    for name in q.phase.iter().filter(|p| !p.is_empty()).flat_map(|p| p.split(',')) {
+        let phase = Phase::ALL.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
+            let known: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+            ApiError::bad_request(format!("phase: unknown phase {name:?}; one of {}, or several separated by commas", known.join(", ")))
+        })?;
+        phases.push(phase);
+    }
+    let filter = Filter { phases, owner: q.owner, key: q.key, labels, live: q.live };
     Ok(Json(s.backends.list(&filter).await))
 }
 
