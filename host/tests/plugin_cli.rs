@@ -25,6 +25,8 @@ fn check_accepts_each_default_plugin_with_a_one_line_summary() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.lines().count(), 1, "{stdout}");
         assert!(stdout.starts_with("ok: ") && stdout.contains(&format!("spawner:plugin/{kind}@0.2.0")), "{stdout}");
+        let deadline = if kind == "auth" { "(deadline 20 ms" } else { "(deadline 100 ms" };
+        assert!(stdout.contains(deadline), "the trial's time is shown beside the deadline: {stdout}");
     }
 }
 

@@ -143,13 +143,14 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> a
         let trial = trial.map_err(|e| format!("{}: trial decision on a sample {kind} request failed: the plugin {e}", source.name))?;
         let info = plugin.info();
         Ok(format!(
-            "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms",
+            "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms (deadline {} ms)",
             info.name,
             kind.with_article(),
             crate::plugins::PACKAGE_VERSION,
             info.size.div_ceil(1024),
             &info.digest[..16],
-            took.as_secs_f64() * 1e3
+            took.as_secs_f64() * 1e3,
+            rt.config().limits(kind).deadline_ms
         ))
     })();
     match outcome {
