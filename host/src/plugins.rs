@@ -5,6 +5,7 @@
 //!   and the compiled-component cache;
 //! - [`loaded`]: load-time checks and the typed call into one plugin;
 //! - `host_state`: per-call store data and the `host` imports;
+//! - `stderr`: a `std` plugin's stderr, kept for the failure report;
 //! - [`types`]: the request and decision types (generated from `wit/`);
 //! - [`credentials`]: the capability tokens a request carries, verified
 //!   before the auth plugin runs;
@@ -25,6 +26,7 @@ mod host_state;
 pub mod loaded;
 pub mod runtime;
 pub mod sample;
+mod stderr;
 pub mod types;
 
 use std::path::Path;

@@ -185,6 +185,14 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let fail_auth = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "")).unwrap();
     let err = fail_auth.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
     assert!(matches!(&err, CallError::Trap(m) if m.contains("fixture: auth plugin panicked")), "{err:?}");
+    // Printing more than the host keeps is not a failure, and a panic after
+    // it is still reported with its message (the last bytes are kept).
+    let chatty = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "print")).unwrap();
+    let printed = chatty.check(&rt, &auth_request("b1", &[], None), 0).unwrap();
+    assert_eq!(deny_status(&printed), Some(451), "{printed:?}");
+    let chatty = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "chatty-panic")).unwrap();
+    let err = chatty.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
+    assert!(matches!(&err, CallError::Trap(m) if m.contains("panicked after chatter")), "{err:?}");
 
     // Auth fails closed, on a trap and on a plugin error alike.
     for settings in ["panic", "error", "bad-header", "bad-status"] {

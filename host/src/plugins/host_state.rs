@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginKind;
 use super::bindings::auth::spawner::plugin::{host, types};
+use super::stderr::TailCapture;
 use crate::token::TokenKey;
 
 /// A plugin's log line is cut at this length: plugins are untrusted and
@@ -22,7 +22,8 @@ const MAX_LOG_LINE: usize = 2048;
 /// plugin cannot flood the log on every request.
 const MAX_LOG_LINES_PER_CALL: u32 = 20;
 
-/// Bytes of stderr kept per call: enough for a panic message.
+/// Bytes of stderr kept per call (the last ones): enough for a panic
+/// message.
 const STDERR_CAPTURE: usize = 4096;
 
 /// Table elements a plugin may grow to (Rust plugins use a few hundred).
@@ -65,7 +66,7 @@ pub(crate) struct HostState {
     pub limiter: Limiter,
     /// Built on first use: plugins without WASI imports (the `no_std`
     /// default bundle) never pay for it.
-    wasi: Option<(WasiCtx, MemoryOutputPipe)>,
+    wasi: Option<(WasiCtx, TailCapture)>,
     table: ResourceTable,
     ctx: Arc<PluginContext>,
     logs_left: u32,
@@ -100,7 +101,7 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let (wasi, _) = self.wasi.get_or_insert_with(|| {
-            let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+            let stderr = TailCapture::new(STDERR_CAPTURE);
             // No preopened directories, no environment, no arguments, no
             // stdin, and no socket may connect or bind: a plugin can
             // compute and call the host, nothing else.

@@ -175,7 +175,14 @@ impl LoadedPlugin {
             }))
             .unwrap_or_else(|panic| Err(CallError::HostPanic(panic_message(&*panic))))
         };
-        if self.imports_wasi { where_blocking_is_allowed(run) } else { run() }
+        if self.imports_wasi {
+            where_blocking_is_allowed(|| {
+                let _turn = rt.wasi_turn();
+                run()
+            })
+        } else {
+            run()
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -69,8 +69,10 @@ pub struct RuntimeConfig {
     /// Limits for idle calls.
     pub idle: Limits,
     /// Plugin instances that may exist at once (each call holds one while it
-    /// runs). Calls run on Spawner's worker threads, so this only needs to
-    /// exceed the thread count; extra slots cost address space, not memory.
+    /// runs). Calls run on Spawner's worker threads, and those of plugins
+    /// that import WASI one per CPU at most (see [`Runtime::wasi_turn`]), so
+    /// this only needs to exceed the thread count; extra slots cost address
+    /// space, not memory.
     pub max_instances: u32,
 }
 
@@ -146,6 +148,29 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Turns to call a plugin that imports WASI, one per CPU.
+///
+/// Such calls leave the async workers (`block_in_place`, see
+/// `LoadedPlugin::call`), and the blocking pool would otherwise run
+/// hundreds at once in a burst: each would then take longer in wall time
+/// than its CPU time, past its deadline (counted in wall time), and a
+/// burst of requests would be denied. Waiting for a turn comes before the
+/// store, so it does not count against the deadline.
+struct Turns {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One turn, given back when dropped.
+pub(crate) struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("turns lock") += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// The process-wide plugin runtime.
 pub struct Runtime {
     engine: Engine,
@@ -153,6 +178,7 @@ pub struct Runtime {
     cache: Mutex<HashMap<[u8; 32], Component>>,
     config: RuntimeConfig,
     tokens: Option<Arc<TokenKey>>,
+    wasi_turns: Turns,
     _ticker: EpochTicker,
 }
 
@@ -201,7 +227,19 @@ impl Runtime {
             .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
 
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| LoadError::Runtime(format!("epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, _ticker: ticker })
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let wasi_turns = Turns { free: Mutex::new(cpus), freed: Condvar::new() };
+        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, wasi_turns, _ticker: ticker })
+    }
+
+    /// Waits for a turn to call a plugin that imports WASI (see [`Turns`]).
+    /// Blocks the thread: call it where blocking is allowed.
+    pub(crate) fn wasi_turn(&self) -> Turn<'_> {
+        let turns = &self.wasi_turns;
+        let free = turns.free.lock().expect("turns lock");
+        let mut free = turns.freed.wait_while(free, |n| *n == 0).expect("turns lock");
+        *free -= 1;
+        Turn(turns)
     }
 
     /// The runtime's configuration.
@@ -261,5 +299,27 @@ impl Runtime {
         store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
         store.epoch_deadline_trap();
         store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasi_calls_take_turns_one_per_cpu() {
+        let rt = Runtime::new(RuntimeConfig::default(), None).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let held: Vec<Turn<'_>> = (0..cpus).map(|_| rt.wasi_turn()).collect();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _turn = rt.wasi_turn();
+                tx.send(()).unwrap();
+            });
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "every turn is taken: the next call waits");
+            drop(held);
+            rx.recv_timeout(Duration::from_secs(5)).expect("a turn given back is taken");
+        });
     }
 }
