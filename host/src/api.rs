@@ -68,7 +68,7 @@ pub struct ApiState {
         backends::TokenResponse, crate::backends::BackendView, original::SpawnRequest, original::SpawnResponse,
         original::OriginalStatus, error::ErrorBody,
     )),
-    modifiers(&BearerAuth, &ErrorBodies, &ImageAlias),
+    modifiers(&BearerAuth, &CommonAnswers, &ErrorBodies, &ImageAlias),
 )]
 struct ApiDoc;
 
@@ -123,14 +123,30 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
-        // Every operation answers 401 once an API token is configured.
-        let unauthorized = utoipa::openapi::ResponseBuilder::new()
-            .description("The API token is missing or wrong (when `api-token` is configured: always off loopback)")
-            .build();
+    }
+}
+
+/// Answers every operation may give: 401 once an API token is configured,
+/// and 503 while Spawner stops or (on Kubernetes) cannot reach the API
+/// server.
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ResponseBuilder;
+        let common = [
+            ("401", "The API token is missing or wrong (when `api-token` is configured: always off loopback)"),
+            ("503", "Spawner is stopping, or (Kubernetes) the API server cannot be reached: try again"),
+        ];
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for op in operations.into_iter().flatten() {
-                op.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+                for (status, description) in common {
+                    op.responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| ResponseBuilder::new().description(description).build().into());
+                }
             }
         }
     }

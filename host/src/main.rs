@@ -28,6 +28,18 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
+    // A panic is a bug; the threads it can happen on (a request, a plugin
+    // call, which turns it into the kind's fallback) carry on. Reported
+    // through the log, so JSON logs stay JSON lines.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::capture();
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => tracing::error!(thread, %backtrace, "panic: {info}"),
+            _ => tracing::error!(thread, "panic: {info} (RUST_BACKTRACE=1 for a backtrace)"),
+        }
+    }));
     match spawner::cli::run(spawner::cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

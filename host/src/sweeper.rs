@@ -72,7 +72,9 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
         // Idle since it became ready at most, not since it was created (its
         // meter's start): a start slower than the grace period must not
         // leave the browser it was created for no time to connect.
-        let since_ready = c.ready_at.map_or(Duration::MAX, |r| now.duration_since(r).unsigned_abs());
+        // A ready time ahead of this clock (another machine's, on
+        // Kubernetes) counts as just now.
+        let since_ready = c.ready_at.map_or(Duration::MAX, |r| Duration::try_from(now.duration_since(r)).unwrap_or(Duration::ZERO));
         let idle_for = snap.idle_for.min(since_ready);
         let request = IdleRequest {
             backend: c.backend.clone(),
@@ -198,5 +200,7 @@ mod tests {
         assert!(["no connections for 34 s", "no connections for 35 s"].iter().any(|m| message.starts_with(m)), "since ready: {message}");
         // Activity after it became ready counts as it always did.
         assert_eq!(sweep(&OneBackend { created: 75, ready: 35, idle: 3 }, &plugins, true), vec![]);
+        // A ready time ahead of the sweeper's clock is just now, not long ago.
+        assert_eq!(sweep(&OneBackend { created: 75, ready: -60, idle: 75 }, &plugins, true), vec![]);
     }
 }

@@ -190,6 +190,13 @@ async fn list_filters_terminate_and_openapi() {
     assert_eq!(names(get("?live=false").await.unwrap().json().await.unwrap()), vec![b.clone()], "ended ones only");
     assert_eq!(names(get("?phase=ready,terminated").await.unwrap().json().await.unwrap()), vec![b.clone(), a.clone()], "either phase");
     assert_eq!(names(get("?phase=terminated").await.unwrap().json().await.unwrap()), vec![b.clone()]);
+    assert_eq!(
+        names(get("?phase=ready,%20terminated,").await.unwrap().json().await.unwrap()),
+        vec![b.clone(), a.clone()],
+        "spaces and empty items are ignored"
+    );
+    let twice: Value = get("?phase=ready&phase=failed").await.unwrap().json().await.unwrap();
+    assert!(twice["error"].as_str().unwrap().contains("separated by commas"), "{twice}");
     let bad = get("?phase=ready,flying").await.unwrap();
     assert_eq!(bad.status(), 400);
     let bad: Value = bad.json().await.unwrap();
@@ -203,6 +210,7 @@ async fn list_filters_terminate_and_openapi() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert!(op["responses"].get("401").is_some(), "{method} {path}: the API token's 401 is not documented");
+            assert!(op["responses"].get("503").is_some(), "{method} {path}: 503 is not documented");
         }
     }
     let tokens = &doc["paths"]["/api/v1/backends/{name}/tokens"]["post"]["requestBody"];

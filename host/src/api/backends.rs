@@ -163,8 +163,7 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
 #[utoipa::path(post, path = "/api/v1/backends", request_body = CreateRequest,
     responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
         (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
-        (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends"),
-        (status = 503, description = "Spawner is stopping, or (Kubernetes) the API server cannot be reached")))]
+        (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
 pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
     let ttl = token_ttl(&s, r.token_ttl_seconds, "tokenTtlSeconds")?;
@@ -221,7 +220,7 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
         labels.insert(k.to_string(), v.to_string());
     }
     let mut phases = Vec::new();
-    for name in q.phase.iter().filter(|p| !p.is_empty()).flat_map(|p| p.split(',')) {
+    for name in q.phase.iter().flat_map(|p| p.split(',')).map(str::trim).filter(|p| !p.is_empty()) {
         let phase = Phase::ALL.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
             let known: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
             ApiError::bad_request(format!("phase: unknown phase {name:?}; one of {}, or several separated by commas", known.join(", ")))

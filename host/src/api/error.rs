@@ -110,6 +110,9 @@ pub fn plain_serde_message(text: &str) -> String {
     if text.contains("duplicate field `template`") {
         return "send the template as either `template` or `image` (its alias), not both".into();
     }
+    if text.contains("duplicate field `phase`") {
+        return "give phase once, with several phases separated by commas: phase=terminated,failed".into();
+    }
     const TYPES: &[(&str, &str)] = &[
         ("expected u64", "expected a whole number, 0 or more"),
         ("expected u32", "expected a whole number, 0 or more"),
