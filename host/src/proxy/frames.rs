@@ -59,6 +59,19 @@ impl FrameMeter {
         self.have == 0 && self.skip == 0
     }
 
+    /// How many more bytes end the frame in progress: its payload's rest,
+    /// or, inside a header, the header's rest (its payload's length is then
+    /// known). Zero at a boundary. Reading no more than this keeps a
+    /// stream at a frame boundary once it reaches one.
+    pub fn to_boundary(&self) -> usize {
+        match (self.have, self.skip) {
+            (0, 0) => 0,
+            (0, skip) => usize::try_from(skip).unwrap_or(usize::MAX),
+            (1, _) => 1,
+            (have, _) => header_len(&self.header) - have,
+        }
+    }
+
     /// Whether a Close frame went by (after one, its sender sends no more
     /// frames, and its receiver must not be sent another Close).
     pub fn closing(&self) -> bool {
@@ -148,5 +161,32 @@ mod tests {
         assert!(!meter.closing());
         meter.feed(&frame(true, 8, false, 2));
         assert!(meter.closing(), "a Close frame went by");
+    }
+
+    #[test]
+    fn reading_no_more_than_to_boundary_stops_at_each_frame_end() {
+        let mut stream = Vec::new();
+        stream.extend(frame(true, 2, true, 300));
+        stream.extend(frame(true, 9, false, 0));
+        stream.extend(frame(true, 1, false, 70_000));
+        let mut meter = FrameMeter::default();
+        meter.feed(&stream[..1]);
+        let mut at = 1;
+        let mut boundaries = Vec::new();
+        while at < stream.len() {
+            let n = meter.to_boundary();
+            assert!(n > 0, "inside a frame at {at}");
+            meter.feed(&stream[at..at + n]);
+            at += n;
+            if meter.at_boundary() {
+                assert_eq!(meter.to_boundary(), 0);
+                boundaries.push(at);
+                if at < stream.len() {
+                    meter.feed(&stream[at..at + 1]);
+                    at += 1;
+                }
+            }
+        }
+        assert_eq!(boundaries, vec![308, 310, 310 + 10 + 70_000]);
     }
 }

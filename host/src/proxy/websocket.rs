@@ -6,9 +6,11 @@
 //! boundary in both directions it sends each side a Close frame with code
 //! 1001 ("going away"), so browsers see a clean close they can reconnect
 //! after (through another replica), and backends an orderly end of the
-//! session, instead of both finding the connection cut at exit. A relay
-//! that reaches no such boundary within `BOUNDARY_WAIT` (a stalled
-//! sender, bytes that are not frames) is cut, as before.
+//! session, instead of both finding the connection cut at exit. Once asked,
+//! a direction reads only to the end of its frame in progress and then no
+//! more, so a busy stream reaches its boundary too. A relay that reaches
+//! none within `BOUNDARY_WAIT` (a stalled sender, bytes that are not
+//! frames) is cut, as before.
 //!
 //! An idle WebSocket holds no buffer: the relay waits for readiness on both
 //! sockets and reads into a per-thread scratch buffer, so 10,000 idle
@@ -155,16 +157,16 @@ async fn pump(
                 }
             }
             () = async { give_up.as_mut().expect("checked").await }, if give_up.is_some() => return Ok(()),
-            r = c.stream.readable(), if !c.eof && b.pending.is_empty() => {
+            r = c.stream.readable(), if !c.eof && b.pending.is_empty() && readable_now(&c, give_up.is_some()) => {
                 r?;
-                if transfer(&mut c, &mut b, activity, true)? {
+                if transfer(&mut c, &mut b, activity, true, give_up.is_some())? {
                     c.eof = true;
                     b.stream.shutdown().await.ok();
                 }
             }
-            r = b.stream.readable(), if !b.eof && c.pending.is_empty() => {
+            r = b.stream.readable(), if !b.eof && c.pending.is_empty() && readable_now(&b, give_up.is_some()) => {
                 r?;
-                if transfer(&mut b, &mut c, activity, false)? {
+                if transfer(&mut b, &mut c, activity, false, give_up.is_some())? {
                     b.eof = true;
                     c.stream.shutdown().await.ok();
                 }
@@ -221,12 +223,20 @@ fn close_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
     frame
 }
 
-/// Reads what `from` has and writes as much as possible to `to`; keeps the
+/// Whether to read from `side` now: always, unless closing and its
+/// stream is at a frame boundary (where it stays until the Close).
+fn readable_now(side: &Side, closing: bool) -> bool {
+    !closing || side.meter.to_boundary() > 0
+}
+
+/// Reads what `from` has (when `closing`, no further than the end of its
+/// frame in progress) and writes as much as possible to `to`; keeps the
 /// rest in `to.pending`. Returns true at end of stream.
-fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool) -> std::io::Result<bool> {
+fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, closing: bool) -> std::io::Result<bool> {
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
-        match from.stream.try_read(&mut buf) {
+        let limit = if closing { from.meter.to_boundary().min(buf.len()) } else { buf.len() };
+        match from.stream.try_read(&mut buf[..limit]) {
             Ok(0) => Ok(true),
             Ok(n) => {
                 let data = &buf[..n];
@@ -353,6 +363,55 @@ mod tests {
         let activity = r.activity.clone();
         hang_up(r).await;
         assert_eq!(activity.snapshot().websocket_messages, 1, "the frame counted once, the Close frames not at all");
+    }
+
+    /// Frames one after another, read from `s` until a Close frame;
+    /// returns how many whole data frames came first and the Close's code
+    /// (none if the stream ended without one: cut).
+    async fn frames_until_close(s: &mut TcpStream) -> (usize, Option<u16>) {
+        let mut data_frames = 0;
+        loop {
+            let mut head = [0u8; 2];
+            match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await.expect("stalled") {
+                Ok(_) => {}
+                Err(_) => return (data_frames, None),
+            }
+            let len = match head[1] & 0x7f {
+                126 => u16::from_be_bytes(read_n(s, 2).await.try_into().unwrap()) as usize,
+                127 => u64::from_be_bytes(read_n(s, 8).await.try_into().unwrap()) as usize,
+                n => n as usize,
+            };
+            let payload = read_n(s, len).await;
+            if head[0] & 0x0f == 8 {
+                return (data_frames, Some(u16::from_be_bytes([payload[0], payload[1]])));
+            }
+            data_frames += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_relay_closes_after_the_frame_in_flight_instead_of_being_cut() {
+        let mut r = relayed(false).await;
+        // The app streams 1,000-byte frames, each write the end of one frame
+        // and the start of the next: whatever has arrived never ends at a
+        // frame's end, so only reading to the frame's end finds one.
+        let mut frame = vec![0x82, 126, 0x03, 0xE8];
+        frame.extend(std::iter::repeat_n(0x42, 1000));
+        let (head, tail) = frame.split_at(502);
+        let piece = [tail, head].concat();
+        let (_, mut app_out) = r.app.into_split();
+        app_out.write_all(head).await.unwrap();
+        let writer = tokio::spawn(async move {
+            while app_out.write_all(&piece).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        // A hundred whole frames through, then the stop.
+        read_n(&mut r.browser, frame.len() * 100).await;
+        r.going_away.send_replace(true);
+        let (frames, code) = frames_until_close(&mut r.browser).await;
+        assert_eq!(code, Some(1001), "a Close after {frames} more whole frames, not a cut");
+        writer.abort();
     }
 
     #[tokio::test]
