@@ -304,6 +304,25 @@ impl Template {
     }
 }
 
+/// Checks a public URL (`public-url`, `--public-url`): an origin, since
+/// Spawner serves `/api/` and `/p/` at the root of its host. Returns it
+/// without a trailing `/`. Also a clap value parser.
+pub fn public_url_arg(url: &str) -> Result<String, String> {
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return Err(format!("must start with http:// or https:// (got {url})"));
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() {
+        return Err(format!("names no host (got {url})"));
+    }
+    if host.contains(['/', '?', '#']) {
+        return Err(format!(
+            "must be an origin such as https://apps.example.com, with no path (got {url}): Spawner serves /api/ and /p/ at the root of its host"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -380,10 +399,8 @@ impl Config {
                 self.token_ttl_seconds
             ));
         }
-        if let Some(u) = &self.public_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            return bad(format!("public-url must start with http:// or https:// (got {u})"));
+        if let Some(u) = &self.public_url {
+            public_url_arg(u).map_err(|why| ConfigError::Invalid(format!("public-url: {why}")))?;
         }
         if self.sweeper.interval_ms == 0 {
             return bad("sweeper.interval-ms must be positive".into());
@@ -558,6 +575,18 @@ mod tests {
         assert_eq!(c.plugins.idle.file, Some(root.join("idle.wasm")));
         assert_eq!(c.plugins.idle.settings_file, Some(root.join("conf/idle.json")));
         assert_eq!(c.plugins.auth.file.as_deref(), Some(Path::new("/opt/auth.wasm")), "absolute paths stay");
+    }
+
+    #[test]
+    fn the_public_url_is_an_origin() {
+        assert_eq!(public_url_arg("https://apps.example.com/"), Ok("https://apps.example.com".into()));
+        assert_eq!(public_url_arg("http://127.0.0.1:8080"), Ok("http://127.0.0.1:8080".into()));
+        assert!(public_url_arg("https://apps.example.com/base").unwrap_err().contains("no path"));
+        assert!(public_url_arg("https://apps.example.com/?x=1").unwrap_err().contains("no path"));
+        assert!(public_url_arg("apps.example.com").unwrap_err().contains("http://"));
+        assert!(public_url_arg("https://").unwrap_err().contains("no host"));
+        let c = Config { public_url: Some("https://x.example/base".into()), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("public-url: must be an origin"), "the field is named");
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Dev {
             anyhow::anyhow!("listening on {}{hint}: {e}", config.listen)
         })?;
         let addr = listener.local_addr()?;
+        for warning in url_warnings(&config) {
+            tracing::warn!("{warning}");
+        }
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
             config.public_url = Some(format!("http://{addr}"));
@@ -269,9 +272,38 @@ fn token_names_mismatch(settings: &str, names: &TokenNames) -> Option<String> {
     })
 }
 
+/// Settings that start but hand out links that will not work as meant.
+fn url_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    match &config.public_url {
+        None if config.listen.ip().is_unspecified() => warnings.push(format!(
+            "listening on {} with no public-url: browserUrl links name that address, which browsers cannot open; set public-url (--public-url, SPAWNER_PUBLIC_URL) to the URL they reach Spawner at",
+            config.listen
+        )),
+        Some(url) if url.starts_with("https://") && config.proxy.forwarded_proto != "https" => warnings.push(format!(
+            "public-url is https ({url}) but proxy.forwarded-proto is {:?}: backends see X-Forwarded-Proto: http and the token cookie is not Secure; set forwarded-proto = \"https\" in [proxy]",
+            config.proxy.forwarded_proto
+        )),
+        _ => {}
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_that_will_not_work_as_meant_are_warned_about() {
+        let open = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..Config::default() };
+        assert!(url_warnings(&open)[0].contains("set public-url"));
+        let https = Config { public_url: Some("https://apps.example.com".into()), ..Config::default() };
+        assert!(url_warnings(&https)[0].contains("forwarded-proto = \"https\""));
+        let mut fine = https.clone();
+        fine.proxy.forwarded_proto = "https".into();
+        assert!(url_warnings(&fine).is_empty());
+        assert!(url_warnings(&Config::default()).is_empty(), "loopback, no public URL: links work locally");
+    }
 
     #[test]
     fn auth_settings_naming_other_token_places_are_warned_about() {

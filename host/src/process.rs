@@ -131,7 +131,7 @@ impl Process {
         tokio::spawn(async move {
             let exited = tokio::time::timeout(timeout, state.wait_for(|s| matches!(s, ProcessState::Exited(_)))).await;
             if exited.is_err() {
-                tracing::warn!(pid = group.as_raw(), "backend ignored SIGTERM; sending SIGKILL");
+                tracing::warn!(pid = group.as_raw(), stop_timeout = ?timeout, "backend did not exit within the stop timeout after SIGTERM; sending SIGKILL");
                 let _ = killpg(group, Signal::SIGKILL);
             }
         });

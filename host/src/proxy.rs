@@ -245,11 +245,12 @@ impl Proxy {
 
         if websocket {
             let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+            let slot = parts.extensions.remove::<crate::server::ConnectionSlot>();
             parts.uri = match path.parse() {
                 Ok(u) => u,
                 Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
             };
-            return self.websocket(parts, client_upgrade, addr, target.activity).await;
+            return self.websocket(parts, client_upgrade, slot, addr, target.activity).await;
         }
 
         parts.uri = match format!("http://{addr}{path}").parse() {
@@ -276,10 +277,13 @@ impl Proxy {
         }
     }
 
+    /// Relays a WebSocket; `slot` (the client connection's place under
+    /// `max-connections`) is held until it closes.
     async fn websocket(
         &self,
         parts: http::request::Parts,
         client_upgrade: Option<OnUpgrade>,
+        slot: Option<crate::server::ConnectionSlot>,
         addr: SocketAddr,
         activity: Arc<Activity>,
     ) -> Response<Body> {
@@ -312,7 +316,11 @@ impl Proxy {
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
         let going_away = self.going_away.subscribe();
-        tokio::spawn(websocket::relay(client_upgrade, backend_upgrade, activity, self.metrics.clone(), going_away));
+        let relay = websocket::relay(client_upgrade, backend_upgrade, activity, self.metrics.clone(), going_away);
+        tokio::spawn(async move {
+            relay.await;
+            drop(slot);
+        });
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Body::empty())
     }

@@ -142,6 +142,32 @@ pub struct Stopping {
     pub drain: Duration,
 }
 
+/// One client connection's place under `max-connections`, and its count in
+/// `spawner_proxy_open_connections`; both are given back when the last
+/// holder drops it. The connection's task holds it, and so does each of
+/// its requests (as an extension): a WebSocket relay takes its request's
+/// and keeps it, so an upgraded connection, which outlives hyper's
+/// connection future, still counts until the WebSocket closes.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<SlotInner>);
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSlot").finish_non_exhaustive()
+    }
+}
+
+struct SlotInner {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        self.metrics.proxy.open_connections.dec();
+    }
+}
+
 /// [`serve`] in a task, until the returned sender is used (or dropped).
 pub fn spawn(
     listener: TcpListener,
@@ -158,6 +184,10 @@ pub fn spawn(
 async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: tokio::sync::oneshot::Receiver<()>, stopping: Stopping) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
+    // Sent once the drain is over: connections still open (a response
+    // still streaming) are cut then, not left running until the process
+    // exits, after the backends have been stopped under them.
+    let (cut, cut_seen) = tokio::sync::watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -192,13 +222,16 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
             _ = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, builder, mut closing) = (app.clone(), builder.clone(), closing_seen.clone());
+        let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
         app.metrics.proxy.connections.inc();
         app.metrics.proxy.open_connections.inc();
+        let slot = ConnectionSlot(Arc::new(SlotInner { _permit: permit, metrics: app.metrics.clone() }));
         tokio::spawn(async move {
             let svc_app = app.clone();
-            let service = service_fn(move |req| {
+            let svc_slot = slot.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
                 let app = svc_app.clone();
+                req.extensions_mut().insert(svc_slot.clone());
                 async move { Ok::<_, Infallible>(app.dispatch(req, peer).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
@@ -209,17 +242,20 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
             };
             let ended = tokio::select! {
                 r = connection.as_mut() => r,
-                // Finish the request in flight, then close.
+                // Finish the request in flight, then close; unless the
+                // drain ends first.
                 () = asked_to_close => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        r = connection => r,
+                        _ = cut.wait_for(|c| *c) => Ok(()),
+                    }
                 }
             };
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            app.metrics.proxy.open_connections.dec();
-            drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -233,8 +269,9 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
     .await;
     let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
     if drained.is_err() && open + websockets > 0 {
-        tracing::info!(open, websockets, drain = ?stopping.drain, "stopped with connections still open");
+        tracing::info!(open, websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
     }
+    let _ = cut.send(true);
 }
 
 /// A background task that is aborted when this handle drops: for tasks that

@@ -47,6 +47,7 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ("zero port", r#"{"template":"demo","port":0}"#.into(), 422, "port must be between 1 and 65535, got 0"),
         ("NUL in env", r#"{"template":"demo","env":{"A":"x\u0000y"}}"#.into(), 422, "env A: the value contains a NUL byte"),
         ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
+        ("no template", r#"{"key":"k"}"#.into(), 422, "missing field `template` (or its alias `image`)"),
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
         ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
         // Kubernetes' rules locally too, so a spec that runs here runs on a cluster.
@@ -197,6 +198,11 @@ async fn list_filters_terminate_and_openapi() {
     );
     let twice: Value = get("?phase=ready&phase=failed").await.unwrap().json().await.unwrap();
     assert!(twice["error"].as_str().unwrap().contains("separated by commas"), "{twice}");
+    let twice: Value = get("?owner=a&owner=b").await.unwrap().json().await.unwrap();
+    assert_eq!(twice["error"], "owner is given twice: give it once");
+    let both: Value = get("?labels=team=data,team=web").await.unwrap().json().await.unwrap();
+    assert!(both["error"].as_str().unwrap().contains("team is given twice"), "{both}");
+    assert_eq!(names(get("?owner=&key=").await.unwrap().json().await.unwrap()).len(), 2, "empty filters filter nothing");
     let bad = get("?phase=ready,flying").await.unwrap();
     assert_eq!(bad.status(), 400);
     let bad: Value = bad.json().await.unwrap();

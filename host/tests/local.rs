@@ -220,6 +220,23 @@ async fn sigterm_closes_open_websockets_with_going_away() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_response_still_streaming_when_the_drain_ends_is_cut_then() {
+    // A backend given 30 s to stop: a response it streams must not keep
+    // flowing through the proxy all that time after the 2 s drain.
+    let slow_stop = "[backends]\nstop-timeout-seconds = 30\n";
+    let mut dev = Dev::start(slow_stop, &[]);
+    let (name, token) = dev.create_ok(json!({"template":"demo"})).await;
+    dev.wait_ready(&name).await;
+    let url = format!("{}/p/{name}/events?ticks=600", dev.base);
+    let mut stream = dev.http.get(url).bearer_auth(&token).send().await.unwrap().bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let stopped = tokio::task::spawn_blocking(move || dev.terminate());
+    let ended = tokio::time::timeout(Duration::from_secs(15), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    assert!(ended.is_ok(), "still streaming 15 s after SIGTERM");
+    assert!(stopped.await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_spawner_leaves_no_backend_running() {
     let (mut dev, names) = dev_with_backends().await;
     // Spawner gets no chance to stop them: the reaper must (SIGTERM, then
@@ -334,6 +351,8 @@ async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     for path in [format!("/api/v1/backends/{name}/events"), format!("/api/backend/{name}/status/stream")] {
         let r = dev.http.get(format!("{}{path}", dev.base)).header("last-event-id", &last).send().await.unwrap();
         assert_eq!(r.status(), 204, "{path}");
+        let r = dev.http.get(format!("{}{path}", dev.base)).header("last-event-id", "abc").send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}: an id no stream sent is not read as the start");
     }
 }
 
@@ -394,6 +413,37 @@ async fn plugins_loaded_from_files_change_behaviour() {
     let ended = dev.wait_phase(&name, "terminated").await;
     assert_eq!(ended["status"]["reason"], "idle");
     assert!(ended["status"]["message"].as_str().unwrap().contains("after hours"), "{ended}");
+}
+
+/// A WebSocket is a client connection for `max-connections` and the
+/// open-connections gauge for as long as it is open: hyper's connection
+/// future ends at the upgrade, and both used to be given back then.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_websockets_count_as_open_connections() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&name).await;
+    let open = || async {
+        let m = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+        let line = m.lines().find(|l| l.starts_with("spawner_proxy_open_connections ")).unwrap().to_string();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let before = open().await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = dev.websocket(&name, &token).await;
+        ws.next().await.unwrap().unwrap();
+        sockets.push(ws);
+    }
+    assert_eq!(open().await, before + 3, "each open WebSocket is an open connection");
+    for mut ws in sockets {
+        ws.close(None).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open().await != before {
+        assert!(std::time::Instant::now() < deadline, "closed WebSockets are given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A `std` auth plugin writes to WASI streams when it prints or panics;

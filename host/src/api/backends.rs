@@ -217,7 +217,9 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
             .split_once('=')
             .filter(|(k, v)| is_label(k, v))
             .ok_or_else(|| ApiError::bad_request(format!("labels must be k=v pairs of valid labels separated by commas (got {pair:?})")))?;
-        labels.insert(k.to_string(), v.to_string());
+        if labels.insert(k.to_string(), v.to_string()).is_some_and(|first| first != v) {
+            return Err(ApiError::bad_request(format!("labels: {k} is given twice with different values: no backend carries both")));
+        }
     }
     let mut phases = Vec::new();
     for name in q.phase.iter().flat_map(|p| p.split(',')).map(str::trim).filter(|p| !p.is_empty()) {
@@ -227,7 +229,9 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
         })?;
         phases.push(phase);
     }
-    let filter = Filter { phases, owner: q.owner, key: q.key, labels, live: q.live };
+    // Empty means no filter, as for phase= and labels=.
+    let (owner, key) = (q.owner.filter(|o| !o.is_empty()), q.key.filter(|k| !k.is_empty()));
+    let filter = Filter { phases, owner, key, labels, live: q.live };
     Ok(Json(s.backends.list(&filter).await))
 }
 
@@ -247,10 +251,10 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String
 /// Status changes as server-sent events (`event: status`, `id` = sequence
 /// number; send `Last-Event-ID` to resume). Ends after a terminal status.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path), sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
-    (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
+    (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
 pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
-    Ok(sse::stream(feed, sse::last_event_id(&headers), |status| serde_json::to_string(status).unwrap_or_default()))
+    Ok(sse::stream(feed, sse::last_event_id(&headers)?, |status| serde_json::to_string(status).unwrap_or_default()))
 }
 
 /// Wait-for-ready query.

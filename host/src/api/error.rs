@@ -107,11 +107,20 @@ pub fn plain_serde_message(text: &str) -> String {
         "Failed to deserialize query string: ",
     ];
     let mut text = PREFIXES.iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text).to_string();
+    if text.starts_with("missing field `template`") {
+        return "missing field `template` (or its alias `image`): the template to run".into();
+    }
     if text.contains("duplicate field `template`") {
         return "send the template as either `template` or `image` (its alias), not both".into();
     }
     if text.contains("duplicate field `phase`") {
         return "give phase once, with several phases separated by commas: phase=terminated,failed".into();
+    }
+    if text.contains("duplicate field `labels`") {
+        return "give labels once, with several labels separated by commas: labels=team=docs,tier=free".into();
+    }
+    if let Some(field) = text.strip_prefix("duplicate field `").and_then(|t| t.split('`').next()) {
+        return format!("{field} is given twice: give it once");
     }
     const TYPES: &[(&str, &str)] = &[
         ("expected u64", "expected a whole number, 0 or more"),

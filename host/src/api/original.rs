@@ -142,8 +142,8 @@ pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) ->
 
 /// Status changes as server-sent events (original shape).
 #[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path), super::sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
-    (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 404)))]
+    (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
 pub(crate) async fn status_stream(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
-    Ok(sse::stream(feed, sse::last_event_id(&headers), render))
+    Ok(sse::stream(feed, sse::last_event_id(&headers)?, render))
 }

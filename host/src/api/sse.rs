@@ -19,9 +19,17 @@ pub(super) struct LastEventId {
     last_event_id: Option<u64>,
 }
 
-/// The `Last-Event-ID` header, if the client is resuming.
-pub(super) fn last_event_id(headers: &HeaderMap) -> u64 {
-    headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+/// The `Last-Event-ID` header, if the client is resuming (0 if not); one
+/// that no stream of ours sent is refused rather than read as "from the
+/// start".
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<u64, super::ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(0) };
+    value.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+        super::ApiError::bad_request(format!(
+            "Last-Event-ID must be the id of an event this stream sent (a whole number), got {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    })
 }
 
 /// Replays history after `after`, then follows live changes; ends after a

@@ -18,7 +18,7 @@ pub struct OperatorArgs {
     #[arg(long, env = "SPAWNER_NAMESPACE")]
     pub namespace: Option<String>,
     /// Public base URL of Spawner's proxy, for `status.url`.
-    #[arg(long, env = "SPAWNER_PUBLIC_URL")]
+    #[arg(long, env = "SPAWNER_PUBLIC_URL", value_parser = crate::config::public_url_arg)]
     pub public_url: Option<String>,
     /// Host routing, as `spawner proxy --host-domain`: `status.url` is
     /// `{scheme}://{name}.{domain}/`.

@@ -49,11 +49,13 @@ pub enum PluginCommand {
     ///
     /// Input shapes (JSON, snake_case fields): auth {"request": {"method",
     /// "path", "query", "headers": [{"name","value"}], "peer", "websocket"},
-    /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now"}
-    /// (the tokens in its bearer header, `token` parameter and
+    /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now",
+    /// "credentials": [{"source": "Bearer"|"Query"|"Cookie", "verified":
+    /// {"Ok": {"backend","subject","issued_at","expires_at"}} or {"Err":
+    /// "BadSignature"} or {"Err": {"Malformed": "why"}}}]} (without
+    /// "credentials", the tokens in its bearer header, `token` parameter and
     /// `spawner-token` cookie, the default names, are verified with
-    /// --token-secret into "credentials" as the proxy would, unless the
-    /// input gives them);
+    /// --token-secret into "credentials" as the proxy would);
     /// idle {"backend", "age_seconds", "grace_period_seconds",
     /// "lifetime_limit_seconds", "activity": {"open_connections",
     /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",
@@ -61,7 +63,8 @@ pub enum PluginCommand {
     /// "requests": {"cpu_millis","memory_bytes"}, "node_selector", "nodes":
     /// [{"name","labels","capacity","backends"}], "owner_backends", "now"}.
     /// Variants are written as in the Rust bindings, in input and output
-    /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}}.
+    /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}},
+    /// {"Node": "name"}, {"Anywhere": [labels]}, {"Reject": "why"}.
     /// `--input sample` uses the sample `plugin check` uses; `spawner
     /// plugin sample --kind KIND` prints one to start from.
     Run {
@@ -96,7 +99,11 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
             let json = match kind {
                 PluginKind::Auth => {
                     let mut request = sample::auth_request(now);
-                    request.credentials.push(sample::bearer_credential(&request.backend, now));
+                    let credential = sample::bearer_credential(&request.backend, now);
+                    // The header the proxy found it in (the token itself
+                    // is elided: plugins read the verified claims).
+                    request.request.headers.push(Header { name: "authorization".into(), value: "Bearer st1.…".into() });
+                    request.credentials.push(credential);
                     serde_json::to_string_pretty(&request)
                 }
                 PluginKind::Idle => serde_json::to_string_pretty(&sample::idle_request(now)),

@@ -48,7 +48,7 @@ pub struct ProxyArgs {
     pub api_token: Option<Secret>,
     /// This proxy's address as browsers reach it, for the URLs the API
     /// returns (e.g. https://spawner.example.com). Default: http://LISTEN.
-    #[arg(long, env = "SPAWNER_PUBLIC_URL")]
+    #[arg(long, env = "SPAWNER_PUBLIC_URL", value_parser = crate::config::public_url_arg)]
     pub public_url: Option<String>,
     /// Live backends the API may have at once (creates beyond are refused
     /// with 429).

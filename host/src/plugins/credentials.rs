@@ -97,7 +97,12 @@ pub fn issued_since(cap: &Capability, backend_created_at: u64) -> Result<(), Tok
 /// answers, and what each credential carries.
 pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenError> {
     let Some(key) = key else {
-        return Err(TokenError::Malformed("this Spawner has no token secret configured".into()));
+        // Only `spawner plugin run` has no key (the servers always have
+        // one, random when unconfigured): say how to give it one.
+        return Err(TokenError::Malformed(
+            "not checked: no token secret to verify it with (spawner plugin run: pass --token-secret or set SPAWNER_TOKEN_SECRET, the secret the token was minted with)"
+                .into(),
+        ));
     };
     match key.verify(token) {
         Ok(c) => Ok(Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
