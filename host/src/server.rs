@@ -162,6 +162,14 @@ struct SlotInner {
     metrics: Arc<Metrics>,
 }
 
+impl ConnectionSlot {
+    /// Takes `permit` for a connection just accepted, counting it open.
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.proxy.open_connections.inc();
+        ConnectionSlot(Arc::new(SlotInner { _permit: permit, metrics }))
+    }
+}
+
 impl Drop for SlotInner {
     fn drop(&mut self) {
         self.metrics.proxy.open_connections.dec();
@@ -224,8 +232,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
         let _ = stream.set_nodelay(true);
         let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
         app.metrics.proxy.connections.inc();
-        app.metrics.proxy.open_connections.inc();
-        let slot = ConnectionSlot(Arc::new(SlotInner { _permit: permit, metrics: app.metrics.clone() }));
+        let slot = ConnectionSlot::new(permit, app.metrics.clone());
         tokio::spawn(async move {
             let svc_app = app.clone();
             let svc_slot = slot.clone();

@@ -97,15 +97,7 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Sample { kind } => {
             let now = now_unix();
             let json = match kind {
-                PluginKind::Auth => {
-                    let mut request = sample::auth_request(now);
-                    let credential = sample::bearer_credential(&request.backend, now);
-                    // The header the proxy found it in (the token itself
-                    // is elided: plugins read the verified claims).
-                    request.request.headers.push(Header { name: "authorization".into(), value: "Bearer st1.…".into() });
-                    request.credentials.push(credential);
-                    serde_json::to_string_pretty(&request)
-                }
+                PluginKind::Auth => serde_json::to_string_pretty(&sample::auth_request_with_token(now)),
                 PluginKind::Idle => serde_json::to_string_pretty(&sample::idle_request(now)),
                 PluginKind::Scheduler => serde_json::to_string_pretty(&sample::placement_request(now)),
             }?;

@@ -23,16 +23,21 @@ pub fn auth_request(now: u64) -> AuthRequest {
     }
 }
 
-/// A bearer token for `backend`, issued a minute ago to its owner, as the
-/// proxy passes it once verified.
-pub fn bearer_credential(backend: &Backend, now: u64) -> Credential {
+/// The same request carrying a bearer token for its backend, issued a
+/// minute ago to its owner, as the proxy passes it once verified: the
+/// header it was found in (the token itself elided: plugins read the
+/// verified claims) and its credential.
+pub fn auth_request_with_token(now: u64) -> AuthRequest {
+    let mut request = auth_request(now);
     let capability = Capability {
-        backend: backend.name.clone(),
-        subject: backend.owner.clone(),
+        backend: request.backend.name.clone(),
+        subject: request.backend.owner.clone(),
         issued_at: now.saturating_sub(60),
         expires_at: now + 3600,
     };
-    Credential { source: CredentialSource::Bearer, verified: Ok(capability) }
+    request.request.headers.push(Header { name: "authorization".into(), value: "Bearer st1.…".into() });
+    request.credentials.push(Credential { source: CredentialSource::Bearer, verified: Ok(capability) });
+    request
 }
 
 /// A backend quiet for a minute, one hour old.
