@@ -542,17 +542,21 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
     }
 
-    #[test]
-    fn relative_template_paths_are_taken_from_the_config_file() {
+    /// Loads `text` as a config file in a fresh directory: the config, the
+    /// directory's absolute path, and the directory (removed when dropped).
+    fn load_in_dir(text: &str) -> (Config, PathBuf, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("spawner.toml");
-        std::fs::write(
-            &file,
-            "[templates.a]\ncommand = \"./run.sh\"\ncwd = \"www\"\n[templates.b]\ncommand = \"bin/server\"\n[templates.c]\ncommand = \"python3\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, text).unwrap();
         let c = Config::load(Some(&file)).unwrap();
-        let root = std::path::absolute(dir.path()).unwrap();
+        (c, std::path::absolute(dir.path()).unwrap(), dir)
+    }
+
+    #[test]
+    fn relative_template_paths_are_taken_from_the_config_file() {
+        let (c, root, _dir) = load_in_dir(
+            "[templates.a]\ncommand = \"./run.sh\"\ncwd = \"www\"\n[templates.b]\ncommand = \"bin/server\"\n[templates.c]\ncommand = \"python3\"\n",
+        );
         assert_eq!(c.templates["a"].cwd.as_deref(), Some(root.join("www").as_path()));
         assert_eq!(c.templates["a"].command, root.join("www/./run.sh").display().to_string());
         assert_eq!(c.templates["b"].command, root.join("bin/server").display().to_string());
@@ -563,15 +567,9 @@ mod tests {
 
     #[test]
     fn relative_plugin_paths_are_taken_from_the_config_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("spawner.toml");
-        std::fs::write(
-            &file,
+        let (c, root, _dir) = load_in_dir(
             "[plugins.idle]\nfile = \"idle.wasm\"\nsettings-file = \"conf/idle.json\"\n[plugins.auth]\nfile = \"/opt/auth.wasm\"\n",
-        )
-        .unwrap();
-        let c = Config::load(Some(&file)).unwrap();
-        let root = std::path::absolute(dir.path()).unwrap();
+        );
         assert_eq!(c.plugins.idle.file, Some(root.join("idle.wasm")));
         assert_eq!(c.plugins.idle.settings_file, Some(root.join("conf/idle.json")));
         assert_eq!(c.plugins.auth.file.as_deref(), Some(Path::new("/opt/auth.wasm")), "absolute paths stay");
