@@ -363,12 +363,16 @@ async fn plugins_loaded_from_files_change_behaviour() {
     let secret = "files-secret-0123456789";
     let settings = dir.path().join("auth.json");
     std::fs::write(&settings, format!(r#"{{"secret":"{secret}", "owner-only": true}}"#)).unwrap();
+    // Working hours of midnight to 1 a.m., in a time zone where it is now
+    // about noon: the example then applies the grace period, whatever the
+    // day and hour the test runs (a fixed UTC window failed at 00:27 UTC).
+    let utc_hour = (spawner::token::now_unix() % 86_400 / 3600) as i64;
+    let noon_offset_minutes = (12 - utc_hour) * 60;
     let args = [
         format!("auth={}", built::HMAC_HEADER_AUTH),
         format!("auth=@{}", settings.display()),
         format!("idle={}", built::BUSINESS_HOURS_IDLE),
-        // Working hours that never happen: the example then applies the grace period.
-        r#"idle={"start-hour": 0, "end-hour": 1, "utc-offset-minutes": 0, "weekends": false}"#.to_string(),
+        format!(r#"idle={{"start-hour": 0, "end-hour": 1, "utc-offset-minutes": {noon_offset_minutes}, "weekends": true}}"#),
     ];
     let dev = Dev::start_in(
         dir,

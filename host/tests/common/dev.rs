@@ -16,8 +16,8 @@ pub struct Dev {
     pub base: String,
     /// Temporary directory holding the config (and any plugin files).
     pub dir: tempfile::TempDir,
-    /// Everything it wrote to stderr so far.
-    pub log: Arc<Mutex<String>>,
+    /// Everything it wrote to stderr so far (read it with `log_text`).
+    log: Arc<Mutex<String>>,
     /// HTTP client (no cookies).
     pub http: reqwest::Client,
 }
@@ -31,7 +31,18 @@ grace-period-seconds = 1
 stop-timeout-seconds = 2
 "#;
 
+/// A copy of the captured log. A test that panics while printing it must not
+/// poison the lock for the thread still reading stderr.
+fn copy(log: &Mutex<String>) -> String {
+    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
+
 impl Dev {
+    /// Everything spawner wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        copy(&self.log)
+    }
+
     /// Starts `spawner dev` with `config` (TOML) and extra flags.
     pub fn start(config: &str, args: &[&str]) -> Dev {
         Self::start_in(tempfile::tempdir().unwrap(), config, args)
@@ -63,7 +74,7 @@ impl Dev {
                 {
                     let _ = tx.send(url.to_string());
                 }
-                let mut s = sink.lock().unwrap();
+                let mut s = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.push_str(&line);
                 s.push('\n');
             }
@@ -72,7 +83,7 @@ impl Dev {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("spawner dev did not start:\n{}", log.lock().unwrap());
+                panic!("spawner dev did not start:\n{}", copy(&log));
             }
         };
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -95,7 +106,7 @@ impl Dev {
             }
             if started.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
-                panic!("spawner did not exit after SIGTERM:\n{}", self.log.lock().unwrap());
+                panic!("spawner did not exit after SIGTERM:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -136,7 +147,7 @@ impl Dev {
                 return b;
             }
             if started.elapsed() > Duration::from_secs(30) {
-                panic!("{name} never reached {phase}; last: {b}\n--- spawner log ---\n{}", self.log.lock().unwrap());
+                panic!("{name} never reached {phase}; last: {b}\n--- spawner log ---\n{}", self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -147,7 +158,7 @@ impl Dev {
         let r = self.http.get(format!("{}/api/v1/backends/{name}/ready?timeout=30", self.base)).send().await.unwrap();
         let status = r.status().as_u16();
         let v: Value = r.json().await.unwrap();
-        assert_eq!(status, 200, "not ready: {v}\n{}", self.log.lock().unwrap());
+        assert_eq!(status, 200, "not ready: {v}\n{}", self.log_text());
         v
     }
 
