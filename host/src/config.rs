@@ -151,6 +151,36 @@ impl Default for SweeperConfig {
     }
 }
 
+/// The scheme browsers use to reach Spawner: what `X-Forwarded-Proto` says
+/// to backends (which build links from it), and whether the token cookie is
+/// `Secure`. A type rather than a string, so a typo is refused where it is
+/// read (config file: with its line; flag: by clap) and nowhere else.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP (Spawner reached directly, or locally).
+    #[default]
+    Http,
+    /// HTTPS (Spawner behind a TLS terminator).
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Proxy limits.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -165,7 +195,7 @@ pub struct ProxyConfig {
     pub listen_backlog: u32,
     /// `X-Forwarded-Proto` sent to backends (set `https` behind a TLS
     /// terminator; never taken from the client).
-    pub forwarded_proto: String,
+    pub forwarded_proto: Scheme,
     /// Cookie the proxy moves a browser's token into (and strips before
     /// forwarding). The host finds tokens here, in the query parameter and
     /// in `Authorization: Bearer`, and passes them verified to the auth
@@ -189,7 +219,7 @@ impl Default for ProxyConfig {
             // WebSocket connects must not overflow into SYN retransmits,
             // which a backlog of 128 turns into seconds of delay.
             listen_backlog: 4096,
-            forwarded_proto: "http".into(),
+            forwarded_proto: Scheme::Http,
             token_cookie: TokenNames::default().cookie,
             token_query_param: TokenNames::default().query_param,
         }
@@ -379,14 +409,6 @@ impl Config {
         {
             return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
         }
-        // Backends build links from X-Forwarded-Proto, and the token cookie
-        // is Secure only for https: anything else is a typo.
-        if !["http", "https"].contains(&self.proxy.forwarded_proto.as_str()) {
-            return bad(format!(
-                "proxy.forwarded-proto must be \"http\" or \"https\" (the scheme browsers use to reach Spawner), got {:?}",
-                self.proxy.forwarded_proto
-            ));
-        }
         if let Some(s) = &self.token_secret
             && s.expose().len() < crate::token::MIN_SECRET_BYTES
         {
@@ -423,7 +445,7 @@ impl Config {
         // Browsers drop `__Host-` cookies whose path is not `/` (ours is
         // the backend's prefix), and `__Secure-` ones without `Secure`.
         let cookie = &self.proxy.token_cookie;
-        if cookie.starts_with("__Host-") || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != "https") {
+        if cookie.starts_with("__Host-") || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != Scheme::Https) {
             return bad(format!(
                 "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix), and __Secure- needs proxy.forwarded-proto = \"https\""
             ));
@@ -520,7 +542,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("__Host-"));
         c.proxy.token_cookie = "__Secure-session".into();
         assert!(c.validate().is_err());
-        c.proxy.forwarded_proto = "https".into();
+        c.proxy.forwarded_proto = Scheme::Https;
         c.validate().unwrap();
     }
 
@@ -589,11 +611,10 @@ mod tests {
 
     #[test]
     fn the_forwarded_scheme_is_http_or_https() {
-        let mut c = Config::default();
-        c.proxy.forwarded_proto = "ftp".into();
-        assert!(c.validate().unwrap_err().to_string().contains("proxy.forwarded-proto must be \"http\" or \"https\""));
-        c.proxy.forwarded_proto = "https".into();
-        c.validate().unwrap();
+        let e = Config::parse("[proxy]\nforwarded-proto = \"ftp\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("`http`") && e.contains("`https`"), "{e}");
+        let c = Config::parse("[proxy]\nforwarded-proto = \"https\"\n").unwrap();
+        assert_eq!(c.proxy.forwarded_proto, Scheme::Https);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::api::{self, ApiState};
 use crate::backends::Backends;
-use crate::config::Config;
+use crate::config::{Config, Scheme};
 use crate::local::{Local, LocalConfig};
 use crate::metrics::Metrics;
 use crate::plugins::credentials::TokenNames;
@@ -79,7 +79,7 @@ impl Dev {
         let local = Local::new(LocalConfig::from_config(&config), plugins.clone(), metrics.clone());
         let proxy_settings = ProxySettings {
             host_domain: config.host_domain.clone(),
-            forwarded_proto: config.proxy.forwarded_proto.clone(),
+            forwarded_proto: config.proxy.forwarded_proto,
             tokens: config.proxy.token_names(),
         };
         let token_query_param = config.proxy.token_query_param.clone();
@@ -158,6 +158,11 @@ pub struct DevArgs {
     /// Log what the sweeper would terminate, without terminating.
     #[arg(long)]
     pub dry_run: bool,
+    /// The scheme browsers reach Spawner with, sent to backends as
+    /// `X-Forwarded-Proto` (`https` behind a TLS terminator; it also makes
+    /// the token cookie Secure).
+    #[arg(long, env = "SPAWNER_FORWARDED_PROTO")]
+    pub forwarded_proto: Option<Scheme>,
 }
 
 fn kind_value(arg: &str, flag: &str) -> anyhow::Result<(PluginKind, String)> {
@@ -212,6 +217,9 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     }
     if args.dry_run {
         c.sweeper.dry_run = true;
+    }
+    if let Some(s) = args.forwarded_proto {
+        c.proxy.forwarded_proto = s;
     }
     let c = c.with_builtin_templates();
     c.validate()?;
@@ -280,9 +288,8 @@ fn url_warnings(config: &Config) -> Vec<String> {
             "listening on {} with no public-url: browserUrl links name that address, which browsers cannot open; set public-url (--public-url, SPAWNER_PUBLIC_URL) to the URL they reach Spawner at",
             config.listen
         )),
-        Some(url) if url.starts_with("https://") && config.proxy.forwarded_proto != "https" => warnings.push(format!(
-            "public-url is https ({url}) but proxy.forwarded-proto is {:?}: backends see X-Forwarded-Proto: http and the token cookie is not Secure; set forwarded-proto = \"https\" in [proxy]",
-            config.proxy.forwarded_proto
+        Some(url) if url.starts_with("https://") && config.proxy.forwarded_proto != Scheme::Https => warnings.push(format!(
+            "public-url is https ({url}) but proxy.forwarded-proto is \"http\": backends see X-Forwarded-Proto: http and the token cookie is not Secure; set forwarded-proto = \"https\" in [proxy] (or --forwarded-proto https)"
         )),
         _ => {}
     }
@@ -300,7 +307,7 @@ mod tests {
         let https = Config { public_url: Some("https://apps.example.com".into()), ..Config::default() };
         assert!(url_warnings(&https)[0].contains("forwarded-proto = \"https\""));
         let mut fine = https.clone();
-        fine.proxy.forwarded_proto = "https".into();
+        fine.proxy.forwarded_proto = Scheme::Https;
         assert!(url_warnings(&fine).is_empty());
         assert!(url_warnings(&Config::default()).is_empty(), "loopback, no public URL: links work locally");
     }

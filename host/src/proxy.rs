@@ -70,7 +70,7 @@ pub struct ProxySettings {
     /// Host routing domain (`{name}.{domain}`), if enabled.
     pub host_domain: Option<String>,
     /// `X-Forwarded-Proto` to send.
-    pub forwarded_proto: String,
+    pub forwarded_proto: crate::config::Scheme,
     /// Where capability tokens are looked for, moved to and stripped from
     /// (Spawner's config `proxy.token-cookie` and `proxy.token-query-param`).
     pub tokens: TokenNames,
@@ -78,7 +78,7 @@ pub struct ProxySettings {
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings { host_domain: None, forwarded_proto: "http".into(), tokens: TokenNames::default() }
+        ProxySettings { host_domain: None, forwarded_proto: crate::config::Scheme::Http, tokens: TokenNames::default() }
     }
 }
 
@@ -240,7 +240,13 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, websocket);
         headers::strip_untrusted(&mut parts.headers);
         headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie);
-        headers::set_forwarded(&mut parts.headers, &peer.ip().to_string(), &self.settings.forwarded_proto, host.as_ref(), &route.prefix);
+        headers::set_forwarded(
+            &mut parts.headers,
+            &peer.ip().to_string(),
+            self.settings.forwarded_proto.as_str(),
+            host.as_ref(),
+            &route.prefix,
+        );
         headers::inject_identity(&mut parts.headers, &target.backend.name, identity.subject.as_deref(), &identity.headers);
 
         if websocket {
@@ -334,7 +340,7 @@ impl Proxy {
             None => format!("{}{}", route.prefix, route.rest),
         };
         let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
-        let secure = if self.settings.forwarded_proto == "https" { "; Secure" } else { "" };
+        let secure = if self.settings.forwarded_proto == crate::config::Scheme::Https { "; Secure" } else { "" };
         let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie);
         let mut r = redirect(StatusCode::SEE_OTHER, &location);
         if let Ok(v) = HeaderValue::from_str(&cookie) {

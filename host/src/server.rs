@@ -274,9 +274,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
         app.proxy.websockets_closed().await;
     })
     .await;
+    // A WebSocket keeps its connection's permit, so `open` counts it too.
     let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
-    if drained.is_err() && open + websockets > 0 {
-        tracing::info!(open, websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
+    if drained.is_err() && open > 0 {
+        tracing::info!(open, of_them_websockets = websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
     }
     let _ = cut.send(true);
 }

@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
-    let dev = Dev::start(FAST, &[]);
+    // As behind a TLS terminator (the flag overrides the config's "http").
+    let dev = Dev::start(FAST, &["--forwarded-proto", "https"]);
     let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
     dev.wait_ready(&name).await;
     let pids = backend_pids(&name);
@@ -36,6 +37,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     assert_eq!(seen["headers"]["x-spawner-user"], serde_json::json!(["alice"]), "the token's user");
     assert_eq!(seen["headers"]["x-spawner-backend"], serde_json::json!([name]), "the backend routed to");
     assert!(seen["headers"].get("authorization").is_none(), "token forwarded: {seen}");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], serde_json::json!(["https"]), "{seen}");
 
     // WebSocket echo through the proxy; while it is open the backend stays.
     let mut ws = dev.websocket(&name, &token).await;

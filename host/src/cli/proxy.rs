@@ -40,8 +40,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_DRY_RUN")]
     pub dry_run: bool,
     /// `X-Forwarded-Proto` to send (`https` behind a TLS terminator).
-    #[arg(long, env = "SPAWNER_FORWARDED_PROTO", default_value = "http", value_parser = ["http", "https"])]
-    pub forwarded_proto: String,
+    #[arg(long, env = "SPAWNER_FORWARDED_PROTO", value_enum, default_value_t = crate::config::Scheme::Http)]
+    pub forwarded_proto: crate::config::Scheme,
     /// Serve the REST API under /api/, for callers presenting this bearer
     /// token (at least 16 characters). Without it, the API is off.
     #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]

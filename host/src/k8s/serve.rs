@@ -145,7 +145,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     };
     let settings = ProxySettings {
         host_domain: options.host_domain.clone(),
-        forwarded_proto: options.proxy.forwarded_proto.clone(),
+        forwarded_proto: options.proxy.forwarded_proto,
         tokens: options.proxy.token_names(),
     };
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
