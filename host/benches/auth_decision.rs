@@ -10,7 +10,7 @@ use std::time::Instant;
 use spawner::metrics::Metrics;
 use spawner::plugins::credentials::{self, TokenNames};
 use spawner::plugins::types::{AuthRequest, Backend, Credential, CredentialSource, Header, HttpRequest, TokenError};
-use spawner::plugins::{Plugins, Runtime, RuntimeConfig};
+use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
 use spawner::token::TokenKey;
 
 /// The allocator the `spawner` binary ships with (see main.rs), so the
@@ -75,6 +75,13 @@ fn main() {
         request.credentials = credentials::find(&request.request, &names, Some(&key));
         plugins.auth().check(&request).is_allow()
     });
+    // The floor: a plugin built the same way whose policy is "allow", given
+    // the same request (credentials included) but no host-side search. What
+    // it takes is what any plugin pays per call in this runtime: a pooled
+    // instance, lowering the request, the call, resetting the memory.
+    let allow_all = PluginSource::file(std::path::Path::new(spawner_test_plugins::FIXTURE_ALLOW), "").unwrap();
+    let floor_plugins = Plugins::new(plugins.runtime().clone(), Arc::new(Metrics::new()), vec![(PluginKind::Auth, allow_all)]).unwrap();
+    let floor = measure(|| floor_plugins.auth().check(&request).is_allow());
     // Native: the same host-side token search and verification, then the
     // same policy crate compiled for the host.
     use spawner_plugin_sdk::auth as sdk;
@@ -100,6 +107,7 @@ fn main() {
     println!("{:<42} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p99.9 µs");
     println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "wasm (fresh instance per call)", wasm.0, wasm.1, wasm.2);
     println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "native (same token search, verify, policy)", native.0, native.1, native.2);
+    println!("{:<42} {:>9.2} {:>9.2} {:>9.2}", "wasm floor (allow-all plugin, no search)", floor.0, floor.1, floor.2);
     println!("goal: wasm p50 < 5 µs, p99 < 20 µs -> {}", if wasm.0 < 5.0 && wasm.1 < 20.0 { "met" } else { "NOT met" });
 }
 

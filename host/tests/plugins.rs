@@ -42,6 +42,15 @@ fn default_auth_allows_a_valid_token_wherever_the_browser_puts_it() {
     assert!(plugins.auth().check(&auth_request("b1", &[("cookie", &c)], None)).is_allow());
 }
 
+/// The auth benchmark's floor: a plugin built like the default one whose
+/// policy is "allow"; it must decide through the same path (no WASI turn).
+#[test]
+fn the_benchmarks_allow_all_fixture_allows_without_a_token() {
+    let (plugins, metrics) = with(vec![(PluginKind::Auth, source(built::FIXTURE_ALLOW, ""))]);
+    assert!(plugins.auth().check(&auth_request("b1", &[], None)).is_allow());
+    assert!(!metrics.encode().contains("spawner_plugin_failures_total{"), "{}", metrics.encode());
+}
+
 #[test]
 fn default_auth_denies_no_token_another_backends_token_expired_and_forged() {
     let (plugins, _) = defaults();
