@@ -143,8 +143,18 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     let status = slabs.get("notes-doc-42").await.unwrap().status.unwrap();
     assert_eq!(status.url.as_deref(), Some("https://spawner.example/p/notes-doc-42/"));
 
-    let (code, metrics) = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
-    assert_eq!(code, 200);
+    // Spawn-to-ready is observed once the status write that says Ready has
+    // returned, which may be just after a watch shows it.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let (code, text) = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
+        assert_eq!(code, 200);
+        metrics = text;
+        if metrics.contains("spawn_to_ready_seconds_count 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(metrics.contains("plugin_decisions_total{kind=\"scheduler\""), "the scheduler plugin's decision is counted:\n{metrics}");
     assert!(metrics.contains("spawn_to_ready_seconds_count 1"), "one spawn-to-ready observed:\n{metrics}");
     // Backends by phase, recounted from the operator's cache every 2 s.

@@ -37,7 +37,7 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
         "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
         "metadata": {"name": "notes"},
-        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": 2}
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": 10}
     }))
     .unwrap();
     slabs.create(&PostParams::default(), &slab).await.unwrap();
@@ -90,7 +90,9 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     let (client, ns) = namespace("proxy-stop").await;
     spawn_operator(&client, &ns, plugins(""));
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
-    let stopping = Stopping { delay: Duration::from_secs(1), drain: Duration::from_secs(20) };
+    // A delay long enough for the three requests made during it, on a busy
+    // machine too.
+    let stopping = Stopping { delay: Duration::from_secs(3), drain: Duration::from_secs(20) };
     let proxy = serve::start(client.clone(), ProxyOptions { stopping, ..proxy_options(&ns, tokens.clone()) }).await.unwrap();
     let addr = proxy.addr;
 
@@ -131,8 +133,8 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     let echo = tokio::time::timeout(WAIT, socket.next()).await.expect("no echo").unwrap().unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "before the stop");
 
-    // A response that streams for about two seconds, well past the delay.
-    let mut events = http.get(format!("http://{addr}/p/stream/events?ticks=20")).bearer_auth(&token).send().await.unwrap().bytes_stream();
+    // A response that streams for about six seconds, well past the delay.
+    let mut events = http.get(format!("http://{addr}/p/stream/events?ticks=60")).bearer_auth(&token).send().await.unwrap().bytes_stream();
     let mut received = String::from_utf8_lossy(&events.next().await.unwrap().unwrap()).to_string();
 
     let stopped = tokio::spawn(proxy.stop());
@@ -165,11 +167,11 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     // The stream in flight finishes whole, after the delay, before the drain runs out.
     while let Some(chunk) = tokio::time::timeout(WAIT, events.next()).await.expect("the stream stalled") {
         received.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        if received.matches("data: tick").count() < 19 {
+        if received.matches("data: tick").count() < 59 {
             assert!(!stopped.is_finished(), "stop returned with a response in flight");
         }
     }
-    assert_eq!(received.matches("data: tick").count(), 20, "every tick arrived: {received}");
+    assert_eq!(received.matches("data: tick").count(), 60, "every tick arrived: {received}");
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
         .expect("idle keep-alive connections did not hold the stop for the whole drain")

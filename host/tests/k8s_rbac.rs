@@ -108,6 +108,15 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     // The operator, as its ServiceAccount, serving the backends' namespace
     // as deployed.
     let operator = plane.client_as(SERVICE_ACCOUNT, &SA_GROUPS).await.unwrap();
+    // The API server's authorizer follows new RoleBindings through its
+    // cache: the first request may come before it has them.
+    let as_operator: Api<ConfigMap> = Api::namespaced(operator.clone(), "spawner");
+    for _ in 0..100 {
+        match as_operator.get_opt("spawner-plugins").await {
+            Err(kube::Error::Api(e)) if e.code == 403 => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => break,
+        }
+    }
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
     let (plugins, _watch) =
         configmap::load(operator.clone(), &at, runtime, Arc::new(Metrics::new()), &[PluginKind::Scheduler], "spawner-operator")

@@ -54,19 +54,19 @@ async fn replica(client: &kube::Client, ns: &str, identity: &str, tokens: Arc<To
     proxy
 }
 
-fn slab(name: &str, port: u16) -> SessionLivedBackend {
+fn slab(name: &str, port: u16, grace_seconds: u32) -> SessionLivedBackend {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
         "metadata": {"name": name},
-        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": 1}
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": grace_seconds}
     }))
     .unwrap()
 }
 
 /// Creates a backend and waits until the proxies can route to it.
-async fn ready_backend(client: &kube::Client, ns: &str, name: &str, port: u16) {
+async fn ready_backend(client: &kube::Client, ns: &str, name: &str, port: u16, grace_seconds: u32) {
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), ns);
-    slabs.create(&PostParams::default(), &slab(name, port)).await.unwrap();
+    slabs.create(&PostParams::default(), &slab(name, port, grace_seconds)).await.unwrap();
     report_loopback_pod_ip(client, ns, name).await;
     until(&slabs, name, "became ready at the Pod IP", |s| s.phase == Some(Phase::Ready) && s.pod_ip.as_deref() == Some("127.0.0.1")).await;
 }
@@ -104,7 +104,10 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     assert_eq!(reqwest::get(&peer_url).await.unwrap().status(), 401);
 
     let (_demo, port) = demo_backend().await;
-    ready_backend(&client, &ns, "notes", port).await;
+    // The grace runs from ready, and the WebSocket below is opened only
+    // after the test has reported the Pod's IP and the other replica's cache
+    // has it: a grace of 1 s could run out first on a busy machine.
+    ready_backend(&client, &ns, "notes", port, 4).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
 
     // A WebSocket through the replica that does not sweep, held open for
@@ -126,7 +129,7 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     let mut ws = connected.expect("no WebSocket through the other replica");
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert!(ws.next().await.is_some(), "the backend answers through the other replica");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(phase(&slabs, "notes").await, Some(Phase::Ready), "swept although a WebSocket was open on the other replica");
 
     // Closed: idle everywhere, and swept.
@@ -139,7 +142,7 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     // are unknown) until its Pod is gone. Stopped first, so that no sweep
     // can end the new backend before the replica is gone.
     other.stop().await;
-    ready_backend(&client, &ns, "notes-2", port).await;
+    ready_backend(&client, &ns, "notes-2", port, 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(phase(&slabs, "notes-2").await, Some(Phase::Ready), "swept while a replica could not be asked");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

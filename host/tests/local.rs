@@ -14,21 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     // As behind a TLS terminator (the flag overrides the config's "http").
     let dev = Dev::start(FAST, &["--forwarded-proto", "https"]);
-    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 2})).await;
     dev.wait_ready(&name).await;
-    let pids = backend_pids(&name);
-    assert_eq!(pids.len(), 1, "one process for {name}");
-    // Its stdout is captured (read concurrently, so allow a moment).
-    let wanted = format!("stdout demo backend {name} serving a shared notepad");
-    let mut logs = String::new();
-    for _ in 0..100 {
-        logs = dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
-        if logs.contains(&wanted) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(logs.contains(&wanted), "the backend's stdout is captured: {logs}");
 
     // HTTP through the proxy, with verified identity and no credentials.
     let r = dev.get(&name, "/headers", Some(&token)).await;
@@ -44,7 +31,22 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("hello".into()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Meanwhile: one process, and its stdout is captured (read
+    // concurrently, so allow a moment).
+    let pids = backend_pids(&name);
+    assert_eq!(pids.len(), 1, "one process for {name}");
+    let wanted = format!("stdout demo backend {name} serving a shared notepad");
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+        if logs.contains(&wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logs.contains(&wanted), "the backend's stdout is captured: {logs}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(dev.backend(&name).await["status"]["phase"], "ready", "an open WebSocket keeps the backend");
     assert_eq!(dev.backend(&name).await["openConnections"], 1);
 
@@ -145,7 +147,11 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
 
     let d = dev.wait_phase(&deaf, "failed").await;
     assert_eq!(d["status"]["reason"], "startup-timeout", "{d}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Failed is recorded before the process is stopped.
+    let stopped_by = Instant::now() + Duration::from_secs(10);
+    while !backend_pids(&deaf).is_empty() && Instant::now() < stopped_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(backend_pids(&deaf).is_empty(), "the silent process was left running");
 
     let m = dev.wait_phase(&missing, "failed").await;
@@ -296,7 +302,7 @@ async fn configured_token_names_are_used_by_proxy_api_and_auth() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     let dev = Dev::start(FAST, &[]);
-    let r = dev.http.post(format!("{}/api/spawn", dev.base)).json(&json!({"image": "demo", "gracePeriodSeconds": 2})).send().await.unwrap();
+    let r = dev.http.post(format!("{}/api/spawn", dev.base)).json(&json!({"image": "demo", "gracePeriodSeconds": 3})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let spawned: serde_json::Value = r.json().await.unwrap();
     let name = spawned["name"].as_str().unwrap().to_string();
@@ -381,7 +387,7 @@ async fn plugins_loaded_from_files_change_behaviour() {
         FAST,
         &["--plugin", &args[0], "--plugin-settings", &args[1], "--plugin", &args[2], "--plugin-settings", &args[3]],
     );
-    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 1})).await;
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 3})).await;
     dev.wait_ready(&name).await;
 
     // Capability tokens mean nothing to the HMAC plugin; signed headers do.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use spawner::plugins::types::*;
-use spawner::plugins::{CallError, Limits, LoadError, LoadedPlugin, PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
+use spawner::plugins::{CallError, LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig};
 use spawner_test_plugins as built;
 
 fn deny_status(v: &Verdict) -> Option<u16> {
@@ -150,7 +150,8 @@ fn business_hours_example_keeps_quiet_backends_during_work_hours() {
 
 #[test]
 fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
-    let rt = runtime();
+    // The default limits (the shared test runtime's deadlines are long).
+    let rt = Arc::new(Runtime::new(RuntimeConfig::default(), Some(key())).unwrap());
     let looping = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_LOOP, "")).unwrap();
     let started = Instant::now();
     let result = looping.check(&rt, &auth_request("b1", &[], None), 0);
@@ -160,7 +161,7 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
 
     // Through Plugins: fail closed, and other calls go on.
-    let (plugins, metrics) = with(vec![(PluginKind::Auth, source(built::FIXTURE_LOOP, ""))]);
+    let (plugins, metrics) = with_in(rt, vec![(PluginKind::Auth, source(built::FIXTURE_LOOP, ""))]);
     let plugins = Arc::new(plugins);
     let p = plugins.clone();
     let looper = std::thread::spawn(move || (0..5).map(|_| p.auth().check(&auth_request("b1", &[], None))).collect::<Vec<_>>());
@@ -353,11 +354,9 @@ fn a_bad_replacement_keeps_the_old_plugin_and_a_good_one_takes_over() {
 
 #[test]
 fn calls_running_during_a_swap_all_get_answers() {
-    // A deadline no busy machine reaches: this is about the swap, and a
+    // The shared runtime's patient deadlines: this is about the swap, and a
     // call descheduled past the default 20 ms would be denied for that.
-    let config = RuntimeConfig { auth: Limits { memory_mib: 64, deadline_ms: 30_000 }, ..RuntimeConfig::default() };
-    let rt = Arc::new(Runtime::new(config, Some(key())).unwrap());
-    let plugins = Arc::new(Plugins::new(rt, Arc::new(spawner::metrics::Metrics::new()), vec![]).unwrap());
+    let plugins = Arc::new(defaults().0);
     let token = key().mint("b1", None, NOW, NOW + 60);
     let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
     let p = plugins.clone();

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use crate::plugins::credentials::{self, TokenNames};
 use crate::plugins::loaded::detect_kind;
 use crate::plugins::types::*;
-use crate::plugins::{LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
+use crate::plugins::{CallError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
 use crate::token::{TokenKey, now_unix};
 
 /// Plugin author commands.
@@ -120,6 +120,9 @@ fn settings_arg(settings: Option<String>) -> anyhow::Result<String> {
     settings.map(|s| crate::cli::read_arg(&s, "settings")).transpose().map(Option::unwrap_or_default)
 }
 
+/// Trial decisions `check` makes before it reports a missed deadline.
+const TRIAL_TRIES: usize = 3;
+
 fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> anyhow::Result<ExitCode> {
     let settings = settings_arg(settings)?;
     // A random key: the trial decision only needs verification to work.
@@ -131,14 +134,27 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> a
             None => detect_kind(&rt, &source).map_err(|e| e.to_string())?,
         };
         let plugin = LoadedPlugin::load(&rt, kind, &source).map_err(|e| e.to_string())?;
-        let started = Instant::now();
-        let now = now_unix();
-        let trial = match kind {
-            PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now), 0).map(|v| describe_verdict(&v)),
-            PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
-            PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
+        let decide = || {
+            let started = Instant::now();
+            let now = now_unix();
+            let trial = match kind {
+                PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now), 0).map(|v| describe_verdict(&v)),
+                PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
+                PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
+            };
+            (trial, started.elapsed())
         };
-        let took = started.elapsed();
+        // The deadline is wall-clock time, and a fresh process's first call
+        // also pays one-time costs (the instance's first page faults) while
+        // the machine may be busy: only a plugin that misses it on every
+        // try has a deadline problem. An endless loop costs three deadlines.
+        let (mut trial, mut took) = decide();
+        for _ in 1..TRIAL_TRIES {
+            if !matches!(trial, Err(CallError::Deadline(_))) {
+                break;
+            }
+            (trial, took) = decide();
+        }
         let trial = trial.map_err(|e| format!("{}: trial decision on a sample {kind} request failed: the plugin {e}", source.name))?;
         let info = plugin.info();
         Ok(format!(

@@ -22,13 +22,25 @@ pub struct Dev {
     pub http: reqwest::Client,
 }
 
-/// Test defaults: sweep often, short grace periods and timeouts.
+/// Test defaults: sweep often, short timeouts. The default grace period is
+/// long: it runs from ready, and on a busy machine the steps between ready
+/// and a test's first request can take a second, so only tests about
+/// idleness set a short one (in their create), at a point where that cannot
+/// race. Plugin deadlines are long too (they are wall-clock time, and no
+/// test here is about them): a call descheduled past the default 20 ms
+/// would turn a test's verdict into the fallback.
 pub const FAST: &str = r#"
 [sweeper]
 interval-ms = 100
 [backends]
-grace-period-seconds = 1
+grace-period-seconds = 30
 stop-timeout-seconds = 2
+[plugins.auth]
+deadline-ms = 5000
+[plugins.idle]
+deadline-ms = 5000
+[plugins.scheduler]
+deadline-ms = 5000
 "#;
 
 /// A copy of the captured log. A test that panics while printing it must not

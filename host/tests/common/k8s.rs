@@ -10,7 +10,7 @@ use kube::api::Api;
 use kube::runtime::wait::await_condition;
 use spawner::k8s::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use spawner::metrics::Metrics;
-use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime, RuntimeConfig};
+use spawner::plugins::{PluginKind, PluginSource, Plugins, Runtime};
 
 /// How long a test waits for the control plane to get somewhere.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -22,7 +22,7 @@ pub fn deploy(path: &str) -> PathBuf {
 
 /// The default plugins, the scheduler with `scheduler_settings`.
 pub fn plugins(scheduler_settings: &str) -> Arc<Plugins> {
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let runtime = Arc::new(Runtime::new(super::patient(), None).unwrap());
     let sources = vec![(PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, scheduler_settings))];
     Arc::new(Plugins::new(runtime, Arc::new(Metrics::new()), sources).unwrap())
 }

@@ -25,11 +25,24 @@ pub fn key() -> Arc<TokenKey> {
     Arc::new(TokenKey::new(SECRET).unwrap())
 }
 
+/// Runtime limits for tests about anything but deadlines: the CPU deadline
+/// is wall-clock time, and on a busy shared machine a correct call
+/// descheduled for 20 ms would be denied (or a scheduler call fall back to
+/// the unconfigured default), failing a test that is not about that.
+pub fn patient() -> RuntimeConfig {
+    let mut config = RuntimeConfig::default();
+    for limits in [&mut config.scheduler, &mut config.auth, &mut config.idle] {
+        limits.deadline_ms = 30_000;
+    }
+    config
+}
+
 /// One runtime per test binary: compiling a component costs ~0.2 s, and the
-/// runtime's cache makes every later load of it free.
+/// runtime's cache makes every later load of it free. Its limits are
+/// [`patient`]; tests of the deadlines build a default runtime.
 pub fn runtime() -> Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
-    RT.get_or_init(|| Arc::new(Runtime::new(RuntimeConfig::default(), Some(key())).unwrap())).clone()
+    RT.get_or_init(|| Arc::new(Runtime::new(patient(), Some(key())).unwrap())).clone()
 }
 
 /// The default bundle, with a fresh metrics registry.
@@ -39,8 +52,13 @@ pub fn defaults() -> (Plugins, Arc<Metrics>) {
 
 /// Defaults, with some kinds replaced.
 pub fn with(sources: Vec<(PluginKind, PluginSource)>) -> (Plugins, Arc<Metrics>) {
+    with_in(runtime(), sources)
+}
+
+/// Defaults, with some kinds replaced, on the runtime `rt`.
+pub fn with_in(rt: Arc<Runtime>, sources: Vec<(PluginKind, PluginSource)>) -> (Plugins, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    (Plugins::new(runtime(), metrics.clone(), sources).unwrap(), metrics)
+    (Plugins::new(rt, metrics.clone(), sources).unwrap(), metrics)
 }
 
 /// A built example or fixture.
