@@ -53,6 +53,13 @@ async fn the_server_refuses_bad_specs_and_says_which_field() {
         ("key", serde_json::json!({"template": {"containers": container}, "key": ""})),
         ("lifetimeLimitSeconds", serde_json::json!({"template": {"containers": container}, "lifetimeLimitSeconds": 0})),
         ("template", serde_json::json!({"httpPort": 8080})),
+        // Beyond the field's type: stored, it would stop every typed watch
+        // of backends (the list fails whole), so it is refused.
+        ("gracePeriodSeconds", serde_json::json!({"template": {"containers": container}, "gracePeriodSeconds": 5_000_000_000u64})),
+        (
+            "containerPort",
+            serde_json::json!({"template": {"containers": [{"name": "app", "image": "example.invalid/app:1", "ports": [{"containerPort": 3_000_000_000u64}]}]}}),
+        ),
     ];
     for (i, (field, spec)) in cases.into_iter().enumerate() {
         let mut obj = DynamicObject::new(&format!("bad-{i}"), &resource);

@@ -341,10 +341,62 @@ pub fn camel_case(kebab: &str) -> String {
     kebab.split('-').filter(|w| !w.is_empty()).map(|w| w[..1].to_uppercase() + &w[1..]).collect()
 }
 
+/// The CustomResourceDefinition: the derived one, with every integer field
+/// bounded by the range of its type.
+///
+/// The API server does not enforce an integer's `format`, so without bounds
+/// it would store `gracePeriodSeconds: 5000000000` or a `containerPort`
+/// beyond `i32`. Such an object cannot be read as the typed resource, and a
+/// typed list fails whole: one object would stop every watch of backends
+/// (the operator's scheduling cache for every namespace, the proxy's
+/// routes). With bounds, the API server refuses it at the door, naming
+/// the field.
+pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = SessionLivedBackend::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            let mut value = serde_json::to_value(&*schema).expect("a schema serializes");
+            bound_integers(&mut value);
+            *schema = serde_json::from_value(value).expect("bounds keep a schema a schema");
+        }
+    }
+    crd
+}
+
+/// The largest `f64` below 2^63. A bound is a float, and the API server
+/// turns it into an `i64` to compare: `i64::MAX as f64` rounds up to 2^63,
+/// which overflows there to `i64::MIN` (every value was then refused).
+const I64_MAX_F64: f64 = 9_223_372_036_854_774_784.0;
+
+/// Adds `minimum` and `maximum` from each integer's `format` where the
+/// schema sets none (64-bit ones to about `i64`'s range: the API server's).
+fn bound_integers(node: &mut serde_json::Value) {
+    use serde_json::Value;
+    match node {
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("integer") {
+                let (min, max) = match map.get("format").and_then(Value::as_str) {
+                    Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
+                    Some("uint32") => (0.0, f64::from(u32::MAX)),
+                    Some("uint16") => (0.0, f64::from(u16::MAX)),
+                    Some("uint8") => (0.0, f64::from(u8::MAX)),
+                    Some("uint64") => (0.0, I64_MAX_F64),
+                    _ => (i64::MIN as f64, I64_MAX_F64),
+                };
+                map.entry("minimum").or_insert(min.into());
+                map.entry("maximum").or_insert(max.into());
+            }
+            map.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
 /// The CustomResourceDefinition, as YAML, with a header saying where it
 /// comes from: what `spawner crd` prints and deploy/crd/ holds.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    let body = serde_saphyr::to_string(&SessionLivedBackend::crd())?;
+    let body = serde_saphyr::to_string(&definition())?;
     Ok(format!(
         "# Generated from host/src/k8s/crd.rs by `spawner crd`; do not edit.\n\
          # Regenerate: cargo run -p spawner -- crd > deploy/crd/sessionlivedbackend.yaml\n\
@@ -480,7 +532,7 @@ mod tests {
 
     #[test]
     fn the_crd_names_printer_columns_and_validation() {
-        let crd = SessionLivedBackend::crd();
+        let crd = definition();
         assert_eq!(crd.spec.group, GROUP);
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["slab".to_string()][..]));
         let version = &crd.spec.versions[0];
@@ -491,6 +543,12 @@ mod tests {
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["required"], serde_json::json!(["template"]));
         assert_eq!(spec["properties"]["httpPort"]["minimum"].as_f64(), Some(1.0));
+        // Every integer is bounded (the API server ignores `format`); a
+        // bound the type sets is kept.
+        let grace = &spec["properties"]["gracePeriodSeconds"];
+        assert_eq!((grace["minimum"].as_f64(), grace["maximum"].as_f64()), (Some(1.0), Some(f64::from(u32::MAX))));
+        let text = schema.to_string();
+        assert_eq!(text.matches(r#""type":"integer""#).count(), text.matches(r#""maximum":"#).count(), "{text}");
         assert_eq!(spec["properties"]["template"]["properties"]["containers"]["minItems"].as_u64(), Some(1));
         let phases = &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]["enum"];
         assert_eq!(phases.as_array().unwrap().len(), Phase::ALL.len());
