@@ -296,25 +296,28 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let again = api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap();
     assert_eq!(again.status(), 201, "replacing the ended object as the proxy: {:?}", again.text().await);
 
-    // A refused plugin in the ConfigMap: the proxy may record why on it.
-    let wrong = std::fs::read(spawner_test_plugins::FIXTURE_WRONG_WORLD).unwrap();
+    // Refused plugins in the ConfigMap (the proxy's idle plugin, the
+    // operator's scheduler): each may record why on it.
+    let wrong = base64::engine::general_purpose::STANDARD.encode(std::fs::read(spawner_test_plugins::FIXTURE_WRONG_WORLD).unwrap());
     let mut broken = plugin_map.clone();
-    broken["binaryData"] = serde_json::json!({"idle.wasm": base64::engine::general_purpose::STANDARD.encode(wrong)});
+    broken["binaryData"] = serde_json::json!({"idle.wasm": wrong, "scheduler.wasm": wrong});
     maps.patch("spawner-plugins", &PatchParams::apply("spawner-test").force(), &Patch::Apply(&broken)).await.unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "spawner");
-    let mut rejected = false;
+    let mut rejected_by = Vec::new();
     for _ in 0..300 {
         let list = events.list(&Default::default()).await.unwrap();
-        rejected = list
-            .items
-            .iter()
-            .any(|e| e.reporting_controller.as_deref() == Some("spawner-proxy") && e.reason.as_deref() == Some("PluginRejected"));
-        if rejected {
+        rejected_by = ["spawner-proxy", "spawner-operator"]
+            .into_iter()
+            .filter(|who| {
+                list.items.iter().any(|e| e.reporting_controller.as_deref() == Some(*who) && e.reason.as_deref() == Some("PluginRejected"))
+            })
+            .collect();
+        if rejected_by.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(rejected, "no PluginRejected Event from the proxy's ServiceAccount");
+    assert_eq!(rejected_by, ["spawner-proxy", "spawner-operator"], "a PluginRejected Event from each ServiceAccount");
     proxy.stop().await;
 
     let as_proxy = |ns: &str| Api::<SessionLivedBackend>::namespaced(proxy_client.clone(), ns);
