@@ -16,3 +16,7 @@ pub mod peers;
 pub mod plugins;
 pub mod pod;
 pub mod serve;
+
+/// The longest Event note the API server accepts (`events.k8s.io/v1`,
+/// in bytes); a longer one is refused whole, and the Event lost.
+pub(crate) const MAX_EVENT_NOTE: usize = 1024;

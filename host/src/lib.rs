@@ -46,5 +46,6 @@ pub mod reaper;
 pub mod secret;
 pub mod server;
 pub mod sweeper;
+pub mod text;
 pub mod token;
 pub mod watch;

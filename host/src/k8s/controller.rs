@@ -460,7 +460,8 @@ async fn record(
 }
 
 /// Records a Kubernetes Event on `slab`; failing to is logged, not fatal.
-async fn publish(ctx: &Context, slab: &SessionLivedBackend, type_: EventType, reason: String, note: String, action: &str) {
+async fn publish(ctx: &Context, slab: &SessionLivedBackend, type_: EventType, reason: String, mut note: String, action: &str) {
+    crate::text::cut_to(&mut note, super::MAX_EVENT_NOTE, "…");
     let event = KubeEvent { type_, reason, note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
         tracing::warn!(backend = %slab.name_any(), error = %e, "could not record a Kubernetes Event");

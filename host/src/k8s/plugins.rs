@@ -188,7 +188,8 @@ async fn apply(
     tried: &mut HashMap<PluginKind, [u8; 32]>,
     events: &Recorder,
 ) {
-    let report = |type_: EventType, reason: &str, note: String| {
+    let report = |type_: EventType, reason: &str, mut note: String| {
+        crate::text::cut_to(&mut note, super::MAX_EVENT_NOTE, "…");
         let event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: "LoadPlugin".into(), secondary: None };
         async move {
             let Some(cm) = configmap else { return };

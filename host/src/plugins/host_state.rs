@@ -121,14 +121,7 @@ impl host::Host for HostState {
         }
         self.logs_left -= 1;
         let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        crate::text::cut_to(&mut message, MAX_LOG_LINE, "…");
         if self.logs_left == 0 {
             message.push_str(" (log limit for this call reached; further lines dropped)");
         }

@@ -43,14 +43,7 @@ pub struct LogBuffer {
 impl LogBuffer {
     /// Appends a line, dropping the oldest lines beyond the byte budget.
     pub fn push(&self, stream: Stream, mut text: String) {
-        if text.len() > MAX_LINE_BYTES {
-            let mut cut = MAX_LINE_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str(" [line truncated]");
-        }
+        crate::text::cut_to(&mut text, MAX_LINE_BYTES, " [line truncated]");
         let mut guard = self.inner.lock().expect("log lock");
         let (lines, bytes) = &mut *guard;
         *bytes += text.len();
