@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::k8s::deploy;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::config::ProxyConfig;
@@ -77,7 +78,10 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "Lease/spawner-operator"
         ]
     );
-    assert_eq!(apply_file(&admin, &deploy("operator/02-deployment.yaml")).await, ["Deployment/spawner-operator"]);
+    assert_eq!(
+        apply_file(&admin, &deploy("operator/02-deployment.yaml")).await,
+        ["Deployment/spawner-operator", "PodDisruptionBudget/spawner-operator"]
+    );
     assert_eq!(
         apply_file(&admin, &deploy("proxy/01-rbac.yaml")).await,
         [
@@ -89,12 +93,36 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "Lease/spawner-proxy-sweeper"
         ]
     );
-    assert_eq!(apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await, ["Deployment/spawner-proxy", "Service/spawner-proxy"]);
+    assert_eq!(
+        apply_file(&admin, &deploy("proxy/02-deployment.yaml")).await,
+        ["Deployment/spawner-proxy", "Service/spawner-proxy", "PodDisruptionBudget/spawner-proxy"]
+    );
     // Applies (enforcing it is the network plugin's job; there is none here).
     assert_eq!(
         apply_file(&admin, &deploy("proxy/03-network-policy.yaml")).await,
         ["NetworkPolicy/backends-from-spawner-proxy", "NetworkPolicy/spawner-ingress", "NetworkPolicy/backends-egress"]
     );
+    // The Deployments' Pods are admitted in their namespace, which enforces
+    // the `restricted` Pod Security Standard (a refused Pod would show only
+    // in the ReplicaSet's events).
+    let spawner_pods: Api<Pod> = Api::namespaced(admin.clone(), "spawner");
+    let mut admitted = Vec::new();
+    for _ in 0..300 {
+        admitted = spawner_pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|p| p.labels().get("app.kubernetes.io/name").cloned())
+            .collect();
+        admitted.sort();
+        if admitted.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(admitted, ["spawner-operator", "spawner-operator", "spawner-proxy", "spawner-proxy"], "two replicas of each run");
 
     // The plugin ConfigMap both read (the default scheduler, configured).
     let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "spawner");
