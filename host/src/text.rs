@@ -6,6 +6,7 @@
 /// with `marker` (which must be shorter than `max`) saying it was cut.
 /// Text within `max` is left alone.
 pub fn cut_to(text: &mut String, max: usize, marker: &str) {
+    debug_assert!(marker.len() < max, "the marker must leave room for text");
     if text.len() <= max {
         return;
     }

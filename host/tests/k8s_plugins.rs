@@ -21,7 +21,7 @@ use spawner::k8s::plugins::{self as configmap, PluginConfigMap};
 use spawner::k8s::serve::{self, ProxyOptions};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner::plugins::{PluginKind, Runtime, RuntimeConfig};
+use spawner::plugins::{PluginKind, Runtime};
 use spawner::token::{TokenKey, now_unix};
 use spawner_test_plugins as built;
 
@@ -140,7 +140,7 @@ async fn the_operator_takes_scheduler_settings_from_a_configmap_and_a_bad_plugin
         .await
         .unwrap();
 
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let runtime = Arc::new(Runtime::new(common::patient(), None).unwrap());
     let metrics = Arc::new(Metrics::new());
     let at = PluginConfigMap { namespace: ns.clone(), name: "spawner-plugins".into() };
     let (plugins, _watch) =

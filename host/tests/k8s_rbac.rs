@@ -25,7 +25,7 @@ use spawner::k8s::plugins::{self as configmap, PluginConfigMap};
 use spawner::k8s::serve::{self, ApiOptions, ProxyOptions, Replicas};
 use spawner::lifecycle::{Phase, Reason};
 use spawner::metrics::Metrics;
-use spawner::plugins::{PluginKind, Runtime, RuntimeConfig};
+use spawner::plugins::{PluginKind, Runtime};
 use spawner::token::TokenKey;
 use spawner_testenv::shared;
 
@@ -145,7 +145,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             _ => break,
         }
     }
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+    let runtime = Arc::new(Runtime::new(common::patient(), None).unwrap());
     let (plugins, _watch) =
         configmap::load(operator.clone(), &at, runtime, Arc::new(Metrics::new()), &[PluginKind::Scheduler], "spawner-operator")
             .await
@@ -279,6 +279,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             }),
             metrics_listen: None,
             stopping: Default::default(),
+            plugin_limits: common::patient(),
         },
     )
     .await

@@ -387,7 +387,7 @@ async fn plugins_loaded_from_files_change_behaviour() {
         FAST,
         &["--plugin", &args[0], "--plugin-settings", &args[1], "--plugin", &args[2], "--plugin-settings", &args[3]],
     );
-    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 3})).await;
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 5})).await;
     dev.wait_ready(&name).await;
 
     // Capability tokens mean nothing to the HMAC plugin; signed headers do.

@@ -163,6 +163,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             delay: Duration::from_secs(args.shutdown_delay_seconds),
             drain: Duration::from_secs(args.drain_seconds),
         },
+        plugin_limits: crate::plugins::RuntimeConfig::default(),
         host_domain: args.host_domain,
     };
     crate::dev::raise_fd_limit();

@@ -376,6 +376,8 @@ fn bound_integers(node: &mut serde_json::Value) {
         Value::Object(map) => {
             if map.get("type").and_then(Value::as_str) == Some("integer") {
                 let (min, max) = match map.get("format").and_then(Value::as_str) {
+                    Some("int8") => (f64::from(i8::MIN), f64::from(i8::MAX)),
+                    Some("int16") => (f64::from(i16::MIN), f64::from(i16::MAX)),
                     Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
                     Some("uint32") => (0.0, f64::from(u32::MAX)),
                     Some("uint16") => (0.0, f64::from(u16::MAX)),
@@ -549,6 +551,12 @@ mod tests {
         assert_eq!((grace["minimum"].as_f64(), grace["maximum"].as_f64()), (Some(1.0), Some(f64::from(u32::MAX))));
         let text = schema.to_string();
         assert_eq!(text.matches(r#""type":"integer""#).count(), text.matches(r#""maximum":"#).count(), "{text}");
+        // Each format has its own range above; one without would get i64's.
+        let known = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"];
+        let formats: std::collections::BTreeSet<&str> =
+            text.match_indices(r#""format":""#).map(|(i, m)| &text[i + m.len()..]).map(|t| &t[..t.find('"').unwrap()]).collect();
+        let integer_formats: Vec<&&str> = formats.iter().filter(|f| f.starts_with("int") || f.starts_with("uint")).collect();
+        assert!(integer_formats.iter().all(|f| known.contains(f)), "an integer format without its range: {integer_formats:?}");
         assert_eq!(spec["properties"]["template"]["properties"]["containers"]["minItems"].as_u64(), Some(1));
         let phases = &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["phase"]["enum"];
         assert_eq!(phases.as_array().unwrap().len(), Phase::ALL.len());

@@ -59,6 +59,9 @@ pub struct ProxyOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// How [`RunningProxy::stop`] lets requests in flight finish.
     pub stopping: server::Stopping,
+    /// The plugins' memory limits and deadlines (tests lengthen the
+    /// deadlines, which are wall-clock time, for busy machines).
+    pub plugin_limits: RuntimeConfig,
 }
 
 /// How replicas share the sweeping (see [`super::peers`]).
@@ -117,7 +120,7 @@ impl RunningProxy {
 /// Watches the namespace, binds, and serves.
 pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Result<RunningProxy> {
     let metrics = Arc::new(Metrics::new());
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), Some(options.tokens.clone()))?);
+    let runtime = Arc::new(Runtime::new(options.plugin_limits.clone(), Some(options.tokens.clone()))?);
     let (plugins, plugin_watch) = match &options.plugins {
         Some(at) => {
             let (plugins, watch) =

@@ -118,5 +118,6 @@ pub fn proxy_options(ns: &str, tokens: Arc<spawner::token::TokenKey>) -> spawner
         replicas: None,
         metrics_listen: None,
         stopping: spawner::server::Stopping::default(),
+        plugin_limits: super::patient(),
     }
 }
