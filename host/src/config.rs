@@ -433,6 +433,15 @@ impl Config {
         if self.backends.max_backends == 0 {
             return bad("backends.max-backends must be at least 1 (every create would be refused)".into());
         }
+        // The default for creates that give none: out of range, every such
+        // create would be refused for a field its caller never sent.
+        if !(1..=crate::backends::MAX_GRACE_SECONDS).contains(&self.backends.grace_period_seconds) {
+            return bad(format!(
+                "backends.grace-period-seconds must be between 1 and {} (got {})",
+                crate::backends::MAX_GRACE_SECONDS,
+                self.backends.grace_period_seconds
+            ));
+        }
         if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
             return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
         }
@@ -622,6 +631,16 @@ mod tests {
         let mut c = Config::default();
         c.backends.max_backends = 0;
         assert!(c.validate().unwrap_err().to_string().contains("backends.max-backends must be at least 1"));
+    }
+
+    #[test]
+    fn a_default_grace_period_no_create_could_have_is_refused_at_load() {
+        for bad in [0, crate::backends::MAX_GRACE_SECONDS + 1] {
+            let mut c = Config::default();
+            c.backends.grace_period_seconds = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("backends.grace-period-seconds must be between 1 and 4294967295"), "{e}");
+        }
     }
 
     #[test]

@@ -252,10 +252,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         // use the address Spawner listens on; browsers use the public URL.
         let base = format!("http://{}", dev.addr);
         let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $SPAWNER_API_TOKEN\"" } else { "" };
+        // The token came from the config file or --api-token: the line below
+        // needs it in the shell's environment.
+        let export = if config.api_token.is_some() && std::env::var_os("SPAWNER_API_TOKEN").is_none() {
+            "    (first: export SPAWNER_API_TOKEN=<your api-token>)\n"
+        } else {
+            ""
+        };
         let public = config.public_url.as_ref().map(|url| format!("\nBrowsers reach it as {url} (its browserUrl links)\n")).unwrap_or_default();
         tracing::info!(listen = %dev.addr, "spawner dev is ready");
         eprintln!(
-            "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
+            "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n{export}    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
         );
         server::stop_signal().await?;
         tracing::info!("shutting down: stopping every backend");

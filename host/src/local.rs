@@ -281,9 +281,13 @@ impl Local {
             return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", ")));
         };
         let mut keys = self.keys.lock().expect("keys lock");
+        // A backend that is stopping no longer holds its key: the caller
+        // wants a session, and that one is ending (say, swept as the user
+        // came back); a new one starts beside it.
         if let Some(key) = &spec.key
             && let Some(existing) = keys.get(key).and_then(|n| self.record(n))
             && !existing.phase().is_terminal()
+            && existing.phase() != Phase::Terminating
         {
             return Ok(Created { backend: self.view(&existing), created: false });
         }

@@ -221,11 +221,16 @@ impl Proxy {
         // the token in the address bar.
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
         let token_in_url = token.is_some();
-        if let Some(token) = token.filter(|t| cookie_safe(t))
+        if let Some(token) = token
             && !websocket
             && (req.method() == Method::GET || req.method() == Method::HEAD)
         {
-            return self.token_redirect(&route, clean_query.as_deref(), &token);
+            // Only a token that opens this backend becomes its cookie: the
+            // request may have been let in by the cookie already there, and
+            // a stray, expired or foreign token in a link must not replace
+            // it (and lock the browser out until it is given a new URL).
+            let opens = query_token_opens(&auth, &target.backend.name) && cookie_safe(&token);
+            return self.token_redirect(&route, clean_query.as_deref(), opens.then_some(token.as_str()));
         }
         let Some(addr) = target.addr else {
             return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
@@ -331,20 +336,22 @@ impl Proxy {
         Response::from_parts(parts, Body::empty())
     }
 
-    /// Moves a query token into a cookie scoped to the backend and sends the
-    /// browser to the clean URL, so the token leaves the address bar,
-    /// history and logs.
-    fn token_redirect(&self, route: &Route, clean_query: Option<&str>, token: &str) -> Response<Body> {
+    /// Sends the browser to the clean URL, so the token leaves the address
+    /// bar, history and logs; a `token` that opens this backend moves into a
+    /// cookie scoped to it on the way.
+    fn token_redirect(&self, route: &Route, clean_query: Option<&str>, token: Option<&str>) -> Response<Body> {
         let location = match clean_query {
             Some(q) => format!("{}{}?{q}", route.prefix, route.rest),
             None => format!("{}{}", route.prefix, route.rest),
         };
-        let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
-        let secure = if self.settings.forwarded_proto == crate::config::Scheme::Https { "; Secure" } else { "" };
-        let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie);
         let mut r = redirect(StatusCode::SEE_OTHER, &location);
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            r.headers_mut().insert(header::SET_COOKIE, v);
+        if let Some(token) = token {
+            let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
+            let secure = if self.settings.forwarded_proto == crate::config::Scheme::Https { "; Secure" } else { "" };
+            let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
         }
         r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         r
@@ -375,6 +382,15 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
 }
 
 /// Only token-shaped values go into a cookie (no `;`, spaces or quotes).
+/// True when the request's query token verified (signature, and not issued
+/// before the backend existed), names `backend` and has not expired.
+fn query_token_opens(auth: &AuthRequest, backend: &str) -> bool {
+    auth.credentials.iter().any(|c| {
+        c.source == crate::plugins::types::CredentialSource::Query
+            && c.verified.as_ref().is_ok_and(|cap| cap.backend == backend && cap.expires_at > auth.now)
+    })
+}
+
 fn cookie_safe(t: &str) -> bool {
     !t.is_empty() && t.len() <= crate::token::MAX_TOKEN_BYTES && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }

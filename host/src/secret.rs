@@ -25,7 +25,7 @@ impl Secret {
 
 /// The token of an `Authorization: Bearer` header (empty if there is none).
 pub fn bearer(headers: &http::HeaderMap) -> &str {
-    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("")
+    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::plugins::credentials::bearer).unwrap_or("")
 }
 
 impl std::fmt::Debug for Secret {

@@ -22,7 +22,7 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ("bad JSON", "{\"template\": ".into(), 400, "the body is not valid JSON: template: EOF while parsing"),
         // serde's "key must be a string" is about JSON syntax, not the `key` field.
         ("unquoted name", "{template: 1}".into(), 400, "the body is not valid JSON: object keys must be strings in double quotes"),
-        ("empty body", "".into(), 400, "the body is empty: send a JSON object"),
+        ("empty body", "".into(), 400, "the body is empty: send a JSON object (the fields are in /api/openapi.json)"),
         ("unknown field", r#"{"template":"demo","gracePeriod":5}"#.into(), 422, "unknown field `gracePeriod`"),
         (
             "negative duration",
@@ -260,6 +260,11 @@ async fn list_filters_terminate_and_openapi() {
     let create = &doc["components"]["schemas"]["CreateRequest"];
     assert!(create["properties"]["image"].is_object() && create["properties"]["template"].is_object(), "{create}");
     assert!(!create["required"].as_array().into_iter().flatten().any(|r| r == "template" || r == "image"), "{create}");
+    // The limits the API checks are in the document, as the API checks them.
+    let field = |name: &str| &create["properties"][name];
+    assert_eq!(field("key")["maxLength"].as_u64(), Some(spawner::backends::MAX_KEY_LEN as u64));
+    assert_eq!(field("gracePeriodSeconds")["maximum"].as_u64(), Some(spawner::backends::MAX_GRACE_SECONDS));
+    assert_eq!(field("tokenTtlSeconds")["maximum"].as_u64(), Some(spawner::token::MAX_TTL_SECONDS));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -285,6 +290,9 @@ async fn off_loopback_the_api_requires_its_token() {
     let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth("wrong-token-0123456789").send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The scheme's name is case-insensitive (RFC 7235), as in the proxy.
+    let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).header("authorization", format!("bearer {token}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // The OpenAPI document and health stay public.
     assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);

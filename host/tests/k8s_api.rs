@@ -224,6 +224,15 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
         .unwrap();
     assert_eq!(fresh.status(), 200);
 
+    // A key whose backend is stopping (a user coming back as it is swept)
+    // starts a new one, rather than handing back the one that is ending.
+    let stopping_uid = slabs.get(&name).await.unwrap().metadata.uid;
+    let (status, _) = app.call(reqwest::Method::DELETE, &format!("/api/v1/backends/{name}"), None).await;
+    assert_eq!(status, 202);
+    let (status, replaced) = app.call(reqwest::Method::POST, "/api/v1/backends", Some(create.clone())).await;
+    assert_eq!((status, &replaced["created"]), (201, &json!(true)), "{replaced}");
+    assert_ne!(slabs.get(&name).await.unwrap().metadata.uid, stopping_uid, "a new object");
+
     // A live object written with kubectl, keyed, is found by its key.
     let mut by_kubectl: SessionLivedBackend = serde_json::from_value(json!({
         "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "metadata": {"name": "written-by-kubectl"},

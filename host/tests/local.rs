@@ -181,12 +181,14 @@ async fn the_lifetime_limit_ends_a_busy_backend() {
     busy.abort();
 }
 
-/// Spawner with three demo backends and one that ignores SIGTERM (so it
-/// can only be stopped by SIGKILL after the stop timeout), all ready.
+/// A template whose process ignores SIGTERM, so it stops only by SIGKILL
+/// after the stop timeout (FAST's 2 s): a backend that stays `terminating`.
+const STUBBORN: &str =
+    "\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n";
+
+/// Spawner with three demo backends and one that ignores SIGTERM, all ready.
 async fn dev_with_backends() -> (Dev, Vec<String>) {
-    let config = format!(
-        "{FAST}\n[templates.stubborn]\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
-    );
+    let config = format!("{FAST}{STUBBORN}");
     let dev = Dev::start(&config, &[]);
     let mut names = Vec::new();
     for template in ["demo", "demo", "demo", "stubborn"] {
@@ -196,6 +198,29 @@ async fn dev_with_backends() -> (Dev, Vec<String>) {
         names.push(name);
     }
     (dev, names)
+}
+
+/// A user coming back to a document whose backend is stopping (swept, or
+/// terminated a moment ago) gets a new session, not the ending one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
+    let dev = Dev::start(&format!("{FAST}{STUBBORN}"), &[]);
+    let create = json!({"template": "stubborn", "key": "doc-9"});
+    let (first, _) = dev.create_ok(create.clone()).await;
+    dev.wait_ready(&first).await;
+    let r = dev.http.delete(format!("{}/api/v1/backends/{first}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "it ignores SIGTERM for 2 s");
+
+    let (status, again) = dev.create(create.clone()).await;
+    assert_eq!((status, &again["created"]), (201, &json!(true)), "{again}");
+    let second = again["backend"]["name"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    dev.wait_ready(&second).await;
+    dev.wait_phase(&first, "terminated").await;
+    // And the key is the new one's, once the old one has ended too.
+    let (status, third) = dev.create(create).await;
+    assert_eq!((status, third["backend"]["name"].as_str()), (200, Some(second.as_str())), "{third}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,6 +317,12 @@ async fn configured_token_names_are_used_by_proxy_api_and_auth() {
     let seen: serde_json::Value = browser.get(format!("{}/p/{name}/headers?keep=1", dev.base)).send().await.unwrap().json().await.unwrap();
     assert!(!seen.to_string().contains("st1."), "a token reached the backend: {seen}");
     assert_eq!(seen["uri"], "/headers?keep=1", "{seen}");
+    // A stray token in a link leaves the address bar but does not replace
+    // the cookie that works (it used to, locking the browser out).
+    let stray = browser.get(format!("{}/p/{name}/headers?t=st1.not-a-token", dev.base)).send().await.unwrap();
+    assert_eq!(stray.status(), 200, "let in by the cookie");
+    assert!(!stray.url().as_str().contains("t=st1"), "{}", stray.url());
+    assert_eq!(browser.get(format!("{}/p/{name}/headers", dev.base)).send().await.unwrap().status(), 200, "the cookie still works");
     // A POST is forwarded, not redirected; its answer keeps the URL's
     // token out of Referer headers.
     let token = created["token"].as_str().unwrap();

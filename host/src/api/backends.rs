@@ -50,8 +50,10 @@ pub(crate) struct CreateRequest {
     /// Template to run (`image` is accepted as an alias).
     #[serde(alias = "image")]
     template: String,
-    /// Get-or-create key: while a backend with this key is live, creates
-    /// return it instead of starting another.
+    /// Get-or-create key: while a backend with this key is live (and not
+    /// stopping), creates return it instead of starting another.
+    /// 1-253 characters without spaces or control characters.
+    #[schema(min_length = 1, max_length = 253)]
     key: Option<String>,
     /// The user the backend is for (passed to plugins; the token's subject
     /// unless `subject` says otherwise).
@@ -63,8 +65,10 @@ pub(crate) struct CreateRequest {
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// How long the backend may stay unused before it is terminated (s).
+    #[schema(minimum = 1, maximum = 4294967295_i64)]
     grace_period_seconds: Option<i64>,
     /// Hard limit on the backend's lifetime (s).
+    #[schema(minimum = 1)]
     lifetime_limit_seconds: Option<i64>,
     /// Requested compute.
     #[serde(default)]
@@ -81,6 +85,7 @@ pub(crate) struct CreateRequest {
     /// `PORT`, so locally this is ignored.
     port: Option<u16>,
     /// Lifetime of the returned token (s; default from configuration).
+    #[schema(minimum = 1, maximum = 2592000)]
     token_ttl_seconds: Option<i64>,
     /// Subject of the returned token (default: `owner`).
     subject: Option<String>,
@@ -332,7 +337,16 @@ pub(crate) async fn token(
     // Every field is optional: no body (and no Content-Type) is all defaults.
     body: Result<Option<Json<TokenRequest>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let r = body?.map(|Json(r)| r).unwrap_or_default();
+    let r = body
+        .map_err(|e| match ApiError::from(e) {
+            // Every field is optional here, which is worth saying.
+            empty if empty.message.starts_with("the body is empty") => {
+                ApiError::bad_request("the body is empty: send a JSON object ({} for all defaults), or no body and no Content-Type")
+            }
+            other => other,
+        })?
+        .map(|Json(r)| r)
+        .unwrap_or_default();
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));

@@ -83,7 +83,7 @@ impl From<JsonRejection> for ApiError {
 /// API's `key` field), and an empty body said to be one.
 fn syntax_message(serde: &str) -> String {
     if serde.starts_with("EOF while parsing a value at line 1 column 0") {
-        return "the body is empty: send a JSON object ({} for all defaults)".into();
+        return "the body is empty: send a JSON object (the fields are in /api/openapi.json)".into();
     }
     let serde = serde.replace("key must be a string", "object keys must be strings in double quotes");
     format!("the body is not valid JSON: {serde}")

@@ -175,8 +175,8 @@ impl KubeBackends {
             }
         }
         Err(ControlError::Unavailable(format!(
-            "the ended backend {name} that held this key is still being deleted (is `spawner operator` running? it removes the \
-             object's finalizer); retry in a moment"
+            "the backend {name} that held this key is still ending (its Pod stopping; or is `spawner operator` not running? it \
+             removes the object's finalizer); retry in a moment"
         )))
     }
 }
@@ -200,13 +200,13 @@ impl Control for KubeBackends {
         let slabs = self.cluster.slabs();
         let live: Vec<&Arc<SessionLivedBackend>> = slabs.iter().filter(|s| is_live(s)).collect();
         if let Some(key) = &spec.key
-            && let Some(cached) = live.iter().find(|s| s.spec.key.as_ref() == Some(key))
+            && let Some(cached) = live.iter().find(|s| s.spec.key.as_ref() == Some(key) && holds_key(s))
         {
             // Written with another name (kubectl), or ours, already cached;
             // confirmed live on the API server (the cache may lag an end).
             let name = cached.name_any();
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
-                Some(s) if is_live(&s) => {
+                Some(s) if holds_key(&s) => {
                     return Ok(Created { backend: self.view(&s), created: false });
                 }
                 _ => {}
@@ -238,9 +238,10 @@ impl Control for KubeBackends {
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
                 // Deleted in between: create again.
                 None => {}
-                Some(existing) if is_live(&existing) => {
+                Some(existing) if holds_key(&existing) => {
                     return Ok(Created { backend: self.view(&existing), created: false });
                 }
+                // Ended, or stopping: it makes way (see `holds_key`).
                 Some(ended) => self.replace_ended(&ended).await?,
             }
         }
@@ -443,9 +444,17 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
     Ok(slab)
 }
 
-/// Neither being deleted nor ended: what a key may keep returning.
+/// Neither being deleted nor ended.
 fn is_live(slab: &SessionLivedBackend) -> bool {
     slab.metadata.deletion_timestamp.is_none() && !slab.phase().is_terminal()
+}
+
+/// Live and not stopping: what a key may keep returning. A create with the
+/// key of a backend that is stopping (swept as its user came back, or
+/// terminated a moment ago) replaces it, as it does an ended one, rather
+/// than hand back a session that is about to end.
+fn holds_key(slab: &SessionLivedBackend) -> bool {
+    is_live(slab) && slab.phase() != Phase::Terminating && crate::k8s::cluster::termination_requested(slab).is_none()
 }
 
 /// The object's status as a stream event; its id is the creation time × 10

@@ -43,11 +43,13 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
         .collect()
 }
 
-/// The token in an `Authorization` value of the Bearer scheme. The proxy
-/// strips by the same reading, so what the plugin was shown is what never
-/// reaches the backend.
+/// The token in an `Authorization` value of the Bearer scheme (whose name
+/// is case-insensitive, RFC 7235). The proxy strips by the same reading, so
+/// what the plugin was shown is what never reaches the backend, and the API
+/// reads its token the same way.
 pub fn bearer(value: &str) -> Option<&str> {
-    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A query or cookie pair as `(name, value)`; a name alone has an empty
@@ -127,6 +129,15 @@ mod tests {
             peer: "127.0.0.1:1".into(),
             websocket: false,
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_whatever_its_case() {
+        for value in ["Bearer st1.x", "bearer st1.x", "BEARER  st1.x "] {
+            assert_eq!(bearer(value), Some("st1.x"), "{value}");
+        }
+        assert_eq!(bearer("Basic dXNlcg=="), None);
+        assert_eq!(bearer("Bearer"), None);
     }
 
     fn sources(found: &[Credential]) -> Vec<CredentialSource> {
