@@ -332,6 +332,28 @@ impl Template {
         }
         self.cwd = Some(cwd);
     }
+
+    /// What would make every create of this template fail as things stand
+    /// (its working directory or program missing), for a warning at start:
+    /// the program may yet be installed, so it is not an error.
+    pub fn start_problem(&self) -> Option<String> {
+        if let Some(cwd) = &self.cwd
+            && !cwd.is_dir()
+        {
+            return Some(format!("its cwd {} is not a directory", cwd.display()));
+        }
+        let found = if self.command.contains('/') {
+            let path = Path::new(&self.command);
+            // Relative to where it runs (which is what `resolve_paths` does
+            // for templates of a config file).
+            self.cwd.as_deref().map_or_else(|| path.to_path_buf(), |c| c.join(path)).is_file()
+        } else {
+            // The backend's PATH: the template's, else Spawner's (passed on).
+            let path = self.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+            std::env::split_paths(&path).any(|dir| dir.join(&self.command).is_file())
+        };
+        (!found).then(|| format!("its command {:?} was not found", self.command))
+    }
 }
 
 /// Checks a public URL (`public-url`, `--public-url`): an origin, since
@@ -463,6 +485,13 @@ impl Config {
             if t.command.trim().is_empty() {
                 return bad(format!(
                     "templates.\"{name}\".command is missing or empty: give the program to run, e.g. command = \"python3\""
+                ));
+            }
+            // Spawner sets these for each backend; the template's value
+            // would be silently replaced (a create's `env` is refused alike).
+            if let Some(k) = t.env.keys().find(|k| *k == "PORT" || k.starts_with("SPAWNER_")) {
+                return bad(format!(
+                    "templates.\"{name}\".env.{k} is set by Spawner for each backend and cannot be set here; remove it (the backend reads PORT from its environment)"
                 ));
             }
         }
@@ -624,6 +653,26 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("`http`") && e.contains("`https`"), "{e}");
         let c = Config::parse("[proxy]\nforwarded-proto = \"https\"\n").unwrap();
         assert_eq!(c.proxy.forwarded_proto, Scheme::Https);
+    }
+
+    #[test]
+    fn template_variables_spawner_sets_are_refused_and_missing_programs_found() {
+        let e = Config::parse("[templates.t]\ncommand = \"python3\"\nenv = { PORT = \"1\" }\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("templates.\"t\".env.PORT is set by Spawner"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("run.sh"), "").unwrap();
+        let t = |command: &str, cwd: Option<&Path>| Template {
+            command: command.into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            cwd: cwd.map(Path::to_path_buf),
+        };
+        assert_eq!(t("sh", None).start_problem(), None, "found in PATH");
+        assert_eq!(t("./run.sh", Some(dir.path())).start_problem(), None, "found where it runs");
+        assert!(t("no-such-program-here", None).start_problem().unwrap().contains("was not found"));
+        assert!(t("./missing.sh", Some(dir.path())).start_problem().unwrap().contains("was not found"));
+        assert!(t("sh", Some(&dir.path().join("nope"))).start_problem().unwrap().contains("is not a directory"));
     }
 
     #[test]

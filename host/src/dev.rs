@@ -71,6 +71,9 @@ impl Dev {
         for warning in url_warnings(&config) {
             tracing::warn!("{warning}");
         }
+        for (name, problem) in config.templates.iter().filter_map(|(n, t)| Some((n, t.start_problem()?))) {
+            tracing::warn!(template = %name, "template {name:?}: {problem}; creates of it will fail until that is fixed");
+        }
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
             config.public_url = Some(format!("http://{addr}"));
