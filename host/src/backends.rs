@@ -317,7 +317,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
         if !valid {
             return bad(format!("env name {k:?} is not a valid variable name"));
         }
-        if k == "PORT" || k.starts_with("SPAWNER_") {
+        if set_by_spawner(k) {
             return bad(format!("env {k} is set by Spawner and cannot be overridden"));
         }
     }
@@ -341,6 +341,12 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
 /// holds (a uint32, about 136 years), so a spec that runs locally also runs
 /// on a cluster.
 pub const MAX_GRACE_SECONDS: u64 = u32::MAX as u64;
+
+/// An environment variable Spawner sets for every backend (`PORT`,
+/// `SPAWNER_*`), which neither a create nor a template may set.
+pub fn set_by_spawner(name: &str) -> bool {
+    name == "PORT" || name.starts_with("SPAWNER_")
+}
 
 /// The message for a duration `field` outside 1 to `max` seconds (no
 /// `max`: no upper bound); the same whether the value was negative, zero

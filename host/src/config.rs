@@ -457,12 +457,9 @@ impl Config {
         }
         // The default for creates that give none: out of range, every such
         // create would be refused for a field its caller never sent.
-        if !(1..=crate::backends::MAX_GRACE_SECONDS).contains(&self.backends.grace_period_seconds) {
-            return bad(format!(
-                "backends.grace-period-seconds must be between 1 and {} (got {})",
-                crate::backends::MAX_GRACE_SECONDS,
-                self.backends.grace_period_seconds
-            ));
+        let grace = self.backends.grace_period_seconds;
+        if !(1..=crate::backends::MAX_GRACE_SECONDS).contains(&grace) {
+            return bad(crate::backends::out_of_range("backends.grace-period-seconds", Some(crate::backends::MAX_GRACE_SECONDS), grace));
         }
         if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
             return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
@@ -489,7 +486,7 @@ impl Config {
             }
             // Spawner sets these for each backend; the template's value
             // would be silently replaced (a create's `env` is refused alike).
-            if let Some(k) = t.env.keys().find(|k| *k == "PORT" || k.starts_with("SPAWNER_")) {
+            if let Some(k) = t.env.keys().find(|k| crate::backends::set_by_spawner(k)) {
                 return bad(format!(
                     "templates.\"{name}\".env.{k} is set by Spawner for each backend and cannot be set here; remove it (the backend reads PORT from its environment)"
                 ));

@@ -381,7 +381,6 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET && has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }
 
-/// Only token-shaped values go into a cookie (no `;`, spaces or quotes).
 /// True when the request's query token verified (signature, and not issued
 /// before the backend existed), names `backend` and has not expired.
 fn query_token_opens(auth: &AuthRequest, backend: &str) -> bool {
@@ -391,6 +390,7 @@ fn query_token_opens(auth: &AuthRequest, backend: &str) -> bool {
     })
 }
 
+/// Only token-shaped values go into a cookie (no `;`, spaces or quotes).
 fn cookie_safe(t: &str) -> bool {
     !t.is_empty() && t.len() <= crate::token::MAX_TOKEN_BYTES && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
