@@ -340,8 +340,8 @@ pub(crate) async fn token(
     let r = body
         .map_err(|e| match ApiError::from(e) {
             // Every field is optional here, which is worth saying.
-            empty if empty.message.starts_with("the body is empty") => {
-                ApiError::bad_request("the body is empty: send a JSON object ({} for all defaults), or no body and no Content-Type")
+            empty if empty.message.starts_with(super::error::EMPTY_BODY) => {
+                ApiError::bad_request(format!("{} ({{}} for all defaults), or no body and no Content-Type", super::error::EMPTY_BODY))
             }
             other => other,
         })?

@@ -78,12 +78,16 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// How the message for an empty JSON body starts; an endpoint whose fields
+/// are all optional says more after it.
+pub(crate) const EMPTY_BODY: &str = "the body is empty: send a JSON object";
+
 /// A JSON syntax error in the API's terms: said to be about the body's
 /// syntax (serde's "key must be a string" is about an object key, not the
 /// API's `key` field), and an empty body said to be one.
 fn syntax_message(serde: &str) -> String {
     if serde.starts_with("EOF while parsing a value at line 1 column 0") {
-        return "the body is empty: send a JSON object (the fields are in /api/openapi.json)".into();
+        return format!("{EMPTY_BODY} (the fields are in /api/openapi.json)");
     }
     let serde = serde.replace("key must be a string", "object keys must be strings in double quotes");
     format!("the body is not valid JSON: {serde}")
