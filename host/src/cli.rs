@@ -13,6 +13,8 @@ mod plugin;
 mod proxy;
 mod token;
 
+use crate::plugins::{PluginKind, RuntimeConfig};
+
 /// Where `spawner operator` and `spawner proxy` read their plugins.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginMapArgs {
@@ -31,6 +33,74 @@ impl PluginMapArgs {
     pub fn configmap(&self) -> Option<crate::k8s::plugins::PluginConfigMap> {
         self.plugins_configmap.clone().map(|name| crate::k8s::plugins::PluginConfigMap { namespace: self.plugins_namespace.clone(), name })
     }
+}
+
+/// Per-kind limits of plugin calls, as `[plugins.KIND]` sets them in
+/// `spawner dev`'s config file: the modes without one need them too (a
+/// heavier policy on a busy node may need a longer deadline).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PluginLimitArgs {
+    /// Deadline of one plugin call, `KIND=MS` (default: auth 20, scheduler
+    /// and idle 100; at most 60000), in wall-clock time: a call past it
+    /// fails closed (auth denies) or safe (idle keeps, scheduling falls back
+    /// to the default). Repeat, or comma-separate in the environment.
+    #[arg(long = "plugin-deadline-ms", value_name = "KIND=MS", env = "SPAWNER_PLUGIN_DEADLINE_MS", value_delimiter = ',', value_parser = deadline_arg)]
+    pub deadline_ms: Vec<(PluginKind, u64)>,
+    /// Memory of one plugin call, `KIND=MIB` (default 64, at most 4096).
+    /// Repeat, or comma-separate in the environment.
+    #[arg(long = "plugin-memory-mib", value_name = "KIND=MIB", env = "SPAWNER_PLUGIN_MEMORY_MIB", value_delimiter = ',', value_parser = memory_arg)]
+    pub memory_mib: Vec<(PluginKind, u64)>,
+}
+
+impl PluginLimitArgs {
+    /// The runtime's limits: the defaults, with these flags' values.
+    pub fn runtime(&self) -> RuntimeConfig {
+        let mut rc = RuntimeConfig::default();
+        for kind in PluginKind::ALL {
+            let mut l = rc.limits(kind);
+            l.deadline_ms = self.deadline_ms(kind).unwrap_or(l.deadline_ms);
+            l.memory_mib = self.memory_mib(kind).unwrap_or(l.memory_mib);
+            rc.set_limits(kind, l);
+        }
+        rc
+    }
+
+    /// The deadline these flags give `kind` (the last, if repeated).
+    pub fn deadline_ms(&self, kind: PluginKind) -> Option<u64> {
+        self.deadline_ms.iter().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+    }
+
+    /// The memory these flags give `kind` (the last, if repeated).
+    pub fn memory_mib(&self, kind: PluginKind) -> Option<u64> {
+        self.memory_mib.iter().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+    }
+}
+
+/// `KIND=VALUE`: the plugin kind and the rest, for flags set per kind.
+pub(crate) fn kind_value(arg: &str) -> Result<(PluginKind, &str), String> {
+    let (k, v) = arg.split_once('=').ok_or_else(|| format!("expected KIND=VALUE, got {arg:?}"))?;
+    let kind = PluginKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == k)
+        .ok_or_else(|| format!("unknown plugin kind {k:?} (expected scheduler, auth or idle)"))?;
+    Ok((kind, v))
+}
+
+/// `KIND=N` with N from 1 to `max`.
+fn kind_number(arg: &str, max: u64) -> Result<(PluginKind, u64), String> {
+    let (kind, v) = kind_value(arg)?;
+    match v.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok((kind, n)),
+        _ => Err(crate::backends::out_of_range(&format!("the value for {kind}"), Some(max), format!("{v:?}"))),
+    }
+}
+
+fn deadline_arg(arg: &str) -> Result<(PluginKind, u64), String> {
+    kind_number(arg, crate::plugins::runtime::MAX_DEADLINE_MS)
+}
+
+fn memory_arg(arg: &str) -> Result<(PluginKind, u64), String> {
+    kind_number(arg, crate::plugins::runtime::MAX_MEMORY_MIB)
 }
 
 use std::process::ExitCode;

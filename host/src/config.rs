@@ -289,12 +289,10 @@ impl PluginsConfig {
         for kind in PluginKind::ALL {
             let d = rc.limits(kind);
             let s = self.slot(kind);
-            let l = Limits { memory_mib: s.memory_mib.unwrap_or(d.memory_mib), deadline_ms: s.deadline_ms.unwrap_or(d.deadline_ms) };
-            match kind {
-                PluginKind::Scheduler => rc.scheduler = l,
-                PluginKind::Auth => rc.auth = l,
-                PluginKind::Idle => rc.idle = l,
-            }
+            rc.set_limits(
+                kind,
+                Limits { memory_mib: s.memory_mib.unwrap_or(d.memory_mib), deadline_ms: s.deadline_ms.unwrap_or(d.deadline_ms) },
+            );
         }
         if let Some(n) = self.max_instances {
             rc.max_instances = n;

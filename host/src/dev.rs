@@ -155,6 +155,9 @@ pub struct DevArgs {
     /// Plugin settings: `KIND=JSON` or `KIND=@FILE`. Repeatable.
     #[arg(long = "plugin-settings", value_name = "KIND=SETTINGS")]
     pub plugin_settings: Vec<String>,
+    /// Limits of plugin calls (over the config file's).
+    #[command(flatten)]
+    pub plugin_limits: crate::cli::PluginLimitArgs,
     /// Time between idle sweeps, milliseconds (default 5000).
     #[arg(long)]
     pub sweep_interval_ms: Option<u64>,
@@ -169,14 +172,7 @@ pub struct DevArgs {
 }
 
 fn kind_value(arg: &str, flag: &str) -> anyhow::Result<(PluginKind, String)> {
-    let (k, v) = arg.split_once('=').with_context(|| format!("{flag} takes KIND=VALUE (got {arg:?})"))?;
-    let kind = match k {
-        "scheduler" => PluginKind::Scheduler,
-        "auth" => PluginKind::Auth,
-        "idle" => PluginKind::Idle,
-        other => anyhow::bail!("{flag}: unknown plugin kind {other:?} (expected scheduler, auth or idle)"),
-    };
-    Ok((kind, v.to_string()))
+    crate::cli::kind_value(arg).map(|(kind, v)| (kind, v.to_string())).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
 /// The configuration `spawner dev` runs with: file, then flags and env.
@@ -214,6 +210,11 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
                 slot.settings_file = None;
             }
         }
+    }
+    for kind in PluginKind::ALL {
+        let slot = c.plugins.slot_mut(kind);
+        slot.deadline_ms = args.plugin_limits.deadline_ms(kind).or(slot.deadline_ms);
+        slot.memory_mib = args.plugin_limits.memory_mib(kind).or(slot.memory_mib);
     }
     if let Some(i) = args.sweep_interval_ms {
         c.sweeper.interval_ms = i;
@@ -320,6 +321,28 @@ mod tests {
         fine.proxy.forwarded_proto = Scheme::Https;
         assert!(url_warnings(&fine).is_empty());
         assert!(url_warnings(&Config::default()).is_empty(), "loopback, no public URL: links work locally");
+    }
+
+    #[test]
+    fn plugin_limit_flags_override_the_config_file_per_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spawner.toml");
+        std::fs::write(&file, "[plugins.auth]\ndeadline-ms = 40\nmemory-mib = 32\n[plugins.idle]\ndeadline-ms = 150\n").unwrap();
+        let parse = |flags: &[&str]| {
+            use clap::Parser as _;
+            let mut argv = vec!["spawner", "dev", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(flags);
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Dev(args) => config_from_args(&args),
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = parse(&["--plugin-deadline-ms", "auth=70", "--plugin-memory-mib", "scheduler=128"]).unwrap().plugins.runtime();
+        assert_eq!((c.auth.deadline_ms, c.auth.memory_mib), (70, 32), "the flag wins; the file's other field stays");
+        assert_eq!((c.idle.deadline_ms, c.scheduler.memory_mib, c.scheduler.deadline_ms), (150, 128, 100));
+        let c = parse(&["--plugin-deadline-ms", "auth=70", "--plugin-deadline-ms", "auth=90"]).unwrap().plugins.runtime();
+        assert_eq!(c.auth.deadline_ms, 90, "the last one given");
+        assert_eq!(parse(&[]).unwrap().plugins.runtime().auth.deadline_ms, 40, "no flag: the file's");
     }
 
     #[test]

@@ -57,6 +57,40 @@ fn check_refuses_each_fixture_with_the_reason() {
 }
 
 #[test]
+fn limits_given_by_flag_or_environment_are_the_ones_the_trial_runs_under() {
+    // As `spawner proxy` and `spawner operator` take them: per kind.
+    let out = spawner(&["plugin", "check", built::FIXTURE_LOOP, "--plugin-deadline-ms", "auth=7", "--plugin-deadline-ms", "idle=300"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("within its 7 ms deadline"), "{}", text(&out));
+    let out = spawner(&["plugin", "check", built::FIXTURE_ALLOC, "--plugin-memory-mib", "idle=16"]);
+    assert!(text(&out).contains("memory limit of 16 MiB"), "{}", text(&out));
+    let dir = tempfile::tempdir().unwrap();
+    spawner(&["plugin", "defaults", "--out", dir.path().to_str().unwrap()]);
+    let idle = dir.path().join("default_idle.wasm");
+    let out = Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["plugin", "check", idle.to_str().unwrap()])
+        .env("SPAWNER_PLUGIN_DEADLINE_MS", "auth=250,idle=4000")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && text(&out).contains("(deadline 4000 ms"), "{}", text(&out));
+
+    // Bad values are refused before anything runs, saying what to fix.
+    for (arg, expected) in [
+        ("auth=0", "the value for auth must be between 1 and 60000"),
+        ("auth=60001", "the value for auth must be between 1 and 60000"),
+        ("auth=soon", "the value for auth must be between 1 and 60000, got \"soon\""),
+        ("proxy=50", "unknown plugin kind \"proxy\" (expected scheduler, auth or idle)"),
+        ("50", "expected KIND=VALUE"),
+    ] {
+        let out = spawner(&["plugin", "check", built::FIXTURE_LOOP, "--plugin-deadline-ms", arg]);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {}", text(&out));
+        assert!(text(&out).contains("--plugin-deadline-ms") && text(&out).contains(expected), "{arg}: {}", text(&out));
+    }
+    let out = spawner(&["plugin", "check", built::FIXTURE_ALLOC, "--plugin-memory-mib", "idle=5000"]);
+    assert!(text(&out).contains("the value for idle must be between 1 and 4096"), "{}", text(&out));
+}
+
+#[test]
 fn run_prints_the_decision_for_a_minted_token() {
     let secret = "cli-test-secret-0123456789";
     let mint = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--subject", "alice"]);

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::k8s::controller::{Context, OperatorConfig};
 use crate::k8s::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::plugins::{PluginKind, Plugins, Runtime, RuntimeConfig};
+use crate::plugins::{PluginKind, Plugins, Runtime};
 
 /// Reconcile SessionLivedBackend objects into Pods.
 #[derive(Debug, clap::Args)]
@@ -50,6 +50,9 @@ pub struct OperatorArgs {
     /// The scheduler plugin.
     #[command(flatten)]
     pub plugins: super::PluginMapArgs,
+    /// Limits of plugin calls (the scheduler runs here).
+    #[command(flatten)]
+    pub plugin_limits: super::PluginLimitArgs,
 }
 
 /// Connects with the kubeconfig (or the in-cluster service account) and,
@@ -72,7 +75,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
-        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None)?);
+        let runtime = Arc::new(Runtime::new(args.plugin_limits.runtime(), None)?);
         let metrics = Arc::new(Metrics::new());
         let plugins = match args.plugins.configmap() {
             Some(at) => {

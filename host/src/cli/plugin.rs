@@ -28,6 +28,9 @@ pub enum PluginCommand {
         /// Settings to validate: JSON text, @file or - for stdin.
         #[arg(long)]
         settings: Option<String>,
+        /// The limits the trial runs under (as where the plugin will run).
+        #[command(flatten)]
+        limits: super::PluginLimitArgs,
     },
     /// Write the embedded default plugins (default_scheduler.wasm,
     /// default_auth.wasm, default_idle.wasm) into a directory, to inspect,
@@ -84,15 +87,18 @@ pub enum PluginCommand {
         /// with `spawner token mint`).
         #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
         token_secret: Option<crate::secret::Secret>,
+        /// The limits the decision runs under.
+        #[command(flatten)]
+        limits: super::PluginLimitArgs,
     },
 }
 
 /// Runs a plugin command.
 pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PluginCommand::Check { file, kind, settings } => check(file, kind, settings),
-        PluginCommand::Run { file, kind, input, settings, token_secret } => {
-            run_once(file, kind, input, settings, token_secret.as_ref().map(|s| s.expose().to_string()))
+        PluginCommand::Check { file, kind, settings, limits } => check(file, kind, settings, limits.runtime()),
+        PluginCommand::Run { file, kind, input, settings, token_secret, limits } => {
+            run_once(file, kind, input, settings, token_secret.as_ref().map(|s| s.expose().to_string()), limits.runtime())
         }
         PluginCommand::Sample { kind } => {
             let now = now_unix();
@@ -123,10 +129,10 @@ fn settings_arg(settings: Option<String>) -> anyhow::Result<String> {
 /// Trial decisions `check` makes before it reports a missed deadline.
 const TRIAL_TRIES: usize = 3;
 
-fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>) -> anyhow::Result<ExitCode> {
+fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limits: RuntimeConfig) -> anyhow::Result<ExitCode> {
     let settings = settings_arg(settings)?;
     // A random key: the trial decision only needs verification to work.
-    let rt = Runtime::new(RuntimeConfig::default(), Some(Arc::new(TokenKey::random())))?;
+    let rt = Runtime::new(limits, Some(Arc::new(TokenKey::random())))?;
     let outcome = (|| -> Result<String, String> {
         let source = PluginSource::file(&file, settings).map_err(|e| e.to_string())?;
         let kind = match kind {
@@ -193,13 +199,14 @@ fn run_once(
     input: String,
     settings: Option<String>,
     secret: Option<String>,
+    limits: RuntimeConfig,
 ) -> anyhow::Result<ExitCode> {
     let settings = settings_arg(settings)?;
     let key = match secret {
         Some(s) => Some(Arc::new(TokenKey::new(s.as_bytes())?)),
         None => None,
     };
-    let rt = Runtime::new(RuntimeConfig::default(), key)?;
+    let rt = Runtime::new(limits, key)?;
     let source = PluginSource::file(&file, settings)?;
     let kind = match kind {
         Some(k) => k,

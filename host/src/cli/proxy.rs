@@ -70,6 +70,9 @@ pub struct ProxyArgs {
     /// The auth and idle plugins.
     #[command(flatten)]
     pub plugins: super::PluginMapArgs,
+    /// Limits of plugin calls (auth and idle run here).
+    #[command(flatten)]
+    pub plugin_limits: super::PluginLimitArgs,
     /// Several replicas: the label selector of the replicas' Pods (in the
     /// namespace of --plugins-namespace). The replica holding the sweeper
     /// Lease sweeps, asking the others for their activity first.
@@ -163,7 +166,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             delay: Duration::from_secs(args.shutdown_delay_seconds),
             drain: Duration::from_secs(args.drain_seconds),
         },
-        plugin_limits: crate::plugins::RuntimeConfig::default(),
+        plugin_limits: args.plugin_limits.runtime(),
         host_domain: args.host_domain,
     };
     crate::dev::raise_fd_limit();

@@ -23,6 +23,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::PluginKind;
 use super::error::{LoadError, LoadResult};
 use super::host_state::{HostState, PluginContext};
+use crate::backends::out_of_range;
 use crate::token::TokenKey;
 
 /// One epoch tick. Deadlines are whole ticks, so this is their resolution.
@@ -92,6 +93,14 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The most memory a call may be given, MiB: enough for any plugin, and
+/// well under the pool's address-space reservation.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+
+/// The longest CPU deadline a call may be given, ms: a minute bounds what a
+/// hung plugin can hold up.
+pub const MAX_DEADLINE_MS: u64 = 60_000;
+
 impl RuntimeConfig {
     /// The limits of `kind`.
     pub fn limits(&self, kind: PluginKind) -> Limits {
@@ -102,15 +111,24 @@ impl RuntimeConfig {
         }
     }
 
+    /// Sets the limits of `kind`.
+    pub fn set_limits(&mut self, kind: PluginKind, limits: Limits) {
+        match kind {
+            PluginKind::Scheduler => self.scheduler = limits,
+            PluginKind::Auth => self.auth = limits,
+            PluginKind::Idle => self.idle = limits,
+        }
+    }
+
     /// Checks the numbers make sense, with a message that names the field.
     pub fn validate(&self) -> Result<(), String> {
         for kind in PluginKind::ALL {
             let l = self.limits(kind);
-            if !(1..=4096).contains(&l.memory_mib) {
-                return Err(format!("plugins.{kind}.memory-mib must be between 1 and 4096 (got {})", l.memory_mib));
+            if !(1..=MAX_MEMORY_MIB).contains(&l.memory_mib) {
+                return Err(out_of_range(&format!("plugins.{kind}.memory-mib"), Some(MAX_MEMORY_MIB), l.memory_mib));
             }
-            if !(1..=60_000).contains(&l.deadline_ms) {
-                return Err(format!("plugins.{kind}.deadline-ms must be between 1 and 60000 (got {})", l.deadline_ms));
+            if !(1..=MAX_DEADLINE_MS).contains(&l.deadline_ms) {
+                return Err(out_of_range(&format!("plugins.{kind}.deadline-ms"), Some(MAX_DEADLINE_MS), l.deadline_ms));
             }
         }
         if !(4..=100_000).contains(&self.max_instances) {
