@@ -190,6 +190,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     }
     assert!(recorded, "no Ready Event from the operator's ServiceAccount");
 
+    // The Service is created before the Pod, so a ready backend has it.
+    let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), HOME);
+    let service = services.get_opt(&name).await.unwrap();
+    assert!(service.is_some(), "the example asks for a Service; the operator may create it");
+
     let uid = slabs.get(&name).await.unwrap().metadata.uid.unwrap();
     slabs.delete(&name, &DeleteParams::default()).await.unwrap();
     let deleted =
@@ -197,8 +202,10 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             .await;
     assert!(deleted.is_ok(), "the finalizer was never removed as the ServiceAccount");
     assert!(Api::<Pod>::namespaced(admin.clone(), HOME).get_opt(&name).await.unwrap().is_none());
-    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), HOME).get_opt(&name).await.unwrap();
-    assert!(service.is_some(), "the example asks for a Service; the operator may create it");
+    // Nothing left behind: the garbage collector follows the Service's
+    // owner reference (checking only after the delete raced with it).
+    let collected = tokio::time::timeout(Duration::from_secs(60), await_condition(services, &name, |s: Option<&_>| s.is_none())).await;
+    assert!(collected.is_ok(), "the Service outlived its backend");
 
     // And no more than that.
     let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
