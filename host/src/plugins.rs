@@ -247,16 +247,19 @@ impl Plugins {
     /// any error the old plugin stays and the error says why.
     pub fn replace(&self, kind: PluginKind, source: &PluginSource) -> LoadResult<PluginInfo> {
         let result = LoadedPlugin::load(&self.runtime, kind, source);
-        count_load(&self.metrics, kind, result.is_ok());
         match result {
             Ok(plugin) => {
                 let info = plugin.info().clone();
                 self.slots[kind.index()].store(Arc::new(plugin));
+                // Counted once in place: whoever sees the count sees the
+                // new plugin decide.
+                count_load(&self.metrics, kind, true);
                 tracing::info!(kind = kind.as_str(), plugin = %info.name, digest = %&info.digest[..12],
                     settings = %settings_digest(&source.settings), "plugin replaced");
                 Ok(info)
             }
             Err(e) => {
+                count_load(&self.metrics, kind, false);
                 let current = self.info(kind);
                 tracing::error!(kind = kind.as_str(), refused = %source.name, keeping = %current.name,
                     keeping_digest = %&current.digest[..12], error = %e, "plugin reload refused; keeping the current plugin");

@@ -189,11 +189,12 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         r.watch(pid);
     }
     let logs = Arc::new(LogBuffer::default());
+    let mut captures = Vec::new();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(capture(out, Stream::Stdout, logs.clone()));
+        captures.push(tokio::spawn(capture(out, Stream::Stdout, logs.clone())));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(capture(err, Stream::Stderr, logs.clone()));
+        captures.push(tokio::spawn(capture(err, Stream::Stderr, logs.clone())));
     }
     let (tx, rx) = watch::channel(ProcessState::Starting);
     let tx = Arc::new(tx);
@@ -212,6 +213,14 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         if let Some(r) = reaper {
             r.forget(pid);
         }
+        // The last lines a crashing process wrote are what its user reads
+        // next: let the captures reach the end of the pipes (the group is
+        // gone, so they close) before the exit is recorded. At most
+        // CAPTURE_DRAIN: a descendant that left the group may hold them.
+        let drained = tokio::time::Instant::now() + CAPTURE_DRAIN;
+        for c in captures {
+            let _ = tokio::time::timeout_at(drained, c).await;
+        }
         exit_tx.send_replace(ProcessState::Exited(code));
     });
 
@@ -219,6 +228,10 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
 
     Ok(Process { pid, addr, logs, state: rx })
 }
+
+/// How long an exited process's output may take to be read to the end
+/// before its exit is recorded.
+const CAPTURE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Marks the process ready when its port accepts a connection (see the
 /// module docs and `FINE_PHASE`). Stops when the process exits first.

@@ -20,16 +20,16 @@ use spawner_testenv::shared;
 struct Running(Child);
 
 impl Running {
-    /// SIGTERM, then the exit status (killed after 10 s).
+    /// SIGTERM, then the exit status (killed after 30 s).
     fn terminate(mut self) -> std::process::ExitStatus {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-        for _ in 0..100 {
+        for _ in 0..300 {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("did not stop within 10 s of SIGTERM");
+        panic!("did not stop within 30 s of SIGTERM");
     }
 }
 
@@ -50,6 +50,7 @@ fn spawner(kubeconfig: &Path, args: &[&str]) -> Running {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("SPAWNER_LOG", "spawner=debug,warn")
+            .env("SPAWNER_PLUGIN_DEADLINE_MS", common::dev::PATIENT_PLUGINS)
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
@@ -127,6 +128,9 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
             "https://spawner.example/",
             "--metrics-listen",
             &format!("127.0.0.1:{proxy_metrics_port}"),
+            // Its stop is timed below: no load balancer to wait for.
+            "--shutdown-delay-seconds",
+            "1",
         ],
     );
     until_up(&format!("http://127.0.0.1:{metrics_port}/healthz")).await;
@@ -190,7 +194,15 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     // Its REST API, with the API token, sees the object written by kubectl.
     let api = format!("http://127.0.0.1:{proxy_port}/api/v1/backends/notes-doc-42");
     assert_eq!(get(&api).await.unwrap().0, 401, "the API wants its token");
-    let view: serde_json::Value = reqwest::Client::new().get(&api).bearer_auth(API_TOKEN).send().await.unwrap().json().await.unwrap();
+    // (The proxy's cache may hold an earlier version of it for a moment.)
+    let mut view = serde_json::Value::Null;
+    for _ in 0..100 {
+        view = reqwest::Client::new().get(&api).bearer_auth(API_TOKEN).send().await.unwrap().json().await.unwrap();
+        if view["status"]["phase"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(view["status"]["phase"], "ready", "{view}");
     assert_eq!(view["url"], "https://spawner.example/p/notes-doc-42/", "{view}");
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::k8s::deploy;
+use common::k8s::{deploy, until_status};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -312,8 +312,9 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let message = home.get("privileged").await.unwrap().status.and_then(|s| s.message).unwrap_or_default();
     assert!(refused.is_ok() && message.contains("PodSecurity"), "a privileged backend was not refused: {message}");
 
-    let routed = reqwest::get(format!("http://{}/p/{name}/", proxy.addr)).await.unwrap().status();
-    assert_eq!(routed, 410, "the proxy sees it: an ended backend is gone");
+    let routed = format!("http://{}/p/{name}/", proxy.addr);
+    // (Until its cache catches up: ready at kwok's address, or terminating.)
+    until_status("the proxy sees it: an ended backend is gone", 410, &[502, 503], async || reqwest::get(&routed).await.unwrap()).await;
 
     // The REST API: create with a key, terminate, create again with that
     // key (which deletes the ended object), and read logs (the Pod's; kwok
@@ -329,8 +330,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let ended = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Terminated));
     let stopped = tokio::time::timeout(Duration::from_secs(60), await_condition(home.clone(), &keyed, ended)).await;
     assert!(stopped.is_ok(), "terminate through the API as the proxy: {:?}", home.get(&keyed).await.unwrap().status);
-    let again = api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap();
-    assert_eq!(again.status(), 201, "replacing the ended object as the proxy: {:?}", again.text().await);
+    // (503 while the ended object takes longer to go than the API waits.)
+    until_status("replacing the ended object as the proxy", 201, &[503], async || {
+        api(reqwest::Method::POST, "/api/v1/backends").json(&create).send().await.unwrap()
+    })
+    .await;
 
     // Refused plugins in the ConfigMap (the proxy's idle plugin, the
     // operator's scheduler): each may record why on it.

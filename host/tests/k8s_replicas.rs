@@ -106,8 +106,8 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     let (_demo, port) = demo_backend().await;
     // The grace runs from ready, and the WebSocket below is opened only
     // after the test has reported the Pod's IP and the other replica's cache
-    // has it: a grace of 1 s could run out first on a busy machine.
-    ready_backend(&client, &ns, "notes", port, 4).await;
+    // has it: a short grace could run out first on a busy machine.
+    ready_backend(&client, &ns, "notes", port, 8).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
 
     // A WebSocket through the replica that does not sweep, held open for
@@ -129,7 +129,7 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     let mut ws = connected.expect("no WebSocket through the other replica");
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert!(ws.next().await.is_some(), "the backend answers through the other replica");
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    tokio::time::sleep(Duration::from_secs(18)).await;
     assert_eq!(phase(&slabs, "notes").await, Some(Phase::Ready), "swept although a WebSocket was open on the other replica");
 
     // Closed: idle everywhere, and swept.

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     // As behind a TLS terminator (the flag overrides the config's "http").
     let dev = Dev::start(FAST, &["--forwarded-proto", "https"]);
-    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 2})).await;
+    let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 5})).await;
     dev.wait_ready(&name).await;
 
     // HTTP through the proxy, with verified identity and no credentials.
@@ -46,7 +46,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(logs.contains(&wanted), "the backend's stdout is captured: {logs}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(dev.backend(&name).await["status"]["phase"], "ready", "an open WebSocket keeps the backend");
     assert_eq!(dev.backend(&name).await["openConnections"], 1);
 
@@ -165,7 +165,7 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lifetime_limit_ends_a_busy_backend() {
     let dev = Dev::start(FAST, &[]);
-    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600, "lifetimeLimitSeconds": 2})).await;
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 600, "lifetimeLimitSeconds": 6})).await;
     dev.wait_ready(&name).await;
     let mut ws = dev.websocket(&name, &token).await;
     let busy = tokio::spawn(async move {
@@ -204,13 +204,15 @@ async fn dev_with_backends() -> (Dev, Vec<String>) {
 /// terminated a moment ago) gets a new session, not the ending one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
-    let dev = Dev::start(&format!("{FAST}{STUBBORN}"), &[]);
+    // Stopping for 10 s: the reads below must see it still stopping on a
+    // busy machine too.
+    let dev = Dev::start(&format!("{}{STUBBORN}", FAST.replace("stop-timeout-seconds = 2", "stop-timeout-seconds = 10")), &[]);
     let create = json!({"template": "stubborn", "key": "doc-9"});
     let (first, _) = dev.create_ok(create.clone()).await;
     dev.wait_ready(&first).await;
     let r = dev.http.delete(format!("{}/api/v1/backends/{first}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "it ignores SIGTERM for 2 s");
+    assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "it ignores SIGTERM for 10 s");
 
     let (status, again) = dev.create(create.clone()).await;
     assert_eq!((status, &again["created"]), (201, &json!(true)), "{again}");

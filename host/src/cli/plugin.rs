@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::plugins::credentials::{self, TokenNames};
-use crate::plugins::loaded::detect_kind;
+use crate::plugins::loaded::{DEADLINE_TRIES, detect_kind};
 use crate::plugins::types::*;
 use crate::plugins::{CallError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
 use crate::token::{TokenKey, now_unix};
@@ -126,9 +126,6 @@ fn settings_arg(settings: Option<String>) -> anyhow::Result<String> {
     settings.map(|s| crate::cli::read_arg(&s, "settings")).transpose().map(Option::unwrap_or_default)
 }
 
-/// Trial decisions `check` makes before it reports a missed deadline.
-const TRIAL_TRIES: usize = 3;
-
 fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limits: RuntimeConfig) -> anyhow::Result<ExitCode> {
     let settings = settings_arg(settings)?;
     // A random key: the trial decision only needs verification to work.
@@ -156,7 +153,7 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
         // try has a deadline problem. An endless loop costs three deadlines.
         let (mut trial, mut took) = decide();
         let mut missed = 0;
-        while matches!(trial, Err(CallError::Deadline(_))) && missed + 1 < TRIAL_TRIES {
+        while matches!(trial, Err(CallError::Deadline(_))) && missed + 1 < DEADLINE_TRIES {
             missed += 1;
             (trial, took) = decide();
         }

@@ -26,22 +26,21 @@ pub struct Dev {
 /// long: it runs from ready, and on a busy machine the steps between ready
 /// and a test's first request can take a second, so only tests about
 /// idleness set a short one (in their create), at a point where that cannot
-/// race. Plugin deadlines are long too (they are wall-clock time, and no
-/// test here is about them): a call descheduled past the default 20 ms
-/// would turn a test's verdict into the fallback.
+/// race. (Plugin deadlines are long in every test config: see
+/// [`PATIENT_PLUGINS`].)
 pub const FAST: &str = r#"
 [sweeper]
 interval-ms = 100
 [backends]
 grace-period-seconds = 30
 stop-timeout-seconds = 2
-[plugins.auth]
-deadline-ms = 5000
-[plugins.idle]
-deadline-ms = 5000
-[plugins.scheduler]
-deadline-ms = 5000
 "#;
+
+/// `SPAWNER_PLUGIN_DEADLINE_MS` for every `spawner` a test starts: plugin
+/// deadlines are wall-clock time, and no test that starts one is about them.
+/// A call descheduled past the default 20 ms would turn a verdict (or a
+/// plugin's load) into the fallback.
+pub const PATIENT_PLUGINS: &str = "scheduler=5000,auth=5000,idle=5000";
 
 /// A copy of the captured log. A test that panics while printing it must not
 /// poison the lock for the thread still reading stderr.
@@ -68,6 +67,7 @@ impl Dev {
             .args(["dev", "--listen", "127.0.0.1:0", "--config", config_path.to_str().unwrap()])
             .args(args)
             .env("SPAWNER_LOG", "spawner=debug,info")
+            .env("SPAWNER_PLUGIN_DEADLINE_MS", PATIENT_PLUGINS)
             .env_remove("SPAWNER_API_TOKEN")
             .env_remove("SPAWNER_TOKEN_SECRET")
             .stdout(Stdio::null())

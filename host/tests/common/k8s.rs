@@ -45,6 +45,25 @@ pub async fn until(
     }
 }
 
+/// Sends `request` until it answers `want`, within [`WAIT`], and returns
+/// that answer. A proxy's cache follows the API server by moments, so what
+/// it answers right after a change there may still reflect the old state:
+/// only the `meanwhile` statuses are accepted on the way, any other fails.
+pub async fn until_status(what: &str, want: u16, meanwhile: &[u16], request: impl AsyncFn() -> reqwest::Response) -> reqwest::Response {
+    let started = tokio::time::Instant::now();
+    loop {
+        let r = request().await;
+        let status = r.status().as_u16();
+        if status == want {
+            return r;
+        }
+        let body = r.text().await.unwrap_or_default();
+        assert!(meanwhile.contains(&status), "{what}: {status} {body}");
+        assert!(started.elapsed() < WAIT, "{what}: still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running demo backend, killed when dropped.
 pub struct Demo(Child);
 
