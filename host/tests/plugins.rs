@@ -161,6 +161,16 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     assert_eq!(result, Err(CallError::Deadline(20)));
     // Liveness, not a benchmark: a 20 ms deadline must not take seconds.
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    // Loading one whose validate-settings never returns ends too (after a
+    // few tries: a deadline miss at load can be a busy machine's), refused
+    // for the deadline.
+    match LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_LOOP, "loop")) {
+        Err(e @ LoadError::SettingsCall { source: CallError::Deadline(20), .. }) => {
+            assert!(e.to_string().contains("20 ms deadline"), "{e}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a plugin whose validate-settings never returns was loaded"),
+    }
 
     // Through Plugins: fail closed, and other calls go on.
     let (plugins, metrics) = with_in(rt, vec![(PluginKind::Auth, source(built::FIXTURE_LOOP, ""))]);

@@ -148,8 +148,15 @@ pub async fn shared() -> &'static ControlPlane {
         .await
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free ports: each listener is held until all are bound, so
+/// the kernel cannot hand out one port twice.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 impl ControlPlane {
@@ -177,8 +184,7 @@ impl ControlPlane {
         let stdin = reaper.stdin.take().expect("piped");
 
         let (ca_params, ca_key, ca_pem) = ca()?;
-        let plane_ports = (free_port()?, free_port()?, free_port()?);
-        let (etcd_client, etcd_peer, api_port) = plane_ports;
+        let [etcd_client, etcd_peer, api_port, kwok_port] = free_ports()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let mut plane = ControlPlane {
             dir: dir.clone(),
@@ -320,7 +326,7 @@ impl ControlPlane {
                 "--manage-nodes-with-annotation-selector",
                 &format!("{KWOK_NODE_ANNOTATION}=fake"),
                 "--server-address",
-                &format!("127.0.0.1:{}", free_port()?),
+                &format!("127.0.0.1:{kwok_port}"),
             ],
             "kwok",
         )?;
