@@ -211,8 +211,19 @@ pub struct Observed {
     /// Why creating the workload failed, if it did (e.g. the program does
     /// not exist). Recorded as `failed`, reason `exited`, no exit code.
     pub create_error: Option<String>,
+    /// What an exited workload wrote last (see [`crate::text::last_words`];
+    /// on Kubernetes, its termination message), if known: an exit of its own
+    /// says it, since it usually says why.
+    pub last_output: Option<String>,
     /// Now.
     pub now: Timestamp,
+}
+
+/// [`Observed::last_output`] from an exited workload's output lines: the
+/// last three non-empty ones, within 300 bytes (a status message is read
+/// in a terminal and stored in an object).
+pub fn last_output<'a>(lines: impl DoubleEndedIterator<Item = &'a str>) -> Option<String> {
+    crate::text::last_words(lines, 3, 300)
 }
 
 /// Timing rules.
@@ -267,10 +278,14 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             } else {
                 next.phase = if code == Some(0) { Phase::Terminated } else { Phase::Failed };
                 next.reason = Some(Reason::Exited);
-                next.message = Some(match code {
+                let mut message = match code {
                     Some(c) => format!("exited on its own with code {c}"),
                     None => "exited on its own (killed by a signal)".into(),
-                });
+                };
+                if let Some(words) = &observed.last_output {
+                    message = format!("{message}; its last output: {words}");
+                }
+                next.message = Some(message);
             }
             next.finished_at = Some(now);
             return (next, Action::Wait);
@@ -406,6 +421,7 @@ mod tests {
             workload,
             termination: None,
             create_error: None,
+            last_output: None,
             now: t(secs),
         }
     }
@@ -490,6 +506,17 @@ mod tests {
         );
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(None), 5), &STARTUP);
         assert_eq!((next.phase, next.exit_code), (Phase::Failed, None));
+        // What it wrote last is part of the message, as it usually says why.
+        let said =
+            Observed { last_output: Some("ModuleNotFoundError: No module named 'flask'".into()), ..observed(Workload::Exited(Some(1)), 5) };
+        let (next, _) = step(&in_phase(Phase::Starting), &said, &STARTUP);
+        assert_eq!(
+            next.message.as_deref(),
+            Some("exited on its own with code 1; its last output: ModuleNotFoundError: No module named 'flask'")
+        );
+        // Not when it was stopped: the reason it was stopped is the message.
+        let (next, _) = step(&stopping, &Observed { last_output: Some("bye".into()), ..observed(Workload::Exited(Some(0)), 5) }, &STARTUP);
+        assert_eq!(next.message.as_deref(), Some("terminated through the API"));
     }
 
     #[test]

@@ -18,9 +18,46 @@ pub fn cut_to(text: &mut String, max: usize, marker: &str) {
     text.push_str(marker);
 }
 
+/// The last few non-empty lines of `lines` (oldest first), joined with
+/// " | ": at most `max_lines`, and at most `max` bytes (older lines are left
+/// out first; a last line alone too long is cut). `None` when all are
+/// empty. What a program wrote just before it exited usually says why: a
+/// Python exception, a panic's message, a missing module.
+pub fn last_words<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, max_lines: usize, max: usize) -> Option<String> {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut bytes = 0;
+    for line in lines.rev().map(str::trim).filter(|l| !l.is_empty()) {
+        if kept.len() == max_lines || (!kept.is_empty() && bytes + 3 + line.len() > max) {
+            break;
+        }
+        bytes += line.len() + if kept.is_empty() { 0 } else { 3 };
+        kept.push(line);
+    }
+    kept.reverse();
+    let mut words = kept.join(" | ");
+    cut_to(&mut words, max, "…");
+    (!words.is_empty()).then_some(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_words_keep_the_newest_lines_within_the_limits() {
+        let panic = ["starting", "thread 'main' panicked at src/main.rs:2:5:", "boom", "", "note: run with `RUST_BACKTRACE=1`"];
+        assert_eq!(
+            last_words(panic.into_iter(), 3, 300).as_deref(),
+            Some("thread 'main' panicked at src/main.rs:2:5: | boom | note: run with `RUST_BACKTRACE=1`"),
+            "three lines, empty ones skipped"
+        );
+        assert_eq!(last_words(panic.into_iter(), 3, 39).as_deref(), Some("note: run with `RUST_BACKTRACE=1`"), "older lines go first");
+        assert_eq!(last_words(panic.into_iter(), 3, 40).as_deref(), Some("boom | note: run with `RUST_BACKTRACE=1`"), "to the byte");
+        let long = "x".repeat(500);
+        let words = last_words([long.as_str()].into_iter(), 3, 300).unwrap();
+        assert!(words.len() <= 300 && words.ends_with('…'), "{words}");
+        assert_eq!(last_words(["", "  "].into_iter(), 3, 300), None);
+    }
 
     #[test]
     fn long_text_ends_with_the_marker_within_the_limit_on_a_char_boundary() {

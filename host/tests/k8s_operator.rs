@@ -162,12 +162,15 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
     slabs.create(&PostParams::default(), &slab("crashy", "bob")).await.unwrap();
     until(&slabs, "crashy", "ready", phase(Phase::Ready)).await;
 
-    // What a kubelet reports when the application exits with code 3.
+    // What a kubelet reports when the application exits with code 3 (the
+    // Pod asks for its log's end as the termination message).
+    let app = pods.get("crashy").await.unwrap().spec.unwrap().containers.remove(0);
+    assert_eq!(app.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
     let crashed = serde_json::json!({"status": {
         "phase": "Failed",
         "conditions": [{"type": "Ready", "status": "False"}],
         "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]
+            "state": {"terminated": {"exitCode": 3, "reason": "Error", "message": "listening on 3000\nError: ENOSPC: no space left on device\n"}}}]
     }});
     pods.patch_status("crashy", &PatchParams::default(), &Patch::Merge(&crashed)).await.unwrap();
 
@@ -181,6 +184,10 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
     let failed_event = events.iter().find(|e| e.1 == "Failed").unwrap();
     assert_eq!(failed_event.0, "Warning");
     assert!(failed_event.2.contains("(exited): exited on its own with code 3"), "{}", failed_event.2);
+    assert_eq!(
+        status.message.as_deref(),
+        Some("exited on its own with code 3; its last output: listening on 3000 | Error: ENOSPC: no space left on device")
+    );
 
     // The exited Pod stays (for `kubectl logs`) until the backend is deleted;
     // then it goes, and so does the object.

@@ -142,6 +142,8 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
 
     let c = dev.wait_phase(&crash, "failed").await;
     assert_eq!((c["status"]["reason"].as_str(), c["status"]["exitCode"].as_i64()), (Some("exited"), Some(3)), "{c}");
+    // What it wrote last says why; the status carries it.
+    assert_eq!(c["status"]["message"], "exited on its own with code 3; its last output: about to fail", "{c}");
     let logs = dev.http.get(format!("{}/api/v1/backends/{crash}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
     assert!(logs.contains("stderr about to fail"), "{logs}");
 

@@ -31,7 +31,9 @@ use kube::{Client, Resource as _, ResourceExt as _};
 use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
 use super::inventory::{self, Inventory};
-use super::pod::{BACKEND_LABEL, Fit, capacity, carries, fit, pod_for, requests, service_for, toleration_problem, unschedulable, workload};
+use super::pod::{
+    self, BACKEND_LABEL, Fit, capacity, carries, fit, pod_for, requests, service_for, toleration_problem, unschedulable, workload,
+};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
@@ -299,6 +301,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             workload: workload(pod.as_ref(), &status),
             termination: termination.clone(),
             create_error: create_error.clone(),
+            last_output: pod::last_output(pod.as_ref()),
             now,
         };
         let (next, action) = lifecycle::step(&status, &observed, &ctx.timeouts());

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, Taint, Toleration,
+    Affinity, ContainerStateTerminated, EnvVar, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,7 +32,10 @@ pub const BACKEND_LABEL: &str = "spawner.dev/backend-uid";
 /// The application (first) container gets `PORT`, `SPAWNER_BACKEND_NAME`
 /// and `SPAWNER_BACKEND_KEY` as in local mode, and a TCP readiness probe on
 /// the port when it brings none, so the Pod's Ready condition means what
-/// local mode's "accepts connections" means. The Pod gets no
+/// local mode's "accepts connections" means; unless the template says
+/// otherwise, a failed exit's termination message falls back to the end of
+/// its log (`FallbackToLogsOnError`), so the backend's status can say what
+/// it wrote last, as local mode's does. The Pod gets no
 /// service-account token, no service links, and is never restarted: a
 /// backend that exits has ended (reason `exited`, with its code).
 pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label]) -> Pod {
@@ -75,6 +78,7 @@ pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label
         if let Some(key) = &slab.spec.key {
             env.push(EnvVar { name: "SPAWNER_BACKEND_KEY".into(), value: Some(key.clone()), ..EnvVar::default() });
         }
+        app.termination_message_policy.get_or_insert_with(|| "FallbackToLogsOnError".into());
         app.readiness_probe.get_or_insert_with(|| Probe {
             tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.into()), host: None }),
             period_seconds: Some(1),
@@ -167,9 +171,21 @@ fn ready(pod: &Pod) -> bool {
 
 /// The exit code of the application (first) container, once it ended.
 fn app_exit_code(pod: &Pod) -> Option<i32> {
-    let app = pod.spec.as_ref()?.containers.first()?.name.clone();
+    app_terminated(pod).map(|t| t.exit_code)
+}
+
+/// The application container's termination, once it has exited.
+fn app_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    let app = &pod.spec.as_ref()?.containers.first()?.name;
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    statuses.iter().find(|s| s.name == app)?.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code)
+    statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.terminated.as_ref()
+}
+
+/// What the application wrote last, from its termination message (its
+/// log's end after a failure; see [`pod_for`]).
+pub fn last_output(pod: Option<&Pod>) -> Option<String> {
+    let message = app_terminated(pod?)?.message.as_deref()?;
+    crate::lifecycle::last_output(message.lines())
 }
 
 /// The CPU and memory the application asks for (requests, else limits),
@@ -376,7 +392,9 @@ mod tests {
         );
         let probe = spec.containers[0].readiness_probe.as_ref().unwrap();
         assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3000));
+        assert_eq!(spec.containers[0].termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
         assert!(spec.containers[1].readiness_probe.is_none() && spec.containers[1].env.is_none(), "only the application is changed");
+        assert!(spec.containers[1].termination_message_policy.is_none());
     }
 
     #[test]
@@ -538,6 +556,20 @@ mod tests {
         status.started_at = Some(Timestamp::UNIX_EPOCH);
         assert_eq!(workload(None, &status), Workload::Vanished, "was started, now gone");
         assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Vanished, "evicted: lost, not exited");
+    }
+
+    #[test]
+    fn the_last_output_comes_from_the_apps_termination_message() {
+        let mut pod = pod_in("Failed", false, Some(1));
+        assert_eq!(last_output(Some(&pod)), None, "no message");
+        let statuses = pod.status.as_mut().unwrap().container_statuses.as_mut().unwrap();
+        let terminated = statuses[0].state.as_mut().unwrap().terminated.as_mut().unwrap();
+        terminated.message = Some("Traceback (most recent call last):\n  File \"app.py\", line 1\nKeyError: 'PORT'\n".into());
+        assert_eq!(
+            last_output(Some(&pod)).as_deref(),
+            Some("Traceback (most recent call last): | File \"app.py\", line 1 | KeyError: 'PORT'")
+        );
+        assert_eq!(last_output(None), None);
     }
 
     #[test]

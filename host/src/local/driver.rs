@@ -13,6 +13,10 @@ use crate::lifecycle::{self, Action, Admission, Observed, Phase, Workload};
 use crate::plugins::types::{Label, Node, PlacedBackend, Placement, PlacementRequest, Resources};
 use crate::process::{self, Identity, ProcessCommand, ProcessState};
 
+/// Output lines looked at for an exited process's last words (empty ones
+/// are skipped, so a few more than are kept).
+const LAST_LINES: usize = 16;
+
 pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
     let timeouts = timeouts(&local.config);
     let mut admission: Option<Admission> = None;
@@ -28,11 +32,20 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
                 ProcessState::Exited(code) => Workload::Exited(code),
             },
         };
+        // (Read to the end by then: the exit is recorded once the output is.)
+        let last_output = match workload {
+            Workload::Exited(_) => rec.process.lock().expect("process lock").as_ref().and_then(|p| {
+                let lines = p.logs.lines(Some(LAST_LINES));
+                lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
+            }),
+            _ => None,
+        };
         let observed = Observed {
             admission: admission.clone(),
             workload,
             termination: rec.termination(),
             create_error: create_error.clone(),
+            last_output,
             now: Timestamp::now(),
         };
         let current = rec.status();
