@@ -259,13 +259,20 @@ impl Plugins {
                 Ok(info)
             }
             Err(e) => {
-                count_load(&self.metrics, kind, false);
-                let current = self.info(kind);
-                tracing::error!(kind = kind.as_str(), refused = %source.name, keeping = %current.name,
-                    keeping_digest = %&current.digest[..12], error = %e, "plugin reload refused; keeping the current plugin");
+                self.refuse(kind, &source.name, &e);
                 Err(e)
             }
         }
+    }
+
+    /// Counts and logs a refused reload of `kind` (of `refused`, a file or
+    /// ConfigMap key), the current plugin staying: one that failed to load,
+    /// or whose source could not even be read (a deleted file).
+    pub fn refuse(&self, kind: PluginKind, refused: &str, error: &dyn std::fmt::Display) {
+        count_load(&self.metrics, kind, false);
+        let current = self.info(kind);
+        tracing::error!(kind = kind.as_str(), refused = %refused, keeping = %current.name,
+            keeping_digest = %&current.digest[..12], error = %error, "plugin reload refused; keeping the current plugin");
     }
 
     /// What is loaded for `kind`.

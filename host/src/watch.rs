@@ -91,7 +91,8 @@ pub fn spawn(
                 let source = match source(&config, kind) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(kind = kind.as_str(), error = %e, "plugin reload failed; the previous plugin stays");
+                        let file = files.iter().find(|(k, _)| *k == kind).map(|(_, f)| f.display().to_string()).unwrap_or_default();
+                        plugins.refuse(kind, &file, &e);
                         continue;
                     }
                 };

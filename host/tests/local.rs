@@ -599,4 +599,11 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
             }
         }
     }
+
+    // A deleted file is a refused reload too, counted as one; the plugin
+    // stays.
+    std::fs::remove_file(&auth).unwrap();
+    wait_for((2, refused + 1)).await;
+    assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 401, "the HMAC plugin still decides");
+    assert!(dev.log_text().contains("plugin reload refused; keeping the current plugin"), "{}", dev.log_text());
 }

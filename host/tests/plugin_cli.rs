@@ -38,6 +38,10 @@ fn check_accepts_each_default_plugin_with_a_one_line_summary() {
         assert!(stdout.starts_with("ok: ") && stdout.contains(&format!("spawner:plugin/{kind}@0.2.0")), "{stdout}");
         let deadline = if kind == "auth" { "(deadline 20 ms" } else { "(deadline 100 ms" };
         assert!(stdout.contains(deadline), "the trial's time is shown beside the deadline: {stdout}");
+        if kind == "auth" {
+            // The sample `plugin sample` prints: a token for its backend.
+            assert!(stdout.contains("sample decision: allow (subject alice)"), "{stdout}");
+        }
     }
 }
 
@@ -123,6 +127,24 @@ fn run_prints_the_decision_for_a_minted_token() {
     assert!(out.status.success(), "{}", text(&out));
     let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
+
+    // An edited sample: its pre-verified credential would let anyone in.
+    // With --token-secret, the token in its header is what counts, as in
+    // the proxy: one for another backend is refused.
+    let sample = spawner(&["plugin", "sample", "--kind", "auth"]);
+    let mut edited: serde_json::Value = serde_json::from_slice(&sample.stdout).unwrap();
+    let foreign = spawner(&["token", "mint", "--secret", secret, "--backend", "other", "--subject", "mallory"]);
+    let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_string();
+    for h in edited["request"]["headers"].as_array_mut().unwrap() {
+        if h["name"] == "authorization" {
+            h["value"] = format!("Bearer {foreign}").into();
+        }
+    }
+    assert!(edited["credentials"].as_array().is_some_and(|c| !c.is_empty()), "the sample carries a credential: {edited}");
+    let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &edited.to_string(), "--token-secret", secret]);
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["Deny"]["status"], 403, "{decision}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credential(s) are replaced"), "{}", text(&out));
 
     // The fixture's failure is shown with the fallback the host would use.
     let out = patient(&["plugin", "run", built::FIXTURE_FAIL_IDLE, "--kind", "idle", "--input", "sample"]);

@@ -199,6 +199,28 @@ fn unbounded_allocation_is_refused_at_the_memory_limit() {
     // The slot is reusable afterwards.
     let counter = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_COUNTER, "")).unwrap();
     assert!(counter.evaluate(&rt, &idle_request(0, 0, 0, None)).is_ok());
+
+    // A limit under what it needs to start (2 MiB of static data): refused
+    // at load, saying what it needs, whether the pool's slots are larger
+    // (other kinds' limits) or not.
+    for others in [64, 1] {
+        let one = spawner::plugins::Limits { memory_mib: 1, deadline_ms: 5000 };
+        let other = spawner::plugins::Limits { memory_mib: others, deadline_ms: 5000 };
+        let rt = Runtime::new(RuntimeConfig { idle: one, auth: other, scheduler: other, ..Default::default() }, None).unwrap();
+        match LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_ALLOC, "")) {
+            Err(e @ LoadError::Start { source: CallError::StartMemory { limit: _, .. }, .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("cannot run: it needs") && message.contains("KiB of memory to start"), "{message}");
+                let CallError::StartMemory { needs, .. } = std::error::Error::source(&e).unwrap().downcast_ref::<CallError>().unwrap()
+                else {
+                    unreachable!()
+                };
+                assert!(*needs > 2 << 20, "{message}");
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("loaded under a limit below its initial memory"),
+        }
+    }
 }
 
 #[test]

@@ -55,10 +55,11 @@ pub enum PluginCommand {
     /// "backend": {"name","key","owner","labels": [{"key","value"}]}, "now",
     /// "credentials": [{"source": "Bearer"|"Query"|"Cookie", "verified":
     /// {"Ok": {"backend","subject","issued_at","expires_at"}} or {"Err":
-    /// "BadSignature"} or {"Err": {"Malformed": "why"}}}]} (without
-    /// "credentials", the tokens in its bearer header, `token` parameter and
-    /// `spawner-token` cookie, the default names, are verified with
-    /// --token-secret into "credentials" as the proxy would);
+    /// "BadSignature"} or {"Err": {"Malformed": "why"}}}]} (with
+    /// --token-secret, or without "credentials", the tokens in its bearer
+    /// header, `token` parameter and `spawner-token` cookie, the default
+    /// names, become "credentials", verified with the secret as the proxy
+    /// would);
     /// idle {"backend", "age_seconds", "grace_period_seconds",
     /// "lifetime_limit_seconds", "activity": {"open_connections",
     /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",
@@ -68,8 +69,10 @@ pub enum PluginCommand {
     /// Variants are written as in the Rust bindings, in input and output
     /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}},
     /// {"Node": "name"}, {"Anywhere": [labels]}, {"Reject": "why"}.
-    /// `--input sample` uses the sample `plugin check` uses; `spawner
-    /// plugin sample --kind KIND` prints one to start from.
+    /// `--input sample` uses the sample `plugin check` uses, which `spawner
+    /// plugin sample --kind KIND` prints to start from. A decision that
+    /// fails prints {"error": "why", "fallback": what Spawner would do
+    /// instead} and exits 1.
     Run {
         /// The component (.wasm) to run.
         file: PathBuf,
@@ -141,7 +144,7 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             let started = Instant::now();
             let now = now_unix();
             let trial = match kind {
-                PluginKind::Auth => plugin.check(&rt, &sample::auth_request(now), 0).map(|v| describe_verdict(&v)),
+                PluginKind::Auth => plugin.check(&rt, &sample::auth_request_with_token(now), 0).map(|v| describe_verdict(&v)),
                 PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
                 PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
             };
@@ -217,7 +220,7 @@ fn run_once(
         PluginKind::Auth => {
             let req = match &input {
                 Some(i) => serde_json::from_str::<AuthInput>(i).with_context(|| parse_err(kind))?.into_request(rt.token_key()),
-                None => sample::auth_request(now),
+                None => sample::auth_request_with_token(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
             (plugin.check(&rt, &req, 0).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
@@ -263,8 +266,24 @@ struct AuthInput {
 }
 
 impl AuthInput {
+    /// The request the plugin sees. With a secret, its credentials are
+    /// what the proxy would find and verify in it, replacing any the input
+    /// gives (said on stderr: an edited sample keeps its pre-verified one,
+    /// and a token put in its header would otherwise go unread). Without
+    /// one, the input's credentials, else the tokens found, unverified.
     fn into_request(self, key: Option<&TokenKey>) -> AuthRequest {
-        let credentials = self.credentials.unwrap_or_else(|| credentials::find(&self.request, &TokenNames::default(), key));
+        let found = || credentials::find(&self.request, &TokenNames::default(), key);
+        let credentials = match (self.credentials.clone(), key) {
+            (Some(given), Some(_)) => {
+                eprintln!(
+                    "note: --token-secret given, so the input's {} credential(s) are replaced by the tokens found in its request and verified, as the proxy does",
+                    given.len()
+                );
+                found()
+            }
+            (Some(given), None) => given,
+            (None, _) => found(),
+        };
         AuthRequest { request: self.request, backend: self.backend, now: self.now, credentials }
     }
 }

@@ -37,10 +37,22 @@ pub enum LoadError {
         name: String,
     },
     /// Not WebAssembly at all.
-    #[error("{name} is not a WebAssembly component (the file does not start with the wasm magic bytes)")]
+    #[error(
+        "{name} is not a WebAssembly component (the file does not start with the wasm magic bytes; build a plugin with `cargo build --release --target wasm32-wasip2`, which writes it under target/wasm32-wasip2/release/)"
+    )]
     NotWasm {
         /// Plugin name.
         name: String,
+    },
+    /// It cannot run under this runtime's limits at all (e.g. its memory's
+    /// initial size is over the memory limit).
+    #[error("{name} cannot run: it {source}")]
+    Start {
+        /// Plugin name.
+        name: String,
+        /// Why.
+        #[source]
+        source: CallError,
     },
     /// wasmtime could not compile it.
     #[error("{name} could not be compiled: {reason}")]
@@ -132,6 +144,19 @@ pub enum CallError {
     /// It tried to grow memory beyond its limit.
     #[error("exceeded its memory limit of {} MiB", .0 / (1024 * 1024))]
     MemoryLimit(u64),
+    /// Its memory's initial size (stack and static data) is already over
+    /// the limit: no call can ever start.
+    #[error(
+        "needs {} KiB of memory to start (its stack and data), over its memory limit of {} MiB: raise the limit, or build it with a smaller stack, as the default plugins are (-C link-arg=-zstack-size=131072)",
+        .needs / 1024,
+        .limit / (1024 * 1024)
+    )]
+    StartMemory {
+        /// Bytes it asked for.
+        needs: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// It trapped (a panic, `unreachable`, a bad memory access).
     #[error("trapped: {0}")]
     Trap(String),
@@ -157,7 +182,7 @@ impl CallError {
     pub fn label(&self) -> &'static str {
         match self {
             CallError::Deadline(_) => "deadline",
-            CallError::MemoryLimit(_) => "memory",
+            CallError::MemoryLimit(_) | CallError::StartMemory { .. } => "memory",
             CallError::Trap(_) => "trap",
             CallError::Plugin(_) => "plugin-error",
             CallError::InvalidAnswer(_) => "invalid-answer",

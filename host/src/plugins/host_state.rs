@@ -43,12 +43,18 @@ pub(crate) struct PluginContext {
 pub(crate) struct Limiter {
     memory_bytes: usize,
     pub hit: bool,
+    /// What a memory asked for when it was created over the limit (it
+    /// could not even start): its initial size, stack and data included.
+    pub start_need: Option<usize>,
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.hit = true;
+            if current == 0 {
+                self.start_need = Some(desired);
+            }
             // Trap rather than return -1: a Rust guest would abort with a
             // less clear message, and a C guest might carry on half-failed.
             wasmtime::bail!("memory limit of {} bytes reached (asked for {desired})", self.memory_bytes);
@@ -82,7 +88,7 @@ pub(crate) struct HostState {
 impl HostState {
     pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
         HostState {
-            limiter: Limiter { memory_bytes, hit: false },
+            limiter: Limiter { memory_bytes, hit: false, start_need: None },
             wasi: None,
             table: ResourceTable::new(),
             ctx,

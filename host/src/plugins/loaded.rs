@@ -97,6 +97,7 @@ impl LoadedPlugin {
         match validated {
             Ok(()) => Ok(plugin),
             Err(CallError::Plugin(reason)) => Err(LoadError::Settings { name: name.into(), reason }),
+            Err(source @ CallError::StartMemory { .. }) => Err(LoadError::Start { name: name.into(), source }),
             Err(source) => Err(LoadError::SettingsCall { name: name.into(), source }),
         }
     }
@@ -269,6 +270,9 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
 fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallError {
     let kind = store.data().limits_kind();
     let limits = rt.config().limits(kind);
+    if let Some(needs) = store.data().limiter.start_need {
+        return CallError::StartMemory { needs: needs as u64, limit: limits.memory_bytes() };
+    }
     if store.data().limiter.hit {
         return CallError::MemoryLimit(limits.memory_bytes());
     }

@@ -21,7 +21,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use super::PluginKind;
-use super::error::{LoadError, LoadResult};
+use super::error::{CallError, LoadError, LoadResult};
 use super::host_state::{HostState, PluginContext};
 use crate::backends::out_of_range;
 use crate::token::TokenKey;
@@ -111,6 +111,12 @@ impl RuntimeConfig {
         }
     }
 
+    /// The largest memory limit of any kind: the size of the pool's memory
+    /// slots.
+    pub fn max_memory_bytes(&self) -> u64 {
+        PluginKind::ALL.iter().map(|k| self.limits(*k).memory_bytes()).max().unwrap_or(0)
+    }
+
     /// Sets the limits of `kind`.
     pub fn set_limits(&mut self, kind: PluginKind, limits: Limits) {
         match kind {
@@ -136,6 +142,15 @@ impl RuntimeConfig {
         }
         Ok(())
     }
+}
+
+/// The initial memory size wasmtime names when a component's memory cannot
+/// fit the pool's slots ("memory has a minimum byte size of N which exceeds
+/// the limit of M"), so the refusal can say what to change; `None` for any
+/// other compile error, which is then passed on as wasmtime words it.
+fn start_memory(compile_error: &str) -> Option<u64> {
+    let rest = compile_error.split("minimum byte size of ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// Owns the thread that advances the engine's epoch; stops and joins it on
@@ -211,7 +226,7 @@ impl Runtime {
     /// `verify-capability-token` checks against (none: every token fails).
     pub fn new(config: RuntimeConfig, tokens: Option<Arc<TokenKey>>) -> LoadResult<Self> {
         config.validate().map_err(LoadError::Runtime)?;
-        let max_memory = PluginKind::ALL.iter().map(|k| config.limits(*k).memory_bytes()).max().unwrap_or(0);
+        let max_memory = config.max_memory_bytes();
 
         let mut pool = PoolingAllocationConfig::default();
         let n = config.max_instances;
@@ -295,8 +310,16 @@ impl Runtime {
         if let Some(c) = self.cache.lock().expect("cache lock").get(&digest) {
             return Ok((c.clone(), digest));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile { name: name.into(), reason: format!("{e:#}") })?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let reason = format!("{e:#}");
+            match start_memory(&reason) {
+                // The pool's memory slots are as large as the largest limit.
+                Some(needs) => {
+                    LoadError::Start { name: name.into(), source: CallError::StartMemory { needs, limit: self.config.max_memory_bytes() } }
+                }
+                None => LoadError::Compile { name: name.into(), reason },
+            }
+        })?;
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= COMPONENT_CACHE_ENTRIES {
             // Any entry will do: plugins in use hold their own handle.

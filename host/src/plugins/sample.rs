@@ -1,5 +1,6 @@
 //! Representative inputs for each kind: the trial call of
-//! `spawner plugin check` and the examples in `spawner plugin run --help`.
+//! `spawner plugin check`, `plugin run --input sample` and what `plugin
+//! sample` prints are the same (for auth, the one with a token).
 
 use super::types::*;
 
