@@ -51,7 +51,14 @@ pub fn parse_settings<T: DeserializeOwned + Default>(text: &str) -> Result<T, Pl
     if text.trim().is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_str(text).map_err(|e| PluginError::InvalidSettings(e.to_string()))
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        // Not JSON at all (e.g. `secret=x`, or a file of another format):
+        // say what settings are, besides where the parser stopped.
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            PluginError::InvalidSettings(alloc::format!("not JSON ({e}); settings are a JSON object, e.g. {{\"key\": \"value\"}}"))
+        }
+        _ => PluginError::InvalidSettings(e.to_string()),
+    })
 }
 
 /// Checks a capability token's signature with the host's secret and returns
@@ -65,4 +72,30 @@ pub fn verify_capability_token(token: &str) -> Result<Capability, TokenError> {
     return crate::bindings::auth::spawner::plugin::host::verify_capability_token(token);
     #[cfg(not(target_arch = "wasm32"))]
     return crate::testing::verify_token(token);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        #[allow(dead_code)]
+        grace: u32,
+    }
+
+    #[test]
+    fn settings_errors_say_what_is_wrong() {
+        let not_json = parse_settings::<Settings>("grace=30").unwrap_err();
+        assert_eq!(
+            not_json,
+            PluginError::InvalidSettings(
+                r#"not JSON (expected value at line 1 column 1); settings are a JSON object, e.g. {"key": "value"}"#.into()
+            )
+        );
+        let PluginError::InvalidSettings(wrong) = parse_settings::<Settings>(r#"{"grce": 30}"#).unwrap_err() else { panic!() };
+        assert!(wrong.starts_with("unknown field `grce`"), "{wrong}");
+        assert!(parse_settings::<Settings>("  ").is_ok(), "empty: the defaults");
+    }
 }
