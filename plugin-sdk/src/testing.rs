@@ -20,7 +20,9 @@ use std::rc::Rc;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use crate::auth::{AuthRequest, Credential, CredentialSource, HttpRequest};
 use crate::host::{Capability, TokenError};
+use crate::idle::{Activity, IdleRequest};
 use crate::{Backend, Label, LogLevel};
 
 type Verifier = dyn Fn(&str) -> Result<Capability, TokenError>;
@@ -110,4 +112,64 @@ pub fn backend(name: &str) -> Backend {
 /// A label, for building test inputs.
 pub fn label(key: &str, value: &str) -> Label {
     Label { key: key.into(), value: value.into() }
+}
+
+/// An auth request for a test: `method path` to `backend` at time `now`,
+/// from 127.0.0.1, no query, headers or credentials (push what the test is
+/// about, e.g. [`bearer`]).
+///
+/// ```
+/// use spawner_plugin_sdk::testing::{auth_request, backend, bearer, capability};
+///
+/// let mut request = auth_request(backend("doc-1"), "GET", "/", 1_800_000_000);
+/// request.credentials.push(bearer(Ok(capability("doc-1", Some("alice"), 1_800_000_000 + 60))));
+/// assert_eq!(request.credentials.len(), 1);
+/// ```
+pub fn auth_request(backend: Backend, method: &str, path: &str, now: u64) -> AuthRequest {
+    AuthRequest {
+        request: HttpRequest {
+            method: method.into(),
+            path: path.into(),
+            query: None,
+            headers: Vec::new(),
+            peer: "127.0.0.1:50000".into(),
+            websocket: false,
+        },
+        backend,
+        now,
+        credentials: Vec::new(),
+    }
+}
+
+/// A token's claims: for `backend`, issued to `subject` a minute before it
+/// expires at `expires_at`.
+pub fn capability(backend: &str, subject: Option<&str>, expires_at: u64) -> Capability {
+    Capability { backend: backend.into(), subject: subject.map(Into::into), issued_at: expires_at.saturating_sub(60), expires_at }
+}
+
+/// A credential as the proxy passes one found in `Authorization: Bearer`,
+/// verified (`Ok`) or not (`Err`, e.g. `TokenError::BadSignature`).
+pub fn bearer(verified: Result<Capability, TokenError>) -> Credential {
+    Credential { source: CredentialSource::Bearer, verified }
+}
+
+/// An idle request for a test: `backend`, an hour old, with grace period
+/// `grace_seconds` and no lifetime limit, nothing open and quiet for
+/// `quiet_seconds`, at time `now` (change the fields a test is about).
+pub fn idle_request(backend: Backend, quiet_seconds: u64, grace_seconds: u64, now: u64) -> IdleRequest {
+    IdleRequest {
+        backend,
+        age_seconds: 3600,
+        grace_period_seconds: grace_seconds,
+        lifetime_limit_seconds: None,
+        activity: Activity {
+            open_connections: 0,
+            in_flight_requests: 0,
+            seconds_since_last_activity: quiet_seconds,
+            bytes_in: 0,
+            bytes_out: 0,
+            websocket_messages: 0,
+        },
+        now,
+    }
 }

@@ -88,29 +88,19 @@ fn status(v: &Verdict) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spawner_plugin_sdk::testing::backend;
+    use spawner_plugin_sdk::testing::{auth_request, backend, capability};
 
     const NOW: u64 = 1_800_000_000;
 
     fn cap(backend: &str, expires_at: u64, subject: Option<&str>) -> Result<Capability, TokenError> {
-        Ok(Capability { backend: backend.into(), subject: subject.map(Into::into), issued_at: NOW - 10, expires_at })
+        Ok(capability(backend, subject, expires_at))
     }
 
     fn request(credentials: Vec<Result<Capability, TokenError>>) -> AuthRequest {
         let sources = [CredentialSource::Bearer, CredentialSource::Query, CredentialSource::Cookie];
-        AuthRequest {
-            request: HttpRequest {
-                method: "GET".into(),
-                path: "/".into(),
-                query: None,
-                headers: vec![],
-                peer: "127.0.0.1:5000".into(),
-                websocket: false,
-            },
-            backend: backend("b1"),
-            now: NOW,
-            credentials: credentials.into_iter().zip(sources).map(|(verified, source)| Credential { source, verified }).collect(),
-        }
+        let mut request = auth_request(backend("b1"), "GET", "/", NOW);
+        request.credentials = credentials.into_iter().zip(sources).map(|(verified, source)| Credential { source, verified }).collect();
+        request
     }
 
     fn deny_status(v: Verdict) -> u16 {

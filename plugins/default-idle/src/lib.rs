@@ -59,24 +59,14 @@ pub fn decide(request: &IdleRequest) -> IdleVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spawner_plugin_sdk::testing::backend;
+    use spawner_plugin_sdk::testing::{backend, idle_request};
 
     fn request(open: u32, quiet: u64, age: u64, lifetime: Option<u64>) -> IdleRequest {
-        IdleRequest {
-            backend: backend("b"),
-            age_seconds: age,
-            grace_period_seconds: 300,
-            lifetime_limit_seconds: lifetime,
-            activity: Activity {
-                open_connections: open,
-                in_flight_requests: 0,
-                seconds_since_last_activity: quiet,
-                bytes_in: 0,
-                bytes_out: 0,
-                websocket_messages: 0,
-            },
-            now: 0,
-        }
+        let mut request = idle_request(backend("b"), quiet, 300, 0);
+        request.activity.open_connections = open;
+        request.age_seconds = age;
+        request.lifetime_limit_seconds = lifetime;
+        request
     }
 
     fn kind(v: IdleVerdict) -> Option<TerminationKind> {
