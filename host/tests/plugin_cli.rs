@@ -156,6 +156,13 @@ fn run_prints_the_decision_for_a_minted_token() {
     // Bad input says what is wrong.
     let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--kind", "auth", "--input", "{}"]);
     assert!(!out.status.success() && text(&out).contains("not a valid auth request"), "{}", text(&out));
+    let idle = dir.path().join("default_idle.wasm");
+    let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &input]);
+    assert!(
+        !out.status.success() && text(&out).contains("--input looks like an auth request, but the plugin is an idle plugin"),
+        "{}",
+        text(&out)
+    );
 
     // A printed sample is an input `run` takes as it is: the auth one with
     // a verified token for its backend, which the default plugin lets in.

@@ -215,7 +215,13 @@ fn run_once(
     let plugin = LoadedPlugin::load(&rt, kind, &source)?;
     let input = if input == "sample" { None } else { Some(crate::cli::read_arg(&input, "input")?) };
     let now = now_unix();
-    let parse_err = |kind: PluginKind| format!("--input is not a valid {kind} request (see `spawner plugin run --help` for the shape)");
+    let parse_err = |kind: PluginKind| {
+        let looks = input.as_deref().and_then(input_kind).filter(|k| *k != kind);
+        match looks {
+            Some(other) => format!("--input looks like {} request, but the plugin is {} plugin", other.with_article(), kind.with_article()),
+            None => format!("--input is not a valid {kind} request (see `spawner plugin run --help` for the shape)"),
+        }
+    };
     let (decision, fallback) = match kind {
         PluginKind::Auth => {
             let req = match &input {
@@ -285,6 +291,18 @@ impl AuthInput {
             (None, _) => found(),
         };
         AuthRequest { request: self.request, backend: self.backend, now: self.now, credentials }
+    }
+}
+
+/// The kind an input is for, by a field only that kind's requests have.
+fn input_kind(input: &str) -> Option<PluginKind> {
+    let v: serde_json::Value = serde_json::from_str(input).ok()?;
+    let has = |field: &str| v.get(field).is_some();
+    match (has("request"), has("activity"), has("nodes")) {
+        (true, false, false) => Some(PluginKind::Auth),
+        (false, true, false) => Some(PluginKind::Idle),
+        (false, false, true) => Some(PluginKind::Scheduler),
+        _ => None,
     }
 }
 
