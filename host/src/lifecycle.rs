@@ -219,6 +219,12 @@ pub struct Observed {
     pub now: Timestamp,
 }
 
+/// Where an exit's message goes on to the backend's last output. Spawner's
+/// own log line for the change stops there: what a backend prints (perhaps
+/// a secret, on its way down) belongs to whoever may read its status and
+/// logs, not to wherever Spawner's log is shipped.
+pub const LAST_OUTPUT: &str = "; its last output: ";
+
 /// [`Observed::last_output`] from an exited workload's output lines: the
 /// last three non-empty ones, within 300 bytes (a status message is read
 /// in a terminal and stored in an object).
@@ -283,7 +289,7 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                     None => "exited on its own (killed by a signal)".into(),
                 };
                 if let Some(words) = &observed.last_output {
-                    message = format!("{message}; its last output: {words}");
+                    message = format!("{message}{LAST_OUTPUT}{words}");
                 }
                 next.message = Some(message);
             }

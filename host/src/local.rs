@@ -193,7 +193,7 @@ impl Local {
             from = from.phase.as_str(),
             to = to.phase.as_str(),
             reason = to.reason.map(Reason::as_str).unwrap_or(""),
-            detail = to.message.as_deref().unwrap_or(""),
+            detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next()).unwrap_or(""),
             "backend status"
         );
         r.set_status(to);

@@ -106,6 +106,8 @@ pub struct Process {
     /// Its captured output.
     pub logs: Arc<LogBuffer>,
     state: watch::Receiver<ProcessState>,
+    /// True once its stdout and stderr have been read to the end.
+    output_read: watch::Receiver<bool>,
 }
 
 impl Process {
@@ -117,6 +119,17 @@ impl Process {
     /// A receiver that changes with the state.
     pub fn watch(&self) -> watch::Receiver<ProcessState> {
         self.state.clone()
+    }
+
+    /// Waits until its output has been read to the end, for at most
+    /// [`OUTPUT_DRAIN`]: what an exited process wrote last is what its user
+    /// reads next, and the pipes close only when every holder is gone (a
+    /// descendant that left the group may keep them open).
+    pub fn output_read(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut read = self.output_read.clone();
+        async move {
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, read.wait_for(|done| *done)).await;
+        }
     }
 
     /// SIGTERM to the process group now; SIGKILL after `timeout` if the
@@ -189,13 +202,23 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         r.watch(pid);
     }
     let logs = Arc::new(LogBuffer::default());
-    let mut captures = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        captures.push(tokio::spawn(capture(out, Stream::Stdout, logs.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        captures.push(tokio::spawn(capture(err, Stream::Stderr, logs.clone())));
-    }
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let (read_tx, output_read) = watch::channel(false);
+    let captured = logs.clone();
+    tokio::spawn(async move {
+        let stdout = async {
+            if let Some(out) = out {
+                capture(out, Stream::Stdout, captured.clone()).await;
+            }
+        };
+        let stderr = async {
+            if let Some(err) = err {
+                capture(err, Stream::Stderr, captured.clone()).await;
+            }
+        };
+        tokio::join!(stdout, stderr);
+        read_tx.send_replace(true);
+    });
     let (tx, rx) = watch::channel(ProcessState::Starting);
     let tx = Arc::new(tx);
 
@@ -213,25 +236,16 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         if let Some(r) = reaper {
             r.forget(pid);
         }
-        // The last lines a crashing process wrote are what its user reads
-        // next: let the captures reach the end of the pipes (the group is
-        // gone, so they close) before the exit is recorded. At most
-        // CAPTURE_DRAIN: a descendant that left the group may hold them.
-        let drained = tokio::time::Instant::now() + CAPTURE_DRAIN;
-        for c in captures {
-            let _ = tokio::time::timeout_at(drained, c).await;
-        }
         exit_tx.send_replace(ProcessState::Exited(code));
     });
 
     tokio::spawn(probe_until_ready(addr, tx));
 
-    Ok(Process { pid, addr, logs, state: rx })
+    Ok(Process { pid, addr, logs, state: rx, output_read })
 }
 
-/// How long an exited process's output may take to be read to the end
-/// before its exit is recorded.
-const CAPTURE_DRAIN: Duration = Duration::from_secs(1);
+/// How long [`Process::output_read`] waits for an exited process's output.
+pub const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Marks the process ready when its port accepts a connection (see the
 /// module docs and `FINE_PHASE`). Stops when the process exits first.

@@ -26,7 +26,8 @@ pub fn cut_to(text: &mut String, max: usize, marker: &str) {
 pub fn last_words<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, max_lines: usize, max: usize) -> Option<String> {
     let mut kept: Vec<&str> = Vec::new();
     let mut bytes = 0;
-    for line in lines.rev().map(str::trim).filter(|l| !l.is_empty()) {
+    let printable: Vec<String> = lines.rev().map(printable).collect();
+    for line in printable.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
         if kept.len() == max_lines || (!kept.is_empty() && bytes + 3 + line.len() > max) {
             break;
         }
@@ -37,6 +38,30 @@ pub fn last_words<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, max_lines
     let mut words = kept.join(" | ");
     cut_to(&mut words, max, "…");
     (!words.is_empty()).then_some(words)
+}
+
+/// `line` without terminal escape sequences (`ESC [ ... final`, colours)
+/// or other control characters, which would garble a terminal reading a
+/// status.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // A CSI sequence runs to its final byte, '@' to '~'.
+            if chars.clone().next() == Some('[') {
+                chars.next();
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -57,6 +82,7 @@ mod tests {
         let words = last_words([long.as_str()].into_iter(), 3, 300).unwrap();
         assert!(words.len() <= 300 && words.ends_with('…'), "{words}");
         assert_eq!(last_words(["", "  "].into_iter(), 3, 300), None);
+        assert_eq!(last_words(["\u{1b}[31merror\u{1b}[0m: no\r"].into_iter(), 3, 300).as_deref(), Some("error: no"), "no escapes");
     }
 
     #[test]

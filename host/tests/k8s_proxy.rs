@@ -13,7 +13,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator, until, until_status};
+use common::k8s::{
+    WAIT, demo_backend, namespace, plugins, proxy_options, report_loopback_pod_ip, spawn_operator, until, until_status, until_status_within,
+};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -83,8 +85,13 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     let pod_gone = tokio::time::timeout(WAIT, await_condition(pods.clone(), "notes", |p: Option<&Pod>| p.is_none())).await;
     assert!(pod_gone.is_ok(), "the idle backend's Pod was never deleted");
     // The proxy's cache may still hold it as ready with a termination
-    // requested (200: the demo backend still runs) or terminating (503).
-    until_status("an ended backend is gone", 410, &[200, 503], async || http.get(&url).bearer_auth(&token).send().await.unwrap()).await;
+    // requested (200: the demo backend still runs) or terminating (503),
+    // for moments: not for seconds.
+    let within = Duration::from_secs(10);
+    until_status_within(within, "an ended backend is gone", 410, &[200, 503], async || {
+        http.get(&url).bearer_auth(&token).send().await.unwrap()
+    })
+    .await;
     proxy.stop().await;
 }
 

@@ -87,8 +87,9 @@ pub enum PluginCommand {
         settings: Option<String>,
         /// Secret capability tokens are verified with, for the request's
         /// credentials and `verify-capability-token` (mint matching tokens
-        /// with `spawner token mint`).
-        #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
+        /// with `spawner token mint`). Only from this flag, not from
+        /// SPAWNER_TOKEN_SECRET: it changes what the input means.
+        #[arg(long)]
         token_secret: Option<crate::secret::Secret>,
         /// The limits the decision runs under.
         #[command(flatten)]

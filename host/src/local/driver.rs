@@ -32,12 +32,19 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
                 ProcessState::Exited(code) => Workload::Exited(code),
             },
         };
-        // (Read to the end by then: the exit is recorded once the output is.)
+        // An exit is recorded once the output has been read to the end, so
+        // that the status and the logs agree on what it wrote last.
         let last_output = match workload {
-            Workload::Exited(_) => rec.process.lock().expect("process lock").as_ref().and_then(|p| {
-                let lines = p.logs.lines(Some(LAST_LINES));
-                lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
-            }),
+            Workload::Exited(_) => {
+                let read = rec.process.lock().expect("process lock").as_ref().map(|p| p.output_read());
+                if let Some(read) = read {
+                    read.await;
+                }
+                rec.process.lock().expect("process lock").as_ref().and_then(|p| {
+                    let lines = p.logs.lines(Some(LAST_LINES));
+                    lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
+                })
+            }
             _ => None,
         };
         let observed = Observed {

@@ -145,7 +145,8 @@ pub enum CallError {
     #[error("exceeded its memory limit of {} MiB", .0 / (1024 * 1024))]
     MemoryLimit(u64),
     /// Its memory's initial size (stack and static data) is already over
-    /// the limit: no call can ever start.
+    /// the limit (its kind's, or at compile time the largest of any kind,
+    /// which sizes the pool's memory slots): no call can ever start.
     #[error(
         "needs {} KiB of memory to start (its stack and data), over its memory limit of {} MiB: raise the limit, or build it with a smaller stack, as the default plugins are (-C link-arg=-zstack-size=131072)",
         .needs / 1024,

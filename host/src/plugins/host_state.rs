@@ -46,13 +46,15 @@ pub(crate) struct Limiter {
     /// What a memory asked for when it was created over the limit (it
     /// could not even start): its initial size, stack and data included.
     pub start_need: Option<usize>,
+    /// Set once the instance exists: growth after that is the plugin's.
+    pub started: bool,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.hit = true;
-            if current == 0 {
+            if current == 0 && !self.started {
                 self.start_need = Some(desired);
             }
             // Trap rather than return -1: a Rust guest would abort with a
@@ -88,7 +90,7 @@ pub(crate) struct HostState {
 impl HostState {
     pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
         HostState {
-            limiter: Limiter { memory_bytes, hit: false, start_need: None },
+            limiter: Limiter { memory_bytes, hit: false, start_need: None, started: false },
             wasi: None,
             table: ResourceTable::new(),
             ctx,

@@ -110,9 +110,15 @@ impl LoadedPlugin {
     /// Calls `validate-settings`.
     pub fn validate_settings(&self, rt: &Runtime, settings: &str) -> Result<(), CallError> {
         self.call(rt, |store, pre| match pre {
-            KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_validate_settings(store, settings),
-            KindPre::Auth(p) => p.instantiate(&mut *store)?.spawner_plugin_authorization().call_validate_settings(store, settings),
-            KindPre::Idle(p) => p.instantiate(&mut *store)?.spawner_plugin_idleness().call_validate_settings(store, settings),
+            KindPre::Scheduler(p) => {
+                instantiated(store, |s| p.instantiate(s))?.spawner_plugin_scheduling().call_validate_settings(store, settings)
+            }
+            KindPre::Auth(p) => {
+                instantiated(store, |s| p.instantiate(s))?.spawner_plugin_authorization().call_validate_settings(store, settings)
+            }
+            KindPre::Idle(p) => {
+                instantiated(store, |s| p.instantiate(s))?.spawner_plugin_idleness().call_validate_settings(store, settings)
+            }
         })
     }
 
@@ -124,7 +130,7 @@ impl LoadedPlugin {
         let verdict = self.call(rt, |store, pre| match pre {
             KindPre::Auth(p) => {
                 store.data_mut().backend_created_at = backend_created_at;
-                p.instantiate(&mut *store)?.spawner_plugin_authorization().call_check(store, request)
+                instantiated(store, |s| p.instantiate(s))?.spawner_plugin_authorization().call_check(store, request)
             }
             _ => unreachable!("kind checked by the caller"),
         })?;
@@ -135,7 +141,7 @@ impl LoadedPlugin {
     /// Asks an idle plugin about one backend.
     pub fn evaluate(&self, rt: &Runtime, request: &IdleRequest) -> Result<IdleVerdict, CallError> {
         self.call(rt, |store, pre| match pre {
-            KindPre::Idle(p) => p.instantiate(&mut *store)?.spawner_plugin_idleness().call_evaluate(store, request),
+            KindPre::Idle(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_idleness().call_evaluate(store, request),
             _ => unreachable!("kind checked by the caller"),
         })
     }
@@ -144,7 +150,7 @@ impl LoadedPlugin {
     /// answer names a candidate node.
     pub fn place(&self, rt: &Runtime, request: &PlacementRequest) -> Result<Placement, CallError> {
         let placement = self.call(rt, |store, pre| match pre {
-            KindPre::Scheduler(p) => p.instantiate(&mut *store)?.spawner_plugin_scheduling().call_place(store, request),
+            KindPre::Scheduler(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_scheduling().call_place(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
         if let Placement::Anywhere(labels) = &placement
@@ -223,6 +229,18 @@ fn where_blocking_is_allowed<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         }
         Ok(_) => tokio::task::block_in_place(f),
     }
+}
+
+/// Runs `instantiate` on `store`, then marks the instance as started:
+/// from then on, memory it asks for beyond its limit is its own doing (an
+/// allocation), not the size it needs to start at all.
+fn instantiated<T>(
+    store: &mut Store<HostState>,
+    instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let instance = instantiate(&mut *store);
+    store.data_mut().limiter.started = true;
+    instance
 }
 
 /// A panic's message, when it has one.

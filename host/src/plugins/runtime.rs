@@ -97,8 +97,8 @@ impl Default for RuntimeConfig {
 /// well under the pool's address-space reservation.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 
-/// The longest CPU deadline a call may be given, ms: a minute bounds what a
-/// hung plugin can hold up.
+/// The longest deadline (wall-clock time) a call may be given, ms: a
+/// minute bounds what a hung plugin can hold up.
 pub const MAX_DEADLINE_MS: u64 = 60_000;
 
 impl RuntimeConfig {

@@ -50,6 +50,18 @@ pub async fn until(
 /// it answers right after a change there may still reflect the old state:
 /// only the `meanwhile` statuses are accepted on the way, any other fails.
 pub async fn until_status(what: &str, want: u16, meanwhile: &[u16], request: impl AsyncFn() -> reqwest::Response) -> reqwest::Response {
+    until_status_within(WAIT, what, want, meanwhile, request).await
+}
+
+/// [`until_status`] within `patience`: for a state that must not last (a
+/// cache moments behind, not a process that takes its time).
+pub async fn until_status_within(
+    patience: Duration,
+    what: &str,
+    want: u16,
+    meanwhile: &[u16],
+    request: impl AsyncFn() -> reqwest::Response,
+) -> reqwest::Response {
     let started = tokio::time::Instant::now();
     loop {
         let r = request().await;
@@ -59,7 +71,7 @@ pub async fn until_status(what: &str, want: u16, meanwhile: &[u16], request: imp
         }
         let body = r.text().await.unwrap_or_default();
         assert!(meanwhile.contains(&status), "{what}: {status} {body}");
-        assert!(started.elapsed() < WAIT, "{what}: still {status} {body}");
+        assert!(started.elapsed() < patience, "{what}: still {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
