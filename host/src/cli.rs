@@ -45,11 +45,20 @@ pub struct PluginLimitArgs {
     /// fails closed (auth denies) or safe (idle keeps, scheduling falls back
     /// to the default). Repeat, or comma-separate in the environment.
     #[arg(long = "plugin-deadline-ms", value_name = "KIND=MS", env = "SPAWNER_PLUGIN_DEADLINE_MS", value_delimiter = ',', value_parser = deadline_arg)]
-    pub deadline_ms: Vec<(PluginKind, u64)>,
+    pub deadline_ms: Vec<KindNumber>,
     /// Memory of one plugin call, `KIND=MIB` (default 64, at most 4096).
     /// Repeat, or comma-separate in the environment.
     #[arg(long = "plugin-memory-mib", value_name = "KIND=MIB", env = "SPAWNER_PLUGIN_MEMORY_MIB", value_delimiter = ',', value_parser = memory_arg)]
-    pub memory_mib: Vec<(PluginKind, u64)>,
+    pub memory_mib: Vec<KindNumber>,
+}
+
+/// One `KIND=N` item of a per-kind flag; `None` for an empty one (a
+/// variable a manifest sets to "", a trailing comma), which sets nothing.
+pub type KindNumber = Option<(PluginKind, u64)>;
+
+/// The value `items` give `kind`: the last one, if repeated.
+fn last_for(items: &[KindNumber], kind: PluginKind) -> Option<u64> {
+    items.iter().flatten().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
 }
 
 impl PluginLimitArgs {
@@ -67,12 +76,12 @@ impl PluginLimitArgs {
 
     /// The deadline these flags give `kind` (the last, if repeated).
     pub fn deadline_ms(&self, kind: PluginKind) -> Option<u64> {
-        self.deadline_ms.iter().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+        last_for(&self.deadline_ms, kind)
     }
 
     /// The memory these flags give `kind` (the last, if repeated).
     pub fn memory_mib(&self, kind: PluginKind) -> Option<u64> {
-        self.memory_mib.iter().rev().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+        last_for(&self.memory_mib, kind)
     }
 }
 
@@ -86,20 +95,23 @@ pub(crate) fn kind_value(arg: &str) -> Result<(PluginKind, &str), String> {
     Ok((kind, v))
 }
 
-/// `KIND=N` with N from 1 to `max`.
-fn kind_number(arg: &str, max: u64) -> Result<(PluginKind, u64), String> {
+/// `KIND=N` with N from 1 to `max`, or nothing (see [`KindNumber`]).
+fn kind_number(arg: &str, max: u64) -> Result<KindNumber, String> {
+    if arg.trim().is_empty() {
+        return Ok(None);
+    }
     let (kind, v) = kind_value(arg)?;
     match v.parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok((kind, n)),
+        Ok(n) if (1..=max).contains(&n) => Ok(Some((kind, n))),
         _ => Err(crate::backends::out_of_range(&format!("the value for {kind}"), Some(max), format!("{v:?}"))),
     }
 }
 
-fn deadline_arg(arg: &str) -> Result<(PluginKind, u64), String> {
+fn deadline_arg(arg: &str) -> Result<KindNumber, String> {
     kind_number(arg, crate::plugins::runtime::MAX_DEADLINE_MS)
 }
 
-fn memory_arg(arg: &str) -> Result<(PluginKind, u64), String> {
+fn memory_arg(arg: &str) -> Result<KindNumber, String> {
     kind_number(arg, crate::plugins::runtime::MAX_MEMORY_MIB)
 }
 

@@ -150,11 +150,11 @@ pub struct DevArgs {
     #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true)]
     pub host_domain: Option<String>,
     /// A plugin file: `KIND=PATH` (kind: scheduler, auth, idle). Repeatable.
-    #[arg(long = "plugin", value_name = "KIND=PATH")]
-    pub plugins: Vec<String>,
+    #[arg(long = "plugin", value_name = "KIND=PATH", value_parser = kind_string)]
+    pub plugins: Vec<(PluginKind, String)>,
     /// Plugin settings: `KIND=JSON` or `KIND=@FILE`. Repeatable.
-    #[arg(long = "plugin-settings", value_name = "KIND=SETTINGS")]
-    pub plugin_settings: Vec<String>,
+    #[arg(long = "plugin-settings", value_name = "KIND=SETTINGS", value_parser = kind_string)]
+    pub plugin_settings: Vec<(PluginKind, String)>,
     /// Limits of plugin calls (over the config file's).
     #[command(flatten)]
     pub plugin_limits: crate::cli::PluginLimitArgs,
@@ -171,8 +171,8 @@ pub struct DevArgs {
     pub forwarded_proto: Option<Scheme>,
 }
 
-fn kind_value(arg: &str, flag: &str) -> anyhow::Result<(PluginKind, String)> {
-    crate::cli::kind_value(arg).map(|(kind, v)| (kind, v.to_string())).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+fn kind_string(arg: &str) -> Result<(PluginKind, String), String> {
+    crate::cli::kind_value(arg).map(|(kind, v)| (kind, v.to_string()))
 }
 
 /// The configuration `spawner dev` runs with: file, then flags and env.
@@ -193,20 +193,18 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     if let Some(d) = &args.host_domain {
         c.host_domain = Some(d.clone());
     }
-    for p in &args.plugins {
-        let (kind, path) = kind_value(p, "--plugin")?;
-        c.plugins.slot_mut(kind).file = Some(PathBuf::from(path));
+    for (kind, path) in &args.plugins {
+        c.plugins.slot_mut(*kind).file = Some(PathBuf::from(path));
     }
-    for p in &args.plugin_settings {
-        let (kind, value) = kind_value(p, "--plugin-settings")?;
-        let slot = c.plugins.slot_mut(kind);
+    for (kind, value) in &args.plugin_settings {
+        let slot = c.plugins.slot_mut(*kind);
         match value.strip_prefix('@') {
             Some(path) => {
                 slot.settings_file = Some(PathBuf::from(path));
                 slot.settings = None;
             }
             None => {
-                slot.settings = Some(value);
+                slot.settings = Some(value.clone());
                 slot.settings_file = None;
             }
         }
@@ -343,6 +341,13 @@ mod tests {
         let c = parse(&["--plugin-deadline-ms", "auth=70", "--plugin-deadline-ms", "auth=90"]).unwrap().plugins.runtime();
         assert_eq!(c.auth.deadline_ms, 90, "the last one given");
         assert_eq!(parse(&[]).unwrap().plugins.runtime().auth.deadline_ms, 40, "no flag: the file's");
+        let c = parse(&["--plugin", "idle=my_idle.wasm", "--plugin-settings", "idle=@idle.json", "--plugin-settings", "auth={}"]).unwrap();
+        assert_eq!(c.plugins.idle.file.as_deref(), Some(std::path::Path::new("my_idle.wasm")));
+        assert_eq!(c.plugins.idle.settings_file.as_deref(), Some(std::path::Path::new("idle.json")));
+        assert_eq!(c.plugins.auth.settings.as_deref(), Some("{}"));
+        use clap::Parser as _;
+        let e = crate::cli::Cli::try_parse_from(["spawner", "dev", "--plugin", "auht=x.wasm"]).unwrap_err().to_string();
+        assert!(e.contains("--plugin <KIND=PATH>") && e.contains("unknown plugin kind \"auht\""), "{e}");
     }
 
     #[test]

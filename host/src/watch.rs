@@ -96,7 +96,7 @@ pub fn spawn(
                         continue;
                     }
                 };
-                if replace_if_changed(&plugins, kind, &source, &mut tried).is_none() {
+                if replace_if_changed(&plugins, kind, &source, &mut tried).await.is_none() {
                     tracing::debug!(kind = kind.as_str(), plugin = %source.name, "plugin file touched but unchanged; not reloaded");
                 }
             }
@@ -109,8 +109,13 @@ pub fn spawn(
 /// what was last tried, as `tried` records: one bad write is then one
 /// error, not one per notification. `None` when unchanged; else the
 /// outcome, which [`Plugins::replace`] has logged and counted.
-pub fn replace_if_changed(
-    plugins: &Plugins,
+///
+/// Loading compiles the component and calls its `validate-settings` (up to
+/// [`DEADLINE_TRIES`](crate::plugins::loaded::DEADLINE_TRIES) deadlines): seconds of
+/// CPU for a large plugin. It runs on a blocking thread, so the async
+/// workers that carry the proxy's requests are not held up by a reload.
+pub async fn replace_if_changed(
+    plugins: &Arc<Plugins>,
     kind: PluginKind,
     source: &PluginSource,
     tried: &mut HashMap<PluginKind, [u8; 32]>,
@@ -119,7 +124,17 @@ pub fn replace_if_changed(
     if tried.insert(kind, digest) == Some(digest) {
         return None;
     }
-    Some(plugins.replace(kind, source))
+    let (loader, owned) = (plugins.clone(), source.clone());
+    Some(match tokio::task::spawn_blocking(move || loader.replace(kind, &owned)).await {
+        Ok(outcome) => outcome,
+        // `replace` turns the plugin's failures into errors; this is a panic
+        // of the host's own, which must not end the watch either.
+        Err(e) => {
+            let e = crate::plugins::LoadError::Runtime(format!("loading {}: {e}", source.name));
+            plugins.refuse(kind, &source.name, &e);
+            Err(e)
+        }
+    })
 }
 
 /// Whether a file event can mean new content: creation, removal, renames

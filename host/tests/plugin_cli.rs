@@ -89,6 +89,17 @@ fn limits_given_by_flag_or_environment_are_the_ones_the_trial_runs_under() {
         .output()
         .unwrap();
     assert!(out.status.success() && text(&out).contains("(deadline 4000 ms"), "{}", text(&out));
+    // Empty items set nothing: a manifest's "" and a trailing comma are not
+    // errors (the idle default is 100 ms).
+    for value in ["", "auth=250,"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spawner"))
+            .args(["plugin", "check", idle.to_str().unwrap()])
+            .env("SPAWNER_PLUGIN_DEADLINE_MS", value)
+            .env("SPAWNER_PLUGIN_MEMORY_MIB", value)
+            .output()
+            .unwrap();
+        assert!(out.status.success() && text(&out).contains("(deadline 100 ms"), "{value:?}: {}", text(&out));
+    }
 
     // Bad values are refused before anything runs, saying what to fix.
     for (arg, expected) in [

@@ -386,6 +386,31 @@ fn a_bad_replacement_keeps_the_old_plugin_and_a_good_one_takes_over() {
     assert!(text.contains(r#"spawner_plugin_loads_total{kind="auth",result="refused"} 2"#), "{text}");
 }
 
+/// A reload compiles the component and calls its `validate-settings`: here
+/// three tries of 500 ms that all run out. The async runtime that carries the
+/// proxy's requests goes on meanwhile, even a single-threaded one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_does_not_hold_up_the_async_runtime() {
+    let limits = spawner::plugins::Limits { memory_mib: 64, deadline_ms: 500 };
+    let rt = Arc::new(Runtime::new(RuntimeConfig { auth: limits, ..patient() }, Some(key())).unwrap());
+    let plugins = Arc::new(with_in(rt, vec![]).0);
+    let before = plugins.info(PluginKind::Auth);
+    let mut tried = std::collections::HashMap::new();
+    let looping = source(built::FIXTURE_LOOP, "loop");
+    let reload = async {
+        let outcome = spawner::watch::replace_if_changed(&plugins, PluginKind::Auth, &looping, &mut tried).await;
+        (outcome, Instant::now())
+    };
+    let other_work = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Instant::now()
+    };
+    let ((outcome, reloaded), worked) = tokio::join!(reload, other_work);
+    assert!(matches!(outcome, Some(Err(LoadError::SettingsCall { source: CallError::Deadline(500), .. }))), "{outcome:?}");
+    assert!(worked < reloaded, "other work waited for the reload to end");
+    assert_eq!(plugins.info(PluginKind::Auth), before, "refused: the old plugin stays");
+}
+
 #[test]
 fn calls_running_during_a_swap_all_get_answers() {
     // The shared runtime's patient deadlines: this is about the swap, and a

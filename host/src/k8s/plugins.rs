@@ -183,7 +183,7 @@ async fn follow(
 /// Loads what differs from what was last tried; reports each outcome.
 async fn apply(
     configmap: Option<&ConfigMap>,
-    plugins: &Plugins,
+    plugins: &Arc<Plugins>,
     kinds: &[PluginKind],
     tried: &mut HashMap<PluginKind, [u8; 32]>,
     events: &Recorder,
@@ -221,7 +221,7 @@ async fn apply(
         }
     };
     for (kind, source) in sources {
-        match replace_if_changed(plugins, kind, &source, tried) {
+        match replace_if_changed(plugins, kind, &source, tried).await {
             None => {}
             Some(Ok(info)) => {
                 let note = format!("{kind} plugin {} (sha256 {}) loaded", info.name, &info.digest[..12]);
