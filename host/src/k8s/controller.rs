@@ -520,19 +520,21 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     // Nodes the Pod could not run on are not offered: it would stay pending
     // there. When no node that could run it carries its node selector but a
     // cordoned one does (every node cordoned for an upgrade, a GPU pool
-    // drained for maintenance), none is offered, which asks the plugin for
-    // "anywhere": the Pod then waits for kube-scheduler to place it once
-    // the cordon lifts, and the startup timeout bounds the wait. A taint
-    // the template does not tolerate is not waited for: when only tainted
-    // nodes carry the selector, the backend is rejected, naming them.
+    // drained for maintenance), or one kept off only by a passing taint
+    // (not ready, under pressure: see `Fit::Later`), none is offered, which
+    // asks the plugin for "anywhere": the Pod then waits for kube-scheduler
+    // to place it once that passes, and the startup timeout bounds the
+    // wait. Another taint the template does not tolerate is not waited for:
+    // when only such nodes carry the selector, the backend is rejected,
+    // naming them.
     let selector = slab.spec.template.node_selector_labels();
     let fits: Vec<(&Node, Fit)> = nodes.iter().map(|n| (&**n, fit(slab, n))).collect();
     let fitting = |f: Fit| fits.iter().filter(move |(_, x)| *x == f).map(|(n, _)| *n);
     let runnable: Vec<&Node> = fitting(Fit::Runs).collect();
-    let after_cordon: Vec<&Node> = fitting(Fit::Cordoned).filter(|n| carries(n, &selector)).collect();
-    let wait_for_uncordon = !after_cordon.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
-    let offered: &[&Node] = if wait_for_uncordon { &[] } else { &runnable };
-    let tainted_only = tainted_only(&selector, &[&runnable[..], &after_cordon[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
+    let later: Vec<&Node> = fitting(Fit::Later).filter(|n| carries(n, &selector)).collect();
+    let wait = !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
+    let offered: &[&Node] = if wait { &[] } else { &runnable };
+    let tainted_only = tainted_only(&selector, &[&runnable[..], &later[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
     let candidates: Vec<CandidateNode> = offered
         .iter()
         .map(|n| {

@@ -240,18 +240,38 @@ fn bytes(q: &Quantity) -> Option<u64> {
 /// The taint kube-scheduler treats a cordoned node as carrying.
 const CORDONED: &str = "node.kubernetes.io/unschedulable";
 
+/// Taints Kubernetes puts on a node and takes off by itself: the node's
+/// conditions (not ready, unreachable, under pressure, its network not set
+/// up), a cloud node not yet initialised, and the cluster autoscaler's mark
+/// on a node it is about to remove (it adds another). Like a cordon, they
+/// pass (or the node is replaced): a backend waits for them, bounded by the
+/// startup timeout, as kube-scheduler would, rather than being rejected.
+const PASSING_TAINTS: [&str; 9] = [
+    CORDONED,
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/memory-pressure",
+    "node.kubernetes.io/disk-pressure",
+    "node.kubernetes.io/pid-pressure",
+    "node.kubernetes.io/network-unavailable",
+    "node.cloudprovider.kubernetes.io/uninitialized",
+    "ToBeDeletedByClusterAutoscaler",
+];
+
 /// Whether kube-scheduler would run a backend's Pod on a node, as far as
 /// the node's own say goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
     /// It would.
     Runs,
-    /// Only the node's cordon keeps the Pod off: it would run there once
-    /// the node is uncordoned (after maintenance, an upgrade), which is
+    /// Only something passing keeps the Pod off: the node's cordon (after
+    /// maintenance, an upgrade, it is uncordoned) or a taint of
+    /// [`PASSING_TAINTS`] (the node not ready yet, under pressure). It is
     /// worth waiting for.
-    Cordoned,
-    /// A taint the template does not tolerate keeps the Pod off: the
-    /// template must change, so waiting would not help.
+    Later,
+    /// A taint the template does not tolerate, and that Kubernetes will not
+    /// lift by itself, keeps the Pod off: the template must change, so
+    /// waiting would not help.
     Tainted,
 }
 
@@ -268,12 +288,14 @@ pub fn fit(slab: &SessionLivedBackend, node: &Node) -> Fit {
     let tolerations = slab.spec.template.tolerations.as_deref().unwrap_or_default();
     let tolerated =
         |taint: &Taint| !(taint.effect == "NoSchedule" || taint.effect == "NoExecute") || tolerations.iter().any(|t| tolerates(t, taint));
-    if !spec.taints.iter().flatten().all(tolerated) {
+    let mut blocking = spec.taints.iter().flatten().filter(|t| !tolerated(t)).peekable();
+    let tainted = blocking.peek().is_some();
+    if blocking.any(|t| !PASSING_TAINTS.contains(&t.key.as_str())) {
         return Fit::Tainted;
     }
     let cordon = Taint { key: CORDONED.into(), effect: "NoSchedule".into(), ..Taint::default() };
-    if spec.unschedulable == Some(true) && !tolerated(&cordon) {
-        return Fit::Cordoned;
+    if tainted || (spec.unschedulable == Some(true) && !tolerated(&cordon)) {
+        return Fit::Later;
     }
     Fit::Runs
 }
@@ -483,7 +505,7 @@ mod tests {
 
         let runs = |s: &SessionLivedBackend, n: &Node| fit(s, n) == Fit::Runs;
         assert!(runs(&slab(), &Node::default()) && runs(&slab(), &node(vec![], false)));
-        assert_eq!(fit(&slab(), &node(vec![], true)), Fit::Cordoned, "worth waiting for");
+        assert_eq!(fit(&slab(), &node(vec![], true)), Fit::Later, "worth waiting for");
         assert_eq!(fit(&slab(), &gpu), Fit::Tainted, "the template must change");
         assert!(!runs(&slab(), &gpu) && !runs(&slab(), &control_plane));
         assert!(runs(&slab(), &node(vec![taint("spot", None, "PreferNoSchedule")], false)), "a preference only");
@@ -500,6 +522,18 @@ mod tests {
         assert!(!runs(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), &both), "every taint must be tolerated");
         let cordoned_gpu = node(vec![taint("gpu", Some("true"), "NoSchedule")], true);
         assert_eq!(fit(&slab(), &cordoned_gpu), Fit::Tainted, "a taint outranks a cordon: uncordoning would not help");
+        // Taints Kubernetes lifts by itself are waited for, like a cordon;
+        // one tolerated is no obstacle, and another beside it still is.
+        let not_ready = taint("node.kubernetes.io/not-ready", None, "NoExecute");
+        let starting =
+            node(vec![not_ready.clone(), taint("node.cloudprovider.kubernetes.io/uninitialized", Some("true"), "NoSchedule")], false);
+        assert_eq!(fit(&slab(), &starting), Fit::Later, "a node that joins or reboots");
+        assert_eq!(fit(&slab(), &node(vec![taint("node.kubernetes.io/disk-pressure", None, "NoSchedule")], false)), Fit::Later);
+        assert!(runs(
+            &with(vec![toleration(Some("node.kubernetes.io/not-ready"), Some("Exists"), None, None)]),
+            &node(vec![not_ready.clone()], false)
+        ));
+        assert_eq!(fit(&slab(), &node(vec![not_ready, taint("gpu", Some("true"), "NoSchedule")], false)), Fit::Tainted);
 
         let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[]);
         assert_eq!(pod.spec.unwrap().tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "and the Pod carries them");
