@@ -28,18 +28,34 @@ impl Default for TokenNames {
     }
 }
 
-/// The token of each source (bearer, query, cookie), each verified with
-/// `key` (without a key every token is refused as malformed). Per source
-/// the first occurrence counts, as for the proxy's token redirect; an empty
-/// one gives no credential.
+/// Token cookies looked at per request: a browser sends every cookie of
+/// that name whose path matches (the proxy's own, and any a page set).
+const MAX_COOKIE_TOKENS: usize = 4;
+
+/// The tokens a request carries, each verified with `key` (without a key
+/// every token is refused as malformed), in the order bearer, query,
+/// cookie; an empty one gives no credential. For the bearer and the query
+/// the first occurrence counts, as for the proxy's token redirect. Every
+/// token cookie counts (up to [`MAX_COOKIE_TOKENS`]): a stray cookie of
+/// that name (set by a page on a path under the backend's, where the
+/// browser sends it first) must not hide the proxy's own.
 pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -> Vec<Credential> {
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
     let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
-    let cookie = header("cookie").find_map(|v| pair_value(v.split(';').map(str::trim), &names.cookie));
-    [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query), (CredentialSource::Cookie, cookie)]
+    let cookies = header("cookie")
+        .flat_map(|v| v.split(';').map(str::trim))
+        .filter_map(|pair| {
+            let (k, v) = split_pair(pair);
+            (k == names.cookie).then_some(v)
+        })
+        .filter(|t| !t.is_empty())
+        .take(MAX_COOKIE_TOKENS);
+    [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query)]
         .into_iter()
-        .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| Credential { source, verified: verify(key, t) }))
+        .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| (source, t)))
+        .chain(cookies.map(|t| (CredentialSource::Cookie, t)))
+        .map(|(source, t)| Credential { source, verified: verify(key, t) })
         .collect()
 }
 
@@ -174,6 +190,21 @@ mod tests {
         assert_eq!((cap.backend.as_str(), cap.subject.as_deref()), ("b1", Some("alice")));
         assert!(found[1].verified.is_ok(), "the first query value is the one checked");
         assert!(found[2].verified.is_err(), "a forged cookie is reported, not dropped");
+    }
+
+    #[test]
+    fn every_token_cookie_counts_so_a_stray_one_cannot_hide_the_proxys() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let now = token::now_unix();
+        let good = key.mint("b1", Some("alice"), now, now + 60);
+        // A browser sends the cookie with the longer path first: one a page
+        // set on /p/b1/api/ comes before the proxy's, on /p/b1/.
+        let req = request(None, &[("cookie", &format!("spawner-token=junk; theme=dark; spawner-token={good}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key));
+        assert_eq!(sources(&found), [CredentialSource::Cookie, CredentialSource::Cookie]);
+        assert!(found[0].verified.is_err() && found[1].verified.is_ok());
+        let many = vec!["spawner-token=x"; 10].join("; ");
+        assert_eq!(find(&request(None, &[("cookie", &many)]), &TokenNames::default(), Some(&key)).len(), MAX_COOKIE_TOKENS);
     }
 
     #[test]

@@ -93,15 +93,17 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
     }
     h.remove(header::COOKIE);
     let prefix = format!("{cookie}=");
-    let kept: Vec<&str> = cookies
+    // Bytes, not `to_str`: a cookie value may hold UTF-8 (a page's
+    // `document.cookie = "city=Zürich"`), and the application's cookies
+    // pass whatever they hold.
+    let kept: Vec<&[u8]> = cookies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty() && !c.starts_with(prefix.as_bytes()))
         .collect();
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
     {
         h.insert(header::COOKIE, v);
     }
@@ -171,9 +173,11 @@ pub fn inject_identity(h: &mut HeaderMap, backend: &str, subject: Option<&str>, 
     }
 }
 
-/// The request's headers as the auth plugin sees them (UTF-8 values only).
+/// The request's headers as the auth plugin sees them: every one, its
+/// value as UTF-8 (browsers send cookies a page set with non-ASCII text as
+/// UTF-8; bytes that are not UTF-8 read as U+FFFD).
 pub fn for_plugin(h: &HeaderMap) -> Vec<Header> {
-    h.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| Header { name: k.as_str().to_string(), value: v.to_string() })).collect()
+    h.iter().map(|(k, v)| Header { name: k.as_str().to_string(), value: String::from_utf8_lossy(v.as_bytes()).into_owned() }).collect()
 }
 
 #[cfg(test)]
@@ -238,6 +242,17 @@ mod tests {
         strip_credentials(&mut h, "spawner-token");
         assert_eq!(h.get("authorization").unwrap(), "Basic dXNlcjpwdw==");
         assert!(!h.contains_key("cookie"));
+
+        // A cookie holding UTF-8 (what a browser sends for a page's
+        // `document.cookie = "city=Zürich"`) neither hides the token from
+        // the plugin nor costs the application its cookies.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_bytes("sid=abc; city=Zürich; spawner-token=st1.x.y".as_bytes()).unwrap());
+        let seen = for_plugin(&h);
+        assert_eq!(seen.len(), 1, "shown to the plugin");
+        assert!(seen[0].value.ends_with("spawner-token=st1.x.y"), "{seen:?}");
+        strip_credentials(&mut h, "spawner-token");
+        assert_eq!(h.get("cookie").unwrap().as_bytes(), "sid=abc; city=Zürich".as_bytes());
     }
 
     #[test]
