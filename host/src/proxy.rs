@@ -340,9 +340,13 @@ impl Proxy {
     /// bar, history and logs; a `token` that opens this backend moves into a
     /// cookie scoped to it on the way.
     fn token_redirect(&self, route: &Route, clean_query: Option<&str>, token: Option<&str>) -> Response<Body> {
+        // One leading slash: under host routing (no prefix) a path of
+        // `//evil.example/` (or `/\evil.example/`, which browsers read
+        // alike) would send the browser to another site.
+        let rest = format!("/{}", route.rest.trim_start_matches(['/', '\\']));
         let location = match clean_query {
-            Some(q) => format!("{}{}?{q}", route.prefix, route.rest),
-            None => format!("{}{}", route.prefix, route.rest),
+            Some(q) => format!("{}{rest}?{q}", route.prefix),
+            None => format!("{}{rest}", route.prefix),
         };
         let mut r = redirect(StatusCode::SEE_OTHER, &location);
         if let Some(token) = token {

@@ -334,6 +334,27 @@ async fn configured_token_names_are_used_by_proxy_api_and_auth() {
     assert_eq!(r.headers().get("referrer-policy").map(|v| v.to_str().unwrap()), Some("no-referrer"), "{:?}", r.headers());
 }
 
+/// Under host routing the token redirect's target is a path of this host:
+/// `//evil.example/` must not become a link to another site that any user
+/// could send, with their own token, to anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_redirect_stays_on_the_backends_host() {
+    let dev = Dev::start(FAST, &["--host-domain", "apps.localhost"]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    for path in ["//evil.example/", "/\\evil.example/", "///evil.example/x"] {
+        let r = dev
+            .http
+            .get(format!("{}{path}?token={token}", dev.base))
+            .header("host", format!("{name}.apps.localhost"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        let location = r.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with("/evil.example/") && !location.starts_with("//"), "{path}: {location}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     let dev = Dev::start(FAST, &[]);
