@@ -284,6 +284,17 @@ pub fn is_label(k: &str, v: &str) -> bool {
     is_label_key(k) && is_label_value(v)
 }
 
+/// Checks a user name (a backend's `owner`, a token's `subject`): 1-253
+/// characters without control characters, since the proxy sends it to the
+/// backend in a header (`x-spawner-user`) and a token must stay short
+/// enough to be accepted.
+pub fn check_user(field: &str, user: &str) -> Result<(), ControlError> {
+    if user.is_empty() || user.len() > 253 || user.chars().any(char::is_control) {
+        return Err(ControlError::Invalid(format!("{field} must be 1-253 characters without control characters")));
+    }
+    Ok(())
+}
+
 /// Checks a key, labels, env and owner; the message names the field.
 pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::Invalid(m));
@@ -292,10 +303,8 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     {
         return bad(format!("key must be 1-{MAX_KEY_LEN} characters without spaces or control characters"));
     }
-    if let Some(o) = &spec.owner
-        && (o.is_empty() || o.len() > 253 || o.chars().any(char::is_control))
-    {
-        return bad("owner must be 1-253 characters without control characters".into());
+    if let Some(o) = &spec.owner {
+        check_user("owner", o)?;
     }
     for (field, map) in [("label", &spec.labels), ("nodeSelector", &spec.node_selector)] {
         for (k, v) in map {

@@ -75,6 +75,16 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ("template and image", r#"{"template":"demo","image":"demo"}"#.into(), 422, "either `template` or `image`"),
         // Checked before anything starts: a refused create leaves nothing running.
         ("zero token TTL", r#"{"template":"demo","tokenTtlSeconds":0}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
+        // A subject goes to the backend in a header and into the token.
+        (
+            "subject with a line break",
+            r#"{"template":"demo","subject":"alice\r\nX-Evil: 1"}"#.into(),
+            422,
+            "subject must be 1-253 characters",
+        ),
+        ("empty subject", r#"{"template":"demo","subject":""}"#.into(), 422, "subject must be 1-253 characters"),
+        ("huge subject", format!(r#"{{"template":"demo","subject":"{}"}}"#, "a".repeat(254)), 422, "subject must be 1-253 characters"),
+        ("owner with a control character", r#"{"template":"demo","owner":"a\u007fb"}"#.into(), 422, "owner must be 1-253 characters"),
         (
             "negative token TTL",
             r#"{"template":"demo","tokenTtlSeconds":-1}"#.into(),
@@ -134,6 +144,12 @@ async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
         ("empty JSON body", "", 400, "the body is empty: send a JSON object ({} for all defaults)"),
         ("negative lifetime", r#"{"ttlSeconds":-1}"#, 422, "ttlSeconds must be between 1 and 2592000 (30 days), got -1"),
         ("misspelt field", r#"{"ttl":60}"#, 422, "unknown field `ttl`"),
+        (
+            "subject with a line break",
+            r#"{"subject":"bob\r\nX-Evil: 1"}"#,
+            422,
+            "subject must be 1-253 characters without control characters",
+        ),
     ] {
         let (got, text) = post_raw(&dev, &tokens, body, true).await;
         assert_eq!(got, status, "{what}: {text}");

@@ -172,6 +172,10 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
 pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
     let Json(r) = body?;
     let ttl = token_ttl(&s, r.token_ttl_seconds, "tokenTtlSeconds")?;
+    // Before anything starts: a bad subject must not leave a backend behind.
+    if let Some(subject) = &r.subject {
+        crate::backends::check_user("subject", subject)?;
+    }
     let spec = BackendSpec {
         template: r.template,
         key: r.key,
@@ -352,6 +356,9 @@ pub(crate) async fn token(
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }
     let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
+    if let Some(subject) = &r.subject {
+        crate::backends::check_user("subject", subject)?;
+    }
     let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), ttl);
     Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url }))
         .into_response())
