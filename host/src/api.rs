@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -210,8 +210,31 @@ pub fn healthz_router() -> Router {
     })
 }
 
-/// Checks the bearer token (compared as digests, see [`crate::secret::Secret::presented_in`]).
+/// Whether a browser's script or form sent `req`. The API is for the web
+/// app's server: in path routing every backend's pages share its origin,
+/// and with no API token (on loopback) any of them could otherwise list
+/// the backends, mint tokens for them and end them. Every current browser
+/// marks its requests with `Sec-Fetch-Site`, and older ones cross-origin
+/// and unsafe ones with `Origin`; server-side clients (curl, Node's
+/// `fetch`, Python) send neither. A navigation with GET (a link to the
+/// original API's `readyUrl`) passes: its answer goes to the user, not to
+/// a script.
+fn from_a_page(req: &Request) -> bool {
+    let h = req.headers();
+    let navigation = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate") && matches!(*req.method(), Method::GET | Method::HEAD);
+    !navigation && (h.get("sec-fetch-site").is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
+}
+
+/// Refuses requests from pages ([`from_a_page`]), then checks the bearer
+/// token (compared as digests, see [`crate::secret::Secret::presented_in`]).
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if from_a_page(&req) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server",
+        )
+        .into_response();
+    }
     if let Some(expected) = &s.api_token
         && !expected.presented_in(req.headers())
     {

@@ -373,6 +373,17 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// Whether a (checked) public URL names this machine only: `localhost`,
+/// a name under `.localhost`, or a loopback address.
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -443,6 +454,13 @@ impl Config {
         }
         if let Some(u) = &self.public_url {
             public_url_arg(u).map_err(|why| ConfigError::Invalid(format!("public-url: {why}")))?;
+            // Listening on loopback behind a reverse proxy (a TLS
+            // terminator on this host) exposes the API as well as /p/.
+            if !is_loopback_url(u) && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+                return bad(format!(
+                    "public-url = {u} says browsers reach Spawner from other machines (through a reverse proxy), which then reach the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file"
+                ));
+            }
         }
         if self.sweeper.interval_ms == 0 {
             return bad("sweeper.interval-ms must be positive".into());
@@ -640,6 +658,21 @@ mod tests {
         assert!(public_url_arg("https://").unwrap_err().contains("no host"));
         let c = Config { public_url: Some("https://x.example/base".into()), ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("public-url: must be an origin"), "the field is named");
+    }
+
+    #[test]
+    fn a_public_url_other_machines_reach_needs_an_api_token() {
+        let with = |url: &str, token: Option<&str>| Config {
+            public_url: Some(url.into()),
+            api_token: token.map(crate::secret::Secret::from),
+            ..Config::default()
+        };
+        let e = with("https://apps.example.com", None).validate().unwrap_err().to_string();
+        assert!(e.contains("public-url = https://apps.example.com") && e.contains("--api-token"), "{e}");
+        assert!(with("https://apps.example.com", Some("0123456789abcdef")).validate().is_ok());
+        for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080", "http://apps.localhost:8080"] {
+            assert!(with(local, None).validate().is_ok(), "{local}");
+        }
     }
 
     #[test]

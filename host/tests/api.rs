@@ -121,6 +121,43 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("does not take that method"));
 }
 
+/// A backend's page shares the API's origin in path routing: its scripts
+/// and forms may not use the API (open on loopback), what a browser
+/// navigates to (a link to `readyUrl`) still opens, and servers, which send
+/// no such headers, are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_in_a_browser_may_not_call_the_api() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, _) = dev.create_ok(json!({"template": "demo"})).await;
+    let url = |path: &str| format!("{}{path}", dev.base);
+    let script = [("sec-fetch-site", "same-origin"), ("sec-fetch-mode", "cors"), ("sec-fetch-dest", "empty")];
+    let with = |mut r: reqwest::RequestBuilder, headers: &[(&str, &str)]| {
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r
+    };
+    for request in [
+        with(dev.http.get(url("/api/v1/backends")), &script),
+        with(dev.http.post(url(&format!("/api/v1/backends/{name}/tokens"))), &script),
+        with(dev.http.delete(url(&format!("/api/v1/backends/{name}"))), &[("origin", "http://127.0.0.1")]),
+        with(
+            dev.http.post(url("/api/spawn")).json(&json!({"image": "demo"})),
+            &[("sec-fetch-site", "same-origin"), ("sec-fetch-mode", "navigate")],
+        ),
+    ] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.text().await.unwrap().contains("the API is for your web app's server"));
+    }
+    let navigation = [("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "document")];
+    let r = with(dev.http.get(url(&format!("/api/backend/{name}/ready"))), &navigation).send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 302 | 409), "{}", r.status());
+    let typed = [("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")];
+    assert_eq!(with(dev.http.get(url("/api/v1/backends")), &typed).send().await.unwrap().status(), 200);
+    assert_eq!(dev.backend(&name).await["status"]["phase"].as_str().map(|p| p != "terminated"), Some(true), "nothing was ended");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
     let dev = Dev::start(FAST, &[]);
