@@ -203,7 +203,7 @@ mod tests {
         let found = find(&req, &TokenNames::default(), Some(&key));
         assert_eq!(sources(&found), [CredentialSource::Cookie, CredentialSource::Cookie]);
         assert!(found[0].verified.is_err() && found[1].verified.is_ok());
-        let many = vec!["spawner-token=x"; 10].join("; ");
+        let many = ["spawner-token=x"; 10].join("; ");
         assert_eq!(find(&request(None, &[("cookie", &many)]), &TokenNames::default(), Some(&key)).len(), MAX_COOKIE_TOKENS);
     }
 
