@@ -81,6 +81,10 @@ pub struct Local {
     /// Key → name of the live backend holding it. Its mutex is also the
     /// lock that makes get-or-create by key atomic.
     keys: Mutex<HashMap<String, String>>,
+    /// Held while one scheduling decision is taken, so that creates at the
+    /// same moment each see the others the scheduler admitted (a quota per
+    /// owner, the machine's capacity).
+    deciding: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
     /// Stops the backends if this process dies without doing it (see
     /// [`crate::reaper`]); `None` if `sh` could not be started.
@@ -102,6 +106,7 @@ impl Local {
             metrics,
             records: RwLock::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            deciding: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             me: me.clone(),
         })

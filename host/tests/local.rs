@@ -117,6 +117,38 @@ async fn fifty_concurrent_creates_with_one_key_start_one_process() {
     assert_eq!(processes_with_env("SPAWNER_BACKEND_KEY=doc-42").len(), 1);
 }
 
+/// Creates at the same moment are scheduled one at a time, each counting
+/// the ones admitted before it: a quota per owner holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_for_one_owner_keep_to_the_quota() {
+    let dev = std::sync::Arc::new(Dev::start(FAST, &["--plugin-settings", r#"scheduler={"max-per-owner": 2}"#]));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let dev = dev.clone();
+            tokio::spawn(async move { dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 30})).await.0 })
+        })
+        .collect();
+    let mut names = Vec::new();
+    for t in tasks {
+        names.push(t.await.unwrap());
+    }
+    let mut ended = Vec::new();
+    for name in &names {
+        // Each create is decided right after its 201: rejected ones fail.
+        let phase = loop {
+            let b = dev.backend(name).await;
+            let phase = b["status"]["phase"].as_str().unwrap().to_string();
+            if phase != "pending" && phase != "scheduled" {
+                break (phase, b["status"]["reason"].as_str().map(String::from));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        ended.push(phase);
+    }
+    let rejected = ended.iter().filter(|(p, r)| p == "failed" && r.as_deref() == Some("rejected")).count();
+    assert_eq!((ended.len() - rejected, rejected), (2, 6), "{ended:?}");
+}
+
 const FAILING: &str = r#"
 [sweeper]
 interval-ms = 100

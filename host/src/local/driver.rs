@@ -126,8 +126,19 @@ fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
     process::start(&command, &Identity { name: rec.name.clone(), key: rec.spec.key.clone(), prefix }, local.reaper.as_ref())
 }
 
-/// Asks the scheduler plugin, with this machine as the only node.
+/// Asks the scheduler plugin, with this machine as the only node. One
+/// decision at a time: what it admitted counts for the next at once, even
+/// before its driver records it as scheduled.
 async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
+    let _deciding = local.deciding.lock().await;
+    let admission = decide(local, rec).await;
+    if matches!(admission, Admission::Admitted { .. }) {
+        rec.admitted.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    admission
+}
+
+async fn decide(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
     let node = this_machine();
     let placed: Vec<PlacedBackend> = {
         let records = local.records.read().expect("records lock");
@@ -136,7 +147,7 @@ async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
             .filter(|r| r.name != rec.name)
             .filter(|r| {
                 let phase = r.phase();
-                !phase.is_terminal() && phase != Phase::Pending
+                !phase.is_terminal() && (phase != Phase::Pending || r.admitted.load(std::sync::atomic::Ordering::SeqCst))
             })
             .map(|r| PlacedBackend {
                 name: r.name.clone(),

@@ -32,6 +32,10 @@ pub(crate) struct Record {
     /// Wakes the driver (termination requested).
     pub wake: Notify,
     pub process: Mutex<Option<Process>>,
+    /// The scheduler admitted it; set before the decision's lock is let
+    /// go, so that a create scheduled next counts it while it is still
+    /// `pending` (see `driver::schedule`).
+    pub admitted: std::sync::atomic::AtomicBool,
 }
 
 impl Record {
@@ -56,6 +60,7 @@ impl Record {
             termination: Mutex::new(None),
             wake: Notify::new(),
             process: Mutex::new(None),
+            admitted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
