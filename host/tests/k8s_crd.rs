@@ -36,6 +36,31 @@ async fn the_example_manifest_applies_and_reads_back_typed() {
     assert!(created.status.is_none(), "status is the operator's to write");
 }
 
+/// What the sweeper relies on to end only the backend it judged: a merge
+/// patch carrying `metadata.uid` is refused (422, naming the field) by an
+/// object of the same name with another uid (a key's next backend).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_termination_patch_with_another_uid_is_refused() {
+    let (plane, client) = installed().await;
+    let ns = plane.namespace("crd-uid").await.unwrap();
+    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
+    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    let api: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
+    let created = api.create(&PostParams::default(), &slab).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    let request = spawner::lifecycle::TerminationRequest { reason: spawner::lifecycle::Reason::Idle, message: "idle".into() };
+    let mut patch = spawner::k8s::cluster::termination_patch(&request);
+    patch["metadata"]["uid"] = serde_json::json!("00000000-0000-0000-0000-000000000000");
+    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(e)) => assert!(e.code == 422 && e.message.contains("metadata.uid"), "{e:?}"),
+        other => panic!("a patch for another uid was not refused: {other:?}"),
+    }
+    assert!(spawner::k8s::cluster::termination_requested(&api.get(&name).await.unwrap()).is_none(), "and changed nothing");
+    patch["metadata"]["uid"] = serde_json::json!(created.metadata.uid);
+    let patched = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!(spawner::k8s::cluster::termination_requested(&patched), Some(request));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_bad_specs_and_says_which_field() {
     let (plane, client) = installed().await;

@@ -314,11 +314,22 @@ impl SweepSource for Cluster {
     }
 
     fn terminate(&self, name: &str, request: TerminationRequest) {
+        // The object judged, by uid: if the cache was behind (its watch
+        // down) and the name now belongs to a key's next backend, the API
+        // server refuses the patch (422, "metadata.uid: field is
+        // immutable") instead of ending that one.
+        let uid = self.store.get(&ObjectRef::new(name).within(&self.namespace)).and_then(|s| s.uid());
         let (api, name) = (self.api.clone(), name.to_string());
         self.runtime.spawn(async move {
-            let patch = termination_patch(&request);
+            let mut patch = termination_patch(&request);
+            if let Some(uid) = uid {
+                patch["metadata"]["uid"] = serde_json::json!(uid);
+            }
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => tracing::info!(backend = %name, reason = request.reason.as_str(), detail = %request.message, "asked the operator to terminate"),
+                Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("metadata.uid") => {
+                    tracing::info!(backend = %name, "not terminated: the name now belongs to another backend (the one judged is gone)")
+                }
                 Err(e) => tracing::warn!(backend = %name, error = %e, "could not ask the operator to terminate; the next sweep retries"),
             }
         });
