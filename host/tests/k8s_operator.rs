@@ -34,11 +34,13 @@ async fn operator(prefix: &str, scheduler_settings: &str, retention: Duration) -
 
 /// [`operator`] on `plane`.
 async fn operator_on(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, retention: Duration) -> (kube::Client, String) {
-    operator_with(plane, prefix, scheduler_settings, OperatorConfig { retention, ..OperatorConfig::default() }).await
+    // No grace to stop a Pod: these tests are not about the stop.
+    let config = OperatorConfig { retention, stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    operator_with(plane, prefix, scheduler_settings, config).await
 }
 
 /// [`operator`] on `plane` with `config` (its namespace and public URL set
-/// here, and no grace to stop a Pod).
+/// here).
 async fn operator_with(plane: &ControlPlane, prefix: &str, scheduler_settings: &str, config: OperatorConfig) -> (kube::Client, String) {
     let (client, ns, _) = operator_with_metrics(plane, prefix, scheduler_settings, config).await;
     (client, ns)
@@ -55,12 +57,7 @@ async fn operator_with_metrics(
     let ns = plane.namespace(prefix).await.unwrap();
     let client = plane.client().await.unwrap();
     let plugins = plugins(scheduler_settings);
-    let config = OperatorConfig {
-        namespace: Some(ns.clone()),
-        public_url: Some("https://spawner.example".into()),
-        stop_timeout: Duration::ZERO,
-        ..config
-    };
+    let config = OperatorConfig { namespace: Some(ns.clone()), public_url: Some("https://spawner.example".into()), ..config };
     let metrics = Arc::new(Metrics::new());
     tokio::spawn(controller::run(Context::new(client.clone(), plugins, metrics.clone(), config)));
     (client, ns, metrics)
@@ -323,6 +320,63 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     let placed = until(&slabs, "elsewhere", "ready", phase(Phase::Ready)).await;
     assert_ne!(placed.status.unwrap().node_name.as_deref(), Some("node-gpu"));
     nodes.delete("node-gpu", &DeleteParams::default()).await.unwrap();
+}
+
+/// A backend whose node is lost (nothing there confirms its Pod's stop)
+/// still ends: once the stop is overdue, its Pod is deleted without
+/// waiting, and the object is released (its key free again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_on_a_lost_node_still_ends() {
+    // A node no kubelet (not even kwok) serves, tainted from its creation
+    // so that only this test's backend is placed there; created before the
+    // operator starts, so its first look sees it.
+    let plane = shared().await;
+    let nodes: Api<Node> = Api::all(plane.client().await.unwrap());
+    let lost: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-lost", "labels": {"zone": "lost"}},
+        "spec": {"taints": [{"key": "spawner.test/lost", "value": "true", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"}},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &lost).await.unwrap();
+    let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(plane, "op-lost", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut stranded = slab("stranded", "erin");
+    stranded.spec.template.node_selector = Some([("zone".to_string(), "lost".to_string())].into());
+    stranded.spec.template.tolerations =
+        Some(vec![serde_json::from_value(serde_json::json!({"key": "spawner.test/lost", "operator": "Exists"})).unwrap()]);
+    slabs.create(&PostParams::default(), &stranded).await.unwrap();
+
+    // Its kubelet reported it running, then the node was cut off.
+    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "stranded", |p: Option<&Pod>| p.is_some())).await;
+    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("stranded").await.unwrap().status);
+    assert_eq!(pods.get("stranded").await.unwrap().spec.unwrap().node_name.as_deref(), Some("node-lost"));
+    let running =
+        serde_json::json!({"status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("stranded", &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
+    let ready = until(&slabs, "stranded", "ready", phase(Phase::Ready)).await;
+
+    slabs.delete("stranded", &DeleteParams::default()).await.unwrap();
+    let stopping = tokio::time::timeout(
+        WAIT,
+        await_condition(pods.clone(), "stranded", |p: Option<&Pod>| p.is_some_and(|p| p.metadata.deletion_timestamp.is_some())),
+    )
+    .await;
+    assert!(stopping.is_ok(), "the Pod was never asked to stop");
+    let uid = ready.metadata.uid.clone().unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "stranded", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(
+        gone.is_ok(),
+        "stuck: {:?}, its Pod {:?}",
+        slabs.get_opt("stranded").await.unwrap().map(|s| s.status),
+        pods.get_opt("stranded").await.unwrap().map(|p| p.metadata.deletion_timestamp)
+    );
+    assert!(pods.get_opt("stranded").await.unwrap().is_none());
+    let events = events_until(&client, &ns, "stranded", "ForceDeleted").await;
+    assert!(events.iter().any(|e| e.0 == "Warning" && e.2.contains("did not confirm its stop")), "{events:?}");
+    nodes.delete("node-lost", &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

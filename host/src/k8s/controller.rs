@@ -331,7 +331,23 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 Err(e) => return Err(e.into()),
             },
             Action::Stop => {
-                delete_pod(&pods, &name, ctx.config.stop_timeout).await?;
+                let grace = match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
+                    Some(deadline) if deadline <= now => {
+                        // Its node never confirmed the stop: lost, or cut off
+                        // from the API server. Without this the backend would
+                        // stay terminating (and its key taken) until the node
+                        // returned; what still runs there is the node's to end.
+                        let note = format!(
+                            "the Pod's node did not confirm its stop {} s after the grace period; deleting it without waiting",
+                            ctx.config.stop_timeout.max(MIN_STOP_OVERDUE).as_secs()
+                        );
+                        tracing::warn!(backend = %name, "{note}");
+                        publish(ctx, slab, EventType::Warning, "ForceDeleted".into(), note, "DeletePod").await;
+                        Duration::ZERO
+                    }
+                    _ => ctx.config.stop_timeout,
+                };
+                delete_pod(&pods, &name, grace).await?;
                 break;
             }
             Action::Wait => break,
@@ -369,8 +385,26 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 }
             }
         }
-        _ => Requeue::await_change(),
+        // A Pod being deleted whose node may never confirm it: looked at
+        // again when it is overdue (see `Action::Stop`).
+        _ => match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
+            Some(deadline) => Requeue::requeue(deadline.duration_since(now).unsigned_abs() + Duration::from_secs(1)),
+            None => Requeue::await_change(),
+        },
     })
+}
+
+/// How long past its grace period a Pod being deleted is waited for, at
+/// least (its kubelet reports the stop within seconds when it can).
+const MIN_STOP_OVERDUE: Duration = Duration::from_secs(5);
+
+/// When a Pod being deleted counts as overdue: its deletion deadline (the
+/// request's time plus its grace period) plus the stop timeout (at least
+/// [`MIN_STOP_OVERDUE`]). `None` for a Pod not being deleted.
+fn overdue_since(pod: Option<&Pod>, stop_timeout: Duration) -> Option<Timestamp> {
+    let deadline = pod?.metadata.deletion_timestamp.as_ref()?.0;
+    let margin = jiff::SignedDuration::try_from(stop_timeout.max(MIN_STOP_OVERDUE)).ok()?;
+    deadline.checked_add(margin).ok()
 }
 
 /// Deletes a backend's Pod with `grace` to stop (gone already: fine).
