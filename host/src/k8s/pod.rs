@@ -140,6 +140,15 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
         return if status.started_at.is_some() && status.phase >= Phase::Starting { Workload::Vanished } else { Workload::Absent };
     };
     let Some(pod_status) = &pod.status else { return Workload::Starting };
+    // Ended by someone else, whatever the container's exit code then says
+    // (137, or 0 for an application that exits cleanly on SIGTERM): evicted
+    // by its kubelet (node pressure), or deleted (`kubectl delete pod`, a
+    // drain) while ready, when Spawner stops a ready backend only on a
+    // termination request (which the lifecycle then reports instead).
+    let evicted = pod_status.reason.as_deref() == Some("Evicted") && status.phase >= Phase::Starting;
+    if evicted || (pod.metadata.deletion_timestamp.is_some() && status.phase == Phase::Ready) {
+        return Workload::Vanished;
+    }
     // The application's exit ends the backend, even while a sidecar keeps
     // the Pod running.
     if let Some(code) = app_exit_code(pod) {
@@ -590,6 +599,17 @@ mod tests {
         status.started_at = Some(Timestamp::UNIX_EPOCH);
         assert_eq!(workload(None, &status), Workload::Vanished, "was started, now gone");
         assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Vanished, "evicted: lost, not exited");
+        // Evicted or deleted by someone else: lost, though the kubelet
+        // recorded the container's exit on the way.
+        let mut evicted = pod_in("Failed", false, Some(137));
+        evicted.status.as_mut().unwrap().reason = Some("Evicted".into());
+        assert_eq!(workload(Some(&evicted), &status), Workload::Vanished);
+        let mut deleted = pod_in("Running", true, Some(0));
+        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(workload(Some(&deleted), &status), Workload::Vanished);
+        // Stopped by Spawner: its exit is the stop's.
+        status.phase = Phase::Terminating;
+        assert_eq!(workload(Some(&deleted), &status), Workload::Exited(Some(0)));
     }
 
     #[test]
