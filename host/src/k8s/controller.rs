@@ -32,7 +32,8 @@ use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
 use super::inventory::{self, Inventory};
 use super::pod::{
-    self, BACKEND_LABEL, Fit, capacity, carries, fit, pod_for, requests, service_for, toleration_problem, unschedulable, workload,
+    self, BACKEND_LABEL, Fit, capacity, carries, credential_problem, fit, pod_for, requests, service_for, toleration_problem,
+    unschedulable, workload,
 };
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -528,7 +529,7 @@ fn phase_note(status: &Status) -> String {
 /// name in one says nothing about the same name in another. Returns the
 /// admission and, for "anywhere", the node selector to give the Pod.
 async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admission, Vec<Label>), Error> {
-    if let Some(problem) = toleration_problem(slab) {
+    if let Some(problem) = toleration_problem(slab).or_else(|| credential_problem(slab)) {
         return Ok((Admission::Rejected { message: problem }, Vec::new()));
     }
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();

@@ -338,6 +338,22 @@ pub fn toleration_problem(slab: &SessionLivedBackend) -> Option<String> {
     })
 }
 
+/// A volume of the template that would give the backend cluster
+/// credentials: a projected service-account token (the token Spawner keeps
+/// out of backend Pods with `automountServiceAccountToken: false`, asked
+/// for by hand). Such a backend is rejected, naming the volume.
+pub fn credential_problem(slab: &SessionLivedBackend) -> Option<String> {
+    slab.spec.template.volumes.iter().flatten().enumerate().find_map(|(i, v)| {
+        let sources = v.projected.as_ref()?.sources.as_ref()?;
+        sources.iter().any(|s| s.service_account_token.is_some()).then(|| {
+            format!(
+                "template.volumes[{i}] ({}): a serviceAccountToken projection would give the backend Kubernetes credentials, which backend Pods never get",
+                v.name
+            )
+        })
+    })
+}
+
 /// The API's toleration as the Pod's (the same fields).
 pub fn to_k8s(t: &crate::backends::Toleration) -> Toleration {
     let text = |s: &String| (!s.is_empty()).then(|| s.clone());
@@ -580,6 +596,21 @@ mod tests {
             ..Default::default()
         });
         pod
+    }
+
+    #[test]
+    fn a_projected_service_account_token_is_refused() {
+        let mut s = slab();
+        assert_eq!(credential_problem(&s), None);
+        s.spec.template.volumes = Some(vec![
+            serde_json::from_value(serde_json::json!({"name": "config", "configMap": {"name": "editor"}})).unwrap(),
+            serde_json::from_value(serde_json::json!({"name": "kube", "projected": {"sources": [
+                {"configMap": {"name": "ca"}}, {"serviceAccountToken": {"path": "token"}}
+            ]}}))
+            .unwrap(),
+        ]);
+        let problem = credential_problem(&s).unwrap();
+        assert!(problem.starts_with("template.volumes[1] (kube): a serviceAccountToken projection"), "{problem}");
     }
 
     #[test]
