@@ -112,6 +112,10 @@ impl Proxy {
     pub fn new(resolver: Arc<dyn Resolve>, plugins: Arc<Plugins>, metrics: Arc<Metrics>, settings: ProxySettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        let keepalive = crate::server::KEEPALIVE;
+        connector.set_keepalive(Some(keepalive.idle));
+        connector.set_keepalive_interval(Some(keepalive.interval));
+        connector.set_keepalive_retries(Some(keepalive.probes));
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(POOL_IDLE_PER_BACKEND).build(connector);
         Proxy { resolver, plugins, metrics, client, settings, going_away: tokio::sync::watch::Sender::new(false) }
     }
@@ -308,6 +312,7 @@ impl Proxy {
             Err(e) => return bad_gateway(e.to_string()),
         };
         let _ = stream.set_nodelay(true);
+        crate::server::keep_alive(&stream);
         let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
             Err(e) => return bad_gateway(e.to_string()),

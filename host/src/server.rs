@@ -59,6 +59,31 @@ pub async fn stop_signal() -> std::io::Result<()> {
     Ok(())
 }
 
+/// TCP keepalive for the connections the proxy holds: a peer that vanished
+/// without a word (a laptop put to sleep, a NAT entry expired, a node cut
+/// off) is found within two minutes, instead of holding its connection, and
+/// so its backend, open for ever: an open WebSocket counts as activity.
+pub const KEEPALIVE: KeepaliveTimes = KeepaliveTimes { idle: Duration::from_secs(60), interval: Duration::from_secs(15), probes: 4 };
+
+/// When keepalive probes go out, and how many go unanswered before the
+/// connection is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepaliveTimes {
+    /// Quiet time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probes unanswered before the kernel gives up on the connection.
+    pub probes: u32,
+}
+
+/// Turns [`KEEPALIVE`] on for `stream` (best effort: a socket that refuses
+/// it works as before).
+pub fn keep_alive(stream: &tokio::net::TcpStream) {
+    let times = socket2::TcpKeepalive::new().with_time(KEEPALIVE.idle).with_interval(KEEPALIVE.interval).with_retries(KEEPALIVE.probes);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&times);
+}
+
 /// Binds `addr` with `backlog` pending connections.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -230,6 +255,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
             _ = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
+        keep_alive(&stream);
         let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
         app.metrics.proxy.connections.inc();
         let slot = ConnectionSlot::new(permit, app.metrics.clone());
@@ -308,4 +334,23 @@ pub async fn serve_side(addr: SocketAddr, router: axum::Router, flag: &str) -> a
         }
     });
     Ok((bound, AbortOnDrop(task)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_with_probes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        keep_alive(&accepted);
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE.idle);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE.interval);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE.probes);
+        assert!(!socket2::SockRef::from(&client).keepalive().unwrap(), "off unless asked for");
+    }
 }
