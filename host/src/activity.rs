@@ -46,7 +46,8 @@ impl Default for Activity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
-    /// Connections open now (HTTP keep-alive and WebSocket).
+    /// WebSockets open now (HTTP requests, streaming ones included, count
+    /// in `in_flight_requests`).
     pub open_connections: u32,
     /// Requests in flight now.
     pub in_flight_requests: u32,

@@ -140,7 +140,8 @@ pub struct BackendView {
     /// the Pod IP and port). For operators; browsers go through `url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// Connections open through the proxy right now.
+    /// WebSockets open through the proxy right now (HTTP requests count
+    /// while in flight, in the idle plugin's activity).
     pub open_connections: u32,
 }
 
