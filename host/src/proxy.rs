@@ -237,6 +237,11 @@ impl Proxy {
             return self.token_redirect(&route, clean_query.as_deref(), opens.then_some(token.as_str()));
         }
         let Some(addr) = target.addr else {
+            // Stopping: it will not come back, so no page that reloads
+            // itself and no Retry-After (410 follows once it has ended).
+            if target.phase == Phase::Terminating {
+                return pages::error(StatusCode::SERVICE_UNAVAILABLE, &format!("backend {} is stopping", route.name), accept.as_ref());
+            }
             return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
         };
 

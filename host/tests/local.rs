@@ -242,11 +242,16 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     // busy machine too.
     let dev = Dev::start(&format!("{}{STUBBORN}", FAST.replace("stop-timeout-seconds = 2", "stop-timeout-seconds = 10")), &[]);
     let create = json!({"template": "stubborn", "key": "doc-9"});
-    let (first, _) = dev.create_ok(create.clone()).await;
+    let (first, token) = dev.create_ok(create.clone()).await;
     dev.wait_ready(&first).await;
     let r = dev.http.delete(format!("{}/api/v1/backends/{first}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "it ignores SIGTERM for 10 s");
+    // The proxy says it is stopping, with no promise that retrying helps.
+    let r = dev.get(&first, "/", Some(&token)).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_none(), "{:?}", r.headers());
+    assert_eq!(r.text().await.unwrap(), format!("backend {first} is stopping\n"));
 
     let (status, again) = dev.create(create.clone()).await;
     assert_eq!((status, &again["created"]), (201, &json!(true)), "{again}");
