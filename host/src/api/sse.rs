@@ -68,6 +68,12 @@ fn events(
                     if current.seq > *seq || (current.seq == *seq && sent.as_ref().is_some_and(|s| *s != current.status)) {
                         break current;
                     }
+                    // Ended at or before what the client says it has (an
+                    // id from the future, or a replica's cache behind the
+                    // one it resumed from): nothing more will come.
+                    if current.status.phase.is_terminal() {
+                        return None;
+                    }
                 }
                 if live.changed().await.is_err() {
                     return None;
@@ -139,5 +145,27 @@ mod tests {
         ready.status.phase = Phase::Ready;
         tx.send_replace(ready);
         assert_eq!(resumed.await.unwrap(), [("14".into(), "".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_resumed_past_its_ids_ends_when_the_backend_does() {
+        let (tx, live) = watch::channel(starting(None));
+        let body = events(StatusFeed { history: Vec::new(), live }, 999, |_: &Status| String::new()).into_response().into_body();
+        let read = tokio::spawn(async move {
+            let mut stream = body.into_data_stream();
+            let mut text = String::new();
+            while let Some(chunk) = stream.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            }
+            text
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut ended = starting(None);
+        ended.seq = 16;
+        ended.status.phase = Phase::Terminated;
+        tx.send_replace(ended);
+        let text = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("the stream never ended").unwrap();
+        assert!(!text.contains("id:"), "nothing the client would take for news: {text}");
+        drop(tx);
     }
 }
