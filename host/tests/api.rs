@@ -112,6 +112,18 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert_eq!(list, json!([]));
     let missing = dev.http.get(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // A name that is not UTF-8 once decoded: the API's JSON error too.
+    for path in ["/api/v1/backends/%FF", "/api/v1/backends/%C0/tokens", "/api/backend/%FF/status"] {
+        let r = dev
+            .http
+            .request(if path.ends_with("tokens") { reqwest::Method::POST } else { reqwest::Method::GET }, format!("{}{path}", dev.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("UTF-8"), "{path}: {v}");
+    }
     // Query strings and methods get the same kind of answer.
     let r = dev.http.get(format!("{}/api/v1/backends/nope/ready?timeout=-1", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 400);

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::Name;
 use super::query::StrictQuery;
 use super::{ApiError, ApiState, sse};
 use crate::backends::{BackendSpec, BackendView, Filter, MAX_GRACE_SECONDS, Toleration, is_label, out_of_range};
@@ -246,13 +247,13 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
 
 /// One backend.
 #[utoipa::path(get, path = "/api/v1/backends/{name}", params(("name" = String, Path)), responses((status = 200, body = BackendView), (status = 404)))]
-pub(crate) async fn get_one(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<BackendView>, ApiError> {
+pub(crate) async fn get_one(State(s): State<ApiState>, Name(name): Name) -> Result<Json<BackendView>, ApiError> {
     s.backends.get(&name).await?.map(Json).ok_or_else(|| ApiError::no_backend(&name))
 }
 
 /// Terminate a backend (reason `requested`). Idempotent.
 #[utoipa::path(delete, path = "/api/v1/backends/{name}", params(("name" = String, Path)), responses((status = 202, body = BackendView), (status = 404)))]
-pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn terminate(State(s): State<ApiState>, Name(name): Name) -> Result<Response, ApiError> {
     let view = s.backends.terminate(&name).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
@@ -261,7 +262,7 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Path(name): Path<String
 /// number; send `Last-Event-ID` to resume). Ends after a terminal status.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/events", params(("name" = String, Path), sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
-pub(crate) async fn events(State(s): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn events(State(s): State<ApiState>, Name(name): Name, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     Ok(sse::stream(feed, sse::last_event_id(&headers)?, |status| serde_json::to_string(status).unwrap_or_default()))
 }
@@ -281,7 +282,7 @@ pub(crate) struct WaitQuery {
     responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 400, description = "Bad timeout"), (status = 404)))]
 pub(crate) async fn ready(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     StrictQuery(q): StrictQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
@@ -317,7 +318,7 @@ pub(crate) struct LogsQuery {
 #[utoipa::path(get, path = "/api/v1/backends/{name}/logs", params(("name" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain"), (status = 400, description = "Bad tail"), (status = 404)))]
 pub(crate) async fn logs(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     StrictQuery(q): StrictQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let lines = s.backends.logs(&name, q.tail).await?;
@@ -337,7 +338,7 @@ pub(crate) async fn logs(
     (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404), (status = 410, description = "The backend has ended")))]
 pub(crate) async fn token(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     // Every field is optional: no body (and no Content-Type) is all defaults.
     body: Result<Option<Json<TokenRequest>>, JsonRejection>,
 ) -> Result<Response, ApiError> {

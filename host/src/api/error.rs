@@ -158,6 +158,22 @@ pub fn plain_serde_message(text: &str) -> String {
     text
 }
 
+/// A path segment naming a backend. A segment axum cannot read (not UTF-8
+/// once decoded: `/api/v1/backends/%FF`) gets the API's JSON error, as
+/// every other bad input does, rather than axum's plain text.
+pub(crate) struct Name(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(name)) => Ok(Name(name)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::plain_serde_message as plain;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::backends::mint;
+use super::error::Name;
 use super::{ApiError, ApiState, sse};
 use crate::backends::BackendSpec;
 use crate::lifecycle::{Phase, Status};
@@ -121,7 +122,7 @@ pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequ
 /// 302 to the backend's URL (with a fresh token) once ready; 409 before;
 /// 410 if it ended; 404 if unknown.
 #[utoipa::path(get, path = "/api/backend/{id}/ready", params(("id" = String, Path)), responses((status = 302), (status = 409), (status = 410), (status = 404)))]
-pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn ready(State(s): State<ApiState>, Name(id): Name) -> Result<Response, ApiError> {
     let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     match view.status.phase {
         Phase::Ready => {
@@ -135,7 +136,7 @@ pub(crate) async fn ready(State(s): State<ApiState>, Path(id): Path<String>) -> 
 
 /// Status (original shape: `state` plus the status fields).
 #[utoipa::path(get, path = "/api/backend/{id}/status", params(("id" = String, Path)), responses((status = 200, body = OriginalStatus), (status = 404)))]
-pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn status(State(s): State<ApiState>, Name(id): Name) -> Result<Response, ApiError> {
     let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], render(&view.status)).into_response())
 }
@@ -143,7 +144,7 @@ pub(crate) async fn status(State(s): State<ApiState>, Path(id): Path<String>) ->
 /// Status changes as server-sent events (original shape).
 #[utoipa::path(get, path = "/api/backend/{id}/status/stream", params(("id" = String, Path), super::sse::LastEventId), responses((status = 200, content_type = "text/event-stream"),
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
-pub(crate) async fn status_stream(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn status_stream(State(s): State<ApiState>, Name(id): Name, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     Ok(sse::stream(feed, sse::last_event_id(&headers)?, render))
 }
