@@ -283,6 +283,7 @@ impl Proxy {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, false);
+                headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 // The page's URL carried a token (a POST, which is not
                 // redirected): keep it out of Referer headers it causes.
                 if token_in_url {
@@ -333,6 +334,7 @@ impl Proxy {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
+            headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
             return Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, None)));
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -342,7 +344,8 @@ impl Proxy {
             relay.await;
             drop(slot);
         });
-        let (parts, _) = response.into_parts();
+        let (mut parts, _) = response.into_parts();
+        headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
         Response::from_parts(parts, Body::empty())
     }
 

@@ -109,6 +109,22 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
     }
 }
 
+/// Removes a backend's `Set-Cookie` headers that would set Spawner's token
+/// cookie: the browser's credential is the proxy's to set, and a backend
+/// (in path routing, any backend on this origin) must not replace or
+/// shadow it for itself or for another backend's path.
+pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
+    let prefix = format!("{cookie}=");
+    let sets_ours = |v: &HeaderValue| v.as_bytes().trim_ascii_start().starts_with(prefix.as_bytes());
+    if h.get_all(header::SET_COOKIE).iter().any(sets_ours) {
+        let kept: Vec<HeaderValue> = h.get_all(header::SET_COOKIE).iter().filter(|v| !sets_ours(v)).cloned().collect();
+        h.remove(header::SET_COOKIE);
+        for v in kept {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
 /// The query without parameter `name`, and the parameter's value if it was
 /// there.
 pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Option<String>) {
@@ -253,6 +269,19 @@ mod tests {
         assert!(seen[0].value.ends_with("spawner-token=st1.x.y"), "{seen:?}");
         strip_credentials(&mut h, "spawner-token");
         assert_eq!(h.get("cookie").unwrap().as_bytes(), "sid=abc; city=Zürich".as_bytes());
+    }
+
+    #[test]
+    fn a_backend_cannot_set_the_token_cookie() {
+        let mut h = map(&[
+            ("set-cookie", "theme=dark; Path=/"),
+            ("set-cookie", "spawner-token=junk; Path=/p/other/api"),
+            ("set-cookie", " spawner-token=x"),
+            ("set-cookie", "spawner-token-ish=1"),
+        ]);
+        strip_token_cookies(&mut h, "spawner-token");
+        let left: Vec<&str> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["theme=dark; Path=/", "spawner-token-ish=1"]);
     }
 
     #[test]
