@@ -322,6 +322,65 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     nodes.delete("node-gpu", &DeleteParams::default()).await.unwrap();
 }
 
+/// A Node no kubelet (not even kwok) serves, for a test that moves its
+/// Pods itself: tainted from its creation so that only backends placed by
+/// [`on_unserved`] go there. Create it before the operator starts, so that
+/// the operator's first look sees it. Delete it at the end of the test.
+async fn unserved_node(plane: &ControlPlane, name: &str) -> Api<Node> {
+    let nodes: Api<Node> = Api::all(plane.client().await.unwrap());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"zone": name}},
+        "spec": {"taints": [{"key": "spawner.test/unserved", "value": name, "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"}},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    nodes
+}
+
+/// `backend`, placed on the [`unserved_node`] `node`.
+fn on_unserved(mut backend: SessionLivedBackend, node: &str) -> SessionLivedBackend {
+    backend.spec.template.node_selector = Some([("zone".to_string(), node.to_string())].into());
+    let toleration = serde_json::json!({"key": "spawner.test/unserved", "value": node, "operator": "Equal"});
+    backend.spec.template.tolerations = Some(vec![serde_json::from_value(toleration).unwrap()]);
+    backend
+}
+
+/// A container that cannot start (its image cannot be pulled) says why in
+/// the Ready condition and the REST view's message while it waits, and in
+/// the failure once the startup timeout is over: not "did not listen".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_cannot_start_says_why() {
+    let plane = shared().await;
+    let nodes = unserved_node(plane, "node-nopull").await;
+    let config = OperatorConfig { startup_timeout: Duration::from_secs(6), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(plane, "op-nopull", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    slabs.create(&PostParams::default(), &on_unserved(slab("typo", "erin"), "node-nopull")).await.unwrap();
+    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "typo", |p: Option<&Pod>| p.is_some())).await;
+    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("typo").await.unwrap().status);
+
+    // What a kubelet reports for an image it cannot pull.
+    let pulling = serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1",
+        "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"example.invalid/notes:1\""}}}]}});
+    pods.patch_status("typo", &PatchParams::default(), &Patch::Merge(&pulling)).await.unwrap();
+    let noted =
+        until(&slabs, "typo", "noted why it waits", |s| s.ready_condition().is_some_and(|c| c.reason == "WaitingForContainer")).await;
+    let note = noted.status.as_ref().and_then(|s| s.ready_condition()).unwrap().message.clone();
+    assert_eq!(note, "its container has not started: ImagePullBackOff: Back-off pulling image \"example.invalid/notes:1\"");
+    assert_eq!(noted.shown_status().message.as_deref(), Some(note.as_str()), "what the REST API shows");
+
+    let failed = until(&slabs, "typo", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout));
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("its container did not start within 6 s: ImagePullBackOff: Back-off pulling image \"example.invalid/notes:1\"")
+    );
+    nodes.delete("node-nopull", &DeleteParams::default()).await.unwrap();
+}
+
 /// A backend whose node is lost (nothing there confirms its Pod's stop)
 /// still ends: once the stop is overdue, its Pod is deleted without
 /// waiting, and the object is released (its key free again).
@@ -331,23 +390,12 @@ async fn a_backend_on_a_lost_node_still_ends() {
     // so that only this test's backend is placed there; created before the
     // operator starts, so its first look sees it.
     let plane = shared().await;
-    let nodes: Api<Node> = Api::all(plane.client().await.unwrap());
-    let lost: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "node-lost", "labels": {"zone": "lost"}},
-        "spec": {"taints": [{"key": "spawner.test/lost", "value": "true", "effect": "NoSchedule"}]},
-        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"}},
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &lost).await.unwrap();
+    let nodes = unserved_node(plane, "node-lost").await;
     let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
     let (client, ns) = operator_with(plane, "op-lost", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut stranded = slab("stranded", "erin");
-    stranded.spec.template.node_selector = Some([("zone".to_string(), "lost".to_string())].into());
-    stranded.spec.template.tolerations =
-        Some(vec![serde_json::from_value(serde_json::json!({"key": "spawner.test/lost", "operator": "Exists"})).unwrap()]);
-    slabs.create(&PostParams::default(), &stranded).await.unwrap();
+    slabs.create(&PostParams::default(), &on_unserved(slab("stranded", "erin"), "node-lost")).await.unwrap();
 
     // Its kubelet reported it running, then the node was cut off.
     let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "stranded", |p: Option<&Pod>| p.is_some())).await;

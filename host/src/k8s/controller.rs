@@ -32,8 +32,8 @@ use super::cluster::termination_requested;
 use super::crd::SessionLivedBackend;
 use super::inventory::{self, Inventory};
 use super::pod::{
-    self, BACKEND_LABEL, Fit, capacity, carries, credential_problem, fit, pod_for, requests, service_for, toleration_problem,
-    unschedulable, workload,
+    self, BACKEND_LABEL, Fit, capacity, carries, container_waiting, credential_problem, fit, pod_for, requests, service_for,
+    toleration_problem, unschedulable, workload,
 };
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
@@ -356,14 +356,21 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     }
     // A Pod kube-scheduler could place nowhere never started: say so, with
     // its reasons, rather than that the application did not listen.
-    let unplaced = pod.as_ref().and_then(unschedulable);
-    if let Some(why) = &unplaced
+    let waiting = pod.as_ref().and_then(|p| match unschedulable(p) {
+        Some(why) => Some(Waiting::ForNode(why)),
+        None => container_waiting(p).map(Waiting::ForContainer),
+    });
+    if let Some(waiting) = &waiting
         && status.reason == Some(Reason::StartupTimeout)
         && slab.phase() == Phase::Starting
     {
-        status.message = Some(format!("no node could run its Pod within {} s: {why}", ctx.config.startup_timeout.as_secs()));
+        let secs = ctx.config.startup_timeout.as_secs();
+        status.message = Some(match waiting {
+            Waiting::ForNode(why) => format!("no node could run its Pod within {secs} s: {why}"),
+            Waiting::ForContainer(why) => format!("its container did not start within {secs} s: {why}"),
+        });
     }
-    record(slab, ctx, &status, pod.as_ref(), unplaced.as_deref(), now).await?;
+    record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now).await?;
     Ok(match (status.phase, status.started_at, status.finished_at) {
         (Phase::Starting, Some(started), _) => {
             let waited = now.duration_since(started).unsigned_abs();
@@ -439,21 +446,21 @@ async fn create_pod(
 }
 
 /// Writes the status when it differs from what the object says;
-/// `unplaced` is kube-scheduler's reason when it found no node for the Pod.
+/// `waiting` is why its Pod is not running yet, when it says.
 async fn record(
     slab: &SessionLivedBackend,
     ctx: &Context,
     status: &Status,
     pod: Option<&Pod>,
-    unplaced: Option<&str>,
+    waiting: Option<&Waiting>,
     now: Timestamp,
 ) -> Result<(), Error> {
     let mut next = slab.status.clone().unwrap_or_default();
     next.record(status, slab.metadata.generation, now);
-    if let Some(why) = unplaced
-        && status.phase == Phase::Starting
-    {
-        next.waiting_for_node(why);
+    match waiting {
+        Some(Waiting::ForNode(why)) if status.phase == Phase::Starting => next.waiting_for_node(why),
+        Some(Waiting::ForContainer(why)) if status.phase == Phase::Starting => next.waiting_for_container(why),
+        _ => {}
     }
     if let Some(pod) = pod {
         if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
@@ -495,6 +502,15 @@ async fn record(
         publish(ctx, slab, kind, super::crd::camel_case(status.phase.as_str()), phase_note(status), "Reconcile").await;
     }
     Ok(())
+}
+
+/// Why a starting backend's Pod is not running yet.
+enum Waiting {
+    /// kube-scheduler found no node for it (its message).
+    ForNode(String),
+    /// Its kubelet cannot start the application container (its reason and
+    /// message: a pull error, a refused configuration).
+    ForContainer(String),
 }
 
 /// Records a Kubernetes Event on `slab`; failing to is logged, not fatal.

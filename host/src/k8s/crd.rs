@@ -42,6 +42,10 @@ pub const READY_CONDITION: &str = "Ready";
 /// the backend's Pod.
 pub const WAITING_FOR_NODE: &str = "WaitingForNode";
 
+/// The `Ready` condition's reason while the backend's container cannot
+/// start (its image cannot be pulled, its configuration is refused).
+pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
+
 /// What a session-lived backend runs, and how long it may live.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -180,7 +184,11 @@ impl SessionLivedBackend {
     /// a web developer watching a starting backend is told what holds it.
     pub fn shown_status(&self) -> Status {
         let mut status = self.lifecycle_status();
-        let waiting = self.status.as_ref().and_then(|s| s.ready_condition()).filter(|c| c.reason == WAITING_FOR_NODE);
+        let waiting = self
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_condition())
+            .filter(|c| c.reason == WAITING_FOR_NODE || c.reason == WAITING_FOR_CONTAINER);
         if let Some(c) = waiting
             && status.phase == Phase::Starting
             && status.message.is_none()
@@ -323,9 +331,23 @@ impl SessionLivedBackendStatus {
     ///
     /// [`record`]: SessionLivedBackendStatus::record
     pub fn waiting_for_node(&mut self, why: &str) {
+        self.waiting(WAITING_FOR_NODE, format!("no node can run its Pod yet: {why}"));
+    }
+
+    /// Says, in the `Ready` condition, why a starting backend's container
+    /// has not started: `why` is its kubelet's reason and message
+    /// ("ErrImagePull: …"). Goes on the next [`record`], as the node's
+    /// note does.
+    ///
+    /// [`record`]: SessionLivedBackendStatus::record
+    pub fn waiting_for_container(&mut self, why: &str) {
+        self.waiting(WAITING_FOR_CONTAINER, format!("its container has not started: {why}"));
+    }
+
+    fn waiting(&mut self, reason: &str, message: String) {
         if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == READY_CONDITION) {
-            c.reason = WAITING_FOR_NODE.into();
-            c.message = format!("no node can run its Pod yet: {why}");
+            c.reason = reason.into();
+            c.message = message;
         }
     }
 }

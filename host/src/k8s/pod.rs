@@ -174,6 +174,21 @@ pub fn unschedulable(pod: &Pod) -> Option<String> {
     Some(c.message.clone().filter(|m| !m.trim().is_empty()).unwrap_or_else(|| "no reason given".into()))
 }
 
+/// Why the application container has not started, as its kubelet says
+/// (`ErrImagePull: …`, `ImagePullBackOff: …`, `CreateContainerConfigError:
+/// …`), while that is something other than starting normally. `None`
+/// otherwise.
+pub fn container_waiting(pod: &Pod) -> Option<String> {
+    let app = &pod.spec.as_ref()?.containers.first()?.name;
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let waiting = statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref().filter(|r| !matches!(*r, "" | "ContainerCreating" | "PodInitializing"))?;
+    Some(match waiting.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(message) => format!("{reason}: {message}"),
+        None => reason.to_string(),
+    })
+}
+
 fn ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
@@ -596,6 +611,29 @@ mod tests {
             ..Default::default()
         });
         pod
+    }
+
+    #[test]
+    fn a_container_that_cannot_start_says_why_and_one_starting_normally_does_not() {
+        let waiting = |reason: &str, message: Option<&str>| {
+            let mut pod = pod_in("Pending", false, None);
+            pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+                name: "app".into(),
+                state: Some(ContainerState {
+                    waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: message.map(Into::into),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+            container_waiting(&pod)
+        };
+        assert_eq!(waiting("ErrImagePull", Some("not found")), Some("ErrImagePull: not found".into()));
+        assert_eq!(waiting("CreateContainerConfigError", None), Some("CreateContainerConfigError".into()));
+        assert_eq!(waiting("ContainerCreating", None), None);
+        assert_eq!(container_waiting(&pod_in("Running", true, None)), None);
     }
 
     #[test]
