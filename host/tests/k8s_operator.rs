@@ -200,6 +200,46 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
     assert!(pods.get_opt("crashy").await.unwrap().is_none());
 }
 
+/// The application exits while a sidecar keeps its Pod running: the
+/// backend fails with the exit code, and its Pod is stopped rather than
+/// holding its node's resources until the retention ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_whose_app_exited_beside_a_sidecar_is_stopped() {
+    let (client, ns) = operator("op-sidecar", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let mut with_sidecar = slab("sidecar", "bob");
+    with_sidecar
+        .spec
+        .template
+        .containers
+        .push(serde_json::from_value(serde_json::json!({"name": "proxy", "image": "example.invalid/envoy:1"})).unwrap());
+    slabs.create(&PostParams::default(), &with_sidecar).await.unwrap();
+    until(&slabs, "sidecar", "ready", phase(Phase::Ready)).await;
+    let uid = pods.get("sidecar").await.unwrap().metadata.uid;
+
+    let exited = serde_json::json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            {"name": "app", "image": "example.invalid/notes:1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1, "reason": "Error"}}},
+            {"name": "proxy", "image": "example.invalid/envoy:1", "imageID": "", "ready": true, "restartCount": 0,
+                "state": {"running": {}}}]
+    }});
+    pods.patch_status("sidecar", &PatchParams::default(), &Patch::Merge(&exited)).await.unwrap();
+    let failed = until(&slabs, "sidecar", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!((failed.reason, failed.exit_code), (Some(Reason::Exited), Some(1)));
+    let stopped = tokio::time::timeout(
+        WAIT,
+        await_condition(pods.clone(), "sidecar", |p: Option<&Pod>| {
+            p.is_none_or(|p| p.metadata.uid != uid || p.metadata.deletion_timestamp.is_some())
+        }),
+    )
+    .await;
+    assert!(stopped.is_ok(), "the Pod runs on: {:?}", pods.get_opt("sidecar").await.unwrap().map(|p| p.status));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scheduler_plugin_rejects_over_quota_backends() {
     let (client, ns) = operator("op-quota", r#"{"max-per-owner": 1}"#, Duration::from_secs(3)).await;

@@ -354,6 +354,15 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             Action::Wait => break,
         }
     }
+    // Ended by its application's exit while another container (a sidecar)
+    // keeps the Pod running: the lifecycle has no workload left to stop,
+    // but the Pod would hold its node's resources until the retention ends.
+    if status.phase.is_terminal()
+        && let Some(p) = &pod
+        && pod::runs_on_after_the_app(p)
+    {
+        delete_pod(&pods, &name, ctx.config.stop_timeout).await?;
+    }
     // A Pod kube-scheduler could place nowhere never started: say so, with
     // its reasons, rather than that the application did not listen.
     let waiting = pod.as_ref().and_then(|p| match unschedulable(p) {

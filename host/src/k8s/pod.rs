@@ -193,6 +193,13 @@ fn ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the application container has exited but the Pod runs on
+/// (another container keeps it running) and is not being deleted.
+pub fn runs_on_after_the_app(pod: &Pod) -> bool {
+    let running = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Pending"));
+    running && pod.metadata.deletion_timestamp.is_none() && app_terminated(pod).is_some()
+}
+
 /// The exit code of the application (first) container, once it ended.
 fn app_exit_code(pod: &Pod) -> Option<i32> {
     app_terminated(pod).map(|t| t.exit_code)
@@ -663,6 +670,9 @@ mod tests {
         assert_eq!(workload(Some(&pod_in("Failed", false, Some(3))), &status), Workload::Exited(Some(3)));
         assert_eq!(workload(Some(&pod_in("Succeeded", false, Some(0))), &status), Workload::Exited(Some(0)));
         assert_eq!(workload(Some(&pod_in("Running", true, Some(2))), &status), Workload::Exited(Some(2)), "app exited, sidecar runs on");
+        assert!(runs_on_after_the_app(&pod_in("Running", true, Some(2))), "to be stopped once the backend has ended");
+        assert!(!runs_on_after_the_app(&pod_in("Failed", false, Some(3))), "over: kept for its logs");
+        assert!(!runs_on_after_the_app(&pod_in("Running", true, None)), "the app runs: the lifecycle's to stop");
         assert_eq!(workload(Some(&pod_in("Failed", false, None)), &status), Workload::Exited(None), "refused before it started");
         status.phase = Phase::Ready;
         status.started_at = Some(Timestamp::UNIX_EPOCH);
