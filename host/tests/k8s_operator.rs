@@ -627,3 +627,32 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     let pod = pods.get("taken").await.unwrap();
     assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "SessionLivedBackend");
 }
+
+/// The same for its Service: one of that name that is not the backend's
+/// (often the previous object's, about to be garbage-collected) is waited
+/// out, not taken for the backend's own, which it would then lose.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_name_taken_by_something_else_is_waited_out() {
+    let (client, ns) = operator("op-svc-taken", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let stranger: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "served"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "elsewhere"}}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &stranger).await.unwrap();
+    let mut served = slab("served", "erin");
+    served.spec.service = Some(true);
+    slabs.create(&PostParams::default(), &served).await.unwrap();
+
+    let events = events_until(&client, &ns, "served", "ServiceNameTaken").await;
+    assert_eq!(events.iter().find(|e| e.1 == "ServiceNameTaken").unwrap().0, "Warning");
+    let status = slabs.get("served").await.unwrap().status;
+    assert_ne!(status.and_then(|s| s.phase), Some(Phase::Ready), "never takes a stranger's Service for its own");
+
+    services.delete("served", &DeleteParams::default()).await.unwrap();
+    let ready = until(&slabs, "served", "became ready", phase(Phase::Ready)).await;
+    let service = services.get("served").await.unwrap();
+    assert_eq!(service.metadata.owner_references.unwrap()[0].uid, ready.metadata.uid.unwrap(), "its own Service");
+}

@@ -94,6 +94,10 @@ pub enum Error {
     /// A Pod with the backend's name exists and belongs to something else.
     #[error("a Pod named {0} exists and is not this backend's; retrying")]
     PodNameTaken(String),
+    /// A Service with the backend's name exists and belongs to something
+    /// else.
+    #[error("a Service named {0} exists and is not this backend's; retrying")]
+    ServiceNameTaken(String),
     /// The scheduler plugin's task panicked (the plugin host itself never does).
     #[error("scheduler task: {0}")]
     Scheduler(String),
@@ -313,7 +317,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 admission = Some(a);
                 selector = s;
             }
-            Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await {
+            Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await? {
                 Ok(p) => pod = Some(p),
                 Err(kube::Error::Api(e)) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
@@ -434,24 +438,37 @@ async fn delete_pod(pods: &Api<Pod>, name: &str, grace: Duration) -> Result<(), 
     }
 }
 
-/// Creates the backend's Service (when asked for; one that exists is
-/// kept) and then its Pod.
+/// Creates the backend's Service (when asked for) and then its Pod; the
+/// outer error is the Service's (the reconcile is retried), the inner the
+/// Pod's create. A Service of that name that is this backend's is kept;
+/// one that is not (often the previous object's, which the garbage
+/// collector is about to delete) is waited out: kept, the backend would
+/// lose its Service when it goes.
 async fn create_pod(
     ctx: &Context,
     slab: &SessionLivedBackend,
     pods: &Api<Pod>,
     node: Option<&str>,
     selector: &[Label],
-) -> Result<Pod, kube::Error> {
+) -> Result<Result<Pod, kube::Error>, Error> {
     if let Some(service) = service_for(slab) {
+        let name = slab.name_any();
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
         match services.create(&PostParams::default(), &service).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = services.get_opt(&name).await?;
+                let ours = existing.is_some_and(|s| s.metadata.deletion_timestamp.is_none() && owned_meta(&s.metadata, slab));
+                if !ours {
+                    let note = format!("a Service named {name} exists and is not this backend's; retrying until it is gone");
+                    publish(ctx, slab, EventType::Warning, "ServiceNameTaken".into(), note, "CreateService").await;
+                    return Err(Error::ServiceNameTaken(name));
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await
+    Ok(pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await)
 }
 
 /// Writes the status when it differs from what the object says;
@@ -673,8 +690,13 @@ fn tainted_only(selector: &[Label], offered: &[&Node], left_out: &[&Node]) -> Op
 }
 
 fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
+    owned_meta(&pod.metadata, slab)
+}
+
+/// Whether `meta`'s controller is `slab` (by uid).
+fn owned_meta(meta: &kube::api::ObjectMeta, slab: &SessionLivedBackend) -> bool {
     let uid = slab.uid();
-    pod.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+    meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
 }
 
 #[cfg(test)]
