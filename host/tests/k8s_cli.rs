@@ -206,6 +206,13 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
     assert_eq!(view["status"]["phase"], "ready", "{view}");
     assert_eq!(view["url"], "https://spawner.example/p/notes-doc-42/", "{view}");
 
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(plane.client().await.unwrap(), &ns);
+    let held = leases.get("spawner-operator").await.unwrap().spec.unwrap();
+    assert!(held.holder_identity.is_some(), "the operator leads: {held:?}");
     assert!(operator.terminate().success(), "the operator exits cleanly on SIGTERM");
+    // On its way out it gave the Lease back: a new operator (a rollout)
+    // need not wait for it to expire.
+    let spec = leases.get("spawner-operator").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity, None, "released: {spec:?}");
     assert!(proxy.terminate().success(), "the proxy exits cleanly on SIGTERM");
 }

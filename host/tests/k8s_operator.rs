@@ -571,6 +571,7 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     let ns = plane.namespace("op-lease").await.unwrap();
     let client = plane.client().await.unwrap();
     let mut replicas = std::collections::HashMap::new();
+    let mut stops = std::collections::HashMap::new();
     for identity in ["replica-a", "replica-b"] {
         let plugins = plugins("");
         let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
@@ -581,9 +582,14 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
             duration_seconds: 2,
             grace_seconds: 1,
         };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        stops.insert(identity, stop);
         replicas.insert(
             identity,
-            tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config), lease)),
+            tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config), lease, stopped)),
         );
     }
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
@@ -600,6 +606,15 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     until(&slabs, "two", "ready", phase(Phase::Ready)).await;
     let new_holder = leases.get("spawner-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
     assert_ne!(new_holder, holder, "the standby holds the Lease now");
+
+    // Stopped (SIGTERM, a rollout), a leader gives the Lease back on its
+    // way out, so that the next one need not wait for it to expire.
+    let leader = replicas.remove(new_holder.as_str()).unwrap();
+    stops.remove(new_holder.as_str()).unwrap().send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), leader).await.expect("stopping took over 10 s").unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let spec = leases.get("spawner-operator").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity, None, "released: {spec:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -158,7 +158,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         duration_seconds: 15,
         grace_seconds: 5,
     };
-    let elected = tokio::spawn(leader::run_elected(Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config), lease));
+    let elected = tokio::spawn(leader::run_elected(
+        Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config),
+        lease,
+        std::future::pending(),
+    ));
 
     // Another namespace: the operator may only read backends there.
     let ns = plane.namespace("rbac").await.unwrap();

@@ -89,10 +89,16 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let (_, _metrics_server) =
             crate::server::serve_side(args.metrics_listen, crate::api::ops_router(metrics.clone()), "--metrics-listen").await?;
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
-        tokio::select! {
-            r = leader::run_elected(Context::new(client, plugins, metrics, config), lease) => r.context("leader election")?,
-            r = crate::server::stop_signal() => r?,
+        // Until SIGINT or SIGTERM, then the Lease is given back.
+        let (signal_tx, mut signalled) = tokio::sync::oneshot::channel();
+        let stop = async move {
+            let _ = signal_tx.send(crate::server::stop_signal().await);
+        };
+        leader::run_elected(Context::new(client, plugins, metrics, config), lease, stop).await.context("leader election")?;
+        if let Ok(failed) = signalled.try_recv() {
+            failed?;
         }
+        tracing::info!("spawner operator stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

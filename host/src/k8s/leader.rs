@@ -6,6 +6,7 @@
 //! clock-skew tolerant).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 
@@ -26,9 +27,17 @@ pub struct LeaseSettings {
     pub grace_seconds: u64,
 }
 
+/// How long a stopping replica waits for its Lease to be given back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Competes for the Lease in the background; the receiver says whether this
-/// replica holds it now. The election stops when every receiver is gone.
-pub async fn leadership(client: kube::Client, lease: &LeaseSettings) -> Result<tokio::sync::watch::Receiver<bool>, LeaseManagerError> {
+/// replica holds it now. The election stops when every receiver is gone,
+/// giving the Lease back if held (the task returned ends then): a standby
+/// takes over at once instead of when the Lease expires.
+pub async fn leadership(
+    client: kube::Client,
+    lease: &LeaseSettings,
+) -> Result<(tokio::sync::watch::Receiver<bool>, tokio::task::JoinHandle<()>), LeaseManagerError> {
     let manager = LeaseManagerBuilder::new(client, &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
@@ -38,22 +47,37 @@ pub async fn leadership(client: kube::Client, lease: &LeaseSettings) -> Result<t
         .await?;
     let (leading, election) = manager.watch().await;
     let name = lease.name.clone();
-    tokio::spawn(async move {
+    let ended = tokio::spawn(async move {
         match election.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(lease = %name, error = %e, "leader election failed"),
             Err(e) => tracing::error!(lease = %name, error = %e, "leader election task failed"),
         }
     });
-    Ok(leading)
+    Ok((leading, ended))
 }
 
 /// Waits for the Lease, reconciles while holding it, stops reconciling the
-/// moment it is lost, and competes again. Returns only if the election
-/// itself fails (no permission on Leases, for example), or reconciling
-/// cannot start (no permission to watch Nodes, for example).
-pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings) -> anyhow::Result<()> {
-    let mut leading = leadership(ctx.client().clone(), &lease).await?;
+/// moment it is lost, and competes again, until `stop` resolves: then it
+/// stops reconciling and gives the Lease back (waiting up to 5 s for that),
+/// so that a rollout does not leave backends unreconciled for a lease
+/// duration. Returns early only if the election itself fails (no
+/// permission on Leases, for example), or reconciling cannot start (no
+/// permission to watch Nodes, for example).
+pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (mut leading, election) = leadership(ctx.client().clone(), &lease).await?;
+    tokio::select! {
+        r = elected(ctx, &lease, &mut leading) => return r,
+        () = stop => {}
+    }
+    drop(leading);
+    if tokio::time::timeout(RELEASE_TIMEOUT, election).await.is_err() {
+        tracing::warn!(lease = %lease.name, "the Lease was not given back in time; a standby takes over when it expires");
+    }
+    Ok(())
+}
+
+async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {

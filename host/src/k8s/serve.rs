@@ -138,7 +138,8 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
             // Owned at once: a failure below must not leave it listening.
             let router = peers::router(cluster.clone(), r.peers.token.clone());
             let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen").await?;
-            let leading = leader::leadership(client.clone(), &r.lease)
+            // The election task ends when `leading` is dropped (stop).
+            let (leading, _election) = leader::leadership(client.clone(), &r.lease)
                 .await
                 .with_context(|| format!("competing for Lease {}/{}", r.lease.namespace, r.lease.name))?;
             cluster.share_sweeping(leading, Peers::new(client.clone(), r.peers.clone()), &metrics);
