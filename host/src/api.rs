@@ -210,28 +210,35 @@ pub fn healthz_router() -> Router {
     })
 }
 
-/// Whether a browser's script or form sent `req`. The API is for the web
-/// app's server: in path routing every backend's pages share its origin,
-/// and with no API token (on loopback) any of them could otherwise list
-/// the backends, mint tokens for them and end them. Every current browser
-/// marks its requests with `Sec-Fetch-Site`, and older ones cross-origin
-/// and unsafe ones with `Origin`; server-side clients (curl, Node's
-/// `fetch`, Python) send neither. A navigation with GET (a link to the
-/// original API's `readyUrl`) passes: its answer goes to the user, not to
-/// a script.
+/// Whether a browser page sent `req`: a script, a form, or a frame or
+/// window it opened. Every current browser marks its requests with
+/// `Sec-Fetch-Site`, and older ones cross-origin and unsafe ones with
+/// `Origin`; server-side clients (curl, Node's `fetch`, Python) send
+/// neither. A GET navigation from another site, or typed in (a link to the
+/// original API's `readyUrl`), passes: its answer goes to the user, not to a
+/// script. One from this origin does not: a frame or window a backend's
+/// page opens on the API is readable by that page.
 fn from_a_page(req: &Request) -> bool {
     let h = req.headers();
-    let navigation = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate") && matches!(*req.method(), Method::GET | Method::HEAD);
-    !navigation && (h.get("sec-fetch-site").is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
+    let site = h.get("sec-fetch-site");
+    let navigation = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate")
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && site.is_none_or(|s| s != "same-origin");
+    !navigation && (site.is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
 }
 
-/// Refuses requests from pages ([`from_a_page`]), then checks the bearer
-/// token (compared as digests, see [`crate::secret::Secret::presented_in`]).
+/// Checks the bearer token (compared as digests, see
+/// [`crate::secret::Secret::presented_in`]); with no token configured (an
+/// API open on loopback), refuses requests from pages ([`from_a_page`]):
+/// in path routing every backend's pages share the API's origin and could
+/// otherwise list the backends, mint tokens for them and end them. (With a
+/// token, a page cannot know it, and a server relaying a browser's headers
+/// with the token added is let in.)
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if from_a_page(&req) {
+    if s.api_token.is_none() && from_a_page(&req) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server",
+            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server, or set an api-token",
         )
         .into_response();
     }

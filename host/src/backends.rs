@@ -286,12 +286,12 @@ pub fn is_label(k: &str, v: &str) -> bool {
 }
 
 /// Checks a user name (a backend's `owner`, a token's `subject`): 1-253
-/// characters without control characters, since the proxy sends it to the
+/// bytes of UTF-8 without control characters, since the proxy sends it to the
 /// backend in a header (`x-spawner-user`) and a token must stay short
 /// enough to be accepted.
 pub fn check_user(field: &str, user: &str) -> Result<(), ControlError> {
     if user.is_empty() || user.len() > 253 || user.chars().any(char::is_control) {
-        return Err(ControlError::Invalid(format!("{field} must be 1-253 characters without control characters")));
+        return Err(ControlError::Invalid(format!("{field} must be 1-253 bytes (UTF-8) without control characters")));
     }
     Ok(())
 }

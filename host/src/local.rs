@@ -344,12 +344,14 @@ impl SweepSource for Local {
                 grace_period_seconds: r.spec.grace_period_seconds,
                 lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
                 activity: r.activity.clone(),
+                // Local names are never reused.
+                uid: None,
             })
             .collect()
     }
 
-    fn terminate(&self, name: &str, request: TerminationRequest) {
-        if let Some(r) = self.record(name) {
+    fn terminate(&self, c: &Candidate, request: TerminationRequest) {
+        if let Some(r) = self.record(&c.backend.name) {
             r.request_termination(request);
         }
     }

@@ -353,10 +353,11 @@ impl Proxy {
     /// bar, history and logs; a `token` that opens this backend moves into a
     /// cookie scoped to it on the way.
     fn token_redirect(&self, route: &Route, clean_query: Option<&str>, token: Option<&str>) -> Response<Body> {
-        // One leading slash: under host routing (no prefix) a path of
+        // One leading slash under host routing (no prefix): a path of
         // `//evil.example/` (or `/\evil.example/`, which browsers read
-        // alike) would send the browser to another site.
-        let rest = format!("/{}", route.rest.trim_start_matches(['/', '\\']));
+        // alike) would send the browser to another site. After a prefix the
+        // path is the backend's, as it was asked for.
+        let rest = if route.prefix.is_empty() { format!("/{}", route.rest.trim_start_matches(['/', '\\'])) } else { route.rest.clone() };
         let location = match clean_query {
             Some(q) => format!("{}{rest}?{q}", route.prefix),
             None => format!("{}{rest}", route.prefix),

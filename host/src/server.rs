@@ -77,11 +77,24 @@ pub struct KeepaliveTimes {
     pub probes: u32,
 }
 
+impl KeepaliveTimes {
+    /// How long sent data may go unacknowledged before the connection is
+    /// dropped (`TCP_USER_TIMEOUT`): as long as the probes take. Keepalive
+    /// probes go out only on a quiet connection; a backend that keeps
+    /// sending to a vanished browser would otherwise hold it for the
+    /// kernel's retransmission limit (about 15 minutes).
+    pub fn unacknowledged(&self) -> Duration {
+        self.idle + self.interval * self.probes
+    }
+}
+
 /// Turns [`KEEPALIVE`] on for `stream` (best effort: a socket that refuses
 /// it works as before).
 pub fn keep_alive(stream: &tokio::net::TcpStream) {
     let times = socket2::TcpKeepalive::new().with_time(KEEPALIVE.idle).with_interval(KEEPALIVE.interval).with_retries(KEEPALIVE.probes);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&times);
+    let socket = socket2::SockRef::from(stream);
+    let _ = socket.set_tcp_keepalive(&times);
+    let _ = socket.set_tcp_user_timeout(Some(KEEPALIVE.unacknowledged()));
 }
 
 /// Binds `addr` with `backlog` pending connections.
@@ -351,6 +364,7 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE.idle);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE.interval);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE.probes);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(Duration::from_secs(120)), "also while data goes unanswered");
         assert!(!socket2::SockRef::from(&client).keepalive().unwrap(), "off unless asked for");
     }
 }

@@ -32,14 +32,18 @@ pub struct Candidate {
     pub lifetime_limit_seconds: Option<u64>,
     /// Its activity meter.
     pub activity: Arc<Activity>,
+    /// The object judged, where a name can come back as another object (a
+    /// key's next backend on Kubernetes): its uid, which the termination
+    /// must name.
+    pub uid: Option<String>,
 }
 
 /// Where the sweeper finds backends and sends terminations.
 pub trait SweepSource: Send + Sync + 'static {
     /// Ready backends now.
     fn ready(&self) -> Vec<Candidate>;
-    /// Ends one.
-    fn terminate(&self, name: &str, request: TerminationRequest);
+    /// Ends `c`.
+    fn terminate(&self, c: &Candidate, request: TerminationRequest);
     /// The activity to judge `c` by: its own meter's (the default), or,
     /// with several proxy replicas, the sum of what each one saw.
     fn activity(&self, c: &Candidate) -> Snapshot {
@@ -109,7 +113,7 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
             // In dry-run mode `spawn` logs the decision, once per backend.
             if !dry_run {
                 tracing::info!(backend = %c.backend.name, reason = request.reason.as_str(), detail = %request.message, "terminating");
-                source.terminate(&c.backend.name, request.clone());
+                source.terminate(&c, request.clone());
             }
             condemned.push(Decision { name: c.backend.name.clone(), request });
         }
@@ -178,9 +182,10 @@ mod tests {
                 grace_period_seconds: 30,
                 lifetime_limit_seconds: None,
                 activity: Activity::new(),
+                uid: None,
             }]
         }
-        fn terminate(&self, _: &str, _: TerminationRequest) {}
+        fn terminate(&self, _: &Candidate, _: TerminationRequest) {}
         fn activity(&self, _: &Candidate) -> Snapshot {
             Snapshot { idle_for: Duration::from_secs(self.idle), ..Snapshot::default() }
         }

@@ -643,31 +643,41 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "SessionLivedBackend");
 }
 
-/// The same for its Service: one of that name that is not the backend's
-/// (often the previous object's, about to be garbage-collected) is waited
-/// out, not taken for the backend's own, which it would then lose.
+/// Its Service: one of that name that a previous backend of the name owns
+/// (a key's, not yet garbage-collected) is replaced, not taken for the
+/// backend's own, which it would then lose; one that is nobody's backend's
+/// refuses the backend, naming it, rather than routing its traffic
+/// elsewhere.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_service_name_taken_by_something_else_is_waited_out() {
+async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     let (client, ns) = operator("op-svc-taken", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let stranger: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "served"},
-        "spec": {"ports": [{"port": 80}], "selector": {"app": "elsewhere"}}
-    }))
-    .unwrap();
-    services.create(&PostParams::default(), &stranger).await.unwrap();
-    let mut served = slab("served", "erin");
-    served.spec.service = Some(true);
-    slabs.create(&PostParams::default(), &served).await.unwrap();
+    let service = |name: &str, owner: Option<serde_json::Value>| -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": "elsewhere"}}
+        }))
+        .unwrap()
+    };
+    let with_service = |name: &str| {
+        let mut s = slab(name, "erin");
+        s.spec.service = Some(true);
+        s
+    };
 
-    let events = events_until(&client, &ns, "served", "ServiceNameTaken").await;
-    assert_eq!(events.iter().find(|e| e.1 == "ServiceNameTaken").unwrap().0, "Warning");
-    let status = slabs.get("served").await.unwrap().status;
-    assert_ne!(status.and_then(|s| s.phase), Some(Phase::Ready), "never takes a stranger's Service for its own");
+    let previous = serde_json::json!({"apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "name": "again",
+        "uid": "00000000-0000-0000-0000-0000000000aa", "controller": true});
+    services.create(&PostParams::default(), &service("again", Some(previous))).await.unwrap();
+    slabs.create(&PostParams::default(), &with_service("again")).await.unwrap();
+    let ready = until(&slabs, "again", "became ready", phase(Phase::Ready)).await;
+    let own = services.get("again").await.unwrap();
+    assert_eq!(own.metadata.owner_references.unwrap()[0].uid, ready.metadata.uid.unwrap(), "its own Service");
 
-    services.delete("served", &DeleteParams::default()).await.unwrap();
-    let ready = until(&slabs, "served", "became ready", phase(Phase::Ready)).await;
-    let service = services.get("served").await.unwrap();
-    assert_eq!(service.metadata.owner_references.unwrap()[0].uid, ready.metadata.uid.unwrap(), "its own Service");
+    services.create(&PostParams::default(), &service("served", None)).await.unwrap();
+    slabs.create(&PostParams::default(), &with_service("served")).await.unwrap();
+    let failed = until(&slabs, "served", "failed", phase(Phase::Failed)).await.status.unwrap();
+    let message = failed.message.unwrap_or_default();
+    assert!(message.contains("a Service named served exists and is not this backend's"), "{message}");
+    assert!(services.get("served").await.unwrap().metadata.owner_references.unwrap_or_default().is_empty(), "left alone");
 }

@@ -309,22 +309,21 @@ impl SweepSource for Cluster {
                 grace_period_seconds: s.spec.grace_period_seconds.map_or(self.default_grace_seconds, u64::from),
                 lifetime_limit_seconds: s.spec.lifetime_limit_seconds,
                 activity: self.activity(s),
+                uid: s.uid(),
             })
             .collect()
     }
 
-    fn terminate(&self, name: &str, request: TerminationRequest) {
-        // The object judged, by uid: if the cache was behind (its watch
-        // down) and the name now belongs to a key's next backend, the API
-        // server refuses the patch (422, "metadata.uid: field is
-        // immutable") instead of ending that one.
-        let uid = self.store.get(&ObjectRef::new(name).within(&self.namespace)).and_then(|s| s.uid());
-        let (api, name) = (self.api.clone(), name.to_string());
+    fn terminate(&self, c: &Candidate, request: TerminationRequest) {
+        // The object judged, by uid: if the name belongs to a key's next
+        // backend by now (the cache was behind, or changed during the
+        // sweep), the API server refuses the patch (422, "metadata.uid:
+        // field is immutable") instead of ending that one.
+        let Some(uid) = c.uid.clone() else { return };
+        let (api, name) = (self.api.clone(), c.backend.name.clone());
         self.runtime.spawn(async move {
             let mut patch = termination_patch(&request);
-            if let Some(uid) = uid {
-                patch["metadata"]["uid"] = serde_json::json!(uid);
-            }
+            patch["metadata"]["uid"] = serde_json::json!(uid);
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => tracing::info!(backend = %name, reason = request.reason.as_str(), detail = %request.message, "asked the operator to terminate"),
                 Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("metadata.uid") => {

@@ -94,10 +94,6 @@ pub enum Error {
     /// A Pod with the backend's name exists and belongs to something else.
     #[error("a Pod named {0} exists and is not this backend's; retrying")]
     PodNameTaken(String),
-    /// A Service with the backend's name exists and belongs to something
-    /// else.
-    #[error("a Service named {0} exists and is not this backend's; retrying")]
-    ServiceNameTaken(String),
     /// The scheduler plugin's task panicked (the plugin host itself never does).
     #[error("scheduler task: {0}")]
     Scheduler(String),
@@ -318,8 +314,9 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 selector = s;
             }
             Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await? {
+                Err(Created::Refused(why)) => create_error = Some(why),
                 Ok(p) => pod = Some(p),
-                Err(kube::Error::Api(e)) if e.code == 409 => match pods.get_opt(&name).await? {
+                Err(Created::Pod(kube::Error::Api(e))) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
                     _ => {
                         // Often the previous object's Pod, still stopping;
@@ -332,8 +329,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 // The API server refused the Pod itself (an invalid container,
                 // a quota, Pod Security): the backend fails with the server's
                 // reason. Anything else (throttling, timeouts) is retried.
-                Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
-                Err(e) => return Err(e.into()),
+                Err(Created::Pod(kube::Error::Api(e))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
+                Err(Created::Pod(e)) => return Err(e.into()),
             },
             Action::Stop => {
                 let grace = match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
@@ -361,7 +358,9 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     // Ended by its application's exit while another container (a sidecar)
     // keeps the Pod running: the lifecycle has no workload left to stop,
     // but the Pod would hold its node's resources until the retention ends.
-    if status.phase.is_terminal()
+    // Only once the end is recorded (the object read says so): a Pod being
+    // deleted next to a status still `ready` reads as lost.
+    if slab.phase().is_terminal()
         && let Some(p) = &pod
         && pod::runs_on_after_the_app(p)
     {
@@ -409,7 +408,10 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         // A Pod being deleted whose node may never confirm it: looked at
         // again when it is overdue (see `Action::Stop`).
         _ => match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
-            Some(deadline) => Requeue::requeue(deadline.duration_since(now).unsigned_abs() + Duration::from_secs(1)),
+            Some(deadline) => {
+                let left = if deadline > now { deadline.duration_since(now).unsigned_abs() } else { Duration::ZERO };
+                Requeue::requeue(left + Duration::from_secs(1))
+            }
             None => Requeue::await_change(),
         },
     })
@@ -438,37 +440,71 @@ async fn delete_pod(pods: &Api<Pod>, name: &str, grace: Duration) -> Result<(), 
     }
 }
 
-/// Creates the backend's Service (when asked for) and then its Pod; the
-/// outer error is the Service's (the reconcile is retried), the inner the
-/// Pod's create. A Service of that name that is this backend's is kept;
-/// one that is not (often the previous object's, which the garbage
-/// collector is about to delete) is waited out: kept, the backend would
-/// lose its Service when it goes.
+/// Why [`create_pod`] created no Pod, when the backend is not simply to be
+/// retried.
+enum Created {
+    /// The Pod's create failed (the API server's answer).
+    Pod(kube::Error),
+    /// The backend cannot have its Service: the name is something else's.
+    Refused(String),
+}
+
+/// Creates the backend's Service (when asked for) and then its Pod. A
+/// Service of that name that is this backend's is kept; one that a
+/// previous backend of the name owns (a key's, not yet garbage-collected)
+/// is deleted now and the create retried shortly: kept, the backend would
+/// lose its Service when the collector came. One that is nobody's backend's
+/// refuses the backend, naming it: it would route the backend's traffic
+/// elsewhere.
 async fn create_pod(
     ctx: &Context,
     slab: &SessionLivedBackend,
     pods: &Api<Pod>,
     node: Option<&str>,
     selector: &[Label],
-) -> Result<Result<Pod, kube::Error>, Error> {
+) -> Result<Result<Pod, Created>, Error> {
     if let Some(service) = service_for(slab) {
         let name = slab.name_any();
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
         match services.create(&PostParams::default(), &service).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                let existing = services.get_opt(&name).await?;
-                let ours = existing.is_some_and(|s| s.metadata.deletion_timestamp.is_none() && owned_meta(&s.metadata, slab));
-                if !ours {
-                    let note = format!("a Service named {name} exists and is not this backend's; retrying until it is gone");
-                    publish(ctx, slab, EventType::Warning, "ServiceNameTaken".into(), note, "CreateService").await;
-                    return Err(Error::ServiceNameTaken(name));
+            Err(kube::Error::Api(e)) if e.code == 409 => match services.get_opt(&name).await? {
+                Some(s) if s.metadata.deletion_timestamp.is_none() && owned_meta(&s.metadata, slab) => {}
+                Some(s) if s.metadata.deletion_timestamp.is_some() || controlled_by_a_backend(&s.metadata) => {
+                    if s.metadata.deletion_timestamp.is_none() {
+                        let only_that = DeleteParams {
+                            preconditions: Some(kube::api::Preconditions { uid: s.metadata.uid.clone(), resource_version: None }),
+                            ..DeleteParams::default()
+                        };
+                        match services.delete(&name, &only_that).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    return Err(Error::Stale(name));
                 }
-            }
+                Some(_) => {
+                    let why = format!(
+                        "a Service named {name} exists and is not this backend's (delete it, or create the backend without a Service)"
+                    );
+                    return Ok(Err(Created::Refused(why)));
+                }
+                None => return Err(Error::Stale(name)),
+            },
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await)
+    Ok(pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await.map_err(Created::Pod))
+}
+
+/// Whether `meta`'s controller is a SessionLivedBackend (a previous one of
+/// the name, when it is not the one at hand).
+fn controlled_by_a_backend(meta: &kube::api::ObjectMeta) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.kind == "SessionLivedBackend" && r.api_version.starts_with("spawner.dev/"))
 }
 
 /// Writes the status when it differs from what the object says;

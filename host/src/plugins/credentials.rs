@@ -29,20 +29,30 @@ impl Default for TokenNames {
 }
 
 /// Token cookies looked at per request: a browser sends every cookie of
-/// that name whose path matches (the proxy's own, and any a page set).
-const MAX_COOKIE_TOKENS: usize = 4;
+/// that name whose path matches (the proxy's own, and any a page set), the
+/// longest paths first.
+const MAX_COOKIE_TOKENS: usize = 64;
+
+/// Cookie tokens passed on that verified (each a credential for the
+/// plugin).
+const MAX_VALID_COOKIE_TOKENS: usize = 4;
 
 /// The tokens a request carries, each verified with `key` (without a key
 /// every token is refused as malformed), in the order bearer, query,
 /// cookie; an empty one gives no credential. For the bearer and the query
-/// the first occurrence counts, as for the proxy's token redirect. Every
-/// token cookie counts (up to [`MAX_COOKIE_TOKENS`]): a stray cookie of
-/// that name (set by a page on a path under the backend's, where the
-/// browser sends it first) must not hide the proxy's own.
+/// the first occurrence counts, as for the proxy's token redirect. Of the
+/// token cookies (up to [`MAX_COOKIE_TOKENS`] are looked at), those that
+/// verify count (up to [`MAX_VALID_COOKIE_TOKENS`]), or, when none does,
+/// the first, for the reason it fails: stray cookies of that name (set by a
+/// page on paths the browser sends first) must not hide the proxy's own.
 pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -> Vec<Credential> {
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
     let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
+    let mut found: Vec<Credential> = [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query)]
+        .into_iter()
+        .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| Credential { source, verified: verify(key, t) }))
+        .collect();
     let cookies = header("cookie")
         .flat_map(|v| v.split(';').map(str::trim))
         .filter_map(|pair| {
@@ -51,12 +61,25 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
         })
         .filter(|t| !t.is_empty())
         .take(MAX_COOKIE_TOKENS);
-    [(CredentialSource::Bearer, bearer), (CredentialSource::Query, query)]
-        .into_iter()
-        .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| (source, t)))
-        .chain(cookies.map(|t| (CredentialSource::Cookie, t)))
-        .map(|(source, t)| Credential { source, verified: verify(key, t) })
-        .collect()
+    let mut first_failure = None;
+    let mut valid = Vec::new();
+    for token in cookies {
+        let credential = Credential { source: CredentialSource::Cookie, verified: verify(key, token) };
+        if credential.verified.is_ok() {
+            valid.push(credential);
+            if valid.len() == MAX_VALID_COOKIE_TOKENS {
+                break;
+            }
+        } else if first_failure.is_none() {
+            first_failure = Some(credential);
+        }
+    }
+    if valid.is_empty() {
+        found.extend(first_failure);
+    } else {
+        found.extend(valid);
+    }
+    found
 }
 
 /// The token in an `Authorization` value of the Bearer scheme (whose name
@@ -193,18 +216,25 @@ mod tests {
     }
 
     #[test]
-    fn every_token_cookie_counts_so_a_stray_one_cannot_hide_the_proxys() {
+    fn stray_token_cookies_cannot_hide_the_proxys() {
         let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
         let now = token::now_unix();
         let good = key.mint("b1", Some("alice"), now, now + 60);
         // A browser sends the cookie with the longer path first: one a page
         // set on /p/b1/api/ comes before the proxy's, on /p/b1/.
-        let req = request(None, &[("cookie", &format!("spawner-token=junk; theme=dark; spawner-token={good}"))]);
+        let stray = ["spawner-token=st1.junk.sig"; 10].join("; ");
+        let req = request(None, &[("cookie", &format!("{stray}; theme=dark; spawner-token={good}"))]);
         let found = find(&req, &TokenNames::default(), Some(&key));
-        assert_eq!(sources(&found), [CredentialSource::Cookie, CredentialSource::Cookie]);
-        assert!(found[0].verified.is_err() && found[1].verified.is_ok());
-        let many = ["spawner-token=x"; 10].join("; ");
-        assert_eq!(find(&request(None, &[("cookie", &many)]), &TokenNames::default(), Some(&key)).len(), MAX_COOKIE_TOKENS);
+        assert_eq!(sources(&found), [CredentialSource::Cookie], "the one that verifies");
+        assert!(found[0].verified.is_ok());
+        // None verifies: the first says why.
+        let found = find(&request(None, &[("cookie", &stray)]), &TokenNames::default(), Some(&key));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].verified.is_err());
+        // What is looked at is bounded.
+        let flood = ["spawner-token=x"; MAX_COOKIE_TOKENS].join("; ");
+        let hidden = request(None, &[("cookie", &format!("{flood}; spawner-token={good}"))]);
+        assert!(find(&hidden, &TokenNames::default(), Some(&key))[0].verified.is_err());
     }
 
     #[test]

@@ -114,8 +114,12 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
 /// (in path routing, any backend on this origin) must not replace or
 /// shadow it for itself or for another backend's path.
 pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
-    let prefix = format!("{cookie}=");
-    let sets_ours = |v: &HeaderValue| v.as_bytes().trim_ascii_start().starts_with(prefix.as_bytes());
+    // The name as browsers read it (RFC 6265 5.2): up to the first `=`,
+    // whitespace around it trimmed.
+    let sets_ours = |v: &HeaderValue| {
+        let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
+        pair.iter().position(|b| *b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == cookie.as_bytes())
+    };
     if h.get_all(header::SET_COOKIE).iter().any(sets_ours) {
         let kept: Vec<HeaderValue> = h.get_all(header::SET_COOKIE).iter().filter(|v| !sets_ours(v)).cloned().collect();
         h.remove(header::SET_COOKIE);
@@ -277,6 +281,8 @@ mod tests {
             ("set-cookie", "theme=dark; Path=/"),
             ("set-cookie", "spawner-token=junk; Path=/p/other/api"),
             ("set-cookie", " spawner-token=x"),
+            ("set-cookie", "spawner-token =y; Path=/p/other/"),
+            ("set-cookie", "spawner-token\t=z"),
             ("set-cookie", "spawner-token-ish=1"),
         ]);
         strip_token_cookies(&mut h, "spawner-token");
