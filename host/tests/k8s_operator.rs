@@ -467,6 +467,39 @@ async fn a_backend_on_a_lost_node_still_ends() {
     nodes.delete("node-lost", &DeleteParams::default()).await.unwrap();
 }
 
+/// A Pod evicted from a node that is gone (Kubernetes evicts Pods from an
+/// unreachable node after five minutes; nothing there confirms it): its
+/// backend ends as lost at once, and deleting the backend later does not
+/// wait for ever on the Pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_evicted_from_a_lost_node_ends_its_backend_and_goes() {
+    let plane = shared().await;
+    let nodes = unserved_node(plane, "node-gone").await;
+    let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(plane, "op-evicted", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    slabs.create(&PostParams::default(), &on_unserved(slab("evicted", "erin"), "node-gone")).await.unwrap();
+    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "evicted", |p: Option<&Pod>| p.is_some())).await;
+    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("evicted").await.unwrap().status);
+    let running =
+        serde_json::json!({"status": {"phase": "Running", "podIP": "10.0.0.8", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("evicted", &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
+    let ready = until(&slabs, "evicted", "ready", phase(Phase::Ready)).await;
+
+    // The node lifecycle controller's eviction: a graceful delete.
+    pods.delete("evicted", &DeleteParams { grace_period_seconds: Some(2), ..DeleteParams::default() }).await.unwrap();
+    let lost = until(&slabs, "evicted", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(lost.reason, Some(Reason::Lost), "{lost:?}");
+
+    slabs.delete("evicted", &DeleteParams::default()).await.unwrap();
+    let uid = ready.metadata.uid.clone().unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "evicted", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(gone.is_ok(), "stuck: its Pod {:?}", pods.get_opt("evicted").await.unwrap().map(|p| p.metadata.deletion_timestamp));
+    assert!(pods.get_opt("evicted").await.unwrap().is_none());
+    nodes.delete("node-gone", &DeleteParams::default()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_whose_nodes_are_all_cordoned_waits_for_one_instead_of_failing() {
     // A control plane of its own: cordoning every node of the shared one
