@@ -22,13 +22,18 @@ async fn installed() -> (&'static spawner_testenv::ControlPlane, kube::Client) {
     (plane, plane.client().await.unwrap())
 }
 
+/// deploy/examples/notes.yaml, and the backends of a fresh namespace
+/// (named after `prefix`) to create it in.
+async fn example_in(prefix: &str) -> (SessionLivedBackend, Api<SessionLivedBackend>) {
+    let (plane, client) = installed().await;
+    let ns = plane.namespace(prefix).await.unwrap();
+    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
+    (serde_saphyr::from_str(&text).unwrap(), Api::namespaced(client, &ns))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_manifest_applies_and_reads_back_typed() {
-    let (plane, client) = installed().await;
-    let ns = plane.namespace("crd-example").await.unwrap();
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
-    let api: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
+    let (slab, api) = example_in("crd-example").await;
     let created = api.create(&PostParams::default(), &slab).await.unwrap();
     assert_eq!(created.spec, slab.spec, "the server keeps every field (no pruning)");
     assert_eq!(created.spec.http_port(), 3000);
@@ -41,11 +46,7 @@ async fn the_example_manifest_applies_and_reads_back_typed() {
 /// object of the same name with another uid (a key's next backend).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_termination_patch_with_another_uid_is_refused() {
-    let (plane, client) = installed().await;
-    let ns = plane.namespace("crd-uid").await.unwrap();
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
-    let api: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
+    let (slab, api) = example_in("crd-uid").await;
     let created = api.create(&PostParams::default(), &slab).await.unwrap();
     let name = created.metadata.name.clone().unwrap();
     let request = spawner::lifecycle::TerminationRequest { reason: spawner::lifecycle::Reason::Idle, message: "idle".into() };

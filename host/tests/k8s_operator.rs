@@ -378,6 +378,20 @@ async fn unserved_node(plane: &ControlPlane, name: &str) -> Api<Node> {
     nodes
 }
 
+/// Creates backend `name` on the [`unserved_node`] `node`, reports its Pod
+/// running and ready as a kubelet would, and waits for the backend to be
+/// ready.
+async fn ready_on_unserved(slabs: &Api<SessionLivedBackend>, pods: &Api<Pod>, name: &str, node: &str) -> SessionLivedBackend {
+    slabs.create(&PostParams::default(), &on_unserved(slab(name, "erin"), node)).await.unwrap();
+    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_some())).await;
+    assert!(placed.is_ok(), "never placed: {:?}", slabs.get(name).await.unwrap().status);
+    assert_eq!(pods.get(name).await.unwrap().spec.unwrap().node_name.as_deref(), Some(node));
+    let running =
+        serde_json::json!({"status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
+    until(slabs, name, "ready", phase(Phase::Ready)).await
+}
+
 /// `backend`, placed on the [`unserved_node`] `node`.
 fn on_unserved(mut backend: SessionLivedBackend, node: &str) -> SessionLivedBackend {
     backend.spec.template.node_selector = Some([("zone".to_string(), node.to_string())].into());
@@ -426,25 +440,14 @@ async fn a_container_that_cannot_start_says_why() {
 /// waiting, and the object is released (its key free again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_on_a_lost_node_still_ends() {
-    // A node no kubelet (not even kwok) serves, tainted from its creation
-    // so that only this test's backend is placed there; created before the
-    // operator starts, so its first look sees it.
     let plane = shared().await;
     let nodes = unserved_node(plane, "node-lost").await;
     let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
     let (client, ns) = operator_with(plane, "op-lost", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    slabs.create(&PostParams::default(), &on_unserved(slab("stranded", "erin"), "node-lost")).await.unwrap();
-
     // Its kubelet reported it running, then the node was cut off.
-    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "stranded", |p: Option<&Pod>| p.is_some())).await;
-    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("stranded").await.unwrap().status);
-    assert_eq!(pods.get("stranded").await.unwrap().spec.unwrap().node_name.as_deref(), Some("node-lost"));
-    let running =
-        serde_json::json!({"status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status("stranded", &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
-    let ready = until(&slabs, "stranded", "ready", phase(Phase::Ready)).await;
+    let ready = ready_on_unserved(&slabs, &pods, "stranded", "node-lost").await;
 
     slabs.delete("stranded", &DeleteParams::default()).await.unwrap();
     let stopping = tokio::time::timeout(
@@ -479,13 +482,7 @@ async fn a_pod_evicted_from_a_lost_node_ends_its_backend_and_goes() {
     let (client, ns) = operator_with(plane, "op-evicted", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    slabs.create(&PostParams::default(), &on_unserved(slab("evicted", "erin"), "node-gone")).await.unwrap();
-    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "evicted", |p: Option<&Pod>| p.is_some())).await;
-    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("evicted").await.unwrap().status);
-    let running =
-        serde_json::json!({"status": {"phase": "Running", "podIP": "10.0.0.8", "conditions": [{"type": "Ready", "status": "True"}]}});
-    pods.patch_status("evicted", &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
-    let ready = until(&slabs, "evicted", "ready", phase(Phase::Ready)).await;
+    let ready = ready_on_unserved(&slabs, &pods, "evicted", "node-gone").await;
 
     // The node lifecycle controller's eviction: a graceful delete.
     pods.delete("evicted", &DeleteParams { grace_period_seconds: Some(2), ..DeleteParams::default() }).await.unwrap();
