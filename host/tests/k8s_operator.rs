@@ -383,7 +383,9 @@ async fn unserved_node(plane: &ControlPlane, name: &str) -> Api<Node> {
 /// ready.
 async fn ready_on_unserved(slabs: &Api<SessionLivedBackend>, pods: &Api<Pod>, name: &str, node: &str) -> SessionLivedBackend {
     slabs.create(&PostParams::default(), &on_unserved(slab(name, "erin"), node)).await.unwrap();
-    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_some())).await;
+    // Bound by kube-scheduler, to the node the operator's affinity names.
+    let bound = |p: Option<&Pod>| p.and_then(|p| p.spec.as_ref()).is_some_and(|s| s.node_name.is_some());
+    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, bound)).await;
     assert!(placed.is_ok(), "never placed: {:?}", slabs.get(name).await.unwrap().status);
     assert_eq!(pods.get(name).await.unwrap().spec.unwrap().node_name.as_deref(), Some(node));
     let running =
@@ -435,15 +437,23 @@ async fn a_container_that_cannot_start_says_why() {
     nodes.delete("node-nopull", &DeleteParams::default()).await.unwrap();
 }
 
+/// An [`unserved_node`] `node` and an operator (namespace named after
+/// `prefix`) with a 1 s stop timeout: a node that is lost, as far as the
+/// operator can tell.
+async fn on_a_lost_node(node: &str, prefix: &str) -> (kube::Client, String, Api<Node>) {
+    let plane = shared().await;
+    let nodes = unserved_node(plane, node).await;
+    let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(plane, prefix, "", config).await;
+    (client, ns, nodes)
+}
+
 /// A backend whose node is lost (nothing there confirms its Pod's stop)
 /// still ends: once the stop is overdue, its Pod is deleted without
 /// waiting, and the object is released (its key free again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_on_a_lost_node_still_ends() {
-    let plane = shared().await;
-    let nodes = unserved_node(plane, "node-lost").await;
-    let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
-    let (client, ns) = operator_with(plane, "op-lost", "", config).await;
+    let (client, ns, nodes) = on_a_lost_node("node-lost", "op-lost").await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     // Its kubelet reported it running, then the node was cut off.
@@ -476,10 +486,7 @@ async fn a_backend_on_a_lost_node_still_ends() {
 /// wait for ever on the Pod.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_evicted_from_a_lost_node_ends_its_backend_and_goes() {
-    let plane = shared().await;
-    let nodes = unserved_node(plane, "node-gone").await;
-    let config = OperatorConfig { stop_timeout: Duration::from_secs(1), retention: HOUR, ..OperatorConfig::default() };
-    let (client, ns) = operator_with(plane, "op-evicted", "", config).await;
+    let (client, ns, nodes) = on_a_lost_node("node-gone", "op-evicted").await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let ready = ready_on_unserved(&slabs, &pods, "evicted", "node-gone").await;
