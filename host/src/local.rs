@@ -84,7 +84,7 @@ pub struct Local {
     /// Held while one scheduling decision is taken, so that creates at the
     /// same moment each see the others the scheduler admitted (a quota per
     /// owner, the machine's capacity).
-    deciding: tokio::sync::Mutex<()>,
+    deciding: Mutex<()>,
     shutting_down: AtomicBool,
     /// Stops the backends if this process dies without doing it (see
     /// [`crate::reaper`]); `None` if `sh` could not be started.
@@ -106,7 +106,7 @@ impl Local {
             metrics,
             records: RwLock::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
-            deciding: tokio::sync::Mutex::new(()),
+            deciding: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             me: me.clone(),
         })

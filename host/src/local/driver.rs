@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
-use super::node::this_machine;
+use super::node::{NodeInfo, this_machine};
 use super::record::Record;
 use super::{Local, timeouts};
 use crate::lifecycle::{self, Action, Admission, Observed, Phase, Workload};
@@ -128,18 +128,25 @@ fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
 
 /// Asks the scheduler plugin, with this machine as the only node. One
 /// decision at a time: what it admitted counts for the next at once, even
-/// before its driver records it as scheduled.
+/// before its driver records it as scheduled. The decision (the plugin call
+/// included) is taken on a blocking thread, and the lock is held only
+/// there, so concurrent creates queue for the plugin call alone.
 async fn schedule(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
-    let _deciding = local.deciding.lock().await;
-    let admission = decide(local, rec).await;
-    if matches!(admission, Admission::Admitted { .. }) {
-        rec.admitted.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    admission
+    let (local, rec) = (local.clone(), rec.clone());
+    tokio::task::spawn_blocking(move || {
+        let node = this_machine();
+        let _deciding = local.deciding.lock().expect("deciding lock");
+        let admission = decide(&local, &rec, node);
+        if matches!(admission, Admission::Admitted { .. }) {
+            rec.admitted.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        admission
+    })
+    .await
+    .unwrap_or_else(|e| Admission::Rejected { message: format!("scheduling failed: {e}") })
 }
 
-async fn decide(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
-    let node = this_machine();
+fn decide(local: &Local, rec: &Record, node: &NodeInfo) -> Admission {
     let placed: Vec<PlacedBackend> = {
         let records = local.records.read().expect("records lock");
         records
@@ -170,24 +177,17 @@ async fn decide(local: &Arc<Local>, rec: &Arc<Record>) -> Admission {
         owner_backends,
         now: crate::token::now_unix(),
     };
-    let plugins = local.plugins.clone();
-    let placement = tokio::task::spawn_blocking(move || {
-        let p = plugins.scheduler().place(&request);
-        (p, request.node_selector)
-    })
-    .await;
-    match placement {
-        Ok((Placement::Node(n), _)) => Admission::Admitted { node: Some(n) },
-        Ok((Placement::Anywhere(selector), requested)) => {
+    match local.plugins.scheduler().place(&request) {
+        Placement::Node(n) => Admission::Admitted { node: Some(n) },
+        Placement::Anywhere(selector) => {
             // The plugin's labels and the backend's own node selector.
-            let fits = selector.iter().chain(&requested).all(|s| node.labels.contains(s));
+            let fits = selector.iter().chain(&request.node_selector).all(|s| node.labels.contains(s));
             if fits {
                 Admission::Admitted { node: Some(node.name.clone()) }
             } else {
                 Admission::Rejected { message: "this machine does not carry the requested node labels".into() }
             }
         }
-        Ok((Placement::Reject(message), _)) => Admission::Rejected { message },
-        Err(e) => Admission::Rejected { message: format!("scheduling failed: {e}") },
+        Placement::Reject(message) => Admission::Rejected { message },
     }
 }
