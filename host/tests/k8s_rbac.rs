@@ -170,6 +170,22 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
     let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
     let name = slab.metadata.name.clone().unwrap();
+    // A Service of its name that another backend controls (as one left by
+    // a key's previous backend is): replacing it takes reading and deleting
+    // Services, which the Role must allow.
+    let mut previous = slab.clone();
+    previous.metadata.name = Some("previous".into());
+    previous.spec.key = Some("previous".into());
+    previous.spec.service = None;
+    let previous = slabs.create(&PostParams::default(), &previous).await.unwrap();
+    let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), HOME);
+    let left_over: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "ownerReferences": [{"apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+            "name": "previous", "uid": previous.metadata.uid, "controller": true}]},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "previous"}}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &left_over).await.unwrap();
     slabs.create(&PostParams::default(), &slab).await.unwrap();
     let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));
     let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, ready)).await;
@@ -194,12 +210,13 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     }
     assert!(recorded, "no Ready Event from the operator's ServiceAccount");
 
-    // The Service is created before the Pod, so a ready backend has it.
-    let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), HOME);
-    let service = services.get_opt(&name).await.unwrap();
-    assert!(service.is_some(), "the example asks for a Service; the operator may create it");
-
+    // The Service is created before the Pod, so a ready backend has it:
+    // its own, in place of the one left over.
     let uid = slabs.get(&name).await.unwrap().metadata.uid.unwrap();
+    let service = services.get_opt(&name).await.unwrap().expect("the example asks for a Service; the operator may create it");
+    assert_eq!(service.metadata.owner_references.unwrap()[0].uid, uid, "the backend's own Service");
+    slabs.delete("previous", &DeleteParams::default()).await.unwrap();
+
     slabs.delete(&name, &DeleteParams::default()).await.unwrap();
     let deleted =
         tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), &name, kube::runtime::conditions::is_deleted(&uid)))
