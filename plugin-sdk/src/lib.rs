@@ -16,8 +16,8 @@
 //!
 //! impl Idle for TenMinutes {
 //!     fn evaluate(req: IdleRequest) -> Result<IdleVerdict, PluginError> {
-//!         let quiet = req.activity.open_connections == 0
-//!             && req.activity.seconds_since_last_activity >= 600;
+//!         let a = &req.activity;
+//!         let quiet = a.open_connections == 0 && a.in_flight_requests == 0 && a.seconds_since_last_activity >= 600;
 //!         Ok(if quiet { IdleVerdict::terminate_idle("unused for 10 minutes") } else { IdleVerdict::Keep })
 //!     }
 //! }
