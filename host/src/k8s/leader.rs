@@ -33,7 +33,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Competes for the Lease in the background; the receiver says whether this
 /// replica holds it now. The election stops when every receiver is gone,
 /// giving the Lease back if held (the task returned ends then): a standby
-/// takes over at once instead of when the Lease expires.
+/// takes over at its next look at the Lease instead of when it expires.
 pub async fn leadership(
     client: kube::Client,
     lease: &LeaseSettings,

@@ -53,12 +53,7 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
         .into_iter()
         .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| Credential { source, verified: verify(key, t) }))
         .collect();
-    let cookies = header("cookie")
-        .flat_map(|v| v.split(';').map(str::trim))
-        .filter_map(|pair| {
-            let (k, v) = split_pair(pair);
-            (k == names.cookie).then_some(v)
-        })
+    let cookies = pair_values(header("cookie").flat_map(|v| v.split(';').map(str::trim)), &names.cookie)
         .filter(|t| !t.is_empty())
         .take(MAX_COOKIE_TOKENS);
     let mut first_failure = None;
@@ -98,8 +93,13 @@ pub fn split_pair(pair: &str) -> (&str, &str) {
 }
 
 /// The value of the first pair named `name`.
-fn pair_value<'a>(mut pairs: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    pairs.find_map(|pair| {
+fn pair_value<'a>(pairs: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    pair_values(pairs, name).next()
+}
+
+/// The values of every pair named `name`, in order.
+fn pair_values<'a>(pairs: impl Iterator<Item = &'a str>, name: &str) -> impl Iterator<Item = &'a str> {
+    pairs.filter_map(move |pair| {
         let (k, v) = split_pair(pair);
         (k == name).then_some(v)
     })

@@ -80,13 +80,7 @@ pub fn strip_untrusted(h: &mut HeaderMap) {
 /// one) and the token cookie. Other schemes and cookies are kept.
 pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
     let is_spawner_bearer = |v: &HeaderValue| v.to_str().ok().and_then(credentials::bearer).is_some_and(|t| t.starts_with(TOKEN_PREFIX));
-    if h.get_all(header::AUTHORIZATION).iter().any(is_spawner_bearer) {
-        let kept: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().filter(|v| !is_spawner_bearer(v)).cloned().collect();
-        h.remove(header::AUTHORIZATION);
-        for v in kept {
-            h.append(header::AUTHORIZATION, v);
-        }
-    }
+    remove_values(h, header::AUTHORIZATION, is_spawner_bearer);
     let cookies: Vec<HeaderValue> = h.get_all(header::COOKIE).iter().cloned().collect();
     if cookies.is_empty() {
         return;
@@ -120,11 +114,17 @@ pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
         let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
         pair.iter().position(|b| *b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == cookie.as_bytes())
     };
-    if h.get_all(header::SET_COOKIE).iter().any(sets_ours) {
-        let kept: Vec<HeaderValue> = h.get_all(header::SET_COOKIE).iter().filter(|v| !sets_ours(v)).cloned().collect();
-        h.remove(header::SET_COOKIE);
+    remove_values(h, header::SET_COOKIE, sets_ours);
+}
+
+/// Removes the values of header `name` that are `unwanted`, keeping the
+/// others in their order (the map is left alone when none is).
+fn remove_values(h: &mut HeaderMap, name: HeaderName, unwanted: impl Fn(&HeaderValue) -> bool) {
+    if h.get_all(&name).iter().any(&unwanted) {
+        let kept: Vec<HeaderValue> = h.get_all(&name).iter().filter(|v| !unwanted(v)).cloned().collect();
+        h.remove(&name);
         for v in kept {
-            h.append(header::SET_COOKIE, v);
+            h.append(&name, v);
         }
     }
 }
