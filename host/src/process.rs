@@ -18,13 +18,13 @@
 
 pub mod logs;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-pub use logs::{LogBuffer, LogLine, Stream};
+pub use logs::{LineSplitter, LogBuffer, LogLine, Stream};
 
 use crate::reaper::Reaper;
 
@@ -162,11 +162,49 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
+/// Ports given to backends whose process has not exited yet. A port is
+/// free for the kernel from the moment [`free_port`] closes its probe
+/// socket until the backend binds it, and the kernel may hand it out again
+/// in between: to the next backend started at the same moment. Both would
+/// then be told the same `PORT`; one binds it, and the other's readiness
+/// probe would connect to the first one's listener, marking it ready and
+/// routing its user to another user's backend until its own bind fails.
+/// No two running backends of this Spawner share a port.
+static LEASED_PORTS: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(Default::default);
+
+/// How many ports [`lease_port`] tries before giving up.
+const LEASE_ATTEMPTS: usize = 16;
+
+/// A port in [`LEASED_PORTS`], given back when dropped.
+#[derive(Debug)]
+struct PortLease(u16);
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        LEASED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.0);
+    }
+}
+
+/// A port from `pick` that no running backend has been given.
+fn lease_port(mut pick: impl FnMut() -> std::io::Result<u16>) -> std::io::Result<PortLease> {
+    for _ in 0..LEASE_ATTEMPTS {
+        let port = pick()?;
+        if LEASED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(port) {
+            return Ok(PortLease(port));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port that no running backend holds, after {LEASE_ATTEMPTS} tries"),
+    ))
+}
+
 /// Starts `command` for a backend. Returns once the process exists;
 /// readiness and exit arrive through [`Process::watch`]. The `reaper`, if
 /// any, is told about the process group for as long as it lives.
 pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -> std::io::Result<Process> {
-    let port = free_port()?;
+    let lease = lease_port(free_port)?;
+    let port = lease.0;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
@@ -236,6 +274,8 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         if let Some(r) = reaper {
             r.forget(pid);
         }
+        // The group is gone (or going): its port may serve the next backend.
+        drop(lease);
         exit_tx.send_replace(ProcessState::Exited(code));
     });
 
@@ -307,24 +347,40 @@ impl Drop for FineProber {
 
 async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuffer>) {
     let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
+    let mut lines = LineSplitter::default();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    line.pop();
-                }
-                logs.push(which, String::from_utf8_lossy(&line).into_owned());
-            }
+        let (used, line) = match reader.fill_buf().await {
+            Ok(chunk) if !chunk.is_empty() => lines.feed(chunk),
+            _ => break,
+        };
+        reader.consume(used);
+        if let Some(line) = line {
+            logs.push(which, line);
         }
+    }
+    if let Some(last) = lines.finish() {
+        logs.push(which, last);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_held_by_a_running_backend_is_not_given_again() {
+        // Ports 1 and 2 are never ephemeral, so the backends other tests in
+        // this binary start cannot be holding them.
+        let mut picks = [1, 1, 1, 2].into_iter();
+        let first = lease_port(|| Ok(picks.next().unwrap())).unwrap();
+        let second = lease_port(|| Ok(picks.next().unwrap())).unwrap();
+        assert_eq!((first.0, second.0), (1, 2), "the kernel's second offer of port 1 was skipped");
+        drop(first);
+        assert_eq!(lease_port(|| Ok(1)).unwrap().0, 1, "an exited backend's port is free again");
+        let err = lease_port(|| Ok(2)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("after 16 tries"), "{err}");
+    }
 
     #[test]
     fn fine_probing_is_limited_to_one_start_per_core() {

@@ -34,6 +34,59 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// What a kept line costs beyond its text (its time, stream and `String`),
+/// counted against [`LOG_BUFFER_BYTES`] so that a backend printing empty
+/// lines in a loop cannot grow the buffer without bound either.
+const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
+
+/// Splits a stream of output into lines while holding at most
+/// [`MAX_LINE_BYTES`] (plus one, to know it was cut) of a line not yet ended:
+/// the rest of an overlong line is dropped as it arrives, not read into
+/// memory first.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    line: Vec<u8>,
+    cut: bool,
+}
+
+impl LineSplitter {
+    /// Takes bytes from the front of `chunk`, up to and including the first
+    /// newline. Returns how many it took, and the line they ended, if any.
+    pub fn feed(&mut self, chunk: &[u8]) -> (usize, Option<String>) {
+        let end = chunk.iter().position(|b| *b == b'\n');
+        let part = &chunk[..end.unwrap_or(chunk.len())];
+        let room = (MAX_LINE_BYTES + 1).saturating_sub(self.line.len());
+        self.line.extend_from_slice(&part[..part.len().min(room)]);
+        self.cut |= part.len() > room;
+        match end {
+            Some(at) => (at + 1, Some(self.take())),
+            None => (chunk.len(), None),
+        }
+    }
+
+    /// The last line, if the output ended without a newline.
+    pub fn finish(mut self) -> Option<String> {
+        (!self.line.is_empty() || self.cut).then(|| self.take())
+    }
+
+    /// Bytes held for the line not yet ended.
+    pub fn pending(&self) -> usize {
+        self.line.len()
+    }
+
+    fn take(&mut self) -> String {
+        if !self.cut && self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        // A cut line holds MAX_LINE_BYTES + 1 bytes, and lossy decoding
+        // never shortens text, so LogBuffer::push cuts it and says so.
+        let text = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        self.cut = false;
+        text
+    }
+}
+
 /// The buffer.
 #[derive(Debug, Default)]
 pub struct LogBuffer {
@@ -46,11 +99,11 @@ impl LogBuffer {
         crate::text::cut_to(&mut text, MAX_LINE_BYTES, " [line truncated]");
         let mut guard = self.inner.lock().expect("log lock");
         let (lines, bytes) = &mut *guard;
-        *bytes += text.len();
+        *bytes += text.len() + LINE_OVERHEAD;
         lines.push_back(LogLine { time: Timestamp::now(), stream, text });
         while *bytes > LOG_BUFFER_BYTES {
             match lines.pop_front() {
-                Some(old) => *bytes -= old.text.len(),
+                Some(old) => *bytes -= old.text.len() + LINE_OVERHEAD,
                 None => break,
             }
         }
@@ -80,5 +133,52 @@ mod tests {
         assert_eq!(b.lines(Some(2)).len(), 2);
         b.push(Stream::Stderr, "x".repeat(MAX_LINE_BYTES * 2));
         assert!(b.lines(Some(1))[0].text.ends_with("[line truncated]"));
+    }
+
+    #[test]
+    fn empty_lines_count_against_the_budget() {
+        let b = LogBuffer::default();
+        for _ in 0..100_000 {
+            b.push(Stream::Stdout, String::new());
+        }
+        assert_eq!(b.lines(None).len(), LOG_BUFFER_BYTES / LINE_OVERHEAD);
+    }
+
+    /// Feeds `output` in chunks of `size`, as a pipe would deliver it.
+    fn split(output: &[u8], size: usize) -> (Vec<String>, usize) {
+        let (mut splitter, mut lines, mut held) = (LineSplitter::default(), Vec::new(), 0);
+        for mut chunk in output.chunks(size) {
+            while !chunk.is_empty() {
+                let (used, line) = splitter.feed(chunk);
+                lines.extend(line);
+                held = held.max(splitter.pending());
+                chunk = &chunk[used..];
+            }
+        }
+        lines.extend(splitter.finish());
+        (lines, held)
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_as_it_arrives() {
+        let mut output = vec![b'x'; 8 * 1024 * 1024];
+        output.extend_from_slice(b"\nnext\r\nlast");
+        let (lines, held) = split(&output, 8192);
+        assert!(held <= MAX_LINE_BYTES + 1, "held {held} bytes of one line");
+        assert_eq!(lines.len(), 3, "{:?}", lines.iter().map(String::len).collect::<Vec<_>>());
+        assert_eq!(&lines[1..], ["next", "last"]);
+        let b = LogBuffer::default();
+        b.push(Stream::Stdout, lines[0].clone());
+        let kept = &b.lines(None)[0].text;
+        assert!(kept.len() <= MAX_LINE_BYTES && kept.ends_with(" [line truncated]"), "{}", kept.len());
+    }
+
+    #[test]
+    fn lines_split_across_chunks_are_joined() {
+        let (lines, _) = split(b"one\ntwo\n\nthree", 2);
+        assert_eq!(lines, ["one", "two", "", "three"]);
+        let exact = "y".repeat(MAX_LINE_BYTES);
+        let (lines, _) = split(format!("{exact}\n").as_bytes(), 4096);
+        assert_eq!(lines, [exact], "a line of exactly the limit is kept whole");
     }
 }
