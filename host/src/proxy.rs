@@ -270,7 +270,11 @@ impl Proxy {
                 Ok(u) => u,
                 Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
             };
-            return self.websocket(parts, client_upgrade, slot, addr, target.activity).await;
+            let mut response = self.websocket(parts, client_upgrade, slot, addr, target.activity).await;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                headers::prefix_location(response.headers_mut(), &route.prefix, host.as_ref(), addr);
+            }
+            return response;
         }
 
         parts.uri = match format!("http://{addr}{path}").parse() {
@@ -284,6 +288,7 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
+                headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
                 // The page's URL carried a token (a POST, which is not
                 // redirected): keep it out of Referer headers it causes.
                 if token_in_url {

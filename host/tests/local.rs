@@ -392,6 +392,27 @@ async fn the_token_redirect_stays_on_the_backends_host() {
     }
 }
 
+/// A backend that does not know its prefix redirects to its own root
+/// (Python's file server sends `/docs` to `/docs/`): the browser must stay
+/// on the backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backends_redirects_stay_under_its_prefix() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir(files.path().join("docs")).unwrap();
+    std::fs::write(files.path().join("docs/index.html"), "the docs\n").unwrap();
+    let serve = format!("exec python3 -m http.server $PORT --bind 127.0.0.1 --directory '{}'", files.path().display());
+    let config = format!("{FAST}\n[templates.files]\ncommand = \"sh\"\nargs = [\"-c\", {serve:?}]\n");
+    let dev = Dev::start(&config, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "files", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&name).await;
+    let r = dev.get(&name, "/docs?x=1", Some(&token)).await;
+    assert_eq!(r.status(), 301);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, format!("/p/{name}/docs/?x=1"));
+    let r = dev.http.get(format!("{}{location}", dev.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "the docs\n".to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawner_flow_works_as_its_clients_used_it() {
     let dev = Dev::start(FAST, &[]);
