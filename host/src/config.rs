@@ -97,6 +97,17 @@ impl Default for Config {
     }
 }
 
+/// Upper bound of the timeouts (startup, stop, sweep interval, header
+/// read), one day: far above any real use, and low enough that no timer or
+/// timestamp arithmetic overflows (a stop timeout near 2^64 s made
+/// Spawner's shutdown panic).
+pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// Upper bound of the retention of ended backends, a year (a retention of
+/// 10^12 s made garbage collection panic at its first run, and then never
+/// run again).
+pub const MAX_RETENTION_SECONDS: u64 = 366 * 86_400;
+
 /// Backend defaults and limits.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -462,11 +473,17 @@ impl Config {
                 ));
             }
         }
-        if self.sweeper.interval_ms == 0 {
-            return bad("sweeper.interval-ms must be positive".into());
-        }
-        if self.backends.startup_timeout_seconds == 0 {
-            return bad("backends.startup-timeout-seconds must be positive".into());
+        let b = &self.backends;
+        for (field, value, min, max) in [
+            ("backends.startup-timeout-seconds", b.startup_timeout_seconds, 1, MAX_TIMEOUT_SECONDS),
+            ("backends.stop-timeout-seconds", b.stop_timeout_seconds, 0, MAX_TIMEOUT_SECONDS),
+            ("backends.retention-seconds", b.retention_seconds, 0, MAX_RETENTION_SECONDS),
+            ("sweeper.interval-ms", self.sweeper.interval_ms, 1, MAX_TIMEOUT_SECONDS * 1000),
+            ("proxy.header-read-timeout-ms", self.proxy.header_read_timeout_ms, 1, MAX_TIMEOUT_SECONDS * 1000),
+        ] {
+            if !(min..=max).contains(&value) {
+                return bad(format!("{field} must be between {min} and {max}, got {value}"));
+            }
         }
         if self.backends.max_backends == 0 {
             return bad("backends.max-backends must be at least 1 (every create would be refused)".into());
@@ -717,6 +734,31 @@ mod tests {
             c.backends.grace_period_seconds = bad;
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("backends.grace-period-seconds must be between 1 and 4294967295"), "{e}");
+        }
+    }
+
+    #[test]
+    fn timeouts_beyond_what_timers_and_timestamps_hold_are_refused_at_load() {
+        type Set = fn(&mut Config, u64);
+        let cases: [(&str, Set, u64, u64); 5] = [
+            ("backends.startup-timeout-seconds", |c, v| c.backends.startup_timeout_seconds = v, 1, 86_400),
+            ("backends.stop-timeout-seconds", |c, v| c.backends.stop_timeout_seconds = v, 0, 86_400),
+            ("backends.retention-seconds", |c, v| c.backends.retention_seconds = v, 0, 31_622_400),
+            ("sweeper.interval-ms", |c, v| c.sweeper.interval_ms = v, 1, 86_400_000),
+            ("proxy.header-read-timeout-ms", |c, v| c.proxy.header_read_timeout_ms = v, 1, 86_400_000),
+        ];
+        for (field, set, min, max) in cases {
+            for ok in [min, max] {
+                let mut c = Config::default();
+                set(&mut c, ok);
+                c.validate().unwrap_or_else(|e| panic!("{field} = {ok}: {e}"));
+            }
+            for bad in [min.wrapping_sub(1), max + 1, u64::MAX].into_iter().filter(|v| *v < min || *v > max) {
+                let mut c = Config::default();
+                set(&mut c, bad);
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(&format!("{field} must be between {min} and {max}, got {bad}")), "{e}");
+            }
         }
     }
 

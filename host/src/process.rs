@@ -150,9 +150,13 @@ impl Process {
         });
     }
 
-    /// Kills the whole group at once (Spawner shutting down hard).
+    /// Kills the whole group at once (Spawner shutting down hard). Not once
+    /// the process has exited: its group was killed then, and its id may
+    /// since name another program's group.
     pub fn kill(&self) {
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        if !matches!(self.state(), ProcessState::Exited(_)) {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
     }
 }
 
@@ -234,7 +238,9 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
         };
         std::io::Error::new(e.kind(), format!("{what}: {e}"))
     })?;
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    // A child not yet waited for always has an id; 0 would make the
+    // signals below Spawner's own process group's.
+    let pid = child.id().map(|p| p as i32).ok_or_else(|| std::io::Error::other("the started process has no id"))?;
     let reaper = reaper.cloned();
     if let Some(r) = &reaper {
         r.watch(pid);

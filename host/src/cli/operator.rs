@@ -25,14 +25,14 @@ pub struct OperatorArgs {
     #[arg(long, env = "SPAWNER_HOST_DOMAIN")]
     pub host_domain: Option<String>,
     /// Seconds a Pod may take to become Ready before the backend fails.
-    #[arg(long, env = "SPAWNER_STARTUP_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "SPAWNER_STARTUP_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_TIMEOUT_SECONDS))]
     pub startup_timeout_seconds: u64,
     /// Termination grace period, in seconds, given to a Pod Spawner stops.
-    #[arg(long, env = "SPAWNER_STOP_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "SPAWNER_STOP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_TIMEOUT_SECONDS))]
     pub stop_timeout_seconds: u64,
     /// Seconds an ended backend's object is kept, with its status, before
     /// the operator deletes it.
-    #[arg(long, env = "SPAWNER_RETENTION_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "SPAWNER_RETENTION_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_RETENTION_SECONDS))]
     pub retention_seconds: u64,
     /// Namespace of the Lease replicas compete for (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "spawner")]
@@ -101,4 +101,22 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("spawner operator stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[test]
+    fn timeouts_are_bounded_like_spawner_devs() {
+        let parse = |flag: &str, value: &str| crate::cli::Cli::try_parse_from(["spawner", "operator", flag, value]).map(|_| ());
+        parse("--stop-timeout-seconds", "0").unwrap();
+        parse("--retention-seconds", "31622400").unwrap();
+        for (flag, bad) in
+            [("--startup-timeout-seconds", "0"), ("--stop-timeout-seconds", "86401"), ("--retention-seconds", "18446744073709551615")]
+        {
+            let e = parse(flag, bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad} is not in")), "{flag} {bad}: {e}");
+        }
+    }
 }

@@ -169,6 +169,51 @@ pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option
     }
 }
 
+/// Keeps a redirect under the backend's prefix (path routing), as nginx's
+/// `proxy_redirect` does: a backend that does not know it is served under
+/// `/p/{name}/` redirects to `/login`, or to `http://{Host}/login` (the
+/// `Host` it was sent), or to its own `http://127.0.0.1:{port}/login`, and
+/// the browser would leave the backend (a 404 from Spawner, or a URL only
+/// the server can reach). Such a `Location` gets the prefix; one already
+/// under it, relative ones (the browser resolves them under the prefix)
+/// and other sites' are left alone. `host` is the request's `Host`.
+pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValue>, backend: std::net::SocketAddr) {
+    if prefix.is_empty() {
+        return;
+    }
+    let Some(location) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+    let (origin, path) = if location.starts_with('/') {
+        if location.starts_with("//") || location.starts_with("/\\") {
+            return; // another site, scheme-relative
+        }
+        ("", location)
+    } else {
+        let Some((scheme, rest)) = location.split_once("://") else { return };
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return;
+        }
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let end = location.len() - rest.len() + authority.len();
+        if authority == backend.to_string() || authority.eq_ignore_ascii_case(&format!("localhost:{}", backend.port())) {
+            // The backend's own address is no use to a browser: keep it on
+            // the origin it came from.
+            ("", &location[end..])
+        } else if host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+            (&location[..end], &location[end..])
+        } else {
+            return;
+        }
+    };
+    let under = path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']));
+    let slash = if path.starts_with('/') { "" } else { "/" };
+    let rewritten = if under { format!("{origin}{path}") } else { format!("{origin}{prefix}{slash}{path}") };
+    if rewritten != location
+        && let Ok(v) = HeaderValue::from_str(&rewritten)
+    {
+        h.insert(header::LOCATION, v);
+    }
+}
+
 /// Header naming the backend a request was routed to.
 pub const BACKEND_HEADER: &str = "x-spawner-backend";
 
@@ -298,6 +343,43 @@ mod tests {
             let left: Vec<&str> = h.get_all("authorization").iter().map(|v| v.to_str().unwrap()).collect();
             assert_eq!(left, ["Basic dXNlcjpwdw=="], "{pair:?}");
         }
+    }
+
+    #[test]
+    fn redirects_out_of_the_prefix_are_put_back_under_it() {
+        let backend: std::net::SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let host = HeaderValue::from_static("spawner.example:8080");
+        let rewrite = |location: &str, prefix: &str| {
+            let mut h = map(&[("location", location)]);
+            prefix_location(&mut h, prefix, Some(&host), backend);
+            h.get("location").unwrap().to_str().unwrap().to_string()
+        };
+        for (from, to) in [
+            ("/login?next=%2F", "/p/b1/login?next=%2F"),
+            ("/", "/p/b1/"),
+            ("/p/b1/already", "/p/b1/already"),
+            ("/p/b1", "/p/b1"),
+            ("/p/b1?x=1", "/p/b1?x=1"),
+            ("/p/b10/other", "/p/b1/p/b10/other"),
+            ("http://spawner.example:8080/sub/", "http://spawner.example:8080/p/b1/sub/"),
+            ("HTTPS://Spawner.Example:8080", "HTTPS://Spawner.Example:8080/p/b1/"),
+            ("http://spawner.example:8080/p/b1/x", "http://spawner.example:8080/p/b1/x"),
+            ("http://127.0.0.1:40123/sub/?a=b", "/p/b1/sub/?a=b"),
+            ("http://localhost:40123#top", "/p/b1/#top"),
+            ("http://127.0.0.1:40123/p/b1/x", "/p/b1/x"),
+            // Left alone: relative, other sites, other schemes.
+            ("sub/", "sub/"),
+            ("../up", "../up"),
+            ("//evil.example/", "//evil.example/"),
+            ("/\\evil.example/", "/\\evil.example/"),
+            ("https://accounts.example/login", "https://accounts.example/login"),
+            ("http://127.0.0.1:40124/", "http://127.0.0.1:40124/"),
+            ("http://spawner.example:8080.evil.example/", "http://spawner.example:8080.evil.example/"),
+            ("mailto:someone@example.com", "mailto:someone@example.com"),
+        ] {
+            assert_eq!(rewrite(from, "/p/b1"), to, "{from}");
+        }
+        assert_eq!(rewrite("/login", ""), "/login", "host routing: the backend's paths are the browser's");
     }
 
     #[test]
