@@ -243,10 +243,21 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// Makes Spawner non-dumpable: its backends run as the same user, and
+/// `/proc/{spawner}/environ` (SPAWNER_API_TOKEN, SPAWNER_TOKEN_SECRET) and
+/// `/proc/{spawner}/mem` would otherwise be theirs to read. A program
+/// started with `execve` is dumpable again, so backends are unaffected.
+pub(crate) fn hide_from_same_user() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not make Spawner non-dumpable: its backends may read its environment");
+    }
+}
+
 /// Runs `spawner dev` until SIGINT or SIGTERM, then stops every backend.
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = config_from_args(&args)?;
     raise_fd_limit();
+    hide_from_same_user();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let dev = Dev::start(config.clone()).await?;
@@ -348,6 +359,13 @@ mod tests {
         use clap::Parser as _;
         let e = crate::cli::Cli::try_parse_from(["spawner", "dev", "--plugin", "auht=x.wasm"]).unwrap_err().to_string();
         assert!(e.contains("--plugin <KIND=PATH>") && e.contains("unknown plugin kind \"auht\""), "{e}");
+    }
+
+    #[test]
+    fn spawner_hides_its_memory_and_environment_from_its_backends() {
+        // The test process itself: nothing in this binary needs it dumpable.
+        hide_from_same_user();
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! key and URL prefix in `SPAWNER_BACKEND_NAME`, `SPAWNER_BACKEND_KEY`,
 //! `SPAWNER_URL_PREFIX`), a cleared environment (only a few harmless
 //! variables such as `PATH` and `HOME` are kept, so Spawner's own secrets
-//! never leak to a backend), and its own process group so that stopping it
+//! are not handed to it; it runs as Spawner's user, which is why Spawner
+//! makes itself non-dumpable), and its own process group so that stopping it
 //! reaches every process it started.
 //!
 //! It is *ready* when its port accepts a TCP connection, checked every

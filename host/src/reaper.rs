@@ -54,7 +54,11 @@ impl Reaper {
     /// Starts the reaper. `grace` is how long backends get between SIGTERM
     /// and SIGKILL once Spawner is gone.
     pub fn start(grace: Duration) -> std::io::Result<Reaper> {
+        // Its environment is readable by every process of this user (the
+        // backends too): only PATH, none of Spawner's secrets.
         let mut child = Command::new("sh")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
             .arg("-c")
             .arg(SCRIPT)
             .arg("spawner-reaper")
@@ -126,6 +130,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    #[test]
+    fn the_reaper_gets_none_of_spawners_environment() {
+        let reaper = Reaper::start(Duration::from_secs(1)).unwrap();
+        let environ = std::fs::read(format!("/proc/{}/environ", reaper.pid())).unwrap();
+        let names: Vec<String> = environ
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).split('=').next().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["PATH"]);
     }
 
     #[test]
