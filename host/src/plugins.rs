@@ -141,7 +141,15 @@ impl PluginSource {
 
     /// A plugin read from `path`.
     pub fn file(path: &Path, settings: impl Into<String>) -> LoadResult<Self> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| {
+            // A crate without `crate-type = ["cdylib"]` builds, but writes
+            // no .wasm: the file a plugin author looks for is not there.
+            let hint = match error.kind() == std::io::ErrorKind::NotFound && path.extension().is_some_and(|e| e == "wasm") {
+                true => " (`cargo build --target wasm32-wasip2 --release` writes target/wasm32-wasip2/release/<crate name with - as _>.wasm, and only when the crate's Cargo.toml has crate-type = [\"cdylib\"] under [lib])",
+                false => "",
+            };
+            LoadError::Read { path: path.display().to_string(), error, hint }
+        })?;
         Ok(PluginSource {
             name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()),
             bytes: bytes.into(),

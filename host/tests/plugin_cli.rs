@@ -188,4 +188,33 @@ fn run_prints_the_decision_for_a_minted_token() {
         let decision = String::from_utf8_lossy(&out.stdout);
         assert!(decision.contains(expect), "{kind}: {decision}");
     }
+
+    // A misspelt field is refused, not dropped: the idle sample with its
+    // lifetime limit passed would end the backend, and the misspelling
+    // would print "Keep" for an input other than the one meant.
+    let idle_sample = dir.path().join("idle.json");
+    let mut input: serde_json::Value = serde_json::from_slice(&std::fs::read(&idle_sample).unwrap()).unwrap();
+    input["lifetime_limit_seconds"] = 60.into();
+    let ends = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &input.to_string()]);
+    assert!(String::from_utf8_lossy(&ends.stdout).contains("Lifetime"), "{}", text(&ends));
+    let limit = input.as_object_mut().unwrap().remove("lifetime_limit_seconds").unwrap();
+    input["lifetime_limit_secs"] = limit;
+    input["activity"]["bogus"] = 1.into();
+    let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &input.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--input has fields idle requests do not have: activity.bogus, lifetime_limit_secs"), "{}", text(&out));
+    // A missing field is named with where it is missing from.
+    input["backend"].as_object_mut().unwrap().remove("labels");
+    let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &input.to_string()]);
+    assert!(text(&out).contains("not a valid idle request at backend: missing field `labels`"), "{}", text(&out));
+    // A file name without `@` is not read as JSON, and the error says so.
+    let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", idle_sample.to_str().unwrap()]);
+    assert!(
+        text(&out).contains(&format!(
+            "--input is not JSON (expected value at line 1 column 1); to read the file {0}, write --input @{0}",
+            idle_sample.display()
+        )),
+        "{}",
+        text(&out)
+    );
 }

@@ -4,7 +4,7 @@
 //! path: build, `spawner plugin check`, load). A plugin makes one of
 //! three decisions — scheduling, auth or idle — and runs sandboxed in
 //! Spawner's WebAssembly host (no filesystem, no network, a memory limit and
-//! a CPU deadline per call).
+//! a deadline per call, in wall-clock time).
 //!
 //! A complete idle plugin that terminates backends nobody used for ten
 //! minutes:
@@ -136,10 +136,38 @@ pub mod idle {
 /// `export!(scheduler: T)`, `export!(auth: T)` or `export!(idle: T)`.
 ///
 /// Use it once per crate, at the top level of `lib.rs`. On native targets it
-/// expands to nothing, so the same crate runs its tests with `cargo test`.
+/// exports nothing, so the same crate runs its tests with `cargo test`; it
+/// still checks that the type implements the kind's trait, so a wrong kind
+/// fails `cargo test` too, not only the wasm build:
+///
+/// ```compile_fail
+/// use spawner_plugin_sdk::auth::*;
+/// pub struct Open;
+/// impl Auth for Open {
+///     fn check(_: AuthRequest) -> Result<Verdict, PluginError> {
+///         Ok(Verdict::Allow(Allow { subject: None, headers: Vec::new() }))
+///     }
+/// }
+/// spawner_plugin_sdk::export!(idle: Open); // an auth plugin, exported as idle
+/// ```
+///
+/// ```
+/// # use spawner_plugin_sdk::auth::*;
+/// # pub struct Open;
+/// # impl Auth for Open {
+/// #     fn check(_: AuthRequest) -> Result<Verdict, PluginError> {
+/// #         Ok(Verdict::Allow(Allow { subject: None, headers: Vec::new() }))
+/// #     }
+/// # }
+/// spawner_plugin_sdk::export!(auth: Open);
+/// ```
 #[macro_export]
 macro_rules! export {
     (scheduler: $ty:ty) => {
+        const _: fn() = || {
+            fn implements<T: $crate::scheduler::Scheduler>() {}
+            implements::<$ty>();
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::scheduler as __w;
@@ -158,6 +186,10 @@ macro_rules! export {
         };
     };
     (auth: $ty:ty) => {
+        const _: fn() = || {
+            fn implements<T: $crate::auth::Auth>() {}
+            implements::<$ty>();
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::auth as __w;
@@ -174,6 +206,10 @@ macro_rules! export {
         };
     };
     (idle: $ty:ty) => {
+        const _: fn() = || {
+            fn implements<T: $crate::idle::Idle>() {}
+            implements::<$ty>();
+        };
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::idle as __w;

@@ -66,6 +66,11 @@ pub enum PluginCommand {
     /// "bytes_out", "websocket_messages"}, "now"}; scheduler {"backend",
     /// "requests": {"cpu_millis","memory_bytes"}, "node_selector", "nodes":
     /// [{"name","labels","capacity","backends"}], "owner_backends", "now"}.
+    /// Every field is required except the WIT's options, which may be
+    /// null or left out: a backend's "key" and "owner", a placed backend's
+    /// "owner" and "node", a verified token's "subject", "query",
+    /// "lifetime_limit_seconds", and "credentials"; a field not listed
+    /// here is refused, with its path (a misspelling is not ignored).
     /// Variants are written as in the Rust bindings, in input and output
     /// alike: {"Allow": {...}}, {"Deny": {...}}, "Keep", {"Terminate": {...}},
     /// {"Node": "name"}, {"Anywhere": [labels]}, {"Reject": "why"}.
@@ -172,14 +177,15 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
         };
         let info = plugin.info();
         Ok(format!(
-            "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms (deadline {} ms){missed}",
+            "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms (deadline {} ms, memory {} MiB){missed}",
             info.name,
             kind.with_article(),
             crate::plugins::PACKAGE_VERSION,
             info.size.div_ceil(1024),
             &info.digest[..16],
             took.as_secs_f64() * 1e3,
-            rt.config().limits(kind).deadline_ms
+            rt.config().limits(kind).deadline_ms,
+            rt.config().limits(kind).memory_mib
         ))
     })();
     match outcome {
@@ -216,17 +222,10 @@ fn run_once(
     let plugin = LoadedPlugin::load(&rt, kind, &source)?;
     let input = if input == "sample" { None } else { Some(crate::cli::read_arg(&input, "input")?) };
     let now = now_unix();
-    let parse_err = |kind: PluginKind| {
-        let looks = input.as_deref().and_then(input_kind).filter(|k| *k != kind);
-        match looks {
-            Some(other) => format!("--input looks like {} request, but the plugin is {} plugin", other.with_article(), kind.with_article()),
-            None => format!("--input is not a valid {kind} request (see `spawner plugin run --help` for the shape)"),
-        }
-    };
     let (decision, fallback) = match kind {
         PluginKind::Auth => {
             let req = match &input {
-                Some(i) => serde_json::from_str::<AuthInput>(i).with_context(|| parse_err(kind))?.into_request(rt.token_key()),
+                Some(i) => parse_input::<AuthInput>(i, kind)?.into_request(rt.token_key()),
                 None => sample::auth_request_with_token(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
@@ -234,14 +233,14 @@ fn run_once(
         }
         PluginKind::Idle => {
             let req: IdleRequest = match &input {
-                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+                Some(i) => parse_input(i, kind)?,
                 None => sample::idle_request(now),
             };
             (plugin.evaluate(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(IdleVerdict::Keep)?)
         }
         PluginKind::Scheduler => {
             let req: PlacementRequest = match &input {
-                Some(i) => serde_json::from_str(i).with_context(|| parse_err(kind))?,
+                Some(i) => parse_input(i, kind)?,
                 None => sample::placement_request(now),
             };
             let r = plugin.place(&rt, &req).map(|v| serde_json::to_value(v).expect("serialisable"));
@@ -259,6 +258,46 @@ fn run_once(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--input` as a `kind` request. Refused, with the field's path: text that
+/// is not JSON (with a hint when it names a file, which needs `@`), a value
+/// of the wrong shape, and a field the request does not have (ignoring a
+/// misspelt `lifetime_limit_secs` would print the decision for another
+/// input than the one meant).
+fn parse_input<T: serde::de::DeserializeOwned>(text: &str, kind: PluginKind) -> anyhow::Result<T> {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        let hint = match std::path::Path::new(text.trim()).is_file() {
+            true => format!("; to read the file {}, write --input @{}", text.trim(), text.trim()),
+            false => String::new(),
+        };
+        anyhow::bail!("--input is not JSON ({e}){hint}");
+    }
+    let mut unknown = Vec::new();
+    let mut json = serde_json::Deserializer::from_str(text);
+    let parsed = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut json, &mut |path: serde_ignored::Path<'_>| {
+        unknown.push(path.to_string())
+    }));
+    let value: T = parsed.map_err(|e| match input_kind(text).filter(|k| *k != kind) {
+        Some(other) => {
+            anyhow::anyhow!("--input looks like {} request, but the plugin is {} plugin", other.with_article(), kind.with_article())
+        }
+        None => {
+            let at = match e.path().to_string().as_str() {
+                "." => String::new(),
+                path => format!(" at {path}"),
+            };
+            anyhow::anyhow!("--input is not a valid {kind} request{at}: {} (see `spawner plugin run --help` for the shape)", e.inner())
+        }
+    })?;
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "--input has {} {kind} requests do not have: {} (misspelt? the names are snake_case; see `spawner plugin run --help` for the shape)",
+            if unknown.len() == 1 { "a field" } else { "fields" },
+            unknown.join(", ")
+        );
+    }
+    Ok(value)
 }
 
 /// An auth request as `plugin run` reads it: `credentials` may be left out,

@@ -141,7 +141,7 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
         // Only `spawner plugin run` has no key (the servers always have
         // one, random when unconfigured): say how to give it one.
         return Err(TokenError::Malformed(
-            "not checked: no token secret to verify it with (spawner plugin run: pass --token-secret or set SPAWNER_TOKEN_SECRET, the secret the token was minted with)"
+            "not checked: no token secret to verify it with (spawner plugin run: pass --token-secret, the secret the token was minted with)"
                 .into(),
         ));
     };

@@ -11,13 +11,15 @@ pub type LoadResult<T> = std::result::Result<T, LoadError>;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read plugin {path}: {source}")]
+    #[error("cannot read plugin {path}: {error}{hint}")]
     Read {
         /// The path.
         path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error (in the message, not as a source: the hint
+        /// follows it).
+        error: std::io::Error,
+        /// What to check, when there is a likely cause.
+        hint: &'static str,
     },
     /// The settings file could not be read.
     #[error("cannot read plugin settings file {path}: {source}")]
@@ -76,7 +78,7 @@ pub enum LoadError {
     },
     /// No (or more than one) Spawner plugin interface is exported, so the
     /// kind cannot be told.
-    #[error("{name} is not a Spawner plugin: it exports {found}, but a plugin exports one of spawner:plugin/scheduling, spawner:plugin/authorization or spawner:plugin/idleness (@{version}); build it with spawner-plugin-sdk", version = super::PACKAGE_VERSION)]
+    #[error("{name} is not a Spawner plugin: it exports {found}, but a plugin exports one of spawner:plugin/scheduling, spawner:plugin/authorization or spawner:plugin/idleness (@{version}); build it with spawner-plugin-sdk, whose export! line makes the export (e.g. `spawner_plugin_sdk::export!(idle: MyIdle);` at the top level of lib.rs)", version = super::PACKAGE_VERSION)]
     UnknownKind {
         /// Plugin name.
         name: String,
