@@ -215,6 +215,10 @@ pub struct Observed {
     /// on Kubernetes, its termination message), if known: an exit of its own
     /// says it, since it usually says why.
     pub last_output: Option<String>,
+    /// Where readiness is checked, if the runtime says (local mode: the
+    /// backend's `127.0.0.1:PORT`): a backend that listens elsewhere is
+    /// told so when it times out.
+    pub probe: Option<String>,
     /// Now.
     pub now: Timestamp,
 }
@@ -389,7 +393,12 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                 if waited.is_positive() && waited.unsigned_abs() >= timeouts.startup {
                     next.phase = Phase::Failed;
                     next.reason = Some(Reason::StartupTimeout);
-                    next.message = Some(format!("did not accept connections within {} s", timeouts.startup.as_secs_f64()));
+                    let at = observed.probe.as_deref().map(|p| format!(" on {p}")).unwrap_or_default();
+                    let mut message = format!("did not accept connections{at} within {} s", timeouts.startup.as_secs_f64());
+                    if let Some(words) = &observed.last_output {
+                        message = format!("{message}{LAST_OUTPUT}{words}");
+                    }
+                    next.message = Some(message);
                     next.finished_at = Some(now);
                     (next, Action::Stop)
                 } else {
@@ -428,6 +437,7 @@ mod tests {
             termination: None,
             create_error: None,
             last_output: None,
+            probe: None,
             now: t(secs),
         }
     }
@@ -486,7 +496,17 @@ mod tests {
         assert_eq!((next.phase, action), (Phase::Starting, Action::Wait), "59 s after start: still waiting");
         let (next, action) = step(&s, &observed(Workload::Starting, 61), &STARTUP);
         assert_eq!((next.phase, next.reason, action), (Phase::Failed, Some(Reason::StartupTimeout), Action::Stop));
-        assert!(next.message.unwrap().contains("60 s"));
+        assert_eq!(next.message.unwrap(), "did not accept connections within 60 s");
+        let told = Observed {
+            probe: Some("127.0.0.1:4000 (its PORT)".into()),
+            last_output: Some("listening on [::1]:3000".into()),
+            ..observed(Workload::Starting, 61)
+        };
+        let (next, _) = step(&s, &told, &STARTUP);
+        assert_eq!(
+            next.message.unwrap(),
+            "did not accept connections on 127.0.0.1:4000 (its PORT) within 60 s; its last output: listening on [::1]:3000"
+        );
     }
 
     #[test]

@@ -159,8 +159,8 @@ stop-timeout-seconds = 1
 command = "sh"
 args = ["-c", "sleep 0.2; echo about to fail >&2; exit 3"]
 [templates.deaf]
-command = "sleep"
-args = ["600"]
+command = "sh"
+args = ["-c", "echo listening on 127.0.0.1:3000; exec sleep 600"]
 [templates.missing]
 command = "/nonexistent/program"
 "#;
@@ -181,6 +181,10 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
 
     let d = dev.wait_phase(&deaf, "failed").await;
     assert_eq!(d["status"]["reason"], "startup-timeout", "{d}");
+    // Where Spawner looked, and what the backend said, side by side.
+    let message = d["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("did not accept connections on 127.0.0.1:"), "{message}");
+    assert!(message.ends_with("(its PORT; a server listening only on ::1, on another port or on a Unix socket is not seen) within 2 s; its last output: listening on 127.0.0.1:3000"), "{message}");
     // Failed is recorded before the process is stopped.
     let stopped_by = Instant::now() + Duration::from_secs(10);
     while !backend_pids(&deaf).is_empty() && Instant::now() < stopped_by {

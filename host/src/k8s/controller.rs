@@ -303,6 +303,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             termination: termination.clone(),
             create_error: create_error.clone(),
             last_output: pod::last_output(pod.as_ref()),
+            // The Pod's Ready condition: its own probe, or the port's.
+            probe: None,
             now,
         };
         let (next, action) = lifecycle::step(&status, &observed, &ctx.timeouts());

@@ -40,19 +40,25 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
                 if let Some(read) = read {
                     read.await;
                 }
-                rec.process.lock().expect("process lock").as_ref().and_then(|p| {
-                    let lines = p.logs.lines(Some(LAST_LINES));
-                    lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
-                })
+                last_output(&rec)
             }
+            // For a startup timeout: a server that says where it listens.
+            Workload::Starting => last_output(&rec),
             _ => None,
         };
+        let probe = rec
+            .process
+            .lock()
+            .expect("process lock")
+            .as_ref()
+            .map(|p| format!("{} (its PORT; a server listening only on ::1, on another port or on a Unix socket is not seen)", p.addr));
         let observed = Observed {
             admission: admission.clone(),
             workload,
             termination: rec.termination(),
             create_error: create_error.clone(),
             last_output,
+            probe,
             now: Timestamp::now(),
         };
         let current = rec.status();
@@ -115,6 +121,14 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
             _ = tokio::time::sleep(deadline) => {}
         }
     }
+}
+
+/// What the backend's process wrote last, for its status message.
+fn last_output(rec: &Record) -> Option<String> {
+    rec.process.lock().expect("process lock").as_ref().and_then(|p| {
+        let lines = p.logs.lines(Some(LAST_LINES));
+        lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
+    })
 }
 
 fn start(local: &Local, rec: &Record) -> std::io::Result<process::Process> {
