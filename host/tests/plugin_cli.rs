@@ -157,6 +157,16 @@ fn run_prints_the_decision_for_a_minted_token() {
     assert_eq!(decision["Deny"]["status"], 403, "{decision}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("credential(s) are replaced"), "{}", text(&out));
 
+    // A sample minted with the secret is let in with it: its header holds
+    // a real token, not the placeholder.
+    let minted = spawner(&["plugin", "sample", "--kind", "auth", "--token-secret", secret]);
+    assert!(minted.status.success(), "{}", text(&minted));
+    assert!(!String::from_utf8_lossy(&minted.stdout).contains(secret), "the secret is not printed");
+    let out =
+        patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &String::from_utf8_lossy(&minted.stdout), "--token-secret", secret]);
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
+
     // The fixture's failure is shown with the fallback the host would use.
     let out = patient(&["plugin", "run", built::FIXTURE_FAIL_IDLE, "--kind", "idle", "--input", "sample"]);
     assert_eq!(out.status.code(), Some(1));

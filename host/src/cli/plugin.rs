@@ -42,11 +42,16 @@ pub enum PluginCommand {
     },
     /// Print a sample input of a kind as JSON: a starting point for
     /// `plugin run --input @file`. The auth sample carries one verified
-    /// bearer token, to show the shape of `credentials`.
+    /// bearer token, to show the shape of `credentials`; its header holds
+    /// a placeholder, or, with --token-secret, a real token minted with it,
+    /// for `plugin run --token-secret` to verify.
     Sample {
         /// The kind of plugin the input is for.
         #[arg(long)]
         kind: PluginKind,
+        /// Secret to mint the auth sample's token with.
+        #[arg(long)]
+        token_secret: Option<crate::secret::Secret>,
     },
     /// Make one decision with a plugin and print it as JSON.
     ///
@@ -109,10 +114,11 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Run { file, kind, input, settings, token_secret, limits } => {
             run_once(file, kind, input, settings, token_secret.as_ref().map(|s| s.expose().to_string()), limits.runtime())
         }
-        PluginCommand::Sample { kind } => {
+        PluginCommand::Sample { kind, token_secret } => {
             let now = now_unix();
+            let key = token_secret.map(|s| TokenKey::new(s.expose().as_bytes())).transpose()?;
             let json = match kind {
-                PluginKind::Auth => serde_json::to_string_pretty(&sample::auth_request_with_token(now)),
+                PluginKind::Auth => serde_json::to_string_pretty(&sample::auth_request_minted(now, key.as_ref())),
                 PluginKind::Idle => serde_json::to_string_pretty(&sample::idle_request(now)),
                 PluginKind::Scheduler => serde_json::to_string_pretty(&sample::placement_request(now)),
             }?;

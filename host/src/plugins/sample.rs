@@ -29,6 +29,13 @@ pub fn auth_request(now: u64) -> AuthRequest {
 /// header it was found in (the token itself elided: plugins read the
 /// verified claims) and its credential.
 pub fn auth_request_with_token(now: u64) -> AuthRequest {
+    auth_request_minted(now, None)
+}
+
+/// [`auth_request_with_token`], its header carrying a real token minted
+/// with `key` when one is given (so that `plugin run --token-secret`,
+/// which verifies the tokens in the request, finds the same credential).
+pub fn auth_request_minted(now: u64, key: Option<&crate::token::TokenKey>) -> AuthRequest {
     let mut request = auth_request(now);
     let capability = Capability {
         backend: request.backend.name.clone(),
@@ -36,7 +43,11 @@ pub fn auth_request_with_token(now: u64) -> AuthRequest {
         issued_at: now.saturating_sub(60),
         expires_at: now + 3600,
     };
-    request.request.headers.push(Header { name: "authorization".into(), value: "Bearer st1.…".into() });
+    let token = match key {
+        Some(key) => key.mint(&capability.backend, capability.subject.as_deref(), capability.issued_at, capability.expires_at),
+        None => "st1.…".into(),
+    };
+    request.request.headers.push(Header { name: "authorization".into(), value: format!("Bearer {token}") });
     request.credentials.push(Credential { source: CredentialSource::Bearer, verified: Ok(capability) });
     request
 }
