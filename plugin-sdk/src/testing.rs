@@ -23,6 +23,7 @@ use std::vec::Vec;
 use crate::auth::{AuthRequest, Credential, CredentialSource, HttpRequest};
 use crate::host::{Capability, TokenError};
 use crate::idle::{Activity, IdleRequest};
+use crate::scheduler::{Node, PlacedBackend, PlacementRequest, Resources};
 use crate::{Backend, Label, LogLevel};
 
 type Verifier = dyn Fn(&str) -> Result<Capability, TokenError>;
@@ -150,7 +151,54 @@ pub fn capability(backend: &str, subject: Option<&str>, expires_at: u64) -> Capa
 /// A credential as the proxy passes one found in `Authorization: Bearer`,
 /// verified (`Ok`) or not (`Err`, e.g. `TokenError::BadSignature`).
 pub fn bearer(verified: Result<Capability, TokenError>) -> Credential {
-    Credential { source: CredentialSource::Bearer, verified }
+    credential(CredentialSource::Bearer, verified)
+}
+
+/// A credential as the proxy passes one found in `source` (the `token`
+/// query parameter, the token cookie, or `Authorization: Bearer`).
+pub fn credential(source: CredentialSource, verified: Result<Capability, TokenError>) -> Credential {
+    Credential { source, verified }
+}
+
+/// A node for a test: `name`, with `cpu_millis` and `memory_bytes` of
+/// capacity, no labels and no backends (push what the test is about).
+pub fn node(name: &str, cpu_millis: u64, memory_bytes: u64) -> Node {
+    Node { name: name.into(), labels: Vec::new(), capacity: Resources { cpu_millis, memory_bytes }, backends: Vec::new() }
+}
+
+/// A backend already running, for a node's `backends` or the request's
+/// `owner_backends`: `name`, for `owner`, on `node`, requesting nothing.
+pub fn placed(name: &str, owner: Option<&str>, node: Option<&str>) -> PlacedBackend {
+    PlacedBackend {
+        name: name.into(),
+        owner: owner.map(Into::into),
+        labels: Vec::new(),
+        node: node.map(Into::into),
+        requests: Resources { cpu_millis: 0, memory_bytes: 0 },
+    }
+}
+
+/// A placement request for a test: `backend` to place on one of `nodes`
+/// at time `now`, requesting nothing, with no node selector and no other
+/// backends of its owner (set the fields a test is about).
+///
+/// ```
+/// use spawner_plugin_sdk::testing::{backend, node, placed, placement_request};
+///
+/// let mut a = node("node-a", 4000, 8 << 30);
+/// a.backends.push(placed("doc-1", Some("alice"), Some("node-a")));
+/// let request = placement_request(backend("doc-2"), vec![a, node("node-b", 4000, 8 << 30)], 1_800_000_000);
+/// assert_eq!(request.nodes[0].backends.len(), 1);
+/// ```
+pub fn placement_request(backend: Backend, nodes: Vec<Node>, now: u64) -> PlacementRequest {
+    PlacementRequest {
+        backend,
+        requests: Resources { cpu_millis: 0, memory_bytes: 0 },
+        node_selector: Vec::new(),
+        nodes,
+        owner_backends: Vec::new(),
+        now,
+    }
 }
 
 /// An idle request for a test: `backend`, an hour old, with grace period

@@ -115,35 +115,26 @@ fn describe(labels: &[Label]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spawner_plugin_sdk::testing::{Harness, backend, label};
+    use spawner_plugin_sdk::testing::{self, Harness, backend, label, placement_request};
 
     const GI: u64 = 1 << 30;
 
     fn placed(name: &str, owner: &str, cpu: u64) -> PlacedBackend {
-        PlacedBackend {
-            name: name.into(),
-            owner: Some(owner.into()),
-            labels: vec![],
-            node: None,
-            requests: Resources { cpu_millis: cpu, memory_bytes: 0 },
-        }
+        let mut p = testing::placed(name, Some(owner), None);
+        p.requests.cpu_millis = cpu;
+        p
     }
 
     fn node(name: &str, labels: Vec<Label>, cpu: u64, backends: Vec<PlacedBackend>) -> Node {
-        Node { name: name.into(), labels, capacity: Resources { cpu_millis: cpu, memory_bytes: 8 * GI }, backends }
+        Node { labels, backends, ..testing::node(name, cpu, 8 * GI) }
     }
 
     fn request(nodes: Vec<Node>) -> PlacementRequest {
         let mut b = backend("new");
         b.owner = Some("alice".into());
-        PlacementRequest {
-            backend: b,
-            requests: Resources { cpu_millis: 500, memory_bytes: GI },
-            node_selector: vec![],
-            nodes,
-            owner_backends: vec![],
-            now: 0,
-        }
+        let mut req = placement_request(b, nodes, 0);
+        req.requests = Resources { cpu_millis: 500, memory_bytes: GI };
+        req
     }
 
     fn cluster() -> Vec<Node> {
