@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod sample;
 mod stderr;
 pub mod types;
+mod waits;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -161,6 +161,13 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     assert_eq!(result, Err(CallError::Deadline(20)));
     // Liveness, not a benchmark: a 20 ms deadline must not take seconds.
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    // Sleeping (a wait in the host, where the epoch does not reach) is
+    // stopped at the deadline too, not after the minute it asked for.
+    let mut sleepy = auth_request("b1", &[], None);
+    sleepy.request.path = "/sleep".into();
+    let started = Instant::now();
+    assert_eq!(looping.check(&rt, &sleepy, 0), Err(CallError::Deadline(20)));
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
     // Loading one whose validate-settings never returns ends too (after a
     // few tries: a deadline miss at load can be a busy machine's), refused
     // for the deadline.

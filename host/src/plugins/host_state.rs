@@ -85,9 +85,16 @@ pub(crate) struct HostState {
     /// for unknown): `verify-capability-token` refuses older tokens, as the
     /// proxy does for the credentials it finds.
     pub backend_created_at: u64,
+    /// When a wait in a host call gives up: the call's deadline.
+    pub wait_until: tokio::time::Instant,
 }
 
 impl HostState {
+    /// The call's resources (WASI's pollables and streams among them).
+    pub fn table(&mut self) -> &mut wasmtime::component::ResourceTable {
+        &mut self.table
+    }
+
     pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
         HostState {
             limiter: Limiter { memory_bytes, hit: false, start_need: None, started: false },
@@ -97,6 +104,7 @@ impl HostState {
             logs_left: MAX_LOG_LINES_PER_CALL,
             last_error: None,
             backend_created_at: 0,
+            wait_until: tokio::time::Instant::now(),
         }
     }
 

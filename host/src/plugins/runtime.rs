@@ -254,6 +254,7 @@ impl Runtime {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker: {e:#}")))?;
+        super::waits::bound_by_deadline(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker (waits): {e:#}")))?;
         super::bindings::auth::spawner::plugin::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
         super::bindings::auth::spawner::plugin::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
@@ -337,8 +338,12 @@ impl Runtime {
         let mut store = Store::new(&self.engine, HostState::new(ctx, limits.memory_bytes() as usize));
         store.limiter(|s| &mut s.limiter);
         // +1: the current tick may be nearly over when the call starts.
-        store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
+        let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        // Waits in host calls, which the epoch does not interrupt, end then
+        // too (see `waits`).
+        store.data_mut().wait_until = tokio::time::Instant::now() + EPOCH_TICK * ticks as u32;
         store
     }
 }
