@@ -35,7 +35,7 @@ pub struct Dev {
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
 }
 
 impl Dev {

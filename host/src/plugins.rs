@@ -145,7 +145,8 @@ impl PluginSource {
         let bytes = std::fs::read(path).map_err(|error| {
             // A crate without `crate-type = ["cdylib"]` builds, but writes
             // no .wasm: the file a plugin author looks for is not there.
-            let hint = match error.kind() == std::io::ErrorKind::NotFound && path.extension().is_some_and(|e| e == "wasm") {
+            let in_target = path.to_string_lossy().contains("wasm32-wasip");
+            let hint = match error.kind() == std::io::ErrorKind::NotFound && in_target {
                 true => " (`cargo build --target wasm32-wasip2 --release` writes target/wasm32-wasip2/release/<crate name with - as _>.wasm, and only when the crate's Cargo.toml has crate-type = [\"cdylib\"] under [lib])",
                 false => "",
             };

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
@@ -41,68 +41,109 @@ pub fn source(config: &PluginsConfig, kind: PluginKind) -> LoadResult<PluginSour
 /// Watches the configured plugin files; returns the watcher, which stops
 /// watching when dropped. `loaded` holds the [`fingerprint`]s of what is
 /// loaded now, so touching an unchanged file reloads nothing.
+///
+/// The directories watched are those of each file as configured and of
+/// what it resolves to now, followed again after every change: a
+/// ConfigMap mounted as a volume is a symlink (`idle.wasm ->
+/// ..data/idle.wasm`) whose `..data` the kubelet re-points at a new
+/// directory on each update, and a watch on the directory it resolved to
+/// at start would see the first update only. Any change there re-reads
+/// every configured plugin, and only what differs from what was last
+/// tried is reloaded. A reload refused for the moment (see
+/// [`LoadError::is_transient`](crate::plugins::LoadError::is_transient))
+/// is tried again after [`RETRY`].
 pub fn spawn(
     config: PluginsConfig,
     plugins: Arc<Plugins>,
     loaded: HashMap<PluginKind, [u8; 32]>,
-) -> notify::Result<Option<notify::RecommendedWatcher>> {
-    let mut files: Vec<(PluginKind, PathBuf)> = Vec::new();
-    for kind in PluginKind::ALL {
-        let slot = config.slot(kind);
-        for f in [&slot.file, &slot.settings_file].into_iter().flatten() {
-            files.push((kind, std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
-        }
-    }
-    if files.is_empty() {
+) -> notify::Result<Option<Arc<Mutex<notify::RecommendedWatcher>>>> {
+    let kinds: Vec<PluginKind> = PluginKind::ALL
+        .into_iter()
+        .filter(|k| {
+            let slot = config.slot(*k);
+            slot.file.is_some() || slot.settings_file.is_some()
+        })
+        .collect();
+    if kinds.is_empty() {
         return Ok(None);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event
-            && changes_content(&e.kind)
-        {
-            for p in e.paths {
-                let _ = tx.send(p);
-            }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| changes_content(&e.kind)) {
+            let _ = tx.send(());
         }
     })?;
-    // Watch directories: editors and `cp` replace files by renaming.
-    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|(_, f)| f.parent().map(PathBuf::from)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in &dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
-    }
+    let watcher = Arc::new(Mutex::new(watcher));
+    let mut watched = Vec::new();
+    watch_dirs(&watcher, &config, &mut watched)?;
+    let weak = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         // What was last tried for each kind (digest of component + settings).
         let mut tried = loaded;
-        while let Some(first) = rx.recv().await {
-            let mut changed = vec![first];
-            while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                changed.push(p);
+        let mut retry = false;
+        loop {
+            // The next change (then the rest of its burst), or the retry.
+            let next = if retry { tokio::time::timeout(RETRY, rx.recv()).await.unwrap_or(Some(())) } else { rx.recv().await };
+            if next.is_none() {
+                return; // the watcher was dropped
             }
-            let mut kinds: Vec<PluginKind> = files
-                .iter()
-                .filter(|(_, f)| changed.iter().any(|c| c == f || std::fs::canonicalize(c).ok().as_ref() == Some(f)))
-                .map(|(k, _)| *k)
-                .collect();
-            kinds.dedup();
-            for kind in kinds {
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            if let Some(w) = weak.upgrade()
+                && let Err(e) = watch_dirs(&w, &config, &mut watched)
+            {
+                tracing::warn!(error = %e, "cannot watch where the plugin files lead now; changes there may be missed");
+            }
+            retry = false;
+            for &kind in &kinds {
                 let source = match source(&config, kind) {
                     Ok(s) => s,
                     Err(e) => {
-                        let file = files.iter().find(|(k, _)| *k == kind).map(|(_, f)| f.display().to_string()).unwrap_or_default();
-                        plugins.refuse(kind, &file, &e);
+                        plugins.refuse(kind, &e.path().unwrap_or_default(), &e);
                         continue;
                     }
                 };
-                if replace_if_changed(&plugins, kind, &source, &mut tried).await.is_none() {
-                    tracing::debug!(kind = kind.as_str(), plugin = %source.name, "plugin file touched but unchanged; not reloaded");
+                match replace_if_changed(&plugins, kind, &source, &mut tried).await {
+                    None => {
+                        tracing::debug!(kind = kind.as_str(), plugin = %source.name, "plugin files touched but unchanged; not reloaded")
+                    }
+                    Some(Err(e)) if e.is_transient() => retry = true,
+                    Some(_) => {}
                 }
             }
         }
     });
     Ok(Some(watcher))
+}
+
+/// How long after a reload refused for the moment it is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// Adds watches on the directories of the configured files, as given and
+/// as they resolve now, that `watched` does not list yet.
+fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, watched: &mut Vec<PathBuf>) -> notify::Result<()> {
+    let mut dirs = Vec::new();
+    for kind in PluginKind::ALL {
+        let slot = config.slot(kind);
+        for f in [&slot.file, &slot.settings_file].into_iter().flatten() {
+            let resolved = std::fs::canonicalize(f).ok();
+            // Watch directories, not files: editors and `cp` replace files
+            // by renaming, and a symlink is re-pointed in its directory.
+            dirs.extend([Some(f), resolved.as_ref()].into_iter().flatten().filter_map(|p| p.parent()).map(PathBuf::from));
+        }
+    }
+    // A directory that is gone (a ConfigMap's previous version) lost its
+    // watch with it; should it come back, it is watched again.
+    watched.retain(|d| d.exists());
+    let mut watcher = watcher.lock().expect("watcher lock");
+    for d in dirs {
+        // A relative file's parent is "": its directory is the current one.
+        let d = if d.as_os_str().is_empty() { PathBuf::from(".") } else { d };
+        if !watched.contains(&d) {
+            watcher.watch(&d, RecursiveMode::NonRecursive)?;
+            watched.push(d);
+        }
+    }
+    Ok(())
 }
 
 /// Hot-swaps `kind` to `source` unless that (component and settings) is
@@ -121,11 +162,12 @@ pub async fn replace_if_changed(
     tried: &mut HashMap<PluginKind, [u8; 32]>,
 ) -> Option<LoadResult<crate::plugins::PluginInfo>> {
     let digest = fingerprint(source);
-    if tried.insert(kind, digest) == Some(digest) {
+    let before = tried.insert(kind, digest);
+    if before == Some(digest) {
         return None;
     }
     let (loader, owned) = (plugins.clone(), source.clone());
-    Some(match tokio::task::spawn_blocking(move || loader.replace(kind, &owned)).await {
+    let outcome = match tokio::task::spawn_blocking(move || loader.replace(kind, &owned)).await {
         Ok(outcome) => outcome,
         // `replace` turns the plugin's failures into errors; this is a panic
         // of the host's own, which must not end the watch either.
@@ -134,7 +176,16 @@ pub async fn replace_if_changed(
             plugins.refuse(kind, &source.name, &e);
             Err(e)
         }
-    })
+    };
+    // Refused for the moment only (a busy machine, no free instance): not
+    // remembered as tried, so the next look tries it again.
+    if outcome.as_ref().is_err_and(|e| e.is_transient()) {
+        match before {
+            Some(b) => tried.insert(kind, b),
+            None => tried.remove(&kind),
+        };
+    }
+    Some(outcome)
 }
 
 /// Whether a file event can mean new content: creation, removal, renames

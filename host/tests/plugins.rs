@@ -418,6 +418,65 @@ async fn a_reload_does_not_hold_up_the_async_runtime() {
     assert_eq!(plugins.info(PluginKind::Auth), before, "refused: the old plugin stays");
 }
 
+/// A reload refused for the moment (its `validate-settings` out of time on a
+/// busy machine) is tried again at the next look; one refused for what
+/// the plugin is (settings it refuses) is not, until it changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_refused_for_the_moment_is_tried_again() {
+    let limits = spawner::plugins::Limits { memory_mib: 64, deadline_ms: 50 };
+    let rt = Arc::new(Runtime::new(RuntimeConfig { auth: limits, ..patient() }, Some(key())).unwrap());
+    let plugins = Arc::new(with_in(rt, vec![]).0);
+    let mut tried = std::collections::HashMap::new();
+    let slow = source(built::FIXTURE_LOOP, "loop");
+    for attempt in 0..2 {
+        let outcome = spawner::watch::replace_if_changed(&plugins, PluginKind::Auth, &slow, &mut tried).await;
+        assert!(matches!(&outcome, Some(Err(e)) if e.is_transient()), "attempt {attempt}: {outcome:?}");
+    }
+    let refused = PluginSource::embedded(PluginKind::Idle, "{not json");
+    let outcome = spawner::watch::replace_if_changed(&plugins, PluginKind::Idle, &refused, &mut tried).await;
+    assert!(matches!(&outcome, Some(Err(e @ LoadError::Settings { .. })) if !e.is_transient()), "{outcome:?}");
+    assert!(spawner::watch::replace_if_changed(&plugins, PluginKind::Idle, &refused, &mut tried).await.is_none(), "not tried again");
+}
+
+/// A ConfigMap mounted as a volume: `idle.wasm -> ..data/idle.wasm`, and
+/// each update a new directory that `..data` is re-pointed at (then the
+/// old one removed), as the kubelet does. Every update is loaded, not
+/// only the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configmap_volume_is_followed_through_every_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let publish = |version: &str, plugin: &str| {
+        let v = d.join(format!("..{version}"));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::copy(plugin, v.join("idle.wasm")).unwrap();
+        std::os::unix::fs::symlink(format!("..{version}"), d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    };
+    publish("v1", built::FIXTURE_COUNTER);
+    std::os::unix::fs::symlink("..data/idle.wasm", d.join("idle.wasm")).unwrap();
+    let mut config = spawner::config::PluginsConfig::default();
+    config.idle.file = Some(d.join("idle.wasm"));
+    let first = spawner::watch::source(&config, PluginKind::Idle).unwrap();
+    let plugins = Arc::new(with(vec![(PluginKind::Idle, first.clone())]).0);
+    let loaded = [(PluginKind::Idle, spawner::watch::fingerprint(&first))].into_iter().collect();
+    let _watching = spawner::watch::spawn(config, plugins.clone(), loaded).unwrap();
+
+    let mut previous = "v1";
+    for (version, plugin) in [("v2", built::BUSINESS_HOURS_IDLE), ("v3", built::FIXTURE_FAIL_IDLE)] {
+        let before = plugins.info(PluginKind::Idle).digest;
+        publish(version, plugin);
+        std::fs::remove_dir_all(d.join(format!("..{previous}"))).unwrap();
+        let mut waited = Duration::ZERO;
+        while plugins.info(PluginKind::Idle).digest == before && waited < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        assert_ne!(plugins.info(PluginKind::Idle).digest, before, "update {version} was not loaded");
+        previous = version;
+    }
+}
+
 #[test]
 fn calls_running_during_a_swap_all_get_answers() {
     // The shared runtime's patient deadlines: this is about the swap, and a

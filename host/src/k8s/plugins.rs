@@ -157,7 +157,22 @@ async fn follow(
     // A (re)listing that finds no ConfigMap means it was deleted, perhaps
     // while the watch was down (no Delete event then).
     let mut listed = false;
-    while let Some(event) = stream.next().await {
+    // The ConfigMap as last seen, and whether a reload of it was refused
+    // for the moment only, to be tried again after RETRY.
+    let mut last: Option<ConfigMap> = None;
+    let mut retry = false;
+    loop {
+        let event = match retry {
+            true => match tokio::time::timeout(crate::watch::RETRY, stream.next()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    retry = apply(last.as_ref(), &plugins, kinds, &mut tried, &events).await;
+                    continue;
+                }
+            },
+            false => stream.next().await,
+        };
+        let Some(event) = event else { return };
         let configmap = match event {
             Ok(watcher::Event::Init) => {
                 listed = false;
@@ -176,18 +191,21 @@ async fn follow(
                 continue;
             }
         };
-        apply(configmap.as_ref(), &plugins, kinds, &mut tried, &events).await;
+        retry = apply(configmap.as_ref(), &plugins, kinds, &mut tried, &events).await;
+        last = configmap;
     }
 }
 
 /// Loads what differs from what was last tried; reports each outcome.
+/// True when a reload was refused for the moment only (and should be
+/// tried again).
 async fn apply(
     configmap: Option<&ConfigMap>,
     plugins: &Arc<Plugins>,
     kinds: &[PluginKind],
     tried: &mut HashMap<PluginKind, [u8; 32]>,
     events: &Recorder,
-) {
+) -> bool {
     let report = |type_: EventType, reason: &str, mut note: String| {
         crate::text::cut_to(&mut note, super::MAX_EVENT_NOTE, "…");
         let event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: "LoadPlugin".into(), secondary: None };
@@ -215,11 +233,17 @@ async fn apply(
     let sources = match sources(configmap, kinds) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "plugin ConfigMap refused; the running plugins stay");
+            // Counted for each kind it carries plugins for, as a refused
+            // reload of theirs.
+            let label = configmap.and_then(|cm| cm.metadata.name.clone()).unwrap_or_default();
+            for &kind in kinds {
+                plugins.refuse(kind, &label, &e);
+            }
             report(EventType::Warning, "PluginRejected", format!("{e}; the running plugins stay")).await;
-            return;
+            return false;
         }
     };
+    let mut retry = false;
     for (kind, source) in sources {
         match replace_if_changed(plugins, kind, &source, tried).await {
             None => {}
@@ -229,10 +253,16 @@ async fn apply(
             }
             Some(Err(e)) => {
                 let keeping = plugins.info(kind).name;
-                report(EventType::Warning, "PluginRejected", format!("{e}; keeping {keeping}")).await;
+                let again = match e.is_transient() {
+                    true => format!(" (tried again in {} s)", crate::watch::RETRY.as_secs()),
+                    false => String::new(),
+                };
+                retry |= e.is_transient();
+                report(EventType::Warning, "PluginRejected", format!("{e}; keeping {keeping}{again}")).await;
             }
         }
     }
+    retry
 }
 
 #[cfg(test)]

@@ -137,6 +137,30 @@ pub enum LoadError {
     Runtime(String),
 }
 
+impl LoadError {
+    /// The file it could not read, if that is what went wrong.
+    pub fn path(&self) -> Option<String> {
+        match self {
+            LoadError::Read { path, .. } | LoadError::ReadSettings { path, .. } => Some(path.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the same plugin and settings may load on another try: its
+    /// `validate-settings` ran out of time (a busy machine), no instance
+    /// was free, or the host failed. Not whether they are bad: a reload
+    /// refused for these is retried, one refused for the rest is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LoadError::SettingsCall { source, .. } | LoadError::Start { source, .. } => {
+                matches!(source, CallError::Deadline(_) | CallError::Instantiate(_) | CallError::HostPanic(_))
+            }
+            LoadError::Runtime(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why a call produced no decision. The kind's fallback applies.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum CallError {
