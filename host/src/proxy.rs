@@ -211,7 +211,7 @@ impl Proxy {
             websocket,
         };
         let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
-        credentials::refuse_issued_before(&mut credentials, target.created_at);
+        credentials::refuse_issued_before(&mut credentials, &target.backend.name, target.created_at);
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
         let identity = match self.plugins.auth().check_for(&auth, target.created_at) {
             Verdict::Deny(d) => {

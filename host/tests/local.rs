@@ -93,6 +93,16 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     let req = format!("{}/p/{name}/ws", dev.base.replace("http://", "ws://")).into_client_request().unwrap();
     let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+
+    // A token for a backend created well before this one is another
+    // backend's (403, naming both), not "for an earlier backend of that
+    // name" (401), which only a token for this name issued before it can be.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (later, _) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&later).await;
+    let r = dev.get(&later, "/api/stats", Some(&token)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.text().await.unwrap(), format!("token is for backend {name}, not {later}\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -109,25 +109,27 @@ fn pair_values<'a>(pairs: impl Iterator<Item = &'a str>, name: &str) -> impl Ite
 /// created its backend (the API server, on Kubernetes).
 pub const ISSUE_SKEW_SECONDS: u64 = 5;
 
-/// Turns tokens issued before the backend existed into failed credentials:
-/// they were for an earlier backend of the same name (on Kubernetes a key
-/// always names the same object, so a key's backends share a name), and an
-/// old user of a document must not reach the next backend opened for it.
-pub fn refuse_issued_before(credentials: &mut [Credential], backend_created_at: u64) {
+/// Turns tokens for `backend` issued before it existed into failed
+/// credentials: they were for an earlier backend of the same name (on
+/// Kubernetes a key always names the same object, so a key's backends share
+/// a name), and an old user of a document must not reach the next backend
+/// opened for it. Tokens for other backends are left as they are: the auth
+/// plugin refuses them for that (403), whenever they were issued.
+pub fn refuse_issued_before(credentials: &mut [Credential], backend: &str, backend_created_at: u64) {
     for c in credentials {
         if let Ok(cap) = &c.verified
-            && let Err(e) = issued_since(cap, backend_created_at)
+            && let Err(e) = issued_since(cap, backend, backend_created_at)
         {
             c.verified = Err(e);
         }
     }
 }
 
-/// A verified token issued before `backend_created_at` (Unix seconds, 0 for
-/// unknown) was for an earlier backend of the same name: an error that says
-/// so (the WIT's `malformed`, with the reason).
-pub fn issued_since(cap: &Capability, backend_created_at: u64) -> Result<(), TokenError> {
-    if cap.issued_at.saturating_add(ISSUE_SKEW_SECONDS) < backend_created_at {
+/// A verified token for `backend` issued before `backend_created_at` (Unix
+/// seconds, 0 for unknown) was for an earlier backend of the same name: an
+/// error that says so (the WIT's `malformed`, with the reason).
+pub fn issued_since(cap: &Capability, backend: &str, backend_created_at: u64) -> Result<(), TokenError> {
+    if cap.backend == backend && cap.issued_at.saturating_add(ISSUE_SKEW_SECONDS) < backend_created_at {
         let why = format!("issued before backend {} was created: it was for an earlier backend of that name", cap.backend);
         return Err(TokenError::Malformed(why));
     }
@@ -192,10 +194,16 @@ mod tests {
         let skewed = key.mint("k-1", Some("bob"), created - ISSUE_SKEW_SECONDS, created + 3600);
         let mut found: Vec<Credential> =
             [old, fresh, skewed].iter().map(|t| Credential { source: CredentialSource::Bearer, verified: verify(Some(&key), t) }).collect();
-        refuse_issued_before(&mut found, created);
+        refuse_issued_before(&mut found, "k-1", created);
         assert!(matches!(&found[0].verified, Err(TokenError::Malformed(why)) if why.contains("earlier backend")), "{:?}", found[0]);
         assert!(found[1].verified.is_ok());
         assert!(found[2].verified.is_ok(), "a few seconds of clock difference are tolerated");
+        // A token for another backend, older than this one, stays what it
+        // is: the plugin refuses it for being another backend's (403).
+        let other = key.mint("k-0", Some("alice"), created - 600, created + 3600);
+        let mut found = vec![Credential { source: CredentialSource::Bearer, verified: verify(Some(&key), &other) }];
+        refuse_issued_before(&mut found, "k-1", created);
+        assert_eq!(found[0].verified.as_ref().map(|c| c.backend.as_str()), Ok("k-0"));
     }
 
     #[test]

@@ -81,10 +81,10 @@ pub(crate) struct HostState {
     /// The last error-level line the plugin logged (a `no_std` plugin's
     /// panic message), for the trap report.
     pub last_error: Option<String>,
-    /// When the backend an auth call is about was created (Unix seconds; 0
-    /// for unknown): `verify-capability-token` refuses older tokens, as the
-    /// proxy does for the credentials it finds.
-    pub backend_created_at: u64,
+    /// The backend an auth call is about, and when it was created (Unix
+    /// seconds; 0 for unknown): `verify-capability-token` refuses its
+    /// older tokens, as the proxy does for the credentials it finds.
+    pub backend: (String, u64),
     /// When a wait in a host call gives up: the call's deadline.
     pub wait_until: tokio::time::Instant,
 }
@@ -103,7 +103,7 @@ impl HostState {
             ctx,
             logs_left: MAX_LOG_LINES_PER_CALL,
             last_error: None,
-            backend_created_at: 0,
+            backend: (String::new(), 0),
             wait_until: tokio::time::Instant::now(),
         }
     }
@@ -160,7 +160,7 @@ impl host::Host for HostState {
 
     fn verify_capability_token(&mut self, token: String) -> Result<types::Capability, types::TokenError> {
         let cap = super::credentials::verify(self.ctx.tokens.as_deref(), &token)?;
-        super::credentials::issued_since(&cap, self.backend_created_at)?;
+        super::credentials::issued_since(&cap, &self.backend.0, self.backend.1)?;
         Ok(cap)
     }
 }
@@ -187,8 +187,10 @@ mod tests {
         let fresh = key.mint("k-1", None, created, created + 600);
         use host::Host as _;
         assert!(state.verify_capability_token(old.clone()).is_ok(), "no creation time known: only the signature counts");
-        state.backend_created_at = created;
+        state.backend = ("k-1".into(), created);
         assert!(matches!(state.verify_capability_token(old), Err(TokenError::Malformed(why)) if why.contains("earlier backend")));
         assert!(state.verify_capability_token(fresh).is_ok());
+        let other = key.mint("k-0", None, created - 600, created + 600);
+        assert_eq!(state.verify_capability_token(other).map(|c| c.backend), Ok("k-0".into()), "another backend's: the plugin's to refuse");
     }
 }

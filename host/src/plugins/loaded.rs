@@ -129,7 +129,7 @@ impl LoadedPlugin {
     pub fn check(&self, rt: &Runtime, request: &AuthRequest, backend_created_at: u64) -> Result<Verdict, CallError> {
         let verdict = self.call(rt, |store, pre| match pre {
             KindPre::Auth(p) => {
-                store.data_mut().backend_created_at = backend_created_at;
+                store.data_mut().backend = (request.backend.name.clone(), backend_created_at);
                 instantiated(store, |s| p.instantiate(s))?.spawner_plugin_authorization().call_check(store, request)
             }
             _ => unreachable!("kind checked by the caller"),
