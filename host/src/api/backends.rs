@@ -220,8 +220,15 @@ pub(crate) struct ListQuery {
 /// List backends, newest first.
 #[utoipa::path(get, path = "/api/v1/backends", params(ListQuery), responses((status = 200, body = [BackendView]), (status = 400, description = "Bad filter")))]
 pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<ListQuery>) -> Result<Json<Vec<BackendView>>, ApiError> {
+    // An empty filter is a mistake, not "no filter": a web app that sends
+    // `owner=${user}` for a user it failed to look up would list everyone's.
+    for (name, value) in [("phase", &q.phase), ("owner", &q.owner), ("key", &q.key), ("labels", &q.labels)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ApiError::bad_request(format!("{name} is empty: give a value, or leave it out to list without it")));
+        }
+    }
     let mut labels = BTreeMap::new();
-    for pair in q.labels.iter().filter(|l| !l.is_empty()).flat_map(|l| l.split(',')) {
+    for pair in q.labels.iter().flat_map(|l| l.split(',')) {
         // A label no backend can carry would silently match nothing.
         let (k, v) = pair
             .split_once('=')
@@ -239,9 +246,7 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
         })?;
         phases.push(phase);
     }
-    // Empty means no filter, as for phase= and labels=.
-    let (owner, key) = (q.owner.filter(|o| !o.is_empty()), q.key.filter(|k| !k.is_empty()));
-    let filter = Filter { phases, owner, key, labels, live: q.live };
+    let filter = Filter { phases, owner: q.owner, key: q.key, labels, live: q.live };
     Ok(Json(s.backends.list(&filter).await))
 }
 
