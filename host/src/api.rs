@@ -14,6 +14,7 @@
 
 mod backends;
 pub mod error;
+mod object;
 mod original;
 mod query;
 mod sse;

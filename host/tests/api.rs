@@ -194,6 +194,9 @@ async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
         ("empty JSON body", "", 400, "the body is empty: send a JSON object ({} for all defaults)"),
         ("negative lifetime", r#"{"ttlSeconds":-1}"#, 422, "ttlSeconds must be between 1 and 2592000 (30 days), got -1"),
         ("misspelt field", r#"{"ttl":60}"#, 422, "unknown field `ttl`"),
+        // serde would read the fields in order: a token for eve, 60 s.
+        ("fields as an array", r#"["eve", 60]"#, 422, "the body must be a JSON object ({...}), not an array or a value"),
+        ("empty array", "[]", 422, "the body must be a JSON object ({...}), not an array or a value"),
         (
             "subject with a line break",
             r#"{"subject":"bob\r\nX-Evil: 1"}"#,

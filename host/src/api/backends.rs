@@ -7,6 +7,8 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+
+use super::object::Object;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -170,8 +172,11 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
     responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
         (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
         (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
-pub(crate) async fn create(State(s): State<ApiState>, body: Result<Json<CreateRequest>, JsonRejection>) -> Result<Response, ApiError> {
-    let Json(r) = body?;
+pub(crate) async fn create(
+    State(s): State<ApiState>,
+    body: Result<Json<Object<CreateRequest>>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(Object(r)) = body?;
     let ttl = token_ttl(&s, r.token_ttl_seconds, "tokenTtlSeconds")?;
     // Before anything starts: a bad subject must not leave a backend behind.
     if let Some(subject) = &r.subject {
@@ -345,7 +350,7 @@ pub(crate) async fn token(
     State(s): State<ApiState>,
     Name(name): Name,
     // Every field is optional: no body (and no Content-Type) is all defaults.
-    body: Result<Option<Json<TokenRequest>>, JsonRejection>,
+    body: Result<Option<Json<Object<TokenRequest>>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let r = body
         .map_err(|e| match ApiError::from(e) {
@@ -355,7 +360,7 @@ pub(crate) async fn token(
             }
             other => other,
         })?
-        .map(|Json(r)| r)
+        .map(|Json(Object(r))| r)
         .unwrap_or_default();
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {

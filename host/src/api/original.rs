@@ -87,8 +87,11 @@ fn render(status: &Status) -> String {
 #[utoipa::path(post, path = "/api/spawn", request_body = SpawnRequest, responses((status = 200, body = SpawnResponse), (status = 400, description = "Malformed JSON"),
     (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
     (status = 422, description = "Invalid values or unknown image"), (status = 429, description = "Too many backends")))]
-pub(crate) async fn spawn(State(s): State<ApiState>, body: Result<Json<SpawnRequest>, JsonRejection>) -> Result<Response, ApiError> {
-    let Json(r) = body?;
+pub(crate) async fn spawn(
+    State(s): State<ApiState>,
+    body: Result<Json<super::object::Object<SpawnRequest>>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(super::object::Object(r)) = body?;
     let spec = BackendSpec {
         template: r.image,
         key: None,
