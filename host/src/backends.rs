@@ -162,6 +162,11 @@ pub struct StatusFeed {
     pub history: Vec<StatusEvent>,
     /// Changes from here on.
     pub live: watch::Receiver<StatusEvent>,
+    /// Whether no event id beyond the current one can have been sent: true
+    /// where this process numbers the events (local mode); false on
+    /// Kubernetes, where a client may resume from another replica whose
+    /// cache is ahead of this one's.
+    pub complete: bool,
 }
 
 /// List filter (all conditions must hold).

@@ -489,6 +489,13 @@ async fn the_original_spawner_flow_works_as_its_clients_used_it() {
         assert_eq!(r.status(), 204, "{path}");
         let r = dev.http.get(format!("{}{path}", dev.base)).header("last-event-id", "abc").send().await.unwrap();
         assert_eq!(r.status(), 400, "{path}: an id no stream sent is not read as the start");
+        // Nor one beyond the last: it would skip every event to come, the
+        // end included.
+        let ahead = (last.parse::<u64>().unwrap() + 1).to_string();
+        let r = dev.http.get(format!("{}{path}", dev.base)).header("last-event-id", &ahead).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(&format!("Last-Event-ID {ahead} is not an event of this stream (its last event is {last})")), "{text}");
     }
 }
 

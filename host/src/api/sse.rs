@@ -37,6 +37,15 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Result<u64, super::ApiError>
 /// status (an `EventSource` reconnects whenever a stream closes) gets 204,
 /// which tells it to stop, rather than a stream that never sends anything.
 pub(super) fn stream(feed: StatusFeed, after: u64, render: impl Fn(&Status) -> String + Send + 'static) -> Response {
+    let current = feed.live.borrow().seq;
+    if feed.complete && after > current {
+        // No stream of this backend sent it: resuming "after" it would
+        // skip every event up to there, the end included.
+        return super::ApiError::bad_request(format!(
+            "Last-Event-ID {after} is not an event of this stream (its last event is {current}): resume from an id it sent, or send none to start over"
+        ))
+        .into_response();
+    }
     let ended = feed.live.borrow().status.phase.is_terminal();
     if ended && feed.history.iter().all(|e| e.seq <= after) {
         return StatusCode::NO_CONTENT.into_response();
@@ -126,7 +135,7 @@ mod tests {
     #[tokio::test]
     async fn a_status_that_changes_within_one_id_is_sent_again_but_not_to_a_client_that_has_it() {
         let (tx, live) = watch::channel(starting(None));
-        let feed = StatusFeed { history: Vec::new(), live };
+        let feed = StatusFeed { history: Vec::new(), live, complete: false };
         let later = tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -137,7 +146,7 @@ mod tests {
 
         // Resuming after id 13: what it has is not sent again; a change is.
         let (tx, live) = watch::channel(starting(Some("no node can run its Pod yet")));
-        let resumed = tokio::spawn(first(StatusFeed { history: Vec::new(), live }, 13, 1));
+        let resumed = tokio::spawn(first(StatusFeed { history: Vec::new(), live, complete: false }, 13, 1));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(!resumed.is_finished(), "the event the client has was sent again");
         let mut ready = starting(None);
@@ -150,7 +159,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_resumed_past_its_ids_ends_when_the_backend_does() {
         let (tx, live) = watch::channel(starting(None));
-        let body = events(StatusFeed { history: Vec::new(), live }, 999, |_: &Status| String::new()).into_response().into_body();
+        let body =
+            events(StatusFeed { history: Vec::new(), live, complete: false }, 999, |_: &Status| String::new()).into_response().into_body();
         let read = tokio::spawn(async move {
             let mut stream = body.into_data_stream();
             let mut text = String::new();

@@ -189,7 +189,7 @@ impl KubeBackends {
         if !first.status.phase.is_terminal() {
             tokio::spawn(follow(self.cluster.clone(), slab.name_any(), slab.uid(), tx));
         }
-        StatusFeed { history: vec![first], live }
+        StatusFeed { history: vec![first], live, complete: false }
     }
 }
 

@@ -93,7 +93,7 @@ impl Record {
     pub fn feed(&self) -> StatusFeed {
         // Subscribe under the history lock so no event falls between them.
         let history = self.history.lock().expect("history lock");
-        StatusFeed { history: history.clone(), live: self.status.subscribe() }
+        StatusFeed { history: history.clone(), live: self.status.subscribe(), complete: true }
     }
 
     pub fn termination(&self) -> Option<TerminationRequest> {
