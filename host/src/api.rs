@@ -128,7 +128,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Answers every operation may give: 401 once an API token is configured,
-/// and 503 while Spawner stops or (on Kubernetes) cannot reach the API
+/// 403 for a browser page's request without one, and 503 while Spawner stops or (on Kubernetes) cannot reach the API
 /// server.
 struct CommonAnswers;
 
@@ -137,6 +137,10 @@ impl utoipa::Modify for CommonAnswers {
         use utoipa::openapi::ResponseBuilder;
         let common = [
             ("401", "The API token is missing or wrong (when `api-token` is configured: always off loopback)"),
+            (
+                "403",
+                "Without an `api-token`: the request came from a browser page (`Origin`, or `Sec-Fetch-Site` other than `none`); call the API from your web app's server",
+            ),
             ("503", "Spawner is stopping, or (Kubernetes) the API server cannot be reached: try again"),
         ];
         for item in openapi.paths.paths.values_mut() {
@@ -239,7 +243,7 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
     if s.api_token.is_none() && from_a_page(&req) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server, or set an api-token",
+            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)",
         )
         .into_response();
     }

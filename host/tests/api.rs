@@ -291,8 +291,16 @@ async fn list_filters_terminate_and_openapi() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert!(op["responses"].get("401").is_some(), "{method} {path}: the API token's 401 is not documented");
+            assert!(op["responses"].get("403").is_some(), "{method} {path}: a browser page's 403 is not documented");
             assert!(op["responses"].get("503").is_some(), "{method} {path}: 503 is not documented");
         }
+    }
+    // Bounds the server checks are in the schemas.
+    for schema in ["CreateRequest", "SpawnRequest"] {
+        let port = &doc["components"]["schemas"][schema]["properties"]["port"];
+        assert_eq!((port["minimum"].as_u64(), port["maximum"].as_u64()), (Some(1), Some(65535)), "{schema}.port: {port}");
+        let grace = &doc["components"]["schemas"][schema]["properties"]["gracePeriodSeconds"];
+        assert_eq!((grace["minimum"].as_u64(), grace["maximum"].as_u64()), (Some(1), Some(4294967295)), "{schema}: {grace}");
     }
     let tokens = &doc["paths"]["/api/v1/backends/{name}/tokens"]["post"]["requestBody"];
     assert_ne!(tokens["required"], true, "a token request needs no body: {tokens}");

@@ -86,6 +86,7 @@ pub(crate) struct CreateRequest {
     /// The application's HTTP port on Kubernetes (default 8080, also passed
     /// as `PORT`). Local backends listen on the port Spawner passes in
     /// `PORT`, so locally this is ignored.
+    #[schema(minimum = 1, maximum = 65535)]
     port: Option<u16>,
     /// Lifetime of the returned token (s; default from configuration).
     #[schema(minimum = 1, maximum = 2592000)]
@@ -282,7 +283,8 @@ pub(crate) async fn events(State(s): State<ApiState>, Name(name): Name, headers:
 #[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct WaitQuery {
-    /// Seconds to wait at most (default 30, max 300).
+    /// Seconds to wait at most (default 30; more than 300 waits 300).
+    #[param(maximum = 300)]
     timeout: Option<u64>,
 }
 
@@ -345,7 +347,7 @@ pub(crate) async fn logs(
 
 /// Mint another token for a backend.
 #[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = Option<TokenRequest>, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
-    (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds"), (status = 404), (status = 410, description = "The backend has ended")))]
+    (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds or subject, or an unknown field"), (status = 404), (status = 410, description = "The backend has ended")))]
 pub(crate) async fn token(
     State(s): State<ApiState>,
     Name(name): Name,

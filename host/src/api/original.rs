@@ -36,11 +36,13 @@ pub(crate) struct SpawnRequest {
     image: String,
     /// The container's HTTP port. Locally backends always listen on the
     /// port Spawner passes in `PORT`; on Kubernetes this is the Pod's port.
+    #[schema(minimum = 1, maximum = 65535)]
     port: Option<u16>,
     /// Environment variables.
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// Idle grace period, seconds.
+    #[schema(minimum = 1, maximum = 4294967295_i64)]
     grace_period_seconds: Option<i64>,
 }
 
