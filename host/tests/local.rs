@@ -50,8 +50,12 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     assert_eq!(dev.backend(&name).await["status"]["phase"], "ready", "an open WebSocket keeps the backend");
     assert_eq!(dev.backend(&name).await["openConnections"], 1);
 
-    // Disconnect: swept after the grace period, with reason idle.
+    // Disconnect: the close handshake is answered through the proxy (a
+    // clean close, not 1006), then swept after the grace period, with
+    // reason idle.
     ws.close(None).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no close answer within 10 s");
+    assert!(matches!(answer, Some(Ok(Message::Close(_)))), "{answer:?}");
     drop(ws);
     let ended = dev.wait_phase(&name, "terminated").await;
     assert_eq!(ended["status"]["reason"], "idle", "{ended}");

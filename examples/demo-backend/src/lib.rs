@@ -187,7 +187,14 @@ async fn session(d: Arc<Demo>, socket: WebSocket) {
                         *d.note.lock().await = text.to_string();
                         let _ = d.updates.send(text.to_string());
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // Answer the close handshake (the reply is queued
+                        // until the sink is flushed), so the client sees a
+                        // clean close rather than 1006.
+                        let _ = tx.close().await;
+                        break;
+                    }
+                    None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },
                 update = updates.recv() => match update {
