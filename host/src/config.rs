@@ -420,7 +420,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e| crate::text::plain_types(e.to_string().trim_end()))
     }
 
     /// Adds the built-in `demo` template unless the file defines one.
@@ -620,6 +620,7 @@ mod tests {
         assert!(e.contains("line 4") && e.contains("grace-period"), "{e}");
         let e = Config::parse("token-ttl-seconds = -5\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+        assert!(e.contains("expected a whole number, 0 or more") && !e.contains("u64"), "no Rust type names: {e}");
     }
 
     #[test]

@@ -72,7 +72,12 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
             422,
             "resources: invalid type: null, expected a JSON object",
         ),
-        ("template and image", r#"{"template":"demo","image":"demo"}"#.into(), 422, "either `template` or `image`"),
+        (
+            "template and image",
+            r#"{"template":"demo","image":"demo"}"#.into(),
+            422,
+            "the template is given twice (as `template`, or as its alias `image`): give it once",
+        ),
         // Checked before anything starts: a refused create leaves nothing running.
         ("zero token TTL", r#"{"template":"demo","tokenTtlSeconds":0}"#.into(), 422, "tokenTtlSeconds must be between 1 and 2592000"),
         // A subject goes to the backend in a header and into the token.

@@ -110,12 +110,12 @@ pub fn plain_serde_message(text: &str) -> String {
         "Failed to parse the request body as JSON: ",
         "Failed to deserialize query string: ",
     ];
-    let mut text = PREFIXES.iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text).to_string();
+    let text = PREFIXES.iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text).to_string();
     if text.starts_with("missing field `template`") {
         return "missing field `template` (or its alias `image`): the template to run".into();
     }
     if text.contains("duplicate field `template`") {
-        return "send the template as either `template` or `image` (its alias), not both".into();
+        return "the template is given twice (as `template`, or as its alias `image`): give it once".into();
     }
     if text.contains("duplicate field `phase`") {
         return "give phase once, with several phases separated by commas: phase=terminated,failed".into();
@@ -126,18 +126,8 @@ pub fn plain_serde_message(text: &str) -> String {
     if let Some(field) = text.strip_prefix("duplicate field `").and_then(|t| t.split('`').next()) {
         return format!("{field} is given twice: give it once");
     }
-    const TYPES: &[(&str, &str)] = &[
-        ("expected u64", "expected a whole number, 0 or more"),
-        ("expected u32", "expected a whole number, 0 or more"),
-        ("expected u16", "expected a whole number from 1 to 65535"),
-        ("expected i64", "expected a whole number"),
-        ("expected a boolean", "expected true or false"),
-        ("invalid digit found in string", "expected a whole number, 0 or more"),
-        ("number too large to fit in target type", "the number is too large"),
-        ("expected a string", "expected a JSON string"),
-        ("expected a map", "expected a JSON object"),
-    ];
-    for (from, to) in TYPES {
+    let mut text = crate::text::plain_types(&text);
+    for (from, to) in [("expected a string", "expected a JSON string"), ("expected a map", "expected a JSON object")] {
         text = text.replace(from, to);
     }
     // Every body of this API is a JSON object. A message without a field
@@ -194,7 +184,11 @@ mod tests {
         );
         assert!(
             plain("Failed to deserialize the JSON body into the target type: duplicate field `template` at line 1 column 30")
-                .contains("either `template` or `image`")
+                .contains("the template is given twice (as `template`, or as its alias `image`)")
+        );
+        assert_eq!(
+            plain("lifetimeLimitSeconds: invalid value: integer `18446744073709551615`, expected i64 at line 1 column 60"),
+            "lifetimeLimitSeconds: invalid value: integer `18446744073709551615`, expected a whole number up to 9223372036854775807 at line 1 column 60"
         );
         assert_eq!(plain("unknown field `x`, expected one of `a`, `b`"), "unknown field `x`, expected one of `a`, `b`");
         // A nested object is named, not blamed on the body.
