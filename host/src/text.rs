@@ -64,6 +64,31 @@ fn printable(line: &str) -> String {
     out
 }
 
+/// serde's Rust type names in a message ("invalid value: integer `-1`,
+/// expected u64") in words a user of the API or of the config file knows
+/// ("expected a whole number, 0 or more").
+pub fn plain_types(text: &str) -> String {
+    let mut text = text.to_string();
+    // An integer is an invalid i64 only when it is too large for one.
+    if text.contains("invalid value: integer") {
+        text = text.replace("expected i64", "expected a whole number up to 9223372036854775807");
+    }
+    const TYPES: &[(&str, &str)] = &[
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number from 1 to 65535"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid digit found in string", "expected a whole number, 0 or more"),
+        ("number too large to fit in target type", "the number is too large"),
+    ];
+    for (from, to) in TYPES {
+        text = text.replace(from, to);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,29 +121,4 @@ mod tests {
         assert_eq!(long, "éé…");
         assert!(long.len() <= 8);
     }
-}
-
-/// serde's Rust type names in a message ("invalid value: integer `-1`,
-/// expected u64") in words a user of the API or of the config file knows
-/// ("expected a whole number, 0 or more").
-pub fn plain_types(text: &str) -> String {
-    let mut text = text.to_string();
-    // An integer is an invalid i64 only when it is too large for one.
-    if text.contains("invalid value: integer") {
-        text = text.replace("expected i64", "expected a whole number up to 9223372036854775807");
-    }
-    const TYPES: &[(&str, &str)] = &[
-        ("expected u64", "expected a whole number, 0 or more"),
-        ("expected u32", "expected a whole number, 0 or more"),
-        ("expected usize", "expected a whole number, 0 or more"),
-        ("expected u16", "expected a whole number from 1 to 65535"),
-        ("expected i64", "expected a whole number"),
-        ("expected a boolean", "expected true or false"),
-        ("invalid digit found in string", "expected a whole number, 0 or more"),
-        ("number too large to fit in target type", "the number is too large"),
-    ];
-    for (from, to) in TYPES {
-        text = text.replace(from, to);
-    }
-    text
 }
