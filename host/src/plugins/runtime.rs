@@ -59,6 +59,11 @@ impl Limits {
     }
 }
 
+/// Most plugin instances at once: each slot reserves about 8 GiB of
+/// address space for its memory (reservation and guard), and 10,000 is
+/// what x86-64's 128 TiB hold with room to spare (12,000 failed to start).
+pub const MAX_INSTANCES: u32 = 10_000;
+
 /// Configuration of the plugin runtime.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -137,8 +142,8 @@ impl RuntimeConfig {
                 return Err(out_of_range(&format!("plugins.{kind}.deadline-ms"), Some(MAX_DEADLINE_MS), l.deadline_ms));
             }
         }
-        if !(4..=100_000).contains(&self.max_instances) {
-            return Err(format!("plugins.max-instances must be between 4 and 100000 (got {})", self.max_instances));
+        if !(4..=MAX_INSTANCES).contains(&self.max_instances) {
+            return Err(format!("plugins.max-instances must be between 4 and {MAX_INSTANCES} (got {})", self.max_instances));
         }
         Ok(())
     }
@@ -250,7 +255,18 @@ impl Runtime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&cfg).map_err(|e| LoadError::Runtime(format!("wasmtime engine: {e:#}")))?;
+        let engine = Engine::new(&cfg).map_err(|e| {
+            let why = format!("{e:#}");
+            // Each instance slot reserves address space for its memory.
+            let hint = match why.contains("failed to reserve") {
+                true => format!(
+                    " (plugins.max-instances = {} reserves more address space than this process may have: lower it, or raise its virtual memory limit)",
+                    config.max_instances
+                ),
+                false => String::new(),
+            };
+            LoadError::Runtime(format!("wasmtime engine: {why}{hint}"))
+        })?;
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker: {e:#}")))?;
@@ -351,6 +367,13 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_slots_are_bounded_by_the_address_space_they_reserve() {
+        let with = |n| RuntimeConfig { max_instances: n, ..RuntimeConfig::default() }.validate();
+        assert!(with(MAX_INSTANCES).is_ok());
+        assert_eq!(with(MAX_INSTANCES + 1).unwrap_err(), "plugins.max-instances must be between 4 and 10000 (got 10001)");
+    }
 
     #[test]
     fn wasi_calls_take_turns_one_per_cpu() {
