@@ -365,13 +365,20 @@ pub struct IdlePlugin<'a>(&'a Plugins);
 impl IdlePlugin<'_> {
     /// Decides about one backend. When the plugin fails the backend is kept.
     pub fn evaluate(&self, request: &IdleRequest) -> IdleVerdict {
+        self.evaluate_reporting(request).0
+    }
+
+    /// [`evaluate`](Self::evaluate), also saying whether the plugin failed
+    /// (its verdict is then the fallback, keep).
+    pub fn evaluate_reporting(&self, request: &IdleRequest) -> (IdleVerdict, bool) {
         let plugin = self.0.current(PluginKind::Idle);
         let started = Instant::now();
         let result = plugin.evaluate(&self.0.runtime, request);
         self.0.record(PluginKind::Idle, &plugin, started, &result);
+        let failed = result.is_err();
         let verdict = result.unwrap_or(IdleVerdict::Keep);
         self.0.decided(PluginKind::Idle, if matches!(verdict, IdleVerdict::Keep) { "keep" } else { "terminate" });
-        verdict
+        (verdict, failed)
     }
 }
 

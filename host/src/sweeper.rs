@@ -65,11 +65,20 @@ pub struct Decision {
     pub request: TerminationRequest,
 }
 
+/// Failed idle plugin calls in a row after which a sweep stops calling it:
+/// a plugin that runs out of time on every call (100 ms each) would make
+/// one sweep of 3,000 backends last five minutes, and the lifetime limits
+/// it enforces wait as long. The rest of that sweep keeps every backend
+/// but those past their lifetime limit (the host's own check); the next
+/// sweep tries the plugin again.
+pub const FAILURES_BEFORE_SKIPPING: u32 = 3;
+
 /// Runs one sweep and returns what it condemned (terminated unless
 /// `dry_run`).
 pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<Decision> {
     let now = Timestamp::now();
     let mut condemned = Vec::new();
+    let mut failures = 0;
     for c in source.ready() {
         let snap = source.activity(&c);
         let age = now.duration_since(c.created_at).as_secs().max(0) as u64;
@@ -95,7 +104,19 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
             },
             now: now.as_second().max(0) as u64,
         };
-        let verdict = plugins.idle().evaluate(&request);
+        let verdict = if failures < FAILURES_BEFORE_SKIPPING {
+            let (verdict, failed) = plugins.idle().evaluate_reporting(&request);
+            failures = if failed { failures + 1 } else { 0 };
+            if failures == FAILURES_BEFORE_SKIPPING {
+                tracing::warn!(
+                    failures,
+                    "the idle plugin failed on {failures} backends in a row; this sweep keeps the rest without asking it (lifetime limits still apply)"
+                );
+            }
+            verdict
+        } else {
+            IdleVerdict::Keep
+        };
         let request = match verdict {
             IdleVerdict::Terminate(t) => Some(TerminationRequest {
                 reason: match t.kind {
@@ -189,6 +210,48 @@ mod tests {
         fn activity(&self, _: &Candidate) -> Snapshot {
             Snapshot { idle_for: Duration::from_secs(self.idle), ..Snapshot::default() }
         }
+    }
+
+    /// `n` ready backends, all past their 60 s lifetime limit.
+    struct Expired(usize);
+
+    impl SweepSource for Expired {
+        fn ready(&self) -> Vec<Candidate> {
+            let long_ago = Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+            (0..self.0)
+                .map(|i| Candidate {
+                    backend: Backend { name: format!("b{i}"), key: None, owner: None, labels: Vec::new() },
+                    created_at: long_ago,
+                    ready_at: Some(long_ago),
+                    grace_period_seconds: 30,
+                    lifetime_limit_seconds: Some(60),
+                    activity: Activity::new(),
+                    uid: None,
+                })
+                .collect()
+        }
+        fn terminate(&self, _: &Candidate, _: TerminationRequest) {}
+        fn activity(&self, _: &Candidate) -> Snapshot {
+            Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_failing_idle_plugin_is_asked_a_few_times_per_sweep_and_lifetimes_still_end() {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let failing = crate::plugins::PluginSource::file(std::path::Path::new(spawner_test_plugins::FIXTURE_FAIL_IDLE), "").unwrap();
+        let plugins = Plugins::new(runtime, metrics.clone(), vec![(crate::plugins::PluginKind::Idle, failing)]).unwrap();
+        let condemned = sweep(&Expired(20), &plugins, true);
+        assert_eq!(condemned.len(), 20, "every backend past its lifetime ends, plugin or not");
+        assert!(condemned.iter().all(|d| d.request.reason == Reason::Lifetime));
+        let text = metrics.encode();
+        let calls: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("spawner_plugin_failures_total{kind=\"idle\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(calls, u64::from(FAILURES_BEFORE_SKIPPING), "{text}");
     }
 
     #[test]
