@@ -60,7 +60,8 @@ pub struct FailureLabels {
     pub kind: &'static str,
     /// Plugin name (file name or `default-*`).
     pub plugin: String,
-    /// `deadline`, `memory`, `trap`, `plugin-error`, `invalid-answer`, `instantiate`.
+    /// `deadline`, `memory`, `trap`, `plugin-error`, `invalid-answer`,
+    /// `instantiate`, `host-panic`.
     pub error: &'static str,
 }
 

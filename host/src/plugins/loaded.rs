@@ -312,7 +312,10 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
         }
         None => {
             let msg = format!("{e:#}");
-            if msg.contains("instance") && (msg.contains("limit") || msg.contains("pool")) {
+            // A full pool of instances, memories or tables ("maximum
+            // concurrent limit of N for memory stripe 0 reached").
+            let pool_full = e.chain().any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some());
+            if pool_full || (msg.contains("instance") && (msg.contains("limit") || msg.contains("pool"))) {
                 CallError::Instantiate(msg)
             } else {
                 CallError::Trap(msg)
