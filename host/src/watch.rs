@@ -51,7 +51,7 @@ pub fn source(config: &PluginsConfig, kind: PluginKind) -> LoadResult<PluginSour
 /// every configured plugin, and only what differs from what was last
 /// tried is reloaded. A reload refused for the moment (see
 /// [`LoadError::is_transient`](crate::plugins::LoadError::is_transient))
-/// is tried again after [`RETRY`].
+/// is tried again after [`RETRY`], then less and less often.
 pub fn spawn(
     config: PluginsConfig,
     plugins: Arc<Plugins>,
@@ -80,10 +80,14 @@ pub fn spawn(
     tokio::spawn(async move {
         // What was last tried for each kind (digest of component + settings).
         let mut tried = loaded;
-        let mut retry = false;
+        // Reloads refused for the moment in a row (0: none pending).
+        let mut retries = 0;
         loop {
             // The next change (then the rest of its burst), or the retry.
-            let next = if retry { tokio::time::timeout(RETRY, rx.recv()).await.unwrap_or(Some(())) } else { rx.recv().await };
+            let next = match retries {
+                0 => rx.recv().await,
+                n => tokio::time::timeout(retry_after(n), rx.recv()).await.unwrap_or(Some(())),
+            };
             if next.is_none() {
                 return; // the watcher was dropped
             }
@@ -93,7 +97,7 @@ pub fn spawn(
             {
                 tracing::warn!(error = %e, "cannot watch where the plugin files lead now; changes there may be missed");
             }
-            retry = false;
+            let mut retry = false;
             for &kind in &kinds {
                 let source = match source(&config, kind) {
                     Ok(s) => s,
@@ -110,13 +114,27 @@ pub fn spawn(
                     Some(_) => {}
                 }
             }
+            retries = if retry { retries + 1 } else { 0 };
         }
     });
     Ok(Some(watcher))
 }
 
-/// How long after a reload refused for the moment it is tried again.
+/// How long after a reload refused for the moment it is tried again the
+/// first time; each further refusal in a row doubles it, up to
+/// [`MAX_RETRY`] (a `validate-settings` that never returns is "out of
+/// time" on every try, and must not be retried, logged and counted every
+/// few seconds for ever).
 pub const RETRY: Duration = Duration::from_secs(5);
+
+/// The longest wait between retries.
+pub const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// The wait before retry number `n` (1 for the first) of a reload refused
+/// for the moment.
+pub fn retry_after(n: u32) -> Duration {
+    RETRY.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_RETRY)
+}
 
 /// Adds watches on the directories of the configured files, as given and
 /// as they resolve now, that `watched` does not list yet.
@@ -228,6 +246,13 @@ mod tests {
         assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
         assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn retries_back_off_to_five_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
     }
 
     #[test]

@@ -157,20 +157,22 @@ async fn follow(
     // A (re)listing that finds no ConfigMap means it was deleted, perhaps
     // while the watch was down (no Delete event then).
     let mut listed = false;
-    // The ConfigMap as last seen, and whether a reload of it was refused
-    // for the moment only, to be tried again after RETRY.
+    // The ConfigMap as last seen, and how many reloads of it in a row were
+    // refused for the moment only (to be tried again, less and less often:
+    // see `watch::retry_after`).
     let mut last: Option<ConfigMap> = None;
-    let mut retry = false;
+    let mut retries = 0;
     loop {
-        let event = match retry {
-            true => match tokio::time::timeout(crate::watch::RETRY, stream.next()).await {
+        let event = match retries {
+            0 => stream.next().await,
+            n => match tokio::time::timeout(crate::watch::retry_after(n), stream.next()).await {
                 Ok(event) => event,
                 Err(_) => {
-                    retry = apply(last.as_ref(), &plugins, kinds, &mut tried, &events).await;
+                    let again = apply(last.as_ref(), &plugins, kinds, &mut tried, &events).await;
+                    retries = if again { retries + 1 } else { 0 };
                     continue;
                 }
             },
-            false => stream.next().await,
         };
         let Some(event) = event else { return };
         let configmap = match event {
@@ -191,7 +193,8 @@ async fn follow(
                 continue;
             }
         };
-        retry = apply(configmap.as_ref(), &plugins, kinds, &mut tried, &events).await;
+        let again = apply(configmap.as_ref(), &plugins, kinds, &mut tried, &events).await;
+        retries = if again { retries + 1 } else { 0 };
         last = configmap;
     }
 }
@@ -254,7 +257,7 @@ async fn apply(
             Some(Err(e)) => {
                 let keeping = plugins.info(kind).name;
                 let again = match e.is_transient() {
-                    true => format!(" (tried again in {} s)", crate::watch::RETRY.as_secs()),
+                    true => " (refused for the moment: tried again later)".to_string(),
                     false => String::new(),
                 };
                 retry |= e.is_transient();
