@@ -85,8 +85,9 @@ pub(crate) struct HostState {
     /// seconds; 0 for unknown): `verify-capability-token` refuses its
     /// older tokens, as the proxy does for the credentials it finds.
     pub backend: (String, u64),
-    /// When a wait in a host call gives up: the call's deadline.
-    pub wait_until: tokio::time::Instant,
+    /// When a wait in a host call gives up: the call's deadline (set for
+    /// plugins that import WASI, the only ones that can wait).
+    pub wait_until: Option<tokio::time::Instant>,
 }
 
 impl HostState {
@@ -104,7 +105,7 @@ impl HostState {
             logs_left: MAX_LOG_LINES_PER_CALL,
             last_error: None,
             backend: (String::new(), 0),
-            wait_until: tokio::time::Instant::now(),
+            wait_until: None,
         }
     }
 

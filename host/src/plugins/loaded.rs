@@ -54,6 +54,9 @@ pub struct LoadedPlugin {
     /// panic messages write to WASI streams), so a call may block: see
     /// [`where_blocking_is_allowed`].
     imports_wasi: bool,
+    /// It imports `spawner:plugin/host`, whose `verify-capability-token`
+    /// needs the auth call's backend (the default plugins do not).
+    imports_host: bool,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -80,8 +83,9 @@ impl LoadedPlugin {
         };
         let ctx = Arc::new(PluginContext { name: name.into(), kind, settings: source.settings.as_str().into(), tokens: rt.tokens() });
         let info = PluginInfo { kind, name: name.into(), digest: hex::encode(digest), size: source.bytes.len() };
-        let imports_wasi = component.component_type().imports(rt.engine()).any(|(n, _)| n.starts_with("wasi:"));
-        let plugin = LoadedPlugin { info, ctx, pre, imports_wasi };
+        let imports = |prefix: &str| component.component_type().imports(rt.engine()).any(|(n, _)| n.starts_with(prefix));
+        let (imports_wasi, imports_host) = (imports("wasi:"), imports("spawner:plugin/host"));
+        let plugin = LoadedPlugin { info, ctx, pre, imports_wasi, imports_host };
         // The deadline is wall-clock time, and a process's first calls also
         // pay one-time costs (the first page faults of a fresh slot) while
         // the machine may be busy: a plugin is refused for the deadline only
@@ -129,7 +133,9 @@ impl LoadedPlugin {
     pub fn check(&self, rt: &Runtime, request: &AuthRequest, backend_created_at: u64) -> Result<Verdict, CallError> {
         let verdict = self.call(rt, |store, pre| match pre {
             KindPre::Auth(p) => {
-                store.data_mut().backend = (request.backend.name.clone(), backend_created_at);
+                if self.imports_host {
+                    store.data_mut().backend = (request.backend.name.clone(), backend_created_at);
+                }
                 instantiated(store, |s| p.instantiate(s))?.spawner_plugin_authorization().call_check(store, request)
             }
             _ => unreachable!("kind checked by the caller"),
@@ -190,7 +196,7 @@ impl LoadedPlugin {
     ) -> Result<R, CallError> {
         let run = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut store = rt.store(self.ctx.clone());
+                let mut store = rt.store(self.ctx.clone(), self.imports_wasi);
                 match f(&mut store, &self.pre) {
                     Ok(Ok(r)) => Ok(r),
                     Ok(Err(e)) => Err(CallError::Plugin(e.describe())),

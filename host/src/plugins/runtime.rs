@@ -348,8 +348,9 @@ impl Runtime {
         Ok((component, digest))
     }
 
-    /// A fresh store for one call of a plugin, with its limits armed.
-    pub(crate) fn store(&self, ctx: Arc<PluginContext>) -> Store<HostState> {
+    /// A fresh store for one call of a plugin, with its limits armed;
+    /// `wasi`: the plugin imports WASI, where it can wait (see `waits`).
+    pub(crate) fn store(&self, ctx: Arc<PluginContext>, wasi: bool) -> Store<HostState> {
         let limits = self.config.limits(ctx.kind);
         let mut store = Store::new(&self.engine, HostState::new(ctx, limits.memory_bytes() as usize));
         store.limiter(|s| &mut s.limiter);
@@ -359,7 +360,9 @@ impl Runtime {
         store.epoch_deadline_trap();
         // Waits in host calls, which the epoch does not interrupt, end then
         // too (see `waits`).
-        store.data_mut().wait_until = tokio::time::Instant::now() + EPOCH_TICK * ticks as u32;
+        if wasi {
+            store.data_mut().wait_until = Some(tokio::time::Instant::now() + EPOCH_TICK * ticks as u32);
+        }
         store
     }
 }

@@ -29,7 +29,7 @@ pub(super) fn bound_by_deadline(linker: &mut Linker<HostState>) -> wasmtime::Res
     linker.allow_shadowing(true);
     let mut poll = linker.instance(POLL)?;
     poll.func_wrap("poll", |mut store: StoreContextMut<'_, HostState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
-        let until = store.data().wait_until;
+        let until = store.data().wait_until.unwrap_or_else(tokio::time::Instant::now);
         let table = store.data_mut().table();
         match in_tokio(async move { tokio::time::timeout_at(until, table.poll(pollables)).await }) {
             Ok(ready) => Ok((ready?,)),
@@ -37,7 +37,7 @@ pub(super) fn bound_by_deadline(linker: &mut Linker<HostState>) -> wasmtime::Res
         }
     })?;
     poll.func_wrap("[method]pollable.block", |mut store: StoreContextMut<'_, HostState>, (pollable,): (Resource<DynPollable>,)| {
-        let until = store.data().wait_until;
+        let until = store.data().wait_until.unwrap_or_else(tokio::time::Instant::now);
         let table = store.data_mut().table();
         match in_tokio(async move { tokio::time::timeout_at(until, table.block(pollable)).await }) {
             Ok(done) => done,
