@@ -229,6 +229,14 @@ pub struct Observed {
 /// logs, not to wherever Spawner's log is shipped.
 pub const LAST_OUTPUT: &str = "; its last output: ";
 
+/// `message`, then what the workload wrote last, if known.
+fn with_last_output(message: String, observed: &Observed) -> String {
+    match &observed.last_output {
+        Some(words) => format!("{message}{LAST_OUTPUT}{words}"),
+        None => message,
+    }
+}
+
 /// [`Observed::last_output`] from an exited workload's output lines: the
 /// last three non-empty ones, within 300 bytes (a status message is read
 /// in a terminal and stored in an object).
@@ -288,14 +296,11 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             } else {
                 next.phase = if code == Some(0) { Phase::Terminated } else { Phase::Failed };
                 next.reason = Some(Reason::Exited);
-                let mut message = match code {
+                let message = match code {
                     Some(c) => format!("exited on its own with code {c}"),
                     None => "exited on its own (killed by a signal)".into(),
                 };
-                if let Some(words) = &observed.last_output {
-                    message = format!("{message}{LAST_OUTPUT}{words}");
-                }
-                next.message = Some(message);
+                next.message = Some(with_last_output(message, observed));
             }
             next.finished_at = Some(now);
             return (next, Action::Wait);
@@ -394,11 +399,8 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                     next.phase = Phase::Failed;
                     next.reason = Some(Reason::StartupTimeout);
                     let at = observed.probe.as_deref().map(|p| format!(" on {p}")).unwrap_or_default();
-                    let mut message = format!("did not accept connections{at} within {} s", timeouts.startup.as_secs_f64());
-                    if let Some(words) = &observed.last_output {
-                        message = format!("{message}{LAST_OUTPUT}{words}");
-                    }
-                    next.message = Some(message);
+                    let message = format!("did not accept connections{at} within {} s", timeouts.startup.as_secs_f64());
+                    next.message = Some(with_last_output(message, observed));
                     next.finished_at = Some(now);
                     (next, Action::Stop)
                 } else {

@@ -163,32 +163,27 @@ async fn follow(
     let mut last: Option<ConfigMap> = None;
     let mut retries = 0;
     loop {
+        // The next event, or (`None`) the retry of the last ConfigMap.
         let event = match retries {
-            0 => stream.next().await,
-            n => match tokio::time::timeout(crate::watch::retry_after(n), stream.next()).await {
-                Ok(event) => event,
-                Err(_) => {
-                    let again = apply(last.as_ref(), &plugins, kinds, &mut tried, &events).await;
-                    retries = if again { retries + 1 } else { 0 };
-                    continue;
-                }
-            },
+            0 => Some(stream.next().await),
+            n => tokio::time::timeout(crate::watch::retry_after(n), stream.next()).await.ok(),
         };
-        let Some(event) = event else { return };
         let configmap = match event {
-            Ok(watcher::Event::Init) => {
+            None => last.clone(),
+            Some(None) => return,
+            Some(Some(Ok(watcher::Event::Init))) => {
                 listed = false;
                 continue;
             }
-            Ok(watcher::Event::InitApply(cm)) => {
+            Some(Some(Ok(watcher::Event::InitApply(cm)))) => {
                 listed = true;
                 Some(cm)
             }
-            Ok(watcher::Event::InitDone) if !listed => None,
-            Ok(watcher::Event::InitDone) => continue,
-            Ok(watcher::Event::Apply(cm)) => Some(cm),
-            Ok(watcher::Event::Delete(_)) => None,
-            Err(e) => {
+            Some(Some(Ok(watcher::Event::InitDone))) if !listed => None,
+            Some(Some(Ok(watcher::Event::InitDone))) => continue,
+            Some(Some(Ok(watcher::Event::Apply(cm)))) => Some(cm),
+            Some(Some(Ok(watcher::Event::Delete(_)))) => None,
+            Some(Some(Err(e))) => {
                 tracing::warn!(configmap = %name, error = %e, "watching the plugin ConfigMap; retrying");
                 continue;
             }

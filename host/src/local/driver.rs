@@ -46,12 +46,14 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
             Workload::Starting => last_output(&rec),
             _ => None,
         };
-        let probe = rec
-            .process
-            .lock()
-            .expect("process lock")
-            .as_ref()
-            .map(|p| format!("{} (its PORT; a server listening only on ::1, on another port or on a Unix socket is not seen)", p.addr));
+        // Where readiness is checked, for a startup timeout's message.
+        let probe =
+            match workload {
+                Workload::Starting => rec.process.lock().expect("process lock").as_ref().map(|p| {
+                    format!("{} (its PORT; a server listening only on ::1, on another port or on a Unix socket is not seen)", p.addr)
+                }),
+                _ => None,
+            };
         let observed = Observed {
             admission: admission.clone(),
             workload,
