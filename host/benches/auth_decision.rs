@@ -72,7 +72,7 @@ fn main() {
         credentials: vec![],
     };
     let wasm = measure(|| {
-        request.credentials = credentials::find(&request.request, &names, Some(&key));
+        request.credentials = credentials::find(&request.request, &names, Some(&key), "doc-42");
         plugins.auth().check(&request).is_allow()
     });
     // The floor: a plugin built the same way whose policy is "allow", given
@@ -99,7 +99,7 @@ fn main() {
         credentials: vec![],
     };
     let native = measure(|| {
-        native_request.credentials = credentials::find(&request.request, &names, Some(&key)).into_iter().map(to_sdk).collect();
+        native_request.credentials = credentials::find(&request.request, &names, Some(&key), "doc-42").into_iter().map(to_sdk).collect();
         default_auth::decide(&native_request).is_allow()
     });
 

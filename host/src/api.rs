@@ -219,17 +219,22 @@ pub fn healthz_router() -> Router {
 /// window it opened. Every current browser marks its requests with
 /// `Sec-Fetch-Site`, and older ones cross-origin and unsafe ones with
 /// `Origin`; server-side clients (curl, Node's `fetch`, Python) send
-/// neither. A GET navigation from another site, or typed in (a link to the
-/// original API's `readyUrl`), passes: its answer goes to the user, not to a
-/// script. One from this origin does not: a frame or window a backend's
-/// page opens on the API is readable by that page.
+/// neither. What the user types in (`Sec-Fetch-Site: none`) passes, and so
+/// does a GET navigation from another origin to the original API's
+/// `readyUrl` (`/api/backend/{id}/ready`), which its clients hand to the
+/// browser: that link names an unguessable backend, so only who was given
+/// it can follow it. Any other navigation does not: a backend's page can
+/// open a window or frame on the API through another site's redirect
+/// (which makes it "cross-site") and, being of the API's origin in path
+/// routing, read what it shows.
 fn from_a_page(req: &Request) -> bool {
     let h = req.headers();
     let site = h.get("sec-fetch-site");
-    let navigation = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate")
+    let ready_link = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate")
         && matches!(*req.method(), Method::GET | Method::HEAD)
-        && site.is_none_or(|s| s != "same-origin");
-    !navigation && (site.is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
+        && site.is_none_or(|s| s != "same-origin")
+        && req.uri().path().strip_prefix("/api/backend/").and_then(|p| p.strip_suffix("/ready")).is_some_and(|id| !id.contains('/'));
+    !ready_link && (site.is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
 }
 
 /// Checks the bearer token (compared as digests, see

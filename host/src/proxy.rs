@@ -2,7 +2,8 @@
 //! and WebSocket, with the auth plugin deciding every request and upgrade.
 //!
 //! Order of work for one request: route → resolve the backend (404/410) →
-//! find and verify the request's capability tokens (`credentials`) → auth
+//! find and verify the request's capability tokens (`credentials`; the
+//! cookie not for another origin's WebSocket or post, `origin`) → auth
 //! plugin (its status on deny) → move a query token into a cookie and
 //! redirect to the clean URL → readiness (503 + Retry-After, or a page that
 //! reloads itself) → header hygiene (`headers`) → forward, with
@@ -15,6 +16,7 @@
 mod body;
 pub mod frames;
 pub mod headers;
+mod origin;
 mod pages;
 mod websocket;
 
@@ -35,7 +37,7 @@ use crate::lifecycle::Phase;
 use crate::metrics::{Metrics, StatusClassLabels};
 use crate::plugins::Plugins;
 use crate::plugins::credentials::{self, TokenNames};
-use crate::plugins::types::{AuthRequest, Backend, HttpRequest, Verdict};
+use crate::plugins::types::{AuthRequest, Backend, CredentialSource, HttpRequest, Verdict};
 use body::{Direction, Metered};
 
 /// Idle keep-alive connections kept per backend. Backends are small
@@ -210,13 +212,30 @@ impl Proxy {
             peer: peer.to_string(),
             websocket,
         };
-        let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key());
+        let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key(), &target.backend.name);
         credentials::refuse_issued_before(&mut credentials, &target.backend.name, target.created_at);
+        // A cookie does not vouch for another origin's WebSocket or post.
+        let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.forwarded_proto.as_str());
+        let cookie_refused = cross_origin.is_some() && credentials.iter().any(|c| c.source == CredentialSource::Cookie);
+        if cookie_refused {
+            credentials.retain(|c| c.source != CredentialSource::Cookie);
+        }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
         let identity = match self.plugins.auth().check_for(&auth, target.created_at) {
             Verdict::Deny(d) => {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
-                return pages::error(status, &d.reason, accept.as_ref());
+                let reason = match cross_origin.filter(|_| cookie_refused) {
+                    Some(from) => format!(
+                        "{} (the {} cookie does not count for a {} from {from}: another origin's page may not act as this \
+                         backend's user; send the token as Authorization: Bearer, or in the {} query parameter)",
+                        d.reason,
+                        self.settings.tokens.cookie,
+                        if websocket { "WebSocket".to_string() } else { format!("{} request", req.method()) },
+                        self.settings.tokens.query_param,
+                    ),
+                    None => d.reason,
+                };
+                return pages::error(status, &reason, accept.as_ref());
             }
             Verdict::Allow(a) => a,
         };

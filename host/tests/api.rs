@@ -133,10 +133,10 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("does not take that method"));
 }
 
-/// A backend's page shares the API's origin in path routing: its scripts
-/// and forms may not use the API (open on loopback), what a browser
-/// navigates to (a link to `readyUrl`) still opens, and servers, which send
-/// no such headers, are unaffected.
+/// A backend's page shares the API's origin in path routing: its scripts,
+/// forms, frames and windows may not use the API (open on loopback); what
+/// the user types in and a link to `readyUrl` from another origin still
+/// open, and servers, which send no such headers, are unaffected.
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_in_a_browser_may_not_call_the_api() {
     let dev = Dev::start(FAST, &[]);
@@ -158,10 +158,19 @@ async fn pages_in_a_browser_may_not_call_the_api() {
             &[("sec-fetch-site", "same-origin"), ("sec-fetch-mode", "navigate")],
         ),
         // A frame or window a backend's page opens on the API: same origin,
-        // so the page could read it.
+        // so the page could read it...
         with(
             dev.http.get(url("/api/v1/backends")),
             &[("sec-fetch-site", "same-origin"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")],
+        ),
+        // ... even when sent through another site's redirect first.
+        with(
+            dev.http.get(url("/api/v1/backends")),
+            &[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "document")],
+        ),
+        with(
+            dev.http.get(url(&format!("/api/v1/backends/{name}"))),
+            &[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "document")],
         ),
     ] {
         let r = request.send().await.unwrap();

@@ -324,7 +324,7 @@ impl AuthInput {
     /// and a token put in its header would otherwise go unread). Without
     /// one, the input's credentials, else the tokens found, unverified.
     fn into_request(self, key: Option<&TokenKey>) -> AuthRequest {
-        let found = || credentials::find(&self.request, &TokenNames::default(), key);
+        let found = || credentials::find(&self.request, &TokenNames::default(), key, &self.backend.name);
         let credentials = match (self.credentials.clone(), key) {
             (Some(given), Some(_)) => {
                 eprintln!(

@@ -33,19 +33,22 @@ impl Default for TokenNames {
 /// longest paths first.
 const MAX_COOKIE_TOKENS: usize = 64;
 
-/// Cookie tokens passed on that verified (each a credential for the
-/// plugin).
+/// Cookie tokens passed on that verified for the backend being reached
+/// (each a credential for the plugin).
 const MAX_VALID_COOKIE_TOKENS: usize = 4;
 
-/// The tokens a request carries, each verified with `key` (without a key
-/// every token is refused as malformed), in the order bearer, query,
-/// cookie; an empty one gives no credential. For the bearer and the query
-/// the first occurrence counts, as for the proxy's token redirect. Of the
-/// token cookies (up to [`MAX_COOKIE_TOKENS`] are looked at), those that
-/// verify count (up to [`MAX_VALID_COOKIE_TOKENS`]), or, when none does,
-/// the first, for the reason it fails: stray cookies of that name (set by a
-/// page on paths the browser sends first) must not hide the proxy's own.
-pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -> Vec<Credential> {
+/// The tokens a request for `backend` carries, each verified with `key`
+/// (without a key every token is refused as malformed), in the order
+/// bearer, query, cookie; an empty one gives no credential. For the bearer
+/// and the query the first occurrence counts, as for the proxy's token
+/// redirect. Of the token cookies (up to [`MAX_COOKIE_TOKENS`] are looked
+/// at), those that verify and name `backend` count (up to
+/// [`MAX_VALID_COOKIE_TOKENS`]); when none does, the first that verifies
+/// for another backend (the plugin refuses it, naming both), else the first
+/// at all, for the reason it fails. Stray cookies of that name, set by a
+/// page on paths the browser sends first, must not hide the proxy's own,
+/// even when they hold valid tokens for other backends.
+pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, backend: &str) -> Vec<Credential> {
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
     let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
@@ -53,24 +56,28 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
         .into_iter()
         .filter_map(|(source, token)| token.filter(|t| !t.is_empty()).map(|t| Credential { source, verified: verify(key, t) }))
         .collect();
-    let cookies = pair_values(header("cookie").flat_map(|v| v.split(';').map(str::trim)), &names.cookie)
+    let cookies = pair_values(header("cookie").flat_map(|v| v.split(';').map(str::trim_ascii)), &names.cookie)
         .filter(|t| !t.is_empty())
         .take(MAX_COOKIE_TOKENS);
-    let mut first_failure = None;
+    let (mut first_other, mut first_failure) = (None, None);
     let mut valid = Vec::new();
     for token in cookies {
         let credential = Credential { source: CredentialSource::Cookie, verified: verify(key, token) };
-        if credential.verified.is_ok() {
-            valid.push(credential);
-            if valid.len() == MAX_VALID_COOKIE_TOKENS {
-                break;
+        let first = match &credential.verified {
+            Ok(cap) if cap.backend == backend => {
+                valid.push(credential);
+                if valid.len() == MAX_VALID_COOKIE_TOKENS {
+                    break;
+                }
+                continue;
             }
-        } else if first_failure.is_none() {
-            first_failure = Some(credential);
-        }
+            Ok(_) => &mut first_other,
+            Err(_) => &mut first_failure,
+        };
+        first.get_or_insert(credential);
     }
     if valid.is_empty() {
-        found.extend(first_failure);
+        found.extend(first_other.or(first_failure));
     } else {
         found.extend(valid);
     }
@@ -80,10 +87,13 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>) -
 /// The token in an `Authorization` value of the Bearer scheme (whose name
 /// is case-insensitive, RFC 7235). The proxy strips by the same reading, so
 /// what the plugin was shown is what never reaches the backend, and the API
-/// reads its token the same way.
+/// reads its token the same way. Only ASCII whitespace is trimmed, as HTTP
+/// defines it and as the proxy reads cookies: a token followed by another
+/// kind of space (a no-break space) is then a malformed token, not a valid
+/// one the stripping would not recognise.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_ascii())
 }
 
 /// A query or cookie pair as `(name, value)`; a name alone has an empty
@@ -215,7 +225,7 @@ mod tests {
             Some(&format!("a=1&token={good}&token=second")),
             &[("cookie", "x=1; spawner-token=st1.forged.sig"), ("authorization", &format!("Bearer {good}"))],
         );
-        let found = find(&req, &TokenNames::default(), Some(&key));
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
         assert_eq!(sources(&found), [CredentialSource::Bearer, CredentialSource::Query, CredentialSource::Cookie]);
         let cap = found[0].verified.as_ref().unwrap();
         assert_eq!((cap.backend.as_str(), cap.subject.as_deref()), ("b1", Some("alice")));
@@ -232,17 +242,44 @@ mod tests {
         // set on /p/b1/api/ comes before the proxy's, on /p/b1/.
         let stray = ["spawner-token=st1.junk.sig"; 10].join("; ");
         let req = request(None, &[("cookie", &format!("{stray}; theme=dark; spawner-token={good}"))]);
-        let found = find(&req, &TokenNames::default(), Some(&key));
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
         assert_eq!(sources(&found), [CredentialSource::Cookie], "the one that verifies");
         assert!(found[0].verified.is_ok());
         // None verifies: the first says why.
-        let found = find(&request(None, &[("cookie", &stray)]), &TokenNames::default(), Some(&key));
+        let found = find(&request(None, &[("cookie", &stray)]), &TokenNames::default(), Some(&key), "b1");
         assert_eq!(found.len(), 1);
         assert!(found[0].verified.is_err());
         // What is looked at is bounded.
         let flood = ["spawner-token=x"; MAX_COOKIE_TOKENS].join("; ");
         let hidden = request(None, &[("cookie", &format!("{flood}; spawner-token={good}"))]);
-        assert!(find(&hidden, &TokenNames::default(), Some(&key))[0].verified.is_err());
+        assert!(find(&hidden, &TokenNames::default(), Some(&key), "b1")[0].verified.is_err());
+        // Valid tokens for other backends (a page may set its own on longer
+        // paths) neither crowd this backend's out nor stand in for it.
+        let other = key.mint("b0", Some("mallory"), now, now + 60);
+        let crowd = vec![format!("spawner-token={other}"); MAX_VALID_COOKIE_TOKENS + 2].join("; ");
+        let req = request(None, &[("cookie", &format!("{crowd}; spawner-token={good}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(found.iter().map(|c| c.verified.as_ref().unwrap().backend.as_str()).collect::<Vec<_>>(), ["b1"]);
+        // Only others': the first, which the plugin refuses naming it.
+        let found =
+            find(&request(None, &[("cookie", &format!("spawner-token=st1.junk.sig; {crowd}"))]), &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].verified.as_ref().map(|c| c.backend.as_str()), Ok("b0"));
+    }
+
+    #[test]
+    fn only_ascii_whitespace_is_trimmed_as_the_stripping_does() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let now = token::now_unix();
+        let good = key.mint("b1", None, now, now + 60);
+        // A no-break space next to a token: not a valid credential, so the
+        // plugin cannot be let in by a token the proxy would not strip.
+        let req = request(None, &[("authorization", &format!("Bearer {good}\u{a0}")), ("cookie", &format!("\u{a0}spawner-token={good}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(sources(&found), [CredentialSource::Bearer]);
+        assert!(found[0].verified.is_err());
+        let req = request(None, &[("authorization", &format!("Bearer \t{good} ")), ("cookie", &format!(" spawner-token={good}\t"))]);
+        assert!(find(&req, &TokenNames::default(), Some(&key), "b1").iter().all(|c| c.verified.is_ok()));
     }
 
     #[test]
@@ -251,15 +288,15 @@ mod tests {
         let names = TokenNames { cookie: "sess".into(), query_param: "t".into() };
         let req =
             request(Some("token=ignored&t="), &[("cookie", "spawner-token=ignored; sess=st1.a.b"), ("authorization", "Basic dXNlcg==")]);
-        let found = find(&req, &names, Some(&key));
+        let found = find(&req, &names, Some(&key), "b1");
         assert_eq!(sources(&found), [CredentialSource::Cookie]);
-        assert!(find(&request(None, &[]), &names, Some(&key)).is_empty());
+        assert!(find(&request(None, &[]), &names, Some(&key), "b1").is_empty());
     }
 
     #[test]
     fn without_a_key_every_token_is_refused_with_a_reason() {
         let req = request(Some("token=st1.a.b"), &[]);
-        let found = find(&req, &TokenNames::default(), None);
+        let found = find(&req, &TokenNames::default(), None, "b1");
         assert!(matches!(&found[0].verified, Err(TokenError::Malformed(why)) if why.contains("no token secret")));
     }
 }

@@ -6,6 +6,9 @@
 //! - identity headers (`x-spawner-*`) from clients are dropped; only
 //!   verified ones are injected: the backend's name, the auth verdict's
 //!   subject, and the auth plugin's own;
+//! - so are those names spelt with underscores (`X_Spawner_User`): servers
+//!   that follow CGI (WSGI, Rack) read `-` and `_` alike, as the same
+//!   `HTTP_X_SPAWNER_USER`, and would take the client's for the proxy's;
 //! - Spawner's credentials are removed before the backend sees the request:
 //!   the token query parameter, the token cookie, and an
 //!   `Authorization: Bearer st1.…` header (other `Authorization` schemes are
@@ -29,14 +32,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-const UNTRUSTED: [HeaderName; 6] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    header::FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-];
+/// Client-sent headers a backend could take for the proxy's: every
+/// `X-Forwarded-*` (frameworks read `-Port`, `-Ssl`, `-Scheme` and more,
+/// not only those the proxy sets), `Forwarded`, `X-Real-IP`, and identity
+/// headers. `name` is lower case, as `HeaderMap` keeps it; `_` counts as
+/// `-`.
+fn untrusted(name: &str) -> bool {
+    let name = if name.contains('_') { std::borrow::Cow::Owned(name.replace('_', "-")) } else { name.into() };
+    name.starts_with("x-forwarded-") || name.starts_with(IDENTITY_HEADER_PREFIX) || name == "forwarded" || name == "x-real-ip"
+}
 
 /// Removes hop-by-hop headers, including any listed in `Connection`.
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` (WebSocket
@@ -64,13 +68,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes client-sent forwarding and identity headers.
+/// Removes client-sent forwarding and identity headers ([`untrusted`]).
 pub fn strip_untrusted(h: &mut HeaderMap) {
-    for n in &UNTRUSTED {
-        h.remove(n);
-    }
-    let identity: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with(IDENTITY_HEADER_PREFIX)).cloned().collect();
-    for n in identity {
+    let names: Vec<HeaderName> = h.keys().filter(|k| untrusted(k.as_str())).cloned().collect();
+    for n in names {
         h.remove(n);
     }
 }
@@ -79,7 +80,10 @@ pub fn strip_untrusted(h: &mut HeaderMap) {
 /// every `Authorization` header, as the credential search looks at every
 /// one) and the token cookie. Other schemes and cookies are kept.
 pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
-    let is_spawner_bearer = |v: &HeaderValue| v.to_str().ok().and_then(credentials::bearer).is_some_and(|t| t.starts_with(TOKEN_PREFIX));
+    // Decoded as the plugin's view of the request is (`for_plugin`), so
+    // that any value the credential search reads a token from goes.
+    let is_spawner_bearer =
+        |v: &HeaderValue| credentials::bearer(&String::from_utf8_lossy(v.as_bytes())).is_some_and(|t| t.starts_with(TOKEN_PREFIX));
     remove_values(h, header::AUTHORIZATION, is_spawner_bearer);
     let cookies: Vec<HeaderValue> = h.get_all(header::COOKIE).iter().cloned().collect();
     if cookies.is_empty() {
@@ -278,6 +282,21 @@ mod tests {
             map(&[("x-forwarded-for", "6.6.6.6"), ("x-spawner-user", "admin"), ("X-Spawner-Backend", "x"), ("forwarded", "for=1.2.3.4")]);
         strip_untrusted(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        // Every X-Forwarded-*, and the same names with underscores, which
+        // CGI-style servers read as the proxy's.
+        let mut h = map(&[
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-ssl", "on"),
+            ("x_spawner_user", "admin"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x_app_id", "kept"),
+            ("x-spawnerish", "kept"),
+        ]);
+        strip_untrusted(&mut h);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["x-spawnerish", "x_app_id"]);
         set_forwarded(&mut h, "127.0.0.1", "http", Some(&HeaderValue::from_static("example.test")), "/p/b1");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-forwarded-prefix").unwrap(), "/p/b1");
@@ -318,6 +337,22 @@ mod tests {
         assert!(seen[0].value.ends_with("spawner-token=st1.x.y"), "{seen:?}");
         strip_credentials(&mut h, "spawner-token");
         assert_eq!(h.get("cookie").unwrap().as_bytes(), "sid=abc; city=Zürich".as_bytes());
+
+        // A bearer value with bytes that are not ASCII is read by the
+        // search as the plugin sees it, and stripped by the same reading.
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, HeaderValue::from_bytes("Bearer st1.x.y\u{a0}".as_bytes()).unwrap());
+        let request = crate::plugins::types::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: for_plugin(&h),
+            peer: "127.0.0.1:1".into(),
+            websocket: false,
+        };
+        assert_eq!(credentials::find(&request, &credentials::TokenNames::default(), None, "b1").len(), 1, "a credential");
+        strip_credentials(&mut h, "spawner-token");
+        assert!(!h.contains_key("authorization"), "so it goes");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn auth_request(backend_name: &str, headers: &[(&str, &str)], query: Option<
         websocket: false,
     };
     // As the proxy does: tokens in Spawner's places arrive verified.
-    let credentials = credentials::find(&request, &credentials::TokenNames::default(), Some(&key()));
+    let credentials = credentials::find(&request, &credentials::TokenNames::default(), Some(&key()), backend_name);
     AuthRequest { request, backend: backend(backend_name), now: NOW, credentials }
 }
 
