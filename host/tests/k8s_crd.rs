@@ -62,6 +62,38 @@ async fn a_termination_patch_with_another_uid_is_refused() {
     assert_eq!(spawner::k8s::cluster::termination_requested(&patched), Some(request));
 }
 
+/// What makes a backend what it is cannot be edited on a live one (the
+/// proxy routes by `httpPort`, the Pod was probed there and made from the
+/// template), and the refusal says why; its grace period and lifetime may
+/// change, and labels and annotations are not the spec's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backends_identity_cannot_change_but_its_limits_may() {
+    let (slab, api) = example_in("crd-immutable").await;
+    let created = api.create(&PostParams::default(), &slab).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    let refused = [
+        ("httpPort", serde_json::json!({"spec": {"httpPort": 9999}})),
+        ("key", serde_json::json!({"spec": {"key": "doc-43"}})),
+        ("key", serde_json::json!({"spec": {"key": null}})),
+        ("owner", serde_json::json!({"spec": {"owner": "mallory"}})),
+        ("service", serde_json::json!({"spec": {"service": false}})),
+        ("template", serde_json::json!({"spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/other:1"}]}}})),
+    ];
+    for (field, patch) in refused {
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {e:?}");
+                assert!(e.message.contains(&format!("{field} cannot change")), "{field}: {}", e.message);
+            }
+            other => panic!("{field} changed on a live backend: {other:?}"),
+        }
+    }
+    assert_eq!(api.get(&name).await.unwrap().spec, created.spec, "nothing changed");
+    let patch = serde_json::json!({"spec": {"gracePeriodSeconds": 900, "lifetimeLimitSeconds": 7200}, "metadata": {"labels": {"tier": "b"}}});
+    let patched = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!((patched.spec.grace_period_seconds, patched.spec.lifetime_limit_seconds), (Some(900), Some(7200)));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_bad_specs_and_says_which_field() {
     let (plane, client) = installed().await;

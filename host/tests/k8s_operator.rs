@@ -684,7 +684,7 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
 /// (a key's, not yet garbage-collected) is replaced, not taken for the
 /// backend's own, which it would then lose; one that is nobody's backend's
 /// refuses the backend, naming it, rather than routing its traffic
-/// elsewhere.
+/// elsewhere; a Service the API server refuses fails the backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     let (client, ns) = operator("op-svc-taken", "", HOUR).await;
@@ -717,4 +717,11 @@ async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     let message = failed.message.unwrap_or_default();
     assert!(message.contains("a Service named served exists and is not this backend's"), "{message}");
     assert!(services.get("served").await.unwrap().metadata.owner_references.unwrap_or_default().is_empty(), "left alone");
+
+    // A name a backend may have but a Service may not (it has a dot): the
+    // API server's refusal fails the backend, where it stayed pending.
+    slabs.create(&PostParams::default(), &with_service("doc-42.notes")).await.unwrap();
+    let failed = until(&slabs, "doc-42.notes", "failed", phase(Phase::Failed)).await.status.unwrap();
+    let message = failed.message.unwrap_or_default();
+    assert!(message.contains("its Service was refused") && message.contains("DNS-1035"), "{message}");
 }

@@ -494,6 +494,14 @@ async fn create_pod(
                 }
                 None => return Err(Error::Stale(name)),
             },
+            // Refused for good, as a Pod can be (see `apply`): most often a
+            // backend name that is a valid object name but not a Service's
+            // (a DNS-1035 label: no dots, a letter first, 63 characters at
+            // most). Retrying would leave the backend pending for ever,
+            // with no status to say why.
+            Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                return Ok(Err(Created::Refused(format!("its Service was refused: {}", e.message))));
+            }
             Err(e) => return Err(e.into()),
         }
     }

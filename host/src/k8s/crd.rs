@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, Toleration, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
+use kube::{CustomResource, CustomResourceExt as _, KubeSchema, ResourceExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,14 @@ pub const WAITING_FOR_NODE: &str = "WaitingForNode";
 pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
 
 /// What a session-lived backend runs, and how long it may live.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// What makes the backend what it is cannot change once it exists (CEL
+/// transition rules, so `kubectl edit` is refused with the reason): the
+/// Pod was made from the template and probed on `httpPort`, the proxy
+/// routes by `httpPort`, a key names one backend, and quotas counted the
+/// owner. The grace period and lifetime limit may change: they are read
+/// afresh at every sweep.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "spawner.dev",
     version = "v1",
@@ -65,6 +72,11 @@ pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
     printcolumn = r#"{"name": "URL", "type": "string", "jsonPath": ".status.url", "description": "What the browser opens", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("self.template == oldSelf.template").message("template cannot change: the backend's Pod runs what it was created with; create a new backend instead"))]
+#[x_kube(validation = Rule::new("has(self.httpPort) == has(oldSelf.httpPort) && (!has(self.httpPort) || self.httpPort == oldSelf.httpPort)").message("httpPort cannot change: the Pod was probed on the port it was created with, and the proxy would route elsewhere"))]
+#[x_kube(validation = Rule::new("has(self.key) == has(oldSelf.key) && (!has(self.key) || self.key == oldSelf.key)").message("key cannot change: a key names one backend, and another backend may already have the new one"))]
+#[x_kube(validation = Rule::new("has(self.owner) == has(oldSelf.owner) && (!has(self.owner) || self.owner == oldSelf.owner)").message("owner cannot change: quotas counted the backend for the owner it was created for"))]
+#[x_kube(validation = Rule::new("has(self.service) == has(oldSelf.service) && (!has(self.service) || self.service == oldSelf.service)").message("service cannot change: the Service is made (or not) when the Pod is"))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionLivedBackendSpec {
     /// What the backend's Pod runs. The first container is the application.
