@@ -179,7 +179,8 @@ pub struct ProxyMetrics {
     pub open_websockets: Gauge,
     /// Client connections accepted.
     pub connections: Counter,
-    /// Sweeps skipped because a proxy replica could not be asked for its
+    /// Sweeps that judged no backend idle (lifetime limits only) because a
+    /// proxy replica could not be asked for its
     /// activity (alert on its rate: idle backends are not being ended).
     pub sweeps_skipped: Counter,
 }

@@ -3,7 +3,9 @@
 //!
 //! The lifetime limit is also enforced here, whatever the plugin says: a
 //! failing idle plugin keeps backends (fail safe), and the lifetime limit is
-//! what still bounds their cost. In dry-run mode decisions are logged only.
+//! what still bounds their cost; so it is when a sweep cannot know all the
+//! activity (a proxy replica did not answer) and judges nobody idle. In
+//! dry-run mode decisions are logged only.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,9 +52,10 @@ pub trait SweepSource: Send + Sync + 'static {
         c.activity.snapshot()
     }
     /// Runs on the async side before each sweep (to gather other replicas'
-    /// activity, say); `false` skips this sweep.
-    fn prepare(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(std::future::ready(true))
+    /// activity, say): what this sweep knows, or `None` to skip it (another
+    /// replica sweeps).
+    fn prepare(&self) -> Pin<Box<dyn Future<Output = Option<Knowing>> + Send + '_>> {
+        Box::pin(std::future::ready(Some(Knowing::Activity)))
     }
 }
 
@@ -73,9 +76,21 @@ pub struct Decision {
 /// sweep tries the plugin again.
 pub const FAILURES_BEFORE_SKIPPING: u32 = 3;
 
+/// What a sweep knows of the backends' activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knowing {
+    /// All of it: the idle plugin judges every backend.
+    Activity,
+    /// Not all of it ([`SweepSource::prepare`] failed: a proxy replica that
+    /// carries some connections did not answer), so no backend may be
+    /// judged idle; lifetime limits, which do not depend on activity, still
+    /// end backends.
+    LifetimesOnly,
+}
+
 /// Runs one sweep and returns what it condemned (terminated unless
 /// `dry_run`).
-pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<Decision> {
+pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, knowing: Knowing, dry_run: bool) -> Vec<Decision> {
     let now = Timestamp::now();
     let mut condemned = Vec::new();
     let mut failures = 0;
@@ -104,7 +119,7 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, dry_run: bool) -> Vec<
             },
             now: now.as_second().max(0) as u64,
         };
-        let verdict = if failures < FAILURES_BEFORE_SKIPPING {
+        let verdict = if knowing == Knowing::Activity && failures < FAILURES_BEFORE_SKIPPING {
             let (verdict, failed) = plugins.idle().evaluate_reporting(&request);
             failures = if failed { failures + 1 } else { 0 };
             if failures == FAILURES_BEFORE_SKIPPING {
@@ -157,11 +172,9 @@ pub fn spawn(source: Arc<dyn SweepSource>, plugins: Arc<Plugins>, interval: Dura
         let mut reported: std::collections::HashMap<String, Reason> = std::collections::HashMap::new();
         loop {
             ticker.tick().await;
-            if !source.prepare().await {
-                continue;
-            }
+            let Some(knowing) = source.prepare().await else { continue };
             let (s, p) = (source.clone(), plugins.clone());
-            match tokio::task::spawn_blocking(move || sweep(&*s, &p, dry_run)).await {
+            match tokio::task::spawn_blocking(move || sweep(&*s, &p, knowing, dry_run)).await {
                 Ok(decisions) if dry_run => {
                     reported.retain(|name, _| decisions.iter().any(|d| &d.name == name));
                     for d in decisions {
@@ -242,7 +255,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let failing = crate::plugins::PluginSource::file(std::path::Path::new(spawner_test_plugins::FIXTURE_FAIL_IDLE), "").unwrap();
         let plugins = Plugins::new(runtime, metrics.clone(), vec![(crate::plugins::PluginKind::Idle, failing)]).unwrap();
-        let condemned = sweep(&Expired(20), &plugins, true);
+        let condemned = sweep(&Expired(20), &plugins, Knowing::Activity, true);
         assert_eq!(condemned.len(), 20, "every backend past its lifetime ends, plugin or not");
         assert!(condemned.iter().all(|d| d.request.reason == Reason::Lifetime));
         let text = metrics.encode();
@@ -259,16 +272,21 @@ mod tests {
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
         let plugins = Plugins::defaults(runtime, Arc::new(Metrics::new())).unwrap();
         // Its start took 40 s, longer than its 30 s grace period: ready 5 s ago, it is kept.
-        assert_eq!(sweep(&OneBackend { created: 45, ready: 5, idle: 45 }, &plugins, true), vec![]);
+        assert_eq!(sweep(&OneBackend { created: 45, ready: 5, idle: 45 }, &plugins, Knowing::Activity, true), vec![]);
         // Ready 35 s ago with no connection since: idle.
-        let condemned = sweep(&OneBackend { created: 75, ready: 35, idle: 75 }, &plugins, true);
+        let condemned = sweep(&OneBackend { created: 75, ready: 35, idle: 75 }, &plugins, Knowing::Activity, true);
         assert_eq!(condemned.len(), 1);
         assert_eq!(condemned[0].request.reason, Reason::Idle);
         let message = &condemned[0].request.message;
         assert!(["no connections for 34 s", "no connections for 35 s"].iter().any(|m| message.starts_with(m)), "since ready: {message}");
         // Activity after it became ready counts as it always did.
-        assert_eq!(sweep(&OneBackend { created: 75, ready: 35, idle: 3 }, &plugins, true), vec![]);
+        assert_eq!(sweep(&OneBackend { created: 75, ready: 35, idle: 3 }, &plugins, Knowing::Activity, true), vec![]);
+        // Without all the activity (a replica did not answer), nobody is
+        // idle; lifetimes still end.
+        assert_eq!(sweep(&OneBackend { created: 75, ready: 35, idle: 75 }, &plugins, Knowing::LifetimesOnly, true), vec![]);
+        let condemned = sweep(&Expired(3), &plugins, Knowing::LifetimesOnly, true);
+        assert_eq!(condemned.iter().map(|d| d.request.reason).collect::<Vec<_>>(), [Reason::Lifetime; 3]);
         // A ready time ahead of the sweeper's clock is just now, not long ago.
-        assert_eq!(sweep(&OneBackend { created: 75, ready: -60, idle: 75 }, &plugins, true), vec![]);
+        assert_eq!(sweep(&OneBackend { created: 75, ready: -60, idle: 75 }, &plugins, Knowing::Activity, true), vec![]);
     }
 }

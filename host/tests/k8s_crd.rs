@@ -89,7 +89,8 @@ async fn a_backends_identity_cannot_change_but_its_limits_may() {
         }
     }
     assert_eq!(api.get(&name).await.unwrap().spec, created.spec, "nothing changed");
-    let patch = serde_json::json!({"spec": {"gracePeriodSeconds": 900, "lifetimeLimitSeconds": 7200}, "metadata": {"labels": {"tier": "b"}}});
+    let patch =
+        serde_json::json!({"spec": {"gracePeriodSeconds": 900, "lifetimeLimitSeconds": 7200}, "metadata": {"labels": {"tier": "b"}}});
     let patched = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     assert_eq!((patched.spec.grace_period_seconds, patched.spec.lifetime_limit_seconds), (Some(900), Some(7200)));
 }

@@ -2,7 +2,8 @@
 //! sweeper Lease and, before each sweep, asks the other for its activity,
 //! so a WebSocket held open through the replica that does not sweep keeps
 //! its backend alive; once it closes, the backend is swept. If a running
-//! replica cannot be asked, sweeps are skipped (fail safe) until it is gone.
+//! replica cannot be asked, no backend is judged idle (fail safe) until it
+//! is gone, and lifetime limits still apply.
 //!
 //! The replicas run in this process; kwok runs a Pod standing for each
 //! (with the `peer` port each listens on), and the test reports their IP as
@@ -17,7 +18,7 @@ use common::k8s::{WAIT, demo_backend, namespace, plugins, proxy_options, report_
 use futures_util::{SinkExt as _, StreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use spawner::k8s::crd::SessionLivedBackend;
 use spawner::k8s::leader::LeaseSettings;
 use spawner::k8s::peers::PeerOptions;
@@ -138,11 +139,20 @@ async fn the_sweeping_replica_counts_the_other_replicas_connections() {
     let ended = until(&slabs, "notes", "was swept once idle", |s| s.phase == Some(Phase::Terminated)).await;
     assert_eq!(ended.status.unwrap().reason, Some(Reason::Idle));
 
-    // A running replica that cannot be asked: no sweeps (its connections
-    // are unknown) until its Pod is gone. Stopped first, so that no sweep
-    // can end the new backend before the replica is gone.
+    // A running replica that cannot be asked: nobody is judged idle (its
+    // connections are unknown) until its Pod is gone. Stopped first, so
+    // that no sweep can end the new backend before the replica is gone.
+    // Lifetime limits, which do not depend on activity, still end backends
+    // (a lifetime may change on a live backend).
     other.stop().await;
     ready_backend(&client, &ns, "notes-2", port, 1).await;
+    ready_backend(&client, &ns, "long-lived", port, 3600).await;
+    slabs
+        .patch("long-lived", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"lifetimeLimitSeconds": 1}})))
+        .await
+        .unwrap();
+    let ended = until(&slabs, "long-lived", "ended by its lifetime", |s| s.phase == Some(Phase::Terminated)).await;
+    assert_eq!(ended.status.unwrap().reason, Some(Reason::Lifetime));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(phase(&slabs, "notes-2").await, Some(Phase::Ready), "swept while a replica could not be asked");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -31,7 +31,7 @@ use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::plugins::types::Backend;
 use crate::proxy::{Resolve, Target};
 use crate::server::AbortOnDrop;
-use crate::sweeper::{Candidate, SweepSource};
+use crate::sweeper::{Candidate, Knowing, SweepSource};
 
 /// The annotation a termination request travels in, from the sweeper (or
 /// anyone allowed to patch the object) to the operator. Its value is JSON:
@@ -263,22 +263,25 @@ impl Resolve for Cluster {
 }
 
 impl SweepSource for Cluster {
-    fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn prepare(&self) -> std::pin::Pin<Box<dyn Future<Output = Option<Knowing>> + Send + '_>> {
         Box::pin(async move {
-            let Some(fleet) = self.fleet.get() else { return true };
+            let Some(fleet) = self.fleet.get() else { return Some(Knowing::Activity) };
             let leading = fleet.leading.lock().expect("leading lock").as_ref().is_some_and(|l| *l.borrow());
             if !leading {
-                return false;
+                return None;
             }
             match fleet.peers.gather().await {
                 Ok(gathered) => {
                     *fleet.gathered.lock().expect("gathered lock") = gathered;
-                    true
+                    Some(Knowing::Activity)
                 }
                 Err(e) => {
                     fleet.skipped.inc();
-                    tracing::warn!(error = %e, "cannot see every proxy replica's activity; skipping this sweep (fail safe)");
-                    false
+                    tracing::warn!(
+                        error = %e,
+                        "cannot see every proxy replica's activity; this sweep judges no backend idle (fail safe), only lifetime limits"
+                    );
+                    Some(Knowing::LifetimesOnly)
                 }
             }
         })
