@@ -44,6 +44,19 @@ use body::{Direction, Metered};
 /// servers; a few warm connections cover bursts without hogging them.
 const POOL_IDLE_PER_BACKEND: usize = 32;
 
+/// How long a connection to a backend may take to open. A backend on
+/// loopback or a Pod network answers in microseconds; an address that has
+/// gone (a Pod deleted while the status still names it) would otherwise
+/// hold each request, counted in flight, for the kernel's two minutes of
+/// SYN retries.
+const BACKEND_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a backend may take to answer a WebSocket upgrade: one that
+/// accepts the connection and never answers would hold the browser's
+/// connection (and its place under `max-connections`) for as long as the
+/// browser waits.
+const UPGRADE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the proxy sees a backend.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -114,6 +127,7 @@ impl Proxy {
     pub fn new(resolver: Arc<dyn Resolve>, plugins: Arc<Plugins>, metrics: Arc<Metrics>, settings: ProxySettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(BACKEND_CONNECT_TIMEOUT));
         let keepalive = crate::server::KEEPALIVE;
         connector.set_keepalive(Some(keepalive.idle));
         connector.set_keepalive_interval(Some(keepalive.interval));
@@ -247,6 +261,7 @@ impl Proxy {
         if let Some(token) = token
             && !websocket
             && (req.method() == Method::GET || req.method() == Method::HEAD)
+            && !cross_site_subrequest(req.headers())
         {
             // Only a token that opens this backend becomes its cookie: the
             // request may have been let in by the cookie already there, and
@@ -337,9 +352,10 @@ impl Proxy {
             pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)
         };
         let Some(client_upgrade) = client_upgrade else { return bad_gateway("client connection cannot be upgraded".into()) };
-        let stream = match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => return bad_gateway(e.to_string()),
+        let stream = match tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return bad_gateway(e.to_string()),
+            Err(_) => return bad_gateway(format!("no connection within {} s", BACKEND_CONNECT_TIMEOUT.as_secs())),
         };
         let _ = stream.set_nodelay(true);
         crate::server::keep_alive(&stream);
@@ -347,13 +363,17 @@ impl Proxy {
             Ok(x) => x,
             Err(e) => return bad_gateway(e.to_string()),
         };
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
         let request = Request::from_parts(parts, Empty::<bytes::Bytes>::new());
-        let mut response = match sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => return bad_gateway(e.to_string()),
+        let mut response = match tokio::time::timeout(UPGRADE_ANSWER_TIMEOUT, sender.send_request(request)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return bad_gateway(e.to_string()),
+            Err(_) => {
+                connection.abort();
+                return bad_gateway(format!("no answer to the upgrade within {} s", UPGRADE_ANSWER_TIMEOUT.as_secs()));
+            }
         };
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
@@ -421,6 +441,17 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
             .any(|v| v.trim().eq_ignore_ascii_case(token))
     };
     req.method() == Method::GET && has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// A request another site's page makes for a frame or a subresource
+/// (`Sec-Fetch-Site: cross-site`, `Sec-Fetch-Dest` other than `document`):
+/// the browser would refuse the `SameSite=Lax` cookie of a token redirect,
+/// and the redirected request would arrive with no token at all. Such a
+/// request keeps its token for itself and is answered where it is (the
+/// token still goes from what the backend sees, and `Referrer-Policy:
+/// no-referrer` keeps it out of what the page loads next).
+fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
+    h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
 }
 
 /// True when the request's query token verified (signature, and not issued

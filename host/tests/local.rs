@@ -489,6 +489,26 @@ async fn the_token_redirect_stays_on_the_backends_host() {
     }
 }
 
+/// Another site's frame or subresource (an `EventSource`, an iframe) with
+/// the token in its URL is answered where it is: the browser would refuse
+/// the redirect's `SameSite=Lax` cookie, and the redirected request would
+/// carry no token. A top-level navigation is still redirected.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_sites_frames_keep_their_query_token() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&name).await;
+    let url = format!("{}/p/{name}/headers?x=1&token={token}", dev.base);
+    let get = |dest: &'static str| dev.http.get(&url).header("sec-fetch-site", "cross-site").header("sec-fetch-dest", dest).send();
+    let r = get("iframe").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
+    assert_eq!(get("empty").await.unwrap().status(), 200);
+    assert_eq!(get("document").await.unwrap().status(), 303);
+}
+
 /// A backend that does not know its prefix redirects to its own root
 /// (Python's file server sends `/docs` to `/docs/`): the browser must stay
 /// on the backend.

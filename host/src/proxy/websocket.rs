@@ -54,6 +54,13 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// WebSockets were closed (and so a stop is never held up by one).
 const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 
+/// How long, once one side has ended its stream, the relay waits for the
+/// other to end too. A WebSocket's closing handshake takes a round trip; a
+/// backend that never ends its side (it neither reads nor writes) would
+/// otherwise keep the relay, and its open-connection count, for ever, and
+/// the idle plugin would never see its backend idle.
+const HALF_CLOSED_WAIT: Duration = Duration::from_secs(10);
+
 /// Completes both upgrades and relays until either side closes, or until
 /// `going_away` turns true (the server is stopping), when it closes both
 /// sides with status 1001.
@@ -131,9 +138,14 @@ async fn pump(
     // frames) and cut the connection instead. Boxed, so an open relay
     // does not carry a timer until then.
     let mut give_up = (!listening).then(|| Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
+    // Once one side has ended: when to stop waiting for the other.
+    let mut half_closed = None;
     loop {
         if c.eof && b.eof && c.pending.is_empty() && b.pending.is_empty() {
             return Ok(());
+        }
+        if (c.eof || b.eof) && half_closed.is_none() {
+            half_closed = Some(Box::pin(tokio::time::sleep(HALF_CLOSED_WAIT)));
         }
         // Closing waits until no frame is half-relayed either way (a Close
         // frame in the middle of another would corrupt the stream) and no
@@ -157,6 +169,7 @@ async fn pump(
                 }
             }
             () = async { give_up.as_mut().expect("checked").await }, if give_up.is_some() => return Ok(()),
+            () = async { half_closed.as_mut().expect("checked").await }, if half_closed.is_some() => return Ok(()),
             r = c.stream.readable(), if !c.eof && b.pending.is_empty() && readable_now(&c, give_up.is_some()) => {
                 r?;
                 if transfer(&mut c, &mut b, activity, true, give_up.is_some())? {
@@ -231,7 +244,9 @@ fn readable_now(side: &Side, closing: bool) -> bool {
 
 /// Reads what `from` has (when `closing`, no further than the end of its
 /// frame in progress) and writes as much as possible to `to`; keeps the
-/// rest in `to.pending`. Returns true at end of stream.
+/// rest in `to.pending`. Returns true at end of stream. A reset is an
+/// error, which ends the relay: that side can take nothing more, and
+/// waiting for the other side to finish would be for nobody.
 fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, closing: bool) -> std::io::Result<bool> {
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
@@ -255,7 +270,6 @@ fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, 
                 Ok(false)
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(true),
             Err(e) => Err(e),
         }
     })
@@ -453,6 +467,30 @@ mod tests {
         assert!(rest.is_empty(), "no Close inside the frame: {rest:?}");
         assert!(started.elapsed() >= BOUNDARY_WAIT, "cut only after waiting for the frame's end");
         hang_up(r).await;
+    }
+
+    /// A browser that resets its connection, or ends its side, in front of
+    /// a backend that neither reads nor writes (a push-only server with
+    /// nothing to push): the relay ends, so its backend can be idle.
+    #[tokio::test]
+    async fn a_relay_ends_when_the_browser_resets_or_half_closes_before_a_silent_backend() {
+        let r = relayed(false).await;
+        r.browser.set_zero_linger().unwrap();
+        drop(r.browser); // RST
+        let ended = tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("a reset did not end the relay").unwrap();
+        assert!(ended.is_err(), "ended by the reset");
+        drop(r.app);
+
+        let r = relayed(false).await;
+        let mut browser = r.browser;
+        browser.shutdown().await.unwrap(); // FIN; the app never answers
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(HALF_CLOSED_WAIT * 2, r.pump).await.expect("a half-closed relay waited for ever").unwrap().unwrap();
+        assert!(started.elapsed() >= HALF_CLOSED_WAIT, "the backend was given its time to end its side");
+        let mut rest = Vec::new();
+        let mut app = r.app;
+        app.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the backend saw the end of the stream");
     }
 
     #[tokio::test]
