@@ -215,6 +215,11 @@ pub struct Observed {
     /// on Kubernetes, its termination message), if known: an exit of its own
     /// says it, since it usually says why.
     pub last_output: Option<String>,
+    /// What the platform says ended the workload, when something other
+    /// than the workload did (Kubernetes: `OOMKilled`, an eviction and its
+    /// message): an exit is then not "on its own", and a workload that
+    /// disappeared says why.
+    pub ended_by: Option<String>,
     /// Where readiness is checked, if the runtime says (local mode: the
     /// backend's `127.0.0.1:PORT`): a backend that listens elsewhere is
     /// told so when it times out.
@@ -296,9 +301,11 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             } else {
                 next.phase = if code == Some(0) { Phase::Terminated } else { Phase::Failed };
                 next.reason = Some(Reason::Exited);
-                let message = match code {
-                    Some(c) => format!("exited on its own with code {c}"),
-                    None => "exited on its own (killed by a signal)".into(),
+                let message = match (code, &observed.ended_by) {
+                    (Some(c), Some(by)) => format!("exited with code {c} ({by})"),
+                    (None, Some(by)) => format!("exited ({by})"),
+                    (Some(c), None) => format!("exited on its own with code {c}"),
+                    (None, None) => "exited on its own (killed by a signal)".into(),
                 };
                 next.message = Some(with_last_output(message, observed));
             }
@@ -318,7 +325,10 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             } else {
                 next.phase = Phase::Failed;
                 next.reason = Some(Reason::Lost);
-                next.message = Some("the workload disappeared".into());
+                next.message = Some(match &observed.ended_by {
+                    Some(by) => format!("the workload disappeared ({by})"),
+                    None => "the workload disappeared".into(),
+                });
             }
             next.finished_at = Some(now);
             return (next, Action::Wait);
@@ -439,6 +449,7 @@ mod tests {
             termination: None,
             create_error: None,
             last_output: None,
+            ended_by: None,
             probe: None,
             now: t(secs),
         }
@@ -554,6 +565,17 @@ mod tests {
         let (next, action) = step(&in_phase(Phase::Scheduled), &o, &STARTUP);
         assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(Reason::Exited), None, Action::Wait));
         assert!(next.message.unwrap().contains("could not start: No such file"));
+    }
+
+    #[test]
+    fn an_end_the_platform_caused_says_so() {
+        let by = |workload: Workload| Observed { ended_by: Some("OOMKilled: over its memory limit".into()), ..observed(workload, 5) };
+        let (next, _) = step(&in_phase(Phase::Ready), &by(Workload::Exited(Some(137))), &STARTUP);
+        assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Failed, Some(Reason::Exited), Some(137)));
+        assert_eq!(next.message.as_deref(), Some("exited with code 137 (OOMKilled: over its memory limit)"), "not 'on its own'");
+        let (next, _) = step(&in_phase(Phase::Ready), &by(Workload::Vanished), &STARTUP);
+        assert_eq!((next.phase, next.reason), (Phase::Failed, Some(Reason::Lost)));
+        assert_eq!(next.message.as_deref(), Some("the workload disappeared (OOMKilled: over its memory limit)"));
     }
 
     #[test]

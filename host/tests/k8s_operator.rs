@@ -186,6 +186,20 @@ async fn a_crashed_pod_fails_the_backend_with_its_exit_code() {
         Some("exited on its own with code 3; its last output: listening on 3000 | Error: ENOSPC: no space left on device")
     );
 
+    // Killed by the kernel for its memory: said, not "on its own".
+    slabs.create(&PostParams::default(), &slab("greedy", "bob")).await.unwrap();
+    until(&slabs, "greedy", "ready", phase(Phase::Ready)).await;
+    let killed = serde_json::json!({"status": {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
+    }});
+    pods.patch_status("greedy", &PatchParams::default(), &Patch::Merge(&killed)).await.unwrap();
+    let status = until(&slabs, "greedy", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(status.exit_code, Some(137));
+    assert_eq!(status.message.as_deref(), Some("exited with code 137 (OOMKilled: it used more memory than its limit allows)"));
+
     // The exited Pod stays (for `kubectl logs`) until the backend is deleted;
     // then it goes, and so does the object.
     assert!(pods.get_opt("crashy").await.unwrap().is_some());
@@ -414,8 +428,15 @@ async fn a_container_that_cannot_start_says_why() {
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     slabs.create(&PostParams::default(), &on_unserved(slab("typo", "erin"), "node-nopull")).await.unwrap();
-    let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), "typo", |p: Option<&Pod>| p.is_some())).await;
-    assert!(placed.is_ok(), "never placed: {:?}", slabs.get("typo").await.unwrap().status);
+    slabs.create(&PostParams::default(), &on_unserved(slab("huge-image", "erin"), "node-nopull")).await.unwrap();
+    for name in ["typo", "huge-image"] {
+        let placed = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, |p: Option<&Pod>| p.is_some())).await;
+        assert!(placed.is_ok(), "never placed: {:?}", slabs.get(name).await.unwrap().status);
+    }
+    // What a kubelet reports while it is still pulling an image.
+    let creating = serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1",
+        "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
+    pods.patch_status("huge-image", &PatchParams::default(), &Patch::Merge(&creating)).await.unwrap();
 
     // What a kubelet reports for an image it cannot pull.
     let pulling = serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "app", "image": "example.invalid/notes:1",
@@ -434,6 +455,13 @@ async fn a_container_that_cannot_start_says_why() {
         failed.message.as_deref(),
         Some("its container did not start within 6 s: ImagePullBackOff: Back-off pulling image \"example.invalid/notes:1\"")
     );
+    // Still being set up: not "did not accept connections", and where the
+    // time limit is.
+    let failed = until(&slabs, "huge-image", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout));
+    let message = failed.message.unwrap_or_default();
+    assert!(message.starts_with("its container did not start within 6 s (still ContainerCreating"), "{message}");
+    assert!(message.contains("--startup-timeout-seconds"), "{message}");
     nodes.delete("node-nopull", &DeleteParams::default()).await.unwrap();
 }
 

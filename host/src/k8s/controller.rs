@@ -303,6 +303,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             termination: termination.clone(),
             create_error: create_error.clone(),
             last_output: pod::last_output(pod.as_ref()),
+            ended_by: pod::ended_by(pod.as_ref()),
             // The Pod's Ready condition: its own probe, or the port's.
             probe: None,
             now,
@@ -374,15 +375,24 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         Some(why) => Some(Waiting::ForNode(why)),
         None => container_waiting(p).map(Waiting::ForContainer),
     });
-    if let Some(waiting) = &waiting
-        && status.reason == Some(Reason::StartupTimeout)
-        && slab.phase() == Phase::Starting
-    {
+    if status.reason == Some(Reason::StartupTimeout) && slab.phase() == Phase::Starting {
         let secs = ctx.config.startup_timeout.as_secs();
-        status.message = Some(match waiting {
-            Waiting::ForNode(why) => format!("no node could run its Pod within {secs} s: {why}"),
-            Waiting::ForContainer(why) => format!("its container did not start within {secs} s: {why}"),
-        });
+        match (&waiting, pod.as_ref().and_then(pod::container_creating)) {
+            (Some(Waiting::ForNode(why)), _) => status.message = Some(format!("no node could run its Pod within {secs} s: {why}")),
+            (Some(Waiting::ForContainer(why)), _) => {
+                status.message = Some(format!("its container did not start within {secs} s: {why}"));
+            }
+            // Still being set up (its image pulled, its volumes mounted):
+            // not an application that did not listen.
+            (None, Some(stage)) => {
+                status.message = Some(format!(
+                    "its container did not start within {secs} s (still {stage}: its image being pulled, or its volumes \
+                     mounted); for large images or a cluster that adds nodes on demand, raise the operator's \
+                     --startup-timeout-seconds"
+                ));
+            }
+            (None, None) => {}
+        }
     }
     record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now).await?;
     Ok(match (status.phase, status.started_at, status.finished_at) {

@@ -189,6 +189,41 @@ pub fn container_waiting(pod: &Pod) -> Option<String> {
     })
 }
 
+/// The application container's waiting reason while the kubelet is still
+/// setting it up (`ContainerCreating`: pulling its image, mounting its
+/// volumes; `PodInitializing`: init containers running), which
+/// [`container_waiting`] leaves out because every start passes through it.
+pub fn container_creating(pod: &Pod) -> Option<String> {
+    let app = &pod.spec.as_ref()?.containers.first()?.name;
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let waiting = statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.waiting.as_ref()?;
+    waiting.reason.clone().filter(|r| matches!(r.as_str(), "ContainerCreating" | "PodInitializing"))
+}
+
+/// What Kubernetes says ended the backend's Pod or its application, when
+/// it was not the application's own doing: the kernel's OOM killer (the
+/// container's `OOMKilled`), or the Pod's eviction or preemption (its
+/// status reason and message, or its `DisruptionTarget` condition's). An
+/// exit code of 137 alone reads as a crash, and an evicted Pod as vanished.
+pub fn ended_by(pod: Option<&Pod>) -> Option<String> {
+    let pod = pod?;
+    if let Some(t) = app_terminated(pod)
+        && t.reason.as_deref() == Some("OOMKilled")
+    {
+        return Some("OOMKilled: it used more memory than its limit allows".into());
+    }
+    let status = pod.status.as_ref()?;
+    let said = |reason: &str, message: Option<&str>| match message.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{reason}: {m}"),
+        None => reason.to_string(),
+    };
+    if let Some(reason) = status.reason.as_deref().filter(|r| !r.is_empty()) {
+        return Some(said(reason, status.message.as_deref()));
+    }
+    let disruption = status.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?;
+    Some(said(disruption.reason.as_deref().unwrap_or("DisruptionTarget"), disruption.message.as_deref()))
+}
+
 fn ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
@@ -641,6 +676,29 @@ mod tests {
         assert_eq!(waiting("CreateContainerConfigError", None), Some("CreateContainerConfigError".into()));
         assert_eq!(waiting("ContainerCreating", None), None);
         assert_eq!(container_waiting(&pod_in("Running", true, None)), None);
+    }
+
+    #[test]
+    fn what_ended_a_pod_is_read_from_kubernetes() {
+        assert_eq!(ended_by(Some(&pod_in("Failed", false, Some(1)))), None, "a crash of its own");
+        let mut oom = pod_in("Failed", false, Some(137));
+        let statuses = oom.status.as_mut().unwrap().container_statuses.as_mut().unwrap();
+        statuses[0].state.as_mut().unwrap().terminated.as_mut().unwrap().reason = Some("OOMKilled".into());
+        assert_eq!(ended_by(Some(&oom)).as_deref(), Some("OOMKilled: it used more memory than its limit allows"));
+        let mut evicted = pod_in("Failed", false, None);
+        let status = evicted.status.as_mut().unwrap();
+        status.reason = Some("Evicted".into());
+        status.message = Some("The node was low on resource: memory. ".into());
+        assert_eq!(ended_by(Some(&evicted)).as_deref(), Some("Evicted: The node was low on resource: memory."));
+        let mut preempted = pod_in("Running", true, None);
+        preempted.status.as_mut().unwrap().conditions.as_mut().unwrap().push(PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            reason: Some("PreemptionByScheduler".into()),
+            message: Some("Preempted in order to admit critical pod".into()),
+            ..Default::default()
+        });
+        assert_eq!(ended_by(Some(&preempted)).as_deref(), Some("PreemptionByScheduler: Preempted in order to admit critical pod"));
     }
 
     #[test]

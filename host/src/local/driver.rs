@@ -60,6 +60,7 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
             termination: rec.termination(),
             create_error: create_error.clone(),
             last_output,
+            ended_by: None,
             probe,
             now: Timestamp::now(),
         };
