@@ -5,10 +5,16 @@
 //! Elections are `kube-lease-manager`'s (server-side apply on the Lease,
 //! clock-skew tolerant).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
 
 use super::controller::{self, Context};
 
@@ -30,6 +36,16 @@ pub struct LeaseSettings {
 /// How long a stopping replica waits for its Lease to be given back.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a leader reads its Lease back to see that it is still
+/// renewed.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long before its Lease expires a leader that could not renew it
+/// stops leading, as a part of the lease duration (3 s of the 15 s
+/// deploy/ sets): a standby may take the Lease from that moment on, and
+/// the two must not act at once.
+const STEP_DOWN_EARLY: i32 = 5;
+
 /// Competes for the Lease in the background; the receiver says whether this
 /// replica holds it now. The election stops when every receiver is gone,
 /// giving the Lease back if held (the task returned ends then): a standby
@@ -38,14 +54,14 @@ pub async fn leadership(
     client: kube::Client,
     lease: &LeaseSettings,
 ) -> Result<(tokio::sync::watch::Receiver<bool>, tokio::task::JoinHandle<()>), LeaseManagerError> {
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
+    let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
         .with_duration(lease.duration_seconds)
         .with_grace(lease.grace_seconds)
         .build()
         .await?;
-    let (leading, election) = manager.watch().await;
+    let (elected, election) = manager.watch().await;
     let name = lease.name.clone();
     let ended = tokio::spawn(async move {
         match election.await {
@@ -54,7 +70,68 @@ pub async fn leadership(
             Err(e) => tracing::error!(lease = %name, error = %e, "leader election task failed"),
         }
     });
-    Ok((leading, ended))
+    let (leading, guarded) = watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client, &lease.namespace);
+    let (name, identity) = (lease.name.clone(), lease.identity.clone());
+    let read = move || -> LeaseRead {
+        let (leases, name) = (leases.clone(), name.clone());
+        Box::pin(async move { leases.get_opt(&name).await })
+    };
+    tokio::spawn(guard(elected, read, identity, leading));
+    Ok((guarded, ended))
+}
+
+/// One read of the Lease.
+type LeaseRead = Pin<Box<dyn Future<Output = kube::Result<Option<Lease>>> + Send>>;
+
+/// Until when the Lease, as read, lets `identity` lead: its last renewal
+/// plus its duration, less a [`STEP_DOWN_EARLY`]th of it; `None` when
+/// another holds it (or it says too little to tell).
+fn leads_until(lease: &Lease, identity: &str) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds?));
+    renewed.checked_add(duration - duration / STEP_DOWN_EARLY).ok()
+}
+
+/// Passes the election's verdict on to `leading`, but only while the
+/// Lease, read back every [`LEASE_CHECK`], shows a renewal recent enough.
+/// The election (kube-lease-manager) keeps saying "leader" while it cannot
+/// reach the API server to renew (it logs the errors and retries), so a
+/// leader cut off from it would go on reconciling, or sweeping, after its
+/// Lease had expired and a standby had taken over: two schedulers
+/// admitting against one quota, two sweepers. Ends when every receiver
+/// of `leading` is gone, dropping `elected` (which ends the election and
+/// gives the Lease back).
+async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead, identity: String, leading: watch::Sender<bool>) {
+    let mut until: Option<Timestamp> = None;
+    loop {
+        let is_elected = *elected.borrow_and_update();
+        if is_elected {
+            match read().await {
+                Ok(Some(lease)) => until = leads_until(&lease, &identity),
+                Ok(None) => until = None,
+                // Unknown: the last renewal seen still counts, until it
+                // runs out.
+                Err(e) => tracing::debug!(error = %e, "cannot read the Lease back"),
+            }
+        } else {
+            until = None;
+        }
+        let now_leading = is_elected && until.is_some_and(|u| Timestamp::now() < u);
+        if is_elected && !now_leading && *leading.borrow() {
+            tracing::warn!(identity = %identity, "the Lease was not renewed in time (the API server cannot be reached?): stepping down until it is");
+        }
+        leading.send_if_modified(|l| std::mem::replace(l, now_leading) != now_leading);
+        tokio::select! {
+            changed = elected.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(LEASE_CHECK), if is_elected => {}
+            () = leading.closed() => return,
+        }
+    }
 }
 
 /// Waits for the Lease, reconciles while holding it, stops reconciling the
@@ -96,5 +173,67 @@ async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::
             result = controller::run(ctx.clone()) => return result.map_err(|e| anyhow::anyhow!("reconciling could not start: {e}")),
             () = lost => tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    use super::*;
+
+    fn lease(holder: &str, renewed: Timestamp, seconds: i32) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                renew_time: Some(MicroTime(renewed)),
+                lease_duration_seconds: Some(seconds),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_lets_its_holder_lead_until_shortly_before_it_expires() {
+        let now = Timestamp::now();
+        assert_eq!(leads_until(&lease("a", now, 15), "a"), Some(now + SignedDuration::from_secs(12)));
+        assert_eq!(leads_until(&lease("b", now, 15), "a"), None, "another's");
+        assert_eq!(leads_until(&Lease::default(), "a"), None);
+    }
+
+    /// The election still says "leader", but the Lease can no longer be
+    /// read (nor, then, renewed): leadership ends as the last renewal runs
+    /// out, and comes back once the Lease shows a fresh one.
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+        let (_elect, elected) = watch::channel(true);
+        let reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // As the election does: renewed whenever the API server answers.
+        let read = {
+            let reachable = reachable.clone();
+            move || -> LeaseRead {
+                let answer = if reachable.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(Some(lease("me", Timestamp::now(), 5)))
+                } else {
+                    Err(kube::Error::Api(kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503).boxed()))
+                };
+                Box::pin(std::future::ready(answer))
+            }
+        };
+        let (leading, mut seen) = watch::channel(false);
+        tokio::spawn(guard(elected, read, "me".into(), leading));
+        let wait_for = |seen: &mut watch::Receiver<bool>, want: bool| {
+            let mut seen = seen.clone();
+            async move { tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|l| *l == want)).await.is_ok() }
+        };
+        assert!(wait_for(&mut seen, true).await, "leads with a fresh Lease");
+        reachable.store(false, std::sync::atomic::Ordering::SeqCst);
+        let cut_off = std::time::Instant::now();
+        assert!(wait_for(&mut seen, false).await, "still leading without renewals");
+        assert!(cut_off.elapsed() < Duration::from_secs(5), "not after the Lease expired");
+        reachable.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(wait_for(&mut seen, true).await, "leads again once renewed");
     }
 }
