@@ -682,6 +682,32 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     assert_eq!(spec.holder_identity, None, "released: {spec:?}");
 }
 
+/// `kubectl delete slab --cascade=orphan`: the garbage collector removes
+/// the owner references of the backend's Pod and Service before the
+/// operator's finalizer runs (done by hand here: the test control plane
+/// runs no garbage collector). They are still the backend's, by its uid
+/// label, and go with it instead of running on with no route or sweeper.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphaned_pod_and_service_still_go_with_their_backend() {
+    let (client, ns) = operator("op-orphan", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let mut backend = slab("left", "erin");
+    backend.spec.service = Some(true);
+    slabs.create(&PostParams::default(), &backend).await.unwrap();
+    let ready = until(&slabs, "left", "ready", phase(Phase::Ready)).await;
+    let orphan = Patch::Merge(serde_json::json!({"metadata": {"ownerReferences": null}}));
+    pods.patch("left", &PatchParams::default(), &orphan).await.unwrap();
+    services.patch("left", &PatchParams::default(), &orphan).await.unwrap();
+    slabs.delete("left", &DeleteParams::default()).await.unwrap();
+    let uid = ready.metadata.uid.clone().unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "left", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(gone.is_ok(), "the backend was never let go");
+    assert!(pods.get_opt("left").await.unwrap().is_none(), "its orphaned Pod runs on");
+    assert!(services.get_opt("left").await.unwrap().is_none(), "its orphaned Service stays");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     let (client, ns) = operator("op-taken", "", HOUR).await;

@@ -272,7 +272,25 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
                         }
                         Err(Error::Stopping(slab.name_any()))
                     }
-                    _ => Ok(requeue),
+                    _ => {
+                        // Its Service goes with it when the garbage
+                        // collector would not take it: orphaned by
+                        // `--cascade=orphan` (see `owned_meta`).
+                        if slab.spec.service == Some(true) {
+                            let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+                            if let Some(s) = services.get_opt(&slab.name_any()).await?
+                                && s.metadata.owner_references.as_ref().is_none_or(Vec::is_empty)
+                                && owned_meta(&s.metadata, &slab)
+                            {
+                                match services.delete(&slab.name_any(), &DeleteParams::default()).await {
+                                    Ok(_) => {}
+                                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                                    Err(e) => return Err(e.into()),
+                                }
+                            }
+                        }
+                        Ok(requeue)
+                    }
                 }
             }
         }
@@ -749,10 +767,18 @@ fn owned_by(pod: &Pod, slab: &SessionLivedBackend) -> bool {
     owned_meta(&pod.metadata, slab)
 }
 
-/// Whether `meta`'s controller is `slab` (by uid).
+/// Whether `meta`'s controller is `slab` (by uid), or, with no controller
+/// at all, it carries the backend label with `slab`'s uid: `kubectl delete
+/// --cascade=orphan` has the garbage collector remove the owner references
+/// of a backend's Pod and Service before the backend's finalizer runs, and
+/// they would otherwise be taken for someone else's and left running, with
+/// no route and no sweeper.
 fn owned_meta(meta: &kube::api::ObjectMeta, slab: &SessionLivedBackend) -> bool {
-    let uid = slab.uid();
-    meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+    let Some(uid) = slab.uid() else { return false };
+    match meta.owner_references.iter().flatten().find(|r| r.controller == Some(true)) {
+        Some(r) => r.uid == uid,
+        None => meta.labels.as_ref().and_then(|l| l.get(BACKEND_LABEL)) == Some(&uid),
+    }
 }
 
 #[cfg(test)]
