@@ -276,7 +276,11 @@ impl Proxy {
             if target.phase == Phase::Terminating {
                 return pages::error(StatusCode::SERVICE_UNAVAILABLE, &format!("backend {} is stopping", route.name), accept.as_ref());
             }
-            return pages::starting(&route.name, target.phase.as_str(), accept.as_ref());
+            // Ready, but its workload is not answering for now (on
+            // Kubernetes: its Pod is not Ready, or not where the status
+            // says): it may come back, as a Service's endpoint does.
+            let state = if target.phase == Phase::Ready { "not answering (its Pod is not ready)" } else { target.phase.as_str() };
+            return pages::starting(&route.name, state, accept.as_ref());
         };
 
         let (mut parts, body) = req.into_parts();

@@ -18,7 +18,7 @@ use common::k8s::{
 };
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use spawner::k8s::cluster::TERMINATE_ANNOTATION;
 use spawner::k8s::crd::SessionLivedBackend;
@@ -76,6 +76,26 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     assert_eq!(http.get(&url).bearer_auth(&other).send().await.unwrap().status(), 403, "a token for another backend");
     let r: serde_json::Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["requests"], 2, "refused requests never reached the backend");
+
+    // Its Pod stops being Ready (its own probe fails, say): routed to no
+    // more, with a 503 that says so, until it is Ready again.
+    let readiness = |ready: &str| {
+        Patch::Merge(
+            serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": ready}, {"type": "ContainersReady", "status": ready}]}}),
+        )
+    };
+    pods.patch_status("notes", &PatchParams::default(), &readiness("False")).await.unwrap();
+    until_status_within(Duration::from_secs(10), "a Pod that is not Ready is not routed to", 503, &[200], async || {
+        http.get(&url).bearer_auth(&token).send().await.unwrap()
+    })
+    .await;
+    let text = http.get(&url).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("not answering (its Pod is not ready)"), "{text}");
+    pods.patch_status("notes", &PatchParams::default(), &readiness("True")).await.unwrap();
+    until_status_within(Duration::from_secs(10), "routed again once Ready", 200, &[503], async || {
+        http.get(&url).bearer_auth(&token).send().await.unwrap()
+    })
+    .await;
 
     // Idle for the grace period: the sweeper condemns it, the operator stops it.
     let ended = until(&slabs, "notes", "was terminated", |s| s.phase == Some(Phase::Terminated)).await;

@@ -403,9 +403,20 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         Api::<Secret>::namespaced(proxy_client.clone(), "spawner-backends").list(&Default::default()).await.map(|_| ()),
         "the proxy listing Secrets",
     );
+    let stranger: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stranger"}, "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
+    }))
+    .unwrap();
     forbidden(
-        Api::<Pod>::namespaced(proxy_client.clone(), "spawner-backends").list(&Default::default()).await.map(|_| ()),
-        "the proxy listing Pods",
+        Api::<Pod>::namespaced(proxy_client.clone(), "spawner-backends").create(&PostParams::default(), &stranger).await.map(|_| ()),
+        "the proxy creating Pods",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(proxy_client.clone(), "spawner-backends")
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({})))
+            .await
+            .map(|_| ()),
+        "the proxy writing a Pod's status",
     );
     forbidden(as_proxy(&ns).list(&Default::default()).await.map(|_| ()), "the proxy reading another namespace");
     forbidden(

@@ -3,7 +3,14 @@
 //! same [`Resolve`] and [`SweepSource`] questions local mode answers.
 //!
 //! The proxy routes `/p/{name}/` to the Pod IP and `httpPort` the operator
-//! recorded, once the status says `ready`. Activity is metered here, in the
+//! recorded, once the status says `ready`, and only while the backend's
+//! own Pod (by its uid label), watched here too, has that IP and is Ready:
+//! a status is only as fresh as the operator's last write, and while the
+//! operator is down a deleted Pod's IP may go to another namespace's Pod,
+//! which must not get this backend's users (and their identity headers);
+//! a backend whose Pod stopped being Ready (its own readiness probe, a
+//! hung application) gets a 503 that says so, not a timeout. Activity is
+//! metered here, in the
 //! proxy process, never reported by the backend Pods, so a backend cannot
 //! keep itself alive by writing to the API server.
 //!
@@ -24,8 +31,11 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::api::core::v1::Pod;
+
 use super::crd::SessionLivedBackend;
 use super::peers::{BackendActivity, Gathered, Peers};
+use super::pod::BACKEND_LABEL;
 use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::plugins::types::Backend;
@@ -79,8 +89,11 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     /// Set when several replicas share the sweeping (see [`super::peers`]).
     fleet: std::sync::OnceLock<Fleet>,
-    /// The watch feeding the cache, stopped with it.
-    _watching: AbortOnDrop,
+    /// The backends' Pods (those with the backend label), to route only
+    /// to a Pod that is still the backend's and Ready.
+    pods: Store<Pod>,
+    /// The watches feeding the caches, stopped with them.
+    _watching: [AbortOnDrop; 2],
 }
 
 /// What the proxy keeps per backend object.
@@ -125,7 +138,26 @@ impl Cluster {
             }
             std::future::ready(())
         }));
+        let pods_api: Api<Pod> = Api::namespaced(api.clone().into_client(), namespace);
+        pods_api.list(&kube::api::ListParams::default().labels(BACKEND_LABEL).limit(1)).await?;
+        let (pods, pods_writer) = reflector::store();
+        // What routing needs of a Pod: its labels, IP and conditions.
+        let slim = |p: &mut Pod| {
+            p.managed_fields_mut().clear();
+            p.spec = None;
+        };
+        let pod_stream =
+            reflector::reflector(pods_writer, watcher(pods_api, watcher::Config::default().labels(BACKEND_LABEL)).modify(slim))
+                .default_backoff()
+                .touched_objects();
+        let watching_pods = tokio::spawn(pod_stream.for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching the backends' Pods; retrying");
+            }
+            std::future::ready(())
+        }));
         let _ = store.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
         Ok(Arc::new(Cluster {
             namespace: namespace.to_string(),
             store,
@@ -135,7 +167,8 @@ impl Cluster {
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),
             fleet: std::sync::OnceLock::new(),
-            _watching: AbortOnDrop(watching),
+            pods,
+            _watching: [AbortOnDrop(watching), AbortOnDrop(watching_pods)],
         }))
     }
 
@@ -148,6 +181,16 @@ impl Cluster {
     /// server within moments; an object just created may not be in it yet).
     pub fn slab(&self, name: &str) -> Option<Arc<SessionLivedBackend>> {
         self.store.get(&ObjectRef::new(name).within(&self.namespace))
+    }
+
+    /// Whether `slab`'s own Pod (named like it, carrying its uid) is at
+    /// `ip`, Ready, and not being deleted.
+    fn serving(&self, slab: &SessionLivedBackend, ip: &str) -> bool {
+        let Some(pod) = self.pods.get(&ObjectRef::new(&slab.name_any()).within(&self.namespace)) else { return false };
+        pod.labels().get(BACKEND_LABEL) == slab.uid().as_ref()
+            && pod.metadata.deletion_timestamp.is_none()
+            && pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip)
+            && super::pod::is_ready(&pod)
     }
 
     /// Every object in the cache.
@@ -242,7 +285,9 @@ impl Resolve for Cluster {
         let slab = self.slab(name)?;
         let phase = slab.phase();
         let addr = match (phase, slab.status.as_ref().and_then(|s| s.pod_ip.as_deref())) {
-            (Phase::Ready, Some(ip)) => ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port())),
+            (Phase::Ready, Some(ip)) if self.serving(&slab, ip) => {
+                ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port()))
+            }
             _ => None,
         };
         // The plugin view is built once per object version, not per request.

@@ -159,7 +159,7 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
         // the kubelet (OutOfcpu, ...). Not an exit of its own.
         Some("Failed") if status.phase >= Phase::Starting => Workload::Vanished,
         Some("Succeeded") | Some("Failed") => Workload::Exited(None),
-        Some("Running") if ready(pod) => Workload::Ready,
+        Some("Running") if is_ready(pod) => Workload::Ready,
         _ => Workload::Starting,
     }
 }
@@ -224,7 +224,8 @@ pub fn ended_by(pod: Option<&Pod>) -> Option<String> {
     Some(said(disruption.reason.as_deref().unwrap_or("DisruptionTarget"), disruption.message.as_deref()))
 }
 
-fn ready(pod: &Pod) -> bool {
+/// Whether the Pod's `Ready` condition is true.
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
