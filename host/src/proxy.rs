@@ -3,7 +3,7 @@
 //!
 //! Order of work for one request: route → resolve the backend (404/410) →
 //! find and verify the request's capability tokens (`credentials`; the
-//! cookie not for another origin's WebSocket or post, `origin`) → auth
+//! cookie not for another backend's WebSocket or post, `origin`) → auth
 //! plugin (its status on deny) → move a query token into a cookie and
 //! redirect to the clean URL → readiness (503 + Retry-After, or a page that
 //! reloads itself) → header hygiene (`headers`) → forward, with
@@ -228,8 +228,8 @@ impl Proxy {
         };
         let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key(), &target.backend.name);
         credentials::refuse_issued_before(&mut credentials, &target.backend.name, target.created_at);
-        // A cookie does not vouch for another origin's WebSocket or post.
-        let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.forwarded_proto.as_str());
+        // A cookie does not vouch for another backend's WebSocket or post.
+        let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.host_domain.as_deref());
         let cookie_refused = cross_origin.is_some() && credentials.iter().any(|c| c.source == CredentialSource::Cookie);
         if cookie_refused {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
@@ -240,7 +240,7 @@ impl Proxy {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
                 let reason = match cross_origin.filter(|_| cookie_refused) {
                     Some(from) => format!(
-                        "{} (the {} cookie does not count for a {} from {from}: another origin's page may not act as this \
+                        "{} (the {} cookie does not count for a {} from {from}: another backend's page may not act as this \
                          backend's user; send the token as Authorization: Bearer, or in the {} query parameter)",
                         d.reason,
                         self.settings.tokens.cookie,
@@ -280,6 +280,8 @@ impl Proxy {
             // Kubernetes: its Pod is not Ready, or not where the status
             // says): it may come back, as a Service's endpoint does.
             let state = if target.phase == Phase::Ready { "not answering (its Pod is not ready)" } else { target.phase.as_str() };
+            // Someone is waiting for it (the page reloads itself): not idle.
+            target.activity.touch();
             return pages::starting(&route.name, state, accept.as_ref());
         };
 

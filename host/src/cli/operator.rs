@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::k8s::controller::{Context, OperatorConfig};
-use crate::k8s::leader::{self, LeaseSettings};
+use crate::k8s::leader::{self, LEASE_GRACE_SECONDS, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::plugins::{PluginKind, Plugins, Runtime};
 
@@ -71,7 +71,13 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let lease = LeaseSettings { namespace: args.lease_namespace, name: args.lease_name, identity, duration_seconds: 15, grace_seconds: 5 };
+    let lease = LeaseSettings {
+        namespace: args.lease_namespace,
+        name: args.lease_name,
+        identity,
+        duration_seconds: 15,
+        grace_seconds: LEASE_GRACE_SECONDS,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let client = kube::Client::try_default().await.context("connecting to Kubernetes (kubeconfig or in-cluster)")?;

@@ -121,7 +121,7 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
         name: args.sweeper_lease.clone(),
         identity: identity.clone(),
         duration_seconds: 15,
-        grace_seconds: 5,
+        grace_seconds: crate::k8s::leader::LEASE_GRACE_SECONDS,
     };
     let peers = PeerOptions { namespace, selector, identity, token, listen: args.peer_listen };
     Ok(Some(Replicas { peers, lease }))

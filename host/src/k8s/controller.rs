@@ -273,13 +273,15 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
                         Err(Error::Stopping(slab.name_any()))
                     }
                     _ => {
-                        // Its Service goes with it when the garbage
-                        // collector would not take it: orphaned by
-                        // `--cascade=orphan` (see `owned_meta`).
+                        // Its Service goes with it, here rather than by the
+                        // garbage collector, which would not take it after
+                        // `--cascade=orphan` (see `owned_meta`): its owner
+                        // reference may still be there now, and gone the
+                        // moment this finalizer lets the object go.
                         if slab.spec.service == Some(true) {
                             let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
                             if let Some(s) = services.get_opt(&slab.name_any()).await?
-                                && s.metadata.owner_references.as_ref().is_none_or(Vec::is_empty)
+                                && s.metadata.deletion_timestamp.is_none()
                                 && owned_meta(&s.metadata, &slab)
                             {
                                 match services.delete(&slab.name_any(), &DeleteParams::default()).await {

@@ -36,6 +36,12 @@ pub struct LeaseSettings {
 /// How long a stopping replica waits for its Lease to be given back.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Seconds before its Lease expires a leader renews it: 7 of deploy/'s 15,
+/// so a renewal may take 4 s (a slow API server, a retried conflict)
+/// before the leader steps down (see [`STEP_DOWN_EARLY`]) and restarts
+/// its work when it is renewed after all.
+pub const LEASE_GRACE_SECONDS: u64 = 7;
+
 /// How often a leader reads its Lease back to see that it is still
 /// renewed.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
@@ -111,12 +117,15 @@ async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead,
     loop {
         let is_elected = *elected.borrow_and_update();
         if is_elected {
-            match read().await {
-                Ok(Some(lease)) => until = leads_until(&lease, &identity),
-                Ok(None) => until = None,
+            // Bounded: the client retries 429 and 503 answers with backoff
+            // and has no read timeout, so one read could outlast the Lease.
+            match tokio::time::timeout(LEASE_CHECK, read()).await {
+                Ok(Ok(Some(lease))) => until = leads_until(&lease, &identity),
+                Ok(Ok(None)) => until = None,
                 // Unknown: the last renewal seen still counts, until it
                 // runs out.
-                Err(e) => tracing::debug!(error = %e, "cannot read the Lease back"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the Lease back"),
+                Err(_) => tracing::debug!("no answer reading the Lease back"),
             }
         } else {
             until = None;
@@ -205,21 +214,30 @@ mod tests {
 
     /// The election still says "leader", but the Lease can no longer be
     /// read (nor, then, renewed): leadership ends as the last renewal runs
-    /// out, and comes back once the Lease shows a fresh one.
+    /// out, and comes back once the Lease shows a fresh one; the same when
+    /// a read never answers (an overloaded API server, retried requests).
     #[tokio::test]
     async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+        for hanging in [false, true] {
+            cut_off_and_back(hanging).await;
+        }
+    }
+
+    async fn cut_off_and_back(hanging: bool) {
         let (_elect, elected) = watch::channel(true);
         let reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
         // As the election does: renewed whenever the API server answers.
         let read = {
             let reachable = reachable.clone();
             move || -> LeaseRead {
-                let answer = if reachable.load(std::sync::atomic::Ordering::SeqCst) {
-                    Ok(Some(lease("me", Timestamp::now(), 5)))
+                if reachable.load(std::sync::atomic::Ordering::SeqCst) {
+                    Box::pin(std::future::ready(Ok(Some(lease("me", Timestamp::now(), 5)))))
+                } else if hanging {
+                    Box::pin(std::future::pending())
                 } else {
-                    Err(kube::Error::Api(kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503).boxed()))
-                };
-                Box::pin(std::future::ready(answer))
+                    let unavailable = kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503).boxed();
+                    Box::pin(std::future::ready(Err(kube::Error::Api(unavailable))))
+                }
             }
         };
         let (leading, mut seen) = watch::channel(false);

@@ -1,5 +1,5 @@
 //! When the token cookie may not vouch for a request: a WebSocket upgrade
-//! or a state-changing method sent by a page of another origin.
+//! or a state-changing method sent by another backend's page.
 //!
 //! Why: browsers attach a cookie to every request for its host and path,
 //! whoever asked. `SameSite=Lax` keeps it off other *sites'* forms and
@@ -10,47 +10,43 @@
 //! WebSocket hijack). A bearer or query token is different: a page sends
 //! it only if it has it.
 //!
-//! Browsers mark each request with `Sec-Fetch-Site`; older ones send
-//! `Origin` on WebSocket upgrades and cross-origin posts, which is then
-//! compared with the request's own origin. Server-side clients send
-//! neither and are not affected.
+//! Only origins under the host-routing domain are backends' pages; other
+//! origins of the site are the deployment's own (the web app at
+//! `app.example.com` posting a form, a sign-in service posting back), and
+//! keep their cookie. In path routing every backend's pages share the
+//! proxy's origin, which no origin check can tell apart (the README says
+//! so: host routing is for backends that run code you do not trust).
+//! Browsers send `Origin` with every WebSocket handshake and every
+//! cross-origin post; a request without one is not a page's.
 
 use http::{HeaderMap, Method, header};
 
-/// The other origin (or site) that sent a WebSocket upgrade or an unsafe
-/// request, or `None` when the cookie may vouch for it: a safe method, a
-/// request from the same origin, typed in, or not from a browser. `scheme`
-/// is the one browsers use to reach Spawner (`proxy.forwarded-proto`).
-pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, scheme: &str) -> Option<String> {
+/// The other backend's origin that sent a WebSocket upgrade or an unsafe
+/// request, when `host_domain` routes by host; `None` when the cookie may
+/// vouch for it: a safe method, no `Origin`, the request's own host, or an
+/// origin outside the domain.
+pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, host_domain: Option<&str>) -> Option<String> {
+    let domain = host_domain?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
     if safe && !websocket {
         return None;
     }
-    let text = |name| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let origin = text(header::ORIGIN);
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site == "same-origin" || site == "none" {
-            return None;
-        }
-        return Some(origin.unwrap_or_else(|| format!("a {} page", String::from_utf8_lossy(site.as_bytes()))));
-    }
-    let origin = origin?;
-    let own = text(header::HOST).map(|host| format!("{scheme}://{host}"));
-    if own.is_some_and(|own| same_origin(&origin, &own)) { None } else { Some(origin) }
+    let origin = String::from_utf8_lossy(headers.get(header::ORIGIN)?.as_bytes()).into_owned();
+    let from = host_of(origin.split_once("://").map_or("", |(_, rest)| rest));
+    let own = host_of(headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""));
+    let sibling = from.strip_suffix(&domain.to_ascii_lowercase()).is_some_and(|name| name.ends_with('.'));
+    (sibling && from != own).then_some(origin)
 }
 
-/// Origins compare as ASCII case-insensitive strings, with a scheme's
-/// default port and no port alike (`http://a:80` is `http://a`).
-fn same_origin(a: &str, b: &str) -> bool {
-    let normal = |o: &str| {
-        let o = o.to_ascii_lowercase();
-        o.strip_suffix(":80")
-            .filter(|_| o.starts_with("http://"))
-            .or_else(|| o.strip_suffix(":443").filter(|_| o.starts_with("https://")))
-            .map(str::to_string)
-            .unwrap_or(o)
+/// The host name of an authority (`host[:port]`, or an origin's part after
+/// the scheme), lower case, without the port.
+fn host_of(authority: &str) -> String {
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
     };
-    normal(a) == normal(b)
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -62,29 +58,31 @@ mod tests {
     }
 
     #[test]
-    fn cookies_vouch_for_safe_and_same_origin_requests_only() {
-        let refused = |m: Method, ws: bool, h: &[(&'static str, &str)]| cookie_refused_for(&m, ws, &headers(h), "http");
-        // Reading is left to CORS and SameSite.
-        assert_eq!(refused(Method::GET, false, &[("sec-fetch-site", "cross-site"), ("origin", "http://evil.test")]), None);
-        // Same origin, typed in, or a server-side client.
-        assert_eq!(refused(Method::GET, true, &[("sec-fetch-site", "same-origin")]), None);
-        assert_eq!(refused(Method::POST, false, &[("sec-fetch-site", "none")]), None);
-        assert_eq!(refused(Method::POST, false, &[]), None);
-        // Another origin of the same site, by the fetch metadata...
-        let sibling = [("sec-fetch-site", "same-site"), ("origin", "http://a.apps.test"), ("host", "b.apps.test")];
-        assert_eq!(refused(Method::GET, true, &sibling).as_deref(), Some("http://a.apps.test"));
-        assert_eq!(refused(Method::DELETE, false, &[("sec-fetch-site", "cross-site")]).as_deref(), Some("a cross-site page"));
-        // ... or, from a browser without it, by `Origin` against `Host`.
+    fn cookies_vouch_for_all_but_other_backends_upgrades_and_posts() {
+        let domain = Some("apps.test");
+        let refused = |m: Method, ws: bool, h: &[(&'static str, &str)]| cookie_refused_for(&m, ws, &headers(h), domain);
+        let sibling = [("origin", "https://a.apps.test"), ("host", "b.apps.test")];
+        assert_eq!(refused(Method::GET, true, &sibling).as_deref(), Some("https://a.apps.test"));
+        assert_eq!(refused(Method::POST, false, &sibling).as_deref(), Some("https://a.apps.test"));
         assert_eq!(
-            refused(Method::GET, true, &[("origin", "http://a.apps.test"), ("host", "b.apps.test")]).as_deref(),
-            Some("http://a.apps.test")
+            refused(Method::DELETE, false, &[("origin", "http://A.Apps.Test:8080"), ("host", "b.apps.test:8080")]).as_deref(),
+            Some("http://A.Apps.Test:8080")
         );
-        assert_eq!(refused(Method::POST, false, &[("origin", "null"), ("host", "b.apps.test")]).as_deref(), Some("null"));
-        assert_eq!(refused(Method::GET, true, &[("origin", "HTTP://B.apps.test:80"), ("host", "b.apps.test")]), None);
-        assert_eq!(refused(Method::PUT, false, &[("origin", "http://b.apps.test:8080"), ("host", "b.apps.test:8080")]), None);
-        assert!(
-            refused(Method::PUT, false, &[("origin", "https://b.apps.test:8080"), ("host", "b.apps.test:8080")]).is_some(),
-            "scheme counts"
+        // Reading is left to CORS.
+        assert_eq!(refused(Method::GET, false, &sibling), None);
+        // Its own pages, with or without a port.
+        assert_eq!(refused(Method::GET, true, &[("origin", "https://B.apps.test"), ("host", "b.apps.test")]), None);
+        assert_eq!(refused(Method::POST, false, &[("origin", "http://b.apps.test:8080"), ("host", "b.apps.test:8080")]), None);
+        // The deployment's own origins of the site, and no Origin at all.
+        assert_eq!(refused(Method::POST, false, &[("origin", "https://app.test"), ("host", "b.apps.test")]), None);
+        assert_eq!(refused(Method::POST, false, &[("origin", "https://sso.test"), ("host", "b.apps.test")]), None);
+        assert_eq!(
+            refused(Method::POST, false, &[("origin", "https://evilapps.test"), ("host", "b.apps.test")]),
+            None,
+            "not under the domain"
         );
+        assert_eq!(refused(Method::POST, false, &[("host", "b.apps.test")]), None);
+        // Path routing: one origin for all, nothing to tell apart.
+        assert_eq!(cookie_refused_for(&Method::GET, true, &headers(&sibling), None), None);
     }
 }
