@@ -70,10 +70,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     let dev = Dev::start(FAST, &["--token-secret", "e2e-secret-0123456789abcdef"]);
-    let long = json!({"template": "demo", "gracePeriodSeconds": 60});
-    let (name, token) = dev.create_ok(long.clone()).await;
-    let (other, other_token) = dev.create_ok(long).await;
-    dev.wait_ready(&name).await;
+    let ((name, token), (other, other_token)) = dev.two_backends().await;
     dev.wait_ready(&other).await;
     let before = dev.stats(&name, &token).await["requests"].as_u64().unwrap();
 
@@ -120,10 +117,7 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
 async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arrive() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let dev = Dev::start(FAST, &["--host-domain", "apps.localhost"]);
-    let long = json!({"template": "demo", "gracePeriodSeconds": 60});
-    let (name, token) = dev.create_ok(long.clone()).await;
-    let (other, other_token) = dev.create_ok(long).await;
-    dev.wait_ready(&name).await;
+    let ((name, token), (other, other_token)) = dev.two_backends().await;
     let port = dev.base.rsplit(':').next().unwrap().to_string();
     let host = format!("{name}.apps.localhost:{port}");
     let get = |path: &str| dev.http.get(format!("{}{path}", dev.base)).header("host", &host);
@@ -161,17 +155,9 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert_eq!(get("/headers").header("cookie", &crowd).send().await.unwrap().status(), 403);
 
     // What a backend could take for the proxy's word.
-    let seen: serde_json::Value = get("/headers")
-        .bearer_auth(&token)
-        .header("x_spawner_user", "admin")
-        .header("x-forwarded-port", "443")
-        .header("x_forwarded_for", "6.6.6.6")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spoofing = get("/headers").bearer_auth(&token).header("x_spawner_user", "admin").header("x-forwarded-port", "443");
+    let answer = spoofing.header("x_forwarded_for", "6.6.6.6").send().await.unwrap();
+    let seen: serde_json::Value = answer.json().await.unwrap();
     let headers = seen["headers"].as_object().unwrap();
     for spoofed in ["x_spawner_user", "x-forwarded-port", "x_forwarded_for"] {
         assert!(!headers.contains_key(spoofed), "{spoofed} arrived: {seen}");

@@ -174,6 +174,16 @@ impl Dev {
         v
     }
 
+    /// Two demo backends with a minute's grace (no test's steps outlast
+    /// it), as (name, token) each, the first ready.
+    pub async fn two_backends(&self) -> ((String, String), (String, String)) {
+        let long = serde_json::json!({"template": "demo", "gracePeriodSeconds": 60});
+        let first = self.create_ok(long.clone()).await;
+        let second = self.create_ok(long).await;
+        self.wait_ready(&first.0).await;
+        (first, second)
+    }
+
     /// GET through the proxy with a bearer token.
     pub async fn get(&self, name: &str, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut r = self.http.get(format!("{}/p/{name}{path}", self.base));
