@@ -307,7 +307,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     if let Some(k) = &spec.key
         && (k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(|c| c.is_control() || c.is_whitespace()))
     {
-        return bad(format!("key must be 1-{MAX_KEY_LEN} characters without spaces or control characters"));
+        return bad(format!("key must be 1-{MAX_KEY_LEN} bytes (UTF-8) without spaces or control characters"));
     }
     if let Some(o) = &spec.owner {
         check_user("owner", o)?;

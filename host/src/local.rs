@@ -193,14 +193,15 @@ impl Local {
                 keys.remove(key);
             }
         }
-        tracing::info!(
-            backend = %r.name,
-            from = from.phase.as_str(),
-            to = to.phase.as_str(),
-            reason = to.reason.map(Reason::as_str).unwrap_or(""),
-            detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next()).unwrap_or(""),
-            "backend status"
-        );
+        let reason = to.reason.map(Reason::as_str).unwrap_or("");
+        let detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next()).unwrap_or("");
+        // A failure is worth a warning: alerts on warnings catch crashing
+        // templates.
+        if to.phase == Phase::Failed {
+            tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
+        } else {
+            tracing::info!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
+        }
         r.set_status(to);
     }
 

@@ -17,7 +17,17 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPAWNER_LOG").unwrap_or_else(|_| "spawner=info,warn".into());
+    // A directive that does not parse is said, not silently replaced by
+    // the default (which would hide that the setting did nothing).
+    let (filter, bad_filter) = match std::env::var("SPAWNER_LOG") {
+        Ok(directives) => match tracing_subscriber::EnvFilter::try_new(&directives) {
+            Ok(f) => (f, None),
+            Err(e) => {
+                ("spawner=info,warn".into(), Some(format!("SPAWNER_LOG={directives:?} is not a log filter ({e}); using spawner=info,warn")))
+            }
+        },
+        Err(_) => ("spawner=info,warn".into(), None),
+    };
     // Colours only for a person at a terminal: not in files, pipes or
     // journald, and never with NO_COLOR set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -27,6 +37,9 @@ fn main() -> ExitCode {
         builder.json().init();
     } else {
         builder.init();
+    }
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}");
     }
     // A panic is a bug; the threads it can happen on (a request, a plugin
     // call, which turns it into the kind's fallback) carry on. Reported

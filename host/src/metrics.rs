@@ -152,8 +152,10 @@ impl BackendMetrics {
         let m = BackendMetrics {
             phase: Family::default(),
             ended: Family::default(),
-            // 0.5 ms to ~30 s.
-            spawn_to_ready_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
+            // 0.5 ms to ~4.4 min: a local process is ready in milliseconds,
+            // a Pod whose image is pulled in up to the startup timeout
+            // (60 s by default, often raised).
+            spawn_to_ready_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
         };
         registry.register("backends", "Backends by lifecycle phase", m.phase.clone());
         registry.register("backends_ended", "Backends that ended, by final phase and reason", m.ended.clone());
@@ -195,12 +197,20 @@ impl ProxyMetrics {
             sweeps_skipped: Counter::default(),
         };
         registry.register("proxy_requests", "Requests answered by the proxy, by status class", m.requests.clone());
-        registry.register("proxy_open_connections", "Client connections open", m.open_connections.clone());
+        registry.register(
+            "proxy_open_connections",
+            "Client connections open on the listener (proxy, API and scrapes alike)",
+            m.open_connections.clone(),
+        );
         registry.register("proxy_open_websockets", "WebSockets open through the proxy", m.open_websockets.clone());
-        registry.register("proxy_connections", "Client connections accepted", m.connections.clone());
+        registry.register(
+            "proxy_connections",
+            "Client connections accepted on the listener (proxy, API and scrapes alike)",
+            m.connections.clone(),
+        );
         registry.register(
             "proxy_sweeps_skipped",
-            "Sweeps skipped because a proxy replica could not be asked for its activity",
+            "Sweeps that judged no backend idle (lifetime limits only) because a proxy replica could not be asked for its activity",
             m.sweeps_skipped.clone(),
         );
         m

@@ -310,7 +310,7 @@ impl Proxy {
                 Ok(u) => u,
                 Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
             };
-            let mut response = self.websocket(parts, client_upgrade, slot, addr, target.activity).await;
+            let mut response = self.websocket(&route.name, parts, client_upgrade, slot, addr, target.activity).await;
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 headers::prefix_location(response.headers_mut(), &route.prefix, host.as_ref(), addr);
             }
@@ -336,8 +336,14 @@ impl Proxy {
                 }
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
+            // The client's own body failed (it stopped sending mid-upload
+            // and went away): not the backend's failure, not a 5xx.
+            Err(e) if client_body_failed(&e) => {
+                tracing::debug!(backend = %route.name, error = %error_chain(&e), "client request body failed");
+                pages::error(StatusCode::BAD_REQUEST, "the request body was cut short", accept.as_ref())
+            }
             Err(e) => {
-                tracing::warn!(backend = %route.name, error = %e, "backend request failed");
+                tracing::warn!(backend = %route.name, error = %error_chain(&e), "backend request failed");
                 pages::error(StatusCode::BAD_GATEWAY, &format!("backend {} did not answer", route.name), accept.as_ref())
             }
         }
@@ -347,6 +353,7 @@ impl Proxy {
     /// `max-connections`) is held until it closes.
     async fn websocket(
         &self,
+        backend: &str,
         parts: http::request::Parts,
         client_upgrade: Option<OnUpgrade>,
         slot: Option<crate::server::ConnectionSlot>,
@@ -354,7 +361,7 @@ impl Proxy {
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let bad_gateway = |why: String| {
-            tracing::warn!(%addr, error = %why, "websocket handshake with backend failed");
+            tracing::warn!(%backend, %addr, error = %why, "websocket handshake with backend failed");
             pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)
         };
         let Some(client_upgrade) = client_upgrade else { return bad_gateway("client connection cannot be upgraded".into()) };
@@ -424,6 +431,38 @@ impl Proxy {
         r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         r
     }
+}
+
+/// An error with its causes, `: `-separated: hyper-util's client error
+/// alone says only `client error (SendRequest)`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a failed forward failed on the client's request body: hyper's
+/// client reports an error of the body it was given to send as a "user"
+/// error caused by that body's error, which for the client's `Incoming`
+/// body is the server side's own `hyper::Error` (an incomplete message).
+/// Other "user" errors (the backend connection's task gone) have no such
+/// cause, and stay the backend's.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user)
+            && cause.source().is_some_and(|inner| inner.downcast_ref::<hyper::Error>().is_some())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {

@@ -204,6 +204,11 @@ async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
     // Every field is optional: no body at all is all defaults.
     let r = dev.http.post(format!("{}{tokens}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    // A body without a Content-Type is not skipped (it was: a day-long
+    // token for nobody instead of bob's for a minute).
+    let (got, text) = post_raw(&dev, &tokens, r#"{"subject":"bob","ttlSeconds":60}"#, false).await;
+    assert_eq!(got, 415, "{text}");
+    assert!(text.contains("the body has no Content-Type: send it as Content-Type: application/json"), "{text}");
     for (what, body, status, message) in [
         ("empty JSON body", "", 400, "the body is empty: send a JSON object ({} for all defaults)"),
         ("negative lifetime", r#"{"ttlSeconds":-1}"#, 422, "ttlSeconds must be between 1 and 2592000 (30 days), got -1"),
@@ -286,7 +291,7 @@ async fn list_filters_terminate_and_openapi() {
     assert!(both["error"].as_str().unwrap().contains("team is given twice"), "{both}");
     // An empty filter is refused: `owner=${user}` with no user must not
     // list every owner's backends.
-    for empty in ["?owner=", "?key=", "?labels=", "?phase=", "?owner=%20"] {
+    for empty in ["?owner=", "?key=", "?labels=", "?phase=", "?owner=%20", "?phase=,", "?phase=%20,%20"] {
         let r = get(empty).await.unwrap();
         assert_eq!(r.status(), 400, "{empty}");
         let v: Value = r.json().await.unwrap();

@@ -547,9 +547,12 @@ async fn the_original_spawner_flow_works_as_its_clients_used_it() {
 
     // The status stream replays the whole history and ends.
     let events = dev.http.get(format!("{}/api/backend/{name}/status/stream", dev.base)).send().await.unwrap().text().await.unwrap();
-    for state in ["Pending", "Scheduled", "Ready", "Terminating", "Terminated"] {
-        assert!(events.contains(&format!("\"state\":\"{state}\"")), "{state} missing in {events}");
+    // The original's state names and `time`, in unnamed events (an
+    // `EventSource`'s `onmessage` gets them).
+    for state in ["Submitted", "Scheduled", "Running", "Ready", "Swept"] {
+        assert!(events.contains(&format!("\"state\":\"{state}\",\"time\":\"")), "{state} missing in {events}");
     }
+    assert!(!events.contains("event:"), "{events}");
     let resumed = dev
         .http
         .get(format!("{}/api/v1/backends/{name}/events", dev.base))

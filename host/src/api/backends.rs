@@ -55,7 +55,7 @@ pub(crate) struct CreateRequest {
     template: String,
     /// Get-or-create key: while a backend with this key is live (and not
     /// stopping), creates return it instead of starting another.
-    /// 1-253 characters without spaces or control characters.
+    /// 1-253 bytes (UTF-8) without spaces or control characters.
     #[schema(min_length = 1, max_length = 253)]
     key: Option<String>,
     /// The user the backend is for (passed to plugins; the token's subject
@@ -119,7 +119,8 @@ pub(crate) struct CreateResponse {
 pub(crate) struct TokenRequest {
     /// Subject (user) of the token.
     subject: Option<String>,
-    /// Lifetime, seconds.
+    /// Lifetime, seconds (default from configuration).
+    #[schema(minimum = 1, maximum = 2592000)]
     ttl_seconds: Option<i64>,
 }
 
@@ -252,6 +253,10 @@ pub(crate) async fn list(State(s): State<ApiState>, StrictQuery(q): StrictQuery<
         })?;
         phases.push(phase);
     }
+    // `phase=,` names no phase: as empty as `phase=`, not "every phase".
+    if q.phase.is_some() && phases.is_empty() {
+        return Err(ApiError::bad_request("phase is empty: give a value, or leave it out to list without it"));
+    }
     let filter = Filter { phases, owner: q.owner, key: q.key, labels, live: q.live };
     Ok(Json(s.backends.list(&filter).await))
 }
@@ -275,7 +280,7 @@ pub(crate) async fn terminate(State(s): State<ApiState>, Name(name): Name) -> Re
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
 pub(crate) async fn events(State(s): State<ApiState>, Name(name): Name, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
-    Ok(sse::stream(feed, sse::last_event_id(&headers)?, |status| serde_json::to_string(status).unwrap_or_default()))
+    Ok(sse::stream(feed, sse::last_event_id(&headers)?, Some("status"), |status| serde_json::to_string(status).unwrap_or_default()))
 }
 
 /// Wait-for-ready query.
@@ -347,13 +352,25 @@ pub(crate) async fn logs(
 
 /// Mint another token for a backend.
 #[utoipa::path(post, path = "/api/v1/backends/{name}/tokens", params(("name" = String, Path)), request_body = Option<TokenRequest>, responses((status = 201, body = TokenResponse), (status = 400, description = "Malformed JSON"),
-    (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds or subject, or an unknown field"), (status = 404), (status = 410, description = "The backend has ended")))]
+    (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"), (status = 422, description = "Invalid ttlSeconds or subject, or an unknown field"), (status = 404), (status = 409, description = "The backend is stopping"), (status = 410, description = "The backend has ended")))]
 pub(crate) async fn token(
     State(s): State<ApiState>,
     Name(name): Name,
+    headers: http::HeaderMap,
     // Every field is optional: no body (and no Content-Type) is all defaults.
     body: Result<Option<Json<Object<TokenRequest>>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    // A body without a Content-Type is not "no body": axum would skip it,
+    // and `{"subject":"bob","ttlSeconds":60}` sent so (Python's
+    // `requests.post(url, data=...)`) would mint a day-long token for
+    // nobody.
+    let sized = headers.get(header::CONTENT_LENGTH).is_some_and(|l| l != "0") || headers.contains_key(header::TRANSFER_ENCODING);
+    if sized && !headers.contains_key(header::CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body has no Content-Type: send it as Content-Type: application/json (or send no body for all defaults)",
+        ));
+    }
     let r = body
         .map_err(|e| match ApiError::from(e) {
             // Every field is optional here, which is worth saying.
@@ -367,6 +384,12 @@ pub(crate) async fn token(
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
+    }
+    if view.status.phase == Phase::Terminating {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("backend {name} is stopping and will not be ready again: create a new one (with its key, the same call)"),
+        ));
     }
     let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
     if let Some(subject) = &r.subject {

@@ -60,29 +60,41 @@ pub(crate) struct SpawnResponse {
     status_url: String,
 }
 
-/// Original-style status: the phase as `state`, plus the full status.
+/// Original-style status: the original Spawner's `{state, time}`, plus
+/// the full status.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OriginalStatus<'a> {
-    /// The phase as the original Spawner named it (`Pending`, `Ready`, …).
+    /// The phase as the original Spawner named its states: `Submitted`,
+    /// `Scheduled`, `Running` (started, not accepting connections yet),
+    /// `Ready`, `Swept` (ending or ended: idle, lifetime, requested) and
+    /// `Failed`.
     state: &'static str,
+    /// When it reached that state (RFC 3339).
+    #[schema(value_type = String)]
+    time: jiff::Timestamp,
     #[serde(flatten)]
     status: &'a Status,
 }
 
+/// The original Spawner's state names (its `SessionLivedBackendState`),
+/// which its clients compare against (`Ready`; `Swept` or `Failed` for
+/// the end). It had no state for stopping: a backend being stopped will
+/// not be ready again, so it is swept already.
 fn state_name(p: Phase) -> &'static str {
     match p {
-        Phase::Pending => "Pending",
+        Phase::Pending => "Submitted",
         Phase::Scheduled => "Scheduled",
-        Phase::Starting => "Loading",
+        Phase::Starting => "Running",
         Phase::Ready => "Ready",
-        Phase::Terminating => "Terminating",
-        Phase::Terminated => "Terminated",
+        Phase::Terminating | Phase::Terminated => "Swept",
         Phase::Failed => "Failed",
     }
 }
 
 fn render(status: &Status) -> String {
-    serde_json::to_string(&OriginalStatus { state: state_name(status.phase), status }).unwrap_or_default()
+    let time = [status.finished_at, status.ready_at, status.started_at, status.scheduled_at].into_iter().flatten().next();
+    let original = OriginalStatus { state: state_name(status.phase), time: time.unwrap_or(status.created_at), status };
+    serde_json::to_string(&original).unwrap_or_default()
 }
 
 /// Start a backend from an image (original API).
@@ -151,5 +163,7 @@ pub(crate) async fn status(State(s): State<ApiState>, Name(id): Name) -> Result<
     (status = 204, description = "Ended, and nothing after Last-Event-ID to replay"), (status = 400, description = "Last-Event-ID is not an event id"), (status = 404)))]
 pub(crate) async fn status_stream(State(s): State<ApiState>, Name(id): Name, headers: HeaderMap) -> Result<Response, ApiError> {
     let feed = s.backends.subscribe(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
-    Ok(sse::stream(feed, sse::last_event_id(&headers)?, render))
+    // Unnamed events, as the original sent: an `EventSource`'s `onmessage`
+    // gets them.
+    Ok(sse::stream(feed, sse::last_event_id(&headers)?, None, render))
 }

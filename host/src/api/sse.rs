@@ -36,7 +36,12 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Result<u64, super::ApiError>
 /// terminal status has been sent. A client resuming after the terminal
 /// status (an `EventSource` reconnects whenever a stream closes) gets 204,
 /// which tells it to stop, rather than a stream that never sends anything.
-pub(super) fn stream(feed: StatusFeed, after: u64, render: impl Fn(&Status) -> String + Send + 'static) -> Response {
+pub(super) fn stream(
+    feed: StatusFeed,
+    after: u64,
+    name: Option<&'static str>,
+    render: impl Fn(&Status) -> String + Send + 'static,
+) -> Response {
     let current = feed.live.borrow().seq;
     if feed.complete && after > current {
         // No stream of this backend sent it: resuming "after" it would
@@ -50,12 +55,17 @@ pub(super) fn stream(feed: StatusFeed, after: u64, render: impl Fn(&Status) -> S
     if ended && feed.history.iter().all(|e| e.seq <= after) {
         return StatusCode::NO_CONTENT.into_response();
     }
-    events(feed, after, render).into_response()
+    let mut response = events(feed, after, name, render).into_response();
+    // nginx buffers proxied responses by default, which would hold each
+    // small event back; this asks it not to.
+    response.headers_mut().insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    response
 }
 
 fn events(
     feed: StatusFeed,
     after: u64,
+    name: Option<&'static str>,
     render: impl Fn(&Status) -> String + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let backlog: std::collections::VecDeque<StatusEvent> = feed.history.into_iter().filter(|e| e.seq > after).collect();
@@ -64,7 +74,7 @@ fn events(
     // may change within one id (on Kubernetes, an id per phase, and a note
     // on why a Pod waits added later): that is sent again, same id.
     let state = (backlog, feed.live, (after, None::<Status>), false, render);
-    let events = futures_util::stream::unfold(state, |(mut backlog, mut live, mut last, done, render)| async move {
+    let events = futures_util::stream::unfold(state, move |(mut backlog, mut live, mut last, done, render)| async move {
         if done {
             return None;
         }
@@ -90,7 +100,11 @@ fn events(
             },
         };
         let done = next.status.phase.is_terminal();
-        let event = Event::default().id(next.seq.to_string()).event("status").data(render(&next.status));
+        let event = Event::default().id(next.seq.to_string()).data(render(&next.status));
+        let event = match name {
+            Some(name) => event.event(name),
+            None => event,
+        };
         last = (next.seq, Some(next.status));
         Some((Ok(event), (backlog, live, last, done, render)))
     });
@@ -116,7 +130,7 @@ mod tests {
 
     /// The ids and messages of the first `n` events of a stream.
     async fn first(feed: StatusFeed, after: u64, n: usize) -> Vec<(String, String)> {
-        let body = events(feed, after, |s: &Status| s.message.clone().unwrap_or_default()).into_response().into_body();
+        let body = events(feed, after, Some("status"), |s: &Status| s.message.clone().unwrap_or_default()).into_response().into_body();
         let mut stream = body.into_data_stream();
         let mut text = String::new();
         while text.matches("\n\n").count() < n {
@@ -159,8 +173,9 @@ mod tests {
     #[tokio::test]
     async fn a_stream_resumed_past_its_ids_ends_when_the_backend_does() {
         let (tx, live) = watch::channel(starting(None));
-        let body =
-            events(StatusFeed { history: Vec::new(), live, complete: false }, 999, |_: &Status| String::new()).into_response().into_body();
+        let body = events(StatusFeed { history: Vec::new(), live, complete: false }, 999, Some("status"), |_: &Status| String::new())
+            .into_response()
+            .into_body();
         let read = tokio::spawn(async move {
             let mut stream = body.into_data_stream();
             let mut text = String::new();

@@ -245,7 +245,7 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
         Error::Stale(_) | Error::CachesFilling => Requeue::requeue(Duration::from_millis(200)),
         _ => {
-            tracing::warn!(backend = %slab.name_any(), namespace = ?slab.namespace(), error = %error, "reconcile failed; retrying");
+            tracing::warn!(backend = %slab.name_any(), namespace = %slab.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying");
             Requeue::requeue(Duration::from_secs(5))
         }
     }
@@ -590,8 +590,15 @@ async fn record(
         Err(e) => return Err(e.into()),
     }
     if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
-        tracing::info!(backend = %slab.name_any(), namespace = ?slab.namespace(), phase = status.phase.as_str(),
-            reason = status.reason.map(Reason::as_str), "backend changed phase");
+        let (backend, namespace) = (slab.name_any(), slab.namespace().unwrap_or_default());
+        let reason = status.reason.map(Reason::as_str).unwrap_or("");
+        // A failure is worth a warning: alerts on warnings catch crashing
+        // templates and lost Pods.
+        if status.phase == Phase::Failed {
+            tracing::warn!(%backend, %namespace, phase = status.phase.as_str(), reason, "backend changed phase");
+        } else {
+            tracing::info!(%backend, %namespace, phase = status.phase.as_str(), reason, "backend changed phase");
+        }
         if let (Phase::Ready, Some(ready)) = (status.phase, status.ready_at) {
             let secs = ready.duration_since(status.created_at).as_secs_f64();
             ctx.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
