@@ -60,6 +60,14 @@ impl From<ControlError> for ApiError {
             ControlError::Gone(_) => StatusCode::GONE,
             ControlError::ShuttingDown | ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
+        // What the operator of Spawner must hear about too, not only the
+        // caller: the API server out of reach or refusing (RBAC), and
+        // creates turned away for capacity.
+        match &e {
+            ControlError::Unavailable(why) => tracing::warn!(error = %why, "API request failed: the platform is unavailable"),
+            ControlError::Capacity(why) => tracing::info!(reason = %why, "create refused for capacity"),
+            _ => {}
+        }
         ApiError::new(status, e.to_string())
     }
 }
