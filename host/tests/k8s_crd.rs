@@ -89,6 +89,15 @@ async fn a_backends_identity_cannot_change_but_its_limits_may() {
         }
     }
     assert_eq!(api.get(&name).await.unwrap().spec, created.spec, "nothing changed");
+    // With a Service, the name must be a Service's too: refused at once.
+    let mut dotted = slab.clone();
+    dotted.metadata.name = Some("doc-42.notes".into());
+    match api.create(&PostParams::default(), &dotted).await {
+        Err(kube::Error::Api(e)) => assert!(e.code == 422 && e.message.contains("needs a name that is also a Service name"), "{e:?}"),
+        other => panic!("a backend whose Service could not exist was accepted: {other:?}"),
+    }
+    dotted.spec.service = Some(false);
+    api.create(&PostParams::default(), &dotted).await.expect("without a Service, any object name");
     let patch =
         serde_json::json!({"spec": {"gracePeriodSeconds": 900, "lifetimeLimitSeconds": 7200}, "metadata": {"labels": {"tier": "b"}}});
     let patched = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();

@@ -772,10 +772,21 @@ async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     assert!(message.contains("a Service named served exists and is not this backend's"), "{message}");
     assert!(services.get("served").await.unwrap().metadata.owner_references.unwrap_or_default().is_empty(), "left alone");
 
-    // A name a backend may have but a Service may not (it has a dot): the
-    // API server's refusal fails the backend, where it stayed pending.
-    slabs.create(&PostParams::default(), &with_service("doc-42.notes")).await.unwrap();
-    let failed = until(&slabs, "doc-42.notes", "failed", phase(Phase::Failed)).await.status.unwrap();
+    // A Service the API server refuses (here a quota of none; also a name
+    // the CRD's rule did not catch, under an older CRD) fails the backend,
+    // where it stayed pending with no reason.
+    let quota: k8s_openapi::api::core::v1::ResourceQuota =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(client.clone(), &ns).create(&PostParams::default(), &quota).await.unwrap();
+    // The API server's admission sees a new quota moments later.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while services.create(&PostParams::default(), &service("probe", None)).await.is_ok() {
+        services.delete("probe", &DeleteParams::default()).await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "the quota never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slabs.create(&PostParams::default(), &with_service("over-quota")).await.unwrap();
+    let failed = until(&slabs, "over-quota", "failed", phase(Phase::Failed)).await.status.unwrap();
     let message = failed.message.unwrap_or_default();
-    assert!(message.contains("its Service was refused") && message.contains("DNS-1035"), "{message}");
+    assert!(message.contains("its Service was refused") && message.contains("quota"), "{message}");
 }

@@ -64,6 +64,11 @@ pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
     status = "SessionLivedBackendStatus",
     derive = "PartialEq",
     doc = "A session-lived backend: a Pod dedicated to one user or document, reached through Spawner's proxy and terminated when it falls idle.",
+    // A Service is named like its backend, and Service names are DNS-1035
+    // labels: refused at `kubectl apply`, with the reason, rather than a
+    // backend that fails when its Service is refused.
+    validation = Rule::new("!has(self.spec.service) || !self.spec.service || (size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("a backend with service: true needs a name that is also a Service name: at most 63 characters, lower-case letters, digits and '-', starting with a letter (no dots)"),
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the backend is in its life"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "Why it ended or is ending"}"#,
     printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".status.nodeName", "description": "The node it runs on"}"#,
