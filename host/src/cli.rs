@@ -155,6 +155,13 @@ pub enum Command {
 }
 
 /// Runs a parsed command line.
+/// Whether logs are JSON lines (`SPAWNER_LOG_FORMAT=json`, for log
+/// shippers): then everything on stderr is one, the reason Spawner
+/// stopped included, and nothing is written for a person at a terminal.
+pub fn json_logs() -> bool {
+    std::env::var("SPAWNER_LOG_FORMAT").is_ok_and(|f| f == "json")
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => crate::dev::run(args).map(|()| ExitCode::SUCCESS),

@@ -274,9 +274,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         };
         let public = config.public_url.as_ref().map(|url| format!("\nBrowsers reach it as {url} (its browserUrl links)\n")).unwrap_or_default();
         tracing::info!(listen = %dev.addr, "spawner dev is ready");
-        eprintln!(
+        // For a person at a terminal: not in JSON logs, which stay JSON
+        // lines for their shipper.
+        if !crate::cli::json_logs() {
+            eprintln!(
             "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n{export}    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
-        );
+            );
+        }
         server::stop_signal().await?;
         tracing::info!("shutting down: stopping every backend");
         dev.stop().await;

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // SPAWNER_LOG_FORMAT=json: one JSON object per line, for log shippers.
-    if std::env::var("SPAWNER_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    if spawner::cli::json_logs() {
         builder.json().init();
     } else {
         builder.init();
@@ -55,6 +55,10 @@ fn main() -> ExitCode {
     }));
     match spawner::cli::run(spawner::cli::Cli::parse()) {
         Ok(code) => code,
+        Err(e) if spawner::cli::json_logs() => {
+            tracing::error!(error = %describe(&e), "spawner stopped");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
