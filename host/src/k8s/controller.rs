@@ -284,11 +284,7 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
                                 && s.metadata.deletion_timestamp.is_none()
                                 && owned_meta(&s.metadata, &slab)
                             {
-                                match services.delete(&slab.name_any(), &DeleteParams::default()).await {
-                                    Ok(_) => {}
-                                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                                    Err(e) => return Err(e.into()),
-                                }
+                                delete_if_there(&services, &slab.name_any(), &DeleteParams::default()).await?;
                             }
                         }
                         Ok(requeue)
@@ -465,7 +461,15 @@ fn overdue_since(pod: Option<&Pod>, stop_timeout: Duration) -> Option<Timestamp>
 /// Deletes a backend's Pod with `grace` to stop (gone already: fine).
 async fn delete_pod(pods: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube::Error> {
     let grace = grace.as_secs().min(u32::MAX.into()) as u32;
-    match pods.delete(name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await {
+    delete_if_there(pods, name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await
+}
+
+/// Deletes `name`; one already gone is no error.
+async fn delete_if_there<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),

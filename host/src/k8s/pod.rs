@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ContainerStateTerminated, EnvVar, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Taint, Toleration,
+    Affinity, ContainerState, ContainerStateTerminated, ContainerStateWaiting, EnvVar, Node, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -179,9 +179,7 @@ pub fn unschedulable(pod: &Pod) -> Option<String> {
 /// …`), while that is something other than starting normally. `None`
 /// otherwise.
 pub fn container_waiting(pod: &Pod) -> Option<String> {
-    let app = &pod.spec.as_ref()?.containers.first()?.name;
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    let waiting = statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.waiting.as_ref()?;
+    let waiting = app_waiting(pod)?;
     let reason = waiting.reason.as_deref().filter(|r| !matches!(*r, "" | "ContainerCreating" | "PodInitializing"))?;
     Some(match waiting.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
         Some(message) => format!("{reason}: {message}"),
@@ -194,10 +192,7 @@ pub fn container_waiting(pod: &Pod) -> Option<String> {
 /// volumes; `PodInitializing`: init containers running), which
 /// [`container_waiting`] leaves out because every start passes through it.
 pub fn container_creating(pod: &Pod) -> Option<String> {
-    let app = &pod.spec.as_ref()?.containers.first()?.name;
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    let waiting = statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.waiting.as_ref()?;
-    waiting.reason.clone().filter(|r| matches!(r.as_str(), "ContainerCreating" | "PodInitializing"))
+    app_waiting(pod)?.reason.clone().filter(|r| matches!(r.as_str(), "ContainerCreating" | "PodInitializing"))
 }
 
 /// What Kubernetes says ended the backend's Pod or its application, when
@@ -243,9 +238,19 @@ fn app_exit_code(pod: &Pod) -> Option<i32> {
 
 /// The application container's termination, once it has exited.
 fn app_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    app_state(pod)?.terminated.as_ref()
+}
+
+/// The application container's waiting state, while it has not started.
+fn app_waiting(pod: &Pod) -> Option<&ContainerStateWaiting> {
+    app_state(pod)?.waiting.as_ref()
+}
+
+/// The application (first) container's state, as the kubelet reports it.
+fn app_state(pod: &Pod) -> Option<&ContainerState> {
     let app = &pod.spec.as_ref()?.containers.first()?.name;
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    statuses.iter().find(|s| &s.name == app)?.state.as_ref()?.terminated.as_ref()
+    statuses.iter().find(|s| &s.name == app)?.state.as_ref()
 }
 
 /// What the application wrote last, from its termination message (its
