@@ -274,6 +274,18 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "the default scheduler decided instead");
     let text = metrics.encode();
     assert!(text.lines().any(|l| l.contains("plugin_failures") && l.contains("invalid-answer")), "{text}");
+    // With no candidates, a node is no answer: none can run it now, and
+    // "anywhere" waits for one.
+    let (plugins, _) = with(vec![(PluginKind::Scheduler, source(built::FIXTURE_FAIL_SCHEDULER, "unknown-node"))]);
+    let none = placement_request(vec![]);
+    assert_eq!(plugins.scheduler().place(&none), Placement::Anywhere(vec![]), "the default scheduler decided instead");
+    let unknown = LoadedPlugin::load(&rt, PluginKind::Scheduler, &source(built::FIXTURE_FAIL_SCHEDULER, "unknown-node")).unwrap();
+    let err = unknown.place(&rt, &none).unwrap_err();
+    assert!(matches!(&err, CallError::InvalidAnswer(m) if m.contains("no node was offered")), "{err:?}");
+    // Labels are a Pod's node selector on Kubernetes: they must be labels.
+    let bad = LoadedPlugin::load(&rt, PluginKind::Scheduler, &source(built::FIXTURE_FAIL_SCHEDULER, "bad-label")).unwrap();
+    let err = bad.place(&rt, &none).unwrap_err();
+    assert!(matches!(&err, CallError::InvalidAnswer(m) if m.contains("\"not a key!\"") && m.contains("not a Kubernetes label")), "{err:?}");
     // Nor may "anywhere" contradict the selector.
     let (plugins, _) = with(vec![(PluginKind::Scheduler, source(built::FIXTURE_FAIL_SCHEDULER, "anywhere-zone-x"))]);
     req.node_selector = vec![];
@@ -281,6 +293,81 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     assert_eq!(plugins.scheduler().place(&req), zone_x, "no selector: the plugin's answer stands");
     req.node_selector = vec![Label { key: "zone".into(), value: "y".into() }];
     assert_eq!(plugins.scheduler().place(&req), Placement::Node("b".into()), "zone=x against zone=y: the default decided");
+}
+
+/// What a plugin answers goes on into headers, statuses, annotations and
+/// logs, each with a size limit: past a bound, text is cut and headers are
+/// a failed answer (before, 40,000 headers panicked the proxy, and a long
+/// detail was an annotation the API server refused on every sweep).
+#[test]
+fn answers_past_their_bounds_are_cut_or_refused() {
+    let rt = runtime();
+    let headers = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "many-headers")).unwrap();
+    let err = headers.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
+    assert!(
+        matches!(&err, CallError::InvalidAnswer(m) if m.contains("40000 identity headers") && m.contains("at most 32 headers")),
+        "{err:?}"
+    );
+    let reason = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "long-reason")).unwrap();
+    match reason.check(&rt, &auth_request("b1", &[], None), 0).unwrap() {
+        Verdict::Deny(d) => {
+            assert_eq!(d.status, 451, "still the plugin's denial");
+            assert!(d.reason.len() <= 1024 && d.reason.starts_with("why why") && d.reason.ends_with(" [cut]"), "{}", d.reason.len());
+        }
+        allow => panic!("{allow:?}"),
+    }
+    let detail = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_FAIL_IDLE, "long-detail")).unwrap();
+    match detail.evaluate(&rt, &idle_request(0, 0, 0, None)).unwrap() {
+        IdleVerdict::Terminate(t) => {
+            assert_eq!(t.kind, TerminationKind::Idle, "still the plugin's termination");
+            assert!(t.detail.len() <= 1024 && t.detail.ends_with(" [cut]"), "{}", t.detail.len());
+        }
+        keep => panic!("{keep:?}"),
+    }
+}
+
+/// A plugin with no imports runs on the caller's thread (for the auth
+/// plugin, the proxy's async workers: no hop, microseconds). One whose call
+/// ran long (here: looped to its deadline) is kept off them from then on,
+/// so that a looping auth plugin does not stall every task of the worker
+/// it runs on, request after request.
+#[test]
+fn a_slow_plugin_without_imports_is_kept_off_the_async_workers() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let config = RuntimeConfig { auth: spawner::plugins::Limits { memory_mib: 64, deadline_ms: 300 }, ..Default::default() };
+    let rt = Arc::new(Runtime::new(config, None).unwrap());
+    let plugin = Arc::new(LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_ALLOW, "")).unwrap());
+    assert!(plugin.check(&rt, &auth_request("b1", &[], None), 0).unwrap().is_allow());
+    assert!(!plugin.runs_off_async_workers(), "a quick call changes nothing");
+    let mut spin = auth_request("b1", &[], None);
+    spin.request.path = "/spin".into();
+
+    // One worker thread, with a task ticking on it beside the calls.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counted = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                counted.fetch_add(1, SeqCst);
+            }
+        });
+        for (call, off_the_worker) in [("first", false), ("second", true)] {
+            let (rt, plugin, spin) = (rt.clone(), plugin.clone(), spin.clone());
+            let before = ticks.load(SeqCst);
+            let answer = tokio::spawn(async move { plugin.check(&rt, &spin, 0) }).await.unwrap();
+            assert_eq!(answer, Err(CallError::Deadline(300)), "{call}");
+            let during = ticks.load(SeqCst) - before;
+            if off_the_worker {
+                assert!(during > 20, "{call} call: the worker's other task ticked {during} times in 300 ms");
+            } else {
+                assert!(during <= 2, "{call} call: it held the worker, yet the other task ticked {during} times");
+            }
+        }
+        ticker.abort();
+    });
+    assert!(plugin.runs_off_async_workers());
 }
 
 #[test]

@@ -57,8 +57,29 @@ pub fn parse_settings<T: DeserializeOwned + Default>(text: &str) -> Result<T, Pl
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             PluginError::InvalidSettings(alloc::format!("not JSON ({e}); settings are a JSON object, e.g. {{\"key\": \"value\"}}"))
         }
-        _ => PluginError::InvalidSettings(e.to_string()),
+        _ => PluginError::InvalidSettings(without_value(&e)),
     })
+}
+
+/// serde's message for a refused value quotes it (`invalid type: string
+/// "s3cr3t", expected u32`), and settings hold secrets, while this message
+/// goes to Spawner's log (and, on Kubernetes, to an Event): it keeps what
+/// was wrong, where and what was expected, and leaves the value out.
+fn without_value(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let Some(kind) = ["invalid type", "invalid value"].into_iter().find(|k| full.starts_with(k)) else {
+        // Field names (unknown or missing), lengths and an enum's unknown
+        // choice (`unknown variant `random`, expected `spread` or `pack``)
+        // are not secrets, and say best what to fix.
+        return full;
+    };
+    let expected = full.find(", expected ").map(|i| &full[i + ", expected ".len()..]).unwrap_or("");
+    let expected = expected.rfind(" at line ").map_or(expected, |i| &expected[..i]);
+    alloc::format!(
+        "{kind} at line {} column {}: expected {expected} (the value is not repeated here: settings may hold secrets)",
+        e.line(),
+        e.column()
+    )
 }
 
 /// Checks a capability token's signature with the host's secret and returns
@@ -97,5 +118,10 @@ mod tests {
         let PluginError::InvalidSettings(wrong) = parse_settings::<Settings>(r#"{"grce": 30}"#).unwrap_err() else { panic!() };
         assert!(wrong.starts_with("unknown field `grce`"), "{wrong}");
         assert!(parse_settings::<Settings>("  ").is_ok(), "empty: the defaults");
+        // The value may be a secret: the message goes to logs and Events.
+        let PluginError::InvalidSettings(typed) = parse_settings::<Settings>(r#"{"grace": "hunter2"}"#).unwrap_err() else { panic!() };
+        assert_eq!(typed, "invalid type at line 1 column 19: expected u32 (the value is not repeated here: settings may hold secrets)");
+        let PluginError::InvalidSettings(valued) = parse_settings::<Settings>(r#"{"grace": -7}"#).unwrap_err() else { panic!() };
+        assert!(valued.starts_with("invalid value at line 1") && !valued.contains("-7"), "{valued}");
     }
 }

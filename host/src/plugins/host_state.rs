@@ -39,9 +39,14 @@ pub(crate) struct PluginContext {
 }
 
 /// Memory limiter that remembers that the limit was hit, so the host can
-/// report "memory limit" rather than a generic trap.
+/// report "memory limit" rather than a generic trap. The limit is the
+/// call's, over all its memories: a component may hold several core
+/// modules, each with its own memory, and a limit per memory would let it
+/// take a multiple.
 pub(crate) struct Limiter {
     memory_bytes: usize,
+    /// What the call's memories hold together.
+    total: usize,
     pub hit: bool,
     /// What a memory asked for when it was created over the limit (it
     /// could not even start): its initial size, stack and data included.
@@ -52,16 +57,21 @@ pub(crate) struct Limiter {
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_bytes {
             self.hit = true;
             if current == 0 && !self.started {
-                self.start_need = Some(desired);
+                self.start_need = Some(total);
             }
             // Trap rather than return -1: a Rust guest would abort with a
             // less clear message, and a C guest might carry on half-failed.
-            wasmtime::bail!("memory limit of {} bytes reached (asked for {desired})", self.memory_bytes);
+            wasmtime::bail!("memory limit of {} bytes reached (asked for {total} in all)", self.memory_bytes);
         }
-        Ok(maximum.is_none_or(|m| desired <= m))
+        let grows = maximum.is_none_or(|m| desired <= m);
+        if grows {
+            self.total = total;
+        }
+        Ok(grows)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -98,7 +108,7 @@ impl HostState {
 
     pub fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
         HostState {
-            limiter: Limiter { memory_bytes, hit: false, start_need: None, started: false },
+            limiter: Limiter { memory_bytes, total: 0, hit: false, start_need: None, started: false },
             wasi: None,
             table: ResourceTable::new(),
             ctx,
@@ -175,6 +185,25 @@ impl HostState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_memory_limit_is_the_calls_over_all_its_memories() {
+        use wasmtime::ResourceLimiter;
+        const MIB: usize = 1 << 20;
+        let mut limiter = super::Limiter { memory_bytes: 64 * MIB, total: 0, hit: false, start_need: None, started: false };
+        assert!(limiter.memory_growing(0, 40 * MIB, None).unwrap(), "a first memory of 40 MiB");
+        assert!(limiter.memory_growing(0, 20 * MIB, None).unwrap(), "a second of 20: 60 in all");
+        assert!(limiter.memory_growing(20 * MIB, 24 * MIB, None).unwrap(), "the second grows to 24: 64 in all");
+        assert!(!limiter.hit);
+        let err = limiter.memory_growing(0, 10 * MIB, None).unwrap_err().to_string();
+        assert!(err.contains(&format!("asked for {} in all", 74 * MIB)), "{err}");
+        assert!(limiter.hit);
+        assert_eq!(limiter.start_need, Some(74 * MIB), "a memory that could not even be created");
+        // Growth past a memory's own maximum is refused without counting.
+        let mut limiter = super::Limiter { memory_bytes: 64 * MIB, total: 0, hit: false, start_need: None, started: true };
+        assert!(!limiter.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+        assert!(limiter.memory_growing(0, 64 * MIB, None).unwrap(), "nothing was counted for the refused growth");
+    }
+
     use super::*;
     use crate::plugins::types::TokenError;
 

@@ -57,7 +57,24 @@ pub struct LoadedPlugin {
     /// It imports `spawner:plugin/host`, whose `verify-capability-token`
     /// needs the auth call's backend (the default plugins do not).
     imports_host: bool,
+    /// When it was loaded: [`Self::slow_until_ms`] counts from here.
+    loaded_at: std::time::Instant,
+    /// Until when (ms after `loaded_at`) its calls run where blocking is
+    /// allowed although it imports no WASI: a call of it took
+    /// [`SLOW_CALL`] or more, which on an async worker thread (where the
+    /// proxy calls the auth plugin) would stall every other task there: a
+    /// plugin that loops to its deadline, or one that is slow by design.
+    slow_until_ms: std::sync::atomic::AtomicU64,
 }
+
+/// A call this long marks its plugin slow for [`SLOW_FOR`]: far beyond a
+/// healthy decision (microseconds), and long enough that a descheduled
+/// thread on a busy machine rarely reaches it (a false alarm costs a few
+/// microseconds per call for a minute, see [`where_blocking_is_allowed`]).
+const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a slow call keeps its plugin's calls off the async workers.
+const SLOW_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,7 +102,15 @@ impl LoadedPlugin {
         let info = PluginInfo { kind, name: name.into(), digest: hex::encode(digest), size: source.bytes.len() };
         let imports = |prefix: &str| component.component_type().imports(rt.engine()).any(|(n, _)| n.starts_with(prefix));
         let (imports_wasi, imports_host) = (imports("wasi:"), imports("spawner:plugin/host"));
-        let plugin = LoadedPlugin { info, ctx, pre, imports_wasi, imports_host };
+        let plugin = LoadedPlugin {
+            info,
+            ctx,
+            pre,
+            imports_wasi,
+            imports_host,
+            loaded_at: std::time::Instant::now(),
+            slow_until_ms: std::sync::atomic::AtomicU64::new(0),
+        };
         // The deadline is wall-clock time, and a process's first calls also
         // pay one-time costs (the first page faults of a fresh slot) while
         // the machine may be busy: a plugin is refused for the deadline only
@@ -141,24 +166,47 @@ impl LoadedPlugin {
             _ => unreachable!("kind checked by the caller"),
         })?;
         validate_verdict(&verdict)?;
-        Ok(verdict)
+        Ok(match verdict {
+            Verdict::Deny(mut d) => {
+                crate::text::cut_to(&mut d.reason, MAX_ANSWER_TEXT, CUT);
+                Verdict::Deny(d)
+            }
+            allow => allow,
+        })
     }
 
     /// Asks an idle plugin about one backend.
     pub fn evaluate(&self, rt: &Runtime, request: &IdleRequest) -> Result<IdleVerdict, CallError> {
-        self.call(rt, |store, pre| match pre {
+        let mut verdict = self.call(rt, |store, pre| match pre {
             KindPre::Idle(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_idleness().call_evaluate(store, request),
             _ => unreachable!("kind checked by the caller"),
-        })
+        })?;
+        if let IdleVerdict::Terminate(t) = &mut verdict {
+            crate::text::cut_to(&mut t.detail, MAX_ANSWER_TEXT, CUT);
+        }
+        Ok(verdict)
     }
 
     /// Asks a scheduler plugin where to place a backend, and checks the
     /// answer names a candidate node.
     pub fn place(&self, rt: &Runtime, request: &PlacementRequest) -> Result<Placement, CallError> {
-        let placement = self.call(rt, |store, pre| match pre {
+        let mut placement = self.call(rt, |store, pre| match pre {
             KindPre::Scheduler(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_scheduling().call_place(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
+        if let Placement::Reject(reason) = &mut placement {
+            crate::text::cut_to(reason, MAX_ANSWER_TEXT, CUT);
+        }
+        // They become a Pod's node selector, which the API server would
+        // refuse, failing the backend instead of falling back.
+        if let Placement::Anywhere(labels) = &placement
+            && let Some(l) = labels.iter().find(|l| !crate::backends::is_label(&l.key, &l.value))
+        {
+            return Err(CallError::InvalidAnswer(format!(
+                "anywhere with {:?}={:?}, which is not a Kubernetes label (key: [prefix/]name, name and value up to 63 letters, digits, '-', '_', '.')",
+                l.key, l.value
+            )));
+        }
         if let Placement::Anywhere(labels) = &placement
             && let Some((l, s)) =
                 labels.iter().find_map(|l| request.node_selector.iter().find(|s| s.key == l.key && s.value != l.value).map(|s| (l, s)))
@@ -168,11 +216,13 @@ impl LoadedPlugin {
                 l.key, l.value, s.key, s.value
             )));
         }
-        if let Placement::Node(n) = &placement
-            && !request.nodes.is_empty()
-        {
+        if let Placement::Node(n) = &placement {
             let Some(node) = request.nodes.iter().find(|c| &c.name == n) else {
-                return Err(CallError::InvalidAnswer(format!("node {n} is not one of the candidates")));
+                return Err(CallError::InvalidAnswer(match request.nodes.is_empty() {
+                    // None can run it right now: `anywhere` waits for one.
+                    true => format!("node {n}, but no node was offered (with no candidates, answer anywhere or reject)"),
+                    false => format!("node {n} is not one of the candidates"),
+                }));
             };
             // The platform would never run the backend there: the Pod
             // would wait for ever, and a process would ignore the selector.
@@ -199,20 +249,47 @@ impl LoadedPlugin {
                 let mut store = rt.store(self.ctx.clone(), self.imports_wasi);
                 match f(&mut store, &self.pre) {
                     Ok(Ok(r)) => Ok(r),
-                    Ok(Err(e)) => Err(CallError::Plugin(e.describe())),
+                    Ok(Err(e)) => {
+                        let mut message = e.describe();
+                        crate::text::cut_to(&mut message, MAX_ANSWER_TEXT, CUT);
+                        Err(CallError::Plugin(message))
+                    }
                     Err(e) => Err(classify(e, &store, rt)),
                 }
             }))
             .unwrap_or_else(|panic| Err(CallError::HostPanic(panic_message(&*panic))))
         };
         if self.imports_wasi {
-            where_blocking_is_allowed(|| {
+            return where_blocking_is_allowed(|| {
                 let _turn = rt.wasi_turn();
                 run()
-            })
-        } else {
-            run()
+            });
         }
+        let started = std::time::Instant::now();
+        let since_load = |t: std::time::Instant| t.duration_since(self.loaded_at).as_millis() as u64;
+        if since_load(started) < self.slow_until_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            return where_blocking_is_allowed(run);
+        }
+        let result = run();
+        let took = started.elapsed();
+        if took >= SLOW_CALL {
+            let until = since_load(started + took + SLOW_FOR);
+            if self.slow_until_ms.swap(until, std::sync::atomic::Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    plugin = %self.ctx.name,
+                    took_ms = took.as_millis() as u64,
+                    "a plugin call held an async worker thread for {} ms; its calls run where blocking is allowed for a minute, and again after each slow call",
+                    took.as_millis()
+                );
+            }
+        }
+        result
+    }
+
+    /// Whether its calls run where blocking is allowed now, as a slow
+    /// plugin's do (see [`SLOW_CALL`]).
+    pub fn runs_off_async_workers(&self) -> bool {
+        self.imports_wasi || (self.loaded_at.elapsed().as_millis() as u64) < self.slow_until_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -260,6 +337,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Host-side rules a verdict must follow; breaking one is a failed call
 /// (so auth fails closed).
+///
+/// The bounds keep a plugin's answer within what it is stored in and sent
+/// as: a request's headers (the `http` crate panics past 32,768 of them;
+/// servers refuse far fewer bytes), a status message, an annotation (the
+/// API server refuses an object whose annotations pass 256 KiB, so an
+/// unbounded termination detail would never be carried out).
 fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
     match v {
         Verdict::Deny(d) if !(400..=599).contains(&d.status) => {
@@ -267,8 +350,17 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
         }
         Verdict::Deny(_) => Ok(()),
         Verdict::Allow(a) => {
+            let bytes: usize = a.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+            if a.headers.len() > MAX_IDENTITY_HEADERS || bytes > MAX_IDENTITY_BYTES {
+                return Err(CallError::InvalidAnswer(format!(
+                    "{} identity headers of {bytes} bytes: at most {MAX_IDENTITY_HEADERS} headers and {MAX_IDENTITY_BYTES} bytes",
+                    a.headers.len()
+                )));
+            }
             for h in &a.headers {
-                if !h.name.starts_with(super::IDENTITY_HEADER_PREFIX) {
+                // Header names are case-insensitive: `X-Spawner-Role` is one.
+                if !h.name.get(..super::IDENTITY_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(super::IDENTITY_HEADER_PREFIX))
+                {
                     return Err(CallError::InvalidAnswer(format!(
                         "header {} is outside the identity prefix {}",
                         h.name,
@@ -281,15 +373,33 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
             }
             // The proxy sends it as `x-spawner-user`: one it could not send
             // must not let the request through as nobody's.
-            if let Some(subject) = &a.subject
-                && http::HeaderValue::from_bytes(subject.as_bytes()).is_err()
-            {
-                return Err(CallError::InvalidAnswer(format!("subject {subject:?} has control characters; it cannot be a header value")));
+            if let Some(subject) = &a.subject {
+                if http::HeaderValue::from_bytes(subject.as_bytes()).is_err() {
+                    return Err(CallError::InvalidAnswer(format!(
+                        "subject {subject:?} has control characters; it cannot be a header value"
+                    )));
+                }
+                if subject.len() > MAX_ANSWER_TEXT {
+                    return Err(CallError::InvalidAnswer(format!("subject of {} bytes: at most {MAX_ANSWER_TEXT}", subject.len())));
+                }
             }
             Ok(())
         }
     }
 }
+
+/// Longest text a plugin's answer carries on (a deny's reason, a
+/// termination's detail, a rejection's reason, an error's message, a
+/// subject): longer text is cut, a subject refused.
+pub const MAX_ANSWER_TEXT: usize = 1024;
+
+/// Marks text cut to [`MAX_ANSWER_TEXT`].
+const CUT: &str = " [cut]";
+
+/// Identity headers one allow may inject, and their names' and values'
+/// bytes together.
+pub const MAX_IDENTITY_HEADERS: usize = 32;
+pub const MAX_IDENTITY_BYTES: usize = 8 << 10;
 
 fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallError {
     let kind = store.data().limits_kind();
@@ -426,5 +536,17 @@ mod tests {
         assert!(refused(allow(None, &[("x-other", "1")])).contains("outside the identity prefix"));
         assert!(refused(allow(None, &[("x-spawner-role", "a\nb")])).contains("not a valid HTTP header"));
         assert!(refused(Verdict::Deny(Deny { status: 200, reason: "ok?".into() })).contains("400-599"));
+        // Header names are case-insensitive.
+        assert!(validate_verdict(&allow(None, &[("X-Spawner-Role", "editor")])).is_ok());
+        assert!(refused(allow(None, &[("X-Spawne", "1")])).contains("outside the identity prefix"));
+        // Bounded: what the proxy can add to a request, and a subject.
+        let names: Vec<String> = (0..=MAX_IDENTITY_HEADERS).map(|i| format!("x-spawner-h{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        assert!(validate_verdict(&allow(None, &many[..MAX_IDENTITY_HEADERS])).is_ok());
+        assert!(refused(allow(None, &many)).contains("at most 32 headers"));
+        let big = "v".repeat(MAX_IDENTITY_BYTES);
+        assert!(refused(allow(None, &[("x-spawner-big", &big)])).contains("8192 bytes"));
+        assert!(validate_verdict(&allow(Some(&"s".repeat(MAX_ANSWER_TEXT)), &[])).is_ok());
+        assert!(refused(allow(Some(&"s".repeat(MAX_ANSWER_TEXT + 1)), &[])).contains("at most 1024"));
     }
 }

@@ -240,6 +240,15 @@ impl Runtime {
             .total_core_instances(n * 8)
             .total_memories(n * 2)
             .total_tables(n * 4)
+            // Per component: a Rust plugin has one memory, two tables and
+            // three core instances (its module and wit-component's shims); one
+            // built with a WASI adapter a memory more. A component holding
+            // more is refused at load, so no plugin can take many of the
+            // pool's slots at once (the call's memory limit counts all its
+            // memories together: see `host_state::Limiter`).
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16)
             .max_memory_size(max_memory as usize)
             // Reset memory by scanning for the pages a call dirtied
             // (PAGEMAP_SCAN, Linux 6.7+) and restoring only those, keeping
