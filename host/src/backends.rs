@@ -280,6 +280,12 @@ fn is_label_key(k: &str) -> bool {
     }
 }
 
+/// An environment variable name a shell can use: letters, digits and
+/// `_`, not starting with a digit.
+pub fn is_env_name(k: &str) -> bool {
+    k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// A Kubernetes label value: empty, or a label name.
 fn is_label_value(v: &str) -> bool {
     v.is_empty() || is_label_name(v)
@@ -327,9 +333,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
         return bad(format!("tolerations[{i}]: {problem}"));
     }
     for k in spec.env.keys() {
-        let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_env_name(k) {
             return bad(format!("env name {k:?} is not a valid variable name"));
         }
         if set_by_spawner(k) {

@@ -50,6 +50,7 @@ pub const DEMO_TEMPLATE: &str = "demo";
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Address for the API, the proxy and /metrics.
+    #[serde(deserialize_with = "listen_field")]
     pub listen: SocketAddr,
     /// Base URL browsers reach Spawner at (default `http://{listen}`).
     pub public_url: Option<String>,
@@ -62,6 +63,7 @@ pub struct Config {
     /// Lifetime of a capability token, in seconds.
     pub token_ttl_seconds: u64,
     /// Enables host routing: `{name}.{host-domain}` reaches backend `name`.
+    #[serde(deserialize_with = "host_domain_field")]
     pub host_domain: Option<String>,
     /// Defaults and limits for backends.
     pub backends: BackendsConfig,
@@ -121,6 +123,10 @@ pub struct BackendsConfig {
     pub stop_timeout_seconds: u64,
     /// How long ended backends stay visible in the API.
     pub retention_seconds: u64,
+    /// Ended backends kept at most within the retention (the oldest are
+    /// forgotten first): a web app that creates and ends backends in a loop
+    /// does not grow Spawner's memory without bound.
+    pub max_ended: usize,
     /// Live backends at most; creates beyond it get 429.
     pub max_backends: usize,
 }
@@ -138,6 +144,8 @@ impl Default for BackendsConfig {
             stop_timeout_seconds: 10,
             // An hour of history for status pages and debugging.
             retention_seconds: 3600,
+            // Each keeps its status and up to 256 KiB of its output.
+            max_ended: 1000,
             // One machine: a thousand processes is already a lot.
             max_backends: 1000,
         }
@@ -384,6 +392,53 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// Reads a listen address (`listen`, `--listen` and the other listeners'
+/// flags): an IP address and a port, or `localhost:PORT` for the loopback
+/// address (a name would otherwise be refused as "invalid socket address
+/// syntax", which does not say that only IP addresses are taken). Also a
+/// clap value parser.
+pub fn listen_arg(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = text.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
+    Err(format!(
+        "must be an IP address and a port, such as 127.0.0.1:8080 (this machine only), 0.0.0.0:8080 (every interface) or [::1]:8080 (got {text:?})"
+    ))
+}
+
+/// `listen` in the file: read as [`listen_arg`] reads the flag.
+fn listen_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    listen_arg(&text).map_err(|why| serde::de::Error::custom(format!("listen {why}")))
+}
+
+/// Checks a host routing domain (`host-domain`, `--host-domain`): a DNS
+/// name such as `apps.example.com`, which `{name}.{domain}` is built on and
+/// requests' `Host` headers are matched against. Returns it in lower case
+/// (host names are case-insensitive). Also a clap value parser.
+pub fn host_domain_arg(domain: &str) -> Result<String, String> {
+    let d = domain.to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-')
+    };
+    if d.len() > 253 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "must be a DNS name such as apps.example.com: letters, digits, '-' and dots, with no scheme, port, path or leading dot (got {domain:?})"
+        ));
+    }
+    Ok(d)
+}
+
+/// `host-domain` in the file: checked where it is read, so the error names
+/// its line.
+fn host_domain_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let domain = String::deserialize(d)?;
+    host_domain_arg(&domain).map(Some).map_err(|why| serde::de::Error::custom(format!("host-domain {why}")))
+}
+
 /// Whether a (checked) public URL names this machine only: `localhost`,
 /// a name under `.localhost`, or a loopback address.
 fn is_loopback_url(url: &str) -> bool {
@@ -473,6 +528,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(d) = &self.host_domain {
+            host_domain_arg(d).map_err(|why| ConfigError::Invalid(format!("host-domain {why}")))?;
+        }
         let b = &self.backends;
         for (field, value, min, max) in [
             ("backends.startup-timeout-seconds", b.startup_timeout_seconds, 1, MAX_TIMEOUT_SECONDS),
@@ -493,6 +551,11 @@ impl Config {
         let grace = self.backends.grace_period_seconds;
         if !(1..=crate::backends::MAX_GRACE_SECONDS).contains(&grace) {
             return bad(crate::backends::out_of_range("backends.grace-period-seconds", Some(crate::backends::MAX_GRACE_SECONDS), grace));
+        }
+        // hyper reads headers into a buffer of at least 8 KiB; a smaller
+        // value would be raised there without a word.
+        if !(8192..=1 << 20).contains(&self.proxy.max_header_bytes) {
+            return bad(format!("proxy.max-header-bytes must be between 8192 and 1048576, got {}", self.proxy.max_header_bytes));
         }
         if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
             return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
@@ -523,6 +586,16 @@ impl Config {
                 return bad(format!(
                     "templates.\"{name}\".env.{k} is set by Spawner for each backend and cannot be set here; remove it (the backend reads PORT from its environment)"
                 ));
+            }
+            // Checked here, not at each create: every create would fail,
+            // naming the program instead of the variable.
+            if let Some((k, v)) = t.env.iter().find(|(k, v)| !crate::backends::is_env_name(k) || v.contains('\0')) {
+                let what = if v.contains('\0') {
+                    "its value holds a NUL byte, which no environment variable can"
+                } else {
+                    "not a variable name (letters, digits and '_', not starting with a digit)"
+                };
+                return bad(format!("templates.\"{name}\".env.{k:?}: {what}"));
             }
         }
         for kind in PluginKind::ALL {
@@ -624,6 +697,29 @@ mod tests {
     }
 
     #[test]
+    fn listen_takes_an_ip_address_or_localhost_and_says_so() {
+        assert_eq!(Config::parse("listen = \"localhost:9000\"\n").unwrap().listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(listen_arg("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        for bad in ["example.com:80", ":8080", "127.0.0.1", "localhost"] {
+            let e = Config::parse(&format!("\nlisten = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("line 2") && e.contains("listen must be an IP address and a port, such as 127.0.0.1:8080"), "{bad}: {e}");
+            assert!(listen_arg(bad).is_err(), "the flag too: {bad}");
+        }
+    }
+
+    #[test]
+    fn the_host_domain_is_a_dns_name_in_lower_case() {
+        let c = Config::parse("host-domain = \"Apps.Example.com\"\n").unwrap();
+        assert_eq!(c.host_domain.as_deref(), Some("apps.example.com"));
+        for bad in ["http://apps.localhost", ".apps.localhost", "apps.localhost:8080", "", "apps..localhost", "apps/x"] {
+            let e = Config::parse(&format!("\nhost-domain = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("line 2") && e.contains("host-domain must be a DNS name such as apps.example.com"), "{bad}: {e}");
+            assert!(host_domain_arg(bad).is_err(), "the flag too: {bad}");
+        }
+        assert_eq!(host_domain_arg("APPS.localhost"), Ok("apps.localhost".to_string()));
+    }
+
+    #[test]
     fn a_public_listener_needs_an_api_token() {
         let mut c = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("needs a token"));
@@ -705,6 +801,16 @@ mod tests {
     fn template_variables_spawner_sets_are_refused_and_missing_programs_found() {
         let e = Config::parse("[templates.t]\ncommand = \"python3\"\nenv = { PORT = \"1\" }\n").unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("templates.\"t\".env.PORT is set by Spawner"), "{e}");
+        // Refused at load, naming the variable, not at every create naming
+        // the program.
+        for (env, says) in [
+            (r#"{ A = "x\u0000y" }"#, "templates.\"t\".env.\"A\": its value holds a NUL byte"),
+            (r#"{ "A=B" = "x" }"#, "templates.\"t\".env.\"A=B\": not a variable name"),
+            (r#"{ "1A" = "x" }"#, "templates.\"t\".env.\"1A\": not a variable name"),
+        ] {
+            let e = Config::parse(&format!("[templates.t]\ncommand = \"sh\"\nenv = {env}\n")).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(says), "{env}: {e}");
+        }
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("run.sh"), "").unwrap();
@@ -719,6 +825,19 @@ mod tests {
         assert!(t("no-such-program-here", None).start_problem().unwrap().contains("was not found"));
         assert!(t("./missing.sh", Some(dir.path())).start_problem().unwrap().contains("was not found"));
         assert!(t("sh", Some(&dir.path().join("nope"))).start_problem().unwrap().contains("is not a directory"));
+    }
+
+    #[test]
+    fn a_header_limit_under_what_the_server_reads_is_refused_at_load() {
+        for (bytes, ok) in [(8191, false), (8192, true), (1 << 20, true), ((1 << 20) + 1, false)] {
+            let mut c = Config::default();
+            c.proxy.max_header_bytes = bytes;
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "{bytes}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("proxy.max-header-bytes must be between 8192 and 1048576"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub struct DevArgs {
     pub config: Option<PathBuf>,
     /// Address to serve the API and proxy on (default 127.0.0.1:8080; port 0
     /// picks a free one).
-    #[arg(long, env = "SPAWNER_LISTEN", hide_env_values = true)]
+    #[arg(long, env = "SPAWNER_LISTEN", hide_env_values = true, value_parser = crate::config::listen_arg)]
     pub listen: Option<SocketAddr>,
     /// Base URL browsers reach Spawner at (default: http:// and the listen
     /// address).
@@ -147,7 +147,7 @@ pub struct DevArgs {
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<crate::secret::Secret>,
     /// Enable host routing: `{name}.{DOMAIN}`.
-    #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true)]
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true, value_parser = crate::config::host_domain_arg)]
     pub host_domain: Option<String>,
     /// A plugin file: `KIND=PATH` (kind: scheduler, auth, idle). Repeatable.
     #[arg(long = "plugin", value_name = "KIND=PATH", value_parser = kind_string)]
@@ -282,8 +282,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             );
         }
         server::stop_signal().await?;
-        tracing::info!("shutting down: stopping every backend");
-        dev.stop().await;
+        tracing::info!("shutting down: stopping every backend (a second Ctrl-C kills them at once)");
+        // A second signal does not wait for backends that take their stop
+        // timeout (seconds, or whatever the config says) to exit.
+        let local = dev.local.clone();
+        tokio::select! {
+            () = dev.stop() => {}
+            _ = server::stop_signal() => {
+                tracing::warn!("second stop signal: killing every backend now");
+                local.kill_all();
+            }
+        }
         Ok(())
     })
 }

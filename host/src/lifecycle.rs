@@ -228,6 +228,20 @@ pub struct Observed {
     pub now: Timestamp,
 }
 
+/// The signal an exit code of 128 + N reports, for the common ones, and
+/// what usually sends it.
+fn signal_name(code: i32) -> Option<(&'static str, &'static str)> {
+    Some(match code - 128 {
+        1 => ("SIGHUP", ""),
+        2 => ("SIGINT", ""),
+        6 => ("SIGABRT", "; an abort, e.g. a failed assertion"),
+        9 => ("SIGKILL", "; the out-of-memory killer sends it"),
+        11 => ("SIGSEGV", "; a crash"),
+        15 => ("SIGTERM", ""),
+        _ => return None,
+    })
+}
+
 /// Where an exit's message goes on to the backend's last output. Spawner's
 /// own log line for the change stops there: what a backend prints (perhaps
 /// a secret, on its way down) belongs to whoever may read its status and
@@ -280,7 +294,13 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
 
     if status.phase.is_terminal() {
         // Ended: make sure nothing keeps running (e.g. after a startup
-        // timeout, or a crash of Spawner between recording and stopping).
+        // timeout, or a crash of Spawner between recording and stopping),
+        // and record how the stop ended it, as for any other reason.
+        if let Workload::Exited(code) = observed.workload
+            && next.exit_code.is_none()
+        {
+            next.exit_code = code;
+        }
         let action = if observed.workload.exists() { Action::Stop } else { Action::Wait };
         return (next, action);
     }
@@ -304,7 +324,13 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                 let message = match (code, &observed.ended_by) {
                     (Some(c), Some(by)) => format!("exited with code {c} ({by})"),
                     (None, Some(by)) => format!("exited ({by})"),
-                    (Some(c), None) => format!("exited on its own with code {c}"),
+                    (Some(c), None) => match signal_name(c) {
+                        // 128 + N is how a shell (and Spawner) reports death by
+                        // signal N: nobody asked it to stop, so something else
+                        // killed it (the OOM killer sends SIGKILL).
+                        Some((signal, hint)) => format!("was killed by {signal}, not by Spawner (exit code {c}{hint})"),
+                        None => format!("exited on its own with code {c}"),
+                    },
                     (None, None) => "exited on its own (killed by a signal)".into(),
                 };
                 next.message = Some(with_last_output(message, observed));
@@ -520,6 +546,14 @@ mod tests {
             next.message.unwrap(),
             "did not accept connections on 127.0.0.1:4000 (its PORT) within 60 s; its last output: listening on [::1]:3000"
         );
+        // Failed first, stopped after: the stop's exit code is recorded
+        // then, once, and nothing else changes.
+        let failed = step(&s, &observed(Workload::Starting, 61), &STARTUP).0;
+        let (stopped, action) = step(&failed, &observed(Workload::Exited(Some(143)), 62), &STARTUP);
+        assert_eq!(action, Action::Wait);
+        assert_eq!(stopped, Status { exit_code: Some(143), ..failed.clone() });
+        let (again, _) = step(&stopped, &observed(Workload::Exited(Some(137)), 63), &STARTUP);
+        assert_eq!(again, stopped, "the first exit code stays");
     }
 
     #[test]
@@ -533,6 +567,11 @@ mod tests {
             );
             assert_eq!(next.finished_at, Some(t(5)));
         }
+        let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(137)), 5), &STARTUP);
+        assert_eq!(
+            next.message.as_deref(),
+            Some("was killed by SIGKILL, not by Spawner (exit code 137; the out-of-memory killer sends it)")
+        );
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(0)), 5), &STARTUP);
         assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Terminated, Some(Reason::Exited), Some(0)));
         let mut stopping = in_phase(Phase::Terminating);

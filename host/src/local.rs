@@ -52,6 +52,8 @@ pub struct LocalConfig {
     pub stop_timeout: Duration,
     /// How long ended backends stay listed.
     pub retention: Duration,
+    /// How many ended backends stay listed at most.
+    pub max_ended: usize,
     /// Live backends at most.
     pub max_backends: usize,
 }
@@ -67,6 +69,7 @@ impl LocalConfig {
             startup_timeout: Duration::from_secs(c.backends.startup_timeout_seconds),
             stop_timeout: Duration::from_secs(c.backends.stop_timeout_seconds),
             retention: Duration::from_secs(c.backends.retention_seconds),
+            max_ended: c.backends.max_ended,
             max_backends: c.backends.max_backends,
         }
     }
@@ -130,17 +133,28 @@ impl Local {
         })
     }
 
+    /// Forgets ended backends past the retention, and the oldest beyond
+    /// `max-ended`.
     fn collect_garbage(&self) {
         let cutoff = Timestamp::now() - self.config.retention;
         let mut records = self.records.write().expect("records lock");
-        records.retain(|_, r| {
-            let s = r.status();
-            let keep = !(s.phase.is_terminal() && s.finished_at.is_some_and(|f| f < cutoff));
-            if !keep {
-                self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: s.phase.as_str() }).dec();
+        let mut ended: Vec<(Timestamp, String)> = records
+            .values()
+            .filter_map(|r| {
+                let s = r.status();
+                s.phase.is_terminal().then(|| (s.finished_at.unwrap_or(s.created_at), r.name.clone()))
+            })
+            .collect();
+        ended.sort();
+        let beyond = ended.len().saturating_sub(self.config.max_ended);
+        for (i, (finished, name)) in ended.iter().enumerate() {
+            if i < beyond || *finished < cutoff {
+                let phase = records.remove(name).map(|r| r.status().phase);
+                if let Some(phase) = phase {
+                    self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).dec();
+                }
             }
-            keep
-        });
+        }
     }
 
     fn record(&self, name: &str) -> Option<Arc<Record>> {
@@ -182,7 +196,8 @@ impl Local {
             let secs = ready.duration_since(to.created_at).as_secs_f64();
             self.metrics.backends.spawn_to_ready_seconds.observe(secs.max(0.0));
         }
-        if to.phase.is_terminal() && !from.phase.is_terminal() {
+        let ended = to.phase.is_terminal() && !from.phase.is_terminal();
+        if ended {
             self.metrics.backends.count_end(&to);
         }
         if to.phase.is_terminal()
@@ -197,12 +212,17 @@ impl Local {
         let detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next()).unwrap_or("");
         // A failure is worth a warning: alerts on warnings catch crashing
         // templates.
-        if to.phase == Phase::Failed {
+        if to.phase == Phase::Failed && from.phase != Phase::Failed {
             tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
         } else {
             tracing::info!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
         }
         r.set_status(to);
+        // At once, not at the next periodic run: `max-ended` bounds what
+        // creates and ends in a loop keep.
+        if ended {
+            self.collect_garbage();
+        }
     }
 
     /// Terminates every backend (reason `requested`) and waits for them to
@@ -221,6 +241,13 @@ impl Local {
         if tokio::time::timeout(self.config.stop_timeout + Duration::from_secs(2), all_done).await.is_err() {
             tracing::warn!("backends still running after the stop timeout; killing them");
         }
+        self.kill_all();
+    }
+
+    /// SIGKILL to every backend's process group, at once (the end of a
+    /// shutdown, or a second Ctrl-C that will not wait for it).
+    pub fn kill_all(&self) {
+        let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
         for r in &records {
             if let Some(p) = r.process.lock().expect("process lock").as_ref() {
                 p.kill();

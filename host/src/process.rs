@@ -14,9 +14,13 @@
 //! seen ready well within a millisecond after `listen()`. Stopping sends
 //! SIGTERM to the group, then SIGKILL after the stop timeout. When the main
 //! process exits, the rest of its group is killed too, so nothing is left
-//! behind; and if Spawner itself dies without stopping its backends, the
+//! behind: at once when it exited on its own, and after the rest of the
+//! stop timeout when it exited while being stopped (a wrapper script dies
+//! on SIGTERM at once; the server it started may need that time to save
+//! its state). If Spawner itself dies without stopping its backends, the
 //! [`Reaper`] stops them.
 
+mod group;
 pub mod logs;
 
 use std::collections::{BTreeMap, HashSet};
@@ -109,6 +113,11 @@ pub struct Process {
     state: watch::Receiver<ProcessState>,
     /// True once its stdout and stderr have been read to the end.
     output_read: watch::Receiver<bool>,
+    /// When a stop that was asked for ends in SIGKILL (set before SIGTERM
+    /// goes out, so the exit watcher knows the group's time is not up).
+    stop_by: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// The reaper watching its group, if any.
+    reaper: Option<Reaper>,
 }
 
 impl Process {
@@ -134,11 +143,13 @@ impl Process {
     }
 
     /// SIGTERM to the process group now; SIGKILL after `timeout` if the
-    /// process has not exited by then.
+    /// group has not ended by then (the process is `Exited` only once its
+    /// group is gone).
     pub fn stop(&self, timeout: Duration) {
         if matches!(self.state(), ProcessState::Exited(_)) {
             return;
         }
+        self.stop_by.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(tokio::time::Instant::now() + timeout);
         let group = Pid::from_raw(self.pid);
         let _ = killpg(group, Signal::SIGTERM);
         let mut state = self.state.clone();
@@ -157,12 +168,22 @@ impl Process {
     pub fn kill(&self) {
         if !matches!(self.state(), ProcessState::Exited(_)) {
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            // Nothing of it can survive SIGKILL: the reaper need not wait
+            // a stop timeout for it when Spawner exits next (as it does
+            // after a second Ctrl-C, before the exit watcher runs).
+            if let Some(r) = &self.reaper {
+                r.forget(self.pid);
+            }
         }
     }
 }
 
-/// Picks a free loopback port. Another process could take it before the
-/// backend binds; the startup timeout then reports it.
+/// Picks a free loopback port. Another program could take it before the
+/// backend binds (backends of this Spawner cannot: see [`LEASED_PORTS`]);
+/// the readiness probe would then connect to that program and mark the
+/// backend ready, until its own bind fails and it exits with the error.
+/// Another program would have to bind that very port within the
+/// backend's start-up: rare, and not detected.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
@@ -246,6 +267,7 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     if let Some(r) = &reaper {
         r.watch(pid);
     }
+    let watching = reaper.clone();
     let logs = Arc::new(LogBuffer::default());
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let (read_tx, output_read) = watch::channel(false);
@@ -267,8 +289,12 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     let (tx, rx) = watch::channel(ProcessState::Starting);
     let tx = Arc::new(tx);
 
-    // Exit watcher: records the code, then clears out the rest of the group.
+    // Exit watcher: records the code, then clears out the rest of the group:
+    // at once, unless a stop is under way, whose SIGTERM the rest of the
+    // group may still be acting on.
     let exit_tx = tx.clone();
+    let stop_by = Arc::new(Mutex::new(None));
+    let stopping = stop_by.clone();
     tokio::spawn(async move {
         let code = match child.wait().await {
             Ok(status) => {
@@ -277,6 +303,10 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
             }
             Err(_) => None,
         };
+        let deadline = *stopping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(deadline) = deadline {
+            group::wait_empty(pid, deadline).await;
+        }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         if let Some(r) = reaper {
             r.forget(pid);
@@ -288,7 +318,7 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
 
     tokio::spawn(probe_until_ready(addr, tx));
 
-    Ok(Process { pid, addr, logs, state: rx, output_read })
+    Ok(Process { pid, addr, logs, state: rx, output_read, stop_by, reaper: watching })
 }
 
 /// How long [`Process::output_read`] waits for an exited process's output.

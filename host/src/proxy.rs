@@ -159,7 +159,9 @@ impl Proxy {
 
     fn route(&self, req: &Request<Incoming>) -> Option<Route> {
         if let Some(domain) = &self.settings.host_domain {
-            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            // Host names are case-insensitive; the domain is lower case.
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+            let host = host.as_str();
             let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
             if let Some(name) = host.strip_suffix(domain.as_str()).and_then(|n| n.strip_suffix('.'))
                 && !name.is_empty()
@@ -237,6 +239,9 @@ impl Proxy {
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
         let identity = match self.plugins.auth().check_for(&auth, target.created_at) {
             Verdict::Deny(d) => {
+                // At debug: every refused request of a busy site would
+                // otherwise be a line (the metrics count them).
+                tracing::debug!(backend = %route.name, status = d.status, reason = %d.reason, "auth plugin denied a request");
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
                 let reason = match cross_origin.filter(|_| cookie_refused) {
                     Some(from) => format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::dev::{Dev, FAST, backend_pids, processes_with_env};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,6 +261,14 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(backend_pids(&deaf).is_empty(), "the silent process was left running");
+    // The stop's exit code is recorded after the failure too (143: SIGTERM).
+    let stopped = Instant::now() + Duration::from_secs(10);
+    let mut d = dev.backend(&deaf).await;
+    while d["status"]["exitCode"].is_null() && Instant::now() < stopped {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d = dev.backend(&deaf).await;
+    }
+    assert_eq!((d["status"]["phase"].as_str(), d["status"]["exitCode"].as_i64()), (Some("failed"), Some(143)), "{d}");
 
     let m = dev.wait_phase(&missing, "failed").await;
     assert!(m["status"]["message"].as_str().unwrap().contains("could not start: /nonexistent/program: No such file"), "{m}");
@@ -268,6 +276,30 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
     // The long poll says why it will never be ready.
     let r = dev.http.get(format!("{}/api/v1/backends/{deaf}/ready", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 410);
+}
+
+/// Ended backends are kept for the retention, but no more than
+/// `max-ended` of them: a web app creating and ending backends in a loop
+/// does not grow Spawner without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_most_max_ended_ended_backends_are_kept() {
+    let config = FAILING.replace("stop-timeout-seconds = 1", "stop-timeout-seconds = 1\nmax-ended = 2\nretention-seconds = 3600");
+    let dev = Dev::start(&config, &[]);
+    let (live, _) = dev.create_ok(json!({"template": "demo"})).await;
+    let mut ended = Vec::new();
+    for _ in 0..4 {
+        let (name, _) = dev.create_ok(json!({"template": "crash"})).await;
+        dev.wait_phase(&name, "failed").await;
+        ended.push(name);
+    }
+    let list: Value = dev.http.get(format!("{}/api/v1/backends", dev.base)).send().await.unwrap().json().await.unwrap();
+    let mut listed: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    listed.sort();
+    let mut expected = vec![live.as_str(), ended[2].as_str(), ended[3].as_str()];
+    expected.sort();
+    assert_eq!(listed, expected, "the two newest ended ones, and the live one");
+    let forgotten = dev.http.get(format!("{}/api/v1/backends/{}", dev.base, ended[0])).send().await.unwrap();
+    assert_eq!(forgotten.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -326,6 +358,18 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_none(), "{:?}", r.headers());
     assert_eq!(r.text().await.unwrap(), format!("backend {first} is stopping\n"));
+    // No new tokens for it: they could never open anything.
+    let r = dev
+        .http
+        .post(format!("{}/api/v1/backends/{first}/tokens", dev.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("stopping"), "{text}");
 
     let (status, again) = dev.create(create.clone()).await;
     assert_eq!((status, &again["created"]), (201, &json!(true)), "{again}");
@@ -338,6 +382,34 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     assert_eq!((status, third["backend"]["name"].as_str()), (200, Some(second.as_str())), "{third}");
 }
 
+/// A wrapper script whose server saves its state on SIGTERM: the script
+/// dies at once, and the server still gets the stop timeout to finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_backends_whole_group_gets_the_stop_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("saved");
+    // The server (a subshell that takes a second to save on SIGTERM) runs
+    // beside the listener, which dies on SIGTERM as a wrapper would.
+    let config = format!(
+        "{}\n[templates.saver]\ncommand = \"sh\"\nargs = [\"-c\", \"(trap 'sleep 1; echo done > \\\"$OUT\\\"; exit 0' TERM; while :; do sleep 0.1; done) & exec python3 -m http.server $PORT --bind 127.0.0.1\"]\nenv = {{ OUT = \"{}\" }}\n",
+        FAST.replace("stop-timeout-seconds = 2", "stop-timeout-seconds = 20"),
+        saved.display()
+    );
+    let dev = Dev::start(&config, &[]);
+    let (name, _) = dev.create_ok(json!({"template": "saver"})).await;
+    dev.wait_ready(&name).await;
+    let r = dev.http.delete(format!("{}/api/v1/backends/{name}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let ended = dev.wait_phase(&name, "terminated").await;
+    assert_eq!(
+        std::fs::read_to_string(&saved).map_err(|e| format!("{e}: {ended}")),
+        Ok("done\n".to_string()),
+        "the server was killed with its wrapper"
+    );
+    assert_eq!((ended["status"]["reason"].as_str(), ended["status"]["exitCode"].as_i64()), (Some("requested"), Some(143)), "{ended}");
+    assert!(backend_pids(&name).is_empty(), "nothing of it is left");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_leaves_no_backend_running() {
     let (mut dev, names) = dev_with_backends().await;
@@ -346,6 +418,25 @@ async fn sigterm_leaves_no_backend_running() {
     for n in &names {
         assert!(backend_pids(n).is_empty(), "{n} survived spawner's SIGTERM");
     }
+}
+
+/// Ctrl-C stops backends gracefully; a second Ctrl-C does not wait for
+/// one that ignores SIGTERM (here for the 20 s stop timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_ctrl_c_kills_backends_at_once() {
+    use nix::sys::signal::Signal;
+    let mut dev = Dev::start(&format!("{}{STUBBORN}", FAST.replace("stop-timeout-seconds = 2", "stop-timeout-seconds = 20")), &[]);
+    let (name, _) = dev.create_ok(json!({"template": "stubborn"})).await;
+    dev.wait_ready(&name).await;
+    let (status, took) = dev.signal_and_wait(&[Signal::SIGINT, Signal::SIGINT]);
+    assert!(status.success(), "spawner exited with {status}");
+    assert!(took < Duration::from_secs(15), "waited {took:?}: the stop timeout, not the second Ctrl-C:\n{}", dev.log_text());
+    assert!(dev.log_text().contains("second stop signal: killing every backend now"), "{}", dev.log_text());
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while !backend_pids(&name).is_empty() && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(backend_pids(&name).is_empty(), "the backend outlived spawner");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,7 +22,7 @@ pub struct OperatorArgs {
     pub public_url: Option<String>,
     /// Host routing, as `spawner proxy --host-domain`: `status.url` is
     /// `{scheme}://{name}.{domain}/`.
-    #[arg(long, env = "SPAWNER_HOST_DOMAIN")]
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN", value_parser = crate::config::host_domain_arg)]
     pub host_domain: Option<String>,
     /// Seconds a Pod may take to become Ready before the backend fails.
     #[arg(long, env = "SPAWNER_STARTUP_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_TIMEOUT_SECONDS))]
@@ -41,7 +41,7 @@ pub struct OperatorArgs {
     #[arg(long, env = "SPAWNER_LEASE_NAME", default_value = "spawner-operator")]
     pub lease_name: String,
     /// Where to serve `/metrics` and `/healthz`.
-    #[arg(long, env = "SPAWNER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "SPAWNER_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = crate::config::listen_arg)]
     pub metrics_listen: std::net::SocketAddr,
     /// This replica's identity in the election (default: the Pod name, or
     /// host name and process id).

@@ -24,7 +24,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_NAMESPACE")]
     pub namespace: String,
     /// Address to listen on.
-    #[arg(long, env = "SPAWNER_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "SPAWNER_LISTEN", default_value = "0.0.0.0:8080", value_parser = crate::config::listen_arg)]
     pub listen: SocketAddr,
     /// Capability-token secret (the one tokens are minted with, e.g. by
     /// `spawner token mint`).
@@ -65,7 +65,7 @@ pub struct ProxyArgs {
     /// Host routing: `{name}.{domain}` also reaches backend `name` (point a
     /// wildcard DNS record and certificate at the proxy), and the API's
     /// URLs use it.
-    #[arg(long, env = "SPAWNER_HOST_DOMAIN")]
+    #[arg(long, env = "SPAWNER_HOST_DOMAIN", value_parser = crate::config::host_domain_arg)]
     pub host_domain: Option<String>,
     /// The auth and idle plugins.
     #[command(flatten)]
@@ -82,14 +82,14 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<Secret>,
     /// Where this replica answers the others (not exposed by the Service).
-    #[arg(long, env = "SPAWNER_PEER_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(long, env = "SPAWNER_PEER_LISTEN", default_value = "0.0.0.0:9091", value_parser = crate::config::listen_arg)]
     pub peer_listen: SocketAddr,
     /// The Lease the replicas compete for to sweep.
     #[arg(long, env = "SPAWNER_SWEEPER_LEASE", default_value = "spawner-proxy-sweeper")]
     pub sweeper_lease: String,
     /// Serve /metrics (and /healthz) on this address instead of the public
     /// listener (e.g. 0.0.0.0:9090, not exposed by the Service).
-    #[arg(long, env = "SPAWNER_METRICS_LISTEN")]
+    #[arg(long, env = "SPAWNER_METRICS_LISTEN", value_parser = crate::config::listen_arg)]
     pub metrics_listen: Option<SocketAddr>,
     /// This replica's identity (its Pod name).
     #[arg(long, env = "POD_NAME")]

@@ -102,7 +102,11 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
         // Sleep until something can have changed.
         let deadline = match (next.phase, next.started_at) {
             (Phase::Starting, Some(started)) => {
-                let elapsed = Timestamp::now().duration_since(started).unsigned_abs();
+                // Zero if the wall clock stepped back since the start
+                // (the wait is then as long as it would have been; a
+                // negative time's absolute value would make it 1 ms, again
+                // and again, until the clock caught up).
+                let elapsed = Duration::try_from(Timestamp::now().duration_since(started)).unwrap_or_default();
                 timeouts.startup.saturating_sub(elapsed) + Duration::from_millis(1)
             }
             _ => Duration::from_secs(3600),

@@ -109,16 +109,29 @@ impl Dev {
 
     /// Sends SIGTERM and waits for exit (up to 30 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait(&[nix::sys::signal::Signal::SIGTERM]).0
+    }
+
+    /// Sends `signals`, 300 ms apart, and waits for exit (up to 30 s after
+    /// the last); returns how it exited and how long that took after the
+    /// last signal.
+    pub fn signal_and_wait(&mut self, signals: &[nix::sys::signal::Signal]) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        for (i, signal) in signals.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            nix::sys::signal::kill(pid, *signal).unwrap();
+        }
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return status;
+                return (status, started.elapsed());
             }
             if started.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
-                panic!("spawner did not exit after SIGTERM:\n{}", self.log_text());
+                panic!("spawner did not exit after {signals:?}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
