@@ -543,6 +543,11 @@ impl Config {
                 return bad(format!("{field} must be between {min} and {max}, got {value}"));
             }
         }
+        if self.backends.max_ended == 0 {
+            return bad(
+                "backends.max-ended must be at least 1 (an ended backend would vanish before anyone could read why it ended)".into()
+            );
+        }
         if self.backends.max_backends == 0 {
             return bad("backends.max-backends must be at least 1 (every create would be refused)".into());
         }
@@ -838,6 +843,12 @@ mod tests {
                 assert!(e.to_string().contains("proxy.max-header-bytes must be between 8192 and 1048576"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn keeping_no_ended_backend_is_refused_at_load() {
+        let e = Config::parse("[backends]\nmax-ended = 0\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("backends.max-ended must be at least 1"), "{e}");
     }
 
     #[test]

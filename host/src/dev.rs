@@ -288,13 +288,24 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let local = dev.local.clone();
         tokio::select! {
             () = dev.stop() => {}
-            _ = server::stop_signal() => {
+            () = second_stop_signal() => {
                 tracing::warn!("second stop signal: killing every backend now");
                 local.kill_all();
             }
         }
         Ok(())
     })
+}
+
+/// Resolves on a stop signal that comes a second or more after the first:
+/// one keypress under a process manager (foreman, honcho) reaches Spawner
+/// twice at once, from the terminal and forwarded, and must not skip the
+/// graceful stop.
+async fn second_stop_signal() {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if server::stop_signal().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A warning when the auth plugin's settings name a token `cookie` or

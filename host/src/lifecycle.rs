@@ -234,9 +234,9 @@ fn signal_name(code: i32) -> Option<(&'static str, &'static str)> {
     Some(match code - 128 {
         1 => ("SIGHUP", ""),
         2 => ("SIGINT", ""),
-        6 => ("SIGABRT", "; an abort, e.g. a failed assertion"),
-        9 => ("SIGKILL", "; the out-of-memory killer sends it"),
-        11 => ("SIGSEGV", "; a crash"),
+        6 => ("SIGABRT", " (an abort, e.g. a failed assertion)"),
+        9 => ("SIGKILL", " (the out-of-memory killer sends it)"),
+        11 => ("SIGSEGV", " (a crash)"),
         15 => ("SIGTERM", ""),
         _ => return None,
     })
@@ -328,7 +328,11 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
                         // 128 + N is how a shell (and Spawner) reports death by
                         // signal N: nobody asked it to stop, so something else
                         // killed it (the OOM killer sends SIGKILL).
-                        Some((signal, hint)) => format!("was killed by {signal}, not by Spawner (exit code {c}{hint})"),
+                        Some((signal, hint)) => {
+                            format!(
+                                "exited with code {c}, which means killed by {signal} unless it chose that code; Spawner did not stop it{hint}"
+                            )
+                        }
                         None => format!("exited on its own with code {c}"),
                     },
                     (None, None) => "exited on its own (killed by a signal)".into(),
@@ -570,7 +574,9 @@ mod tests {
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(137)), 5), &STARTUP);
         assert_eq!(
             next.message.as_deref(),
-            Some("was killed by SIGKILL, not by Spawner (exit code 137; the out-of-memory killer sends it)")
+            Some(
+                "exited with code 137, which means killed by SIGKILL unless it chose that code; Spawner did not stop it (the out-of-memory killer sends it)"
+            )
         );
         let (next, _) = step(&in_phase(Phase::Ready), &observed(Workload::Exited(Some(0)), 5), &STARTUP);
         assert_eq!((next.phase, next.reason, next.exit_code), (Phase::Terminated, Some(Reason::Exited), Some(0)));

@@ -138,11 +138,18 @@ impl Local {
     fn collect_garbage(&self) {
         let cutoff = Timestamp::now() - self.config.retention;
         let mut records = self.records.write().expect("records lock");
+        // Only ended backends whose process is gone: one failed (a startup
+        // timeout) may still be stopping, and must stay where a shutdown
+        // finds it.
+        let gone = |r: &Record| {
+            r.process.lock().expect("process lock").as_ref().is_none_or(|p| matches!(p.state(), crate::process::ProcessState::Exited(_)))
+        };
         let mut ended: Vec<(Timestamp, String)> = records
             .values()
-            .filter_map(|r| {
+            .filter(|r| r.phase().is_terminal() && gone(r))
+            .map(|r| {
                 let s = r.status();
-                s.phase.is_terminal().then(|| (s.finished_at.unwrap_or(s.created_at), r.name.clone()))
+                (s.finished_at.unwrap_or(s.created_at), r.name.clone())
             })
             .collect();
         ended.sort();
@@ -241,17 +248,21 @@ impl Local {
         if tokio::time::timeout(self.config.stop_timeout + Duration::from_secs(2), all_done).await.is_err() {
             tracing::warn!("backends still running after the stop timeout; killing them");
         }
-        self.kill_all();
+        kill(&records);
     }
 
-    /// SIGKILL to every backend's process group, at once (the end of a
-    /// shutdown, or a second Ctrl-C that will not wait for it).
+    /// SIGKILL to every backend's process group, at once (a second Ctrl-C
+    /// that will not wait for a shutdown).
     pub fn kill_all(&self) {
-        let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
-        for r in &records {
-            if let Some(p) = r.process.lock().expect("process lock").as_ref() {
-                p.kill();
-            }
+        kill(&self.records.read().expect("records lock").values().cloned().collect::<Vec<_>>());
+    }
+}
+
+/// SIGKILL to the process groups of `records`' backends.
+fn kill(records: &[Arc<Record>]) {
+    for r in records {
+        if let Some(p) = r.process.lock().expect("process lock").as_ref() {
+            p.kill();
         }
     }
 }

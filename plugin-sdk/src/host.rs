@@ -73,7 +73,8 @@ fn without_value(e: &serde_json::Error) -> String {
         // are not secrets, and say best what to fix.
         return full;
     };
-    let expected = full.find(", expected ").map(|i| &full[i + ", expected ".len()..]).unwrap_or("");
+    // The last one: the value, quoted before it, may hold the same words.
+    let expected = full.rfind(", expected ").map(|i| &full[i + ", expected ".len()..]).unwrap_or("");
     let expected = expected.rfind(" at line ").map_or(expected, |i| &expected[..i]);
     alloc::format!(
         "{kind} at line {} column {}: expected {expected} (the value is not repeated here: settings may hold secrets)",
@@ -121,6 +122,10 @@ mod tests {
         // The value may be a secret: the message goes to logs and Events.
         let PluginError::InvalidSettings(typed) = parse_settings::<Settings>(r#"{"grace": "hunter2"}"#).unwrap_err() else { panic!() };
         assert_eq!(typed, "invalid type at line 1 column 19: expected u32 (the value is not repeated here: settings may hold secrets)");
+        let PluginError::InvalidSettings(sly) = parse_settings::<Settings>(r#"{"grace": "a, expected hunter2"}"#).unwrap_err() else {
+            panic!()
+        };
+        assert!(!sly.contains("hunter2") && sly.contains("expected u32"), "{sly}");
         let PluginError::InvalidSettings(valued) = parse_settings::<Settings>(r#"{"grace": -7}"#).unwrap_err() else { panic!() };
         assert!(valued.starts_with("invalid value at line 1") && !valued.contains("-7"), "{valued}");
     }

@@ -76,6 +76,19 @@ impl Record {
 
     pub fn set_status(&self, status: Status) {
         let mut history = self.history.lock().expect("history lock");
+        // After the end (the exit code of a stop that followed a failure):
+        // the ended event is amended, not followed by another, since a
+        // status stream ends at the first ended event and a client resuming
+        // after it is told there is nothing more.
+        if let Some(last) = history.last_mut()
+            && last.status.phase.is_terminal()
+            && status.phase.is_terminal()
+        {
+            last.status = status;
+            let event = last.clone();
+            self.status.send_replace(event);
+            return;
+        }
         let seq = history.last().map_or(1, |e| e.seq + 1);
         let event = StatusEvent { seq, status };
         history.push(event.clone());

@@ -67,6 +67,16 @@ pub struct LoadedPlugin {
     slow_until_ms: std::sync::atomic::AtomicU64,
 }
 
+/// Whether a call is timed for [`SLOW_CALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// A decision, where the proxy, the sweeper or a create waits.
+    Decision,
+    /// `validate-settings` at load, where the loader runs (not an async
+    /// worker), and whose first call pays one-time costs: not timed.
+    Load,
+}
+
 /// A call this long marks its plugin slow for [`SLOW_FOR`]: far beyond a
 /// healthy decision (microseconds), and long enough that a descheduled
 /// thread on a busy machine rarely reaches it (a false alarm costs a few
@@ -138,7 +148,7 @@ impl LoadedPlugin {
 
     /// Calls `validate-settings`.
     pub fn validate_settings(&self, rt: &Runtime, settings: &str) -> Result<(), CallError> {
-        self.call(rt, |store, pre| match pre {
+        self.call(rt, Timing::Load, |store, pre| match pre {
             KindPre::Scheduler(p) => {
                 instantiated(store, |s| p.instantiate(s))?.spawner_plugin_scheduling().call_validate_settings(store, settings)
             }
@@ -156,7 +166,7 @@ impl LoadedPlugin {
     /// backend was created: tokens the plugin verifies through the host must
     /// be younger.
     pub fn check(&self, rt: &Runtime, request: &AuthRequest, backend_created_at: u64) -> Result<Verdict, CallError> {
-        let verdict = self.call(rt, |store, pre| match pre {
+        let verdict = self.call(rt, Timing::Decision, |store, pre| match pre {
             KindPre::Auth(p) => {
                 if self.imports_host {
                     store.data_mut().backend = (request.backend.name.clone(), backend_created_at);
@@ -177,7 +187,7 @@ impl LoadedPlugin {
 
     /// Asks an idle plugin about one backend.
     pub fn evaluate(&self, rt: &Runtime, request: &IdleRequest) -> Result<IdleVerdict, CallError> {
-        let mut verdict = self.call(rt, |store, pre| match pre {
+        let mut verdict = self.call(rt, Timing::Decision, |store, pre| match pre {
             KindPre::Idle(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_idleness().call_evaluate(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
@@ -190,7 +200,7 @@ impl LoadedPlugin {
     /// Asks a scheduler plugin where to place a backend, and checks the
     /// answer names a candidate node.
     pub fn place(&self, rt: &Runtime, request: &PlacementRequest) -> Result<Placement, CallError> {
-        let mut placement = self.call(rt, |store, pre| match pre {
+        let mut placement = self.call(rt, Timing::Decision, |store, pre| match pre {
             KindPre::Scheduler(p) => instantiated(store, |s| p.instantiate(s))?.spawner_plugin_scheduling().call_place(store, request),
             _ => unreachable!("kind checked by the caller"),
         })?;
@@ -242,6 +252,7 @@ impl LoadedPlugin {
     fn call<R: Send>(
         &self,
         rt: &Runtime,
+        timing: Timing,
         f: impl FnOnce(&mut Store<HostState>, &KindPre) -> wasmtime::Result<Result<R, PluginError>> + Send,
     ) -> Result<R, CallError> {
         let run = || {
@@ -265,20 +276,22 @@ impl LoadedPlugin {
                 run()
             });
         }
+        if timing == Timing::Load {
+            return run();
+        }
         let started = std::time::Instant::now();
         let since_load = |t: std::time::Instant| t.duration_since(self.loaded_at).as_millis() as u64;
-        if since_load(started) < self.slow_until_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            return where_blocking_is_allowed(run);
-        }
-        let result = run();
+        let slow = since_load(started) < self.slow_until_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let result = if slow { where_blocking_is_allowed(run) } else { run() };
         let took = started.elapsed();
+        // Timed off the workers too: a plugin that stays slow stays off.
         if took >= SLOW_CALL {
             let until = since_load(started + took + SLOW_FOR);
             if self.slow_until_ms.swap(until, std::sync::atomic::Ordering::Relaxed) == 0 {
                 tracing::warn!(
                     plugin = %self.ctx.name,
                     took_ms = took.as_millis() as u64,
-                    "a plugin call held an async worker thread for {} ms; its calls run where blocking is allowed for a minute, and again after each slow call",
+                    "a plugin call took {} ms, holding an async worker thread; its calls run where blocking is allowed until a minute passes without a slow one",
                     took.as_millis()
                 );
             }

@@ -14,17 +14,22 @@ use nix::errno::Errno;
 use nix::sys::signal::killpg;
 use nix::unistd::Pid;
 
-/// How often a stopping group is looked at.
-const POLL: Duration = Duration::from_millis(20);
+/// How often a stopping group is looked at: every 20 ms at first, then
+/// less often (each look reads every process's `/proc/PID/stat`, and many
+/// backends may be stopping at once), up to every half second.
+const FIRST_POLL: Duration = Duration::from_millis(20);
+const MAX_POLL: Duration = Duration::from_millis(500);
 
 /// Waits until no process of `group` is running, or until `deadline`.
 pub(super) async fn wait_empty(group: i32, deadline: tokio::time::Instant) {
+    let mut poll = FIRST_POLL;
     loop {
         let running = tokio::task::spawn_blocking(move || has_running_members(group)).await.unwrap_or(false);
         if !running || tokio::time::Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await;
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + poll)).await;
+        poll = (poll * 2).min(MAX_POLL);
     }
 }
 
@@ -74,7 +79,14 @@ mod tests {
         assert!(has_running_members(group));
         child.kill().unwrap();
         // Not reaped yet: a zombie, which kill(-group, 0) still finds.
-        std::thread::sleep(Duration::from_millis(100));
+        let zombie = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        for _ in 0..500 {
+            if zombie(group) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(zombie(group), "killed, not reaped");
         assert_eq!(killpg(Pid::from_raw(group), None), Ok(()), "the zombie is still there");
         assert!(!has_running_members(group), "but it does not run");
         let started = tokio::time::Instant::now();

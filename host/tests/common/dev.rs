@@ -109,21 +109,14 @@ impl Dev {
 
     /// Sends SIGTERM and waits for exit (up to 30 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        self.signal_and_wait(&[nix::sys::signal::Signal::SIGTERM]).0
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM).0
     }
 
-    /// Sends `signals`, 300 ms apart, and waits for exit (up to 30 s after
-    /// the last); returns how it exited and how long that took after the
-    /// last signal.
-    pub fn signal_and_wait(&mut self, signals: &[nix::sys::signal::Signal]) -> (std::process::ExitStatus, Duration) {
+    /// Sends `signal` and waits for exit (up to 30 s); returns how it
+    /// exited and how long that took.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        for (i, signal) in signals.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            nix::sys::signal::kill(pid, *signal).unwrap();
-        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -131,7 +124,7 @@ impl Dev {
             }
             if started.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
-                panic!("spawner did not exit after {signals:?}:\n{}", self.log_text());
+                panic!("spawner did not exit after {signal:?}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
