@@ -386,14 +386,15 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
             }
             // The proxy sends it as `x-spawner-user`: one it could not send
             // must not let the request through as nobody's.
+            // Length first: the other message quotes the subject.
             if let Some(subject) = &a.subject {
+                if subject.len() > MAX_ANSWER_TEXT {
+                    return Err(CallError::InvalidAnswer(format!("subject of {} bytes: at most {MAX_ANSWER_TEXT}", subject.len())));
+                }
                 if http::HeaderValue::from_bytes(subject.as_bytes()).is_err() {
                     return Err(CallError::InvalidAnswer(format!(
                         "subject {subject:?} has control characters; it cannot be a header value"
                     )));
-                }
-                if subject.len() > MAX_ANSWER_TEXT {
-                    return Err(CallError::InvalidAnswer(format!("subject of {} bytes: at most {MAX_ANSWER_TEXT}", subject.len())));
                 }
             }
             Ok(())
@@ -561,5 +562,7 @@ mod tests {
         assert!(refused(allow(None, &[("x-spawner-big", &big)])).contains("8192 bytes"));
         assert!(validate_verdict(&allow(Some(&"s".repeat(MAX_ANSWER_TEXT)), &[])).is_ok());
         assert!(refused(allow(Some(&"s".repeat(MAX_ANSWER_TEXT + 1)), &[])).contains("at most 1024"));
+        let long_and_bad = format!("{}\n", "s".repeat(MAX_ANSWER_TEXT));
+        assert!(refused(allow(Some(&long_and_bad), &[])).len() < 100, "a long subject is not quoted whole");
     }
 }
