@@ -159,15 +159,21 @@ impl Proxy {
 
     fn route(&self, req: &Request<Incoming>) -> Option<Route> {
         if let Some(domain) = &self.settings.host_domain {
-            // Host names are case-insensitive; the domain is lower case.
-            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-            let host = host.as_str();
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
-            if let Some(name) = host.strip_suffix(domain.as_str()).and_then(|n| n.strip_suffix('.'))
+            // Host names are case-insensitive, and the domain is lower case
+            // (a header that is `to_str` is ASCII, so any byte is a boundary).
+            let name = host.len().checked_sub(domain.len()).filter(|&at| host[at..].eq_ignore_ascii_case(domain)).map(|at| &host[..at]);
+            if let Some(name) = name.and_then(|n| n.strip_suffix('.'))
                 && !name.is_empty()
                 && !name.contains('.')
             {
-                return Some(Route { name: name.into(), prefix: String::new(), rest: req.uri().path().into(), add_slash: false });
+                return Some(Route {
+                    name: name.to_ascii_lowercase(),
+                    prefix: String::new(),
+                    rest: req.uri().path().into(),
+                    add_slash: false,
+                });
             }
         }
         let rest = req.uri().path().strip_prefix("/p/")?;

@@ -579,6 +579,16 @@ async fn the_token_redirect_stays_on_the_backends_host() {
         let location = r.headers()["location"].to_str().unwrap();
         assert!(location.starts_with("/evil.example/") && !location.starts_with("//"), "{path}: {location}");
     }
+    // Host names are case-insensitive, the backend's name included.
+    let r = dev
+        .http
+        .get(format!("{}/api/stats", dev.base))
+        .header("host", format!("{}.Apps.LocalHost:8080", name.to_uppercase()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
 }
 
 /// Another site's frame or subresource (an `EventSource`, an iframe) with
