@@ -154,7 +154,6 @@ pub enum Command {
     Crd,
 }
 
-/// Runs a parsed command line.
 /// Whether logs are JSON lines (`SPAWNER_LOG_FORMAT=json`, for log
 /// shippers): then everything on stderr is one, the reason Spawner
 /// stopped included, and nothing is written for a person at a terminal.
@@ -162,6 +161,7 @@ pub fn json_logs() -> bool {
     std::env::var("SPAWNER_LOG_FORMAT").is_ok_and(|f| f == "json")
 }
 
+/// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => crate::dev::run(args).map(|()| ExitCode::SUCCESS),

@@ -137,29 +137,47 @@ impl Local {
     /// `max-ended`.
     fn collect_garbage(&self) {
         let cutoff = Timestamp::now() - self.config.retention;
-        let mut records = self.records.write().expect("records lock");
-        // Only ended backends whose process is gone: one failed (a startup
-        // timeout) may still be stopping, and must stay where a shutdown
-        // finds it.
-        let gone = |r: &Record| {
-            r.process.lock().expect("process lock").as_ref().is_none_or(|p| matches!(p.state(), crate::process::ProcessState::Exited(_)))
+        // Found under the read lock, so that the proxy's lookups (which
+        // take it too) wait only when something is to be removed.
+        let forget = {
+            let records = self.records.read().expect("records lock");
+            // Only ended backends whose process is gone: one failed (a
+            // startup timeout) may still be stopping, and must stay where a
+            // shutdown finds it.
+            let gone = |r: &Record| {
+                r.process
+                    .lock()
+                    .expect("process lock")
+                    .as_ref()
+                    .is_none_or(|p| matches!(p.state(), crate::process::ProcessState::Exited(_)))
+            };
+            let mut ended: Vec<(Timestamp, String)> = records
+                .values()
+                .filter(|r| r.phase().is_terminal() && gone(r))
+                .map(|r| {
+                    let s = r.status();
+                    (s.finished_at.unwrap_or(s.created_at), r.name.clone())
+                })
+                .collect();
+            let beyond = ended.len().saturating_sub(self.config.max_ended);
+            if beyond > 0 {
+                ended.sort();
+            }
+            ended
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (finished, _))| *i < beyond || *finished < cutoff)
+                .map(|(_, (_, name))| name)
+                .collect::<Vec<_>>()
         };
-        let mut ended: Vec<(Timestamp, String)> = records
-            .values()
-            .filter(|r| r.phase().is_terminal() && gone(r))
-            .map(|r| {
-                let s = r.status();
-                (s.finished_at.unwrap_or(s.created_at), r.name.clone())
-            })
-            .collect();
-        ended.sort();
-        let beyond = ended.len().saturating_sub(self.config.max_ended);
-        for (i, (finished, name)) in ended.iter().enumerate() {
-            if i < beyond || *finished < cutoff {
-                let phase = records.remove(name).map(|r| r.status().phase);
-                if let Some(phase) = phase {
-                    self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: phase.as_str() }).dec();
-                }
+        if forget.is_empty() {
+            return;
+        }
+        let mut records = self.records.write().expect("records lock");
+        for name in forget {
+            // Ended backends stay ended: still one to forget.
+            if let Some(r) = records.remove(&name) {
+                self.metrics.backends.phase.get_or_create(&PhaseLabels { phase: r.status().phase.as_str() }).dec();
             }
         }
     }
