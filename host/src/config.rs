@@ -530,6 +530,15 @@ impl Config {
         }
         if let Some(d) = &self.host_domain {
             host_domain_arg(d).map_err(|why| ConfigError::Invalid(format!("host-domain {why}")))?;
+            // Its URLs work only where its hosts reach this listener (a
+            // wildcard DNS record, a reverse proxy), which then reaches
+            // the API too.
+            let local = d == "localhost" || d.ends_with(".localhost");
+            if !local && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+                return bad(format!(
+                    "host-domain = {d} says browsers reach backends at {{name}}.{d}, from other machines, and whatever routes those hosts here reaches the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or use a domain under .localhost)"
+                ));
+            }
         }
         let b = &self.backends;
         for (field, value, min, max) in [
@@ -790,6 +799,23 @@ mod tests {
         assert!(e.contains("public-url = https://apps.example.com") && e.contains("--api-token"), "{e}");
         assert!(with("https://apps.example.com", Some("0123456789abcdef")).validate().is_ok());
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080", "http://apps.localhost:8080"] {
+            assert!(with(local, None).validate().is_ok(), "{local}");
+        }
+    }
+
+    /// Whatever routes `{name}.{domain}` here (a wildcard DNS record, a
+    /// reverse proxy) routes `x.y.{domain}` and `{domain}` too.
+    #[test]
+    fn a_host_domain_other_machines_reach_needs_an_api_token() {
+        let with = |domain: &str, token: Option<&str>| Config {
+            host_domain: Some(domain.into()),
+            api_token: token.map(crate::secret::Secret::from),
+            ..Config::default()
+        };
+        let e = with("apps.example.com", None).validate().unwrap_err().to_string();
+        assert!(e.contains("host-domain = apps.example.com") && e.contains("--api-token"), "{e}");
+        assert!(with("apps.example.com", Some("0123456789abcdef")).validate().is_ok());
+        for local in ["localhost", "apps.localhost"] {
             assert!(with(local, None).validate().is_ok(), "{local}");
         }
     }

@@ -109,6 +109,16 @@ struct Route {
     add_slash: bool,
 }
 
+/// Where a request goes (see [`Proxy::route`]).
+enum Routed {
+    /// To a backend.
+    Backend(Route),
+    /// Nowhere: a 404 saying why.
+    Refused(String),
+    /// To the API.
+    Api,
+}
+
 /// The reverse proxy.
 pub struct Proxy {
     resolver: Arc<dyn Resolve>,
@@ -152,39 +162,55 @@ impl Proxy {
         self.going_away.receiver_count()
     }
 
-    /// Whether this request is for a backend (rather than the API).
+    /// Whether this request is the proxy's (a backend's, or one it refuses
+    /// as no backend's) rather than the API's.
     pub fn claims(&self, req: &Request<Incoming>) -> bool {
-        self.route(req).is_some()
+        !matches!(self.route(req), Routed::Api)
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Option<Route> {
+    /// Where a request goes. With a host domain, backends are served on
+    /// their own host only: `/p/{name}/` would serve a backend's pages on
+    /// an origin shared with others (this host, the public URL), from where
+    /// a script could reach any other backend's host with its cookie, since
+    /// all are the same site. Hosts under the domain that name no backend
+    /// (`x.y.{domain}`) are refused rather than given the API.
+    fn route(&self, req: &Request<Incoming>) -> Routed {
         if let Some(domain) = &self.settings.host_domain {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+            // A fully qualified name's trailing dot names the same host.
+            let host = host.strip_suffix('.').unwrap_or(host);
             // Host names are case-insensitive, and the domain is lower case
             // (a header that is `to_str` is ASCII, so any byte is a boundary).
-            let name = host.len().checked_sub(domain.len()).filter(|&at| host[at..].eq_ignore_ascii_case(domain)).map(|at| &host[..at]);
-            if let Some(name) = name.and_then(|n| n.strip_suffix('.'))
-                && !name.is_empty()
-                && !name.contains('.')
-            {
-                return Some(Route {
+            let below = host.len().checked_sub(domain.len()).filter(|&at| host[at..].eq_ignore_ascii_case(domain)).map(|at| &host[..at]);
+            if let Some(name) = below.and_then(|n| n.strip_suffix('.')) {
+                if name.is_empty() || name.contains('.') {
+                    return Routed::Refused(format!("no backend is named by this host: a backend's host is {{name}}.{domain}"));
+                }
+                return Routed::Backend(Route {
                     name: name.to_ascii_lowercase(),
                     prefix: String::new(),
                     rest: req.uri().path().into(),
                     add_slash: false,
                 });
             }
+            return match req.uri().path().strip_prefix("/p/") {
+                Some(rest) => Routed::Refused(format!(
+                    "backends are served on their own host here, not under /p/: open {}.{domain}",
+                    rest.split('/').next().unwrap_or_default()
+                )),
+                None => Routed::Api,
+            };
         }
-        let rest = req.uri().path().strip_prefix("/p/")?;
+        let Some(rest) = req.uri().path().strip_prefix("/p/") else { return Routed::Api };
         let (name, path) = match rest.split_once('/') {
             Some((n, p)) => (n, format!("/{p}")),
             None => (rest, String::new()),
         };
         if name.is_empty() {
-            return None;
+            return Routed::Refused("not a backend URL: /p/{name}/".into());
         }
-        Some(Route {
+        Routed::Backend(Route {
             name: name.into(),
             prefix: format!("/p/{name}"),
             add_slash: path.is_empty(),
@@ -208,15 +234,20 @@ impl Proxy {
 
     async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let accept = req.headers().get(header::ACCEPT).cloned();
-        let Some(route) = self.route(&req) else {
-            return pages::error(StatusCode::NOT_FOUND, "not a backend URL", accept.as_ref());
+        let route = match self.route(&req) {
+            Routed::Backend(route) => route,
+            Routed::Refused(why) => return pages::error(StatusCode::NOT_FOUND, &why, accept.as_ref()),
+            Routed::Api => return pages::error(StatusCode::NOT_FOUND, "not a backend URL", accept.as_ref()),
         };
         if route.add_slash {
             let location = match req.uri().query() {
                 Some(q) => format!("{}/?{q}", route.prefix),
                 None => format!("{}/", route.prefix),
             };
-            return redirect(StatusCode::PERMANENT_REDIRECT, &location);
+            // The query may carry a token: the next page must not send it on.
+            let mut response = redirect(StatusCode::PERMANENT_REDIRECT, &location);
+            response.headers_mut().insert(header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
+            return response;
         }
         let Some(target) = self.resolver.resolve(&route.name) else {
             return pages::error(StatusCode::NOT_FOUND, &format!("no backend named {}", route.name), accept.as_ref());
@@ -251,8 +282,8 @@ impl Proxy {
                 let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
                 let reason = match cross_origin.filter(|_| cookie_refused) {
                     Some(from) => format!(
-                        "{} (the {} cookie does not count for a {} from {from}: another backend's page may not act as this \
-                         backend's user; send the token as Authorization: Bearer, or in the {} query parameter)",
+                        "{} (the {} cookie does not count for a {} from {from}: only this backend's own pages and origins outside \
+                         the host domain may act as its user; send the token as Authorization: Bearer, or in the {} query parameter)",
                         d.reason,
                         self.settings.tokens.cookie,
                         if websocket { "WebSocket".to_string() } else { format!("{} request", req.method()) },

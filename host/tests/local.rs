@@ -140,6 +140,13 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert!(text.contains(&format!("the spawner-token cookie does not count for a WebSocket from {sibling}")), "{text}");
     let post = dev.http.post(format!("{}/headers", dev.base)).header("host", &host).header("cookie", &cookie).header("origin", &sibling);
     assert_eq!(post.send().await.unwrap().status(), 401);
+    // Origins that could carry a backend's page: the bare domain, any host
+    // under it, a sandboxed frame's or a cross-origin redirect's `null`.
+    for from in [format!("http://apps.localhost:{port}"), format!("http://x.{other}.apps.localhost:{port}"), "null".into()] {
+        let err = upgrade(&[("cookie", &cookie), ("origin", &from)]).await.unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(denied) = err else { panic!("{from}: {err}") };
+        assert_eq!(denied.status(), 401, "{from}");
+    }
     // Its own pages, the deployment's other origins, and a token the
     // sibling's page sends itself.
     upgrade(&[("cookie", &cookie), ("origin", &format!("http://{host}"))]).await.expect("its own page");
@@ -163,6 +170,34 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
         assert!(!headers.contains_key(spoofed), "{spoofed} arrived: {seen}");
     }
     assert_eq!(headers["x-forwarded-for"], json!(["127.0.0.1"]));
+}
+
+/// With a host domain a backend is served on its own host only: not under
+/// `/p/` (on the API's host, or the public URL's, its pages would share an
+/// origin with the deployment's, from where a script could use every other
+/// backend's cookie), and hosts under the domain that name no backend get
+/// neither a backend nor the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_host_domain_backends_are_served_on_their_own_host_only() {
+    let dev = Dev::start(FAST, &["--host-domain", "apps.localhost"]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&name).await;
+    let get = |host: String, path: &str| dev.http.get(format!("{}{path}", dev.base)).header("host", host).bearer_auth(&token).send();
+    let r = get("127.0.0.1".into(), &format!("/p/{name}/api/stats")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("backends are served on their own host here, not under /p/: open {name}.apps.localhost")), "{text}");
+    assert_eq!(get("apps.localhost".into(), &format!("/p/{name}/api/stats")).await.unwrap().status(), 404);
+    for host in [format!("x.{name}.apps.localhost"), ".apps.localhost".into()] {
+        let r = get(host.clone(), "/api/v1/backends").await.unwrap();
+        assert_eq!(r.status(), 404, "{host}: not the API");
+        assert!(r.text().await.unwrap().contains("no backend is named by this host"), "{host}");
+    }
+    // The bare domain is not a backend's: the API may live there.
+    assert_eq!(get("apps.localhost".into(), "/api/v1/backends").await.unwrap().status(), 200);
+    // A fully qualified name is the same host.
+    let r = get(format!("{name}.apps.localhost."), "/api/stats").await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -609,6 +644,13 @@ async fn another_sites_frames_keep_their_query_token() {
     assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
     assert_eq!(get("empty").await.unwrap().status(), 200);
     assert_eq!(get("document").await.unwrap().status(), 303);
+    // Without the slash, the redirect that adds it keeps the query, token
+    // included, and tells the browser not to send that URL on.
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_follow.get(format!("{}/p/{name}?token={token}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("/p/{name}/?token={token}").as_str());
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
 }
 
 /// A backend that does not know its prefix redirects to its own root

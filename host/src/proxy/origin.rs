@@ -10,21 +10,27 @@
 //! WebSocket hijack). A bearer or query token is different: a page sends
 //! it only if it has it.
 //!
-//! Only origins under the host-routing domain are backends' pages; other
-//! origins of the site are the deployment's own (the web app at
-//! `app.example.com` posting a form, a sign-in service posting back), and
-//! keep their cookie. In path routing every backend's pages share the
-//! proxy's origin, which no origin check can tell apart (the README says
-//! so: host routing is for backends that run code you do not trust).
-//! Browsers send `Origin` with every WebSocket handshake and every
-//! cross-origin post; a request without one is not a page's.
+//! Only the backend's own origin and the deployment's origins outside the
+//! host-routing domain (the web app at `app.example.com` posting a form, a
+//! sign-in service posting back) keep their cookie. Any origin under the
+//! domain other than the request's own is another backend's, or could
+//! serve one's content; `null` (a sandboxed frame, a redirect across
+//! origins) could be anyone's, a backend's page included, and so could an
+//! `Origin` that names no host. With a host domain the proxy serves
+//! backends on their own hosts only (see `Proxy::route`), so no other
+//! origin of the deployment carries a backend's page. In path routing every
+//! backend's pages share the proxy's origin, which no origin check can tell
+//! apart (the README says so: host routing is for backends that run code
+//! you do not trust). Browsers send `Origin` with every WebSocket handshake
+//! and every cross-origin post; a request without one is not a page's.
 
 use http::{HeaderMap, Method, header};
 
-/// The other backend's origin that sent a WebSocket upgrade or an unsafe
-/// request, when `host_domain` routes by host; `None` when the cookie may
-/// vouch for it: a safe method, no `Origin`, the request's own host, or an
-/// origin outside the domain.
+/// The origin, when `host_domain` routes by host, that may not use the
+/// cookie for a WebSocket upgrade or an unsafe request: another host under
+/// the domain (the bare domain included), `null`, or one that names no
+/// host. `None` when the cookie may vouch for it: a safe method, no
+/// `Origin`, the request's own host, or an origin outside the domain.
 pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, host_domain: Option<&str>) -> Option<String> {
     let domain = host_domain?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
@@ -34,8 +40,12 @@ pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap,
     let origin = String::from_utf8_lossy(headers.get(header::ORIGIN)?.as_bytes()).into_owned();
     let from = host_of(origin.split_once("://").map_or("", |(_, rest)| rest));
     let own = host_of(headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""));
-    let sibling = from.strip_suffix(&domain.to_ascii_lowercase()).is_some_and(|name| name.ends_with('.'));
-    (sibling && from != own).then_some(origin)
+    if from.is_empty() {
+        return Some(origin);
+    }
+    let domain = domain.to_ascii_lowercase();
+    let under = from == domain || from.strip_suffix(&domain).is_some_and(|name| name.ends_with('.'));
+    (under && from != own).then_some(origin)
 }
 
 /// The host name of an authority (`host[:port]`, or an origin's part after
@@ -82,6 +92,11 @@ mod tests {
             "not under the domain"
         );
         assert_eq!(refused(Method::POST, false, &[("host", "b.apps.test")]), None);
+        // Origins that could carry a backend's page: the bare domain (and
+        // any host under it), an opaque origin, one without a host.
+        for from in ["https://apps.test", "http://x.y.apps.test:8080", "null", "http://", "garbage"] {
+            assert_eq!(refused(Method::GET, true, &[("origin", from), ("host", "b.apps.test")]).as_deref(), Some(from), "{from}");
+        }
         // Path routing: one origin for all, nothing to tell apart.
         assert_eq!(cookie_refused_for(&Method::GET, true, &headers(&sibling), None), None);
     }
