@@ -187,14 +187,16 @@ async fn kubectl_get_slab_shows_the_status_columns() {
         .unwrap();
     let table: serde_json::Value = serde_json::from_str(&client.request_text(request).await.unwrap()).unwrap();
     let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Name", "Phase", "Reason", "Node", "Owner", "Key", "URL", "Age"]);
+    assert_eq!(columns, ["Name", "Phase", "Ready", "Reason", "Waiting", "Node", "Owner", "Key", "URL", "Age"]);
     let cells = table["rows"][0]["cells"].as_array().unwrap();
     assert_eq!(
-        cells[..7],
+        cells[..9],
         [
             serde_json::json!("notes-doc-42"),
             serde_json::json!("ready"),
+            serde_json::json!("True"),
             serde_json::Value::Null,
+            serde_json::json!("Ready"),
             serde_json::json!("node-a"),
             serde_json::json!("alice"),
             serde_json::json!("doc-42"),

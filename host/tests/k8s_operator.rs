@@ -408,6 +408,42 @@ async fn ready_on_unserved(slabs: &Api<SessionLivedBackend>, pods: &Api<Pod>, na
     until(slabs, name, "ready", phase(Phase::Ready)).await
 }
 
+/// A ready backend whose Pod stops being ready (its readiness probe fails,
+/// its node stops answering) stays `ready` in phase, but its `Ready`
+/// condition says the Pod is not, with the Pod's reason, and an Event says
+/// so; once the Pod is ready again, so is the condition.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ready_condition_follows_a_ready_backends_pod() {
+    let plane = shared().await;
+    let _nodes = unserved_node(plane, "node-flaky").await;
+    let (client, ns) = operator_on(plane, "op-flaky", "", HOUR).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let ready = ready_on_unserved(&slabs, &pods, "flaky", "node-flaky").await;
+    let since = ready.status.as_ref().unwrap().ready_condition().unwrap().last_transition_time.clone();
+    let unready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+        "message": "containers with unready status: [app]"}]}});
+    pods.patch_status("flaky", &PatchParams::default(), &Patch::Merge(&unready)).await.unwrap();
+    let is_not_ready = |s: &SessionLivedBackendStatus| s.ready_condition().is_some_and(|c| c.status == "False");
+    let not_ready = until(&slabs, "flaky", "its condition not ready", is_not_ready).await;
+    let status = not_ready.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Ready));
+    let c = status.ready_condition().unwrap();
+    assert_eq!(c.reason, "PodNotReady");
+    assert_eq!(c.message, "its Pod is not ready: ContainersNotReady: containers with unready status: [app]");
+    assert!(c.last_transition_time.0 >= since.0);
+    let events = events_until(&client, &ns, "flaky", "PodNotReady").await;
+    let event = events.iter().find(|e| e.1 == "PodNotReady").unwrap();
+    assert_eq!(event.0, "Warning");
+
+    let ready_again = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("flaky", &PatchParams::default(), &Patch::Merge(&ready_again)).await.unwrap();
+    let is_ready = |s: &SessionLivedBackendStatus| s.ready_condition().is_some_and(|c| c.status == "True");
+    let again = until(&slabs, "flaky", "its condition ready again", is_ready).await;
+    assert_eq!(again.status.unwrap().ready_condition().unwrap().reason, "Ready");
+    events_until(&client, &ns, "flaky", "PodReady").await;
+}
+
 /// `backend`, placed on the [`unserved_node`] `node`.
 fn on_unserved(mut backend: SessionLivedBackend, node: &str) -> SessionLivedBackend {
     backend.spec.template.node_selector = Some([("zone".to_string(), node.to_string())].into());

@@ -568,6 +568,10 @@ async fn record(
         Some(Waiting::ForContainer(why)) if status.phase == Phase::Starting => next.waiting_for_container(why),
         _ => {}
     }
+    let pod_not_ready = pod.filter(|p| status.phase == Phase::Ready && !super::pod::is_ready(p)).map(super::pod::not_ready_why);
+    if let Some(why) = &pod_not_ready {
+        next.pod_not_ready(why, slab.status.as_ref(), now);
+    }
     if let Some(pod) = pod {
         if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             next.pod_ip = Some(ip);
@@ -593,7 +597,23 @@ async fn record(
         Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::Stale(slab.name_any())),
         Err(e) => return Err(e.into()),
     }
-    if slab.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
+    let was_not_ready = slab.status.as_ref().and_then(|s| s.ready_condition()).is_some_and(|c| c.reason == super::crd::POD_NOT_READY);
+    let same_phase = slab.status.as_ref().and_then(|s| s.phase) == Some(status.phase);
+    if same_phase && status.phase == Phase::Ready && was_not_ready != pod_not_ready.is_some() {
+        let backend = slab.name_any();
+        let (kind, reason, note) = match &pod_not_ready {
+            Some(why) => {
+                tracing::warn!(%backend, why = %why, "a ready backend's Pod is not ready: the proxy answers 503 until it is again");
+                (EventType::Warning, super::crd::POD_NOT_READY, format!("its Pod is not ready: {why}"))
+            }
+            None => {
+                tracing::info!(%backend, "a ready backend's Pod is ready again");
+                (EventType::Normal, "PodReady", "its Pod is ready again".to_string())
+            }
+        };
+        publish(ctx, slab, kind, reason.into(), note, "Reconcile").await;
+    }
+    if !same_phase {
         let (backend, namespace) = (slab.name_any(), slab.namespace().unwrap_or_default());
         let reason = status.reason.map(Reason::as_str).unwrap_or("");
         // A failure is worth a warning: alerts on warnings catch crashing

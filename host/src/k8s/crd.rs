@@ -45,6 +45,8 @@ pub const WAITING_FOR_NODE: &str = "WaitingForNode";
 /// The `Ready` condition's reason while the backend's container cannot
 /// start (its image cannot be pulled, its configuration is refused).
 pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
+/// The `Ready` condition's reason while a ready backend's Pod is not ready.
+pub const POD_NOT_READY: &str = "PodNotReady";
 
 /// What a session-lived backend runs, and how long it may live.
 ///
@@ -70,7 +72,9 @@ pub const WAITING_FOR_CONTAINER: &str = "WaitingForContainer";
     validation = Rule::new("!has(self.spec.service) || !self.spec.service || (size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
         .message("a backend with service: true needs a name that is also a Service name: at most 63 characters, lower-case letters, digits and '-', starting with a letter (no dots)"),
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the backend is in its life"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Whether it answers now (its Pod is ready)"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "Why it ended or is ending"}"#,
+    printcolumn = r#"{"name": "Waiting", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason", "description": "Why it is not ready (WaitingForNode, WaitingForContainer, PodNotReady, ...)", "priority": 1}"#,
     printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".status.nodeName", "description": "The node it runs on"}"#,
     printcolumn = r#"{"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "description": "The user it is for"}"#,
     printcolumn = r#"{"name": "Key", "type": "string", "jsonPath": ".spec.key", "description": "Its get-or-create key", "priority": 1}"#,
@@ -196,18 +200,19 @@ impl SessionLivedBackend {
     }
 
     /// The status as the REST API shows it: the lifecycle's, and while the
-    /// Pod waits for a node, the `Ready` condition's note on why (see
+    /// Pod waits for a node or a container, or a ready backend's Pod is not
+    /// ready, the `Ready` condition's note on why (see
     /// [`SessionLivedBackendStatus::waiting_for_node`]) as its message, so
-    /// a web developer watching a starting backend is told what holds it.
+    /// a web developer watching a backend is told what holds it.
     pub fn shown_status(&self) -> Status {
         let mut status = self.lifecycle_status();
         let waiting = self
             .status
             .as_ref()
             .and_then(|s| s.ready_condition())
-            .filter(|c| c.reason == WAITING_FOR_NODE || c.reason == WAITING_FOR_CONTAINER);
+            .filter(|c| [WAITING_FOR_NODE, WAITING_FOR_CONTAINER, POD_NOT_READY].contains(&c.reason.as_str()));
         if let Some(c) = waiting
-            && status.phase == Phase::Starting
+            && matches!(status.phase, Phase::Starting | Phase::Ready)
             && status.message.is_none()
         {
             status.message = Some(c.message.clone());
@@ -359,6 +364,27 @@ impl SessionLivedBackendStatus {
     /// [`record`]: SessionLivedBackendStatus::record
     pub fn waiting_for_container(&mut self, why: &str) {
         self.waiting(WAITING_FOR_CONTAINER, format!("its container has not started: {why}"));
+    }
+
+    /// Says, in the `Ready` condition, that a ready backend's Pod has
+    /// stopped being ready (its readiness probe fails, its node stopped
+    /// answering): `why` is the Pod's own reason. The phase stays `ready`
+    /// (the lifecycle has no way back, and the Pod may recover), but the
+    /// condition and `kubectl get slab`'s `Ready` column say what the proxy
+    /// does (503, "its Pod is not ready"). Like the waiting notes, it goes
+    /// on the next [`record`]; `before` is the status as it was, whose
+    /// transition time stays if it already said so.
+    ///
+    /// [`record`]: SessionLivedBackendStatus::record
+    pub fn pod_not_ready(&mut self, why: &str, before: Option<&Self>, now: Timestamp) {
+        let since =
+            before.and_then(Self::ready_condition).filter(|c| c.status == "False").map_or(Time(now), |c| c.last_transition_time.clone());
+        if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == READY_CONDITION) {
+            c.status = "False".into();
+            c.reason = POD_NOT_READY.into();
+            c.message = format!("its Pod is not ready: {why}");
+            c.last_transition_time = since;
+        }
     }
 
     fn waiting(&mut self, reason: &str, message: String) {

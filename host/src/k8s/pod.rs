@@ -224,6 +224,20 @@ pub fn is_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Why a Pod is not ready, from its `Ready` condition (the kubelet's
+/// "containers with unready status: [app]", the node controller's
+/// "NodeNotReady"), for a ready backend's status.
+pub fn not_ready_why(pod: &Pod) -> String {
+    let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let Some(c) = ready else { return "it has no Ready condition".into() };
+    match (c.reason.as_deref().filter(|r| !r.is_empty()), c.message.as_deref().filter(|m| !m.trim().is_empty())) {
+        (Some(r), Some(m)) => format!("{r}: {m}"),
+        (Some(r), None) => r.into(),
+        (None, Some(m)) => m.into(),
+        (None, None) => format!("Ready is {}", c.status),
+    }
+}
+
 /// Whether the application container has exited but the Pod runs on
 /// (another container keeps it running) and is not being deleted.
 pub fn runs_on_after_the_app(pod: &Pod) -> bool {
