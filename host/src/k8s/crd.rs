@@ -604,7 +604,7 @@ mod tests {
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["slab".to_string()][..]));
         let version = &crd.spec.versions[0];
         let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Phase", "Reason", "Node", "Owner", "Key", "URL", "Age"]);
+        assert_eq!(columns, ["Phase", "Ready", "Reason", "Waiting", "Node", "Owner", "Key", "URL", "Age"]);
         assert!(version.subresources.as_ref().unwrap().status.is_some(), "status is a subresource");
         let schema = serde_json::to_value(&version.schema).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
