@@ -770,6 +770,35 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "SessionLivedBackend");
 }
 
+/// An error that does not go away (here a Pod name something else holds;
+/// an admission webhook that is down is another) is retried for the startup
+/// timeout, counted from the backend's creation, and then fails the backend
+/// saying why: it no longer stays `pending`, with nobody told, for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_that_cannot_be_created_for_the_startup_timeout_fails_its_backend() {
+    let config = OperatorConfig { startup_timeout: Duration::from_secs(2), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(shared().await, "op-held", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let stranger: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "held"},
+        "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stranger).await.unwrap();
+    slabs.create(&PostParams::default(), &slab("held", "erin")).await.unwrap();
+    let failed = until(&slabs, "held", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::Exited));
+    let message = failed.message.unwrap();
+    assert!(
+        message.contains(
+            "its Pod could not be created within 2 s (--startup-timeout-seconds): a Pod named held exists and is not this backend's"
+        ),
+        "{message}"
+    );
+    assert!(pods.get("held").await.unwrap().metadata.owner_references.is_none(), "the stranger's Pod is left alone");
+}
+
 /// Its Service: one of that name that a previous backend of the name owns
 /// (a key's, not yet garbage-collected) is replaced, not taken for the
 /// backend's own, which it would then lose; one that is nobody's backend's

@@ -341,15 +341,23 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         // Often the previous object's Pod, still stopping;
                         // retried, and said where `kubectl describe` shows it.
                         let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
+                        if let Some(why) = retried_too_long(&status, now, ctx, &note) {
+                            create_error = Some(why);
+                            continue;
+                        }
                         publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
                         return Err(Error::PodNameTaken(name));
                     }
                 },
                 // The API server refused the Pod itself (an invalid container,
                 // a quota, Pod Security): the backend fails with the server's
-                // reason. Anything else (throttling, timeouts) is retried.
+                // reason. Anything else (throttling, timeouts, an admission
+                // webhook that is down) is retried, for the startup timeout.
                 Err(Created::Pod(kube::Error::Api(e))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
-                Err(Created::Pod(e)) => return Err(e.into()),
+                Err(Created::Pod(e)) => match retried_too_long(&status, now, ctx, &e.to_string()) {
+                    Some(why) => create_error = Some(why),
+                    None => return Err(e.into()),
+                },
             },
             Action::Stop => {
                 let grace = match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
@@ -553,6 +561,19 @@ fn controlled_by_a_backend(meta: &kube::api::ObjectMeta) -> bool {
 
 /// Writes the status when it differs from what the object says;
 /// `waiting` is why its Pod is not running yet, when it says.
+/// The failure to record when creating a backend's Pod has been retried
+/// for the startup timeout, counted from the backend's creation (the
+/// status is not written while it is retried, so nothing else counts):
+/// without it, an error that does not go away (an admission webhook that is
+/// down, a Pod name something else holds) kept the backend `pending`, and
+/// everyone waiting for it, for ever. `None` while it may be retried.
+fn retried_too_long(status: &Status, now: Timestamp, ctx: &Context, error: &str) -> Option<String> {
+    let waited = now.duration_since(status.created_at);
+    (waited.is_positive() && waited.unsigned_abs() >= ctx.config.startup_timeout).then(|| {
+        format!("its Pod could not be created within {} s (--startup-timeout-seconds): {error}", ctx.config.startup_timeout.as_secs())
+    })
+}
+
 async fn record(
     slab: &SessionLivedBackend,
     ctx: &Context,
