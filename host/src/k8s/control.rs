@@ -397,18 +397,29 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
         return bad("port must be between 1 and 65535".into());
     }
     let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
     if spec.cpu_millis > 0 {
         requests.insert("cpu".to_string(), Quantity(format!("{}m", spec.cpu_millis)));
     }
     if spec.memory_bytes > 0 {
         requests.insert("memory".to_string(), Quantity(spec.memory_bytes.to_string()));
+        // Memory asked for is memory kept to: one backend that leaks would
+        // otherwise press its node until the kubelet evicts its neighbours
+        // (each then ends `lost`); with the limit it alone ends, `exited
+        // with code 137 (OOMKilled)`. CPU gets no limit: throttling slows
+        // a backend, its request already shares the node fairly.
+        limits.insert("memory".to_string(), Quantity(spec.memory_bytes.to_string()));
     }
     let container = Container {
         name: APP_CONTAINER.into(),
         image: Some(image.into()),
         env: Some(spec.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None }).collect()),
         ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: port.into(), ..Default::default() }]),
-        resources: (!requests.is_empty()).then(|| ResourceRequirements { requests: Some(requests), ..Default::default() }),
+        resources: (!requests.is_empty()).then(|| ResourceRequirements {
+            requests: Some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..Default::default()
+        }),
         // What the `restricted` Pod Security level requires (deploy/ puts
         // backends in such a namespace): the image must run as a non-root
         // user.
@@ -577,6 +588,9 @@ mod tests {
         assert_eq!(c.env.as_ref().unwrap()[0].name, "MODE");
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("250m", "67108864"));
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits.keys().collect::<Vec<_>>(), ["memory"], "memory is limited to the request, CPU is not");
+        assert_eq!(limits["memory"].0, "67108864");
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
         assert_eq!(slab.spec.template.pod_spec().automount_service_account_token, Some(false));

@@ -155,17 +155,34 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
         Some(ns) => (Api::<SessionLivedBackend>::namespaced(ctx.client.clone(), ns), Api::<Pod>::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    let controller = Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL));
+    // Reconciles at once are bounded: a new leader with thousands of
+    // backends (ended ones are kept for the retention) would otherwise
+    // send the API server thousands of reads and status writes together.
+    let limits = kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE);
+    let controller =
+        Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL)).with_config(limits);
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile");
+            match result {
+                // A watch that fails (RBAC revoked, an object that cannot
+                // be read, a relist refused) stops backends from being
+                // reconciled: on-call must see it. It is retried with
+                // backoff by the watcher.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %e, "watching backends or their Pods failed; retrying")
+                }
+                // Reconcile failures are logged by `error_policy`.
+                Err(e) => tracing::debug!(error = %e, "reconcile"),
+                Ok(_) => {}
             }
         })
         .await;
     Ok(())
 }
+
+/// Reconciles that run at once (each a Pod read and at most a few writes).
+const RECONCILES_AT_ONCE: u16 = 16;
 
 /// Puts the inventory in the context for one [`run`], and takes it out
 /// (stopping its watches) when that run ends.

@@ -2,8 +2,10 @@
 //! for a Lease (coordination.k8s.io), and only its holder reconciles (or
 //! sweeps). When the holder dies or loses the API server, the Lease
 //! expires and another replica takes over within the lease duration.
-//! Elections are `kube-lease-manager`'s (server-side apply on the Lease,
-//! clock-skew tolerant).
+//! Elections are `kube-lease-manager`'s (server-side apply on the Lease).
+//! A standby judges expiry from the holder's `renewTime` by its own clock,
+//! so the step-down margin (a fifth of the lease) holds only while the
+//! nodes' clocks agree within it: the README asks for NTP.
 
 use std::future::Future;
 use std::pin::Pin;
