@@ -18,6 +18,8 @@ pub struct Metrics {
     pub backends: BackendMetrics,
     /// Proxy requests and connections.
     pub proxy: ProxyMetrics,
+    /// The Kubernetes operator's leadership and reconcile failures.
+    pub operator: OperatorMetrics,
 }
 
 impl Default for Metrics {
@@ -33,7 +35,8 @@ impl Metrics {
         let plugins = PluginMetrics::register(&mut registry);
         let backends = BackendMetrics::register(&mut registry);
         let proxy = ProxyMetrics::register(&mut registry);
-        Metrics { registry, plugins, backends, proxy }
+        let operator = OperatorMetrics::register(&mut registry);
+        Metrics { registry, plugins, backends, proxy, operator }
     }
 
     /// The text exposition format, for `/metrics`.
@@ -169,6 +172,40 @@ impl BackendMetrics {
 pub struct StatusClassLabels {
     /// `2xx`, `3xx`, `4xx`, `5xx`, `1xx` (WebSocket upgrades).
     pub class: &'static str,
+}
+
+/// Labels: a Lease replicas compete for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    /// The Lease's name (`spawner-operator`, `spawner-proxy-sweeper`).
+    pub lease: String,
+}
+
+/// Labels: why a reconcile failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileErrorLabels {
+    /// `api` (the API server refused or was out of reach), `finalizer`,
+    /// `pod-name-taken` or `scheduler`.
+    pub error: &'static str,
+}
+
+/// Metrics of the Kubernetes operator: what on-call needs to tell "no
+/// leader" from "no backends", and a failing operator from a quiet one.
+pub struct OperatorMetrics {
+    /// 1 while this replica holds the Lease, 0 otherwise.
+    pub leader: Family<LeaseLabels, Gauge>,
+    /// Reconciles that failed and are retried (not counting the expected
+    /// retries: a stale read, a Pod still stopping, caches filling).
+    pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+}
+
+impl OperatorMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = OperatorMetrics { leader: Family::default(), reconcile_errors: Family::default() };
+        registry.register("leader", "Whether this replica holds the Lease (1) or not (0)", m.leader.clone());
+        registry.register("reconcile_errors", "Reconciles that failed and are retried, by why", m.reconcile_errors.clone());
+        m
+    }
 }
 
 /// Metrics of the proxy.

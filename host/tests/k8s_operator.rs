@@ -673,6 +673,7 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     let client = plane.client().await.unwrap();
     let mut replicas = std::collections::HashMap::new();
     let mut stops = std::collections::HashMap::new();
+    let mut metrics = std::collections::HashMap::new();
     for identity in ["replica-a", "replica-b"] {
         let plugins = plugins("");
         let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
@@ -688,17 +689,19 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
             let _ = stopped.await;
         };
         stops.insert(identity, stop);
-        replicas.insert(
-            identity,
-            tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, Arc::new(Metrics::new()), config), lease, stopped)),
-        );
+        let m = Arc::new(Metrics::new());
+        metrics.insert(identity, m.clone());
+        replicas.insert(identity, tokio::spawn(leader::run_elected(Context::new(client.clone(), plugins, m, config), lease, stopped)));
     }
+    let leads = |identity: &str| metrics[identity].encode().contains("spawner_leader{lease=\"spawner-operator\"} 1");
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     slabs.create(&PostParams::default(), &slab("one", "dana")).await.unwrap();
     until(&slabs, "one", "ready", phase(Phase::Ready)).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let holder = leases.get("spawner-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
     assert!(replicas.contains_key(holder.as_str()), "held by one of the replicas: {holder}");
+    let standby = if holder == "replica-a" { "replica-b" } else { "replica-a" };
+    assert!(leads(&holder) && !leads(standby), "the leader's metrics say so, the standby's do not");
 
     // The leader dies without releasing the Lease; the standby takes over
     // once it expires and serves new backends.
@@ -712,8 +715,10 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     // way out, so that the next one need not wait for it to expire.
     let leader = replicas.remove(new_holder.as_str()).unwrap();
     stops.remove(new_holder.as_str()).unwrap().send(()).unwrap();
+    assert!(leads(&new_holder));
     let ended = tokio::time::timeout(Duration::from_secs(10), leader).await.expect("stopping took over 10 s").unwrap();
     assert!(ended.is_ok(), "{ended:?}");
+    assert!(!leads(&new_holder), "stopped, it leads no more");
     let spec = leases.get("spawner-operator").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity, None, "released: {spec:?}");
 }

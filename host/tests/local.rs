@@ -615,6 +615,7 @@ async fn the_token_redirect_stays_on_the_backends_host() {
         assert!(location.starts_with("/evil.example/") && !location.starts_with("//"), "{path}: {location}");
     }
     // Host names are case-insensitive, the backend's name included.
+    dev.wait_ready(&name).await;
     let r = dev
         .http
         .get(format!("{}/api/stats", dev.base))

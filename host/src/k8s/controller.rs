@@ -125,6 +125,10 @@ impl Context {
         Arc::new(Context { client, plugins, metrics, config, events, inventory: std::sync::Mutex::new(None) })
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
@@ -249,7 +253,7 @@ impl Drop for ZeroPhases {
     }
 }
 
-fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>) -> Requeue {
     // The finalizer wraps what the reconcile itself returned.
     let inner = match error {
         Error::Finalizer(e) => match &**e {
@@ -262,6 +266,13 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, _ctx: Arc<Context
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
         Error::Stale(_) | Error::CachesFilling => Requeue::requeue(Duration::from_millis(200)),
         _ => {
+            let class = match inner {
+                Error::Kube(_) => "api",
+                Error::PodNameTaken(_) => "pod-name-taken",
+                Error::Scheduler(_) => "scheduler",
+                _ => "finalizer",
+            };
+            ctx.metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: class }).inc();
             tracing::warn!(backend = %slab.name_any(), namespace = %slab.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying");
             Requeue::requeue(Duration::from_secs(5))
         }
@@ -285,7 +296,7 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
                         // garbage collector keeps while this finalizer
                         // holds its owner: delete it here.
                         if pod.metadata.deletion_timestamp.is_none() {
-                            delete_pod(&pods, &slab.name_any(), Duration::ZERO).await?;
+                            delete_pod(&pods, &pod, Duration::ZERO).await?;
                         }
                         Err(Error::Stopping(slab.name_any()))
                     }
@@ -393,7 +404,9 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     }
                     _ => ctx.config.stop_timeout,
                 };
-                delete_pod(&pods, &name, grace).await?;
+                if let Some(p) = &pod {
+                    delete_pod(&pods, p, grace).await?;
+                }
                 break;
             }
             Action::Wait => break,
@@ -408,7 +421,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         && let Some(p) = &pod
         && pod::runs_on_after_the_app(p)
     {
-        delete_pod(&pods, &name, ctx.config.stop_timeout).await?;
+        delete_pod(&pods, p, ctx.config.stop_timeout).await?;
     }
     // A Pod kube-scheduler could place nowhere never started: say so, with
     // its reasons, rather than that the application did not listen.
@@ -484,9 +497,13 @@ fn overdue_since(pod: Option<&Pod>, stop_timeout: Duration) -> Option<Timestamp>
 }
 
 /// Deletes a backend's Pod with `grace` to stop (gone already: fine).
-async fn delete_pod(pods: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube::Error> {
+async fn delete_pod(pods: &Api<Pod>, pod: &Pod, grace: Duration) -> Result<(), kube::Error> {
     let grace = grace.as_secs().min(u32::MAX.into()) as u32;
-    delete_if_there(pods, name, &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await
+    // This Pod only: one of the same name made since it was read (another
+    // backend's, or a stranger's) stays (409, retried on the next read).
+    let preconditions = kube::api::Preconditions { uid: pod.metadata.uid.clone(), resource_version: None };
+    let params = DeleteParams { grace_period_seconds: Some(grace), preconditions: Some(preconditions), ..DeleteParams::default() };
+    delete_if_there(pods, &pod.name_any(), &params).await
 }
 
 /// Deletes `name`; one already gone is no error.

@@ -166,6 +166,16 @@ pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings, stop: impl Fut
 }
 
 async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let gauge = ctx.metrics().operator.leader.get_or_create(&crate::metrics::LeaseLabels { lease: lease.name.clone() }).clone();
+    gauge.set(0);
+    // Not leading once this returns (or is dropped with the stop).
+    struct NotLeading(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for NotLeading {
+        fn drop(&mut self) {
+            self.0.set(0);
+        }
+    }
+    let _not_leading = NotLeading(gauge.clone());
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
@@ -173,6 +183,7 @@ async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::
             }
         }
         tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");
+        gauge.set(1);
         let lost = async {
             while *leading.borrow_and_update() {
                 if leading.changed().await.is_err() {
@@ -182,7 +193,10 @@ async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::
         };
         tokio::select! {
             result = controller::run(ctx.clone()) => return result.map_err(|e| anyhow::anyhow!("reconciling could not start: {e}")),
-            () = lost => tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling"),
+            () = lost => {
+                gauge.set(0);
+                tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling")
+            }
         }
     }
 }
