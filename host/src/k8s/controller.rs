@@ -114,6 +114,9 @@ pub struct Context {
     /// the watches when this replica starts leading, and stops them when
     /// it stops).
     inventory: std::sync::Mutex<Option<Arc<Inventory>>>,
+    /// Failed reconciles in a row, per backend (`namespace/name`), for
+    /// [`retry_delay`]; a reconcile that succeeds clears its entry.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -122,7 +125,8 @@ impl Context {
     pub fn new(client: Client, plugins: Arc<Plugins>, metrics: Arc<Metrics>, config: OperatorConfig) -> Arc<Self> {
         let reporter = Reporter { controller: "spawner-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let events = Recorder::new(client.clone(), reporter);
-        Arc::new(Context { client, plugins, metrics, config, events, inventory: std::sync::Mutex::new(None) })
+        let (inventory, failures) = (std::sync::Mutex::new(None), std::sync::Mutex::new(Default::default()));
+        Arc::new(Context { client, plugins, metrics, config, events, inventory, failures })
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -273,13 +277,58 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>
                 _ => "finalizer",
             };
             ctx.metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: class }).inc();
-            tracing::warn!(backend = %slab.name_any(), namespace = %slab.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying");
-            Requeue::requeue(Duration::from_secs(5))
+            let failures = {
+                let mut all = ctx.failures.lock().expect("failures lock");
+                let n = all.entry(failure_key(&slab)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            // A Pod of the name still stopping (a key's previous backend,
+            // its user back already) is usually gone in seconds: no backoff.
+            let delay = match inner {
+                Error::PodNameTaken(_) => RETRY_FIRST,
+                _ => retry_delay(failures, rand::random::<f64>()),
+            };
+            tracing::warn!(
+                backend = %slab.name_any(),
+                namespace = %slab.namespace().unwrap_or_default(),
+                error = %error,
+                retry_in_s = delay.as_secs(),
+                "reconcile failed; retrying"
+            );
+            Requeue::requeue(delay)
         }
     }
 }
 
+/// The first retry of a failed reconcile, and the most any waits.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MOST: Duration = Duration::from_secs(300);
+
+/// How long to wait after `failures` failed reconciles in a row: 5 s,
+/// doubling to 5 min, less up to a fifth at random (`jitter` in [0, 1)).
+/// During an API-server outage every backend fails together; without the
+/// doubling and the spread they would all retry together every 5 s, with
+/// thousands of requests at once when it comes back.
+fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let doubled = RETRY_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(RETRY_MOST).mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 5.0)
+}
+
+fn failure_key(slab: &SessionLivedBackend) -> String {
+    format!("{}/{}", slab.namespace().unwrap_or_default(), slab.name_any())
+}
+
 async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let key = failure_key(&slab);
+    let result = reconcile_once(slab, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&key);
+    }
+    result
+}
+
+async fn reconcile_once(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let ns = slab.namespace().unwrap_or_default();
     let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, slab, |event| async {
@@ -872,6 +921,15 @@ fn owned_meta(meta: &kube::api::ObjectMeta, slab: &SessionLivedBackend) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_to_five_minutes_spread_by_up_to_a_fifth() {
+        let secs = |n, jitter| retry_delay(n, jitter).as_secs_f64();
+        assert_eq!([1, 2, 3, 4, 5, 6, 7].map(|n| secs(n, 0.0)), [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0]);
+        assert_eq!(secs(u32::MAX, 0.0), 300.0, "no overflow");
+        assert_eq!(secs(1, 0.999_999).round(), 4.0, "at most a fifth less");
+        assert!(secs(7, 0.5) < 300.0 && secs(7, 0.5) > 240.0);
+    }
 
     fn node(name: &str, zone: &str) -> Node {
         let mut n = Node::default();
