@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
-use crate::auth::{AuthRequest, Credential, CredentialSource, HttpRequest};
+use crate::auth::{AuthRequest, Credential, CredentialSource, HttpRequest, Verdict};
 use crate::host::{Capability, TokenError};
 use crate::idle::{Activity, IdleRequest};
 use crate::scheduler::{Node, PlacedBackend, PlacementRequest, Resources};
@@ -220,4 +220,76 @@ pub fn idle_request(backend: Backend, quiet_seconds: u64, grace_seconds: u64, no
         },
         now,
     }
+}
+
+/// The most identity headers one allow may inject, and their names' and
+/// values' bytes together (Spawner's host refuses more).
+pub const MAX_IDENTITY_HEADERS: usize = 32;
+/// See [`MAX_IDENTITY_HEADERS`].
+pub const MAX_IDENTITY_BYTES: usize = 8 << 10;
+/// The longest subject the host accepts, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// What Spawner's host checks of an auth plugin's verdict, so that a test
+/// can assert its plugin's answers will be used: `Err` says why the host
+/// would refuse it, which Spawner treats as a failed call (the request is
+/// denied, fail closed, and the failure counted as `invalid-answer`).
+/// `cargo test` runs the plugin's logic natively, where nothing else
+/// checks this.
+///
+/// ```
+/// use spawner_plugin_sdk::auth::{Allow, Header, Verdict};
+/// use spawner_plugin_sdk::testing::check_verdict;
+///
+/// let role = |name: &str| Verdict::Allow(Allow { subject: None, headers: vec![Header { name: name.into(), value: "admin".into() }] });
+/// assert!(check_verdict(&role("x-spawner-role")).is_ok());
+/// assert!(check_verdict(&role("x-role")).unwrap_err().contains("outside the identity prefix"));
+/// ```
+pub fn check_verdict(verdict: &Verdict) -> Result<(), String> {
+    match verdict {
+        Verdict::Deny(d) if !(400..=599).contains(&d.status) => {
+            Err(std::format!("deny status {} is not an HTTP error status (400-599)", d.status))
+        }
+        Verdict::Deny(_) => Ok(()),
+        Verdict::Allow(a) => {
+            let bytes: usize = a.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+            if a.headers.len() > MAX_IDENTITY_HEADERS || bytes > MAX_IDENTITY_BYTES {
+                return Err(std::format!(
+                    "{} identity headers of {bytes} bytes: at most {MAX_IDENTITY_HEADERS} headers and {MAX_IDENTITY_BYTES} bytes",
+                    a.headers.len()
+                ));
+            }
+            for h in &a.headers {
+                if !h.name.get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX)) {
+                    return Err(std::format!("header {} is outside the identity prefix {PREFIX}", h.name));
+                }
+                if !h.name.bytes().all(is_token_byte) || !is_header_value(&h.value) {
+                    return Err(std::format!("header {} is not a valid HTTP header", h.name));
+                }
+            }
+            if let Some(subject) = &a.subject {
+                if subject.len() > MAX_SUBJECT_BYTES {
+                    return Err(std::format!("subject of {} bytes: at most {MAX_SUBJECT_BYTES}", subject.len()));
+                }
+                if !is_header_value(subject) {
+                    return Err(std::format!("subject {subject:?} has control characters; it cannot be a header value"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where identity headers live.
+const PREFIX: &str = "x-spawner-";
+
+/// A header name's bytes (RFC 9110 `tchar`).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header value the proxy can send: no control characters but tabs
+/// (UTF-8 goes as bytes).
+fn is_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }

@@ -565,4 +565,56 @@ mod tests {
         let long_and_bad = format!("{}\n", "s".repeat(MAX_ANSWER_TEXT));
         assert!(refused(allow(Some(&long_and_bad), &[])).len() < 100, "a long subject is not quoted whole");
     }
+
+    /// Plugin authors' native tests check verdicts with the SDK's copy of
+    /// these rules (`testing::check_verdict`): it must answer as the host
+    /// does, message included.
+    #[test]
+    fn the_sdk_checks_verdicts_as_the_host_does() {
+        use spawner_plugin_sdk::auth as sdk;
+        use spawner_plugin_sdk::testing::{MAX_IDENTITY_BYTES as SDK_BYTES, MAX_IDENTITY_HEADERS as SDK_HEADERS, MAX_SUBJECT_BYTES};
+        assert_eq!((SDK_HEADERS, SDK_BYTES, MAX_SUBJECT_BYTES), (MAX_IDENTITY_HEADERS, MAX_IDENTITY_BYTES, MAX_ANSWER_TEXT));
+        let to_sdk = |v: &Verdict| match v {
+            Verdict::Allow(a) => sdk::Verdict::Allow(sdk::Allow {
+                subject: a.subject.clone(),
+                headers: a.headers.iter().map(|h| sdk::Header { name: h.name.clone(), value: h.value.clone() }).collect(),
+            }),
+            Verdict::Deny(d) => sdk::Verdict::Deny(sdk::Deny { status: d.status, reason: d.reason.clone() }),
+        };
+        let names: Vec<String> = (0..=MAX_IDENTITY_HEADERS).map(|i| format!("x-spawner-h{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let (big, long) = ("v".repeat(MAX_IDENTITY_BYTES), "s".repeat(MAX_ANSWER_TEXT));
+        let cases = [
+            allow(None, &[]),
+            allow(Some("José"), &[("x-spawner-role", "editor")]),
+            allow(Some("alice\r\nx-spawner-role: admin"), &[]),
+            allow(Some("del\u{7f}"), &[]),
+            allow(Some("tab\tok"), &[]),
+            allow(Some(&long), &[]),
+            allow(Some(&format!("{long}s")), &[]),
+            allow(None, &[("x-other", "1")]),
+            allow(None, &[("X-Spawner-Role", "editor")]),
+            allow(None, &[("X-Spawne", "1")]),
+            allow(None, &[("x-spawner-", "1")]),
+            allow(None, &[("x-spawner-rôle", "1")]),
+            allow(None, &[("x-spawner-a b", "1")]),
+            allow(None, &[("x-spawner-role", "a\nb")]),
+            allow(None, &[("x-spawner-role", "é")]),
+            allow(None, &[("x-spawner-role", "del\u{7f}")]),
+            allow(None, &[("x-spawner-role", "a\tb c")]),
+            allow(None, &many[..MAX_IDENTITY_HEADERS]),
+            allow(None, &many),
+            allow(None, &[("x-spawner-big", &big)]),
+            Verdict::Deny(Deny { status: 200, reason: "ok?".into() }),
+            Verdict::Deny(Deny { status: 600, reason: "".into() }),
+            Verdict::Deny(Deny { status: 401, reason: "no token".into() }),
+        ];
+        for v in &cases {
+            let host = validate_verdict(v).map_err(|e| match e {
+                CallError::InvalidAnswer(why) => why,
+                other => panic!("{other:?}"),
+            });
+            assert_eq!(spawner_plugin_sdk::testing::check_verdict(&to_sdk(v)), host, "{v:?}");
+        }
+    }
 }

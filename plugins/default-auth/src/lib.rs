@@ -88,7 +88,7 @@ fn status(v: &Verdict) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spawner_plugin_sdk::testing::{auth_request, backend, capability};
+    use spawner_plugin_sdk::testing::{auth_request, backend, capability, check_verdict};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -113,6 +113,7 @@ mod tests {
     #[test]
     fn a_valid_token_for_this_backend_is_allowed_with_identity() {
         let v = DefaultAuth::check(request(vec![cap("b1", NOW + 60, Some("alice"))])).unwrap();
+        check_verdict(&v).expect("the host would use this answer");
         let Verdict::Allow(a) = v else { panic!("denied: {v:?}") };
         assert_eq!(a.subject.as_deref(), Some("alice"), "the proxy sends it as x-spawner-user");
         assert!(a.headers.is_empty(), "nothing beyond what the proxy sets itself: {:?}", a.headers);
