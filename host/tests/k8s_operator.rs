@@ -754,12 +754,7 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     let (client, ns) = operator("op-taken", "", HOUR).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let stranger: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "taken"},
-        "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &stranger).await.unwrap();
+    create_stranger_pod(&pods, "taken").await;
     slabs.create(&PostParams::default(), &slab("taken", "erin")).await.unwrap();
 
     let events = events_until(&client, &ns, "taken", "PodNameTaken").await;
@@ -775,6 +770,16 @@ async fn a_pod_name_taken_by_something_else_is_reported_and_waited_out() {
     assert_eq!(pod.metadata.owner_references.unwrap()[0].kind, "SessionLivedBackend");
 }
 
+/// A Pod named `name` that is no backend's.
+async fn create_stranger_pod(pods: &Api<Pod>, name: &str) {
+    let stranger: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &stranger).await.unwrap();
+}
+
 /// An error that does not go away (here a Pod name something else holds;
 /// an admission webhook that is down is another) is retried for the startup
 /// timeout, counted from the backend's creation, and then fails the backend
@@ -785,12 +790,7 @@ async fn a_pod_that_cannot_be_created_for_the_startup_timeout_fails_its_backend(
     let (client, ns) = operator_with(shared().await, "op-held", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let stranger: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "held"},
-        "spec": {"containers": [{"name": "x", "image": "example.invalid/x:1"}]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &stranger).await.unwrap();
+    create_stranger_pod(&pods, "held").await;
     slabs.create(&PostParams::default(), &slab("held", "erin")).await.unwrap();
     let failed = until(&slabs, "held", "failed", phase(Phase::Failed)).await.status.unwrap();
     assert_eq!(failed.reason, Some(Reason::Exited));
