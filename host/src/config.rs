@@ -445,9 +445,13 @@ fn is_loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else { return false };
     let Some(host) = uri.host() else { return false };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    is_localhost_name(&host.to_ascii_lowercase()) || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `localhost` or a name under it (lower case), which resolves to this
+/// machine only.
+fn is_localhost_name(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 impl Config {
@@ -495,7 +499,8 @@ impl Config {
     /// Checks the values together; the message names the field to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !self.listen.ip().is_loopback() && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+        let no_api_token = self.api_token.as_ref().is_none_or(|t| t.expose().is_empty());
+        if !self.listen.ip().is_loopback() && no_api_token {
             return bad(format!(
                 "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1)",
                 self.listen
@@ -522,7 +527,7 @@ impl Config {
             public_url_arg(u).map_err(|why| ConfigError::Invalid(format!("public-url: {why}")))?;
             // Listening on loopback behind a reverse proxy (a TLS
             // terminator on this host) exposes the API as well as /p/.
-            if !is_loopback_url(u) && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            if !is_loopback_url(u) && no_api_token {
                 return bad(format!(
                     "public-url = {u} says browsers reach Spawner from other machines (through a reverse proxy), which then reach the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file"
                 ));
@@ -533,8 +538,7 @@ impl Config {
             // Its URLs work only where its hosts reach this listener (a
             // wildcard DNS record, a reverse proxy), which then reaches
             // the API too.
-            let local = d == "localhost" || d.ends_with(".localhost");
-            if !local && self.api_token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            if !is_localhost_name(d) && no_api_token {
                 return bad(format!(
                     "host-domain = {d} says browsers reach backends at {{name}}.{d}, from other machines, and whatever routes those hosts here reaches the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or use a domain under .localhost)"
                 ));

@@ -642,8 +642,6 @@ fn controlled_by_a_backend(meta: &kube::api::ObjectMeta) -> bool {
         .any(|r| r.controller == Some(true) && r.kind == "SessionLivedBackend" && r.api_version.starts_with("spawner.dev/"))
 }
 
-/// Writes the status when it differs from what the object says;
-/// `waiting` is why its Pod is not running yet, when it says.
 /// The failure to record when creating a backend's Pod has been retried
 /// for the startup timeout, counted from the backend's creation (the
 /// status is not written while it is retried, so nothing else counts):
@@ -657,6 +655,8 @@ fn retried_too_long(status: &Status, now: Timestamp, ctx: &Context, error: &str)
     })
 }
 
+/// Writes the status when it differs from what the object says;
+/// `waiting` is why its Pod is not running yet, when it says.
 async fn record(
     slab: &SessionLivedBackend,
     ctx: &Context,
