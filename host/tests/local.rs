@@ -138,8 +138,8 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert_eq!(denied.status(), 401);
     let text = String::from_utf8_lossy(denied.body().as_deref().unwrap_or_default()).into_owned();
     assert!(text.contains(&format!("the spawner-token cookie does not count for a WebSocket from {sibling}")), "{text}");
-    let post = dev.http.post(format!("{}/headers", dev.base)).header("host", &host).header("cookie", &cookie).header("origin", &sibling);
-    assert_eq!(post.send().await.unwrap().status(), 401);
+    let post_from = |origin: &str| dev.http.post(format!("{}/headers", dev.base)).header("host", &host).header("cookie", &cookie).header("origin", origin);
+    assert_eq!(post_from(&sibling).send().await.unwrap().status(), 401);
     // Origins that could carry a backend's page: the bare domain, any host
     // under it, a sandboxed frame's or a cross-origin redirect's `null`.
     for from in [format!("http://apps.localhost:{port}"), format!("http://x.{other}.apps.localhost:{port}"), "null".into()] {
@@ -147,13 +147,19 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
         let tokio_tungstenite::tungstenite::Error::Http(denied) = err else { panic!("{from}: {err}") };
         assert_eq!(denied.status(), 401, "{from}");
     }
+    // `null` from a sandboxed frame or a redirect through another origin
+    // stays refused; the backend's own form under `Referrer-Policy:
+    // no-referrer` posts with `null` too, and the browser says so.
+    let null_post = |site: &str| post_from("null").header("sec-fetch-site", site).send();
+    assert_eq!(null_post("cross-site").await.unwrap().status(), 401);
+    assert_eq!(null_post("same-origin").await.unwrap().status(), 200, "its own form");
     // Its own pages, the deployment's other origins, and a token the
     // sibling's page sends itself.
     upgrade(&[("cookie", &cookie), ("origin", &format!("http://{host}"))]).await.expect("its own page");
     upgrade(&[("cookie", &cookie), ("origin", "http://app.localhost:3000")]).await.expect("the web app's page");
     upgrade(&[("authorization", &format!("Bearer {token}")), ("origin", &sibling)]).await.expect("a bearer token");
     let after = stats().await["requests"].as_u64().unwrap();
-    assert_eq!(after, before + 4, "the three upgrades let in and this call arrived, no denied request");
+    assert_eq!(after, before + 5, "the same-origin post, the three upgrades let in and this call arrived, no denied request");
 
     // Valid cookies for another backend sent first (a page may set them on
     // longer paths) neither hide this backend's nor let anyone in.

@@ -16,7 +16,11 @@
 //! domain other than the request's own is another backend's, or could
 //! serve one's content; `null` (a sandboxed frame, a redirect across
 //! origins) could be anyone's, a backend's page included, and so could an
-//! `Origin` that names no host. With a host domain the proxy serves
+//! `Origin` that names no host. One `null` is the backend's own: a form on
+//! a page served with `Referrer-Policy: no-referrer` (as the proxy serves
+//! token-bearing pages) posts with `Origin: null`; the browser then says
+//! `Sec-Fetch-Site: same-origin`, which no page can set and which a
+//! sandboxed frame or a redirect through another origin never gets. With a host domain the proxy serves
 //! backends on their own hosts only (see `Proxy::route`), so no other
 //! origin of the deployment carries a backend's page. In path routing every
 //! backend's pages share the proxy's origin, which no origin check can tell
@@ -28,9 +32,10 @@ use http::{HeaderMap, Method, header};
 
 /// The origin, when `host_domain` routes by host, that may not use the
 /// cookie for a WebSocket upgrade or an unsafe request: another host under
-/// the domain (the bare domain included), `null`, or one that names no
-/// host. `None` when the cookie may vouch for it: a safe method, no
-/// `Origin`, the request's own host, or an origin outside the domain.
+/// the domain (the bare domain included), `null` (unless the browser says
+/// `Sec-Fetch-Site: same-origin`), or one that names no host. `None` when
+/// the cookie may vouch for it: a safe method, no `Origin`, the request's
+/// own host, or an origin outside the domain.
 pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, host_domain: Option<&str>) -> Option<String> {
     let domain = host_domain?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
@@ -38,6 +43,10 @@ pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap,
         return None;
     }
     let origin = String::from_utf8_lossy(headers.get(header::ORIGIN)?.as_bytes()).into_owned();
+    let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"same-origin"));
+    if origin == "null" && same_origin {
+        return None;
+    }
     let from = host_of(origin.split_once("://").map_or("", |(_, rest)| rest));
     let own = host_of(headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""));
     if from.is_empty() {
@@ -97,6 +106,16 @@ mod tests {
         for from in ["https://apps.test", "http://x.y.apps.test:8080", "null", "http://", "garbage"] {
             assert_eq!(refused(Method::GET, true, &[("origin", from), ("host", "b.apps.test")]).as_deref(), Some(from), "{from}");
         }
+        // The backend's own form under `Referrer-Policy: no-referrer`; a
+        // sandboxed frame or a cross-origin redirect says otherwise.
+        let own_form = [("origin", "null"), ("host", "b.apps.test"), ("sec-fetch-site", "same-origin")];
+        assert_eq!(refused(Method::POST, false, &own_form), None);
+        for site in ["cross-site", "same-site", "none"] {
+            let h = [("origin", "null"), ("host", "b.apps.test"), ("sec-fetch-site", site)];
+            assert_eq!(refused(Method::POST, false, &h).as_deref(), Some("null"), "{site}");
+        }
+        let named = [("origin", "https://a.apps.test"), ("host", "b.apps.test"), ("sec-fetch-site", "same-origin")];
+        assert_eq!(refused(Method::POST, false, &named).as_deref(), Some("https://a.apps.test"), "only null is excused");
         // Path routing: one origin for all, nothing to tell apart.
         assert_eq!(cookie_refused_for(&Method::GET, true, &headers(&sibling), None), None);
     }
