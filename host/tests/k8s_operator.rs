@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::k8s::{WAIT, deploy, plugins, until};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -53,14 +54,24 @@ async fn operator_with_metrics(
     scheduler_settings: &str,
     config: OperatorConfig,
 ) -> (kube::Client, String, Arc<Metrics>) {
+    let (client, ns) = namespace(plane, prefix).await;
+    let metrics = start_operator(&client, &ns, scheduler_settings, config);
+    (client, ns, metrics)
+}
+
+/// A namespace of its own (named from `prefix`), the CRDs installed.
+async fn namespace(plane: &ControlPlane, prefix: &str) -> (kube::Client, String) {
     plane.install_crds(&deploy("crd")).await.unwrap();
-    let ns = plane.namespace(prefix).await.unwrap();
-    let client = plane.client().await.unwrap();
+    (plane.client().await.unwrap(), plane.namespace(prefix).await.unwrap())
+}
+
+/// Starts an operator for namespace `ns`; its metrics.
+fn start_operator(client: &kube::Client, ns: &str, scheduler_settings: &str, config: OperatorConfig) -> Arc<Metrics> {
     let plugins = plugins(scheduler_settings);
-    let config = OperatorConfig { namespace: Some(ns.clone()), public_url: Some("https://spawner.example".into()), ..config };
+    let config = OperatorConfig { namespace: Some(ns.into()), public_url: Some("https://spawner.example".into()), ..config };
     let metrics = Arc::new(Metrics::new());
     tokio::spawn(controller::run(Context::new(client.clone(), plugins, metrics.clone(), config)));
-    (client, ns, metrics)
+    metrics
 }
 
 fn slab(name: &str, owner: &str) -> SessionLivedBackend {
@@ -782,7 +793,7 @@ async fn create_stranger_pod(pods: &Api<Pod>, name: &str) {
 
 /// An error that does not go away (here a Pod name something else holds;
 /// an admission webhook that is down is another) is retried for the startup
-/// timeout, counted from the backend's creation, and then fails the backend
+/// timeout, counted from its first failure, and then fails the backend
 /// saying why: it no longer stays `pending`, with nobody told, for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_that_cannot_be_created_for_the_startup_timeout_fails_its_backend() {
@@ -802,6 +813,57 @@ async fn a_pod_that_cannot_be_created_for_the_startup_timeout_fails_its_backend(
         "{message}"
     );
     assert!(pods.get("held").await.unwrap().metadata.owner_references.is_none(), "the stranger's Pod is left alone");
+}
+
+/// Its Service, too: here every Service create in the namespace fails with
+/// a 500, as when an admission webhook is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_cannot_be_created_for_the_startup_timeout_fails_its_backend() {
+    let config = OperatorConfig { startup_timeout: Duration::from_secs(2), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(shared().await, "op-webhook", "", config).await;
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let down: ValidatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": ns},
+        "webhooks": [{
+            "name": "down.spawner.test", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 1,
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["services"]}]
+        }]
+    }))
+    .unwrap();
+    webhooks.create(&PostParams::default(), &down).await.unwrap();
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let mut with_service = slab("hooked", "erin");
+    with_service.spec.service = Some(true);
+    slabs.create(&PostParams::default(), &with_service).await.unwrap();
+    let failed = until(&slabs, "hooked", "failed", phase(Phase::Failed)).await.status.unwrap();
+    webhooks.delete(&ns, &DeleteParams::default()).await.unwrap();
+    let message = failed.message.unwrap();
+    assert!(message.contains("its Service could not be created within 2 s (--startup-timeout-seconds): "), "{message}");
+    assert!(message.contains("down.spawner.test"), "names the webhook: {message}");
+}
+
+/// A backend created while no operator ran (it was down, or between
+/// leaders) is older than the startup timeout when its first reconcile
+/// fails: it is retried all the same, not failed for its age.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_created_while_no_operator_ran_is_retried_from_its_first_failure() {
+    let (client, ns) = namespace(shared().await, "op-late").await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    create_stranger_pod(&pods, "late").await;
+    slabs.create(&PostParams::default(), &slab("late", "erin")).await.unwrap();
+    let startup_timeout = Duration::from_secs(2);
+    tokio::time::sleep(startup_timeout + Duration::from_secs(1)).await;
+    start_operator(&client, &ns, "", OperatorConfig { startup_timeout, retention: HOUR, ..OperatorConfig::default() });
+
+    events_until(&client, &ns, "late", "PodNameTaken").await;
+    pods.delete("late", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    let settled = |s: &SessionLivedBackendStatus| s.phase.is_some_and(|p| p.is_terminal() || p == Phase::Ready);
+    let ready = until(&slabs, "late", "became ready", settled).await;
+    assert_eq!(ready.phase(), Phase::Ready, "{:?}", ready.status);
 }
 
 /// Its Service: one of that name that a previous backend of the name owns

@@ -138,7 +138,9 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert_eq!(denied.status(), 401);
     let text = String::from_utf8_lossy(denied.body().as_deref().unwrap_or_default()).into_owned();
     assert!(text.contains(&format!("the spawner-token cookie does not count for a WebSocket from {sibling}")), "{text}");
-    let post_from = |origin: &str| dev.http.post(format!("{}/headers", dev.base)).header("host", &host).header("cookie", &cookie).header("origin", origin);
+    let post_from = |origin: &str| {
+        dev.http.post(format!("{}/headers", dev.base)).header("host", &host).header("cookie", &cookie).header("origin", origin)
+    };
     assert_eq!(post_from(&sibling).send().await.unwrap().status(), 401);
     // Origins that could carry a backend's page: the bare domain, any host
     // under it, a sandboxed frame's or a cross-origin redirect's `null`.

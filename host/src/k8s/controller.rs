@@ -115,8 +115,19 @@ pub struct Context {
     /// it stops).
     inventory: std::sync::Mutex<Option<Arc<Inventory>>>,
     /// Failed reconciles in a row, per backend (`namespace/name`), for
-    /// [`retry_delay`]; a reconcile that succeeds clears its entry.
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// [`retry_delay`] and [`retried_too_long`]; a reconcile that succeeds
+    /// clears its entry.
+    failures: std::sync::Mutex<std::collections::HashMap<String, Failing>>,
+}
+
+/// A backend whose reconciles have been failing.
+#[derive(Clone, Copy, Debug)]
+struct Failing {
+    /// Failed reconciles in a row (waits for the scheduling caches are not
+    /// counted: they are retried at once, without backoff).
+    count: u32,
+    /// When the first of them failed, on this replica.
+    since: Timestamp,
 }
 
 impl Context {
@@ -268,7 +279,13 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>
     };
     match inner {
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
-        Error::Stale(_) | Error::CachesFilling => Requeue::requeue(Duration::from_millis(200)),
+        Error::Stale(_) => Requeue::requeue(Duration::from_millis(200)),
+        Error::CachesFilling => {
+            // Not a failure, but bounded as one: caches that never fill (the
+            // operator may not list nodes) would keep every backend pending.
+            ctx.failures.lock().expect("failures lock").entry(failure_key(&slab)).or_insert(Failing { count: 0, since: Timestamp::now() });
+            Requeue::requeue(Duration::from_millis(200))
+        }
         _ => {
             let class = match inner {
                 Error::Kube(_) => "api",
@@ -279,9 +296,9 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>
             ctx.metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: class }).inc();
             let failures = {
                 let mut all = ctx.failures.lock().expect("failures lock");
-                let n = all.entry(failure_key(&slab)).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
+                let failing = all.entry(failure_key(&slab)).or_insert(Failing { count: 0, since: Timestamp::now() });
+                failing.count = failing.count.saturating_add(1);
+                failing.count
             };
             // A Pod of the name still stopping (a key's previous backend,
             // its user back already) is usually gone in seconds: no backoff.
@@ -404,21 +421,32 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         let (next, action) = lifecycle::step(&status, &observed, &ctx.timeouts());
         status = next;
         match action {
-            Action::Schedule => {
-                let (a, s) = schedule(ctx, slab).await?;
-                admission = Some(a);
-                selector = s;
-            }
-            Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await? {
-                Err(Created::Refused(why)) => create_error = Some(why),
-                Ok(p) => pod = Some(p),
-                Err(Created::Pod(kube::Error::Api(e))) if e.code == 409 => match pods.get_opt(&name).await? {
+            Action::Schedule => match schedule(ctx, slab).await {
+                Ok((a, s)) => {
+                    admission = Some(a);
+                    selector = s;
+                }
+                Err(e) => match retried_too_long(ctx, slab, now, "it could not be scheduled", &e.to_string()) {
+                    Some(message) => admission = Some(Admission::Rejected { message }),
+                    None => return Err(e),
+                },
+            },
+            Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await {
+                Err(e @ Error::Stale(_)) => return Err(e),
+                // Its Service could not be created (a webhook that is down).
+                Err(e) => match retried_too_long(ctx, slab, now, "its Service could not be created", &e.to_string()) {
+                    Some(why) => create_error = Some(why),
+                    None => return Err(e),
+                },
+                Ok(Err(Created::Refused(why))) => create_error = Some(why),
+                Ok(Ok(p)) => pod = Some(p),
+                Ok(Err(Created::Pod(kube::Error::Api(e)))) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
                     _ => {
                         // Often the previous object's Pod, still stopping;
                         // retried, and said where `kubectl describe` shows it.
                         let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
-                        if let Some(why) = retried_too_long(&status, now, ctx, &note) {
+                        if let Some(why) = retried_too_long(ctx, slab, now, POD_NOT_CREATED, &note) {
                             create_error = Some(why);
                             continue;
                         }
@@ -430,8 +458,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 // a quota, Pod Security): the backend fails with the server's
                 // reason. Anything else (throttling, timeouts, an admission
                 // webhook that is down) is retried, for the startup timeout.
-                Err(Created::Pod(kube::Error::Api(e))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
-                Err(Created::Pod(e)) => match retried_too_long(&status, now, ctx, &e.to_string()) {
+                Ok(Err(Created::Pod(kube::Error::Api(e)))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
+                Ok(Err(Created::Pod(e))) => match retried_too_long(ctx, slab, now, POD_NOT_CREATED, &e.to_string()) {
                     Some(why) => create_error = Some(why),
                     None => return Err(e.into()),
                 },
@@ -642,17 +670,25 @@ fn controlled_by_a_backend(meta: &kube::api::ObjectMeta) -> bool {
         .any(|r| r.controller == Some(true) && r.kind == "SessionLivedBackend" && r.api_version.starts_with("spawner.dev/"))
 }
 
-/// The failure to record when creating a backend's Pod has been retried
-/// for the startup timeout, counted from the backend's creation (the
-/// status is not written while it is retried, so nothing else counts):
-/// without it, an error that does not go away (an admission webhook that is
-/// down, a Pod name something else holds) kept the backend `pending`, and
-/// everyone waiting for it, for ever. `None` while it may be retried.
-fn retried_too_long(status: &Status, now: Timestamp, ctx: &Context, error: &str) -> Option<String> {
-    let waited = now.duration_since(status.created_at);
-    (waited.is_positive() && waited.unsigned_abs() >= ctx.config.startup_timeout).then(|| {
-        format!("its Pod could not be created within {} s (--startup-timeout-seconds): {error}", ctx.config.startup_timeout.as_secs())
-    })
+/// What [`retried_too_long`] says when a backend's Pod could not be
+/// created.
+const POD_NOT_CREATED: &str = "its Pod could not be created";
+
+/// The failure to record (`{what} within N s: {error}`) when scheduling a
+/// backend or creating its Pod has failed for the startup timeout, counted
+/// from its first failure on this replica (the status is not written while
+/// it is retried): without it, an error that does not go away (an admission
+/// webhook that is down, a Pod name something else holds, scheduling caches
+/// the operator may not fill) kept the backend `pending`, and everyone
+/// waiting for it, for ever. Not from the backend's creation: one created
+/// while no replica led would fail at its first error. `None` while it may
+/// be retried, and always at the first failure.
+fn retried_too_long(ctx: &Context, slab: &SessionLivedBackend, now: Timestamp, what: &str, error: &str) -> Option<String> {
+    let since = ctx.failures.lock().expect("failures lock").get(&failure_key(slab))?.since;
+    let waited = now.duration_since(since);
+    let timeout = ctx.config.startup_timeout;
+    (waited.is_positive() && waited.unsigned_abs() >= timeout)
+        .then(|| format!("{what} within {} s (--startup-timeout-seconds): {error}", timeout.as_secs()))
 }
 
 /// Writes the status when it differs from what the object says;
