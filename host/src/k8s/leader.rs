@@ -113,7 +113,8 @@ fn leads_until(lease: &Lease, identity: &str) -> Option<Timestamp> {
 /// Lease had expired and a standby had taken over: two schedulers
 /// admitting against one quota, two sweepers. Ends when every receiver
 /// of `leading` is gone, dropping `elected` (which ends the election and
-/// gives the Lease back).
+/// gives the Lease back), or when the election ends: then it says "not
+/// leading" first, since nothing renews the Lease any more.
 async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead, identity: String, leading: watch::Sender<bool>) {
     let mut until: Option<Timestamp> = None;
     loop {
@@ -138,7 +139,10 @@ async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead,
         }
         leading.send_if_modified(|l| std::mem::replace(l, now_leading) != now_leading);
         tokio::select! {
-            changed = elected.changed() => if changed.is_err() { return },
+            changed = elected.changed() => if changed.is_err() {
+                leading.send_replace(false);
+                return;
+            },
             () = tokio::time::sleep(LEASE_CHECK), if is_elected => {}
             () = leading.closed() => return,
         }
@@ -184,17 +188,20 @@ async fn elected(ctx: Arc<Context>, lease: &LeaseSettings, leading: &mut tokio::
         }
         tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");
         gauge.set(1);
+        // `Err` when the election itself ended: nothing to wait for then.
         let lost = async {
             while *leading.borrow_and_update() {
-                if leading.changed().await.is_err() {
-                    return;
-                }
+                leading.changed().await?;
             }
+            Ok::<(), watch::error::RecvError>(())
         };
         tokio::select! {
             result = controller::run(ctx.clone()) => return result.map_err(|e| anyhow::anyhow!("reconciling could not start: {e}")),
-            () = lost => {
+            ended = lost => {
                 gauge.set(0);
+                if ended.is_err() {
+                    anyhow::bail!("the election for Lease {} stopped while leading (see the log)", lease.name);
+                }
                 tracing::warn!(lease = %lease.name, identity = %lease.identity, "lost the lease: stopped reconciling")
             }
         }
@@ -269,5 +276,21 @@ mod tests {
         assert!(cut_off.elapsed() < Duration::from_secs(5), "not after the Lease expired");
         reachable.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(wait_for(&mut seen, true).await, "leads again once renewed");
+    }
+
+    /// The election ends (its task failed) while this replica leads:
+    /// nothing renews the Lease any more, so it is no longer leading, and
+    /// the channel says so before it closes.
+    #[tokio::test]
+    async fn a_leader_whose_election_ends_stops_leading() {
+        let (elect, elected) = watch::channel(true);
+        let read = || -> LeaseRead { Box::pin(std::future::ready(Ok(Some(lease("me", Timestamp::now(), 15))))) };
+        let (leading, mut seen) = watch::channel(false);
+        let guarding = tokio::spawn(guard(elected, read, "me".into(), leading));
+        assert!(tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|l| *l)).await.is_ok(), "leads");
+        drop(elect);
+        tokio::time::timeout(Duration::from_secs(10), guarding).await.expect("the guard ends with the election").unwrap();
+        assert!(!*seen.borrow_and_update(), "still says leading");
+        assert!(seen.changed().await.is_err(), "closed");
     }
 }
