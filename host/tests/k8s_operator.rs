@@ -725,8 +725,8 @@ async fn replicas_elect_one_leader_and_a_standby_takes_over() {
     // Stopped (SIGTERM, a rollout), a leader gives the Lease back on its
     // way out, so that the next one need not wait for it to expire.
     let leader = replicas.remove(new_holder.as_str()).unwrap();
-    stops.remove(new_holder.as_str()).unwrap().send(()).unwrap();
     assert!(leads(&new_holder));
+    stops.remove(new_holder.as_str()).unwrap().send(()).unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), leader).await.expect("stopping took over 10 s").unwrap();
     assert!(ended.is_ok(), "{ended:?}");
     assert!(!leads(&new_holder), "stopped, it leads no more");
