@@ -392,6 +392,21 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// Why a (checked) public URL cannot serve the API next to a (checked)
+/// host routing domain, if it cannot: a host below the domain is a
+/// backend's (`{name}.{domain}`) or no one's (deeper), so the API's URLs
+/// there would reach a backend or a 404. The bare domain, or any host
+/// outside it, serves the API.
+pub fn public_url_conflict(public_url: &str, host_domain: &str) -> Option<String> {
+    let uri = public_url.parse::<http::Uri>().ok()?;
+    let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_suffix(host_domain)?.strip_suffix('.')?;
+    Some(format!(
+        "public-url {public_url} names a host under host-domain {host_domain}, where only backends are served ({}), so the API could not be reached there: use {host_domain} itself or a host outside it",
+        if name.contains('.') { "a host deeper than {name}.{domain} answers 404" } else { "it would be the backend named by that host" }
+    ))
+}
+
 /// Reads a listen address (`listen`, `--listen` and the other listeners'
 /// flags): an IP address and a port, or `localhost:PORT` for the loopback
 /// address (a name would otherwise be refused as "invalid socket address
@@ -538,6 +553,9 @@ impl Config {
             // Its URLs work only where its hosts reach this listener (a
             // wildcard DNS record, a reverse proxy), which then reaches
             // the API too.
+            if let Some(why) = self.public_url.as_deref().and_then(|u| public_url_conflict(u, d)) {
+                return bad(why);
+            }
             if !is_localhost_name(d) && no_api_token {
                 return bad(format!(
                     "host-domain = {d} says browsers reach backends at {{name}}.{d}, from other machines, and whatever routes those hosts here reaches the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or use a domain under .localhost)"
@@ -809,6 +827,18 @@ mod tests {
 
     /// Whatever routes `{name}.{domain}` here (a wildcard DNS record, a
     /// reverse proxy) routes `x.y.{domain}` and `{domain}` too.
+    #[test]
+    fn the_public_url_is_not_a_backends_host() {
+        let with = |url: &str| Config { public_url: Some(url.into()), host_domain: Some("apps.localhost".into()), ..Config::default() };
+        for ok in ["http://apps.localhost:8080", "http://spawner.localhost", "http://127.0.0.1:8080", "http://xapps.localhost"] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        let message = |url: &str| with(url).validate().unwrap_err().to_string();
+        assert!(message("http://api.apps.localhost:8080").contains("would be the backend named by that host"), "one level");
+        let deeper = message("http://api.x.APPS.localhost");
+        assert!(deeper.contains("under host-domain apps.localhost") && deeper.contains("404"), "{deeper}");
+    }
+
     #[test]
     fn a_host_domain_other_machines_reach_needs_an_api_token() {
         let with = |domain: &str, token: Option<&str>| Config {

@@ -142,6 +142,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
+            if let Some(why) = args.host_domain.as_deref().and_then(|d| crate::config::public_url_conflict(&public_url, d)) {
+                anyhow::bail!("--{why}");
+            }
             let limits = CreateLimits { max_backends: args.max_backends, image_prefixes: args.image_prefix.clone() };
             Some(ApiOptions { api_token: t, public_url, token_ttl_seconds: args.token_ttl_seconds, limits })
         }
