@@ -177,7 +177,8 @@ pub struct StatusClassLabels {
 /// Labels: a Lease replicas compete for.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeaseLabels {
-    /// The Lease's name (`spawner-operator`, `spawner-proxy-sweeper`).
+    /// The Lease's name (`spawner-operator`; the proxies' sweeping Lease
+    /// sets no gauge).
     pub lease: String,
 }
 

@@ -431,7 +431,10 @@ async fn the_ready_condition_follows_a_ready_backends_pod() {
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let ready = ready_on_unserved(&slabs, &pods, "flaky", "node-flaky").await;
+    // Condition times are whole seconds.
+    let second_now = || jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
     let since = ready.status.as_ref().unwrap().ready_condition().unwrap().last_transition_time.clone();
+    let unready_at = second_now();
     let unready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
         "message": "containers with unready status: [app]"}]}});
     pods.patch_status("flaky", &PatchParams::default(), &Patch::Merge(&unready)).await.unwrap();
@@ -442,16 +445,19 @@ async fn the_ready_condition_follows_a_ready_backends_pod() {
     let c = status.ready_condition().unwrap();
     assert_eq!(c.reason, "PodNotReady");
     assert_eq!(c.message, "its Pod is not ready: ContainersNotReady: containers with unready status: [app]");
-    assert!(c.last_transition_time.0 >= since.0);
+    assert!(c.last_transition_time.0 >= unready_at && c.last_transition_time.0 >= since.0, "changed when the Pod did: {c:?}");
     let events = events_until(&client, &ns, "flaky", "PodNotReady").await;
     let event = events.iter().find(|e| e.1 == "PodNotReady").unwrap();
     assert_eq!(event.0, "Warning");
 
+    let ready_again_at = second_now();
     let ready_again = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
     pods.patch_status("flaky", &PatchParams::default(), &Patch::Merge(&ready_again)).await.unwrap();
     let is_ready = |s: &SessionLivedBackendStatus| s.ready_condition().is_some_and(|c| c.status == "True");
     let again = until(&slabs, "flaky", "its condition ready again", is_ready).await;
-    assert_eq!(again.status.unwrap().ready_condition().unwrap().reason, "Ready");
+    let c = again.status.unwrap().ready_condition().unwrap().clone();
+    assert_eq!(c.reason, "Ready");
+    assert!(c.last_transition_time.0 >= ready_again_at, "changed when the Pod did: {c:?}");
     events_until(&client, &ns, "flaky", "PodReady").await;
 }
 

@@ -380,6 +380,10 @@ fn is_object_name(name: &str) -> bool {
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// The least memory a create may ask for (when it asks): the limit it also
+/// sets must leave a process room to start.
+const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
 /// The object a create request asks for.
 fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, ControlError> {
     let bad = |m: String| Err(ControlError::Invalid(m));
@@ -395,6 +399,12 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
     let port = spec.port.unwrap_or(DEFAULT_HTTP_PORT);
     if port == 0 {
         return bad("port must be between 1 and 65535".into());
+    }
+    if (1..MIN_MEMORY_BYTES).contains(&spec.memory_bytes) {
+        return bad(format!(
+            "resources.memoryBytes must be 0 (none asked for) or at least {MIN_MEMORY_BYTES} (16 MiB) on Kubernetes, got {}: it is also the container's memory limit, and a container held below that fails to start or is killed at once",
+            spec.memory_bytes
+        ));
     }
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
@@ -629,6 +639,10 @@ mod tests {
         assert!(with(|s| s.template = "two words".into()).contains("image"));
         assert!(with(|s| s.grace_period_seconds = u64::MAX).contains("gracePeriodSeconds"));
         assert!(with(|s| s.port = Some(0)).contains("port"));
+        assert!(with(|s| s.memory_bytes = 1 << 20).contains("resources.memoryBytes must be 0 (none asked for) or at least 16777216"));
+        let mut none = spec();
+        none.memory_bytes = 0;
+        assert!(slab_for(&none, "k-1").is_ok(), "no memory asked for");
     }
 
     #[test]
