@@ -235,7 +235,17 @@ fn run_once(
                 None => sample::auth_request_with_token(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
-            (plugin.check(&rt, &req, 0).map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
+            let verdict = plugin.check(&rt, &req, 0);
+            if let Ok(Verdict::Allow(allow)) = &verdict {
+                for dropped in dropped_headers(allow) {
+                    eprintln!(
+                        "note: the proxy drops the verdict's {dropped} header: it sets {} from `subject` and {} to the backend's name itself",
+                        crate::proxy::headers::USER_HEADER,
+                        crate::proxy::headers::BACKEND_HEADER
+                    );
+                }
+            }
+            (verdict.map(|v| serde_json::to_value(v).expect("serialisable")), serde_json::to_value(fallback)?)
         }
         PluginKind::Idle => {
             let req: IdleRequest = match &input {
@@ -264,6 +274,14 @@ fn run_once(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The verdict's headers the proxy does not forward as they are: the two
+/// it sets itself (see `proxy::headers::inject_identity`), so that `plugin
+/// run` does not show an author a header the backend never gets.
+fn dropped_headers(allow: &Allow) -> Vec<&str> {
+    let ours = [crate::proxy::headers::USER_HEADER, crate::proxy::headers::BACKEND_HEADER];
+    allow.headers.iter().map(|h| h.name.as_str()).filter(|n| ours.iter().any(|o| n.eq_ignore_ascii_case(o))).collect()
 }
 
 /// `--input` as a `kind` request. Refused, with the field's path: text that
@@ -371,5 +389,21 @@ fn describe_placement(p: &Placement) -> String {
         Placement::Node(n) => format!("place on {n}"),
         Placement::Anywhere(_) => "place anywhere matching the selector".into(),
         Placement::Reject(r) => format!("reject ({r})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_run_names_the_headers_the_proxy_sets_itself() {
+        let header = |name: &str| Header { name: name.into(), value: "v".into() };
+        let allow = Allow {
+            subject: Some("ada".into()),
+            headers: vec![header("X-Spawner-User"), header("x-spawner-role"), header("x-spawner-backend")],
+        };
+        assert_eq!(dropped_headers(&allow), ["X-Spawner-User", "x-spawner-backend"]);
+        assert!(dropped_headers(&Allow { subject: None, headers: vec![header("x-spawner-role")] }).is_empty());
     }
 }
