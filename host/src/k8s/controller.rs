@@ -426,7 +426,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     admission = Some(a);
                     selector = s;
                 }
-                Err(e) => match retried_too_long(ctx, slab, now, "it could not be scheduled", &e.to_string()) {
+                Err(e) => match retried_too_long(ctx, slab, now, "it could not be scheduled", &unscheduled_why(&e)) {
                     Some(message) => admission = Some(Admission::Rejected { message }),
                     None => return Err(e),
                 },
@@ -668,6 +668,17 @@ fn controlled_by_a_backend(meta: &kube::api::ObjectMeta) -> bool {
         .iter()
         .flatten()
         .any(|r| r.controller == Some(true) && r.kind == "SessionLivedBackend" && r.api_version.starts_with("spawner.dev/"))
+}
+
+/// Why scheduling failed, for a backend's status: a cache that never
+/// filled says where to look, not "retrying".
+fn unscheduled_why(error: &Error) -> String {
+    match error {
+        Error::CachesFilling => {
+            "the operator's caches of Nodes and backends never filled (can it list and watch Nodes? see its log)".into()
+        }
+        e => e.to_string(),
+    }
 }
 
 /// What [`retried_too_long`] says when a backend's Pod could not be
