@@ -825,8 +825,6 @@ mod tests {
         }
     }
 
-    /// Whatever routes `{name}.{domain}` here (a wildcard DNS record, a
-    /// reverse proxy) routes `x.y.{domain}` and `{domain}` too.
     #[test]
     fn the_public_url_is_not_a_backends_host() {
         let with = |url: &str| Config { public_url: Some(url.into()), host_domain: Some("apps.localhost".into()), ..Config::default() };
@@ -839,6 +837,8 @@ mod tests {
         assert!(deeper.contains("under host-domain apps.localhost") && deeper.contains("404"), "{deeper}");
     }
 
+    /// Whatever routes `{name}.{domain}` here (a wildcard DNS record, a
+    /// reverse proxy) routes `x.y.{domain}` and `{domain}` too.
     #[test]
     fn a_host_domain_other_machines_reach_needs_an_api_token() {
         let with = |domain: &str, token: Option<&str>| Config {

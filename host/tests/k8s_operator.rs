@@ -434,6 +434,8 @@ async fn the_ready_condition_follows_a_ready_backends_pod() {
     // Condition times are whole seconds.
     let second_now = || jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
     let since = ready.status.as_ref().unwrap().ready_condition().unwrap().last_transition_time.clone();
+    // A second later, so that a time left as it was cannot pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let unready_at = second_now();
     let unready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
         "message": "containers with unready status: [app]"}]}});
@@ -450,6 +452,7 @@ async fn the_ready_condition_follows_a_ready_backends_pod() {
     let event = events.iter().find(|e| e.1 == "PodNotReady").unwrap();
     assert_eq!(event.0, "Warning");
 
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let ready_again_at = second_now();
     let ready_again = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
     pods.patch_status("flaky", &PatchParams::default(), &Patch::Merge(&ready_again)).await.unwrap();
@@ -840,6 +843,20 @@ async fn a_service_that_cannot_be_created_for_the_startup_timeout_fails_its_back
     }))
     .unwrap();
     webhooks.create(&PostParams::default(), &down).await.unwrap();
+    // The API server picks webhooks up from its own watch, moments later.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let probe: Service =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "probe"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let mut refused = false;
+    for _ in 0..100 {
+        if services.create(&dry_run, &probe).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the webhook never took effect");
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let mut with_service = slab("hooked", "erin");
     with_service.spec.service = Some(true);
@@ -861,7 +878,9 @@ async fn a_backend_created_while_no_operator_ran_is_retried_from_its_first_failu
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     create_stranger_pod(&pods, "late").await;
     slabs.create(&PostParams::default(), &slab("late", "erin")).await.unwrap();
-    let startup_timeout = Duration::from_secs(2);
+    // Long enough for kube-scheduler and kwok to start the Pod once it may
+    // be created, on a busy machine; the backend is older than it.
+    let startup_timeout = Duration::from_secs(8);
     tokio::time::sleep(startup_timeout + Duration::from_secs(1)).await;
     start_operator(&client, &ns, "", OperatorConfig { startup_timeout, retention: HOUR, ..OperatorConfig::default() });
 

@@ -103,6 +103,24 @@ pub enum Error {
     CachesFilling,
 }
 
+impl Error {
+    /// What kind of failure it is: the `error` label of
+    /// `spawner_reconcile_errors_total` (`api`, `pod-name-taken`,
+    /// `scheduler`, `finalizer`), or `stale`, `caches` and `stopping` for
+    /// the retries that are expected.
+    fn class(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "api",
+            Error::PodNameTaken(_) => "pod-name-taken",
+            Error::Scheduler(_) => "scheduler",
+            Error::Stale(_) => "stale",
+            Error::CachesFilling => "caches",
+            Error::Stopping(_) => "stopping",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     client: Client,
@@ -121,13 +139,40 @@ pub struct Context {
 }
 
 /// A backend whose reconciles have been failing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Failing {
-    /// Failed reconciles in a row (waits for the scheduling caches are not
-    /// counted: they are retried at once, without backoff).
+    /// The object's uid: a later object of the name (a key's next
+    /// backend) starts afresh.
+    uid: Option<String>,
+    /// What is failing (`error_policy`'s class): another error starts the
+    /// clock again (a wait for the caches at the start of a term does not
+    /// eat into a Pod create's retries).
+    class: &'static str,
+    /// Failed reconciles in a row (waits that are retried at once, without
+    /// backoff, are not counted: the caches filling, a stale read).
     count: u32,
-    /// When the first of them failed, on this replica.
+    /// When the first of them failed, on this replica, in this term.
     since: Timestamp,
+}
+
+impl Context {
+    /// Records a failed reconcile of `slab` (counted toward backoff when
+    /// `counted`); the failures in a row so far.
+    fn failed(&self, slab: &SessionLivedBackend, class: &'static str, counted: bool) -> u32 {
+        let mut all = self.failures.lock().expect("failures lock");
+        let uid = slab.uid();
+        let fresh = || Failing { uid: uid.clone(), class, count: 0, since: Timestamp::now() };
+        let failing = all.entry(failure_key(slab)).or_insert_with(fresh);
+        if failing.uid != uid {
+            *failing = fresh();
+        } else if failing.class != class {
+            (failing.class, failing.since) = (class, Timestamp::now());
+        }
+        if counted {
+            failing.count = failing.count.saturating_add(1);
+        }
+        failing.count
+    }
 }
 
 impl Context {
@@ -210,13 +255,17 @@ struct InventoryInUse(Arc<Context>);
 impl InventoryInUse {
     fn set(ctx: Arc<Context>, inventory: Arc<Inventory>) -> Self {
         *ctx.inventory.lock().expect("inventory lock") = Some(inventory);
+        ctx.failures.lock().expect("failures lock").clear();
         InventoryInUse(ctx)
     }
 }
 
+/// Also forgets the failures of the term that ends: a backend that fails
+/// again in a later one (this replica leading again) gets its full time.
 impl Drop for InventoryInUse {
     fn drop(&mut self) {
         self.0.inventory.lock().expect("inventory lock").take();
+        self.0.failures.lock().expect("failures lock").clear();
     }
 }
 
@@ -279,27 +328,17 @@ fn error_policy(slab: Arc<SessionLivedBackend>, error: &Error, ctx: Arc<Context>
     };
     match inner {
         Error::Stopping(_) => Requeue::requeue(Duration::from_secs(1)),
-        Error::Stale(_) => Requeue::requeue(Duration::from_millis(200)),
-        Error::CachesFilling => {
-            // Not a failure, but bounded as one: caches that never fill (the
-            // operator may not list nodes) would keep every backend pending.
-            ctx.failures.lock().expect("failures lock").entry(failure_key(&slab)).or_insert(Failing { count: 0, since: Timestamp::now() });
+        Error::Stale(_) | Error::CachesFilling => {
+            // Not failures, but bounded as ones: caches that never fill (the
+            // operator may not list nodes) or an earlier backend's Service
+            // that never goes would keep a backend pending.
+            ctx.failed(&slab, inner.class(), false);
             Requeue::requeue(Duration::from_millis(200))
         }
         _ => {
-            let class = match inner {
-                Error::Kube(_) => "api",
-                Error::PodNameTaken(_) => "pod-name-taken",
-                Error::Scheduler(_) => "scheduler",
-                _ => "finalizer",
-            };
+            let class = inner.class();
             ctx.metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: class }).inc();
-            let failures = {
-                let mut all = ctx.failures.lock().expect("failures lock");
-                let failing = all.entry(failure_key(&slab)).or_insert(Failing { count: 0, since: Timestamp::now() });
-                failing.count = failing.count.saturating_add(1);
-                failing.count
-            };
+            let failures = ctx.failed(&slab, class, true);
             // A Pod of the name still stopping (a key's previous backend,
             // its user back already) is usually gone in seconds: no backoff.
             let delay = match inner {
@@ -426,15 +465,24 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     admission = Some(a);
                     selector = s;
                 }
-                Err(e) => match retried_too_long(ctx, slab, now, "it could not be scheduled", &unscheduled_why(&e)) {
+                Err(e) => match retried_too_long(ctx, slab, now, &e, "it could not be scheduled", &unscheduled_why(&e)) {
                     Some(message) => admission = Some(Admission::Rejected { message }),
                     None => return Err(e),
                 },
             },
             Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await {
-                Err(e @ Error::Stale(_)) => return Err(e),
+                // An earlier backend's Service of the name, deleted and not
+                // gone yet (a finalizer of someone else's may hold it).
+                Err(Error::Stale(_)) => {
+                    let why = format!("a previous backend's Service named {name} is still being deleted");
+                    let stale = Error::Stale(name.clone());
+                    match retried_too_long(ctx, slab, now, &stale, "its Service could not be created", &why) {
+                        Some(why) => create_error = Some(why),
+                        None => return Err(stale),
+                    }
+                }
                 // Its Service could not be created (a webhook that is down).
-                Err(e) => match retried_too_long(ctx, slab, now, "its Service could not be created", &e.to_string()) {
+                Err(e) => match retried_too_long(ctx, slab, now, &e, "its Service could not be created", &e.to_string()) {
                     Some(why) => create_error = Some(why),
                     None => return Err(e),
                 },
@@ -446,12 +494,13 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         // Often the previous object's Pod, still stopping;
                         // retried, and said where `kubectl describe` shows it.
                         let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
-                        if let Some(why) = retried_too_long(ctx, slab, now, POD_NOT_CREATED, &note) {
+                        let taken = Error::PodNameTaken(name.clone());
+                        if let Some(why) = retried_too_long(ctx, slab, now, &taken, POD_NOT_CREATED, &note) {
                             create_error = Some(why);
                             continue;
                         }
                         publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
-                        return Err(Error::PodNameTaken(name));
+                        return Err(taken);
                     }
                 },
                 // The API server refused the Pod itself (an invalid container,
@@ -459,10 +508,14 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 // reason. Anything else (throttling, timeouts, an admission
                 // webhook that is down) is retried, for the startup timeout.
                 Ok(Err(Created::Pod(kube::Error::Api(e)))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
-                Ok(Err(Created::Pod(e))) => match retried_too_long(ctx, slab, now, POD_NOT_CREATED, &e.to_string()) {
-                    Some(why) => create_error = Some(why),
-                    None => return Err(e.into()),
-                },
+                Ok(Err(Created::Pod(e))) => {
+                    let why = e.to_string();
+                    let e = Error::from(e);
+                    match retried_too_long(ctx, slab, now, &e, POD_NOT_CREATED, &why) {
+                        Some(why) => create_error = Some(why),
+                        None => return Err(e),
+                    }
+                }
             },
             Action::Stop => {
                 let grace = match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
@@ -685,21 +738,22 @@ fn unscheduled_why(error: &Error) -> String {
 /// created.
 const POD_NOT_CREATED: &str = "its Pod could not be created";
 
-/// The failure to record (`{what} within N s: {error}`) when scheduling a
-/// backend or creating its Pod has failed for the startup timeout, counted
-/// from its first failure on this replica (the status is not written while
-/// it is retried): without it, an error that does not go away (an admission
+/// The failure to record (`{what} within N s: {why}`) when scheduling a
+/// backend or creating its Pod has failed with `error`'s kind for the
+/// startup timeout, counted from its first such failure on this replica in
+/// this term (the status is not written while it is retried): without it, an error that does not go away (an admission
 /// webhook that is down, a Pod name something else holds, scheduling caches
 /// the operator may not fill) kept the backend `pending`, and everyone
 /// waiting for it, for ever. Not from the backend's creation: one created
 /// while no replica led would fail at its first error. `None` while it may
 /// be retried, and always at the first failure.
-fn retried_too_long(ctx: &Context, slab: &SessionLivedBackend, now: Timestamp, what: &str, error: &str) -> Option<String> {
-    let since = ctx.failures.lock().expect("failures lock").get(&failure_key(slab))?.since;
-    let waited = now.duration_since(since);
+fn retried_too_long(ctx: &Context, slab: &SessionLivedBackend, now: Timestamp, error: &Error, what: &str, why: &str) -> Option<String> {
+    let failures = ctx.failures.lock().expect("failures lock");
+    let failing = failures.get(&failure_key(slab)).filter(|f| f.uid == slab.uid() && f.class == error.class())?;
+    let waited = now.duration_since(failing.since);
     let timeout = ctx.config.startup_timeout;
     (waited.is_positive() && waited.unsigned_abs() >= timeout)
-        .then(|| format!("{what} within {} s (--startup-timeout-seconds): {error}", timeout.as_secs()))
+        .then(|| format!("{what} within {} s (--startup-timeout-seconds): {why}", timeout.as_secs()))
 }
 
 /// Writes the status when it differs from what the object says;

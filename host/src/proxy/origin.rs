@@ -20,7 +20,9 @@
 //! a page served with `Referrer-Policy: no-referrer` (as the proxy serves
 //! token-bearing pages) posts with `Origin: null`; the browser then says
 //! `Sec-Fetch-Site: same-origin`, which no page can set and which a
-//! sandboxed frame or a redirect through another origin never gets. With a host domain the proxy serves
+//! sandboxed frame or a redirect through another origin never gets
+//! (browsers send it over HTTPS and to localhost only). A WebSocket always
+//! carries its page's real origin, so for one `null` stays refused. With a host domain the proxy serves
 //! backends on their own hosts only (see `Proxy::route`), so no other
 //! origin of the deployment carries a backend's page. In path routing every
 //! backend's pages share the proxy's origin, which no origin check can tell
@@ -33,7 +35,8 @@ use http::{HeaderMap, Method, header};
 /// The origin, when `host_domain` routes by host, that may not use the
 /// cookie for a WebSocket upgrade or an unsafe request: another host under
 /// the domain (the bare domain included), `null` (unless the browser says
-/// `Sec-Fetch-Site: same-origin`), or one that names no host. `None` when
+/// `Sec-Fetch-Site: same-origin` of a request other than a WebSocket), or
+/// one that names no host. `None` when
 /// the cookie may vouch for it: a safe method, no `Origin`, the request's
 /// own host, or an origin outside the domain.
 pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, host_domain: Option<&str>) -> Option<String> {
@@ -44,7 +47,10 @@ pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap,
     }
     let origin = String::from_utf8_lossy(headers.get(header::ORIGIN)?.as_bytes()).into_owned();
     let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"same-origin"));
-    if origin == "null" && same_origin {
+    // Not for a WebSocket, which always carries its page's real origin:
+    // the hijack stays closed whatever a browser gets wrong about
+    // `Sec-Fetch-Site`.
+    if origin == "null" && same_origin && !websocket {
         return None;
     }
     let from = host_of(origin.split_once("://").map_or("", |(_, rest)| rest));
@@ -110,6 +116,7 @@ mod tests {
         // sandboxed frame or a cross-origin redirect says otherwise.
         let own_form = [("origin", "null"), ("host", "b.apps.test"), ("sec-fetch-site", "same-origin")];
         assert_eq!(refused(Method::POST, false, &own_form), None);
+        assert_eq!(refused(Method::GET, true, &own_form).as_deref(), Some("null"), "a WebSocket carries its real origin");
         for site in ["cross-site", "same-site", "none"] {
             let h = [("origin", "null"), ("host", "b.apps.test"), ("sec-fetch-site", site)];
             assert_eq!(refused(Method::POST, false, &h).as_deref(), Some("null"), "{site}");
