@@ -868,6 +868,39 @@ async fn a_service_that_cannot_be_created_for_the_startup_timeout_fails_its_back
     assert!(message.contains("down.spawner.test"), "names the webhook: {message}");
 }
 
+/// An earlier backend's Service of the name that is deleted but never goes
+/// (a finalizer of someone else's holds it) fails the backend after the
+/// startup timeout, saying so, rather than keeping it pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_previous_service_that_never_goes_fails_its_backend() {
+    let config = OperatorConfig { startup_timeout: Duration::from_secs(2), retention: HOUR, ..OperatorConfig::default() };
+    let (client, ns) = operator_with(shared().await, "op-svc-held", "", config).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let held: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stuck", "finalizers": ["spawner.test/hold"], "ownerReferences": [{
+            "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "name": "stuck",
+            "uid": "00000000-0000-0000-0000-0000000000bb", "controller": true}]},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "elsewhere"}}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &held).await.unwrap();
+    services.delete("stuck", &DeleteParams::default()).await.unwrap();
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let mut with_service = slab("stuck", "erin");
+    with_service.spec.service = Some(true);
+    slabs.create(&PostParams::default(), &with_service).await.unwrap();
+    let failed = until(&slabs, "stuck", "failed", phase(Phase::Failed)).await.status.unwrap();
+    let release = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    services.patch("stuck", &PatchParams::default(), &release).await.unwrap();
+    let message = failed.message.unwrap();
+    assert!(
+        message.contains(
+            "its Service could not be created within 2 s (--startup-timeout-seconds): a previous backend's Service named stuck is still being deleted"
+        ),
+        "{message}"
+    );
+}
+
 /// A backend created while no operator ran (it was down, or between
 /// leaders) is older than the startup timeout when its first reconcile
 /// fails: it is retried all the same, not failed for its age.
