@@ -173,9 +173,7 @@ impl Context {
         }
         failing.count
     }
-}
 
-impl Context {
     /// A context for [`run`]. `metrics` records spawn-to-ready times (and
     /// should be the registry `plugins` report to).
     pub fn new(client: Client, plugins: Arc<Plugins>, metrics: Arc<Metrics>, config: OperatorConfig) -> Arc<Self> {
@@ -741,12 +739,13 @@ const POD_NOT_CREATED: &str = "its Pod could not be created";
 /// The failure to record (`{what} within N s: {why}`) when scheduling a
 /// backend or creating its Pod has failed with `error`'s kind for the
 /// startup timeout, counted from its first such failure on this replica in
-/// this term (the status is not written while it is retried): without it, an error that does not go away (an admission
-/// webhook that is down, a Pod name something else holds, scheduling caches
-/// the operator may not fill) kept the backend `pending`, and everyone
-/// waiting for it, for ever. Not from the backend's creation: one created
-/// while no replica led would fail at its first error. `None` while it may
-/// be retried, and always at the first failure.
+/// this term (the status is not written while it is retried). Without it,
+/// an error that does not go away (an admission webhook that is down, a Pod
+/// name something else holds, scheduling caches the operator may not fill)
+/// kept the backend `pending`, and everyone waiting for it, for ever. Not
+/// from the backend's creation: one created while no replica led would fail
+/// at its first error. `None` while it may be retried, and always at the
+/// first failure.
 fn retried_too_long(ctx: &Context, slab: &SessionLivedBackend, now: Timestamp, error: &Error, what: &str, why: &str) -> Option<String> {
     let failures = ctx.failures.lock().expect("failures lock");
     let failing = failures.get(&failure_key(slab)).filter(|f| f.uid == slab.uid() && f.class == error.class())?;
