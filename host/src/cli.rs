@@ -1,6 +1,7 @@
 //! The `spawner` command line.
 //!
-//! - `spawner plugin check|run`: for plugin authors, no cluster needed
+//! - `spawner plugin check|run|sample|defaults`: for plugin authors, no
+//!   cluster needed
 //!   (`cli/plugin.rs`);
 //! - `spawner token mint`: mint a capability token, e.g. to try an auth
 //!   plugin (`cli/token.rs`);

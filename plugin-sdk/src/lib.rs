@@ -26,8 +26,10 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`, check it with
-//! `spawner plugin check target/wasm32-wasip2/release/my_plugin.wasm` and try
-//! it with `spawner plugin run FILE --kind idle --input '{...}'`.
+//! `spawner plugin check target/wasm32-wasip2/release/my_idle.wasm` (for a
+//! crate named `my-idle`) and try it with `spawner plugin run FILE --input
+//! sample` (or `--input @request.json`; `spawner plugin sample --kind idle`
+//! writes one to edit).
 //!
 //! Modules:
 //! - [`scheduler`], [`auth`], [`idle`]: the trait and types for each kind

@@ -63,8 +63,8 @@ pub enum PluginCommand {
     /// "BadSignature"} or {"Err": {"Malformed": "why"}}}]} (with
     /// --token-secret, or without "credentials", the tokens in its bearer
     /// header, `token` parameter and `spawner-token` cookie, the default
-    /// names, become "credentials", verified with the secret as the proxy
-    /// would);
+    /// names, become "credentials", verified with --token-secret as the
+    /// proxy would; without it each is {"Malformed": "not checked: …"});
     /// idle {"backend", "age_seconds", "grace_period_seconds",
     /// "lifetime_limit_seconds", "activity": {"open_connections",
     /// "in_flight_requests", "seconds_since_last_activity", "bytes_in",
