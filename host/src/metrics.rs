@@ -186,7 +186,8 @@ pub struct LeaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileErrorLabels {
     /// `api` (the API server refused or was out of reach), `finalizer`,
-    /// `pod-name-taken` or `scheduler`.
+    /// `pod-name-taken`, `scheduler`, or `watch` (a watch of backends or
+    /// their Pods failed).
     pub error: &'static str,
 }
 
@@ -196,7 +197,8 @@ pub struct OperatorMetrics {
     /// 1 while this replica holds the Lease, 0 otherwise.
     pub leader: Family<LeaseLabels, Gauge>,
     /// Reconciles that failed and are retried (not counting the expected
-    /// retries: a stale read, a Pod still stopping, caches filling).
+    /// retries: a stale read, a Pod still stopping, caches filling), and
+    /// failed watches (`error="watch"`).
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
 }
 
@@ -204,7 +206,7 @@ impl OperatorMetrics {
     fn register(registry: &mut Registry) -> Self {
         let m = OperatorMetrics { leader: Family::default(), reconcile_errors: Family::default() };
         registry.register("leader", "Whether this replica holds the Lease (1) or not (0)", m.leader.clone());
-        registry.register("reconcile_errors", "Reconciles that failed and are retried, by why", m.reconcile_errors.clone());
+        registry.register("reconcile_errors", "Reconciles (and watches) that failed and are retried, by why", m.reconcile_errors.clone());
         m
     }
 }

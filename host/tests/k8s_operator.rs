@@ -901,6 +901,47 @@ async fn a_previous_service_that_never_goes_fails_its_backend() {
     );
 }
 
+/// A watch the operator may not make (RBAC revoked; here Pods were never
+/// granted) is counted, for alerts, as well as logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_that_fails_is_counted() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let plane = shared().await;
+    let (admin, ns) = namespace(plane, "op-nopods").await;
+    let user = format!("spawner-test-{ns}");
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({"metadata": {"name": user}, "rules": [
+        {"apiGroups": ["spawner.dev"], "resources": ["sessionlivedbackends", "sessionlivedbackends/status"],
+            "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]}))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({"metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+    .unwrap();
+    let (roles, bindings) = (Api::<ClusterRole>::all(admin.clone()), Api::<ClusterRoleBinding>::all(admin.clone()));
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    let client = plane.client_as(&user, &[]).await.unwrap();
+    // The authorizer follows new bindings through its cache.
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..100 {
+        if nodes.list(&Default::default()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = start_operator(&client, &ns, "", OperatorConfig::default());
+    let counted = async {
+        while !metrics.encode().contains("spawner_reconcile_errors_total{error=\"watch\"}") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let seen = tokio::time::timeout(WAIT, counted).await;
+    bindings.delete(&user, &DeleteParams::default()).await.unwrap();
+    roles.delete(&user, &DeleteParams::default()).await.unwrap();
+    assert!(seen.is_ok(), "the failing Pod watch was never counted: {}", metrics.encode());
+}
+
 /// A backend created while no operator ran (it was down, or between
 /// leaders) is older than the startup timeout when its first reconcile
 /// fails: it is retried all the same, not failed for its age.

@@ -106,7 +106,7 @@ pub enum Error {
 impl Error {
     /// What kind of failure it is: the `error` label of
     /// `spawner_reconcile_errors_total` (`api`, `pod-name-taken`,
-    /// `scheduler`, `finalizer`), or `stale`, `caches` and `stopping` for
+    /// `scheduler`, `finalizer`; `run` counts `watch`), or `stale`, `caches` and `stopping` for
     /// the retries that are expected.
     fn class(&self) -> &'static str {
         match self {
@@ -223,20 +223,25 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
     let limits = kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE);
     let controller =
         Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL)).with_config(limits);
+    let metrics = ctx.metrics.clone();
     controller
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                // A watch that fails (RBAC revoked, an object that cannot
-                // be read, a relist refused) stops backends from being
-                // reconciled: on-call must see it. It is retried with
-                // backoff by the watcher.
-                Err(kube::runtime::controller::Error::QueueError(e)) => {
-                    tracing::warn!(error = %e, "watching backends or their Pods failed; retrying")
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    // A watch that fails (RBAC revoked, an object that cannot
+                    // be read, a relist refused) stops backends from being
+                    // reconciled: on-call must see it, and alert on the count.
+                    // It is retried with backoff by the watcher.
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: "watch" }).inc();
+                        tracing::warn!(error = %e, "watching backends or their Pods failed; retrying")
+                    }
+                    // Reconcile failures are logged by `error_policy`.
+                    Err(e) => tracing::debug!(error = %e, "reconcile"),
+                    Ok(_) => {}
                 }
-                // Reconcile failures are logged by `error_policy`.
-                Err(e) => tracing::debug!(error = %e, "reconcile"),
-                Ok(_) => {}
             }
         })
         .await;
