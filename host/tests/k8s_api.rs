@@ -198,6 +198,8 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     assert!(ids(&rest).iter().all(|id| *id > first_ids[0]) && rest.contains("\"reason\":\"requested\""), "{rest}");
     let ended = app.until(&name, "was terminated", |v| v["status"]["phase"] == "terminated").await;
     assert_eq!(ended["status"]["reason"], "requested");
+    assert!(ended["address"].is_null(), "an ended backend has no address: {ended}");
+    assert!(slabs.get(&name).await.unwrap().status.unwrap().pod_ip.is_none(), "nor has its object");
     let after = browser.get(format!("{}/p/{name}/api/stats", app.base)).send().await.unwrap();
     assert_eq!(after.status(), 410, "an ended backend is gone");
 

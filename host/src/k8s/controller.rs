@@ -781,10 +781,16 @@ async fn record(
     if let Some(why) = &pod_not_ready {
         next.pod_not_ready(why, slab.status.as_ref(), now);
     }
+    // An ended backend has no address: its Pod's IP may soon be another
+    // Pod's (the node it ran on is kept, as where it ran).
+    if status.phase.is_terminal() {
+        next.pod_ip = None;
+    } else if let Some(pod) = pod
+        && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
+    {
+        next.pod_ip = Some(ip);
+    }
     if let Some(pod) = pod {
-        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
-            next.pod_ip = Some(ip);
-        }
         // Where it really runs (kube-scheduler binds the Pod), once known.
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             next.node_name = Some(node);
@@ -800,7 +806,12 @@ async fn record(
     // Only onto the version this reconcile read: a reconcile that ran on a
     // cached object older than our last write must not undo it (409, retried
     // once the cache has caught up).
-    let patch = serde_json::json!({ "metadata": { "resourceVersion": slab.metadata.resource_version }, "status": next });
+    let mut written = serde_json::to_value(&next).expect("a status serialises");
+    if next.pod_ip.is_none() {
+        // A merge patch keeps a field it leaves out: null removes it.
+        written["podIP"] = serde_json::Value::Null;
+    }
+    let patch = serde_json::json!({ "metadata": { "resourceVersion": slab.metadata.resource_version }, "status": written });
     match api.patch_status(&slab.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::Stale(slab.name_any())),
