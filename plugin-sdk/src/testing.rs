@@ -160,6 +160,15 @@ pub fn credential(source: CredentialSource, verified: Result<Capability, TokenEr
     Credential { source, verified }
 }
 
+/// What the host passes for a token for `backend` that was issued before
+/// that backend was created (for an earlier backend of the same name, a
+/// key's previous one): `malformed`, saying so, in `credentials` and from
+/// `host::verify_capability_token`. For a test of how a plugin treats one:
+/// `bearer(Err(issued_before_creation("b")))`.
+pub fn issued_before_creation(backend: &str) -> TokenError {
+    TokenError::Malformed(std::format!("issued before backend {backend} was created: it was for an earlier backend of that name"))
+}
+
 /// A node for a test: `name`, with `cpu_millis` and `memory_bytes` of
 /// capacity, no labels and no backends (push what the test is about).
 pub fn node(name: &str, cpu_millis: u64, memory_bytes: u64) -> Node {

@@ -168,6 +168,21 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
 
 #[cfg(test)]
 mod tests {
+    /// Plugin authors' tests build this refusal with the SDK's
+    /// `testing::issued_before_creation`: it must be the host's, message
+    /// included.
+    #[test]
+    fn the_sdk_refuses_tokens_of_earlier_backends_as_the_host_does() {
+        let cap = Capability { backend: "b".into(), subject: None, issued_at: 100, expires_at: 200 };
+        let Err(TokenError::Malformed(host)) = issued_since(&cap, "b", 100 + ISSUE_SKEW_SECONDS + 1) else { panic!("accepted") };
+        let spawner_plugin_sdk::host::TokenError::Malformed(sdk) = spawner_plugin_sdk::testing::issued_before_creation("b") else {
+            panic!("another variant")
+        };
+        assert_eq!(host, sdk);
+        assert!(issued_since(&cap, "b", 100 + ISSUE_SKEW_SECONDS).is_ok(), "within the clock tolerance");
+        assert!(issued_since(&cap, "other", 1000).is_ok(), "another backend's token is the plugin's to refuse");
+    }
+
     use super::*;
     use crate::plugins::types::Header;
 

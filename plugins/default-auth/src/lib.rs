@@ -127,6 +127,9 @@ mod tests {
         assert_eq!(deny_status(decide(&request(vec![Err(TokenError::BadSignature)]))), 401);
         let v = decide(&request(vec![Err(TokenError::Malformed("no signature".into()))]));
         assert!(matches!(&v, Verdict::Deny(d) if d.reason == "token is malformed: no signature"), "{v:?}");
+        // A token for an earlier backend of this name, as the host passes it.
+        let v = decide(&request(vec![Err(spawner_plugin_sdk::testing::issued_before_creation("b1"))]));
+        assert!(matches!(&v, Verdict::Deny(d) if d.status == 401 && d.reason.contains("issued before backend b1 was created")), "{v:?}");
     }
 
     #[test]
