@@ -468,27 +468,23 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                     admission = Some(a);
                     selector = s;
                 }
-                Err(e) => match retried_too_long(ctx, slab, now, &e, "it could not be scheduled", &unscheduled_why(&e)) {
-                    Some(message) => admission = Some(Admission::Rejected { message }),
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    let why = unscheduled_why(&e);
+                    admission =
+                        Some(Admission::Rejected { message: retried_too_long(ctx, slab, now, e, "it could not be scheduled", &why)? });
+                }
             },
             Action::Create { node } => match create_pod(ctx, slab, &pods, node.as_deref(), &selector).await {
-                // An earlier backend's Service of the name, deleted and not
-                // gone yet (a finalizer of someone else's may hold it).
-                Err(Error::Stale(_)) => {
-                    let why = format!("a previous backend's Service named {name} is still being deleted");
-                    let stale = Error::Stale(name.clone());
-                    match retried_too_long(ctx, slab, now, &stale, "its Service could not be created", &why) {
-                        Some(why) => create_error = Some(why),
-                        None => return Err(stale),
-                    }
+                // Its Service could not be created: a webhook that is down,
+                // or an earlier backend's Service of the name, deleted and
+                // not gone yet (a finalizer of someone else's may hold it).
+                Err(e) => {
+                    let why = match &e {
+                        Error::Stale(_) => format!("a previous backend's Service named {name} is still being deleted"),
+                        e => e.to_string(),
+                    };
+                    create_error = Some(retried_too_long(ctx, slab, now, e, "its Service could not be created", &why)?);
                 }
-                // Its Service could not be created (a webhook that is down).
-                Err(e) => match retried_too_long(ctx, slab, now, &e, "its Service could not be created", &e.to_string()) {
-                    Some(why) => create_error = Some(why),
-                    None => return Err(e),
-                },
                 Ok(Err(Created::Refused(why))) => create_error = Some(why),
                 Ok(Ok(p)) => pod = Some(p),
                 Ok(Err(Created::Pod(kube::Error::Api(e)))) if e.code == 409 => match pods.get_opt(&name).await? {
@@ -497,13 +493,13 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         // Often the previous object's Pod, still stopping;
                         // retried, and said where `kubectl describe` shows it.
                         let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
-                        let taken = Error::PodNameTaken(name.clone());
-                        if let Some(why) = retried_too_long(ctx, slab, now, &taken, POD_NOT_CREATED, &note) {
-                            create_error = Some(why);
-                            continue;
+                        match retried_too_long(ctx, slab, now, Error::PodNameTaken(name.clone()), POD_NOT_CREATED, &note) {
+                            Ok(why) => create_error = Some(why),
+                            Err(taken) => {
+                                publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
+                                return Err(taken);
+                            }
                         }
-                        publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
-                        return Err(taken);
                     }
                 },
                 // The API server refused the Pod itself (an invalid container,
@@ -513,11 +509,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 Ok(Err(Created::Pod(kube::Error::Api(e)))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
                 Ok(Err(Created::Pod(e))) => {
                     let why = e.to_string();
-                    let e = Error::from(e);
-                    match retried_too_long(ctx, slab, now, &e, POD_NOT_CREATED, &why) {
-                        Some(why) => create_error = Some(why),
-                        None => return Err(e),
-                    }
+                    create_error = Some(retried_too_long(ctx, slab, now, e.into(), POD_NOT_CREATED, &why)?);
                 }
             },
             Action::Stop => {
@@ -749,15 +741,26 @@ const POD_NOT_CREATED: &str = "its Pod could not be created";
 /// name something else holds, scheduling caches the operator may not fill)
 /// kept the backend `pending`, and everyone waiting for it, for ever. Not
 /// from the backend's creation: one created while no replica led would fail
-/// at its first error. `None` while it may be retried, and always at the
-/// first failure.
-fn retried_too_long(ctx: &Context, slab: &SessionLivedBackend, now: Timestamp, error: &Error, what: &str, why: &str) -> Option<String> {
+/// at its first error. `Err(error)`, to return and be retried, until then
+/// (and always at the first failure).
+fn retried_too_long(
+    ctx: &Context,
+    slab: &SessionLivedBackend,
+    now: Timestamp,
+    error: Error,
+    what: &str,
+    why: &str,
+) -> Result<String, Error> {
     let failures = ctx.failures.lock().expect("failures lock");
-    let failing = failures.get(&failure_key(slab)).filter(|f| f.uid == slab.uid() && f.class == error.class())?;
-    let waited = now.duration_since(failing.since);
+    let since = failures.get(&failure_key(slab)).filter(|f| f.uid == slab.uid() && f.class == error.class()).map(|f| f.since);
+    let waited = since.map(|since| now.duration_since(since));
     let timeout = ctx.config.startup_timeout;
-    (waited.is_positive() && waited.unsigned_abs() >= timeout)
-        .then(|| format!("{what} within {} s (--startup-timeout-seconds): {why}", timeout.as_secs()))
+    match waited {
+        Some(w) if w.is_positive() && w.unsigned_abs() >= timeout => {
+            Ok(format!("{what} within {} s (--startup-timeout-seconds): {why}", timeout.as_secs()))
+        }
+        _ => Err(error),
+    }
 }
 
 /// Writes the status when it differs from what the object says;
