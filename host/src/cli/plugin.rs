@@ -280,8 +280,7 @@ fn run_once(
 /// it sets itself (see `proxy::headers::inject_identity`), so that `plugin
 /// run` does not show an author a header the backend never gets.
 fn dropped_headers(allow: &Allow) -> Vec<&str> {
-    let ours = [crate::proxy::headers::USER_HEADER, crate::proxy::headers::BACKEND_HEADER];
-    allow.headers.iter().map(|h| h.name.as_str()).filter(|n| ours.iter().any(|o| n.eq_ignore_ascii_case(o))).collect()
+    allow.headers.iter().map(|h| h.name.as_str()).filter(|n| crate::proxy::headers::set_by_proxy(n)).collect()
 }
 
 /// `--input` as a `kind` request. Refused, with the field's path: text that

@@ -231,15 +231,21 @@ pub const USER_HEADER: &str = "x-spawner-user";
 /// to set: a plugin's headers of the same names are dropped, so a backend
 /// can rely on them whatever auth plugin runs.
 pub fn inject_identity(h: &mut HeaderMap, backend: &str, subject: Option<&str>, extra: &[Header]) {
-    let ours = [BACKEND_HEADER, USER_HEADER];
-    let set = [Some(backend), subject].into_iter().zip(ours).filter_map(|(v, n)| v.map(|v| (n, v)));
-    let theirs = extra.iter().filter(|e| !ours.iter().any(|o| e.name.eq_ignore_ascii_case(o))).map(|e| (e.name.as_str(), e.value.as_str()));
+    let set = [Some(backend), subject].into_iter().zip([BACKEND_HEADER, USER_HEADER]).filter_map(|(v, n)| v.map(|v| (n, v)));
+    let theirs = extra.iter().filter(|e| !set_by_proxy(&e.name)).map(|e| (e.name.as_str(), e.value.as_str()));
     for (name, value) in set.chain(theirs) {
         // Bytes, not `from_str`: a subject may be any UTF-8 (obs-text).
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
             h.append(n, v);
         }
     }
+}
+
+/// Whether `name` is one of the identity headers only the proxy sets
+/// ([`BACKEND_HEADER`], [`USER_HEADER`]): an auth verdict's header of that
+/// name is dropped.
+pub fn set_by_proxy(name: &str) -> bool {
+    [BACKEND_HEADER, USER_HEADER].iter().any(|ours| name.eq_ignore_ascii_case(ours))
 }
 
 /// The request's headers as the auth plugin sees them: every one, its
