@@ -392,6 +392,15 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// The part of `host` before `.{domain}`, when `host` is under `domain`
+/// (compared without case): `a` for `a.{domain}`, `x.y` deeper, empty for
+/// `.{domain}`; `None` for the domain itself and for hosts outside it.
+pub fn below_domain<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let at = host.len().checked_sub(domain.len())?;
+    host.get(at..).filter(|tail| tail.eq_ignore_ascii_case(domain))?;
+    host[..at].strip_suffix('.')
+}
+
 /// Why a (checked) public URL cannot serve the API next to a (checked)
 /// host routing domain, if it cannot: a host below the domain is a
 /// backend's (`{name}.{domain}`) or no one's (deeper), so the API's URLs
@@ -400,7 +409,7 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
 pub fn public_url_conflict(public_url: &str, host_domain: &str) -> Option<String> {
     let uri = public_url.parse::<http::Uri>().ok()?;
     let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
-    let name = host.strip_suffix(host_domain)?.strip_suffix('.')?;
+    let name = below_domain(&host, host_domain)?;
     Some(format!(
         "public-url {public_url} names a host under host-domain {host_domain}, where only backends are served ({}), so the API could not be reached there: use {host_domain} itself or a host outside it",
         if name.contains('.') { "a host deeper than {name}.{domain} answers 404" } else { "it would be the backend named by that host" }
@@ -822,6 +831,16 @@ mod tests {
         assert!(with("https://apps.example.com", Some("0123456789abcdef")).validate().is_ok());
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080", "http://apps.localhost:8080"] {
             assert!(with(local, None).validate().is_ok(), "{local}");
+        }
+    }
+
+    #[test]
+    fn names_below_the_host_domain() {
+        assert_eq!(below_domain("a.apps.test", "apps.test"), Some("a"));
+        assert_eq!(below_domain("X.y.Apps.Test", "apps.test"), Some("X.y"), "without case");
+        assert_eq!(below_domain(".apps.test", "apps.test"), Some(""));
+        for outside in ["apps.test", "xapps.test", "a.apps.test.evil", "test", "é.apps.tesé"] {
+            assert_eq!(below_domain(outside, "apps.test"), None, "{outside}");
         }
     }
 

@@ -180,10 +180,8 @@ impl Proxy {
             let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
             // A fully qualified name's trailing dot names the same host.
             let host = host.strip_suffix('.').unwrap_or(host);
-            // Host names are case-insensitive, and the domain is lower case
-            // (a header that is `to_str` is ASCII, so any byte is a boundary).
-            let below = host.len().checked_sub(domain.len()).filter(|&at| host[at..].eq_ignore_ascii_case(domain)).map(|at| &host[..at]);
-            if let Some(name) = below.and_then(|n| n.strip_suffix('.')) {
+            // Host names are case-insensitive.
+            if let Some(name) = crate::config::below_domain(host, domain) {
                 if name.is_empty() || name.contains('.') {
                     return Routed::Refused(format!("no backend is named by this host: a backend's host is {{name}}.{domain}"));
                 }

@@ -22,13 +22,15 @@
 //! `Sec-Fetch-Site: same-origin`, which no page can set and which a
 //! sandboxed frame or a redirect through another origin never gets
 //! (browsers send it over HTTPS and to localhost only). A WebSocket always
-//! carries its page's real origin, so for one `null` stays refused. With a host domain the proxy serves
-//! backends on their own hosts only (see `Proxy::route`), so no other
-//! origin of the deployment carries a backend's page. In path routing every
-//! backend's pages share the proxy's origin, which no origin check can tell
-//! apart (the README says so: host routing is for backends that run code
-//! you do not trust). Browsers send `Origin` with every WebSocket handshake
-//! and every cross-origin post; a request without one is not a page's.
+//! carries its page's real origin, so for one `null` stays refused.
+//!
+//! With a host domain the proxy serves backends on their own hosts only
+//! (see `Proxy::route`), so no other origin of the deployment carries a
+//! backend's page. In path routing every backend's pages share the proxy's
+//! origin, which no origin check can tell apart (the README says so: host
+//! routing is for backends that run code you do not trust). Browsers send
+//! `Origin` with every WebSocket handshake and every cross-origin post; a
+//! request without one is not a page's.
 
 use http::{HeaderMap, Method, header};
 
@@ -36,9 +38,9 @@ use http::{HeaderMap, Method, header};
 /// cookie for a WebSocket upgrade or an unsafe request: another host under
 /// the domain (the bare domain included), `null` (unless the browser says
 /// `Sec-Fetch-Site: same-origin` of a request other than a WebSocket), or
-/// one that names no host. `None` when
-/// the cookie may vouch for it: a safe method, no `Origin`, the request's
-/// own host, or an origin outside the domain.
+/// one that names no host. `None` when the cookie may vouch for it: a safe
+/// method, no `Origin`, the request's own host, or an origin outside the
+/// domain.
 pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap, host_domain: Option<&str>) -> Option<String> {
     let domain = host_domain?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
@@ -59,7 +61,7 @@ pub fn cookie_refused_for(method: &Method, websocket: bool, headers: &HeaderMap,
         return Some(origin);
     }
     let domain = domain.to_ascii_lowercase();
-    let under = from == domain || from.strip_suffix(&domain).is_some_and(|name| name.ends_with('.'));
+    let under = from == domain || crate::config::below_domain(&from, &domain).is_some();
     (under && from != own).then_some(origin)
 }
 
