@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::k8s::{WAIT, deploy, plugins, until};
+use common::k8s::{WAIT, deploy, namespace, namespace_on, plugins, until};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -54,15 +54,9 @@ async fn operator_with_metrics(
     scheduler_settings: &str,
     config: OperatorConfig,
 ) -> (kube::Client, String, Arc<Metrics>) {
-    let (client, ns) = namespace(plane, prefix).await;
+    let (client, ns) = namespace_on(plane, prefix).await;
     let metrics = start_operator(&client, &ns, scheduler_settings, config);
     (client, ns, metrics)
-}
-
-/// A namespace of its own (named from `prefix`), the CRDs installed.
-async fn namespace(plane: &ControlPlane, prefix: &str) -> (kube::Client, String) {
-    plane.install_crds(&deploy("crd")).await.unwrap();
-    (plane.client().await.unwrap(), plane.namespace(prefix).await.unwrap())
 }
 
 /// Starts an operator for namespace `ns`; its metrics.
@@ -907,7 +901,7 @@ async fn a_previous_service_that_never_goes_fails_its_backend() {
 async fn a_watch_that_fails_is_counted() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let plane = shared().await;
-    let (admin, ns) = namespace(plane, "op-nopods").await;
+    let (admin, ns) = namespace_on(plane, "op-nopods").await;
     let user = format!("spawner-test-{ns}");
     let role: ClusterRole = serde_json::from_value(serde_json::json!({"metadata": {"name": user}, "rules": [
         {"apiGroups": ["spawner.dev"], "resources": ["sessionlivedbackends", "sessionlivedbackends/status"],
@@ -947,7 +941,7 @@ async fn a_watch_that_fails_is_counted() {
 /// fails: it is retried all the same, not failed for its age.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_created_while_no_operator_ran_is_retried_from_its_first_failure() {
-    let (client, ns) = namespace(shared().await, "op-late").await;
+    let (client, ns) = namespace("op-late").await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     create_stranger_pod(&pods, "late").await;

@@ -118,7 +118,11 @@ pub async fn report_loopback_pod_ip(client: &kube::Client, namespace: &str, name
 /// A fresh namespace on the shared control plane (CRD installed), and an
 /// admin client.
 pub async fn namespace(prefix: &str) -> (kube::Client, String) {
-    let plane = spawner_testenv::shared().await;
+    namespace_on(spawner_testenv::shared().await, prefix).await
+}
+
+/// [`namespace`] on `plane`.
+pub async fn namespace_on(plane: &spawner_testenv::ControlPlane, prefix: &str) -> (kube::Client, String) {
     plane.install_crds(&deploy("crd")).await.unwrap();
     let ns = plane.namespace(prefix).await.unwrap();
     (plane.client().await.unwrap(), ns)
