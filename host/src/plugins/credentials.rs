@@ -168,6 +168,9 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::plugins::types::Header;
+
     /// Plugin authors' tests build this refusal with the SDK's
     /// `testing::issued_before_creation`: it must be the host's, message
     /// included.
@@ -182,9 +185,6 @@ mod tests {
         assert!(issued_since(&cap, "b", 100 + ISSUE_SKEW_SECONDS).is_ok(), "within the clock tolerance");
         assert!(issued_since(&cap, "other", 1000).is_ok(), "another backend's token is the plugin's to refuse");
     }
-
-    use super::*;
-    use crate::plugins::types::Header;
 
     fn request(query: Option<&str>, headers: &[(&str, &str)]) -> HttpRequest {
         HttpRequest {
