@@ -160,6 +160,11 @@ impl BackendMetrics {
             // (60 s by default, often raised).
             spawn_to_ready_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
         };
+        // Every phase from the start, at 0: an alert on failed backends
+        // sees a series before the first failure.
+        for phase in crate::lifecycle::Phase::ALL {
+            let _ = m.phase.get_or_create(&PhaseLabels { phase: phase.as_str() });
+        }
         registry.register("backends", "Backends by lifecycle phase", m.phase.clone());
         registry.register("backends_ended", "Backends that ended, by final phase and reason", m.ended.clone());
         registry.register("spawn_to_ready_seconds", "Time from create to ready", m.spawn_to_ready_seconds.clone());

@@ -366,6 +366,7 @@ impl Proxy {
         match self.client.request(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
+                speak_for_ourselves(&mut parts);
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
@@ -430,9 +431,17 @@ impl Proxy {
         };
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
+            speak_for_ourselves(&mut parts);
             headers::strip_hop_by_hop(&mut parts.headers, false);
             headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
             return Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, None)));
+        }
+        // Only WebSocket was offered (see `strip_hop_by_hop`): a backend
+        // switching to anything else is not relayed.
+        let upgrade = response.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("nothing");
+        if !upgrade.trim().eq_ignore_ascii_case("websocket") {
+            connection.abort();
+            return bad_gateway(format!("the backend switched to {upgrade:?}, not WebSocket"));
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
         let going_away = self.going_away.subscribe();
@@ -503,6 +512,15 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// The response goes out in the client connection's HTTP version, not the
+/// backend's: hyper writes the version it is given, and a backend that
+/// answers in HTTP/1.0 (Python's `http.server`) would otherwise make every
+/// response to the browser HTTP/1.0, without keep-alive or chunked bodies.
+/// HTTP/1.1 here; hyper lowers it for an HTTP/1.0 client.
+fn speak_for_ourselves(parts: &mut http::response::Parts) {
+    parts.version = http::Version::HTTP_11;
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {

@@ -204,6 +204,9 @@ async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
     // Every field is optional: no body at all is all defaults.
     let r = dev.http.post(format!("{}{tokens}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    // So is `null`, which the OpenAPI document allows.
+    let (got, text) = post_raw(&dev, &tokens, "null", true).await;
+    assert_eq!(got, 201, "{text}");
     // A body without a Content-Type is not skipped (it was: a day-long
     // token for nobody instead of bob's for a minute).
     let (got, text) = post_raw(&dev, &tokens, r#"{"subject":"bob","ttlSeconds":60}"#, false).await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::k8s::{deploy, until_status};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -427,4 +427,21 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         as_proxy("spawner-backends").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
         "the proxy writing status",
     );
+
+    // The backends' namespace can be deleted with backends in it (`kubectl
+    // delete ns`, a GitOps prune): its RoleBindings go at once, the
+    // operator's with them, while each backend's finalizer still holds the
+    // namespace. Here: the keyed backend recreated above, the failed one,
+    // the swept one.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    assert!(!slabs.list(&Default::default()).await.unwrap().items.is_empty(), "backends are left to be deleted with the namespace");
+    namespaces.delete(HOME, &DeleteParams::default()).await.unwrap();
+    let gone =
+        tokio::time::timeout(Duration::from_secs(120), await_condition(namespaces.clone(), HOME, |n: Option<&Namespace>| n.is_none()))
+            .await;
+    let left = match slabs.list(&Default::default()).await {
+        Ok(l) => l.items.iter().map(|s| format!("{} {:?}", s.name_any(), s.finalizers())).collect::<Vec<_>>(),
+        Err(e) => vec![e.to_string()],
+    };
+    assert!(gone.is_ok(), "the namespace stayed Terminating, held by: {left:?}");
 }

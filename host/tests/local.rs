@@ -65,6 +65,8 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     // And the metrics count how it ended.
     let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == r#"spawner_backends_ended_total{phase="terminated",reason="idle"} 1"#), "{metrics}");
+    // Every phase has its series, before anything reached it too.
+    assert!(metrics.lines().any(|l| l == r#"spawner_backends{phase="failed"} 0"#), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -429,6 +431,16 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     assert_eq!(r.status(), 409);
     let text = r.text().await.unwrap();
     assert!(text.contains("stopping"), "{text}");
+    // Waiting for it to be ready ends at once: it never will be (the wait
+    // was the whole timeout, then 202 "keep waiting").
+    let r = dev.http.get(format!("{}/api/v1/backends/{first}/ready?timeout=8", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("backend {first} is stopping and will not be ready again")), "{text}");
+    // The original API calls it `Swept`, and its clients poll `ready` on 409.
+    let r = dev.http.get(format!("{}/api/backend/{first}/ready", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+    assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "the answers above came while it was stopping");
 
     let (status, again) = dev.create(create.clone()).await;
     assert_eq!((status, &again["created"]), (201, &json!(true)), "{again}");
@@ -677,6 +689,10 @@ async fn a_backends_redirects_stay_under_its_prefix() {
     dev.wait_ready(&name).await;
     let r = dev.get(&name, "/docs?x=1", Some(&token)).await;
     assert_eq!(r.status(), 301);
+    // Python's server answers in HTTP/1.0; the proxy answers in its own
+    // version, so the browser's connection keeps HTTP/1.1 and keep-alive.
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert!(r.headers().get("connection").is_none(), "{:?}", r.headers());
     let location = r.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(location, format!("/p/{name}/docs/?x=1"));
     let r = dev.http.get(format!("{}{location}", dev.base)).bearer_auth(&token).send().await.unwrap();

@@ -59,7 +59,9 @@ pub(crate) struct CreateRequest {
     #[schema(min_length = 1, max_length = 253)]
     key: Option<String>,
     /// The user the backend is for (passed to plugins; the token's subject
-    /// unless `subject` says otherwise).
+    /// unless `subject` says otherwise). 1-253 bytes (UTF-8) without
+    /// control characters.
+    #[schema(min_length = 1, max_length = 253)]
     owner: Option<String>,
     /// Labels for plugins (quota, policy).
     #[serde(default)]
@@ -91,7 +93,9 @@ pub(crate) struct CreateRequest {
     /// Lifetime of the returned token (s; default from configuration).
     #[schema(minimum = 1, maximum = 2592000)]
     token_ttl_seconds: Option<i64>,
-    /// Subject of the returned token (default: `owner`).
+    /// Subject of the returned token (default: `owner`). 1-253 bytes
+    /// (UTF-8) without control characters.
+    #[schema(min_length = 1, max_length = 253)]
     subject: Option<String>,
 }
 
@@ -117,7 +121,9 @@ pub(crate) struct CreateResponse {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct TokenRequest {
-    /// Subject (user) of the token.
+    /// Subject (user) of the token. 1-253 bytes (UTF-8) without control
+    /// characters.
+    #[schema(min_length = 1, max_length = 253)]
     subject: Option<String>,
     /// Lifetime, seconds (default from configuration).
     #[schema(minimum = 1, maximum = 2592000)]
@@ -289,14 +295,16 @@ pub(crate) async fn events(State(s): State<ApiState>, Name(name): Name, headers:
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct WaitQuery {
     /// Seconds to wait at most (default 30; more than 300 waits 300).
-    #[param(maximum = 300)]
     timeout: Option<u64>,
 }
 
-/// Wait until the backend is ready: 200 when it is, 410 if it ended, 202
-/// (with the current status) if the timeout passed first.
+/// Wait until the backend is ready: 200 when it is, 409 once it is
+/// stopping (it will not be ready again, and stopping can take its whole
+/// stop timeout), 410 if it ended, 202 (with the current status) if the
+/// timeout passed first.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/ready", params(("name" = String, Path), WaitQuery),
-    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 410, description = "Ended before ready"), (status = 400, description = "Bad timeout"), (status = 404)))]
+    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 409, description = "Stopping: it will not be ready again"),
+    (status = 410, description = "Ended"), (status = 400, description = "Bad timeout"), (status = 404)))]
 pub(crate) async fn ready(
     State(s): State<ApiState>,
     Name(name): Name,
@@ -304,10 +312,12 @@ pub(crate) async fn ready(
 ) -> Result<Response, ApiError> {
     let wait = Duration::from_secs(q.timeout.unwrap_or(30).min(MAX_WAIT_SECONDS));
     let mut feed = s.backends.subscribe(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
-    let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| e.status.phase == Phase::Ready || e.status.phase.is_terminal())).await;
+    let decided = |p: Phase| matches!(p, Phase::Ready | Phase::Terminating) || p.is_terminal();
+    let _ = tokio::time::timeout(wait, feed.live.wait_for(|e| decided(e.status.phase))).await;
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     Ok(match view.status.phase {
         Phase::Ready => (StatusCode::OK, Json(view)).into_response(),
+        Phase::Terminating => ApiError::new(StatusCode::CONFLICT, stopping(&name)).into_response(),
         p if p.is_terminal() => {
             let why = view.status.message.as_deref().unwrap_or(p.as_str());
             let message = match (view.status.ready_at, view.status.finished_at) {
@@ -319,6 +329,12 @@ pub(crate) async fn ready(
         }
         _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(view)).into_response(),
     })
+}
+
+/// Why a stopping backend gets no token and will not be ready: the caller
+/// should create a new one.
+fn stopping(name: &str) -> String {
+    format!("backend {name} is stopping and will not be ready again: create a new one (with its key, the same call)")
 }
 
 /// Log query.
@@ -357,8 +373,9 @@ pub(crate) async fn token(
     State(s): State<ApiState>,
     Name(name): Name,
     headers: http::HeaderMap,
-    // Every field is optional: no body (and no Content-Type) is all defaults.
-    body: Result<Option<Json<Object<TokenRequest>>>, JsonRejection>,
+    // Every field is optional: no body (and no Content-Type), or `null`
+    // (which the OpenAPI document allows), is all defaults.
+    body: Result<Option<Json<Option<Object<TokenRequest>>>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     // A body without a Content-Type is not "no body": axum would skip it,
     // and `{"subject":"bob","ttlSeconds":60}` sent so (Python's
@@ -379,17 +396,15 @@ pub(crate) async fn token(
             }
             other => other,
         })?
-        .map(|Json(Object(r))| r)
+        .and_then(|Json(r)| r)
+        .map(|Object(r)| r)
         .unwrap_or_default();
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }
     if view.status.phase == Phase::Terminating {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("backend {name} is stopping and will not be ready again: create a new one (with its key, the same call)"),
-        ));
+        return Err(ApiError::new(StatusCode::CONFLICT, stopping(&name)));
     }
     let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
     if let Some(subject) = &r.subject {

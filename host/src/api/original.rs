@@ -137,7 +137,8 @@ pub(crate) async fn spawn(
 }
 
 /// 302 to the backend's URL (with a fresh token) once ready; 409 before;
-/// 410 if it ended; 404 if unknown.
+/// 410 once it is stopping or has ended (`Swept`: it will not be ready
+/// again, and an original client polls on 409); 404 if unknown.
 #[utoipa::path(get, path = "/api/backend/{id}/ready", params(("id" = String, Path)), responses((status = 302), (status = 409), (status = 410), (status = 404)))]
 pub(crate) async fn ready(State(s): State<ApiState>, Name(id): Name) -> Result<Response, ApiError> {
     let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
@@ -147,6 +148,7 @@ pub(crate) async fn ready(State(s): State<ApiState>, Name(id): Name) -> Result<R
             Ok((StatusCode::FOUND, [(header::LOCATION, url), (header::REFERRER_POLICY, "no-referrer".into())]).into_response())
         }
         p if p.is_terminal() => Err(ApiError::new(StatusCode::GONE, format!("backend {id} has ended"))),
+        Phase::Terminating => Err(ApiError::new(StatusCode::GONE, format!("backend {id} is stopping and will not be ready again"))),
         p => Err(ApiError::new(StatusCode::CONFLICT, format!("backend {id} is not ready yet ({})", p.as_str()))),
     }
 }

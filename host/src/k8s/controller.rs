@@ -104,6 +104,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server said this identity may not do it (403).
+    fn forbidden(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(e)) if e.code == 403)
+    }
+
     /// What kind of failure it is: the `error` label of
     /// `spawner_reconcile_errors_total` (`api`, `pod-name-taken`,
     /// `scheduler`, `finalizer`; `run` counts `watch`), or `stale`, `caches` and `stopping` for
@@ -393,44 +398,67 @@ async fn reconcile_once(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Re
     finalizer(&api, FINALIZER, slab, |event| async {
         match event {
             Event::Apply(slab) => apply(&slab, &ctx, None).await,
-            Event::Cleanup(slab) => {
-                let request = TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
-                let requeue = apply(&slab, &ctx, Some(request)).await?;
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                match pods.get_opt(&slab.name_any()).await? {
-                    Some(pod) if owned_by(&pod, &slab) => {
-                        // A Pod whose application exited is no workload to
-                        // the lifecycle, but it is still an object the
-                        // garbage collector keeps while this finalizer
-                        // holds its owner: delete it here.
-                        if pod.metadata.deletion_timestamp.is_none() {
-                            delete_pod(&pods, &pod, Duration::ZERO).await?;
-                        }
-                        Err(Error::Stopping(slab.name_any()))
-                    }
-                    _ => {
-                        // Its Service goes with it, here rather than by the
-                        // garbage collector, which would not take it after
-                        // `--cascade=orphan` (see `owned_meta`): its owner
-                        // reference may still be there now, and gone the
-                        // moment this finalizer lets the object go.
-                        if slab.spec.service == Some(true) {
-                            let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-                            if let Some(s) = services.get_opt(&slab.name_any()).await?
-                                && s.metadata.deletion_timestamp.is_none()
-                                && owned_meta(&s.metadata, &slab)
-                            {
-                                delete_if_there(&services, &slab.name_any(), &DeleteParams::default()).await?;
-                            }
-                        }
-                        Ok(requeue)
-                    }
+            Event::Cleanup(slab) => match cleanup(&slab, &ctx, &ns).await {
+                Err(e) if e.forbidden() && namespace_deleting(&ctx.client, &ns).await => {
+                    // Deleting a namespace deletes its RoleBindings at once,
+                    // the operator's with them, while this finalizer holds
+                    // the object: without letting it go here, the namespace
+                    // would stay `Terminating` for ever. Its Pod is being
+                    // deleted with the namespace.
+                    tracing::warn!(
+                        backend = %slab.name_any(), namespace = %ns,
+                        "the backend's namespace is being deleted and the operator may no longer act in it: letting the object go, its Pod goes with the namespace"
+                    );
+                    Ok(Requeue::await_change())
                 }
-            }
+                done => done,
+            },
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Whether namespace `ns` is being deleted. Any failure to tell counts as
+/// no: the caller then keeps retrying, as it would have.
+async fn namespace_deleting(client: &Client, ns: &str) -> bool {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    matches!(namespaces.get_opt(ns).await, Ok(Some(n)) if n.metadata.deletion_timestamp.is_some())
+}
+
+/// A deleted backend: stop its Pod, record how it ended, and delete its
+/// Service; `Ok` once the object may go.
+async fn cleanup(slab: &SessionLivedBackend, ctx: &Context, ns: &str) -> Result<Requeue, Error> {
+    let request = TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
+    let requeue = apply(slab, ctx, Some(request)).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match pods.get_opt(&slab.name_any()).await? {
+        Some(pod) if owned_by(&pod, slab) => {
+            // A Pod whose application exited is no workload to the
+            // lifecycle, but it is still an object the garbage collector
+            // keeps while this finalizer holds its owner: delete it here.
+            if pod.metadata.deletion_timestamp.is_none() {
+                delete_pod(&pods, &pod, Duration::ZERO).await?;
+            }
+            Err(Error::Stopping(slab.name_any()))
+        }
+        _ => {
+            // Its Service goes with it, here rather than by the garbage
+            // collector, which would not take it after `--cascade=orphan`
+            // (see `owned_meta`): its owner reference may still be there
+            // now, and gone the moment this finalizer lets the object go.
+            if slab.spec.service == Some(true) {
+                let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+                if let Some(s) = services.get_opt(&slab.name_any()).await?
+                    && s.metadata.deletion_timestamp.is_none()
+                    && owned_meta(&s.metadata, slab)
+                {
+                    delete_if_there(&services, &slab.name_any(), &DeleteParams::default()).await?;
+                }
+            }
+            Ok(requeue)
+        }
+    }
 }
 
 /// Steps the lifecycle for `slab` until it waits, executing each action,

@@ -78,10 +78,31 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, b
     }
     if valid.is_empty() {
         found.extend(first_other.or(first_failure));
+    } else if names_several_users(&valid) {
+        found.push(Credential {
+            source: CredentialSource::Cookie,
+            verified: Err(TokenError::Malformed(format!(
+                "the {} cookies for this backend name different users, so none counts (a page of another backend under the same \
+                 parent domain may have set one for the browser): clear this site's cookies and open the backend's link again, \
+                 or send the token as Authorization: Bearer",
+                names.cookie
+            ))),
+        });
     } else {
         found.extend(valid);
     }
     found
+}
+
+/// Whether valid tokens for one backend name more than one user. The proxy
+/// sets one cookie per backend, replaced by each link opened: another, for
+/// another user, was set by someone else (under host routing, a sibling
+/// backend's page can set a cookie for the parent domain, on a path the
+/// browser sends first), and would make this browser act as that user.
+fn names_several_users(valid: &[Credential]) -> bool {
+    let mut subjects = valid.iter().filter_map(|c| c.verified.as_ref().ok()).map(|c| &c.subject);
+    let first = subjects.next();
+    subjects.any(|s| Some(s) != first)
 }
 
 /// The token in an `Authorization` value of the Bearer scheme (whose name
@@ -280,6 +301,37 @@ mod tests {
             find(&request(None, &[("cookie", &format!("spawner-token=st1.junk.sig; {crowd}"))]), &TokenNames::default(), Some(&key), "b1");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].verified.as_ref().map(|c| c.backend.as_str()), Ok("b0"));
+    }
+
+    #[test]
+    fn cookies_for_one_backend_that_name_different_users_do_not_count() {
+        let key = TokenKey::new(b"0123456789abcdef-credentials").unwrap();
+        let now = token::now_unix();
+        let alice = key.mint("b1", Some("alice"), now, now + 60);
+        // Another user's token for the same backend, in a cookie a sibling
+        // backend's page set for the parent domain on a longer path: the
+        // browser sends it first.
+        let bob = key.mint("b1", Some("bob"), now, now + 60);
+        let req = request(None, &[("cookie", &format!("spawner-token={bob}; spawner-token={alice}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(sources(&found), [CredentialSource::Cookie]);
+        let Err(TokenError::Malformed(why)) = &found[0].verified else { panic!("counted: {found:?}") };
+        assert!(why.starts_with("the spawner-token cookies for this backend name different users, so none counts"), "{why}");
+        // A bearer token still counts, first.
+        let mut with_bearer = req.clone();
+        with_bearer.headers.push(Header { name: "authorization".into(), value: format!("Bearer {alice}") });
+        let found = find(&with_bearer, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(found[0].verified.as_ref().map(|c| c.subject.as_deref()), Ok(Some("alice")));
+        // Two tokens of one user (an older one on a longer path) both count.
+        let again = key.mint("b1", Some("alice"), now, now + 120);
+        let req = request(None, &[("cookie", &format!("spawner-token={again}; spawner-token={alice}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|c| c.verified.is_ok()));
+        // A token naming nobody is another user than alice too.
+        let nobody = key.mint("b1", None, now, now + 60);
+        let req = request(None, &[("cookie", &format!("spawner-token={nobody}; spawner-token={alice}"))]);
+        assert!(find(&req, &TokenNames::default(), Some(&key), "b1")[0].verified.is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Header hygiene for proxied requests and responses.
 //!
 //! - hop-by-hop headers (and those named in `Connection`) are not forwarded;
-//! - `X-Forwarded-*`, `Forwarded` and `X-Real-IP` from clients are dropped
-//!   and set from what the proxy saw (clients cannot spoof their address);
+//! - `X-Forwarded-*`, `Forwarded`, `X-Real-IP` (and the client-address
+//!   headers of CDNs, `X-Client-IP`, `True-Client-IP`…) from clients are
+//!   dropped, and the first three set from what the proxy saw (clients
+//!   cannot spoof their address);
 //! - identity headers (`x-spawner-*`) from clients are dropped; only
 //!   verified ones are injected: the backend's name, the auth verdict's
 //!   subject, and the auth plugin's own;
@@ -32,19 +34,36 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Client-address headers other proxies and CDNs set, which libraries read
+/// (npm's `request-ip` reads `X-Client-IP` before `X-Forwarded-For`): from a
+/// client, each is a claimed address.
+const CLIENT_ADDRESS: [&str; 8] = [
+    "forwarded",
+    "x-forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
 /// Client-sent headers a backend could take for the proxy's: every
 /// `X-Forwarded-*` (frameworks read `-Port`, `-Ssl`, `-Scheme` and more,
-/// not only those the proxy sets), `Forwarded`, `X-Real-IP`, and identity
-/// headers. `name` is lower case, as `HeaderMap` keeps it; `_` counts as
-/// `-`.
+/// not only those the proxy sets), the [`CLIENT_ADDRESS`] ones, and
+/// identity headers. `name` is lower case, as `HeaderMap` keeps it; `_`
+/// counts as `-`.
 fn untrusted(name: &str) -> bool {
     let name = if name.contains('_') { std::borrow::Cow::Owned(name.replace('_', "-")) } else { name.into() };
-    name.starts_with("x-forwarded-") || name.starts_with(IDENTITY_HEADER_PREFIX) || name == "forwarded" || name == "x-real-ip"
+    name.starts_with("x-forwarded-") || name.starts_with(IDENTITY_HEADER_PREFIX) || CLIENT_ADDRESS.contains(&name.as_ref())
 }
 
 /// Removes hop-by-hop headers, including any listed in `Connection`.
-/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` (WebSocket
-/// handshakes).
+/// `keep_upgrade` (a WebSocket handshake) sends `Connection: upgrade` and
+/// `Upgrade: websocket` alone, whatever else the client offered (`h2c`: a
+/// backend that switched to it would give the client a channel the proxy
+/// does not read), and no body framing (a handshake has no body, and the
+/// proxy sends none: a `Content-Length` would keep the backend waiting).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -65,6 +84,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.remove(header::CONTENT_LENGTH);
+        h.remove("http2-settings");
     }
 }
 
@@ -280,6 +302,19 @@ mod tests {
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert!(!h.contains_key("keep-alive"));
+        // A WebSocket handshake offers the backend WebSocket alone, and no
+        // body.
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket, h2c"),
+            ("http2-settings", "AAA"),
+            ("content-length", "5"),
+            ("sec-websocket-key", "k"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        let mut kept: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        kept.sort();
+        assert_eq!(kept, [("connection", "upgrade"), ("sec-websocket-key", "k"), ("upgrade", "websocket")]);
     }
 
     #[test]
@@ -296,6 +331,10 @@ mod tests {
             ("x_spawner_user", "admin"),
             ("X_Forwarded_For", "6.6.6.6"),
             ("x_real_ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-forwarded", "for=6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
             ("x_app_id", "kept"),
             ("x-spawnerish", "kept"),
         ]);
