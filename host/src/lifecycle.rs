@@ -130,6 +130,10 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ready_at: Option<Timestamp>,
+    /// When it began stopping (entered `terminating`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub terminating_at: Option<Timestamp>,
     /// When it reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -149,6 +153,7 @@ impl Status {
             scheduled_at: None,
             started_at: None,
             ready_at: None,
+            terminating_at: None,
             finished_at: None,
         }
     }
@@ -375,6 +380,7 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         // nothing exists) and let the next step see the workload gone.
         if status.phase >= Phase::Scheduled || observed.workload.exists() {
             next.phase = Phase::Terminating;
+            next.terminating_at = Some(now);
             return (next, Action::Stop);
         }
         // Nothing is running: end right away.
@@ -653,6 +659,7 @@ mod tests {
             o.termination = terminate(reason);
             let (terminating, action) = step(&in_phase(Phase::Ready), &o, &STARTUP);
             assert_eq!((terminating.phase, terminating.reason, action), (Phase::Terminating, Some(reason), Action::Stop));
+            assert_eq!(terminating.terminating_at, Some(t(10)));
 
             // Still running: stop again (idempotent), status unchanged.
             assert_eq!(step(&terminating, &o, &STARTUP), (terminating.clone(), Action::Stop));

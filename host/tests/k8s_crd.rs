@@ -119,6 +119,11 @@ async fn the_server_refuses_bad_specs_and_says_which_field() {
         ("gracePeriodSeconds", serde_json::json!({"template": {"containers": container}, "gracePeriodSeconds": 0})),
         ("containers", serde_json::json!({"template": {"containers": []}})),
         ("key", serde_json::json!({"template": {"containers": container}, "key": ""})),
+        // As the REST API refuses them.
+        ("key", serde_json::json!({"template": {"containers": container}, "key": "doc 7"})),
+        ("key", serde_json::json!({"template": {"containers": container}, "key": "doc\u{a0}7"})),
+        ("owner", serde_json::json!({"template": {"containers": container}, "owner": "alice\r\nx-evil: 1"})),
+        ("owner", serde_json::json!({"template": {"containers": container}, "owner": ""})),
         ("lifetimeLimitSeconds", serde_json::json!({"template": {"containers": container}, "lifetimeLimitSeconds": 0})),
         ("template", serde_json::json!({"httpPort": 8080})),
         // Beyond the field's type: stored, it would stop every typed watch

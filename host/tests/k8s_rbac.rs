@@ -90,7 +90,9 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             "RoleBinding/spawner-proxy",
             "Role/spawner-proxy",
             "RoleBinding/spawner-proxy",
-            "Lease/spawner-proxy-sweeper"
+            "Lease/spawner-proxy-sweeper",
+            "ValidatingAdmissionPolicy/spawner-proxy-only-terminates",
+            "ValidatingAdmissionPolicyBinding/spawner-proxy-only-terminates"
         ]
     );
     assert_eq!(
@@ -427,6 +429,34 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         as_proxy("spawner-backends").patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({}))).await.map(|_| ()),
         "the proxy writing status",
     );
+
+    // Its `patch` on backends asks for terminations, and does nothing else
+    // (the ValidatingAdmissionPolicy beside its Role; the API server takes
+    // a moment to load a new policy).
+    let patch = |value: serde_json::Value| {
+        let backends = as_proxy(HOME);
+        let name = name.clone();
+        async move { backends.patch(&name, &PatchParams::default(), &Patch::Merge(&value)).await.map(|_| ()) }
+    };
+    let mut longer = 1000;
+    let mut changed_spec = Ok(());
+    for _ in 0..100 {
+        longer += 1;
+        changed_spec = patch(serde_json::json!({"spec": {"gracePeriodSeconds": longer}})).await;
+        if changed_spec.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    forbidden(changed_spec, "the proxy changing a backend's spec");
+    forbidden(patch(serde_json::json!({"metadata": {"finalizers": null}})).await, "the proxy removing the operator's finalizer");
+    forbidden(patch(serde_json::json!({"metadata": {"labels": {"team": "x"}}})).await, "the proxy labelling a backend");
+    forbidden(patch(serde_json::json!({"metadata": {"annotations": {"other": "x"}}})).await, "the proxy setting another annotation");
+    patch(
+        serde_json::json!({"metadata": {"annotations": {"spawner.dev/terminate": "{\"reason\": \"requested\", \"message\": \"test\"}"}}}),
+    )
+    .await
+    .expect("the proxy asks for a termination");
 
     // The backends' namespace can be deleted with backends in it (`kubectl
     // delete ns`, a GitOps prune): its RoleBindings go at once, the

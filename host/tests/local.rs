@@ -440,6 +440,12 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     // The original API calls it `Swept`, and its clients poll `ready` on 409.
     let r = dev.http.get(format!("{}/api/backend/{first}/ready", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 410);
+    // Its `time` is when it began stopping (it was when it became ready).
+    let original: serde_json::Value =
+        dev.http.get(format!("{}/api/backend/{first}/status", dev.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(original["state"], "Swept");
+    assert!(original["terminatingAt"].is_string() && original["time"] == original["terminatingAt"], "{original}");
+    assert_ne!(original["time"], original["readyAt"], "{original}");
     assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "the answers above came while it was stopping");
 
     let (status, again) = dev.create(create.clone()).await;

@@ -92,7 +92,8 @@ fn state_name(p: Phase) -> &'static str {
 }
 
 fn render(status: &Status) -> String {
-    let time = [status.finished_at, status.ready_at, status.started_at, status.scheduled_at].into_iter().flatten().next();
+    let time =
+        [status.finished_at, status.terminating_at, status.ready_at, status.started_at, status.scheduled_at].into_iter().flatten().next();
     let original = OriginalStatus { state: state_name(status.phase), time: time.unwrap_or(status.created_at), status };
     serde_json::to_string(&original).unwrap_or_default()
 }

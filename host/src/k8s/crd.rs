@@ -106,12 +106,17 @@ pub struct SessionLivedBackendSpec {
     /// Get-or-create key (a document id, a room), passed to the backend and
     /// to plugins. For at most one backend per key, name the object after
     /// the key: the API server refuses a second object of the same name.
+    /// No spaces or control characters, as the REST API requires.
+    // The pattern is RE2's, which the API server checks: `\p{Z}` and
+    // `\p{Cc}` cover Rust's `char::is_whitespace` and `is_control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = MAX_KEY_LEN))]
+    #[schemars(length(min = 1, max = MAX_KEY_LEN), regex(pattern = r"^[^\p{Z}\p{Cc}]+$"))]
     pub key: Option<String>,
 
-    /// The user the backend is for (plugins see it, e.g. for quotas).
+    /// The user the backend is for (plugins see it, e.g. for quotas). No
+    /// control characters, as the REST API requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[^\p{Cc}]+$"))]
     pub owner: Option<String>,
 
     /// Seconds after which the backend is terminated however busy it is.
@@ -279,6 +284,9 @@ pub struct SessionLivedBackendStatus {
     /// When it became ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<Timestamp>,
+    /// When it began stopping (entered `terminating`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating_at: Option<Timestamp>,
     /// When it reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
@@ -301,6 +309,7 @@ impl SessionLivedBackendStatus {
             scheduled_at: self.scheduled_at,
             started_at: self.started_at,
             ready_at: self.ready_at,
+            terminating_at: self.terminating_at,
             finished_at: self.finished_at,
         })
     }
@@ -318,6 +327,7 @@ impl SessionLivedBackendStatus {
         self.scheduled_at = status.scheduled_at;
         self.started_at = status.started_at;
         self.ready_at = status.ready_at;
+        self.terminating_at = status.terminating_at;
         self.finished_at = status.finished_at;
 
         let ready = status.phase == Phase::Ready;
