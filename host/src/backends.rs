@@ -310,6 +310,9 @@ pub fn check_user(field: &str, user: &str) -> Result<(), ControlError> {
 /// Checks a key, labels, env and owner; the message names the field.
 pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::Invalid(m));
+    if spec.template.trim().is_empty() {
+        return bad("template is empty: name a configured template (or, on Kubernetes, an image)".into());
+    }
     if let Some(k) = &spec.key
         && (k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(|c| c.is_control() || c.is_whitespace()))
     {

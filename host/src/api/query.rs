@@ -29,10 +29,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
     }
 }
 
-/// Every `%` starts two hex digits, and each `name=value` pair decodes to
-/// UTF-8.
+/// Every `%` starts two hex digits, each `name=value` pair decodes to
+/// UTF-8, and no value is empty (`timeout=` would be read as a number and
+/// refused as "cannot parse integer from empty string", which names no
+/// parameter; an empty filter is a mistake, not "no filter").
 fn check(query: &str) -> Result<(), String> {
-    for pair in query.split('&') {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if let (name, "") = pair.split_once('=').unwrap_or((pair, "")) {
+            return Err(format!("{name} is empty: give a value, or leave it out"));
+        }
         let mut decoded = Vec::with_capacity(pair.len());
         let mut bytes = pair.bytes().enumerate();
         while let Some((i, b)) = bytes.next() {
@@ -77,5 +82,12 @@ mod tests {
         assert!(check("owner=%").unwrap_err().contains("\"%\""));
         assert!(check("owner=%FF").unwrap_err().contains("UTF-8"));
         assert!(check("owner=%C3").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn empty_values_are_refused_naming_the_parameter() {
+        assert_eq!(check("tail=").unwrap_err(), "tail is empty: give a value, or leave it out");
+        assert_eq!(check("owner=a&live").unwrap_err(), "live is empty: give a value, or leave it out");
+        assert_eq!(check("owner=a&&live=true"), Ok(()), "an empty pair is no parameter");
     }
 }
