@@ -180,7 +180,14 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         .merge(api)
         .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /api/openapi.json") })
+        .fallback(|uri: axum::http::Uri| async move {
+            // `/api/v1/backends/` is the commonest near miss.
+            let hint = match uri.path() {
+                p if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
+                _ => String::new(),
+            };
+            ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint{hint}; see /api/openapi.json"))
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
         })

@@ -118,6 +118,10 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert_eq!(list, json!([]));
     let missing = dev.http.get(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    let slash = dev.http.get(format!("{}/api/v1/backends/", dev.base)).send().await.unwrap();
+    assert_eq!(slash.status(), 404);
+    let error = slash.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("paths take no trailing slash: /api/v1/backends"), "{error}");
     // A name that is not UTF-8 once decoded: the API's JSON error too.
     for path in ["/api/v1/backends/%FF", "/api/v1/backends/%C0/tokens", "/api/backend/%FF/status"] {
         let r = dev
