@@ -138,6 +138,16 @@ pub fn plain_serde_message(text: &str) -> String {
     for (from, to) in [("expected a string", "expected a JSON string"), ("expected a map", "expected a JSON object")] {
         text = text.replace(from, to);
     }
+    // A whole number beyond u64 reaches serde as a float, and was reported
+    // as one ("invalid type: floating point `1.8446744073709552e+19`").
+    const FLOAT: &str = "invalid type: floating point `";
+    if let Some(at) = text.find(FLOAT)
+        && let Some(len) = text[at + FLOAT.len()..].find('`')
+        && text[at + FLOAT.len()..][..len].contains('e')
+    {
+        let number = text[at + FLOAT.len()..][..len].to_string();
+        text.replace_range(at..at + FLOAT.len() + len + 1, &format!("the number {number} is too large"));
+    }
     // Every body of this API is a JSON object. A message without a field
     // path is about the body itself ("invalid type: sequence, expected
     // struct CreateRequest"), and serde reads a top-level array as the
@@ -199,6 +209,15 @@ mod tests {
             "lifetimeLimitSeconds: invalid value: integer `18446744073709551615`, expected a whole number up to 9223372036854775807 at line 1 column 60"
         );
         assert_eq!(plain("unknown field `x`, expected one of `a`, `b`"), "unknown field `x`, expected one of `a`, `b`");
+        assert_eq!(
+            plain("lifetimeLimitSeconds: invalid type: floating point `1.8446744073709552e+19`, expected i64 at line 1 column 45"),
+            "lifetimeLimitSeconds: the number 1.8446744073709552e+19 is too large, expected a whole number at line 1 column 45"
+        );
+        assert_eq!(
+            plain("gracePeriodSeconds: invalid type: floating point `1.5`, expected i64 at line 1 column 25"),
+            "gracePeriodSeconds: invalid type: floating point `1.5`, expected a whole number at line 1 column 25",
+            "a fraction stays a fraction"
+        );
         // A nested object is named, not blamed on the body.
         assert_eq!(
             plain(
