@@ -50,7 +50,9 @@ impl Dev {
         let runtime = Arc::new(Runtime::new(config.plugins.runtime(), Some(tokens.clone()))?);
         let mut sources = Vec::new();
         for kind in PluginKind::ALL {
-            sources.push((kind, crate::watch::source(&config.plugins, kind)?));
+            let source = crate::watch::source(&config.plugins, kind)
+                .with_context(|| format!("loading the {kind} plugin (--plugin {kind}=FILE, or [plugins.{kind}] in the config file)"))?;
+            sources.push((kind, source));
         }
         if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
             && let Some(warning) = token_names_mismatch(&auth.settings, &config.proxy.token_names())

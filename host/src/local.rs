@@ -233,14 +233,26 @@ impl Local {
                 keys.remove(key);
             }
         }
-        let reason = to.reason.map(Reason::as_str).unwrap_or("");
-        let detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next()).unwrap_or("");
-        // A failure is worth a warning: alerts on warnings catch crashing
-        // templates.
-        if to.phase == Phase::Failed && from.phase != Phase::Failed {
-            tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
+        // (`None` fields are left out of the line.)
+        let reason = to.reason.map(Reason::as_str);
+        let detail = to.message.as_deref().and_then(|m| m.split(crate::lifecycle::LAST_OUTPUT).next());
+        let exit_code = to.exit_code;
+        if from.phase == to.phase {
+            // Within a phase: the exit of a process stopped after it ended
+            // (a startup timeout), or nothing an operator acts on.
+            if from.exit_code != to.exit_code {
+                tracing::info!(backend = %r.name, phase = to.phase.as_str(), exit_code, "backend process exited");
+            } else {
+                tracing::debug!(backend = %r.name, phase = to.phase.as_str(), reason, detail, "backend status updated");
+            }
+        } else if to.phase == Phase::Failed {
+            // A failure is worth a warning: alerts on warnings catch
+            // crashing templates. Its output is not logged (it may hold
+            // secrets); the API serves it.
+            let logs = format!("GET /api/v1/backends/{}/logs", r.name);
+            tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, exit_code, output = %logs, "backend status");
         } else {
-            tracing::info!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, "backend status");
+            tracing::info!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, exit_code, "backend status");
         }
         r.set_status(to);
         // At once, not at the next periodic run: `max-ended` bounds what
@@ -374,6 +386,11 @@ impl Local {
         }
         drop(keys);
         let view = self.view(&record);
+        // Ties the name to whom and what it is for, where on-call looks.
+        tracing::info!(
+            backend = %view.name, template = %record.spec.template, owner = record.spec.owner.as_deref(), key = record.spec.key.as_deref(),
+            "backend created"
+        );
         tokio::spawn(driver::drive(self.self_arc(), record));
         Ok(Created { backend: view, created: true })
     }

@@ -19,14 +19,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // A directive that does not parse is said, not silently replaced by
     // the default (which would hide that the setting did nothing).
-    let (filter, bad_filter) = match std::env::var("SPAWNER_LOG") {
-        Ok(directives) => match tracing_subscriber::EnvFilter::try_new(&directives) {
+    // RUST_LOG when SPAWNER_LOG is not set: what Rust programs are
+    // usually told with.
+    let setting = ["SPAWNER_LOG", "RUST_LOG"].into_iter().find_map(|var| std::env::var(var).ok().map(|d| (var, d)));
+    let (filter, bad_filter) = match setting {
+        Some((var, directives)) => match tracing_subscriber::EnvFilter::try_new(&directives) {
             Ok(f) => (f, None),
             Err(e) => {
-                ("spawner=info,warn".into(), Some(format!("SPAWNER_LOG={directives:?} is not a log filter ({e}); using spawner=info,warn")))
+                ("spawner=info,warn".into(), Some(format!("{var}={directives:?} is not a log filter ({e}); using spawner=info,warn")))
             }
         },
-        Err(_) => ("spawner=info,warn".into(), None),
+        None => ("spawner=info,warn".into(), None),
     };
     // Colours only for a person at a terminal: not in files, pipes or
     // journald, and never with NO_COLOR set.
@@ -53,7 +56,17 @@ fn main() -> ExitCode {
             _ => tracing::error!(thread, "panic: {info} (RUST_BACKTRACE=1 for a backtrace)"),
         }
     }));
-    match spawner::cli::run(spawner::cli::Cli::parse()) {
+    let cli = match spawner::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // A mistake in the flags or their variables is a JSON line too
+        // (help and version go to stdout as text, as asked).
+        Err(e) if spawner::cli::json_logs() && e.use_stderr() => {
+            tracing::error!(error = %e.to_string().trim_end(), "spawner stopped");
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+        Err(e) => e.exit(),
+    };
+    match spawner::cli::run(cli) {
         Ok(code) => code,
         Err(e) if spawner::cli::json_logs() => {
             tracing::error!(error = %describe(&e), "spawner stopped");

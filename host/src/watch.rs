@@ -102,7 +102,13 @@ pub fn spawn(
                 let source = match source(&config, kind) {
                     Ok(s) => s,
                     Err(e) => {
-                        plugins.refuse(kind, &e.path().unwrap_or_default(), &e);
+                        // Said once, as a bad file is: not again at each
+                        // later change in its directory (its own log line,
+                        // written there, would be one, and loop).
+                        let unreadable: [u8; 32] = Sha256::digest(format!("unreadable: {e}")).into();
+                        if tried.insert(kind, unreadable) != Some(unreadable) {
+                            plugins.refuse(kind, &e.path().unwrap_or_default(), &e);
+                        }
                         continue;
                     }
                 };

@@ -987,4 +987,15 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
     wait_for((2, refused + 1)).await;
     assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 401, "the HMAC plugin still decides");
     assert!(dev.log_text().contains("plugin reload refused; keeping the current plugin"), "{}", dev.log_text());
+    // Said once: other changes in its directory (a log written there) do
+    // not refuse it again, which looped when the refusal's own log line was
+    // such a change.
+    for i in 0..3 {
+        std::fs::write(auth.with_file_name(format!("other-{i}")), "x").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(settled().await, (2, refused + 1), "a missing file is refused once");
+    // And when it is back, it is loaded.
+    std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
+    wait_for((3, refused + 1)).await;
 }

@@ -73,6 +73,15 @@ fn check_refuses_each_fixture_with_the_reason() {
 }
 
 #[test]
+fn a_missing_plugin_file_stops_dev_naming_the_kind_and_the_file() {
+    let out = spawner(&["dev", "--listen", "127.0.0.1:0", "--plugin", "auth=/nonexistent/auth.wasm"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let text = text(&out);
+    assert!(text.contains("loading the auth plugin (--plugin auth=FILE, or [plugins.auth] in the config file)"), "{text}");
+    assert!(text.contains("/nonexistent/auth.wasm"), "{text}");
+}
+
+#[test]
 fn limits_given_by_flag_or_environment_are_the_ones_the_trial_runs_under() {
     // As `spawner proxy` and `spawner operator` take them: per kind.
     let out = spawner(&["plugin", "check", built::FIXTURE_LOOP, "--plugin-deadline-ms", "auth=7", "--plugin-deadline-ms", "idle=300"]);
