@@ -478,6 +478,20 @@ fn is_localhost_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 
+/// serde's "expected struct PluginSlot" names a Rust type; in TOML it is a
+/// table (`[plugins.auth]`, or `auth = { file = "…" }`).
+fn tables_not_structs(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find("expected struct ") {
+        out.push_str(&rest[..at]);
+        out.push_str("expected a table");
+        rest = rest[at + "expected struct ".len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -503,7 +517,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| crate::text::plain_types(e.to_string().trim_end()))
+        toml::from_str(text).map_err(|e| tables_not_structs(&crate::text::plain_types(e.to_string().trim_end())))
     }
 
     /// Adds the built-in `demo` template unless the file defines one.
@@ -629,7 +643,7 @@ impl Config {
             // would be silently replaced (a create's `env` is refused alike).
             if let Some(k) = t.env.keys().find(|k| crate::backends::set_by_spawner(k)) {
                 return bad(format!(
-                    "templates.\"{name}\".env.{k} is set by Spawner for each backend and cannot be set here; remove it (the backend reads PORT from its environment)"
+                    "templates.\"{name}\".env.{k} is set by Spawner for each backend and cannot be set here (PORT and every SPAWNER_ variable are Spawner's); remove it, or rename it"
                 ));
             }
             // Checked here, not at each create: every create would fail,
@@ -683,6 +697,16 @@ mod tests {
     #[test]
     fn an_empty_file_is_the_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn type_errors_name_toml_types_not_rust_ones() {
+        let e = Config::parse("[plugins]\nauth = \"x.wasm\"\n").unwrap_err();
+        assert!(e.contains("expected a table") && !e.contains("PluginSlot"), "{e}");
+        let e = Config::parse("backends = 5\n").unwrap_err();
+        assert!(e.contains("expected a table") && !e.contains("struct"), "{e}");
+        let e = Config::parse("[plugins]\nmax-instances = 99999999999\n").unwrap_err();
+        assert!(e.contains("expected a whole number from 0 to 4294967295"), "{e}");
     }
 
     #[test]

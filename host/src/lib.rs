@@ -38,6 +38,7 @@ pub mod dev;
 pub mod k8s;
 pub mod lifecycle;
 pub mod local;
+pub mod log_gate;
 pub mod metrics;
 pub mod plugins;
 pub mod process;

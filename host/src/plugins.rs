@@ -31,7 +31,7 @@ pub mod types;
 mod waits;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -41,6 +41,7 @@ pub use error::{CallError, LoadError, LoadResult};
 pub use loaded::{LoadedPlugin, PluginInfo};
 pub use runtime::{Limits, Runtime, RuntimeConfig};
 
+use crate::log_gate::LogGate;
 use crate::metrics::{DecisionLabels, FailureLabels, KindLabels, LoadLabels, Metrics};
 use types::*;
 
@@ -168,33 +169,10 @@ pub struct Plugins {
     /// scheduler call falls back to.
     default_scheduler: Arc<LoadedPlugin>,
     metrics: Arc<Metrics>,
-    /// Per kind: when a failed call was last logged, and how many since.
-    failure_logs: [Mutex<LogGate>; 3],
-}
-
-/// At most one log line per [`FAILURE_LOG_EVERY`] for a kind's failed
-/// calls: an auth plugin that traps fails on every request, an idle plugin
-/// on every backend at every sweep, and the log would drown in one cause.
-/// The metrics count every failure.
-#[derive(Default)]
-struct LogGate {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-/// How often a kind's failed calls are logged, at most.
-const FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl LogGate {
-    /// Whether to log now, and how many failures were not logged before.
-    fn pass(&mut self, now: Instant) -> Option<u64> {
-        if self.last.is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
+    /// Per kind: at most one line per period for failed calls (an auth
+    /// plugin that traps fails on every request; the metrics count them
+    /// all).
+    failure_logs: [LogGate; 3],
 }
 
 /// A short digest of a plugin's settings, for logs: a reload that changed
@@ -317,11 +295,11 @@ impl Plugins {
                 .failures
                 .get_or_create(&FailureLabels { kind: kind.as_str(), plugin: plugin.info().name.clone(), error: e.label() })
                 .inc();
-            let gate = self.failure_logs[kind.index()].lock().expect("log gate lock").pass(Instant::now());
+            let gate = self.failure_logs[kind.index()].pass(Instant::now());
             if let Some(suppressed) = gate {
                 tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, suppressed,
                     "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per {} s)",
-                    FAILURE_LOG_EVERY.as_secs());
+                    crate::log_gate::EVERY.as_secs());
             }
         }
     }
@@ -434,18 +412,6 @@ fn native_fallback(request: &PlacementRequest) -> Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failed_calls_are_logged_once_per_period_with_a_count_of_the_rest() {
-        let mut gate = LogGate::default();
-        let t0 = Instant::now();
-        assert_eq!(gate.pass(t0), Some(0), "the first failure is logged");
-        for i in 1..=5 {
-            assert_eq!(gate.pass(t0 + std::time::Duration::from_secs(i)), None);
-        }
-        assert_eq!(gate.pass(t0 + FAILURE_LOG_EVERY), Some(5), "then one line says how many were not");
-        assert_eq!(gate.pass(t0 + FAILURE_LOG_EVERY), None);
-    }
 
     #[test]
     fn settings_digests_tell_settings_apart() {

@@ -34,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::activity::Activity;
 use crate::lifecycle::Phase;
+use crate::log_gate::LogGate;
 use crate::metrics::{Metrics, StatusClassLabels};
 use crate::plugins::Plugins;
 use crate::plugins::credentials::{self, TokenNames};
@@ -130,6 +131,11 @@ pub struct Proxy {
     /// closes (see [`websocket`]). Each relay holds a receiver, so the
     /// receivers' count is the number of WebSockets open.
     going_away: tokio::sync::watch::Sender<bool>,
+    /// Backend requests and WebSocket handshakes that failed: one line per
+    /// period each (a crashed backend fails every request browsers keep
+    /// sending; the `5xx` class counts them all).
+    request_failures: LogGate,
+    handshake_failures: LogGate,
 }
 
 impl Proxy {
@@ -143,7 +149,16 @@ impl Proxy {
         connector.set_keepalive_interval(Some(keepalive.interval));
         connector.set_keepalive_retries(Some(keepalive.probes));
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(POOL_IDLE_PER_BACKEND).build(connector);
-        Proxy { resolver, plugins, metrics, client, settings, going_away: tokio::sync::watch::Sender::new(false) }
+        Proxy {
+            resolver,
+            plugins,
+            metrics,
+            client,
+            settings,
+            going_away: tokio::sync::watch::Sender::new(false),
+            request_failures: LogGate::default(),
+            handshake_failures: LogGate::default(),
+        }
     }
 
     /// Asks every relayed WebSocket to close with status 1001 ("going
@@ -384,7 +399,9 @@ impl Proxy {
                 pages::error(StatusCode::BAD_REQUEST, "the request body was cut short", accept.as_ref())
             }
             Err(e) => {
-                tracing::warn!(backend = %route.name, error = %error_chain(&e), "backend request failed");
+                if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
+                    tracing::warn!(backend = %route.name, error = %error_chain(&e), suppressed, "backend request failed (`suppressed`: failures not logged since the last line)");
+                }
                 pages::error(StatusCode::BAD_GATEWAY, &format!("backend {} did not answer", route.name), accept.as_ref())
             }
         }
@@ -402,7 +419,9 @@ impl Proxy {
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let bad_gateway = |why: String| {
-            tracing::warn!(%backend, %addr, error = %why, "websocket handshake with backend failed");
+            if let Some(suppressed) = self.handshake_failures.pass(std::time::Instant::now()) {
+                tracing::warn!(%backend, %addr, error = %why, suppressed, "websocket handshake with backend failed (`suppressed`: failures not logged since the last line)");
+            }
             pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)
         };
         let Some(client_upgrade) = client_upgrade else { return bad_gateway("client connection cannot be upgraded".into()) };

@@ -72,6 +72,7 @@ pub fn plain_types(text: &str) -> String {
     // An integer is an invalid i64 only when it is too large for one.
     if text.contains("invalid value: integer") {
         text = text.replace("expected i64", "expected a whole number up to 9223372036854775807");
+        text = text.replace("expected u32", "expected a whole number from 0 to 4294967295");
     }
     const TYPES: &[(&str, &str)] = &[
         ("expected u64", "expected a whole number, 0 or more"),
