@@ -131,6 +131,11 @@ fn run_prints_the_decision_for_a_minted_token() {
     let secret = "cli-test-secret-0123456789";
     let mint = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--subject", "alice"]);
     assert!(mint.status.success(), "{}", text(&mint));
+    // Held to the API's limits.
+    let long = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--ttl", "2592001"]);
+    assert!(!long.status.success() && text(&long).contains("--ttl must be at most 2592000 (30 days)"), "{}", text(&long));
+    let nameless = spawner(&["token", "mint", "--secret", secret, "--backend", ""]);
+    assert!(!nameless.status.success() && text(&nameless).contains("--backend is empty"), "{}", text(&nameless));
     let token = String::from_utf8_lossy(&mint.stdout).trim().to_string();
     let dir = tempfile::tempdir().unwrap();
     spawner(&["plugin", "defaults", "--out", dir.path().to_str().unwrap()]);

@@ -32,6 +32,14 @@ pub enum TokenCommand {
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Mint { secret, backend, subject, ttl } => {
+            // The limit the API and the config hold tokens to (a leaked
+            // token cannot be revoked, only outlived).
+            if ttl > crate::token::MAX_TTL_SECONDS as i64 {
+                anyhow::bail!("--ttl must be at most {} (30 days), got {ttl}", crate::token::MAX_TTL_SECONDS);
+            }
+            if backend.trim().is_empty() {
+                anyhow::bail!("--backend is empty: give the name of the backend the token opens");
+            }
             let key = TokenKey::new(secret.expose().as_bytes())?;
             let now = now_unix();
             let exp = now.saturating_add_signed(ttl);
