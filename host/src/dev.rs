@@ -82,11 +82,7 @@ impl Dev {
         }
 
         let local = Local::new(LocalConfig::from_config(&config), plugins.clone(), metrics.clone());
-        let proxy_settings = ProxySettings {
-            host_domain: config.host_domain.clone(),
-            forwarded_proto: config.proxy.forwarded_proto,
-            tokens: config.proxy.token_names(),
-        };
+        let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names());
         let token_query_param = config.proxy.token_query_param.clone();
         let proxy = Arc::new(Proxy::new(local.clone(), plugins.clone(), metrics.clone(), proxy_settings));
         let api = api::router(ApiState {

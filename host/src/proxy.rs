@@ -98,6 +98,25 @@ impl Default for ProxySettings {
     }
 }
 
+/// The prefix browsers keep for cookies a page of another host cannot set:
+/// only over HTTPS, with `Path=/` and no `Domain`.
+pub const HOST_COOKIE_PREFIX: &str = "__Host-";
+
+impl ProxySettings {
+    /// Settings for a proxy with the configured token names. Under host
+    /// routing over HTTPS the cookie is named `__Host-` + the configured
+    /// name: any backend's page can set a cookie for the parent domain,
+    /// which every backend's host then receives, and one holding another
+    /// user's token for this backend would make the browser act as that
+    /// user; browsers refuse `__Host-` cookies set that way.
+    pub fn new(host_domain: Option<String>, forwarded_proto: crate::config::Scheme, mut tokens: TokenNames) -> Self {
+        if host_domain.is_some() && forwarded_proto == crate::config::Scheme::Https && !tokens.cookie.starts_with(HOST_COOKIE_PREFIX) {
+            tokens.cookie = format!("{HOST_COOKIE_PREFIX}{}", tokens.cookie);
+        }
+        ProxySettings { host_domain, forwarded_proto, tokens }
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {

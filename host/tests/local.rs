@@ -653,6 +653,43 @@ async fn the_token_redirect_stays_on_the_backends_host() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
 }
 
+/// Under host routing over HTTPS the cookie is a `__Host-` one, which
+/// browsers refuse from another host's page: a sibling backend's page
+/// cannot plant its user's token in this backend's cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_routing_over_https_keeps_the_token_in_a_host_only_cookie() {
+    let dev = Dev::start(FAST, &["--host-domain", "apps.localhost", "--forwarded-proto", "https"]);
+    let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    dev.wait_ready(&name).await;
+    let host = format!("{name}.apps.localhost");
+    let get = |path: &str, cookie: Option<String>| {
+        let r = dev.http.get(format!("{}{path}", dev.base)).header("host", &host);
+        match cookie {
+            Some(c) => r.header("cookie", c),
+            None => r,
+        }
+        .send()
+    };
+    let r = get(&format!("/?token={token}"), None).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        r.headers()["set-cookie"].to_str().unwrap(),
+        format!("__Host-spawner-token={token}; Path=/; HttpOnly; SameSite=Lax; Secure")
+    );
+    // The cookie a page of any host under the parent domain could set does
+    // not count; the host-only one does.
+    assert_eq!(get("/api/stats", Some(format!("spawner-token={token}"))).await.unwrap().status(), 401);
+    assert_eq!(get("/api/stats", Some(format!("__Host-spawner-token={token}"))).await.unwrap().status(), 200);
+    // Neither reaches the backend.
+    let seen: serde_json::Value = get("/headers", Some(format!("__Host-spawner-token={token}; spawner-token={token}; theme=dark")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["cookie"], json!(["theme=dark"]), "{seen}");
+}
+
 /// Another site's frame or subresource (an `EventSource`, an iframe) with
 /// the token in its URL is answered where it is: the browser would refuse
 /// the redirect's `SameSite=Lax` cookie, and the redirected request would

@@ -147,11 +147,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         }
         None => (None, None),
     };
-    let settings = ProxySettings {
-        host_domain: options.host_domain.clone(),
-        forwarded_proto: options.proxy.forwarded_proto,
-        tokens: options.proxy.token_names(),
-    };
+    let settings = ProxySettings::new(options.host_domain.clone(), options.proxy.forwarded_proto, options.proxy.token_names());
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let public_metrics = options.metrics_listen.is_none();
     let metrics_server = match options.metrics_listen {

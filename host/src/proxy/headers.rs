@@ -112,7 +112,7 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
         return;
     }
     h.remove(header::COOKIE);
-    let prefix = format!("{cookie}=");
+    let prefixes = token_cookie_names(cookie).map(|n| format!("{n}="));
     // Bytes, not `to_str`: a cookie value may hold UTF-8 (a page's
     // `document.cookie = "city=Zürich"`), and the application's cookies
     // pass whatever they hold.
@@ -120,7 +120,7 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty() && !c.starts_with(prefix.as_bytes()))
+        .filter(|c| !c.is_empty() && !prefixes.iter().any(|p| c.starts_with(p.as_bytes())))
         .collect();
     if !kept.is_empty()
         && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
@@ -136,11 +136,20 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
 pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
     // The name as browsers read it (RFC 6265 5.2): up to the first `=`,
     // whitespace around it trimmed.
+    let names = token_cookie_names(cookie);
     let sets_ours = |v: &HeaderValue| {
         let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
-        pair.iter().position(|b| *b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == cookie.as_bytes())
+        pair.iter().position(|b| *b == b'=').is_some_and(|eq| names.iter().any(|n| pair[..eq].trim_ascii() == n.as_bytes()))
     };
     remove_values(h, header::SET_COOKIE, sets_ours);
+}
+
+/// The token cookie's name with and without the `__Host-` prefix (which the
+/// proxy adds under host routing over HTTPS): neither form reaches a
+/// backend, or is set by one.
+fn token_cookie_names(cookie: &str) -> [String; 2] {
+    let base = cookie.strip_prefix(super::HOST_COOKIE_PREFIX).unwrap_or(cookie);
+    [base.to_string(), format!("{}{base}", super::HOST_COOKIE_PREFIX)]
 }
 
 /// Removes the values of header `name` that are `unwanted`, keeping the
@@ -371,6 +380,18 @@ mod tests {
         strip_credentials(&mut h, "spawner-token");
         assert_eq!(h.get("authorization").unwrap(), "Basic dXNlcjpwdw==");
         assert!(!h.contains_key("cookie"));
+
+        // Both forms of the name, whichever the proxy uses (`__Host-` under
+        // host routing over HTTPS), in requests and in a backend's answers.
+        for name in ["spawner-token", "__Host-spawner-token"] {
+            let mut h = map(&[("cookie", "a=1; spawner-token=st1.x.y; __Host-spawner-token=st1.x.z; b=2")]);
+            strip_credentials(&mut h, name);
+            assert_eq!(h.get("cookie").unwrap(), "a=1; b=2", "{name}");
+            let mut h =
+                map(&[("set-cookie", "__Host-spawner-token=st1.x; Path=/"), ("set-cookie", "spawner-token=st1.y"), ("set-cookie", "c=3")]);
+            strip_token_cookies(&mut h, name);
+            assert_eq!(h.get_all("set-cookie").iter().collect::<Vec<_>>(), ["c=3"], "{name}");
+        }
 
         // A cookie holding UTF-8 (what a browser sends for a page's
         // `document.cookie = "city=Zürich"`) neither hides the token from
