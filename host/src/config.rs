@@ -630,7 +630,7 @@ impl Config {
         let cookie = &self.proxy.token_cookie;
         if cookie.starts_with("__Host-") || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != Scheme::Https) {
             return bad(format!(
-                "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix), and __Secure- needs proxy.forwarded-proto = \"https\""
+                "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix; under host routing over HTTPS the proxy adds it itself), and __Secure- needs proxy.forwarded-proto = \"https\""
             ));
         }
         for (name, t) in &self.templates {

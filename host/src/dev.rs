@@ -55,7 +55,10 @@ impl Dev {
             sources.push((kind, source));
         }
         if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
-            && let Some(warning) = token_names_mismatch(&auth.settings, &config.proxy.token_names())
+            && let Some(warning) = token_names_mismatch(
+                &auth.settings,
+                &ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names()).tokens,
+            )
         {
             tracing::warn!("{warning}");
         }
@@ -316,7 +319,7 @@ fn token_names_mismatch(settings: &str, names: &TokenNames) -> Option<String> {
     let differs = |key: &str, ours: &str| m.get(key).and_then(|v| v.as_str()).is_some_and(|v| v != ours);
     (differs("cookie", &names.cookie) || differs("query-param", &names.query_param)).then(|| {
         format!(
-            "the auth plugin's settings name a cookie or query-param, but Spawner moves, sets and strips capability tokens by proxy.token-cookie (\"{}\") and proxy.token-query-param (\"{}\"): set those in the config file to match",
+            "the auth plugin's settings name a cookie or query-param, but Spawner moves, sets and strips capability tokens by the cookie \"{}\" (proxy.token-cookie, prefixed __Host- under host routing over HTTPS) and the query parameter \"{}\" (proxy.token-query-param): make them match",
             names.cookie, names.query_param
         )
     })
@@ -394,7 +397,12 @@ mod tests {
     fn auth_settings_naming_other_token_places_are_warned_about() {
         let names = TokenNames::default();
         let w = token_names_mismatch(r#"{"cookie":"session"}"#, &names).unwrap();
-        assert!(w.contains("proxy.token-cookie (\"spawner-token\")"), "{w}");
+        assert!(w.contains("the cookie \"spawner-token\" (proxy.token-cookie"), "{w}");
+        // Under host routing over HTTPS the cookie is the __Host- one.
+        let names = ProxySettings::new(Some("apps.example.com".into()), crate::config::Scheme::Https, TokenNames::default()).tokens;
+        assert!(token_names_mismatch(r#"{"cookie":"__Host-spawner-token"}"#, &names).is_none());
+        assert!(token_names_mismatch(r#"{"cookie":"spawner-token"}"#, &names).unwrap().contains("\"__Host-spawner-token\""));
+        let names = TokenNames::default();
         assert!(token_names_mismatch(r#"{"query-param":"t","secret":"x"}"#, &names).is_some());
         assert!(token_names_mismatch(r#"{"cookie":"spawner-token"}"#, &names).is_none(), "same names: nothing to fix");
         assert!(token_names_mismatch(r#"{"secret":"x"}"#, &names).is_none());

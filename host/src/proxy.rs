@@ -419,7 +419,7 @@ impl Proxy {
             }
             Err(e) => {
                 if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
-                    tracing::warn!(backend = %route.name, error = %error_chain(&e), suppressed, "backend request failed (`suppressed`: failures not logged since the last line)");
+                    tracing::warn!(backend = %route.name, error = %error_chain(&e), suppressed, "backend request failed (`suppressed`: failures of any backend not logged since the last line)");
                 }
                 pages::error(StatusCode::BAD_GATEWAY, &format!("backend {} did not answer", route.name), accept.as_ref())
             }
@@ -439,7 +439,7 @@ impl Proxy {
     ) -> Response<Body> {
         let bad_gateway = |why: String| {
             if let Some(suppressed) = self.handshake_failures.pass(std::time::Instant::now()) {
-                tracing::warn!(%backend, %addr, error = %why, suppressed, "websocket handshake with backend failed (`suppressed`: failures not logged since the last line)");
+                tracing::warn!(%backend, %addr, error = %why, suppressed, "websocket handshake with backend failed (`suppressed`: failures of any backend not logged since the last line)");
             }
             pages::error(StatusCode::BAD_GATEWAY, "the backend did not accept the WebSocket", None)
         };

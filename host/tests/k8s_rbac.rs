@@ -452,11 +452,14 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     forbidden(patch(serde_json::json!({"metadata": {"finalizers": null}})).await, "the proxy removing the operator's finalizer");
     forbidden(patch(serde_json::json!({"metadata": {"labels": {"team": "x"}}})).await, "the proxy labelling a backend");
     forbidden(patch(serde_json::json!({"metadata": {"annotations": {"other": "x"}}})).await, "the proxy setting another annotation");
-    patch(
-        serde_json::json!({"metadata": {"annotations": {"spawner.dev/terminate": "{\"reason\": \"requested\", \"message\": \"test\"}"}}}),
-    )
-    .await
-    .expect("the proxy asks for a termination");
+    // The sweeper's request as it sends it: the annotation, and the uid
+    // of the object judged.
+    let mut asked = spawner::k8s::cluster::termination_patch(&spawner::lifecycle::TerminationRequest {
+        reason: Reason::Requested,
+        message: "test".into(),
+    });
+    asked["metadata"]["uid"] = serde_json::json!(slabs.get(&name).await.unwrap().metadata.uid);
+    patch(asked).await.expect("the proxy asks for a termination");
 
     // The backends' namespace can be deleted with backends in it (`kubectl
     // delete ns`, a GitOps prune): its RoleBindings go at once, the

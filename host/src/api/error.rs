@@ -143,10 +143,10 @@ pub fn plain_serde_message(text: &str) -> String {
     const FLOAT: &str = "invalid type: floating point `";
     if let Some(at) = text.find(FLOAT)
         && let Some(len) = text[at + FLOAT.len()..].find('`')
-        && text[at + FLOAT.len()..][..len].contains('e')
+        && text[at + FLOAT.len()..][..len].contains("e+")
     {
         let number = text[at + FLOAT.len()..][..len].to_string();
-        text.replace_range(at..at + FLOAT.len() + len + 1, &format!("the number {number} is too large"));
+        text.replace_range(at..at + FLOAT.len() + len + 1, &format!("the number {number} is out of range"));
     }
     // Every body of this API is a JSON object. A message without a field
     // path is about the body itself ("invalid type: sequence, expected
@@ -211,12 +211,17 @@ mod tests {
         assert_eq!(plain("unknown field `x`, expected one of `a`, `b`"), "unknown field `x`, expected one of `a`, `b`");
         assert_eq!(
             plain("lifetimeLimitSeconds: invalid type: floating point `1.8446744073709552e+19`, expected i64 at line 1 column 45"),
-            "lifetimeLimitSeconds: the number 1.8446744073709552e+19 is too large, expected a whole number at line 1 column 45"
+            "lifetimeLimitSeconds: the number 1.8446744073709552e+19 is out of range, expected a whole number at line 1 column 45"
         );
         assert_eq!(
             plain("gracePeriodSeconds: invalid type: floating point `1.5`, expected i64 at line 1 column 25"),
             "gracePeriodSeconds: invalid type: floating point `1.5`, expected a whole number at line 1 column 25",
             "a fraction stays a fraction"
+        );
+        assert_eq!(
+            plain("gracePeriodSeconds: invalid type: floating point `1e-7`, expected i64 at line 1 column 25"),
+            "gracePeriodSeconds: invalid type: floating point `1e-7`, expected a whole number at line 1 column 25",
+            "a small one too"
         );
         // A nested object is named, not blamed on the body.
         assert_eq!(

@@ -64,11 +64,10 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, b
     for token in cookies {
         let credential = Credential { source: CredentialSource::Cookie, verified: verify(key, token) };
         let first = match &credential.verified {
+            // All of them, for the users they name (see below); only the
+            // first few go to the plugin.
             Ok(cap) if cap.backend == backend => {
                 valid.push(credential);
-                if valid.len() == MAX_VALID_COOKIE_TOKENS {
-                    break;
-                }
                 continue;
             }
             Ok(_) => &mut first_other,
@@ -89,6 +88,7 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, b
             ))),
         });
     } else {
+        valid.truncate(MAX_VALID_COOKIE_TOKENS);
         found.extend(valid);
     }
     found
@@ -99,8 +99,11 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, b
 /// another user, was set by someone else (under host routing, a sibling
 /// backend's page can set a cookie for the parent domain, on a path the
 /// browser sends first), and would make this browser act as that user.
+/// Expired ones do not count: they let no one in, and one planted must not
+/// lock the browser out.
 fn names_several_users(valid: &[Credential]) -> bool {
-    let mut subjects = valid.iter().filter_map(|c| c.verified.as_ref().ok()).map(|c| &c.subject);
+    let now = token::now_unix();
+    let mut subjects = valid.iter().filter_map(|c| c.verified.as_ref().ok()).filter(|c| c.expires_at > now).map(|c| &c.subject);
     let first = subjects.next();
     subjects.any(|s| Some(s) != first)
 }
@@ -328,6 +331,20 @@ mod tests {
         let found = find(&req, &TokenNames::default(), Some(&key), "b1");
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|c| c.verified.is_ok()));
+        // However many of the other user's come first (a page can set one
+        // per path the request's path starts with), the browser's own is
+        // still seen.
+        let planted = vec![format!("spawner-token={bob}"); MAX_VALID_COOKIE_TOKENS + 1].join("; ");
+        let req = request(None, &[("cookie", &format!("{planted}; spawner-token={alice}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].verified.is_err(), "{found:?}");
+        // An expired one of another user's lets no one in, and locks no one
+        // out.
+        let old_bob = key.mint("b1", Some("bob"), now - 120, now - 60);
+        let req = request(None, &[("cookie", &format!("spawner-token={old_bob}; spawner-token={alice}"))]);
+        let found = find(&req, &TokenNames::default(), Some(&key), "b1");
+        assert!(found.iter().all(|c| c.verified.is_ok()) && found.len() == 2, "{found:?}");
         // A token naming nobody is another user than alice too.
         let nobody = key.mint("b1", None, now, now + 60);
         let req = request(None, &[("cookie", &format!("spawner-token={nobody}; spawner-token={alice}"))]);
