@@ -153,7 +153,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
             .await
             .expect("the operator reads its plugin ConfigMap as its ServiceAccount");
     let config = OperatorConfig { namespace: Some(HOME.into()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
-    let lease = LeaseSettings {
+    let operator_lease = LeaseSettings {
         namespace: "spawner".into(),
         name: "spawner-operator".into(),
         identity: "operator-0".into(),
@@ -161,8 +161,8 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         grace_seconds: 5,
     };
     let elected = tokio::spawn(leader::run_elected(
-        Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config),
-        lease,
+        Context::new(operator.clone(), plugins.clone(), Arc::new(Metrics::new()), config.clone()),
+        operator_lease.clone(),
         std::future::pending(),
     ));
 
@@ -466,9 +466,28 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     // operator's with them, while each backend's finalizer still holds the
     // namespace. Here: the keyed backend recreated above, the failed one,
     // the swept one.
+    // Whether the operator acts before or after the namespace's deletion
+    // takes its RoleBinding is a race; here it is after, every time: it is
+    // stopped, and started again once the binding is gone.
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     assert!(!slabs.list(&Default::default()).await.unwrap().items.is_empty(), "backends are left to be deleted with the namespace");
+    elected.abort();
+    let _ = elected.await;
     namespaces.delete(HOME, &DeleteParams::default()).await.unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(admin.clone(), HOME);
+    for _ in 0..100 {
+        if bindings.get_opt("spawner-operator").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bindings.get_opt("spawner-operator").await.unwrap().is_none(), "the namespace's deletion takes the operator's RoleBinding");
+    assert!(!slabs.list(&Default::default()).await.unwrap().items.is_empty(), "the backends' finalizers hold the namespace");
+    let _restarted = tokio::spawn(leader::run_elected(
+        Context::new(operator.clone(), plugins, Arc::new(Metrics::new()), config),
+        operator_lease,
+        std::future::pending(),
+    ));
     let gone =
         tokio::time::timeout(Duration::from_secs(120), await_condition(namespaces.clone(), HOME, |n: Option<&Namespace>| n.is_none()))
             .await;
