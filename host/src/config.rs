@@ -478,20 +478,6 @@ fn is_localhost_name(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 
-/// serde's "expected struct PluginSlot" names a Rust type; in TOML it is a
-/// table (`[plugins.auth]`, or `auth = { file = "…" }`).
-fn tables_not_structs(message: &str) -> String {
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(at) = rest.find("expected struct ") {
-        out.push_str(&rest[..at]);
-        out.push_str("expected a table");
-        rest = rest[at + "expected struct ".len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
-    }
-    out.push_str(rest);
-    out
-}
-
 impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -517,7 +503,8 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| tables_not_structs(&crate::text::plain_types(e.to_string().trim_end())))
+        // In TOML a struct is a table (`[plugins.auth]`, or `auth = { file = "…" }`).
+        toml::from_str(text).map_err(|e| crate::text::name_structs_as(&crate::text::plain_types(e.to_string().trim_end()), "a table"))
     }
 
     /// Adds the built-in `demo` template unless the file defines one.
@@ -628,7 +615,9 @@ impl Config {
         // Browsers drop `__Host-` cookies whose path is not `/` (ours is
         // the backend's prefix), and `__Secure-` ones without `Secure`.
         let cookie = &self.proxy.token_cookie;
-        if cookie.starts_with("__Host-") || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != Scheme::Https) {
+        if cookie.starts_with(crate::proxy::HOST_COOKIE_PREFIX)
+            || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != Scheme::Https)
+        {
             return bad(format!(
                 "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix; under host routing over HTTPS the proxy adds it itself), and __Secure- needs proxy.forwarded-proto = \"https\""
             ));

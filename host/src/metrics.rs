@@ -22,6 +22,26 @@ pub struct Metrics {
     pub operator: OperatorMetrics,
 }
 
+/// One in `gauge` while it lives: an open connection or WebSocket is
+/// counted until its holder is dropped, also by a panic or a task that is
+/// dropped, never left counted.
+#[derive(Debug)]
+pub struct Counted(Gauge);
+
+impl Counted {
+    /// Adds one to `gauge` until the result is dropped.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -262,5 +282,25 @@ impl ProxyMetrics {
             m.sweeps_skipped.clone(),
         );
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_counted_is_counted_until_it_is_dropped_however_that_happens() {
+        let gauge = Gauge::<i64>::default();
+        let open = Counted::new(&gauge);
+        assert_eq!(gauge.get(), 1);
+        drop(open);
+        assert_eq!(gauge.get(), 0);
+        let panicked = std::panic::catch_unwind(|| {
+            let _open = Counted::new(&gauge);
+            panic!("a relay that panics");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(gauge.get(), 0, "not left counted");
     }
 }

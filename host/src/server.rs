@@ -197,20 +197,13 @@ impl std::fmt::Debug for ConnectionSlot {
 
 struct SlotInner {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
+    _open: crate::metrics::Counted,
 }
 
 impl ConnectionSlot {
     /// Takes `permit` for a connection just accepted, counting it open.
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
-        metrics.proxy.open_connections.inc();
-        ConnectionSlot(Arc::new(SlotInner { _permit: permit, metrics }))
-    }
-}
-
-impl Drop for SlotInner {
-    fn drop(&mut self) {
-        self.metrics.proxy.open_connections.dec();
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: &Metrics) -> Self {
+        ConnectionSlot(Arc::new(SlotInner { _permit: permit, _open: crate::metrics::Counted::new(&metrics.proxy.open_connections) }))
     }
 }
 
@@ -271,7 +264,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
         keep_alive(&stream);
         let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
         app.metrics.proxy.connections.inc();
-        let slot = ConnectionSlot::new(permit, app.metrics.clone());
+        let slot = ConnectionSlot::new(permit, &app.metrics);
         tokio::spawn(async move {
             let svc_app = app.clone();
             let svc_slot = slot.clone();

@@ -90,9 +90,50 @@ pub fn plain_types(text: &str) -> String {
     text
 }
 
+/// serde's "expected struct Resources" (or "… with 2 elements", for a
+/// struct given as an array) names a Rust type: each becomes "expected
+/// {what}", in the words of the format the user wrote (a JSON object, a
+/// TOML table).
+pub fn name_structs_as(text: &str, what: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(STRUCT) {
+        out.push_str(&rest[..at]);
+        out.push_str("expected ");
+        out.push_str(what);
+        rest = rest[at + STRUCT.len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        if let Some(count) = rest.strip_prefix(" with ")
+            && let Some(after) = count.trim_start_matches(|c: char| c.is_ascii_digit()).strip_prefix(" element")
+            && count.starts_with(|c: char| c.is_ascii_digit())
+        {
+            rest = after.strip_prefix('s').unwrap_or(after);
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn struct_names_become_the_formats_words() {
+        assert_eq!(
+            name_structs_as("resources: invalid type: null, expected struct Resources at line 1 column 37", "a JSON object"),
+            "resources: invalid type: null, expected a JSON object at line 1 column 37"
+        );
+        assert_eq!(
+            name_structs_as("resources: invalid length 0, expected struct Resources with 2 elements at line 1", "a JSON object"),
+            "resources: invalid length 0, expected a JSON object at line 1"
+        );
+        assert_eq!(
+            name_structs_as("invalid type: string \"x\", expected struct PluginSlot", "a table"),
+            "invalid type: string \"x\", expected a table"
+        );
+        assert_eq!(name_structs_as("expected a string", "a table"), "expected a string");
+    }
 
     #[test]
     fn last_words_keep_the_newest_lines_within_the_limits() {

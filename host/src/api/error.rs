@@ -159,11 +159,7 @@ pub fn plain_serde_message(text: &str) -> String {
     if top_level_array || body_not_an_object {
         return "the body must be a JSON object ({...}), not an array or a value".into();
     }
-    if let Some(at) = text.find("expected struct ") {
-        let end = text[at..].find(" at line").map_or(text.len(), |e| at + e);
-        text.replace_range(at..end, "expected a JSON object");
-    }
-    text
+    crate::text::name_structs_as(&text, "a JSON object")
 }
 
 /// A path segment naming a backend. A segment axum cannot read (not UTF-8

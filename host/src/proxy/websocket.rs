@@ -83,27 +83,10 @@ pub async fn relay(
         return;
     };
     let _open = activity.connection();
-    let _counted = Counted::new(&metrics.proxy.open_websockets);
+    let _counted = crate::metrics::Counted::new(&metrics.proxy.open_websockets);
     let result = pump(client, client_pre, backend, backend_pre, &activity, going_away).await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "websocket relay ended with an error");
-    }
-}
-
-/// One in a gauge while it lives: also when the relay ends by a panic, or
-/// by its task being dropped.
-struct Counted(prometheus_client::metrics::gauge::Gauge);
-
-impl Counted {
-    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Counted(gauge.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -311,21 +294,6 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-
-    #[test]
-    fn an_open_websocket_is_counted_until_its_relay_ends_however_it_ends() {
-        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-        let open = Counted::new(&gauge);
-        assert_eq!(gauge.get(), 1);
-        drop(open);
-        assert_eq!(gauge.get(), 0);
-        let panicked = std::panic::catch_unwind(|| {
-            let _open = Counted::new(&gauge);
-            panic!("a relay that panics");
-        });
-        assert!(panicked.is_err());
-        assert_eq!(gauge.get(), 0, "not left counted");
-    }
 
     /// A connected pair of loopback sockets: (the relay's end, the peer's).
     async fn pair() -> (TcpStream, TcpStream) {
