@@ -54,11 +54,9 @@ impl Dev {
                 .with_context(|| format!("loading the {kind} plugin (--plugin {kind}=FILE, or [plugins.{kind}] in the config file)"))?;
             sources.push((kind, source));
         }
+        let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names());
         if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
-            && let Some(warning) = token_names_mismatch(
-                &auth.settings,
-                &ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names()).tokens,
-            )
+            && let Some(warning) = token_names_mismatch(&auth.settings, &proxy_settings.tokens)
         {
             tracing::warn!("{warning}");
         }
@@ -85,7 +83,6 @@ impl Dev {
         }
 
         let local = Local::new(LocalConfig::from_config(&config), plugins.clone(), metrics.clone());
-        let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names());
         let token_query_param = config.proxy.token_query_param.clone();
         let proxy = Arc::new(Proxy::new(local.clone(), plugins.clone(), metrics.clone(), proxy_settings));
         let api = api::router(ApiState {

@@ -112,15 +112,16 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
         return;
     }
     h.remove(header::COOKIE);
-    let prefixes = token_cookie_names(cookie).map(|n| format!("{n}="));
     // Bytes, not `to_str`: a cookie value may hold UTF-8 (a page's
     // `document.cookie = "city=Zürich"`), and the application's cookies
-    // pass whatever they hold.
+    // pass whatever they hold. Token cookie names hold no `=`, so the
+    // first one ends the name.
+    let token = |c: &[u8]| c.iter().position(|b| *b == b'=').is_some_and(|eq| is_token_cookie(&c[..eq], cookie));
     let kept: Vec<&[u8]> = cookies
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty() && !prefixes.iter().any(|p| c.starts_with(p.as_bytes())))
+        .filter(|c| !c.is_empty() && !token(c))
         .collect();
     if !kept.is_empty()
         && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
@@ -136,20 +137,20 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
 pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
     // The name as browsers read it (RFC 6265 5.2): up to the first `=`,
     // whitespace around it trimmed.
-    let names = token_cookie_names(cookie);
     let sets_ours = |v: &HeaderValue| {
         let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
-        pair.iter().position(|b| *b == b'=').is_some_and(|eq| names.iter().any(|n| pair[..eq].trim_ascii() == n.as_bytes()))
+        pair.iter().position(|b| *b == b'=').is_some_and(|eq| is_token_cookie(pair[..eq].trim_ascii(), cookie))
     };
     remove_values(h, header::SET_COOKIE, sets_ours);
 }
 
-/// The token cookie's name with and without the `__Host-` prefix (which the
-/// proxy adds under host routing over HTTPS): neither form reaches a
-/// backend, or is set by one.
-fn token_cookie_names(cookie: &str) -> [String; 2] {
-    let base = cookie.strip_prefix(super::HOST_COOKIE_PREFIX).unwrap_or(cookie);
-    [base.to_string(), format!("{}{base}", super::HOST_COOKIE_PREFIX)]
+/// Whether `name` is the token cookie's, `cookie`, with or without the
+/// `__Host-` prefix (which the proxy adds under host routing over HTTPS):
+/// neither form reaches a backend, or is set by one.
+fn is_token_cookie(name: &[u8], cookie: &str) -> bool {
+    let prefix = super::HOST_COOKIE_PREFIX.as_bytes();
+    let base = cookie.as_bytes().strip_prefix(prefix).unwrap_or(cookie.as_bytes());
+    name.strip_prefix(prefix).unwrap_or(name) == base
 }
 
 /// Removes the values of header `name` that are `unwanted`, keeping the
