@@ -280,11 +280,18 @@ fn is_label_key(k: &str) -> bool {
     }
 }
 
-/// An environment variable name a shell can use: letters, digits and
-/// `_`, not starting with a digit.
+/// An environment variable name as Kubernetes takes it (its
+/// `IsEnvVarName`): letters, digits, `_`, `-` and `.`, not starting with a
+/// digit, and neither `.` nor `..`. Wider than what a shell can name
+/// (`my.var` is a Spring Boot setting), so that a spec the original
+/// Spawner ran, on Kubernetes, runs here too.
 pub fn is_env_name(k: &str) -> bool {
-    k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    k.chars().next().is_some_and(|c| allowed(c) && !c.is_ascii_digit()) && k.chars().all(allowed) && k != "." && k != ".."
 }
+
+/// What [`is_env_name`] takes, for error messages.
+pub const ENV_NAME_RULE: &str = "letters, digits, '_', '-' and '.', not starting with a digit";
 
 /// A Kubernetes label value: empty, or a label name.
 fn is_label_value(v: &str) -> bool {
@@ -337,7 +344,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
     }
     for k in spec.env.keys() {
         if !is_env_name(k) {
-            return bad(format!("env name {k:?} is not a valid variable name"));
+            return bad(format!("env name {k:?} is not a valid variable name ({ENV_NAME_RULE})"));
         }
         if set_by_spawner(k) {
             return bad(format!("env {k} is set by Spawner and cannot be overridden"));
@@ -470,6 +477,12 @@ mod tests {
         assert!(with(|s| s.key = Some("has space".into())).contains("key"));
         assert!(with(|s| s.env.insert("PORT".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("PORT"));
         assert!(with(|s| s.env.insert("1BAD".into(), "1".into()).map(|_| ()).unwrap_or(())).contains("valid variable"));
+        for good in ["A", "_x", "my.var", "my-var", "spring.profiles.active", "-a", ".a", "X1"] {
+            assert!(is_env_name(good), "Kubernetes takes {good:?}");
+        }
+        for bad in ["", "1A", "a b", "a=b", "tök", ".", ".."] {
+            assert!(!is_env_name(bad), "{bad:?}");
+        }
         assert!(with(|s| s.labels.insert("ok".into(), "bad value!".into()).map(|_| ()).unwrap_or(())).contains("label"));
         assert!(with(|s| s.node_selector.insert("zone".into(), "-a".into()).map(|_| ()).unwrap_or(())).contains("nodeSelector"));
         for bad_key in ["bad/key/twice", "Example.com/x", "example.com/", "/x", "x".repeat(64).as_str(), "a..b/x", "-a.com/x"] {

@@ -149,7 +149,7 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// Run the proxy and sweeper on Kubernetes: route browsers to backend
     /// Pods and terminate idle backends.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Print the SessionLivedBackend CustomResourceDefinition (YAML), e.g.
     /// `spawner crd | kubectl apply -f -`.
     Crd,
@@ -173,7 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Operator(args) => operator::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Crd => {
             let yaml = crate::k8s::crd::crd_yaml()?;
             // `spawner crd | head` closes the pipe early: not an error.

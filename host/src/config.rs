@@ -246,6 +246,43 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// Checks the values; the message names each field as `name` spells it
+    /// (`proxy.token-cookie` in the config file, `--token-cookie` on
+    /// `spawner proxy`'s command line).
+    pub fn validate(&self, name: impl Fn(&str) -> String) -> Result<(), String> {
+        let timeout = self.header_read_timeout_ms;
+        if !(1..=MAX_TIMEOUT_SECONDS * 1000).contains(&timeout) {
+            return Err(format!("{} must be between 1 and {}, got {timeout}", name("header-read-timeout-ms"), MAX_TIMEOUT_SECONDS * 1000));
+        }
+        // hyper reads headers into a buffer of at least 8 KiB; a smaller
+        // value would be raised there without a word.
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            return Err(format!("{} must be between 8192 and 1048576, got {}", name("max-header-bytes"), self.max_header_bytes));
+        }
+        if self.max_connections == 0 || self.listen_backlog == 0 {
+            return Err(format!("{} and {} must be positive", name("max-connections"), name("listen-backlog")));
+        }
+        for (field, value) in [("token-cookie", &self.token_cookie), ("token-query-param", &self.token_query_param)] {
+            // Safe both as a cookie name and, undecoded, in a query string.
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+                return Err(format!("{} must be letters, digits, '-', '_', '.' or '~' (got \"{value}\")", name(field)));
+            }
+        }
+        // Browsers drop `__Host-` cookies whose path is not `/` (ours is
+        // the backend's prefix), and `__Secure-` ones without `Secure`.
+        let cookie = &self.token_cookie;
+        if cookie.starts_with(crate::proxy::HOST_COOKIE_PREFIX)
+            || (cookie.starts_with("__Secure-") && self.forwarded_proto != Scheme::Https)
+        {
+            return Err(format!(
+                "{} = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix; under host routing over HTTPS the proxy adds it itself), and __Secure- needs {} = \"https\"",
+                name("token-cookie"),
+                name("forwarded-proto")
+            ));
+        }
+        Ok(())
+    }
+
     /// The token cookie and query parameter names.
     pub fn token_names(&self) -> TokenNames {
         TokenNames { cookie: self.token_cookie.clone(), query_param: self.token_query_param.clone() }
@@ -578,7 +615,6 @@ impl Config {
             ("backends.stop-timeout-seconds", b.stop_timeout_seconds, 0, MAX_TIMEOUT_SECONDS),
             ("backends.retention-seconds", b.retention_seconds, 0, MAX_RETENTION_SECONDS),
             ("sweeper.interval-ms", self.sweeper.interval_ms, 1, MAX_TIMEOUT_SECONDS * 1000),
-            ("proxy.header-read-timeout-ms", self.proxy.header_read_timeout_ms, 1, MAX_TIMEOUT_SECONDS * 1000),
         ] {
             if !(min..=max).contains(&value) {
                 return bad(format!("{field} must be between {min} and {max}, got {value}"));
@@ -598,30 +634,7 @@ impl Config {
         if !(1..=crate::backends::MAX_GRACE_SECONDS).contains(&grace) {
             return bad(crate::backends::out_of_range("backends.grace-period-seconds", Some(crate::backends::MAX_GRACE_SECONDS), grace));
         }
-        // hyper reads headers into a buffer of at least 8 KiB; a smaller
-        // value would be raised there without a word.
-        if !(8192..=1 << 20).contains(&self.proxy.max_header_bytes) {
-            return bad(format!("proxy.max-header-bytes must be between 8192 and 1048576, got {}", self.proxy.max_header_bytes));
-        }
-        if self.proxy.max_connections == 0 || self.proxy.listen_backlog == 0 {
-            return bad("proxy.max-connections and proxy.listen-backlog must be positive".into());
-        }
-        for (field, name) in [("token-cookie", &self.proxy.token_cookie), ("token-query-param", &self.proxy.token_query_param)] {
-            // Safe both as a cookie name and, undecoded, in a query string.
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
-                return bad(format!("proxy.{field} must be letters, digits, '-', '_', '.' or '~' (got \"{name}\")"));
-            }
-        }
-        // Browsers drop `__Host-` cookies whose path is not `/` (ours is
-        // the backend's prefix), and `__Secure-` ones without `Secure`.
-        let cookie = &self.proxy.token_cookie;
-        if cookie.starts_with(crate::proxy::HOST_COOKIE_PREFIX)
-            || (cookie.starts_with("__Secure-") && self.proxy.forwarded_proto != Scheme::Https)
-        {
-            return bad(format!(
-                "proxy.token-cookie = \"{cookie}\" would be dropped by browsers: the token cookie's path is the backend's /p/{{name}}/ (so no __Host- prefix; under host routing over HTTPS the proxy adds it itself), and __Secure- needs proxy.forwarded-proto = \"https\""
-            ));
-        }
+        self.proxy.validate(|field| format!("proxy.{field}")).map_err(ConfigError::Invalid)?;
         for (name, t) in &self.templates {
             if t.command.trim().is_empty() {
                 return bad(format!(
@@ -641,7 +654,7 @@ impl Config {
                 let what = if v.contains('\0') {
                     "its value holds a NUL byte, which no environment variable can"
                 } else {
-                    "not a variable name (letters, digits and '_', not starting with a digit)"
+                    &format!("not a variable name ({})", crate::backends::ENV_NAME_RULE)
                 };
                 return bad(format!("templates.\"{name}\".env.{k:?}: {what}"));
             }

@@ -95,32 +95,12 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, knowing: Knowing, dry_
     let mut condemned = Vec::new();
     let mut failures = 0;
     for c in source.ready() {
-        let snap = source.activity(&c);
         let age = now.duration_since(c.created_at).as_secs().max(0) as u64;
-        // Idle since it became ready at most, not since it was created (its
-        // meter's start): a start slower than the grace period must not
-        // leave the browser it was created for no time to connect.
-        // A ready time ahead of this clock (another machine's, on
-        // Kubernetes) counts as just now.
-        let since_ready = c.ready_at.map_or(Duration::MAX, |r| Duration::try_from(now.duration_since(r)).unwrap_or(Duration::ZERO));
-        let idle_for = snap.idle_for.min(since_ready);
-        let request = IdleRequest {
-            backend: c.backend.clone(),
-            age_seconds: age,
-            grace_period_seconds: c.grace_period_seconds,
-            lifetime_limit_seconds: c.lifetime_limit_seconds,
-            activity: PluginActivity {
-                open_connections: snap.open_connections,
-                in_flight_requests: snap.in_flight_requests,
-                seconds_since_last_activity: idle_for.as_secs(),
-                bytes_in: snap.bytes_in,
-                bytes_out: snap.bytes_out,
-                websocket_messages: snap.websocket_messages,
-            },
-            now: now.as_second().max(0) as u64,
-        };
+        // The activity is taken only for the plugin: taking it resets the
+        // counters since the last evaluation (bytes, messages), which a
+        // sweep that does not ask the plugin would throw away.
         let verdict = if knowing == Knowing::Activity && failures < FAILURES_BEFORE_SKIPPING {
-            let (verdict, failed) = plugins.idle().evaluate_reporting(&request);
+            let (verdict, failed) = plugins.idle().evaluate_reporting(&idle_request(&c, source.activity(&c), age, now));
             failures = if failed { failures + 1 } else { 0 };
             if failures == FAILURES_BEFORE_SKIPPING {
                 tracing::warn!(
@@ -155,6 +135,32 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, knowing: Knowing, dry_
         }
     }
     condemned
+}
+
+/// What the idle plugin is asked about `c`, `age` seconds old, whose
+/// activity is `snap`.
+fn idle_request(c: &Candidate, snap: Snapshot, age: u64, now: Timestamp) -> IdleRequest {
+    // Idle since it became ready at most, not since it was created (its
+    // meter's start): a start slower than the grace period must not leave
+    // the browser it was created for no time to connect. A ready time ahead
+    // of this clock (another machine's, on Kubernetes) counts as just now.
+    let since_ready = c.ready_at.map_or(Duration::MAX, |r| Duration::try_from(now.duration_since(r)).unwrap_or(Duration::ZERO));
+    let idle_for = snap.idle_for.min(since_ready);
+    IdleRequest {
+        backend: c.backend.clone(),
+        age_seconds: age,
+        grace_period_seconds: c.grace_period_seconds,
+        lifetime_limit_seconds: c.lifetime_limit_seconds,
+        activity: PluginActivity {
+            open_connections: snap.open_connections,
+            in_flight_requests: snap.in_flight_requests,
+            seconds_since_last_activity: idle_for.as_secs(),
+            bytes_in: snap.bytes_in,
+            bytes_out: snap.bytes_out,
+            websocket_messages: snap.websocket_messages,
+        },
+        now: now.as_second().max(0) as u64,
+    }
 }
 
 /// Sweeps every `interval` until the task is dropped. Plugin calls run on a
@@ -247,6 +253,62 @@ mod tests {
         fn activity(&self, _: &Candidate) -> Snapshot {
             Snapshot::default()
         }
+    }
+
+    /// Ready backends (kept: young, in use) whose meters are these.
+    struct Metered(Vec<Arc<Activity>>);
+
+    impl SweepSource for Metered {
+        fn ready(&self) -> Vec<Candidate> {
+            let now = Timestamp::now();
+            (self.0.iter().enumerate())
+                .map(|(i, meter)| Candidate {
+                    backend: Backend { name: format!("b{i}"), key: None, owner: None, labels: Vec::new() },
+                    created_at: now,
+                    ready_at: Some(now),
+                    grace_period_seconds: 30,
+                    lifetime_limit_seconds: None,
+                    activity: meter.clone(),
+                    uid: None,
+                })
+                .collect()
+        }
+        fn terminate(&self, _: &Candidate, _: TerminationRequest) {}
+    }
+
+    #[test]
+    fn a_sweep_that_does_not_ask_the_plugin_leaves_the_counters_to_the_next() {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default(), None).unwrap());
+        let busy = |n: usize| {
+            Metered(
+                (0..n)
+                    .map(|_| {
+                        let meter = Activity::new();
+                        meter.add_in(100);
+                        meter.add_messages(2);
+                        meter
+                    })
+                    .collect(),
+            )
+        };
+        let counted = |meter: &Activity| {
+            let s = meter.snapshot();
+            (s.bytes_in, s.websocket_messages)
+        };
+        // A sweep that knows not all the activity asks no one.
+        let plugins = Plugins::defaults(runtime.clone(), Arc::new(Metrics::new())).unwrap();
+        let source = busy(2);
+        assert_eq!(sweep(&source, &plugins, Knowing::LifetimesOnly, true), vec![]);
+        assert!(source.0.iter().all(|m| counted(m) == (100, 2)), "the next sweep's plugin call still sees the traffic");
+        // A plugin that fails is asked about the first few only.
+        let failing = crate::plugins::PluginSource::file(std::path::Path::new(spawner_test_plugins::FIXTURE_FAIL_IDLE), "").unwrap();
+        let plugins = Plugins::new(runtime, Arc::new(Metrics::new()), vec![(crate::plugins::PluginKind::Idle, failing)]).unwrap();
+        let source = busy(5);
+        assert_eq!(sweep(&source, &plugins, Knowing::Activity, true), vec![]);
+        let seen: Vec<_> = source.0.iter().map(|m| counted(m)).collect();
+        let asked = FAILURES_BEFORE_SKIPPING as usize;
+        assert_eq!(seen[..asked], vec![(0, 0); asked][..], "taken for the calls made");
+        assert_eq!(seen[asked..], vec![(100, 2); 5 - asked][..], "left for the next sweep");
     }
 
     #[test]

@@ -444,8 +444,15 @@ async fn a_key_whose_backend_is_stopping_starts_a_new_one() {
     let original: serde_json::Value =
         dev.http.get(format!("{}/api/backend/{first}/status", dev.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(original["state"], "Swept");
-    assert!(original["terminatingAt"].is_string() && original["time"] == original["terminatingAt"], "{original}");
-    assert_ne!(original["time"], original["readyAt"], "{original}");
+    let at = |field: &str| original[field].as_str().unwrap_or_else(|| panic!("{field}: {original}")).parse::<jiff::Timestamp>().unwrap();
+    let off = at("time").duration_since(at("terminatingAt")).abs();
+    assert!(off < jiff::SignedDuration::from_micros(1), "{original}");
+    assert!(at("time") != at("readyAt"), "{original}");
+    // As Kubernetes wrote the original's event times: six fractional
+    // digits, always (Python's `strptime` with `%f` takes no more).
+    let time = original["time"].as_str().unwrap();
+    let fraction = time.rsplit_once('.').map(|(_, f)| f).unwrap_or_default();
+    assert!(fraction.len() == 7 && fraction.ends_with('Z') && fraction[..6].bytes().all(|b| b.is_ascii_digit()), "{time}");
     assert_eq!(dev.backend(&first).await["status"]["phase"], "terminating", "the answers above came while it was stopping");
 
     let (status, again) = dev.create(create.clone()).await;

@@ -69,9 +69,10 @@ pub(crate) struct OriginalStatus<'a> {
     /// `Ready`, `Swept` (ending or ended: idle, lifetime, requested) and
     /// `Failed`.
     state: &'static str,
-    /// When it reached that state (RFC 3339).
-    #[schema(value_type = String)]
-    time: jiff::Timestamp,
+    /// When it reached that state: RFC 3339 in UTC with exactly six
+    /// fractional digits, as Kubernetes wrote the original's event times
+    /// (`MicroTime`), which strict parsers (Python's `%f`) expect.
+    time: String,
     #[serde(flatten)]
     status: &'a Status,
 }
@@ -94,7 +95,8 @@ fn state_name(p: Phase) -> &'static str {
 fn render(status: &Status) -> String {
     let time =
         [status.finished_at, status.terminating_at, status.ready_at, status.started_at, status.scheduled_at].into_iter().flatten().next();
-    let original = OriginalStatus { state: state_name(status.phase), time: time.unwrap_or(status.created_at), status };
+    let time = format!("{:.6}", time.unwrap_or(status.created_at));
+    let original = OriginalStatus { state: state_name(status.phase), time, status };
     serde_json::to_string(&original).unwrap_or_default()
 }
 

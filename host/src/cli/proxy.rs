@@ -30,11 +30,16 @@ pub struct ProxyArgs {
     /// `spawner token mint`).
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Secret,
-    /// Idle grace period, in seconds, for backends whose spec gives none.
-    #[arg(long, env = "SPAWNER_DEFAULT_GRACE_SECONDS", default_value_t = 300)]
+    /// Idle grace period, in seconds, for backends whose spec gives none
+    /// (1 to 4294967295, what a spec can hold: with 0 every such backend
+    /// would be idle at the first sweep, and every create without one
+    /// refused).
+    #[arg(long, env = "SPAWNER_DEFAULT_GRACE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=crate::backends::MAX_GRACE_SECONDS))]
     pub default_grace_seconds: u64,
-    /// Milliseconds between sweeps.
-    #[arg(long, env = "SPAWNER_SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    /// Milliseconds between sweeps (100 to a day).
+    #[arg(long, env = "SPAWNER_SWEEP_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=crate::config::MAX_TIMEOUT_SECONDS * 1000))]
     pub sweep_interval_ms: u64,
     /// Log idle verdicts instead of terminating.
     #[arg(long, env = "SPAWNER_DRY_RUN")]
@@ -51,9 +56,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_PUBLIC_URL", value_parser = crate::config::public_url_arg)]
     pub public_url: Option<String>,
     /// Live backends the API may have at once (creates beyond are refused
-    /// with 429).
-    #[arg(long, env = "SPAWNER_MAX_BACKENDS", default_value_t = 1000)]
-    pub max_backends: usize,
+    /// with 429; at least 1).
+    #[arg(long, env = "SPAWNER_MAX_BACKENDS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backends: u64,
     /// Only images under these prefixes may be created through the API
     /// (repeat, or comma-separate in the environment), e.g.
     /// `ghcr.io/acme/`. Default: any image.
@@ -103,6 +108,45 @@ pub struct ProxyArgs {
     /// under the Pod's terminationGracePeriodSeconds, 30 by default).
     #[arg(long, env = "SPAWNER_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
+    /// Cookie the proxy moves a browser's token into (and strips before
+    /// forwarding); an auth plugin that reads another name must be told
+    /// this one.
+    #[arg(long, env = "SPAWNER_TOKEN_COOKIE", default_value_t = ProxyConfig::default().token_cookie)]
+    pub token_cookie: String,
+    /// Query parameter the API's URLs carry the token in (moved into the
+    /// cookie, and stripped, by the proxy).
+    #[arg(long, env = "SPAWNER_TOKEN_QUERY_PARAM", default_value_t = ProxyConfig::default().token_query_param)]
+    pub token_query_param: String,
+    /// Open client connections at most; further ones wait in the backlog.
+    #[arg(long, env = "SPAWNER_MAX_CONNECTIONS", default_value_t = ProxyConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Time a client has to send its request headers, in milliseconds.
+    #[arg(long, env = "SPAWNER_HEADER_READ_TIMEOUT_MS", default_value_t = ProxyConfig::default().header_read_timeout_ms)]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (line and headers) accepted, in bytes.
+    #[arg(long, env = "SPAWNER_MAX_HEADER_BYTES", default_value_t = ProxyConfig::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// Connections the kernel queues before they are accepted.
+    #[arg(long, env = "SPAWNER_LISTEN_BACKLOG", default_value_t = ProxyConfig::default().listen_backlog)]
+    pub listen_backlog: u32,
+}
+
+impl ProxyArgs {
+    /// The proxy's limits and names, as `spawner dev` has them in its
+    /// config file's `[proxy]`, checked alike.
+    fn proxy_config(&self) -> anyhow::Result<ProxyConfig> {
+        let config = ProxyConfig {
+            max_connections: self.max_connections,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+            max_header_bytes: self.max_header_bytes,
+            listen_backlog: self.listen_backlog,
+            forwarded_proto: self.forwarded_proto,
+            token_cookie: self.token_cookie.clone(),
+            token_query_param: self.token_query_param.clone(),
+        };
+        config.validate(|field| format!("--{field}")).map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
 }
 
 /// The replicas settings, when `--peer-selector` asks for them.
@@ -130,6 +174,7 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?);
+    let proxy = args.proxy_config()?;
     let replicas = replicas(&args)?;
     let api = match args.api_token.clone().filter(|t| !t.expose().is_empty()) {
         Some(t) if t.expose().len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
@@ -145,7 +190,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             if let Some(why) = args.host_domain.as_deref().and_then(|d| crate::config::public_url_conflict(&public_url, d)) {
                 anyhow::bail!("--{why}");
             }
-            let limits = CreateLimits { max_backends: args.max_backends, image_prefixes: args.image_prefix.clone() };
+            let limits = CreateLimits {
+                max_backends: usize::try_from(args.max_backends).unwrap_or(usize::MAX),
+                image_prefixes: args.image_prefix.clone(),
+            };
             Some(ApiOptions { api_token: t, public_url, token_ttl_seconds: args.token_ttl_seconds, limits })
         }
         None => {
@@ -159,9 +207,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         tokens,
         default_grace_seconds: args.default_grace_seconds,
-        sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(100)),
+        sweep_interval: Duration::from_millis(args.sweep_interval_ms),
         dry_run: args.dry_run,
-        proxy: ProxyConfig { forwarded_proto: args.forwarded_proto, ..ProxyConfig::default() },
+        proxy,
         api,
         plugins: args.plugins.configmap(),
         metrics_listen: args.metrics_listen,
@@ -186,4 +234,53 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    fn parse(extra: &[&str]) -> Result<super::ProxyArgs, String> {
+        let base = ["spawner", "proxy", "--namespace", "n", "--token-secret", "0123456789abcdef0123"];
+        match crate::cli::Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())?.command {
+            crate::cli::Command::Proxy(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_spawner_dev_refuses_are_refused_naming_the_flag() {
+        for (flag, bad) in [
+            ("--default-grace-seconds", "0"),
+            ("--default-grace-seconds", "4294967296"),
+            ("--max-backends", "0"),
+            ("--sweep-interval-ms", "0"),
+            ("--sweep-interval-ms", "86400001"),
+        ] {
+            let e = parse(&[flag, bad]).map(|_| ()).unwrap_err();
+            assert!(e.contains(&format!("{bad} is not in")) && e.contains(flag), "{flag} {bad}: {e}");
+        }
+        for (flags, says) in [
+            (&["--token-cookie", "a b"][..], "--token-cookie must be letters"),
+            (&["--token-cookie", "__Secure-t"], "--forwarded-proto = \"https\""),
+            (&["--token-query-param", ""], "--token-query-param must be letters"),
+            (&["--max-header-bytes", "100"], "--max-header-bytes must be between 8192"),
+            (&["--header-read-timeout-ms", "0"], "--header-read-timeout-ms must be between 1"),
+            (&["--max-connections", "0"], "--max-connections and --listen-backlog must be positive"),
+        ] {
+            let e = parse(flags).unwrap().proxy_config().unwrap_err().to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_takes_the_cookie_and_limits_it_is_given() {
+        let args =
+            parse(&["--token-cookie", "acme-token", "--token-query-param", "t", "--max-connections", "7", "--forwarded-proto", "https"]);
+        let proxy = args.unwrap().proxy_config().unwrap();
+        assert_eq!((proxy.token_cookie.as_str(), proxy.token_query_param.as_str(), proxy.max_connections), ("acme-token", "t", 7));
+        assert_eq!(proxy.forwarded_proto, crate::config::Scheme::Https);
+        let defaults = parse(&[]).unwrap().proxy_config().unwrap();
+        assert_eq!(defaults, crate::config::ProxyConfig::default());
+    }
 }

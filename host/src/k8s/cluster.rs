@@ -315,12 +315,20 @@ impl SweepSource for Cluster {
             if !leading {
                 return None;
             }
-            match fleet.peers.gather().await {
-                Ok(gathered) => {
-                    *fleet.gathered.lock().expect("gathered lock") = gathered;
-                    Some(Knowing::Activity)
-                }
-                Err(e) => {
+            // What the last sweep took from the replicas and did not show
+            // a plugin, for backends that are still here.
+            let left: Gathered = std::mem::take(&mut *fleet.gathered.lock().expect("gathered lock"))
+                .into_iter()
+                .filter(|((name, uid), _)| self.slab(name).and_then(|s| s.uid()).as_ref() == Some(uid))
+                .collect();
+            let (gathered, failed) = match fleet.peers.gather().await {
+                Ok(gathered) => (gathered, None),
+                Err((partial, e)) => (partial, Some(e)),
+            };
+            *fleet.gathered.lock().expect("gathered lock") = super::peers::carry_over(left, gathered);
+            match failed {
+                None => Some(Knowing::Activity),
+                Some(e) => {
                     fleet.skipped.inc();
                     tracing::warn!(
                         error = %e,
@@ -336,8 +344,9 @@ impl SweepSource for Cluster {
         let own = c.activity.snapshot();
         let Some(fleet) = self.fleet.get() else { return own };
         let Some(uid) = self.slab(&c.backend.name).and_then(|s| s.uid()) else { return own };
-        match fleet.gathered.lock().expect("gathered lock").get(&(c.backend.name.clone(), uid)) {
-            Some(theirs) => own.merge(*theirs),
+        // Taken: what the plugin sees once is not shown again.
+        match fleet.gathered.lock().expect("gathered lock").remove(&(c.backend.name.clone(), uid)) {
+            Some(theirs) => own.merge(theirs),
             None => own,
         }
     }

@@ -734,7 +734,7 @@ async fn create_pod(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(pods.create(&PostParams::default(), &pod_for(slab, node, selector)).await.map_err(Created::Pod))
+    Ok(pods.create(&PostParams::default(), &pod_for(slab, node, selector, ctx.config.host_domain.as_deref())).await.map_err(Created::Pod))
 }
 
 /// Whether `meta`'s controller is a SessionLivedBackend (a previous one of

@@ -122,17 +122,23 @@ impl Peers {
     }
 
     /// Every other running replica's activity, summed per backend (by
-    /// name, for the uid the replicas agree on).
-    pub async fn gather(&self) -> Result<Gathered, PeerError> {
+    /// name, for the uid the replicas agree on). When one fails, the error
+    /// comes with what the replicas asked before it answered: asking takes
+    /// their counters (bytes, messages since the last time), which must
+    /// reach a later sweep rather than be lost.
+    pub async fn gather(&self) -> Result<Gathered, (Gathered, PeerError)> {
         let list = self
             .pods
             .list(&ListParams::default().labels(&self.options.selector))
             .await
-            .map_err(|e| PeerError::List(self.options.selector.clone(), e))?;
+            .map_err(|e| (Gathered::new(), PeerError::List(self.options.selector.clone(), e)))?;
         let mut reports = Vec::new();
         for pod in list.items.iter().filter(|p| p.name_any() != self.options.identity) {
             let Some(addr) = peer_address(pod) else { continue };
-            reports.push(self.ask(&pod.name_any(), &addr).await?);
+            match self.ask(&pod.name_any(), &addr).await {
+                Ok(report) => reports.push(report),
+                Err(e) => return Err((sum(reports), e)),
+            }
         }
         Ok(sum(reports))
     }
@@ -154,6 +160,26 @@ impl Peers {
         };
         tokio::time::timeout(ASK_TIMEOUT, answer).await.map_err(|_| fail(format!("no answer within {ASK_TIMEOUT:?}")))?
     }
+}
+
+/// `fresh` plus the counters of `left`, what earlier gatherings took from
+/// the replicas and no plugin has seen yet (its backend was not judged:
+/// the sweep knew not all the activity, or its plugin failed). Only the
+/// counters carry over: open connections and idle time are as of then,
+/// and `fresh` says what they are now.
+pub fn carry_over(left: Gathered, mut fresh: Gathered) -> Gathered {
+    for (object, then) in left {
+        let counters = Snapshot {
+            idle_for: Duration::MAX,
+            bytes_in: then.bytes_in,
+            bytes_out: then.bytes_out,
+            websocket_messages: then.websocket_messages,
+            ..Snapshot::default()
+        };
+        let entry = fresh.entry(object).or_insert(Snapshot { idle_for: Duration::MAX, ..Snapshot::default() });
+        *entry = entry.merge(counters);
+    }
+    fresh
 }
 
 /// The replicas' reports summed per backend object.
@@ -283,5 +309,27 @@ mod tests {
         let new = gathered[&("b".to_string(), "new".to_string())];
         assert_eq!((new.open_connections, new.idle_for), (3, Duration::from_secs(5)));
         assert_eq!(gathered[&("b".to_string(), "old".to_string())].open_connections, 0);
+    }
+
+    #[test]
+    fn counters_no_plugin_saw_carry_over_and_the_rest_is_fresh() {
+        let object = |name: &str| (name.to_string(), "u".to_string());
+        let seen = |open, idle_s, bytes_in| Snapshot {
+            open_connections: open,
+            idle_for: Duration::from_secs(idle_s),
+            bytes_in,
+            bytes_out: 2 * bytes_in,
+            websocket_messages: 3,
+            ..Snapshot::default()
+        };
+        let left = Gathered::from([(object("a"), seen(1, 5, 100)), (object("b"), seen(2, 1, 10))]);
+        let fresh = Gathered::from([(object("a"), seen(0, 60, 7))]);
+        let now = carry_over(left, fresh);
+        let a = now[&object("a")];
+        assert_eq!((a.open_connections, a.idle_for), (0, Duration::from_secs(60)), "gauges and idle time as of now");
+        assert_eq!((a.bytes_in, a.bytes_out, a.websocket_messages), (107, 214, 6), "counters of both");
+        let b = now[&object("b")];
+        assert_eq!((b.open_connections, b.idle_for), (0, Duration::MAX), "not in the fresh answers: nothing seen now");
+        assert_eq!((b.bytes_in, b.websocket_messages), (10, 3));
     }
 }

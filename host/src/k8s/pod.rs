@@ -38,7 +38,7 @@ pub const BACKEND_LABEL: &str = "spawner.dev/backend-uid";
 /// it wrote last, as local mode's does. The Pod gets no
 /// service-account token, no service links, and is never restarted: a
 /// backend that exits has ended (reason `exited`, with its code).
-pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label]) -> Pod {
+pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label], host_domain: Option<&str>) -> Pod {
     let name = slab.metadata.name.clone().unwrap_or_default();
     let port = slab.spec.http_port();
     let labels = backend_labels(slab);
@@ -72,9 +72,13 @@ pub fn pod_for(slab: &SessionLivedBackend, node: Option<&str>, selector: &[Label
     }
     if let Some(app) = spec.containers.first_mut() {
         let env = app.env.get_or_insert_with(Vec::new);
-        env.retain(|e| !matches!(e.name.as_str(), "PORT" | "SPAWNER_BACKEND_NAME" | "SPAWNER_BACKEND_KEY"));
+        env.retain(|e| !matches!(e.name.as_str(), "PORT" | "SPAWNER_BACKEND_NAME" | "SPAWNER_BACKEND_KEY" | "SPAWNER_URL_PREFIX"));
         env.push(EnvVar { name: "PORT".into(), value: Some(port.to_string()), ..EnvVar::default() });
         env.push(EnvVar { name: "SPAWNER_BACKEND_NAME".into(), value: Some(name.clone()), ..EnvVar::default() });
+        // Where the proxy serves it, as in local mode: its own host's root
+        // under host routing, else its path.
+        let prefix = if host_domain.is_some() { "/".to_string() } else { format!("/p/{name}/") };
+        env.push(EnvVar { name: "SPAWNER_URL_PREFIX".into(), value: Some(prefix), ..EnvVar::default() });
         if let Some(key) = &slab.spec.key {
             env.push(EnvVar { name: "SPAWNER_BACKEND_KEY".into(), value: Some(key.clone()), ..EnvVar::default() });
         }
@@ -491,7 +495,7 @@ mod tests {
 
     #[test]
     fn the_pod_is_owned_labelled_placed_and_told_its_port() {
-        let pod = pod_for(&slab(), Some("node-a"), &[]);
+        let pod = pod_for(&slab(), Some("node-a"), &[], None);
         assert_eq!(pod.metadata.name.as_deref(), Some("notes-1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
         let labels = pod.metadata.labels.as_ref().unwrap();
@@ -511,8 +515,24 @@ mod tests {
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(
             env(&pod),
-            [("MODE", "x"), ("PORT", "3000"), ("SPAWNER_BACKEND_NAME", "notes-1"), ("SPAWNER_BACKEND_KEY", "doc-1")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+            [
+                ("MODE", "x"),
+                ("PORT", "3000"),
+                ("SPAWNER_BACKEND_NAME", "notes-1"),
+                ("SPAWNER_URL_PREFIX", "/p/notes-1/"),
+                ("SPAWNER_BACKEND_KEY", "doc-1")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        // Under host routing a backend is served at its host's root, as in
+        // local mode; a value in the template is Spawner's to set.
+        let mut s = slab();
+        let app_env = s.spec.template.containers[0].env.get_or_insert_with(Vec::new);
+        app_env.push(EnvVar { name: "SPAWNER_URL_PREFIX".into(), value: Some("/mine/".into()), ..EnvVar::default() });
+        let hosted = env(&pod_for(&s, None, &[], Some("apps.example.com")));
+        assert_eq!(
+            hosted.iter().filter(|(k, _)| k == "SPAWNER_URL_PREFIX").collect::<Vec<_>>(),
+            [&("SPAWNER_URL_PREFIX".to_string(), "/".to_string())]
         );
         let probe = spec.containers[0].readiness_probe.as_ref().unwrap();
         assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3000));
@@ -527,7 +547,7 @@ mod tests {
         assert!(service_for(&s).is_none());
         s.spec.service = Some(true);
         let svc = service_for(&s).unwrap();
-        let pod = pod_for(&s, None, &[]);
+        let pod = pod_for(&s, None, &[], None);
         let selector = svc.spec.as_ref().unwrap().selector.as_ref().unwrap();
         let pod_labels = pod.metadata.labels.as_ref().unwrap();
         assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the Service selects the Pod");
@@ -538,7 +558,7 @@ mod tests {
 
     #[test]
     fn anywhere_leaves_the_node_to_kube_scheduler_with_the_selector() {
-        let pod = pod_for(&slab(), None, &[Label { key: "zone".into(), value: "b".into() }]);
+        let pod = pod_for(&slab(), None, &[Label { key: "zone".into(), value: "b".into() }], None);
         let spec = pod.spec.unwrap();
         assert!(spec.affinity.is_none());
         assert_eq!(spec.node_selector.unwrap()["zone"], "b");
@@ -546,7 +566,8 @@ mod tests {
         // The template's own selector stays, with the plugin's added.
         let mut s = slab();
         s.spec.template.node_selector = Some(BTreeMap::from([("disk".to_string(), "ssd".to_string())]));
-        let pod = pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }, Label { key: "disk".into(), value: "hdd".into() }]);
+        let pod =
+            pod_for(&s, None, &[Label { key: "zone".into(), value: "b".into() }, Label { key: "disk".into(), value: "hdd".into() }], None);
         let selector = pod.spec.unwrap().node_selector.unwrap();
         assert_eq!(
             selector,
@@ -637,7 +658,7 @@ mod tests {
         ));
         assert_eq!(fit(&slab(), &node(vec![not_ready, taint("gpu", Some("true"), "NoSchedule")], false)), Fit::Tainted);
 
-        let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[]);
+        let pod = pod_for(&with(vec![toleration(Some("gpu"), Some("Exists"), None, None)]), None, &[], None);
         assert_eq!(pod.spec.unwrap().tolerations.unwrap()[0].key.as_deref(), Some("gpu"), "and the Pod carries them");
 
         // Typos are reported as such, naming the entry.
@@ -652,7 +673,7 @@ mod tests {
     }
 
     fn pod_in(phase: &str, ready: bool, exit: Option<i32>) -> Pod {
-        let mut pod = pod_for(&slab(), None, &[]);
+        let mut pod = pod_for(&slab(), None, &[], None);
         pod.status = Some(PodStatus {
             phase: Some(phase.into()),
             conditions: Some(vec![PodCondition {
@@ -741,7 +762,7 @@ mod tests {
         let mut status = Status::new(Timestamp::UNIX_EPOCH);
         status.phase = Phase::Scheduled;
         assert_eq!(workload(None, &status), Workload::Absent, "not created yet");
-        assert_eq!(workload(Some(&pod_for(&slab(), None, &[])), &status), Workload::Starting, "no status yet");
+        assert_eq!(workload(Some(&pod_for(&slab(), None, &[], None)), &status), Workload::Starting, "no status yet");
         assert_eq!(workload(Some(&pod_in("Pending", false, None)), &status), Workload::Starting);
         assert_eq!(workload(Some(&pod_in("Running", false, None)), &status), Workload::Starting, "running, not ready");
         assert_eq!(workload(Some(&pod_in("Running", true, None)), &status), Workload::Ready);
