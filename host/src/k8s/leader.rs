@@ -117,12 +117,27 @@ fn leads_until(lease: &Lease, identity: &str) -> Option<Timestamp> {
 /// leading" first, since nothing renews the Lease any more.
 async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead, identity: String, leading: watch::Sender<bool>) {
     let mut until: Option<Timestamp> = None;
+    let step_down = || {
+        if leading.send_if_modified(|l| std::mem::replace(l, false)) {
+            tracing::warn!(identity = %identity, "the Lease was not renewed in time (the API server cannot be reached?): stepping down until it is");
+        }
+    };
     loop {
         let is_elected = *elected.borrow_and_update();
         if is_elected {
             // Bounded: the client retries 429 and 503 answers with backoff
             // and has no read timeout, so one read could outlast the Lease.
-            match tokio::time::timeout(LEASE_CHECK, read()).await {
+            // Meanwhile the last renewal seen runs out when it runs out,
+            // not when the read gives up.
+            let answer = tokio::time::timeout(LEASE_CHECK, read());
+            tokio::pin!(answer);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut answer => break answer,
+                    () = expiry(until), if *leading.borrow() => step_down(),
+                }
+            };
+            match answer {
                 Ok(Ok(Some(lease))) => until = leads_until(&lease, &identity),
                 Ok(Ok(None)) => until = None,
                 // Unknown: the last renewal seen still counts, until it
@@ -134,18 +149,31 @@ async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead,
             until = None;
         }
         let now_leading = is_elected && until.is_some_and(|u| Timestamp::now() < u);
-        if is_elected && !now_leading && *leading.borrow() {
-            tracing::warn!(identity = %identity, "the Lease was not renewed in time (the API server cannot be reached?): stepping down until it is");
+        if now_leading {
+            leading.send_if_modified(|l| !std::mem::replace(l, true));
+        } else if is_elected {
+            step_down();
+        } else {
+            leading.send_if_modified(|l| std::mem::replace(l, false));
         }
-        leading.send_if_modified(|l| std::mem::replace(l, now_leading) != now_leading);
         tokio::select! {
             changed = elected.changed() => if changed.is_err() {
                 leading.send_replace(false);
                 return;
             },
             () = tokio::time::sleep(LEASE_CHECK), if is_elected => {}
+            // The next read may come later than the renewal runs out.
+            () = expiry(until), if *leading.borrow() => step_down(),
             () = leading.closed() => return,
         }
+    }
+}
+
+/// Resolves when `until` passes (never for `None`).
+async fn expiry(until: Option<Timestamp>) {
+    match until {
+        Some(u) => tokio::time::sleep(Duration::try_from(u.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -247,14 +275,20 @@ mod tests {
     }
 
     async fn cut_off_and_back(hanging: bool) {
+        // Leading until 4.8 s after each renewal: between two reads (2 s
+        // apart while they hang), so the step-down must not wait for one.
+        const LEASE_SECONDS: i32 = 6;
         let (_elect, elected) = watch::channel(true);
         let reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let renewed = Arc::new(std::sync::Mutex::new(Timestamp::now()));
         // As the election does: renewed whenever the API server answers.
         let read = {
-            let reachable = reachable.clone();
+            let (reachable, renewed) = (reachable.clone(), renewed.clone());
             move || -> LeaseRead {
                 if reachable.load(std::sync::atomic::Ordering::SeqCst) {
-                    Box::pin(std::future::ready(Ok(Some(lease("me", Timestamp::now(), 5)))))
+                    let now = Timestamp::now();
+                    *renewed.lock().unwrap() = now;
+                    Box::pin(std::future::ready(Ok(Some(lease("me", now, LEASE_SECONDS)))))
                 } else if hanging {
                     Box::pin(std::future::pending())
                 } else {
@@ -271,9 +305,10 @@ mod tests {
         };
         assert!(wait_for(&mut seen, true).await, "leads with a fresh Lease");
         reachable.store(false, std::sync::atomic::Ordering::SeqCst);
-        let cut_off = std::time::Instant::now();
         assert!(wait_for(&mut seen, false).await, "still leading without renewals");
-        assert!(cut_off.elapsed() < Duration::from_secs(5), "not after the Lease expired");
+        let stepped_down = Timestamp::now();
+        let expired = *renewed.lock().unwrap() + SignedDuration::from_secs(LEASE_SECONDS.into());
+        assert!(stepped_down < expired, "stepped down at {stepped_down}, after the Lease expired at {expired} (hanging: {hanging})");
         reachable.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(wait_for(&mut seen, true).await, "leads again once renewed");
     }
