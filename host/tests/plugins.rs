@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -575,11 +576,27 @@ fn calls_running_during_a_swap_all_get_answers() {
     let plugins = Arc::new(defaults().0);
     let token = key().mint("b1", None, NOW, NOW + 60);
     let req = auth_request("b1", &[("authorization", &bearer(&token))], None);
-    let p = plugins.clone();
-    let caller = std::thread::spawn(move || (0..2000).filter(|_| p.auth().check(&req).is_allow()).count());
-    for i in 0..20 {
+    let swaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (p, seen) = (plugins.clone(), swaps.clone());
+    // Calls go on until 2,000 were made and 20 swaps happened meanwhile:
+    // however the threads are scheduled, the calls overlap the swaps.
+    let caller = std::thread::spawn(move || {
+        let (mut calls, mut allowed, mut generations) = (0, 0, std::collections::BTreeSet::new());
+        while calls < 2000 || seen.load(Ordering::SeqCst) < 20 {
+            generations.insert(seen.load(Ordering::SeqCst));
+            allowed += usize::from(p.auth().check(&req).is_allow());
+            calls += 1;
+        }
+        (calls, allowed, generations.len())
+    });
+    let mut i = 0;
+    while !caller.is_finished() {
         let settings = if i % 2 == 0 { "" } else { "{}" };
         plugins.replace(PluginKind::Auth, &PluginSource::embedded(PluginKind::Auth, settings)).unwrap();
+        swaps.fetch_add(1, Ordering::SeqCst);
+        i += 1;
     }
-    assert_eq!(caller.join().unwrap(), 2000, "every call allowed: none saw a half-swapped plugin");
+    let (calls, allowed, generations) = caller.join().unwrap();
+    assert_eq!(allowed, calls, "every call allowed: none saw a half-swapped plugin");
+    assert!(generations >= 10, "calls were made under {generations} plugins, of {i} swapped in");
 }
