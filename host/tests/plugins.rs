@@ -245,6 +245,14 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let chatty = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "chatty-panic")).unwrap();
     let err = chatty.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
     assert!(matches!(&err, CallError::Trap(m) if m.contains("panicked after chatter")), "{err:?}");
+    // A trap with no message says where it happened, by the plugin's own
+    // function names; a stack overflow says what it most likely is.
+    let abort = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "abort")).unwrap();
+    let err = abort.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
+    assert!(matches!(&err, CallError::Trap(m) if m.contains("unreachable") && m.contains(" in ") && m.contains("fixture_fail_auth::")), "{err:?}");
+    let overflow = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "overflow")).unwrap();
+    let err = overflow.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
+    assert!(matches!(&err, CallError::Trap(m) if m.contains("fixture_fail_auth::deep") && m.contains("stack")), "{err:?}");
 
     // Auth fails closed, on a trap and on a plugin error alike.
     for settings in ["panic", "error", "bad-header", "bad-status"] {
@@ -325,6 +333,16 @@ fn answers_past_their_bounds_are_cut_or_refused() {
         }
         keep => panic!("{keep:?}"),
     }
+    // Too little: an empty reason would be an empty status message and
+    // log detail; the decision stands, and says whose it was.
+    let silent = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_FAIL_IDLE, "no-detail")).unwrap();
+    match silent.evaluate(&rt, &idle_request(0, 0, 0, None)).unwrap() {
+        IdleVerdict::Terminate(t) => assert_eq!((t.kind, t.detail.as_str()), (TerminationKind::Idle, "the idle plugin gave no reason")),
+        keep => panic!("{keep:?}"),
+    }
+    let silent = LoadedPlugin::load(&rt, PluginKind::Scheduler, &source(built::FIXTURE_FAIL_SCHEDULER, "silent-reject")).unwrap();
+    let request = placement_request(vec![node("a", &[], 0)]);
+    assert_eq!(silent.place(&rt, &request).unwrap(), Placement::Reject("the scheduler plugin gave no reason".into()));
 }
 
 /// A plugin with no imports runs on the caller's thread (for the auth

@@ -277,6 +277,9 @@ pub fn check_verdict(verdict: &Verdict) -> Result<(), String> {
                 }
             }
             if let Some(subject) = &a.subject {
+                if subject.is_empty() {
+                    return Err("the subject is empty: a request that names no user has none (subject: None)".into());
+                }
                 if subject.len() > MAX_SUBJECT_BYTES {
                     return Err(std::format!("subject of {} bytes: at most {MAX_SUBJECT_BYTES}", subject.len()));
                 }

@@ -193,6 +193,7 @@ impl LoadedPlugin {
         })?;
         if let IdleVerdict::Terminate(t) = &mut verdict {
             crate::text::cut_to(&mut t.detail, MAX_ANSWER_TEXT, CUT);
+            given_a_reason(&mut t.detail, "the idle plugin");
         }
         Ok(verdict)
     }
@@ -206,6 +207,7 @@ impl LoadedPlugin {
         })?;
         if let Placement::Reject(reason) = &mut placement {
             crate::text::cut_to(reason, MAX_ANSWER_TEXT, CUT);
+            given_a_reason(reason, "the scheduler plugin");
         }
         // They become a Pod's node selector, which the API server would
         // refuse, failing the backend instead of falling back.
@@ -388,6 +390,11 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
             // must not let the request through as nobody's.
             // Length first: the other message quotes the subject.
             if let Some(subject) = &a.subject {
+                // A backend that checks whether the header is there would
+                // take the request as signed in, as user "".
+                if subject.is_empty() {
+                    return Err(CallError::InvalidAnswer("the subject is empty: a request that names no user has none (subject: None)".into()));
+                }
                 if subject.len() > MAX_ANSWER_TEXT {
                     return Err(CallError::InvalidAnswer(format!("subject of {} bytes: at most {MAX_ANSWER_TEXT}", subject.len())));
                 }
@@ -437,7 +444,7 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
                     CallError::Trap(format!("panicked at {at}: {message}"))
                 }
                 (_, _, Some(logged)) if logged.starts_with("panicked") => CallError::Trap(logged.clone()),
-                _ => CallError::Trap(trap.to_string()),
+                _ => CallError::Trap(format!("{trap}{}{}", trap_site(&e), trap_hint(*trap))),
             }
         }
         None => {
@@ -451,6 +458,84 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
                 CallError::Trap(msg)
             }
         }
+    }
+}
+
+/// A reason in place of an empty (or blank) one: it ends up in a status,
+/// an event stream and a log line, where "" tells nobody what happened.
+/// `Deny` has its status code, which always says something.
+fn given_a_reason(reason: &mut String, who: &str) {
+    if reason.trim().is_empty() {
+        *reason = format!("{who} gave no reason");
+    }
+}
+
+/// Where a trap without a panic message happened (`panic = trap`, an
+/// `unreachable`, a bad memory access): the innermost frames of its wasm
+/// backtrace, by the names in the plugin's name section, so its author has
+/// a function to look at.
+fn trap_site(e: &wasmtime::Error) -> String {
+    let Some(trace) = e.downcast_ref::<wasmtime::WasmBacktrace>() else { return String::new() };
+    // wasmtime writes each frame as `  N: 0xOFFSET - MODULE!NAME`, the name
+    // demangled; Rust's names carry hashes (`std[d123…]::…`, `…::h0a1b…`)
+    // of no use to a reader.
+    let text = trace.to_string();
+    let mut frames: Vec<(String, usize)> = Vec::new();
+    for name in text.lines().filter_map(|l| l.split_once(" - ").map(|(_, f)| f.trim())) {
+        let name = without_hashes(name.rsplit_once('!').map_or(name, |(_, n)| n));
+        if let Some((last, n)) = frames.last_mut()
+            && *last == name
+        {
+            // Recursion: one frame, counted.
+            *n += 1;
+        } else if frames.len() == 6 {
+            break;
+        } else {
+            frames.push((name, 1));
+        }
+    }
+    let shown: Vec<String> = frames.into_iter().map(|(f, n)| if n > 1 { format!("{f} (x{n})") } else { f }).collect();
+    if shown.is_empty() { String::new() } else { format!(" in {}", shown.join(" <- ")) }
+}
+
+/// `name` without Rust's crate disambiguators (`std[d123b7a1a2ed1472]`)
+/// and symbol hash (`::h0123456789abcdef`).
+fn without_hashes(name: &str) -> String {
+    let is_hash = |h: &str| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let name = match name.rsplit_once("::h") {
+        Some((n, h)) if is_hash(h) => n,
+        _ => name,
+    };
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..].find(']').map(|c| open + c);
+        match close {
+            Some(close) if is_hash(&rest[open + 1..close]) => {
+                out.push_str(&rest[..open]);
+                rest = &rest[close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a trap most often means in a plugin built from Rust.
+fn trap_hint(trap: Trap) -> &'static str {
+    match trap {
+        // The stack lives at the bottom of linear memory: overflowing it
+        // writes below address 0, out of bounds.
+        Trap::MemoryOutOfBounds => {
+            " (in a plugin built from Rust this is most often its stack overflowing: deep recursion or large local arrays; \
+             a plugin built with a small stack, -C link-arg=-zstack-size=…, needs a larger one, or less on its stack)"
+        }
+        Trap::StackOverflow => " (deep or endless recursion)",
+        _ => "",
     }
 }
 
@@ -539,6 +624,14 @@ mod tests {
     }
 
     #[test]
+    fn backtrace_names_lose_their_hashes() {
+        assert_eq!(without_hashes("std[d123b7a1a2ed1472]::process::abort"), "std::process::abort");
+        assert_eq!(without_hashes("my_auth::check::h0123456789abcdef"), "my_auth::check");
+        assert_eq!(without_hashes("<a[0123456789abcdef]::X as b[fedcba9876543210]::T>::f"), "<a::X as b::T>::f");
+        assert_eq!(without_hashes("f::<[u8; 4]>"), "f::<[u8; 4]>", "brackets that hold no hash stay");
+    }
+
+    #[test]
     fn verdicts_the_proxy_could_not_carry_out_are_failed_calls() {
         assert!(validate_verdict(&allow(Some("José"), &[("x-spawner-role", "editor")])).is_ok(), "any UTF-8 subject");
         assert!(validate_verdict(&allow(None, &[])).is_ok());
@@ -547,6 +640,7 @@ mod tests {
             other => panic!("accepted: {other:?}"),
         };
         assert!(refused(allow(Some("alice\r\nx-spawner-role: admin"), &[])).contains("control characters"), "no header injection");
+        assert!(refused(allow(Some(""), &[])).contains("subject is empty"), "not a user named \"\"");
         assert!(refused(allow(None, &[("x-other", "1")])).contains("outside the identity prefix"));
         assert!(refused(allow(None, &[("x-spawner-role", "a\nb")])).contains("not a valid HTTP header"));
         assert!(refused(Verdict::Deny(Deny { status: 200, reason: "ok?".into() })).contains("400-599"));
@@ -590,6 +684,7 @@ mod tests {
             allow(Some("alice\r\nx-spawner-role: admin"), &[]),
             allow(Some("del\u{7f}"), &[]),
             allow(Some("tab\tok"), &[]),
+            allow(Some(""), &[]),
             allow(Some(&long), &[]),
             allow(Some(&format!("{long}s")), &[]),
             allow(None, &[("x-other", "1")]),
