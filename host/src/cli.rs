@@ -155,6 +155,14 @@ pub enum Command {
     Crd,
 }
 
+/// Writes `text` and a newline to stderr, for a person at a terminal; if
+/// stderr cannot take it (a full disk, a closed pipe), it is dropped:
+/// `eprintln!` would panic, and a running Spawner must not stop for that.
+pub fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Whether logs are JSON lines (`SPAWNER_LOG_FORMAT=json`, for log
 /// shippers): then everything on stderr is one, the reason Spawner
 /// stopped included, and nothing is written for a person at a terminal.

@@ -275,9 +275,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         // For a person at a terminal: not in JSON logs, which stay JSON
         // lines for their shipper.
         if !crate::cli::json_logs() {
-            eprintln!(
+            crate::cli::say(&format!(
             "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n{export}    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
-            );
+            ));
         }
         server::stop_signal().await?;
         tracing::info!("shutting down: stopping every backend (a second Ctrl-C kills them at once)");

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
     // Colours only for a person at a terminal: not in files, pipes or
     // journald, and never with NO_COLOR set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A log line that cannot be written (a full disk, a log shipper that
+    // went away, stderr closed) is dropped: by default the subscriber
+    // reports it with `eprintln!`, which panics on the same stderr, and the
+    // panic hook's own log line then aborts the process, every backend
+    // with it.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).log_internal_errors(false);
     // SPAWNER_LOG_FORMAT=json: one JSON object per line, for log shippers.
     if spawner::cli::json_logs() {
         builder.json().init();
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            spawner::cli::say(&format!("error: {}", describe(&e)));
             ExitCode::FAILURE
         }
     }

@@ -504,6 +504,51 @@ async fn sigterm_leaves_no_backend_running() {
     }
 }
 
+/// Spawner's log is stderr, which can stop taking lines (a full disk, a log
+/// shipper that went away): lines are dropped then, and Spawner goes on
+/// serving (it aborted, every backend with it, at the first line it could
+/// not write).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_written_stops_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spawner.toml");
+    std::fs::write(&config, FAST).unwrap();
+    // Every write to /dev/full fails with ENOSPC.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut spawner = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
+        .env("SPAWNER_LOG", "spawner=debug,info")
+        .env("SPAWNER_PLUGIN_DEADLINE_MS", common::dev::PATIENT_PLUGINS)
+        .env_remove("SPAWNER_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(spawner.try_wait().unwrap().is_none(), "spawner exited: {:?}", spawner.try_wait());
+        assert!(started.elapsed() < Duration::from_secs(60), "spawner dev did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A create, its backend's start and a request through the proxy each
+    // log lines (debug ones too).
+    let created: Value =
+        http.post(format!("{base}/api/v1/backends")).json(&json!({"template": "demo"})).send().await.unwrap().json().await.unwrap();
+    let name = created["backend"]["name"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let ready = http.get(format!("{base}/api/v1/backends/{name}/ready?timeout=30")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let page = http.get(format!("{base}/p/{name}/")).bearer_auth(created["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(spawner.try_wait().unwrap().is_none(), "still running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || spawner.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "a clean stop, not an abort: {status}");
+    assert!(backend_pids(&name).is_empty(), "its backend stopped with it");
+}
+
 /// Ctrl-C stops backends gracefully; a second Ctrl-C does not wait for
 /// one that ignores SIGTERM (here for the 20 s stop timeout).
 #[tokio::test(flavor = "multi_thread")]

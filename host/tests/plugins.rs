@@ -249,7 +249,10 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     // function names; a stack overflow says what it most likely is.
     let abort = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "abort")).unwrap();
     let err = abort.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
-    assert!(matches!(&err, CallError::Trap(m) if m.contains("unreachable") && m.contains(" in ") && m.contains("fixture_fail_auth::")), "{err:?}");
+    assert!(
+        matches!(&err, CallError::Trap(m) if m.contains("unreachable") && m.contains(" in ") && m.contains("fixture_fail_auth::")),
+        "{err:?}"
+    );
     let overflow = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "overflow")).unwrap();
     let err = overflow.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
     assert!(matches!(&err, CallError::Trap(m) if m.contains("fixture_fail_auth::deep") && m.contains("stack")), "{err:?}");

@@ -393,7 +393,9 @@ fn validate_verdict(v: &Verdict) -> Result<(), CallError> {
                 // A backend that checks whether the header is there would
                 // take the request as signed in, as user "".
                 if subject.is_empty() {
-                    return Err(CallError::InvalidAnswer("the subject is empty: a request that names no user has none (subject: None)".into()));
+                    return Err(CallError::InvalidAnswer(
+                        "the subject is empty: a request that names no user has none (subject: None)".into(),
+                    ));
                 }
                 if subject.len() > MAX_ANSWER_TEXT {
                     return Err(CallError::InvalidAnswer(format!("subject of {} bytes: at most {MAX_ANSWER_TEXT}", subject.len())));
