@@ -54,6 +54,9 @@ pub struct ApiState {
     pub api_token: Option<crate::secret::Secret>,
     /// Metrics registry (served at /metrics).
     pub metrics: Arc<Metrics>,
+    /// Time a caller has to send a request's body, once its head arrived
+    /// (the proxy's header-read timeout, which bounds the head).
+    pub body_timeout: std::time::Duration,
 }
 
 #[derive(OpenApi)]
@@ -192,7 +195,44 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), body_within))
         .with_state(state)
+}
+
+/// Reads a request's body (up to one byte past the API's limit, which the
+/// extractors then refuse) within [`ApiState::body_timeout`] before the
+/// endpoint runs. Without it a caller that announced a body and sent less
+/// held its connection, and its place under `max-connections`, for ever.
+async fn body_within(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    let (parts, mut body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let mut read = Vec::new();
+    let reading = async {
+        while read.len() <= MAX_BODY_BYTES
+            && let Some(frame) = body.frame().await
+        {
+            if let Ok(data) = frame?.into_data() {
+                read.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    match tokio::time::timeout(s.body_timeout, reading).await {
+        Ok(Ok(())) => next.run(Request::from_parts(parts, axum::body::Body::from(read))).await,
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")).into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (is Content-Length larger than the body sent?)",
+                s.body_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

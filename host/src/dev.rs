@@ -93,6 +93,7 @@ impl Dev {
             public_url: config.public_url(),
             api_token: config.api_token.clone(),
             metrics: metrics.clone(),
+            body_timeout: Duration::from_millis(config.proxy.header_read_timeout_ms),
         });
         let app = Arc::new(App::new(proxy, api, metrics.clone()));
         let limits = Limits::from(&config.proxy);

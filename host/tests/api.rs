@@ -416,3 +416,24 @@ async fn off_loopback_the_api_requires_its_token() {
     assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);
     assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);
 }
+
+/// A caller that announces a body and sends less is answered 408 once the
+/// body timeout (the header-read timeout) passes: it held its connection,
+/// and its place under `max-connections`, for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_never_arrives_is_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dev = Dev::start(&format!("{FAST}\n[proxy]\nheader-read-timeout-ms = 1000\n"), &[]);
+    let mut stream = tokio::net::TcpStream::connect(dev.base.trim_start_matches("http://")).await.unwrap();
+    let head = "POST /api/v1/backends HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer in 20 s: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("the request body did not arrive within 1000 ms"), "{answer}");
+    // A body that does arrive is read as before.
+    let (status, body) = post_raw(&dev, "/api/v1/backends", r#"{"template":"nope"}"#, true).await;
+    assert_eq!(status, 422, "{body}");
+}

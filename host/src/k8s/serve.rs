@@ -170,6 +170,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
                 public_url: api.public_url.trim_end_matches('/').to_string(),
                 api_token: Some(api.api_token),
                 metrics: metrics.clone(),
+                body_timeout: std::time::Duration::from_millis(options.proxy.header_read_timeout_ms),
             },
             public_metrics,
         ),
