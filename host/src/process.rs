@@ -391,8 +391,13 @@ async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuf
             _ => break,
         };
         reader.consume(used);
-        if let Some(line) = line {
-            logs.push(which, line);
+        match line {
+            Some(line) => logs.push(which, line),
+            None => {
+                if let Some(unfinished) = lines.unfinished() {
+                    logs.unfinished(which, unfinished);
+                }
+            }
         }
     }
     if let Some(last) = lines.finish() {

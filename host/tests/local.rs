@@ -275,7 +275,7 @@ command = "sh"
 args = ["-c", "sleep 0.2; echo about to fail >&2; exit 3"]
 [templates.deaf]
 command = "sh"
-args = ["-c", "echo listening on 127.0.0.1:3000; exec sleep 600"]
+args = ["-c", "printf 'starting\\rlistening on 127.0.0.1:3000'; exec sleep 600"]
 [templates.missing]
 command = "/nonexistent/program"
 "#;
@@ -294,6 +294,17 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
     let logs = dev.http.get(format!("{}/api/v1/backends/{crash}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
     assert!(logs.contains("stderr about to fail"), "{logs}");
 
+    // What it writes shows before its newline (it writes none), as a
+    // terminal shows it: the carriage return started the line over.
+    let logs_of =
+        async |name: &str| dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+    let shown = Instant::now() + Duration::from_secs(10);
+    let mut logs = logs_of(&deaf).await;
+    while !logs.contains("listening") && Instant::now() < shown {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        logs = logs_of(&deaf).await;
+    }
+    assert!(logs.trim_end().ends_with("stdout listening on 127.0.0.1:3000") && !logs.contains("starting"), "{logs}");
     let d = dev.wait_phase(&deaf, "failed").await;
     assert_eq!(d["status"]["reason"], "startup-timeout", "{d}");
     // Where Spawner looked, and what the backend said, side by side.

@@ -43,10 +43,17 @@ const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
 /// [`MAX_LINE_BYTES`] (plus one, to know it was cut) of a line not yet ended:
 /// the rest of an overlong line is dropped as it arrives, not read into
 /// memory first.
+///
+/// A carriage return not followed by a newline starts the line over, as on
+/// a terminal: a progress bar (`42%\r43%\r…`) is the text after its last
+/// one, not thousands of lines, nor its first 16 KiB.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     line: Vec<u8>,
     cut: bool,
+    /// The line not yet ended changed since [`LineSplitter::unfinished`]
+    /// last said what it is.
+    changed: bool,
 }
 
 impl LineSplitter {
@@ -54,14 +61,40 @@ impl LineSplitter {
     /// newline. Returns how many it took, and the line they ended, if any.
     pub fn feed(&mut self, chunk: &[u8]) -> (usize, Option<String>) {
         let end = chunk.iter().position(|b| *b == b'\n');
-        let part = &chunk[..end.unwrap_or(chunk.len())];
+        let mut part = &chunk[..end.unwrap_or(chunk.len())];
+        // A carriage return at the very end may yet be a CRLF's.
+        let lone_cr = |bytes: &[u8]| bytes[..bytes.len().saturating_sub(1)].iter().rposition(|b| *b == b'\r');
+        if !part.is_empty() && self.line.last() == Some(&b'\r') {
+            self.start_over();
+        }
+        if let Some(cr) = lone_cr(part) {
+            self.start_over();
+            part = &part[cr + 1..];
+        }
         let room = (MAX_LINE_BYTES + 1).saturating_sub(self.line.len());
         self.line.extend_from_slice(&part[..part.len().min(room)]);
+        self.changed |= room > 0 && !part.is_empty();
         self.cut |= part.len() > room;
         match end {
             Some(at) => (at + 1, Some(self.take())),
             None => (chunk.len(), None),
         }
+    }
+
+    /// The line not yet ended, as it would be kept, if it changed since
+    /// the last call: `Some(None)` when there is none any more.
+    pub fn unfinished(&mut self) -> Option<Option<String>> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let text = String::from_utf8_lossy(self.line.strip_suffix(b"\r").unwrap_or(&self.line)).into_owned();
+        Some((!text.is_empty() || self.cut).then_some(text))
+    }
+
+    fn start_over(&mut self) {
+        self.line.clear();
+        self.cut = false;
+        self.changed = true;
     }
 
     /// The last line, if the output ended without a newline.
@@ -83,37 +116,61 @@ impl LineSplitter {
         let text = String::from_utf8_lossy(&self.line).into_owned();
         self.line.clear();
         self.cut = false;
+        self.changed = false;
         text
     }
 }
 
-/// The buffer.
+/// The buffer: ended lines, and each stream's line not yet ended (a
+/// prompt, `Listening... ` before the port is bound, a progress bar), so
+/// that what a running backend wrote last can be read before its newline.
 #[derive(Debug, Default)]
 pub struct LogBuffer {
-    inner: Mutex<(VecDeque<LogLine>, usize)>,
+    inner: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    /// stdout's and stderr's lines not yet ended.
+    unfinished: [Option<LogLine>; 2],
 }
 
 impl LogBuffer {
-    /// Appends a line, dropping the oldest lines beyond the byte budget.
+    /// Appends a line, dropping the oldest lines beyond the byte budget;
+    /// it ends `stream`'s unfinished line.
     pub fn push(&self, stream: Stream, mut text: String) {
         crate::text::cut_to(&mut text, MAX_LINE_BYTES, " [line truncated]");
-        let mut guard = self.inner.lock().expect("log lock");
-        let (lines, bytes) = &mut *guard;
-        *bytes += text.len() + LINE_OVERHEAD;
-        lines.push_back(LogLine { time: Timestamp::now(), stream, text });
-        while *bytes > LOG_BUFFER_BYTES {
-            match lines.pop_front() {
-                Some(old) => *bytes -= old.text.len() + LINE_OVERHEAD,
+        let mut kept = self.inner.lock().expect("log lock");
+        kept.unfinished[stream as usize] = None;
+        kept.bytes += text.len() + LINE_OVERHEAD;
+        kept.lines.push_back(LogLine { time: Timestamp::now(), stream, text });
+        while kept.bytes > LOG_BUFFER_BYTES {
+            match kept.lines.pop_front() {
+                Some(old) => kept.bytes -= old.text.len() + LINE_OVERHEAD,
                 None => break,
             }
         }
     }
 
-    /// The last `tail` lines (all when `None`).
+    /// Sets what `stream` wrote since its last newline (`None`: nothing).
+    pub fn unfinished(&self, stream: Stream, text: Option<String>) {
+        let line = text.map(|mut text| {
+            crate::text::cut_to(&mut text, MAX_LINE_BYTES, " [line truncated]");
+            LogLine { time: Timestamp::now(), stream, text }
+        });
+        self.inner.lock().expect("log lock").unfinished[stream as usize] = line;
+    }
+
+    /// The last `tail` lines (all when `None`), unfinished ones last.
     pub fn lines(&self, tail: Option<usize>) -> Vec<LogLine> {
-        let guard = self.inner.lock().expect("log lock");
-        let skip = tail.map_or(0, |t| guard.0.len().saturating_sub(t));
-        guard.0.iter().skip(skip).cloned().collect()
+        let kept = self.inner.lock().expect("log lock");
+        let mut unfinished: Vec<&LogLine> = kept.unfinished.iter().flatten().collect();
+        unfinished.sort_by_key(|l| l.time);
+        let all = kept.lines.iter().chain(unfinished);
+        let count = kept.lines.len() + kept.unfinished.iter().flatten().count();
+        all.skip(tail.map_or(0, |t| count.saturating_sub(t))).cloned().collect()
     }
 }
 
@@ -171,6 +228,39 @@ mod tests {
         b.push(Stream::Stdout, lines[0].clone());
         let kept = &b.lines(None)[0].text;
         assert!(kept.len() <= MAX_LINE_BYTES && kept.ends_with(" [line truncated]"), "{}", kept.len());
+    }
+
+    #[test]
+    fn a_carriage_return_starts_the_line_over_as_on_a_terminal() {
+        for size in [1, 3, 4096] {
+            let (lines, _) = split(b"progress 1%\rprogress 2%\rprogress 49%\ndone\r\nwindows\r\n\rx\ry", size);
+            assert_eq!(lines, ["progress 49%", "done", "windows", "y"], "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn a_line_not_yet_ended_can_be_read() {
+        let mut splitter = LineSplitter::default();
+        assert_eq!(splitter.unfinished(), None, "nothing written");
+        assert_eq!(splitter.feed(b"Listening soon... "), (18, None));
+        assert_eq!(splitter.unfinished(), Some(Some("Listening soon... ".to_string())));
+        assert_eq!(splitter.unfinished(), None, "unchanged since");
+        splitter.feed(b"42%\r");
+        assert_eq!(splitter.unfinished(), Some(Some("Listening soon... 42%".to_string())), "a CR that may be a CRLF's is not shown");
+        splitter.feed(b"43%");
+        assert_eq!(splitter.unfinished(), Some(Some("43%".to_string())));
+
+        let b = LogBuffer::default();
+        b.push(Stream::Stdout, "one".into());
+        b.unfinished(Stream::Stderr, Some("Error: something bad hap".into()));
+        b.unfinished(Stream::Stdout, Some("43%".into()));
+        let texts = |tail| b.lines(tail).into_iter().map(|l| l.text).collect::<Vec<_>>();
+        assert_eq!(texts(None), ["one", "Error: something bad hap", "43%"], "unfinished lines last, in the order written");
+        assert_eq!(texts(Some(2)), ["Error: something bad hap", "43%"]);
+        b.push(Stream::Stdout, "43% done".into());
+        assert_eq!(texts(None), ["one", "43% done", "Error: something bad hap"], "a line's end replaces its unfinished form");
+        b.unfinished(Stream::Stderr, None);
+        assert_eq!(texts(None), ["one", "43% done"]);
     }
 
     #[test]
