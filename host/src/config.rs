@@ -296,7 +296,9 @@ pub struct PluginSlot {
     /// Component file; the embedded default when unset. Watched and
     /// hot-reloaded.
     pub file: Option<PathBuf>,
-    /// Settings text (by convention JSON).
+    /// Settings text (by convention JSON). In the file, a table is taken
+    /// too, and passed on as its JSON: `settings = { max-per-owner = 3 }`.
+    #[serde(deserialize_with = "settings_field")]
     pub settings: Option<String>,
     /// Settings read from a file instead (watched too).
     pub settings_file: Option<PathBuf>,
@@ -491,6 +493,20 @@ pub fn host_domain_arg(domain: &str) -> Result<String, String> {
         ));
     }
     Ok(d)
+}
+
+/// A plugin's `settings` in the file: its text, or a table, which plugins
+/// get as JSON (they are written in JSON by convention, and a table is
+/// what a TOML file suggests).
+fn settings_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(text) => Ok(Some(text)),
+        toml::Value::Table(table) => serde_json::to_string(&table).map(Some).map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "settings must be text (JSON by convention: settings = '{{\"max-per-owner\": 3}}') or a table (settings = {{ max-per-owner = 3 }}), not {}",
+            other.type_str()
+        ))),
+    }
 }
 
 /// `host-domain` in the file: checked where it is read, so the error names
@@ -737,6 +753,19 @@ mod tests {
         assert_eq!(c.plugins.runtime().auth, Limits { memory_mib: 64, deadline_ms: 5 });
         assert_eq!(c.templates["ghcr.io/acme/editor:1"].env["NODE_ENV"], "production");
         assert_eq!(c.proxy.token_names(), TokenNames { cookie: "s".into(), query_param: "token".into() });
+    }
+
+    #[test]
+    fn plugin_settings_are_text_or_a_table_passed_on_as_json() {
+        let c = Config::parse("[plugins.scheduler]\nsettings = { max-per-owner = 3, spread = true, zones = [\"a\"] }\n").unwrap();
+        let json: serde_json::Value = serde_json::from_str(c.plugins.scheduler.settings.as_deref().unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"max-per-owner": 3, "spread": true, "zones": ["a"]}));
+        let c = Config::parse("[plugins.idle.settings]\ngrace = 5\n").unwrap();
+        assert_eq!(c.plugins.idle.settings.as_deref(), Some(r#"{"grace":5}"#), "a [plugins.idle.settings] table too");
+        let c = Config::parse("[plugins.idle]\nsettings = 'keep'\n").unwrap();
+        assert_eq!(c.plugins.idle.settings.as_deref(), Some("keep"), "text as it is");
+        let e = Config::parse("[plugins.idle]\nsettings = 5\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("settings must be text") && e.contains("not integer"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,11 @@ struct State {
 }
 
 impl LogGate {
+    /// A gate no line has passed yet (for a `static`).
+    pub const fn new() -> Self {
+        LogGate(Mutex::new(State { last: None, suppressed: 0 }))
+    }
+
     /// Whether to log now (`Some`, with how many lines were held back
     /// before this one), or not (`None`, counted as held back).
     pub fn pass(&self, now: Instant) -> Option<u64> {

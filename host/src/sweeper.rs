@@ -76,6 +76,9 @@ pub struct Decision {
 /// sweep tries the plugin again.
 pub const FAILURES_BEFORE_SKIPPING: u32 = 3;
 
+/// Lines about sweeps that stopped asking a failing plugin.
+static SKIPPING_LOG: crate::log_gate::LogGate = crate::log_gate::LogGate::new();
+
 /// What a sweep knows of the backends' activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Knowing {
@@ -102,9 +105,14 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, knowing: Knowing, dry_
         let verdict = if knowing == Knowing::Activity && failures < FAILURES_BEFORE_SKIPPING {
             let (verdict, failed) = plugins.idle().evaluate_reporting(&idle_request(&c, source.activity(&c), age, now));
             failures = if failed { failures + 1 } else { 0 };
-            if failures == FAILURES_BEFORE_SKIPPING {
+            // Once per sweep while the plugin stays broken: gated, as the
+            // plugin's own failure lines are.
+            if failures == FAILURES_BEFORE_SKIPPING
+                && let Some(held_back) = SKIPPING_LOG.pass(std::time::Instant::now())
+            {
                 tracing::warn!(
                     failures,
+                    sweeps_not_logged = held_back,
                     "the idle plugin failed on {failures} backends in a row; this sweep keeps the rest without asking it (lifetime limits still apply)"
                 );
             }

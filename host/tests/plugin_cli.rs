@@ -231,6 +231,18 @@ fn run_prints_the_decision_for_a_minted_token() {
     input["backend"].as_object_mut().unwrap().remove("labels");
     let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &input.to_string()]);
     assert!(text(&out).contains("not a valid idle request at backend: missing field `labels`"), "{}", text(&out));
+    // A misspelt required field is missing and unknown: both are named.
+    let mut misspelt = input.clone();
+    misspelt["backend"]["labels"] = serde_json::json!([]);
+    let age = misspelt.as_object_mut().unwrap().remove("age_seconds").unwrap();
+    misspelt["age_secs"] = age;
+    let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", &misspelt.to_string()]);
+    assert!(
+        text(&out).contains("missing field `age_seconds`")
+            && text(&out).contains("it has fields idle requests do not have: activity.bogus, age_secs"),
+        "{}",
+        text(&out)
+    );
     // A file name without `@` is not read as JSON, and the error says so.
     let out = patient(&["plugin", "run", idle.to_str().unwrap(), "--input", idle_sample.to_str().unwrap()]);
     assert!(

@@ -1,7 +1,7 @@
 //! Safe wrappers over the `spawner:plugin/host` imports.
 //!
 //! Inside Spawner these call the host. In native `cargo test` runs they are
-//! served by the [`testing::Harness`](crate::testing::Harness) in effect, so
+//! served by the `testing::Harness` in effect (the `testing` module, native builds only), so
 //! plugin logic can be tested without WebAssembly.
 
 use alloc::string::{String, ToString};

@@ -36,7 +36,7 @@
 //!   (import one with `use spawner_plugin_sdk::auth::*`);
 //! - [`host`]: safe wrappers over what the host offers (log, settings, token
 //!   verification);
-//! - [`testing`]: a native harness, so the plugin's logic runs under plain
+//! - `testing` (native builds only): a native harness, so the plugin's logic runs under plain
 //!   `cargo test` with chosen settings, a token verifier and captured logs.
 //!
 //! Errors come in three tiers: the domain answer (deny, reject, terminate),

@@ -301,24 +301,36 @@ fn parse_input<T: serde::de::DeserializeOwned>(text: &str, kind: PluginKind) -> 
     let parsed = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut json, &mut |path: serde_ignored::Path<'_>| {
         unknown.push(path.to_string())
     }));
-    let value: T = parsed.map_err(|e| match input_kind(text).filter(|k| *k != kind) {
-        Some(other) => {
-            anyhow::anyhow!("--input looks like {} request, but the plugin is {} plugin", other.with_article(), kind.with_article())
-        }
-        None => {
-            let at = match e.path().to_string().as_str() {
-                "." => String::new(),
-                path => format!(" at {path}"),
-            };
-            anyhow::anyhow!("--input is not a valid {kind} request{at}: {} (see `spawner plugin run --help` for the shape)", e.inner())
-        }
-    })?;
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "--input has {} {kind} requests do not have: {} (misspelt? the names are snake_case; see `spawner plugin run --help` for the shape)",
+    let strangers = |unknown: &[String]| {
+        format!(
+            "{} {kind} requests do not have: {} (misspelt? the names are snake_case; see `spawner plugin run --help` for the shape)",
             if unknown.len() == 1 { "a field" } else { "fields" },
             unknown.join(", ")
-        );
+        )
+    };
+    let value: T = match parsed {
+        Ok(value) => value,
+        Err(e) => match input_kind(text).filter(|k| *k != kind) {
+            Some(other) => {
+                anyhow::bail!("--input looks like {} request, but the plugin is {} plugin", other.with_article(), kind.with_article())
+            }
+            None => {
+                let at = match e.path().to_string().as_str() {
+                    "." => String::new(),
+                    path => format!(" at {path}"),
+                };
+                // A misspelt field is both missing and unknown: name the
+                // one written too, not only the one expected.
+                let also = match unknown.is_empty() {
+                    true => "see `spawner plugin run --help` for the shape".to_string(),
+                    false => format!("it has {}", strangers(&unknown)),
+                };
+                anyhow::bail!("--input is not a valid {kind} request{at}: {} ({also})", e.inner())
+            }
+        },
+    };
+    if !unknown.is_empty() {
+        anyhow::bail!("--input has {}", strangers(&unknown));
     }
     Ok(value)
 }
