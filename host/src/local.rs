@@ -249,8 +249,10 @@ impl Local {
             // A failure is worth a warning: alerts on warnings catch
             // crashing templates. Its output is not logged (it may hold
             // secrets); the API serves it.
-            let logs = format!("GET /api/v1/backends/{}/logs", r.name);
-            tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, exit_code, output = %logs, "backend status");
+            // Rejected before it started: it wrote nothing.
+            let started = to.reason != Some(Reason::Rejected);
+            let logs = started.then(|| format!("GET /api/v1/backends/{}/logs", r.name));
+            tracing::warn!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, exit_code, output = logs, "backend status");
         } else {
             tracing::info!(backend = %r.name, from = from.phase.as_str(), to = to.phase.as_str(), reason, detail, exit_code, "backend status");
         }
