@@ -35,6 +35,9 @@ use crate::reaper::Reaper;
 use crate::sweeper::{Candidate, SweepSource};
 use record::Record;
 
+/// How often the reaper's process is checked (see [`Reaper::check`]).
+const REAPER_CHECK: Duration = Duration::from_secs(2);
+
 /// Settings of the local runtime, taken from [`Config`].
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -120,15 +123,24 @@ impl Local {
         self.config.default_grace_seconds
     }
 
-    /// Forgets ended backends older than the retention, periodically.
+    /// Forgets ended backends older than the retention, periodically, and
+    /// replaces the reaper if someone killed it.
     pub fn start_gc(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let every = (self.config.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::spawn(async move {
+            let mut collected = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(REAPER_CHECK.min(every)).await;
                 let Some(local) = weak.upgrade() else { return };
-                local.collect_garbage();
+                // A reaper someone killed is replaced within this time.
+                if let Some(reaper) = &local.reaper {
+                    reaper.check();
+                }
+                if collected.elapsed() >= every {
+                    collected = tokio::time::Instant::now();
+                    local.collect_garbage();
+                }
             }
         })
     }

@@ -15,6 +15,7 @@
 //! sends SIGKILL. After a clean shutdown the list is empty and the reaper
 //! simply exits.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -45,31 +46,41 @@ pub struct Reaper {
 
 #[derive(Debug)]
 struct Inner {
-    /// `None` once writing failed (the reaper died): nothing more to tell.
+    /// `None` once the reaper died and none could be started again.
     pipe: Option<ChildStdin>,
     child: Child,
+    grace: Duration,
+    /// The groups it was told of and not told to forget: what a new reaper
+    /// is told, should this one die.
+    groups: BTreeSet<i32>,
+}
+
+/// Starts a reaper process.
+fn spawn(grace: Duration) -> std::io::Result<(Child, ChildStdin)> {
+    // Its environment is readable by every process of this user (the
+    // backends too): only PATH, none of Spawner's secrets.
+    let mut child = Command::new("sh")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg("spawner-reaper")
+        .arg(grace.as_secs().max(1).to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("the reaper's stdin was not piped"))?;
+    Ok((child, pipe))
 }
 
 impl Reaper {
     /// Starts the reaper. `grace` is how long backends get between SIGTERM
     /// and SIGKILL once Spawner is gone.
     pub fn start(grace: Duration) -> std::io::Result<Reaper> {
-        // Its environment is readable by every process of this user (the
-        // backends too): only PATH, none of Spawner's secrets.
-        let mut child = Command::new("sh")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg("spawner-reaper")
-            .arg(grace.as_secs().max(1).to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        let pipe = child.stdin.take();
-        Ok(Reaper { inner: Arc::new(Mutex::new(Inner { pipe, child })) })
+        let (child, pipe) = spawn(grace)?;
+        Ok(Reaper { inner: Arc::new(Mutex::new(Inner { pipe: Some(pipe), child, grace, groups: BTreeSet::new() })) })
     }
 
     /// The reaper's process id (tests watch it).
@@ -79,23 +90,68 @@ impl Reaper {
 
     /// A backend's process group started.
     pub fn watch(&self, group: i32) {
-        self.send('+', group);
+        let mut inner = self.inner.lock().expect("reaper lock");
+        inner.groups.insert(group);
+        inner.tell('+', group);
     }
 
     /// A backend's process group is gone: forget it, so that its id, once
     /// reused by an unrelated process, is never signalled.
     pub fn forget(&self, group: i32) {
-        self.send('-', group);
+        let mut inner = self.inner.lock().expect("reaper lock");
+        inner.groups.remove(&group);
+        inner.tell('-', group);
     }
 
-    fn send(&self, op: char, group: i32) {
+    /// Starts a new reaper if this one is gone (killed by someone, the
+    /// OOM killer): until then, a crash of Spawner would leave every
+    /// backend running. Called periodically; cheap (one `waitpid`).
+    pub fn check(&self) {
         let mut inner = self.inner.lock().expect("reaper lock");
-        let Some(pipe) = inner.pipe.as_mut() else { return };
+        if inner.pipe.is_some() && matches!(inner.child.try_wait(), Ok(Some(_))) {
+            inner.revive();
+        }
+    }
+}
+
+impl Inner {
+    fn tell(&mut self, op: char, group: i32) {
+        let Some(pipe) = self.pipe.as_mut() else { return };
         // One short line to a pipe the reaper drains: does not block in
         // practice (the pipe holds 64 KiB).
-        if let Err(e) = writeln!(pipe, "{op}{group}") {
-            tracing::warn!(error = %e, "the backend reaper is gone; backends may outlive a crash of Spawner");
-            inner.pipe = None;
+        if writeln!(pipe, "{op}{group}").is_err() {
+            self.revive();
+        }
+    }
+
+    /// Replaces a reaper that is gone with a new one, told every group.
+    fn revive(&mut self) {
+        let old = self.child.id();
+        // Gone, or unable to read: either way it is of no more use.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let started = spawn(self.grace).and_then(|(child, mut pipe)| {
+            let mut lines = String::new();
+            for group in &self.groups {
+                lines.push_str(&format!("+{group}\n"));
+            }
+            pipe.write_all(lines.as_bytes())?;
+            Ok((child, pipe))
+        });
+        match started {
+            Ok((child, pipe)) => {
+                tracing::warn!(
+                    old,
+                    new = child.id(),
+                    backends = self.groups.len(),
+                    "the backend reaper was gone; a new one watches the backends"
+                );
+                (self.child, self.pipe) = (child, Some(pipe));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the backend reaper is gone and cannot be started again; backends may outlive a crash of Spawner");
+                self.pipe = None;
+            }
         }
     }
 }
@@ -156,5 +212,35 @@ mod tests {
         assert!(forgotten.try_wait().unwrap().is_none() && alive(forgotten.id()), "a forgotten group is left alone");
         forgotten.kill().unwrap();
         forgotten.wait().unwrap();
+    }
+
+    #[test]
+    fn a_reaper_that_dies_is_replaced_and_told_every_group() {
+        let (mut first, mut second) = (sleeper(), sleeper());
+        let reaper = Reaper::start(Duration::from_secs(1)).unwrap();
+        reaper.watch(first.id() as i32);
+        let killed = reaper.pid();
+        Command::new("kill").args(["-KILL", &killed.to_string()]).status().unwrap();
+        for _ in 0..500 {
+            if !alive(killed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reaper.check();
+        assert_ne!(reaper.pid(), killed, "a new reaper");
+        assert!(alive(reaper.pid()));
+        // Killed again, it is found at the next change too.
+        let killed = reaper.pid();
+        Command::new("kill").args(["-KILL", &killed.to_string()]).status().unwrap();
+        while alive(killed) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reaper.watch(second.id() as i32);
+        assert_ne!(reaper.pid(), killed);
+        // Spawner's end: the new reaper stops both groups.
+        drop(reaper);
+        assert!(wait_gone(&mut first), "the group watched before the reaper died is terminated");
+        assert!(wait_gone(&mut second), "and the one watched since");
     }
 }
