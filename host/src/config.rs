@@ -60,6 +60,9 @@ pub struct Config {
     /// Secret capability tokens are signed with (at least 16 bytes). When
     /// unset a random one is generated, so tokens do not survive a restart.
     pub token_secret: Option<Secret>,
+    /// Secrets tokens were signed with before `token-secret`: they still
+    /// verify, and never sign (rotating the secret; README).
+    pub previous_token_secrets: Vec<Secret>,
     /// Lifetime of a capability token, in seconds.
     pub token_ttl_seconds: u64,
     /// Enables host routing: `{name}.{host-domain}` reaches backend `name`.
@@ -86,6 +89,7 @@ impl Default for Config {
             public_url: None,
             api_token: None,
             token_secret: None,
+            previous_token_secrets: Vec::new(),
             // A day: long enough for a working session, short enough that a
             // leaked URL stops working.
             token_ttl_seconds: 86_400,
@@ -495,6 +499,31 @@ pub fn host_domain_arg(domain: &str) -> Result<String, String> {
     Ok(d)
 }
 
+/// What is wrong with `previous` secrets beside `current` (each named as
+/// the caller spells it), if anything: each must be long enough, differ
+/// from the current one, and there must be a current one to sign with.
+pub fn previous_secrets_problem(current: Option<&Secret>, previous: &[Secret], current_name: &str, previous_name: &str) -> Option<String> {
+    if previous.is_empty() {
+        return None;
+    }
+    let Some(current) = current else {
+        return Some(format!(
+            "{previous_name} needs {current_name}: they verify the tokens handed out before it, which signs the new ones"
+        ));
+    };
+    if let Some(short) = previous.iter().find(|p| p.expose().len() < crate::token::MIN_SECRET_BYTES) {
+        return Some(format!(
+            "each of {previous_name} must be at least {} bytes (one has {})",
+            crate::token::MIN_SECRET_BYTES,
+            short.expose().len()
+        ));
+    }
+    previous
+        .iter()
+        .any(|p| p.expose() == current.expose())
+        .then(|| format!("{previous_name} holds {current_name} itself: list only the secrets it replaces"))
+}
+
 /// A plugin's `settings` in the file: its text, or a table, which plugins
 /// get as JSON (they are written in JSON by convention, and a table is
 /// what a TOML file suggests).
@@ -594,6 +623,8 @@ impl Config {
         {
             return bad(format!("token-secret must be at least {} bytes (try `openssl rand -hex 32`)", crate::token::MIN_SECRET_BYTES));
         }
+        previous_secrets_problem(self.token_secret.as_ref(), &self.previous_token_secrets, "token-secret", "previous-token-secrets")
+            .map_or(Ok(()), bad)?;
         if !crate::token::TTL_SECONDS.contains(&self.token_ttl_seconds) {
             return bad(format!(
                 "token-ttl-seconds must be between 1 and {} (30 days), got {}",
@@ -753,6 +784,26 @@ mod tests {
         assert_eq!(c.plugins.runtime().auth, Limits { memory_mib: 64, deadline_ms: 5 });
         assert_eq!(c.templates["ghcr.io/acme/editor:1"].env["NODE_ENV"], "production");
         assert_eq!(c.proxy.token_names(), TokenNames { cookie: "s".into(), query_param: "token".into() });
+    }
+
+    #[test]
+    fn previous_token_secrets_need_a_current_one_and_the_length() {
+        let with = |current: Option<&str>, previous: &[&str]| Config {
+            token_secret: current.map(Into::into),
+            previous_token_secrets: previous.iter().map(|p| (*p).into()).collect(),
+            ..Config::default()
+        };
+        with(Some("new-0123456789abcdef"), &["old-0123456789abcdef"]).validate().unwrap();
+        for (config, says) in [
+            (with(None, &["old-0123456789abcdef"]), "previous-token-secrets needs token-secret"),
+            (with(Some("new-0123456789abcdef"), &["short"]), "must be at least 16 bytes (one has 5)"),
+            (with(Some("new-0123456789abcdef"), &["new-0123456789abcdef"]), "holds token-secret itself"),
+        ] {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let c = Config::parse("token-secret = \"new-0123456789abcdef\"\nprevious-token-secrets = [\"old-0123456789abcdef\"]\n").unwrap();
+        assert_eq!(c.previous_token_secrets.len(), 1);
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl Dev {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(match &config.token_secret {
-            Some(s) => TokenKey::new(s.expose().as_bytes())?,
+            Some(s) => TokenKey::new(s.expose().as_bytes())?
+                .with_previous(&config.previous_token_secrets.iter().map(|p| p.expose().as_bytes()).collect::<Vec<_>>())?,
             None => TokenKey::random(),
         });
         let runtime = Arc::new(Runtime::new(config.plugins.runtime(), Some(tokens.clone()))?);
@@ -145,6 +146,11 @@ pub struct DevArgs {
     /// Capability token secret (random per start when unset).
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<crate::secret::Secret>,
+    /// A secret tokens were signed with before --token-secret: tokens it
+    /// signed still verify (rotating the secret). Repeat, or
+    /// comma-separate in the environment.
+    #[arg(long = "previous-token-secret", env = "SPAWNER_PREVIOUS_TOKEN_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub previous_token_secrets: Vec<crate::secret::Secret>,
     /// Enable host routing: `{name}.{DOMAIN}`.
     #[arg(long, env = "SPAWNER_HOST_DOMAIN", hide_env_values = true, value_parser = crate::config::host_domain_arg)]
     pub host_domain: Option<String>,
@@ -188,6 +194,9 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     }
     if let Some(t) = &args.token_secret {
         c.token_secret = Some(t.clone());
+    }
+    if !args.previous_token_secrets.is_empty() {
+        c.previous_token_secrets = args.previous_token_secrets.clone();
     }
     if let Some(d) = &args.host_domain {
         c.host_domain = Some(d.clone());

@@ -18,6 +18,10 @@
 //! is constant time (the `hmac` crate's `verify_slice`). Expiry is *not*
 //! checked here: the auth plugin compares `exp` with the request's `now`,
 //! so a policy may allow a grace period.
+//!
+//! Rotation: a key may also hold previous secrets, which verify tokens but
+//! never sign them, so a new secret can be rolled out without cutting off
+//! the tokens already handed out (README, "Rotating the token secret").
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -80,10 +84,12 @@ struct Payload {
     exp: u64,
 }
 
-/// The signing secret. `Debug` does not print it.
+/// The signing secret, and previous ones that still verify. `Debug` does
+/// not print them.
 #[derive(Clone)]
 pub struct TokenKey {
     mac: Hmac<Sha256>,
+    previous: Vec<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -95,11 +101,14 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// A key from a configured secret.
     pub fn new(secret: &[u8]) -> Result<Self, TokenError> {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(TokenError::WeakSecret(secret.len()));
-        }
-        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        Ok(TokenKey { mac })
+        Ok(TokenKey { mac: hmac(secret)?, previous: Vec::new() })
+    }
+
+    /// This key, also accepting tokens signed with `previous` secrets (it
+    /// signs with its own only).
+    pub fn with_previous<S: AsRef<[u8]>>(mut self, previous: &[S]) -> Result<Self, TokenError> {
+        self.previous = previous.iter().map(|s| hmac(s.as_ref())).collect::<Result<_, _>>()?;
+        Ok(self)
     }
 
     /// A random key, for a single process that mints and verifies its own
@@ -134,9 +143,14 @@ impl TokenKey {
         let (payload_b64, sig) = rest.split_once('.').ok_or(TokenError::Malformed("no signature"))?;
         let signed = &token[..PREFIX.len() + payload_b64.len()];
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        let mut mac = self.mac.clone();
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        let signed_by = |key: &Hmac<Sha256>| {
+            let mut mac = key.clone();
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&sig).is_ok()
+        };
+        if !signed_by(&self.mac) && !self.previous.iter().any(signed_by) {
+            return Err(TokenError::BadSignature);
+        }
         let json = B64.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
         let p: Payload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("payload is not valid JSON"))?;
         Ok(Claims { backend: p.b, subject: p.sub, issued_at: p.iat, expires_at: p.exp })
@@ -147,6 +161,14 @@ impl TokenKey {
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
+}
+
+/// An HMAC key from a secret of at least [`MIN_SECRET_BYTES`].
+fn hmac(secret: &[u8]) -> Result<Hmac<Sha256>, TokenError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(TokenError::WeakSecret(secret.len()));
+    }
+    Ok(Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length"))
 }
 
 /// Seconds since the Unix epoch, now.
@@ -181,6 +203,19 @@ mod tests {
         let forged_payload = B64.encode(br#"{"b":"other","iat":1,"exp":99999999999}"#);
         let forged = format!("{PREFIX}{forged_payload}.{sig}");
         assert_eq!(k.verify(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn previous_secrets_verify_but_never_sign() {
+        let (old, new) = (key("0123456789abcdef-old"), key("0123456789abcdef-new"));
+        let rotated = key("0123456789abcdef-new").with_previous(&["0123456789abcdef-old"]).unwrap();
+        let handed_out = old.mint("b", Some("alice"), 1, 2);
+        assert_eq!(rotated.verify(&handed_out).unwrap().subject.as_deref(), Some("alice"), "a token already handed out");
+        let fresh = rotated.mint("b", None, 1, 2);
+        assert!(new.verify(&fresh).is_ok(), "signed with the new secret");
+        assert_eq!(old.verify(&fresh), Err(TokenError::BadSignature), "not with the old one");
+        assert_eq!(key("0123456789abcdef-new").verify(&handed_out), Err(TokenError::BadSignature), "once the old one is dropped");
+        assert_eq!(key("0123456789abcdef-new").with_previous(&["short"]).unwrap_err(), TokenError::WeakSecret(5));
     }
 
     #[test]

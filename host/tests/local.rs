@@ -108,6 +108,28 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     assert_eq!(r.text().await.unwrap(), format!("token is for backend {name}, not {later}\n"));
 }
 
+/// Rotating the token secret: the new one signs, the previous one still
+/// opens what it signed, a third does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_still_opens_what_the_previous_one_signed() {
+    const OLD: &str = "old-secret-0123456789abcdef";
+    let dev = Dev::start(FAST, &["--token-secret", "new-secret-0123456789abcdef", "--previous-token-secret", OLD]);
+    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    assert_eq!(dev.get(&name, "/api/stats", Some(&token)).await.status(), 200);
+    let old = spawner::token::TokenKey::new(OLD.as_bytes()).unwrap();
+    assert!(old.verify(&token).is_err(), "the API signs with the new secret");
+    let mint = |secret: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+            .args(["token", "mint", "--secret", secret, "--backend", &name])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(dev.get(&name, "/api/stats", Some(&mint(OLD))).await.status(), 200, "handed out before the rotation");
+    assert_eq!(dev.get(&name, "/api/stats", Some(&mint("other-secret-0123456789abcdef"))).await.status(), 401);
+}
+
 /// The token cookie does not vouch for another backend's page: under
 /// host routing, a sibling backend (the same site) may not open a
 /// WebSocket or post as this backend's user; a token it sends itself

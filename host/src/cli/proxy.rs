@@ -30,6 +30,11 @@ pub struct ProxyArgs {
     /// `spawner token mint`).
     #[arg(long, env = "SPAWNER_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Secret,
+    /// A secret tokens were signed with before --token-secret: tokens it
+    /// signed still verify, and it signs none (rotating the secret; see the
+    /// README). Repeat, or comma-separate in the environment.
+    #[arg(long = "previous-token-secret", env = "SPAWNER_PREVIOUS_TOKEN_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub previous_token_secrets: Vec<Secret>,
     /// Idle grace period, in seconds, for backends whose spec gives none
     /// (1 to 4294967295, what a spec can hold: with 0 every such backend
     /// would be idle at the first sweep, and every create without one
@@ -173,7 +178,16 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?);
+    if let Some(why) = crate::config::previous_secrets_problem(
+        Some(&args.token_secret),
+        &args.previous_token_secrets,
+        "--token-secret",
+        "--previous-token-secret",
+    ) {
+        anyhow::bail!(why);
+    }
+    let previous: Vec<&[u8]> = args.previous_token_secrets.iter().map(|p| p.expose().as_bytes()).collect();
+    let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?.with_previous(&previous)?);
     let proxy = args.proxy_config()?;
     let replicas = replicas(&args)?;
     let api = match args.api_token.clone().filter(|t| !t.expose().is_empty()) {
