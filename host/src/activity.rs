@@ -150,6 +150,15 @@ impl Activity {
         }
     }
 
+    /// Puts back the counters of `taken` (a snapshot no plugin got to
+    /// judge: its call failed), for the next snapshot. The idle clock is
+    /// left as it is.
+    pub fn give_back(&self, taken: &Snapshot) {
+        self.bytes_in.fetch_add(taken.bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(taken.bytes_out, Ordering::Relaxed);
+        self.websocket_messages.fetch_add(taken.websocket_messages, Ordering::Relaxed);
+    }
+
     /// Open connections now (for status views).
     pub fn open_connections(&self) -> u32 {
         self.open_connections.load(Ordering::Relaxed)

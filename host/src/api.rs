@@ -176,6 +176,8 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
     let api = Router::new()
         .merge(backends::routes())
         .merge(original::routes())
+        // Inside the token check: an anonymous caller's body is not read.
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_within))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/api/openapi.json", get(|| async { axum::Json(openapi()) }));
     let ops = if metrics { Router::new().route("/metrics", get(self::metrics)) } else { Router::new() };
@@ -195,7 +197,6 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), body_within))
         .with_state(state)
 }
 

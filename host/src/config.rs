@@ -530,11 +530,25 @@ pub fn previous_secrets_problem(current: Option<&Secret>, previous: &[Secret], c
 fn settings_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::String(text) => Ok(Some(text)),
-        toml::Value::Table(table) => serde_json::to_string(&table).map(Some).map_err(serde::de::Error::custom),
+        toml::Value::Table(table) => Ok(Some(json_of(toml::Value::Table(table)).to_string())),
         other => Err(serde::de::Error::custom(format!(
             "settings must be text (JSON by convention: settings = '{{\"max-per-owner\": 3}}') or a table (settings = {{ max-per-owner = 3 }}), not {}",
             other.type_str()
         ))),
+    }
+}
+
+/// `value` as JSON; TOML's dates and times as their RFC 3339 text (serde
+/// would give them as an internal `$__toml_private_datetime` object).
+fn json_of(value: toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => s.into(),
+        toml::Value::Integer(i) => i.into(),
+        toml::Value::Float(f) => f.into(),
+        toml::Value::Boolean(b) => b.into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => a.into_iter().map(json_of).collect(),
+        toml::Value::Table(t) => t.into_iter().map(|(k, v)| (k, json_of(v))).collect(),
     }
 }
 
@@ -811,6 +825,8 @@ mod tests {
         let c = Config::parse("[plugins.scheduler]\nsettings = { max-per-owner = 3, spread = true, zones = [\"a\"] }\n").unwrap();
         let json: serde_json::Value = serde_json::from_str(c.plugins.scheduler.settings.as_deref().unwrap()).unwrap();
         assert_eq!(json, serde_json::json!({"max-per-owner": 3, "spread": true, "zones": ["a"]}));
+        let c = Config::parse("[plugins.idle]\nsettings = { since = 2024-01-01, at = 1979-05-27T07:32:00Z }\n").unwrap();
+        assert_eq!(c.plugins.idle.settings.as_deref(), Some(r#"{"at":"1979-05-27T07:32:00Z","since":"2024-01-01"}"#), "dates as text");
         let c = Config::parse("[plugins.idle.settings]\ngrace = 5\n").unwrap();
         assert_eq!(c.plugins.idle.settings.as_deref(), Some(r#"{"grace":5}"#), "a [plugins.idle.settings] table too");
         let c = Config::parse("[plugins.idle]\nsettings = 'keep'\n").unwrap();

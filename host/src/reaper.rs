@@ -108,7 +108,8 @@ impl Reaper {
     /// backend running. Called periodically; cheap (one `waitpid`).
     pub fn check(&self) {
         let mut inner = self.inner.lock().expect("reaper lock");
-        if inner.pipe.is_some() && matches!(inner.child.try_wait(), Ok(Some(_))) {
+        // No pipe: a start failed before (out of processes?); try again.
+        if inner.pipe.is_none() || matches!(inner.child.try_wait(), Ok(Some(_))) {
             inner.revive();
         }
     }
@@ -148,10 +149,11 @@ impl Inner {
                 );
                 (self.child, self.pipe) = (child, Some(pipe));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "the backend reaper is gone and cannot be started again; backends may outlive a crash of Spawner");
-                self.pipe = None;
+            // Said once; [`Reaper::check`] goes on trying.
+            Err(e) if self.pipe.take().is_some() => {
+                tracing::warn!(error = %e, "the backend reaper is gone and cannot be started again for now; backends may outlive a crash of Spawner");
             }
+            Err(e) => tracing::debug!(error = %e, "the backend reaper still cannot be started"),
         }
     }
 }

@@ -99,11 +99,18 @@ pub fn sweep(source: &dyn SweepSource, plugins: &Plugins, knowing: Knowing, dry_
     let mut failures = 0;
     for c in source.ready() {
         let age = now.duration_since(c.created_at).as_secs().max(0) as u64;
-        // The activity is taken only for the plugin: taking it resets the
-        // counters since the last evaluation (bytes, messages), which a
-        // sweep that does not ask the plugin would throw away.
+        // The activity is taken only for the plugin, and given back if its
+        // call fails: taking it resets the counters since the last
+        // evaluation (bytes, messages), which no plugin would then see.
         let verdict = if knowing == Knowing::Activity && failures < FAILURES_BEFORE_SKIPPING {
-            let (verdict, failed) = plugins.idle().evaluate_reporting(&idle_request(&c, source.activity(&c), age, now));
+            let snap = source.activity(&c);
+            let (verdict, failed) = plugins.idle().evaluate_reporting(&idle_request(&c, snap, age, now));
+            if failed {
+                // Nobody judged them: the next call sees them (on
+                // Kubernetes, the other replicas' share too, now counted
+                // here).
+                c.activity.give_back(&snap);
+            }
             failures = if failed { failures + 1 } else { 0 };
             // Once per sweep while the plugin stays broken: gated, as the
             // plugin's own failure lines are.
@@ -308,15 +315,18 @@ mod tests {
         let source = busy(2);
         assert_eq!(sweep(&source, &plugins, Knowing::LifetimesOnly, true), vec![]);
         assert!(source.0.iter().all(|m| counted(m) == (100, 2)), "the next sweep's plugin call still sees the traffic");
-        // A plugin that fails is asked about the first few only.
+        // A plugin that fails is asked about the first few only, and what
+        // its failed calls were given is given back.
         let failing = crate::plugins::PluginSource::file(std::path::Path::new(spawner_test_plugins::FIXTURE_FAIL_IDLE), "").unwrap();
-        let plugins = Plugins::new(runtime, Arc::new(Metrics::new()), vec![(crate::plugins::PluginKind::Idle, failing)]).unwrap();
+        let plugins = Plugins::new(runtime.clone(), Arc::new(Metrics::new()), vec![(crate::plugins::PluginKind::Idle, failing)]).unwrap();
         let source = busy(5);
         assert_eq!(sweep(&source, &plugins, Knowing::Activity, true), vec![]);
-        let seen: Vec<_> = source.0.iter().map(|m| counted(m)).collect();
-        let asked = FAILURES_BEFORE_SKIPPING as usize;
-        assert_eq!(seen[..asked], vec![(0, 0); asked][..], "taken for the calls made");
-        assert_eq!(seen[asked..], vec![(100, 2); 5 - asked][..], "left for the next sweep");
+        assert!(source.0.iter().all(|m| counted(m) == (100, 2)), "every count left for the next sweep");
+        // One that decides takes them.
+        let plugins = Plugins::defaults(runtime, Arc::new(Metrics::new())).unwrap();
+        let source = busy(2);
+        assert_eq!(sweep(&source, &plugins, Knowing::Activity, true), vec![]);
+        assert!(source.0.iter().all(|m| counted(m) == (0, 0)), "seen by the plugin");
     }
 
     #[test]

@@ -153,7 +153,9 @@ impl TokenKey {
         }
         let json = B64.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
         let p: Payload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("payload is not valid JSON"))?;
-        Ok(Claims { backend: p.b, subject: p.sub, issued_at: p.iat, expires_at: p.exp })
+        // An empty user (a minter outside Spawner writing `"sub": ""` for
+        // nobody) names no user: the proxy sends no `x-spawner-user`.
+        Ok(Claims { backend: p.b, subject: p.sub.filter(|s| !s.is_empty()), issued_at: p.iat, expires_at: p.exp })
     }
 
     fn sign(&self, data: &[u8]) -> [u8; 32] {
@@ -203,6 +205,12 @@ mod tests {
         let forged_payload = B64.encode(br#"{"b":"other","iat":1,"exp":99999999999}"#);
         let forged = format!("{PREFIX}{forged_payload}.{sig}");
         assert_eq!(k.verify(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn an_empty_subject_names_no_user() {
+        let k = key("0123456789abcdef-secret");
+        assert_eq!(k.verify(&k.mint("b", Some(""), 1, 2)).unwrap().subject, None);
     }
 
     #[test]

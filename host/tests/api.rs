@@ -412,6 +412,18 @@ async fn off_loopback_the_api_requires_its_token() {
     // The scheme's name is case-insensitive (RFC 7235), as in the proxy.
     let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).header("authorization", format!("bearer {token}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A body is read only once the token is checked: an anonymous caller
+    // that announces one and sends less gets its 401 at once.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(dev.base.trim_start_matches("http://")).await.unwrap();
+        let head = "POST /api/v1/backends HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok() && answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
     // The OpenAPI document and health stay public.
     assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);
     assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);

@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn values_spawner_dev_refuses_are_refused_naming_the_flag() {
+    fn values_out_of_range_are_refused_naming_the_flag() {
         for (flag, bad) in [
             ("--default-grace-seconds", "0"),
             ("--default-grace-seconds", "4294967296"),

@@ -37,6 +37,9 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             if ttl > crate::token::MAX_TTL_SECONDS as i64 {
                 anyhow::bail!("--ttl must be at most {} (30 days), got {ttl}", crate::token::MAX_TTL_SECONDS);
             }
+            if subject.as_deref().is_some_and(str::is_empty) {
+                anyhow::bail!("--subject must not be empty: leave it out for a token that names no user");
+            }
             if backend.trim().is_empty() {
                 anyhow::bail!("--backend is empty: give the name of the backend the token opens");
             }

@@ -133,6 +133,8 @@ async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead,
             tokio::pin!(answer);
             let answer = loop {
                 tokio::select! {
+                    // A renewal read at the deadline counts.
+                    biased;
                     answer = &mut answer => break answer,
                     () = expiry(until), if *leading.borrow() => step_down(),
                 }

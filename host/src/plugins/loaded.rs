@@ -500,20 +500,22 @@ fn trap_site(e: &wasmtime::Error) -> String {
     if shown.is_empty() { String::new() } else { format!(" in {}", shown.join(" <- ")) }
 }
 
-/// `name` without Rust's crate disambiguators (`std[d123b7a1a2ed1472]`)
-/// and symbol hash (`::h0123456789abcdef`).
+/// `name` without Rust's crate disambiguators (`std[d123b7a1a2ed1472]`,
+/// printed without leading zeros) and symbol hash (`::h0123456789abcdef`).
 fn without_hashes(name: &str) -> String {
-    let is_hash = |h: &str| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_hex = |h: &str| h.bytes().all(|b| b.is_ascii_hexdigit());
     let name = match name.rsplit_once("::h") {
-        Some((n, h)) if is_hash(h) => n,
+        Some((n, h)) if h.len() == 16 && is_hex(h) => n,
         _ => name,
     };
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
     while let Some(open) = rest.find('[') {
         let close = rest[open..].find(']').map(|c| open + c);
+        // After a crate's name, not a type's `[u8; 4]`.
+        let after_a_name = rest[..open].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
         match close {
-            Some(close) if is_hash(&rest[open + 1..close]) => {
+            Some(close) if after_a_name && (1..=16).contains(&(close - open - 1)) && is_hex(&rest[open + 1..close]) => {
                 out.push_str(&rest[..open]);
                 rest = &rest[close + 1..];
             }
@@ -631,6 +633,8 @@ mod tests {
         assert_eq!(without_hashes("my_auth::check::h0123456789abcdef"), "my_auth::check");
         assert_eq!(without_hashes("<a[0123456789abcdef]::X as b[fedcba9876543210]::T>::f"), "<a::X as b::T>::f");
         assert_eq!(without_hashes("f::<[u8; 4]>"), "f::<[u8; 4]>", "brackets that hold no hash stay");
+        assert_eq!(without_hashes("core[7a1f]::panicking::panic"), "core::panicking::panic", "fewer digits: no leading zeros");
+        assert_eq!(without_hashes("f::<[ab]>"), "f::<[ab]>", "not after a crate's name");
     }
 
     #[test]

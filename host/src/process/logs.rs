@@ -44,12 +44,18 @@ const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
 /// the rest of an overlong line is dropped as it arrives, not read into
 /// memory first.
 ///
-/// A carriage return not followed by a newline starts the line over, as on
-/// a terminal: a progress bar (`42%\r43%\r…`) is the text after its last
-/// one, not thousands of lines, nor its first 16 KiB.
+/// A carriage return not followed by a newline moves back to the line's
+/// start, and what follows overwrites it, as on a terminal: a progress bar
+/// (`42%\r43%\r…`) is its latest state, not thousands of lines, nor its
+/// first 16 KiB.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     line: Vec<u8>,
+    /// Where the next byte goes: the end, or, after a carriage return, an
+    /// earlier place (it overwrites).
+    at: usize,
+    /// A carriage return came last: a newline next makes it a CRLF's.
+    cr: bool,
     cut: bool,
     /// The line not yet ended changed since [`LineSplitter::unfinished`]
     /// last said what it is.
@@ -61,23 +67,41 @@ impl LineSplitter {
     /// newline. Returns how many it took, and the line they ended, if any.
     pub fn feed(&mut self, chunk: &[u8]) -> (usize, Option<String>) {
         let end = chunk.iter().position(|b| *b == b'\n');
-        let mut part = &chunk[..end.unwrap_or(chunk.len())];
-        // A carriage return at the very end may yet be a CRLF's.
-        let lone_cr = |bytes: &[u8]| bytes[..bytes.len().saturating_sub(1)].iter().rposition(|b| *b == b'\r');
-        if !part.is_empty() && self.line.last() == Some(&b'\r') {
-            self.start_over();
+        let part = &chunk[..end.unwrap_or(chunk.len())];
+        if !self.cr && self.at == self.line.len() && !part.contains(&b'\r') {
+            // Appending, as nearly all output does.
+            let room = (MAX_LINE_BYTES + 1).saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            self.at = self.line.len();
+            self.changed |= room > 0 && !part.is_empty();
+            self.cut |= part.len() > room;
+        } else {
+            for &b in part {
+                self.put(b);
+            }
         }
-        if let Some(cr) = lone_cr(part) {
-            self.start_over();
-            part = &part[cr + 1..];
-        }
-        let room = (MAX_LINE_BYTES + 1).saturating_sub(self.line.len());
-        self.line.extend_from_slice(&part[..part.len().min(room)]);
-        self.changed |= room > 0 && !part.is_empty();
-        self.cut |= part.len() > room;
         match end {
             Some(at) => (at + 1, Some(self.take())),
             None => (chunk.len(), None),
+        }
+    }
+
+    fn put(&mut self, b: u8) {
+        if std::mem::take(&mut self.cr) {
+            self.at = 0;
+        }
+        if b == b'\r' {
+            self.cr = true;
+        } else if self.at < self.line.len() {
+            self.line[self.at] = b;
+            self.at += 1;
+            self.changed = true;
+        } else if self.line.len() <= MAX_LINE_BYTES {
+            self.line.push(b);
+            self.at += 1;
+            self.changed = true;
+        } else {
+            self.cut = true;
         }
     }
 
@@ -87,14 +111,8 @@ impl LineSplitter {
         if !std::mem::take(&mut self.changed) {
             return None;
         }
-        let text = String::from_utf8_lossy(self.line.strip_suffix(b"\r").unwrap_or(&self.line)).into_owned();
+        let text = String::from_utf8_lossy(&self.line).into_owned();
         Some((!text.is_empty() || self.cut).then_some(text))
-    }
-
-    fn start_over(&mut self) {
-        self.line.clear();
-        self.cut = false;
-        self.changed = true;
     }
 
     /// The last line, if the output ended without a newline.
@@ -108,15 +126,10 @@ impl LineSplitter {
     }
 
     fn take(&mut self) -> String {
-        if !self.cut && self.line.last() == Some(&b'\r') {
-            self.line.pop();
-        }
         // A cut line holds MAX_LINE_BYTES + 1 bytes, and lossy decoding
         // never shortens text, so LogBuffer::push cuts it and says so.
         let text = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
-        self.cut = false;
-        self.changed = false;
+        *self = LineSplitter::default();
         text
     }
 }
@@ -231,11 +244,16 @@ mod tests {
     }
 
     #[test]
-    fn a_carriage_return_starts_the_line_over_as_on_a_terminal() {
+    fn a_carriage_return_goes_back_to_the_start_as_on_a_terminal() {
         for size in [1, 3, 4096] {
-            let (lines, _) = split(b"progress 1%\rprogress 2%\rprogress 49%\ndone\r\nwindows\r\n\rx\ry", size);
-            assert_eq!(lines, ["progress 49%", "done", "windows", "y"], "chunks of {size}");
+            let (lines, _) = split(b"progress 1%\rprogress 2%\rprogress 49%\ndone\r\nwindows\r\n\rx\ry\nabc\r\r\nabcdef\rxy", size);
+            assert_eq!(lines, ["progress 49%", "done", "windows", "y", "abc", "xycdef"], "chunks of {size}");
         }
+        // Past the cap, the start is still overwritten.
+        let mut long = vec![b'x'; MAX_LINE_BYTES + 100];
+        long.extend_from_slice(b"\r42%\n");
+        let (lines, _) = split(&long, 4096);
+        assert!(lines[0].starts_with("42%xxx"), "{}", &lines[0][..10]);
     }
 
     #[test]
@@ -245,8 +263,10 @@ mod tests {
         assert_eq!(splitter.feed(b"Listening soon... "), (18, None));
         assert_eq!(splitter.unfinished(), Some(Some("Listening soon... ".to_string())));
         assert_eq!(splitter.unfinished(), None, "unchanged since");
+        assert_eq!(splitter.feed(b"\n").1.as_deref(), Some("Listening soon... "));
+        assert_eq!(splitter.unfinished(), None, "ended");
         splitter.feed(b"42%\r");
-        assert_eq!(splitter.unfinished(), Some(Some("Listening soon... 42%".to_string())), "a CR that may be a CRLF's is not shown");
+        assert_eq!(splitter.unfinished(), Some(Some("42%".to_string())), "a CR that may be a CRLF's changes nothing shown");
         splitter.feed(b"43%");
         assert_eq!(splitter.unfinished(), Some(Some("43%".to_string())));
 
