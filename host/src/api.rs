@@ -268,17 +268,20 @@ pub fn healthz_router() -> Router {
 /// `Sec-Fetch-Site`, and older ones cross-origin and unsafe ones with
 /// `Origin`; server-side clients (curl, Node's `fetch`, Python) send
 /// neither. What the user types in (`Sec-Fetch-Site: none`) passes, and so
-/// does a GET navigation from another origin to the original API's
-/// `readyUrl` (`/api/backend/{id}/ready`), which its clients hand to the
-/// browser: that link names an unguessable backend, so only who was given
-/// it can follow it. Any other navigation does not: a backend's page can
+/// does a GET navigation of a window (not a frame) from another origin to
+/// the original API's `readyUrl` (`/api/backend/{id}/ready`), which its
+/// clients hand to the browser: that link names an unguessable backend, so
+/// only who was given it can follow it. Any other navigation does not: a backend's page can
 /// open a window or frame on the API through another site's redirect
 /// (which makes it "cross-site") and, being of the API's origin in path
 /// routing, read what it shows.
 fn from_a_page(req: &Request) -> bool {
     let h = req.headers();
     let site = h.get("sec-fetch-site");
+    // A page's own window, not a frame another site's page embeds (it
+    // would show the backend under that page, for clicks it steers).
     let ready_link = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate")
+        && h.get("sec-fetch-dest").is_none_or(|d| d == "document")
         && matches!(*req.method(), Method::GET | Method::HEAD)
         && site.is_none_or(|s| s != "same-origin")
         && req.uri().path().strip_prefix("/api/backend/").and_then(|p| p.strip_suffix("/ready")).is_some_and(|id| !id.contains('/'));
