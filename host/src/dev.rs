@@ -195,8 +195,10 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     if let Some(t) = &args.token_secret {
         c.token_secret = Some(t.clone());
     }
-    if !args.previous_token_secrets.is_empty() {
-        c.previous_token_secrets = args.previous_token_secrets.clone();
+    // An empty entry (the variable set, to nothing) is none.
+    let previous: Vec<_> = args.previous_token_secrets.iter().filter(|p| !p.expose().is_empty()).cloned().collect();
+    if !previous.is_empty() {
+        c.previous_token_secrets = previous;
     }
     if let Some(d) = &args.host_domain {
         c.host_domain = Some(d.clone());

@@ -178,15 +178,14 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    if let Some(why) = crate::config::previous_secrets_problem(
-        Some(&args.token_secret),
-        &args.previous_token_secrets,
-        "--token-secret",
-        "--previous-token-secret",
-    ) {
+    // An empty entry (the variable set from an empty Secret key) is none.
+    let previous_secrets: Vec<Secret> = args.previous_token_secrets.iter().filter(|p| !p.expose().is_empty()).cloned().collect();
+    if let Some(why) =
+        crate::config::previous_secrets_problem(Some(&args.token_secret), &previous_secrets, "--token-secret", "--previous-token-secret")
+    {
         anyhow::bail!(why);
     }
-    let previous: Vec<&[u8]> = args.previous_token_secrets.iter().map(|p| p.expose().as_bytes()).collect();
+    let previous: Vec<&[u8]> = previous_secrets.iter().map(|p| p.expose().as_bytes()).collect();
     let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?.with_previous(&previous)?);
     let proxy = args.proxy_config()?;
     let replicas = replicas(&args)?;
