@@ -297,11 +297,13 @@ fn from_a_page(req: &Request) -> bool {
 /// with the token added is let in.)
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     if s.api_token.is_none() && from_a_page(&req) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)",
-        )
-        .into_response();
+        let framed = req.headers().get("sec-fetch-dest").is_some_and(|d| d == "iframe" || d == "frame");
+        let why = if framed && req.uri().path().ends_with("/ready") {
+            "readyUrl opens in a window or tab, not in a frame: another site's page could show the backend under its own, for clicks it steers"
+        } else {
+            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)"
+        };
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
     if let Some(expected) = &s.api_token
         && !expected.presented_in(req.headers())

@@ -499,6 +499,14 @@ pub fn host_domain_arg(domain: &str) -> Result<String, String> {
     Ok(d)
 }
 
+/// Secrets from a comma-separated list (a flag or variable): each without
+/// the spaces around it (`a, b` is two secrets, not one starting with a
+/// space, which would never match), empty ones (a variable set to
+/// nothing, from an empty Secret key) left out.
+pub fn listed_secrets(listed: &[Secret]) -> Vec<Secret> {
+    listed.iter().map(|s| s.expose().trim()).filter(|s| !s.is_empty()).map(Secret::from).collect()
+}
+
 /// What is wrong with `previous` secrets beside `current` (each named as
 /// the caller spells it), if anything: each must be long enough, differ
 /// from the current one, and there must be a current one to sign with.
@@ -816,6 +824,17 @@ mod tests {
             let e = config.validate().unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }
+        let listed = listed_secrets(
+            &["old-0123456789abcdef, other-0123456789abcdef".into(), "".into()][..]
+                .iter()
+                .flat_map(|s: &Secret| s.expose().split(',').map(Secret::from).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            listed.iter().map(|s| s.expose()).collect::<Vec<_>>(),
+            ["old-0123456789abcdef", "other-0123456789abcdef"],
+            "spaces and empty entries"
+        );
         let c = Config::parse("token-secret = \"new-0123456789abcdef\"\nprevious-token-secrets = [\"old-0123456789abcdef\"]\n").unwrap();
         assert_eq!(c.previous_token_secrets.len(), 1);
     }

@@ -195,8 +195,7 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     if let Some(t) = &args.token_secret {
         c.token_secret = Some(t.clone());
     }
-    // An empty entry (the variable set, to nothing) is none.
-    let previous: Vec<_> = args.previous_token_secrets.iter().filter(|p| !p.expose().is_empty()).cloned().collect();
+    let previous = crate::config::listed_secrets(&args.previous_token_secrets);
     if !previous.is_empty() {
         c.previous_token_secrets = previous;
     }

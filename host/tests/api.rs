@@ -197,6 +197,7 @@ async fn pages_in_a_browser_may_not_call_the_api() {
     let framed = [("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")];
     let r = with(dev.http.get(url(&format!("/api/backend/{name}/ready"))), &framed).send().await.unwrap();
     assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("readyUrl opens in a window or tab, not in a frame"));
     let typed = [("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")];
     assert_eq!(with(dev.http.get(url("/api/v1/backends")), &typed).send().await.unwrap().status(), 200);
     assert_eq!(dev.backend(&name).await["status"]["phase"].as_str().map(|p| p != "terminated"), Some(true), "nothing was ended");

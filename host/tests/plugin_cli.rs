@@ -136,6 +136,8 @@ fn run_prints_the_decision_for_a_minted_token() {
     assert!(!long.status.success() && text(&long).contains("--ttl must be at most 2592000 (30 days)"), "{}", text(&long));
     let nobody = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--subject", ""]);
     assert!(!nobody.status.success() && text(&nobody).contains("--subject must not be empty"), "{}", text(&nobody));
+    let two_lines = spawner(&["token", "mint", "--secret", secret, "--backend", "doc-42", "--subject", "alice\nx-spawner-role: admin"]);
+    assert!(!two_lines.status.success() && text(&two_lines).contains("without control characters"), "{}", text(&two_lines));
     let nameless = spawner(&["token", "mint", "--secret", secret, "--backend", ""]);
     assert!(!nameless.status.success() && text(&nameless).contains("--backend is empty"), "{}", text(&nameless));
     let token = String::from_utf8_lossy(&mint.stdout).trim().to_string();

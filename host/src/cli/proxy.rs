@@ -178,8 +178,7 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    // An empty entry (the variable set from an empty Secret key) is none.
-    let previous_secrets: Vec<Secret> = args.previous_token_secrets.iter().filter(|p| !p.expose().is_empty()).cloned().collect();
+    let previous_secrets = crate::config::listed_secrets(&args.previous_token_secrets);
     if let Some(why) =
         crate::config::previous_secrets_problem(Some(&args.token_secret), &previous_secrets, "--token-secret", "--previous-token-secret")
     {

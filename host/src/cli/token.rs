@@ -37,8 +37,14 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             if ttl > crate::token::MAX_TTL_SECONDS as i64 {
                 anyhow::bail!("--ttl must be at most {} (30 days), got {ttl}", crate::token::MAX_TTL_SECONDS);
             }
-            if subject.as_deref().is_some_and(str::is_empty) {
-                anyhow::bail!("--subject must not be empty: leave it out for a token that names no user");
+            // As the API holds subjects to: the proxy sends it to the
+            // backend in a header, and a plugin's answer with a subject it
+            // could not send denies every request.
+            if let Some(subject) = &subject {
+                if subject.is_empty() {
+                    anyhow::bail!("--subject must not be empty: leave it out for a token that names no user");
+                }
+                crate::backends::check_user("--subject", subject)?;
             }
             if backend.trim().is_empty() {
                 anyhow::bail!("--backend is empty: give the name of the backend the token opens");
