@@ -591,8 +591,16 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
 /// request keeps its token for itself and is answered where it is (the
 /// token still goes from what the backend sees, and `Referrer-Policy:
 /// no-referrer` keeps it out of what the page loads next).
+///
+/// So does a frame's navigation of itself (`same-origin`: a reload, the
+/// waiting page's refresh): the frame may sit in another site's page, where
+/// the cookie would be refused just the same, and nothing in the request
+/// says which (a frame a page of this site holds got its cookie with its
+/// first load).
 fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
-    h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
+    let (site, dest) = (h.get("sec-fetch-site"), h.get("sec-fetch-dest"));
+    let frame = dest.is_some_and(|d| d == "iframe" || d == "frame");
+    (site.is_some_and(|s| s == "cross-site") && dest.is_some_and(|d| d != "document")) || (frame && site.is_some_and(|s| s == "same-origin"))
 }
 
 /// True when the request's query token verified (signature, and not issued

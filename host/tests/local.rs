@@ -793,6 +793,14 @@ async fn another_sites_frames_keep_their_query_token() {
     assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
     assert_eq!(get("empty").await.unwrap().status(), 200);
     assert_eq!(get("document").await.unwrap().status(), 303);
+    // The frame reloading itself (or the waiting page's refresh) keeps its
+    // token too: in another site's page the cookie of a redirect would be
+    // refused, and the frame locked out.
+    let reload = dev.http.get(&url).header("sec-fetch-site", "same-origin").header("sec-fetch-dest", "iframe").send().await.unwrap();
+    assert_eq!(reload.status(), 200);
+    // A frame a page of a sibling origin opens gets the cookie, as before.
+    let same_site = dev.http.get(&url).header("sec-fetch-site", "same-site").header("sec-fetch-dest", "iframe").send().await.unwrap();
+    assert_eq!(same_site.status(), 303);
     // Without the slash, the redirect that adds it keeps the query, token
     // included, and tells the browser not to send that URL on.
     let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
