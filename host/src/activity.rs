@@ -26,6 +26,9 @@ pub struct Activity {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     websocket_messages: AtomicU64,
+    /// Why the backend is ending, once it is: its WebSockets are closed
+    /// with it, so a page can tell "swept" from a network failure.
+    ending: tokio::sync::watch::Sender<Option<Arc<str>>>,
 }
 
 impl Default for Activity {
@@ -37,6 +40,7 @@ impl Default for Activity {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             websocket_messages: AtomicU64::new(0),
+            ending: tokio::sync::watch::Sender::new(None),
         }
     }
 }
@@ -157,6 +161,16 @@ impl Activity {
         self.bytes_in.fetch_add(taken.bytes_in, Ordering::Relaxed);
         self.bytes_out.fetch_add(taken.bytes_out, Ordering::Relaxed);
         self.websocket_messages.fetch_add(taken.websocket_messages, Ordering::Relaxed);
+    }
+
+    /// The backend is ending, for `why` (the first reason given stays).
+    pub fn end(&self, why: &str) {
+        self.ending.send_if_modified(|ending| ending.is_none() && ending.replace(why.into()).is_none());
+    }
+
+    /// Why the backend is ending, once it is (for its WebSocket relays).
+    pub fn ending(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
+        self.ending.subscribe()
     }
 
     /// Open connections now (for status views).

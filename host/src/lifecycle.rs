@@ -253,6 +253,17 @@ fn signal_name(code: i32) -> Option<(&'static str, &'static str)> {
 /// logs, not to wherever Spawner's log is shipped.
 pub const LAST_OUTPUT: &str = "; its last output: ";
 
+/// What a backend's WebSockets are told when it ends (their Close frame's
+/// reason): the reason and the message, without the workload's last
+/// output (whoever holds the page may not be who may read its logs).
+pub fn ending_note(reason: Option<Reason>, message: Option<&str>) -> String {
+    let reason = reason.map_or("ended", Reason::as_str);
+    match message.and_then(|m| m.split(LAST_OUTPUT).next()).filter(|m| !m.is_empty()) {
+        Some(m) => format!("backend ending ({reason}): {m}"),
+        None => format!("backend ending ({reason})"),
+    }
+}
+
 /// `message`, then what the workload wrote last, if known.
 fn with_last_output(message: String, observed: &Observed) -> String {
     match &observed.last_output {

@@ -221,6 +221,10 @@ impl Local {
 
     /// Called by the driver for every status change.
     fn transition(&self, r: &Record, from: &Status, to: Status) {
+        if to.phase == Phase::Terminating || to.phase.is_terminal() {
+            // Its WebSockets close saying why (the first reason stays).
+            r.activity.end(&crate::lifecycle::ending_note(to.reason, to.message.as_deref()));
+        }
         let gauge = &self.metrics.backends.phase;
         if from.phase != to.phase {
             gauge.get_or_create(&PhaseLabels { phase: from.phase.as_str() }).dec();

@@ -600,7 +600,8 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
 fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
     let (site, dest) = (h.get("sec-fetch-site"), h.get("sec-fetch-dest"));
     let frame = dest.is_some_and(|d| d == "iframe" || d == "frame");
-    (site.is_some_and(|s| s == "cross-site") && dest.is_some_and(|d| d != "document")) || (frame && site.is_some_and(|s| s == "same-origin"))
+    (site.is_some_and(|s| s == "cross-site") && dest.is_some_and(|d| d != "document"))
+        || (frame && site.is_some_and(|s| s == "same-origin"))
 }
 
 /// True when the request's query token verified (signature, and not issued

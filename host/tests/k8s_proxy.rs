@@ -27,6 +27,29 @@ use spawner::lifecycle::{Phase, Reason};
 use spawner::server::Stopping;
 use spawner::token::{TokenKey, now_unix};
 
+/// A backend `name` whose Pod (kwok's, which runs nothing) is the demo
+/// backend on loopback: created, ready, its Pod IP recorded. The guard
+/// stops the demo backend.
+async fn demo_slab(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    grace_seconds: Option<u32>,
+) -> (common::k8s::Demo, Api<SessionLivedBackend>) {
+    let (demo, port) = demo_backend().await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), ns);
+    let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
+        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "metadata": {"name": name},
+        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": grace_seconds}
+    }))
+    .unwrap();
+    slabs.create(&PostParams::default(), &slab).await.unwrap();
+    until(&slabs, name, "became ready", |s| s.phase == Some(Phase::Ready)).await;
+    report_loopback_pod_ip(client, ns, name).await;
+    until(&slabs, name, "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
+    (demo, slabs)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxied_with_a_token_then_swept_when_idle() {
     let (client, ns) = namespace("proxy").await;
@@ -34,20 +57,8 @@ async fn proxied_with_a_token_then_swept_when_idle() {
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
     let proxy = serve::start(client.clone(), proxy_options(&ns, tokens.clone())).await.unwrap();
 
-    let (_demo, port) = demo_backend().await;
-    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
-    let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
-        "metadata": {"name": "notes"},
-        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port, "gracePeriodSeconds": 10}
-    }))
-    .unwrap();
-    slabs.create(&PostParams::default(), &slab).await.unwrap();
-    until(&slabs, "notes", "became ready", |s| s.phase == Some(Phase::Ready)).await;
-
-    report_loopback_pod_ip(&client, &ns, "notes").await;
+    let (_demo, slabs) = demo_slab(&client, &ns, "notes", Some(10)).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    until(&slabs, "notes", "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
 
     let http = reqwest::Client::new();
     let url = format!("http://{}/p/notes/api/stats", proxy.addr);
@@ -126,18 +137,7 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
     let proxy = serve::start(client.clone(), ProxyOptions { stopping, ..proxy_options(&ns, tokens.clone()) }).await.unwrap();
     let addr = proxy.addr;
 
-    let (_demo, port) = demo_backend().await;
-    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
-    let slab: SessionLivedBackend = serde_json::from_value(serde_json::json!({
-        "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
-        "metadata": {"name": "stream"},
-        "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "httpPort": port}
-    }))
-    .unwrap();
-    slabs.create(&PostParams::default(), &slab).await.unwrap();
-    until(&slabs, "stream", "became ready", |s| s.phase == Some(Phase::Ready)).await;
-    report_loopback_pod_ip(&client, &ns, "stream").await;
-    until(&slabs, "stream", "recorded the Pod IP", |s| s.pod_ip.as_deref() == Some("127.0.0.1")).await;
+    let (_demo, _slabs) = demo_slab(&client, &ns, "stream", None).await;
 
     let http = reqwest::Client::new();
     let token = tokens.mint("stream", None, now_unix(), now_unix() + 600);
@@ -209,4 +209,44 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
         .expect("idle keep-alive connections did not hold the stop for the whole drain")
         .unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting once stopped");
+}
+
+/// A backend that ends (here: asked to, as the API's terminate does) has
+/// its WebSockets closed by the proxy with status 1001 and the reason, as
+/// soon as the proxy's watch sees it: its Pod (kwok's) would otherwise
+/// leave the page with a connection cut, or none cut at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_ends_closes_its_websockets_saying_why() {
+    use spawner::k8s::cluster::termination_patch;
+    use spawner::lifecycle::TerminationRequest;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+    let (client, ns) = namespace("proxy-ending").await;
+    spawn_operator(&client, &ns, plugins(""));
+    let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
+    let proxy = serve::start(client.clone(), proxy_options(&ns, tokens.clone())).await.unwrap();
+    let (_demo, slabs) = demo_slab(&client, &ns, "ending", None).await;
+
+    let token = tokens.mint("ending", None, now_unix(), now_unix() + 600);
+    let stats = format!("http://{}/p/ending/api/stats", proxy.addr);
+    until_status("the proxy reaches the backend", 200, &[404, 502, 503], async || {
+        reqwest::Client::new().get(&stats).bearer_auth(&token).send().await.unwrap()
+    })
+    .await;
+    let mut req = format!("ws://{}/p/ending/ws", proxy.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(req).await.expect("a WebSocket");
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::Text("".into()), "the empty notepad");
+
+    let ask = TerminationRequest { reason: Reason::Requested, message: "closed by its user".into() };
+    slabs.patch("ending", &PatchParams::default(), &Patch::Merge(termination_patch(&ask))).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("the WebSocket was never closed") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a status"),
+            Some(Ok(_)) => continue,
+            other => panic!("the WebSocket ended without a Close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    assert_eq!(close.reason.as_str(), "backend ending (requested): closed by its user", "{close:?}");
+    proxy.stop().await;
 }

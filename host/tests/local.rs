@@ -108,6 +108,29 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     assert_eq!(r.text().await.unwrap(), format!("token is for backend {name}, not {later}\n"));
 }
 
+/// A backend that ends closes its WebSockets saying why (1001, "backend
+/// ending (requested): …"), so its page can tell that from a network
+/// failure; before, the page saw the connection cut (1006).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_ends_closes_its_websockets_saying_why() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    let mut ws = dev.websocket(&name, &token).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    let r = dev.http.delete(format!("{}/api/v1/backends/{name}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("never closed") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a status"),
+            Some(Ok(_)) => continue,
+            other => panic!("ended without a Close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    assert!(close.reason.starts_with("backend ending (requested)"), "{close:?}");
+}
+
 /// Rotating the token secret: the new one signs, the previous one still
 /// opens what it signed, a third does not.
 #[tokio::test(flavor = "multi_thread")]

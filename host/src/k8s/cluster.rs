@@ -68,6 +68,21 @@ pub fn termination_requested(slab: &SessionLivedBackend) -> Option<TerminationRe
     })
 }
 
+/// What `slab`'s WebSockets are told if it is ending: asked to
+/// (the termination annotation), stopping, ended, or deleted.
+fn ending(slab: &SessionLivedBackend) -> Option<String> {
+    let status = slab.status.as_ref();
+    let (reason, message) = match termination_requested(slab) {
+        _ if slab.phase() == Phase::Terminating || slab.phase().is_terminal() => {
+            (status.and_then(|s| s.reason), status.and_then(|s| s.message.clone()))
+        }
+        Some(asked) => (Some(asked.reason), Some(asked.message)),
+        None if slab.metadata.deletion_timestamp.is_some() => (Some(Reason::Requested), Some("its object was deleted".into())),
+        None => return None,
+    };
+    Some(crate::lifecycle::ending_note(reason, message.as_deref()))
+}
+
 /// The merge patch that asks the operator to end a backend.
 pub fn termination_patch(request: &TerminationRequest) -> serde_json::Value {
     let note = TerminateNote { reason: request.reason, message: request.message.clone() };
@@ -80,8 +95,9 @@ pub struct Cluster {
     namespace: String,
     store: Store<SessionLivedBackend>,
     api: Api<SessionLivedBackend>,
-    /// Per backend name: its activity meter and its plugin view.
-    meters: Mutex<HashMap<String, Meter>>,
+    /// Per backend name: its activity meter and its plugin view (shared
+    /// with the watch, which tells a meter when its backend ends).
+    meters: Arc<Mutex<HashMap<String, Meter>>>,
     /// Bumped after every change the watch delivers (the cache is already
     /// updated): what status streams wait on.
     changes: tokio::sync::watch::Sender<u64>,
@@ -129,11 +145,22 @@ impl Cluster {
         let (store, writer) = reflector::store();
         let (changes, _) = tokio::sync::watch::channel(0u64);
         let notify = changes.clone();
+        let meters: Arc<Mutex<HashMap<String, Meter>>> = Arc::default();
+        let ended = meters.clone();
         // Touched, not applied: a deletion is a change too.
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().touched_objects();
         let watching = tokio::spawn(stream.for_each(move |event| {
             match event {
-                Ok(_) => notify.send_modify(|n| *n += 1),
+                Ok(slab) => {
+                    notify.send_modify(|n| *n += 1);
+                    if let Some(why) = ending(&slab)
+                        && let Some(meter) = ended.lock().expect("meters lock").get(slab.metadata.name.as_deref().unwrap_or_default())
+                        && slab.metadata.uid.as_ref() == Some(&meter.uid)
+                    {
+                        // Its WebSockets close saying why.
+                        meter.activity.end(&why);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "watching SessionLivedBackends; retrying"),
             }
             std::future::ready(())
@@ -162,7 +189,7 @@ impl Cluster {
             namespace: namespace.to_string(),
             store,
             api,
-            meters: Mutex::new(HashMap::new()),
+            meters,
             changes,
             default_grace_seconds,
             runtime: tokio::runtime::Handle::current(),

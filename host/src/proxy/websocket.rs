@@ -42,8 +42,13 @@ thread_local! {
 /// The Close frames' status: 1001, going away.
 const GOING_AWAY: u16 = 1001;
 
-/// The Close frames' reason (a browser shows it in `CloseEvent.reason`).
-const GOING_AWAY_REASON: &[u8] = b"proxy stopping; reconnect";
+/// The Close frames' reason when the proxy stops (a browser shows it in
+/// `CloseEvent.reason`).
+const GOING_AWAY_REASON: &str = "proxy stopping; reconnect";
+
+/// The most a Close frame's reason may hold: a control frame's payload is
+/// at most 125 bytes, two of them the status.
+const MAX_REASON_BYTES: usize = 123;
 
 /// How long, after sending Close frames, the relay waits for each side's
 /// answering Close (or end of stream) before it drops the connections.
@@ -62,8 +67,9 @@ const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 const HALF_CLOSED_WAIT: Duration = Duration::from_secs(10);
 
 /// Completes both upgrades and relays until either side closes, or until
-/// `going_away` turns true (the server is stopping), when it closes both
-/// sides with status 1001.
+/// `going_away` turns true (the server is stopping) or the backend ends
+/// (`activity`'s [`Activity::ending`]), when it closes both sides with
+/// status 1001 and a reason that says which.
 pub async fn relay(
     client: OnUpgrade,
     backend: OnUpgrade,
@@ -84,7 +90,7 @@ pub async fn relay(
     };
     let _open = activity.connection();
     let _counted = crate::metrics::Counted::new(&metrics.proxy.open_websockets);
-    let result = pump(client, client_pre, backend, backend_pre, &activity, going_away).await;
+    let result = pump(client, client_pre, backend, backend_pre, &activity, going_away, activity.ending()).await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "websocket relay ended with an error");
     }
@@ -110,6 +116,7 @@ async fn pump(
     backend_pre: Bytes,
     activity: &Activity,
     mut going_away: watch::Receiver<bool>,
+    mut ending: watch::Receiver<Option<Arc<str>>>,
 ) -> std::io::Result<()> {
     let mut c = Side { stream: client, pending: Vec::new(), eof: false, meter: FrameMeter::default() };
     let mut b = Side { stream: backend, pending: Vec::new(), eof: false, meter: FrameMeter::default() };
@@ -132,11 +139,17 @@ async fn pump(
     // False once the signal has come (perhaps before this relay began), or
     // can no longer come.
     let mut listening = !*going_away.borrow_and_update();
+    // Why it closes, once asked: the proxy stops, or the backend ends.
+    let mut reason: Option<Arc<str>> = (!listening).then(|| GOING_AWAY_REASON.into());
+    let mut watching_backend = reason.is_none();
+    if watching_backend && let Some(why) = ending.borrow_and_update().clone() {
+        (reason, watching_backend) = (Some(why), false);
+    }
     // Once asked to close: when to give up waiting for a frame boundary
     // (a stalled sender, a peer not reading, bytes that are not WebSocket
     // frames) and cut the connection instead. Boxed, so an open relay
     // does not carry a timer until then.
-    let mut give_up = (!listening).then(|| Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
+    let mut give_up = reason.is_some().then(|| Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
     // Once one side has ended: when to stop waiting for the other.
     let mut half_closed = None;
     loop {
@@ -156,14 +169,24 @@ async fn pump(
             // Boxed: its state (timers, once two read buffers) would
             // otherwise enlarge every relay's, idle ones included, for the
             // whole session (measured 3.5 -> 5.6 KiB per idle WebSocket).
-            return Box::pin(say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing())).await;
+            let why = reason.as_deref().unwrap_or(GOING_AWAY_REASON);
+            return Box::pin(say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing(), why)).await;
         }
         tokio::select! {
             // An error: the server is gone without asking (the value stays
             // false), so there is nothing more to listen for either way.
             r = going_away.changed(), if listening => {
                 listening = false;
-                if r.is_ok() && *going_away.borrow() {
+                if r.is_ok() && *going_away.borrow() && give_up.is_none() {
+                    reason = Some(GOING_AWAY_REASON.into());
+                    give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
+                }
+            }
+            r = ending.changed(), if watching_backend => {
+                watching_backend = false;
+                let why = ending.borrow().clone();
+                if r.is_ok() && give_up.is_none() && let Some(why) = why {
+                    reason = Some(why);
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
@@ -196,11 +219,11 @@ async fn pump(
 /// sends meanwhile (its own Close frame). The sides are closed
 /// independently: one that does not read, or fails, does not keep the
 /// other from its Close.
-async fn say_going_away(client: TcpStream, to_client: bool, backend: TcpStream, to_backend: bool) -> std::io::Result<()> {
+async fn say_going_away(client: TcpStream, to_client: bool, backend: TcpStream, to_backend: bool, why: &str) -> std::io::Result<()> {
     let mask: [u8; 4] = rand::random();
     tokio::join!(
-        close_side(client, to_client.then(|| close_frame(None))),
-        close_side(backend, to_backend.then(|| close_frame(Some(mask))))
+        close_side(client, to_client.then(|| close_frame(None, why))),
+        close_side(backend, to_backend.then(|| close_frame(Some(mask), why)))
     );
     Ok(())
 }
@@ -221,11 +244,13 @@ async fn close_side(mut stream: TcpStream, frame: Option<Vec<u8>>) {
     }
 }
 
-/// A Close frame with status [`GOING_AWAY`]: masked (as a client must
-/// send frames) when `mask` is given, unmasked (as a server sends) if not.
-fn close_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
+/// A Close frame with status [`GOING_AWAY`] and `why` (cut to what a
+/// Close frame holds, at a character's end): masked (as a client must send
+/// frames) when `mask` is given, unmasked (as a server sends) if not.
+fn close_frame(mask: Option<[u8; 4]>, why: &str) -> Vec<u8> {
     let mut payload = GOING_AWAY.to_be_bytes().to_vec();
-    payload.extend_from_slice(GOING_AWAY_REASON);
+    let cut = (0..=why.len().min(MAX_REASON_BYTES)).rev().find(|i| why.is_char_boundary(*i)).unwrap_or(0);
+    payload.extend_from_slice(&why.as_bytes()[..cut]);
     // FIN, opcode 8 (close); the mask bit and the length; the key, if any.
     let mut frame = vec![0x88, u8::from(mask.is_some()) << 7 | payload.len() as u8];
     frame.extend(mask.iter().flatten());
@@ -320,7 +345,8 @@ mod tests {
         let (going_away, signal) = watch::channel(stopped);
         let activity = Activity::new();
         let meter = activity.clone();
-        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &meter, signal).await });
+        let ending = activity.ending();
+        let pump = tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &meter, signal, ending).await });
         Relayed { browser, app, going_away, activity, pump }
     }
 
@@ -371,8 +397,8 @@ mod tests {
         assert_eq!(code, 1001);
 
         // Both answer with their own Close and hang up: the relay is done.
-        r.browser.write_all(&close_frame(Some([1, 2, 3, 4]))).await.unwrap();
-        r.app.write_all(&close_frame(None)).await.unwrap();
+        r.browser.write_all(&close_frame(Some([1, 2, 3, 4]), "bye")).await.unwrap();
+        r.app.write_all(&close_frame(None, "bye")).await.unwrap();
         let activity = r.activity.clone();
         hang_up(r).await;
         assert_eq!(activity.snapshot().websocket_messages, 1, "the frame counted once, the Close frames not at all");
@@ -427,6 +453,39 @@ mod tests {
         writer.abort();
     }
 
+    /// The backend ends (swept, terminated, failed): its WebSockets are
+    /// closed saying why, so the page can tell it from a network failure.
+    #[tokio::test]
+    async fn a_backend_that_ends_closes_its_websockets_saying_why() {
+        let mut r = relayed(false).await;
+        let why = format!("backend ending (idle): no connections for 300 s{}", " and more".repeat(20));
+        r.activity.end(&why);
+        r.activity.end("a second reason is not taken");
+        let (_, code, reason) = parse_close(&read_n(&mut r.browser, 2 + 2 + MAX_REASON_BYTES).await);
+        assert_eq!(code, 1001);
+        assert_eq!(reason, why[..MAX_REASON_BYTES], "cut to what a Close frame holds");
+        let (masked, code, reason) = parse_close(&read_n(&mut r.app, 2 + 4 + 2 + MAX_REASON_BYTES).await);
+        assert!(masked && code == 1001 && reason.starts_with("backend ending (idle)"), "{reason}");
+        hang_up(r).await;
+        // A relay that starts when its backend is already ending closes at once.
+        let activity = Activity::new();
+        activity.end("backend ending (requested)");
+        let (relay_client, mut browser) = pair().await;
+        let (relay_backend, _app) = pair().await;
+        let (_going_away, signal) = watch::channel(false);
+        let ending = activity.ending();
+        tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal, ending).await });
+        let (_, code, reason) = parse_close(&read_n(&mut browser, 2 + 2 + "backend ending (requested)".len()).await);
+        assert_eq!((code, reason.as_str()), (1001, "backend ending (requested)"));
+    }
+
+    #[tokio::test]
+    async fn a_close_reason_is_cut_at_a_characters_end() {
+        let frame = close_frame(None, &"é".repeat(100));
+        let (_, _, reason) = parse_close(&frame);
+        assert_eq!(reason, "é".repeat(61), "122 bytes: the 123rd would split a character");
+    }
+
     #[tokio::test]
     async fn a_relay_that_starts_after_the_stop_closes_at_once() {
         let mut r = relayed(true).await;
@@ -441,7 +500,7 @@ mod tests {
     async fn a_side_already_closing_gets_no_second_close() {
         let mut r = relayed(false).await;
         // The browser starts the closing handshake; the backend has not answered yet.
-        let browsers_close = close_frame(Some([7, 7, 7, 7]));
+        let browsers_close = close_frame(Some([7, 7, 7, 7]), "leaving");
         r.browser.write_all(&browsers_close).await.unwrap();
         assert_eq!(read_n(&mut r.app, browsers_close.len()).await, browsers_close, "relayed as sent");
         r.going_away.send_replace(true);
@@ -502,7 +561,7 @@ mod tests {
         let (relay_backend, _app) = pair().await;
         let (_going_away, signal) = watch::channel(false);
         let activity = Activity::new();
-        let relay = pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal);
+        let relay = pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal, activity.ending());
         // 1,264 bytes in the test profile on 2026-11-29; 3,248 with the
         // closing future not boxed.
         let size = std::mem::size_of_val(&relay);
