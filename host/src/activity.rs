@@ -1,8 +1,9 @@
 //! Per-backend activity meters, written by the proxy on every request,
 //! connection and WebSocket frame, read by the sweeper.
 //!
-//! Lock-free (atomics only): the proxy's hot path pays a few relaxed
-//! increments. Counters since the last evaluation are swapped to zero when
+//! The proxy's hot path pays a few relaxed atomic increments (no lock;
+//! only a backend's end, told to its WebSocket relays, goes through a
+//! watch channel). Counters since the last evaluation are swapped to zero when
 //! the sweeper takes a [`Snapshot`]; gauges (open connections, in-flight
 //! requests) are read as they are.
 

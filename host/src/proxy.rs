@@ -332,23 +332,41 @@ impl Proxy {
         // the token in the address bar.
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
         let token_in_url = token.is_some();
-        if let Some(token) = token
-            && !websocket
-            && (req.method() == Method::GET || req.method() == Method::HEAD)
-            && !cross_site_subrequest(req.headers())
-        {
-            // Only a token that opens this backend becomes its cookie: the
-            // request may have been let in by the cookie already there, and
-            // a stray, expired or foreign token in a link must not replace
-            // it (and lock the browser out until it is given a new URL).
-            let opens = query_token_opens(&auth, &target.backend.name) && cookie_safe(&token);
-            return self.token_redirect(&route, clean_query.as_deref(), opens.then_some(token.as_str()));
+        // Only a token that opens this backend becomes its cookie: the
+        // request may have been let in by the cookie already there, and a
+        // stray, expired or foreign token in a link must not replace it (and
+        // lock the browser out until it is given a new URL).
+        let cookie_token = token.as_deref().filter(|t| query_token_opens(&auth, &target.backend.name) && cookie_safe(t));
+        let navigation = !websocket && (req.method() == Method::GET || req.method() == Method::HEAD);
+        if token.is_some() && navigation && !cross_site_subrequest(req.headers()) && !frame_navigating_itself(req.headers()) {
+            return self.token_redirect(&route, clean_query.as_deref(), cookie_token);
         }
+        // A frame that navigates itself keeps its token and is answered
+        // where it is, given the cookie too: when a page of this origin
+        // holds the frame (its first load is same-origin) the browser takes
+        // it; in another site's page it refuses it, and the token in the
+        // frame's URL goes on opening the backend.
+        let frame_cookie =
+            cookie_token.filter(|_| navigation && frame_navigating_itself(req.headers())).and_then(|t| self.token_cookie(&route, t));
+        // Spawner's own pages at a URL with a token: none in Referer.
+        let own_page = |mut r: Response<Body>| {
+            if token_in_url {
+                r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            }
+            if let Some(cookie) = &frame_cookie {
+                r.headers_mut().insert(header::SET_COOKIE, cookie.clone());
+            }
+            r
+        };
         let Some(addr) = target.addr else {
             // Stopping: it will not come back, so no page that reloads
             // itself and no Retry-After (410 follows once it has ended).
             if target.phase == Phase::Terminating {
-                return pages::error(StatusCode::SERVICE_UNAVAILABLE, &format!("backend {} is stopping", route.name), accept.as_ref());
+                return own_page(pages::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("backend {} is stopping", route.name),
+                    accept.as_ref(),
+                ));
             }
             // Ready, but its workload is not answering for now (on
             // Kubernetes: its Pod is not Ready, or not where the status
@@ -356,7 +374,7 @@ impl Proxy {
             let state = if target.phase == Phase::Ready { "not answering (its Pod is not ready)" } else { target.phase.as_str() };
             // Someone is waiting for it (the page reloads itself): not idle.
             target.activity.touch();
-            return pages::starting(&route.name, state, accept.as_ref());
+            return own_page(pages::starting(&route.name, state, accept.as_ref()));
         };
 
         let (mut parts, body) = req.into_parts();
@@ -408,6 +426,9 @@ impl Proxy {
                 // redirected): keep it out of Referer headers it causes.
                 if token_in_url {
                     parts.headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                }
+                if let Some(cookie) = frame_cookie {
+                    parts.headers.insert(header::SET_COOKIE, cookie);
                 }
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
@@ -507,16 +528,18 @@ impl Proxy {
             None => format!("{}{rest}", route.prefix),
         };
         let mut r = redirect(StatusCode::SEE_OTHER, &location);
-        if let Some(token) = token {
-            let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
-            let secure = if self.settings.forwarded_proto == crate::config::Scheme::Https { "; Secure" } else { "" };
-            let cookie = format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie);
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
+        if let Some(cookie) = token.and_then(|t| self.token_cookie(route, t)) {
+            r.headers_mut().insert(header::SET_COOKIE, cookie);
         }
         r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         r
+    }
+
+    /// The cookie that holds `token` for the backend of `route`.
+    fn token_cookie(&self, route: &Route, token: &str) -> Option<HeaderValue> {
+        let path = if route.prefix.is_empty() { "/".to_string() } else { format!("{}/", route.prefix) };
+        let secure = if self.settings.forwarded_proto == crate::config::Scheme::Https { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!("{}={token}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.settings.tokens.cookie)).ok()
     }
 }
 
@@ -591,17 +614,16 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
 /// request keeps its token for itself and is answered where it is (the
 /// token still goes from what the backend sees, and `Referrer-Policy:
 /// no-referrer` keeps it out of what the page loads next).
-///
-/// So does a frame's navigation of itself (`same-origin`: a reload, the
-/// waiting page's refresh): the frame may sit in another site's page, where
-/// the cookie would be refused just the same, and nothing in the request
-/// says which (a frame a page of this site holds got its cookie with its
-/// first load).
 fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
-    let (site, dest) = (h.get("sec-fetch-site"), h.get("sec-fetch-dest"));
-    let frame = dest.is_some_and(|d| d == "iframe" || d == "frame");
-    (site.is_some_and(|s| s == "cross-site") && dest.is_some_and(|d| d != "document"))
-        || (frame && site.is_some_and(|s| s == "same-origin"))
+    h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
+}
+
+/// A frame's navigation from its own origin: a reload, the waiting page's
+/// refresh, or a page of this origin loading it. Nothing in the request
+/// says whether the frame sits in another site's page, where a redirect's
+/// cookie would be refused and the frame locked out: it keeps its token.
+fn frame_navigating_itself(h: &http::HeaderMap) -> bool {
+    h.get("sec-fetch-site").is_some_and(|s| s == "same-origin") && h.get("sec-fetch-dest").is_some_and(|d| d == "iframe" || d == "frame")
 }
 
 /// True when the request's query token verified (signature, and not issued

@@ -816,11 +816,16 @@ async fn another_sites_frames_keep_their_query_token() {
     assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
     assert_eq!(get("empty").await.unwrap().status(), 200);
     assert_eq!(get("document").await.unwrap().status(), 303);
-    // The frame reloading itself (or the waiting page's refresh) keeps its
-    // token too: in another site's page the cookie of a redirect would be
-    // refused, and the frame locked out.
+    // The frame reloading itself (or the waiting page's refresh, or a page
+    // of this origin loading it) keeps its token too: in another site's page
+    // the cookie of a redirect would be refused, and the frame locked out.
+    // It is given the cookie where it is, which a page of this origin's
+    // frame keeps (the browser refuses it in another site's page).
     let reload = dev.http.get(&url).header("sec-fetch-site", "same-origin").header("sec-fetch-dest", "iframe").send().await.unwrap();
     assert_eq!(reload.status(), 200);
+    assert_eq!(reload.headers()["referrer-policy"], "no-referrer");
+    let cookie = reload.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with(&format!("spawner-token={token}; Path=/p/{name}/; HttpOnly; SameSite=Lax")), "{cookie}");
     // A frame a page of a sibling origin opens gets the cookie, as before.
     let same_site = dev.http.get(&url).header("sec-fetch-site", "same-site").header("sec-fetch-dest", "iframe").send().await.unwrap();
     assert_eq!(same_site.status(), 303);
