@@ -143,6 +143,10 @@ pub struct BackendView {
     /// WebSockets open through the proxy right now (HTTP requests count
     /// while in flight, in the idle plugin's activity).
     pub open_connections: u32,
+    /// Its object's uid on Kubernetes, where a key's backends share a name:
+    /// the tokens the API mints name it (not shown).
+    #[serde(skip)]
+    pub uid: Option<String>,
 }
 
 /// One entry of a backend's status history (SSE event id = `seq`).

@@ -216,6 +216,8 @@ impl Local {
             status: r.status(),
             address: process.as_ref().map(|p| p.addr.to_string()),
             open_connections: r.activity.open_connections(),
+            // Names are never reused here.
+            uid: None,
         }
     }
 
@@ -423,7 +425,8 @@ impl Resolve for Local {
         let r = self.record(name)?;
         let phase = r.phase();
         let addr = if phase == Phase::Ready { r.process.lock().expect("process lock").as_ref().map(|p| p.addr) } else { None };
-        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone(), created_at: r.created_at })
+        // Names are never reused here (a key's next backend gets a new one).
+        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone(), created_at: r.created_at, uid: None })
     }
 }
 

@@ -327,9 +327,16 @@ impl AuthPlugin<'_> {
     /// seconds): tokens the plugin verifies through the host that were
     /// issued before were for an earlier backend of the same name.
     pub fn check_for(&self, request: &AuthRequest, backend_created_at: u64) -> Verdict {
+        self.check_reaching(request, &credentials::Reached { created_at: backend_created_at, uid: None })
+    }
+
+    /// The same, for the backend object `reached`: tokens the plugin
+    /// verifies through the host that were minted for another object of
+    /// its name, or issued before it, were for an earlier backend.
+    pub fn check_reaching(&self, request: &AuthRequest, reached: &credentials::Reached) -> Verdict {
         let plugin = self.0.current(PluginKind::Auth);
         let started = Instant::now();
-        let result = plugin.check(&self.0.runtime, request, backend_created_at);
+        let result = plugin.check_reaching(&self.0.runtime, request, reached);
         self.0.record(PluginKind::Auth, &plugin, started, &result);
         let verdict = result.unwrap_or_else(|_| Verdict::deny(403, "access check failed (the auth plugin could not decide)"));
         self.0.decided(PluginKind::Auth, if verdict.is_allow() { "allow" } else { "deny" });

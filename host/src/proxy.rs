@@ -72,6 +72,10 @@ pub struct Target {
     /// When it was created (Unix seconds): tokens issued before were for an
     /// earlier backend of the same name.
     pub created_at: u64,
+    /// Its object's uid, where a name can come back as another object (a
+    /// key's next backend, on Kubernetes): tokens minted for another were
+    /// for an earlier backend of the name.
+    pub uid: Option<String>,
 }
 
 /// Finds backends by name.
@@ -297,7 +301,9 @@ impl Proxy {
             peer: peer.to_string(),
             websocket,
         };
-        let mut credentials = credentials::find(&request, &self.settings.tokens, self.plugins.runtime().token_key(), &target.backend.name);
+        let token_key = self.plugins.runtime().token_key();
+        let mut credentials =
+            credentials::find_reaching(&request, &self.settings.tokens, token_key, &target.backend.name, target.uid.as_deref());
         credentials::refuse_issued_before(&mut credentials, &target.backend.name, target.created_at);
         // A cookie does not vouch for another backend's WebSocket or post.
         let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.host_domain.as_deref());
@@ -306,7 +312,8 @@ impl Proxy {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
         }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
-        let identity = match self.plugins.auth().check_for(&auth, target.created_at) {
+        let reached = credentials::Reached { created_at: target.created_at, uid: target.uid.clone() };
+        let identity = match self.plugins.auth().check_reaching(&auth, &reached) {
             Verdict::Deny(d) => {
                 // At debug: every refused request of a busy site would
                 // otherwise be a line (the metrics count them).

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! st1.<base64url(payload JSON)>.<base64url(HMAC-SHA256(secret, "st1." + payload part))>
-//! payload: {"b": backend name, "sub": user (optional), "iat": issued at, "exp": expires at}
+//! payload: {"b": backend name, "o": backend object (optional), "sub": user (optional), "iat": issued at, "exp": expires at}
 //! ```
 //!
 //! Times are seconds since the Unix epoch. The signature covers the version
@@ -73,11 +73,16 @@ pub struct Claims {
     pub issued_at: u64,
     /// Expiry time, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The backend object it was minted for, where a name can come back as
+    /// another object (a key's next backend, on Kubernetes: its uid).
+    pub object: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Payload {
     b: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sub: Option<String>,
     iat: u64,
@@ -120,7 +125,19 @@ impl TokenKey {
 
     /// Mints a token for `backend` valid until `expires_at`.
     pub fn mint(&self, backend: &str, subject: Option<&str>, issued_at: u64, expires_at: u64) -> String {
-        let payload = Payload { b: backend.to_string(), sub: subject.map(str::to_string), iat: issued_at, exp: expires_at };
+        self.mint_for(backend, None, subject, issued_at, expires_at)
+    }
+
+    /// The same, for the backend object `object` of that name (its uid on
+    /// Kubernetes): no later object of the name accepts it.
+    pub fn mint_for(&self, backend: &str, object: Option<&str>, subject: Option<&str>, issued_at: u64, expires_at: u64) -> String {
+        let payload = Payload {
+            b: backend.to_string(),
+            o: object.map(str::to_string),
+            sub: subject.map(str::to_string),
+            iat: issued_at,
+            exp: expires_at,
+        };
         let json = serde_json::to_vec(&payload).expect("payload serialises");
         let mut token = String::with_capacity(160);
         token.push_str(PREFIX);
@@ -155,7 +172,7 @@ impl TokenKey {
         let p: Payload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("payload is not valid JSON"))?;
         // An empty user (a minter outside Spawner writing `"sub": ""` for
         // nobody) names no user: the proxy sends no `x-spawner-user`.
-        Ok(Claims { backend: p.b, subject: p.sub.filter(|s| !s.is_empty()), issued_at: p.iat, expires_at: p.exp })
+        Ok(Claims { backend: p.b, subject: p.sub.filter(|s| !s.is_empty()), issued_at: p.iat, expires_at: p.exp, object: p.o })
     }
 
     fn sign(&self, data: &[u8]) -> [u8; 32] {
@@ -193,7 +210,9 @@ mod tests {
         assert!(t.starts_with(PREFIX));
         assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{t}");
         let c = k.verify(&t).unwrap();
-        assert_eq!(c, Claims { backend: "b-1".into(), subject: Some("alice".into()), issued_at: 100, expires_at: 200 });
+        assert_eq!(c, Claims { backend: "b-1".into(), subject: Some("alice".into()), issued_at: 100, expires_at: 200, object: None });
+        let for_object = k.verify(&k.mint_for("b-1", Some("uid-7"), None, 100, 200)).unwrap();
+        assert_eq!(for_object.object.as_deref(), Some("uid-7"));
     }
 
     #[test]

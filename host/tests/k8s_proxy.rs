@@ -232,6 +232,15 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
         reqwest::Client::new().get(&stats).bearer_auth(&token).send().await.unwrap()
     })
     .await;
+    // A token the API minted for another object of this name (an earlier
+    // backend of the key) is refused, whenever it was issued.
+    let earlier = tokens.mint_for("ending", Some("the-uid-of-an-earlier-object"), None, now_unix() + 1, now_unix() + 600);
+    let refused = reqwest::Client::new().get(&stats).bearer_auth(&earlier).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.text().await.unwrap().contains("minted for an earlier backend named ending"));
+    let uid = slabs.get("ending").await.unwrap().metadata.uid.unwrap();
+    let own = tokens.mint_for("ending", Some(&uid), None, now_unix(), now_unix() + 600);
+    assert_eq!(reqwest::Client::new().get(&stats).bearer_auth(&own).send().await.unwrap().status(), 200);
     let mut req = format!("ws://{}/p/ending/ws", proxy.addr).into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(req).await.expect("a WebSocket");

@@ -169,7 +169,7 @@ pub(super) fn grace(s: &ApiState, requested: Option<i64>) -> Result<u64, ApiErro
 /// expiry, and the browser URL that carries it.
 pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl: u64) -> (String, Timestamp, String) {
     let now = crate::token::now_unix();
-    let token = s.tokens.mint(&view.name, subject, now, now + ttl);
+    let token = s.tokens.mint_for(&view.name, view.uid.as_deref(), subject, now, now + ttl);
     let expires = Timestamp::from_second((now + ttl) as i64).unwrap_or(Timestamp::MAX);
     let browser_url = format!("{}?{}={token}", view.url, s.token_query_param);
     (token, expires, browser_url)

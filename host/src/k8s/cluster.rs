@@ -335,7 +335,7 @@ impl Resolve for Cluster {
             };
             (backend, m.activity.clone())
         });
-        Some(Target { backend, phase, addr, activity, created_at: slab.created_unix() })
+        Some(Target { backend, phase, addr, activity, created_at: slab.created_unix(), uid: slab.uid() })
     }
 }
 

@@ -152,6 +152,7 @@ impl KubeBackends {
             status,
             address,
             name,
+            uid: slab.uid(),
         }
     }
 

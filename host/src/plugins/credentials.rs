@@ -49,6 +49,19 @@ const MAX_VALID_COOKIE_TOKENS: usize = 4;
 /// page on paths the browser sends first, must not hide the proxy's own,
 /// even when they hold valid tokens for other backends.
 pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, backend: &str) -> Vec<Credential> {
+    find_reaching(request, names, key, backend, None)
+}
+
+/// [`find`], for the backend object `uid` (where a name can come back as
+/// another object): a token minted for another object of the name fails.
+pub fn find_reaching(
+    request: &HttpRequest,
+    names: &TokenNames,
+    key: Option<&TokenKey>,
+    backend: &str,
+    uid: Option<&str>,
+) -> Vec<Credential> {
+    let verify = |key, token| verify_for(key, token, backend, uid);
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
     let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
@@ -170,9 +183,42 @@ pub fn issued_since(cap: &Capability, backend: &str, backend_created_at: u64) ->
     Ok(())
 }
 
+/// The backend object a request reaches: when it was created (Unix
+/// seconds, 0 for unknown) and, where a name can come back as another
+/// object (a key's next backend, on Kubernetes), its uid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Creation time.
+    pub created_at: u64,
+    /// Object uid.
+    pub uid: Option<String>,
+}
+
 /// Checks one token's signature: what `host.verify-capability-token`
 /// answers, and what each credential carries.
 pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenError> {
+    verify_for(key, token, "", None)
+}
+
+/// [`verify`], refusing a token for `backend` minted for another object
+/// of that name than `uid` (an earlier backend of the key, whose user must
+/// not reach the next one): whenever it was issued, and whatever the clocks
+/// of who minted it and who created the object say.
+pub fn verify_for(key: Option<&TokenKey>, token: &str, backend: &str, uid: Option<&str>) -> Result<Capability, TokenError> {
+    let cap = verify_claims(key, token)?;
+    if let (Some(minted_for), Some(uid)) = (&cap.1, uid)
+        && cap.0.backend == backend
+        && minted_for != uid
+    {
+        return Err(TokenError::Malformed(format!(
+            "minted for an earlier backend named {backend}: a later one of that name does not take it"
+        )));
+    }
+    Ok(cap.0)
+}
+
+/// The capability a token grants, and the object it was minted for.
+fn verify_claims(key: Option<&TokenKey>, token: &str) -> Result<(Capability, Option<String>), TokenError> {
     let Some(key) = key else {
         // Only `spawner plugin run` has no key (the servers always have
         // one, random when unconfigured): say how to give it one.
@@ -182,7 +228,7 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
         ));
     };
     match key.verify(token) {
-        Ok(c) => Ok(Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }),
+        Ok(c) => Ok((Capability { backend: c.backend, subject: c.subject, issued_at: c.issued_at, expires_at: c.expires_at }, c.object)),
         Err(token::TokenError::BadSignature) => Err(TokenError::BadSignature),
         // The variant already says "malformed"; pass only the why.
         Err(token::TokenError::Malformed(why)) => Err(TokenError::Malformed(why.into())),
@@ -194,6 +240,31 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
 mod tests {
     use super::*;
     use crate::plugins::types::Header;
+
+    #[test]
+    fn a_token_minted_for_another_object_of_the_name_is_refused() {
+        let key = TokenKey::new(b"0123456789abcdef-objects").unwrap();
+        let now = token::now_unix();
+        let found = |token: &str, uid: Option<&str>| {
+            let request = HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                query: None,
+                headers: vec![Header { name: "authorization".into(), value: format!("Bearer {token}") }],
+                peer: "127.0.0.1:1".into(),
+                websocket: false,
+            };
+            find_reaching(&request, &TokenNames::default(), Some(&key), "k-1", uid).remove(0).verified
+        };
+        let earlier = key.mint_for("k-1", Some("uid-1"), Some("alice"), now, now + 60);
+        let Err(TokenError::Malformed(why)) = found(&earlier, Some("uid-2")) else { panic!("accepted") };
+        assert!(why.contains("minted for an earlier backend named k-1"), "{why}");
+        assert!(found(&earlier, Some("uid-1")).is_ok(), "its own object");
+        assert!(found(&earlier, None).is_ok(), "no object known (local mode): the creation time decides");
+        assert!(found(&key.mint("k-1", None, now, now + 60), Some("uid-2")).is_ok(), "a token that names none");
+        let other = key.mint_for("k-0", Some("uid-9"), None, now, now + 60);
+        assert_eq!(found(&other, Some("uid-2")).map(|c| c.backend), Ok("k-0".into()), "another backend's: the plugin's to refuse");
+    }
 
     /// Plugin authors' tests build this refusal with the SDK's
     /// `testing::issued_before_creation`: it must be the host's, message

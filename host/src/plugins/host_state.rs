@@ -91,10 +91,10 @@ pub(crate) struct HostState {
     /// The last error-level line the plugin logged (a `no_std` plugin's
     /// panic message), for the trap report.
     pub last_error: Option<String>,
-    /// The backend an auth call is about, and when it was created (Unix
-    /// seconds; 0 for unknown): `verify-capability-token` refuses its
-    /// older tokens, as the proxy does for the credentials it finds.
-    pub backend: (String, u64),
+    /// The backend an auth call is about, and which object of that name:
+    /// `verify-capability-token` refuses tokens for an earlier one, as the
+    /// proxy does for the credentials it finds.
+    pub backend: (String, super::credentials::Reached),
     /// When a wait in a host call gives up: the call's deadline (set for
     /// plugins that import WASI, the only ones that can wait).
     pub wait_until: Option<tokio::time::Instant>,
@@ -114,7 +114,7 @@ impl HostState {
             ctx,
             logs_left: MAX_LOG_LINES_PER_CALL,
             last_error: None,
-            backend: (String::new(), 0),
+            backend: (String::new(), super::credentials::Reached::default()),
             wait_until: None,
         }
     }
@@ -170,8 +170,9 @@ impl host::Host for HostState {
     }
 
     fn verify_capability_token(&mut self, token: String) -> Result<types::Capability, types::TokenError> {
-        let cap = super::credentials::verify(self.ctx.tokens.as_deref(), &token)?;
-        super::credentials::issued_since(&cap, &self.backend.0, self.backend.1)?;
+        let (name, reached) = &self.backend;
+        let cap = super::credentials::verify_for(self.ctx.tokens.as_deref(), &token, name, reached.uid.as_deref())?;
+        super::credentials::issued_since(&cap, name, reached.created_at)?;
         Ok(cap)
     }
 }
@@ -217,9 +218,13 @@ mod tests {
         let fresh = key.mint("k-1", None, created, created + 600);
         use host::Host as _;
         assert!(state.verify_capability_token(old.clone()).is_ok(), "no creation time known: only the signature counts");
-        state.backend = ("k-1".into(), created);
+        state.backend = ("k-1".into(), super::super::credentials::Reached { created_at: created, uid: Some("uid-2".into()) });
         assert!(matches!(state.verify_capability_token(old), Err(TokenError::Malformed(why)) if why.contains("earlier backend")));
         assert!(state.verify_capability_token(fresh).is_ok());
+        // Minted for another object of the name: refused, whenever issued.
+        let earlier = key.mint_for("k-1", Some("uid-1"), None, created + 10, created + 600);
+        assert!(matches!(state.verify_capability_token(earlier), Err(TokenError::Malformed(why)) if why.contains("earlier backend")));
+        assert!(state.verify_capability_token(key.mint_for("k-1", Some("uid-2"), None, created, created + 600)).is_ok());
         let other = key.mint("k-0", None, created - 600, created + 600);
         assert_eq!(state.verify_capability_token(other).map(|c| c.backend), Ok("k-0".into()), "another backend's: the plugin's to refuse");
     }

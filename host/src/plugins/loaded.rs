@@ -166,10 +166,16 @@ impl LoadedPlugin {
     /// backend was created: tokens the plugin verifies through the host must
     /// be younger.
     pub fn check(&self, rt: &Runtime, request: &AuthRequest, backend_created_at: u64) -> Result<Verdict, CallError> {
+        self.check_reaching(rt, request, &super::credentials::Reached { created_at: backend_created_at, uid: None })
+    }
+
+    /// The same, for the backend object `reached` (see
+    /// [`super::credentials::verify_for`]).
+    pub fn check_reaching(&self, rt: &Runtime, request: &AuthRequest, reached: &super::credentials::Reached) -> Result<Verdict, CallError> {
         let verdict = self.call(rt, Timing::Decision, |store, pre| match pre {
             KindPre::Auth(p) => {
                 if self.imports_host {
-                    store.data_mut().backend = (request.backend.name.clone(), backend_created_at);
+                    store.data_mut().backend = (request.backend.name.clone(), reached.clone());
                 }
                 instantiated(store, |s| p.instantiate(s))?.spawner_plugin_authorization().call_check(store, request)
             }
