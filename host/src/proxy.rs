@@ -301,10 +301,9 @@ impl Proxy {
             peer: peer.to_string(),
             websocket,
         };
+        let reached = credentials::Reached { created_at: target.created_at, uid: target.uid.clone() };
         let token_key = self.plugins.runtime().token_key();
-        let mut credentials =
-            credentials::find_reaching(&request, &self.settings.tokens, token_key, &target.backend.name, target.uid.as_deref());
-        credentials::refuse_issued_before(&mut credentials, &target.backend.name, target.created_at);
+        let mut credentials = credentials::find_reaching(&request, &self.settings.tokens, token_key, &target.backend.name, Some(&reached));
         // A cookie does not vouch for another backend's WebSocket or post.
         let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.host_domain.as_deref());
         let cookie_refused = cross_origin.is_some() && credentials.iter().any(|c| c.source == CredentialSource::Cookie);
@@ -312,7 +311,6 @@ impl Proxy {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
         }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
-        let reached = credentials::Reached { created_at: target.created_at, uid: target.uid.clone() };
         let identity = match self.plugins.auth().check_reaching(&auth, &reached) {
             Verdict::Deny(d) => {
                 // At debug: every refused request of a busy site would
@@ -434,8 +432,9 @@ impl Proxy {
                 if token_in_url {
                     parts.headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
                 }
+                // Beside the backend's own cookies.
                 if let Some(cookie) = frame_cookie {
-                    parts.headers.insert(header::SET_COOKIE, cookie);
+                    parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }

@@ -212,7 +212,7 @@ async fn stopping_fails_the_health_check_first_and_lets_requests_in_flight_finis
 }
 
 /// A backend that ends (here: asked to, as the API's terminate does) has
-/// its WebSockets closed by the proxy with status 1001 and the reason, as
+/// its WebSockets closed by the proxy with status 1000 and the reason, as
 /// soon as the proxy's watch sees it: its Pod (kwok's) would otherwise
 /// leave the page with a connection cut, or none cut at all.
 #[tokio::test(flavor = "multi_thread")]
@@ -255,7 +255,7 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
             other => panic!("the WebSocket ended without a Close frame: {other:?}"),
         }
     };
-    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    assert_eq!(u16::from(close.code), 1000, "the session is over, not a reason to reconnect: {close:?}");
     assert_eq!(close.reason.as_str(), "backend ending (requested): closed by its user", "{close:?}");
     proxy.stop().await;
 }

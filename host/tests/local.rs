@@ -108,7 +108,7 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     assert_eq!(r.text().await.unwrap(), format!("token is for backend {name}, not {later}\n"));
 }
 
-/// A backend that ends closes its WebSockets saying why (1001, "backend
+/// A backend that ends closes its WebSockets saying why (1000, "backend
 /// ending (requested): …"), so its page can tell that from a network
 /// failure; before, the page saw the connection cut (1006).
 #[tokio::test(flavor = "multi_thread")]
@@ -127,7 +127,7 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
             other => panic!("ended without a Close frame: {other:?}"),
         }
     };
-    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    assert_eq!(u16::from(close.code), 1000, "the session is over, not a reason to reconnect: {close:?}");
     assert!(close.reason.starts_with("backend ending (requested)"), "{close:?}");
 }
 
@@ -836,6 +836,39 @@ async fn another_sites_frames_keep_their_query_token() {
     assert_eq!(r.status(), 308);
     assert_eq!(r.headers()["location"], format!("/p/{name}/?token={token}").as_str());
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+}
+
+/// A frame answered where it is keeps the backend's own cookies beside
+/// the token's (the token cookie replaced them all).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frames_token_cookie_goes_beside_the_backends_own() {
+    let server = [
+        "import http.server, os",
+        "class H(http.server.BaseHTTPRequestHandler):",
+        "    def do_GET(self):",
+        "        self.send_response(200)",
+        "        self.send_header('Set-Cookie', 'sid=1; Path=/')",
+        "        self.send_header('Content-Length', '2')",
+        "        self.end_headers()",
+        "        self.wfile.write(b'ok')",
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()",
+    ]
+    .join("\n");
+    let config = format!("{FAST}\n[templates.cookies]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(&server));
+    let dev = Dev::start(&config, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "cookies"})).await;
+    dev.wait_ready(&name).await;
+    let url = format!("{}/p/{name}/?token={token}", dev.base);
+    let r = dev.http.get(&url).header("sec-fetch-site", "same-origin").header("sec-fetch-dest", "iframe").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookies: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(cookies.iter().any(|c| c.starts_with("sid=1")), "{cookies:?}");
+    assert!(cookies.iter().any(|c| c.starts_with("spawner-token=")), "{cookies:?}");
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
 }
 
 /// A backend that does not know its prefix redirects to its own root

@@ -88,10 +88,10 @@ fn without_value(e: &serde_json::Error) -> String {
 /// `now` and `backend` with the target backend. Tokens where Spawner puts
 /// them (bearer header, token query parameter, token cookie) arrive already
 /// checked in `AuthRequest::credentials`, which costs the plugin no import;
-/// this is for tokens found elsewhere. A token for the request's backend
-/// issued before that backend was created (an earlier backend of the same
-/// name) is refused as `TokenError::Malformed`, saying so, here and in
-/// `credentials`.
+/// this is for tokens found elsewhere. A token for an earlier backend of
+/// the request's backend's name (minted for another object of it, or
+/// issued before it was created) is refused as `TokenError::Malformed`,
+/// saying so, here and in `credentials`.
 pub fn verify_capability_token(token: &str) -> Result<Capability, TokenError> {
     #[cfg(target_arch = "wasm32")]
     return crate::bindings::auth::spawner::plugin::host::verify_capability_token(token);

@@ -310,12 +310,7 @@ impl Cluster {
 impl Resolve for Cluster {
     fn resolve(&self, name: &str) -> Option<Target> {
         let slab = self.slab(name)?;
-        // Asked to end (the operator is on it): stopping already, so no
-        // new WebSocket opens only to be closed at once.
-        let phase = match slab.phase() {
-            Phase::Ready if termination_requested(&slab).is_some() => Phase::Terminating,
-            phase => phase,
-        };
+        let phase = slab.phase();
         let addr = match (phase, slab.status.as_ref().and_then(|s| s.pod_ip.as_deref())) {
             (Phase::Ready, Some(ip)) if self.serving(&slab, ip) => {
                 ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port()))

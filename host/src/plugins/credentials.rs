@@ -52,16 +52,17 @@ pub fn find(request: &HttpRequest, names: &TokenNames, key: Option<&TokenKey>, b
     find_reaching(request, names, key, backend, None)
 }
 
-/// [`find`], for the backend object `uid` (where a name can come back as
-/// another object): a token minted for another object of the name fails.
+/// [`find`], for the backend object `reached`: a token for its name
+/// minted for another object of it, or issued before it was created, was
+/// for an earlier backend (see [`verify_for`]).
 pub fn find_reaching(
     request: &HttpRequest,
     names: &TokenNames,
     key: Option<&TokenKey>,
     backend: &str,
-    uid: Option<&str>,
+    reached: Option<&Reached>,
 ) -> Vec<Credential> {
-    let verify = |key, token| verify_for(key, token, backend, uid);
+    let verify = |key, token| verify_for(key, token, backend, reached);
     let header = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str());
     let bearer = header("authorization").find_map(bearer);
     let query = request.query.as_deref().and_then(|q| pair_value(q.split('&'), &names.query_param));
@@ -156,22 +157,6 @@ fn pair_values<'a>(pairs: impl Iterator<Item = &'a str>, name: &str) -> impl Ite
 /// created its backend (the API server, on Kubernetes).
 pub const ISSUE_SKEW_SECONDS: u64 = 5;
 
-/// Turns tokens for `backend` issued before it existed into failed
-/// credentials: they were for an earlier backend of the same name (on
-/// Kubernetes a key always names the same object, so a key's backends share
-/// a name), and an old user of a document must not reach the next backend
-/// opened for it. Tokens for other backends are left as they are: the auth
-/// plugin refuses them for that (403), whenever they were issued.
-pub fn refuse_issued_before(credentials: &mut [Credential], backend: &str, backend_created_at: u64) {
-    for c in credentials {
-        if let Ok(cap) = &c.verified
-            && let Err(e) = issued_since(cap, backend, backend_created_at)
-        {
-            c.verified = Err(e);
-        }
-    }
-}
-
 /// A verified token for `backend` issued before `backend_created_at` (Unix
 /// seconds, 0 for unknown) was for an earlier backend of the same name: an
 /// error that says so (the WIT's `malformed`, with the reason).
@@ -200,21 +185,28 @@ pub fn verify(key: Option<&TokenKey>, token: &str) -> Result<Capability, TokenEr
     verify_for(key, token, "", None)
 }
 
-/// [`verify`], refusing a token for `backend` minted for another object
-/// of that name than `uid` (an earlier backend of the key, whose user must
-/// not reach the next one): whenever it was issued, and whatever the clocks
-/// of who minted it and who created the object say.
-pub fn verify_for(key: Option<&TokenKey>, token: &str, backend: &str, uid: Option<&str>) -> Result<Capability, TokenError> {
-    let cap = verify_claims(key, token)?;
-    if let (Some(minted_for), Some(uid)) = (&cap.1, uid)
-        && cap.0.backend == backend
-        && minted_for != uid
+/// [`verify`], and for `backend`, the object `reached`: a token for its
+/// name minted for another object of it (an earlier backend of the key,
+/// whose user must not reach the next one) is refused, whenever it was
+/// issued and whatever the clocks of who minted it and who created the
+/// object say; one that names no object (minted outside the API) is
+/// refused when issued before the object was created ([`issued_since`]).
+pub fn verify_for(key: Option<&TokenKey>, token: &str, backend: &str, reached: Option<&Reached>) -> Result<Capability, TokenError> {
+    let (cap, minted_for) = verify_claims(key, token)?;
+    if let Some(reached) = reached
+        && cap.backend == backend
     {
-        return Err(TokenError::Malformed(format!(
-            "minted for an earlier backend named {backend}: a later one of that name does not take it"
-        )));
+        match (&minted_for, &reached.uid) {
+            (Some(minted_for), Some(uid)) if minted_for != uid => {
+                return Err(TokenError::Malformed(format!(
+                    "minted for an earlier backend named {backend}: a later one of that name does not take it"
+                )));
+            }
+            (Some(_), Some(_)) => {}
+            _ => issued_since(&cap, backend, reached.created_at)?,
+        }
     }
-    Ok(cap.0)
+    Ok(cap)
 }
 
 /// The capability a token grants, and the object it was minted for.
@@ -254,13 +246,16 @@ mod tests {
                 peer: "127.0.0.1:1".into(),
                 websocket: false,
             };
-            find_reaching(&request, &TokenNames::default(), Some(&key), "k-1", uid).remove(0).verified
+            let reached = Reached { created_at: now, uid: uid.map(str::to_string) };
+            find_reaching(&request, &TokenNames::default(), Some(&key), "k-1", Some(&reached)).remove(0).verified
         };
         let earlier = key.mint_for("k-1", Some("uid-1"), Some("alice"), now, now + 60);
         let Err(TokenError::Malformed(why)) = found(&earlier, Some("uid-2")) else { panic!("accepted") };
         assert!(why.contains("minted for an earlier backend named k-1"), "{why}");
         assert!(found(&earlier, Some("uid-1")).is_ok(), "its own object");
         assert!(found(&earlier, None).is_ok(), "no object known (local mode): the creation time decides");
+        let late = key.mint_for("k-1", Some("uid-1"), Some("alice"), now - 600, now + 60);
+        assert!(found(&late, None).is_err(), "and does, for a token issued before");
         assert!(found(&key.mint("k-1", None, now, now + 60), Some("uid-2")).is_ok(), "a token that names none");
         let other = key.mint_for("k-0", Some("uid-9"), None, now, now + 60);
         assert_eq!(found(&other, Some("uid-2")).map(|c| c.backend), Ok("k-0".into()), "another backend's: the plugin's to refuse");
@@ -312,18 +307,21 @@ mod tests {
         let old = key.mint("k-1", Some("alice"), created - 600, created + 3600);
         let fresh = key.mint("k-1", Some("bob"), created, created + 3600);
         let skewed = key.mint("k-1", Some("bob"), created - ISSUE_SKEW_SECONDS, created + 3600);
-        let mut found: Vec<Credential> =
-            [old, fresh, skewed].iter().map(|t| Credential { source: CredentialSource::Bearer, verified: verify(Some(&key), t) }).collect();
-        refuse_issued_before(&mut found, "k-1", created);
-        assert!(matches!(&found[0].verified, Err(TokenError::Malformed(why)) if why.contains("earlier backend")), "{:?}", found[0]);
-        assert!(found[1].verified.is_ok());
-        assert!(found[2].verified.is_ok(), "a few seconds of clock difference are tolerated");
+        let reached = Reached { created_at: created, uid: None };
+        let check = |t: &str| verify_for(Some(&key), t, "k-1", Some(&reached));
+        assert!(matches!(check(&old), Err(TokenError::Malformed(why)) if why.contains("earlier backend")));
+        assert!(check(&fresh).is_ok());
+        assert!(check(&skewed).is_ok(), "a few seconds of clock difference are tolerated");
         // A token for another backend, older than this one, stays what it
         // is: the plugin refuses it for being another backend's (403).
         let other = key.mint("k-0", Some("alice"), created - 600, created + 3600);
-        let mut found = vec![Credential { source: CredentialSource::Bearer, verified: verify(Some(&key), &other) }];
-        refuse_issued_before(&mut found, "k-1", created);
-        assert_eq!(found[0].verified.as_ref().map(|c| c.backend.as_str()), Ok("k-0"));
+        assert_eq!(check(&other).map(|c| c.backend), Ok("k-0".into()));
+        // A token that names this object is this object's, whatever the
+        // clocks say of its issue.
+        let reached = Reached { created_at: created, uid: Some("uid-1".into()) };
+        let named = key.mint_for("k-1", Some("uid-1"), None, created - 600, created + 3600);
+        assert!(verify_for(Some(&key), &named, "k-1", Some(&reached)).is_ok());
+        assert!(verify_for(Some(&key), &old, "k-1", Some(&reached)).is_err(), "one that names none still has the time check");
     }
 
     #[test]

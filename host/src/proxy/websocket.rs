@@ -39,8 +39,14 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
 }
 
-/// The Close frames' status: 1001, going away.
+/// The Close frames' status when the proxy stops: 1001, going away (the
+/// client reconnects, through another replica).
 const GOING_AWAY: u16 = 1001;
+
+/// The Close frames' status when the backend ends: 1000, a normal closure
+/// (the session is over: a client that reconnects on 1001 must not loop on
+/// a backend that is gone).
+const SESSION_OVER: u16 = 1000;
 
 /// The Close frames' reason when the proxy stops (a browser shows it in
 /// `CloseEvent.reason`).
@@ -69,7 +75,7 @@ const HALF_CLOSED_WAIT: Duration = Duration::from_secs(10);
 /// Completes both upgrades and relays until either side closes, or until
 /// `going_away` turns true (the server is stopping) or the backend ends
 /// (`activity`'s [`Activity::ending`]), when it closes both sides with
-/// status 1001 and a reason that says which.
+/// status 1001 or 1000 and a reason that says which.
 pub async fn relay(
     client: OnUpgrade,
     backend: OnUpgrade,
@@ -140,10 +146,10 @@ async fn pump(
     // can no longer come.
     let mut listening = !*going_away.borrow_and_update();
     // Why it closes, once asked: the proxy stops, or the backend ends.
-    let mut reason: Option<Arc<str>> = (!listening).then(|| GOING_AWAY_REASON.into());
+    let mut reason: Option<(u16, Arc<str>)> = (!listening).then(|| (GOING_AWAY, GOING_AWAY_REASON.into()));
     let mut watching_backend = reason.is_none();
     if watching_backend && let Some(why) = ending.borrow_and_update().clone() {
-        (reason, watching_backend) = (Some(why), false);
+        (reason, watching_backend) = (Some((SESSION_OVER, why)), false);
     }
     // Once asked to close: when to give up waiting for a frame boundary
     // (a stalled sender, a peer not reading, bytes that are not WebSocket
@@ -169,8 +175,8 @@ async fn pump(
             // Boxed: its state (timers, once two read buffers) would
             // otherwise enlarge every relay's, idle ones included, for the
             // whole session (measured 3.5 -> 5.6 KiB per idle WebSocket).
-            let why = reason.as_deref().unwrap_or(GOING_AWAY_REASON);
-            return Box::pin(say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing(), why)).await;
+            let (code, why) = reason.as_ref().map_or((GOING_AWAY, GOING_AWAY_REASON), |(code, why)| (*code, &**why));
+            return Box::pin(say_going_away(c.stream, !b.meter.closing(), b.stream, !c.meter.closing(), code, why)).await;
         }
         tokio::select! {
             // An error: the server is gone without asking (the value stays
@@ -178,7 +184,7 @@ async fn pump(
             r = going_away.changed(), if listening => {
                 listening = false;
                 if r.is_ok() && *going_away.borrow() && give_up.is_none() {
-                    reason = Some(GOING_AWAY_REASON.into());
+                    reason = Some((GOING_AWAY, GOING_AWAY_REASON.into()));
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
@@ -186,7 +192,7 @@ async fn pump(
                 watching_backend = false;
                 let why = ending.borrow().clone();
                 if r.is_ok() && give_up.is_none() && let Some(why) = why {
-                    reason = Some(why);
+                    reason = Some((SESSION_OVER, why));
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
@@ -219,11 +225,18 @@ async fn pump(
 /// sends meanwhile (its own Close frame). The sides are closed
 /// independently: one that does not read, or fails, does not keep the
 /// other from its Close.
-async fn say_going_away(client: TcpStream, to_client: bool, backend: TcpStream, to_backend: bool, why: &str) -> std::io::Result<()> {
+async fn say_going_away(
+    client: TcpStream,
+    to_client: bool,
+    backend: TcpStream,
+    to_backend: bool,
+    code: u16,
+    why: &str,
+) -> std::io::Result<()> {
     let mask: [u8; 4] = rand::random();
     tokio::join!(
-        close_side(client, to_client.then(|| close_frame(None, why))),
-        close_side(backend, to_backend.then(|| close_frame(Some(mask), why)))
+        close_side(client, to_client.then(|| close_frame(None, code, why))),
+        close_side(backend, to_backend.then(|| close_frame(Some(mask), code, why)))
     );
     Ok(())
 }
@@ -244,11 +257,11 @@ async fn close_side(mut stream: TcpStream, frame: Option<Vec<u8>>) {
     }
 }
 
-/// A Close frame with status [`GOING_AWAY`] and `why` (cut to what a
-/// Close frame holds, at a character's end): masked (as a client must send
-/// frames) when `mask` is given, unmasked (as a server sends) if not.
-fn close_frame(mask: Option<[u8; 4]>, why: &str) -> Vec<u8> {
-    let mut payload = GOING_AWAY.to_be_bytes().to_vec();
+/// A Close frame with status `code` and `why` (cut to what a Close frame
+/// holds, at a character's end): masked (as a client must send frames)
+/// when `mask` is given, unmasked (as a server sends) if not.
+fn close_frame(mask: Option<[u8; 4]>, code: u16, why: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
     let cut = (0..=why.len().min(MAX_REASON_BYTES)).rev().find(|i| why.is_char_boundary(*i)).unwrap_or(0);
     payload.extend_from_slice(&why.as_bytes()[..cut]);
     // FIN, opcode 8 (close); the mask bit and the length; the key, if any.
@@ -397,8 +410,8 @@ mod tests {
         assert_eq!(code, 1001);
 
         // Both answer with their own Close and hang up: the relay is done.
-        r.browser.write_all(&close_frame(Some([1, 2, 3, 4]), "bye")).await.unwrap();
-        r.app.write_all(&close_frame(None, "bye")).await.unwrap();
+        r.browser.write_all(&close_frame(Some([1, 2, 3, 4]), SESSION_OVER, "bye")).await.unwrap();
+        r.app.write_all(&close_frame(None, SESSION_OVER, "bye")).await.unwrap();
         let activity = r.activity.clone();
         hang_up(r).await;
         assert_eq!(activity.snapshot().websocket_messages, 1, "the frame counted once, the Close frames not at all");
@@ -462,10 +475,10 @@ mod tests {
         r.activity.end(&why);
         r.activity.end("a second reason is not taken");
         let (_, code, reason) = parse_close(&read_n(&mut r.browser, 2 + 2 + MAX_REASON_BYTES).await);
-        assert_eq!(code, 1001);
+        assert_eq!(code, 1000, "the session is over: no reconnecting");
         assert_eq!(reason, why[..MAX_REASON_BYTES], "cut to what a Close frame holds");
         let (masked, code, reason) = parse_close(&read_n(&mut r.app, 2 + 4 + 2 + MAX_REASON_BYTES).await);
-        assert!(masked && code == 1001 && reason.starts_with("backend ending (idle)"), "{reason}");
+        assert!(masked && code == 1000 && reason.starts_with("backend ending (idle)"), "{reason}");
         hang_up(r).await;
         // A relay that starts when its backend is already ending closes at once.
         let activity = Activity::new();
@@ -476,12 +489,12 @@ mod tests {
         let ending = activity.ending();
         tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal, ending).await });
         let (_, code, reason) = parse_close(&read_n(&mut browser, 2 + 2 + "backend ending (requested)".len()).await);
-        assert_eq!((code, reason.as_str()), (1001, "backend ending (requested)"));
+        assert_eq!((code, reason.as_str()), (1000, "backend ending (requested)"));
     }
 
     #[tokio::test]
     async fn a_close_reason_is_cut_at_a_characters_end() {
-        let frame = close_frame(None, &"é".repeat(100));
+        let frame = close_frame(None, GOING_AWAY, &"é".repeat(100));
         let (_, _, reason) = parse_close(&frame);
         assert_eq!(reason, "é".repeat(61), "122 bytes: the 123rd would split a character");
     }
@@ -500,7 +513,7 @@ mod tests {
     async fn a_side_already_closing_gets_no_second_close() {
         let mut r = relayed(false).await;
         // The browser starts the closing handshake; the backend has not answered yet.
-        let browsers_close = close_frame(Some([7, 7, 7, 7]), "leaving");
+        let browsers_close = close_frame(Some([7, 7, 7, 7]), SESSION_OVER, "leaving");
         r.browser.write_all(&browsers_close).await.unwrap();
         assert_eq!(read_n(&mut r.app, browsers_close.len()).await, browsers_close, "relayed as sent");
         r.going_away.send_replace(true);
