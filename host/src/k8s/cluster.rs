@@ -299,6 +299,12 @@ impl Cluster {
             Some(m) if m.uid == uid => m,
             _ => {
                 let fresh = Meter { uid: uid.to_string(), activity: Activity::new(), backend: None };
+                // Already ending when this replica first meets it (it
+                // started since, or never served it): the watch's news came
+                // before the meter, so tell it now.
+                if let Some(why) = ending(slab) {
+                    fresh.activity.end(&why);
+                }
                 meters.insert(name.to_string(), fresh);
                 meters.get_mut(name).expect("just inserted")
             }

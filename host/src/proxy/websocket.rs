@@ -220,7 +220,7 @@ async fn pump(
 }
 
 /// Sends the client an unmasked and the backend a masked Close frame (status
-/// 1001; each only if asked: `to_client`, `to_backend`), ends both streams,
+/// `code`; each only if asked: `to_client`, `to_backend`), ends both streams,
 /// and gives each side [`CLOSE_HANDSHAKE`] to answer, discarding what it
 /// sends meanwhile (its own Close frame). The sides are closed
 /// independently: one that does not read, or fails, does not keep the
