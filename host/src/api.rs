@@ -297,8 +297,7 @@ fn from_a_page(req: &Request) -> bool {
 /// with the token added is let in.)
 async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     if s.api_token.is_none() && from_a_page(&req) {
-        let framed = req.headers().get("sec-fetch-dest").is_some_and(|d| d == "iframe" || d == "frame");
-        let why = if framed && req.uri().path().ends_with("/ready") {
+        let why = if crate::proxy::for_a_frame(req.headers()) && req.uri().path().ends_with("/ready") {
             "readyUrl opens in a window or tab, not in a frame: another site's page could show the backend under its own, for clicks it steers"
         } else {
             "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)"

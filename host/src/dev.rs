@@ -44,8 +44,7 @@ impl Dev {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(match &config.token_secret {
-            Some(s) => TokenKey::new(s.expose().as_bytes())?
-                .with_previous(&config.previous_token_secrets.iter().map(|p| p.expose().as_bytes()).collect::<Vec<_>>())?,
+            Some(s) => TokenKey::configured(s, &config.previous_token_secrets)?,
             None => TokenKey::random(),
         });
         let runtime = Arc::new(Runtime::new(config.plugins.runtime(), Some(tokens.clone()))?);

@@ -29,6 +29,7 @@ use crate::config::{Config, Template};
 use crate::lifecycle::{self, Phase, Reason, Status, TerminationRequest};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
+use crate::plugins::credentials::Reached;
 use crate::process::LogLine;
 use crate::proxy::{Resolve, Target};
 use crate::reaper::Reaper;
@@ -426,7 +427,13 @@ impl Resolve for Local {
         let phase = r.phase();
         let addr = if phase == Phase::Ready { r.process.lock().expect("process lock").as_ref().map(|p| p.addr) } else { None };
         // Names are never reused here (a key's next backend gets a new one).
-        Some(Target { backend: r.info.clone(), phase, addr, activity: r.activity.clone(), created_at: r.created_at, uid: None })
+        Some(Target {
+            backend: r.info.clone(),
+            phase,
+            addr,
+            activity: r.activity.clone(),
+            reached: Reached { created_at: r.created_at, uid: None },
+        })
     }
 }
 

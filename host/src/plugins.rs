@@ -320,14 +320,7 @@ impl AuthPlugin<'_> {
     /// Decides one request. When the plugin fails the request is denied
     /// (403) without details; the details go to the log and metrics.
     pub fn check(&self, request: &AuthRequest) -> Verdict {
-        self.check_for(request, 0)
-    }
-
-    /// The same, for a backend created at `backend_created_at` (Unix
-    /// seconds): tokens the plugin verifies through the host that were
-    /// issued before were for an earlier backend of the same name.
-    pub fn check_for(&self, request: &AuthRequest, backend_created_at: u64) -> Verdict {
-        self.check_reaching(request, &credentials::Reached { created_at: backend_created_at, uid: None })
+        self.check_reaching(request, &credentials::Reached::default())
     }
 
     /// The same, for the backend object `reached`: tokens the plugin

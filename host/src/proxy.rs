@@ -69,13 +69,10 @@ pub struct Target {
     pub addr: Option<SocketAddr>,
     /// Where to count activity.
     pub activity: Arc<Activity>,
-    /// When it was created (Unix seconds): tokens issued before were for an
-    /// earlier backend of the same name.
-    pub created_at: u64,
-    /// Its object's uid, where a name can come back as another object (a
-    /// key's next backend, on Kubernetes): tokens minted for another were
-    /// for an earlier backend of the name.
-    pub uid: Option<String>,
+    /// Which object of its name it is (when it was created, and its uid
+    /// where a name can come back as another object): tokens for an
+    /// earlier backend of the name do not open it.
+    pub reached: credentials::Reached,
 }
 
 /// Finds backends by name.
@@ -301,9 +298,9 @@ impl Proxy {
             peer: peer.to_string(),
             websocket,
         };
-        let reached = credentials::Reached { created_at: target.created_at, uid: target.uid.clone() };
         let token_key = self.plugins.runtime().token_key();
-        let mut credentials = credentials::find_reaching(&request, &self.settings.tokens, token_key, &target.backend.name, Some(&reached));
+        let mut credentials =
+            credentials::find_reaching(&request, &self.settings.tokens, token_key, &target.backend.name, Some(&target.reached));
         // A cookie does not vouch for another backend's WebSocket or post.
         let cross_origin = origin::cookie_refused_for(req.method(), websocket, req.headers(), self.settings.host_domain.as_deref());
         let cookie_refused = cross_origin.is_some() && credentials.iter().any(|c| c.source == CredentialSource::Cookie);
@@ -311,7 +308,7 @@ impl Proxy {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
         }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
-        let identity = match self.plugins.auth().check_reaching(&auth, &reached) {
+        let identity = match self.plugins.auth().check_reaching(&auth, &target.reached) {
             Verdict::Deny(d) => {
                 // At debug: every refused request of a busy site would
                 // otherwise be a line (the metrics count them).
@@ -343,7 +340,8 @@ impl Proxy {
         // lock the browser out until it is given a new URL).
         let cookie_token = token.as_deref().filter(|t| query_token_opens(&auth, &target.backend.name) && cookie_safe(t));
         let navigation = !websocket && (req.method() == Method::GET || req.method() == Method::HEAD);
-        if token.is_some() && navigation && !cross_site_subrequest(req.headers()) && !frame_navigating_itself(req.headers()) {
+        let self_framed = frame_navigating_itself(req.headers());
+        if token.is_some() && navigation && !cross_site_subrequest(req.headers()) && !self_framed {
             return self.token_redirect(&route, clean_query.as_deref(), cookie_token);
         }
         // A frame that navigates itself keeps its token and is answered
@@ -351,16 +349,10 @@ impl Proxy {
         // holds the frame (its first load is same-origin) the browser takes
         // it; in another site's page it refuses it, and the token in the
         // frame's URL goes on opening the backend.
-        let frame_cookie =
-            cookie_token.filter(|_| navigation && frame_navigating_itself(req.headers())).and_then(|t| self.token_cookie(&route, t));
-        // Spawner's own pages at a URL with a token: none in Referer.
+        let frame_cookie = cookie_token.filter(|_| navigation && self_framed).and_then(|t| self.token_cookie(&route, t));
+        // Spawner's own pages at a URL with a token, as the backend's.
         let own_page = |mut r: Response<Body>| {
-            if token_in_url {
-                r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-            }
-            if let Some(cookie) = &frame_cookie {
-                r.headers_mut().insert(header::SET_COOKIE, cookie.clone());
-            }
+            for_a_token_url(r.headers_mut(), token_in_url, frame_cookie.as_ref());
             r
         };
         let Some(addr) = target.addr else {
@@ -427,15 +419,7 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
-                // The page's URL carried a token (a POST, which is not
-                // redirected): keep it out of Referer headers it causes.
-                if token_in_url {
-                    parts.headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-                }
-                // Beside the backend's own cookies.
-                if let Some(cookie) = frame_cookie {
-                    parts.headers.append(header::SET_COOKIE, cookie);
-                }
+                for_a_token_url(&mut parts.headers, token_in_url, frame_cookie.as_ref());
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
             // The client's own body failed (it stopped sending mid-upload
@@ -624,12 +608,30 @@ fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
     h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
 }
 
+/// A response to a request whose URL carried a token (a POST, or a frame
+/// answered where it is, neither redirected): no Referer header the page
+/// causes carries it, and the frame's `cookie`, if any, goes beside the
+/// response's own.
+fn for_a_token_url(headers: &mut http::HeaderMap, token_in_url: bool, cookie: Option<&HeaderValue>) {
+    if token_in_url {
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    }
+    if let Some(cookie) = cookie {
+        headers.append(header::SET_COOKIE, cookie.clone());
+    }
+}
+
 /// A frame's navigation from its own origin: a reload, the waiting page's
 /// refresh, or a page of this origin loading it. Nothing in the request
 /// says whether the frame sits in another site's page, where a redirect's
 /// cookie would be refused and the frame locked out: it keeps its token.
 fn frame_navigating_itself(h: &http::HeaderMap) -> bool {
-    h.get("sec-fetch-site").is_some_and(|s| s == "same-origin") && h.get("sec-fetch-dest").is_some_and(|d| d == "iframe" || d == "frame")
+    h.get("sec-fetch-site").is_some_and(|s| s == "same-origin") && for_a_frame(h)
+}
+
+/// Whether the browser fetches this for a frame (`Sec-Fetch-Dest`).
+pub(crate) fn for_a_frame(h: &http::HeaderMap) -> bool {
+    h.get("sec-fetch-dest").is_some_and(|d| d == "iframe" || d == "frame")
 }
 
 /// True when the request's query token verified (signature, and not issued

@@ -116,6 +116,13 @@ impl TokenKey {
         Ok(self)
     }
 
+    /// The key of a configured `secret`, also accepting tokens signed with
+    /// the `previous` ones (rotating the secret): what `spawner dev` and
+    /// `spawner proxy` run with.
+    pub fn configured(secret: &crate::secret::Secret, previous: &[crate::secret::Secret]) -> Result<Self, TokenError> {
+        Self::new(secret.expose().as_bytes())?.with_previous(&previous.iter().map(|p| p.expose().as_bytes()).collect::<Vec<_>>())
+    }
+
     /// A random key, for a single process that mints and verifies its own
     /// tokens (tokens do not survive a restart).
     pub fn random() -> Self {

@@ -184,8 +184,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!(why);
     }
-    let previous: Vec<&[u8]> = previous_secrets.iter().map(|p| p.expose().as_bytes()).collect();
-    let tokens = Arc::new(TokenKey::new(args.token_secret.expose().as_bytes()).context("--token-secret")?.with_previous(&previous)?);
+    let tokens = Arc::new(TokenKey::configured(&args.token_secret, &previous_secrets).context("--token-secret")?);
     let proxy = args.proxy_config()?;
     let replicas = replicas(&args)?;
     let api = match args.api_token.clone().filter(|t| !t.expose().is_empty()) {

@@ -38,6 +38,7 @@ use super::peers::{BackendActivity, Gathered, Peers};
 use super::pod::BACKEND_LABEL;
 use crate::activity::{Activity, Snapshot};
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
+use crate::plugins::credentials::Reached;
 use crate::plugins::types::Backend;
 use crate::proxy::{Resolve, Target};
 use crate::server::AbortOnDrop;
@@ -336,7 +337,7 @@ impl Resolve for Cluster {
             };
             (backend, m.activity.clone())
         });
-        Some(Target { backend, phase, addr, activity, created_at: slab.created_unix(), uid: slab.uid() })
+        Some(Target { backend, phase, addr, activity, reached: Reached { created_at: slab.created_unix(), uid: slab.uid() } })
     }
 }
 
