@@ -17,6 +17,8 @@ use crate::secret::Secret;
 use crate::plugins::credentials::TokenNames;
 use crate::plugins::{Limits, PluginKind, RuntimeConfig};
 
+mod parse_error;
+
 /// Errors loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -608,7 +610,8 @@ impl Config {
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
         // In TOML a struct is a table (`[plugins.auth]`, or `auth = { file = "…" }`).
-        toml::from_str(text).map_err(|e| crate::text::name_structs_as(&crate::text::plain_types(e.to_string().trim_end()), "a table"))
+        toml::from_str(text)
+            .map_err(|e| crate::text::name_structs_as(&crate::text::plain_types(&parse_error::describe(text, &e)), "a table"))
     }
 
     /// Adds the built-in `demo` template unless the file defines one.

@@ -54,7 +54,8 @@ impl Dev {
                 .with_context(|| format!("loading the {kind} plugin (--plugin {kind}=FILE, or [plugins.{kind}] in the config file)"))?;
             sources.push((kind, source));
         }
-        let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names());
+        let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names())
+            .with_api_token(config.api_token.clone());
         if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
             && let Some(warning) = token_names_mismatch(&auth.settings, &proxy_settings.tokens)
         {

@@ -91,11 +91,15 @@ pub struct ProxySettings {
     /// Where capability tokens are looked for, moved to and stripped from
     /// (Spawner's config `proxy.token-cookie` and `proxy.token-query-param`).
     pub tokens: TokenNames,
+    /// The API's bearer token, if it has one: a request that carries it to
+    /// a backend (a server relaying a browser's headers with it added) has
+    /// it taken out, as a capability token is (see `headers`).
+    pub api_token: Option<crate::secret::Secret>,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings { host_domain: None, forwarded_proto: crate::config::Scheme::Http, tokens: TokenNames::default() }
+        ProxySettings { host_domain: None, forwarded_proto: crate::config::Scheme::Http, tokens: TokenNames::default(), api_token: None }
     }
 }
 
@@ -114,7 +118,12 @@ impl ProxySettings {
         if host_domain.is_some() && forwarded_proto == crate::config::Scheme::Https && !tokens.cookie.starts_with(HOST_COOKIE_PREFIX) {
             tokens.cookie = format!("{HOST_COOKIE_PREFIX}{}", tokens.cookie);
         }
-        ProxySettings { host_domain, forwarded_proto, tokens }
+        ProxySettings { host_domain, forwarded_proto, tokens, api_token: None }
+    }
+
+    /// These settings, with the API token the proxy keeps from backends.
+    pub fn with_api_token(self, api_token: Option<crate::secret::Secret>) -> Self {
+        ProxySettings { api_token: api_token.filter(|t| !t.expose().is_empty()), ..self }
     }
 }
 
@@ -308,6 +317,8 @@ impl Proxy {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
         }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
+        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
+        let token_in_url = token.is_some();
         let identity = match self.plugins.auth().check_reaching(&auth, &target.reached) {
             Verdict::Deny(d) => {
                 // At debug: every refused request of a busy site would
@@ -325,15 +336,17 @@ impl Proxy {
                     ),
                     None => d.reason,
                 };
-                return pages::error(status, &reason, accept.as_ref());
+                let mut denied = pages::error(status, &reason, accept.as_ref());
+                // Answered where it is, token and all: the page must not
+                // send it on either.
+                for_a_token_url(denied.headers_mut(), token_in_url, None);
+                return denied;
             }
             Verdict::Allow(a) => a,
         };
         // Before the readiness check: a browser usually opens its URL while
         // the backend is still starting, and the waiting page must not keep
         // the token in the address bar.
-        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
-        let token_in_url = token.is_some();
         // Only a token that opens this backend becomes its cookie: the
         // request may have been let in by the cookie already there, and a
         // stray, expired or foreign token in a link must not replace it (and
@@ -382,7 +395,7 @@ impl Proxy {
         let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers, websocket);
         headers::strip_untrusted(&mut parts.headers);
-        headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie);
+        headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie, self.settings.api_token.as_ref());
         headers::set_forwarded(
             &mut parts.headers,
             &peer.ip().to_string(),
@@ -608,8 +621,8 @@ fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
     h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
 }
 
-/// A response to a request whose URL carried a token (a POST, or a frame
-/// answered where it is, neither redirected): no Referer header the page
+/// A response to a request whose URL carried a token (a POST, a frame
+/// answered where it is, or a refusal, none redirected): no Referer header the page
 /// causes carries it, and the frame's `cookie`, if any, goes beside the
 /// response's own.
 fn for_a_token_url(headers: &mut http::HeaderMap, token_in_url: bool, cookie: Option<&HeaderValue>) {

@@ -18,8 +18,14 @@ impl Secret {
     /// SHA-256 digests, so the time taken says nothing about where a guess
     /// first differs, nor about the secret's length.
     pub fn presented_in(&self, headers: &http::HeaderMap) -> bool {
+        self.is(bearer(headers))
+    }
+
+    /// Whether `candidate` is this secret, compared as
+    /// [`presented_in`](Self::presented_in) does.
+    pub fn is(&self, candidate: &str) -> bool {
         use sha2::{Digest, Sha256};
-        Sha256::digest(bearer(headers).as_bytes()) == Sha256::digest(self.0.as_bytes())
+        Sha256::digest(candidate.as_bytes()) == Sha256::digest(self.0.as_bytes())
     }
 }
 

@@ -429,6 +429,25 @@ async fn off_loopback_the_api_requires_its_token() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(read.is_ok() && answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
+    // A server relaying a browser's requests with the API token added
+    // (the page's cookie lets them in) does not hand it to the backend,
+    // which could otherwise use the whole API.
+    let api = |r: reqwest::RequestBuilder| r.bearer_auth(token);
+    let created: Value = api(dev.http.post(format!("{}/api/v1/backends", dev.base)))
+        .json(&json!({"template":"demo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (name, user_token) = (created["backend"]["name"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let r = api(dev.http.get(format!("{}/api/v1/backends/{name}/ready?timeout=30", dev.base))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let relayed = api(dev.http.get(format!("{}/p/{name}/headers", dev.base))).header("cookie", format!("spawner-token={user_token}"));
+    let seen: Value = relayed.send().await.unwrap().json().await.unwrap();
+    assert_eq!(seen["headers"]["authorization"], Value::Null, "{seen}");
+    assert_eq!(seen["headers"]["x-spawner-backend"], json!([name]), "let in by the cookie: {seen}");
     // The OpenAPI document and health stay public.
     assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);
     assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);

@@ -84,6 +84,11 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
         .unwrap();
     let expired = String::from_utf8(expired.stdout).unwrap();
     assert_eq!(dev.get(&name, "/api/stats", Some(expired.trim())).await.status(), 401);
+    // Refused where it is, the token still in the URL: the page sends no
+    // Referer that carries it.
+    let r = dev.http.get(format!("{}/p/{name}/api/stats?token={}", dev.base, expired.trim())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers().get("referrer-policy").map(|v| v.to_str().unwrap()), Some("no-referrer"));
     // A client-sent identity header does not help either.
     let spoof = dev.http.get(format!("{}/p/{name}/api/stats", dev.base)).header("x-spawner-user", "admin").send().await.unwrap();
     assert_eq!(spoof.status(), 401);

@@ -100,7 +100,9 @@ pub mod auth {
     /// its own places (bearer header, token query parameter, token cookie),
     /// already verified by the host: a policy over Spawner's tokens needs
     /// no host function (see `plugins/default-auth`). The raw request is
-    /// there too, for anything else.
+    /// there too, for anything else, credentials included: keep them out
+    /// of `host::log`, deny reasons and panic messages, which Spawner logs
+    /// or sends as they are.
     pub trait Auth {
         /// Decides one HTTP request or WebSocket upgrade.
         fn check(request: AuthRequest) -> Result<Verdict, PluginError>;

@@ -12,15 +12,18 @@
 //!   that follow CGI (WSGI, Rack) read `-` and `_` alike, as the same
 //!   `HTTP_X_SPAWNER_USER`, and would take the client's for the proxy's;
 //! - Spawner's credentials are removed before the backend sees the request:
-//!   the token query parameter, the token cookie, and an
-//!   `Authorization: Bearer st1.…` header (other `Authorization` schemes are
-//!   the application's own and pass through).
+//!   the token query parameter, the token cookie (its name read as loosely
+//!   as any server reads it), and an `Authorization` header that holds a
+//!   capability token (`st1.…`) in any scheme or list, or the API's own
+//!   token (other `Authorization` values are the application's own and pass
+//!   through).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::plugins::IDENTITY_HEADER_PREFIX;
 use crate::plugins::credentials;
 use crate::plugins::types::Header;
+use crate::secret::Secret;
 use crate::token::PREFIX as TOKEN_PREFIX;
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -35,17 +38,30 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Client-address headers other proxies and CDNs set, which libraries read
-/// (npm's `request-ip` reads `X-Client-IP` before `X-Forwarded-For`): from a
-/// client, each is a claimed address.
-const CLIENT_ADDRESS: [&str; 8] = [
+/// (npm's `request-ip` reads `X-Client-IP` before `X-Forwarded-For`, Rails
+/// and PHP code `Client-IP`, Java code `Proxy-Client-IP`): from a client,
+/// each is a claimed address. The list cannot be complete; the README
+/// names the headers a backend can trust.
+const CLIENT_ADDRESS: [&str; 19] = [
     "forwarded",
     "x-forwarded",
+    "forwarded-for",
     "x-real-ip",
     "x-client-ip",
+    "client-ip",
     "true-client-ip",
     "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-pseudo-ipv4",
     "fastly-client-ip",
     "x-cluster-client-ip",
+    "x-appengine-user-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+    "fly-client-ip",
+    "x-azure-clientip",
 ];
 
 /// Client-sent headers a backend could take for the proxy's: every
@@ -98,15 +114,11 @@ pub fn strip_untrusted(h: &mut HeaderMap) {
     }
 }
 
-/// Removes Spawner's credentials: Bearer tokens in Spawner's format (from
-/// every `Authorization` header, as the credential search looks at every
-/// one) and the token cookie. Other schemes and cookies are kept.
-pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
-    // Decoded as the plugin's view of the request is (`for_plugin`), so
-    // that any value the credential search reads a token from goes.
-    let is_spawner_bearer =
-        |v: &HeaderValue| credentials::bearer(&String::from_utf8_lossy(v.as_bytes())).is_some_and(|t| t.starts_with(TOKEN_PREFIX));
-    remove_values(h, header::AUTHORIZATION, is_spawner_bearer);
+/// Removes Spawner's credentials: every `Authorization` header that holds
+/// one ([`holds_a_credential`]), and the token cookie. Other values and
+/// cookies are kept.
+pub fn strip_credentials(h: &mut HeaderMap, cookie: &str, api_token: Option<&Secret>) {
+    remove_values(h, header::AUTHORIZATION, |v| holds_a_credential(v, api_token));
     let cookies: Vec<HeaderValue> = h.get_all(header::COOKIE).iter().cloned().collect();
     if cookies.is_empty() {
         return;
@@ -115,8 +127,12 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
     // Bytes, not `to_str`: a cookie value may hold UTF-8 (a page's
     // `document.cookie = "city=Zürich"`), and the application's cookies
     // pass whatever they hold. Token cookie names hold no `=`, so the
-    // first one ends the name.
-    let token = |c: &[u8]| c.iter().position(|b| *b == b'=').is_some_and(|eq| is_token_cookie(&c[..eq], cookie));
+    // first one ends the name. Whitespace around a name, and pairs joined
+    // by `,` (RFC 2965's separator), are read by some servers' parsers
+    // (Go's, Python's, npm's `cookie`), so the token goes in those forms too.
+    let token = |c: &[u8]| {
+        c.split(|b| *b == b',').any(|c| c.iter().position(|b| *b == b'=').is_some_and(|eq| is_token_cookie(c[..eq].trim_ascii(), cookie)))
+    };
     let kept: Vec<&[u8]> = cookies
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
@@ -128,6 +144,23 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str) {
     {
         h.insert(header::COOKIE, v);
     }
+}
+
+/// Whether an `Authorization` value holds one of Spawner's credentials, in
+/// any form a server might read one from: a word (between spaces, tabs,
+/// commas or quotes) that is a capability token (`Bearer st1.…`, but also
+/// `Token st1.…`, `Bearer<TAB>st1.…` or `Basic x, Bearer st1.…`), or is
+/// the API token (a server relaying a browser's requests with it added
+/// must not hand it to backends, which could then use the whole API). Read
+/// as the plugin's view of the request is (`for_plugin`), so any value the
+/// credential search reads a token from goes.
+fn holds_a_credential(value: &HeaderValue, api_token: Option<&Secret>) -> bool {
+    let value = String::from_utf8_lossy(value.as_bytes());
+    value.split(|c: char| c.is_whitespace() || c == ',' || c == '"').filter(|w| !w.is_empty()).any(|word| {
+        word.starts_with(TOKEN_PREFIX)
+            || word.split_once('=').is_some_and(|(_, v)| v.starts_with(TOKEN_PREFIX))
+            || api_token.is_some_and(|t| t.is(word))
+    })
 }
 
 /// Removes a backend's `Set-Cookie` headers that would set Spawner's token
@@ -345,6 +378,10 @@ mod tests {
             ("true-client-ip", "6.6.6.6"),
             ("x-forwarded", "for=6.6.6.6"),
             ("cf-connecting-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("Client_IP", "6.6.6.6"),
+            ("forwarded-for", "6.6.6.6"),
+            ("wl-proxy-client-ip", "6.6.6.6"),
             ("x_app_id", "kept"),
             ("x-spawnerish", "kept"),
         ]);
@@ -373,12 +410,12 @@ mod tests {
     #[test]
     fn spawner_credentials_go_and_the_apps_own_stay() {
         let mut h = map(&[("authorization", "Bearer st1.abc.def"), ("cookie", "a=1; spawner-token=st1.x.y"), ("cookie", "b=2")]);
-        strip_credentials(&mut h, "spawner-token");
+        strip_credentials(&mut h, "spawner-token", None);
         assert!(!h.contains_key("authorization"));
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
 
         let mut h = map(&[("authorization", "Basic dXNlcjpwdw=="), ("cookie", "spawner-token=st1.x.y")]);
-        strip_credentials(&mut h, "spawner-token");
+        strip_credentials(&mut h, "spawner-token", None);
         assert_eq!(h.get("authorization").unwrap(), "Basic dXNlcjpwdw==");
         assert!(!h.contains_key("cookie"));
 
@@ -386,7 +423,7 @@ mod tests {
         // host routing over HTTPS), in requests and in a backend's answers.
         for name in ["spawner-token", "__Host-spawner-token"] {
             let mut h = map(&[("cookie", "a=1; spawner-token=st1.x.y; __Host-spawner-token=st1.x.z; b=2")]);
-            strip_credentials(&mut h, name);
+            strip_credentials(&mut h, name, None);
             assert_eq!(h.get("cookie").unwrap(), "a=1; b=2", "{name}");
             let mut h =
                 map(&[("set-cookie", "__Host-spawner-token=st1.x; Path=/"), ("set-cookie", "spawner-token=st1.y"), ("set-cookie", "c=3")]);
@@ -402,7 +439,7 @@ mod tests {
         let seen = for_plugin(&h);
         assert_eq!(seen.len(), 1, "shown to the plugin");
         assert!(seen[0].value.ends_with("spawner-token=st1.x.y"), "{seen:?}");
-        strip_credentials(&mut h, "spawner-token");
+        strip_credentials(&mut h, "spawner-token", None);
         assert_eq!(h.get("cookie").unwrap().as_bytes(), "sid=abc; city=Zürich".as_bytes());
 
         // A bearer value with bytes that are not ASCII is read by the
@@ -418,8 +455,42 @@ mod tests {
             websocket: false,
         };
         assert_eq!(credentials::find(&request, &credentials::TokenNames::default(), None, "b1").len(), 1, "a credential");
-        strip_credentials(&mut h, "spawner-token");
+        strip_credentials(&mut h, "spawner-token", None);
         assert!(!h.contains_key("authorization"), "so it goes");
+    }
+
+    #[test]
+    fn credentials_in_forms_servers_read_go_too() {
+        let api = Secret::from("api-token-0123456789abcdef");
+        let kept = |pairs: &[(&str, &str)], name: &str| {
+            let mut h = map(pairs);
+            strip_credentials(&mut h, "spawner-token", Some(&api));
+            h.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        for auth in [
+            "Bearer\tst1.abc.def",
+            "Basic dXNlcjpwdw==, Bearer st1.abc.def",
+            "Token st1.abc.def",
+            "Bearer \"st1.abc.def\"",
+            "Token token=st1.abc.def",
+            "bearer  st1.abc.def",
+            // Spawner's API token, from a server relaying a browser's
+            // headers with it added: backends must never see it.
+            "Bearer api-token-0123456789abcdef",
+            "Bearer\tapi-token-0123456789abcdef",
+        ] {
+            assert!(kept(&[("authorization", auth)], "authorization").is_empty(), "{auth:?} is taken out");
+        }
+        for auth in ["Basic dXNlcjpwdw==", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "Bearer api-token-0123456789abcdeX", "Bearer xst1.abc"] {
+            assert_eq!(kept(&[("authorization", auth)], "authorization"), [auth], "the application's own {auth:?} stays");
+        }
+        for cookie in
+            ["spawner-token =st1.x.y; a=1", "a=1; spawner-token\t=st1.x.y", "a=1, spawner-token=st1.x.y", "a=1;spawner-token=st1.x.y"]
+        {
+            let left = kept(&[("cookie", cookie)], "cookie");
+            assert!(left.iter().all(|c| !c.contains("st1.")), "{cookie:?} left {left:?}");
+        }
+        assert_eq!(kept(&[("cookie", "a=1, b=2; spawner-token-ish=3")], "cookie"), ["a=1, b=2; spawner-token-ish=3"]);
     }
 
     #[test]
@@ -441,7 +512,7 @@ mod tests {
     fn every_authorization_header_is_checked_in_either_order() {
         for pair in [["Basic dXNlcjpwdw==", "Bearer st1.abc.def"], ["Bearer st1.abc.def", "Basic dXNlcjpwdw=="]] {
             let mut h = map(&[("authorization", pair[0]), ("authorization", pair[1])]);
-            strip_credentials(&mut h, "spawner-token");
+            strip_credentials(&mut h, "spawner-token", None);
             let left: Vec<&str> = h.get_all("authorization").iter().map(|v| v.to_str().unwrap()).collect();
             assert_eq!(left, ["Basic dXNlcjpwdw=="], "{pair:?}");
         }

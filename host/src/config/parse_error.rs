@@ -1,0 +1,199 @@
+//! A config file's TOML error, said without the file's secrets.
+//!
+//! toml's own message quotes the line it failed on, and serde's quotes the
+//! string it refused (`invalid type: string "…", expected a sequence`).
+//! The config file holds secrets (`api-token`, `token-secret`,
+//! `previous-token-secrets`, plugin settings, templates' `env`), and the
+//! message is logged (the error Spawner stops with): a misspelt key on the
+//! line of a secret, a backslash in one or a missing quote put it in the
+//! log. So the line is shown with its keys and punctuation only: every
+//! value, string, and comment on it is masked, one `*` per character, so
+//! that the caret still points where toml does.
+
+/// The message for `error` in `text`: where (line and column, the masked
+/// line and a caret under the span), then what, without quoted strings.
+pub(super) fn describe(text: &str, error: &toml::de::Error) -> String {
+    let message = without_quoted_strings(error.message().trim_end());
+    let Some(span) = error.span() else { return message };
+    let (Some(before), Some(spanned)) = (text.get(..span.start), text.get(span.start..span.end.max(span.start))) else {
+        return message;
+    };
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let width = spanned.lines().next().unwrap_or_default().chars().count().max(1);
+    let shown = masked(text, line_start, line_end);
+    let gutter = " ".repeat(line.to_string().len());
+    format!(
+        "TOML parse error at line {line}, column {column}\n{gutter} |\n{line} | {shown}\n{gutter} | {}{}\n{message}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    )
+}
+
+/// Where the scanner is.
+#[derive(Clone, Copy, PartialEq)]
+enum In {
+    Code,
+    Basic,
+    Literal,
+    MultiBasic,
+    MultiLiteral,
+    Comment,
+}
+
+/// The line of `text` from byte `from` to `to`, with everything but keys,
+/// table headers, punctuation and quote marks masked. The whole text up to
+/// it is scanned, so a line inside a multi-line string is masked whole.
+fn masked(text: &str, from: usize, to: usize) -> String {
+    let mut out = String::new();
+    let mut state = In::Code;
+    let mut header = false;
+    let mut at_line_start = true;
+    let mut chars = text[..to].char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let rest = &text[i..to];
+        let triple = rest.starts_with("\"\"\"") || rest.starts_with("'''");
+        // Whether the character is shown as it is; how many characters
+        // after it go with it (the rest of a `"""`, an escaped one).
+        let (mut plain, mut with) = (false, 0);
+        match state {
+            In::Code => {
+                if at_line_start && !c.is_whitespace() {
+                    header = c == '[';
+                    at_line_start = false;
+                }
+                plain = true;
+                match c {
+                    '"' | '\'' if triple => (state, with) = (if c == '"' { In::MultiBasic } else { In::MultiLiteral }, 2),
+                    '"' => state = In::Basic,
+                    '\'' => state = In::Literal,
+                    '#' => state = In::Comment,
+                    _ => plain = header || !is_word(c) || is_key(rest),
+                }
+            }
+            In::Basic | In::MultiBasic if c == '\\' => with = usize::from(chars.peek().is_some_and(|(_, n)| *n != '\n')),
+            In::Basic if c == '"' => (state, plain) = (In::Code, true),
+            In::Literal if c == '\'' => (state, plain) = (In::Code, true),
+            In::MultiBasic if triple && c == '"' => (state, plain, with) = (In::Code, true, 2),
+            In::MultiLiteral if triple && c == '\'' => (state, plain, with) = (In::Code, true, 2),
+            _ => {}
+        }
+        if c == '\n' {
+            plain = true;
+            at_line_start = true;
+            header = false;
+            // Strings of one line and comments end with it (an unclosed
+            // string is the error toml reports).
+            if matches!(state, In::Basic | In::Literal | In::Comment) {
+                state = In::Code;
+            }
+        }
+        let shown = |c: char| if plain { c } else { '*' };
+        if i >= from {
+            out.push(shown(c));
+        }
+        for _ in 0..with {
+            if let Some((j, n)) = chars.next()
+                && j >= from
+            {
+                out.push(shown(n));
+            }
+        }
+    }
+    out
+}
+
+/// A character of a bare key or of a bare value (a number, `true`, a date).
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '+')
+}
+
+/// Whether the bare word that starts `rest` is a key: `=` follows it.
+fn is_key(rest: &str) -> bool {
+    let after = rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    after.trim_start_matches([' ', '\t']).starts_with('=')
+}
+
+/// `message` with serde's quoted strings (`string "…"`, Rust's escapes
+/// inside) said as `a string`.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let mut inside = rest[at + QUOTED.len()..].char_indices();
+        let mut end = None;
+        while let Some((i, c)) = inside.next() {
+            match c {
+                '\\' => {
+                    inside.next();
+                }
+                '"' => {
+                    end = Some(at + QUOTED.len() + i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = end.map_or("", |e| &rest[e..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "S3CRET-0123456789abcdef";
+
+    fn error_for(text: &str) -> String {
+        let e = toml::from_str::<crate::config::Config>(text).unwrap_err();
+        describe(text, &e)
+    }
+
+    #[test]
+    fn no_secret_on_the_line_is_shown() {
+        for text in [
+            format!("listen = \"127.0.0.1:1\"\napitoken = \"{SECRET}\"\n"),
+            format!("previous-token-secrets = \"{SECRET}\"\n"),
+            format!("token-secret = \"{SECRET}\\q\"\n"),
+            format!("api-token = \"{SECRET}\n"),
+            format!("api-token = {SECRET}\n"),
+            format!("api-token = [\"{SECRET}\"]\n"),
+            format!("api-token = \"{SECRET}\" junk\n"),
+            format!("token-secret = '{SECRET}' # and {SECRET}\nx = 1\n"),
+            format!("[plugins.auth]\nsettings = {{ secret = \"{SECRET}\", owner-only = tru }}\n"),
+            format!("[templates.a]\ncommand = \"x\"\nenv = {{ KEY = \"\"\"\n{SECRET}\n\"\"\" }}\nbogus = 1\n"),
+            format!("api-token = \"\"\"{SECRET}\n{SECRET}\"\"\" x\n"),
+        ] {
+            let e = error_for(&text);
+            assert!(!e.contains("S3CRET") && !e.contains("0123456789"), "{text:?} gave:\n{e}");
+            assert!(e.starts_with("TOML parse error at line "), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_and_headers_stay_and_the_caret_points_where_toml_does() {
+        let e = error_for(&format!("listen = \"127.0.0.1:1\"\napitoken = \"{SECRET}\"\n"));
+        assert!(e.contains("2 | apitoken = \"***********************\"\n  | ^^^^^^^^\nunknown field `apitoken`"), "{e}");
+        let e = error_for(&format!("[plugins.auth]\nsettings = {{ secret = \"{SECRET}\", owner-only = tru }}\n"));
+        assert!(e.contains("settings = { secret = \"***********************\", owner-only = *** }"), "{e}");
+        let e = error_for("[plugins.auht]\nfile = \"a.wasm\"\n");
+        assert!(e.contains("1 | [plugins.auht]") && e.contains("unknown field `auht`"), "{e}");
+        let e = error_for(&format!("previous-token-secrets = \"{SECRET}\"\n"));
+        assert!(e.ends_with("invalid type: a string, expected a sequence"), "{e}");
+    }
+
+    #[test]
+    fn quoted_strings_leave_the_message_whole() {
+        assert_eq!(without_quoted_strings(r#"invalid type: string "a\"b", expected u32"#), "invalid type: a string, expected u32");
+        assert_eq!(without_quoted_strings(r#"x string "a" and string "b" y"#), "x a string and a string y");
+        assert_eq!(without_quoted_strings(r#"cut string "abc"#), "cut a string");
+        assert_eq!(without_quoted_strings("unknown field `apitoken`"), "unknown field `apitoken`");
+    }
+}
