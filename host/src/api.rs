@@ -115,6 +115,7 @@ impl utoipa::Modify for ImageAlias {
         create.required.retain(|r| r != "template");
         let image = ObjectBuilder::new()
             .schema_type(Type::String)
+            .min_length(Some(1))
             .description(Some("The template, under the name the original Spawner used (send one of `template` and `image`)."))
             .build();
         create.properties.insert("image".into(), image.into());
@@ -137,7 +138,8 @@ struct CommonAnswers;
 
 impl utoipa::Modify for CommonAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::ResponseBuilder;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ResponseBuilder, header::HeaderBuilder};
         let common = [
             ("401", "The API token is missing or wrong (when `api-token` is configured: always off loopback)"),
             (
@@ -150,10 +152,15 @@ impl utoipa::Modify for CommonAnswers {
             let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for op in operations.into_iter().flatten() {
                 for (status, description) in common {
-                    op.responses
-                        .responses
-                        .entry(status.into())
-                        .or_insert_with(|| ResponseBuilder::new().description(description).build().into());
+                    let mut response = ResponseBuilder::new().description(description);
+                    if status == "401" {
+                        let scheme = HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .description(Some("`Bearer`"))
+                            .build();
+                        response = response.header("WWW-Authenticate", scheme);
+                    }
+                    op.responses.responses.entry(status.into()).or_insert_with(|| response.build().into());
                 }
             }
         }

@@ -57,16 +57,20 @@ pub struct BackendSpec {
 pub struct Toleration {
     /// The taint's key; empty (with `Exists`) tolerates every taint.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub key: String,
     /// `Equal` (the default when empty): the taint's value must be `value`;
     /// `Exists`: any value.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub operator: String,
     /// The taint's value, for `Equal`.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub value: String,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty for all.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub effect: String,
     /// With `NoExecute` only: seconds the backend may stay on a node after
     /// the taint appears there (none: for ever).

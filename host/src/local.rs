@@ -375,11 +375,6 @@ impl Local {
         let Some(template) = self.config.templates.get(&spec.template).cloned() else {
             return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", ")));
         };
-        if let Some(port) = spec.port {
-            // Kept for a spec that runs on Kubernetes too; said, since an
-            // app written to listen on it would time out here.
-            tracing::warn!(template = %spec.template, port, "port is for Kubernetes; locally the backend must listen on the port in its PORT variable");
-        }
         let mut keys = self.keys.lock().expect("keys lock");
         // A backend that is stopping no longer holds its key: the caller
         // wants a session, and that one is ending (say, swept as the user
@@ -412,6 +407,15 @@ impl Local {
             backend = %view.name, template = %record.spec.template, owner = record.spec.owner.as_deref(), key = record.spec.key.as_deref(),
             "backend created"
         );
+        if let Some(port) = record.spec.port {
+            // Kept for a spec that runs on Kubernetes too; said (for a
+            // backend started, not one found by its key or refused), since
+            // an app written to listen on it would time out here.
+            tracing::warn!(
+                backend = %view.name, port,
+                "port is for Kubernetes; locally the backend must listen on the port in its PORT variable"
+            );
+        }
         tokio::spawn(driver::drive(self.self_arc(), record));
         Ok(Created { backend: view, created: true })
     }

@@ -254,6 +254,9 @@ async fn more_tokens_for_a_backend_name_their_user_and_need_no_body() {
     dev.wait_phase(&name, "terminated").await;
     let (got, text) = post_raw(&dev, &tokens, "{}", true).await;
     assert_eq!(got, 410, "no tokens for an ended backend: {text}");
+    // A bad body is a bad body whatever the backend's state, as in a create.
+    let (got, text) = post_raw(&dev, &tokens, r#"{"ttlSeconds":0}"#, true).await;
+    assert_eq!(got, 422, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,9 +331,15 @@ async fn list_filters_terminate_and_openapi() {
     for path in ["/api/v1/backends", "/api/v1/backends/{name}", "/api/v1/backends/{name}/events", "/api/spawn", "/api/backend/{id}/ready"] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    let mut operation_ids = std::collections::HashSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            // Unique, as OpenAPI requires: code generators and links name
+            // operations by it (the two ready endpoints shared one).
+            let id = op["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id.to_string()), "{method} {path}: operationId {id} is used twice");
             assert!(op["responses"].get("401").is_some(), "{method} {path}: the API token's 401 is not documented");
+            assert!(op["responses"]["401"]["headers"].get("WWW-Authenticate").is_some(), "{method} {path}: 401's WWW-Authenticate");
             assert!(op["responses"].get("403").is_some(), "{method} {path}: a browser page's 403 is not documented");
             assert!(op["responses"].get("503").is_some(), "{method} {path}: 503 is not documented");
         }
@@ -342,6 +351,26 @@ async fn list_filters_terminate_and_openapi() {
         let grace = &doc["components"]["schemas"][schema]["properties"]["gracePeriodSeconds"];
         assert_eq!((grace["minimum"].as_u64(), grace["maximum"].as_u64()), (Some(1), Some(4294967295)), "{schema}: {grace}");
     }
+    // Headers clients follow are documented where they are sent.
+    for (path, method, status, name) in [
+        ("/api/v1/backends", "post", "201", "Location"),
+        ("/api/v1/backends/{name}/ready", "get", "202", "Retry-After"),
+        ("/api/backend/{id}/ready", "get", "302", "Location"),
+    ] {
+        assert!(doc["paths"][path][method]["responses"][status]["headers"].get(name).is_some(), "{method} {path} {status}: {name}");
+    }
+    // What the server refuses, the schemas refuse: empty filters and
+    // templates, a null header.
+    let list = doc["paths"]["/api/v1/backends"]["get"]["parameters"].as_array().unwrap();
+    for p in list.iter().filter(|p| p["name"] != "live") {
+        assert_eq!(p["schema"]["minLength"], 1, "{p}");
+    }
+    for field in ["template", "image"] {
+        assert_eq!(doc["components"]["schemas"]["CreateRequest"]["properties"][field]["minLength"], 1, "{field}");
+    }
+    let events = doc["paths"]["/api/v1/backends/{name}/events"]["get"]["parameters"].as_array().unwrap();
+    let last_event_id = events.iter().find(|p| p["name"] == "Last-Event-ID").unwrap();
+    assert_eq!(last_event_id["schema"]["type"], "integer", "{last_event_id}");
     let tokens = &doc["paths"]["/api/v1/backends/{name}/tokens"]["post"]["requestBody"];
     assert_ne!(tokens["required"], true, "a token request needs no body: {tokens}");
     // Path parameters are placeholders of their path; the rest are optional
@@ -472,4 +501,25 @@ async fn a_body_that_never_arrives_is_timed_out() {
     // A body that does arrive is read as before.
     let (status, body) = post_raw(&dev, "/api/v1/backends", r#"{"template":"nope"}"#, true).await;
     assert_eq!(status, 422, "{body}");
+}
+
+/// The `port` warning is for a backend started here, and names it: not for
+/// a create that found one by its key, nor for one refused (a client
+/// retrying at capacity wrote a warning per call); the capacity line
+/// itself comes once per period, however many are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_port_warning_is_for_a_started_backend_and_refusals_are_not_a_flood() {
+    let dev = Dev::start(&format!("{FAST}max-backends = 1\n"), &[]);
+    let (name, _) = dev.create_ok(json!({"template":"demo","key":"doc-1","port":8080})).await;
+    let (status, again) = dev.create(json!({"template":"demo","key":"doc-1","port":8080})).await;
+    assert_eq!((status, again["created"].as_bool()), (200, Some(false)), "{again}");
+    for _ in 0..5 {
+        assert_eq!(dev.create(json!({"template":"demo","port":8080})).await.0, 429);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = dev.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("port is for Kubernetes")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains(&name), "{}", warnings[0]);
+    assert_eq!(log.matches("create refused for capacity").count(), 1, "{log}");
 }

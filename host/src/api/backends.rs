@@ -52,6 +52,7 @@ pub(crate) struct Resources {
 pub(crate) struct CreateRequest {
     /// Template to run (`image` is accepted as an alias).
     #[serde(alias = "image")]
+    #[schema(min_length = 1)]
     template: String,
     /// Get-or-create key: while a backend with this key is live (and not
     /// stopping), creates return it instead of starting another.
@@ -177,7 +178,8 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
 
 /// Create a backend, or get the live one with the same key.
 #[utoipa::path(post, path = "/api/v1/backends", request_body = CreateRequest,
-    responses((status = 201, description = "Created", body = CreateResponse), (status = 200, description = "Existing backend with this key", body = CreateResponse),
+    responses((status = 201, description = "Created", body = CreateResponse, headers(("Location" = String, description = "The backend's path in this API"))),
+        (status = 200, description = "Existing backend with this key", body = CreateResponse, headers(("Location" = String, description = "The backend's path in this API"))),
         (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
         (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
 pub(crate) async fn create(
@@ -219,12 +221,16 @@ pub(crate) async fn create(
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Only these phases, separated by commas: `ready` or `terminated,failed`.
+    #[param(min_length = 1)]
     phase: Option<String>,
     /// Only this owner.
+    #[param(min_length = 1)]
     owner: Option<String>,
     /// Only this key.
+    #[param(min_length = 1)]
     key: Option<String>,
     /// Only backends with these labels: `k=v,k2=v2`.
+    #[param(min_length = 1)]
     labels: Option<String>,
     /// `true`: only live (not ended) backends; `false`: only ended ones.
     live: Option<bool>,
@@ -303,7 +309,7 @@ pub(crate) struct WaitQuery {
 /// stop timeout), 410 if it ended, 202 (with the current status) if the
 /// timeout passed first.
 #[utoipa::path(get, path = "/api/v1/backends/{name}/ready", params(("name" = String, Path), WaitQuery),
-    responses((status = 200, body = BackendView), (status = 202, body = BackendView), (status = 409, description = "Stopping: it will not be ready again"),
+    responses((status = 200, body = BackendView), (status = 202, body = BackendView, headers(("Retry-After" = u32, description = "Seconds before asking again"))), (status = 409, description = "Stopping: it will not be ready again"),
     (status = 410, description = "Ended"), (status = 400, description = "Bad timeout"), (status = 404)))]
 pub(crate) async fn ready(
     State(s): State<ApiState>,
@@ -399,16 +405,18 @@ pub(crate) async fn token(
         .and_then(|Json(r)| r)
         .map(|Object(r)| r)
         .unwrap_or_default();
+    // The request's own values first, as a create checks them: the same
+    // body gets the same answer whatever the backend's state.
+    let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
+    if let Some(subject) = &r.subject {
+        crate::backends::check_user("subject", subject)?;
+    }
     let view = s.backends.get(&name).await?.ok_or_else(|| ApiError::no_backend(&name))?;
     if view.status.phase.is_terminal() {
         return Err(ApiError::new(StatusCode::GONE, format!("backend {name} has ended")));
     }
     if view.status.phase == Phase::Terminating {
         return Err(ApiError::new(StatusCode::CONFLICT, stopping(&name)));
-    }
-    let ttl = token_ttl(&s, r.ttl_seconds, "ttlSeconds")?;
-    if let Some(subject) = &r.subject {
-        crate::backends::check_user("subject", subject)?;
     }
     let (token, expires_at, browser_url) = mint(&s, &view, r.subject.as_deref(), ttl);
     Ok((StatusCode::CREATED, [(header::REFERRER_POLICY, "no-referrer")], Json(TokenResponse { token, expires_at, browser_url }))

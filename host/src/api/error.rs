@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::backends::ControlError;
+use crate::log_gate::LogGate;
 
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +64,22 @@ impl From<ControlError> for ApiError {
         // What the operator of Spawner must hear about too, not only the
         // caller: the API server out of reach or refusing (RBAC), and
         // creates turned away for capacity.
+        // Each once per gate period at most: they come once per request,
+        // and a client that retries would flood the log with one cause.
+        static UNAVAILABLE: LogGate = LogGate::new();
+        static CAPACITY: LogGate = LogGate::new();
+        let now = std::time::Instant::now();
         match &e {
-            ControlError::Unavailable(why) => tracing::warn!(error = %why, "API request failed: the platform is unavailable"),
-            ControlError::Capacity(why) => tracing::info!(reason = %why, "create refused for capacity"),
+            ControlError::Unavailable(why) => {
+                if let Some(not_logged) = UNAVAILABLE.pass(now) {
+                    tracing::warn!(error = %why, not_logged, "API request failed: the platform is unavailable");
+                }
+            }
+            ControlError::Capacity(why) => {
+                if let Some(not_logged) = CAPACITY.pass(now) {
+                    tracing::info!(reason = %why, not_logged, "create refused for capacity");
+                }
+            }
             _ => {}
         }
         ApiError::new(status, e.to_string())

@@ -142,7 +142,8 @@ pub(crate) async fn spawn(
 /// 302 to the backend's URL (with a fresh token) once ready; 409 before;
 /// 410 once it is stopping or has ended (`Swept`: it will not be ready
 /// again, and an original client polls on 409); 404 if unknown.
-#[utoipa::path(get, path = "/api/backend/{id}/ready", params(("id" = String, Path)), responses((status = 302), (status = 409), (status = 410), (status = 404)))]
+#[utoipa::path(get, path = "/api/backend/{id}/ready", operation_id = "original_ready", params(("id" = String, Path)),
+    responses((status = 302, headers(("Location" = String, description = "The URL a browser opens, with a fresh token"))), (status = 409), (status = 410), (status = 404)))]
 pub(crate) async fn ready(State(s): State<ApiState>, Name(id): Name) -> Result<Response, ApiError> {
     let view = s.backends.get(&id).await?.ok_or_else(|| ApiError::no_backend(&id))?;
     match view.status.phase {

@@ -15,8 +15,8 @@ use crate::lifecycle::Status;
 pub(super) struct LastEventId {
     /// The `id` of the last event received: the stream resumes after it
     /// (an `EventSource` sends it when it reconnects).
-    #[param(rename = "Last-Event-ID")]
-    last_event_id: Option<u64>,
+    #[param(rename = "Last-Event-ID", required = false)]
+    last_event_id: u64,
 }
 
 /// The `Last-Event-ID` header, if the client is resuming (0 if not); one
