@@ -5,10 +5,12 @@
 //! Only changes count: reading a file for a reload raises access events,
 //! which must not trigger the next reload, and a file whose content (with
 //! its settings) is what was last tried is not tried again, so one bad
-//! write is one error, not one per debounce period.
+//! write is one error, not one per debounce period. Nor do other files
+//! written in a plugin's directory ([`concerns_plugins`]).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,9 +69,10 @@ pub fn spawn(
     if kinds.is_empty() {
         return Ok(None);
     }
+    let names = file_names(&config);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| changes_content(&e.kind)) {
+        if event.is_ok_and(|e| changes_content(&e.kind) && concerns_plugins(&e.paths, &names)) {
             let _ = tx.send(());
         }
     })?;
@@ -140,6 +143,31 @@ pub const MAX_RETRY: Duration = Duration::from_secs(300);
 /// for the moment.
 pub fn retry_after(n: u32) -> Duration {
     RETRY.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_RETRY)
+}
+
+/// The names of the configured files, as given and as they resolve now.
+fn file_names(config: &PluginsConfig) -> HashSet<OsString> {
+    let mut names = HashSet::new();
+    for kind in PluginKind::ALL {
+        let slot = config.slot(kind);
+        for f in [&slot.file, &slot.settings_file].into_iter().flatten() {
+            let resolved = std::fs::canonicalize(f).ok();
+            names.extend([Some(f), resolved.as_ref()].into_iter().flatten().filter_map(|p| p.file_name()).map(OsString::from));
+        }
+    }
+    names
+}
+
+/// Whether an event in a watched directory can concern a plugin: it names
+/// one of the configured files, or a path that is not a plain file now (a
+/// directory, a symlink re-pointed, a file removed or renamed away: how
+/// ConfigMap volumes and some editors swap files in). Another file written
+/// there does not: Spawner's own log redirected into the plugin's
+/// directory made each line a change, whose handling was logged, and so on
+/// for ever.
+fn concerns_plugins(paths: &[PathBuf], names: &HashSet<OsString>) -> bool {
+    let plain_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    paths.is_empty() || paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)) || !plain_file(p))
 }
 
 /// Adds watches on the directories of the configured files, as given and
@@ -252,6 +280,24 @@ mod tests {
         assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
         assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn other_files_in_a_plugins_directory_are_not_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("auth.wasm"), "x").unwrap();
+        std::fs::write(path("spawner.log"), "a line").unwrap();
+        std::fs::create_dir(path("..2026_12_01")).unwrap();
+        std::os::unix::fs::symlink("..2026_12_01", path("..data")).unwrap();
+        let names: HashSet<OsString> = ["auth.wasm".into(), "settings.json".into()].into();
+        let concerns = |n: &str| concerns_plugins(&[path(n)], &names);
+        assert!(concerns("auth.wasm"), "the plugin itself");
+        assert!(concerns("settings.json"), "its settings, even before they exist");
+        assert!(!concerns("spawner.log"), "a log written beside it");
+        assert!(concerns("..2026_12_01") && concerns("..data"), "a ConfigMap volume's swap");
+        assert!(concerns("auth.wasm.tmp~gone"), "a file renamed away (an editor's save)");
+        assert!(concerns_plugins(&[], &names), "an event that names nothing (a rescan)");
     }
 
     #[test]
