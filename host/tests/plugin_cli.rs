@@ -156,6 +156,16 @@ fn run_prints_the_decision_for_a_minted_token() {
     assert!(out.status.success(), "{}", text(&out));
     let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
+    // The cookie as the proxy names it under host routing over HTTPS.
+    let cookie = serde_json::json!({
+        "request": {"method": "GET", "path": "/", "query": null, "headers": [{"name": "cookie", "value": format!("theme=dark; __Host-spawner-token={token}")}], "peer": "127.0.0.1:1", "websocket": false},
+        "backend": {"name": "doc-42", "key": null, "owner": "alice", "labels": []},
+        "now": now,
+    })
+    .to_string();
+    let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &cookie, "--token-secret", secret]);
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
 
     // An edited sample: its pre-verified credential would let anyone in.
     // With --token-secret, the token in its header is what counts, as in

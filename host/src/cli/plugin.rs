@@ -353,7 +353,18 @@ impl AuthInput {
     /// and a token put in its header would otherwise go unread). Without
     /// one, the input's credentials, else the tokens found, unverified.
     fn into_request(self, key: Option<&TokenKey>) -> AuthRequest {
-        let found = || credentials::find(&self.request, &TokenNames::default(), key, &self.backend.name);
+        let found = || {
+            // Under host routing over HTTPS the proxy's cookie is named
+            // `__Host-` + the name (`ProxySettings::new`): a request copied
+            // from such a browser carries that one, which the proxy reads.
+            let names = TokenNames::default();
+            let host = TokenNames { cookie: format!("{}{}", crate::proxy::HOST_COOKIE_PREFIX, names.cookie), ..names.clone() };
+            let with_host = credentials::find(&self.request, &host, key, &self.backend.name);
+            match with_host.iter().any(|c| c.source == crate::plugins::types::CredentialSource::Cookie) {
+                true => with_host,
+                false => credentials::find(&self.request, &names, key, &self.backend.name),
+            }
+        };
         let credentials = match (self.credentials.clone(), key) {
             (Some(given), Some(_)) => {
                 eprintln!(
