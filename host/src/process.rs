@@ -17,11 +17,13 @@
 //! behind: at once when it exited on its own, and after the rest of the
 //! stop timeout when it exited while being stopped (a wrapper script dies
 //! on SIGTERM at once; the server it started may need that time to save
-//! its state). If Spawner itself dies without stopping its backends, the
-//! [`Reaper`] stops them.
+//! its state). A process it started that left the group (`setsid`, a
+//! daemon) is killed then too ([`strays`]). If Spawner itself dies without
+//! stopping its backends, the [`Reaper`] stops their groups.
 
 mod group;
 pub mod logs;
+mod strays;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
@@ -295,6 +297,7 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     let exit_tx = tx.clone();
     let stop_by = Arc::new(Mutex::new(None));
     let stopping = stop_by.clone();
+    let name = id.name.clone();
     tokio::spawn(async move {
         let code = match child.wait().await {
             Ok(status) => {
@@ -308,6 +311,14 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
             group::wait_empty(pid, deadline).await;
         }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let marker = format!("SPAWNER_BACKEND_NAME={name}");
+        let strays = tokio::task::spawn_blocking(move || strays::kill_marked(&marker)).await.unwrap_or(0);
+        if strays > 0 {
+            tracing::warn!(
+                backend = %name, processes = strays,
+                "the backend had started processes outside its process group (setsid, a daemon); they were killed with it"
+            );
+        }
         if let Some(r) = reaper {
             r.forget(pid);
         }

@@ -555,6 +555,26 @@ async fn a_stopped_backends_whole_group_gets_the_stop_timeout() {
     assert!(backend_pids(&name).is_empty(), "nothing of it is left");
 }
 
+/// A process the backend started in a session of its own (`setsid`, as a
+/// daemon does) is out of its process group, which stopping signals: it
+/// is killed once the backend ends, not left running for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_left_the_backends_group_ends_with_it() {
+    let config = format!(
+        "{FAST}\n[templates.daemonizing]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec python3 -m http.server $PORT --bind 127.0.0.1\"]\n"
+    );
+    let dev = Dev::start(&config, &[]);
+    let (name, _) = dev.create_ok(json!({"template": "daemonizing"})).await;
+    dev.wait_ready(&name).await;
+    let pids = backend_pids(&name);
+    assert_eq!(pids.len(), 2, "the server and the daemon: {pids:?}");
+    let r = dev.http.delete(format!("{}/api/v1/backends/{name}", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    dev.wait_phase(&name, "terminated").await;
+    assert!(backend_pids(&name).is_empty(), "{:?} still running", backend_pids(&name));
+    assert!(dev.log_text().contains("outside its process group"), "{}", dev.log_text());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_leaves_no_backend_running() {
     let (mut dev, names) = dev_with_backends().await;
