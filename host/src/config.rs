@@ -429,6 +429,10 @@ pub fn public_url_arg(url: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("names no host (got {url})"));
     }
+    // Not echoed: what is before the `@` is a user and password.
+    if host.contains('@') {
+        return Err("must not hold a user or password (user:password@): browsers are handed this URL".into());
+    }
     if host.contains(['/', '?', '#']) {
         return Err(format!(
             "must be an origin such as https://apps.example.com, with no path (got {url}): Spawner serves /api/ and /p/ at the root of its host"
@@ -641,7 +645,7 @@ impl Config {
         if let Some(t) = &self.api_token
             && t.expose().len() < 16
         {
-            return bad("api-token must be at least 16 characters (try `openssl rand -hex 32`)".into());
+            return bad("api-token must be at least 16 bytes (try `openssl rand -hex 32`)".into());
         }
         if let Some(s) = &self.token_secret
             && s.expose().len() < crate::token::MIN_SECRET_BYTES

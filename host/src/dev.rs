@@ -189,10 +189,13 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     if let Some(u) = &args.public_url {
         c.public_url = Some(u.clone());
     }
-    if let Some(t) = &args.api_token {
+    // An empty value (`SPAWNER_API_TOKEN=` from a variable that was not
+    // set) gives none, as `spawner proxy` reads it: off loopback Spawner
+    // still refuses to start without a token.
+    if let Some(t) = args.api_token.as_ref().filter(|t| !t.expose().is_empty()) {
         c.api_token = Some(t.clone());
     }
-    if let Some(t) = &args.token_secret {
+    if let Some(t) = args.token_secret.as_ref().filter(|t| !t.expose().is_empty()) {
         c.token_secret = Some(t.clone());
     }
     let previous = crate::config::listed_secrets(&args.previous_token_secrets);

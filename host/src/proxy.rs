@@ -262,7 +262,15 @@ impl Proxy {
 
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let response = self.handle_inner(req, peer).await;
+        // Whatever the answer to a URL that carries a token (an unknown or
+        // ended backend's page too), the page it shows sends no Referer
+        // with it.
+        let token_in_url =
+            req.uri().query().is_some_and(|q| headers::take_query_param(Some(q), &self.settings.tokens.query_param).1.is_some());
+        let mut response = self.handle_inner(req, peer).await;
+        if token_in_url {
+            response.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        }
         let class = match response.status().as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",

@@ -48,6 +48,36 @@ pub const MAX_TTL_SECONDS: u64 = 30 * 86_400;
 /// Token lifetimes accepted, in the configuration and in API requests.
 pub const TTL_SECONDS: std::ops::RangeInclusive<u64> = 1..=MAX_TTL_SECONDS;
 
+/// Characters of a signature: base64url of an HMAC-SHA256 (32 bytes).
+const SIGNATURE_CHARS: usize = 43;
+
+/// Fewest characters of a payload: base64url of the shortest claims
+/// (`{"b":"x","iat":0,"exp":0}`).
+const MIN_PAYLOAD_CHARS: usize = 32;
+
+/// Whether `text` holds something shaped like a token anywhere in it
+/// (`st1.`, a payload, `.`, a signature, each part whole), valid or not:
+/// what the proxy keeps from backends however it was sent (a cookie or
+/// parameter of any name, any `Authorization` form), since some server
+/// would read it. The shape is exact enough that an application's own
+/// values (`st1.example.com`, a JWT) do not match.
+pub fn shaped_in(text: &str) -> bool {
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    let bytes = text.as_bytes();
+    let run = |from: usize| bytes[from..].iter().take_while(|c| b64(**c)).count();
+    text.match_indices(PREFIX).any(|(at, _)| {
+        let starts_a_word = at == 0 || !b64(bytes[at - 1]);
+        let payload_at = at + PREFIX.len();
+        let payload = run(payload_at);
+        let sig_at = payload_at + payload + 1;
+        starts_a_word
+            && payload >= MIN_PAYLOAD_CHARS
+            && bytes.get(sig_at - 1) == Some(&b'.')
+            && run(sig_at) == SIGNATURE_CHARS
+            && bytes.get(sig_at + SIGNATURE_CHARS).is_none_or(|c| *c != b'.')
+    })
+}
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -220,6 +250,35 @@ mod tests {
         assert_eq!(c, Claims { backend: "b-1".into(), subject: Some("alice".into()), issued_at: 100, expires_at: 200, object: None });
         let for_object = k.verify(&k.mint_for("b-1", Some("uid-7"), None, 100, 200)).unwrap();
         assert_eq!(for_object.object.as_deref(), Some("uid-7"));
+    }
+
+    #[test]
+    fn a_token_is_seen_in_any_text_and_an_applications_values_are_not() {
+        let k = key("0123456789abcdef-secret");
+        let shortest = k.mint("x", None, 0, 0);
+        let t = k.mint_for("doc-42", Some("9f8e7d6c-uid"), Some("alice"), 1_700_000_000, 1_700_003_600);
+        for text in [
+            shortest.clone(),
+            t.clone(),
+            format!("Bearer\u{a0}{t}"),
+            format!("a=1 spawner-token={t}"),
+            format!("Digest username=\"{t}\""),
+            format!("x=1;token={t}&y=2"),
+            format!("{t},"),
+        ] {
+            assert!(shaped_in(&text), "{text}");
+        }
+        for text in [
+            "st1.example.com",
+            "Digest username=\"st1.alice\", realm=\"st1.example.com\"",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "st1.abc.def",
+        ] {
+            assert!(!shaped_in(text), "{text}");
+        }
+        assert!(!shaped_in(&format!("x{t}")), "inside a longer word");
+        assert!(!shaped_in(&format!("{t}.more")), "a longer dotted value");
+        assert!(!shaped_in(&t[..t.len() - 1]), "a cut signature");
     }
 
     #[test]

@@ -432,6 +432,14 @@ async fn off_loopback_the_api_requires_its_token() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
+    // An empty one (a variable that was not set, passed on) is none.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["dev", "--listen", "0.0.0.0:0", "--config", cfg.to_str().unwrap()])
+        .env("SPAWNER_API_TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // With one, calls must present it.
     let token = "api-token-0123456789abcdef";
@@ -522,4 +530,31 @@ async fn the_port_warning_is_for_a_started_backend_and_refusals_are_not_a_flood(
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(warnings[0].contains(&name), "{}", warnings[0]);
     assert_eq!(log.matches("create refused for capacity").count(), 1, "{log}");
+}
+
+/// A mistake in the config file stops Spawner with the line and what is
+/// wrong, and without the secrets written there: the error is logged.
+#[test]
+fn a_config_mistake_is_said_without_the_secrets_on_its_line() {
+    let secret = "c2VjcmV0LXZhbHVlLTAxMjM0NTY3ODk=";
+    let dir = tempfile::tempdir().unwrap();
+    for (file, says) in [
+        (format!("apitoken = \"{secret}\"\n"), "unknown field `apitoken`"),
+        (format!("api-token = {secret}\n"), "TOML parse error at line 1"),
+        (format!("previous-token-secrets = \"{secret}\"\n"), "invalid type: a string, expected a sequence"),
+        (format!("public-url = \"https://me:{secret}@example.com\"\n"), "must not hold a user or password"),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, &file).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--config", cfg.to_str().unwrap()])
+            .env("SPAWNER_LOG_FORMAT", "json")
+            .env_remove("SPAWNER_API_TOKEN")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: {said}");
+        assert!(said.contains(says), "{file}: {said}");
+        assert!(!said.contains(&secret[..12]), "{file}: the secret is shown: {said}");
+    }
 }

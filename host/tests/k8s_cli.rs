@@ -83,7 +83,7 @@ fn a_short_api_token_is_refused_before_anything_starts() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--api-token must be at least 16 characters"), "{stderr}");
+    assert!(stderr.contains("--api-token must be at least 16 bytes"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,6 +89,9 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     let r = dev.http.get(format!("{}/p/{name}/api/stats?token={}", dev.base, expired.trim())).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers().get("referrer-policy").map(|v| v.to_str().unwrap()), Some("no-referrer"));
+    let r = dev.http.get(format!("{}/p/no-such-backend/?token={}", dev.base, expired.trim())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers().get("referrer-policy").map(|v| v.to_str().unwrap()), Some("no-referrer"), "any answer at a token URL");
     // A client-sent identity header does not help either.
     let spoof = dev.http.get(format!("{}/p/{name}/api/stats", dev.base)).header("x-spawner-user", "admin").send().await.unwrap();
     assert_eq!(spoof.status(), 401);

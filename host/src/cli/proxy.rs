@@ -53,7 +53,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_FORWARDED_PROTO", value_enum, default_value_t = crate::config::Scheme::Http)]
     pub forwarded_proto: crate::config::Scheme,
     /// Serve the REST API under /api/, for callers presenting this bearer
-    /// token (at least 16 characters). Without it, the API is off.
+    /// token (at least 16 bytes). Without it, the API is off.
     #[arg(long, env = "SPAWNER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<Secret>,
     /// This proxy's address as browsers reach it, for the URLs the API
@@ -88,7 +88,7 @@ pub struct ProxyArgs {
     /// Lease sweeps, asking the others for their activity first.
     #[arg(long, env = "SPAWNER_PEER_SELECTOR")]
     pub peer_selector: Option<String>,
-    /// The token replicas present to each other (at least 16 characters).
+    /// The token replicas present to each other (at least 16 bytes).
     #[arg(long, env = "SPAWNER_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<Secret>,
     /// Where this replica answers the others (not exposed by the Service).
@@ -159,7 +159,7 @@ fn replicas(args: &ProxyArgs) -> anyhow::Result<Option<Replicas>> {
     let Some(selector) = args.peer_selector.clone() else { return Ok(None) };
     let token = match &args.peer_token {
         Some(t) if t.expose().len() >= 16 => t.clone(),
-        _ => anyhow::bail!("--peer-selector needs --peer-token (SPAWNER_PEER_TOKEN), at least 16 characters, the same on every replica"),
+        _ => anyhow::bail!("--peer-selector needs --peer-token (SPAWNER_PEER_TOKEN), at least 16 bytes, the same on every replica"),
     };
     let Some(identity) = args.identity.clone() else {
         anyhow::bail!("--peer-selector needs --identity (POD_NAME): this replica's Pod name, so it does not ask itself");
@@ -188,7 +188,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let proxy = args.proxy_config()?;
     let replicas = replicas(&args)?;
     let api = match args.api_token.clone().filter(|t| !t.expose().is_empty()) {
-        Some(t) if t.expose().len() < 16 => anyhow::bail!("--api-token must be at least 16 characters (try `openssl rand -hex 32`)"),
+        Some(t) if t.expose().len() < 16 => anyhow::bail!("--api-token must be at least 16 bytes (try `openssl rand -hex 32`)"),
         Some(t) => {
             if !crate::token::TTL_SECONDS.contains(&args.token_ttl_seconds) {
                 anyhow::bail!(

@@ -49,8 +49,15 @@ enum In {
 fn masked(text: &str, from: usize, to: usize) -> String {
     let mut out = String::new();
     let mut state = In::Code;
+    // Open `{` and `[` of values (across lines: arrays and, in TOML 1.1,
+    // inline tables may span several).
+    let mut open: Vec<char> = Vec::new();
     let mut header = false;
     let mut at_line_start = true;
+    // Where a key may stand: a line's start outside any value, after an
+    // inline table's `{` or `,`. A word is shown only there, and only if
+    // `=` follows it: a value is never taken for a key (`c2Vj…==` is one).
+    let mut key_place = true;
     let mut chars = text[..to].char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         let rest = &text[i..to];
@@ -61,7 +68,12 @@ fn masked(text: &str, from: usize, to: usize) -> String {
         match state {
             In::Code => {
                 if at_line_start && !c.is_whitespace() {
-                    header = c == '[';
+                    header = c == '[' && open.is_empty();
+                    key_place = match open.last() {
+                        None => !header,
+                        Some('{') => key_place,
+                        Some(_) => false,
+                    };
                     at_line_start = false;
                 }
                 plain = true;
@@ -70,7 +82,18 @@ fn masked(text: &str, from: usize, to: usize) -> String {
                     '"' => state = In::Basic,
                     '\'' => state = In::Literal,
                     '#' => state = In::Comment,
-                    _ => plain = header || !is_word(c) || is_key(rest),
+                    _ if header => {}
+                    '=' => key_place = false,
+                    '{' | '[' => {
+                        open.push(c);
+                        key_place = c == '{';
+                    }
+                    '}' | ']' => {
+                        open.pop();
+                        key_place = false;
+                    }
+                    ',' => key_place = open.last() == Some(&'{'),
+                    _ => plain = !is_word(c) || (key_place && is_key(rest)),
                 }
             }
             In::Basic | In::MultiBasic if c == '\\' => with = usize::from(chars.peek().is_some_and(|(_, n)| *n != '\n')),
@@ -116,27 +139,32 @@ fn is_key(rest: &str) -> bool {
     after.trim_start_matches([' ', '\t']).starts_with('=')
 }
 
-/// `message` with serde's quoted strings (`string "…"`, Rust's escapes
-/// inside) said as `a string`.
+/// `message` with the values serde quotes said by their kind: `string
+/// "…"` (Rust's escapes inside) as `a string`, ``integer `…` `` as `an
+/// integer`, and so on. Field and variant names stay: they are the file's
+/// keys and the choices Spawner offers.
 fn without_quoted_strings(message: &str) -> String {
-    const QUOTED: &str = "string \"";
+    const VALUES: [(&str, char, &str); 5] = [
+        ("string \"", '"', "a string"),
+        ("integer `", '`', "an integer"),
+        ("floating point `", '`', "a number"),
+        ("character `", '`', "a character"),
+        ("boolean `", '`', "a boolean"),
+    ];
     let mut out = String::new();
     let mut rest = message;
-    while let Some(at) = rest.find(QUOTED) {
+    while let Some((at, (opening, close, said))) = VALUES.iter().filter_map(|v| rest.find(v.0).map(|at| (at, v))).min_by_key(|(at, _)| *at)
+    {
         out.push_str(&rest[..at]);
-        out.push_str("a string");
-        let mut inside = rest[at + QUOTED.len()..].char_indices();
+        out.push_str(said);
+        let mut inside = rest[at + opening.len()..].char_indices();
         let mut end = None;
         while let Some((i, c)) = inside.next() {
-            match c {
-                '\\' => {
-                    inside.next();
-                }
-                '"' => {
-                    end = Some(at + QUOTED.len() + i + 1);
-                    break;
-                }
-                _ => {}
+            if c == '\\' && *close == '"' {
+                inside.next();
+            } else if c == *close {
+                end = Some(at + opening.len() + i + 1);
+                break;
             }
         }
         rest = end.map_or("", |e| &rest[e..]);
@@ -170,6 +198,13 @@ mod tests {
             format!("[plugins.auth]\nsettings = {{ secret = \"{SECRET}\", owner-only = tru }}\n"),
             format!("[templates.a]\ncommand = \"x\"\nenv = {{ KEY = \"\"\"\n{SECRET}\n\"\"\" }}\nbogus = 1\n"),
             format!("api-token = \"\"\"{SECRET}\n{SECRET}\"\"\" x\n"),
+            // Bare values: never taken for keys, whatever follows them.
+            format!("api-token = {SECRET}==\n"),
+            format!("[templates.a]\ncommand = \"x\"\nenv.DB_PASS = {SECRET}=more\n"),
+            "[templates.a]\ncommand = \"x\"\nenv = { DB_PASSWORD = 90123456789 }\n".to_string(),
+            format!("previous-token-secrets = [\n  [{SECRET}]],\n]\n"),
+            format!("[plugins.auth]\nsettings = {{ a = 1, b = {SECRET}= }}\n"),
+            format!("api-token = \"{SECRET}\"\r\nbogus = 1\r\n"),
         ] {
             let e = error_for(&text);
             assert!(!e.contains("S3CRET") && !e.contains("0123456789"), "{text:?} gave:\n{e}");
@@ -195,5 +230,13 @@ mod tests {
         assert_eq!(without_quoted_strings(r#"x string "a" and string "b" y"#), "x a string and a string y");
         assert_eq!(without_quoted_strings(r#"cut string "abc"#), "cut a string");
         assert_eq!(without_quoted_strings("unknown field `apitoken`"), "unknown field `apitoken`");
+        assert_eq!(
+            without_quoted_strings("invalid type: integer `83927461`, expected a string"),
+            "invalid type: an integer, expected a string"
+        );
+        assert_eq!(
+            without_quoted_strings("unknown variant `htps`, expected `http` or `https`"),
+            "unknown variant `htps`, expected `http` or `https`"
+        );
     }
 }

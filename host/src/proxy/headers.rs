@@ -13,10 +13,11 @@
 //!   `HTTP_X_SPAWNER_USER`, and would take the client's for the proxy's;
 //! - Spawner's credentials are removed before the backend sees the request:
 //!   the token query parameter, the token cookie (its name read as loosely
-//!   as any server reads it), and an `Authorization` header that holds a
-//!   capability token (`st1.…`) in any scheme or list, or the API's own
-//!   token (other `Authorization` values are the application's own and pass
-//!   through).
+//!   as any server reads it), a `Bearer st1.…` header, anything shaped like
+//!   a capability token wherever it is sent (another parameter or cookie,
+//!   any `Authorization` form: [`crate::token::shaped_in`]), and an
+//!   `Authorization` header that holds the API's own token. Other
+//!   `Authorization` values are the application's own and pass through.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -127,11 +128,13 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str, api_token: Option<&Sec
     // Bytes, not `to_str`: a cookie value may hold UTF-8 (a page's
     // `document.cookie = "city=Zürich"`), and the application's cookies
     // pass whatever they hold. Token cookie names hold no `=`, so the
-    // first one ends the name. Whitespace around a name, and pairs joined
-    // by `,` (RFC 2965's separator), are read by some servers' parsers
-    // (Go's, Python's, npm's `cookie`), so the token goes in those forms too.
+    // first one ends the name. Some servers read names loosely (trimmed,
+    // in any case, pairs joined by RFC 2965's `,`), so the cookie goes in
+    // those forms too; and a token goes under any name (Python's
+    // `SimpleCookie` reads `a=1 spawner-token=…` as two cookies).
     let token = |c: &[u8]| {
         c.split(|b| *b == b',').any(|c| c.iter().position(|b| *b == b'=').is_some_and(|eq| is_token_cookie(c[..eq].trim_ascii(), cookie)))
+            || crate::token::shaped_in(&String::from_utf8_lossy(c))
     };
     let kept: Vec<&[u8]> = cookies
         .iter()
@@ -146,22 +149,30 @@ pub fn strip_credentials(h: &mut HeaderMap, cookie: &str, api_token: Option<&Sec
     }
 }
 
-/// Whether an `Authorization` value holds one of Spawner's credentials, in
-/// any form a server might read one from: a word (between spaces, tabs,
-/// commas or quotes) that is a capability token (`Bearer st1.…`, but also
-/// `Token st1.…`, `Bearer<TAB>st1.…` or `Basic x, Bearer st1.…`), or is
-/// the API token (a server relaying a browser's requests with it added
-/// must not hand it to backends, which could then use the whole API). Read
-/// as the plugin's view of the request is (`for_plugin`), so any value the
-/// credential search reads a token from goes.
+/// Whether an `Authorization` value holds one of Spawner's credentials:
+/// the bearer token the credential search reads (`Bearer st1.…`), read as
+/// the plugin's view of the request is (`for_plugin`); a capability token
+/// in any other form ([`crate::token::shaped_in`]: `Token st1.…`, a
+/// no-break space, a list); or the API token, as the API reads it or as a
+/// word of the value (a server relaying a browser's requests with it added
+/// must not hand it to backends, which could then use the whole API).
 fn holds_a_credential(value: &HeaderValue, api_token: Option<&Secret>) -> bool {
     let value = String::from_utf8_lossy(value.as_bytes());
-    value.split(|c: char| c.is_whitespace() || c == ',' || c == '"').filter(|w| !w.is_empty()).any(|word| {
-        word.starts_with(TOKEN_PREFIX)
-            || word.split_once('=').is_some_and(|(_, v)| v.starts_with(TOKEN_PREFIX))
-            || api_token.is_some_and(|t| t.is(word))
-    })
+    let bearer = credentials::bearer(&value);
+    if bearer.is_some_and(|t| t.starts_with(TOKEN_PREFIX)) || crate::token::shaped_in(&value) {
+        return true;
+    }
+    let Some(api_token) = api_token else { return false };
+    // Words between spaces (any), commas, quotes and semicolons, and what
+    // follows a word's `=` (`token=…`); a bounded number, as each is
+    // hashed to be compared.
+    let words = value.split(|c: char| c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ';')).filter(|w| !w.is_empty());
+    let candidates = bearer.into_iter().chain(words.flat_map(|w| [Some(w), w.split_once('=').map(|(_, v)| v)]).flatten());
+    candidates.take(MAX_API_TOKEN_CANDIDATES).any(|c| api_token.is(c))
 }
+
+/// Parts of one `Authorization` value compared with the API token, at most.
+const MAX_API_TOKEN_CANDIDATES: usize = 64;
 
 /// Removes a backend's `Set-Cookie` headers that would set Spawner's token
 /// cookie: the browser's credential is the proxy's to set, and a backend
@@ -178,12 +189,16 @@ pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
 }
 
 /// Whether `name` is the token cookie's, `cookie`, with or without the
-/// `__Host-` prefix (which the proxy adds under host routing over HTTPS):
-/// neither form reaches a backend, or is set by one.
+/// `__Host-` prefix (which the proxy adds under host routing over HTTPS),
+/// in any case (some servers read names so): no form reaches a backend, or
+/// is set by one.
 fn is_token_cookie(name: &[u8], cookie: &str) -> bool {
-    let prefix = super::HOST_COOKIE_PREFIX.as_bytes();
-    let base = cookie.as_bytes().strip_prefix(prefix).unwrap_or(cookie.as_bytes());
-    name.strip_prefix(prefix).unwrap_or(name) == base
+    let unprefixed = |n: &[u8]| {
+        let n = n.to_ascii_lowercase();
+        let prefix = super::HOST_COOKIE_PREFIX.to_ascii_lowercase();
+        n.strip_prefix(prefix.as_bytes()).map(<[u8]>::to_vec).unwrap_or(n)
+    };
+    unprefixed(name) == unprefixed(cookie.as_bytes())
 }
 
 /// Removes the values of header `name` that are `unwanted`, keeping the
@@ -207,7 +222,7 @@ pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Opt
         .split('&')
         .filter(|pair| {
             let (k, v) = credentials::split_pair(pair);
-            if k == name {
+            if k == name || crate::token::shaped_in(pair) {
                 value.get_or_insert_with(|| v.to_string());
                 false
             } else {
@@ -462,35 +477,72 @@ mod tests {
     #[test]
     fn credentials_in_forms_servers_read_go_too() {
         let api = Secret::from("api-token-0123456789abcdef");
+        let key = crate::token::TokenKey::new(b"headers-test-secret-0123").unwrap();
+        let t = key.mint("doc-42", Some("alice"), 1_700_000_000, 1_700_003_600);
         let kept = |pairs: &[(&str, &str)], name: &str| {
-            let mut h = map(pairs);
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_bytes(v.as_bytes()).unwrap());
+            }
             strip_credentials(&mut h, "spawner-token", Some(&api));
-            h.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>()
+            h.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>()
         };
         for auth in [
-            "Bearer\tst1.abc.def",
-            "Basic dXNlcjpwdw==, Bearer st1.abc.def",
-            "Token st1.abc.def",
-            "Bearer \"st1.abc.def\"",
-            "Token token=st1.abc.def",
-            "bearer  st1.abc.def",
+            format!("Bearer\t{t}"),
+            format!("Bearer\u{a0}{t}"),
+            format!("Basic dXNlcjpwdw==, Bearer {t}"),
+            format!("Token {t}"),
+            format!("Bearer \"{t}\""),
+            format!("Token token={t}"),
+            format!("bearer  {t}"),
+            // What the credential search reads, valid or not.
+            "Bearer st1.abc.def".into(),
             // Spawner's API token, from a server relaying a browser's
-            // headers with it added: backends must never see it.
-            "Bearer api-token-0123456789abcdef",
-            "Bearer\tapi-token-0123456789abcdef",
+            // headers with it added: backends must never see it, in any
+            // form the API or a server reads it.
+            "Bearer api-token-0123456789abcdef".into(),
+            "Bearer\tapi-token-0123456789abcdef".into(),
+            "Bearer token=api-token-0123456789abcdef".into(),
+            "Bearer api-token-0123456789abcdef;".into(),
+            "Bearer 'api-token-0123456789abcdef'".into(),
         ] {
-            assert!(kept(&[("authorization", auth)], "authorization").is_empty(), "{auth:?} is taken out");
+            assert!(kept(&[("authorization", &auth)], "authorization").is_empty(), "{auth:?} is taken out");
         }
-        for auth in ["Basic dXNlcjpwdw==", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "Bearer api-token-0123456789abcdeX", "Bearer xst1.abc"] {
+        let spaced = Secret::from("correct horse battery staple");
+        let mut h = map(&[("authorization", "Bearer correct horse battery staple")]);
+        strip_credentials(&mut h, "spawner-token", Some(&spaced));
+        assert!(h.is_empty(), "an API token with spaces, as the API reads it");
+        for auth in [
+            "Basic dXNlcjpwdw==",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig",
+            "Bearer api-token-0123456789abcdeX",
+            "Token xst1.abc",
+            "Digest username=\"st1.alice\", realm=\"st1.example.com\", nonce=\"x\"",
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+        ] {
             assert_eq!(kept(&[("authorization", auth)], "authorization"), [auth], "the application's own {auth:?} stays");
         }
-        for cookie in
-            ["spawner-token =st1.x.y; a=1", "a=1; spawner-token\t=st1.x.y", "a=1, spawner-token=st1.x.y", "a=1;spawner-token=st1.x.y"]
-        {
-            let left = kept(&[("cookie", cookie)], "cookie");
+        for cookie in [
+            format!("spawner-token ={t}; a=1"),
+            format!("a=1; spawner-token\t={t}"),
+            format!("a=1, spawner-token={t}"),
+            format!("a=1;spawner-token={t}"),
+            format!("a=1 spawner-token={t}"),
+            format!("a=1; \u{a0}spawner-token={t}"),
+            format!("a=1; Spawner-Token={t}"),
+            format!("a=1; my-copy={t}"),
+        ] {
+            let left = kept(&[("cookie", &cookie)], "cookie");
             assert!(left.iter().all(|c| !c.contains("st1.")), "{cookie:?} left {left:?}");
         }
         assert_eq!(kept(&[("cookie", "a=1, b=2; spawner-token-ish=3")], "cookie"), ["a=1, b=2; spawner-token-ish=3"]);
+        // Parameters: the token's, and a token under any other name.
+        for query in [format!("x=1&token={t}"), format!("x=1&%74oken={t}"), format!("x=1&Token={t}")] {
+            let (clean, _) = take_query_param(Some(&query), "token");
+            assert_eq!(clean.as_deref(), Some("x=1"), "{query}");
+        }
+        // Split on `&` only: a pair holding a token goes whole.
+        assert_eq!(take_query_param(Some(&format!("x=1;token={t}&y=2")), "token").0.as_deref(), Some("y=2"));
     }
 
     #[test]
