@@ -69,8 +69,9 @@ fn printable(line: &str) -> String {
 /// ("expected a whole number, 0 or more").
 pub fn plain_types(text: &str) -> String {
     let mut text = text.to_string();
-    // An integer is an invalid i64 only when it is too large for one.
-    if text.contains("invalid value: integer") {
+    // An integer is an invalid i64 only when it is too large for one (the
+    // config file's errors say the integer by its kind, not its digits).
+    if text.contains("invalid value: integer") || text.contains("invalid value: an integer") {
         text = text.replace("expected i64", "expected a whole number up to 9223372036854775807");
         text = text.replace("expected u32", "expected a whole number from 0 to 4294967295");
     }
