@@ -422,16 +422,16 @@ impl Template {
 /// Spawner serves `/api/` and `/p/` at the root of its host. Returns it
 /// without a trailing `/`. Also a clap value parser.
 pub fn public_url_arg(url: &str) -> Result<String, String> {
+    // First, and not echoed: what is before the `@` is a user and password.
+    if url.contains('@') {
+        return Err("must not hold a user or password (user:password@): browsers are handed this URL".into());
+    }
     let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
         return Err(format!("must start with http:// or https:// (got {url})"));
     };
     let host = rest.trim_end_matches('/');
     if host.is_empty() {
         return Err(format!("names no host (got {url})"));
-    }
-    // Not echoed: what is before the `@` is a user and password.
-    if host.contains('@') {
-        return Err("must not hold a user or password (user:password@): browsers are handed this URL".into());
     }
     if host.contains(['/', '?', '#']) {
         return Err(format!(

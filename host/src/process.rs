@@ -311,8 +311,7 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
             group::wait_empty(pid, deadline).await;
         }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        let marker = format!("SPAWNER_BACKEND_NAME={name}");
-        let strays = tokio::task::spawn_blocking(move || strays::kill_marked(&marker)).await.unwrap_or(0);
+        let strays = strays::kill_marked(format!("SPAWNER_BACKEND_NAME={name}"), pid).await;
         if strays > 0 {
             tracing::warn!(
                 backend = %name, processes = strays,

@@ -69,10 +69,13 @@ pub fn spawn(
     if kinds.is_empty() {
         return Ok(None);
     }
-    let names = file_names(&config);
+    // Where the files lead may change (a symlink re-pointed), so the names
+    // are looked up again whenever the watched directories are.
+    let names = Arc::new(Mutex::new(file_names(&config)));
+    let seen = names.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| changes_content(&e.kind) && concerns_plugins(&e.paths, &names)) {
+        if event.is_ok_and(|e| changes_content(&e.kind) && concerns_plugins(&e.paths, &seen.lock().expect("names lock"))) {
             let _ = tx.send(());
         }
     })?;
@@ -100,6 +103,7 @@ pub fn spawn(
             {
                 tracing::warn!(error = %e, "cannot watch where the plugin files lead now; changes there may be missed");
             }
+            *names.lock().expect("names lock") = file_names(&config);
             let mut retry = false;
             for &kind in &kinds {
                 let source = match source(&config, kind) {
@@ -298,6 +302,19 @@ mod tests {
         assert!(concerns("..2026_12_01") && concerns("..data"), "a ConfigMap volume's swap");
         assert!(concerns("auth.wasm.tmp~gone"), "a file renamed away (an editor's save)");
         assert!(concerns_plugins(&[], &names), "an event that names nothing (a rescan)");
+    }
+
+    #[test]
+    fn the_names_that_count_follow_where_a_symlink_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("v2")).unwrap();
+        std::fs::write(dir.path().join("v2/auth-v2.wasm"), "x").unwrap();
+        let link = dir.path().join("auth.wasm");
+        std::os::unix::fs::symlink("v2/auth-v2.wasm", &link).unwrap();
+        let mut config = PluginsConfig::default();
+        config.slot_mut(PluginKind::Auth).file = Some(link);
+        let names = file_names(&config);
+        assert!(names.contains(&OsString::from("auth.wasm")) && names.contains(&OsString::from("auth-v2.wasm")), "{names:?}");
     }
 
     #[test]

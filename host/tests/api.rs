@@ -543,6 +543,7 @@ fn a_config_mistake_is_said_without_the_secrets_on_its_line() {
         (format!("api-token = {secret}\n"), "TOML parse error at line 1"),
         (format!("previous-token-secrets = \"{secret}\"\n"), "invalid type: a string, expected a sequence"),
         (format!("public-url = \"https://me:{secret}@example.com\"\n"), "must not hold a user or password"),
+        (format!("public-url = \"HTTPS://me:{secret}@example.com\"\n"), "must not hold a user or password"),
     ] {
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, &file).unwrap();

@@ -54,10 +54,15 @@ fn masked(text: &str, from: usize, to: usize) -> String {
     let mut open: Vec<char> = Vec::new();
     let mut header = false;
     let mut at_line_start = true;
-    // Where a key may stand: a line's start outside any value, after an
-    // inline table's `{` or `,`. A word is shown only there, and only if
-    // `=` follows it: a value is never taken for a key (`c2Vj…==` is one).
+    // Where a key may stand: a line's start outside any value (and not
+    // after a `=` still waiting for its value), after an inline table's
+    // `{` or `,`. A word is shown only there, and only if `=` follows it,
+    // decided at its first character: a value is never taken for a key
+    // (`c2Vj…==` is one).
     let mut key_place = true;
+    let mut awaiting_value = false;
+    // Whether the word under way is shown (`None` between words).
+    let mut word: Option<bool> = None;
     let mut chars = text[..to].char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         let rest = &text[i..to];
@@ -68,13 +73,17 @@ fn masked(text: &str, from: usize, to: usize) -> String {
         match state {
             In::Code => {
                 if at_line_start && !c.is_whitespace() {
-                    header = c == '[' && open.is_empty();
+                    header = c == '[' && open.is_empty() && !awaiting_value;
                     key_place = match open.last() {
-                        None => !header,
+                        None => !header && !awaiting_value,
                         Some('{') => key_place,
                         Some(_) => false,
                     };
                     at_line_start = false;
+                }
+                let structural = c.is_whitespace() || matches!(c, '=' | ',' | '{' | '}' | '[' | ']');
+                if !structural && c != '#' {
+                    awaiting_value = false;
                 }
                 plain = true;
                 match c {
@@ -82,8 +91,14 @@ fn masked(text: &str, from: usize, to: usize) -> String {
                     '"' => state = In::Basic,
                     '\'' => state = In::Literal,
                     '#' => state = In::Comment,
+                    // A header's name is shown; whatever follows it there is not.
+                    ']' if header => {
+                        if !rest.starts_with("]]") {
+                            (header, key_place) = (false, false);
+                        }
+                    }
                     _ if header => {}
-                    '=' => key_place = false,
+                    '=' => (key_place, awaiting_value) = (false, true),
                     '{' | '[' => {
                         open.push(c);
                         key_place = c == '{';
@@ -93,7 +108,14 @@ fn masked(text: &str, from: usize, to: usize) -> String {
                         key_place = false;
                     }
                     ',' => key_place = open.last() == Some(&'{'),
-                    _ => plain = !is_word(c) || (key_place && is_key(rest)),
+                    _ if c.is_whitespace() => {}
+                    // A word, or what is stuck to one (`a/b`, `a+b`), takes
+                    // the word's fate; anything else stuck to nothing is
+                    // masked.
+                    _ => plain = *word.get_or_insert_with(|| is_word(c) && key_place && is_key(rest)),
+                }
+                if structural || matches!(c, '"' | '\'' | '#') {
+                    word = None;
                 }
             }
             In::Basic | In::MultiBasic if c == '\\' => with = usize::from(chars.peek().is_some_and(|(_, n)| *n != '\n')),
@@ -141,11 +163,12 @@ fn is_key(rest: &str) -> bool {
 
 /// `message` with the values serde quotes said by their kind: `string
 /// "…"` (Rust's escapes inside) as `a string`, ``integer `…` `` as `an
-/// integer`, and so on. Field and variant names stay: they are the file's
-/// keys and the choices Spawner offers.
+/// integer`, and so on, an unknown variant without the value given. Field
+/// names stay (they are the file's keys), and the choices Spawner offers.
 fn without_quoted_strings(message: &str) -> String {
-    const VALUES: [(&str, char, &str); 5] = [
+    const VALUES: [(&str, char, &str); 6] = [
         ("string \"", '"', "a string"),
+        ("unknown variant `", '`', "unknown variant"),
         ("integer `", '`', "an integer"),
         ("floating point `", '`', "a number"),
         ("character `", '`', "a character"),
@@ -205,6 +228,11 @@ mod tests {
             format!("previous-token-secrets = [\n  [{SECRET}]],\n]\n"),
             format!("[plugins.auth]\nsettings = {{ a = 1, b = {SECRET}= }}\n"),
             format!("api-token = \"{SECRET}\"\r\nbogus = 1\r\n"),
+            format!("token-secret =\n  {SECRET}==\n"),
+            format!("api-token = a/{SECRET} = 1\n"),
+            format!("api-token = S3/{SECRET}\n"),
+            format!("[plugins.auth] x = {SECRET}\n"),
+            format!("[proxy]\nforwarded-proto = \"{SECRET}\"\n"),
         ] {
             let e = error_for(&text);
             assert!(!e.contains("S3CRET") && !e.contains("0123456789"), "{text:?} gave:\n{e}");
@@ -236,7 +264,7 @@ mod tests {
         );
         assert_eq!(
             without_quoted_strings("unknown variant `htps`, expected `http` or `https`"),
-            "unknown variant `htps`, expected `http` or `https`"
+            "unknown variant, expected `http` or `https`"
         );
     }
 }

@@ -4,79 +4,139 @@
 //! process it started, except one that made itself a group or session of
 //! its own (`setsid`, a daemon's double fork): that one would outlive its
 //! backend, and Spawner. Each backend's processes inherit its
-//! `SPAWNER_BACKEND_NAME` (names are never reused), so once the group is
-//! gone, what still carries the name is a stray, and is killed as the group
-//! was. `/proc` is read for it: each process's environment, so the cost
-//! grows with the machine's process count, once per backend that ends.
+//! `SPAWNER_BACKEND_NAME` (names are never reused), so once the group has
+//! been killed, what still carries the name outside the group is a stray,
+//! and is killed as the group was. Finding them reads every process's
+//! environment in `/proc`; backends that end together (Spawner stopping
+//! with hundreds) share one such scan.
+//!
+//! Not found: a process that replaced its environment (some servers write
+//! their title over it, as nginx and PostgreSQL do), or that made itself
+//! unreadable to Spawner's user.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::sync::oneshot;
 
 /// How long the strays are given to be gone after SIGKILL (the kernel
 /// takes them down asynchronously).
 const GONE_WITHIN: Duration = Duration::from_millis(500);
 
-/// Kills every live process whose environment holds `marker` (a
-/// `NAME=value` entry), Spawner's own excepted, and waits briefly for them
-/// to go. Returns how many there were.
-pub(super) fn kill_marked(marker: &str) -> usize {
-    let strays = marked(marker);
-    for pid in &strays {
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-    }
-    let until = Instant::now() + GONE_WITHIN;
-    while Instant::now() < until && strays.iter().any(|p| running(*p)) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    strays.len()
+/// One ended backend's question: its marker (a `NAME=value` environment
+/// entry), its process group (killed already: its members, still going,
+/// are not strays), and who waits for the count.
+struct Ask {
+    marker: Vec<u8>,
+    group: i32,
+    answer: oneshot::Sender<usize>,
 }
 
-/// Live (not zombie) processes whose environment holds `marker`.
-fn marked(marker: &str) -> Vec<i32> {
+/// Questions not yet taken by a scan, and whether a scan is running.
+static PENDING: Mutex<(Vec<Ask>, bool)> = Mutex::new((Vec::new(), false));
+
+/// Kills every live process outside process `group` whose environment
+/// holds `marker`, Spawner's own excepted, and waits briefly for them to
+/// go. Returns how many there were.
+pub(super) async fn kill_marked(marker: String, group: i32) -> usize {
+    let (answer, answered) = oneshot::channel();
+    let start = {
+        let mut pending = PENDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.0.push(Ask { marker: marker.into_bytes(), group, answer });
+        !std::mem::replace(&mut pending.1, true)
+    };
+    if start {
+        // Blocking: it reads /proc and sleeps while the strays go.
+        tokio::task::spawn_blocking(scan_while_asked);
+    }
+    answered.await.unwrap_or(0)
+}
+
+/// Answers what is pending, one `/proc` scan for all of it, until nothing
+/// is.
+fn scan_while_asked() {
+    loop {
+        let asks = {
+            let mut pending = PENDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if pending.0.is_empty() {
+                pending.1 = false;
+                return;
+            }
+            std::mem::take(&mut pending.0)
+        };
+        let found = marked(&asks);
+        for pid in found.iter().flatten() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let until = Instant::now() + GONE_WITHIN;
+        while Instant::now() < until && found.iter().flatten().any(|p| stat(*p).is_some()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (ask, strays) in asks.into_iter().zip(found) {
+            let _ = ask.answer.send(strays.len());
+        }
+    }
+}
+
+/// For each ask, the live (not zombie) processes outside its group whose
+/// environment holds its marker.
+fn marked(asks: &[Ask]) -> Vec<Vec<i32>> {
+    let mut found = vec![Vec::new(); asks.len()];
+    let by_marker: HashMap<&[u8], usize> = asks.iter().enumerate().map(|(i, a)| (&a.marker[..], i)).collect();
     let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            // Unreadable (another user's, or gone): not one of ours.
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|entry| entry == marker.as_bytes()))
-        })
-        .filter(|pid| running(*pid))
-        .collect()
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for pid in entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())) {
+        if pid == me {
+            continue;
+        }
+        // Unreadable (another user's, or gone): not one of ours.
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Some(i) = env.split(|b| *b == 0).find_map(|entry| by_marker.get(entry).copied()) else { continue };
+        if stat(pid).is_some_and(|group| group != asks[i].group) {
+            found[i].push(pid);
+        }
+    }
+    found
 }
 
-/// Whether `pid` exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_ascii_whitespace().next()).is_some_and(|s| !matches!(s, "Z" | "X" | "x"))
-    })
+/// The process group of `pid`, if it exists and is not a zombie.
+fn stat(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace();
+    let (state, _ppid, group) = (fields.next()?, fields.next()?, fields.next()?);
+    (!matches!(state, "Z" | "X" | "x")).then(|| group.parse().ok()).flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_process_that_left_its_group_is_found_by_its_marker_and_killed() {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_process_that_left_its_group_is_found_by_its_marker_and_killed() {
         use std::os::unix::process::CommandExt;
         let marker = format!("SPAWNER_BACKEND_NAME=strays-test-{}", std::process::id());
         let (name, value) = marker.split_once('=').unwrap();
-        // A session of its own, as `setsid` gives.
-        let mut child = std::process::Command::new("sleep").arg("30").env(name, value).process_group(0).spawn().unwrap();
+        // The backend's group, killed by then but for a member still going.
+        let mut member = std::process::Command::new("sleep").arg("30").env(name, value).process_group(0).spawn().unwrap();
+        let group = member.id() as i32;
+        // A group of its own, as `setsid` gives.
+        let mut stray = std::process::Command::new("sleep").arg("30").env(name, value).process_group(0).spawn().unwrap();
         let mut other = std::process::Command::new("sleep").arg("30").env(name, "another-backend").spawn().unwrap();
-        let pid = child.id() as i32;
-        assert_eq!(marked(&marker), [pid]);
         // Reaped here as a test's child; in Spawner, by whoever adopted it.
-        let reaper = std::thread::spawn(move || child.wait());
-        assert_eq!(kill_marked(&marker), 1);
-        assert!(reaper.join().unwrap().is_ok());
-        assert!(marked(&marker).is_empty(), "gone");
+        let reaper = std::thread::spawn(move || stray.wait());
+        // Asked twice at once: one scan may answer both.
+        let (first, second) = tokio::join!(kill_marked(marker.clone(), group), kill_marked("SPAWNER_BACKEND_NAME=none".into(), 0));
+        assert_eq!((first, second), (1, 0));
+        assert!(reaper.join().unwrap().is_ok(), "the stray was killed");
+        assert!(member.try_wait().unwrap().is_none(), "the group's member is the group kill's, not counted");
         assert!(other.try_wait().unwrap().is_none(), "another backend's process is left alone");
-        other.kill().unwrap();
-        other.wait().unwrap();
+        for mut p in [member, other] {
+            p.kill().unwrap();
+            p.wait().unwrap();
+        }
     }
 }

@@ -163,15 +163,22 @@ fn holds_a_credential(value: &HeaderValue, api_token: Option<&Secret>) -> bool {
         return true;
     }
     let Some(api_token) = api_token else { return false };
-    // Words between spaces (any), commas, quotes and semicolons, and what
-    // follows a word's `=` (`token=…`); a bounded number, as each is
-    // hashed to be compared.
-    let words = value.split(|c: char| c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ';')).filter(|w| !w.is_empty());
-    let candidates = bearer.into_iter().chain(words.flat_map(|w| [Some(w), w.split_once('=').map(|(_, v)| v)]).flatten());
-    candidates.take(MAX_API_TOKEN_CANDIDATES).any(|c| api_token.is(c))
+    // Words between spaces (any), punctuation and bytes that are not
+    // UTF-8, and what follows a word's `=` (`token=…`). Each is hashed to
+    // be compared, so there is a bound, past which the header goes: no
+    // real one has so many.
+    let separator = |c: char| c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ';' | ':' | '(' | ')' | '<' | '>' | '\u{fffd}');
+    let words = value.split(separator).filter(|w| !w.is_empty());
+    let candidates: Vec<&str> = bearer
+        .into_iter()
+        .chain(words.flat_map(|w| [Some(w), w.split_once('=').map(|(_, v)| v)]).flatten())
+        .take(MAX_API_TOKEN_CANDIDATES + 1)
+        .collect();
+    candidates.len() > MAX_API_TOKEN_CANDIDATES || candidates.iter().any(|c| api_token.is(c))
 }
 
-/// Parts of one `Authorization` value compared with the API token, at most.
+/// Parts of one `Authorization` value compared with the API token, at most:
+/// one with more goes too.
 const MAX_API_TOKEN_CANDIDATES: usize = 64;
 
 /// Removes a backend's `Set-Cookie` headers that would set Spawner's token
@@ -213,8 +220,9 @@ fn remove_values(h: &mut HeaderMap, name: HeaderName, unwanted: impl Fn(&HeaderV
     }
 }
 
-/// The query without parameter `name`, and the parameter's value if it was
-/// there.
+/// The query without parameter `name`, nor any other holding a token, and
+/// the value of `name` if it was there (only that one: another parameter's
+/// token is no token the browser was handed for this URL).
 pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Option<String>) {
     let Some(q) = query else { return (None, None) };
     let mut value = None;
@@ -222,12 +230,10 @@ pub fn take_query_param(query: Option<&str>, name: &str) -> (Option<String>, Opt
         .split('&')
         .filter(|pair| {
             let (k, v) = credentials::split_pair(pair);
-            if k == name || crate::token::shaped_in(pair) {
+            if k == name {
                 value.get_or_insert_with(|| v.to_string());
-                false
-            } else {
-                true
             }
+            k != name && !crate::token::shaped_in(pair)
         })
         .collect();
     let rest = if kept.is_empty() { None } else { Some(kept.join("&")) };
@@ -543,6 +549,15 @@ mod tests {
         }
         // Split on `&` only: a pair holding a token goes whole.
         assert_eq!(take_query_param(Some(&format!("x=1;token={t}&y=2")), "token").0.as_deref(), Some("y=2"));
+        // The token parameter's value is the one given back (it may become
+        // the cookie), not another parameter's token before it.
+        let other = key.mint("doc-42", Some("bob"), 1, 2);
+        assert_eq!(take_query_param(Some(&format!("ref={other}&token={t}")), "token"), (None, Some(t.clone())));
+        let many = format!("Bearer {}", "w ".repeat(100));
+        assert!(kept(&[("authorization", &many)], "authorization").is_empty(), "too many words to compare: it goes");
+        for auth in ["Bearer key:api-token-0123456789abcdef", "Bearer (api-token-0123456789abcdef)"] {
+            assert!(kept(&[("authorization", auth)], "authorization").is_empty(), "{auth:?}");
+        }
     }
 
     #[test]
