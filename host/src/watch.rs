@@ -149,17 +149,23 @@ pub fn retry_after(n: u32) -> Duration {
     RETRY.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_RETRY)
 }
 
-/// The names of the configured files, as given and as they resolve now.
-fn file_names(config: &PluginsConfig) -> HashSet<OsString> {
-    let mut names = HashSet::new();
+/// The configured files (plugins and settings), as given and as they
+/// resolve now.
+fn configured_paths(config: &PluginsConfig) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
     for kind in PluginKind::ALL {
         let slot = config.slot(kind);
         for f in [&slot.file, &slot.settings_file].into_iter().flatten() {
-            let resolved = std::fs::canonicalize(f).ok();
-            names.extend([Some(f), resolved.as_ref()].into_iter().flatten().filter_map(|p| p.file_name()).map(OsString::from));
+            paths.extend(std::fs::canonicalize(f).ok());
+            paths.push(f.clone());
         }
     }
-    names
+    paths
+}
+
+/// The names of the configured files, as given and as they resolve now.
+fn file_names(config: &PluginsConfig) -> HashSet<OsString> {
+    configured_paths(config).iter().filter_map(|p| p.file_name()).map(OsString::from).collect()
 }
 
 /// Whether an event in a watched directory can concern a plugin: it names
@@ -177,16 +183,9 @@ fn concerns_plugins(paths: &[PathBuf], names: &HashSet<OsString>) -> bool {
 /// Adds watches on the directories of the configured files, as given and
 /// as they resolve now, that `watched` does not list yet.
 fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, watched: &mut Vec<PathBuf>) -> notify::Result<()> {
-    let mut dirs = Vec::new();
-    for kind in PluginKind::ALL {
-        let slot = config.slot(kind);
-        for f in [&slot.file, &slot.settings_file].into_iter().flatten() {
-            let resolved = std::fs::canonicalize(f).ok();
-            // Watch directories, not files: editors and `cp` replace files
-            // by renaming, and a symlink is re-pointed in its directory.
-            dirs.extend([Some(f), resolved.as_ref()].into_iter().flatten().filter_map(|p| p.parent()).map(PathBuf::from));
-        }
-    }
+    // Watch directories, not files: editors and `cp` replace files by
+    // renaming, and a symlink is re-pointed in its directory.
+    let dirs: Vec<PathBuf> = configured_paths(config).iter().filter_map(|p| p.parent()).map(PathBuf::from).collect();
     // A directory that is gone (a ConfigMap's previous version) lost its
     // watch with it; should it come back, it is watched again.
     watched.retain(|d| d.exists());
