@@ -265,8 +265,8 @@ impl Proxy {
         // Whatever the answer to a URL that carries a token (an unknown or
         // ended backend's page too), the page it shows sends no Referer
         // with it.
-        let token_in_url =
-            req.uri().query().is_some_and(|q| headers::take_query_param(Some(q), &self.settings.tokens.query_param).1.is_some());
+        let name = &self.settings.tokens.query_param;
+        let token_in_url = req.uri().query().is_some_and(|q| q.split('&').any(|pair| credentials::split_pair(pair).0 == name));
         let mut response = self.handle_inner(req, peer).await;
         if token_in_url {
             response.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -325,8 +325,6 @@ impl Proxy {
             credentials.retain(|c| c.source != CredentialSource::Cookie);
         }
         let auth = AuthRequest { request, backend: (*target.backend).clone(), now: crate::token::now_unix(), credentials };
-        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
-        let token_in_url = token.is_some();
         let identity = match self.plugins.auth().check_reaching(&auth, &target.reached) {
             Verdict::Deny(d) => {
                 // At debug: every refused request of a busy site would
@@ -344,17 +342,17 @@ impl Proxy {
                     ),
                     None => d.reason,
                 };
-                let mut denied = pages::error(status, &reason, accept.as_ref());
-                // Answered where it is, token and all: the page must not
-                // send it on either.
-                for_a_token_url(denied.headers_mut(), token_in_url, None);
-                return denied;
+                // Answered where it is, token and all (`handle` keeps it
+                // from the page's Referer).
+                return pages::error(status, &reason, accept.as_ref());
             }
             Verdict::Allow(a) => a,
         };
         // Before the readiness check: a browser usually opens its URL while
         // the backend is still starting, and the waiting page must not keep
         // the token in the address bar.
+        let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
+        let token_in_url = token.is_some();
         // Only a token that opens this backend becomes its cookie: the
         // request may have been let in by the cookie already there, and a
         // stray, expired or foreign token in a link must not replace it (and
@@ -629,8 +627,8 @@ fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
     h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
 }
 
-/// A response to a request whose URL carried a token (a POST, a frame
-/// answered where it is, or a refusal, none redirected): no Referer header the page
+/// A response to a request whose URL carried a token (a POST, or a frame
+/// answered where it is, neither redirected): no Referer header the page
 /// causes carries it, and the frame's `cookie`, if any, goes beside the
 /// response's own.
 fn for_a_token_url(headers: &mut http::HeaderMap, token_in_url: bool, cookie: Option<&HeaderValue>) {
