@@ -97,8 +97,10 @@ pub struct ProxyArgs {
     /// The Lease the replicas compete for to sweep.
     #[arg(long, env = "SPAWNER_SWEEPER_LEASE", default_value = "spawner-proxy-sweeper")]
     pub sweeper_lease: String,
-    /// Serve /metrics (and /healthz) on this address instead of the public
-    /// listener (e.g. 0.0.0.0:9090, not exposed by the Service).
+    /// Serve /metrics on this address instead of the public listener, with
+    /// a /healthz of its own, for a liveness probe (e.g. 0.0.0.0:9090, not
+    /// exposed by the Service); the public listener keeps its /healthz,
+    /// which fails while the proxy drains.
     #[arg(long, env = "SPAWNER_METRICS_LISTEN", value_parser = crate::config::listen_arg)]
     pub metrics_listen: Option<SocketAddr>,
     /// This replica's identity (its Pod name).
