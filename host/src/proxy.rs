@@ -262,9 +262,10 @@ impl Proxy {
 
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        // Whatever the answer to a URL that carries a token (an unknown or
-        // ended backend's page too), the page it shows sends no Referer
-        // with it.
+        // Whatever the answer to a URL that carries a token (the redirect
+        // to the clean URL, a frame or a POST answered where it is, a
+        // refusal, an unknown or ended backend's page), the page it shows
+        // sends no Referer with it: the one place that says so.
         let name = &self.settings.tokens.query_param;
         let token_in_url = req.uri().query().is_some_and(|q| q.split('&').any(|pair| credentials::split_pair(pair).0 == name));
         let mut response = self.handle_inner(req, peer).await;
@@ -352,7 +353,6 @@ impl Proxy {
         // the backend is still starting, and the waiting page must not keep
         // the token in the address bar.
         let (clean_query, token) = headers::take_query_param(req.uri().query(), &self.settings.tokens.query_param);
-        let token_in_url = token.is_some();
         // Only a token that opens this backend becomes its cookie: the
         // request may have been let in by the cookie already there, and a
         // stray, expired or foreign token in a link must not replace it (and
@@ -369,9 +369,9 @@ impl Proxy {
         // it; in another site's page it refuses it, and the token in the
         // frame's URL goes on opening the backend.
         let frame_cookie = cookie_token.filter(|_| navigation && self_framed).and_then(|t| self.token_cookie(&route, t));
-        // Spawner's own pages at a URL with a token, as the backend's.
+        // Spawner's own pages there, as the backend's.
         let own_page = |mut r: Response<Body>| {
-            for_a_token_url(r.headers_mut(), token_in_url, frame_cookie.as_ref());
+            with_frame_cookie(r.headers_mut(), frame_cookie.as_ref());
             r
         };
         let Some(addr) = target.addr else {
@@ -438,7 +438,7 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
-                for_a_token_url(&mut parts.headers, token_in_url, frame_cookie.as_ref());
+                with_frame_cookie(&mut parts.headers, frame_cookie.as_ref());
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
             // The client's own body failed (it stopped sending mid-upload
@@ -540,7 +540,6 @@ impl Proxy {
         if let Some(cookie) = token.and_then(|t| self.token_cookie(route, t)) {
             r.headers_mut().insert(header::SET_COOKIE, cookie);
         }
-        r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         r
     }
 
@@ -627,14 +626,10 @@ fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
     h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
 }
 
-/// A response to a request whose URL carried a token (a POST, or a frame
-/// answered where it is, neither redirected): no Referer header the page
-/// causes carries it, and the frame's `cookie`, if any, goes beside the
-/// response's own.
-fn for_a_token_url(headers: &mut http::HeaderMap, token_in_url: bool, cookie: Option<&HeaderValue>) {
-    if token_in_url {
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    }
+/// A response to a frame answered where it is, its URL's token and all:
+/// the frame's `cookie`, if any, goes beside the response's own (`handle`
+/// keeps the token out of the Referer headers the page causes).
+fn with_frame_cookie(headers: &mut http::HeaderMap, cookie: Option<&HeaderValue>) {
     if let Some(cookie) = cookie {
         headers.append(header::SET_COOKIE, cookie.clone());
     }

@@ -470,14 +470,8 @@ async fn off_loopback_the_api_requires_its_token() {
     // (the page's cookie lets them in) does not hand it to the backend,
     // which could otherwise use the whole API.
     let api = |r: reqwest::RequestBuilder| r.bearer_auth(token);
-    let created: Value = api(dev.http.post(format!("{}/api/v1/backends", dev.base)))
-        .json(&json!({"template":"demo"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, created) = dev.create_as(json!({"template":"demo"}), Some(token)).await;
+    assert_eq!(status, 201, "{created}");
     let (name, user_token) = (created["backend"]["name"].as_str().unwrap(), created["token"].as_str().unwrap());
     let r = api(dev.http.get(format!("{}/api/v1/backends/{name}/ready?timeout=30", dev.base))).send().await.unwrap();
     assert_eq!(r.status(), 200);

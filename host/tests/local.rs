@@ -715,16 +715,8 @@ async fn sigkill_of_spawner_leaves_no_backend_running() {
 async fn configured_token_names_are_used_by_proxy_api_and_auth() {
     let config = format!("{FAST}[proxy]\ntoken-cookie = \"session\"\ntoken-query-param = \"t\"\n");
     let dev = Dev::start(&config, &[]);
-    let created: serde_json::Value = dev
-        .http
-        .post(format!("{}/api/v1/backends", dev.base))
-        .json(&json!({"template": "demo", "gracePeriodSeconds": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, created) = dev.create(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
+    assert_eq!(status, 201, "{created}");
     let name = created["backend"]["name"].as_str().unwrap().to_string();
     let browser_url = created["browserUrl"].as_str().unwrap().to_string();
     assert!(browser_url.contains("?t=st1."), "{browser_url}");

@@ -48,14 +48,22 @@ pub(super) fn has_running_members(group: i32) -> bool {
     })
 }
 
-/// Reads `/proc/{pid}/stat`: state and process group come after the
-/// command name, which is in parentheses and may itself hold spaces and
-/// parentheses.
+/// Whether a `/proc/{pid}/stat` line is of a running member of `group`.
 fn running_in(stat: &str, group: i32) -> bool {
-    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+    running_group(stat) == Some(group)
+}
+
+/// The process group of a `/proc/{pid}/stat` line's process, if it is
+/// running (not a zombie). State and group come after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+pub(super) fn running_group(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_ascii_whitespace();
-    let (Some(state), Some(_ppid), Some(pgrp)) = (fields.next(), fields.next(), fields.next()) else { return false };
-    pgrp.parse::<i32>() == Ok(group) && !matches!(state, "Z" | "X" | "x")
+    let (state, _ppid, group) = (fields.next()?, fields.next()?, fields.next()?);
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    group.parse().ok()
 }
 
 #[cfg(test)]

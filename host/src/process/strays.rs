@@ -104,11 +104,7 @@ fn marked(asks: &[Ask]) -> Vec<Vec<i32>> {
 
 /// The process group of `pid`, if it exists and is not a zombie.
 fn stat(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_ascii_whitespace();
-    let (state, _ppid, group) = (fields.next()?, fields.next()?, fields.next()?);
-    (!matches!(state, "Z" | "X" | "x")).then(|| group.parse().ok()).flatten()
+    super::group::running_group(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 #[cfg(test)]

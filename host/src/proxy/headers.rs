@@ -200,12 +200,15 @@ pub fn strip_token_cookies(h: &mut HeaderMap, cookie: &str) {
 /// in any case (some servers read names so): no form reaches a backend, or
 /// is set by one.
 fn is_token_cookie(name: &[u8], cookie: &str) -> bool {
-    let unprefixed = |n: &[u8]| {
-        let n = n.to_ascii_lowercase();
-        let prefix = super::HOST_COOKIE_PREFIX.to_ascii_lowercase();
-        n.strip_prefix(prefix.as_bytes()).map(<[u8]>::to_vec).unwrap_or(n)
-    };
-    unprefixed(name) == unprefixed(cookie.as_bytes())
+    // Compared in place: this runs for every cookie of every request.
+    fn unprefixed(n: &[u8]) -> &[u8] {
+        let prefix = super::HOST_COOKIE_PREFIX.as_bytes();
+        match n.get(..prefix.len()) {
+            Some(head) if head.eq_ignore_ascii_case(prefix) => &n[prefix.len()..],
+            _ => n,
+        }
+    }
+    unprefixed(name).eq_ignore_ascii_case(unprefixed(cookie.as_bytes()))
 }
 
 /// Removes the values of header `name` that are `unwanted`, keeping the

@@ -139,7 +139,16 @@ impl Dev {
 
     /// POST /api/v1/backends; returns (status, body).
     pub async fn create(&self, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}/api/v1/backends", self.base)).json(&body).send().await.unwrap();
+        self.create_as(body, None).await
+    }
+
+    /// The same, presenting `api_token` (a Spawner started with one).
+    pub async fn create_as(&self, body: Value, api_token: Option<&str>) -> (u16, Value) {
+        let mut r = self.http.post(format!("{}/api/v1/backends", self.base)).json(&body);
+        if let Some(t) = api_token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
