@@ -216,6 +216,9 @@ pub struct ProxyConfig {
     pub header_read_timeout_ms: u64,
     /// Largest request head (line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
+    /// Time a backend has to answer a proxied request with its response
+    /// head, in seconds (its body then streams for as long as it lasts).
+    pub response_timeout_seconds: u64,
     /// Listen backlog: connections the kernel queues before we accept them.
     pub listen_backlog: u32,
     /// `X-Forwarded-Proto` sent to backends (set `https` behind a TLS
@@ -240,6 +243,11 @@ impl Default for ProxyConfig {
             header_read_timeout_ms: 10_000,
             // 64 KiB: large cookies fit, header floods do not.
             max_header_bytes: 64 * 1024,
+            // Five minutes: a backend that accepts and never answers holds
+            // the browser's request no longer than that, while a long poll
+            // or a slow export of a few minutes still gets through (nginx's
+            // 60 s cuts both).
+            response_timeout_seconds: 300,
             // 4096 (the kernel's usual somaxconn): a burst of a thousand
             // WebSocket connects must not overflow into SYN retransmits,
             // which a backlog of 128 turns into seconds of delay.
@@ -259,6 +267,10 @@ impl ProxyConfig {
         let timeout = self.header_read_timeout_ms;
         if !(1..=MAX_TIMEOUT_SECONDS * 1000).contains(&timeout) {
             return Err(format!("{} must be between 1 and {}, got {timeout}", name("header-read-timeout-ms"), MAX_TIMEOUT_SECONDS * 1000));
+        }
+        let timeout = self.response_timeout_seconds;
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout) {
+            return Err(format!("{} must be between 1 and {MAX_TIMEOUT_SECONDS}, got {timeout}", name("response-timeout-seconds")));
         }
         // hyper reads headers into a buffer of at least 8 KiB; a smaller
         // value would be raised there without a word.
@@ -287,6 +299,11 @@ impl ProxyConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The time a backend has to answer (`response-timeout-seconds`).
+    pub fn response_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.response_timeout_seconds)
     }
 
     /// The token cookie and query parameter names.
@@ -1098,12 +1115,13 @@ mod tests {
     #[test]
     fn timeouts_beyond_what_timers_and_timestamps_hold_are_refused_at_load() {
         type Set = fn(&mut Config, u64);
-        let cases: [(&str, Set, u64, u64); 5] = [
+        let cases: [(&str, Set, u64, u64); 6] = [
             ("backends.startup-timeout-seconds", |c, v| c.backends.startup_timeout_seconds = v, 1, 86_400),
             ("backends.stop-timeout-seconds", |c, v| c.backends.stop_timeout_seconds = v, 0, 86_400),
             ("backends.retention-seconds", |c, v| c.backends.retention_seconds = v, 0, 31_622_400),
             ("sweeper.interval-ms", |c, v| c.sweeper.interval_ms = v, 1, 86_400_000),
             ("proxy.header-read-timeout-ms", |c, v| c.proxy.header_read_timeout_ms = v, 1, 86_400_000),
+            ("proxy.response-timeout-seconds", |c, v| c.proxy.response_timeout_seconds = v, 1, 86_400),
         ];
         for (field, set, min, max) in cases {
             for ok in [min, max] {

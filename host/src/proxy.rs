@@ -95,11 +95,14 @@ pub struct ProxySettings {
     /// a backend (a server relaying a browser's headers with it added) has
     /// it taken out, as a capability token is (see `headers`).
     pub api_token: Option<crate::secret::Secret>,
+    /// Time a backend has to send a proxied request's response head
+    /// (`proxy.response-timeout-seconds`): then 504.
+    pub response_timeout: std::time::Duration,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings { host_domain: None, forwarded_proto: crate::config::Scheme::Http, tokens: TokenNames::default(), api_token: None }
+        ProxySettings::new(None, crate::config::Scheme::Http, TokenNames::default())
     }
 }
 
@@ -118,7 +121,13 @@ impl ProxySettings {
         if host_domain.is_some() && forwarded_proto == crate::config::Scheme::Https && !tokens.cookie.starts_with(HOST_COOKIE_PREFIX) {
             tokens.cookie = format!("{HOST_COOKIE_PREFIX}{}", tokens.cookie);
         }
-        ProxySettings { host_domain, forwarded_proto, tokens, api_token: None }
+        let response_timeout = std::time::Duration::from_secs(crate::config::ProxyConfig::default().response_timeout_seconds);
+        ProxySettings { host_domain, forwarded_proto, tokens, api_token: None, response_timeout }
+    }
+
+    /// These settings, with the time a backend has to answer.
+    pub fn with_response_timeout(self, response_timeout: std::time::Duration) -> Self {
+        ProxySettings { response_timeout, ..self }
     }
 
     /// These settings, with the API token the proxy keeps from backends.
@@ -431,7 +440,19 @@ impl Proxy {
         };
         let in_flight = target.activity.request();
         let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, None));
-        match self.client.request(request).await {
+        let answer = match tokio::time::timeout(self.settings.response_timeout, self.client.request(request)).await {
+            Ok(answer) => answer,
+            // Dropping the request closes its connection to the backend
+            // (a pooled one is not reused with an answer still owed).
+            Err(_) => {
+                if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
+                    tracing::warn!(backend = %route.name, timeout_seconds = self.settings.response_timeout.as_secs(), suppressed, "backend did not answer a request in time (`suppressed`: failures of any backend not logged since the last line)");
+                }
+                let message = format!("backend {} did not answer within {} s", route.name, self.settings.response_timeout.as_secs());
+                return pages::error(StatusCode::GATEWAY_TIMEOUT, &message, accept.as_ref());
+            }
+        };
+        match answer {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 speak_for_ourselves(&mut parts);
@@ -489,12 +510,13 @@ impl Proxy {
             let _ = conn.with_upgrades().await;
         });
         let request = Request::from_parts(parts, Empty::<bytes::Bytes>::new());
-        let mut response = match tokio::time::timeout(UPGRADE_ANSWER_TIMEOUT, sender.send_request(request)).await {
+        let answer_timeout = UPGRADE_ANSWER_TIMEOUT.min(self.settings.response_timeout);
+        let mut response = match tokio::time::timeout(answer_timeout, sender.send_request(request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return bad_gateway(e.to_string()),
             Err(_) => {
                 connection.abort();
-                return bad_gateway(format!("no answer to the upgrade within {} s", UPGRADE_ANSWER_TIMEOUT.as_secs()));
+                return bad_gateway(format!("no answer to the upgrade within {} s", answer_timeout.as_secs()));
             }
         };
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -886,6 +886,47 @@ async fn a_frames_token_cookie_goes_beside_the_backends_own() {
     assert!(cookies.iter().any(|c| c.starts_with("spawner-token=")), "{cookies:?}");
 }
 
+/// A backend that accepts connections and never answers: the browser gets
+/// a 504 after `proxy.response-timeout-seconds`, and a WebSocket upgrade a
+/// 502 as soon, instead of waiting for as long as it is willing to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_never_answers_times_out() {
+    let server = [
+        "import os, socket",
+        "s = socket.create_server(('127.0.0.1', int(os.environ['PORT'])), backlog=64)",
+        "held = []",
+        "while True:",
+        "    held.append(s.accept()[0])",
+    ]
+    .join("\n");
+    let config = format!(
+        "{FAST}[proxy]\nresponse-timeout-seconds = 1\n[templates.mute]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n",
+        toml_string(&server)
+    );
+    let dev = Dev::start(&config, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "mute"})).await;
+    dev.wait_ready(&name).await;
+    // Without the timeout these would wait for the client's own 20 s.
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let r = patient.get(format!("{}/p/{name}/", dev.base)).bearer_auth(&token).send().await.expect("an answer from the proxy");
+    assert_eq!(r.status(), 504);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("backend {name} did not answer within 1 s")), "{text}");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/p/{name}/ws", dev.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let upgrade =
+        tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(req)).await.expect("an answer to the upgrade");
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 502),
+        other => panic!("expected a 502, got {other:?}"),
+    }
+    // The operator's log says why the browser got its 504.
+    let log = dev.log_text();
+    assert!(log.contains("backend did not answer a request in time"), "{log}");
+}
+
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()

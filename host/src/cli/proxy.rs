@@ -133,6 +133,10 @@ pub struct ProxyArgs {
     /// Largest request head (line and headers) accepted, in bytes.
     #[arg(long, env = "SPAWNER_MAX_HEADER_BYTES", default_value_t = ProxyConfig::default().max_header_bytes)]
     pub max_header_bytes: usize,
+    /// Time a backend has to answer a proxied request with its response
+    /// head (or a WebSocket upgrade, at most 30 s), in seconds: then 504.
+    #[arg(long, env = "SPAWNER_RESPONSE_TIMEOUT_SECONDS", default_value_t = ProxyConfig::default().response_timeout_seconds)]
+    pub response_timeout_seconds: u64,
     /// Connections the kernel queues before they are accepted.
     #[arg(long, env = "SPAWNER_LISTEN_BACKLOG", default_value_t = ProxyConfig::default().listen_backlog)]
     pub listen_backlog: u32,
@@ -146,6 +150,7 @@ impl ProxyArgs {
             max_connections: self.max_connections,
             header_read_timeout_ms: self.header_read_timeout_ms,
             max_header_bytes: self.max_header_bytes,
+            response_timeout_seconds: self.response_timeout_seconds,
             listen_backlog: self.listen_backlog,
             forwarded_proto: self.forwarded_proto,
             token_cookie: self.token_cookie.clone(),
@@ -279,6 +284,7 @@ mod tests {
             (&["--token-query-param", ""], "--token-query-param must be letters"),
             (&["--max-header-bytes", "100"], "--max-header-bytes must be between 8192"),
             (&["--header-read-timeout-ms", "0"], "--header-read-timeout-ms must be between 1"),
+            (&["--response-timeout-seconds", "0"], "--response-timeout-seconds must be between 1 and 86400, got 0"),
             (&["--max-connections", "0"], "--max-connections and --listen-backlog must be positive"),
         ] {
             let e = parse(flags).unwrap().proxy_config().unwrap_err().to_string();
