@@ -102,10 +102,15 @@ impl Dev {
         // No delay (nothing balances load onto `spawner dev`), but a short
         // drain before the backends are stopped: open WebSockets get their
         // Close (1001) through, so browsers see a clean close rather than
-        // a cut connection; requests in flight may finish. A status stream
-        // still open holds Ctrl-C for at most this long.
+        // a cut connection; requests in flight may finish. Then the
+        // backends stop while status streams are still open, so that a web
+        // app watching one sees it end (`requested`), not a cut stream.
         let stopping = server::Stopping { delay: Duration::ZERO, drain: DEV_DRAIN };
-        let (shutdown, server) = server::spawn(listener, app, limits, stopping);
+        let stop_backends = {
+            let local = local.clone();
+            async move { local.shutdown().await }
+        };
+        let (shutdown, server) = server::spawn(listener, app, limits, stopping, stop_backends);
         let tasks = vec![
             crate::sweeper::spawn(
                 local.clone(),
@@ -119,11 +124,11 @@ impl Dev {
         Ok(Dev { addr, local, plugins, shutdown, server, _tasks: tasks, _watcher: watcher })
     }
 
-    /// Stops accepting, terminates every backend and waits for them.
+    /// Stops accepting, terminates every backend and waits for them (the
+    /// server does, between closing WebSockets and closing the rest).
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.server.await;
-        self.local.shutdown().await;
     }
 }
 

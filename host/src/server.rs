@@ -170,8 +170,12 @@ impl App {
 /// so they reconnect elsewhere. Then it stops accepting, asks every
 /// connection to finish the request in flight and close (idle keep-alive
 /// connections close at once), closes every WebSocket with status 1001
-/// ("going away", so clients reconnect, through another replica), and
-/// waits up to `drain` for all of them.
+/// ("going away", so clients reconnect, through another replica), waits
+/// up to `drain` for the WebSockets, then runs the server's `then` (where
+/// `spawner dev` stops its backends, so that a status stream still open
+/// carries each backend's last status and ends with it), and waits for
+/// what is still open up to the end of `drain`, or a second after `then`,
+/// whichever is later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stopping {
     /// Accepting on, health check failing.
@@ -207,20 +211,33 @@ impl ConnectionSlot {
     }
 }
 
-/// [`serve`] in a task, until the returned sender is used (or dropped).
+/// [`serve`] in a task, until the returned sender is used (or dropped);
+/// `then` runs once the WebSockets are closed (see [`Stopping`]).
 pub fn spawn(
     listener: TcpListener,
     app: Arc<App>,
     limits: Limits,
     stopping: Stopping,
+    then: impl Future<Output = ()> + Send + 'static,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    (shutdown, tokio::spawn(serve(listener, app, limits, stop, stopping)))
+    (shutdown, tokio::spawn(serve(listener, app, limits, stop, stopping, then)))
 }
+
+/// After `then` (backends stopped), how long the status streams and
+/// requests still open get to end with them, past the drain.
+const AFTER_THEN: Duration = Duration::from_secs(1);
 
 /// Serves connections from `listener` until `shutdown` is sent (or its
 /// sender dropped), then stops as `stopping` says.
-async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: tokio::sync::oneshot::Receiver<()>, stopping: Stopping) {
+async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+    stopping: Stopping,
+    then: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     // Sent once the drain is over: connections still open (a response
@@ -301,7 +318,12 @@ async fn serve(listener: TcpListener, app: Arc<App>, limits: Limits, shutdown: t
     let _ = closing.send(true);
     app.proxy.close_websockets();
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(stopping.drain, async {
+    let drain_ends = tokio::time::Instant::now() + stopping.drain;
+    // WebSockets first: their browsers get 1001 from here, not a cut from
+    // a backend stopping under them.
+    let _ = tokio::time::timeout_at(drain_ends, app.proxy.websockets_closed()).await;
+    then.await;
+    let drained = tokio::time::timeout_at(drain_ends.max(tokio::time::Instant::now() + AFTER_THEN), async {
         let _ = permits.acquire_many(all).await;
         app.proxy.websockets_closed().await;
     })

@@ -588,6 +588,35 @@ async fn sigterm_leaves_no_backend_running() {
     }
 }
 
+/// A web app watching a backend when Spawner stops sees it end, with why
+/// (its status stream was cut while the backend still showed ready).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_stream_open_at_shutdown_ends_with_the_backends_last_status() {
+    let mut dev = Dev::start(FAST, &[]);
+    let (name, _) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    let mut stream = dev.http.get(format!("{}/api/v1/backends/{name}/events", dev.base)).send().await.unwrap().bytes_stream();
+    let mut events = String::new();
+    while !events.contains("\"phase\":\"ready\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("events").expect("the stream goes on");
+        events.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = dev.terminate();
+        (status, dev.log_text())
+    });
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(40), stream.next()).await.expect("the stream ends") {
+        match chunk {
+            Ok(bytes) => events.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => break,
+        }
+    }
+    let (status, log) = stopped.await.unwrap();
+    assert!(status.success(), "spawner exited with {status}:\n{log}");
+    let last = events.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.contains("\"phase\":\"terminated\"") && last.contains("\"reason\":\"requested\""), "{events}");
+}
+
 /// Spawner's log is stderr, which can stop taking lines (a full disk, a log
 /// shipper that went away): lines are dropped then, and Spawner goes on
 /// serving (it aborted, every backend with it, at the first line it could
