@@ -186,6 +186,18 @@ fn kind_string(arg: &str) -> Result<(PluginKind, String), String> {
     crate::cli::kind_value(arg).map(|(kind, v)| (kind, v.to_string()))
 }
 
+/// An error when `flag` names a kind twice: the second would silently win.
+/// Values are shown for `--plugin` only (settings may hold secrets).
+fn once_per_kind(flag: &str, items: &[(PluginKind, String)], why: &str) -> anyhow::Result<()> {
+    for (i, (kind, first)) in items.iter().enumerate() {
+        if let Some((_, second)) = items[i + 1..].iter().find(|(k, _)| k == kind) {
+            let values = if flag == "--plugin" { format!(" ({first} and {second})") } else { String::new() };
+            anyhow::bail!("{flag} is given twice for {}{values}: {why}; give it once", kind.as_str());
+        }
+    }
+    Ok(())
+}
+
 /// The configuration `spawner dev` runs with: file, then flags and env.
 pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     let mut c = Config::load(args.config.as_deref())?;
@@ -211,6 +223,8 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     if let Some(d) = &args.host_domain {
         c.host_domain = Some(d.clone());
     }
+    once_per_kind("--plugin", &args.plugins, "one plugin decides each kind; Spawner does not chain them")?;
+    once_per_kind("--plugin-settings", &args.plugin_settings, "a plugin gets one settings string")?;
     for (kind, path) in &args.plugins {
         c.plugins.slot_mut(*kind).file = Some(PathBuf::from(path));
     }
@@ -398,6 +412,10 @@ mod tests {
         assert_eq!(c.plugins.idle.file.as_deref(), Some(std::path::Path::new("my_idle.wasm")));
         assert_eq!(c.plugins.idle.settings_file.as_deref(), Some(std::path::Path::new("idle.json")));
         assert_eq!(c.plugins.auth.settings.as_deref(), Some("{}"));
+        let e = parse(&["--plugin", "auth=a.wasm", "--plugin", "idle=i.wasm", "--plugin", "auth=b.wasm"]).unwrap_err().to_string();
+        assert!(e.contains("--plugin is given twice for auth (a.wasm and b.wasm): one plugin decides each kind"), "{e}");
+        let e = parse(&["--plugin-settings", "idle={}", "--plugin-settings", "idle={\"secret\": \"s\"}"]).unwrap_err().to_string();
+        assert!(e.contains("--plugin-settings is given twice for idle: a plugin gets one settings string") && !e.contains("secret"), "{e}");
         use clap::Parser as _;
         let e = crate::cli::Cli::try_parse_from(["spawner", "dev", "--plugin", "auht=x.wasm"]).unwrap_err().to_string();
         assert!(e.contains("--plugin <KIND=PATH>") && e.contains("unknown plugin kind \"auht\""), "{e}");

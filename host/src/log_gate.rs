@@ -39,6 +39,13 @@ impl LogGate {
         s.last = Some(now);
         Some(std::mem::take(&mut s.suppressed))
     }
+
+    /// Lets the next line through at once, whenever the last one passed: the
+    /// cause changed (a plugin was replaced, and its first failure is news).
+    /// That line still says how many were held back before it.
+    pub fn reopen(&self) {
+        self.0.lock().expect("log gate lock").last = None;
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +62,16 @@ mod tests {
         }
         assert_eq!(gate.pass(t0 + EVERY), Some(5), "then one line says how many were not");
         assert_eq!(gate.pass(t0 + EVERY), None);
+    }
+
+    #[test]
+    fn a_reopened_gate_passes_the_next_line_with_the_count_held_back() {
+        let gate = LogGate::default();
+        let t0 = Instant::now();
+        assert_eq!(gate.pass(t0), Some(0));
+        assert_eq!(gate.pass(t0), None);
+        gate.reopen();
+        assert_eq!(gate.pass(t0 + Duration::from_secs(1)), Some(1));
+        assert_eq!(gate.pass(t0 + Duration::from_secs(2)), None, "then one line per period again");
     }
 }

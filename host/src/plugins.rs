@@ -239,6 +239,10 @@ impl Plugins {
             Ok(plugin) => {
                 let info = plugin.info().clone();
                 self.slots[kind.index()].store(Arc::new(plugin));
+                // Its first failure is logged, however recently the old
+                // plugin's was: an author swapping in a fix that still
+                // fails must see so.
+                self.failure_logs[kind.index()].reopen();
                 // Counted once in place: whoever sees the count sees the
                 // new plugin decide.
                 count_load(&self.metrics, kind, true);

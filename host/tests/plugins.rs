@@ -231,6 +231,43 @@ fn unbounded_allocation_is_refused_at_the_memory_limit() {
     }
 }
 
+/// A log that is a shared buffer, for tests that read what was logged.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Failure lines are one per 10 s per kind; a plugin swapped in gets its
+/// first one logged at once, though the one it replaced failed just before
+/// (an author's "fix" that still failed left a clean log for 10 s).
+#[test]
+fn a_replacement_plugins_first_failure_is_logged_at_once() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let (plugins, _) = with(vec![(PluginKind::Auth, source(built::FIXTURE_FAIL_AUTH, "panic"))]);
+        let request = auth_request("b1", &[], None);
+        assert!(!plugins.auth().check(&request).is_allow());
+        assert!(!plugins.auth().check(&request).is_allow(), "held back: the same plugin, moments later");
+        plugins.replace(PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "error")).unwrap();
+        assert!(!plugins.auth().check(&request).is_allow());
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("plugin call failed")).collect();
+    assert_eq!(failures.len(), 2, "{text}");
+    assert!(failures[0].contains("auth plugin panicked"), "{text}");
+    assert!(failures[1].contains("fixture: cannot decide") && failures[1].contains("suppressed=1"), "{text}");
+}
+
 #[test]
 fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let rt = runtime();
