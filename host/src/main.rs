@@ -29,6 +29,9 @@ fn main() -> ExitCode {
                 ("spawner=info,warn".into(), Some(format!("{var}={directives:?} is not a log filter ({e}); using spawner=info,warn")))
             }
         },
+        // `spawner plugin …` reports each call's time itself: the server's
+        // warning about a slow call holding an async worker is noise there.
+        None if std::env::args().nth(1).as_deref() == Some("plugin") => ("spawner=info,spawner::plugins::loaded=error,warn".into(), None),
         None => ("spawner=info,warn".into(), None),
     };
     // Colours only for a person at a terminal: not in files, pipes or

@@ -70,6 +70,14 @@ fn check_refuses_each_fixture_with_the_reason() {
     // Settings are validated.
     let out = spawner(&["plugin", "check", built::HMAC_HEADER_AUTH, "--settings", r#"{"secret":"short"}"#]);
     assert!(!out.status.success() && text(&out).contains("at least 16 characters"), "{}", text(&out));
+    assert!(!text(&out).contains("none were given"), "{}", text(&out));
+    // Checked without the settings it needs: how to give them.
+    let out = spawner(&["plugin", "check", built::HMAC_HEADER_AUTH]);
+    assert!(
+        !out.status.success() && text(&out).contains("none were given: check it with the settings it will run with, --settings"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

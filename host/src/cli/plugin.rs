@@ -11,7 +11,7 @@ use clap::Subcommand;
 use crate::plugins::credentials::{self, TokenNames};
 use crate::plugins::loaded::{DEADLINE_TRIES, detect_kind};
 use crate::plugins::types::*;
-use crate::plugins::{CallError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
+use crate::plugins::{CallError, LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
 use crate::token::{TokenKey, now_unix};
 
 /// Plugin author commands.
@@ -151,7 +151,13 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             Some(k) => k,
             None => detect_kind(&rt, &source).map_err(|e| e.to_string())?,
         };
-        let plugin = LoadedPlugin::load(&rt, kind, &source).map_err(|e| e.to_string())?;
+        let plugin = LoadedPlugin::load(&rt, kind, &source).map_err(|e| match e {
+            // Checked with no settings at all: say how to give some.
+            LoadError::Settings { .. } if source.settings.is_empty() => {
+                format!("{e} (none were given: check it with the settings it will run with, --settings JSON or --settings @FILE)")
+            }
+            e => e.to_string(),
+        })?;
         let decide = || {
             let started = Instant::now();
             let now = now_unix();
@@ -231,7 +237,7 @@ fn run_once(
     let (decision, fallback) = match kind {
         PluginKind::Auth => {
             let req = match &input {
-                Some(i) => parse_input::<AuthInput>(i, kind)?.into_request(rt.token_key()),
+                Some(i) => parse_input::<AuthInput>(i, kind)?.as_the_proxy_gives()?.into_request(rt.token_key()),
                 None => sample::auth_request_with_token(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
@@ -347,6 +353,53 @@ struct AuthInput {
 }
 
 impl AuthInput {
+    /// The input, held to what the proxy gives a plugin (the WIT's
+    /// promises): a plugin tried on something else could pass here and
+    /// fail live, or the reverse. Header names are lower-cased, as the
+    /// proxy has them (said on stderr); a method, path or peer the proxy
+    /// could not give is refused with what it would be.
+    fn as_the_proxy_gives(mut self) -> anyhow::Result<Self> {
+        let r = &mut self.request;
+        let standard = r.method.to_ascii_uppercase();
+        if http::Method::from_bytes(r.method.as_bytes()).is_err() {
+            anyhow::bail!("--input's request.method {:?} is not an HTTP method (GET, POST, …)", r.method);
+        }
+        let known = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+        if standard != r.method && known.contains(&standard.as_str()) {
+            anyhow::bail!(
+                "--input's request.method {:?}: methods are case-sensitive and browsers send {standard}, which the proxy passes as it is",
+                r.method
+            );
+        }
+        if !r.path.starts_with('/') {
+            anyhow::bail!(
+                "--input's request.path {:?} must start with '/': the path below the backend's prefix (/p/NAME/x gives \"/x\")",
+                r.path
+            );
+        }
+        if r.peer.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "--input's request.peer {:?} is not ip:port: the proxy gives the client's TCP address (\"203.0.113.7:52114\")",
+                r.peer
+            );
+        }
+        let mut renamed = Vec::new();
+        for h in &mut r.headers {
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                anyhow::bail!("--input's request.headers has {:?}, which is not a header name", h.name);
+            }
+            let lower = h.name.to_ascii_lowercase();
+            if lower != h.name {
+                renamed.push(format!("{} → {lower}", h.name));
+                h.name = lower;
+            }
+        }
+        if !renamed.is_empty() {
+            eprintln!("note: header names lower-cased, as the proxy gives them: {}", renamed.join(", "));
+        }
+        Ok(self)
+    }
+
     /// The request the plugin sees. With a secret, its credentials are
     /// what the proxy would find and verify in it, replacing any the input
     /// gives (said on stderr: an edited sample keeps its pre-verified one,
@@ -417,6 +470,33 @@ fn describe_placement(p: &Placement) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_run_gives_the_plugin_a_request_as_the_proxy_would() {
+        let input = |method: &str, path: &str, peer: &str| {
+            let text = serde_json::json!({
+                "request": {"method": method, "path": path, "query": null, "peer": peer, "websocket": false,
+                    "headers": [{"name": "X-Team", "value": "blue"}, {"name": "accept", "value": "*/*"}]},
+                "backend": {"name": "b", "key": null, "owner": null, "labels": []},
+                "now": 1,
+            })
+            .to_string();
+            parse_input::<AuthInput>(&text, PluginKind::Auth).unwrap().as_the_proxy_gives()
+        };
+        let ok = input("GET", "/x", "127.0.0.1:5000").unwrap();
+        let names: Vec<&str> = ok.request.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["x-team", "accept"]);
+        assert!(input("PROPFIND", "/", "[::1]:1").is_ok(), "an extension method is passed as it is");
+        for (method, path, peer, says) in [
+            ("get", "/x", "127.0.0.1:5000", "browsers send GET"),
+            ("G ET", "/x", "127.0.0.1:5000", "is not an HTTP method"),
+            ("GET", "x", "127.0.0.1:5000", "must start with '/'"),
+            ("GET", "/x", "not-an-addr", "is not ip:port"),
+        ] {
+            let e = input(method, path, peer).err().unwrap().to_string();
+            assert!(e.contains(says), "{method} {path} {peer}: {e}");
+        }
+    }
 
     #[test]
     fn plugin_run_names_the_headers_the_proxy_sets_itself() {
