@@ -237,7 +237,7 @@ fn run_once(
     let (decision, fallback) = match kind {
         PluginKind::Auth => {
             let req = match &input {
-                Some(i) => parse_input::<AuthInput>(i, kind)?.as_the_proxy_gives()?.into_request(rt.token_key()),
+                Some(i) => parse_input::<AuthInput>(i, kind)?.held_to_what_the_proxy_gives()?.into_request(rt.token_key()),
                 None => sample::auth_request_with_token(now),
             };
             let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
@@ -358,7 +358,7 @@ impl AuthInput {
     /// fail live, or the reverse. Header names are lower-cased, as the
     /// proxy has them (said on stderr); a method, path or peer the proxy
     /// could not give is refused with what it would be.
-    fn as_the_proxy_gives(mut self) -> anyhow::Result<Self> {
+    fn held_to_what_the_proxy_gives(mut self) -> anyhow::Result<Self> {
         let r = &mut self.request;
         let standard = r.method.to_ascii_uppercase();
         if http::Method::from_bytes(r.method.as_bytes()).is_err() {
@@ -481,7 +481,7 @@ mod tests {
                 "now": 1,
             })
             .to_string();
-            parse_input::<AuthInput>(&text, PluginKind::Auth).unwrap().as_the_proxy_gives()
+            parse_input::<AuthInput>(&text, PluginKind::Auth).unwrap().held_to_what_the_proxy_gives()
         };
         let ok = input("GET", "/x", "127.0.0.1:5000").unwrap();
         let names: Vec<&str> = ok.request.headers.iter().map(|h| h.name.as_str()).collect();
