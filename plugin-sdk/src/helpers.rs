@@ -3,7 +3,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::auth::{Allow, AuthRequest, Deny, HttpRequest, Verdict};
+use crate::auth::{Allow, AuthRequest, Deny, Header, HttpRequest, Verdict};
 use crate::idle::{IdleVerdict, Termination, TerminationKind};
 use crate::scheduler::Resources;
 use crate::{Backend, Label};
@@ -55,6 +55,28 @@ impl Verdict {
     /// Allow with no subject and no injected headers.
     pub fn allow() -> Self {
         Verdict::Allow(Allow { subject: None, headers: Vec::new() })
+    }
+
+    /// Allow as `subject`: the proxy sends it to the backend as
+    /// `x-spawner-user`.
+    ///
+    /// ```
+    /// # use spawner_plugin_sdk::auth::Verdict;
+    /// let v = Verdict::allow_as("ada").with_header("x-spawner-role", "editor");
+    /// assert!(v.is_allow());
+    /// ```
+    pub fn allow_as(subject: impl Into<String>) -> Self {
+        Verdict::Allow(Allow { subject: Some(subject.into()), headers: Vec::new() })
+    }
+
+    /// This verdict with the identity header `name: value` added, if it
+    /// allows (a deny is returned as it is). Names must start with
+    /// `x-spawner-` (the WIT's `allow` says which the proxy keeps).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Verdict::Allow(allow) = &mut self {
+            allow.headers.push(Header { name: name.into(), value: value.into() });
+        }
+        self
     }
 
     /// Deny with `status` and `reason`.

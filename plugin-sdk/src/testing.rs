@@ -247,10 +247,10 @@ pub const MAX_SUBJECT_BYTES: usize = 1024;
 /// checks this.
 ///
 /// ```
-/// use spawner_plugin_sdk::auth::{Allow, Header, Verdict};
+/// use spawner_plugin_sdk::auth::Verdict;
 /// use spawner_plugin_sdk::testing::check_verdict;
 ///
-/// let role = |name: &str| Verdict::Allow(Allow { subject: None, headers: vec![Header { name: name.into(), value: "admin".into() }] });
+/// let role = |name: &str| Verdict::allow().with_header(name, "admin");
 /// assert!(check_verdict(&role("x-spawner-role")).is_ok());
 /// assert!(check_verdict(&role("x-role")).unwrap_err().contains("outside the identity prefix"));
 /// ```

@@ -84,7 +84,7 @@ pub fn decide(request: &AuthRequest, settings: &Settings) -> Verdict {
         return Verdict::deny(403, format!("{user} is not the owner of this backend"));
     }
     // The proxy passes the subject to the backend as `x-spawner-user`.
-    Verdict::Allow(Allow { subject: Some(user.to_string()), headers: vec![] })
+    Verdict::allow_as(user)
 }
 
 #[cfg(test)]
