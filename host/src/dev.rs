@@ -127,6 +127,9 @@ impl Dev {
     /// Stops accepting, terminates every backend and waits for them (the
     /// server does, between closing WebSockets and closing the rest).
     pub async fn stop(self) {
+        // No create starts from here on (503), in flight or not: the
+        // backends it would start are about to be stopped.
+        self.local.refuse_creates();
         let _ = self.shutdown.send(());
         let _ = self.server.await;
     }

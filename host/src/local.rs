@@ -283,10 +283,16 @@ impl Local {
         }
     }
 
+    /// Refuses creates from now on ([`ControlError::ShuttingDown`]): the
+    /// first step of a shutdown.
+    pub fn refuse_creates(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
     /// Terminates every backend (reason `requested`) and waits for them to
     /// exit, up to the stop timeout plus a margin; then kills what is left.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.refuse_creates();
         let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
         for r in &records {
             r.request_termination(TerminationRequest { reason: Reason::Requested, message: "spawner is shutting down".into() });

@@ -173,9 +173,10 @@ impl App {
 /// ("going away", so clients reconnect, through another replica), waits
 /// up to `drain` for the WebSockets, then runs the server's `then` (where
 /// `spawner dev` stops its backends, so that a status stream still open
-/// carries each backend's last status and ends with it), and waits for
-/// what is still open up to the end of `drain`, or a second after `then`,
-/// whichever is later.
+/// carries the backend's `terminating`, and its end if it stops in time)
+/// while waiting for what is still open up to the end of `drain`, or a
+/// second after `then` started, whichever is later; and returns once
+/// `then` is done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stopping {
     /// Accepting on, health check failing.
@@ -224,8 +225,8 @@ pub fn spawn(
     (shutdown, tokio::spawn(serve(listener, app, limits, stop, stopping, then)))
 }
 
-/// After `then` (backends stopped), how long the status streams and
-/// requests still open get to end with them, past the drain.
+/// Once `then` starts (backends stopping), how long the status streams
+/// and requests still open get to end with them, past the drain.
 const AFTER_THEN: Duration = Duration::from_secs(1);
 
 /// Serves connections from `listener` until `shutdown` is sent (or its
@@ -322,18 +323,24 @@ async fn serve(
     // WebSockets first: their browsers get 1001 from here, not a cut from
     // a backend stopping under them.
     let _ = tokio::time::timeout_at(drain_ends, app.proxy.websockets_closed()).await;
-    then.await;
-    let drained = tokio::time::timeout_at(drain_ends.max(tokio::time::Instant::now() + AFTER_THEN), async {
-        let _ = permits.acquire_many(all).await;
-        app.proxy.websockets_closed().await;
-    })
-    .await;
-    // A WebSocket keeps its connection's permit, so `open` counts it too.
-    let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
-    if drained.is_err() && open > 0 {
-        tracing::info!(open, of_them_websockets = websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
-    }
-    let _ = cut.send(true);
+    // Then `then` (the backends stopping), while what is still open drains
+    // beside it: a status stream gets its backend's `terminating`, and its
+    // end if the backend stops in time; a response a backend goes on
+    // streaming while it takes its stop timeout is cut at the drain's end.
+    let drain = async {
+        let drained = tokio::time::timeout_at(drain_ends.max(tokio::time::Instant::now() + AFTER_THEN), async {
+            let _ = permits.acquire_many(all).await;
+            app.proxy.websockets_closed().await;
+        })
+        .await;
+        // A WebSocket keeps its connection's permit, so `open` counts it too.
+        let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
+        if drained.is_err() && open > 0 {
+            tracing::info!(open, of_them_websockets = websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
+        }
+        let _ = cut.send(true);
+    };
+    tokio::join!(drain, then);
 }
 
 /// A background task that is aborted when this handle drops: for tasks that

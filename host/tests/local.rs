@@ -588,8 +588,9 @@ async fn sigterm_leaves_no_backend_running() {
     }
 }
 
-/// A web app watching a backend when Spawner stops sees it end, with why
-/// (its status stream was cut while the backend still showed ready).
+/// A web app watching a backend when Spawner stops sees it stopping, with
+/// why, and its end when it stops within the drain, as the demo backend
+/// does (the stream was cut while the backend still showed ready).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_status_stream_open_at_shutdown_ends_with_the_backends_last_status() {
     let mut dev = Dev::start(FAST, &[]);
@@ -613,6 +614,7 @@ async fn a_status_stream_open_at_shutdown_ends_with_the_backends_last_status() {
     }
     let (status, log) = stopped.await.unwrap();
     assert!(status.success(), "spawner exited with {status}:\n{log}");
+    assert!(events.contains("\"phase\":\"terminating\"") && events.contains("spawner is shutting down"), "{events}");
     let last = events.trim_end().rsplit("\n\n").next().unwrap();
     assert!(last.contains("\"phase\":\"terminated\"") && last.contains("\"reason\":\"requested\""), "{events}");
 }
