@@ -453,6 +453,15 @@ impl Proxy {
             }
         };
         match answer {
+            // A switch nobody asked for (this request offered no upgrade):
+            // passed on, it would leave the browser a bare 101 and a
+            // connection that then closes.
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
+                    tracing::warn!(backend = %route.name, suppressed, "backend answered 101 to a request that asked for no upgrade (`suppressed`: failures of any backend not logged since the last line)");
+                }
+                pages::error(StatusCode::BAD_GATEWAY, &format!("backend {} switched protocols unasked", route.name), accept.as_ref())
+            }
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 speak_for_ourselves(&mut parts);

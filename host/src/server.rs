@@ -261,6 +261,7 @@ async fn serve(
         }
     };
     tokio::pin!(stop_accepting);
+    let accept_failures = crate::log_gate::LogGate::default();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -270,8 +271,11 @@ async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning,
+                    // and say so once per period, not 20 times a second.
+                    if let Some(suppressed) = accept_failures.pass(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "accept failed (`suppressed`: failures not logged since the last line); retrying every 50 ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -958,6 +958,31 @@ async fn a_backend_that_never_answers_times_out() {
     assert!(log.contains("backend did not answer a request in time"), "{log}");
 }
 
+/// A backend that answers 101 to a request that offered no upgrade: the
+/// browser gets a 502 that says so (it got a bare 101, and the connection
+/// closed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_nobody_asked_for_is_a_bad_gateway() {
+    let server = [
+        "import http.server, os",
+        "class H(http.server.BaseHTTPRequestHandler):",
+        "    protocol_version = 'HTTP/1.1'",
+        "    def do_GET(self):",
+        "        self.send_response(101)",
+        "        self.end_headers()",
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()",
+    ]
+    .join("\n");
+    let config = format!("{FAST}\n[templates.switcher]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(&server));
+    let dev = Dev::start(&config, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "switcher"})).await;
+    dev.wait_ready(&name).await;
+    let r = dev.get(&name, "/switch", Some(&token)).await;
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("backend {name} switched protocols unasked")), "{text}");
+}
+
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()
