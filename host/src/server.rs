@@ -48,15 +48,38 @@ impl From<&crate::config::ProxyConfig> for Limits {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM: how `spawner dev`, `operator` and
-/// `proxy` are told to stop.
+/// Resolves on SIGINT, SIGTERM or SIGHUP: how `spawner dev`, `operator`
+/// and `proxy` are told to stop. SIGHUP is what closing the terminal (or
+/// the SSH session) Spawner runs in sends; its default action ended
+/// Spawner at once, with no graceful stop. Under `nohup` (SIGHUP ignored
+/// when Spawner starts) it stays ignored.
 pub async fn stop_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = if hangup_ignored() { None } else { Some(signal(SignalKind::hangup())?) };
+    let hung_up = async {
+        match &mut hangup {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hung_up => {}
     }
     Ok(())
+}
+
+/// Whether this process started with SIGHUP ignored (`nohup`), from the
+/// kernel's `SigIgn` mask; a handler would undo that.
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (nix::sys::signal::Signal::SIGHUP as u64 - 1)) != 0)
 }
 
 /// TCP keepalive for the connections the proxy holds: a peer that vanished

@@ -578,6 +578,38 @@ async fn a_process_that_left_the_backends_group_ends_with_it() {
     assert!(dev.log_text().contains("outside its process group"), "{}", dev.log_text());
 }
 
+/// Closing the terminal (or SSH session) Spawner runs in sends SIGHUP:
+/// a graceful stop, as SIGTERM's (it ended Spawner at once, and a backend's
+/// `setsid` child outlived it); under `nohup` it stays ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_stops_spawner_gracefully_unless_started_under_nohup() {
+    let (mut dev, names) = dev_with_backends().await;
+    let (status, _) = dev.signal_and_wait(nix::sys::signal::Signal::SIGHUP);
+    assert!(status.success(), "spawner exited with {status}:\n{}", dev.log_text());
+    assert!(dev.log_text().contains("shutting down: stopping every backend"), "{}", dev.log_text());
+    for n in &names {
+        assert!(backend_pids(n).is_empty(), "{n} survived spawner's SIGHUP");
+    }
+
+    let mut nohup = std::process::Command::new("nohup")
+        .args([env!("CARGO_BIN_EXE_spawner"), "dev", "--listen", "127.0.0.1:0"])
+        .env("SPAWNER_LOG", "spawner=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(nohup.stderr.take().unwrap());
+    use std::io::BufRead as _;
+    let mut lines = stderr.lines();
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("spawner dev is ready")), "spawner dev did not start under nohup");
+    let pid = nix::unistd::Pid::from_raw(nohup.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(nohup.try_wait().unwrap().is_none(), "SIGHUP stopped spawner under nohup");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(nohup.wait().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_leaves_no_backend_running() {
     let (mut dev, names) = dev_with_backends().await;
