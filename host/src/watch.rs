@@ -80,7 +80,7 @@ pub fn spawn(
         }
     })?;
     let watcher = Arc::new(Mutex::new(watcher));
-    let mut watched = Vec::new();
+    let mut watched = Watched::default();
     watch_dirs(&watcher, &config, &mut watched)?;
     let weak = Arc::downgrade(&watcher);
     tokio::spawn(async move {
@@ -180,25 +180,58 @@ fn concerns_plugins(paths: &[PathBuf], names: &HashSet<OsString>) -> bool {
     paths.is_empty() || paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)) || !plain_file(p))
 }
 
+/// Directories watched: those of the configured files, and, for one that
+/// is gone, the nearest directory above it that is there.
+#[derive(Debug, Default)]
+struct Watched {
+    dirs: Vec<PathBuf>,
+    /// Watched until the configured directory below comes back.
+    waiting: Vec<PathBuf>,
+}
+
 /// Adds watches on the directories of the configured files, as given and
-/// as they resolve now, that `watched` does not list yet.
-fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, watched: &mut Vec<PathBuf>) -> notify::Result<()> {
+/// as they resolve now, that `watched` does not list yet. A directory that
+/// is gone (deleted, to be made again: `rm -rf plugins && mkdir plugins`)
+/// lost its watch with it, and no event would come from it again: its
+/// nearest existing ancestor is watched instead, which sees it come back,
+/// and that watch is dropped once it has.
+fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, watched: &mut Watched) -> notify::Result<()> {
+    // A relative file's parent is "": its directory is the current one.
+    let dir = |d: &Path| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() };
     // Watch directories, not files: editors and `cp` replace files by
     // renaming, and a symlink is re-pointed in its directory.
-    let dirs: Vec<PathBuf> = configured_paths(config).iter().filter_map(|p| p.parent()).map(PathBuf::from).collect();
+    let dirs: Vec<PathBuf> = configured_paths(config).iter().filter_map(|p| p.parent()).map(dir).collect();
     // A directory that is gone (a ConfigMap's previous version) lost its
     // watch with it; should it come back, it is watched again.
-    watched.retain(|d| d.exists());
+    watched.dirs.retain(|d| d.exists());
     let mut watcher = watcher.lock().expect("watcher lock");
+    let mut waits = Vec::new();
+    let mut failed = None;
     for d in dirs {
-        // A relative file's parent is "": its directory is the current one.
-        let d = if d.as_os_str().is_empty() { PathBuf::from(".") } else { d };
-        if !watched.contains(&d) {
-            watcher.watch(&d, RecursiveMode::NonRecursive)?;
-            watched.push(d);
+        if watched.dirs.contains(&d) {
+            continue;
+        }
+        match watcher.watch(&d, RecursiveMode::NonRecursive) {
+            Ok(()) => watched.dirs.push(d),
+            Err(_) if !d.exists() => waits.extend(d.ancestors().skip(1).map(dir).find(|a| a.is_dir())),
+            Err(e) => failed = Some(e),
         }
     }
-    Ok(())
+    for a in &waits {
+        if !watched.waiting.contains(a) && !watched.dirs.contains(a) {
+            watcher.watch(a, RecursiveMode::NonRecursive)?;
+            watched.waiting.push(a.clone());
+        }
+    }
+    let dirs = &watched.dirs;
+    watched.waiting.retain(|a| {
+        let wanted = waits.contains(a);
+        if !wanted && !dirs.contains(a) {
+            let _ = watcher.unwatch(a);
+        }
+        wanted
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 /// Hot-swaps `kind` to `source` unless that (component and settings) is

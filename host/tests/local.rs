@@ -1183,6 +1183,40 @@ async fn plugins_loaded_from_files_change_behaviour() {
     assert!(ended["status"]["message"].as_str().unwrap().contains("after hours"), "{ended}");
 }
 
+/// A plugin directory deleted and made again (`rm -rf plugins && mkdir
+/// plugins`, a deploy script) is watched again: its watch went with it, and
+/// no later file there was ever loaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
+    use spawner_test_plugins as built;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let auth = plugins.join("auth.wasm");
+    std::fs::copy(built::FIXTURE_ALLOW, &auth).unwrap();
+    // Settings given inline: a settings file beside the directory would
+    // have its parent watched, which sees the directory come back.
+    let (plugin_arg, settings_arg) = (format!("auth={}", auth.display()), r#"auth={"secret":"rebuilt-dir-secret-0123"}"#.to_string());
+    let dev = Dev::start_in(dir, FAST, &["--plugin", &plugin_arg, "--plugin-settings", &settings_arg]);
+    let (name, _) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    assert_eq!(dev.get(&name, "/api/stats", None).await.status(), 200, "the allow-all fixture decides");
+
+    std::fs::remove_dir_all(&plugins).unwrap();
+    let refused = Instant::now() + Duration::from_secs(20);
+    while !dev.log_text().contains("plugin reload refused") {
+        assert!(Instant::now() < refused, "the deleted file was not noticed:\n{}", dev.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
+    let swapped = Instant::now() + Duration::from_secs(20);
+    while dev.get(&name, "/api/stats", None).await.status() != 401 {
+        assert!(Instant::now() < swapped, "the new file was not loaded:\n{}", dev.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A WebSocket is a client connection for `max-connections` and the
 /// open-connections gauge for as long as it is open: hyper's connection
 /// future ends at the upgrade, and both used to be given back then.
