@@ -9,8 +9,9 @@
 //! session, instead of both finding the connection cut at exit. Once asked,
 //! a direction reads only to the end of its frame in progress and then no
 //! more, so a busy stream reaches its boundary too. A relay that reaches
-//! none within `BOUNDARY_WAIT` (a stalled sender, bytes that are not
-//! frames) is cut, as before.
+//! none within `BOUNDARY_WAIT` (a stalled sender, a peer not reading, bytes
+//! that are not frames) sends its Close to each side that is between
+//! frames and cuts the other.
 //!
 //! An idle WebSocket holds no buffer: the relay waits for readiness on both
 //! sockets and reads into a per-thread scratch buffer, so 10,000 idle
@@ -158,6 +159,7 @@ async fn pump(
     let mut give_up = reason.is_some().then(|| Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
     // Once one side has ended: when to stop waiting for the other.
     let mut half_closed = None;
+    let mut gave_up = false;
     loop {
         if c.eof && b.eof && c.pending.is_empty() && b.pending.is_empty() {
             return Ok(());
@@ -196,7 +198,7 @@ async fn pump(
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
-            () = async { give_up.as_mut().expect("checked").await }, if give_up.is_some() => return Ok(()),
+            () = async { give_up.as_mut().expect("checked").await }, if give_up.is_some() => gave_up = true,
             () = async { half_closed.as_mut().expect("checked").await }, if half_closed.is_some() => return Ok(()),
             r = c.stream.readable(), if !c.eof && b.pending.is_empty() && readable_now(&c, give_up.is_some()) => {
                 r?;
@@ -215,6 +217,17 @@ async fn pump(
             r = b.stream.writable(), if !b.pending.is_empty() => { r?; flush(&mut b)?; }
             r = c.stream.writable(), if !c.pending.is_empty() => { r?; flush(&mut c)?; }
             else => return Ok(()),
+        }
+        if gave_up {
+            // No moment came when both directions were between frames (a
+            // backend not reading what the browser floods it with): each
+            // side that is between frames still gets its Close, the other
+            // is cut. A browser in front of a stalled backend sees 1001 or
+            // 1000 with the reason, not a reset.
+            let (code, why) = reason.as_ref().map_or((GOING_AWAY, GOING_AWAY_REASON), |(code, why)| (*code, &**why));
+            let to_client = !c.eof && b.meter.at_boundary() && c.pending.is_empty() && !b.meter.closing();
+            let to_backend = !b.eof && c.meter.at_boundary() && b.pending.is_empty() && !c.meter.closing();
+            return Box::pin(say_going_away(c.stream, to_client, b.stream, to_backend, code, why)).await;
         }
     }
 }
@@ -370,7 +383,7 @@ mod tests {
     }
 
     /// Reads exactly `n` bytes, or fails the test after a while.
-    async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    async fn read_n(s: &mut (impl tokio::io::AsyncRead + Unpin), n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
         tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await.expect("bytes never came").unwrap();
         buf
@@ -420,7 +433,7 @@ mod tests {
     /// Frames one after another, read from `s` until a Close frame;
     /// returns how many whole data frames came first and the Close's code
     /// (none if the stream ended without one: cut).
-    async fn frames_until_close(s: &mut TcpStream) -> (usize, Option<u16>) {
+    async fn frames_until_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (usize, Option<u16>) {
         let mut data_frames = 0;
         loop {
             let mut head = [0u8; 2];
@@ -523,6 +536,37 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), r.app.read_to_end(&mut rest)).await.expect("never ended").unwrap();
         assert!(rest.is_empty(), "the backend got nothing after the browser's Close: {rest:?}");
         hang_up(r).await;
+    }
+
+    /// A browser flooding a backend that reads nothing: the direction to
+    /// the backend never reaches a frame's end, the one to the browser is
+    /// idle. The browser still gets its Close (it was cut, 1006).
+    #[tokio::test]
+    async fn a_browser_in_front_of_a_backend_that_stopped_reading_still_gets_its_close() {
+        let r = relayed(false).await;
+        let (mut browser_in, mut browser_out) = r.browser.into_split();
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend(65_536u64.to_be_bytes());
+        frame.extend([9, 9, 9, 9]);
+        frame.extend(std::iter::repeat_n(0x55, 65_536));
+        let flood = tokio::spawn(async move { while browser_out.write_all(&frame).await.is_ok() {} });
+        // Until the flood stalls: the app's socket buffers are full, and
+        // the relay holds bytes it cannot write.
+        let mut relayed = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let more = r.activity.snapshot().bytes_in;
+            relayed += more;
+            if more == 0 && relayed > 0 {
+                break;
+            }
+        }
+        r.going_away.send_replace(true);
+        let (frames, code) = frames_until_close(&mut browser_in).await;
+        assert_eq!((frames, code), (0, Some(1001)), "a Close, not a cut");
+        flood.abort();
+        drop(r.app);
+        tokio::time::timeout(Duration::from_secs(10), r.pump).await.expect("the relay did not end").unwrap().unwrap();
     }
 
     #[tokio::test]
