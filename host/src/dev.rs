@@ -20,8 +20,8 @@ use crate::proxy::{Proxy, ProxySettings};
 use crate::server::{self, App, Limits};
 use crate::token::TokenKey;
 
-/// How long a stopping `spawner dev` waits for open connections (WebSockets
-/// closing, requests in flight) before it stops the backends.
+/// How long a stopping `spawner dev` waits for WebSockets to close and
+/// requests forwarded to backends to finish before it stops the backends.
 const DEV_DRAIN: Duration = Duration::from_secs(2);
 
 /// A running `spawner dev`.
@@ -102,15 +102,15 @@ impl Dev {
         // No delay (nothing balances load onto `spawner dev`), but a short
         // drain before the backends are stopped: open WebSockets get their
         // Close (1001) through, so browsers see a clean close rather than
-        // a cut connection; requests in flight may finish. Then the
-        // backends stop while status streams are still open, so that a web
-        // app watching one sees it end (`requested`), not a cut stream.
+        // a cut connection; requests forwarded to backends may finish.
+        // Then the backends stop while status streams are still open, so
+        // that a web app watching one sees it stopping, not a cut stream.
         let stopping = server::Stopping { delay: Duration::ZERO, drain: DEV_DRAIN };
-        let stop_backends = {
+        let stop_backends: server::Then = {
             let local = local.clone();
-            async move { local.shutdown().await }
+            Box::pin(async move { local.shutdown().await })
         };
-        let (shutdown, server) = server::spawn(listener, app, limits, stopping, stop_backends);
+        let (shutdown, server) = server::spawn(listener, app, limits, stopping, Some(stop_backends));
         let tasks = vec![
             crate::sweeper::spawn(
                 local.clone(),

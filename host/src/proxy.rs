@@ -163,12 +163,16 @@ pub struct Proxy {
     resolver: Arc<dyn Resolve>,
     plugins: Arc<Plugins>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, Metered<Incoming>>,
+    client: Client<HttpConnector, Metered<Incoming, UploadNotice>>,
     settings: ProxySettings,
     /// Turns true when the server stops: every relayed WebSocket then
     /// closes (see [`websocket`]). Each relay holds a receiver, so the
     /// receivers' count is the number of WebSockets open.
     going_away: tokio::sync::watch::Sender<bool>,
+    /// Each HTTP request forwarded holds a receiver until its response
+    /// ends, so the receivers' count is the number in flight (a stopping
+    /// server lets them finish before it stops backends).
+    forwarding: tokio::sync::watch::Sender<()>,
     /// Backend requests and WebSocket handshakes that failed: one line per
     /// period each (a crashed backend fails every request browsers keep
     /// sending; the `5xx` class counts them all).
@@ -194,6 +198,7 @@ impl Proxy {
             client,
             settings,
             going_away: tokio::sync::watch::Sender::new(false),
+            forwarding: tokio::sync::watch::Sender::new(()),
             request_failures: LogGate::default(),
             handshake_failures: LogGate::default(),
         }
@@ -203,6 +208,12 @@ impl Proxy {
     /// away") at its next frame boundary: the server is stopping.
     pub fn close_websockets(&self) {
         self.going_away.send_replace(true);
+    }
+
+    /// Resolves once no HTTP request is being forwarded (its response
+    /// streamed to its end).
+    pub async fn forwarded_all(&self) {
+        self.forwarding.closed().await;
     }
 
     /// Resolves once no WebSocket is relayed.
@@ -438,9 +449,22 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
         };
-        let in_flight = target.activity.request();
-        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, None));
-        let answer = match tokio::time::timeout(self.settings.response_timeout, self.client.request(request)).await {
+        let in_flight = (target.activity.request(), self.forwarding.subscribe());
+        let (uploaded, upload_over) = tokio::sync::oneshot::channel();
+        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, Some(UploadNotice(uploaded))));
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        // The backend's time to answer runs from the end of the upload: a
+        // large or slow one is the client's time, not the backend's.
+        let answered = tokio::select! {
+            r = &mut response => Some(r),
+            _ = upload_over => None,
+        };
+        let answer = match answered {
+            Some(answer) => Ok(answer),
+            None => tokio::time::timeout(self.settings.response_timeout, response).await,
+        };
+        let answer = match answer {
             Ok(answer) => answer,
             // Dropping the request closes its connection to the backend
             // (a pooled one is not reused with an answer still owed).
@@ -533,7 +557,7 @@ impl Proxy {
             speak_for_ourselves(&mut parts);
             headers::strip_hop_by_hop(&mut parts.headers, false);
             headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
-            return Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, None)));
+            return Response::from_parts(parts, Body::new(Metered::<_, ()>::new(body, activity, Direction::Out, None)));
         }
         // Only WebSocket was offered (see `strip_hop_by_hop`): a backend
         // switching to anything else is not relayed.
@@ -584,6 +608,10 @@ impl Proxy {
 
 /// An error with its causes, `: `-separated: hyper-util's client error
 /// alone says only `client error (SendRequest)`.
+/// Held by a forwarded request's body until the upload ends: dropped,
+/// it tells the proxy to start the backend's time to answer.
+pub struct UploadNotice(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -194,12 +194,12 @@ impl App {
 /// connection to finish the request in flight and close (idle keep-alive
 /// connections close at once), closes every WebSocket with status 1001
 /// ("going away", so clients reconnect, through another replica), waits
-/// up to `drain` for the WebSockets, then runs the server's `then` (where
-/// `spawner dev` stops its backends, so that a status stream still open
-/// carries the backend's `terminating`, and its end if it stops in time)
-/// while waiting for what is still open up to the end of `drain`, or a
-/// second after `then` started, whichever is later; and returns once
-/// `then` is done.
+/// up to `drain` for the WebSockets and the requests being forwarded to
+/// backends, then runs the server's `then`, if any (where `spawner dev`
+/// stops its backends, so that a status stream still open carries the
+/// backend's `terminating`, and its end if it stops in time) while waiting
+/// for what is still open up to the end of `drain` (or a second after
+/// `then` started, if later); and returns once `then` is done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stopping {
     /// Accepting on, health check failing.
@@ -236,13 +236,14 @@ impl ConnectionSlot {
 }
 
 /// [`serve`] in a task, until the returned sender is used (or dropped);
-/// `then` runs once the WebSockets are closed (see [`Stopping`]).
+/// `then` runs once the WebSockets and forwarded requests are done (see
+/// [`Stopping`]).
 pub fn spawn(
     listener: TcpListener,
     app: Arc<App>,
     limits: Limits,
     stopping: Stopping,
-    then: impl Future<Output = ()> + Send + 'static,
+    then: Option<Then>,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     (shutdown, tokio::spawn(serve(listener, app, limits, stop, stopping, then)))
@@ -260,7 +261,7 @@ async fn serve(
     limits: Limits,
     shutdown: tokio::sync::oneshot::Receiver<()>,
     stopping: Stopping,
-    then: impl Future<Output = ()>,
+    then: Option<Then>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
@@ -347,15 +348,19 @@ async fn serve(
     app.proxy.close_websockets();
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let drain_ends = tokio::time::Instant::now() + stopping.drain;
-    // WebSockets first: their browsers get 1001 from here, not a cut from
-    // a backend stopping under them.
-    let _ = tokio::time::timeout_at(drain_ends, app.proxy.websockets_closed()).await;
+    // WebSockets and forwarded requests first: browsers get 1001 from
+    // here, and their answers, not a cut from a backend stopping under them.
+    let _ = tokio::time::timeout_at(drain_ends, async { tokio::join!(app.proxy.websockets_closed(), app.proxy.forwarded_all()) }).await;
     // Then `then` (the backends stopping), while what is still open drains
     // beside it: a status stream gets its backend's `terminating`, and its
     // end if the backend stops in time; a response a backend goes on
-    // streaming while it takes its stop timeout is cut at the drain's end.
+    // streaming while it takes its stop timeout is cut then.
+    let window_ends = match &then {
+        Some(_) => drain_ends.max(tokio::time::Instant::now() + AFTER_THEN),
+        None => drain_ends,
+    };
     let drain = async {
-        let drained = tokio::time::timeout_at(drain_ends.max(tokio::time::Instant::now() + AFTER_THEN), async {
+        let drained = tokio::time::timeout_at(window_ends, async {
             let _ = permits.acquire_many(all).await;
             app.proxy.websockets_closed().await;
         })
@@ -367,8 +372,16 @@ async fn serve(
         }
         let _ = cut.send(true);
     };
-    tokio::join!(drain, then);
+    tokio::join!(drain, async {
+        if let Some(then) = then {
+            then.await;
+        }
+    });
 }
+
+/// What a stopping server runs once its WebSockets and forwarded requests
+/// are done (see [`Stopping`]).
+pub type Then = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A background task that is aborted when this handle drops: for tasks that
 /// must not outlive what started them (a start-up that fails half-way, a

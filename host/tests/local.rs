@@ -949,22 +949,49 @@ async fn a_frames_token_cookie_goes_beside_the_backends_own() {
     assert!(cookies.iter().any(|c| c.starts_with("spawner-token=")), "{cookies:?}");
 }
 
-/// A backend that accepts connections and never answers: the browser gets
-/// a 504 after `proxy.response-timeout-seconds`, and a WebSocket upgrade a
-/// 502 as soon, instead of waiting for as long as it is willing to.
+/// A Python backend for timing tests: `GET /slow` answers after 1.5 s,
+/// any other GET never answers, and a POST answers with the length of the
+/// body it read (chunked or not) once it has it all.
+const SLOW_SERVER: &str = r#"
+import http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith('/slow'):
+            time.sleep(1.5)
+            self.answer(b'slow')
+        else:
+            time.sleep(3600)
+    def do_POST(self):
+        data = b''
+        if self.headers.get('Transfer-Encoding') == 'chunked':
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            data = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        self.answer(str(len(data)).encode())
+http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+/// A backend that accepts a request and never answers: the browser gets a
+/// 504 after `proxy.response-timeout-seconds`, and a WebSocket upgrade a
+/// 502 as soon, instead of waiting for as long as it is willing to. The
+/// time runs from the end of the upload: a slow one is not the backend's.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_backend_that_never_answers_times_out() {
-    let server = [
-        "import os, socket",
-        "s = socket.create_server(('127.0.0.1', int(os.environ['PORT'])), backlog=64)",
-        "held = []",
-        "while True:",
-        "    held.append(s.accept()[0])",
-    ]
-    .join("\n");
+async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
     let config = format!(
         "{FAST}[proxy]\nresponse-timeout-seconds = 1\n[templates.mute]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n",
-        toml_string(&server)
+        toml_string(SLOW_SERVER)
     );
     let dev = Dev::start(&config, &[]);
     let (name, token) = dev.create_ok(json!({"template": "mute"})).await;
@@ -988,6 +1015,40 @@ async fn a_backend_that_never_answers_times_out() {
     // The operator's log says why the browser got its 504.
     let log = dev.log_text();
     assert!(log.contains("backend did not answer a request in time"), "{log}");
+
+    // An upload of 2.5 s, the backend answering once it has it all.
+    let chunks = futures_util::stream::iter(0..5).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1000]))
+    });
+    let r = patient
+        .post(format!("{}/p/{name}/upload", dev.base))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("an answer to the upload");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(r.text().await.unwrap(), "5000");
+}
+
+/// A request being forwarded when Spawner is asked to stop gets its
+/// answer: its backend is stopped after it (it was stopped at once, and the
+/// browser got a 502).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_flight_at_shutdown_gets_its_answer() {
+    let config = format!("{FAST}\n[templates.slow]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(SLOW_SERVER));
+    let mut dev = Dev::start(&config, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "slow"})).await;
+    dev.wait_ready(&name).await;
+    let url = format!("{}/p/{name}/slow", dev.base);
+    let slow = tokio::spawn(dev.http.get(url).bearer_auth(&token).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = tokio::task::spawn_blocking(move || dev.terminate());
+    let r = slow.await.unwrap().expect("an answer");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "slow");
+    assert!(stopped.await.unwrap().success());
 }
 
 /// A backend that answers 101 to a request that offered no upgrade: the

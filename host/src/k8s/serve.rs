@@ -184,7 +184,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         server::bind(options.listen, options.proxy.listen_backlog).with_context(|| format!("listening on {}", options.listen))?;
     let addr = listener.local_addr()?;
     let limits = Limits::from(&options.proxy);
-    let (shutdown, server) = server::spawn(listener, app, limits, options.stopping, std::future::ready(()));
+    let (shutdown, server) = server::spawn(listener, app, limits, options.stopping, None);
     let sweeper = crate::sweeper::spawn(cluster.clone(), plugins.clone(), options.sweep_interval, options.dry_run);
     let tasks = plugin_watch.into_iter().chain(peer_server).chain(metrics_server).collect();
     Ok(RunningProxy { addr, plugins, peer_addr, cluster, tasks, shutdown, server, sweeper })

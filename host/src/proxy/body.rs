@@ -1,5 +1,7 @@
 //! Bodies that count their bytes into a backend's activity as they stream
-//! (nothing is buffered), and hold its in-flight guard until they end.
+//! (nothing is buffered), and hold something until they end: a response,
+//! its request's places among those in flight; a request, the sender whose
+//! drop tells the proxy the upload is over.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::activity::{Activity, RequestGuard};
+use crate::activity::Activity;
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy)]
@@ -20,23 +22,26 @@ pub enum Direction {
 }
 
 /// A body wrapper that meters data frames.
-pub struct Metered<B> {
+pub struct Metered<B, H> {
     inner: B,
     activity: Arc<Activity>,
     direction: Direction,
-    _in_flight: Option<RequestGuard>,
+    held: Option<H>,
 }
 
-impl<B> Metered<B> {
-    /// Wraps `inner`; `in_flight` is released when the body ends or drops.
-    pub fn new(inner: B, activity: Arc<Activity>, direction: Direction, in_flight: Option<RequestGuard>) -> Self {
-        Metered { inner, activity, direction, _in_flight: in_flight }
+impl<B: Body, H> Metered<B, H> {
+    /// Wraps `inner`; `held` is dropped when the body ends (or drops).
+    pub fn new(inner: B, activity: Arc<Activity>, direction: Direction, held: Option<H>) -> Self {
+        // Nothing to send, nothing to wait for.
+        let held = held.filter(|_| !inner.is_end_stream());
+        Metered { inner, activity, direction, held }
     }
 }
 
-impl<B> Body for Metered<B>
+impl<B, H> Body for Metered<B, H>
 where
     B: Body<Data = Bytes> + Unpin,
+    H: Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -53,8 +58,10 @@ where
                 Direction::Out => this.activity.add_out(n),
             }
         }
-        if let Poll::Ready(None) = &polled {
-            this._in_flight.take();
+        // The end: no more frames, an error, or the last data frame (a
+        // sender that knows the length stops polling after it).
+        if matches!(&polled, Poll::Ready(None | Some(Err(_)))) || (polled.is_ready() && this.inner.is_end_stream()) {
+            this.held.take();
         }
         polled
     }
