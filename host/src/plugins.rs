@@ -299,8 +299,17 @@ impl Plugins {
                 .failures
                 .get_or_create(&FailureLabels { kind: kind.as_str(), plugin: plugin.info().name.clone(), error: e.label() })
                 .inc();
-            let gate = self.failure_logs[kind.index()].pass(Instant::now());
-            if let Some(suppressed) = gate {
+            // A call that began before a replacement and failed after it
+            // must not take the line the new plugin's first failure gets.
+            let gate = &self.failure_logs[kind.index()];
+            let replaced = !std::ptr::eq(plugin, &**self.slots[kind.index()].load());
+            let passed = if replaced {
+                gate.hold();
+                None
+            } else {
+                gate.pass(Instant::now())
+            };
+            if let Some(suppressed) = passed {
                 tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, suppressed,
                     "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per {} s)",
                     crate::log_gate::EVERY.as_secs());

@@ -25,6 +25,9 @@ use crate::plugins::{LoadResult, PluginKind, PluginSource, Plugins};
 /// write-rename-chmod sequence is one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// The longest a burst of changes puts a reload off.
+const MAX_BURST: Duration = Duration::from_secs(1);
+
 /// The source of `kind` as configured (file or embedded, with settings).
 pub fn source(config: &PluginsConfig, kind: PluginKind) -> LoadResult<PluginSource> {
     let slot = config.slot(kind);
@@ -80,8 +83,8 @@ pub fn spawn(
         }
     })?;
     let watcher = Arc::new(Mutex::new(watcher));
-    let mut watched = Watched::default();
-    watch_dirs(&watcher, &config, &mut watched)?;
+    let mut waiting = Vec::new();
+    watch_dirs(&watcher, &config, &mut waiting)?;
     let weak = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         // What was last tried for each kind (digest of component + settings).
@@ -97,9 +100,16 @@ pub fn spawn(
             if next.is_none() {
                 return; // the watcher was dropped
             }
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            // The rest of the burst, but not for ever: a directory where
+            // files come and go all the time (a parent watched while a
+            // plugin directory is gone) would put the reload off for good.
+            let burst_ends = tokio::time::Instant::now() + MAX_BURST;
+            while tokio::time::Instant::now() < burst_ends
+                && let Ok(Some(())) = tokio::time::timeout_at(burst_ends.min(tokio::time::Instant::now() + DEBOUNCE), rx.recv()).await
+            {
+            }
             if let Some(w) = weak.upgrade()
-                && let Err(e) = watch_dirs(&w, &config, &mut watched)
+                && let Err(e) = watch_dirs(&w, &config, &mut waiting)
             {
                 tracing::warn!(error = %e, "cannot watch where the plugin files lead now; changes there may be missed");
             }
@@ -180,57 +190,51 @@ fn concerns_plugins(paths: &[PathBuf], names: &HashSet<OsString>) -> bool {
     paths.is_empty() || paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)) || !plain_file(p))
 }
 
-/// Directories watched: those of the configured files, and, for one that
-/// is gone, the nearest directory above it that is there.
-#[derive(Debug, Default)]
-struct Watched {
-    dirs: Vec<PathBuf>,
-    /// Watched until the configured directory below comes back.
-    waiting: Vec<PathBuf>,
-}
-
-/// Adds watches on the directories of the configured files, as given and
-/// as they resolve now, that `watched` does not list yet. A directory that
-/// is gone (deleted, to be made again: `rm -rf plugins && mkdir plugins`)
-/// lost its watch with it, and no event would come from it again: its
-/// nearest existing ancestor is watched instead, which sees it come back,
-/// and that watch is dropped once it has.
-fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, watched: &mut Watched) -> notify::Result<()> {
+/// (Re)adds the watches on the directories of the configured files, as
+/// given and as they resolve now; `waiting` holds the ancestors watched
+/// for directories that are gone.
+///
+/// Every configured directory that is there is watched again each time:
+/// inotify gives an existing watch back, and one that went with its
+/// directory (deleted, perhaps made again at once: `rm -rf plugins &&
+/// mkdir plugins`, where the new directory may even get the old one's inode
+/// number) is made anew. A directory that is not there is waited for: its
+/// nearest existing ancestor is watched, which sees it come back, and that
+/// watch is dropped once it has.
+fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfig, waiting: &mut Vec<PathBuf>) -> notify::Result<()> {
     // A relative file's parent is "": its directory is the current one.
     let dir = |d: &Path| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() };
     // Watch directories, not files: editors and `cp` replace files by
     // renaming, and a symlink is re-pointed in its directory.
-    let dirs: Vec<PathBuf> = configured_paths(config).iter().filter_map(|p| p.parent()).map(dir).collect();
-    // A directory that is gone (a ConfigMap's previous version) lost its
-    // watch with it; should it come back, it is watched again.
-    watched.dirs.retain(|d| d.exists());
+    let mut dirs: Vec<PathBuf> = configured_paths(config).iter().filter_map(|p| p.parent()).map(dir).collect();
+    dirs.dedup();
+    let waits: Vec<PathBuf> =
+        dirs.iter().filter(|d| !d.is_dir()).filter_map(|d| d.ancestors().skip(1).map(dir).find(|a| a.is_dir())).collect();
     let mut watcher = watcher.lock().expect("watcher lock");
-    let mut waits = Vec::new();
-    let mut failed = None;
-    for d in dirs {
-        if watched.dirs.contains(&d) {
-            continue;
-        }
-        match watcher.watch(&d, RecursiveMode::NonRecursive) {
-            Ok(()) => watched.dirs.push(d),
-            Err(_) if !d.exists() => waits.extend(d.ancestors().skip(1).map(dir).find(|a| a.is_dir())),
-            Err(e) => failed = Some(e),
-        }
-    }
-    for a in &waits {
-        if !watched.waiting.contains(a) && !watched.dirs.contains(a) {
-            watcher.watch(a, RecursiveMode::NonRecursive)?;
-            watched.waiting.push(a.clone());
-        }
-    }
-    let dirs = &watched.dirs;
-    watched.waiting.retain(|a| {
+    // Ancestors no longer needed go first: removing a watch removes it for
+    // every name of its directory, and the loop below restores any that a
+    // configured file needs.
+    waiting.retain(|a| {
         let wanted = waits.contains(a);
-        if !wanted && !dirs.contains(a) {
+        if !wanted {
             let _ = watcher.unwatch(a);
         }
         wanted
     });
+    let mut failed = None;
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+            failed = Some(e);
+        }
+    }
+    for a in waits {
+        if !waiting.contains(&a) {
+            match watcher.watch(&a, RecursiveMode::NonRecursive) {
+                Ok(()) => waiting.push(a),
+                Err(e) => failed = Some(e),
+            }
+        }
+    }
     failed.map_or(Ok(()), Err)
 }
 

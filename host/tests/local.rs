@@ -1271,11 +1271,26 @@ async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
     }
     std::fs::create_dir(&plugins).unwrap();
     std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
-    let swapped = Instant::now() + Duration::from_secs(20);
-    while dev.get(&name, "/api/stats", None).await.status() != 401 {
-        assert!(Instant::now() < swapped, "the new file was not loaded:\n{}", dev.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status_becomes = |want: u16, what: &'static str| {
+        let dev = &dev;
+        let name = &name;
+        async move {
+            let until = Instant::now() + Duration::from_secs(20);
+            while dev.get(name, "/api/stats", None).await.status() != want {
+                assert!(Instant::now() < until, "{what}:\n{}", dev.log_text());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    status_becomes(401, "the new file was not loaded").await;
+
+    // Made again at once, before the watch could see it gone: another
+    // directory of the name, whose watch is not the first one's.
+    std::fs::remove_dir_all(&plugins).unwrap();
+    std::fs::create_dir(&plugins).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::copy(built::FIXTURE_ALLOW, &auth).unwrap();
+    status_becomes(200, "the file in the directory made again at once was not loaded").await;
 }
 
 /// A WebSocket is a client connection for `max-connections` and the

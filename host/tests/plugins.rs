@@ -268,6 +268,35 @@ fn a_replacement_plugins_first_failure_is_logged_at_once() {
     assert!(failures[1].contains("fixture: cannot decide") && failures[1].contains("suppressed=1"), "{text}");
 }
 
+/// A call that began on the plugin being replaced and fails after the
+/// swap does not take the line the new plugin's first failure gets.
+#[test]
+fn a_failure_of_the_replaced_plugin_does_not_take_the_new_ones_line() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let mut config = patient();
+    config.auth.deadline_ms = 1_000;
+    let rt = Arc::new(Runtime::new(config, Some(key())).unwrap());
+    let (plugins, _) = with_in(rt, vec![(PluginKind::Auth, source(built::FIXTURE_LOOP, ""))]);
+    let request = auth_request("b1", &[], None);
+    tracing::subscriber::with_default(subscriber, || {
+        std::thread::scope(|s| {
+            // Out of time after a second, on the looping plugin (logged, if
+            // at all, on its own thread, which has no subscriber here).
+            let old_call = s.spawn(|| plugins.auth().check(&request));
+            std::thread::sleep(Duration::from_millis(300));
+            plugins.replace(PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "error")).unwrap();
+            assert!(!old_call.join().unwrap().is_allow());
+        });
+        assert!(!plugins.auth().check(&request).is_allow());
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("plugin call failed")).collect();
+    assert_eq!(failures.len(), 1, "{text}");
+    assert!(failures[0].contains("fixture: cannot decide"), "{text}");
+}
+
 #[test]
 fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let rt = runtime();

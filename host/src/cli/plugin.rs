@@ -357,19 +357,13 @@ impl AuthInput {
     /// promises): a plugin tried on something else could pass here and
     /// fail live, or the reverse. Header names are lower-cased, as the
     /// proxy has them (said on stderr); a method, path or peer the proxy
-    /// could not give is refused with what it would be.
+    /// could not give is refused with what it would be (a lower-case
+    /// method it can: a client may send one).
     fn held_to_what_the_proxy_gives(mut self) -> anyhow::Result<Self> {
         let r = &mut self.request;
-        let standard = r.method.to_ascii_uppercase();
+        // Any case: the proxy passes the method as the client sent it.
         if http::Method::from_bytes(r.method.as_bytes()).is_err() {
             anyhow::bail!("--input's request.method {:?} is not an HTTP method (GET, POST, …)", r.method);
-        }
-        let known = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
-        if standard != r.method && known.contains(&standard.as_str()) {
-            anyhow::bail!(
-                "--input's request.method {:?}: methods are case-sensitive and browsers send {standard}, which the proxy passes as it is",
-                r.method
-            );
         }
         if !r.path.starts_with('/') {
             anyhow::bail!(
@@ -487,8 +481,8 @@ mod tests {
         let names: Vec<&str> = ok.request.headers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["x-team", "accept"]);
         assert!(input("PROPFIND", "/", "[::1]:1").is_ok(), "an extension method is passed as it is");
+        assert_eq!(input("get", "/", "[::1]:1").unwrap().request.method, "get", "as a client may send it");
         for (method, path, peer, says) in [
-            ("get", "/x", "127.0.0.1:5000", "browsers send GET"),
             ("G ET", "/x", "127.0.0.1:5000", "is not an HTTP method"),
             ("GET", "x", "127.0.0.1:5000", "must start with '/'"),
             ("GET", "/x", "not-an-addr", "is not ip:port"),
