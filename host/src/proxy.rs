@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, StatusClassLabels};
 use crate::plugins::Plugins;
 use crate::plugins::credentials::{self, TokenNames};
 use crate::plugins::types::{AuthRequest, Backend, CredentialSource, HttpRequest, Verdict};
-use body::{Direction, Metered};
+use body::{Direction, Held, Metered};
 
 /// Idle keep-alive connections kept per backend. Backends are small
 /// servers; a few warm connections cover bursts without hogging them.
@@ -304,6 +304,10 @@ impl Proxy {
     }
 
     async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        // Counted from here, through the auth plugin and a WebSocket's
+        // handshake: a stopping server waits for it before it stops the
+        // backend it is for.
+        let forwarding = self.forwarding.subscribe();
         let accept = req.headers().get(header::ACCEPT).cloned();
         let route = match self.route(&req) {
             Routed::Backend(route) => route,
@@ -439,6 +443,7 @@ impl Proxy {
                 Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
             };
             let mut response = self.websocket(&route.name, parts, client_upgrade, slot, addr, target.activity).await;
+            drop(forwarding);
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 headers::prefix_location(response.headers_mut(), &route.prefix, host.as_ref(), addr);
             }
@@ -449,32 +454,42 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
         };
-        let in_flight = (target.activity.request(), self.forwarding.subscribe());
-        let (uploaded, upload_over) = tokio::sync::oneshot::channel();
-        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, Some(UploadNotice(uploaded))));
+        let in_flight = (target.activity.request(), forwarding);
+        let (notice, upload_over) = UploadNotice::new();
+        let progress = notice.progress.clone();
+        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, Some(notice)));
         let response = self.client.request(request);
         tokio::pin!(response);
+        tokio::pin!(upload_over);
+        let timeout = self.settings.response_timeout;
         // The backend's time to answer runs from the end of the upload: a
-        // large or slow one is the client's time, not the backend's.
-        let answered = tokio::select! {
-            r = &mut response => Some(r),
-            _ = upload_over => None,
+        // large or slow one is the client's time, not the backend's. While
+        // it lasts, it must move: an upload that makes no progress for as
+        // long (a backend that stopped reading, a client that stopped
+        // sending) would otherwise hold the request, and its backend
+        // busy, for ever.
+        let answer = loop {
+            let wait = timeout.saturating_sub(progress.still_for());
+            if wait.is_zero() {
+                break None;
+            }
+            tokio::select! {
+                r = &mut response => break Some(r),
+                _ = &mut upload_over => break tokio::time::timeout(timeout, &mut response).await.ok(),
+                () = tokio::time::sleep(wait) => {}
+            }
         };
-        let answer = match answered {
-            Some(answer) => Ok(answer),
-            None => tokio::time::timeout(self.settings.response_timeout, response).await,
-        };
-        let answer = match answer {
-            Ok(answer) => answer,
+        let Some(answer) = answer else {
             // Dropping the request closes its connection to the backend
             // (a pooled one is not reused with an answer still owed).
-            Err(_) => {
-                if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
-                    tracing::warn!(backend = %route.name, timeout_seconds = self.settings.response_timeout.as_secs(), suppressed, "backend did not answer a request in time (`suppressed`: failures of any backend not logged since the last line)");
-                }
-                let message = format!("backend {} did not answer within {} s", route.name, self.settings.response_timeout.as_secs());
-                return pages::error(StatusCode::GATEWAY_TIMEOUT, &message, accept.as_ref());
+            if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
+                tracing::warn!(backend = %route.name, timeout_seconds = timeout.as_secs(), upload_over = progress.over(), suppressed, "backend did not answer a request in time (`suppressed`: failures of any backend not logged since the last line)");
             }
+            let message = match progress.over() {
+                true => format!("backend {} did not answer within {} s", route.name, timeout.as_secs()),
+                false => format!("the request's body made no progress to backend {} for {} s", route.name, timeout.as_secs()),
+            };
+            return pages::error(StatusCode::GATEWAY_TIMEOUT, &message, accept.as_ref());
         };
         match answer {
             // A switch nobody asked for (this request offered no upgrade):
@@ -606,12 +621,61 @@ impl Proxy {
     }
 }
 
+/// Held by a forwarded request's body until the upload ends: dropped, it
+/// tells the proxy to start the backend's time to answer; each frame it
+/// sees is progress.
+pub struct UploadNotice {
+    _over: tokio::sync::oneshot::Sender<()>,
+    progress: Arc<UploadProgress>,
+}
+
+impl UploadNotice {
+    fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (over, upload_over) = tokio::sync::oneshot::channel();
+        let progress = Arc::new(UploadProgress { started: std::time::Instant::now(), last_ms: Default::default() });
+        (UploadNotice { _over: over, progress }, upload_over)
+    }
+}
+
+impl Held for UploadNotice {
+    fn frame(&self) {
+        let ms = self.progress.started.elapsed().as_millis() as u64;
+        self.progress.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for UploadNotice {
+    fn drop(&mut self) {
+        self.progress.last_ms.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// When an upload last moved.
+struct UploadProgress {
+    started: std::time::Instant,
+    /// Milliseconds from `started` to the last frame; `u64::MAX` once over.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl UploadProgress {
+    /// How long it has not moved (zero once over).
+    fn still_for(&self) -> std::time::Duration {
+        match self.last_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => std::time::Duration::ZERO,
+            ms => self.started.elapsed().saturating_sub(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether the whole body has gone to the backend.
+    fn over(&self) -> bool {
+        self.last_ms.load(std::sync::atomic::Ordering::Relaxed) == u64::MAX
+    }
+}
+
+impl Held for (crate::activity::RequestGuard, tokio::sync::watch::Receiver<()>) {}
+
 /// An error with its causes, `: `-separated: hyper-util's client error
 /// alone says only `client error (SendRequest)`.
-/// Held by a forwarded request's body until the upload ends: dropped,
-/// it tells the proxy to start the backend's time to answer.
-pub struct UploadNotice(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
-
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

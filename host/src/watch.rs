@@ -76,10 +76,14 @@ pub fn spawn(
     // are looked up again whenever the watched directories are.
     let names = Arc::new(Mutex::new(file_names(&config)));
     let seen = names.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Each change says whether it names a configured file (a plugin being
+    // written) or not (a directory come or gone).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| changes_content(&e.kind) && concerns_plugins(&e.paths, &seen.lock().expect("names lock"))) {
-            let _ = tx.send(());
+        let Ok(e) = event else { return };
+        let names = seen.lock().expect("names lock");
+        if changes_content(&e.kind) && concerns_plugins(&e.paths, &names) {
+            let _ = tx.send(e.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n))));
         }
     })?;
     let watcher = Arc::new(Mutex::new(watcher));
@@ -95,18 +99,23 @@ pub fn spawn(
             // The next change (then the rest of its burst), or the retry.
             let next = match retries {
                 0 => rx.recv().await,
-                n => tokio::time::timeout(retry_after(n), rx.recv()).await.unwrap_or(Some(())),
+                n => tokio::time::timeout(retry_after(n), rx.recv()).await.unwrap_or(Some(false)),
             };
             if next.is_none() {
                 return; // the watcher was dropped
             }
-            // The rest of the burst, but not for ever: a directory where
-            // files come and go all the time (a parent watched while a
-            // plugin directory is gone) would put the reload off for good.
-            let burst_ends = tokio::time::Instant::now() + MAX_BURST;
+            // The rest of the burst: until quiet for a moment, and while a
+            // plugin file is still being written (a slow copy); but other
+            // changes put it off a second at most (a directory where files
+            // come and go all the time, a parent watched while a plugin
+            // directory is gone, would put it off for good).
+            let mut burst_ends = tokio::time::Instant::now() + MAX_BURST;
             while tokio::time::Instant::now() < burst_ends
-                && let Ok(Some(())) = tokio::time::timeout_at(burst_ends.min(tokio::time::Instant::now() + DEBOUNCE), rx.recv()).await
+                && let Ok(Some(named)) = tokio::time::timeout_at(burst_ends.min(tokio::time::Instant::now() + DEBOUNCE), rx.recv()).await
             {
+                if named {
+                    burst_ends = tokio::time::Instant::now() + MAX_BURST;
+                }
             }
             if let Some(w) = weak.upgrade()
                 && let Err(e) = watch_dirs(&w, &config, &mut waiting)
@@ -227,12 +236,13 @@ fn watch_dirs(watcher: &Mutex<notify::RecommendedWatcher>, config: &PluginsConfi
             failed = Some(e);
         }
     }
+    // Each time too: an ancestor may itself have been deleted and made
+    // again (or moved away) since.
     for a in waits {
-        if !waiting.contains(&a) {
-            match watcher.watch(&a, RecursiveMode::NonRecursive) {
-                Ok(()) => waiting.push(a),
-                Err(e) => failed = Some(e),
-            }
+        match watcher.watch(&a, RecursiveMode::NonRecursive) {
+            Ok(()) if !waiting.contains(&a) => waiting.push(a),
+            Ok(()) => {}
+            Err(e) => failed = Some(e),
         }
     }
     failed.map_or(Ok(()), Err)

@@ -986,7 +986,8 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
 /// A backend that accepts a request and never answers: the browser gets a
 /// 504 after `proxy.response-timeout-seconds`, and a WebSocket upgrade a
 /// 502 as soon, instead of waiting for as long as it is willing to. The
-/// time runs from the end of the upload: a slow one is not the backend's.
+/// time runs from the end of the upload: a slow one is not the backend's,
+/// but one that stops moving for as long is given up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
     let config = format!(
@@ -1030,6 +1031,23 @@ async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
         .expect("an answer to the upload");
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert_eq!(r.text().await.unwrap(), "5000");
+
+    // An upload that stops moving (its client went quiet, or a backend
+    // stopped reading) is given up after as long: it held the request,
+    // and its backend busy, for ever.
+    let stalls = futures_util::stream::iter(0..4)
+        .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20])))
+        .chain(futures_util::stream::pending());
+    let r = patient
+        .post(format!("{}/p/{name}/upload", dev.base))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(stalls))
+        .send()
+        .await
+        .expect("an answer to the stalled upload");
+    assert_eq!(r.status(), 504);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("the request's body made no progress to backend {name} for 1 s")), "{text}");
 }
 
 /// A request being forwarded when Spawner is asked to stop gets its
@@ -1251,8 +1269,10 @@ async fn plugins_loaded_from_files_change_behaviour() {
 async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
     use spawner_test_plugins as built;
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
+    let root = dir.path().to_path_buf();
+    let parent = root.join("site");
+    let plugins = parent.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
     let auth = plugins.join("auth.wasm");
     std::fs::copy(built::FIXTURE_ALLOW, &auth).unwrap();
     // Settings given inline: a settings file beside the directory would
@@ -1264,11 +1284,7 @@ async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
     assert_eq!(dev.get(&name, "/api/stats", None).await.status(), 200, "the allow-all fixture decides");
 
     std::fs::remove_dir_all(&plugins).unwrap();
-    let refused = Instant::now() + Duration::from_secs(20);
-    while !dev.log_text().contains("plugin reload refused") {
-        assert!(Instant::now() < refused, "the deleted file was not noticed:\n{}", dev.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    refused_after(&dev, 0).await;
     std::fs::create_dir(&plugins).unwrap();
     std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
     let status_becomes = |want: u16, what: &'static str| {
@@ -1291,6 +1307,33 @@ async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     std::fs::copy(built::FIXTURE_ALLOW, &auth).unwrap();
     status_becomes(200, "the file in the directory made again at once was not loaded").await;
+
+    // While the directory is gone its parent stands in; that one deleted
+    // and made again (or moved away) too is watched anew.
+    let before = refusals(&dev);
+    std::fs::remove_dir_all(&plugins).unwrap();
+    refused_after(&dev, before).await;
+    std::fs::rename(&parent, root.join("site.old")).unwrap();
+    std::fs::create_dir(&parent).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::create_dir(&plugins).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
+    status_becomes(401, "the file in a directory whose parent was made again was not loaded").await;
+}
+
+/// Plugin reloads refused so far.
+fn refusals(dev: &Dev) -> usize {
+    dev.log_text().matches("plugin reload refused").count()
+}
+
+/// Waits until a plugin reload is refused beyond the `before` so far.
+async fn refused_after(dev: &Dev, before: usize) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while refusals(dev) == before {
+        assert!(Instant::now() < until, "the deleted file was not noticed:\n{}", dev.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A WebSocket is a client connection for `max-connections` and the

@@ -21,6 +21,14 @@ pub enum Direction {
     Out,
 }
 
+/// What a [`Metered`] body holds until it ends, told of each frame.
+pub trait Held: Unpin {
+    /// A frame went through.
+    fn frame(&self) {}
+}
+
+impl Held for () {}
+
 /// A body wrapper that meters data frames.
 pub struct Metered<B, H> {
     inner: B,
@@ -41,7 +49,7 @@ impl<B: Body, H> Metered<B, H> {
 impl<B, H> Body for Metered<B, H>
 where
     B: Body<Data = Bytes> + Unpin,
-    H: Unpin,
+    H: Held,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -49,6 +57,9 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(held)) = (&polled, &this.held) {
+            held.frame();
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
