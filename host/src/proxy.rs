@@ -95,8 +95,9 @@ pub struct ProxySettings {
     /// a backend (a server relaying a browser's headers with it added) has
     /// it taken out, as a capability token is (see `headers`).
     pub api_token: Option<crate::secret::Secret>,
-    /// Time a backend has to send a proxied request's response head
-    /// (`proxy.response-timeout-seconds`): then 504.
+    /// Time a backend has to send a proxied request's response head once
+    /// the upload is over, and the longest an upload may stall
+    /// (`proxy.response-timeout-seconds`).
     pub response_timeout: std::time::Duration,
 }
 
@@ -479,15 +480,23 @@ impl Proxy {
                 () = tokio::time::sleep(wait) => {}
             }
         };
+        // Dropping the request closes its connection to the backend (a
+        // pooled one is not reused with an answer still owed).
         let Some(answer) = answer else {
-            // Dropping the request closes its connection to the backend
-            // (a pooled one is not reused with an answer still owed).
+            let seconds = timeout.as_secs();
+            // The client stopped sending (a phone that lost its network
+            // mid-upload): its time ran out, not the backend's.
+            if !progress.over() && progress.waiting_for_client() {
+                tracing::debug!(backend = %route.name, timeout_seconds = seconds, "client request body stopped arriving");
+                let message = format!("the request's body stopped arriving for {seconds} s");
+                return pages::error(StatusCode::REQUEST_TIMEOUT, &message, accept.as_ref());
+            }
             if let Some(suppressed) = self.request_failures.pass(std::time::Instant::now()) {
-                tracing::warn!(backend = %route.name, timeout_seconds = timeout.as_secs(), upload_over = progress.over(), suppressed, "backend did not answer a request in time (`suppressed`: failures of any backend not logged since the last line)");
+                tracing::warn!(backend = %route.name, timeout_seconds = seconds, upload_over = progress.over(), suppressed, "backend did not answer a request in time (`suppressed`: failures of any backend not logged since the last line)");
             }
             let message = match progress.over() {
-                true => format!("backend {} did not answer within {} s", route.name, timeout.as_secs()),
-                false => format!("the request's body made no progress to backend {} for {} s", route.name, timeout.as_secs()),
+                true => format!("backend {} did not answer within {seconds} s", route.name),
+                false => format!("backend {} took no more of the request's body for {seconds} s", route.name),
             };
             return pages::error(StatusCode::GATEWAY_TIMEOUT, &message, accept.as_ref());
         };
@@ -632,7 +641,8 @@ pub struct UploadNotice {
 impl UploadNotice {
     fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (over, upload_over) = tokio::sync::oneshot::channel();
-        let progress = Arc::new(UploadProgress { started: std::time::Instant::now(), last_ms: Default::default() });
+        let progress =
+            Arc::new(UploadProgress { started: std::time::Instant::now(), last_ms: Default::default(), client_owes: Default::default() });
         (UploadNotice { _over: over, progress }, upload_over)
     }
 }
@@ -641,6 +651,11 @@ impl Held for UploadNotice {
     fn frame(&self) {
         let ms = self.progress.started.elapsed().as_millis() as u64;
         self.progress.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.progress.client_owes.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn pending(&self) {
+        self.progress.client_owes.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -655,6 +670,9 @@ struct UploadProgress {
     started: std::time::Instant,
     /// Milliseconds from `started` to the last frame; `u64::MAX` once over.
     last_ms: std::sync::atomic::AtomicU64,
+    /// Whether the backend's side asked for more than the client has sent
+    /// (else it has not asked: it is not reading, or not connected yet).
+    client_owes: std::sync::atomic::AtomicBool,
 }
 
 impl UploadProgress {
@@ -664,6 +682,11 @@ impl UploadProgress {
             u64::MAX => std::time::Duration::ZERO,
             ms => self.started.elapsed().saturating_sub(std::time::Duration::from_millis(ms)),
         }
+    }
+
+    /// Whether the upload waits for the client, not the backend.
+    fn waiting_for_client(&self) -> bool {
+        self.client_owes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the whole body has gone to the backend.

@@ -25,7 +25,8 @@ use crate::plugins::{LoadResult, PluginKind, PluginSource, Plugins};
 /// write-rename-chmod sequence is one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// The longest a burst of changes puts a reload off.
+/// The longest a burst of changes puts a reload off, unless they name a
+/// configured file (one being written: each such change extends it).
 const MAX_BURST: Duration = Duration::from_secs(1);
 
 /// The source of `kind` as configured (file or embedded, with settings).

@@ -1032,9 +1032,9 @@ async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert_eq!(r.text().await.unwrap(), "5000");
 
-    // An upload that stops moving (its client went quiet, or a backend
-    // stopped reading) is given up after as long: it held the request,
-    // and its backend busy, for ever.
+    // An upload that stops moving is given up after as long: it held the
+    // request, and its backend busy, for ever. Here the client went quiet:
+    // its time ran out (408), not the backend's.
     let stalls = futures_util::stream::iter(0..4)
         .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20])))
         .chain(futures_util::stream::pending());
@@ -1045,9 +1045,9 @@ async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
         .send()
         .await
         .expect("an answer to the stalled upload");
-    assert_eq!(r.status(), 504);
+    assert_eq!(r.status(), 408);
     let text = r.text().await.unwrap();
-    assert!(text.contains(&format!("the request's body made no progress to backend {name} for 1 s")), "{text}");
+    assert!(text.contains("the request's body stopped arriving for 1 s"), "{text}");
 }
 
 /// A request being forwarded when Spawner is asked to stop gets its

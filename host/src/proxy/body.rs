@@ -25,6 +25,9 @@ pub enum Direction {
 pub trait Held: Unpin {
     /// A frame went through.
     fn frame(&self) {}
+    /// The body was asked for a frame it does not have yet: its sender
+    /// (not its reader) is the one to wait for.
+    fn pending(&self) {}
 }
 
 impl Held for () {}
@@ -57,8 +60,10 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(_))), Some(held)) = (&polled, &this.held) {
-            held.frame();
+        match (&polled, &this.held) {
+            (Poll::Ready(Some(Ok(_))), Some(held)) => held.frame(),
+            (Poll::Pending, Some(held)) => held.pending(),
+            _ => {}
         }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
