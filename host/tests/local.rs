@@ -583,7 +583,16 @@ async fn a_process_that_left_the_backends_group_ends_with_it() {
 /// `setsid` child outlived it); under `nohup` it stays ignored.
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_stops_spawner_gracefully_unless_started_under_nohup() {
-    let (mut dev, names) = dev_with_backends().await;
+    // SIGHUP at its default, whatever this test inherited (a CI runner
+    // under nohup passes it on ignored, and spawner would keep that).
+    let config = format!("{FAST}{STUBBORN}");
+    let mut dev = Dev::start_wrapped(&["env", "--default-signal=HUP"], tempfile::tempdir().unwrap(), &config, &[]);
+    let mut names = Vec::new();
+    for template in ["demo", "stubborn"] {
+        let (name, _) = dev.create_ok(json!({"template": template, "gracePeriodSeconds": 600})).await;
+        dev.wait_ready(&name).await;
+        names.push(name);
+    }
     let (status, _) = dev.signal_and_wait(nix::sys::signal::Signal::SIGHUP);
     assert!(status.success(), "spawner exited with {status}:\n{}", dev.log_text());
     assert!(dev.log_text().contains("shutting down: stopping every backend"), "{}", dev.log_text());

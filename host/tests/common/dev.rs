@@ -61,9 +61,21 @@ impl Dev {
 
     /// Same, in a prepared directory.
     pub fn start_in(dir: tempfile::TempDir, config: &str, args: &[&str]) -> Dev {
+        Self::start_wrapped(&[], dir, config, args)
+    }
+
+    /// Same, run through `wrapper` (a command that ends by running the
+    /// rest, as `env --default-signal=HUP` does), which keeps its pid.
+    pub fn start_wrapped(wrapper: &[&str], dir: tempfile::TempDir, config: &str, args: &[&str]) -> Dev {
         let config_path = dir.path().join("spawner.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spawner"))
+        let spawner = env!("CARGO_BIN_EXE_spawner");
+        let (program, before) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, [rest, &[spawner]].concat()),
+            None => (spawner, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(before)
             .args(["dev", "--listen", "127.0.0.1:0", "--config", config_path.to_str().unwrap()])
             .args(args)
             .env("SPAWNER_LOG", "spawner=debug,info")
