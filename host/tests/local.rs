@@ -946,7 +946,7 @@ async fn a_frames_token_cookie_goes_beside_the_backends_own() {
         "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()",
     ]
     .join("\n");
-    let config = format!("{FAST}\n[templates.cookies]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(&server));
+    let config = format!("{FAST}{}", python_template("cookies", &server));
     let dev = Dev::start(&config, &[]);
     let (name, token) = dev.create_ok(json!({"template": "cookies"})).await;
     dev.wait_ready(&name).await;
@@ -999,10 +999,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve
 /// but one that stops moving for as long is given up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
-    let config = format!(
-        "{FAST}[proxy]\nresponse-timeout-seconds = 1\n[templates.mute]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n",
-        toml_string(SLOW_SERVER)
-    );
+    let config = format!("{FAST}[proxy]\nresponse-timeout-seconds = 1\n{}", python_template("mute", SLOW_SERVER));
     let dev = Dev::start(&config, &[]);
     let (name, token) = dev.create_ok(json!({"template": "mute"})).await;
     dev.wait_ready(&name).await;
@@ -1064,7 +1061,7 @@ async fn a_backend_that_never_answers_times_out_but_a_slow_upload_does_not() {
 /// browser got a 502).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_in_flight_at_shutdown_gets_its_answer() {
-    let config = format!("{FAST}\n[templates.slow]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(SLOW_SERVER));
+    let config = format!("{FAST}{}", python_template("slow", SLOW_SERVER));
     let mut dev = Dev::start(&config, &[]);
     let (name, token) = dev.create_ok(json!({"template": "slow"})).await;
     dev.wait_ready(&name).await;
@@ -1093,7 +1090,7 @@ async fn a_switch_nobody_asked_for_is_a_bad_gateway() {
         "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()",
     ]
     .join("\n");
-    let config = format!("{FAST}\n[templates.switcher]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(&server));
+    let config = format!("{FAST}{}", python_template("switcher", &server));
     let dev = Dev::start(&config, &[]);
     let (name, token) = dev.create_ok(json!({"template": "switcher"})).await;
     dev.wait_ready(&name).await;
@@ -1101,6 +1098,11 @@ async fn a_switch_nobody_asked_for_is_a_bad_gateway() {
     assert_eq!(r.status(), 502);
     let text = r.text().await.unwrap();
     assert!(text.contains(&format!("backend {name} switched protocols unasked")), "{text}");
+}
+
+/// A template `name` that runs `script` with `python3 -c`.
+fn python_template(name: &str, script: &str) -> String {
+    format!("\n[templates.{name}]\ncommand = \"python3\"\nargs = [\"-c\", {}]\n", toml_string(script))
 }
 
 /// `text` as a TOML basic string.
