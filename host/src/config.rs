@@ -217,9 +217,9 @@ pub struct ProxyConfig {
     /// Largest request head (line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
     /// Time a backend has to answer a proxied request with its response
-    /// head once the request's body is sent, and the longest that body
-    /// may make no progress, in seconds (the response's body then streams
-    /// for as long as it lasts).
+    /// head once the proxy has read the request's whole body, and the
+    /// longest that body may make no progress, in seconds (the response's
+    /// body then streams for as long as it lasts).
     pub response_timeout_seconds: u64,
     /// Listen backlog: connections the kernel queues before we accept them.
     pub listen_backlog: u32,

@@ -288,7 +288,8 @@ pub(crate) fn hide_from_same_user() {
     }
 }
 
-/// Runs `spawner dev` until SIGINT or SIGTERM, then stops every backend.
+/// Runs `spawner dev` until SIGINT, SIGTERM or SIGHUP, then stops every
+/// backend.
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = config_from_args(&args)?;
     raise_fd_limit();

@@ -139,6 +139,36 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
     assert!(close.reason.starts_with("backend ending (requested)"), "{close:?}");
 }
 
+/// A backend that dies (killed here) cuts its connections itself, before
+/// Spawner knows: the page still gets a Close frame saying the backend
+/// exited, not the connection cut (1006).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_dies_still_closes_its_websockets_saying_so() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    let mut ws = dev.websocket(&name, &token).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    for pid in backend_pids(&name) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("never closed") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a status"),
+            Some(Ok(_)) => continue,
+            other => panic!("ended without a Close frame: {other:?}"),
+        }
+    };
+    // 1000 and how it ended, once the exit is seen (within half a second,
+    // locally); 1011 if the machine was too slow to see it by then.
+    match u16::from(close.code) {
+        1000 => assert!(close.reason.starts_with("backend ending (exited)"), "{close:?}"),
+        1011 => assert_eq!(close.reason, "the backend closed the connection without a WebSocket Close"),
+        _ => panic!("{close:?}"),
+    }
+    assert_eq!(dev.wait_phase(&name, "failed").await["status"]["reason"], "exited");
+}
+
 /// Rotating the token secret: the new one signs, the previous one still
 /// opens what it signed, a third does not.
 #[tokio::test(flavor = "multi_thread")]

@@ -95,7 +95,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let (_, _metrics_server) =
             crate::server::serve_side(args.metrics_listen, crate::api::ops_router(metrics.clone()), "--metrics-listen").await?;
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
-        // Until SIGINT or SIGTERM, then the Lease is given back.
+        // Until SIGINT, SIGTERM or SIGHUP, then the Lease is given back.
         let (signal_tx, mut signalled) = tokio::sync::oneshot::channel();
         let stop = async move {
             let _ = signal_tx.send(crate::server::stop_signal().await);

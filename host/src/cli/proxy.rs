@@ -134,9 +134,10 @@ pub struct ProxyArgs {
     #[arg(long, env = "SPAWNER_MAX_HEADER_BYTES", default_value_t = ProxyConfig::default().max_header_bytes)]
     pub max_header_bytes: usize,
     /// Time a backend has to answer a proxied request with its response
-    /// head once the request's body is sent (or a WebSocket upgrade, at
-    /// most 30 s), in seconds: then 504; also the longest an upload may
-    /// make no progress (then 408, or 504 if the backend stopped reading).
+    /// head once the proxy has read the request's body (or a WebSocket
+    /// upgrade, at most 30 s), in seconds: then 504; also the longest an
+    /// upload may make no progress (then 408, or 504 if the backend
+    /// stopped reading).
     #[arg(long, env = "SPAWNER_RESPONSE_TIMEOUT_SECONDS", default_value_t = ProxyConfig::default().response_timeout_seconds)]
     pub response_timeout_seconds: u64,
     /// Connections the kernel queues before they are accepted.

@@ -66,6 +66,22 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// WebSockets were closed (and so a stop is never held up by one).
 const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 
+/// The Close frame's status when the backend ends its connection without
+/// one and no reason is known: 1011, the server met an unexpected
+/// condition (accepted by every client; 1014, "bad gateway", is not by
+/// all of them).
+const BACKEND_CUT: u16 = 1011;
+
+/// Its reason.
+const BACKEND_CUT_REASON: &str = "the backend closed the connection without a WebSocket Close";
+
+/// How long, when a backend's connection ends without a Close frame, the
+/// relay waits to learn why before it closes the browser's side: a backend
+/// that crashed is seen exiting within milliseconds locally, and its page
+/// is then told how it ended ("backend ending (exited): …") rather than
+/// only that it went.
+const ENDING_WAIT: Duration = Duration::from_millis(500);
+
 /// How long, once one side has ended its stream, the relay waits for the
 /// other to end too. A WebSocket's closing handshake takes a round trip; a
 /// backend that never ends its side (it neither reads nor writes) would
@@ -202,16 +218,38 @@ async fn pump(
             () = async { half_closed.as_mut().expect("checked").await }, if half_closed.is_some() => return Ok(()),
             r = c.stream.readable(), if !c.eof && b.pending.is_empty() && readable_now(&c, give_up.is_some()) => {
                 r?;
-                if transfer(&mut c, &mut b, activity, true, give_up.is_some())? {
-                    c.eof = true;
-                    b.stream.shutdown().await.ok();
+                match transfer(&mut c, &mut b, activity, true, give_up.is_some())? {
+                    Read::More => {}
+                    Read::Ended => {
+                        c.eof = true;
+                        b.stream.shutdown().await.ok();
+                    }
+                    Read::Reset(e) => return Err(e),
                 }
             }
             r = b.stream.readable(), if !b.eof && c.pending.is_empty() && readable_now(&b, give_up.is_some()) => {
                 r?;
-                if transfer(&mut b, &mut c, activity, false, give_up.is_some())? {
-                    b.eof = true;
-                    c.stream.shutdown().await.ok();
+                let end = match transfer(&mut b, &mut c, activity, false, give_up.is_some())? {
+                    Read::More => continue,
+                    end => end,
+                };
+                // The backend went without a Close frame (it crashed, or
+                // drops its sockets): between frames, the browser still
+                // gets one, saying why if that is known, instead of
+                // finding its connection cut (1006).
+                if !b.meter.closing() && b.meter.at_boundary() {
+                    if let Read::Reset(e) = &end {
+                        tracing::debug!(error = %e, "the backend reset a websocket");
+                    }
+                    let known = reason.clone().or_else(|| ending.borrow().clone().map(|why| (SESSION_OVER, why)));
+                    return Box::pin(close_after_backend_went(c, known, ending)).await;
+                }
+                match end {
+                    Read::Reset(e) => return Err(e),
+                    _ => {
+                        b.eof = true;
+                        c.stream.shutdown().await.ok();
+                    }
                 }
             }
             r = b.stream.writable(), if !b.pending.is_empty() => { r?; flush(&mut b)?; }
@@ -230,6 +268,32 @@ async fn pump(
             return Box::pin(say_going_away(c.stream, to_client, b.stream, to_backend, code, why)).await;
         }
     }
+}
+
+/// Closes the browser's side of a relay whose backend connection ended
+/// without a Close frame: after what is still to be written to it, a Close
+/// with `known` (the relay was closing already), or with the backend's
+/// ending note if one comes within [`ENDING_WAIT`] (1000: the session is
+/// over), or else [`BACKEND_CUT`]. A browser that had sent its own Close
+/// gets the answer it waits for (1000).
+async fn close_after_backend_went(
+    mut client: Side,
+    known: Option<(u16, Arc<str>)>,
+    mut ending: watch::Receiver<Option<Arc<str>>>,
+) -> std::io::Result<()> {
+    let (code, why) = match known {
+        _ if client.meter.closing() => (SESSION_OVER, Arc::from("")),
+        Some(known) => known,
+        None => {
+            let _ = tokio::time::timeout(ENDING_WAIT, ending.wait_for(Option::is_some)).await;
+            let note = ending.borrow().clone();
+            note.map_or((BACKEND_CUT, BACKEND_CUT_REASON.into()), |why| (SESSION_OVER, why))
+        }
+    };
+    let mut last = std::mem::take(&mut client.pending);
+    last.extend(close_frame(None, code, &why));
+    close_side(client.stream, Some(last)).await;
+    Ok(())
 }
 
 /// Sends the client an unmasked and the backend a masked Close frame (status
@@ -292,17 +356,26 @@ fn readable_now(side: &Side, closing: bool) -> bool {
     !closing || side.meter.to_boundary() > 0
 }
 
+/// What reading one side found.
+enum Read {
+    /// Bytes, or none yet: the stream goes on.
+    More,
+    /// The end of the stream.
+    Ended,
+    /// A failure (a reset): that side can take nothing more, and waiting
+    /// for the other side to finish would be for nobody.
+    Reset(std::io::Error),
+}
+
 /// Reads what `from` has (when `closing`, no further than the end of its
 /// frame in progress) and writes as much as possible to `to`; keeps the
-/// rest in `to.pending`. Returns true at end of stream. A reset is an
-/// error, which ends the relay: that side can take nothing more, and
-/// waiting for the other side to finish would be for nobody.
-fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, closing: bool) -> std::io::Result<bool> {
+/// rest in `to.pending`. An error is writing to `to`'s.
+fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, closing: bool) -> std::io::Result<Read> {
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
         let limit = if closing { from.meter.to_boundary().min(buf.len()) } else { buf.len() };
         match from.stream.try_read(&mut buf[..limit]) {
-            Ok(0) => Ok(true),
+            Ok(0) => Ok(Read::Ended),
             Ok(n) => {
                 let data = &buf[..n];
                 if inbound {
@@ -317,10 +390,10 @@ fn transfer(from: &mut Side, to: &mut Side, activity: &Activity, inbound: bool, 
                     Err(e) if e.kind() == ErrorKind::WouldBlock => to.pending.extend_from_slice(data),
                     Err(e) => return Err(e),
                 }
-                Ok(false)
+                Ok(Read::More)
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Read::More),
+            Err(e) => Ok(Read::Reset(e)),
         }
     })
 }
@@ -503,6 +576,60 @@ mod tests {
         tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal, ending).await });
         let (_, code, reason) = parse_close(&read_n(&mut browser, 2 + 2 + "backend ending (requested)".len()).await);
         assert_eq!((code, reason.as_str()), (1000, "backend ending (requested)"));
+    }
+
+    /// A backend that goes without a Close frame (a crash, a server that
+    /// drops its sockets): the browser still gets one between frames,
+    /// saying how the backend ended when that is known in time; inside a
+    /// frame it is cut, as a Close there would corrupt the stream.
+    #[tokio::test]
+    async fn a_backend_that_goes_without_a_close_still_closes_the_browsers_side() {
+        // It ends its stream after a whole frame; nothing says why.
+        let mut r = relayed(false).await;
+        r.app.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+        assert_eq!(read_n(&mut r.browser, 4).await, [0x81, 2, b'h', b'i']);
+        let started = tokio::time::Instant::now();
+        drop(r.app);
+        let (masked, code, reason) = parse_close(&read_n(&mut r.browser, 2 + 2 + BACKEND_CUT_REASON.len()).await);
+        assert_eq!((masked, code, reason.as_str()), (false, BACKEND_CUT, BACKEND_CUT_REASON));
+        assert!(started.elapsed() >= ENDING_WAIT, "it waited for the backend's ending note");
+        drop(r.browser);
+        tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
+
+        // It resets the connection, and its ending (a crash seen by the
+        // runtime) comes a moment later: the browser is told that.
+        let mut r = relayed(false).await;
+        r.app.set_zero_linger().unwrap();
+        drop(r.app);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let why = "backend ending (exited): exited with code 3";
+        r.activity.end(why);
+        let (_, code, reason) = parse_close(&read_n(&mut r.browser, 2 + 2 + why.len()).await);
+        assert_eq!((code, reason.as_str()), (SESSION_OVER, why), "the session is over, and how");
+        drop(r.browser);
+        tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
+
+        // The browser had asked to close and the backend hung up instead of
+        // answering: the browser gets its answer.
+        let mut r = relayed(false).await;
+        let browsers_close = close_frame(Some([7, 7, 7, 7]), SESSION_OVER, "leaving");
+        r.browser.write_all(&browsers_close).await.unwrap();
+        assert_eq!(read_n(&mut r.app, browsers_close.len()).await, browsers_close);
+        drop(r.app);
+        let (_, code, reason) = parse_close(&read_n(&mut r.browser, 4).await);
+        assert_eq!((code, reason.as_str()), (SESSION_OVER, ""));
+        drop(r.browser);
+        tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
+
+        // It ends inside a frame: the browser gets what came, then the cut.
+        let mut r = relayed(false).await;
+        r.app.write_all(&[0x81, 10, b'h']).await.unwrap();
+        drop(r.app);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), r.browser.read_to_end(&mut rest)).await.expect("never cut").unwrap();
+        assert_eq!(rest, [0x81, 10, b'h'], "no Close inside the frame");
+        drop(r.browser);
+        tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
     }
 
     #[tokio::test]
