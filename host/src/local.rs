@@ -36,6 +36,9 @@ use crate::reaper::Reaper;
 use crate::sweeper::{Candidate, SweepSource};
 use record::Record;
 
+/// Why every backend ends when Spawner stops.
+const SHUTTING_DOWN: &str = "spawner is shutting down";
+
 /// How often the reaper's process is checked (see [`Reaper::check`]).
 const REAPER_CHECK: Duration = Duration::from_secs(2);
 
@@ -284,9 +287,17 @@ impl Local {
     }
 
     /// Refuses creates from now on ([`ControlError::ShuttingDown`]): the
-    /// first step of a shutdown.
+    /// first step of a shutdown. Every backend's WebSockets are told their
+    /// session is over (the proxy closes them with 1000 and
+    /// `backend ending (requested): spawner is shutting down`): here the
+    /// backends stop with Spawner, so nothing would answer the reconnect
+    /// that the proxy's own 1001 ("proxy stopping; reconnect") invites.
     pub fn refuse_creates(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        let note = lifecycle::ending_note(Some(Reason::Requested), Some(SHUTTING_DOWN));
+        for r in self.records.read().expect("records lock").values() {
+            r.activity.end(&note);
+        }
     }
 
     /// Terminates every backend (reason `requested`) and waits for them to
@@ -295,7 +306,7 @@ impl Local {
         self.refuse_creates();
         let records: Vec<Arc<Record>> = self.records.read().expect("records lock").values().cloned().collect();
         for r in &records {
-            r.request_termination(TerminationRequest { reason: Reason::Requested, message: "spawner is shutting down".into() });
+            r.request_termination(TerminationRequest { reason: Reason::Requested, message: SHUTTING_DOWN.into() });
         }
         let all_done = async {
             for r in &records {

@@ -385,7 +385,7 @@ impl Proxy {
         let cookie_token = token.as_deref().filter(|t| query_token_opens(&auth, &target.backend.name) && cookie_safe(t));
         let navigation = !websocket && (req.method() == Method::GET || req.method() == Method::HEAD);
         let self_framed = frame_navigating_itself(req.headers());
-        if token.is_some() && navigation && !cross_site_subrequest(req.headers()) && !self_framed {
+        if token.is_some() && navigation && !redirect_would_fail(req.headers()) && !self_framed {
             return self.token_redirect(&route, clean_query.as_deref(), cookie_token);
         }
         // A frame that navigates itself keeps its token and is answered
@@ -455,10 +455,15 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
         };
-        let in_flight = (target.activity.request(), forwarding);
+        // A CORS preflight comes with no credentials (the default auth
+        // plugin lets it through for that reason) and says nothing of
+        // anyone using the backend: not counted as its activity, or any
+        // page could keep a backend alive with them.
+        let activity = if cors_preflight(&parts.method, &parts.headers) { Activity::new() } else { target.activity };
+        let in_flight = (activity.request(), forwarding);
         let (notice, upload_over) = UploadNotice::new();
         let progress = notice.progress.clone();
-        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, Some(notice)));
+        let request = Request::from_parts(parts, Metered::new(body, activity.clone(), Direction::In, Some(notice)));
         let response = self.client.request(request);
         tokio::pin!(response);
         tokio::pin!(upload_over);
@@ -517,7 +522,7 @@ impl Proxy {
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
                 with_frame_cookie(&mut parts.headers, frame_cookie.as_ref());
-                Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
+                Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, Some(in_flight))))
             }
             // The client's own body failed (it stopped sending mid-upload
             // and went away): not the backend's failure, not a 5xx.
@@ -761,15 +766,31 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET && has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
 }
 
-/// A request another site's page makes for a frame or a subresource
-/// (`Sec-Fetch-Site: cross-site`, `Sec-Fetch-Dest` other than `document`):
-/// the browser would refuse the `SameSite=Lax` cookie of a token redirect,
-/// and the redirected request would arrive with no token at all. Such a
-/// request keeps its token for itself and is answered where it is (the
-/// token still goes from what the backend sees, and `Referrer-Policy:
-/// no-referrer` keeps it out of what the page loads next).
-fn cross_site_subrequest(h: &http::HeaderMap) -> bool {
-    h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document")
+/// A CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method` (the SDK's `is_cors_preflight`).
+fn cors_preflight(method: &Method, h: &http::HeaderMap) -> bool {
+    method == Method::OPTIONS && h.contains_key(header::ORIGIN) && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// A request a token redirect would fail, which keeps its token for itself
+/// and is answered where it is (the token still goes from what the backend
+/// sees, and `Referrer-Policy: no-referrer` keeps it out of what the page
+/// loads next):
+/// - a page's subresource (`Sec-Fetch-Mode` other than `navigate`: a
+///   `fetch`, an `EventSource`, an image), which has no address bar to
+///   clean; a `fetch` from another origin follows a redirect only if the
+///   redirect answers CORS, which Spawner's does not (until 2026-12-01 the
+///   web app's page at `localhost:5000` fetching from Spawner at
+///   `localhost:8080` with the token in the URL failed);
+/// - another site's frame (`Sec-Fetch-Site: cross-site`, `Sec-Fetch-Dest`
+///   other than `document`): the browser would refuse the `SameSite=Lax`
+///   cookie of a token redirect, and the redirected request would arrive
+///   with no token at all.
+fn redirect_would_fail(h: &http::HeaderMap) -> bool {
+    let subresource = h.get("sec-fetch-mode").is_some_and(|m| m != "navigate");
+    let cross_site_frame =
+        h.get("sec-fetch-site").is_some_and(|s| s == "cross-site") && h.get("sec-fetch-dest").is_some_and(|d| d != "document");
+    subresource || cross_site_frame
 }
 
 /// A response to a frame answered where it is, its URL's token and all:

@@ -763,7 +763,7 @@ async fn a_second_ctrl_c_kills_backends_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_closes_open_websockets_with_going_away() {
+async fn sigterm_closes_open_websockets_saying_the_session_is_over() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     let mut dev = Dev::start(FAST, &[]);
     let (name, token) = dev.create_ok(json!({"template":"demo"})).await;
@@ -771,12 +771,16 @@ async fn sigterm_closes_open_websockets_with_going_away() {
     let mut ws = dev.websocket(&name, &token).await;
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "relayed both ways");
     let stopped = tokio::task::spawn_blocking(move || dev.terminate());
-    // The browser is told to reconnect (1001) before its backend stops,
-    // rather than finding the connection cut (1006).
+    // The browser is told its session is over (1000, and why) before its
+    // backend stops, rather than finding the connection cut (1006), or
+    // being told to reconnect (1001, as `spawner proxy` does on
+    // Kubernetes, where backends outlive it) to a backend that is gone.
     let close = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("no answer within 20 s");
     match close {
-        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away, "{frame:?}"),
-        other => panic!("expected a Close frame with status 1001, got {other:?}"),
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Normal, "backend ending (requested): spawner is shutting down"))
+        }
+        other => panic!("expected a Close frame with status 1000, got {other:?}"),
     }
     assert!(stopped.await.unwrap().success());
 }
@@ -920,6 +924,48 @@ async fn host_routing_over_https_keeps_the_token_in_a_host_only_cookie() {
     assert_eq!(seen["headers"]["cookie"], json!(["theme=dark"]), "{seen}");
 }
 
+/// A CORS preflight, which browsers send without credentials before a
+/// cross-origin request with a token header or a JSON body, reaches the
+/// backend (the default auth plugin lets it through, with no identity),
+/// but is not counted as its activity: preflights alone do not keep it
+/// from being swept. An `OPTIONS` that is not one still needs its token.
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_preflights_reach_the_backend_without_a_token_but_do_not_keep_it_alive() {
+    let dev = Dev::start(FAST, &[]);
+    let (name, _) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 2})).await;
+    dev.wait_ready(&name).await;
+    let url = format!("{}/p/{name}/headers", dev.base);
+    let preflight = || {
+        dev.http
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "http://127.0.0.1:5000")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .header("x-spawner-user", "mallory")
+            .send()
+    };
+    let r = preflight().await.unwrap();
+    assert_eq!(r.status(), 200, "answered by the backend");
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["method"], "OPTIONS");
+    assert!(seen["headers"].get("x-spawner-user").is_none(), "no identity, and none the client sent: {seen}");
+    let bare = dev.http.request(reqwest::Method::OPTIONS, &url).header("origin", "http://127.0.0.1:5000").send().await.unwrap();
+    assert_eq!(bare.status(), 401);
+    // Preflights every 200 ms, and the backend is still judged idle after
+    // its 2 s grace period.
+    let started = Instant::now();
+    let phase = loop {
+        let phase = dev.backend(&name).await["status"]["phase"].as_str().unwrap().to_string();
+        if phase != "ready" || started.elapsed() > Duration::from_secs(20) {
+            break phase;
+        }
+        assert_eq!(preflight().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(phase == "terminating" || phase == "terminated", "preflights kept it alive for {:?}", started.elapsed());
+    assert_eq!(dev.wait_phase(&name, "terminated").await["status"]["reason"], "idle");
+}
+
 /// Another site's frame or subresource (an `EventSource`, an iframe) with
 /// the token in its URL is answered where it is: the browser would refuse
 /// the redirect's `SameSite=Lax` cookie, and the redirected request would
@@ -938,6 +984,16 @@ async fn another_sites_frames_keep_their_query_token() {
     assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
     assert_eq!(get("empty").await.unwrap().status(), 200);
     assert_eq!(get("document").await.unwrap().status(), 303);
+    // Any page's subresource too, of any site: a `fetch` from the web app's
+    // page on another port of the same host (same site) would fail at a
+    // redirect without CORS headers.
+    for (site, mode) in [("same-site", "cors"), ("same-origin", "no-cors"), ("same-origin", "cors")] {
+        let r = dev.http.get(&url).header("sec-fetch-site", site).header("sec-fetch-mode", mode).header("sec-fetch-dest", "empty");
+        let r = r.header("origin", "http://127.0.0.1:5000").send().await.unwrap();
+        assert_eq!(r.status(), 200, "{site} {mode}");
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(seen["uri"], "/headers?x=1", "the token does not reach the backend");
+    }
     // The frame reloading itself (or the waiting page's refresh, or a page
     // of this origin loading it) keeps its token too: in another site's page
     // the cookie of a redirect would be refused, and the frame locked out.

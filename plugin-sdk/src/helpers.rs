@@ -35,6 +35,18 @@ impl HttpRequest {
         })
     }
 
+    /// Whether this is a CORS preflight: `OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`, which a browser sends before a
+    /// cross-origin request that carries a token header or a JSON body,
+    /// to ask the backend whether it takes it. Browsers never send
+    /// credentials with one (cookies, `Authorization`), so a policy that
+    /// requires them fails every such request; the default auth plugin lets
+    /// preflights through, and the proxy does not count them as the
+    /// backend's activity.
+    pub fn is_cors_preflight(&self) -> bool {
+        self.method == "OPTIONS" && self.header("origin").is_some() && self.header("access-control-request-method").is_some()
+    }
+
     /// The value of cookie `name` from the `cookie` headers.
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")).flat_map(|h| h.value.split(';')).find_map(|c| {

@@ -9,8 +9,8 @@
 //!   to every connected client, the sender included (so it doubles as echo);
 //! - `GET /api/stats`: requests and WebSocket messages received (JSON), so a
 //!   test can prove what reached it;
-//! - `GET` or `POST /headers`: the request line and headers it received
-//!   (JSON);
+//! - `GET`, `POST` or `OPTIONS /headers`: the request line and headers it
+//!   received (JSON);
 //! - `GET /events`: a server-sent event stream of five ticks (or
 //!   `?ticks=N`, up to 600), 100 ms apart (to check that streaming
 //!   responses are not buffered, and that stopping waits for them).
@@ -54,7 +54,7 @@ pub fn router(name: String) -> Router {
         .route("/", get(page))
         .route("/ws", get(ws))
         .route("/api/stats", get(stats))
-        .route("/headers", get(headers).post(headers))
+        .route("/headers", get(headers).post(headers).options(headers))
         .route("/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)

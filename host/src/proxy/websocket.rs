@@ -6,7 +6,12 @@
 //! boundary in both directions it sends each side a Close frame with code
 //! 1001 ("going away"), so browsers see a clean close they can reconnect
 //! after (through another replica), and backends an orderly end of the
-//! session, instead of both finding the connection cut at exit. Once asked,
+//! session, instead of both finding the connection cut at exit. (Where the
+//! backends stop with the server, as in `spawner dev`, they are ending
+//! first, and their relays close with 1000 and the backend's reason.) A
+//! backend that ends, or whose connection ends without a Close frame (it
+//! died), has the browser's side closed the same way, saying why when
+//! that is known. Once asked,
 //! a direction reads only to the end of its frame in progress and then no
 //! more, so a busy stream reaches its boundary too. A relay that reaches
 //! none within `BOUNDARY_WAIT` (a stalled sender, a peer not reading, bytes
@@ -162,12 +167,13 @@ async fn pump(
     // False once the signal has come (perhaps before this relay began), or
     // can no longer come.
     let mut listening = !*going_away.borrow_and_update();
-    // Why it closes, once asked: the proxy stops, or the backend ends.
-    let mut reason: Option<(u16, Arc<str>)> = (!listening).then(|| (GOING_AWAY, GOING_AWAY_REASON.into()));
+    // Why it closes, once asked: the backend ends, or the proxy stops (the
+    // backend's end, when both, says more).
+    let mut reason: Option<(u16, Arc<str>)> = match ending.borrow_and_update().clone() {
+        Some(why) => Some((SESSION_OVER, why)),
+        None => (!listening).then(|| (GOING_AWAY, GOING_AWAY_REASON.into())),
+    };
     let mut watching_backend = reason.is_none();
-    if watching_backend && let Some(why) = ending.borrow_and_update().clone() {
-        (reason, watching_backend) = (Some((SESSION_OVER, why)), false);
-    }
     // Once asked to close: when to give up waiting for a frame boundary
     // (a stalled sender, a peer not reading, bytes that are not WebSocket
     // frames) and cut the connection instead. Boxed, so an open relay
@@ -202,7 +208,10 @@ async fn pump(
             r = going_away.changed(), if listening => {
                 listening = false;
                 if r.is_ok() && *going_away.borrow() && give_up.is_none() {
-                    reason = Some((GOING_AWAY, GOING_AWAY_REASON.into()));
+                    // Its backend ending too (`spawner dev` stops its
+                    // backends with it) says more than "reconnect".
+                    let ending = ending.borrow().clone();
+                    reason = Some(ending.map_or((GOING_AWAY, GOING_AWAY_REASON.into()), |why| (SESSION_OVER, why)));
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
@@ -630,6 +639,26 @@ mod tests {
         assert_eq!(rest, [0x81, 10, b'h'], "no Close inside the frame");
         drop(r.browser);
         tokio::time::timeout(Duration::from_secs(5), r.pump).await.expect("the relay did not end").unwrap().unwrap();
+    }
+
+    /// The proxy stopping while the backend ends too (`spawner dev` stops
+    /// its backends with it): the backend's end is what the page is told,
+    /// not to reconnect.
+    #[tokio::test]
+    async fn a_backend_ending_as_the_proxy_stops_closes_saying_the_session_is_over() {
+        let why = "backend ending (requested): spawner is shutting down";
+        for already_stopping in [false, true] {
+            let (relay_client, mut browser) = pair().await;
+            let (relay_backend, _app) = pair().await;
+            let (going_away, signal) = watch::channel(already_stopping);
+            let activity = Activity::new();
+            activity.end(why);
+            going_away.send_replace(true);
+            let ending = activity.ending();
+            tokio::spawn(async move { pump(relay_client, Bytes::new(), relay_backend, Bytes::new(), &activity, signal, ending).await });
+            let (_, code, reason) = parse_close(&read_n(&mut browser, 2 + 2 + why.len()).await);
+            assert_eq!((code, reason.as_str()), (SESSION_OVER, why));
+        }
     }
 
     #[tokio::test]

@@ -13,7 +13,10 @@
 //! token for another backend → 403; otherwise allow, with the token's user
 //! (if it names one) as the subject, which the proxy passes to the backend
 //! as `x-spawner-user` (and the backend's name as `x-spawner-backend`).
-//! When several tokens fail, the most specific refusal wins.
+//! When several tokens fail, the most specific refusal wins. A CORS
+//! preflight with no valid token is allowed with no subject: browsers
+//! never send credentials with one, so the backend answers it with its own
+//! CORS policy (the request that follows needs its token as usual).
 //!
 //! No settings. The plugin calls no host function and traps on panic
 //! without logging (`lean_runtime!(panic = trap)`), so it imports nothing:
@@ -68,6 +71,12 @@ pub fn decide(request: &AuthRequest) -> Verdict {
         if refusal.as_ref().is_none_or(|r| status(r) < status(&verdict)) {
             refusal = Some(verdict);
         }
+    }
+    // Before a cross-origin request with a token header or a JSON body the
+    // browser asks the backend, without credentials, whether it takes it:
+    // refused, that request could never be made.
+    if request.request.is_cors_preflight() {
+        return Verdict::allow();
     }
     refusal.unwrap_or_else(|| Verdict::deny(401, "no capability token: use the URL or token Spawner returned for this backend"))
 }
@@ -136,6 +145,28 @@ mod tests {
     fn one_valid_token_among_bad_ones_is_enough_and_the_most_specific_refusal_wins() {
         assert!(decide(&request(vec![Err(TokenError::BadSignature), cap("b1", NOW + 60, None)])).is_allow());
         assert_eq!(deny_status(decide(&request(vec![Err(TokenError::BadSignature), cap("b2", NOW + 60, None)]))), 403);
+    }
+
+    #[test]
+    fn a_cors_preflight_needs_no_token_but_gets_no_identity() {
+        let mut preflight = request(vec![]);
+        preflight.request.method = "OPTIONS".into();
+        let header = |name: &str, value: &str| Header { name: name.into(), value: value.into() };
+        preflight.request.headers = vec![header("origin", "http://localhost:5000"), header("access-control-request-method", "POST")];
+        let v = decide(&preflight);
+        assert!(matches!(&v, Verdict::Allow(a) if a.subject.is_none() && a.headers.is_empty()), "{v:?}");
+        // A token in its URL still names its user.
+        preflight.credentials = request(vec![cap("b1", NOW + 60, Some("alice"))]).credentials;
+        assert!(matches!(decide(&preflight), Verdict::Allow(a) if a.subject.as_deref() == Some("alice")));
+        // Not a preflight: an OPTIONS without the CORS question, or the
+        // question on another method.
+        let mut options = request(vec![]);
+        options.request.method = "OPTIONS".into();
+        options.request.headers = vec![header("origin", "http://localhost:5000")];
+        assert_eq!(deny_status(decide(&options)), 401);
+        let mut get = request(vec![]);
+        get.request.headers = vec![header("origin", "http://localhost:5000"), header("access-control-request-method", "POST")];
+        assert_eq!(deny_status(decide(&get)), 401);
     }
 
     #[test]
