@@ -455,15 +455,10 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
         };
-        // A CORS preflight comes with no credentials (the default auth
-        // plugin lets it through for that reason) and says nothing of
-        // anyone using the backend: not counted as its activity, or any
-        // page could keep a backend alive with them.
-        let activity = if cors_preflight(&parts.method, &parts.headers) { Activity::new() } else { target.activity };
-        let in_flight = (activity.request(), forwarding);
+        let in_flight = (target.activity.request(), forwarding);
         let (notice, upload_over) = UploadNotice::new();
         let progress = notice.progress.clone();
-        let request = Request::from_parts(parts, Metered::new(body, activity.clone(), Direction::In, Some(notice)));
+        let request = Request::from_parts(parts, Metered::new(body, target.activity.clone(), Direction::In, Some(notice)));
         let response = self.client.request(request);
         tokio::pin!(response);
         tokio::pin!(upload_over);
@@ -522,7 +517,7 @@ impl Proxy {
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
                 headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr);
                 with_frame_cookie(&mut parts.headers, frame_cookie.as_ref());
-                Response::from_parts(parts, Body::new(Metered::new(body, activity, Direction::Out, Some(in_flight))))
+                Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))
             }
             // The client's own body failed (it stopped sending mid-upload
             // and went away): not the backend's failure, not a 5xx.
@@ -764,12 +759,6 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
             .any(|v| v.trim().eq_ignore_ascii_case(token))
     };
     req.method() == Method::GET && has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
-}
-
-/// A CORS preflight: `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method` (the SDK's `is_cors_preflight`).
-fn cors_preflight(method: &Method, h: &http::HeaderMap) -> bool {
-    method == Method::OPTIONS && h.contains_key(header::ORIGIN) && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// A request a token redirect would fail, which keeps its token for itself

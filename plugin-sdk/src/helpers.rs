@@ -38,11 +38,10 @@ impl HttpRequest {
     /// Whether this is a CORS preflight: `OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`, which a browser sends before a
     /// cross-origin request that carries a token header or a JSON body,
-    /// to ask the backend whether it takes it. Browsers never send
-    /// credentials with one (cookies, `Authorization`), so a policy that
-    /// requires them fails every such request; the default auth plugin lets
-    /// preflights through, and the proxy does not count them as the
-    /// backend's activity.
+    /// to ask the backend whether it takes it. Browsers send it with its
+    /// URL but without cookies or `Authorization`, so only a token in the
+    /// query reaches a plugin with one (the default auth plugin's denial
+    /// says so).
     pub fn is_cors_preflight(&self) -> bool {
         self.method == "OPTIONS" && self.header("origin").is_some() && self.header("access-control-request-method").is_some()
     }

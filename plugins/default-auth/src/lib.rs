@@ -14,9 +14,10 @@
 //! (if it names one) as the subject, which the proxy passes to the backend
 //! as `x-spawner-user` (and the backend's name as `x-spawner-backend`).
 //! When several tokens fail, the most specific refusal wins. A CORS
-//! preflight with no valid token is allowed with no subject: browsers
-//! never send credentials with one, so the backend answers it with its own
-//! CORS policy (the request that follows needs its token as usual).
+//! preflight with no token is denied like any request, saying where the
+//! token goes instead: browsers send a preflight with its URL but without
+//! cookies or `Authorization`, so from another origin the token belongs in
+//! the query parameter.
 //!
 //! No settings. The plugin calls no host function and traps on panic
 //! without logging (`lean_runtime!(panic = trap)`), so it imports nothing:
@@ -72,13 +73,16 @@ pub fn decide(request: &AuthRequest) -> Verdict {
             refusal = Some(verdict);
         }
     }
-    // Before a cross-origin request with a token header or a JSON body the
-    // browser asks the backend, without credentials, whether it takes it:
-    // refused, that request could never be made.
-    if request.request.is_cors_preflight() {
-        return Verdict::allow();
-    }
-    refusal.unwrap_or_else(|| Verdict::deny(401, "no capability token: use the URL or token Spawner returned for this backend"))
+    refusal.unwrap_or_else(|| match request.request.is_cors_preflight() {
+        // The browser's question before a cross-origin request with a token
+        // header or a JSON body: it never carries cookies or headers of the
+        // page's, only the URL.
+        true => Verdict::deny(
+            401,
+            "no capability token in this CORS preflight: browsers send a preflight without cookies or Authorization, so from another origin put the token in the URL's token query parameter (the preflight carries the URL)",
+        ),
+        false => Verdict::deny(401, "no capability token: use the URL or token Spawner returned for this backend"),
+    })
 }
 
 /// The token's user, if it names one, is the subject: the proxy sends it
@@ -148,14 +152,14 @@ mod tests {
     }
 
     #[test]
-    fn a_cors_preflight_needs_no_token_but_gets_no_identity() {
+    fn a_cors_preflight_without_a_token_is_told_where_the_token_goes() {
         let mut preflight = request(vec![]);
         preflight.request.method = "OPTIONS".into();
         let header = |name: &str, value: &str| Header { name: name.into(), value: value.into() };
         preflight.request.headers = vec![header("origin", "http://localhost:5000"), header("access-control-request-method", "POST")];
         let v = decide(&preflight);
-        assert!(matches!(&v, Verdict::Allow(a) if a.subject.is_none() && a.headers.is_empty()), "{v:?}");
-        // A token in its URL still names its user.
+        assert!(matches!(&v, Verdict::Deny(d) if d.status == 401 && d.reason.contains("token query parameter")), "{v:?}");
+        // With the token in its URL it is let in, as its user.
         preflight.credentials = request(vec![cap("b1", NOW + 60, Some("alice"))]).credentials;
         assert!(matches!(decide(&preflight), Verdict::Allow(a) if a.subject.as_deref() == Some("alice")));
         // Not a preflight: an OPTIONS without the CORS question, or the
@@ -163,10 +167,11 @@ mod tests {
         let mut options = request(vec![]);
         options.request.method = "OPTIONS".into();
         options.request.headers = vec![header("origin", "http://localhost:5000")];
-        assert_eq!(deny_status(decide(&options)), 401);
         let mut get = request(vec![]);
-        get.request.headers = vec![header("origin", "http://localhost:5000"), header("access-control-request-method", "POST")];
-        assert_eq!(deny_status(decide(&get)), 401);
+        get.request.headers = preflight.request.headers.clone();
+        for v in [decide(&options), decide(&get)] {
+            assert!(matches!(&v, Verdict::Deny(d) if d.status == 401 && d.reason.starts_with("no capability token: use")), "{v:?}");
+        }
     }
 
     #[test]
