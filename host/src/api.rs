@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -192,15 +192,22 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         .merge(api)
         .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|uri: axum::http::Uri| async move {
+        .fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
             // `/api/v1/backends/` is the commonest near miss.
-            let hint = match uri.path() {
-                p if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
+            let hint = match (uri.path(), linked_from_a_backend(&headers)) {
+                (p, _) if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
+                (p, Some(name)) => format!(
+                    " (backend {name}'s page asked for {p}: a link that starts with / leaves the backend's /p/{name}/ prefix; make it relative, or route backends by host with --host-domain)"
+                ),
                 _ => String::new(),
             };
             ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint{hint}; see /api/openapi.json"))
         })
-        .method_not_allowed_fallback(|| async {
+        .method_not_allowed_fallback(|headers: HeaderMap| async move {
+            // A page's CORS preflight: say what its request would be told.
+            if headers.contains_key(header::ORIGIN) && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+                return ApiError::new(StatusCode::FORBIDDEN, FOR_SERVERS);
+            }
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -295,6 +302,19 @@ fn from_a_page(req: &Request) -> bool {
     !ready_link && (site.is_some_and(|s| s != "none") || h.contains_key(header::ORIGIN))
 }
 
+/// Why a page may not call the API.
+const FOR_SERVERS: &str = "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)";
+
+/// The backend whose page (in path routing, `/p/{name}/…`, as its
+/// `Referer` says) asked for a path outside its prefix: a root-absolute
+/// link, which lands on Spawner's own routes.
+fn linked_from_a_backend(headers: &HeaderMap) -> Option<String> {
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let path = referer.split_once("://").map_or(referer, |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    let name = path.strip_prefix("/p/")?.split(['/', '?', '#']).next()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// Checks the bearer token (compared as digests, see
 /// [`crate::secret::Secret::presented_in`]); with no token configured (an
 /// API open on loopback), refuses requests from pages ([`from_a_page`]):
@@ -307,7 +327,7 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
         let why = if crate::proxy::for_a_frame(req.headers()) && req.uri().path().ends_with("/ready") {
             "readyUrl opens in a window or tab, not in a frame: another site's page could show the backend under its own, for clicks it steers"
         } else {
-            "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)"
+            FOR_SERVERS
         };
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }

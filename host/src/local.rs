@@ -401,6 +401,10 @@ impl Local {
             && !existing.phase().is_terminal()
             && existing.phase() != Phase::Terminating
         {
+            // Someone is about to use it: a fresh grace period to reach it.
+            // (A backend quiet for nearly its grace period was otherwise
+            // swept as the user it was just handed to arrived.)
+            existing.activity.touch();
             return Ok(Created { backend: self.view(&existing), created: false });
         }
         let live = self.records.read().expect("records lock").values().filter(|r| !r.phase().is_terminal()).count();

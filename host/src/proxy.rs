@@ -366,6 +366,12 @@ impl Proxy {
                         if websocket { "WebSocket".to_string() } else { format!("{} request", req.method()) },
                         self.settings.tokens.query_param,
                     ),
+                    // Spawner's API token is no capability token ("token is
+                    // malformed" left whoever sent it guessing).
+                    None if self.settings.api_token.as_ref().is_some_and(|t| t.presented_in(req.headers())) => format!(
+                        "{}: that is Spawner's API token, which opens the API, not backends; send this backend's capability token (the token a create returns, or POST /api/v1/backends/{}/tokens)",
+                        d.reason, route.name
+                    ),
                     None => d.reason,
                 };
                 // Answered where it is, token and all (`handle` keeps it

@@ -200,6 +200,19 @@ async fn pages_in_a_browser_may_not_call_the_api() {
     assert!(r.text().await.unwrap().contains("readyUrl opens in a window or tab, not in a frame"));
     let typed = [("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")];
     assert_eq!(with(dev.http.get(url("/api/v1/backends")), &typed).send().await.unwrap().status(), 200);
+    // A page's CORS preflight is told the same, not "no such method".
+    let preflight = [("origin", "http://127.0.0.1:5000"), ("access-control-request-method", "POST")];
+    let r = with(dev.http.request(reqwest::Method::OPTIONS, url("/api/v1/backends")), &preflight).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("the API is for your web app's server"));
+    // A backend's page with a link that starts with `/` lands here: told why.
+    let r = dev.http.get(url("/info")).header("referer", format!("{}/p/{name}/notes?x=1", dev.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let why = r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&format!("backend {name}'s page asked for /info: a link that starts with / leaves the backend's /p/{name}/ prefix")),
+        "{why}"
+    );
     assert_eq!(dev.backend(&name).await["status"]["phase"].as_str().map(|p| p != "terminated"), Some(true), "nothing was ended");
 }
 
@@ -479,6 +492,12 @@ async fn off_loopback_the_api_requires_its_token() {
     let seen: Value = relayed.send().await.unwrap().json().await.unwrap();
     assert_eq!(seen["headers"]["authorization"], Value::Null, "{seen}");
     assert_eq!(seen["headers"]["x-spawner-backend"], json!([name]), "let in by the cookie: {seen}");
+    // Sent alone to a backend, the API token is refused saying what it is.
+    let r = api(dev.http.get(format!("{}/p/{name}/headers", dev.base))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("that is Spawner's API token, which opens the API, not backends"), "{why}");
+    assert!(!why.contains(token), "{why}");
     // The OpenAPI document and health stay public.
     assert_eq!(dev.http.get(format!("{}/api/openapi.json", dev.base)).send().await.unwrap().status(), 200);
     assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);

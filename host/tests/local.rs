@@ -924,6 +924,26 @@ async fn host_routing_over_https_keeps_the_token_in_a_host_only_cookie() {
     assert_eq!(seen["headers"]["cookie"], json!(["theme=dark"]), "{seen}");
 }
 
+/// A create-or-get that returns a live backend gives it a fresh grace
+/// period: its new user is on the way, and a backend quiet for nearly its
+/// grace period would otherwise be swept as they arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_or_get_of_a_live_backend_restarts_its_grace_period() {
+    let dev = Dev::start(FAST, &[]);
+    let spec = json!({"template": "demo", "key": "doc-7", "gracePeriodSeconds": 4});
+    let (name, _) = dev.create_ok(spec.clone()).await;
+    dev.wait_ready(&name).await;
+    let created = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, again) = dev.create(spec).await;
+    assert_eq!((status, again["backend"]["name"].as_str()), (200, Some(name.as_str())), "{again}");
+    // Past the grace period counted from the create, within it counted
+    // from the second call.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(created.elapsed())).await;
+    assert_eq!(dev.backend(&name).await["status"]["phase"], "ready");
+    assert_eq!(dev.wait_phase(&name, "terminated").await["status"]["reason"], "idle");
+}
+
 /// A CORS preflight, which browsers send without cookies or
 /// `Authorization` before a cross-origin request with a token header or a
 /// JSON body, is denied without a token, saying where the token goes; with
