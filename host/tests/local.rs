@@ -116,25 +116,39 @@ async fn missing_foreign_and_expired_tokens_never_reach_the_backend() {
     assert_eq!(r.text().await.unwrap(), format!("token is for backend {name}, not {later}\n"));
 }
 
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A ready demo backend and a WebSocket to it, past its initial note.
+async fn demo_with_websocket(dev: &Dev) -> (String, WebSocket) {
+    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    let mut ws = dev.websocket(&name, &token).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    (name, ws)
+}
+
+/// The Close frame that ends `ws`, within 10 s; fails the test if it ends
+/// without one.
+async fn close_frame(ws: &mut WebSocket) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("never closed") {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a status"),
+            Some(Ok(_)) => continue,
+            other => panic!("ended without a Close frame: {other:?}"),
+        }
+    }
+}
+
 /// A backend that ends closes its WebSockets saying why (1000, "backend
 /// ending (requested): …"), so its page can tell that from a network
 /// failure; before, the page saw the connection cut (1006).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_that_ends_closes_its_websockets_saying_why() {
     let dev = Dev::start(FAST, &[]);
-    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
-    dev.wait_ready(&name).await;
-    let mut ws = dev.websocket(&name, &token).await;
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    let (name, mut ws) = demo_with_websocket(&dev).await;
     let r = dev.http.delete(format!("{}/api/v1/backends/{name}", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("never closed") {
-            Some(Ok(Message::Close(frame))) => break frame.expect("a status"),
-            Some(Ok(_)) => continue,
-            other => panic!("ended without a Close frame: {other:?}"),
-        }
-    };
+    let close = close_frame(&mut ws).await;
     assert_eq!(u16::from(close.code), 1000, "the session is over, not a reason to reconnect: {close:?}");
     assert!(close.reason.starts_with("backend ending (requested)"), "{close:?}");
 }
@@ -145,20 +159,11 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_that_dies_still_closes_its_websockets_saying_so() {
     let dev = Dev::start(FAST, &[]);
-    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
-    dev.wait_ready(&name).await;
-    let mut ws = dev.websocket(&name, &token).await;
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("".into()), "initial note");
+    let (name, mut ws) = demo_with_websocket(&dev).await;
     for pid in backend_pids(&name) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("never closed") {
-            Some(Ok(Message::Close(frame))) => break frame.expect("a status"),
-            Some(Ok(_)) => continue,
-            other => panic!("ended without a Close frame: {other:?}"),
-        }
-    };
+    let close = close_frame(&mut ws).await;
     // 1000 and how it ended, once the exit is seen (within half a second,
     // locally); 1011 if the machine was too slow to see it by then.
     match u16::from(close.code) {
