@@ -310,6 +310,12 @@ impl Proxy {
         // backend it is for.
         let forwarding = self.forwarding.subscribe();
         let accept = req.headers().get(header::ACCEPT).cloned();
+        // Routing reads the first; the backend would get both, and could
+        // take the other as the host it serves (RFC 9112: a request with
+        // more than one is answered 400).
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return pages::error(StatusCode::BAD_REQUEST, "more than one Host header", accept.as_ref());
+        }
         let route = match self.route(&req) {
             Routed::Backend(route) => route,
             Routed::Refused(why) => return pages::error(StatusCode::NOT_FOUND, &why, accept.as_ref()),
@@ -429,6 +435,14 @@ impl Proxy {
             Some(q) => format!("{}?{q}", route.rest),
             None => route.rest.clone(),
         };
+        // Under host routing the path is the request's own, and `*` (the
+        // target of `OPTIONS *`, which hyper passes for any method) is no
+        // path: after the backend's address it made `http://ip:port*`,
+        // whose port no longer parses, and the request went to port 80 of
+        // the backend's host, with the identity headers.
+        if !path.starts_with('/') {
+            return pages::error(StatusCode::BAD_REQUEST, "the request target must be a path starting with /", accept.as_ref());
+        }
         let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers, websocket);
         headers::strip_untrusted(&mut parts.headers);
@@ -457,7 +471,8 @@ impl Proxy {
             return response;
         }
 
-        parts.uri = match format!("http://{addr}{path}").parse() {
+        // Built in parts, so that no path can change the address.
+        parts.uri = match http::Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path).build() {
             Ok(u) => u,
             Err(_) => return pages::error(StatusCode::BAD_REQUEST, "bad request path", accept.as_ref()),
         };

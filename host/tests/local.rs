@@ -296,6 +296,34 @@ async fn with_a_host_domain_backends_are_served_on_their_own_host_only() {
     // A fully qualified name is the same host.
     let r = get(format!("{name}.apps.localhost."), "/api/stats").await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // The request's target is the backend's path here: `*` is none (it
+    // reached port 80 of the backend's host, identity headers and all),
+    // two Host headers are refused, and `Connection: host` does not take
+    // the host away from the backend.
+    let raw = |target: &str, extra: &str| {
+        let request = format!(
+            "{target} HTTP/1.1\r\nHost: {name}.apps.localhost\r\n{extra}Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let base = dev.base.trim_start_matches("http://").to_string();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(base).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await.expect("no answer").unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    for method in ["GET", "OPTIONS", "POST"] {
+        let answer = raw(&format!("{method} *"), "").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{method} *: {answer}");
+        assert!(answer.contains("the request target must be a path starting with /"), "{answer}");
+    }
+    let answer = raw("GET /headers", "Host: other.example\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("more than one Host header"), "{answer}");
+    let answer = raw("GET /headers", "Connection: host\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!(r#""host":["{name}.apps.localhost"]"#)), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

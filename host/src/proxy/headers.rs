@@ -89,6 +89,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        // The request's own host is no hop's to remove (`Connection: host`
+        // left the backend seeing the proxy's address for it).
+        .filter(|n| n != header::HOST)
         .collect();
     for n in listed {
         h.remove(n);
@@ -363,6 +366,11 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+        // Not the request's host, whatever `Connection` lists.
+        let mut h = map(&[("connection", "host, x-secret"), ("host", "b1.apps.example.com"), ("x-secret", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("host").unwrap(), "b1.apps.example.com");
+        assert_eq!(h.len(), 1);
 
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "5")]);
         strip_hop_by_hop(&mut h, true);
