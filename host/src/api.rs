@@ -193,19 +193,23 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
-            // `/api/v1/backends/` is the commonest near miss.
             let hint = match (uri.path(), linked_from_a_backend(&headers)) {
-                (p, _) if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
-                (p, Some(name)) => format!(
+                (p, Some(name)) if !p.starts_with("/api/") => format!(
                     " (backend {name}'s page asked for {p}: a link that starts with / leaves the backend's /p/{name}/ prefix; make it relative, or route backends by host with --host-domain)"
                 ),
+                // `/api/v1/backends/` is the commonest near miss.
+                (p, _) if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
                 _ => String::new(),
             };
             ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint{hint}; see /api/openapi.json"))
         })
-        .method_not_allowed_fallback(|headers: HeaderMap| async move {
-            // A page's CORS preflight: say what its request would be told.
-            if headers.contains_key(header::ORIGIN) && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri, headers: HeaderMap| async move {
+            // A page's CORS preflight to the API: say what its request
+            // would be told.
+            let preflight = method == Method::OPTIONS
+                && headers.contains_key(header::ORIGIN)
+                && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            if preflight && uri.path().starts_with("/api/") {
                 return ApiError::new(StatusCode::FORBIDDEN, FOR_SERVERS);
             }
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
@@ -305,14 +309,20 @@ fn from_a_page(req: &Request) -> bool {
 /// Why a page may not call the API.
 const FOR_SERVERS: &str = "the API is for your web app's server, not for browsers: a page (a backend's shares this origin) may not call it; call it from your server (with an api-token set, which must never reach a browser, the server may relay a browser's headers)";
 
-/// The backend whose page (in path routing, `/p/{name}/…`, as its
-/// `Referer` says) asked for a path outside its prefix: a root-absolute
-/// link, which lands on Spawner's own routes.
+/// The backend whose page (in path routing, `/p/{name}/…` on this host,
+/// as its `Referer` says) asked for a path outside its prefix: a
+/// root-absolute link, which lands on Spawner's own routes.
 fn linked_from_a_backend(headers: &HeaderMap) -> Option<String> {
     let referer = headers.get(header::REFERER)?.to_str().ok()?;
-    let path = referer.split_once("://").map_or(referer, |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    let rest = referer.split_once("://")?.1;
+    let (authority, path) = rest.split_at(rest.find('/')?);
+    if Some(authority) != headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        return None;
+    }
     let name = path.strip_prefix("/p/")?.split(['/', '?', '#']).next()?;
-    (!name.is_empty()).then(|| name.to_string())
+    // Spawner's names: lowercase letters, digits and dashes.
+    let a_name = (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    a_name.then(|| name.to_string())
 }
 
 /// Checks the bearer token (compared as digests, see

@@ -101,8 +101,9 @@ impl Dev {
         let limits = Limits::from(&config.proxy);
         // No delay (nothing balances load onto `spawner dev`), but a short
         // drain before the backends are stopped: open WebSockets get their
-        // Close (1001) through, so browsers see a clean close rather than
-        // a cut connection; requests forwarded to backends may finish.
+        // Close through (1000 and the backend's reason: they stop with
+        // Spawner), so browsers see a clean close rather than a cut
+        // connection; requests forwarded to backends may finish.
         // Then the backends stop while status streams are still open, so
         // that a web app watching one sees it stopping, not a cut stream.
         let stopping = server::Stopping { delay: Duration::ZERO, drain: DEV_DRAIN };

@@ -206,13 +206,20 @@ async fn pages_in_a_browser_may_not_call_the_api() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("the API is for your web app's server"));
     // A backend's page with a link that starts with `/` lands here: told why.
-    let r = dev.http.get(url("/info")).header("referer", format!("{}/p/{name}/notes?x=1", dev.base)).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    let why = r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
-    assert!(
-        why.contains(&format!("backend {name}'s page asked for /info: a link that starts with / leaves the backend's /p/{name}/ prefix")),
-        "{why}"
-    );
+    for path in ["/info", "/static/"] {
+        let r = dev.http.get(url(path)).header("referer", format!("{}/p/{name}/notes?x=1", dev.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        let why = r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+        assert!(
+            why.contains(&format!(
+                "backend {name}'s page asked for {path}: a link that starts with / leaves the backend's /p/{name}/ prefix"
+            )),
+            "{why}"
+        );
+    }
+    // Not for another site's page.
+    let r = dev.http.get(url("/info")).header("referer", format!("http://elsewhere.example/p/{name}/")).send().await.unwrap();
+    assert!(!r.text().await.unwrap().contains("page asked for"));
     assert_eq!(dev.backend(&name).await["status"]["phase"].as_str().map(|p| p != "terminated"), Some(true), "nothing was ended");
 }
 

@@ -659,6 +659,20 @@ mod tests {
             let (_, code, reason) = parse_close(&read_n(&mut browser, 2 + 2 + why.len()).await);
             assert_eq!((code, reason.as_str()), (SESSION_OVER, why));
         }
+        // Both signals come to a relay already running, at the same moment
+        // (this runtime has one thread: the relay sees both when it next
+        // runs, and `select!` takes either first). Twenty times, so that a
+        // relay that let the stop's 1001 win would be caught.
+        for _ in 0..20 {
+            let mut r = relayed(false).await;
+            r.app.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+            assert_eq!(read_n(&mut r.browser, 4).await, [0x81, 2, b'h', b'i']);
+            r.activity.end(why);
+            r.going_away.send_replace(true);
+            let (_, code, reason) = parse_close(&read_n(&mut r.browser, 2 + 2 + why.len()).await);
+            assert_eq!((code, reason.as_str()), (SESSION_OVER, why));
+            r.pump.abort();
+        }
     }
 
     #[tokio::test]
