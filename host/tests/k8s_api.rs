@@ -272,6 +272,35 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
 
 /// Also with host routing: the URL the browser is sent to is
 /// `{name}.{domain}`. And with a limit of one live backend.
+/// A create-or-get that returns a live backend gives it a fresh grace
+/// period, as in local mode: its new user is on the way, and a backend
+/// quiet for nearly its grace period would otherwise be swept as they
+/// arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_or_get_of_a_live_backend_restarts_its_grace_period() {
+    let (client, ns, proxy) = system("regrace", None, 10).await;
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let (_demo, port) = demo_backend().await;
+    let create = json!({"template": "example.invalid/notes:1", "key": "doc-7", "port": port, "gracePeriodSeconds": 4});
+    let (status, created) = app.create(&create).await;
+    assert_eq!(status, 201, "{created}");
+    let name = created["backend"]["name"].as_str().unwrap().to_string();
+    report_loopback_pod_ip(&client, &ns, &name).await;
+    let (status, view) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/ready?timeout=60"), None).await;
+    assert_eq!(status, 200, "{view}");
+    let ready = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, again) = app.create(&create).await;
+    assert_eq!((status, again["backend"]["name"].as_str()), (200, Some(name.as_str())), "{again}");
+    // Past the grace period counted from ready, within it counted from
+    // the second call.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(ready.elapsed())).await;
+    let (_, view) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}"), None).await;
+    assert_eq!(view["status"]["phase"], "ready", "{view}");
+    let ended = app.until(&name, "was swept", |v| v["status"]["phase"] == "terminated").await;
+    assert_eq!(ended["status"]["reason"], "idle", "{ended}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
     let (client, ns, proxy) = system("api-original", Some("apps.test"), 1).await;

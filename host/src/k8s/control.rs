@@ -133,6 +133,15 @@ impl KubeBackends {
         self.cluster.api().get_opt(name).await.map(|s| s.map(Arc::new)).map_err(|e| unavailable("reading", name, e))
     }
 
+    /// A create-or-get's answer for the live backend that holds its key.
+    /// Someone is about to use it: a fresh grace period to reach it (a
+    /// backend quiet for nearly its grace period was otherwise swept as
+    /// the user it was just handed to arrived), as in local mode.
+    fn reached_again(&self, slab: &SessionLivedBackend) -> Created {
+        self.cluster.touch(slab);
+        Created { backend: self.view(slab), created: false }
+    }
+
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
         let name = slab.name_any();
         let status = slab.shown_status();
@@ -207,9 +216,7 @@ impl Control for KubeBackends {
             // confirmed live on the API server (the cache may lag an end).
             let name = cached.name_any();
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
-                Some(s) if holds_key(&s) => {
-                    return Ok(Created { backend: self.view(&s), created: false });
-                }
+                Some(s) if holds_key(&s) => return Ok(self.reached_again(&s)),
                 _ => {}
             }
         }
@@ -239,9 +246,7 @@ impl Control for KubeBackends {
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
                 // Deleted in between: create again.
                 None => {}
-                Some(existing) if holds_key(&existing) => {
-                    return Ok(Created { backend: self.view(&existing), created: false });
-                }
+                Some(existing) if holds_key(&existing) => return Ok(self.reached_again(&existing)),
                 // Ended, or stopping: it makes way (see `holds_key`).
                 Some(ended) => self.replace_ended(&ended).await?,
             }
