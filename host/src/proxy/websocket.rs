@@ -167,12 +167,8 @@ async fn pump(
     // False once the signal has come (perhaps before this relay began), or
     // can no longer come.
     let mut listening = !*going_away.borrow_and_update();
-    // Why it closes, once asked: the backend ends, or the proxy stops (the
-    // backend's end, when both, says more).
-    let mut reason: Option<(u16, Arc<str>)> = match ending.borrow_and_update().clone() {
-        Some(why) => Some((SESSION_OVER, why)),
-        None => (!listening).then(|| (GOING_AWAY, GOING_AWAY_REASON.into())),
-    };
+    // Why it closes, once asked.
+    let mut reason = close_for(ending.borrow_and_update().clone(), !listening);
     let mut watching_backend = reason.is_none();
     // Once asked to close: when to give up waiting for a frame boundary
     // (a stalled sender, a peer not reading, bytes that are not WebSocket
@@ -208,18 +204,15 @@ async fn pump(
             r = going_away.changed(), if listening => {
                 listening = false;
                 if r.is_ok() && *going_away.borrow() && give_up.is_none() {
-                    // Its backend ending too (`spawner dev` stops its
-                    // backends with it) says more than "reconnect".
-                    let ending = ending.borrow().clone();
-                    reason = Some(ending.map_or((GOING_AWAY, GOING_AWAY_REASON.into()), |why| (SESSION_OVER, why)));
+                    reason = close_for(ending.borrow().clone(), true);
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
             r = ending.changed(), if watching_backend => {
                 watching_backend = false;
-                let why = ending.borrow().clone();
-                if r.is_ok() && give_up.is_none() && let Some(why) = why {
-                    reason = Some((SESSION_OVER, why));
+                let close = close_for(ending.borrow().clone(), false);
+                if r.is_ok() && give_up.is_none() && close.is_some() {
+                    reason = close;
                     give_up = Some(Box::pin(tokio::time::sleep(BOUNDARY_WAIT)));
                 }
             }
@@ -250,7 +243,7 @@ async fn pump(
                     if let Read::Reset(e) = &end {
                         tracing::debug!(error = %e, "the backend reset a websocket");
                     }
-                    let known = reason.clone().or_else(|| ending.borrow().clone().map(|why| (SESSION_OVER, why)));
+                    let known = reason.clone().or_else(|| close_for(ending.borrow().clone(), false));
                     return Box::pin(close_after_backend_went(c, known, ending)).await;
                 }
                 match end {
@@ -279,6 +272,17 @@ async fn pump(
     }
 }
 
+/// The status and reason a relay closes with, if it must: its backend's
+/// `ending` note (1000, the session is over: when the proxy stops as well,
+/// as `spawner dev` stops its backends with it, that says more than
+/// "reconnect"), else 1001 if the proxy is `stopping`.
+fn close_for(ending: Option<Arc<str>>, stopping: bool) -> Option<(u16, Arc<str>)> {
+    match ending {
+        Some(why) => Some((SESSION_OVER, why)),
+        None => stopping.then(|| (GOING_AWAY, GOING_AWAY_REASON.into())),
+    }
+}
+
 /// Closes the browser's side of a relay whose backend connection ended
 /// without a Close frame: after what is still to be written to it, a Close
 /// with `known` (the relay was closing already), or with the backend's
@@ -296,7 +300,7 @@ async fn close_after_backend_went(
         None => {
             let _ = tokio::time::timeout(ENDING_WAIT, ending.wait_for(Option::is_some)).await;
             let note = ending.borrow().clone();
-            note.map_or((BACKEND_CUT, BACKEND_CUT_REASON.into()), |why| (SESSION_OVER, why))
+            close_for(note, false).unwrap_or((BACKEND_CUT, BACKEND_CUT_REASON.into()))
         }
     };
     let mut last = std::mem::take(&mut client.pending);
