@@ -320,9 +320,7 @@ fn linked_from_a_backend(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     let name = path.strip_prefix("/p/")?.split(['/', '?', '#']).next()?;
-    // Spawner's names: lowercase letters, digits and dashes.
-    let a_name = (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    a_name.then(|| name.to_string())
+    crate::backends::is_object_name(name).then(|| name.to_string())
 }
 
 /// Checks the bearer token (compared as digests, see

@@ -410,6 +410,16 @@ pub fn backend_url(public_url: &str, host_domain: Option<&str>, name: &str) -> S
     }
 }
 
+/// Whether `name` could be a backend's name in either mode: an object name
+/// (a DNS subdomain), of which local names (a DNS label) are a part.
+/// Anything else is not looked up on the API server.
+pub fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 /// A new backend name: a slug of the template and ten random characters,
 /// valid as a DNS label and a URL segment.
 pub fn new_name(template: &str) -> String {

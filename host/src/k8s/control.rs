@@ -56,7 +56,8 @@ use super::crd::{BackendPodTemplate, DEFAULT_HTTP_PORT, SessionLivedBackend, Ses
 use super::pod::to_k8s;
 use crate::backends::TERMINATE_ANSWER_WAIT;
 use crate::backends::{
-    BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, new_name, validate_spec,
+    BackendSpec, BackendView, Control, ControlError, Created, Filter, StatusEvent, StatusFeed, backend_url, is_object_name, new_name,
+    validate_spec,
 };
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::process::{LogLine, Stream};
@@ -375,15 +376,6 @@ async fn follow(cluster: Arc<Cluster>, name: String, uid: Option<String>, tx: wa
 /// of anything printable) gives a valid, fixed-length DNS label.
 pub fn key_name(key: &str) -> String {
     format!("k-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..20])
-}
-
-/// Whether `name` could be an object name (a DNS subdomain); anything else
-/// is not looked up on the API server.
-fn is_object_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// The least memory a create may ask for (when it asks): the limit it also
