@@ -21,6 +21,7 @@
 //! daemon) is killed then too ([`strays`]). If Spawner itself dies without
 //! stopping its backends, the [`Reaper`] stops their groups.
 
+mod capture;
 mod group;
 pub mod logs;
 mod strays;
@@ -36,11 +37,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-pub use logs::{LineSplitter, LogBuffer, LogLine, Stream};
+pub use logs::{LogBuffer, LogLine, Stream};
 
 use crate::reaper::Reaper;
 
@@ -275,17 +275,7 @@ pub fn start(command: &ProcessCommand, id: &Identity, reaper: Option<&Reaper>) -
     let (read_tx, output_read) = watch::channel(false);
     let captured = logs.clone();
     tokio::spawn(async move {
-        let stdout = async {
-            if let Some(out) = out {
-                capture(out, Stream::Stdout, captured.clone()).await;
-            }
-        };
-        let stderr = async {
-            if let Some(err) = err {
-                capture(err, Stream::Stderr, captured.clone()).await;
-            }
-        };
-        tokio::join!(stdout, stderr);
+        capture::capture(out, err, &captured).await;
         read_tx.send_replace(true);
     });
     let (tx, rx) = watch::channel(ProcessState::Starting);
@@ -389,29 +379,6 @@ impl FineProber {
 impl Drop for FineProber {
     fn drop(&mut self) {
         FINE_PROBERS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn capture(stream: impl AsyncRead + Unpin, which: Stream, logs: Arc<LogBuffer>) {
-    let mut reader = BufReader::new(stream);
-    let mut lines = LineSplitter::default();
-    loop {
-        let (used, line) = match reader.fill_buf().await {
-            Ok(chunk) if !chunk.is_empty() => lines.feed(chunk),
-            _ => break,
-        };
-        reader.consume(used);
-        match line {
-            Some(line) => logs.push(which, line),
-            None => {
-                if let Some(unfinished) = lines.unfinished() {
-                    logs.unfinished(which, unfinished);
-                }
-            }
-        }
-    }
-    if let Some(last) = lines.finish() {
-        logs.push(which, last);
     }
 }
 

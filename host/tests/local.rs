@@ -388,7 +388,7 @@ startup-timeout-seconds = 2
 stop-timeout-seconds = 1
 [templates.crash]
 command = "sh"
-args = ["-c", "sleep 0.2; echo about to fail >&2; exit 3"]
+args = ["-c", "sleep 0.2; echo request 1; echo request 2; echo about to fail >&2; sleep 0.1; echo cleaning up; exit 3"]
 [templates.deaf]
 command = "sh"
 args = ["-c", "printf 'starting\\rlistening on 127.0.0.1:3000'; exec sleep 600"]
@@ -405,10 +405,14 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
 
     let c = dev.wait_phase(&crash, "failed").await;
     assert_eq!((c["status"]["reason"].as_str(), c["status"]["exitCode"].as_i64()), (Some("exited"), Some(3)), "{c}");
-    // What it wrote last says why; the status carries it.
-    assert_eq!(c["status"]["message"], "exited on its own with code 3; its last output: about to fail", "{c}");
+    // What it wrote last says why; the status carries it, what it wrote
+    // to stderr in its last second last (two pipes' order is a guess).
+    assert_eq!(c["status"]["message"], "exited on its own with code 3; its last output: request 2 | cleaning up | about to fail", "{c}");
     let logs = dev.http.get(format!("{}/api/v1/backends/{crash}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
-    assert!(logs.contains("stderr about to fail"), "{logs}");
+    // The logs keep the order read, which is the order written for what
+    // the reader saw written (stdout first when both were waiting).
+    let at = |line: &str| logs.find(line).unwrap_or_else(|| panic!("{line:?} missing: {logs}"));
+    assert!(at("stdout request 2") < at("stderr about to fail"), "{logs}");
 
     // What it writes shows before its newline (it writes none), as a
     // terminal shows it: the carriage return started the line over.

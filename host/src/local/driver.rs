@@ -133,7 +133,7 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
 /// What the backend's process wrote last, for its status message.
 fn last_output(rec: &Record) -> Option<String> {
     rec.process.lock().expect("process lock").as_ref().and_then(|p| {
-        let lines = p.logs.lines(Some(LAST_LINES));
+        let lines = process::logs::stderr_last(p.logs.lines(Some(LAST_LINES)));
         lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
     })
 }

@@ -185,9 +185,52 @@ impl LogBuffer {
     }
 }
 
+/// How close to the newest line a line must have been read to count as
+/// part of a program's last words (see [`stderr_last`]).
+pub const LAST_WORDS_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `lines` (oldest first) with those read within [`LAST_WORDS_WINDOW`] of
+/// the newest put stdout first, stderr last, for a status message's "last
+/// output". Of two pipes read at once the order is a guess, and which guess
+/// matters: a program's reason for ending is nearly always on stderr, and
+/// a Python program writes its traceback to stderr before its buffered
+/// stdout is flushed at exit, so the order read would leave the traceback
+/// out of the last few lines.
+pub fn stderr_last(mut lines: Vec<LogLine>) -> Vec<LogLine> {
+    let Some(newest) = lines.iter().map(|l| l.time).max() else { return lines };
+    let since = newest - LAST_WORDS_WINDOW;
+    let start = lines.iter().position(|l| l.time >= since).unwrap_or(lines.len());
+    lines[start..].sort_by_key(|l| l.stream == Stream::Stderr);
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_programs_last_words_end_with_what_it_wrote_to_stderr() {
+        let at = |secs: i64, stream, text: &str| LogLine {
+            time: Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+            stream,
+            text: text.into(),
+        };
+        let lines = vec![
+            at(0, Stream::Stderr, "warning at start"),
+            at(10, Stream::Stdout, "request 1"),
+            at(20, Stream::Stderr, "Traceback (most recent call last):"),
+            at(20, Stream::Stderr, "RuntimeError: boom"),
+            at(20, Stream::Stdout, "request 2"),
+            at(21, Stream::Stdout, "request 3"),
+        ];
+        let texts: Vec<String> = stderr_last(lines).into_iter().map(|l| l.text).collect();
+        assert_eq!(
+            texts,
+            ["warning at start", "request 1", "request 2", "request 3", "Traceback (most recent call last):", "RuntimeError: boom"],
+            "the last second's stderr lines go last, in their order; older lines keep theirs"
+        );
+        assert!(stderr_last(Vec::new()).is_empty());
+    }
 
     #[test]
     fn keeps_the_newest_lines_within_budget() {
