@@ -18,6 +18,22 @@ pub fn cut_to(text: &mut String, max: usize, marker: &str) {
     text.push_str(marker);
 }
 
+/// `text` with its control characters escaped as Rust writes them (`\n`,
+/// `\r`, `\u{1b}`): for text from a plugin, which Spawner's log prints as
+/// it is, where a newline would let a plugin forge a log line of its own.
+pub fn escape_controls(text: &mut String) {
+    if text.chars().any(char::is_control) {
+        let mut out = String::with_capacity(text.len() + 16);
+        for c in text.chars() {
+            match c.is_control() {
+                true => out.extend(c.escape_default()),
+                false => out.push(c),
+            }
+        }
+        *text = out;
+    }
+}
+
 /// The last few non-empty lines of `lines` (oldest first), joined with
 /// " | ": at most `max_lines`, and at most `max` bytes (older lines are left
 /// out first; a last line alone too long is cut). `None` when all are
@@ -40,22 +56,42 @@ pub fn last_words<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, max_lines
     (!words.is_empty()).then_some(words)
 }
 
-/// `line` without terminal escape sequences (`ESC [ ... final`, colours)
-/// or other control characters, which would garble a terminal reading a
-/// status.
+/// `line` without terminal escape sequences (`ESC [ ... final`, colours;
+/// `ESC ] ... BEL` or `ESC ] ... ESC \`, a window title or a link) or other
+/// control characters, which would garble a terminal reading a status.
 fn printable(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
-            // A CSI sequence runs to its final byte, '@' to '~'.
-            if chars.clone().next() == Some('[') {
-                chars.next();
-                for f in chars.by_ref() {
-                    if ('@'..='~').contains(&f) {
-                        break;
+            match chars.clone().next() {
+                // A CSI sequence runs to its final byte, '@' to '~'.
+                Some('[') => {
+                    chars.next();
+                    for f in chars.by_ref() {
+                        if ('@'..='~').contains(&f) {
+                            break;
+                        }
                     }
                 }
+                // An OSC, DCS, APC, PM or SOS string runs to BEL or to ST
+                // (`ESC \`); until 2026-12-01 only its ESC was removed.
+                Some(']' | 'P' | '_' | '^' | 'X') => {
+                    chars.next();
+                    while let Some(f) = chars.next() {
+                        if f == '\u{7}' || (f == '\u{1b}' && chars.clone().next() == Some('\\')) {
+                            if f == '\u{1b}' {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                // Other escapes are ESC and one character (`ESC c`, `ESC 7`).
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
             }
         } else if !c.is_control() {
             out.push(c);
@@ -151,6 +187,18 @@ mod tests {
         assert!(words.len() <= 300 && words.ends_with('…'), "{words}");
         assert_eq!(last_words(["", "  "].into_iter(), 3, 300), None);
         assert_eq!(last_words(["\u{1b}[31merror\u{1b}[0m: no\r"].into_iter(), 3, 300).as_deref(), Some("error: no"), "no escapes");
+        let osc = "\u{1b}[31mERROR\u{1b}[0m \u{1b}]0;title\u{7}bad \u{1b}]8;;http://x\u{1b}\\link\u{1b}]8;;\u{1b}\\ \u{1b}cthing";
+        assert_eq!(last_words([osc].into_iter(), 3, 300).as_deref(), Some("ERROR bad link thing"), "titles and links go whole");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_text_stays_on_one_line() {
+        let mut forged = "bye\n2026-12-01T00:00:00Z  INFO forged\r\u{1b}[2K".to_string();
+        escape_controls(&mut forged);
+        assert_eq!(forged, "bye\\n2026-12-01T00:00:00Z  INFO forged\\r\\u{1b}[2K");
+        let mut plain = "plain – text".to_string();
+        escape_controls(&mut plain);
+        assert_eq!(plain, "plain – text");
     }
 
     #[test]

@@ -268,6 +268,27 @@ fn a_replacement_plugins_first_failure_is_logged_at_once() {
     assert!(failures[1].contains("fixture: cannot decide") && failures[1].contains("suppressed=1"), "{text}");
 }
 
+/// A plugin's text reaches Spawner's log on one line: a newline in what it
+/// logs or in its termination's detail cannot start a line of its own.
+#[test]
+fn a_plugin_cannot_forge_lines_of_spawners_log() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let rt = Arc::new(Runtime::new(patient(), Some(key())).unwrap());
+    let forger = LoadedPlugin::load(&rt, PluginKind::Idle, &source(built::FIXTURE_FAIL_IDLE, "forged-lines")).unwrap();
+    let verdict = tracing::subscriber::with_default(subscriber, || forger.evaluate(&rt, &idle_request(0, 0, 0, None)).unwrap());
+    match verdict {
+        IdleVerdict::Terminate(t) => {
+            assert_eq!(t.detail, "bye\\n2026-12-01T00:00:00.000000Z  INFO spawner::plugins: FORGED by a detail")
+        }
+        keep => panic!("{keep:?}"),
+    }
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("logged\\n2026-12-01"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("2026-12-01T00:00:00.000000Z")), "a forged line: {text}");
+}
+
 /// A call that began on the plugin being replaced and fails after the
 /// swap does not take the line the new plugin's first failure gets.
 #[test]
@@ -311,6 +332,11 @@ fn traps_and_plugin_errors_become_each_kinds_safe_answer() {
     let chatty = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "chatty-panic")).unwrap();
     let err = chatty.check(&rt, &auth_request("b1", &[], None), 0).unwrap_err();
     assert!(matches!(&err, CallError::Trap(m) if m.contains("panicked after chatter")), "{err:?}");
+    // What it wrote to stderr last before panicking comes with it.
+    assert!(
+        matches!(&err, CallError::Trap(m) if m.ends_with("(its stderr before: fixture: line 95 on stderr, padded to sixty-four bytes ......)")),
+        "{err:?}"
+    );
     // A trap with no message says where it happened, by the plugin's own
     // function names; a stack overflow says what it most likely is.
     let abort = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_FAIL_AUTH, "abort")).unwrap();

@@ -5,8 +5,8 @@
 //! environment, exit...) that the host must link on every instantiation, and
 //! its allocator grows memory on the first allocation of every call. A
 //! `no_std` plugin imports only Spawner's `host` interface and allocates
-//! from a static arena, which roughly halves the cost of a call (measured in
-//! bench/README.md). The default plugins use it; any plugin may.
+//! from a static arena, which cut the cost of an auth call by about a third
+//! (measured in bench/README.md). The default plugins use it; any plugin may.
 //!
 //! The allocator is a bump allocator: Spawner gives every call a fresh
 //! instance, so memory is reclaimed wholesale when the call ends. It reuses

@@ -148,6 +148,9 @@ impl host::Host for HostState {
         }
         self.logs_left -= 1;
         let mut message = message;
+        // On one line: Spawner's log prints the message as it is.
+        crate::text::cut_to(&mut message, MAX_LOG_LINE, "…");
+        crate::text::escape_controls(&mut message);
         crate::text::cut_to(&mut message, MAX_LOG_LINE, "…");
         if self.logs_left == 0 {
             message.push_str(" (log limit for this call reached; further lines dropped)");

@@ -184,7 +184,7 @@ impl LoadedPlugin {
         validate_verdict(&verdict)?;
         Ok(match verdict {
             Verdict::Deny(mut d) => {
-                crate::text::cut_to(&mut d.reason, MAX_ANSWER_TEXT, CUT);
+                answer_text(&mut d.reason);
                 Verdict::Deny(d)
             }
             allow => allow,
@@ -198,7 +198,7 @@ impl LoadedPlugin {
             _ => unreachable!("kind checked by the caller"),
         })?;
         if let IdleVerdict::Terminate(t) = &mut verdict {
-            crate::text::cut_to(&mut t.detail, MAX_ANSWER_TEXT, CUT);
+            answer_text(&mut t.detail);
             given_a_reason(&mut t.detail, "the idle plugin");
         }
         Ok(verdict)
@@ -212,7 +212,7 @@ impl LoadedPlugin {
             _ => unreachable!("kind checked by the caller"),
         })?;
         if let Placement::Reject(reason) = &mut placement {
-            crate::text::cut_to(reason, MAX_ANSWER_TEXT, CUT);
+            answer_text(reason);
             given_a_reason(reason, "the scheduler plugin");
         }
         // They become a Pod's node selector, which the API server would
@@ -270,7 +270,7 @@ impl LoadedPlugin {
                     Ok(Ok(r)) => Ok(r),
                     Ok(Err(e)) => {
                         let mut message = e.describe();
-                        crate::text::cut_to(&mut message, MAX_ANSWER_TEXT, CUT);
+                        answer_text(&mut message);
                         Err(CallError::Plugin(message))
                     }
                     Err(e) => Err(classify(e, &store, rt)),
@@ -449,7 +449,19 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
             match (lines.next(), lines.next(), &store.data().last_error) {
                 (Some(at), Some(message), _) => {
                     let at = at.split("panicked at ").nth(1).unwrap_or(at).trim_end_matches(':');
-                    CallError::Trap(format!("panicked at {at}: {message}"))
+                    // What the plugin wrote to stderr just before (an
+                    // `eprintln!` of its state) is its author's context.
+                    let before = stderr.lines().take_while(|l| !l.contains("panicked at")).filter(|l| !l.trim().is_empty()).last();
+                    let mut text = match before {
+                        Some(before) => {
+                            let mut before = before.trim().to_string();
+                            crate::text::cut_to(&mut before, 300, "…");
+                            format!("panicked at {at}: {message} (its stderr before: {before})")
+                        }
+                        None => format!("panicked at {at}: {message}"),
+                    };
+                    answer_text(&mut text);
+                    CallError::Trap(text)
                 }
                 (_, _, Some(logged)) if logged.starts_with("panicked") => CallError::Trap(logged.clone()),
                 _ => CallError::Trap(format!("{trap}{}{}", trap_site(&e), trap_hint(*trap))),
@@ -472,6 +484,15 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
 /// A reason in place of an empty (or blank) one: it ends up in a status,
 /// an event stream and a log line, where "" tells nobody what happened.
 /// `Deny` has its status code, which always says something.
+/// A plugin's text as Spawner passes it on: at most [`MAX_ANSWER_TEXT`]
+/// bytes, on one line (control characters escaped, so that a reason in
+/// Spawner's log cannot start a line of its own).
+fn answer_text(text: &mut String) {
+    crate::text::cut_to(text, MAX_ANSWER_TEXT, CUT);
+    crate::text::escape_controls(text);
+    crate::text::cut_to(text, MAX_ANSWER_TEXT, CUT);
+}
+
 fn given_a_reason(reason: &mut String, who: &str) {
     if reason.trim().is_empty() {
         *reason = format!("{who} gave no reason");
