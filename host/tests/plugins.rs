@@ -99,6 +99,51 @@ fn default_scheduler_spreads_packs_selects_and_limits_owners() {
     assert!(reason.contains("max-per-owner is 1"), "{reason}");
 }
 
+/// Auth calls, which anyone can cause, cannot take the instances the other
+/// kinds need: with a slow auth plugin running to its deadline on every
+/// instance it may have, a scheduler with a quota still decides (before
+/// 2026-12-01 it and its fallback could not be instantiated, and the
+/// create was admitted over the quota), and the extra auth calls are
+/// denied at once.
+#[test]
+fn a_burst_of_slow_auth_calls_leaves_instances_for_scheduling() {
+    let mut config = patient();
+    config.max_instances = 4;
+    config.auth.deadline_ms = 3_000;
+    let rt = Arc::new(Runtime::new(config, Some(key())).unwrap());
+    let (plugins, _) = with_in(
+        rt.clone(),
+        vec![
+            // Loops on /spin, importing nothing: no WASI turn to wait for.
+            (PluginKind::Auth, source(built::FIXTURE_ALLOW, "")),
+            (PluginKind::Scheduler, PluginSource::embedded(PluginKind::Scheduler, r#"{"max-per-owner":1}"#)),
+        ],
+    );
+    let nodes = vec![node("a", &[], 1)];
+    let mut second = placement_request(nodes.clone());
+    second.owner_backends = vec![nodes[0].backends[0].clone()];
+    let mut request = auth_request("b1", &[], None);
+    request.request.path = "/spin".into();
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4).map(|_| s.spawn(|| plugins.auth().check(&request))).collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let placement = plugins.scheduler().place(&second);
+        assert!(matches!(&placement, Placement::Reject(r) if r.contains("max-per-owner is 1")), "{placement:?}");
+        for call in calls {
+            assert!(!call.join().unwrap().is_allow());
+        }
+    });
+    // Which call found no slot, and why.
+    let looping = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_ALLOW, "")).unwrap();
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..3).map(|_| s.spawn(|| looping.check(&rt, &request, 0))).collect();
+        let errors: Vec<String> = calls.into_iter().map(|c| c.join().unwrap().unwrap_err().to_string()).collect();
+        let busy: Vec<&String> = errors.iter().filter(|e| e.contains("2 auth calls already run at once")).collect();
+        assert_eq!(busy.len(), 1, "{errors:?}");
+        assert!(busy[0].contains("plugins.max-instances is 4, less 2 kept for scheduling and idle decisions"), "{errors:?}");
+    });
+}
+
 // ---- examples -------------------------------------------------------------
 
 #[test]

@@ -263,6 +263,10 @@ impl LoadedPlugin {
         timing: Timing,
         f: impl FnOnce(&mut Store<HostState>, &KindPre) -> wasmtime::Result<Result<R, PluginError>> + Send,
     ) -> Result<R, CallError> {
+        let _slot = match (self.ctx.kind, timing) {
+            (PluginKind::Auth, Timing::Decision) => Some(rt.auth_slot().map_err(CallError::Instantiate)?),
+            _ => None,
+        };
         let run = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut store = rt.store(self.ctx.clone(), self.imports_wasi);

@@ -10,6 +10,7 @@
 //! - one ticker thread owns the epoch, and is joined when the runtime drops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -78,7 +79,7 @@ pub struct RuntimeConfig {
     /// runs). Calls run on Spawner's worker threads, and those of plugins
     /// that import WASI one per CPU at most (see [`Runtime::wasi_turn`]), so
     /// this only needs to exceed the thread count; extra slots cost address
-    /// space, not memory.
+    /// space, not memory. Auth calls get all but [`kept_from_auth`] of them.
     pub max_instances: u32,
 }
 
@@ -209,6 +210,36 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// Auth calls in flight, capped below `max-instances`.
+///
+/// Every kind's calls share the pool's instances, and auth calls are the
+/// ones anyone can cause: a burst of requests to a slow auth plugin (one
+/// that runs to its deadline, off the async workers) would otherwise hold
+/// every instance, and the scheduler and its fallback, unable to
+/// instantiate, would admit creates that the configured policy rejects.
+/// Scheduling and idle decisions each run one at a time (plus the default
+/// scheduler after a failed one), so a few instances kept back for them
+/// are enough.
+struct AuthSlots {
+    in_flight: AtomicUsize,
+    cap: usize,
+}
+
+/// An auth call's slot, given back when dropped.
+pub(crate) struct AuthSlot<'a>(&'a AuthSlots);
+
+impl Drop for AuthSlot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Instances kept back from auth calls for the other kinds: four, or half
+/// the pool when it is smaller than eight.
+pub fn kept_from_auth(max_instances: u32) -> u32 {
+    (max_instances / 2).min(4)
+}
+
 /// The process-wide plugin runtime.
 pub struct Runtime {
     engine: Engine,
@@ -217,6 +248,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     tokens: Option<Arc<TokenKey>>,
     wasi_turns: Turns,
+    auth_slots: AuthSlots,
     _ticker: EpochTicker,
 }
 
@@ -288,7 +320,23 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| LoadError::Runtime(format!("epoch thread: {e}")))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wasi_turns = Turns { free: Mutex::new(cpus), freed: Condvar::new() };
-        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, wasi_turns, _ticker: ticker })
+        let auth_slots =
+            AuthSlots { in_flight: AtomicUsize::new(0), cap: (config.max_instances - kept_from_auth(config.max_instances)) as usize };
+        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, wasi_turns, auth_slots, _ticker: ticker })
+    }
+
+    /// A slot for one auth call, or why there is none (see [`AuthSlots`]).
+    pub(crate) fn auth_slot(&self) -> Result<AuthSlot<'_>, String> {
+        let slots = &self.auth_slots;
+        match slots.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < slots.cap).then_some(n + 1)) {
+            Ok(_) => Ok(AuthSlot(slots)),
+            Err(_) => Err(format!(
+                "{} auth calls already run at once (plugins.max-instances is {}, less {} kept for scheduling and idle decisions)",
+                slots.cap,
+                self.config.max_instances,
+                kept_from_auth(self.config.max_instances)
+            )),
+        }
     }
 
     /// Waits for a turn to call a plugin that imports WASI (see [`Turns`]).
