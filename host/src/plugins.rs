@@ -344,9 +344,24 @@ impl AuthPlugin<'_> {
         let started = Instant::now();
         let result = plugin.check_reaching(&self.0.runtime, request, reached);
         self.0.record(PluginKind::Auth, &plugin, started, &result);
-        let verdict = result.unwrap_or_else(|_| Verdict::deny(403, "access check failed (the auth plugin could not decide)"));
+        let verdict = result.unwrap_or_else(|e| auth_fallback(&e));
         self.0.decided(PluginKind::Auth, if verdict.is_allow() { "allow" } else { "deny" });
         verdict
+    }
+}
+
+/// What a request gets when the auth plugin fails: denied (fail closed),
+/// with 503 when the failure may pass (out of time, which a busy machine
+/// causes in a healthy plugin, or no instance free), so that clients retry
+/// (the proxy adds `Retry-After`), and 403 otherwise (a trap, an error or an
+/// answer the host refuses: the plugin's own fault, which retrying does not
+/// cure). Until 2026-12-01 every failure was 403, which reads as a refusal.
+pub fn auth_fallback(error: &CallError) -> Verdict {
+    match error {
+        CallError::Deadline(_) | CallError::Instantiate(_) => {
+            Verdict::deny(503, "access check failed: the auth plugin could not decide in time (Spawner is busy); retry shortly")
+        }
+        _ => Verdict::deny(403, "access check failed (the auth plugin could not decide)"),
     }
 }
 

@@ -382,7 +382,12 @@ impl Proxy {
                 };
                 // Answered where it is, token and all (`handle` keeps it
                 // from the page's Referer).
-                return pages::error(status, &reason, accept.as_ref());
+                let mut denied = pages::error(status, &reason, accept.as_ref());
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    // The plugin could not decide in time: worth a retry.
+                    denied.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                return denied;
             }
             Verdict::Allow(a) => a,
         };

@@ -1461,6 +1461,24 @@ async fn a_plugin_directory_deleted_and_made_again_is_watched_again() {
     status_becomes(401, "the file in a directory whose parent was made again was not loaded").await;
 }
 
+/// An auth plugin out of time denies with 503 and `Retry-After`: a busy
+/// machine can make a healthy plugin miss its deadline, and a client
+/// should retry, not take it for a refusal (until 2026-12-01: 403).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auth_plugin_out_of_time_answers_503_retry_shortly() {
+    use spawner_test_plugins as built;
+    let plugin = format!("auth={}", built::FIXTURE_ALLOW);
+    let dev = Dev::start(FAST, &["--plugin", &plugin]);
+    let (name, _) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    // The fixture loops on /spin, past the default 20 ms deadline.
+    let r = dev.get(&name, "/spin", None).await;
+    assert_eq!((r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string())), (503, Some("1".into())));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("could not decide in time") && text.contains("retry shortly"), "{text}");
+    assert_eq!(dev.get(&name, "/api/stats", None).await.status(), 200, "and it decides the next request");
+}
+
 /// Plugin reloads refused so far.
 fn refusals(dev: &Dev) -> usize {
     dev.log_text().matches("plugin reload refused").count()

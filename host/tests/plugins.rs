@@ -234,7 +234,8 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
         assert_eq!(termination(&plugins.idle().evaluate(&idle_request(0, 1000, 1000, None))), Some("idle"));
     }
     for v in looper.join().unwrap() {
-        assert_eq!(deny_status(&v), Some(403));
+        // Out of time may be a busy machine's doing: 503, retry.
+        assert_eq!(deny_status(&v), Some(503));
     }
     assert!(
         metrics.encode().contains(r#"spawner_plugin_failures_total{kind="auth",plugin="fixture_loop.wasm",error="deadline"} 5"#),

@@ -240,8 +240,8 @@ fn run_once(
                 Some(i) => parse_input::<AuthInput>(i, kind)?.held_to_what_the_proxy_gives()?.into_request(rt.token_key()),
                 None => sample::auth_request_with_token(now),
             };
-            let fallback = Verdict::deny(403, "access check failed (the auth plugin could not decide)");
             let verdict = plugin.check(&rt, &req, 0);
+            let fallback = verdict.as_ref().err().map(crate::plugins::auth_fallback);
             if let Ok(Verdict::Allow(allow)) = &verdict {
                 for dropped in dropped_headers(allow) {
                     eprintln!(
