@@ -249,6 +249,10 @@ pub struct ProxyMetrics {
     pub open_websockets: Gauge,
     /// Client connections accepted.
     pub connections: Counter,
+    /// Times the listener found every connection slot taken and stopped
+    /// accepting until one closed (alert on it: new clients, the API's
+    /// included, wait meanwhile).
+    pub connection_limit_reached: Counter,
     /// Sweeps that judged no backend idle (lifetime limits only) because a
     /// proxy replica could not be asked for its
     /// activity (alert on its rate: idle backends are not being ended).
@@ -262,6 +266,7 @@ impl ProxyMetrics {
             open_connections: Gauge::default(),
             open_websockets: Gauge::default(),
             connections: Counter::default(),
+            connection_limit_reached: Counter::default(),
             sweeps_skipped: Counter::default(),
         };
         registry.register("proxy_requests", "Requests answered by the proxy, by status class", m.requests.clone());
@@ -275,6 +280,11 @@ impl ProxyMetrics {
             "proxy_connections",
             "Client connections accepted on the listener (proxy, API and scrapes alike)",
             m.connections.clone(),
+        );
+        registry.register(
+            "proxy_connection_limit_reached",
+            "Times every connection slot (max-connections) was taken, so that the listener stopped accepting until one closed",
+            m.connection_limit_reached.clone(),
         );
         registry.register(
             "proxy_sweeps_skipped",

@@ -286,10 +286,27 @@ async fn serve(
     };
     tokio::pin!(stop_accepting);
     let accept_failures = crate::log_gate::LogGate::default();
+    let limit_reached = crate::log_gate::LogGate::default();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut stop_accepting => break,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Every slot taken: new connections wait in the listen
+                // backlog, the API's and health checks' too. Say so: until
+                // 2026-12-01 they just hung, with nothing logged.
+                app.metrics.proxy.connection_limit_reached.inc();
+                if let Some(suppressed) = limit_reached.pass(std::time::Instant::now()) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        suppressed,
+                        "every connection slot is taken (`max-connections`); new connections, the API's too, wait until one closes (`suppressed`: times not logged since the last line)"
+                    );
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = &mut stop_accepting => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -1524,6 +1524,26 @@ async fn open_websockets_count_as_open_connections() {
     }
 }
 
+/// Every connection slot taken is said, in a warning and a counter: new
+/// connections, the API's too, wait in the backlog until one closes, and
+/// until 2026-12-01 nothing told an operator why the API hung.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_connection_slot_taken_is_logged_and_counted() {
+    let dev = Dev::start(&format!("{FAST}[proxy]\nmax-connections = 3\n"), &[]);
+    let addr = dev.base.trim_start_matches("http://").to_string();
+    let held: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !dev.log_text().contains("every connection slot is taken") {
+        assert!(Instant::now() < until, "no warning:\n{}", dev.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dev.log_text().contains("max_connections=3"), "{}", dev.log_text());
+    drop(held);
+    let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+    let reached = metrics.lines().find(|l| l.starts_with("spawner_proxy_connection_limit_reached_total ")).unwrap();
+    assert!(reached.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 1, "{reached}");
+}
+
 /// A `std` auth plugin writes to WASI streams when it prints or panics;
 /// the proxy calls it on a tokio worker, where wasmtime-wasi's blocking
 /// writes used to panic the request's task (the client saw the connection
