@@ -423,18 +423,51 @@ impl Template {
         {
             return Some(format!("its cwd {} is not a directory", cwd.display()));
         }
-        let found = if self.command.contains('/') {
+        let candidates: Vec<PathBuf> = if self.command.contains('/') {
             let path = Path::new(&self.command);
             // Relative to where it runs (which is what `resolve_paths` does
             // for templates of a config file).
-            self.cwd.as_deref().map_or_else(|| path.to_path_buf(), |c| c.join(path)).is_file()
+            vec![self.cwd.as_deref().map_or_else(|| path.to_path_buf(), |c| c.join(path))]
         } else {
             // The backend's PATH: the template's, else Spawner's (passed on).
             let path = self.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
-            std::env::split_paths(&path).any(|dir| dir.join(&self.command).is_file())
+            std::env::split_paths(&path).map(|dir| dir.join(&self.command)).collect()
         };
-        (!found).then(|| format!("its command {:?} was not found", self.command))
+        let found: Vec<&PathBuf> = candidates.iter().filter(|c| c.is_file()).collect();
+        if found.is_empty() {
+            return Some(format!("its command {:?} was not found", self.command));
+        }
+        // What the kernel would refuse to run (every create failing with
+        // "Permission denied" or "Exec format error"); a PATH lookup skips
+        // a file that is not executable, as the start would.
+        let checked: Vec<(&PathBuf, Result<(), String>)> = found.into_iter().map(|f| (f, runnable(f))).collect();
+        if checked.iter().any(|(_, r)| r.is_ok()) {
+            return None;
+        }
+        checked.into_iter().find_map(|(file, r)| r.err().map(|why| format!("its command {} {why}", file.display())))
     }
+}
+
+/// Whether the kernel would run `file`: executable, and a program (ELF) or
+/// a script with its interpreter's `#!` line. Spawner starts the command
+/// itself, with no shell to fall back on for a script without one.
+fn runnable(file: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot be read: {e}"))?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("is not executable (chmod +x it, or run it through its interpreter: command = \"python3\", args = [\"app.py\"])".into());
+    }
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(file).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    if read >= 2 && (head.starts_with(b"#!") || head == *b"\x7fELF") {
+        return Ok(());
+    }
+    // Unreadable (execute-only) files are left to the start to judge.
+    if std::fs::File::open(file).is_err() {
+        return Ok(());
+    }
+    Err("is a script without a #! line (add one, e.g. #!/bin/sh, or run it through its interpreter)".into())
 }
 
 /// Checks a public URL (`public-url`, `--public-url`): an origin, since
@@ -1064,7 +1097,8 @@ mod tests {
         }
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("run.sh"), "").unwrap();
+        std::fs::write(dir.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.path().join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let t = |command: &str, cwd: Option<&Path>| Template {
             command: command.into(),
             args: vec![],
@@ -1076,6 +1110,32 @@ mod tests {
         assert!(t("no-such-program-here", None).start_problem().unwrap().contains("was not found"));
         assert!(t("./missing.sh", Some(dir.path())).start_problem().unwrap().contains("was not found"));
         assert!(t("sh", Some(&dir.path().join("nope"))).start_problem().unwrap().contains("is not a directory"));
+
+        // Found, but the kernel would not run it: every create would fail.
+        use std::os::unix::fs::PermissionsExt;
+        let script = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            format!("./{name}")
+        };
+        let plain = script("plain.sh", "#!/bin/sh\nexit 0\n", 0o644);
+        assert!(t(&plain, Some(dir.path())).start_problem().unwrap().contains("plain.sh is not executable (chmod +x it"));
+        let bare = script("bare.sh", "exit 0\n", 0o755);
+        assert!(t(&bare, Some(dir.path())).start_problem().unwrap().contains("bare.sh is a script without a #! line"));
+        let good = script("good.sh", "#!/bin/sh\nexit 0\n", 0o755);
+        assert_eq!(t(&good, Some(dir.path())).start_problem(), None);
+        // In PATH: a file that is not executable is skipped for a later one.
+        let other = tempfile::tempdir().unwrap();
+        script("tool", "#!/bin/sh\n", 0o644);
+        std::fs::write(other.path().join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(other.path().join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let in_path = |dirs: &[&Path]| Template {
+            env: BTreeMap::from([("PATH".to_string(), std::env::join_paths(dirs).unwrap().into_string().unwrap())]),
+            ..t("tool", None)
+        };
+        assert_eq!(in_path(&[dir.path(), other.path()]).start_problem(), None);
+        assert!(in_path(&[dir.path()]).start_problem().unwrap().contains("is not executable"));
     }
 
     #[test]
