@@ -233,6 +233,11 @@ pub struct ProxyConfig {
     pub token_cookie: String,
     /// Query parameter `browserUrl` carries the token in.
     pub token_query_param: String,
+    /// Proxies in front of Spawner (a TLS terminator, a load balancer, an
+    /// Ingress controller) whose `X-Forwarded-For` names the client: what
+    /// backends are told as the client's address (see
+    /// [`crate::proxy::client_address`]). None by default.
+    pub trusted_proxies: crate::proxy::client_address::TrustedProxies,
 }
 
 impl Default for ProxyConfig {
@@ -257,6 +262,7 @@ impl Default for ProxyConfig {
             forwarded_proto: Scheme::Http,
             token_cookie: TokenNames::default().cookie,
             token_query_param: TokenNames::default().query_param,
+            trusted_proxies: Default::default(),
         }
     }
 }

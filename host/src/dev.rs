@@ -56,7 +56,8 @@ impl Dev {
         }
         let proxy_settings = ProxySettings::new(config.host_domain.clone(), config.proxy.forwarded_proto, config.proxy.token_names())
             .with_response_timeout(config.proxy.response_timeout())
-            .with_api_token(config.api_token.clone());
+            .with_api_token(config.api_token.clone())
+            .with_trusted_proxies(config.proxy.trusted_proxies.clone());
         if let Some((_, auth)) = sources.iter().find(|(k, _)| *k == PluginKind::Auth)
             && let Some(warning) = token_names_mismatch(&auth.settings, &proxy_settings.tokens)
         {

@@ -14,6 +14,7 @@
 //! serves the local runtime and Kubernetes.
 
 mod body;
+pub mod client_address;
 pub mod frames;
 pub mod headers;
 mod origin;
@@ -99,6 +100,9 @@ pub struct ProxySettings {
     /// the upload is over, and the longest an upload may stall
     /// (`proxy.response-timeout-seconds`).
     pub response_timeout: std::time::Duration,
+    /// Proxies whose `X-Forwarded-For` names the client
+    /// (`proxy.trusted-proxies`).
+    pub trusted_proxies: client_address::TrustedProxies,
 }
 
 impl Default for ProxySettings {
@@ -123,7 +127,12 @@ impl ProxySettings {
             tokens.cookie = format!("{HOST_COOKIE_PREFIX}{}", tokens.cookie);
         }
         let response_timeout = std::time::Duration::from_secs(crate::config::ProxyConfig::default().response_timeout_seconds);
-        ProxySettings { host_domain, forwarded_proto, tokens, api_token: None, response_timeout }
+        ProxySettings { host_domain, forwarded_proto, tokens, api_token: None, response_timeout, trusted_proxies: Default::default() }
+    }
+
+    /// These settings, believing `X-Forwarded-For` from `trusted_proxies`.
+    pub fn with_trusted_proxies(self, trusted_proxies: client_address::TrustedProxies) -> Self {
+        ProxySettings { trusted_proxies, ..self }
     }
 
     /// These settings, with the time a backend has to answer.
@@ -449,12 +458,14 @@ impl Proxy {
             return pages::error(StatusCode::BAD_REQUEST, "the request target must be a path starting with /", accept.as_ref());
         }
         let host = parts.headers.get(header::HOST).cloned();
+        // Read before the client's X-Forwarded-For goes with the rest.
+        let client = self.settings.trusted_proxies.client(peer.ip(), &parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, websocket);
         headers::strip_untrusted(&mut parts.headers);
         headers::strip_credentials(&mut parts.headers, &self.settings.tokens.cookie, self.settings.api_token.as_ref());
         headers::set_forwarded(
             &mut parts.headers,
-            &peer.ip().to_string(),
+            &client.to_string(),
             self.settings.forwarded_proto.as_str(),
             host.as_ref(),
             &route.prefix,

@@ -270,6 +270,32 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert_eq!(headers["x-forwarded-for"], json!(["127.0.0.1"]));
 }
 
+/// Behind a trusted proxy (a TLS terminator, an Ingress controller) the
+/// backend is told the client's address that proxy saw, not the proxy's
+/// own; and never what the client itself wrote to the left of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_backends_are_told_the_clients_address() {
+    let dev = Dev::start(&format!("{FAST}[proxy]\ntrusted-proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n"), &[]);
+    let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
+    dev.wait_ready(&name).await;
+    let seen = |xff: Option<&'static str>| {
+        let dev = &dev;
+        let (name, token) = (&name, &token);
+        async move {
+            let mut r = dev.http.get(format!("{}/p/{name}/headers", dev.base)).bearer_auth(token);
+            if let Some(v) = xff {
+                r = r.header("x-forwarded-for", v);
+            }
+            let seen: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+            (seen["headers"]["x-forwarded-for"].clone(), seen["headers"]["x-real-ip"].clone())
+        }
+    };
+    // The client forged 6.6.6.6; the terminator (trusted: loopback here)
+    // appended the address it saw, then passed an internal hop.
+    assert_eq!(seen(Some("6.6.6.6, 198.51.100.7, 10.1.2.3")).await, (json!(["198.51.100.7"]), json!(["198.51.100.7"])));
+    assert_eq!(seen(None).await.0, json!(["127.0.0.1"]), "no header: the peer");
+}
+
 /// With a host domain a backend is served on its own host only: not under
 /// `/p/` (on the API's host, or the public URL's, its pages would share an
 /// origin with the deployment's, from where a script could use every other

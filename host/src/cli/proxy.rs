@@ -143,6 +143,12 @@ pub struct ProxyArgs {
     /// Connections the kernel queues before they are accepted.
     #[arg(long, env = "SPAWNER_LISTEN_BACKLOG", default_value_t = ProxyConfig::default().listen_backlog)]
     pub listen_backlog: u32,
+    /// A proxy in front of this one (the Ingress controller's Pods, a load
+    /// balancer): an address or range (`10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client, for backends' `X-Forwarded-For`
+    /// and `X-Real-IP`. Repeat, or comma-separate in the environment.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", env = "SPAWNER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ProxyArgs {
@@ -158,6 +164,7 @@ impl ProxyArgs {
             forwarded_proto: self.forwarded_proto,
             token_cookie: self.token_cookie.clone(),
             token_query_param: self.token_query_param.clone(),
+            trusted_proxies: self.trusted_proxies.clone().try_into().map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
         };
         config.validate(|field| format!("--{field}")).map_err(anyhow::Error::msg)?;
         Ok(config)
@@ -289,6 +296,10 @@ mod tests {
             (&["--header-read-timeout-ms", "0"], "--header-read-timeout-ms must be between 1"),
             (&["--response-timeout-seconds", "0"], "--response-timeout-seconds must be between 1 and 86400, got 0"),
             (&["--max-connections", "0"], "--max-connections and --listen-backlog must be positive"),
+            (
+                &["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "ingress"],
+                "--trusted-proxy: \"ingress\" is neither an address nor a range",
+            ),
         ] {
             let e = parse(flags).unwrap().proxy_config().unwrap_err().to_string();
             assert!(e.contains(says), "{flags:?}: {e}");
@@ -302,6 +313,8 @@ mod tests {
         let proxy = args.unwrap().proxy_config().unwrap();
         assert_eq!((proxy.token_cookie.as_str(), proxy.token_query_param.as_str(), proxy.max_connections), ("acme-token", "t", 7));
         assert_eq!(proxy.forwarded_proto, crate::config::Scheme::Https);
+        let trusting = parse(&["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "192.168.1.10"]).unwrap().proxy_config().unwrap();
+        assert_eq!(trusting.trusted_proxies, vec!["10.0.0.0/8".to_string(), "192.168.1.10".into()].try_into().unwrap());
         let defaults = parse(&[]).unwrap().proxy_config().unwrap();
         assert_eq!(defaults, crate::config::ProxyConfig::default());
     }

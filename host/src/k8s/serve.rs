@@ -149,7 +149,8 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     };
     let settings = ProxySettings::new(options.host_domain.clone(), options.proxy.forwarded_proto, options.proxy.token_names())
         .with_response_timeout(options.proxy.response_timeout())
-        .with_api_token(options.api.as_ref().map(|a| a.api_token.clone()));
+        .with_api_token(options.api.as_ref().map(|a| a.api_token.clone()))
+        .with_trusted_proxies(options.proxy.trusted_proxies.clone());
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let public_metrics = options.metrics_listen.is_none();
     let metrics_server = match options.metrics_listen {
