@@ -281,6 +281,19 @@ pub fn healthz_router() -> Router {
     })
 }
 
+/// `/healthz` only: `spawner dev`'s main listener when the API (and
+/// `/metrics`) are served on `api-listen`.
+pub fn api_elsewhere_router(api_at: std::net::SocketAddr) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(move || async move {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such endpoint: this listener serves backends under /p/{{name}}/ and /healthz; the REST API, /metrics and the OpenAPI document are on {api_at} (api-listen)"
+            ),
+        )
+    })
+}
+
 /// Whether a browser page sent `req`: a script, a form, or a frame or
 /// window it opened. Every current browser marks its requests with
 /// `Sec-Fetch-Site`, and older ones cross-origin and unsafe ones with

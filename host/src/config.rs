@@ -54,6 +54,12 @@ pub struct Config {
     /// Address for the API, the proxy and /metrics.
     #[serde(deserialize_with = "listen_field")]
     pub listen: SocketAddr,
+    /// A separate address for the API, `/metrics` and the OpenAPI
+    /// document (`listen` then serves backends and `/healthz` only), so
+    /// that the API can stay on loopback, where the web app's server calls
+    /// it, while browsers reach `listen` from anywhere.
+    #[serde(deserialize_with = "api_listen_field")]
+    pub api_listen: Option<SocketAddr>,
     /// Base URL browsers reach Spawner at (default `http://{listen}`).
     pub public_url: Option<String>,
     /// Bearer token the web app's server presents to the API. Required when
@@ -88,6 +94,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_listen: None,
             public_url: None,
             api_token: None,
             token_secret: None,
@@ -546,6 +553,12 @@ fn listen_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D:
     listen_arg(&text).map_err(|why| serde::de::Error::custom(format!("listen {why}")))
 }
 
+/// `api-listen` in the file: read as [`listen_arg`] reads the flag.
+fn api_listen_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    listen_arg(&text).map(Some).map_err(|why| serde::de::Error::custom(format!("api-listen {why}")))
+}
+
 /// Checks a host routing domain (`host-domain`, `--host-domain`): a DNS
 /// name such as `apps.example.com`, which `{name}.{domain}` is built on and
 /// requests' `Host` headers are matched against. Returns it in lower case
@@ -694,7 +707,20 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let no_api_token = self.api_token.as_ref().is_none_or(|t| t.expose().is_empty());
-        if !self.listen.ip().is_loopback() && no_api_token {
+        // Where the API is served decides who reaches it: its own listener,
+        // or the one browsers reach (through whatever routes them there).
+        let api_with_backends = self.api_listen.is_none();
+        if let Some(api) = self.api_listen {
+            if api == self.listen && api.port() != 0 {
+                return bad(format!("api-listen = {api} is listen's address too: give the API another port, or leave api-listen out"));
+            }
+            if !api.ip().is_loopback() && no_api_token {
+                return bad(format!(
+                    "api-listen = {api} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or serve the API on 127.0.0.1)"
+                ));
+            }
+        }
+        if api_with_backends && !self.listen.ip().is_loopback() && no_api_token {
             return bad(format!(
                 "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1)",
                 self.listen
@@ -723,7 +749,7 @@ impl Config {
             public_url_arg(u).map_err(|why| ConfigError::Invalid(format!("public-url: {why}")))?;
             // Listening on loopback behind a reverse proxy (a TLS
             // terminator on this host) exposes the API as well as /p/.
-            if !is_loopback_url(u) && no_api_token {
+            if api_with_backends && !is_loopback_url(u) && no_api_token {
                 return bad(format!(
                     "public-url = {u} says browsers reach Spawner from other machines (through a reverse proxy), which then reach the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file"
                 ));
@@ -737,7 +763,7 @@ impl Config {
             if let Some(why) = self.public_url.as_deref().and_then(|u| public_url_conflict(u, d)) {
                 return bad(why);
             }
-            if !is_localhost_name(d) && no_api_token {
+            if api_with_backends && !is_localhost_name(d) && no_api_token {
                 return bad(format!(
                     "host-domain = {d} says browsers reach backends at {{name}}.{d}, from other machines, and whatever routes those hosts here reaches the API too, so it needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or use a domain under .localhost)"
                 ));
@@ -978,6 +1004,21 @@ mod tests {
         c.validate().unwrap();
         c.token_secret = Some("short".into());
         assert!(c.validate().unwrap_err().to_string().contains("token-secret"));
+    }
+
+    #[test]
+    fn an_api_on_its_own_loopback_listener_needs_no_token_wherever_backends_are_served() {
+        let (c, _, _dir) = load_in_dir(
+            "listen = \"0.0.0.0:8080\"\napi-listen = \"127.0.0.1:8081\"\npublic-url = \"https://apps.example.com\"\nhost-domain = \"apps.example.com\"\n",
+        );
+        assert_eq!(c.api_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        c.validate().unwrap();
+        let open = Config { api_listen: Some("0.0.0.0:8081".parse().unwrap()), ..Config::default() };
+        assert!(open.validate().unwrap_err().to_string().contains("api-listen = 0.0.0.0:8081 is reachable from other machines"));
+        let same = Config { api_listen: Some("127.0.0.1:8080".parse().unwrap()), ..Config::default() };
+        assert!(same.validate().unwrap_err().to_string().contains("is listen's address too"));
+        let e = Config::parse("api-listen = \"8081\"\n").unwrap_err().to_string();
+        assert!(e.contains("api-listen"), "{e}");
     }
 
     /// Loads `text` as a config file in a fresh directory: the config, the

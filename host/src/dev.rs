@@ -28,6 +28,8 @@ const DEV_DRAIN: Duration = Duration::from_secs(2);
 pub struct Dev {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the API is served, when on its own listener (`api-listen`).
+    pub api_addr: Option<SocketAddr>,
     /// The local runtime.
     pub local: Arc<Local>,
     /// The plugins.
@@ -35,6 +37,7 @@ pub struct Dev {
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _api_server: Option<server::AbortOnDrop>,
     _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
 }
 
@@ -98,6 +101,17 @@ impl Dev {
             metrics: metrics.clone(),
             body_timeout: Duration::from_millis(config.proxy.header_read_timeout_ms),
         });
+        // On its own listener, the API has its own connections: backends'
+        // clients filling `max-connections` cannot lock the web app out.
+        let (api, api_addr, api_server) = match config.api_listen {
+            Some(at) => {
+                let (bound, task) = server::serve_side(at, api, "api-listen").await.map_err(|e| {
+                    anyhow::anyhow!("{e:#} (is another Spawner running? pick another address with --api-listen or SPAWNER_API_LISTEN)")
+                })?;
+                (api::api_elsewhere_router(bound), Some(bound), Some(task))
+            }
+            None => (api, None, None),
+        };
         let app = Arc::new(App::new(proxy, api, metrics.clone()));
         let limits = Limits::from(&config.proxy);
         // No delay (nothing balances load onto `spawner dev`), but a short
@@ -123,7 +137,7 @@ impl Dev {
             local.start_gc(),
         ];
         let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone(), loaded).context("watching plugin files")?;
-        Ok(Dev { addr, local, plugins, shutdown, server, _tasks: tasks, _watcher: watcher })
+        Ok(Dev { addr, api_addr, local, plugins, shutdown, server, _tasks: tasks, _api_server: api_server, _watcher: watcher })
     }
 
     /// Stops accepting, terminates every backend and waits for them (the
@@ -147,6 +161,11 @@ pub struct DevArgs {
     /// picks a free one).
     #[arg(long, env = "SPAWNER_LISTEN", hide_env_values = true, value_parser = crate::config::listen_arg)]
     pub listen: Option<SocketAddr>,
+    /// Serve the API, /metrics and the OpenAPI document on this address
+    /// instead (e.g. 127.0.0.1:8081, where the web app's server calls it,
+    /// with no token needed on loopback), and only backends on --listen.
+    #[arg(long, env = "SPAWNER_API_LISTEN", hide_env_values = true, value_parser = crate::config::listen_arg)]
+    pub api_listen: Option<SocketAddr>,
     /// Base URL browsers reach Spawner at (default: http:// and the listen
     /// address).
     #[arg(long, env = "SPAWNER_PUBLIC_URL", hide_env_values = true)]
@@ -208,6 +227,9 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     let mut c = Config::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         c.listen = l;
+    }
+    if let Some(l) = args.api_listen {
+        c.api_listen = Some(l);
     }
     if let Some(u) = &args.public_url {
         c.public_url = Some(u.clone());
@@ -301,7 +323,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let dev = Dev::start(config.clone()).await?;
         // The API is called from the web app's server, so the lines to try
         // use the address Spawner listens on; browsers use the public URL.
-        let base = format!("http://{}", dev.addr);
+        let base = format!("http://{}", dev.api_addr.unwrap_or(dev.addr));
+        let elsewhere = dev.api_addr.map(|_| format!("\nIts API, /metrics and the OpenAPI document are on {base} (api-listen)\n")).unwrap_or_default();
         let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $SPAWNER_API_TOKEN\"" } else { "" };
         // The token came from the config file or --api-token: the line below
         // needs it in the shell's environment.
@@ -316,7 +339,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         // lines for their shipper.
         if !crate::cli::json_logs() {
             crate::cli::say(&format!(
-            "\nSpawner is listening on {base}\n{public}\n  Start a demo backend (a shared notepad):\n{export}    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n"
+            "\nSpawner is listening on http://{}\n{elsewhere}{public}\n  Start a demo backend (a shared notepad):\n{export}    curl -s{auth} -X POST {base}/api/v1/backends -H 'Content-Type: application/json' -d '{{\"template\":\"demo\"}}'\n  then open the \"browserUrl\" it returns.\n\n  API reference: {base}/api/openapi.json   metrics: {base}/metrics\n",
+                dev.addr
             ));
         }
         server::stop_signal().await?;

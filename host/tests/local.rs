@@ -270,6 +270,46 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
     assert_eq!(headers["x-forwarded-for"], json!(["127.0.0.1"]));
 }
 
+/// The API on a listener of its own (`api-listen`): the web app's server
+/// calls it there, with no token on loopback, and the main listener, which
+/// browsers reach, serves backends and `/healthz` only: neither the API nor
+/// `/metrics` nor the OpenAPI document is reachable there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_can_have_a_listener_of_its_own() {
+    let dev = Dev::start(FAST, &["--api-listen", "127.0.0.1:0"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    let api = loop {
+        let log = dev.log_text();
+        if let Some(at) = log.lines().find_map(|l| l.trim().strip_prefix("Its API, /metrics and the OpenAPI document are on ")) {
+            break at.split(' ').next().unwrap().to_string();
+        }
+        assert!(Instant::now() < until, "no API address said:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(api, dev.base);
+    let created: serde_json::Value =
+        dev.http.post(format!("{api}/api/v1/backends")).json(&json!({"template": "demo"})).send().await.unwrap().json().await.unwrap();
+    let (name, token) = (created["backend"]["name"].as_str().unwrap(), created["token"].as_str().unwrap());
+    assert!(created["browserUrl"].as_str().unwrap().starts_with(&format!("{}/p/{name}/", dev.base)), "{created}");
+    let ready = dev.http.get(format!("{api}/api/v1/backends/{name}/ready?timeout=30")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(dev.get(name, "/api/stats", Some(token)).await.status(), 200, "backends on the main listener");
+
+    for path in ["/api/v1/backends", "/metrics", "/api/openapi.json"] {
+        let r = dev.http.get(format!("{}{path}", dev.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} on the main listener");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(&format!("are on {} (api-listen)", api.trim_start_matches("http://"))), "{text}");
+    }
+    assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);
+    assert_eq!(dev.http.get(format!("{api}/metrics")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        dev.http.get(format!("{api}/p/{name}/api/stats")).bearer_auth(token).send().await.unwrap().status(),
+        404,
+        "no backends there"
+    );
+}
+
 /// Behind a trusted proxy (a TLS terminator, an Ingress controller) the
 /// backend is told the client's address that proxy saw, not the proxy's
 /// own; and never what the client itself wrote to the left of it.
