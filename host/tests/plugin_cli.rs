@@ -174,6 +174,18 @@ fn run_prints_the_decision_for_a_minted_token() {
     let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &cookie, "--token-secret", secret]);
     let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["Allow"]["subject"], "alice", "{decision}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("input's now"), "{}", text(&out));
+    // A saved input's time is said when it is far from the clock (tokens
+    // expired since then still pass a plugin judging by it).
+    let mut old: serde_json::Value = serde_json::from_str(&cookie).unwrap();
+    old["now"] = (now - 720).into();
+    let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &old.to_string(), "--token-secret", secret]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: the input's now is 7"), "{}", text(&out));
+    // A header value the proxy could never give is refused.
+    let mut split = old.clone();
+    split["request"]["headers"][0]["value"] = "a\nb".into();
+    let out = patient(&["plugin", "run", auth.to_str().unwrap(), "--input", &split.to_string()]);
+    assert!(!out.status.success() && text(&out).contains("which is not a header value"), "{}", text(&out));
 
     // An edited sample: its pre-verified credential would let anyone in.
     // With --token-secret, the token in its header is what counts, as in

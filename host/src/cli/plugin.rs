@@ -382,6 +382,13 @@ impl AuthInput {
             if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
                 anyhow::bail!("--input's request.headers has {:?}, which is not a header name", h.name);
             }
+            if http::HeaderValue::from_str(&h.value).is_err() {
+                anyhow::bail!(
+                    "--input's request.headers has {}: {:?}, which is not a header value (no control characters but tab): the proxy never gives one",
+                    h.name,
+                    h.value
+                );
+            }
             let lower = h.name.to_ascii_lowercase();
             if lower != h.name {
                 renamed.push(format!("{} → {lower}", h.name));
@@ -390,6 +397,17 @@ impl AuthInput {
         }
         if !renamed.is_empty() {
             eprintln!("note: header names lower-cased, as the proxy gives them: {}", renamed.join(", "));
+        }
+        // A saved sample keeps the time it was made: a token that has
+        // expired since still passes a plugin that judges by `now`.
+        let drift = self.now as i64 - now_unix() as i64;
+        if drift.abs() > 60 {
+            eprintln!(
+                "note: the input's now is {} s {} the clock; plugins judge token expiry by it (the proxy gives the current time): set it to {} to try the request as it would be now",
+                drift.abs(),
+                if drift < 0 { "behind" } else { "ahead of" },
+                now_unix()
+            );
         }
         Ok(self)
     }
