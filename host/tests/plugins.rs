@@ -565,7 +565,9 @@ fn non_components_and_refused_settings_are_explained() {
     let core = LoadedPlugin::load(&rt, PluginKind::Auth, &raw(b"\0asm\x01\0\0\0")).unwrap_err();
     assert!(matches!(core, LoadError::CoreModule { .. }) && core.to_string().contains("wasm32-wasip2"), "{core}");
     let junk = LoadedPlugin::load(&rt, PluginKind::Auth, &raw(b"#!/bin/sh\necho hi\n")).unwrap_err();
-    assert!(matches!(junk, LoadError::NotWasm { .. }), "{junk}");
+    assert!(matches!(junk, LoadError::NotWasm { .. }) && junk.to_string().contains("does not start with the wasm magic bytes"), "{junk}");
+    let empty = LoadedPlugin::load(&rt, PluginKind::Auth, &raw(b"")).unwrap_err();
+    assert!(empty.to_string().contains("x.wasm is not a WebAssembly component (the file is empty;"), "{empty}");
     let truncated = &spawner::plugins::embedded::DEFAULT_AUTH[..1000];
     assert!(matches!(LoadedPlugin::load(&rt, PluginKind::Auth, &raw(truncated)).unwrap_err(), LoadError::Compile { .. }));
 

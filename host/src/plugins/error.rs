@@ -40,11 +40,13 @@ pub enum LoadError {
     },
     /// Not WebAssembly at all.
     #[error(
-        "{name} is not a WebAssembly component (the file does not start with the wasm magic bytes; build a plugin with `cargo build --release --target wasm32-wasip2`, which writes it under target/wasm32-wasip2/release/)"
+        "{name} is not a WebAssembly component ({what}; build a plugin with `cargo build --release --target wasm32-wasip2`, which writes it under target/wasm32-wasip2/release/)"
     )]
     NotWasm {
         /// Plugin name.
         name: String,
+        /// What it is instead: empty, or not starting with the magic bytes.
+        what: &'static str,
     },
     /// It cannot run under this runtime's limits at all (e.g. its memory's
     /// initial size is over the memory limit).

@@ -375,7 +375,12 @@ impl Runtime {
     pub(crate) fn compile(&self, name: &str, bytes: &[u8]) -> LoadResult<(Component, [u8; 32])> {
         use wasmtime::wasmparser::Parser;
         if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::NotWasm { name: name.into() });
+            let what = match bytes.is_empty() {
+                // A build or copy under way, or one that failed.
+                true => "the file is empty",
+                false => "the file does not start with the wasm magic bytes",
+            };
+            return Err(LoadError::NotWasm { name: name.into(), what });
         }
         if Parser::is_core_wasm(bytes) {
             return Err(LoadError::CoreModule { name: name.into() });
