@@ -453,7 +453,10 @@ impl Template {
         // What the kernel would refuse to run (every create failing with
         // "Permission denied" or "Exec format error"); a PATH lookup skips
         // a file that is not executable, as the start would.
-        let checked: Vec<(&PathBuf, Result<(), String>)> = found.into_iter().map(|f| (f, runnable(f))).collect();
+        // A bare name is run by glibc's execvp, which runs a script without
+        // a `#!` line through /bin/sh; a path is not (Exec format error).
+        let needs_interpreter_line = self.command.contains('/');
+        let checked: Vec<(&PathBuf, Result<(), String>)> = found.into_iter().map(|f| (f, runnable(f, needs_interpreter_line))).collect();
         if checked.iter().any(|(_, r)| r.is_ok()) {
             return None;
         }
@@ -461,15 +464,19 @@ impl Template {
     }
 }
 
-/// Whether the kernel would run `file`: executable, and a program (ELF) or
-/// a script with its interpreter's `#!` line. Spawner starts the command
-/// itself, with no shell to fall back on for a script without one.
-fn runnable(file: &Path) -> Result<(), String> {
+/// Whether `file` would run: executable, and (`interpreter_line`) a
+/// program (ELF) or a script with its interpreter's `#!` line, as a command
+/// given as a path must be (Spawner starts it itself, with no shell to fall
+/// back on for a script without one).
+fn runnable(file: &Path, interpreter_line: bool) -> Result<(), String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).map_err(|e| format!("cannot be read: {e}"))?;
     if meta.permissions().mode() & 0o111 == 0 {
         return Err("is not executable (chmod +x it, or run it through its interpreter: command = \"python3\", args = [\"app.py\"])".into());
+    }
+    if !interpreter_line {
+        return Ok(());
     }
     let mut head = [0u8; 4];
     let read = std::fs::File::open(file).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
@@ -1183,6 +1190,11 @@ mod tests {
         };
         assert_eq!(in_path(&[dir.path(), other.path()]).start_problem(), None);
         assert!(in_path(&[dir.path()]).start_problem().unwrap().contains("is not executable"));
+        // Found through PATH, a script without `#!` runs (execvp hands it to
+        // /bin/sh); given as a path, it does not.
+        script("bare", "exit 0\n", 0o755);
+        let bare_in_path = Template { env: BTreeMap::from([("PATH".to_string(), dir.path().display().to_string())]), ..t("bare", None) };
+        assert_eq!(bare_in_path.start_problem(), None);
     }
 
     #[test]

@@ -263,8 +263,10 @@ impl Plugins {
     pub fn refuse(&self, kind: PluginKind, refused: &str, error: &dyn std::fmt::Display) {
         count_load(&self.metrics, kind, false);
         let current = self.info(kind);
+        let mut error = error.to_string();
+        crate::text::escape_controls(&mut error);
         tracing::error!(kind = kind.as_str(), refused = %refused, keeping = %current.name,
-            keeping_digest = %&current.digest[..12], error = %error, "plugin reload refused; keeping the current plugin");
+            keeping_digest = %&current.digest[..12], %error, "plugin reload refused; keeping the current plugin");
     }
 
     /// What is loaded for `kind`.
@@ -310,7 +312,11 @@ impl Plugins {
                 gate.pass(Instant::now())
             };
             if let Some(suppressed) = passed {
-                tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, error = %e, suppressed,
+                // On one line: some errors quote the plugin's own words (a
+                // node or header name it answered, its functions' names).
+                let mut error = e.to_string();
+                crate::text::escape_controls(&mut error);
+                tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, %error, suppressed,
                     "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per {} s)",
                     crate::log_gate::EVERY.as_secs());
             }
@@ -331,7 +337,8 @@ pub struct AuthPlugin<'a>(&'a Plugins);
 
 impl AuthPlugin<'_> {
     /// Decides one request. When the plugin fails the request is denied
-    /// (403) without details; the details go to the log and metrics.
+    /// ([`auth_fallback`]: 403, or 503 for a failure that may pass) without
+    /// details; the details go to the log and metrics.
     pub fn check(&self, request: &AuthRequest) -> Verdict {
         self.check_reaching(request, &credentials::Reached::default())
     }
@@ -359,7 +366,7 @@ impl AuthPlugin<'_> {
 pub fn auth_fallback(error: &CallError) -> Verdict {
     match error {
         CallError::Deadline(_) | CallError::Instantiate(_) => {
-            Verdict::deny(503, "access check failed: the auth plugin could not decide in time (Spawner is busy); retry shortly")
+            Verdict::deny(503, "access check failed: the auth plugin did not decide in time (Spawner may be busy); retry shortly")
         }
         _ => Verdict::deny(403, "access check failed (the auth plugin could not decide)"),
     }

@@ -454,7 +454,7 @@ startup-timeout-seconds = 2
 stop-timeout-seconds = 1
 [templates.crash]
 command = "sh"
-args = ["-c", "sleep 0.2; echo request 1; echo request 2; echo about to fail >&2; sleep 0.1; echo cleaning up; exit 3"]
+args = ["-c", "sleep 0.2; echo request 1; echo request 2; echo about to fail >&2; sleep 0.1; seq 1 40; echo cleaning up; exit 3"]
 [templates.deaf]
 command = "sh"
 args = ["-c", "printf 'starting\\rlistening on 127.0.0.1:3000'; exec sleep 600"]
@@ -473,7 +473,7 @@ async fn crashes_silence_and_missing_programs_fail_with_the_reason() {
     assert_eq!((c["status"]["reason"].as_str(), c["status"]["exitCode"].as_i64()), (Some("exited"), Some(3)), "{c}");
     // What it wrote last says why; the status carries it, what it wrote
     // to stderr in its last second last (two pipes' order is a guess).
-    assert_eq!(c["status"]["message"], "exited on its own with code 3; its last output: request 2 | cleaning up | about to fail", "{c}");
+    assert_eq!(c["status"]["message"], "exited on its own with code 3; its last output: 40 | cleaning up | about to fail", "{c}");
     let logs = dev.http.get(format!("{}/api/v1/backends/{crash}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
     // The logs keep the order read, which is the order written for what
     // the reader saw written (stdout first when both were waiting).
@@ -1541,7 +1541,7 @@ async fn an_auth_plugin_out_of_time_answers_503_retry_shortly() {
     let r = dev.get(&name, "/spin", None).await;
     assert_eq!((r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string())), (503, Some("1".into())));
     let text = r.text().await.unwrap();
-    assert!(text.contains("could not decide in time") && text.contains("retry shortly"), "{text}");
+    assert!(text.contains("did not decide in time") && text.contains("retry shortly"), "{text}");
     assert_eq!(dev.get(&name, "/api/stats", None).await.status(), 200, "and it decides the next request");
 }
 

@@ -17,6 +17,10 @@ use crate::process::{self, Identity, ProcessCommand, ProcessState};
 /// are skipped, so a few more than are kept).
 const LAST_LINES: usize = 16;
 
+/// Output lines whose stdout and stderr ones are reordered for those last
+/// words (see [`process::logs::stderr_last`]).
+const REORDERED_LINES: usize = 1024;
+
 pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
     let timeouts = timeouts(&local.config);
     let mut admission: Option<Admission> = None;
@@ -133,7 +137,11 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
 /// What the backend's process wrote last, for its status message.
 fn last_output(rec: &Record) -> Option<String> {
     rec.process.lock().expect("process lock").as_ref().and_then(|p| {
-        let lines = process::logs::stderr_last(p.logs.lines(Some(LAST_LINES)));
+        // Reordered before the last few are taken: a Python program's
+        // buffered stdout, flushed at exit after its traceback, can be
+        // hundreds of lines.
+        let mut lines = process::logs::stderr_last(p.logs.lines(Some(REORDERED_LINES)));
+        lines.drain(..lines.len().saturating_sub(LAST_LINES));
         lifecycle::last_output(lines.iter().map(|l| l.text.as_str()))
     })
 }

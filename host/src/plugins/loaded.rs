@@ -485,9 +485,6 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, rt: &Runtime) -> CallE
     }
 }
 
-/// A reason in place of an empty (or blank) one: it ends up in a status,
-/// an event stream and a log line, where "" tells nobody what happened.
-/// `Deny` has its status code, which always says something.
 /// A plugin's text as Spawner passes it on: at most [`MAX_ANSWER_TEXT`]
 /// bytes, on one line (control characters escaped, so that a reason in
 /// Spawner's log cannot start a line of its own).
@@ -497,6 +494,9 @@ fn answer_text(text: &mut String) {
     crate::text::cut_to(text, MAX_ANSWER_TEXT, CUT);
 }
 
+/// A reason in place of an empty (or blank) one: it ends up in a status,
+/// an event stream and a log line, where "" tells nobody what happened.
+/// `Deny` has its status code, which always says something.
 fn given_a_reason(reason: &mut String, who: &str) {
     if reason.trim().is_empty() {
         *reason = format!("{who} gave no reason");

@@ -57,17 +57,19 @@ impl TrustedProxies {
         if !self.trusts(client) {
             return client;
         }
-        // Several headers are one list, in order (RFC 9110, 5.3).
-        let listed: Vec<&str> = headers
+        // Several headers are one list, in order (RFC 9110, 5.3). Split as
+        // bytes: a proxy appends its entry to the client's on one line, and
+        // a byte that is not ASCII in the client's part must not cost the
+        // whole line (the walk would then end at the trusted peer).
+        let listed: Vec<&[u8]> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
             .filter(|e| !e.is_empty())
             .collect();
         for entry in listed.iter().rev() {
-            match address(entry) {
+            match std::str::from_utf8(entry).ok().and_then(address) {
                 Some(ip) => {
                     client = ip;
                     if !self.trusts(ip) {
@@ -102,11 +104,25 @@ mod tests {
     }
 
     fn client(t: &TrustedProxies, peer: &str, xff: &[&str]) -> String {
+        client_of_bytes(t, peer, &xff.iter().map(|v| v.as_bytes()).collect::<Vec<_>>())
+    }
+
+    fn client_of_bytes(t: &TrustedProxies, peer: &str, xff: &[&[u8]]) -> String {
         let mut h = HeaderMap::new();
         for v in xff {
-            h.append("x-forwarded-for", v.parse().unwrap());
+            h.append("x-forwarded-for", http::HeaderValue::from_bytes(v).unwrap());
         }
         t.client(peer.parse().unwrap(), &h).to_string()
+    }
+
+    /// A byte that is not ASCII in the client's part of the line (nginx
+    /// appends to it) cost the whole line once, and with it the address
+    /// the proxy appended: the backend was told the proxy's own address.
+    #[test]
+    fn bytes_the_client_wrote_do_not_hide_what_the_proxy_appended() {
+        let t = trusted(&["127.0.0.0/8"]);
+        assert_eq!(client_of_bytes(&t, "127.0.0.1", &[b"\xc3\xa9, 8.8.8.8"]), "8.8.8.8");
+        assert_eq!(client_of_bytes(&t, "127.0.0.1", &[b"8.8.8.8, \xff"]), "127.0.0.1", "garbage nearest: the peer");
     }
 
     #[test]
@@ -123,6 +139,7 @@ mod tests {
         assert_eq!(client(&t, "10.0.0.5", &["10.9.9.9, 10.8.8.8"]), "10.9.9.9", "all trusted: the farthest");
         assert_eq!(client(&t, "10.0.0.5", &[]), "10.0.0.5", "no header: the peer");
         assert_eq!(client(&t, "10.0.0.5", &["6.6.6.6, junk"]), "10.0.0.5", "garbage stops the walk");
+        assert_eq!(client(&t, "10.0.0.5", &["junk, 198.51.100.7"]), "198.51.100.7", "after the client's address");
         assert_eq!(client(&t, "10.0.0.5", &["198.51.100.7:4711"]), "198.51.100.7", "with a port");
         assert_eq!(client(&t, "10.0.0.5", &["[2001:db8::1]:4711"]), "2001:db8::1");
         assert_eq!(client(&t, "::ffff:10.0.0.5", &["198.51.100.7"]), "198.51.100.7", "a v4 peer on a v6 listener");
