@@ -50,6 +50,10 @@ pub struct ApiState {
     pub token_query_param: String,
     /// Base URL for links.
     pub public_url: String,
+    /// Base URL of the API itself, when it is not `public_url`'s listener
+    /// (`api-listen`): for links to API endpoints (the original API's
+    /// `readyUrl` and `statusUrl`).
+    pub api_url: Option<String>,
     /// The API bearer token, if any.
     pub api_token: Option<crate::secret::Secret>,
     /// Metrics registry (served at /metrics).
@@ -283,13 +287,13 @@ pub fn healthz_router() -> Router {
 
 /// `/healthz` only: `spawner dev`'s main listener when the API (and
 /// `/metrics`) are served on `api-listen`.
-pub fn api_elsewhere_router(api_at: std::net::SocketAddr) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(move || async move {
+pub fn api_elsewhere_router() -> Router {
+    // The API's address is not said: this listener is the public one, and
+    // where the API listens is the operator's business.
+    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(|| async {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!(
-                "no such endpoint: this listener serves backends under /p/{{name}}/ and /healthz; the REST API, /metrics and the OpenAPI document are on {api_at} (api-listen)"
-            ),
+            "no such endpoint: this listener serves backends under /p/{name}/ and /healthz; the REST API, /metrics and the OpenAPI document are on another listener (api-listen)",
         )
     })
 }

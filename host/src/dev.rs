@@ -91,24 +91,35 @@ impl Dev {
         let local = Local::new(LocalConfig::from_config(&config), plugins.clone(), metrics.clone());
         let token_query_param = config.proxy.token_query_param.clone();
         let proxy = Arc::new(Proxy::new(local.clone(), plugins.clone(), metrics.clone(), proxy_settings));
+        // Bound first: the API's own links (the original API's readyUrl)
+        // name where it listens.
+        let api_listener = match config.api_listen {
+            Some(at) => Some(server::bind_side(at, "api-listen").await.map_err(|e| {
+                anyhow::anyhow!("{e:#} (is another Spawner running? pick another address with --api-listen or SPAWNER_API_LISTEN)")
+            })?),
+            None => None,
+        };
+        let api_url = match &api_listener {
+            Some(l) => Some(format!("http://{}", l.local_addr()?)),
+            None => None,
+        };
         let api = api::router(ApiState {
             backends: Backends::Local(local.clone()),
             tokens,
             token_ttl_seconds: config.token_ttl_seconds,
             token_query_param,
             public_url: config.public_url(),
+            api_url,
             api_token: config.api_token.clone(),
             metrics: metrics.clone(),
             body_timeout: Duration::from_millis(config.proxy.header_read_timeout_ms),
         });
         // On its own listener, the API has its own connections: backends'
         // clients filling `max-connections` cannot lock the web app out.
-        let (api, api_addr, api_server) = match config.api_listen {
-            Some(at) => {
-                let (bound, task) = server::serve_side(at, api, "api-listen").await.map_err(|e| {
-                    anyhow::anyhow!("{e:#} (is another Spawner running? pick another address with --api-listen or SPAWNER_API_LISTEN)")
-                })?;
-                (api::api_elsewhere_router(bound), Some(bound), Some(task))
+        let (api, api_addr, api_server) = match api_listener {
+            Some(listener) => {
+                let (bound, task) = server::serve_bound_side(listener, api, "api-listen")?;
+                (api::api_elsewhere_router(), Some(bound), Some(task))
             }
             None => (api, None, None),
         };
@@ -204,6 +215,11 @@ pub struct DevArgs {
     /// the token cookie Secure).
     #[arg(long, env = "SPAWNER_FORWARDED_PROTO")]
     pub forwarded_proto: Option<Scheme>,
+    /// A proxy in front (a TLS terminator): an address or range whose
+    /// `X-Forwarded-For` names the client (`[proxy] trusted-proxies`).
+    /// Repeat, or comma-separate in the environment.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", env = "SPAWNER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn kind_string(arg: &str) -> Result<(PluginKind, String), String> {
@@ -281,6 +297,9 @@ pub fn config_from_args(args: &DevArgs) -> anyhow::Result<Config> {
     }
     if let Some(s) = args.forwarded_proto {
         c.proxy.forwarded_proto = s;
+    }
+    if args.trusted_proxies.iter().any(|t| !t.trim().is_empty()) {
+        c.proxy.trusted_proxies = args.trusted_proxies.clone().try_into().map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
     }
     let c = c.with_builtin_templates();
     c.validate()?;
@@ -399,6 +418,9 @@ fn url_warnings(config: &Config) -> Vec<String> {
         )),
         _ => {}
     }
+    if let Some(too_wide) = config.proxy.trusted_proxies.too_wide() {
+        warnings.push(too_wide);
+    }
     warnings
 }
 
@@ -416,6 +438,14 @@ mod tests {
         fine.proxy.forwarded_proto = Scheme::Https;
         assert!(url_warnings(&fine).is_empty());
         assert!(url_warnings(&Config::default()).is_empty(), "loopback, no public URL: links work locally");
+        for (trusted, says) in [("127.0.0.1", "proxy_bind 127.0.0.2"), ("0.0.0.0/0", "every address")] {
+            let mut c = Config::default();
+            c.proxy.trusted_proxies = vec![trusted.to_string()].try_into().unwrap();
+            assert!(url_warnings(&c).iter().any(|w| w.contains(says)), "{trusted}: {:?}", url_warnings(&c));
+        }
+        let mut own = Config::default();
+        own.proxy.trusted_proxies = vec!["127.0.0.2".to_string()].try_into().unwrap();
+        assert!(url_warnings(&own).is_empty(), "{:?}", url_warnings(&own));
     }
 
     #[test]

@@ -299,7 +299,7 @@ async fn serve(
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         suppressed,
-                        "every connection slot is taken (`max-connections`); new connections, the API's too, wait until one closes (`suppressed`: times not logged since the last line)"
+                        "every connection slot is taken (`max-connections`); new connections to this listener (the API's too, unless it has its own: api-listen) wait until one closes (`suppressed`: times not logged since the last line)"
                     );
                 }
                 tokio::select! {
@@ -416,8 +416,19 @@ impl Drop for AbortOnDrop {
 /// names in the error): the side listeners (metrics, peers) beside the
 /// main one. Returns the bound address and the task, stopped when dropped.
 pub async fn serve_side(addr: SocketAddr, router: axum::Router, flag: &str) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
+    let listener = bind_side(addr, flag).await?;
+    serve_bound_side(listener, router, flag)
+}
+
+/// The listener [`serve_side`] serves, bound, for a router that needs to
+/// know its address first.
+pub async fn bind_side(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} ({flag})"))?;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} ({flag})"))
+}
+
+/// [`serve_side`] on a listener already bound.
+pub fn serve_bound_side(listener: tokio::net::TcpListener, router: axum::Router, flag: &str) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
     let bound = listener.local_addr()?;
     let what = flag.to_string();
     let task = tokio::spawn(async move {

@@ -299,10 +299,19 @@ async fn the_api_can_have_a_listener_of_its_own() {
         let r = dev.http.get(format!("{}{path}", dev.base)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path} on the main listener");
         let text = r.text().await.unwrap();
-        assert!(text.contains(&format!("are on {} (api-listen)", api.trim_start_matches("http://"))), "{text}");
+        assert!(text.contains("are on another listener (api-listen)") && !text.contains(api.trim_start_matches("http://")), "{text}");
     }
     assert_eq!(dev.http.get(format!("{}/healthz", dev.base)).send().await.unwrap().status(), 200);
     assert_eq!(dev.http.get(format!("{api}/metrics")).send().await.unwrap().status(), 200);
+    // The original API's links to itself name where it is served.
+    let spawned: serde_json::Value =
+        dev.http.post(format!("{api}/api/spawn")).json(&json!({"image": "demo"})).send().await.unwrap().json().await.unwrap();
+    let ready_url = spawned["readyUrl"].as_str().unwrap();
+    assert!(ready_url.starts_with(&format!("{api}/api/backend/")), "{spawned}");
+    assert!(spawned["statusUrl"].as_str().unwrap().starts_with(&format!("{api}/api/backend/")), "{spawned}");
+    assert!(spawned["url"].as_str().unwrap().starts_with(&format!("{}/p/", dev.base)), "{spawned}");
+    let status = dev.http.get(spawned["statusUrl"].as_str().unwrap()).send().await.unwrap().status();
+    assert_eq!(status, 200);
     assert_eq!(
         dev.http.get(format!("{api}/p/{name}/api/stats")).bearer_auth(token).send().await.unwrap().status(),
         404,
@@ -334,6 +343,9 @@ async fn behind_a_trusted_proxy_backends_are_told_the_clients_address() {
     // appended the address it saw, then passed an internal hop.
     assert_eq!(seen(Some("6.6.6.6, 198.51.100.7, 10.1.2.3")).await, (json!(["198.51.100.7"]), json!(["198.51.100.7"])));
     assert_eq!(seen(None).await.0, json!(["127.0.0.1"]), "no header: the peer");
+    // A backend's event stream is marked for nginx not to buffer.
+    let events = dev.http.get(format!("{}/p/{name}/events?ticks=1", dev.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(events.headers().get("x-accel-buffering").map(|v| v.to_str().unwrap()), Some("no"));
 }
 
 /// With a host domain a backend is served on its own host only: not under

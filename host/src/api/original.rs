@@ -126,7 +126,8 @@ pub(crate) async fn spawn(
     let created = s.backends.create(spec).await?;
     let (_, _, url) = mint(&s, &created.backend, None, s.token_ttl_seconds);
     let name = created.backend.name;
-    let base = &s.public_url;
+    // API URLs: where the API is served (its own listener, if it has one).
+    let base = s.api_url.as_ref().unwrap_or(&s.public_url);
     Ok((
         [(header::REFERRER_POLICY, "no-referrer")],
         Json(SpawnResponse {

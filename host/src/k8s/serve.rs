@@ -171,6 +171,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
                 token_ttl_seconds: api.token_ttl_seconds,
                 token_query_param: options.proxy.token_query_param.clone(),
                 public_url: api.public_url.trim_end_matches('/').to_string(),
+                api_url: None,
                 api_token: Some(api.api_token),
                 metrics: metrics.clone(),
                 body_timeout: std::time::Duration::from_millis(options.proxy.header_read_timeout_ms),

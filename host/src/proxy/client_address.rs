@@ -43,6 +43,20 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// Why these are too wide to be only the proxies in front, if they
+    /// are: every address (anyone can say who they are), or the loopback
+    /// address every local process connects from (backends included, in
+    /// local mode) when the proxy does too.
+    pub fn too_wide(&self) -> Option<String> {
+        if self.0.iter().any(|net| net.prefix_len() == 0) {
+            return Some("trusted-proxies holds every address (/0): any client can then say who it is in X-Forwarded-For; name only the proxies in front".into());
+        }
+        let loopback = [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
+        loopback.iter().any(|ip| self.trusts(*ip)).then(|| {
+            "trusted-proxies holds 127.0.0.1 (or ::1), which every process on this machine connects from, backends included: any of them can then tell backends any client address; have the proxy in front connect from an address of its own (nginx: proxy_bind 127.0.0.2;) and trust only that".into()
+        })
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))

@@ -272,8 +272,12 @@ pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option
 /// the browser would leave the backend (a 404 from Spawner, or a URL only
 /// the server can reach). Such a `Location` gets the prefix; one already
 /// under it, relative ones (the browser resolves them under the prefix)
-/// and other sites' are left alone. `host` is the request's `Host`.
-pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValue>, backend: std::net::SocketAddr) {
+/// and other sites' are left alone. `host` is the request's `Host`. Behind
+/// a TLS terminator (`https`, the scheme browsers use) an `http://{Host}/…`
+/// of a backend that does not read `X-Forwarded-Proto` becomes
+/// `https://{Host}/…`, as nginx's `proxy_redirect default` does: the
+/// terminator would answer plain HTTP on its port with 400.
+pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValue>, backend: std::net::SocketAddr, public_scheme: &str) {
     if prefix.is_empty() {
         return;
     }
@@ -282,7 +286,7 @@ pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValu
         if location.starts_with("//") || location.starts_with("/\\") {
             return; // another site, scheme-relative
         }
-        ("", location)
+        (String::new(), location)
     } else {
         let Some((scheme, rest)) = location.split_once("://") else { return };
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -293,9 +297,10 @@ pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValu
         if authority == backend.to_string() || authority.eq_ignore_ascii_case(&format!("localhost:{}", backend.port())) {
             // The backend's own address is no use to a browser: keep it on
             // the origin it came from.
-            ("", &location[end..])
+            (String::new(), &location[end..])
         } else if host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
-            (&location[..end], &location[end..])
+            let upgraded = public_scheme == "https" && scheme.eq_ignore_ascii_case("http");
+            (if upgraded { format!("https://{authority}") } else { location[..end].to_string() }, &location[end..])
         } else {
             return;
         }
@@ -307,6 +312,20 @@ pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValu
         && let Ok(v) = HeaderValue::from_str(&rewritten)
     {
         h.insert(header::LOCATION, v);
+    }
+}
+
+/// Marks a backend's event stream (`text/event-stream`) for proxies in
+/// front not to buffer (`X-Accel-Buffering: no`, which nginx reads and
+/// removes): nginx buffers responses by default and would hold each event
+/// until the stream ends, as Spawner's own status stream already says.
+pub fn unbuffered_event_stream(h: &mut HeaderMap) {
+    let stream = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.split(';').next().is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream")));
+    if stream && !h.contains_key("x-accel-buffering") {
+        h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
     }
 }
 
@@ -602,7 +621,7 @@ mod tests {
         let host = HeaderValue::from_static("spawner.example:8080");
         let rewrite = |location: &str, prefix: &str| {
             let mut h = map(&[("location", location)]);
-            prefix_location(&mut h, prefix, Some(&host), backend);
+            prefix_location(&mut h, prefix, Some(&host), backend, "http");
             h.get("location").unwrap().to_str().unwrap().to_string()
         };
         for (from, to) in [
@@ -631,6 +650,28 @@ mod tests {
             assert_eq!(rewrite(from, "/p/b1"), to, "{from}");
         }
         assert_eq!(rewrite("/login", ""), "/login", "host routing: the backend's paths are the browser's");
+        // Behind a TLS terminator: the browser's scheme for its own host.
+        let behind_tls = |location: &str| {
+            let mut h = map(&[("location", location)]);
+            prefix_location(&mut h, "/p/b1", Some(&host), backend, "https");
+            h.get("location").unwrap().to_str().unwrap().to_string()
+        };
+        assert_eq!(behind_tls("http://spawner.example:8080/sub/"), "https://spawner.example:8080/p/b1/sub/");
+        assert_eq!(behind_tls("https://spawner.example:8080/sub/"), "https://spawner.example:8080/p/b1/sub/");
+        assert_eq!(behind_tls("http://accounts.example/login"), "http://accounts.example/login", "other sites are theirs");
+    }
+
+    #[test]
+    fn a_backends_event_stream_is_marked_for_proxies_in_front_not_to_buffer() {
+        let mut sse = map(&[("content-type", "Text/Event-Stream; charset=utf-8")]);
+        unbuffered_event_stream(&mut sse);
+        assert_eq!(sse.get("x-accel-buffering").unwrap(), "no");
+        let mut own = map(&[("content-type", "text/event-stream"), ("x-accel-buffering", "yes")]);
+        unbuffered_event_stream(&mut own);
+        assert_eq!(own.get("x-accel-buffering").unwrap(), "yes", "the backend's own choice stands");
+        let mut page = map(&[("content-type", "text/html")]);
+        unbuffered_event_stream(&mut page);
+        assert!(page.get("x-accel-buffering").is_none());
     }
 
     #[test]
