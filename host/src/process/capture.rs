@@ -99,11 +99,11 @@ mod tests {
 
     use super::*;
 
-    /// Writes `first` to one pipe and then `second` to the other, each
-    /// once, while [`capture`] waits on both.
-    async fn written_in_turn(first: Stream) -> Vec<(Stream, String)> {
-        let (out_r, mut out_w) = std::io::pipe().unwrap();
-        let (err_r, mut err_w) = std::io::pipe().unwrap();
+    /// Two pipes standing for a process's stdout and stderr, [`capture`]d
+    /// into a buffer by a task: their write ends, the buffer, the task.
+    fn captured_pipes() -> (std::io::PipeWriter, std::io::PipeWriter, Arc<LogBuffer>, tokio::task::JoinHandle<()>) {
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let (err_r, err_w) = std::io::pipe().unwrap();
         let out = Receiver::from_owned_fd(out_r.into()).unwrap();
         let err = Receiver::from_owned_fd(err_r.into()).unwrap();
         let logs = Arc::new(LogBuffer::default());
@@ -111,6 +111,13 @@ mod tests {
             let logs = logs.clone();
             async move { capture(Some(out), Some(err), &logs).await }
         });
+        (out_w, err_w, logs, reading)
+    }
+
+    /// Writes `first` to one pipe and then `second` to the other, each
+    /// once, while [`capture`] waits on both.
+    async fn written_in_turn(first: Stream) -> Vec<(Stream, String)> {
+        let (mut out_w, mut err_w, logs, reading) = captured_pipes();
         tokio::task::yield_now().await;
         std::thread::spawn(move || {
             let (a, b) = if first == Stream::Stdout { (&mut out_w, &mut err_w) } else { (&mut err_w, &mut out_w) };
@@ -144,15 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_on_one_stream_does_not_hold_up_the_other() {
-        let (out_r, mut out_w) = std::io::pipe().unwrap();
-        let (err_r, mut err_w) = std::io::pipe().unwrap();
-        let out = Receiver::from_owned_fd(out_r.into()).unwrap();
-        let err = Receiver::from_owned_fd(err_r.into()).unwrap();
-        let logs = Arc::new(LogBuffer::default());
-        let reading = tokio::spawn({
-            let logs = logs.clone();
-            async move { capture(Some(out), Some(err), &logs).await }
-        });
+        let (mut out_w, mut err_w, logs, reading) = captured_pipes();
         // 256 MiB on stdout, written without a pause, while one stderr line
         // waits: the stderr line is read while the flood goes on. (One
         // endless line, whose rest is dropped as it arrives, so that the
