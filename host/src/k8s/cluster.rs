@@ -290,14 +290,14 @@ impl Cluster {
         self.with_meter(slab, |m| m.activity.clone())
     }
 
-    /// `f` on the meter of `slab`, started (or restarted, for a new object
-    /// of the same name) if need be.
     /// Marks activity on `slab` now, in this replica's meter (which the
     /// sweep counts wherever it runs).
     pub fn touch(&self, slab: &SessionLivedBackend) {
         self.with_meter(slab, |m| m.activity.touch());
     }
 
+    /// `f` on the meter of `slab`, started (or restarted, for a new object
+    /// of the same name) if need be.
     fn with_meter<R>(&self, slab: &SessionLivedBackend, f: impl FnOnce(&mut Meter) -> R) -> R {
         let name = slab.metadata.name.as_deref().unwrap_or_default();
         let uid = slab.metadata.uid.as_deref().unwrap_or_default();
