@@ -456,11 +456,16 @@ impl Template {
         // A bare name is run by glibc's execvp, which runs a script without
         // a `#!` line through /bin/sh; a path is not (Exec format error).
         let needs_interpreter_line = self.command.contains('/');
-        let checked: Vec<(&PathBuf, Result<(), String>)> = found.into_iter().map(|f| (f, runnable(f, needs_interpreter_line))).collect();
-        if checked.iter().any(|(_, r)| r.is_ok()) {
-            return None;
+        let mut first_problem = None;
+        for file in found {
+            match runnable(file, needs_interpreter_line) {
+                Ok(()) => return None,
+                Err(why) => {
+                    first_problem.get_or_insert_with(|| format!("its command {} {why}", file.display()));
+                }
+            }
         }
-        checked.into_iter().find_map(|(file, r)| r.err().map(|why| format!("its command {} {why}", file.display())))
+        first_problem
     }
 }
 
@@ -478,13 +483,11 @@ fn runnable(file: &Path, interpreter_line: bool) -> Result<(), String> {
     if !interpreter_line {
         return Ok(());
     }
-    let mut head = [0u8; 4];
-    let read = std::fs::File::open(file).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    if read >= 2 && (head.starts_with(b"#!") || head == *b"\x7fELF") {
-        return Ok(());
-    }
     // Unreadable (execute-only) files are left to the start to judge.
-    if std::fs::File::open(file).is_err() {
+    let Ok(mut opened) = std::fs::File::open(file) else { return Ok(()) };
+    let mut head = [0u8; 4];
+    let read = opened.read(&mut head).unwrap_or(0);
+    if read >= 2 && (head.starts_with(b"#!") || head == *b"\x7fELF") {
         return Ok(());
     }
     Err("is a script without a #! line (add one, e.g. #!/bin/sh, or run it through its interpreter)".into())
