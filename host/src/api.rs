@@ -276,13 +276,10 @@ pub fn ops_router(metrics: Arc<Metrics>) -> Router {
 /// `/healthz` only: `spawner proxy`'s public listener when metrics are
 /// served on their own listener.
 pub fn healthz_router() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(|| async {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such endpoint: this listener serves /healthz, /metrics (unless --metrics-listen moved it) and, on spawner \
-             proxy, backends under /p/{name}/; the REST API (/api/) is off until spawner proxy gets --api-token",
-        )
-    })
+    healthz_router_saying(
+        "no such endpoint: this listener serves /healthz, /metrics (unless --metrics-listen moved it) and, on spawner \
+         proxy, backends under /p/{name}/; the REST API (/api/) is off until spawner proxy gets --api-token",
+    )
 }
 
 /// `/healthz` only: `spawner dev`'s main listener when the API (and
@@ -290,12 +287,16 @@ pub fn healthz_router() -> Router {
 pub fn api_elsewhere_router() -> Router {
     // The API's address is not said: this listener is the public one, and
     // where the API listens is the operator's business.
-    Router::new().route("/healthz", get(|| async { "ok\n" })).fallback(|| async {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such endpoint: this listener serves backends under /p/{name}/ and /healthz; the REST API, /metrics and the OpenAPI document are on another listener (api-listen)",
-        )
-    })
+    healthz_router_saying(
+        "no such endpoint: this listener serves backends under /p/{name}/ and /healthz; the REST API, /metrics and the OpenAPI document are on another listener (api-listen)",
+    )
+}
+
+/// `/healthz`, and 404 saying `elsewhere` for anything else.
+fn healthz_router_saying(elsewhere: &'static str) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(move || async move { ApiError::new(StatusCode::NOT_FOUND, elsewhere) })
 }
 
 /// Whether a browser page sent `req`: a script, a form, or a frame or

@@ -263,8 +263,7 @@ impl Plugins {
     pub fn refuse(&self, kind: PluginKind, refused: &str, error: &dyn std::fmt::Display) {
         count_load(&self.metrics, kind, false);
         let current = self.info(kind);
-        let mut error = error.to_string();
-        crate::text::escape_controls(&mut error);
+        let error = crate::text::one_line(error);
         tracing::error!(kind = kind.as_str(), refused = %refused, keeping = %current.name,
             keeping_digest = %&current.digest[..12], %error, "plugin reload refused; keeping the current plugin");
     }
@@ -314,8 +313,7 @@ impl Plugins {
             if let Some(suppressed) = passed {
                 // On one line: some errors quote the plugin's own words (a
                 // node or header name it answered, its functions' names).
-                let mut error = e.to_string();
-                crate::text::escape_controls(&mut error);
+                let error = crate::text::one_line(e);
                 tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, %error, suppressed,
                     "plugin call failed; applying the safe fallback (`suppressed`: failures of this kind not logged since the last line; at most one line per {} s)",
                     crate::log_gate::EVERY.as_secs());

@@ -34,6 +34,13 @@ pub fn escape_controls(text: &mut String) {
     }
 }
 
+/// `text` written out with [`escape_controls`]: an error for a log line.
+pub fn one_line(text: &dyn std::fmt::Display) -> String {
+    let mut s = text.to_string();
+    escape_controls(&mut s);
+    s
+}
+
 /// The last few non-empty lines of `lines` (oldest first), joined with
 /// " | ": at most `max_lines`, and at most `max` bytes (older lines are left
 /// out first; a last line alone too long is cut). `None` when all are
