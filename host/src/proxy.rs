@@ -482,13 +482,7 @@ impl Proxy {
             let mut response = self.websocket(&route.name, parts, client_upgrade, slot, addr, target.activity).await;
             drop(forwarding);
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                headers::prefix_location(
-                    response.headers_mut(),
-                    &route.prefix,
-                    host.as_ref(),
-                    addr,
-                    self.settings.forwarded_proto.as_str(),
-                );
+                headers::prefix_location(response.headers_mut(), &route.prefix, host.as_ref(), addr, self.settings.forwarded_proto);
             }
             return response;
         }
@@ -558,7 +552,7 @@ impl Proxy {
                 speak_for_ourselves(&mut parts);
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 headers::strip_token_cookies(&mut parts.headers, &self.settings.tokens.cookie);
-                headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr, self.settings.forwarded_proto.as_str());
+                headers::prefix_location(&mut parts.headers, &route.prefix, host.as_ref(), addr, self.settings.forwarded_proto);
                 headers::unbuffered_event_stream(&mut parts.headers);
                 with_frame_cookie(&mut parts.headers, frame_cookie.as_ref());
                 Response::from_parts(parts, Body::new(Metered::new(body, target.activity, Direction::Out, Some(in_flight))))

@@ -400,13 +400,14 @@ impl AuthInput {
         }
         // A saved sample keeps the time it was made: a token that has
         // expired since still passes a plugin that judges by `now`.
-        let drift = self.now as i64 - now_unix() as i64;
+        let clock = now_unix();
+        let drift = self.now as i64 - clock as i64;
         if drift.abs() > 60 {
             eprintln!(
                 "note: the input's now is {} s {} the clock; plugins judge token expiry by it (the proxy gives the current time): set it to {} to try the request as it would be now",
                 drift.abs(),
                 if drift < 0 { "behind" } else { "ahead of" },
-                now_unix()
+                clock
             );
         }
         Ok(self)

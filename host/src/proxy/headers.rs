@@ -277,7 +277,13 @@ pub fn set_forwarded(h: &mut HeaderMap, peer_ip: &str, proto: &str, host: Option
 /// of a backend that does not read `X-Forwarded-Proto` becomes
 /// `https://{Host}/…`, as nginx's `proxy_redirect default` does: the
 /// terminator would answer plain HTTP on its port with 400.
-pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValue>, backend: std::net::SocketAddr, public_scheme: &str) {
+pub fn prefix_location(
+    h: &mut HeaderMap,
+    prefix: &str,
+    host: Option<&HeaderValue>,
+    backend: std::net::SocketAddr,
+    public_scheme: crate::config::Scheme,
+) {
     if prefix.is_empty() {
         return;
     }
@@ -299,7 +305,7 @@ pub fn prefix_location(h: &mut HeaderMap, prefix: &str, host: Option<&HeaderValu
             // the origin it came from.
             (String::new(), &location[end..])
         } else if host.and_then(|h| h.to_str().ok()).is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
-            let upgraded = public_scheme == "https" && scheme.eq_ignore_ascii_case("http");
+            let upgraded = public_scheme == crate::config::Scheme::Https && scheme.eq_ignore_ascii_case("http");
             (if upgraded { format!("https://{authority}") } else { location[..end].to_string() }, &location[end..])
         } else {
             return;
@@ -621,7 +627,7 @@ mod tests {
         let host = HeaderValue::from_static("spawner.example:8080");
         let rewrite = |location: &str, prefix: &str| {
             let mut h = map(&[("location", location)]);
-            prefix_location(&mut h, prefix, Some(&host), backend, "http");
+            prefix_location(&mut h, prefix, Some(&host), backend, crate::config::Scheme::Http);
             h.get("location").unwrap().to_str().unwrap().to_string()
         };
         for (from, to) in [
@@ -653,7 +659,7 @@ mod tests {
         // Behind a TLS terminator: the browser's scheme for its own host.
         let behind_tls = |location: &str| {
             let mut h = map(&[("location", location)]);
-            prefix_location(&mut h, "/p/b1", Some(&host), backend, "https");
+            prefix_location(&mut h, "/p/b1", Some(&host), backend, crate::config::Scheme::Https);
             h.get("location").unwrap().to_str().unwrap().to_string()
         };
         assert_eq!(behind_tls("http://spawner.example:8080/sub/"), "https://spawner.example:8080/p/b1/sub/");
