@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{CallError, LoadError, LoadResult};
 pub use loaded::{LoadedPlugin, PluginInfo};
-pub use runtime::{Limits, Runtime, RuntimeConfig};
+pub use runtime::{Limits, Reset, Runtime, RuntimeConfig};
 
 use crate::log_gate::LogGate;
 use crate::metrics::{DecisionLabels, FailureLabels, KindLabels, LoadLabels, Metrics};

@@ -580,10 +580,18 @@ fn non_components_and_refused_settings_are_explained() {
 
 #[test]
 fn no_state_is_carried_from_one_call_to_the_next() {
-    let (plugins, _) = with(vec![(PluginKind::Idle, source(built::FIXTURE_COUNTER, ""))]);
-    for _ in 0..200 {
-        let IdleVerdict::Terminate(t) = plugins.idle().evaluate(&idle_request(0, 0, 0, None)) else { panic!("kept") };
-        assert_eq!(t.detail, "call 1");
+    // Either way a memory is reset after a call (`Reset`): copied whole,
+    // also when the call grew it past what the copy rewrites, or scanned
+    // for the pages the call dirtied.
+    let reset = |plugin: &str| spawner::plugins::Reset::for_component(&std::fs::read(plugin).unwrap());
+    assert_eq!(reset(built::FIXTURE_COUNTER), spawner::plugins::Reset::Copy);
+    assert_eq!(reset(built::FIXTURE_COUNTER_LARGE), spawner::plugins::Reset::Scan);
+    for (plugin, settings) in [(built::FIXTURE_COUNTER, ""), (built::FIXTURE_COUNTER, "grow"), (built::FIXTURE_COUNTER_LARGE, "")] {
+        let (plugins, _) = with(vec![(PluginKind::Idle, source(plugin, settings))]);
+        for _ in 0..200 {
+            let IdleVerdict::Terminate(t) = plugins.idle().evaluate(&idle_request(0, 0, 0, None)) else { panic!("kept") };
+            assert_eq!(t.detail, "call 1", "{plugin} with settings {settings:?}");
+        }
     }
 }
 

@@ -31,8 +31,11 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
-/// Bytes of static arena before memory is grown.
-pub const ARENA_BYTES: usize = 64 * 1024;
+/// Bytes of static arena before memory is grown. Small, so that with a
+/// 32 KiB stack a plugin's memory starts at one 64 KiB page, which the
+/// host resets by copying (cheaper than scanning for dirtied pages); a
+/// request's strings take a few KiB, and a larger one grows memory.
+pub const ARENA_BYTES: usize = 16 * 1024;
 
 const WASM_PAGE: usize = 64 * 1024;
 

@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "fixture-fail-idle",
     "fixture-fail-scheduler",
     "fixture-counter",
+    "fixture-counter-large",
     "fixture-allow",
     "fixture-wrong-world",
     "fixture-wrong-version",

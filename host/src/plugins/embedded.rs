@@ -33,7 +33,7 @@ mod tests {
         use wasmtime::component::types::ComponentItem;
         let rt = Runtime::new(RuntimeConfig::default(), None).unwrap();
         let (component, _) = rt.compile("default_auth.wasm", DEFAULT_AUTH).unwrap();
-        let engine = rt.engine();
+        let engine = component.engine();
         let mut functions = Vec::new();
         for (name, item) in component.component_type().imports(engine) {
             match item.ty {
@@ -45,6 +45,9 @@ mod tests {
         }
         assert!(functions.is_empty(), "default auth imports {functions:?}");
         let (scheduler, _) = rt.compile("default_scheduler.wasm", DEFAULT_SCHEDULER).unwrap();
-        assert!(scheduler.component_type().imports(engine).any(|(n, _)| n.starts_with("spawner:plugin/host")), "the check can see imports");
+        assert!(
+            scheduler.component_type().imports(scheduler.engine()).any(|(n, _)| n.starts_with("spawner:plugin/host")),
+            "the check can see imports"
+        );
     }
 }

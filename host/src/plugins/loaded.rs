@@ -40,6 +40,17 @@ enum KindPre {
     Idle(IdlePre<HostState>),
 }
 
+impl KindPre {
+    /// The engine the plugin was compiled with, which its stores must use.
+    fn engine(&self) -> &Engine {
+        match self {
+            KindPre::Scheduler(p) => p.engine(),
+            KindPre::Auth(p) => p.engine(),
+            KindPre::Idle(p) => p.engine(),
+        }
+    }
+}
+
 /// Tries a deadline miss gets before it counts, where one call decides
 /// whether a plugin is accepted (`validate-settings` at load, the trial
 /// decision of `spawner plugin check`).
@@ -98,9 +109,10 @@ impl LoadedPlugin {
     pub fn load(rt: &Runtime, kind: PluginKind, source: &PluginSource) -> LoadResult<Self> {
         let name = source.name.as_str();
         let (component, digest) = rt.compile(name, &source.bytes)?;
-        check_world(rt.engine(), &component, kind, name)?;
+        let engine = component.engine();
+        check_world(engine, &component, kind, name)?;
         let pre: InstancePre<HostState> =
-            rt.linker().instantiate_pre(&component).map_err(|e| link_error(rt.engine(), &component, name, e))?;
+            rt.linker(engine).instantiate_pre(&component).map_err(|e| link_error(engine, &component, name, e))?;
         let bad_export =
             |e: wasmtime::Error| LoadError::BadExport { name: name.into(), interface: kind.export_name(), reason: format!("{e:#}") };
         let pre = match kind {
@@ -110,7 +122,7 @@ impl LoadedPlugin {
         };
         let ctx = Arc::new(PluginContext { name: name.into(), kind, settings: source.settings.as_str().into(), tokens: rt.tokens() });
         let info = PluginInfo { kind, name: name.into(), digest: hex::encode(digest), size: source.bytes.len() };
-        let imports = |prefix: &str| component.component_type().imports(rt.engine()).any(|(n, _)| n.starts_with(prefix));
+        let imports = |prefix: &str| component.component_type().imports(engine).any(|(n, _)| n.starts_with(prefix));
         let (imports_wasi, imports_host) = (imports("wasi:"), imports("spawner:plugin/host"));
         let plugin = LoadedPlugin {
             info,
@@ -269,7 +281,7 @@ impl LoadedPlugin {
         };
         let run = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut store = rt.store(self.ctx.clone(), self.imports_wasi);
+                let mut store = rt.store(self.pre.engine(), self.ctx.clone(), self.imports_wasi);
                 match f(&mut store, &self.pre) {
                     Ok(Ok(r)) => Ok(r),
                     Ok(Err(e)) => {
@@ -637,7 +649,7 @@ fn link_error(engine: &Engine, component: &Component, name: &str, e: wasmtime::E
 /// so that a version mismatch is then reported by [`LoadedPlugin::load`]).
 pub fn detect_kind(rt: &Runtime, source: &PluginSource) -> LoadResult<PluginKind> {
     let (component, _) = rt.compile(&source.name, &source.bytes)?;
-    let exports: Vec<String> = component.component_type().exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = component.component_type().exports(component.engine()).map(|(n, _)| n.to_string()).collect();
     let kinds: Vec<PluginKind> = exports.iter().filter_map(|e| PluginKind::from_export_name(e)).collect();
     match kinds.as_slice() {
         [k] => Ok(*k),

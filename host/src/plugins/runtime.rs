@@ -5,6 +5,9 @@
 //! - pooling allocator: instantiation takes microseconds instead of
 //!   mmap/munmap per call, which is what makes a fresh instance per auth
 //!   decision affordable;
+//! - two engines, alike but for how a memory is reset after a call (see
+//!   [`Reset`]): a plugin whose memories start small (the default ones)
+//!   is reset by copying, any other by scanning for the pages it dirtied;
 //! - epoch interruption: a CPU deadline per call that costs a load and a
 //!   compare at loop headers, not fuel counting on every instruction;
 //! - one ticker thread owns the epoch, and is joined when the runtime drops.
@@ -36,9 +39,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 const COMPONENT_CACHE_ENTRIES: usize = 32;
 
 /// Bytes of each memory slot kept resident and reset in place between
-/// calls. A Rust plugin's call touches a few hundred KiB (stack top, data,
-/// heap); 4 MiB covers that with room, and is only resident once touched.
+/// calls, when the reset scans for dirtied pages. A Rust plugin's call
+/// touches a few hundred KiB (stack top, data, heap); 4 MiB covers that
+/// with room, and is only resident once touched.
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
+/// A component whose every memory starts at this size or less is reset by
+/// copying (see [`Reset`]); so much of each memory stays resident and is
+/// rewritten after every call, and what the call grew beyond it is given
+/// back to the kernel.
+pub const COPY_RESET_BYTES: u64 = 128 << 10;
 
 /// Same for tables (function tables of a few thousand entries).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
@@ -61,9 +71,10 @@ impl Limits {
 }
 
 /// Most plugin instances at once: each slot reserves about 8 GiB of
-/// address space for its memory (reservation and guard), and 10,000 is
-/// what x86-64's 128 TiB hold with room to spare (12,000 failed to start).
-pub const MAX_INSTANCES: u32 = 10_000;
+/// address space for its memory (reservation and guard), in each of the
+/// two engines (see [`Reset`]), and 5,000 is what x86-64's 128 TiB hold
+/// with room to spare (12,000 in one engine failed to start).
+pub const MAX_INSTANCES: u32 = 5_000;
 
 /// Configuration of the plugin runtime.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -159,7 +170,113 @@ fn start_memory(compile_error: &str) -> Option<u64> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// Owns the thread that advances the engine's epoch; stops and joins it on
+/// How a plugin's memory is put back as it was after a call; each way has
+/// an engine of its own, and a plugin is compiled for one of them by the
+/// sizes its memories start at ([`Reset::for_component`]).
+///
+/// Scanning asks the kernel which pages the call dirtied (`PAGEMAP_SCAN`,
+/// Linux 6.7+) and restores only those: one system call whatever the
+/// memory's size, which suits a plugin with a 1 MiB stack and a heap.
+/// Copying rewrites the whole memory (up to [`COPY_RESET_BYTES`]) without
+/// asking: for the 64 KiB of a default plugin that is about 1.4 µs less per
+/// call than the system call (bench/README.md), a quarter of an auth
+/// decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Restore the pages the call dirtied, found by a scan.
+    Scan,
+    /// Rewrite the memory, all of it.
+    Copy,
+}
+
+impl Reset {
+    /// Copy when every memory the component defines starts at
+    /// [`COPY_RESET_BYTES`] or less; scan otherwise, and for bytes that do
+    /// not parse (compiling them says why).
+    pub fn for_component(bytes: &[u8]) -> Reset {
+        use wasmtime::wasmparser::{Parser, Payload};
+        // Nested modules' sections come in order with the component's.
+        for payload in Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else { return Reset::Scan };
+            let Payload::MemorySection(memories) = payload else { continue };
+            for memory in memories {
+                let Ok(memory) = memory else { return Reset::Scan };
+                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                if memory.initial.saturating_mul(page) > COPY_RESET_BYTES {
+                    return Reset::Scan;
+                }
+            }
+        }
+        Reset::Copy
+    }
+}
+
+/// One engine and its linker (see [`Reset`]).
+struct Pool {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Pool {
+    fn new(config: &RuntimeConfig, reset: Reset) -> LoadResult<Self> {
+        let n = config.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            // A Rust component holds its module plus a few adapter shims.
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            // Per component: a Rust plugin has one memory, two tables and
+            // three core instances (its module and wit-component's shims); one
+            // built with a WASI adapter a memory more. A component holding
+            // more is refused at load, so no plugin can take many of the
+            // pool's slots at once (the call's memory limit counts all its
+            // memories together: see `host_state::Limiter`).
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16)
+            .max_memory_size(config.max_memory_bytes() as usize)
+            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+        match reset {
+            // Reset memory by scanning for the pages a call dirtied and
+            // restoring only those, keeping them resident: no madvise, no
+            // page faults, no TLB shootdowns on the next call. Measured
+            // 39 µs -> 16-24 µs per auth call (bench/README.md). Falls back
+            // to madvise on older kernels.
+            Reset::Scan => pool.pagemap_scan(wasmtime::Enabled::Auto).linear_memory_keep_resident(KEEP_RESIDENT_BYTES),
+            Reset::Copy => pool.pagemap_scan(wasmtime::Enabled::No).linear_memory_keep_resident(COPY_RESET_BYTES as usize),
+        };
+
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&cfg).map_err(|e| {
+            let why = format!("{e:#}");
+            // Each instance slot reserves address space for its memory.
+            let hint = match why.contains("failed to reserve") {
+                true => format!(
+                    " (plugins.max-instances = {} reserves more address space than this process may have: lower it, or raise its virtual memory limit)",
+                    config.max_instances
+                ),
+                false => String::new(),
+            };
+            LoadError::Runtime(format!("wasmtime engine: {why}{hint}"))
+        })?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker: {e:#}")))?;
+        super::waits::bound_by_deadline(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker (waits): {e:#}")))?;
+        super::bindings::auth::spawner::plugin::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
+        super::bindings::auth::spawner::plugin::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
+        Ok(Pool { engine, linker })
+    }
+}
+
+/// Owns the thread that advances the engines' epoch; stops and joins it on
 /// drop.
 struct EpochTicker {
     stop: Option<mpsc::Sender<()>>,
@@ -167,11 +284,11 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> std::io::Result<Self> {
+    fn start(engines: [Engine; 2]) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("spawner-epoch".into()).spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
-                engine.increment_epoch();
+                engines.iter().for_each(Engine::increment_epoch);
             }
         })?;
         Ok(EpochTicker { stop: Some(stop), thread: Some(thread) })
@@ -242,8 +359,8 @@ pub fn kept_from_auth(max_instances: u32) -> u32 {
 
 /// The process-wide plugin runtime.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<HostState>,
+    scanned: Pool,
+    copied: Pool,
     cache: Mutex<HashMap<[u8; 32], Component>>,
     config: RuntimeConfig,
     tokens: Option<Arc<TokenKey>>,
@@ -263,66 +380,14 @@ impl Runtime {
     /// `verify-capability-token` checks against (none: every token fails).
     pub fn new(config: RuntimeConfig, tokens: Option<Arc<TokenKey>>) -> LoadResult<Self> {
         config.validate().map_err(LoadError::Runtime)?;
-        let max_memory = config.max_memory_bytes();
-
-        let mut pool = PoolingAllocationConfig::default();
-        let n = config.max_instances;
-        pool.total_component_instances(n)
-            // A Rust component holds its module plus a few adapter shims.
-            .total_core_instances(n * 8)
-            .total_memories(n * 2)
-            .total_tables(n * 4)
-            // Per component: a Rust plugin has one memory, two tables and
-            // three core instances (its module and wit-component's shims); one
-            // built with a WASI adapter a memory more. A component holding
-            // more is refused at load, so no plugin can take many of the
-            // pool's slots at once (the call's memory limit counts all its
-            // memories together: see `host_state::Limiter`).
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
-            .max_core_instances_per_component(16)
-            .max_memory_size(max_memory as usize)
-            // Reset memory by scanning for the pages a call dirtied
-            // (PAGEMAP_SCAN, Linux 6.7+) and restoring only those, keeping
-            // them resident: no madvise, no page faults, no TLB shootdowns
-            // on the next call. Measured 39 µs -> 16-24 µs per auth call
-            // (bench/README.md). Falls back to madvise on older kernels.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
-
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&cfg).map_err(|e| {
-            let why = format!("{e:#}");
-            // Each instance slot reserves address space for its memory.
-            let hint = match why.contains("failed to reserve") {
-                true => format!(
-                    " (plugins.max-instances = {} reserves more address space than this process may have: lower it, or raise its virtual memory limit)",
-                    config.max_instances
-                ),
-                false => String::new(),
-            };
-            LoadError::Runtime(format!("wasmtime engine: {why}{hint}"))
-        })?;
-
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker: {e:#}")))?;
-        super::waits::bound_by_deadline(&mut linker).map_err(|e| LoadError::Runtime(format!("WASI linker (waits): {e:#}")))?;
-        super::bindings::auth::spawner::plugin::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
-        super::bindings::auth::spawner::plugin::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Runtime(format!("host linker: {e:#}")))?;
-
-        let ticker = EpochTicker::start(engine.clone()).map_err(|e| LoadError::Runtime(format!("epoch thread: {e}")))?;
+        let (scanned, copied) = (Pool::new(&config, Reset::Scan)?, Pool::new(&config, Reset::Copy)?);
+        let ticker = EpochTicker::start([scanned.engine.clone(), copied.engine.clone()])
+            .map_err(|e| LoadError::Runtime(format!("epoch thread: {e}")))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wasi_turns = Turns { free: Mutex::new(cpus), freed: Condvar::new() };
         let auth_slots =
             AuthSlots { in_flight: AtomicUsize::new(0), cap: (config.max_instances - kept_from_auth(config.max_instances)) as usize };
-        Ok(Runtime { engine, linker, cache: Mutex::new(HashMap::new()), config, tokens, wasi_turns, auth_slots, _ticker: ticker })
+        Ok(Runtime { scanned, copied, cache: Mutex::new(HashMap::new()), config, tokens, wasi_turns, auth_slots, _ticker: ticker })
     }
 
     /// A slot for one auth call, or why there is none (see [`AuthSlots`]).
@@ -354,12 +419,18 @@ impl Runtime {
         &self.config
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
+    /// The pool of `engine`, the one [`Runtime::compile`] chose for a
+    /// component by how its memories are reset.
+    fn pool(&self, engine: &Engine) -> &Pool {
+        match Engine::same(engine, &self.copied.engine) {
+            true => &self.copied,
+            false => &self.scanned,
+        }
     }
 
-    pub(crate) fn linker(&self) -> &Linker<HostState> {
-        &self.linker
+    /// The linker for components compiled with `engine`.
+    pub(crate) fn linker(&self, engine: &Engine) -> &Linker<HostState> {
+        &self.pool(engine).linker
     }
 
     pub(crate) fn tokens(&self) -> Option<Arc<TokenKey>> {
@@ -389,7 +460,11 @@ impl Runtime {
         if let Some(c) = self.cache.lock().expect("cache lock").get(&digest) {
             return Ok((c.clone(), digest));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
+        let pool = match Reset::for_component(bytes) {
+            Reset::Copy => &self.copied,
+            Reset::Scan => &self.scanned,
+        };
+        let component = Component::new(&pool.engine, bytes).map_err(|e| {
             let reason = format!("{e:#}");
             match start_memory(&reason) {
                 // The pool's memory slots are as large as the largest limit.
@@ -410,11 +485,12 @@ impl Runtime {
         Ok((component, digest))
     }
 
-    /// A fresh store for one call of a plugin, with its limits armed;
-    /// `wasi`: the plugin imports WASI, where it can wait (see `waits`).
-    pub(crate) fn store(&self, ctx: Arc<PluginContext>, wasi: bool) -> Store<HostState> {
+    /// A fresh store for one call of a plugin compiled with `engine`, with
+    /// its limits armed; `wasi`: the plugin imports WASI, where it can wait
+    /// (see `waits`).
+    pub(crate) fn store(&self, engine: &Engine, ctx: Arc<PluginContext>, wasi: bool) -> Store<HostState> {
         let limits = self.config.limits(ctx.kind);
-        let mut store = Store::new(&self.engine, HostState::new(ctx, limits.memory_bytes() as usize));
+        let mut store = Store::new(&self.pool(engine).engine, HostState::new(ctx, limits.memory_bytes() as usize));
         store.limiter(|s| &mut s.limiter);
         // +1: the current tick may be nearly over when the call starts.
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
@@ -437,7 +513,28 @@ mod tests {
     fn instance_slots_are_bounded_by_the_address_space_they_reserve() {
         let with = |n| RuntimeConfig { max_instances: n, ..RuntimeConfig::default() }.validate();
         assert!(with(MAX_INSTANCES).is_ok());
-        assert_eq!(with(MAX_INSTANCES + 1).unwrap_err(), "plugins.max-instances must be between 4 and 10000 (got 10001)");
+        assert_eq!(with(MAX_INSTANCES + 1).unwrap_err(), "plugins.max-instances must be between 4 and 5000 (got 5001)");
+    }
+
+    #[test]
+    fn plugins_whose_memories_start_small_are_reset_by_copying() {
+        use crate::plugins::embedded::{DEFAULT_AUTH, DEFAULT_IDLE, DEFAULT_SCHEDULER};
+        let rt = Runtime::new(RuntimeConfig::default(), None).unwrap();
+        // The default plugins are built to start at one page (a 32 KiB
+        // stack, the lean runtime's 16 KiB arena): that keeps them on the
+        // cheaper reset.
+        for (name, bytes) in [("auth", DEFAULT_AUTH), ("idle", DEFAULT_IDLE), ("scheduler", DEFAULT_SCHEDULER)] {
+            assert_eq!(Reset::for_component(bytes), Reset::Copy, "default {name} plugin");
+            let (component, _) = rt.compile(name, bytes).unwrap();
+            assert!(Engine::same(component.engine(), &rt.copied.engine), "default {name} plugin compiled for the copying engine");
+        }
+        // 2 MiB of static data.
+        let large = std::fs::read(spawner_test_plugins::FIXTURE_ALLOC).unwrap();
+        assert_eq!(Reset::for_component(&large), Reset::Scan);
+        let (component, _) = rt.compile("alloc", &large).unwrap();
+        assert!(Engine::same(component.engine(), &rt.scanned.engine));
+        // Not wasm: refused by the compile, which says why.
+        assert_eq!(Reset::for_component(b"\0asm\x0d\0\x01\0garbage"), Reset::Scan);
     }
 
     #[test]
