@@ -42,7 +42,12 @@ fn check_accepts_each_default_plugin_with_a_one_line_summary() {
             // The sample `plugin sample` prints: a token for its backend.
             assert!(stdout.contains("sample decision: allow (subject alice)"), "{stdout}");
         }
+        assert!(stdout.trim_end().ends_with("; its memory is reset by copying"), "{stdout}");
     }
+    // A plugin with 1 MiB of static data is told what its size costs.
+    let out = spawner(&["plugin", "check", built::FIXTURE_COUNTER_LARGE]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("its memory starts over 128 KiB and is reset by a scan"), "{}", text(&out));
 }
 
 #[test]

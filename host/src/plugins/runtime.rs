@@ -45,10 +45,16 @@ const COMPONENT_CACHE_ENTRIES: usize = 32;
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// A component whose every memory starts at this size or less is reset by
-/// copying (see [`Reset`]); so much of each memory stays resident and is
-/// rewritten after every call, and what the call grew beyond it is given
-/// back to the kernel.
+/// copying (see [`Reset`]).
 pub const COPY_RESET_BYTES: u64 = 128 << 10;
+
+/// Bytes of each memory slot rewritten after a call, when the reset
+/// copies: a memory is rewritten as far as the call left it accessible, up
+/// to this, and the rest is given back to the kernel (and faulted in again
+/// by the next call that needs it). Twice the start size, so that a `std`
+/// plugin's heap, which grows memory on its first allocation of a call,
+/// stays rewritten rather than faulted.
+const COPY_KEEP_RESIDENT_BYTES: usize = 2 * COPY_RESET_BYTES as usize;
 
 /// Same for tables (function tables of a few thousand entries).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
@@ -244,7 +250,7 @@ impl Pool {
             // 39 µs -> 16-24 µs per auth call (bench/README.md). Falls back
             // to madvise on older kernels.
             Reset::Scan => pool.pagemap_scan(wasmtime::Enabled::Auto).linear_memory_keep_resident(KEEP_RESIDENT_BYTES),
-            Reset::Copy => pool.pagemap_scan(wasmtime::Enabled::No).linear_memory_keep_resident(COPY_RESET_BYTES as usize),
+            Reset::Copy => pool.pagemap_scan(wasmtime::Enabled::No).linear_memory_keep_resident(COPY_KEEP_RESIDENT_BYTES),
         };
 
         let mut cfg = Config::new();
