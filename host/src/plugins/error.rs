@@ -176,7 +176,7 @@ pub enum CallError {
     /// the limit (its kind's, or at compile time the largest of any kind,
     /// which sizes the pool's memory slots): no call can ever start.
     #[error(
-        "needs {} KiB of memory to start (its stack and data), over its memory limit of {} MiB: raise the limit, or build it with a smaller stack, as the default plugins are (-C link-arg=-zstack-size=32768)",
+        "needs {} KiB of memory to start (its stack and data), over its memory limit of {} MiB: raise the limit, or build it with a smaller stack (the README's 64 KiB: -C link-arg=-zstack-size=65536)",
         .needs / 1024,
         .limit / (1024 * 1024)
     )]

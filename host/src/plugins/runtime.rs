@@ -425,18 +425,13 @@ impl Runtime {
         &self.config
     }
 
-    /// The pool of `engine`, the one [`Runtime::compile`] chose for a
-    /// component by how its memories are reset.
-    fn pool(&self, engine: &Engine) -> &Pool {
-        match Engine::same(engine, &self.copied.engine) {
-            true => &self.copied,
-            false => &self.scanned,
-        }
-    }
-
     /// The linker for components compiled with `engine`.
     pub(crate) fn linker(&self, engine: &Engine) -> &Linker<HostState> {
-        &self.pool(engine).linker
+        // Each component is compiled for one of the two (see `compile`).
+        match Engine::same(engine, &self.copied.engine) {
+            true => &self.copied.linker,
+            false => &self.scanned.linker,
+        }
     }
 
     pub(crate) fn tokens(&self) -> Option<Arc<TokenKey>> {
@@ -496,7 +491,7 @@ impl Runtime {
     /// (see `waits`).
     pub(crate) fn store(&self, engine: &Engine, ctx: Arc<PluginContext>, wasi: bool) -> Store<HostState> {
         let limits = self.config.limits(ctx.kind);
-        let mut store = Store::new(&self.pool(engine).engine, HostState::new(ctx, limits.memory_bytes() as usize));
+        let mut store = Store::new(engine, HostState::new(ctx, limits.memory_bytes() as usize));
         store.limiter(|s| &mut s.limiter);
         // +1: the current tick may be nearly over when the call starts.
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
