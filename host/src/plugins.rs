@@ -1,8 +1,9 @@
 //! The plugin host: loads sandboxed WebAssembly components for the three
 //! decisions (scheduling, auth, idle) and calls them with fallbacks.
 //!
-//! - [`runtime`]: the one wasmtime `Engine`, the linker, the epoch ticker
-//!   and the compiled-component cache;
+//! - [`runtime`]: the two wasmtime `Engine`s (one per way of resetting a
+//!   memory), their linkers, the epoch ticker and the compiled-component
+//!   cache;
 //! - [`loaded`]: load-time checks and the typed call into one plugin;
 //! - `host_state`: per-call store data and the `host` imports;
 //! - `stderr`: a `std` plugin's stderr, kept for the failure report;

@@ -105,9 +105,13 @@ impl Bump {
 
 #[cfg(target_arch = "wasm32")]
 fn grow(s: &mut State, at_least: usize) -> bool {
-    // At least 256 KiB at a time: few grows, and the host's memory limit
-    // still stops a runaway plugin.
-    let pages = at_least.div_ceil(WASM_PAGE).max(4);
+    // As much as the memory holds already (doubling it), or what is asked
+    // if more: few grows for a plugin that allocates much, and a call a
+    // little over the arena grows a small memory by a page or two, all of
+    // which the host rewrites after the call rather than handing it back
+    // to the kernel (host/src/plugins/runtime.rs, `Reset`). The host's
+    // memory limit still stops a runaway plugin.
+    let pages = at_least.div_ceil(WASM_PAGE).max(core::arch::wasm32::memory_size(0));
     let previous = core::arch::wasm32::memory_grow(0, pages);
     if previous == usize::MAX {
         return false;

@@ -190,9 +190,10 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
         let info = plugin.info();
         let reset = match crate::plugins::Reset::for_component(&source.bytes) {
             crate::plugins::Reset::Copy => "; its memory is reset by copying",
-            crate::plugins::Reset::Scan => {
-                "; its memory starts over 128 KiB and is reset by a scan for dirtied pages, which costs more per call (README, \"Cost per call\")"
-            }
+            crate::plugins::Reset::Scan => &format!(
+                "; its memory starts over {} KiB and is reset by a scan for dirtied pages, which costs more per call (README, \"Cost per call\")",
+                crate::plugins::runtime::COPY_RESET_BYTES / 1024
+            ),
         };
         Ok(format!(
             "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms (deadline {} ms, memory {} MiB){missed}{reset}",

@@ -1,5 +1,5 @@
-//! The one wasmtime `Engine` of the process, its `Linker`, the epoch ticker
-//! and the compiled-component cache.
+//! The process's two wasmtime `Engine`s (see [`Reset`]) and their
+//! `Linker`s, the epoch ticker and the compiled-component cache.
 //!
 //! Engine settings and why:
 //! - pooling allocator: instantiation takes microseconds instead of
@@ -51,10 +51,12 @@ pub const COPY_RESET_BYTES: u64 = 128 << 10;
 /// Bytes of each memory slot rewritten after a call, when the reset
 /// copies: a memory is rewritten as far as the call left it accessible, up
 /// to this, and the rest is given back to the kernel (and faulted in again
-/// by the next call that needs it). Twice the start size, so that a `std`
-/// plugin's heap, which grows memory on its first allocation of a call,
-/// stays rewritten rather than faulted.
-const COPY_KEEP_RESIDENT_BYTES: usize = 2 * COPY_RESET_BYTES as usize;
+/// by the next call that needs it). A memory that was not grown costs
+/// only its own size, whatever this is; four times the start size keeps a
+/// `std` plugin's heap, which grows memory on its first allocation of a
+/// call, and a lean plugin's arena grown for a large request, rewritten
+/// rather than faulted in again on every call.
+const COPY_KEEP_RESIDENT_BYTES: usize = 4 * COPY_RESET_BYTES as usize;
 
 /// Same for tables (function tables of a few thousand entries).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
@@ -97,6 +99,8 @@ pub struct RuntimeConfig {
     /// that import WASI one per CPU at most (see [`Runtime::wasi_turn`]), so
     /// this only needs to exceed the thread count; extra slots cost address
     /// space, not memory. Auth calls get all but [`kept_from_auth`] of them.
+    /// Each of the two engines (see [`Reset`]) has this many slots, so
+    /// whichever engine a call's plugin was compiled for, it finds one.
     pub max_instances: u32,
 }
 
@@ -183,15 +187,17 @@ fn start_memory(compile_error: &str) -> Option<u64> {
 /// Scanning asks the kernel which pages the call dirtied (`PAGEMAP_SCAN`,
 /// Linux 6.7+) and restores only those: one system call whatever the
 /// memory's size, which suits a plugin with a 1 MiB stack and a heap.
-/// Copying rewrites the whole memory (up to [`COPY_RESET_BYTES`]) without
-/// asking: for the 64 KiB of a default plugin that is about 1.4 µs less per
-/// call than the system call (bench/README.md), a quarter of an auth
-/// decision.
+/// Copying rewrites the memory as far as the call left it (up to
+/// `COPY_KEEP_RESIDENT_BYTES`; beyond, pages go back to the kernel)
+/// without asking: for the 64 KiB of the default auth plugin that is about
+/// 1.4 µs less per call than the system call (bench/README.md), a quarter
+/// of its decision. On kernels before 6.7 there is no scan, and both
+/// engines rewrite what they keep resident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
     /// Restore the pages the call dirtied, found by a scan.
     Scan,
-    /// Rewrite the memory, all of it.
+    /// Rewrite the memory, as far as the call left it.
     Copy,
 }
 
@@ -263,7 +269,7 @@ impl Pool {
             // Each instance slot reserves address space for its memory.
             let hint = match why.contains("failed to reserve") {
                 true => format!(
-                    " (plugins.max-instances = {} reserves more address space than this process may have: lower it, or raise its virtual memory limit)",
+                    " (plugins.max-instances = {}, reserved twice, once per engine, is more address space than this process may have: lower it, or raise its virtual memory limit)",
                     config.max_instances
                 ),
                 false => String::new(),
@@ -382,7 +388,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine and linker. `tokens` is the key
+    /// Builds the engines and linkers. `tokens` is the key
     /// `verify-capability-token` checks against (none: every token fails).
     pub fn new(config: RuntimeConfig, tokens: Option<Arc<TokenKey>>) -> LoadResult<Self> {
         config.validate().map_err(LoadError::Runtime)?;
@@ -428,10 +434,11 @@ impl Runtime {
     /// The linker for components compiled with `engine`.
     pub(crate) fn linker(&self, engine: &Engine) -> &Linker<HostState> {
         // Each component is compiled for one of the two (see `compile`).
-        match Engine::same(engine, &self.copied.engine) {
-            true => &self.copied.linker,
-            false => &self.scanned.linker,
+        if Engine::same(engine, &self.copied.engine) {
+            return &self.copied.linker;
         }
+        debug_assert!(Engine::same(engine, &self.scanned.engine), "a component from another runtime");
+        &self.scanned.linker
     }
 
     pub(crate) fn tokens(&self) -> Option<Arc<TokenKey>> {
