@@ -42,12 +42,15 @@ fn check_accepts_each_default_plugin_with_a_one_line_summary() {
             // The sample `plugin sample` prints: a token for its backend.
             assert!(stdout.contains("sample decision: allow (subject alice)"), "{stdout}");
         }
-        assert!(stdout.trim_end().ends_with("; its memory is reset by copying"), "{stdout}");
+        let start = if kind == "auth" { "64 KiB" } else { "128 KiB" };
+        assert!(stdout.trim_end().ends_with(&format!("; its memory starts at {start} and is reset by copying")), "{stdout}");
     }
     // A plugin with 1 MiB of static data is told what its size costs.
     let out = spawner(&["plugin", "check", built::FIXTURE_COUNTER_LARGE]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("its memory starts over 128 KiB and is reset by a scan"), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("its memory starts at 1088 KiB (stack and static data), over 128 KiB, so it is reset by a scan"), "{stdout}");
+    assert!(stdout.contains("-zstack-size=65536"), "{stdout}");
 }
 
 #[test]

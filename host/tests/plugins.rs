@@ -597,6 +597,32 @@ fn no_state_is_carried_from_one_call_to_the_next() {
     }
 }
 
+#[test]
+fn a_lean_plugin_grows_its_memory_up_to_the_limit_and_takes_large_requests() {
+    // An auth limit of 5 MiB: a lean plugin (one page at the start) that
+    // allocates 4 MiB must fit. Growing by doubling, it asked for 6 MiB at
+    // 3 MiB and the call ended at the limit; steps are 256 KiB at most.
+    let mut config = RuntimeConfig::default();
+    config.auth.memory_mib = 5;
+    let rt = Runtime::new(config, None).unwrap();
+    let allow = LoadedPlugin::load(&rt, PluginKind::Auth, &source(built::FIXTURE_ALLOW, "")).unwrap();
+    let mut req = auth_request("b1", &[], None);
+    req.request.path = "/allocate/4096".into();
+    assert!(allow.check(&rt, &req, 0).unwrap().is_allow());
+    req.request.path = "/allocate/5120".into();
+    assert_eq!(allow.check(&rt, &req, 0), Err(CallError::MemoryLimit(5 << 20)));
+
+    // The default auth plugin takes requests far beyond its 16 KiB arena
+    // (the rest of its page, then grown memory), one call after another.
+    let (plugins, _) = defaults();
+    let token = key().mint("b1", None, NOW, NOW + 600);
+    for kib in [1, 40, 200, 40, 1] {
+        let cookie = format!("big={}", "x".repeat(kib << 10));
+        let req = auth_request("b1", &[("authorization", &bearer(&token)), ("cookie", &cookie)], None);
+        assert!(plugins.auth().check(&req).is_allow(), "{kib} KiB cookie");
+    }
+}
+
 /// Runs in a child process (see `ten_thousand_calls_do_not_grow_memory`) so
 /// other tests' allocations do not blur the measurement.
 #[test]

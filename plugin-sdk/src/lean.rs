@@ -31,10 +31,11 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
-/// Bytes of static arena before memory is grown. Small, so that with a
-/// 32 KiB stack a plugin's memory starts at one 64 KiB page, which the
-/// host resets by copying (cheaper than scanning for dirtied pages); a
-/// request's strings take a few KiB, and a larger one grows memory.
+/// Bytes of static arena. Small, so that with a 32 KiB stack a plugin's
+/// memory starts at one 64 KiB page, which the host resets by copying
+/// (cheaper than scanning for dirtied pages); a request's strings take a
+/// few KiB. Past it the allocator takes the rest of memory's last page
+/// (with a larger stack, most of a page), then grows memory.
 pub const ARENA_BYTES: usize = 16 * 1024;
 
 const WASM_PAGE: usize = 64 * 1024;
@@ -105,14 +106,31 @@ impl Bump {
 
 #[cfg(target_arch = "wasm32")]
 fn grow(s: &mut State, at_least: usize) -> bool {
-    // As much as the memory holds already (doubling it), or what is asked
-    // if more: few grows for a plugin that allocates much, and a call a
-    // little over the arena grows a small memory by a page or two, all of
-    // which the host rewrites after the call rather than handing it back
-    // to the kernel (host/src/plugins/runtime.rs, `Reset`). The host's
-    // memory limit still stops a runaway plugin.
-    let pages = at_least.div_ceil(WASM_PAGE).max(core::arch::wasm32::memory_size(0));
-    let previous = core::arch::wasm32::memory_grow(0, pages);
+    unsafe extern "C" {
+        /// Where the linker put the end of the program's static data: the
+        /// rest of memory is free.
+        static __heap_base: u8;
+    }
+    let pages = core::arch::wasm32::memory_size(0);
+    let (base, end) = (&raw const __heap_base as usize, pages * WASM_PAGE);
+    // First the rest of the last page past the static data, which the
+    // memory holds already (with a 64 KiB stack, most of a page).
+    if s.end <= base && base < end {
+        s.next = base;
+        s.end = end;
+        if end - base >= at_least {
+            return true;
+        }
+    }
+    // Then grow by what is needed, or by as much as memory holds already
+    // if more, up to 256 KiB: a call a little over the arena grows a small
+    // memory by a page, all of which the host rewrites after the call
+    // rather than handing it back to the kernel (host/src/plugins/
+    // runtime.rs, `Reset`), and a plugin that allocates much grows in few
+    // steps. A grow past the memory limit ends the call, so a step never
+    // overshoots what is needed by more than 256 KiB.
+    let grow = at_least.div_ceil(WASM_PAGE).max(pages.min(4));
+    let previous = core::arch::wasm32::memory_grow(0, grow);
     if previous == usize::MAX {
         return false;
     }
@@ -120,7 +138,7 @@ fn grow(s: &mut State, at_least: usize) -> bool {
     if start != s.end {
         s.next = start;
     }
-    s.end = start + pages * WASM_PAGE;
+    s.end = start + grow * WASM_PAGE;
     true
 }
 

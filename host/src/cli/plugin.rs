@@ -188,10 +188,11 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             }
         };
         let info = plugin.info();
+        let start = crate::plugins::runtime::largest_start(&source.bytes).unwrap_or(0).div_ceil(1024);
         let reset = match crate::plugins::Reset::for_component(&source.bytes) {
-            crate::plugins::Reset::Copy => "; its memory is reset by copying",
-            crate::plugins::Reset::Scan => &format!(
-                "; its memory starts over {} KiB and is reset by a scan for dirtied pages, which costs more per call (README, \"Cost per call\")",
+            crate::plugins::Reset::Copy => format!("; its memory starts at {start} KiB and is reset by copying"),
+            crate::plugins::Reset::Scan => format!(
+                "; its memory starts at {start} KiB (stack and static data), over {} KiB, so it is reset by a scan for dirtied pages, which costs more per call than the copy smaller ones get (README, \"Cost per call\"): a smaller stack (the README's 64 KiB: -C link-arg=-zstack-size=65536) or less static data would bring it under",
                 crate::plugins::runtime::COPY_RESET_BYTES / 1024
             ),
         };

@@ -579,7 +579,7 @@ fn trap_hint(trap: Trap) -> &'static str {
         // writes below address 0, out of bounds.
         Trap::MemoryOutOfBounds => {
             " (in a plugin built from Rust this is most often its stack overflowing: deep recursion or large local arrays; \
-             a plugin built with a small stack, -C link-arg=-zstack-size=…, needs a larger one, or less on its stack)"
+             a plugin built with a small stack (-C link-arg=-zstack-size=… in the rustflags of .cargo/config.toml) needs a larger one, or less on its stack)"
         }
         Trap::StackOverflow => " (deep or endless recursion)",
         _ => "",

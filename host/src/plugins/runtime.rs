@@ -206,21 +206,29 @@ impl Reset {
     /// [`COPY_RESET_BYTES`] or less; scan otherwise, and for bytes that do
     /// not parse (compiling them says why).
     pub fn for_component(bytes: &[u8]) -> Reset {
-        use wasmtime::wasmparser::{Parser, Payload};
-        // Nested modules' sections come in order with the component's.
-        for payload in Parser::new(0).parse_all(bytes) {
-            let Ok(payload) = payload else { return Reset::Scan };
-            let Payload::MemorySection(memories) = payload else { continue };
-            for memory in memories {
-                let Ok(memory) = memory else { return Reset::Scan };
-                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
-                if memory.initial.saturating_mul(page) > COPY_RESET_BYTES {
-                    return Reset::Scan;
-                }
-            }
+        match largest_start(bytes) {
+            Some(start) if start <= COPY_RESET_BYTES => Reset::Copy,
+            _ => Reset::Scan,
         }
-        Reset::Copy
     }
+}
+
+/// The initial size of the largest memory a component defines, in bytes
+/// (its stack, data and static arrays, for one built from Rust); `None` if
+/// it does not parse.
+pub fn largest_start(bytes: &[u8]) -> Option<u64> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let mut largest = 0;
+    // Nested modules' sections come in order with the component's.
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Payload::MemorySection(memories) = payload.ok()? else { continue };
+        for memory in memories {
+            let memory = memory.ok()?;
+            let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+            largest = largest.max(memory.initial.saturating_mul(page));
+        }
+    }
+    Some(largest)
 }
 
 /// One engine and its linker (see [`Reset`]).
