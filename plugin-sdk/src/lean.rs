@@ -12,7 +12,10 @@
 //! instance, so memory is reclaimed wholesale when the call ends. It reuses
 //! only the most recent allocation (freeing or growing it in place), so a
 //! call that churns through more than its memory limit in temporary
-//! allocations fails; decisions allocate kilobytes.
+//! allocations fails; decisions allocate kilobytes. Past its static arena
+//! it takes the memory after the program's static data (`__heap_base`),
+//! then grows memory: a plugin on it must not link another allocator
+//! there, such as libc's `malloc` (C code in a dependency).
 //!
 //! A panic is written to the host log (so `spawner plugin check` and the
 //! host's error report show the message) and then traps.
@@ -89,15 +92,17 @@ impl Bump {
         // SAFETY: the only reference for the duration of this call.
         let s = unsafe { &mut *self.state() };
         loop {
-            let start = (s.next + layout.align() - 1) & !(layout.align() - 1);
-            if let Some(stop) = start.checked_add(layout.size())
+            // Checked: near the top of a 4 GiB memory these wrap.
+            let start = s.next.checked_add(layout.align() - 1).map(|n| n & !(layout.align() - 1));
+            if let Some(stop) = start.and_then(|start| start.checked_add(layout.size()))
                 && stop <= s.end
             {
+                s.last = stop - layout.size();
                 s.next = stop;
-                s.last = start;
-                return start as *mut u8;
+                return s.last as *mut u8;
             }
-            if !grow(s, layout.size() + layout.align()) {
+            let Some(at_least) = layout.size().checked_add(layout.align()) else { return core::ptr::null_mut() };
+            if !grow(s, at_least) {
                 return core::ptr::null_mut();
             }
         }
@@ -108,8 +113,9 @@ impl Bump {
 fn grow(s: &mut State, at_least: usize) -> bool {
     unsafe extern "C" {
         /// Where the linker put the end of the program's static data: the
-        /// rest of memory is free.
-        static __heap_base: u8;
+        /// rest of memory is this allocator's (see the module docs: no
+        /// other allocator, such as libc's `malloc`, may be linked in).
+        static __heap_base: [u8; 0];
     }
     let pages = core::arch::wasm32::memory_size(0);
     let (base, end) = (&raw const __heap_base as usize, pages * WASM_PAGE);
@@ -127,18 +133,21 @@ fn grow(s: &mut State, at_least: usize) -> bool {
     // memory by a page, all of which the host rewrites after the call
     // rather than handing it back to the kernel (host/src/plugins/
     // runtime.rs, `Reset`), and a plugin that allocates much grows in few
-    // steps. A grow past the memory limit ends the call, so a step never
-    // overshoots what is needed by more than 256 KiB.
+    // steps, none more than 256 KiB past what is needed (and the memory
+    // limit ends a call whose grow would pass it).
     let grow = at_least.div_ceil(WASM_PAGE).max(pages.min(4));
     let previous = core::arch::wasm32::memory_grow(0, grow);
     if previous == usize::MAX {
         return false;
     }
     let start = previous * WASM_PAGE;
+    // A memory of exactly 4 GiB ends past the last address: its last
+    // page is left unused rather than wrapping `end` to 0.
+    let Some(end) = grow.checked_mul(WASM_PAGE).and_then(|bytes| start.checked_add(bytes)) else { return false };
     if start != s.end {
         s.next = start;
     }
-    s.end = start + grow * WASM_PAGE;
+    s.end = end;
     true
 }
 

@@ -188,14 +188,7 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             }
         };
         let info = plugin.info();
-        let start = crate::plugins::runtime::largest_start(&source.bytes).unwrap_or(0).div_ceil(1024);
-        let reset = match crate::plugins::Reset::for_component(&source.bytes) {
-            crate::plugins::Reset::Copy => format!("; its memory starts at {start} KiB and is reset by copying"),
-            crate::plugins::Reset::Scan => format!(
-                "; its memory starts at {start} KiB (stack and static data), over {} KiB, so it is reset by a scan for dirtied pages, which costs more per call than the copy smaller ones get (README, \"Cost per call\"): a smaller stack (the README's 64 KiB: -C link-arg=-zstack-size=65536) or less static data would bring it under",
-                crate::plugins::runtime::COPY_RESET_BYTES / 1024
-            ),
-        };
+        let reset = memory_note(&source.bytes);
         Ok(format!(
             "ok: {} is {} plugin (spawner:plugin/{kind}@{}), {} KiB, sha256 {}; settings accepted; sample decision: {trial} in {:.2} ms (deadline {} ms, memory {} MiB){missed}{reset}",
             info.name,
@@ -218,6 +211,42 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What `plugin check` says of a plugin's memory: what it starts at, how
+/// it is reset after each call, and, when that is the costlier scan, what
+/// would bring it under (a smaller stack only if the stack is what is
+/// over).
+fn memory_note(bytes: &[u8]) -> String {
+    use crate::plugins::runtime::{largest_start, stack_size};
+    let copied = crate::plugins::Reset::for_component(bytes) == crate::plugins::Reset::Copy;
+    memory_words(largest_start(bytes).unwrap_or(0), stack_size(bytes), copied)
+}
+
+/// [`memory_note`] from the numbers: the memory's start and stack sizes
+/// in bytes, and whether it is reset by copying.
+fn memory_words(start: u64, stack: Option<u64>, copied: bool) -> String {
+    use crate::plugins::runtime::COPY_RESET_BYTES;
+    const ADVISED_STACK: u64 = 64 << 10;
+    if copied {
+        return format!("; its memory starts at {} KiB and is reset by copying", start.div_ceil(1024));
+    }
+    let advice = match stack {
+        Some(stack) if stack > ADVISED_STACK && start.saturating_sub(stack) + ADVISED_STACK <= COPY_RESET_BYTES => {
+            format!("its stack is {} KiB: a 64 KiB one (-C link-arg=-zstack-size=65536) would bring it under", stack / 1024)
+        }
+        Some(stack) => format!(
+            "its stack is {} KiB and the rest, about {} KiB, is static data (a dependency's tables, large static arrays): only less of that would bring it under",
+            stack / 1024,
+            start.saturating_sub(stack).div_ceil(1024)
+        ),
+        None => "a smaller stack or less static data would bring it under".into(),
+    };
+    format!(
+        "; its memory starts at {} KiB, over {} KiB, so it is reset by a scan for dirtied pages, which costs more per call than the copy smaller ones get (README, \"Cost per call\"): {advice}",
+        start.div_ceil(1024),
+        COPY_RESET_BYTES / 1024
+    )
 }
 
 fn run_once(
@@ -491,6 +520,26 @@ fn describe_placement(p: &Placement) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_note_advises_a_smaller_stack_only_where_it_would_help() {
+        const KIB: u64 = 1024;
+        assert_eq!(memory_words(64 * KIB, Some(32 * KIB), true), "; its memory starts at 64 KiB and is reset by copying");
+        // Rust's default 1 MiB stack and a little data: the stack is it.
+        let big_stack = memory_words(1088 * KIB, Some(1024 * KIB), false);
+        assert!(
+            big_stack.contains("its stack is 1024 KiB: a 64 KiB one (-C link-arg=-zstack-size=65536) would bring it under"),
+            "{big_stack}"
+        );
+        // Already at 64 KiB, with 448 KiB of tables: no stack size helps.
+        let big_data = memory_words(512 * KIB, Some(64 * KIB), false);
+        assert!(big_data.contains("its stack is 64 KiB and the rest, about 448 KiB, is static data"), "{big_data}");
+        assert!(!big_data.contains("zstack-size"), "{big_data}");
+        // A large stack, but data that alone is over: the data is what to cut.
+        let both = memory_words(1536 * KIB, Some(1024 * KIB), false);
+        assert!(both.contains("about 512 KiB, is static data"), "{both}");
+        assert!(memory_words(512 * KIB, None, false).contains("a smaller stack or less static data"));
+    }
 
     #[test]
     fn plugin_run_gives_the_plugin_a_request_as_the_proxy_would() {

@@ -213,6 +213,32 @@ impl Reset {
     }
 }
 
+/// The stack size of a component built from Rust, in bytes: the start
+/// value of the first mutable `i32` global of a module that defines a
+/// memory (the stack pointer, which rustc's `--stack-first` layout starts
+/// at the stack's top, its size). `None` if there is no such global.
+pub fn stack_size(bytes: &[u8]) -> Option<u64> {
+    use wasmtime::wasmparser::{Encoding, Operator, Parser, Payload, ValType};
+    let mut has_memory = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { encoding: Encoding::Module, .. } => has_memory = false,
+            Payload::MemorySection(m) => has_memory = m.count() > 0,
+            Payload::GlobalSection(globals) if has_memory => {
+                for global in globals {
+                    let global = global.ok()?;
+                    if global.ty.mutable && global.ty.content_type == ValType::I32 {
+                        let Operator::I32Const { value } = global.init_expr.get_operators_reader().read().ok()? else { return None };
+                        return u64::try_from(value).ok();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The initial size of the largest memory a component defines, in bytes
 /// (its stack, data and static arrays, for one built from Rust); `None` if
 /// it does not parse.
@@ -549,6 +575,8 @@ mod tests {
         assert_eq!(Reset::for_component(&large), Reset::Scan);
         let (component, _) = rt.compile("alloc", &large).unwrap();
         assert!(Engine::same(component.engine(), &rt.scanned.engine));
+        // The stack pointer's start: the stack the plugins were built with.
+        assert_eq!(stack_size(DEFAULT_AUTH), Some(32 << 10));
         // Not wasm: refused by the compile, which says why.
         assert_eq!(Reset::for_component(b"\0asm\x0d\0\x01\0garbage"), Reset::Scan);
     }
