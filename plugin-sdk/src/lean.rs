@@ -93,13 +93,13 @@ impl Bump {
         let s = unsafe { &mut *self.state() };
         loop {
             // Checked: near the top of a 4 GiB memory these wrap.
-            let start = s.next.checked_add(layout.align() - 1).map(|n| n & !(layout.align() - 1));
-            if let Some(stop) = start.and_then(|start| start.checked_add(layout.size()))
+            if let Some(start) = s.next.checked_add(layout.align() - 1).map(|n| n & !(layout.align() - 1))
+                && let Some(stop) = start.checked_add(layout.size())
                 && stop <= s.end
             {
-                s.last = stop - layout.size();
                 s.next = stop;
-                return s.last as *mut u8;
+                s.last = start;
+                return start as *mut u8;
             }
             let Some(at_least) = layout.size().checked_add(layout.align()) else { return core::ptr::null_mut() };
             if !grow(s, at_least) {

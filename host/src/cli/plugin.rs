@@ -219,8 +219,9 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
 /// over).
 fn memory_note(bytes: &[u8]) -> String {
     use crate::plugins::runtime::{largest_start, stack_size};
-    let copied = crate::plugins::Reset::for_component(bytes) == crate::plugins::Reset::Copy;
-    memory_words(largest_start(bytes).unwrap_or(0), stack_size(bytes), copied)
+    let start = largest_start(bytes);
+    let copied = crate::plugins::Reset::for_start(start) == crate::plugins::Reset::Copy;
+    memory_words(start.unwrap_or(0), stack_size(bytes), copied)
 }
 
 /// [`memory_note`] from the numbers: the memory's start and stack sizes

@@ -206,7 +206,12 @@ impl Reset {
     /// [`COPY_RESET_BYTES`] or less; scan otherwise, and for bytes that do
     /// not parse (compiling them says why).
     pub fn for_component(bytes: &[u8]) -> Reset {
-        match largest_start(bytes) {
+        Reset::for_start(largest_start(bytes))
+    }
+
+    /// The same from [`largest_start`]'s answer, for a caller that has it.
+    pub fn for_start(largest_start: Option<u64>) -> Reset {
+        match largest_start {
             Some(start) if start <= COPY_RESET_BYTES => Reset::Copy,
             _ => Reset::Scan,
         }
