@@ -382,6 +382,25 @@ impl Drop for FineProber {
     }
 }
 
+/// The environment of process `pid`, a child just spawned, once the
+/// kernel has written it: `spawn` returns once the child's exec has taken
+/// its memory, before the new program's environment is set up, and in
+/// that window `/proc/{pid}/environ` reads empty (two reads in three,
+/// right after `posix_spawn`, on the reference machine). Tests that read
+/// it at once failed on loaded machines (CI, 2026-12-02).
+#[cfg(test)]
+pub(crate) fn environment_of(pid: u32) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if !environ.is_empty() {
+            return environ;
+        }
+        assert!(std::time::Instant::now() < deadline, "process {pid} never showed an environment");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn the_reaper_gets_none_of_spawners_environment() {
         let reaper = Reaper::start(Duration::from_secs(1)).unwrap();
-        let environ = std::fs::read(format!("/proc/{}/environ", reaper.pid())).unwrap();
+        let environ = crate::process::environment_of(reaper.pid());
         let names: Vec<String> = environ
             .split(|b| *b == 0)
             .filter(|v| !v.is_empty())

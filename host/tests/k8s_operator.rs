@@ -339,13 +339,6 @@ async fn a_tainted_node_runs_only_backends_that_tolerate_it() {
     let plane = shared().await;
     plane.add_node(&FakeNode::new("node-gpu").label("zone", "gpu").taint("gpu", "true", "NoSchedule")).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    let node_ready = |n: &Node| {
-        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    tokio::time::timeout(WAIT, await_condition(nodes.clone(), "node-gpu", |n: Option<&Node>| n.is_some_and(node_ready)))
-        .await
-        .expect("kwok never made node-gpu Ready")
-        .unwrap();
 
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -184,7 +184,7 @@ impl ControlPlane {
         let stdin = reaper.stdin.take().expect("piped");
 
         let (ca_params, ca_key, ca_pem) = ca()?;
-        let [etcd_client, etcd_peer, api_port, kwok_port] = free_ports()?;
+        let [etcd_client, etcd_peer, api_port] = free_ports()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let mut plane = ControlPlane {
             dir: dir.clone(),
@@ -325,8 +325,11 @@ impl ControlPlane {
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector",
                 &format!("{KWOK_NODE_ANNOTATION}=fake"),
-                "--server-address",
-                &format!("127.0.0.1:{kwok_port}"),
+                // No --server-address: kwok's metrics and debug server is
+                // of no use here, and the port picked for it was free only
+                // until kwok bound it, long after; had another process
+                // taken it by then, kwok exited, and Pods bound to its
+                // Nodes never ran (a suspect for a CI failure, 2026-12-02).
             ],
             "kwok",
         )?;
@@ -461,7 +464,11 @@ impl ControlPlane {
         Ok(name)
     }
 
-    /// Adds a kwok-managed Node (kwok marks it Ready and runs its Pods).
+    /// Adds a kwok-managed Node (kwok marks it Ready and runs its Pods),
+    /// and waits until kwok has marked it Ready: then kwok is running and
+    /// manages it. kube-scheduler places Pods on a Node before that (no
+    /// node lifecycle controller taints it not-ready), and had kwok died,
+    /// they would never run, with nothing saying why.
     pub async fn add_node(&self, node: &FakeNode) -> anyhow::Result<()> {
         let labels: serde_json::Map<String, serde_json::Value> = node
             .labels
@@ -484,6 +491,19 @@ impl ControlPlane {
         }))?;
         let api = Api::<Node>::all(self.client().await?);
         api.create(&PostParams::default(), &n).await.with_context(|| format!("creating node {}", node.name))?;
+        let ready = |n: Option<&Node>| {
+            n.and_then(|n| n.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let marked = tokio::time::timeout(START_TIMEOUT, kube::runtime::wait::await_condition(api, &node.name, ready)).await;
+        if !matches!(marked, Ok(Ok(_))) {
+            let exited = self.exited().unwrap_or_else(|| "every component is running".into());
+            bail!(
+                "kwok did not mark node {} Ready within {START_TIMEOUT:?} ({exited}); its log:\n{}",
+                node.name,
+                tail(&self.log("kwok"), 40)
+            );
+        }
         Ok(())
     }
 

@@ -122,6 +122,11 @@ mod tests {
         // A group of its own, as `setsid` gives.
         let mut stray = std::process::Command::new("sleep").arg("30").env(name, value).process_group(0).spawn().unwrap();
         let mut other = std::process::Command::new("sleep").arg("30").env(name, "another-backend").spawn().unwrap();
+        // Scanned once their environments are there (as a backend's are
+        // long before it stops).
+        for pid in [stray.id(), other.id()] {
+            crate::process::environment_of(pid);
+        }
         // Reaped here as a test's child; in Spawner, by whoever adopted it.
         let reaper = std::thread::spawn(move || stray.wait());
         // Asked twice at once: one scan may answer both.
