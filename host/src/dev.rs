@@ -118,7 +118,9 @@ impl Dev {
         // clients filling `max-connections` cannot lock the web app out.
         let (api, api_addr, api_server) = match api_listener {
             Some(listener) => {
-                let (bound, task) = server::serve_bound_side(listener, api, "api-listen")?;
+                // The web app's server, with a status stream per backend it
+                // watches: as many connections as the main listener.
+                let (bound, task) = server::serve_bound_side(listener, api, "api-listen", Limits::from(&config.proxy))?;
                 (api::api_elsewhere_router(), Some(bound), Some(task))
             }
             None => (api, None, None),

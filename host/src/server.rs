@@ -38,6 +38,17 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
+impl Limits {
+    /// For a side listener ([`serve_side`]: metrics, peers): a few
+    /// clients (Prometheus, the other replicas), not the public's.
+    pub fn side(main: &crate::config::ProxyConfig) -> Self {
+        Limits { max_connections: SIDE_MAX_CONNECTIONS, ..Limits::from(main) }
+    }
+}
+
+/// Open connections at most on a side listener that serves a few clients.
+pub const SIDE_MAX_CONNECTIONS: usize = 256;
+
 impl From<&crate::config::ProxyConfig> for Limits {
     fn from(c: &crate::config::ProxyConfig) -> Self {
         Limits {
@@ -130,21 +141,41 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// What the server dispatches to.
 pub struct App {
-    /// The proxy.
-    pub proxy: Arc<Proxy>,
+    /// The proxy, and the metrics its listener's connections are counted
+    /// in; none on a side listener ([`serve_side`]), which serves `api`
+    /// alone.
+    front: Option<(Arc<Proxy>, Arc<Metrics>)>,
     /// The API router.
-    pub api: Router,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+    api: Router,
+    /// What the logs call this listener.
+    name: &'static str,
     /// Set when the server has been asked to stop (see [`Stopping`]):
     /// `/healthz` then answers 503, for load balancers that probe the Pod.
-    pub stopping: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl App {
-    /// The server's parts, not stopping.
+    /// The main listener's parts, not stopping.
     pub fn new(proxy: Arc<Proxy>, api: Router, metrics: Arc<Metrics>) -> Self {
-        App { proxy, api, metrics, stopping: AtomicBool::new(false) }
+        App { front: Some((proxy, metrics)), api, name: "listen", stopping: AtomicBool::new(false) }
+    }
+
+    /// A side listener's: `api` alone, under the flag `name`.
+    fn side(api: Router, name: &'static str) -> Self {
+        App { front: None, api, name, stopping: AtomicBool::new(false) }
+    }
+
+    fn proxy(&self) -> Option<&Proxy> {
+        self.front.as_ref().map(|(p, _)| &**p)
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.front.as_ref().map(|(_, m)| &**m)
+    }
+
+    /// The proxy's, if it has one and it claims `req`.
+    fn proxy_for(&self, req: &Request<Incoming>) -> Option<&Proxy> {
+        self.proxy().filter(|p| p.claims(req))
     }
 
     async fn dispatch(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -164,7 +195,7 @@ impl App {
         };
         let mut response = if crate::proxy::is_websocket(&req) {
             unavailable("this replica is stopping; connect again\n")
-        } else if req.uri().path() == "/healthz" && !self.proxy.claims(&req) {
+        } else if req.uri().path() == "/healthz" && self.proxy_for(&req).is_none() {
             unavailable("stopping\n")
         } else {
             self.route(req, peer).await
@@ -174,8 +205,8 @@ impl App {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if self.proxy.claims(&req) {
-            return self.proxy.handle(req, peer).await;
+        if let Some(proxy) = self.proxy_for(&req) {
+            return proxy.handle(req, peer).await;
         }
         match self.api.clone().oneshot(req.map(Body::new)).await {
             Ok(r) => r,
@@ -208,8 +239,9 @@ pub struct Stopping {
     pub drain: Duration,
 }
 
-/// One client connection's place under `max-connections`, and its count in
-/// `spawner_proxy_open_connections`; both are given back when the last
+/// One client connection's place under `max-connections`, and (on the main
+/// listener) its count in `spawner_proxy_open_connections`; both are given
+/// back when the last
 /// holder drops it. The connection's task holds it, and so does each of
 /// its requests (as an extension): a WebSocket relay takes its request's
 /// and keeps it, so an upgraded connection, which outlives hyper's
@@ -225,13 +257,15 @@ impl std::fmt::Debug for ConnectionSlot {
 
 struct SlotInner {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    _open: crate::metrics::Counted,
+    _open: Option<crate::metrics::Counted>,
 }
 
 impl ConnectionSlot {
-    /// Takes `permit` for a connection just accepted, counting it open.
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: &Metrics) -> Self {
-        ConnectionSlot(Arc::new(SlotInner { _permit: permit, _open: crate::metrics::Counted::new(&metrics.proxy.open_connections) }))
+    /// Takes `permit` for a connection just accepted, counting it open in
+    /// `metrics`, if given.
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Option<&Metrics>) -> Self {
+        let open = metrics.map(|m| crate::metrics::Counted::new(&m.proxy.open_connections));
+        ConnectionSlot(Arc::new(SlotInner { _permit: permit, _open: open }))
     }
 }
 
@@ -294,12 +328,16 @@ async fn serve(
                 // Every slot taken: new connections wait in the listen
                 // backlog, the API's and health checks' too. Say so: until
                 // 2026-12-01 they just hung, with nothing logged.
-                app.metrics.proxy.connection_limit_reached.inc();
+                if let Some(metrics) = app.metrics() {
+                    metrics.proxy.connection_limit_reached.inc();
+                }
                 if let Some(suppressed) = limit_reached.pass(std::time::Instant::now()) {
+                    let also = if app.front.is_some() { " (the API's too, unless it has its own: api-listen)" } else { "" };
                     tracing::warn!(
+                        listener = app.name,
                         max_connections = limits.max_connections,
                         suppressed,
-                        "every connection slot is taken (`max-connections`); new connections to this listener (the API's too, unless it has its own: api-listen) wait until one closes (`suppressed`: times not logged since the last line)"
+                        "every connection slot is taken (`max-connections`); new connections to this listener{also} wait until one closes (`suppressed`: times not logged since the last line)"
                     );
                 }
                 tokio::select! {
@@ -315,7 +353,7 @@ async fn serve(
                     // EMFILE and friends: back off instead of spinning,
                     // and say so once per period, not 20 times a second.
                     if let Some(suppressed) = accept_failures.pass(std::time::Instant::now()) {
-                        tracing::warn!(error = %e, suppressed, "accept failed (`suppressed`: failures not logged since the last line); retrying every 50 ms");
+                        tracing::warn!(listener = app.name, error = %e, suppressed, "accept failed (`suppressed`: failures not logged since the last line); retrying every 50 ms");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -326,8 +364,10 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         keep_alive(&stream);
         let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
-        app.metrics.proxy.connections.inc();
-        let slot = ConnectionSlot::new(permit, &app.metrics);
+        if let Some(metrics) = app.metrics() {
+            metrics.proxy.connections.inc();
+        }
+        let slot = ConnectionSlot::new(permit, app.metrics());
         tokio::spawn(async move {
             let svc_app = app.clone();
             let svc_slot = slot.clone();
@@ -362,12 +402,17 @@ async fn serve(
     }
     drop(listener);
     let _ = closing.send(true);
-    app.proxy.close_websockets();
+    let proxy = app.proxy();
+    if let Some(p) = proxy {
+        p.close_websockets();
+    }
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let drain_ends = tokio::time::Instant::now() + stopping.drain;
     // WebSockets and forwarded requests first: browsers get 1001 from
     // here, and their answers, not a cut from a backend stopping under them.
-    let _ = tokio::time::timeout_at(drain_ends, async { tokio::join!(app.proxy.websockets_closed(), app.proxy.forwarded_all()) }).await;
+    if let Some(p) = proxy {
+        let _ = tokio::time::timeout_at(drain_ends, async { tokio::join!(p.websockets_closed(), p.forwarded_all()) }).await;
+    }
     // Then `then` (the backends stopping), while what is still open drains
     // beside it: a status stream gets its backend's `terminating`, and its
     // end if the backend stops in time; a response a backend goes on
@@ -379,13 +424,15 @@ async fn serve(
     let drain = async {
         let drained = tokio::time::timeout_at(window_ends, async {
             let _ = permits.acquire_many(all).await;
-            app.proxy.websockets_closed().await;
+            if let Some(p) = proxy {
+                p.websockets_closed().await;
+            }
         })
         .await;
         // A WebSocket keeps its connection's permit, so `open` counts it too.
-        let (open, websockets) = (limits.max_connections - permits.available_permits(), app.proxy.open_websockets());
+        let (open, websockets) = (limits.max_connections - permits.available_permits(), proxy.map_or(0, Proxy::open_websockets));
         if drained.is_err() && open > 0 {
-            tracing::info!(open, of_them_websockets = websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
+            tracing::info!(listener = app.name, open, of_them_websockets = websockets, drain = ?stopping.drain, "drain over: cutting the connections still open");
         }
         let _ = cut.send(true);
     };
@@ -413,11 +460,21 @@ impl Drop for AbortOnDrop {
 }
 
 /// Binds `addr` and serves `router` there in the background (what `flag`
-/// names in the error): the side listeners (metrics, peers) beside the
-/// main one. Returns the bound address and the task, stopped when dropped.
-pub async fn serve_side(addr: SocketAddr, router: axum::Router, flag: &str) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
+/// names in the error and the logs): the side listeners (the API's own,
+/// metrics, peers) beside the main one, with the main one's hygiene (a
+/// cap on connections, a header-read timeout, a bound on the request
+/// head): until 2026-12-02 they had none of it, and connections that never
+/// finished their request head could take every file descriptor Spawner
+/// has, the proxy's and backends' too. Returns the bound address and the
+/// task; dropping it stops the listener and cuts its connections.
+pub async fn serve_side(
+    addr: SocketAddr,
+    router: axum::Router,
+    flag: &'static str,
+    limits: Limits,
+) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
     let listener = bind_side(addr, flag).await?;
-    serve_bound_side(listener, router, flag)
+    serve_bound_side(listener, router, flag, limits)
 }
 
 /// The listener [`serve_side`] serves, bound, for a router that needs to
@@ -428,13 +485,20 @@ pub async fn bind_side(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::ne
 }
 
 /// [`serve_side`] on a listener already bound.
-pub fn serve_bound_side(listener: tokio::net::TcpListener, router: axum::Router, flag: &str) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
+pub fn serve_bound_side(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    flag: &'static str,
+    limits: Limits,
+) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
     let bound = listener.local_addr()?;
-    let what = flag.to_string();
+    let app = Arc::new(App::side(router, flag));
+    // Never sent: the listener stops when its task is aborted, and
+    // `serve`'s channels, dropped with it, cut its connections.
+    let (running, stop) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, listener = %what, "listener stopped");
-        }
+        let _running = running;
+        serve(listener, app, limits, stop, Stopping::default(), None).await;
     });
     Ok((bound, AbortOnDrop(task)))
 }

@@ -277,15 +277,7 @@ async fn cookies_do_not_vouch_for_other_backends_and_spoofed_headers_never_arriv
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_can_have_a_listener_of_its_own() {
     let dev = Dev::start(FAST, &["--api-listen", "127.0.0.1:0"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    let api = loop {
-        let log = dev.log_text();
-        if let Some(at) = log.lines().find_map(|l| l.trim().strip_prefix("Its API, /metrics and the OpenAPI document are on ")) {
-            break at.split(' ').next().unwrap().to_string();
-        }
-        assert!(Instant::now() < until, "no API address said:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let api = api_listen_address(&dev).await;
     assert_ne!(api, dev.base);
     let created: serde_json::Value =
         dev.http.post(format!("{api}/api/v1/backends")).json(&json!({"template": "demo"})).send().await.unwrap().json().await.unwrap();
@@ -317,6 +309,52 @@ async fn the_api_can_have_a_listener_of_its_own() {
         404,
         "no backends there"
     );
+}
+
+/// Where `spawner dev` said its API listens (`api-listen`).
+async fn api_listen_address(dev: &Dev) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = dev.log_text();
+        if let Some(at) = log.lines().find_map(|l| l.trim().strip_prefix("Its API, /metrics and the OpenAPI document are on ")) {
+            return at.split(' ').next().unwrap().to_string();
+        }
+        assert!(Instant::now() < until, "no API address said:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The API's own listener has the main one's hygiene: a connection that
+/// never finishes its request head is closed after the header-read
+/// timeout, and connections past `max-connections` wait. Until 2026-12-02
+/// it had neither, and slow clients could take every file descriptor
+/// Spawner has, the proxy's and the backends' too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_listener_of_its_own_cuts_slow_request_heads_and_caps_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = format!("{FAST}[proxy]\nheader-read-timeout-ms = 1000\nmax-connections = 2\n");
+    let dev = Dev::start(&config, &["--api-listen", "127.0.0.1:0"]);
+    let api = api_listen_address(&dev).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(api.trim_start_matches("http://")).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(s);
+    }
+    // Both places taken: said, for this listener.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !dev.log_text().lines().any(|l| l.contains("every connection slot is taken") && l.contains("api-listen")) {
+        assert!(Instant::now() < until, "the cap was not reached:\n{}", dev.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A whole request is answered once the slow ones are cut.
+    let answer = tokio::time::timeout(Duration::from_secs(20), dev.http.get(format!("{api}/healthz")).send()).await;
+    assert_eq!(answer.expect("answered once a place was free").unwrap().status(), 200);
+    for mut s in slow {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a request head that never ended held its connection open");
+    }
 }
 
 /// Behind a trusted proxy (a TLS terminator, an Ingress controller) the

@@ -137,7 +137,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         Some(r) => {
             // Owned at once: a failure below must not leave it listening.
             let router = peers::router(cluster.clone(), r.peers.token.clone());
-            let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen").await?;
+            let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen", Limits::side(&options.proxy)).await?;
             // The election task ends when `leading` is dropped (stop).
             let (leading, _election) = leader::leadership(client.clone(), &r.lease)
                 .await
@@ -154,7 +154,10 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let proxy = Arc::new(Proxy::new(cluster.clone(), plugins.clone(), metrics.clone(), settings));
     let public_metrics = options.metrics_listen.is_none();
     let metrics_server = match options.metrics_listen {
-        Some(at) => Some(server::serve_side(at, crate::api::ops_router(metrics.clone()), "--metrics-listen").await?.1),
+        Some(at) => {
+            let limits = Limits::side(&options.proxy);
+            Some(server::serve_side(at, crate::api::ops_router(metrics.clone()), "--metrics-listen", limits).await?.1)
+        }
         None => None,
     };
     let api = match options.api {
