@@ -116,7 +116,11 @@ impl Peers {
         connector.set_connect_timeout(Some(ASK_TIMEOUT));
         Peers {
             pods: Api::namespaced(client, &options.namespace),
-            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            // A connection per ask (one per peer per sweep): a peer's
+            // listener closes connections idle past its header-read
+            // timeout, and an ask sent on a pooled one just as it closed
+            // would fail.
+            http: HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector),
             options,
         }
     }
