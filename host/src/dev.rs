@@ -120,7 +120,7 @@ impl Dev {
             Some(listener) => {
                 // The web app's server, with a status stream per backend it
                 // watches: as many connections as the main listener.
-                let (bound, task) = server::serve_bound_side(listener, api, "api-listen", Limits::from(&config.proxy))?;
+                let (bound, task) = server::serve_bound_side(listener, api, "api-listen", Limits::from(&config.proxy), metrics.clone())?;
                 (api::api_elsewhere_router(), Some(bound), Some(task))
             }
             None => (api, None, None),

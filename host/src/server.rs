@@ -1,11 +1,13 @@
-//! The HTTP server: one listener for the proxy (`/p/…`, or host routing)
-//! and the API (everything else), HTTP/1.1 with upgrades.
+//! The HTTP server: the main listener for the proxy (`/p/…`, or host
+//! routing) and the API (everything else), HTTP/1.1 with upgrades; and
+//! side listeners ([`serve_side`]: the API's own, metrics, peers) that
+//! serve a router alone.
 //!
-//! Hygiene from the start: a listen backlog sized for bursts, a cap on open
-//! connections (further ones wait in the backlog), a header-read timeout
-//! (slowloris) and a bound on the request head size. And a graceful stop
-//! ([`Stopping`]), so that a rolling update of `spawner proxy` cuts no
-//! request short.
+//! Hygiene from the start, on every listener: a cap on open connections
+//! (further ones wait in the backlog), a header-read timeout (slowloris)
+//! and a bound on the request head size; on the main one, a listen backlog
+//! sized for bursts. And a graceful stop ([`Stopping`]), so that a rolling
+//! update of `spawner proxy` cuts no request short.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,15 +41,28 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// For a side listener ([`serve_side`]: metrics, peers): a few
-    /// clients (Prometheus, the other replicas), not the public's.
+    /// For a side listener ([`serve_side`]: metrics, peers), whose few
+    /// clients (Prometheus, the kubelet's probes, the other replicas) send
+    /// a request head at once: fewer places, and at most
+    /// [`SIDE_HEADER_READ_TIMEOUT`] to send the head, so that holding
+    /// every place (and the health probes out) takes a client opening
+    /// hundreds of connections a second.
     pub fn side(main: &crate::config::ProxyConfig) -> Self {
-        Limits { max_connections: SIDE_MAX_CONNECTIONS, ..Limits::from(main) }
+        let main = Limits::from(main);
+        Limits {
+            max_connections: SIDE_MAX_CONNECTIONS,
+            header_read_timeout: main.header_read_timeout.min(SIDE_HEADER_READ_TIMEOUT),
+            ..main
+        }
     }
 }
 
-/// Open connections at most on a side listener that serves a few clients.
-pub const SIDE_MAX_CONNECTIONS: usize = 256;
+/// Open connections at most on a side listener for a few clients.
+pub const SIDE_MAX_CONNECTIONS: usize = 1024;
+
+/// Longest wait for a request head on a side listener for a few clients
+/// (also how long an idle keep-alive connection stays open there).
+pub const SIDE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl From<&crate::config::ProxyConfig> for Limits {
     fn from(c: &crate::config::ProxyConfig) -> Self {
@@ -141,12 +156,14 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// What the server dispatches to.
 pub struct App {
-    /// The proxy, and the metrics its listener's connections are counted
-    /// in; none on a side listener ([`serve_side`]), which serves `api`
-    /// alone.
-    front: Option<(Arc<Proxy>, Arc<Metrics>)>,
+    /// The proxy; none on a side listener ([`serve_side`]), which serves
+    /// `api` alone.
+    proxy: Option<Arc<Proxy>>,
     /// The API router.
     api: Router,
+    /// Where the main listener counts its connections, and every listener
+    /// the times its connection slots were all taken.
+    metrics: Arc<Metrics>,
     /// What the logs call this listener.
     name: &'static str,
     /// Set when the server has been asked to stop (see [`Stopping`]):
@@ -157,20 +174,22 @@ pub struct App {
 impl App {
     /// The main listener's parts, not stopping.
     pub fn new(proxy: Arc<Proxy>, api: Router, metrics: Arc<Metrics>) -> Self {
-        App { front: Some((proxy, metrics)), api, name: "listen", stopping: AtomicBool::new(false) }
+        App { proxy: Some(proxy), api, metrics, name: "listen", stopping: AtomicBool::new(false) }
     }
 
     /// A side listener's: `api` alone, under the flag `name`.
-    fn side(api: Router, name: &'static str) -> Self {
-        App { front: None, api, name, stopping: AtomicBool::new(false) }
+    fn side(api: Router, metrics: Arc<Metrics>, name: &'static str) -> Self {
+        App { proxy: None, api, metrics, name, stopping: AtomicBool::new(false) }
     }
 
     fn proxy(&self) -> Option<&Proxy> {
-        self.front.as_ref().map(|(p, _)| &**p)
+        self.proxy.as_deref()
     }
 
-    fn metrics(&self) -> Option<&Metrics> {
-        self.front.as_ref().map(|(_, m)| &**m)
+    /// Where this listener's connections are counted: the main one's only
+    /// (`spawner_proxy_connections` is the public's).
+    fn counted(&self) -> Option<&Metrics> {
+        self.proxy.is_some().then_some(&*self.metrics)
     }
 
     /// The proxy's, if it has one and it claims `req`.
@@ -228,7 +247,9 @@ impl App {
 /// up to `drain` for the WebSockets and the requests being forwarded to
 /// backends, then runs the server's `then`, if any (where `spawner dev`
 /// stops its backends, so that a status stream still open carries the
-/// backend's `terminating`, and its end if it stops in time) while waiting
+/// backend's `terminating`, and its end if it stops in time; a stream on
+/// the API's own listener, which serves on until `then` is done, carries
+/// both) while waiting
 /// for what is still open up to the end of `drain` (or a second after
 /// `then` started, if later); and returns once `then` is done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -328,11 +349,9 @@ async fn serve(
                 // Every slot taken: new connections wait in the listen
                 // backlog, the API's and health checks' too. Say so: until
                 // 2026-12-01 they just hung, with nothing logged.
-                if let Some(metrics) = app.metrics() {
-                    metrics.proxy.connection_limit_reached.inc();
-                }
+                app.metrics.proxy.connection_limit_reached.inc();
                 if let Some(suppressed) = limit_reached.pass(std::time::Instant::now()) {
-                    let also = if app.front.is_some() { " (the API's too, unless it has its own: api-listen)" } else { "" };
+                    let also = if app.proxy.is_some() { " (the API's too, unless it has its own: api-listen)" } else { "" };
                     tracing::warn!(
                         listener = app.name,
                         max_connections = limits.max_connections,
@@ -364,10 +383,10 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         keep_alive(&stream);
         let (app, builder, mut closing, mut cut) = (app.clone(), builder.clone(), closing_seen.clone(), cut_seen.clone());
-        if let Some(metrics) = app.metrics() {
+        if let Some(metrics) = app.counted() {
             metrics.proxy.connections.inc();
         }
-        let slot = ConnectionSlot::new(permit, app.metrics());
+        let slot = ConnectionSlot::new(permit, app.counted());
         tokio::spawn(async move {
             let svc_app = app.clone();
             let svc_slot = slot.clone();
@@ -465,16 +484,19 @@ impl Drop for AbortOnDrop {
 /// cap on connections, a header-read timeout, a bound on the request
 /// head): until 2026-12-02 they had none of it, and connections that never
 /// finished their request head could take every file descriptor Spawner
-/// has, the proxy's and backends' too. Returns the bound address and the
-/// task; dropping it stops the listener and cuts its connections.
+/// has, the proxy's and backends' too. `metrics` counts the times every
+/// place was taken. Returns the bound address and the task; dropping it
+/// stops the listener and cuts its connections at once (no drain: the
+/// process is exiting).
 pub async fn serve_side(
     addr: SocketAddr,
     router: axum::Router,
     flag: &'static str,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
     let listener = bind_side(addr, flag).await?;
-    serve_bound_side(listener, router, flag, limits)
+    serve_bound_side(listener, router, flag, limits, metrics)
 }
 
 /// The listener [`serve_side`] serves, bound, for a router that needs to
@@ -490,9 +512,10 @@ pub fn serve_bound_side(
     router: axum::Router,
     flag: &'static str,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(SocketAddr, AbortOnDrop)> {
     let bound = listener.local_addr()?;
-    let app = Arc::new(App::side(router, flag));
+    let app = Arc::new(App::side(router, metrics, flag));
     // Never sent: the listener stops when its task is aborted, and
     // `serve`'s channels, dropped with it, cut its connections.
     let (running, stop) = tokio::sync::oneshot::channel();

@@ -343,13 +343,17 @@ async fn the_api_listener_of_its_own_cuts_slow_request_heads_and_caps_connection
     }
     // Both places taken: said, for this listener.
     let until = Instant::now() + Duration::from_secs(20);
-    while !dev.log_text().lines().any(|l| l.contains("every connection slot is taken") && l.contains("api-listen")) {
+    while !dev.log_text().lines().any(|l| l.contains("every connection slot is taken") && l.contains(r#"listener="api-listen""#)) {
         assert!(Instant::now() < until, "the cap was not reached:\n{}", dev.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A whole request is answered once the slow ones are cut.
     let answer = tokio::time::timeout(Duration::from_secs(20), dev.http.get(format!("{api}/healthz")).send()).await;
     assert_eq!(answer.expect("answered once a place was free").unwrap().status(), 200);
+    // Counted, as on the main listener: the metric to alert on.
+    let metrics = dev.http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    let reached = metrics.lines().find_map(|l| l.strip_prefix("spawner_proxy_connection_limit_reached_total ")).unwrap_or("0");
+    assert!(reached.parse::<f64>().unwrap() >= 1.0, "{metrics}");
     for mut s in slow {
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;

@@ -93,8 +93,14 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         };
         // Serves for the life of the process.
         let limits = crate::server::Limits::side(&crate::config::ProxyConfig::default());
-        let (_, _metrics_server) =
-            crate::server::serve_side(args.metrics_listen, crate::api::ops_router(metrics.clone()), "--metrics-listen", limits).await?;
+        let (_, _metrics_server) = crate::server::serve_side(
+            args.metrics_listen,
+            crate::api::ops_router(metrics.clone()),
+            "--metrics-listen",
+            limits,
+            metrics.clone(),
+        )
+        .await?;
         tracing::info!(namespace = config.namespace.as_deref().unwrap_or("(all)"), "spawner operator is running");
         // Until SIGINT, SIGTERM or SIGHUP, then the Lease is given back.
         let (signal_tx, mut signalled) = tokio::sync::oneshot::channel();

@@ -137,7 +137,8 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         Some(r) => {
             // Owned at once: a failure below must not leave it listening.
             let router = peers::router(cluster.clone(), r.peers.token.clone());
-            let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen", Limits::side(&options.proxy)).await?;
+            let limits = Limits::side(&options.proxy);
+            let (addr, server) = server::serve_side(r.peers.listen, router, "--peer-listen", limits, metrics.clone()).await?;
             // The election task ends when `leading` is dropped (stop).
             let (leading, _election) = leader::leadership(client.clone(), &r.lease)
                 .await
@@ -156,7 +157,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
     let metrics_server = match options.metrics_listen {
         Some(at) => {
             let limits = Limits::side(&options.proxy);
-            Some(server::serve_side(at, crate::api::ops_router(metrics.clone()), "--metrics-listen", limits).await?.1)
+            Some(server::serve_side(at, crate::api::ops_router(metrics.clone()), "--metrics-listen", limits, metrics.clone()).await?.1)
         }
         None => None,
     };

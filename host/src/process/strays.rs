@@ -124,7 +124,7 @@ mod tests {
         let mut other = std::process::Command::new("sleep").arg("30").env(name, "another-backend").spawn().unwrap();
         // Scanned once their environments are there (as a backend's are
         // long before it stops).
-        for pid in [stray.id(), other.id()] {
+        for pid in [member.id(), stray.id(), other.id()] {
             crate::process::environment_of(pid);
         }
         // Reaped here as a test's child; in Spawner, by whoever adopted it.
