@@ -196,13 +196,21 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         .merge(api)
         .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|uri: axum::http::Uri, headers: HeaderMap| async move {
+        .fallback(|State(s): State<ApiState>, uri: axum::http::Uri, headers: HeaderMap| async move {
             let hint = match (uri.path(), linked_from_a_backend(&headers)) {
                 (p, Some(name)) if !p.starts_with("/api/") => format!(
                     " (backend {name}'s page asked for {p}: a link that starts with / leaves the backend's /p/{name}/ prefix; make it relative, or route backends by host with --host-domain)"
                 ),
-                // `/api/v1/backends/` is the commonest near miss.
-                (p, _) if p.len() > 1 && p.ends_with('/') => format!(" (paths take no trailing slash: {})", p.trim_end_matches('/')),
+                // Only where the API has a listener of its own (on the
+                // main one the proxy answers these).
+                (p, _) if p.starts_with("/p/") => {
+                    format!(" (this is the API's own listener, api-listen; backends are served on the main one: {}{p})", s.public_url)
+                }
+                // `/api/v1/backends/` is the commonest near miss; said only
+                // where the path without it is an endpoint.
+                (p, _) if p.len() > 1 && p.ends_with('/') && is_endpoint(p.trim_end_matches('/')) => {
+                    format!(" (paths take no trailing slash: {})", p.trim_end_matches('/'))
+                }
                 _ => String::new(),
             };
             ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint{hint}; see /api/openapi.json"))
@@ -220,6 +228,19 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Whether `path` is one of the API's endpoints (a path of the OpenAPI
+/// document, `{name}` standing for any one segment), `/healthz` or
+/// `/metrics`.
+fn is_endpoint(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |template: &str| {
+        let pattern: Vec<&str> = template.split('/').collect();
+        pattern.len() == segments.len()
+            && pattern.iter().zip(&segments).all(|(p, s)| p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty()))
+    };
+    ["/healthz", "/metrics"].contains(&path) || openapi().paths.paths.keys().any(|t| matches(t))
 }
 
 /// Reads a request's body (up to one byte past the API's limit, which the
@@ -368,4 +389,17 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
         return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoints_are_the_openapi_documents_paths_with_any_segment_for_a_name() {
+        for yes in ["/api/v1/backends", "/api/v1/backends/demo-1", "/api/v1/backends/demo-1/tokens", "/api/spawn", "/healthz"] {
+            assert!(super::is_endpoint(yes), "{yes}");
+        }
+        for no in ["/foo", "/api/v1/backends/demo-1/nope", "/api/v1/backends//tokens", "/p/demo-1", "/api/v1"] {
+            assert!(!super::is_endpoint(no), "{no}");
+        }
+    }
 }

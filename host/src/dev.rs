@@ -71,7 +71,9 @@ impl Dev {
 
         let listener = server::bind(config.listen, config.proxy.listen_backlog).map_err(|e| {
             let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => " (is another Spawner running? pick another address with --listen or SPAWNER_LISTEN)",
+                std::io::ErrorKind::AddrInUse => {
+                    " (is another Spawner running? pick another address with --listen, SPAWNER_LISTEN or listen in the config file)"
+                }
                 _ => "",
             };
             anyhow::anyhow!("listening on {}{hint}: {e}", config.listen)
@@ -95,7 +97,7 @@ impl Dev {
         // name where it listens.
         let api_listener = match config.api_listen {
             Some(at) => Some(server::bind_side(at, "api-listen").await.map_err(|e| {
-                anyhow::anyhow!("{e:#} (is another Spawner running? pick another address with --api-listen or SPAWNER_API_LISTEN)")
+                anyhow::anyhow!("{e:#} (is another Spawner running? pick another address with --api-listen, SPAWNER_API_LISTEN or api-listen in the config file)")
             })?),
             None => None,
         };
@@ -354,7 +356,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
-        let public = config.public_url.as_ref().map(|url| format!("\nBrowsers reach it as {url} (its browserUrl links)\n")).unwrap_or_default();
+        // The links' pattern, as creates will hand them out: under host
+        // routing a host per backend, not the public URL itself.
+        let public = match (&config.public_url, &config.host_domain) {
+            (None, None) => String::new(),
+            _ => format!(
+                "\nBrowsers reach backends at {} (the browserUrl links)\n",
+                crate::backends::backend_url(&config.public_url(), config.host_domain.as_deref(), "{name}")
+            ),
+        };
         tracing::info!(listen = %dev.addr, "spawner dev is ready");
         // For a person at a terminal: not in JSON logs, which stay JSON
         // lines for their shipper.

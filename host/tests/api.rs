@@ -122,6 +122,10 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert_eq!(slash.status(), 404);
     let error = slash.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
     assert!(error.contains("paths take no trailing slash: /api/v1/backends"), "{error}");
+    // Not where the path without it is no endpoint either.
+    let slash = dev.http.get(format!("{}/foo/", dev.base)).send().await.unwrap();
+    let error = slash.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("no such endpoint; see"), "{error}");
     // A name that is not UTF-8 once decoded: the API's JSON error too.
     for path in ["/api/v1/backends/%FF", "/api/v1/backends/%C0/tokens", "/api/backend/%FF/status"] {
         let r = dev

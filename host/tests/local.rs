@@ -304,11 +304,10 @@ async fn the_api_can_have_a_listener_of_its_own() {
     assert!(spawned["url"].as_str().unwrap().starts_with(&format!("{}/p/", dev.base)), "{spawned}");
     let status = dev.http.get(spawned["statusUrl"].as_str().unwrap()).send().await.unwrap().status();
     assert_eq!(status, 200);
-    assert_eq!(
-        dev.http.get(format!("{api}/p/{name}/api/stats")).bearer_auth(token).send().await.unwrap().status(),
-        404,
-        "no backends there"
-    );
+    let elsewhere = dev.http.get(format!("{api}/p/{name}/api/stats")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 404, "no backends there");
+    let why = elsewhere.text().await.unwrap();
+    assert!(why.contains(&format!("backends are served on the main one: {}/p/{name}/api/stats", dev.base)), "{why}");
 }
 
 /// Where `spawner dev` said its API listens (`api-listen`).

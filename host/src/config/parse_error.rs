@@ -13,7 +13,12 @@
 /// The message for `error` in `text`: where (line and column, the masked
 /// line and a caret under the span), then what, without quoted strings.
 pub(super) fn describe(text: &str, error: &toml::de::Error) -> String {
-    let message = without_quoted_strings(error.message().trim_end());
+    let mut message = without_quoted_strings(error.message().trim_end());
+    // `listen = 127.0.0.1:8080` starts as a number and fails as one; with
+    // the value masked, nothing else would say what is wrong.
+    if message.starts_with("invalid float") || message.starts_with("invalid integer") {
+        message.push_str(" (a value that is not a number needs quotes: key = \"…\")");
+    }
     let Some(span) = error.span() else { return message };
     let (Some(before), Some(spanned)) = (text.get(..span.start), text.get(span.start..span.end.max(span.start))) else {
         return message;
@@ -205,6 +210,17 @@ mod tests {
     fn error_for(text: &str) -> String {
         let e = toml::from_str::<crate::config::Config>(text).unwrap_err();
         describe(text, &e)
+    }
+
+    #[test]
+    fn an_unquoted_address_is_told_to_take_quotes() {
+        let e = error_for("listen = 127.0.0.1:8091\n");
+        assert!(
+            e.contains("1 | listen = **************") && e.ends_with("(a value that is not a number needs quotes: key = \"…\")"),
+            "{e}"
+        );
+        let e = error_for("listen = localhost:8091\n");
+        assert!(e.contains("string values must be quoted") && !e.contains("needs quotes"), "{e}");
     }
 
     #[test]
