@@ -227,20 +227,55 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
-/// Whether `path` is one of the API's endpoints (a path of the OpenAPI
-/// document, `{name}` standing for any one segment), `/healthz` or
-/// `/metrics`.
-fn is_endpoint(path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').collect();
-    let matches = |template: &str| {
-        let pattern: Vec<&str> = template.split('/').collect();
-        pattern.len() == segments.len()
-            && pattern.iter().zip(&segments).all(|(p, s)| p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty()))
+/// Counts every request the API answers, by method, endpoint and status
+/// code (`spawner_api_requests_total`).
+async fn count_requests(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     };
-    ["/healthz", "/metrics"].contains(&path) || openapi().paths.paths.keys().any(|t| matches(t))
+    let endpoint = endpoint_of(req.uri().path()).unwrap_or("none");
+    let response = next.run(req).await;
+    let labels = crate::metrics::ApiRequestLabels { method, endpoint, code: response.status().as_u16() };
+    s.metrics.api.requests.get_or_create(&labels).inc();
+    response
+}
+
+/// Whether `path` is one of the API's endpoints (see [`endpoint_of`]).
+fn is_endpoint(path: &str) -> bool {
+    endpoint_of(path).is_some()
+}
+
+/// The endpoint `path` is: a path of the OpenAPI document (`{name}`
+/// standing for any one segment), `/healthz`, `/metrics` or the document
+/// itself.
+fn endpoint_of(path: &str) -> Option<&'static str> {
+    static ENDPOINTS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let endpoints = ENDPOINTS.get_or_init(|| {
+        let documented = openapi().paths.paths.into_keys().map(|p| &*Box::leak(p.into_boxed_str()));
+        ["/healthz", "/metrics", "/api/openapi.json"].into_iter().chain(documented).collect()
+    });
+    let matches = |template: &str| {
+        let (mut pattern, mut segments) = (template.split('/'), path.split('/'));
+        loop {
+            match (pattern.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(p), Some(s)) if p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty()) => {}
+                _ => return false,
+            }
+        }
+    };
+    endpoints.iter().copied().find(|t| matches(t))
 }
 
 /// Reads a request's body (up to one byte past the API's limit, which the
@@ -401,5 +436,7 @@ mod tests {
         for no in ["/foo", "/api/v1/backends/demo-1/nope", "/api/v1/backends//tokens", "/p/demo-1", "/api/v1"] {
             assert!(!super::is_endpoint(no), "{no}");
         }
+        assert_eq!(super::endpoint_of("/api/v1/backends/demo-1/tokens"), Some("/api/v1/backends/{name}/tokens"));
+        assert_eq!(super::endpoint_of("/api/backend/demo-1/status/stream"), Some("/api/backend/{id}/status/stream"));
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     /// The Kubernetes operator's leadership and reconcile failures.
     pub operator: OperatorMetrics,
+    /// REST API requests.
+    pub api: ApiMetrics,
 }
 
 /// One in `gauge` while it lives: an open connection or WebSocket is
@@ -56,7 +58,8 @@ impl Metrics {
         let backends = BackendMetrics::register(&mut registry);
         let proxy = ProxyMetrics::register(&mut registry);
         let operator = OperatorMetrics::register(&mut registry);
-        Metrics { registry, plugins, backends, proxy, operator }
+        let api = ApiMetrics::register(&mut registry);
+        Metrics { registry, plugins, backends, proxy, operator, api }
     }
 
     /// The text exposition format, for `/metrics`.
@@ -193,6 +196,38 @@ impl BackendMetrics {
         registry.register("spawn_to_ready_seconds", "Time from create to ready", m.spawn_to_ready_seconds.clone());
         m
     }
+}
+
+/// Metrics of the REST API (and `/metrics`, `/healthz`, the OpenAPI
+/// document): what the web app's server sees, so that failing creates
+/// (422, 429, 5xx) or a wrong API token (401) can be alerted on.
+pub struct ApiMetrics {
+    /// Requests answered, by method, endpoint and status code.
+    pub requests: Family<ApiRequestLabels, Counter>,
+}
+
+impl ApiMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ApiMetrics { requests: Family::default() };
+        registry.register(
+            "api_requests",
+            "Requests answered by the REST API (and /metrics, /healthz), by method, endpoint (the OpenAPI document's path, or none) and status code",
+            m.requests.clone(),
+        );
+        m
+    }
+}
+
+/// Labels: an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `GET`, `POST`, … (`other` beyond the usual ones).
+    pub method: &'static str,
+    /// The endpoint's path as the OpenAPI document writes it
+    /// (`/api/v1/backends/{name}`), `/healthz`, `/metrics`, or `none`.
+    pub endpoint: &'static str,
+    /// The status code.
+    pub code: u16,
 }
 
 /// Labels: HTTP status class.

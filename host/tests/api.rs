@@ -126,6 +126,16 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let slash = dev.http.get(format!("{}/foo/", dev.base)).send().await.unwrap();
     let error = slash.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
     assert!(error.starts_with("no such endpoint; see"), "{error}");
+    // All of it counted, by endpoint and status: what a web app alerts on.
+    let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+    let count = |labels: &str| {
+        let prefix = format!("spawner_api_requests_total{{{labels}}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    assert!(count(r#"method="POST",endpoint="/api/v1/backends",code="422""#) >= 1, "{metrics}");
+    assert_eq!(count(r#"method="GET",endpoint="/api/v1/backends/{name}",code="404""#), 1, "{metrics}");
+    assert_eq!(count(r#"method="GET",endpoint="none",code="404""#), 2, "{metrics}");
+    assert_eq!(count(r#"method="POST",endpoint="/api/v1/backends",code="201""#), 0, "nothing was created: {metrics}");
     // A name that is not UTF-8 once decoded: the API's JSON error too.
     for path in ["/api/v1/backends/%FF", "/api/v1/backends/%C0/tokens", "/api/backend/%FF/status"] {
         let r = dev
