@@ -238,6 +238,9 @@ pub struct Created {
     pub backend: BackendView,
     /// False when a live backend with the same key was returned.
     pub created: bool,
+    /// What the caller should know about its request (also logged): the
+    /// web app's server reads the answer, not Spawner's log.
+    pub warnings: Vec<String>,
 }
 
 /// What the API needs from a runtime. Methods return futures so that a

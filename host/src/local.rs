@@ -405,7 +405,7 @@ impl Local {
             // (A backend quiet for nearly its grace period was otherwise
             // swept as the user it was just handed to arrived.)
             existing.activity.touch();
-            return Ok(Created { backend: self.view(&existing), created: false });
+            return Ok(Created { backend: self.view(&existing), created: false, warnings: Vec::new() });
         }
         let live = self.records.read().expect("records lock").values().filter(|r| !r.phase().is_terminal()).count();
         if live >= self.config.max_backends {
@@ -428,17 +428,17 @@ impl Local {
             backend = %view.name, template = %record.spec.template, owner = record.spec.owner.as_deref(), key = record.spec.key.as_deref(),
             "backend created"
         );
+        let mut warnings = Vec::new();
         if let Some(port) = record.spec.port {
             // Kept for a spec that runs on Kubernetes too; said (for a
             // backend started, not one found by its key or refused), since
             // an app written to listen on it would time out here.
-            tracing::warn!(
-                backend = %view.name, port,
-                "port is for Kubernetes; locally the backend must listen on the port in its PORT variable"
-            );
+            const PORT_WARNING: &str = "port is for Kubernetes; locally the backend must listen on the port in its PORT variable";
+            tracing::warn!(backend = %view.name, port, "{PORT_WARNING}");
+            warnings.push(format!("{PORT_WARNING} (port {port} is not used)"));
         }
         tokio::spawn(driver::drive(self.self_arc(), record));
-        Ok(Created { backend: view, created: true })
+        Ok(Created { backend: view, created: true, warnings })
     }
 
     fn self_arc(&self) -> Arc<Local> {

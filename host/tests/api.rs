@@ -552,9 +552,15 @@ async fn a_body_that_never_arrives_is_timed_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_port_warning_is_for_a_started_backend_and_refusals_are_not_a_flood() {
     let dev = Dev::start(&format!("{FAST}max-backends = 1\n"), &[]);
-    let (name, _) = dev.create_ok(json!({"template":"demo","key":"doc-1","port":8080})).await;
+    let (status, first) = dev.create(json!({"template":"demo","key":"doc-1","port":8080})).await;
+    assert_eq!(status, 201, "{first}");
+    let name = first["backend"]["name"].as_str().unwrap().to_string();
+    // Said to the caller too, who reads the answer, not Spawner's log.
+    let warning = "port is for Kubernetes; locally the backend must listen on the port in its PORT variable (port 8080 is not used)";
+    assert_eq!(first["warnings"], json!([warning]), "{first}");
     let (status, again) = dev.create(json!({"template":"demo","key":"doc-1","port":8080})).await;
     assert_eq!((status, again["created"].as_bool()), (200, Some(false)), "{again}");
+    assert!(again.get("warnings").is_none(), "a backend found by its key was not started now: {again}");
     for _ in 0..5 {
         assert_eq!(dev.create(json!({"template":"demo","port":8080})).await.0, 429);
     }

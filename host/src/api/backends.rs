@@ -116,6 +116,10 @@ pub(crate) struct CreateResponse {
     token_expires_at: Timestamp,
     /// The URL to hand to the browser: `url` with the token in the query.
     browser_url: String,
+    /// What the caller should know about its request (absent when
+    /// nothing): e.g. that `port` is not used in local mode.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// Mint a token for someone else (e.g. a second user of a shared document).
@@ -211,7 +215,14 @@ pub(crate) async fn create(
     let (token, token_expires_at, browser_url) = mint(&s, &created.backend, subject.as_deref(), ttl);
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/api/v1/backends/{}", created.backend.name);
-    let body = CreateResponse { created: created.created, backend: created.backend, token, token_expires_at, browser_url };
+    let body = CreateResponse {
+        created: created.created,
+        backend: created.backend,
+        token,
+        token_expires_at,
+        browser_url,
+        warnings: created.warnings,
+    };
     Ok((status, [(header::LOCATION, location), (header::REFERRER_POLICY, "no-referrer".into())], Json(body)).into_response())
 }
 

@@ -140,7 +140,7 @@ impl KubeBackends {
     /// the user it was just handed to arrived), as in local mode.
     fn reached_again(&self, slab: &SessionLivedBackend) -> Created {
         self.cluster.touch(slab);
-        Created { backend: self.view(slab), created: false }
+        Created { backend: self.view(slab), created: false, warnings: Vec::new() }
     }
 
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
@@ -234,7 +234,7 @@ impl Control for KubeBackends {
         for _ in 0..CREATE_ATTEMPTS {
             let slab = slab_for(&spec, &name)?;
             let err = match self.cluster.api().create(&PostParams::default(), &slab).await {
-                Ok(made) => return Ok(Created { backend: self.view(&made), created: true }),
+                Ok(made) => return Ok(Created { backend: self.view(&made), created: true, warnings: Vec::new() }),
                 Err(kube::Error::Api(e)) if e.code == 409 => e,
                 Err(e) => return Err(refused(&name, e)),
             };
