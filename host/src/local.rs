@@ -208,6 +208,10 @@ impl Local {
 
     fn view(&self, r: &Record) -> BackendView {
         let process = r.process.lock().expect("process lock");
+        let status = r.status();
+        // An ended backend's port may soon be another's (as on
+        // Kubernetes, where its Pod's IP may be).
+        let address = process.as_ref().filter(|_| !status.phase.is_terminal()).map(|p| p.addr.to_string());
         BackendView {
             name: r.name.clone(),
             template: r.spec.template.clone(),
@@ -217,8 +221,8 @@ impl Local {
             grace_period_seconds: r.spec.grace_period_seconds,
             lifetime_limit_seconds: r.spec.lifetime_limit_seconds,
             url: self.url(&r.name),
-            status: r.status(),
-            address: process.as_ref().map(|p| p.addr.to_string()),
+            status,
+            address,
             open_connections: r.activity.open_connections(),
             // Names are never reused here.
             uid: None,

@@ -59,6 +59,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     drop(ws);
     let ended = dev.wait_phase(&name, "terminated").await;
     assert_eq!(ended["status"]["reason"], "idle", "{ended}");
+    assert!(ended["address"].is_null(), "its port may be another backend's now: {ended}");
     assert!(backend_pids(&name).is_empty(), "process {pids:?} still running");
     // The proxy says it is gone.
     assert_eq!(dev.get(&name, "/", Some(&token)).await.status(), 410);
