@@ -552,8 +552,10 @@ pub fn listen_arg(text: &str) -> Result<SocketAddr, String> {
     if let Some(port) = text.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
         return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
     }
+    // A port alone (`--listen 8096`) names no address: say which to add.
+    let example = text.parse::<u16>().unwrap_or(8080);
     Err(format!(
-        "must be an IP address and a port, such as 127.0.0.1:8080 (this machine only), 0.0.0.0:8080 (every interface) or [::1]:8080 (got {text:?})"
+        "must be an IP address (or localhost) and a port, such as 127.0.0.1:{example} (this machine only), 0.0.0.0:{example} (every interface), [::1]:{example} or localhost:{example} (got {text:?})"
     ))
 }
 
@@ -989,9 +991,15 @@ mod tests {
         assert_eq!(listen_arg("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
         for bad in ["example.com:80", ":8080", "127.0.0.1", "localhost"] {
             let e = Config::parse(&format!("\nlisten = \"{bad}\"\n")).unwrap_err();
-            assert!(e.contains("line 2") && e.contains("listen must be an IP address and a port, such as 127.0.0.1:8080"), "{bad}: {e}");
+            assert!(
+                e.contains("line 2") && e.contains("listen must be an IP address (or localhost) and a port, such as 127.0.0.1:8080"),
+                "{bad}: {e}"
+            );
             assert!(listen_arg(bad).is_err(), "the flag too: {bad}");
         }
+        // A port alone: the examples carry it.
+        let e = listen_arg("8096").unwrap_err();
+        assert!(e.contains("such as 127.0.0.1:8096 (this machine only), 0.0.0.0:8096") && e.contains("localhost:8096"), "{e}");
     }
 
     #[test]
