@@ -44,6 +44,25 @@ pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 /// How long components may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Directories of the control planes running in this process: where
+/// [`logs_of_running`] reads their components' logs.
+static RUNNING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The last `lines` lines of `component`'s log (`kwok`, `kube-scheduler`,
+/// ...) in every control plane running in this process, for a test's
+/// failure message: a wait that timed out on something kwok or the
+/// scheduler should have done says what they logged.
+pub fn logs_of_running(component: &str, lines: usize) -> String {
+    let dirs = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    dirs.iter()
+        .map(|dir| {
+            let log = std::fs::read_to_string(dir.join(format!("{component}.log"))).unwrap_or_default();
+            format!("--- {component} log of {} (last {lines} lines):\n{}", dir.display(), tail(&log, lines))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     dir: PathBuf,
@@ -196,6 +215,8 @@ impl ControlPlane {
             reaper: Mutex::new(Some((reaper, stdin))),
             started_in: Duration::ZERO,
         };
+        // Its `stop` (on drop too, should this function fail) takes it out.
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
 
         // Certificates and keys.
         let pki = dir.join("pki");
@@ -538,6 +559,7 @@ impl ControlPlane {
 
     /// Kills every component and removes the directory now.
     pub fn stop(&self) {
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).retain(|d| d != &self.dir);
         if let Some((mut reaper, stdin)) = self.reaper.lock().expect("reaper lock").take() {
             drop(stdin);
             let _ = reaper.wait();

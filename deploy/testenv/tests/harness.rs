@@ -51,6 +51,10 @@ async fn pods_are_scheduled_onto_fake_nodes_and_run() {
     assert_eq!(spec.node_name.as_deref(), Some("node-b"), "bound by kube-scheduler to the node matching the selector");
     let status = running.status.unwrap();
     assert!(status.pod_ip.is_some(), "kwok assigns a Pod IP");
+    // What tests' failure messages show: the running planes' kwok logs.
+    let logs = spawner_testenv::logs_of_running("kwok", 5);
+    assert!(logs.contains(&format!("--- kwok log of {} (last 5 lines):\n", plane.dir().display())), "{logs}");
+    assert!(logs.lines().count() > 1, "kwok logged nothing: {logs}");
 
     // A selector no node matches stays Pending.
     pods.create(&PostParams::default(), &pod("nowhere", Some(("zone", "z")))).await.unwrap();

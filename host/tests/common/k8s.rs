@@ -40,7 +40,7 @@ pub async fn until(
         Ok(Ok(Some(o))) => o,
         other => {
             let now = api.get_opt(name).await.unwrap().map(|o| (o.metadata.annotations, o.status));
-            panic!("{name} never {what}: {other:?}; now: {now:?}")
+            panic!("{name} never {what}: {other:?}; now: {now:?}\n{}", spawner_testenv::logs_of_running("kwok", 30))
         }
     }
 }
@@ -110,7 +110,7 @@ pub async fn report_loopback_pod_ip(client: &kube::Client, namespace: &str, name
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let running = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.phase.as_deref() == Some("Running"));
     let started = tokio::time::timeout(WAIT, await_condition(pods.clone(), name, running)).await;
-    assert!(started.is_ok(), "Pod {name} never ran");
+    assert!(started.is_ok(), "Pod {name} never ran\n{}", spawner_testenv::logs_of_running("kwok", 30));
     let ip = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&ip)).await.unwrap();
 }
