@@ -467,6 +467,26 @@ impl Template {
         }
         first_problem
     }
+
+    /// An argument that names a variable (`$PORT`, `${PORT}`) no shell
+    /// will expand: the program gets it as written, and a server told to
+    /// listen on port `$PORT` fails or listens elsewhere on every create.
+    /// A shell's `-c` script (`sh -c '… $PORT'`) is expanded, and not
+    /// said.
+    pub fn unexpanded_variable(&self) -> Option<String> {
+        let program = self.command.rsplit('/').next().unwrap_or_default();
+        let shells = ["sh", "bash", "dash", "zsh", "ash", "ksh"];
+        if shells.contains(&program) && self.args.iter().any(|a| a.starts_with('-') && a.contains('c')) {
+            return None;
+        }
+        let names_variable = |arg: &str| {
+            arg.match_indices('$').any(|(i, _)| arg[i + 1..].starts_with(|c: char| c == '{' || c == '_' || c.is_ascii_alphabetic()))
+        };
+        let arg = self.args.iter().find(|a| names_variable(a))?;
+        Some(format!(
+            "its argument {arg:?} is passed as written: no shell expands variables in args; read PORT from the environment, or run it through a shell (command = \"sh\", args = [\"-c\", \"exec … $PORT\"])"
+        ))
+    }
 }
 
 /// Whether `file` would run: executable, and (`interpreter_line`) a
@@ -983,6 +1003,23 @@ mod tests {
         let e = Config::parse("token-ttl-seconds = -5\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
         assert!(e.contains("expected a whole number, 0 or more") && !e.contains("u64"), "no Rust type names: {e}");
+    }
+
+    #[test]
+    fn a_variable_in_args_that_no_shell_expands_is_said() {
+        let t = |command: &str, args: &[&str]| Template {
+            command: command.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+        };
+        let said = t("python3", &["-m", "http.server", "$PORT"]).unexpanded_variable().unwrap();
+        assert!(said.starts_with("its argument \"$PORT\" is passed as written: no shell expands variables in args"), "{said}");
+        assert!(t("node", &["server.js", "--port=${PORT}"]).unexpanded_variable().is_some());
+        // A shell's script is expanded; a dollar amount is no variable.
+        assert_eq!(t("sh", &["-c", "exec python3 -m http.server $PORT"]).unexpanded_variable(), None);
+        assert_eq!(t("/bin/bash", &["-lc", "exec server --port $PORT"]).unexpanded_variable(), None);
+        assert_eq!(t("echo", &["costs $5", "a$"]).unexpanded_variable(), None);
     }
 
     #[test]

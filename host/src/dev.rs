@@ -85,6 +85,9 @@ impl Dev {
         for (name, problem) in config.templates.iter().filter_map(|(n, t)| Some((n, t.start_problem()?))) {
             tracing::warn!(template = %name, "template {name:?}: {problem}; creates of it will fail until that is fixed");
         }
+        for (name, problem) in config.templates.iter().filter_map(|(n, t)| Some((n, t.unexpanded_variable()?))) {
+            tracing::warn!(template = %name, "template {name:?}: {problem}");
+        }
         let mut config = config;
         if config.listen.port() == 0 && config.public_url.is_none() {
             config.public_url = Some(format!("http://{addr}"));
