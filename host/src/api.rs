@@ -136,8 +136,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Answers every operation may give: 401 once an API token is configured,
-/// 403 for a browser page's request without one, and 503 while Spawner stops or (on Kubernetes) cannot reach the API
-/// server.
+/// 403 for a browser page's request without one, 405 for a method it does
+/// not take, 408 (those with a body) for a body that does not arrive, and
+/// 503 while Spawner stops or (on Kubernetes) cannot reach the API server.
 struct CommonAnswers;
 
 impl utoipa::Modify for CommonAnswers {
@@ -150,12 +151,17 @@ impl utoipa::Modify for CommonAnswers {
                 "403",
                 "Without an `api-token`: the request came from a browser page (`Origin`, or `Sec-Fetch-Site` other than `none`); call the API from your web app's server",
             ),
+            ("405", "The endpoint does not take this method; the `Allow` header lists those it takes"),
             ("503", "Spawner is stopping, or (Kubernetes) the API server cannot be reached: try again"),
         ];
+        // The API reads a body within the header-read timeout.
+        let body_late =
+            ("408", "The request body did not arrive within `header-read-timeout-ms` (is Content-Length larger than the body sent?)");
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for op in operations.into_iter().flatten() {
-                for (status, description) in common {
+                let late = op.request_body.is_some().then_some(body_late);
+                for (status, description) in common.into_iter().chain(late) {
                     let mut response = ResponseBuilder::new().description(description);
                     if status == "401" {
                         let scheme = HeaderBuilder::new()

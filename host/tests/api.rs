@@ -376,8 +376,12 @@ async fn list_filters_terminate_and_openapi() {
             assert!(op["responses"]["401"]["headers"].get("WWW-Authenticate").is_some(), "{method} {path}: 401's WWW-Authenticate");
             assert!(op["responses"].get("403").is_some(), "{method} {path}: a browser page's 403 is not documented");
             assert!(op["responses"].get("503").is_some(), "{method} {path}: 503 is not documented");
+            assert!(op["responses"].get("405").is_some(), "{method} {path}: 405 is not documented");
+            let takes_body = op.get("requestBody").is_some();
+            assert_eq!(op["responses"].get("408").is_some(), takes_body, "{method} {path}: 408 for a late body, where there is one");
         }
     }
+    assert!(doc["paths"]["/api/v1/backends"]["post"]["responses"].get("408").is_some(), "a create takes a body");
     // Bounds the server checks are in the schemas.
     for schema in ["CreateRequest", "SpawnRequest"] {
         let port = &doc["components"]["schemas"][schema]["properties"]["port"];
