@@ -230,7 +230,11 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
             if preflight && uri.path().starts_with("/api/") {
                 return ApiError::new(StatusCode::FORBIDDEN, FOR_SERVERS);
             }
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see /api/openapi.json")
+            let message = match endpoint(uri.path()) {
+                Some((_, takes)) => format!("this endpoint takes {}, not {method}; see /api/openapi.json", takes.join(", ")),
+                None => format!("this endpoint does not take {method}; see /api/openapi.json"),
+            };
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message)
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -266,10 +270,23 @@ fn is_endpoint(path: &str) -> bool {
 /// standing for any one segment), `/healthz`, `/metrics` or the document
 /// itself.
 fn endpoint_of(path: &str) -> Option<&'static str> {
-    static ENDPOINTS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    endpoint(path).map(|(template, _)| template)
+}
+
+/// The endpoint `path` is, and the methods it takes.
+fn endpoint(path: &str) -> Option<(&'static str, &'static [&'static str])> {
+    type Endpoints = Vec<(&'static str, &'static [&'static str])>;
+    static ENDPOINTS: std::sync::OnceLock<Endpoints> = std::sync::OnceLock::new();
     let endpoints = ENDPOINTS.get_or_init(|| {
-        let documented = openapi().paths.paths.into_keys().map(|p| &*Box::leak(p.into_boxed_str()));
-        ["/healthz", "/metrics", "/api/openapi.json"].into_iter().chain(documented).collect()
+        let documented = openapi().paths.paths.into_iter().map(|(path, item)| {
+            let operations =
+                [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete), ("PATCH", &item.patch)];
+            let methods: Vec<&'static str> = operations.into_iter().filter_map(|(m, op)| op.as_ref().map(|_| m)).collect();
+            (&*Box::leak(path.into_boxed_str()), &*Box::leak(methods.into_boxed_slice()))
+        });
+        let own: [(&'static str, &'static [&'static str]); 3] =
+            [("/healthz", &["GET"]), ("/metrics", &["GET"]), ("/api/openapi.json", &["GET"])];
+        own.into_iter().chain(documented).collect()
     });
     let matches = |template: &str| {
         let (mut pattern, mut segments) = (template.split('/'), path.split('/'));
@@ -281,7 +298,7 @@ fn endpoint_of(path: &str) -> Option<&'static str> {
             }
         }
     };
-    endpoints.iter().copied().find(|t| matches(t))
+    endpoints.iter().copied().find(|(t, _)| matches(t))
 }
 
 /// Reads a request's body (up to one byte past the API's limit, which the
