@@ -155,8 +155,10 @@ impl utoipa::Modify for CommonAnswers {
             ("503", "Spawner is stopping, or (Kubernetes) the API server cannot be reached: try again"),
         ];
         // The API reads a body within the header-read timeout.
-        let body_late =
-            ("408", "The request body did not arrive within `header-read-timeout-ms` (is Content-Length larger than the body sent?)");
+        let body_late = (
+            "408",
+            "The request body did not arrive within the header-read timeout (`proxy.header-read-timeout-ms`; is Content-Length larger than the body sent?)",
+        );
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for op in operations.into_iter().flatten() {
@@ -202,7 +204,7 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
         .merge(api)
         .merge(ops)
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|State(s): State<ApiState>, uri: axum::http::Uri, headers: HeaderMap| async move {
+        .fallback(move |uri: axum::http::Uri, headers: HeaderMap| async move {
             let hint = match (uri.path(), linked_from_a_backend(&headers)) {
                 (p, Some(name)) if !p.starts_with("/api/") => format!(
                     " (backend {name}'s page asked for {p}: a link that starts with / leaves the backend's /p/{name}/ prefix; make it relative, or route backends by host with --host-domain)"
@@ -210,18 +212,18 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
                 // Only where the API has a listener of its own (on the
                 // main one the proxy answers these).
                 (p, _) if p.starts_with("/p/") => {
-                    format!(" (this is the API's own listener, api-listen; backends are served on the main one: {}{p})", s.public_url)
+                    " (this is the API's own listener, api-listen: backends are served on the main listener, at their browserUrl)".to_string()
                 }
                 // `/api/v1/backends/` is the commonest near miss; said only
                 // where the path without it is an endpoint.
-                (p, _) if p.len() > 1 && p.ends_with('/') && is_endpoint(p.trim_end_matches('/')) => {
+                (p, _) if p.len() > 1 && p.ends_with('/') && is_endpoint(p.trim_end_matches('/'), metrics) => {
                     format!(" (paths take no trailing slash: {})", p.trim_end_matches('/'))
                 }
                 _ => String::new(),
             };
             ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint{hint}; see /api/openapi.json"))
         })
-        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri, headers: HeaderMap| async move {
+        .method_not_allowed_fallback(move |method: Method, uri: axum::http::Uri, headers: HeaderMap| async move {
             // A page's CORS preflight to the API: say what its request
             // would be told.
             let preflight = method == Method::OPTIONS
@@ -230,20 +232,20 @@ pub fn router_with(state: ApiState, metrics: bool) -> Router {
             if preflight && uri.path().starts_with("/api/") {
                 return ApiError::new(StatusCode::FORBIDDEN, FOR_SERVERS);
             }
-            let message = match endpoint(uri.path()) {
+            let message = match endpoint(uri.path(), metrics) {
                 Some((_, takes)) => format!("this endpoint takes {}, not {method}; see /api/openapi.json", takes.join(", ")),
                 None => format!("this endpoint does not take {method}; see /api/openapi.json"),
             };
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message)
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state((state.clone(), metrics), count_requests))
         .with_state(state)
 }
 
 /// Counts every request the API answers, by method, endpoint and status
 /// code (`spawner_api_requests_total`).
-async fn count_requests(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+async fn count_requests(State((s, metrics)): State<(ApiState, bool)>, req: Request, next: Next) -> Response {
     let method = match *req.method() {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -254,38 +256,35 @@ async fn count_requests(State(s): State<ApiState>, req: Request, next: Next) -> 
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let endpoint = endpoint_of(req.uri().path()).unwrap_or("none");
+    let endpoint = endpoint(req.uri().path(), metrics).map_or("none", |(template, _)| template);
     let response = next.run(req).await;
     let labels = crate::metrics::ApiRequestLabels { method, endpoint, code: response.status().as_u16() };
     s.metrics.api.requests.get_or_create(&labels).inc();
     response
 }
 
-/// Whether `path` is one of the API's endpoints (see [`endpoint_of`]).
-fn is_endpoint(path: &str) -> bool {
-    endpoint_of(path).is_some()
+/// Whether `path` is one of the API's endpoints (see [`endpoint`]).
+fn is_endpoint(path: &str, metrics: bool) -> bool {
+    endpoint(path, metrics).is_some()
 }
 
-/// The endpoint `path` is: a path of the OpenAPI document (`{name}`
-/// standing for any one segment), `/healthz`, `/metrics` or the document
-/// itself.
-fn endpoint_of(path: &str) -> Option<&'static str> {
-    endpoint(path).map(|(template, _)| template)
-}
-
-/// The endpoint `path` is, and the methods it takes.
-fn endpoint(path: &str) -> Option<(&'static str, &'static [&'static str])> {
-    type Endpoints = Vec<(&'static str, &'static [&'static str])>;
-    static ENDPOINTS: std::sync::OnceLock<Endpoints> = std::sync::OnceLock::new();
+/// The endpoint `path` is, as the OpenAPI document writes it (`{name}`
+/// standing for any one segment; or `/healthz`, `/metrics` where it is
+/// served (`metrics`), the document itself), and the methods it takes
+/// (HEAD wherever GET, as axum answers it).
+fn endpoint(path: &str, metrics: bool) -> Option<(&'static str, &'static [&'static str])> {
+    static ENDPOINTS: std::sync::OnceLock<Vec<(String, Vec<&'static str>)>> = std::sync::OnceLock::new();
     let endpoints = ENDPOINTS.get_or_init(|| {
         let documented = openapi().paths.paths.into_iter().map(|(path, item)| {
             let operations =
                 [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete), ("PATCH", &item.patch)];
-            let methods: Vec<&'static str> = operations.into_iter().filter_map(|(m, op)| op.as_ref().map(|_| m)).collect();
-            (&*Box::leak(path.into_boxed_str()), &*Box::leak(methods.into_boxed_slice()))
+            let mut methods: Vec<&'static str> = operations.into_iter().filter_map(|(m, op)| op.as_ref().map(|_| m)).collect();
+            if methods.first() == Some(&"GET") {
+                methods.insert(1, "HEAD");
+            }
+            (path, methods)
         });
-        let own: [(&'static str, &'static [&'static str]); 3] =
-            [("/healthz", &["GET"]), ("/metrics", &["GET"]), ("/api/openapi.json", &["GET"])];
+        let own = ["/healthz", "/metrics", "/api/openapi.json"].map(|p| (p.to_string(), vec!["GET", "HEAD"]));
         own.into_iter().chain(documented).collect()
     });
     let matches = |template: &str| {
@@ -298,7 +297,11 @@ fn endpoint(path: &str) -> Option<(&'static str, &'static [&'static str])> {
             }
         }
     };
-    endpoints.iter().copied().find(|(t, _)| matches(t))
+    endpoints
+        .iter()
+        .filter(|(t, _)| metrics || t != "/metrics")
+        .find(|(t, _)| matches(t))
+        .map(|(t, methods)| (t.as_str(), methods.as_slice()))
 }
 
 /// Reads a request's body (up to one byte past the API's limit, which the
@@ -454,12 +457,16 @@ mod tests {
     #[test]
     fn endpoints_are_the_openapi_documents_paths_with_any_segment_for_a_name() {
         for yes in ["/api/v1/backends", "/api/v1/backends/demo-1", "/api/v1/backends/demo-1/tokens", "/api/spawn", "/healthz"] {
-            assert!(super::is_endpoint(yes), "{yes}");
+            assert!(super::is_endpoint(yes, true), "{yes}");
         }
         for no in ["/foo", "/api/v1/backends/demo-1/nope", "/api/v1/backends//tokens", "/p/demo-1", "/api/v1"] {
-            assert!(!super::is_endpoint(no), "{no}");
+            assert!(!super::is_endpoint(no, true), "{no}");
         }
-        assert_eq!(super::endpoint_of("/api/v1/backends/demo-1/tokens"), Some("/api/v1/backends/{name}/tokens"));
-        assert_eq!(super::endpoint_of("/api/backend/demo-1/status/stream"), Some("/api/backend/{id}/status/stream"));
+        let endpoint = |p| super::endpoint(p, true);
+        assert_eq!(endpoint("/api/v1/backends/demo-1/tokens"), Some(("/api/v1/backends/{name}/tokens", &["POST"][..])));
+        assert_eq!(endpoint("/api/backend/demo-1/status/stream").map(|e| e.0), Some("/api/backend/{id}/status/stream"));
+        assert_eq!(endpoint("/api/v1/backends/demo-1"), Some(("/api/v1/backends/{name}", &["GET", "HEAD", "DELETE"][..])));
+        // Where /metrics is served elsewhere (--metrics-listen), not here.
+        assert!(super::is_endpoint("/metrics", true) && !super::is_endpoint("/metrics", false));
     }
 }

@@ -468,23 +468,39 @@ impl Template {
         first_problem
     }
 
-    /// An argument that names a variable (`$PORT`, `${PORT}`) no shell
-    /// will expand: the program gets it as written, and a server told to
+    /// An argument that names a variable Spawner or the template sets
+    /// (`$PORT`, `${SPAWNER_BACKEND_NAME}`, a name of `env`) where no shell
+    /// expands it: the program gets it as written, and a server told to
     /// listen on port `$PORT` fails or listens elsewhere on every create.
-    /// A shell's `-c` script (`sh -c '… $PORT'`) is expanded, and not
-    /// said.
+    /// The script of a shell's `-c` (`sh -c '… $PORT'`, also after a
+    /// launcher such as `env` or `timeout`) is expanded, and not said; other
+    /// variables (awk's `$NF`, perl's `$x`) are the program's own. The
+    /// message names the argument's place and the variable, not the
+    /// argument, which may hold a secret.
     pub fn unexpanded_variable(&self) -> Option<String> {
-        let program = self.command.rsplit('/').next().unwrap_or_default();
-        let shells = ["sh", "bash", "dash", "zsh", "ash", "ksh"];
-        if shells.contains(&program) && self.args.iter().any(|a| a.starts_with('-') && a.contains('c')) {
-            return None;
-        }
-        let names_variable = |arg: &str| {
-            arg.match_indices('$').any(|(i, _)| arg[i + 1..].starts_with(|c: char| c == '{' || c == '_' || c.is_ascii_alphabetic()))
+        let argv: Vec<&str> = std::iter::once(self.command.as_str()).chain(self.args.iter().map(String::as_str)).collect();
+        let is_shell = |word: &str| ["sh", "bash", "dash", "zsh", "ash", "ksh"].contains(&word.rsplit('/').next().unwrap_or_default());
+        // The shell's `-c` script: the argument after its first option
+        // holding `c`, among the options right after the shell's name.
+        let script = argv.iter().position(|w| is_shell(w)).and_then(|shell| {
+            let options = argv[shell + 1..].iter().take_while(|a| a.starts_with('-') && !a.starts_with("--"));
+            let c = options.clone().position(|o| o.contains('c'))?;
+            Some(shell + 1 + c + 1)
+        });
+        let ours = |name: &str| name == "PORT" || name.starts_with("SPAWNER_") || self.env.contains_key(name);
+        let named = |arg: &str| {
+            arg.match_indices('$').find_map(|(i, _)| {
+                let rest = &arg[i + 1..];
+                let rest = rest.strip_prefix('{').unwrap_or(rest);
+                let end = rest.find(|c: char| !(c == '_' || c.is_ascii_alphanumeric())).unwrap_or(rest.len());
+                let name = &rest[..end];
+                (!name.is_empty() && ours(name)).then(|| name.to_string())
+            })
         };
-        let arg = self.args.iter().find(|a| names_variable(a))?;
+        let (place, name) =
+            argv.iter().enumerate().skip(1).filter(|(i, _)| Some(*i) != script).find_map(|(i, a)| Some((i - 1, named(a)?)))?;
         Some(format!(
-            "its argument {arg:?} is passed as written: no shell expands variables in args; read PORT from the environment, or run it through a shell (command = \"sh\", args = [\"-c\", \"exec … $PORT\"])"
+            "args[{place}] names ${name}, which reaches the program as written: no shell expands variables in args; read {name} from the environment, or run it through a shell (command = \"sh\", args = [\"-c\", \"exec … ${name}\"])"
         ))
     }
 }
@@ -1014,12 +1030,22 @@ mod tests {
             cwd: None,
         };
         let said = t("python3", &["-m", "http.server", "$PORT"]).unexpanded_variable().unwrap();
-        assert!(said.starts_with("its argument \"$PORT\" is passed as written: no shell expands variables in args"), "{said}");
-        assert!(t("node", &["server.js", "--port=${PORT}"]).unexpanded_variable().is_some());
-        // A shell's script is expanded; a dollar amount is no variable.
+        assert!(said.starts_with("args[2] names $PORT, which reaches the program as written: no shell expands"), "{said}");
+        let said = t("node", &["server.js", "--url=postgres://u:secret@db/${SPAWNER_BACKEND_NAME}"]).unexpanded_variable().unwrap();
+        assert!(said.starts_with("args[1] names $SPAWNER_BACKEND_NAME") && !said.contains("secret"), "the argument is not quoted: {said}");
+        // A shell's script is expanded, also after a launcher; what follows
+        // the script is not.
         assert_eq!(t("sh", &["-c", "exec python3 -m http.server $PORT"]).unexpanded_variable(), None);
-        assert_eq!(t("/bin/bash", &["-lc", "exec server --port $PORT"]).unexpanded_variable(), None);
-        assert_eq!(t("echo", &["costs $5", "a$"]).unexpanded_variable(), None);
+        assert_eq!(t("/bin/bash", &["-ec", "exec server --port $PORT"]).unexpanded_variable(), None);
+        assert_eq!(t("env", &["A=1", "sh", "-c", "exec server --port $PORT"]).unexpanded_variable(), None);
+        assert!(
+            t("sh", &["-c", "exec srv --port \"$1\"", "sh", "$PORT"]).unexpanded_variable().unwrap().starts_with("args[3] names $PORT")
+        );
+        assert!(t("bash", &["run.sh", "--config", "x", "$PORT"]).unexpanded_variable().is_some(), "a script file, not -c");
+        // Variables that are the program's own, and dollar amounts.
+        assert_eq!(t("awk", &["{print $NF}"]).unexpanded_variable(), None);
+        assert_eq!(t("perl", &["-e", "my $x = 1"]).unexpanded_variable(), None);
+        assert_eq!(t("echo", &["costs $5", "a$", "$PORTAL"]).unexpanded_variable(), None);
     }
 
     #[test]

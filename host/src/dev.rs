@@ -365,7 +365,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             (None, None) => String::new(),
             _ => format!(
                 "\nBrowsers reach backends at {} (the browserUrl links)\n",
-                crate::backends::backend_url(&config.public_url(), config.host_domain.as_deref(), "{name}")
+                // The address bound, not `listen`'s port 0.
+                crate::backends::backend_url(
+                    &config.public_url.clone().unwrap_or_else(|| format!("http://{}", dev.addr)),
+                    config.host_domain.as_deref(),
+                    "{name}"
+                )
             ),
         };
         tracing::info!(listen = %dev.addr, "spawner dev is ready");

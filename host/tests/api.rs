@@ -157,7 +157,9 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "tail is empty: give a value, or leave it out");
     let r = dev.http.put(format!("{}/api/v1/backends/nope", dev.base)).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "this endpoint takes GET, DELETE, not PUT; see /api/openapi.json");
+    let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "this endpoint takes GET, HEAD, DELETE, not PUT; see /api/openapi.json");
+    assert_eq!(allow.as_deref(), Some("GET,HEAD,DELETE"), "the Allow header says the same");
 }
 
 /// A backend's page shares the API's origin in path routing: its scripts,

@@ -308,7 +308,10 @@ async fn the_api_can_have_a_listener_of_its_own() {
     let elsewhere = dev.http.get(format!("{api}/p/{name}/api/stats")).bearer_auth(token).send().await.unwrap();
     assert_eq!(elsewhere.status(), 404, "no backends there");
     let why = elsewhere.text().await.unwrap();
-    assert!(why.contains(&format!("backends are served on the main one: {}/p/{name}/api/stats", dev.base)), "{why}");
+    assert!(
+        why.contains("this is the API's own listener, api-listen: backends are served on the main listener, at their browserUrl"),
+        "{why}"
+    );
 }
 
 /// Where `spawner dev` said its API listens (`api-listen`).
