@@ -363,15 +363,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         // routing a host per backend, not the public URL itself.
         let public = match (&config.public_url, &config.host_domain) {
             (None, None) => String::new(),
-            _ => format!(
-                "\nBrowsers reach backends at {} (the browserUrl links)\n",
-                // The address bound, not `listen`'s port 0.
-                crate::backends::backend_url(
-                    &config.public_url.clone().unwrap_or_else(|| format!("http://{}", dev.addr)),
-                    config.host_domain.as_deref(),
-                    "{name}"
-                )
-            ),
+            // As creates make them (with the address bound, not `listen`'s
+            // port 0).
+            _ => format!("\nBrowsers reach backends at {} (the browserUrl links)\n", dev.local.url("{name}")),
         };
         tracing::info!(listen = %dev.addr, "spawner dev is ready");
         // For a person at a terminal: not in JSON logs, which stay JSON

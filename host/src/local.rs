@@ -202,7 +202,9 @@ impl Local {
         self.records.read().expect("records lock").get(name).cloned()
     }
 
-    fn url(&self, name: &str) -> String {
+    /// The URL a browser opens for backend `name` (`browserUrl` without
+    /// its token).
+    pub(crate) fn url(&self, name: &str) -> String {
         backend_url(&self.config.public_url, self.config.host_domain.as_deref(), name)
     }
 

@@ -55,10 +55,7 @@ static RUNNING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 pub fn logs_of_running(component: &str, lines: usize) -> String {
     let dirs = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone();
     dirs.iter()
-        .map(|dir| {
-            let log = std::fs::read_to_string(dir.join(format!("{component}.log"))).unwrap_or_default();
-            format!("--- {component} log of {} (last {lines} lines):\n{}", dir.display(), tail(&log, lines))
-        })
+        .map(|dir| format!("--- {component} log of {} (last {lines} lines):\n{}", dir.display(), tail(&log_in(dir, component), lines)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -382,7 +379,7 @@ impl ControlPlane {
 
     /// The log file of a component (`etcd`, `kube-apiserver`, ...).
     pub fn log(&self, component: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{component}.log"))).unwrap_or_default()
+        log_in(&self.dir, component)
     }
 
     /// The temporary directory (removed at the end).
@@ -588,6 +585,12 @@ fn ca() -> anyhow::Result<(CertificateParams, KeyPair, String)> {
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The log of `component` in a control plane's directory `dir` (empty if
+/// there is none yet).
+fn log_in(dir: &Path, component: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{component}.log"))).unwrap_or_default()
 }
 
 fn tail(text: &str, lines: usize) -> String {
