@@ -259,3 +259,93 @@ async fn a_backend_that_ends_closes_its_websockets_saying_why() {
     assert_eq!(close.reason.as_str(), "backend ending (requested): closed by its user", "{close:?}");
     proxy.stop().await;
 }
+
+/// A control-plane upgrade restarts the API server: here it is killed,
+/// stays away for 15 s, longer than the operator's Lease, and comes back
+/// on the same address and etcd. Meanwhile the proxy goes on serving the
+/// backends it knows, and the operator stops leading (it cannot renew its
+/// Lease); afterwards the same operator and proxy, never restarted, are
+/// soon at work again: the operator leads and ends a deleted backend, the
+/// proxy stops routing to it, and a new backend gets its Pod and is routed
+/// to. With kube-lease-manager's own retries (doubling up to 30 s) the
+/// operator led again only 16 s after the API server was back.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_and_proxy_ride_out_an_api_server_restart() {
+    use spawner::k8s::controller::{Context, OperatorConfig};
+    use spawner::k8s::leader::{self, LeaseSettings};
+    use spawner::metrics::Metrics;
+
+    // Its own control plane: the other tests' must stay up.
+    let plane = spawner_testenv::ControlPlane::start(&[spawner_testenv::FakeNode::new("node-r")]).await.unwrap();
+    let (client, ns) = common::k8s::namespace_on(&plane, "restart").await;
+    let lease = LeaseSettings {
+        namespace: ns.clone(),
+        name: "spawner-operator".into(),
+        identity: "op".into(),
+        duration_seconds: 4,
+        grace_seconds: 2,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let config = OperatorConfig { namespace: Some(ns.clone()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    let operator = tokio::spawn(leader::run_elected(
+        Context::new(client.clone(), plugins(""), metrics.clone(), config),
+        lease,
+        std::future::pending(),
+    ));
+    let leads = || metrics.encode().contains("spawner_leader{lease=\"spawner-operator\"} 1");
+    let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
+    let proxy = serve::start(client.clone(), proxy_options(&ns, tokens.clone())).await.unwrap();
+    let http = reqwest::Client::new();
+    let get = |name: &str| {
+        let request = http.get(format!("http://{}/p/{name}/api/stats", proxy.addr)).bearer_auth(tokens.mint(
+            name,
+            None,
+            now_unix(),
+            now_unix() + 600,
+        ));
+        async move { request.send().await.unwrap() }
+    };
+
+    let (_before, slabs) = demo_slab(&client, &ns, "before", None).await;
+    until_status("routed before the restart", 200, &[404, 502, 503], async || get("before").await).await;
+    assert!(leads(), "leading before the restart");
+
+    plane.stop_api_server().unwrap();
+    // Longer than the Lease: the operator must stop leading, the proxy
+    // must go on routing from what it knows.
+    let down = tokio::time::Instant::now();
+    let mut stepped_down = false;
+    while down.elapsed() < Duration::from_secs(15) {
+        let r = get("before").await;
+        assert_eq!(r.status(), 200, "while the API server was down: {}", r.text().await.unwrap_or_default());
+        stepped_down |= !leads();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(stepped_down, "went on leading with a Lease it could not renew");
+    assert!(!operator.is_finished(), "the operator ended: {:?}", operator.await);
+    plane.start_api_server().await.unwrap();
+
+    // The same operator and proxy, back at work: the operator's next try
+    // comes within 2 s; 10 s leaves room for a busy machine.
+    let back = tokio::time::Instant::now();
+    while !leads() {
+        assert!(back.elapsed() < Duration::from_secs(10), "not leading 10 s after the API server came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let uid = slabs.get("before").await.unwrap().metadata.uid.unwrap();
+    slabs.delete("before", &Default::default()).await.unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "before", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(gone.is_ok(), "a backend deleted after the restart was never let go");
+    assert!(pods.get_opt("before").await.unwrap().is_none(), "its Pod runs on");
+    until_status_within(Duration::from_secs(10), "a deleted backend is no longer routed to", 404, &[200, 503], async || {
+        get("before").await
+    })
+    .await;
+    // kube-scheduler and kwok (the kubelet) follow their own backoff
+    // (client-go's: up to 30 s, jittered) before this one can run.
+    let (_after, _) = demo_slab(&client, &ns, "after", None).await;
+    until_status("a backend created after the restart is routed to", 200, &[404, 502, 503], async || get("after").await).await;
+    assert!(!operator.is_finished(), "the operator ended: {:?}", operator.await);
+    proxy.stop().await;
+}

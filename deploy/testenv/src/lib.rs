@@ -13,6 +13,9 @@
 //! - [`ControlPlane::client`] is an admin client, [`ControlPlane::client_as`]
 //!   one with a chosen user and groups (for RBAC tests);
 //! - [`ControlPlane::add_node`] adds a kwok-managed Node shaped by the test;
+//! - [`ControlPlane::stop_api_server`] and [`ControlPlane::start_api_server`]
+//!   take the API server away and bring it back, as a control-plane upgrade
+//!   does, to show that clients ride it out;
 //! - [`ControlPlane::apply_yaml_dir`]-style CRD installation:
 //!   [`ControlPlane::install_crds`].
 //!
@@ -69,10 +72,19 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     ca: (CertificateParams, String),
     ca_key_pem: String,
-    children: Mutex<Vec<Child>>,
+    children: Mutex<Vec<Component>>,
     reaper: Mutex<Option<(Child, ChildStdin)>>,
     /// Time from start to a ready API server.
     pub started_in: Duration,
+}
+
+/// A component's process and how it was started (to start it again).
+struct Component {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    /// `None` while stopped on purpose ([`ControlPlane::stop_api_server`]).
+    child: Option<Child>,
 }
 
 /// A fake Node for kwok.
@@ -360,7 +372,21 @@ impl ControlPlane {
     }
 
     fn spawn(&self, program: &Path, args: &[&str], name: &str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = self.start_process(program, args, name)?;
+        let args = args.iter().map(|a| a.to_string()).collect();
+        self.children.lock().expect("children lock").push(Component {
+            name: name.into(),
+            program: program.into(),
+            args,
+            child: Some(child),
+        });
+        Ok(())
+    }
+
+    /// Starts a component's process, its output appended to its log, and
+    /// hands it to the reaper.
+    fn start_process(&self, program: &Path, args: &[impl AsRef<std::ffi::OsStr>], name: &str) -> anyhow::Result<Child> {
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -373,8 +399,31 @@ impl ControlPlane {
             writeln!(stdin, "{}", child.id())?;
             stdin.flush()?;
         }
-        self.children.lock().expect("children lock").push(child);
+        Ok(child)
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crashed or upgraded control
+    /// plane node goes), leaving etcd and everything else running: clients
+    /// get connection errors until [`ControlPlane::start_api_server`].
+    pub fn stop_api_server(&self) -> anyhow::Result<()> {
+        let mut children = self.children.lock().expect("children lock");
+        let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
+        let mut child = c.child.take().context("kube-apiserver is already stopped")?;
+        child.kill()?;
+        child.wait()?;
         Ok(())
+    }
+
+    /// Starts kube-apiserver again, on the same address, certificates and
+    /// etcd (so with every object as it was), and waits for `/readyz`.
+    pub async fn start_api_server(&self) -> anyhow::Result<()> {
+        {
+            let mut children = self.children.lock().expect("children lock");
+            let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
+            anyhow::ensure!(c.child.is_none(), "kube-apiserver is running");
+            c.child = Some(self.start_process(&c.program, &c.args, &c.name)?);
+        }
+        self.wait_ready().await.context("waiting for the restarted kube-apiserver's /readyz")
     }
 
     /// The log file of a component (`etcd`, `kube-apiserver`, ...).
@@ -389,7 +438,7 @@ impl ControlPlane {
 
     /// Process ids of the components.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.lock().expect("children lock").iter().map(Child::id).collect()
+        self.children.lock().expect("children lock").iter().filter_map(|c| c.child.as_ref().map(Child::id)).collect()
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -415,8 +464,10 @@ impl ControlPlane {
     fn exited(&self) -> Option<String> {
         let mut children = self.children.lock().expect("children lock");
         for c in children.iter_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(format!("a component (pid {}) exited with {status}", c.id()));
+            if let Some(child) = c.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Some(format!("{} (pid {}) exited with {status}", c.name, child.id()));
             }
         }
         None
@@ -562,7 +613,9 @@ impl ControlPlane {
             let _ = reaper.wait();
         }
         for c in self.children.lock().expect("children lock").iter_mut() {
-            let _ = c.wait();
+            if let Some(child) = c.child.as_mut() {
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -157,6 +157,29 @@ async fn rbac_limits_a_restricted_identity() {
     assert!(err.to_string().contains("forbidden"), "read-only role must not create: {err}");
 }
 
+/// What a control-plane upgrade does to clients: the API server goes away
+/// (killed here) and comes back on the same address, with every object
+/// still there, and clients made before it went reach it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_stops_and_starts_again_with_its_objects() {
+    let plane = spawner_testenv::ControlPlane::start(&[]).await.unwrap();
+    let ns = plane.namespace("restart").await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(plane.client().await.unwrap(), &ns);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "kept"}, "data": {"k": "v"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+
+    plane.stop_api_server().unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(10), cms.get("kept")).await.expect("no answer in 10 s");
+    assert!(down.is_err(), "answered while stopped: {down:?}");
+    assert!(plane.stop_api_server().is_err(), "stopped twice");
+
+    plane.start_api_server().await.unwrap();
+    assert_eq!(cms.get("kept").await.unwrap().data.unwrap()["k"], "v", "the same etcd");
+    assert!(plane.start_api_server().await.is_err(), "started twice");
+    let log = plane.log("kube-apiserver");
+    assert!(log.matches("Serving securely on").count() >= 2, "both runs' logs are kept:\n{log}");
+}
+
 /// Run by `a_failing_test_leaves_nothing_behind` in its own process.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "run by a_failing_test_leaves_nothing_behind"]

@@ -149,7 +149,9 @@ impl Cluster {
         let meters: Arc<Mutex<HashMap<String, Meter>>> = Arc::default();
         let ended = meters.clone();
         // Touched, not applied: a deletion is a change too.
-        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default())).default_backoff().touched_objects();
+        let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
+            .backoff(super::watch_backoff())
+            .touched_objects();
         let watching = tokio::spawn(stream.for_each(move |event| {
             match event {
                 Ok(slab) => {
@@ -176,7 +178,7 @@ impl Cluster {
         };
         let pod_stream =
             reflector::reflector(pods_writer, watcher(pods_api, watcher::Config::default().labels(BACKEND_LABEL)).modify(slim))
-                .default_backoff()
+                .backoff(super::watch_backoff())
                 .touched_objects();
         let watching_pods = tokio::spawn(pod_stream.for_each(|event| {
             if let Err(e) = event {

@@ -226,8 +226,10 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
     // backends (ended ones are kept for the retention) would otherwise
     // send the API server thousands of reads and status writes together.
     let limits = kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE);
-    let controller =
-        Controller::new(slabs, watcher::Config::default()).owns(pods, watcher::Config::default().labels(BACKEND_LABEL)).with_config(limits);
+    let controller = Controller::new(slabs, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(BACKEND_LABEL))
+        .with_config(limits)
+        .trigger_backoff(super::watch_backoff());
     let metrics = ctx.metrics.clone();
     controller
         .run(reconcile, error_policy, ctx)

@@ -186,7 +186,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(super::watch_backoff())
         .modify(move |o: &mut K| {
             o.meta_mut().managed_fields = None;
             trim(o);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 
 use super::controller::{self, Context};
@@ -69,13 +69,11 @@ pub async fn leadership(
         .with_grace(lease.grace_seconds)
         .build()
         .await?;
-    let (elected, election) = manager.watch().await;
+    let (elect, elected) = watch::channel(false);
     let name = lease.name.clone();
     let ended = tokio::spawn(async move {
-        match election.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(lease = %name, error = %e, "leader election failed"),
-            Err(e) => tracing::error!(lease = %name, error = %e, "leader election task failed"),
+        if let Err(e) = compete(manager, elect, &name).await {
+            tracing::error!(lease = %name, error = %e, "leader election failed");
         }
     });
     let (leading, guarded) = watch::channel(false);
@@ -87,6 +85,56 @@ pub async fn leadership(
     };
     tokio::spawn(guard(elected, read, identity, leading));
     Ok((guarded, ended))
+}
+
+/// The first wait before competing again after the API server failed to
+/// answer; it doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts to reach the API server: what
+/// client-go's leader election waits (its retry period). Once the API
+/// server is back (after a control-plane upgrade, say), this replica leads
+/// again within it. kube-lease-manager's own loop (`LeaseManager::watch`)
+/// doubles its wait up to 30 s, which left new backends without an
+/// operator for 16 s after a 25 s outage (the test
+/// `operator_and_proxy_ride_out_an_api_server_restart`).
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Competes for the Lease, and renews it while held, sending each change
+/// of holder (this replica or not) to `elect`, until every receiver is
+/// gone: then it gives the Lease back if held. Failures to reach the API
+/// server are retried with a short backoff ([`RETRY_MAX`]); the first of
+/// a run is logged as a warning.
+async fn compete(manager: LeaseManager, elect: watch::Sender<bool>, lease: &str) -> Result<(), LeaseManagerError> {
+    let mut retry = RETRY_MIN;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = elect.closed() => return manager.release().await,
+            changed = manager.changed() => match changed {
+                Ok(holds) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(lease = %lease, "the Lease can be reached again");
+                    }
+                    retry = RETRY_MIN;
+                    elect.send_replace(holds);
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(lease = %lease, error = %e, "cannot compete for or renew the Lease; retrying every {RETRY_MAX:?} at most");
+                    } else {
+                        tracing::debug!(lease = %lease, error = %e, "cannot compete for or renew the Lease");
+                    }
+                    tokio::select! {
+                        () = elect.closed() => return manager.release().await,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
 }
 
 /// One read of the Lease.

@@ -153,7 +153,7 @@ async fn follow(
     events: Recorder,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher(api, config).backoff(super::watch_backoff()).boxed();
     // A (re)listing that finds no ConfigMap means it was deleted, perhaps
     // while the watch was down (no Delete event then).
     let mut listed = false;
