@@ -24,12 +24,15 @@ pub(crate) const MAX_EVENT_NOTE: usize = 1024;
 /// How long a watch (the caches of backends, their Pods and Nodes, a
 /// plugin's ConfigMap, the controller's triggers) waits before trying the
 /// API server again after it failed: from 0.8 s, doubling, up to 3 s (each
-/// wait jittered up to twice that), back to the start after two minutes
-/// without a failure. kube-runtime's default, client-go's, goes up to 30 s,
-/// which is kind to an API server with thousands of clients; Spawner has a
-/// few replicas with a few watches each, and 30 s would leave a proxy's
-/// routes that long behind after an API server restart (a control-plane
-/// upgrade): every backend created since would be a 404.
+/// wait jittered up to twice that, so under 6 s). A watch that works
+/// again starts over from 0.8 s (kube-runtime resets it on the first
+/// event; the two-minute timer only covers a watch that yields nothing
+/// but failures). kube-runtime's default, client-go's, goes up to 30 s
+/// (jittered up to 60 s), which is kind to an API server with thousands of
+/// clients; Spawner has a few replicas with a few watches each, and that
+/// wait would leave a proxy's routes as far behind after an API server
+/// restart (a control-plane upgrade): every backend created since would
+/// be a 404.
 pub(crate) fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(800))

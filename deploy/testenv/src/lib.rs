@@ -26,7 +26,10 @@
 //! removes the temporary directory. Dropping an owned [`ControlPlane`] does
 //! the same at once.
 
-use std::io::Write as _;
+mod components;
+mod node;
+mod pki;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -35,11 +38,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{CertificateParams, KeyPair};
+
+use components::Component;
+pub use node::FakeNode;
 
 /// Annotation that makes kwok manage a Node.
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -74,60 +79,11 @@ pub struct ControlPlane {
     ca_key_pem: String,
     children: Mutex<Vec<Component>>,
     reaper: Mutex<Option<(Child, ChildStdin)>>,
+    /// The API server's port while it is stopped (bound, not listening:
+    /// clients are refused, and no other socket can take the port).
+    api_port_held: Mutex<Option<socket2::Socket>>,
     /// Time from start to a ready API server.
     pub started_in: Duration,
-}
-
-/// A component's process and how it was started (to start it again).
-struct Component {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
-    /// `None` while stopped on purpose ([`ControlPlane::stop_api_server`]).
-    child: Option<Child>,
-}
-
-/// A fake Node for kwok.
-#[derive(Debug, Clone)]
-pub struct FakeNode {
-    /// Node name.
-    pub name: String,
-    /// Labels.
-    pub labels: Vec<(String, String)>,
-    /// Allocatable CPU, e.g. "4".
-    pub cpu: String,
-    /// Allocatable memory, e.g. "8Gi".
-    pub memory: String,
-    /// Taints, as (key, value, effect).
-    pub taints: Vec<(String, String, String)>,
-    /// Cordoned (`spec.unschedulable`) from its creation.
-    pub cordoned: bool,
-}
-
-impl FakeNode {
-    /// A node with 4 CPUs and 8 GiB.
-    pub fn new(name: &str) -> Self {
-        FakeNode { name: name.into(), labels: Vec::new(), cpu: "4".into(), memory: "8Gi".into(), taints: Vec::new(), cordoned: false }
-    }
-
-    /// Adds a label.
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.push((k.into(), v.into()));
-        self
-    }
-
-    /// Adds a taint (effect `NoSchedule`, `PreferNoSchedule` or `NoExecute`),
-    /// present from the node's creation.
-    pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Self {
-        self.taints.push((key.into(), value.into(), effect.into()));
-        self
-    }
-
-    /// Cordoned from its creation, as `kubectl cordon` leaves a node.
-    pub fn cordoned(mut self) -> Self {
-        self.cordoned = true;
-        self
-    }
 }
 
 /// The directory holding the binaries: `$SPAWNER_TESTENV_BIN`, or what
@@ -211,7 +167,7 @@ impl ControlPlane {
             .context("starting the reaper")?;
         let stdin = reaper.stdin.take().expect("piped");
 
-        let (ca_params, ca_key, ca_pem) = ca()?;
+        let (ca_params, ca_key, ca_pem) = pki::ca()?;
         let [etcd_client, etcd_peer, api_port] = free_ports()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let mut plane = ControlPlane {
@@ -222,6 +178,7 @@ impl ControlPlane {
             ca_key_pem: ca_key.serialize_pem(),
             children: Mutex::new(Vec::new()),
             reaper: Mutex::new(Some((reaper, stdin))),
+            api_port_held: Mutex::new(None),
             started_in: Duration::ZERO,
         };
         // Its `stop` (on drop too, should this function fail) takes it out.
@@ -371,61 +328,6 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    fn spawn(&self, program: &Path, args: &[&str], name: &str) -> anyhow::Result<()> {
-        let child = self.start_process(program, args, name)?;
-        let args = args.iter().map(|a| a.to_string()).collect();
-        self.children.lock().expect("children lock").push(Component {
-            name: name.into(),
-            program: program.into(),
-            args,
-            child: Some(child),
-        });
-        Ok(())
-    }
-
-    /// Starts a component's process, its output appended to its log, and
-    /// hands it to the reaper.
-    fn start_process(&self, program: &Path, args: &[impl AsRef<std::ffi::OsStr>], name: &str) -> anyhow::Result<Child> {
-        let log = std::fs::File::options().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        if let Some((_, stdin)) = self.reaper.lock().expect("reaper lock").as_mut() {
-            writeln!(stdin, "{}", child.id())?;
-            stdin.flush()?;
-        }
-        Ok(child)
-    }
-
-    /// Kills kube-apiserver (SIGKILL, as a crashed or upgraded control
-    /// plane node goes), leaving etcd and everything else running: clients
-    /// get connection errors until [`ControlPlane::start_api_server`].
-    pub fn stop_api_server(&self) -> anyhow::Result<()> {
-        let mut children = self.children.lock().expect("children lock");
-        let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
-        let mut child = c.child.take().context("kube-apiserver is already stopped")?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    /// Starts kube-apiserver again, on the same address, certificates and
-    /// etcd (so with every object as it was), and waits for `/readyz`.
-    pub async fn start_api_server(&self) -> anyhow::Result<()> {
-        {
-            let mut children = self.children.lock().expect("children lock");
-            let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
-            anyhow::ensure!(c.child.is_none(), "kube-apiserver is running");
-            c.child = Some(self.start_process(&c.program, &c.args, &c.name)?);
-        }
-        self.wait_ready().await.context("waiting for the restarted kube-apiserver's /readyz")
-    }
-
     /// The log file of a component (`etcd`, `kube-apiserver`, ...).
     pub fn log(&self, component: &str) -> String {
         log_in(&self.dir, component)
@@ -434,11 +336,6 @@ impl ControlPlane {
     /// The temporary directory (removed at the end).
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Process ids of the components.
-    pub fn pids(&self) -> Vec<u32> {
-        self.children.lock().expect("children lock").iter().filter_map(|c| c.child.as_ref().map(Child::id)).collect()
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -461,18 +358,6 @@ impl ControlPlane {
         }
     }
 
-    fn exited(&self) -> Option<String> {
-        let mut children = self.children.lock().expect("children lock");
-        for c in children.iter_mut() {
-            if let Some(child) = c.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Some(format!("{} (pid {}) exited with {status}", c.name, child.id()));
-            }
-        }
-        None
-    }
-
     /// An admin client (group `system:masters`).
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         self.client_from(&std::fs::read_to_string(&self.kubeconfig)?).await
@@ -490,40 +375,6 @@ impl ControlPlane {
         Ok(kube::Client::try_from(config)?)
     }
 
-    /// A kubeconfig (JSON) for `user` in `groups`.
-    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
-        let (cert, key) = self.sign(user, groups, false)?;
-        // kubeconfig *-data fields are base64 of the PEM.
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        Ok(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "testenv", "cluster": {"server": self.server, "certificate-authority-data": b64(&self.ca.1)}}],
-            "users": [{"name": user, "user": {"client-certificate-data": b64(&cert), "client-key-data": b64(&key)}}],
-            "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": user}}],
-            "current-context": "testenv",
-        })
-        .to_string())
-    }
-
-    /// Signs a certificate with the cluster CA: a client certificate (CN =
-    /// user, O = groups) or the API server's serving certificate.
-    fn sign(&self, cn: &str, groups: &[&str], serving: bool) -> anyhow::Result<(String, String)> {
-        let sans = if serving { vec!["127.0.0.1".to_string(), "localhost".to_string()] } else { Vec::new() };
-        let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        for g in groups {
-            params.distinguished_name.push(DnType::OrganizationName, *g);
-        }
-        params.extended_key_usages = vec![if serving { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        let key = KeyPair::generate()?;
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
-        let issuer = Issuer::from_params(&self.ca.0, &ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-
     /// Creates a namespace `{prefix}-{random}` and returns its name.
     pub async fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
         let suffix: String = (0..6).map(|_| (b'a' + rand::random_range(0..26u8)) as char).collect();
@@ -531,49 +382,6 @@ impl ControlPlane {
         let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
         Api::<Namespace>::all(self.client().await?).create(&PostParams::default(), &ns).await?;
         Ok(name)
-    }
-
-    /// Adds a kwok-managed Node (kwok marks it Ready and runs its Pods),
-    /// and waits until kwok has marked it Ready: then kwok is running and
-    /// manages it. kube-scheduler places Pods on a Node before that (no
-    /// node lifecycle controller taints it not-ready), and had kwok died,
-    /// they would never run, with nothing saying why.
-    pub async fn add_node(&self, node: &FakeNode) -> anyhow::Result<()> {
-        let labels: serde_json::Map<String, serde_json::Value> = node
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .chain([
-                ("kubernetes.io/hostname".to_string(), serde_json::Value::String(node.name.clone())),
-                ("type".to_string(), serde_json::Value::String("kwok".into())),
-            ])
-            .collect();
-        let taints: Vec<serde_json::Value> =
-            node.taints.iter().map(|(k, v, e)| serde_json::json!({"key": k, "value": v, "effect": e})).collect();
-        let n: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": node.name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
-            "spec": {"taints": taints, "unschedulable": node.cordoned},
-            "status": {
-                "allocatable": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},
-                "capacity": {"cpu": node.cpu, "memory": node.memory, "pods": "110"},
-            },
-        }))?;
-        let api = Api::<Node>::all(self.client().await?);
-        api.create(&PostParams::default(), &n).await.with_context(|| format!("creating node {}", node.name))?;
-        let ready = |n: Option<&Node>| {
-            n.and_then(|n| n.status.as_ref()?.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        };
-        let marked = tokio::time::timeout(START_TIMEOUT, kube::runtime::wait::await_condition(api, &node.name, ready)).await;
-        if !matches!(marked, Ok(Ok(_))) {
-            let exited = self.exited().unwrap_or_else(|| "every component is running".into());
-            bail!(
-                "kwok did not mark node {} Ready within {START_TIMEOUT:?} ({exited}); its log:\n{}",
-                node.name,
-                tail(&self.log("kwok"), 40)
-            );
-        }
-        Ok(())
     }
 
     /// Applies every CustomResourceDefinition in the YAML files of `dir`
@@ -612,11 +420,7 @@ impl ControlPlane {
             drop(stdin);
             let _ = reaper.wait();
         }
-        for c in self.children.lock().expect("children lock").iter_mut() {
-            if let Some(child) = c.child.as_mut() {
-                let _ = child.wait();
-            }
-        }
+        self.wait_for_components();
     }
 }
 
@@ -624,16 +428,6 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn ca() -> anyhow::Result<(CertificateParams, KeyPair, String)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "spawner-testenv-ca");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key)?;
-    Ok((params, key, cert.pem()))
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -88,47 +88,49 @@ pub async fn leadership(
 }
 
 /// The first wait before competing again after the API server failed to
-/// answer; it doubles up to [`RETRY_MAX`].
+/// answer: short, since a restarting API server or a conflict is often
+/// over by then; it doubles up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(250);
 
-/// The longest wait between two attempts to reach the API server: what
-/// client-go's leader election waits (its retry period). Once the API
-/// server is back (after a control-plane upgrade, say), this replica leads
-/// again within it. kube-lease-manager's own loop (`LeaseManager::watch`)
-/// doubles its wait up to 30 s, which left new backends without an
-/// operator for 16 s after a 25 s outage (the test
-/// `operator_and_proxy_ride_out_an_api_server_restart`).
+/// The longest wait between two attempts to reach the API server (before
+/// jitter): what client-go's leader election waits (its retry period).
+/// Once the API server is back (after a control-plane upgrade, say), this
+/// replica renews or takes the Lease within it, and leads again after its
+/// next read of the Lease ([`LEASE_CHECK`]). kube-lease-manager's own loop
+/// (`LeaseManager::watch`) doubles its wait up to 30 s: after 25 s without
+/// the API server (the test `operator_and_proxy_ride_out_an_api_server_restart`
+/// made longer), it led again 2, 7 and 16 s after the API server was back,
+/// in three runs.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Competes for the Lease, and renews it while held, sending each change
 /// of holder (this replica or not) to `elect`, until every receiver is
 /// gone: then it gives the Lease back if held. Failures to reach the API
-/// server are retried with a short backoff ([`RETRY_MAX`]); the first of
-/// a run is logged as a warning.
+/// server are retried after [`RETRY_MIN`], doubling to [`RETRY_MAX`], each
+/// wait up to half as long again at random (so that replicas cut off
+/// together do not retry in step), and logged as warnings, at most one per
+/// 10 s. (A recovery is not seen here: `changed` returns only when the
+/// holder changes.)
 async fn compete(manager: LeaseManager, elect: watch::Sender<bool>, lease: &str) -> Result<(), LeaseManagerError> {
     let mut retry = RETRY_MIN;
-    let mut failing = false;
+    let failures = crate::log_gate::LogGate::default();
     loop {
         tokio::select! {
             biased;
             () = elect.closed() => return manager.release().await,
             changed = manager.changed() => match changed {
                 Ok(holds) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!(lease = %lease, "the Lease can be reached again");
-                    }
                     retry = RETRY_MIN;
                     elect.send_replace(holds);
                 }
                 Err(e) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(lease = %lease, error = %e, "cannot compete for or renew the Lease; retrying every {RETRY_MAX:?} at most");
-                    } else {
-                        tracing::debug!(lease = %lease, error = %e, "cannot compete for or renew the Lease");
+                    if let Some(suppressed) = failures.pass(std::time::Instant::now()) {
+                        tracing::warn!(lease = %lease, error = %e, suppressed, "cannot compete for or renew the Lease; retrying at most {RETRY_MAX:?} apart (`suppressed`: failures not logged since the last line)");
                     }
+                    let wait = retry.mul_f64(1.0 + rand::random::<f64>() / 2.0);
                     tokio::select! {
                         () = elect.closed() => return manager.release().await,
-                        () = tokio::time::sleep(retry) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
                     retry = (retry * 2).min(RETRY_MAX);
                 }
@@ -155,7 +157,7 @@ fn leads_until(lease: &Lease, identity: &str) -> Option<Timestamp> {
 
 /// Passes the election's verdict on to `leading`, but only while the
 /// Lease, read back every [`LEASE_CHECK`], shows a renewal recent enough.
-/// The election (kube-lease-manager) keeps saying "leader" while it cannot
+/// The election ([`compete`]) keeps saying "leader" while it cannot
 /// reach the API server to renew (it logs the errors and retries), so a
 /// leader cut off from it would go on reconciling, or sweeping, after its
 /// Lease had expired and a standby had taken over: two schedulers
@@ -231,9 +233,10 @@ async fn expiry(until: Option<Timestamp>) {
 /// moment it is lost, and competes again, until `stop` resolves: then it
 /// stops reconciling and gives the Lease back (waiting up to 5 s for that),
 /// so that a rollout does not leave backends unreconciled for a lease
-/// duration. Returns early only if the election itself fails (no
-/// permission on Leases, for example), or reconciling cannot start (no
-/// permission to watch Nodes, for example).
+/// duration. Returns early only if the election cannot start (no
+/// permission on Leases, for example: kube-lease-manager reads or creates
+/// the Lease first), or reconciling cannot (no permission to watch Nodes,
+/// for example); later failures to reach the Lease are retried.
 pub async fn run_elected(ctx: Arc<Context>, lease: LeaseSettings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (mut leading, election) = leadership(ctx.client().clone(), &lease).await?;
     tokio::select! {
