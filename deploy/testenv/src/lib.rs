@@ -194,7 +194,7 @@ impl ControlPlane {
         let sa = KeyPair::generate()?;
         write(&pki.join("sa.key"), &sa.serialize_pem())?;
         write(&pki.join("sa.pub"), &sa.public_key_pem())?;
-        let admin = plane.kubeconfig_for("admin", &["system:masters"])?;
+        let admin = plane.kubeconfig_for(pki::ADMIN, &[pki::ADMIN_GROUP])?;
         write(&plane.kubeconfig, &admin)?;
 
         // etcd.

@@ -157,6 +157,24 @@ async fn rbac_limits_a_restricted_identity() {
     assert!(err.to_string().contains("forbidden"), "read-only role must not create: {err}");
 }
 
+/// A client made for a user in several groups is that user in every one
+/// of them (a service account has three), as the API server sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_is_its_user_in_all_its_groups() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let plane = shared().await;
+    for groups in [vec![], vec!["developers"], vec!["system:serviceaccounts", "system:serviceaccounts:spawner", "team-a"]] {
+        let client = plane.client_as("system:serviceaccount:spawner:bob", &groups).await.unwrap();
+        let review: SelfSubjectReview = Api::all(client).create(&PostParams::default(), &SelfSubjectReview::default()).await.unwrap();
+        let user = review.status.unwrap().user_info.unwrap();
+        assert_eq!(user.username.as_deref(), Some("system:serviceaccount:spawner:bob"));
+        let seen = user.groups.unwrap_or_default();
+        for g in &groups {
+            assert!(seen.iter().any(|s| s == g), "{g} missing from {seen:?}");
+        }
+    }
+}
+
 /// What a control-plane upgrade does to clients: the API server goes away
 /// (killed here) and comes back on the same address, with every object
 /// still there, and clients made before it went reach it again.
