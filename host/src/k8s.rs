@@ -46,6 +46,29 @@ pub(crate) fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
     )
 }
 
+/// A watch's failures, logged as warnings at most once per 10 s (with how
+/// many were held back): its retries come seconds apart
+/// ([`watch_backoff`]), and an API server away for a minute would
+/// otherwise write a dozen lines for each watch.
+pub(crate) struct WatchFailures {
+    what: String,
+    gate: crate::log_gate::LogGate,
+}
+
+impl WatchFailures {
+    /// Failures of the watch `what` (`watching the backends' Pods`).
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        WatchFailures { what: what.into(), gate: crate::log_gate::LogGate::default() }
+    }
+
+    /// Logs `error` unless a line for this watch passed in the last 10 s.
+    pub(crate) fn log(&self, error: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.gate.pass(std::time::Instant::now()) {
+            tracing::warn!(error = %error, suppressed, "{}; retrying (`suppressed`: failures not logged since the last line)", self.what);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -152,6 +152,7 @@ impl Cluster {
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
             .backoff(super::watch_backoff())
             .touched_objects();
+        let failures = super::WatchFailures::new("watching SessionLivedBackends");
         let watching = tokio::spawn(stream.for_each(move |event| {
             match event {
                 Ok(slab) => {
@@ -164,7 +165,7 @@ impl Cluster {
                         meter.activity.end(&why);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "watching SessionLivedBackends; retrying"),
+                Err(e) => failures.log(&e),
             }
             std::future::ready(())
         }));
@@ -180,9 +181,10 @@ impl Cluster {
             reflector::reflector(pods_writer, watcher(pods_api, watcher::Config::default().labels(BACKEND_LABEL)).modify(slim))
                 .backoff(super::watch_backoff())
                 .touched_objects();
-        let watching_pods = tokio::spawn(pod_stream.for_each(|event| {
+        let pod_failures = super::WatchFailures::new("watching the backends' Pods");
+        let watching_pods = tokio::spawn(pod_stream.for_each(move |event| {
             if let Err(e) = event {
-                tracing::warn!(error = %e, "watching the backends' Pods; retrying");
+                pod_failures.log(&e);
             }
             std::future::ready(())
         }));

@@ -231,25 +231,24 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
         .with_config(limits)
         .trigger_backoff(super::watch_backoff());
     let metrics = ctx.metrics.clone();
+    let failures = super::WatchFailures::new("watching backends or their Pods failed");
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            let metrics = metrics.clone();
-            async move {
-                match result {
-                    // A watch that fails (RBAC revoked, an object that cannot
-                    // be read, a relist refused) stops backends from being
-                    // reconciled: on-call must see it, and alert on the count.
-                    // It is retried with backoff by the watcher.
-                    Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: "watch" }).inc();
-                        tracing::warn!(error = %e, "watching backends or their Pods failed; retrying")
-                    }
-                    // Reconcile failures are logged by `error_policy`.
-                    Err(e) => tracing::debug!(error = %e, "reconcile"),
-                    Ok(_) => {}
+            match result {
+                // A watch that fails (RBAC revoked, an object that cannot
+                // be read, a relist refused) stops backends from being
+                // reconciled: on-call must see it, and alert on the count.
+                // It is retried with backoff by the watcher.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    metrics.operator.reconcile_errors.get_or_create(&crate::metrics::ReconcileErrorLabels { error: "watch" }).inc();
+                    failures.log(&e)
                 }
+                // Reconcile failures are logged by `error_policy`.
+                Err(e) => tracing::debug!(error = %e, "reconcile"),
+                Ok(_) => {}
             }
+            std::future::ready(())
         })
         .await;
     Ok(())

@@ -185,6 +185,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
+    let failures = super::WatchFailures::new(format!("watching {}s for scheduling", K::kind(&K::DynamicType::default())));
     let stream = watcher(api, watcher::Config::default())
         .backoff(super::watch_backoff())
         .modify(move |o: &mut K| {
@@ -192,9 +193,9 @@ where
             trim(o);
         })
         .reflect(writer)
-        .for_each(|event| {
+        .for_each(move |event| {
             if let Err(e) = event {
-                tracing::warn!(error = %e, "watching for scheduling; retrying");
+                failures.log(&e);
             }
             std::future::ready(())
         });

@@ -154,6 +154,7 @@ async fn follow(
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).backoff(super::watch_backoff()).boxed();
+    let failures = super::WatchFailures::new(format!("watching the plugin ConfigMap {name}"));
     // A (re)listing that finds no ConfigMap means it was deleted, perhaps
     // while the watch was down (no Delete event then).
     let mut listed = false;
@@ -184,7 +185,7 @@ async fn follow(
             Some(Some(Ok(watcher::Event::Apply(cm)))) => Some(cm),
             Some(Some(Ok(watcher::Event::Delete(_)))) => None,
             Some(Some(Err(e))) => {
-                tracing::warn!(configmap = %name, error = %e, "watching the plugin ConfigMap; retrying");
+                failures.log(&e);
                 continue;
             }
         };
