@@ -22,17 +22,19 @@ fn main() -> ExitCode {
     // RUST_LOG when SPAWNER_LOG is not set: what Rust programs are
     // usually told with.
     let setting = ["SPAWNER_LOG", "RUST_LOG"].into_iter().find_map(|var| std::env::var(var).ok().map(|d| (var, d)));
+    // kube-runtime warns of each retry of a watch refused with 403 (with
+    // the whole error's debug form); Spawner's own line says the same at
+    // most once per 10 s (`k8s::WatchFailures`).
+    const DEFAULT: &str = "spawner=info,kube_runtime::watcher=error,warn";
     let (filter, bad_filter) = match setting {
         Some((var, directives)) => match tracing_subscriber::EnvFilter::try_new(&directives) {
             Ok(f) => (f, None),
-            Err(e) => {
-                ("spawner=info,warn".into(), Some(format!("{var}={directives:?} is not a log filter ({e}); using spawner=info,warn")))
-            }
+            Err(e) => (DEFAULT.into(), Some(format!("{var}={directives:?} is not a log filter ({e}); using {DEFAULT}"))),
         },
         // `spawner plugin …` reports each call's time itself: the server's
         // warning about a slow call holding an async worker is noise there.
         None if std::env::args().nth(1).as_deref() == Some("plugin") => ("spawner=info,spawner::plugins::loaded=error,warn".into(), None),
-        None => ("spawner=info,warn".into(), None),
+        None => (DEFAULT.into(), None),
     };
     // Colours only for a person at a terminal: not in files, pipes or
     // journald, and never with NO_COLOR set.

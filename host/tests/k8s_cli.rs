@@ -86,6 +86,44 @@ fn a_short_api_token_is_refused_before_anything_starts() {
     assert!(stderr.contains("--api-token must be at least 16 bytes"), "{stderr}");
 }
 
+/// An operator missing a right stops at start saying which, and where the
+/// manifests' RBAC is, instead of passing its health checks as a standby
+/// and failing only once it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_without_its_rights_stops_saying_which() {
+    let plane = shared().await;
+    plane.install_crds(&deploy("crd")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, plane.kubeconfig_for("spawner-test-nobody", &[]).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["operator", "--namespace", "cli-none", "--lease-namespace", "cli-none", "--metrics-listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    for says in [
+        "spawner operator may not list and watch what it reconciles",
+        "Pods in namespace cli-none",
+        "forbidden",
+        "deploy/operator/01-rbac.yaml",
+    ] {
+        assert!(stderr.contains(says), "{says:?} not in: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_and_proxy_commands_run_against_a_cluster() {
     let plane = shared().await;
@@ -138,8 +176,7 @@ async fn operator_and_proxy_commands_run_against_a_cluster() {
 
     let client = plane.client().await.unwrap();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client, &ns);
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    let slab = common::k8s::example_backend_in(&ns);
     slabs.create(&PostParams::default(), &slab).await.unwrap();
     let ready = |o: Option<&SessionLivedBackend>| o.and_then(|o| o.status.as_ref()).is_some_and(|s| s.phase == Some(Phase::Ready));
     let ready = tokio::time::timeout(Duration::from_secs(60), await_condition(slabs.clone(), "notes-doc-42", ready)).await;

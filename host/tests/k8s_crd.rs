@@ -27,8 +27,7 @@ async fn installed() -> (&'static spawner_testenv::ControlPlane, kube::Client) {
 async fn example_in(prefix: &str) -> (SessionLivedBackend, Api<SessionLivedBackend>) {
     let (plane, client) = installed().await;
     let ns = plane.namespace(prefix).await.unwrap();
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    (serde_saphyr::from_str(&text).unwrap(), Api::namespaced(client, &ns))
+    (common::k8s::example_backend_in(&ns), Api::namespaced(client, &ns))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,8 +165,7 @@ async fn kubectl_get_slab_shows_the_status_columns() {
     let r = resources.resources.iter().find(|r| r.name == "sessionlivedbackends").unwrap();
     assert_eq!(r.short_names.as_deref(), Some(&["slab".to_string()][..]));
 
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    let slab = common::k8s::example_backend_in(&ns);
     let api: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
     let created = api.create(&PostParams::default(), &slab).await.unwrap();
 

@@ -152,6 +152,11 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         configmap::load(operator.clone(), &at, runtime, Arc::new(Metrics::new()), &[PluginKind::Scheduler], "spawner-operator")
             .await
             .expect("the operator reads its plugin ConfigMap as its ServiceAccount");
+    // What `spawner operator` checks at start: granted as deployed, and
+    // refused without --namespace (its Pods are one namespace's).
+    spawner::k8s::controller::check_rights(&operator, Some(HOME)).await.expect("the deployed rights pass the start check");
+    let everywhere = spawner::k8s::controller::check_rights(&operator, None).await.unwrap_err();
+    assert!(matches!(&everywhere, kube::Error::Api(e) if e.code == 403), "{everywhere}");
     let config = OperatorConfig { namespace: Some(HOME.into()), stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     let operator_lease = LeaseSettings {
         namespace: "spawner".into(),
@@ -169,8 +174,7 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     // Another namespace: the operator may only read backends there.
     let ns = plane.namespace("rbac").await.unwrap();
     let slabs: Api<SessionLivedBackend> = Api::namespaced(admin.clone(), HOME);
-    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
-    let slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    let slab = common::k8s::example_backend_in(HOME);
     let name = slab.metadata.name.clone().unwrap();
     // A Service of its name that another backend controls (as one left by
     // a key's previous backend is): replacing it takes reading and deleting

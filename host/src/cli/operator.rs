@@ -91,6 +91,17 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             }
             None => Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?),
         };
+        match crate::k8s::controller::check_rights(&client, config.namespace.as_deref()).await {
+            Err(e) if crate::k8s::inventory::is_lasting(&e) => {
+                let scope = config.namespace.as_deref().map_or("every namespace (no --namespace)".to_string(), |ns| format!("namespace {ns}"));
+                anyhow::bail!(
+                    "spawner operator may not list and watch what it reconciles (Nodes, SessionLivedBackends, and Pods in {scope}): {e}; see deploy/operator/01-rbac.yaml"
+                );
+            }
+            // The API server busy or away: reconciling retries once leading.
+            Err(e) => tracing::warn!(error = %e, "could not check the operator's rights at start; going on"),
+            Ok(()) => {}
+        }
         // Serves for the life of the process.
         let limits = crate::server::Limits::side(&crate::config::ProxyConfig::default());
         let (_, _metrics_server) = crate::server::serve_side(

@@ -67,7 +67,7 @@ pub struct ProxyArgs {
     /// Only images under these prefixes may be created through the API
     /// (repeat, or comma-separate in the environment), e.g.
     /// `ghcr.io/acme/`. Default: any image.
-    #[arg(long, env = "SPAWNER_IMAGE_PREFIXES", value_delimiter = ',')]
+    #[arg(long, env = "SPAWNER_IMAGE_PREFIXES", value_delimiter = ',', value_parser = image_prefix_arg)]
     pub image_prefix: Vec<String>,
     /// Default lifetime, in seconds, of the capability tokens the API mints.
     #[arg(long, env = "SPAWNER_TOKEN_TTL_SECONDS", default_value_t = 86_400)]
@@ -169,6 +169,16 @@ impl ProxyArgs {
         config.validate(|field| format!("--{field}")).map_err(anyhow::Error::msg)?;
         Ok(config)
     }
+}
+
+/// One `--image-prefix`: anything but deploy/'s placeholder, left in the
+/// manifest by mistake (every create would then be refused, with the
+/// placeholder as the allowed prefix).
+fn image_prefix_arg(prefix: &str) -> Result<String, String> {
+    if prefix == "SPAWNER_IMAGE_PREFIXES" {
+        return Err("this is deploy/proxy/02-deployment.yaml's placeholder: put where backends' images may come from, e.g. ghcr.io/acme/ (README, Kubernetes)".into());
+    }
+    Ok(prefix.to_string())
 }
 
 /// The replicas settings, when `--peer-selector` asks for them.
@@ -304,6 +314,9 @@ mod tests {
             let e = parse(flags).unwrap().proxy_config().unwrap_err().to_string();
             assert!(e.contains(says), "{flags:?}: {e}");
         }
+        let e = parse(&["--image-prefix", "ghcr.io/acme/,SPAWNER_IMAGE_PREFIXES"]).map(|_| ()).unwrap_err();
+        assert!(e.contains("--image-prefix") && e.contains("placeholder") && e.contains("e.g. ghcr.io/acme/"), "{e}");
+        assert_eq!(parse(&["--image-prefix", "ghcr.io/acme/,quay.io/x/"]).unwrap().image_prefix, ["ghcr.io/acme/", "quay.io/x/"]);
     }
 
     #[test]

@@ -109,6 +109,21 @@ impl Error {
         matches!(self, Error::Kube(kube::Error::Api(e)) if e.code == 403)
     }
 
+    /// The API server said something is not there (404), here or inside
+    /// the finalizer's wrapping.
+    fn not_found(&self) -> bool {
+        let api_404 = |e: &kube::Error| matches!(e, kube::Error::Api(e) if e.code == 404);
+        match self {
+            Error::Kube(e) => api_404(e),
+            Error::Finalizer(e) => match &**e {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.not_found(),
+                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => api_404(e),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// What kind of failure it is: the `error` label of
     /// `spawner_reconcile_errors_total` (`api`, `pod-name-taken`,
     /// `scheduler`, `finalizer`; `run` counts `watch`), or `stale`, `caches` and `stopping` for
@@ -254,6 +269,22 @@ pub async fn run(ctx: Arc<Context>) -> Result<(), kube::Error> {
     Ok(())
 }
 
+/// Whether this identity may list and watch what reconciling needs: every
+/// Node and backend (for scheduling), and the backends and their Pods it
+/// reconciles (in `namespace`, or every namespace). Checked at start, so
+/// that a replica missing a right stops saying which, instead of passing
+/// its health checks as a standby and failing only once it leads (or
+/// leading and retrying a refused watch for ever).
+pub async fn check_rights(client: &Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    inventory::allowed(&Api::<Node>::all(client.clone())).await?;
+    inventory::allowed(&Api::<SessionLivedBackend>::all(client.clone())).await?;
+    let pods: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    inventory::allowed(&pods).await
+}
+
 /// Reconciles that run at once (each a Pod read and at most a few writes).
 const RECONCILES_AT_ONCE: u16 = 16;
 
@@ -386,11 +417,32 @@ fn failure_key(slab: &SessionLivedBackend) -> String {
 
 async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let key = failure_key(&slab);
-    let result = reconcile_once(slab, ctx.clone()).await;
+    let result = match reconcile_once(slab.clone(), ctx.clone()).await {
+        // A reconcile of an object the watch's cache still held, moments
+        // after its deletion went through (a change of its Pod queued it):
+        // removing its finalizer, or writing its status, finds it gone.
+        // Nothing failed, and on-call must not be paged for it.
+        Err(e) if e.not_found() && gone(&slab, &ctx).await => {
+            tracing::debug!(backend = %slab.name_any(), error = %e, "the backend is gone");
+            Ok(Requeue::await_change())
+        }
+        result => result,
+    };
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&key);
     }
     result
+}
+
+/// Whether `slab` no longer exists (or its name is another object's now).
+/// A failure to tell counts as no.
+async fn gone(slab: &SessionLivedBackend, ctx: &Context) -> bool {
+    let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
+    match api.get_opt(&slab.name_any()).await {
+        Ok(None) => true,
+        Ok(Some(now)) => now.metadata.uid != slab.metadata.uid,
+        Err(_) => false,
+    }
 }
 
 async fn reconcile_once(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<Requeue, Error> {

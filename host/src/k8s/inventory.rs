@@ -168,7 +168,7 @@ pub fn is_lasting(e: &kube::Error) -> bool {
 
 /// Lists one object and opens a one-second watch from there: either is
 /// refused with the API server's reason when the role lacks the verb.
-async fn allowed<K>(api: &Api<K>) -> Result<(), kube::Error>
+pub(crate) async fn allowed<K>(api: &Api<K>) -> Result<(), kube::Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -169,7 +169,7 @@ async fn guard(mut elected: watch::Receiver<bool>, read: impl Fn() -> LeaseRead,
     let mut until: Option<Timestamp> = None;
     let step_down = || {
         if leading.send_if_modified(|l| std::mem::replace(l, false)) {
-            tracing::warn!(identity = %identity, "the Lease was not renewed in time (the API server cannot be reached?): stepping down until it is");
+            tracing::warn!(identity = %identity, "the Lease was not renewed in time (the API server out of reach, or the Lease deleted or not allowed to this identity): stepping down until it is");
         }
     };
     loop {

@@ -130,9 +130,15 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
         }
         None => (Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?), None),
     };
-    let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds)
-        .await
-        .with_context(|| format!("watching SessionLivedBackends in namespace {}", options.namespace))?;
+    let cluster = Cluster::start(client.clone(), &options.namespace, options.default_grace_seconds).await.map_err(|e| {
+        let hint = match &e {
+            kube::Error::Api(a) if a.code == 403 => {
+                " (is the namespace right, and does spawner proxy's Role grant it there? deploy/proxy/01-rbac.yaml)"
+            }
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("listing SessionLivedBackends and their Pods in namespace {}{hint}", options.namespace))
+    })?;
     let (peer_addr, peer_server) = match &options.replicas {
         Some(r) => {
             // Owned at once: a failure below must not leave it listening.

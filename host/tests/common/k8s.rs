@@ -20,6 +20,17 @@ pub fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
 }
 
+/// deploy/examples/notes.yaml, moved from the namespace it names (deploy/'s
+/// `spawner-backends`) to `ns`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn example_backend_in(ns: &str) -> SessionLivedBackend {
+    let text = std::fs::read_to_string(deploy("examples/notes.yaml")).unwrap();
+    let mut slab: SessionLivedBackend = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(slab.metadata.namespace.as_deref(), Some("spawner-backends"), "the example names deploy/'s backends' namespace");
+    slab.metadata.namespace = Some(ns.into());
+    slab
+}
+
 /// The default plugins, the scheduler with `scheduler_settings`.
 pub fn plugins(scheduler_settings: &str) -> Arc<Plugins> {
     let runtime = Arc::new(Runtime::new(super::patient(), None).unwrap());
