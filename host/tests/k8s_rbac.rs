@@ -165,8 +165,9 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
         duration_seconds: 15,
         grace_seconds: 5,
     };
+    let operator_metrics = Arc::new(Metrics::new());
     let elected = tokio::spawn(leader::run_elected(
-        Context::new(operator.clone(), plugins.clone(), Arc::new(Metrics::new()), config.clone()),
+        Context::new(operator.clone(), plugins.clone(), operator_metrics.clone(), config.clone()),
         operator_lease.clone(),
         std::future::pending(),
     ));
@@ -233,6 +234,12 @@ async fn the_operator_does_its_job_with_the_deployed_rbac_and_no_more() {
     // owner reference (checking only after the delete raced with it).
     let collected = tokio::time::timeout(Duration::from_secs(60), await_condition(services, &name, |s: Option<&_>| s.is_none())).await;
     assert!(collected.is_ok(), "the Service outlived its backend");
+    // Deletes are no failures: a reconcile still on its way when the
+    // object went sees it gone, with the rights the operator has.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = operator_metrics.encode();
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("spawner_reconcile_errors_total{")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
 
     // And no more than that.
     let forbidden = |r: Result<_, kube::Error>, what: &str| match r {

@@ -9,7 +9,9 @@
 //! It prints an admin kubeconfig, and one for each of deploy/'s service
 //! accounts (`spawner-operator`, `spawner-proxy` in namespace `spawner`), so
 //! that `spawner operator` and `spawner proxy` can be run on this machine
-//! with the rights the manifests give them and no more. kwok's Pods run
+//! with the rights the manifests give them and no more (each holds the
+//! admin's certificate, impersonating the account: fine for a throwaway
+//! cluster, never a way to hand out rights). kwok's Pods run
 //! nothing: a backend's Pod becomes Running and Ready, but nothing answers
 //! at its IP. Ctrl-C (or SIGTERM) stops every component and removes the
 //! directory, kubeconfigs included.

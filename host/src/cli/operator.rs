@@ -92,6 +92,9 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             None => Arc::new(Plugins::new(runtime, metrics.clone(), Vec::new()).context("loading plugins")?),
         };
         match crate::k8s::controller::check_rights(&client, config.namespace.as_deref()).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                anyhow::bail!("the API server does not know SessionLivedBackends ({}): install the CRD first (kubectl apply --server-side -f deploy/crd/)", e.message);
+            }
             Err(e) if crate::k8s::inventory::is_lasting(&e) => {
                 let scope = config.namespace.as_deref().map_or("every namespace (no --namespace)".to_string(), |ns| format!("namespace {ns}"));
                 anyhow::bail!(

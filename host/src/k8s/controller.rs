@@ -435,12 +435,13 @@ async fn reconcile(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Result<
 }
 
 /// Whether `slab` no longer exists (or its name is another object's now).
-/// A failure to tell counts as no.
+/// A failure to tell counts as no. A list by name, not a get: the
+/// operator's roles grant `list` on backends, not `get`.
 async fn gone(slab: &SessionLivedBackend, ctx: &Context) -> bool {
     let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
-    match api.get_opt(&slab.name_any()).await {
-        Ok(None) => true,
-        Ok(Some(now)) => now.metadata.uid != slab.metadata.uid,
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={}", slab.name_any()));
+    match api.list(&by_name).await {
+        Ok(list) => !list.items.iter().any(|now| now.metadata.uid == slab.metadata.uid),
         Err(_) => false,
     }
 }
