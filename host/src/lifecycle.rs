@@ -204,6 +204,23 @@ pub struct TerminationRequest {
     pub message: String,
 }
 
+/// Why a workload could not be created; each is `failed` with its own
+/// reason, so that what the platform refused is not counted as programs
+/// that exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError {
+    /// The program could not be started (it does not exist, or may not be
+    /// run): `exited`, with no exit code.
+    Failed(String),
+    /// The platform refused it for good (on Kubernetes, admission: Pod
+    /// Security, a quota, a spec the API server finds invalid; a Service
+    /// name something else holds): `rejected`.
+    Refused(String),
+    /// It could not be created within the startup timeout (an admission
+    /// webhook down, a Pod name still held): `startup-timeout`.
+    TimedOut(String),
+}
+
 /// Everything [`step`] looks at besides the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -213,9 +230,9 @@ pub struct Observed {
     pub workload: Workload,
     /// A termination request, if any.
     pub termination: Option<TerminationRequest>,
-    /// Why creating the workload failed, if it did (e.g. the program does
-    /// not exist). Recorded as `failed`, reason `exited`, no exit code.
-    pub create_error: Option<String>,
+    /// Why creating the workload failed, if it did: recorded as `failed`,
+    /// with no exit code, the reason [`CreateError`]'s.
+    pub create_error: Option<CreateError>,
     /// What an exited workload wrote last (see [`crate::text::last_words`];
     /// on Kubernetes, its termination message), if known: an exit of its own
     /// says it, since it usually says why.
@@ -401,8 +418,13 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
     }
 
     if let (Phase::Scheduled, Some(err), Workload::Absent) = (status.phase, &observed.create_error, observed.workload) {
+        let (reason, err) = match err {
+            CreateError::Failed(e) => (Reason::Exited, e),
+            CreateError::Refused(e) => (Reason::Rejected, e),
+            CreateError::TimedOut(e) => (Reason::StartupTimeout, e),
+        };
         next.phase = Phase::Failed;
-        next.reason = Some(Reason::Exited);
+        next.reason = Some(reason);
         next.message = Some(format!("could not start: {err}"));
         next.finished_at = Some(now);
         return (next, Action::Wait);
@@ -622,11 +644,17 @@ mod tests {
 
     #[test]
     fn a_workload_that_cannot_be_created_fails_with_the_reason() {
-        let mut o = observed(Workload::Absent, 2);
-        o.create_error = Some("No such file or directory".into());
-        let (next, action) = step(&in_phase(Phase::Scheduled), &o, &STARTUP);
-        assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(Reason::Exited), None, Action::Wait));
-        assert!(next.message.unwrap().contains("could not start: No such file"));
+        for (error, reason) in [
+            (CreateError::Failed("No such file or directory".into()), Reason::Exited),
+            (CreateError::Refused("No such file or directory".into()), Reason::Rejected),
+            (CreateError::TimedOut("No such file or directory".into()), Reason::StartupTimeout),
+        ] {
+            let mut o = observed(Workload::Absent, 2);
+            o.create_error = Some(error);
+            let (next, action) = step(&in_phase(Phase::Scheduled), &o, &STARTUP);
+            assert_eq!((next.phase, next.reason, next.exit_code, action), (Phase::Failed, Some(reason), None, Action::Wait));
+            assert!(next.message.unwrap().contains("could not start: No such file"));
+        }
     }
 
     #[test]

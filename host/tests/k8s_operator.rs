@@ -808,7 +808,7 @@ async fn a_pod_that_cannot_be_created_for_the_startup_timeout_fails_its_backend(
     create_stranger_pod(&pods, "held").await;
     slabs.create(&PostParams::default(), &slab("held", "erin")).await.unwrap();
     let failed = until(&slabs, "held", "failed", phase(Phase::Failed)).await.status.unwrap();
-    assert_eq!(failed.reason, Some(Reason::Exited));
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout), "not an exit: no Pod ever ran");
     let message = failed.message.unwrap();
     assert!(
         message.contains(
@@ -858,6 +858,7 @@ async fn a_service_that_cannot_be_created_for_the_startup_timeout_fails_its_back
     slabs.create(&PostParams::default(), &with_service).await.unwrap();
     let failed = until(&slabs, "hooked", "failed", phase(Phase::Failed)).await.status.unwrap();
     webhooks.delete(&ns, &DeleteParams::default()).await.unwrap();
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout));
     let message = failed.message.unwrap();
     assert!(message.contains("its Service could not be created within 2 s (--startup-timeout-seconds): "), "{message}");
     assert!(message.contains("down.spawner.test"), "names the webhook: {message}");
@@ -885,6 +886,7 @@ async fn a_previous_service_that_never_goes_fails_its_backend() {
     with_service.spec.service = Some(true);
     slabs.create(&PostParams::default(), &with_service).await.unwrap();
     let failed = until(&slabs, "stuck", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::StartupTimeout));
     let release = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
     services.patch("stuck", &PatchParams::default(), &release).await.unwrap();
     let message = failed.message.unwrap();
@@ -994,6 +996,7 @@ async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     services.create(&PostParams::default(), &service("served", None)).await.unwrap();
     slabs.create(&PostParams::default(), &with_service("served")).await.unwrap();
     let failed = until(&slabs, "served", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::Rejected), "refused, not an exit");
     let message = failed.message.unwrap_or_default();
     assert!(message.contains("a Service named served exists and is not this backend's"), "{message}");
     assert!(services.get("served").await.unwrap().metadata.owner_references.unwrap_or_default().is_empty(), "left alone");
@@ -1013,6 +1016,7 @@ async fn a_service_of_the_backends_name_is_replaced_or_refused() {
     }
     slabs.create(&PostParams::default(), &with_service("over-quota")).await.unwrap();
     let failed = until(&slabs, "over-quota", "failed", phase(Phase::Failed)).await.status.unwrap();
+    assert_eq!(failed.reason, Some(Reason::Rejected), "refused by the API server, not an exit");
     let message = failed.message.unwrap_or_default();
     assert!(message.contains("its Service was refused") && message.contains("quota"), "{message}");
 }

@@ -35,7 +35,7 @@ use super::pod::{
     self, BACKEND_LABEL, Fit, capacity, carries, container_waiting, credential_problem, fit, pod_for, requests, service_for,
     toleration_problem, unschedulable, workload,
 };
-use crate::lifecycle::{self, Action, Admission, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
+use crate::lifecycle::{self, Action, Admission, CreateError, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
 use crate::metrics::{Metrics, PhaseLabels};
 use crate::plugins::Plugins;
 use crate::plugins::types::{Label, Node as CandidateNode, PlacedBackend, Placement, PlacementRequest};
@@ -565,9 +565,10 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         Error::Stale(_) => format!("a previous backend's Service named {name} is still being deleted"),
                         e => e.to_string(),
                     };
-                    create_error = Some(retried_too_long(ctx, slab, now, e, "its Service could not be created", &why)?);
+                    create_error =
+                        Some(CreateError::TimedOut(retried_too_long(ctx, slab, now, e, "its Service could not be created", &why)?));
                 }
-                Ok(Err(Created::Refused(why))) => create_error = Some(why),
+                Ok(Err(Created::Refused(why))) => create_error = Some(CreateError::Refused(why)),
                 Ok(Ok(p)) => pod = Some(p),
                 Ok(Err(Created::Pod(kube::Error::Api(e)))) if e.code == 409 => match pods.get_opt(&name).await? {
                     Some(p) if owned_by(&p, slab) => pod = Some(p),
@@ -576,7 +577,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         // retried, and said where `kubectl describe` shows it.
                         let note = format!("a Pod named {name} exists and is not this backend's; retrying until it is gone");
                         match retried_too_long(ctx, slab, now, Error::PodNameTaken(name.clone()), POD_NOT_CREATED, &note) {
-                            Ok(why) => create_error = Some(why),
+                            Ok(why) => create_error = Some(CreateError::TimedOut(why)),
                             Err(taken) => {
                                 publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
                                 return Err(taken);
@@ -588,10 +589,12 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 // a quota, Pod Security): the backend fails with the server's
                 // reason. Anything else (throttling, timeouts, an admission
                 // webhook that is down) is retried, for the startup timeout.
-                Ok(Err(Created::Pod(kube::Error::Api(e)))) if matches!(e.code, 400 | 403 | 422) => create_error = Some(e.message),
+                Ok(Err(Created::Pod(kube::Error::Api(e)))) if matches!(e.code, 400 | 403 | 422) => {
+                    create_error = Some(CreateError::Refused(e.message))
+                }
                 Ok(Err(Created::Pod(e))) => {
                     let why = e.to_string();
-                    create_error = Some(retried_too_long(ctx, slab, now, e.into(), POD_NOT_CREATED, &why)?);
+                    create_error = Some(CreateError::TimedOut(retried_too_long(ctx, slab, now, e.into(), POD_NOT_CREATED, &why)?));
                 }
             },
             Action::Stop => {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::node::{NodeInfo, this_machine};
 use super::record::Record;
 use super::{Local, timeouts};
-use crate::lifecycle::{self, Action, Admission, Observed, Phase, Workload};
+use crate::lifecycle::{self, Action, Admission, CreateError, Observed, Phase, Workload};
 use crate::plugins::types::{Label, Node, PlacedBackend, Placement, PlacementRequest, Resources};
 use crate::process::{self, Identity, ProcessCommand, ProcessState};
 
@@ -24,7 +24,7 @@ const REORDERED_LINES: usize = 1024;
 pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
     let timeouts = timeouts(&local.config);
     let mut admission: Option<Admission> = None;
-    let mut create_error: Option<String> = None;
+    let mut create_error: Option<CreateError> = None;
     let mut state: Option<watch::Receiver<ProcessState>> = None;
     let mut stop_sent = false;
     loop {
@@ -84,7 +84,7 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
                         state = Some(p.watch());
                         *rec.process.lock().expect("process lock") = Some(p);
                     }
-                    Err(e) => create_error = Some(e.to_string()),
+                    Err(e) => create_error = Some(CreateError::Failed(e.to_string())),
                 }
                 continue;
             }
