@@ -72,9 +72,10 @@ pub enum Reason {
     Lifetime,
     /// Someone asked (API call, deletion, Spawner shutting down).
     Requested,
-    /// The scheduler refused it.
+    /// The scheduler refused it, or the platform would not create it.
     Rejected,
-    /// It did not accept connections within the startup timeout.
+    /// It was not created, or did not accept connections, within the
+    /// startup timeout.
     StartupTimeout,
     /// Its process or container exited on its own (see the exit code).
     Exited,
