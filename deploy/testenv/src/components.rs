@@ -21,6 +21,22 @@ pub(crate) struct Component {
     child: Option<Child>,
 }
 
+impl Component {
+    /// Kills its process (SIGKILL) and reaps it; `false` if none was
+    /// running.
+    fn kill(&mut self) -> std::io::Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(false) };
+        child.kill()?;
+        child.wait()?;
+        Ok(true)
+    }
+}
+
+/// The component named `name`.
+fn named<'a>(children: &'a mut [Component], name: &str) -> anyhow::Result<&'a mut Component> {
+    children.iter_mut().find(|c| c.name == name).with_context(|| format!("no {name}"))
+}
+
 impl ControlPlane {
     /// Starts component `name` and remembers how, to start it again.
     pub(crate) fn spawn(&self, program: &Path, args: &[&str], name: &str) -> anyhow::Result<()> {
@@ -63,10 +79,7 @@ impl ControlPlane {
     /// ids in order and comes back to one only after millions.
     pub fn stop_api_server(&self) -> anyhow::Result<()> {
         let mut children = self.children.lock().expect("children lock");
-        let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
-        let mut child = c.child.take().context("kube-apiserver is already stopped")?;
-        child.kill()?;
-        child.wait()?;
+        anyhow::ensure!(named(&mut children, "kube-apiserver")?.kill()?, "kube-apiserver is already stopped");
         let addr: std::net::SocketAddr = self.server.trim_start_matches("https://").parse().context("the API server's address")?;
         let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         held.set_reuse_address(true)?;
@@ -84,7 +97,7 @@ impl ControlPlane {
     pub async fn start_api_server(&self) -> anyhow::Result<()> {
         {
             let mut children = self.children.lock().expect("children lock");
-            let c = children.iter_mut().find(|c| c.name == "kube-apiserver").context("no kube-apiserver")?;
+            let c = named(&mut children, "kube-apiserver")?;
             anyhow::ensure!(c.child.is_none(), "kube-apiserver is running");
             // Let go of the port just before the server binds it.
             drop(self.api_port_held.lock().expect("port lock").take());
@@ -92,11 +105,9 @@ impl ControlPlane {
         }
         self.wait_ready().await.context("waiting for the restarted kube-apiserver's /readyz")?;
         let mut children = self.children.lock().expect("children lock");
-        for c in children.iter_mut().filter(|c| ["kube-controller-manager", "kube-scheduler", "kwok"].contains(&c.name.as_str())) {
-            if let Some(mut child) = c.child.take() {
-                child.kill()?;
-                child.wait()?;
-            }
+        for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
+            let c = named(&mut children, name)?;
+            c.kill()?;
             c.child = Some(self.start_process(&c.program, &c.args, &c.name)?);
         }
         Ok(())
