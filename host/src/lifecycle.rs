@@ -9,7 +9,11 @@
 //!
 //! Phases, in order: `pending → scheduled → starting → ready → terminating
 //! → terminated`, plus `failed`. `terminated` and `failed` are terminal and
-//! record a [`Reason`]. The function is level-triggered: calling it again
+//! record a [`Reason`]. One step goes back: a workload that cannot run on
+//! the node the scheduler chose (on Kubernetes, kube-scheduler finds no
+//! room there for its Pod, which other workloads may have filled) is
+//! removed and its backend is `pending` again, to be placed elsewhere.
+//! The function is level-triggered: calling it again
 //! with the same inputs gives the same answer, which is what a Kubernetes
 //! reconcile loop needs after a crash at any line.
 
@@ -247,6 +251,10 @@ pub struct Observed {
     /// backend's `127.0.0.1:PORT`): a backend that listens elsewhere is
     /// told so when it times out.
     pub probe: Option<String>,
+    /// Why the workload cannot run on the node the scheduler chose, when
+    /// the runtime says it cannot (Kubernetes: kube-scheduler found no room
+    /// there for its Pod, pinned to it): the backend is placed again.
+    pub unfit: Option<String>,
     /// Now.
     pub now: Timestamp,
 }
@@ -319,6 +327,13 @@ pub enum Action {
     /// Stop the workload (SIGTERM / Pod deletion, then escalation after the
     /// grace period). Must be idempotent.
     Stop,
+    /// Remove the workload, which never started (it cannot run on `node`),
+    /// and remember not to offer `node` to this backend again; the next
+    /// step asks the scheduler. Must be idempotent.
+    Reschedule {
+        /// The node it could not run on.
+        node: String,
+    },
 }
 
 /// The next status and action for a backend.
@@ -431,6 +446,20 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         return (next, Action::Wait);
     }
 
+    // Pinned to a node that cannot run it: placed again, and the startup
+    // timeout counts from the new workload (each node is tried once, so
+    // this ends).
+    if let (Phase::Scheduled | Phase::Starting, Some(_), Workload::Starting, Some(node)) =
+        (status.phase, &observed.unfit, observed.workload, &status.node)
+    {
+        let node = node.clone();
+        next.phase = Phase::Pending;
+        next.node = None;
+        next.scheduled_at = None;
+        next.started_at = None;
+        return (next, Action::Reschedule { node });
+    }
+
     match status.phase {
         Phase::Pending => match &observed.admission {
             None => (next, Action::Schedule),
@@ -521,6 +550,7 @@ mod tests {
             last_output: None,
             ended_by: None,
             probe: None,
+            unfit: None,
             now: t(secs),
         }
     }
@@ -567,6 +597,41 @@ mod tests {
         assert_eq!((next.phase, next.started_at, action), (Phase::Starting, Some(t(2)), Action::Wait));
         let (next, _) = step(&s, &observed(Workload::Ready, 2), &STARTUP);
         assert_eq!((next.phase, next.ready_at), (Phase::Ready, Some(t(2))));
+    }
+
+    #[test]
+    fn a_workload_its_node_cannot_run_is_removed_and_placed_again() {
+        let unfit = |workload: Workload, secs: i64| Observed { unfit: Some("1 Insufficient cpu".into()), ..observed(workload, secs) };
+        let s = in_phase(Phase::Starting);
+        let (next, action) = step(&s, &unfit(Workload::Starting, 5), &STARTUP);
+        assert_eq!(action, Action::Reschedule { node: "n1".into() });
+        assert_eq!(next, Status { phase: Phase::Pending, node: None, scheduled_at: None, started_at: None, ..s.clone() });
+        // Seen before its `starting` was recorded: the same.
+        assert_eq!(step(&in_phase(Phase::Scheduled), &unfit(Workload::Starting, 5), &STARTUP).1, action);
+        // Then scheduled afresh, and its startup timeout counts from the
+        // new workload.
+        let elsewhere = Observed { admission: Some(Admission::Admitted { node: Some("n2".into()) }), ..observed(Workload::Absent, 6) };
+        let (placed, action) = step(&next, &Observed { admission: None, ..elsewhere.clone() }, &STARTUP);
+        assert_eq!((placed.phase, action), (Phase::Pending, Action::Schedule));
+        let (placed, action) = step(&next, &elsewhere, &STARTUP);
+        assert_eq!(
+            (placed.phase, placed.node.as_deref(), action),
+            (Phase::Scheduled, Some("n2"), Action::Create { node: Some("n2".into()) })
+        );
+        let (started, _) = step(&placed, &observed(Workload::Starting, 7), &STARTUP);
+        assert_eq!((started.phase, started.started_at, started.created_at), (Phase::Starting, Some(t(7)), t(0)));
+
+        // Placed "anywhere": kube-scheduler's to place, so it waits (and
+        // the startup timeout ends the wait).
+        let anywhere = Status { node: None, ..s.clone() };
+        assert_eq!(step(&anywhere, &unfit(Workload::Starting, 5), &STARTUP), (anywhere.clone(), Action::Wait));
+        assert_eq!(step(&anywhere, &unfit(Workload::Starting, 61), &STARTUP).0.reason, Some(Reason::StartupTimeout));
+        // Asked to end: it ends, wherever it waits.
+        let ending = Observed { termination: terminate(Reason::Requested), ..unfit(Workload::Starting, 5) };
+        assert_eq!(step(&s, &ending, &STARTUP).1, Action::Stop);
+        // Running, or gone: nothing to move.
+        assert_eq!(step(&s, &unfit(Workload::Ready, 5), &STARTUP).0.phase, Phase::Ready);
+        assert_eq!(step(&s, &unfit(Workload::Vanished, 5), &STARTUP).0.reason, Some(Reason::Lost));
     }
 
     #[test]

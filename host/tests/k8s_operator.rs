@@ -651,6 +651,83 @@ async fn a_backend_whose_nodes_are_all_cordoned_waits_for_one_instead_of_failing
     assert!(ready.status.unwrap().node_name.is_some());
 }
 
+/// The operator counts only backends against a node's capacity (it does
+/// not read other workloads' Pods), so the scheduler plugin may choose a
+/// node they filled. kube-scheduler then finds no room there for the Pod,
+/// pinned to it: the backend is placed again without that node, each node
+/// once, then "anywhere" (kube-scheduler's to place), rather than waiting
+/// for the startup timeout beside an empty node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
+    // A control plane of its own: its nodes' room is this test's.
+    let small = FakeNode { cpu: "1".into(), ..FakeNode::new("a-full") };
+    let plane = ControlPlane::start(&[small, FakeNode::new("b-roomy")]).await.unwrap();
+    let config = OperatorConfig { retention: HOUR, stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
+    let (client, ns, metrics) = operator_with_metrics(&plane, "op-full", "", config).await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Another workload's Pod takes most of a-full (bound there directly,
+    // as a DaemonSet's are).
+    let other = |name: &str, node: &str, cpu: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "x", "image": "example.invalid/x:1", "resources": {"requests": {"cpu": cpu}}}]}
+        }))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &other("daemon", "a-full", "800m")).await.unwrap();
+    let wants = |name: &str, cpu: &str| {
+        let mut backend = slab(name, "erin");
+        let requests = serde_json::json!({"requests": {"cpu": cpu}});
+        backend.spec.template.containers[0].resources = Some(serde_json::from_value(requests).unwrap());
+        backend
+    };
+
+    // Both nodes have room as the plugin sees them, and neither has a
+    // backend: spreading picks a-full (by name), where there is none.
+    slabs.create(&PostParams::default(), &wants("squeezed", "500m")).await.unwrap();
+    let ready = until(&slabs, "squeezed", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.as_ref().unwrap().node_name.as_deref(), Some("b-roomy"));
+    let events = events_until(&client, &ns, "squeezed", "Ready").await;
+    let moved: Vec<&(String, String, String)> = events.iter().filter(|e| e.1 == "Rescheduled").collect();
+    assert_eq!(moved.len(), 1, "{events:?}");
+    assert_eq!(moved[0].0, "Normal");
+    let note = &moved[0].2;
+    assert!(note.starts_with("its Pod could not run on a-full, the node the scheduler plugin chose: "), "{note}");
+    assert!(note.contains("Insufficient cpu") && note.ends_with("; placing it again, without a-full"), "{note}");
+    assert!(!events.iter().any(|e| e.1 == "Pending"), "going back is said once, by Rescheduled: {events:?}");
+    assert!(pods.get_opt("daemon").await.unwrap().is_some(), "the other workload is left alone");
+
+    // b-roomy fills too (3 of its 4 CPUs), behind the plugin's back: a
+    // backend the plugin places on either is moved off both, and then
+    // waits for kube-scheduler to find it room (placed "anywhere").
+    pods.create(&PostParams::default(), &other("batch", "b-roomy", "3")).await.unwrap();
+    slabs.create(&PostParams::default(), &wants("patient", "900m")).await.unwrap();
+    let unpinned = |p: Option<&Pod>| p.is_some_and(|p| p.spec.as_ref().is_some_and(|s| s.affinity.is_none()));
+    let waited = tokio::time::timeout(WAIT, await_condition(pods.clone(), "patient", unpinned)).await;
+    assert!(waited.is_ok(), "never placed anywhere: {:?}", slabs.get("patient").await.unwrap().status);
+    let waiting = until(&slabs, "patient", "noted why it waits", |s| {
+        s.ready_condition().is_some_and(|c| c.reason == "WaitingForNode") && s.phase == Some(Phase::Starting)
+    })
+    .await;
+    let status = waiting.status.unwrap();
+    assert_eq!((status.node_name, status.started_at.is_some()), (None, true), "placed anywhere, its new Pod started");
+    let events = events_until(&client, &ns, "patient", "Starting").await;
+    let moved: Vec<&str> = events.iter().filter(|e| e.1 == "Rescheduled").map(|e| e.2.as_str()).collect();
+    assert_eq!(moved.len(), 2, "each node once: {events:?}");
+    assert!(moved.iter().any(|n| n.starts_with("its Pod could not run on a-full,")), "{moved:?}");
+    assert!(moved.iter().any(|n| n.starts_with("its Pod could not run on b-roomy,")), "{moved:?}");
+    // Room made: kube-scheduler places it, and it runs.
+    pods.delete("batch", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    let ready = until(&slabs, "patient", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("b-roomy"));
+
+    // Moving a backend is no failure: nothing for on-call.
+    let errors: Vec<String> =
+        metrics.encode().lines().filter(|l| l.starts_with("spawner_reconcile_errors_total{")).map(String::from).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_no_node_takes_in_time_fails_saying_why() {
     // Its only node stays cordoned (from its creation, so other tests

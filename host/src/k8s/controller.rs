@@ -29,10 +29,10 @@ use kube::runtime::watcher;
 use kube::{Client, Resource as _, ResourceExt as _};
 
 use super::cluster::termination_requested;
-use super::crd::SessionLivedBackend;
+use super::crd::{SessionLivedBackend, SessionLivedBackendStatus};
 use super::inventory::{self, Inventory};
 use super::pod::{
-    self, BACKEND_LABEL, Fit, capacity, carries, container_waiting, credential_problem, fit, pod_for, requests, service_for,
+    self, BACKEND_LABEL, Fit, capacity, carries, container_waiting, credential_problem, fit, pinned_to, pod_for, requests, service_for,
     toleration_problem, unschedulable, workload,
 };
 use crate::lifecycle::{self, Action, Admission, CreateError, Observed, Phase, Reason, Status, TerminationRequest, Timeouts};
@@ -528,6 +528,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     let mut admission = None;
     let mut selector = Vec::new();
     let mut create_error = None;
+    let mut rescheduled = None;
     // Each action moves the lifecycle forward; four steps cover the
     // longest path (schedule, create, observe) with room to spare.
     for _ in 0..4 {
@@ -540,6 +541,9 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             ended_by: pod::ended_by(pod.as_ref()),
             // The Pod's Ready condition: its own probe, or the port's.
             probe: None,
+            // Pinned to the plugin's node, and kube-scheduler found no
+            // room there.
+            unfit: pod.as_ref().filter(|p| pinned_to(p).is_some()).and_then(unschedulable),
             now,
         };
         let (next, action) = lifecycle::step(&status, &observed, &ctx.timeouts());
@@ -579,7 +583,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                         match retried_too_long(ctx, slab, now, Error::PodNameTaken(name.clone()), POD_NOT_CREATED, &note) {
                             Ok(why) => create_error = Some(CreateError::TimedOut(why)),
                             Err(taken) => {
-                                publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod").await;
+                                publish(ctx, slab, EventType::Warning, "PodNameTaken".into(), note, "CreatePod", None).await;
                                 return Err(taken);
                             }
                         }
@@ -609,7 +613,7 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                             ctx.config.stop_timeout.max(MIN_STOP_OVERDUE).as_secs()
                         );
                         tracing::warn!(backend = %name, "{note}");
-                        publish(ctx, slab, EventType::Warning, "ForceDeleted".into(), note, "DeletePod").await;
+                        publish(ctx, slab, EventType::Warning, "ForceDeleted".into(), note, "DeletePod", None).await;
                         Duration::ZERO
                     }
                     _ => ctx.config.stop_timeout,
@@ -617,6 +621,15 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 if let Some(p) = &pod {
                     delete_pod(&pods, p, grace).await?;
                 }
+                break;
+            }
+            // Recorded `pending` first, then its Pod goes (below): a
+            // reconcile that saw the Pod gone before the record would
+            // count the backend lost.
+            // The node the Pod is pinned to: the recorded one, except after
+            // a crash between recording `pending` and deleting the Pod.
+            Action::Reschedule { node } => {
+                rescheduled = Some(pod.as_ref().and_then(pinned_to).map_or(node, str::to_string));
                 break;
             }
             Action::Wait => break,
@@ -659,6 +672,10 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
         }
     }
     record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now).await?;
+    if let Some(node) = rescheduled {
+        reschedule(ctx, slab, &pods, pod.as_ref(), node).await?;
+        return Ok(Requeue::await_change());
+    }
     Ok(match (status.phase, status.started_at, status.finished_at) {
         (Phase::Starting, Some(started), _) => {
             let waited = now.duration_since(started).unsigned_abs();
@@ -691,6 +708,29 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             None => Requeue::await_change(),
         },
     })
+}
+
+/// Removes `pod`, pinned to `node` (the scheduler plugin's choice) where
+/// kube-scheduler found no room for it, once its backend is recorded
+/// `pending` again; scheduling will not offer it `node` again. The operator
+/// counts only backends against a node's capacity (it does not read other
+/// workloads' Pods), so a node other Pods filled can be chosen: without
+/// this, the Pod would wait there until the startup timeout failed the
+/// backend, however empty the other nodes.
+async fn reschedule(ctx: &Context, slab: &SessionLivedBackend, pods: &Api<Pod>, pod: Option<&Pod>, node: String) -> Result<(), Error> {
+    let why = pod.and_then(unschedulable).unwrap_or_default();
+    let inventory = ctx.inventory.lock().expect("inventory lock").clone();
+    if let (Some(inventory), Some(uid)) = (inventory, slab.uid()) {
+        inventory.pass_over(uid, node.clone());
+    }
+    if let Some(p) = pod {
+        // Never bound to a node: deleted at once, whatever the grace.
+        delete_pod(pods, p, Duration::ZERO).await?;
+    }
+    let note = format!("its Pod could not run on {node}, the node the scheduler plugin chose: {why}; placing it again, without {node}");
+    tracing::info!(backend = %slab.name_any(), namespace = %slab.namespace().unwrap_or_default(), "{note}");
+    publish(ctx, slab, EventType::Normal, "Rescheduled".into(), note, "Reschedule", Some(&node)).await;
+    Ok(())
 }
 
 /// How long past its grace period a Pod being deleted is waited for, at
@@ -894,11 +934,7 @@ async fn record(
     // Only onto the version this reconcile read: a reconcile that ran on a
     // cached object older than our last write must not undo it (409, retried
     // once the cache has caught up).
-    let mut written = serde_json::to_value(&next).expect("a status serialises");
-    if next.pod_ip.is_none() {
-        // A merge patch keeps a field it leaves out: null removes it.
-        written["podIP"] = serde_json::Value::Null;
-    }
+    let written = cleared(slab.status.as_ref(), &next);
     let patch = serde_json::json!({ "metadata": { "resourceVersion": slab.metadata.resource_version }, "status": written });
     match api.patch_status(&slab.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {}
@@ -919,7 +955,7 @@ async fn record(
                 (EventType::Normal, "PodReady", "its Pod is ready again".to_string())
             }
         };
-        publish(ctx, slab, kind, reason.into(), note, "Reconcile").await;
+        publish(ctx, slab, kind, reason.into(), note, "Reconcile", None).await;
     }
     if !same_phase {
         let (backend, namespace) = (slab.name_any(), slab.namespace().unwrap_or_default());
@@ -939,10 +975,31 @@ async fn record(
             ctx.metrics.backends.count_end(status);
         }
         // `kubectl describe slab` shows these; a failed one is a warning.
+        // Only a backend placed again goes back to `pending`: its
+        // `Rescheduled` Event says why.
+        if status.phase == Phase::Pending {
+            return Ok(());
+        }
         let kind = if status.phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
-        publish(ctx, slab, kind, super::crd::camel_case(status.phase.as_str()), phase_note(status), "Reconcile").await;
+        let (reason, note) = (super::crd::camel_case(status.phase.as_str()), phase_note(status));
+        publish(ctx, slab, kind, reason, note, "Reconcile", status.node.as_deref()).await;
     }
     Ok(())
+}
+
+/// `next` as a merge patch's status over `before`. A merge patch keeps a
+/// field it leaves out, so each that `before` has and `next` no longer has
+/// is written as null, which removes it: an ended backend's Pod IP, and
+/// the node and start times of one placed again.
+fn cleared(before: Option<&SessionLivedBackendStatus>, next: &SessionLivedBackendStatus) -> serde_json::Value {
+    let mut written = serde_json::to_value(next).expect("a status serialises");
+    let before = before.map(|b| serde_json::to_value(b).expect("a status serialises"));
+    if let (Some(serde_json::Value::Object(before)), serde_json::Value::Object(after)) = (before, &mut written) {
+        for key in before.into_iter().map(|(k, _)| k) {
+            after.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    written
 }
 
 /// Why a starting backend's Pod is not running yet.
@@ -954,10 +1011,28 @@ enum Waiting {
     ForContainer(String),
 }
 
-/// Records a Kubernetes Event on `slab`; failing to is logged, not fatal.
-async fn publish(ctx: &Context, slab: &SessionLivedBackend, type_: EventType, reason: String, mut note: String, action: &str) {
+/// Records a Kubernetes Event on `slab`, about `node` too when given (its
+/// `related` object); failing to is logged, not fatal. kube-runtime's
+/// recorder counts an Event of the same reason and objects as the first
+/// one again, whatever its note, so the node is what keeps "starting on
+/// a" and, once placed again, "starting on b" apart.
+async fn publish(
+    ctx: &Context,
+    slab: &SessionLivedBackend,
+    type_: EventType,
+    reason: String,
+    mut note: String,
+    action: &str,
+    node: Option<&str>,
+) {
     crate::text::cut_to(&mut note, super::MAX_EVENT_NOTE, "…");
-    let event = KubeEvent { type_, reason, note: Some(note), action: action.into(), secondary: None };
+    let secondary = node.map(|n| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(n.into()),
+        ..Default::default()
+    });
+    let event = KubeEvent { type_, reason, note: Some(note), action: action.into(), secondary };
     if let Err(e) = ctx.events.publish(&event, &slab.object_ref(&())).await {
         tracing::warn!(backend = %slab.name_any(), error = %e, "could not record a Kubernetes Event");
     }
@@ -1025,7 +1100,12 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let runnable: Vec<&Node> = fitting(Fit::Runs).collect();
     let later: Vec<&Node> = fitting(Fit::Later).filter(|n| carries(n, &selector)).collect();
     let wait = !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
-    let offered: &[&Node] = if wait { &[] } else { &runnable };
+    // Nor those its Pod could not run on (see `reschedule`).
+    let passed_over = slab.uid().map(|uid| inventory.passed_over(&slabs, &uid)).unwrap_or_default();
+    let offered: Vec<&Node> = match wait {
+        true => Vec::new(),
+        false => runnable.iter().copied().filter(|n| !passed_over.contains(&n.name_any())).collect(),
+    };
     let tainted_only = tainted_only(&selector, &[&runnable[..], &later[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
     let candidates: Vec<CandidateNode> = offered
         .iter()
@@ -1071,7 +1151,13 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let admission = match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
-        Placement::Reject(message) => (Admission::Rejected { message: message + tainted_only.as_deref().unwrap_or_default() }, Vec::new()),
+        Placement::Reject(mut message) => {
+            message.push_str(tainted_only.as_deref().unwrap_or_default());
+            if !passed_over.is_empty() {
+                message.push_str(&format!("; passed over: {} (kube-scheduler found no room for its Pod there)", passed_over.join(", ")));
+            }
+            (Admission::Rejected { message }, Vec::new())
+        }
     };
     match (&admission.0, slab.uid()) {
         (Admission::Admitted { node }, Some(uid)) => {
@@ -1140,6 +1226,23 @@ mod tests {
         n.metadata.name = Some(name.into());
         n.metadata.labels = Some([("zone".to_string(), zone.to_string())].into());
         n
+    }
+
+    #[test]
+    fn a_status_patch_removes_what_the_status_no_longer_has() {
+        let status = |v: serde_json::Value| -> SessionLivedBackendStatus { serde_json::from_value(v).unwrap() };
+        let before = status(serde_json::json!({"phase": "starting", "nodeName": "a", "podIP": "10.0.0.1",
+            "startedAt": "2026-12-02T10:00:00Z", "url": "https://s.example/p/b/"}));
+        let next = status(serde_json::json!({"phase": "pending", "url": "https://s.example/p/b/", "message": "m"}));
+        let written = cleared(Some(&before), &next);
+        assert_eq!(written["phase"], "pending");
+        assert_eq!(written["message"], "m");
+        assert_eq!(written["url"], "https://s.example/p/b/");
+        for gone in ["nodeName", "podIP", "startedAt"] {
+            assert_eq!(written.get(gone), Some(&serde_json::Value::Null), "{gone}: {written}");
+        }
+        assert_eq!(written.get("reason"), None, "absent before and after: left out");
+        assert_eq!(cleared(None, &next), serde_json::to_value(&next).unwrap());
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! each admission is remembered until the cache shows it (or a minute has
 //! passed), and counted meanwhile: two backends created together for one
 //! owner see each other, as do two placed on one node.
+//!
+//! It also remembers, per backend, the nodes its Pod could not run on
+//! (kube-scheduler found no room: the operator does not see other
+//! workloads' Pods), so that placing it again does not offer them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +61,8 @@ pub struct Inventory {
     deciding: tokio::sync::Mutex<()>,
     /// Admissions by uid, until the cache shows them.
     admitted: Mutex<HashMap<String, Admitted>>,
+    /// Nodes each backend's Pod could not run on, by uid, while it starts.
+    passed_over: Mutex<HashMap<String, PassedOver>>,
     _watches: [AbortOnDrop; 2],
 }
 
@@ -80,6 +86,7 @@ impl Inventory {
             backends: backend_store,
             deciding: tokio::sync::Mutex::new(()),
             admitted: Mutex::new(HashMap::new()),
+            passed_over: Mutex::new(HashMap::new()),
             _watches: [node_watch, backend_watch],
         })
     }
@@ -109,6 +116,25 @@ impl Inventory {
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
     }
 
+    /// Remembers that backend `uid`'s Pod could not run on `node`.
+    pub fn pass_over(&self, uid: String, node: String) {
+        let mut all = self.passed_over.lock().expect("passed-over lock");
+        let entry = all.entry(uid).or_insert_with(|| PassedOver { nodes: Vec::new(), at: Instant::now() });
+        if !entry.nodes.contains(&node) {
+            entry.nodes.push(node);
+        }
+        entry.at = Instant::now();
+    }
+
+    /// The nodes backend `uid`'s Pod could not run on; forgets those of
+    /// backends `cached` shows running or ended, or no longer has.
+    pub fn passed_over(&self, cached: &[Arc<SessionLivedBackend>], uid: &str) -> Vec<String> {
+        let by_uid: HashMap<&str, &SessionLivedBackend> = cached.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, &**s))).collect();
+        let mut all = self.passed_over.lock().expect("passed-over lock");
+        all.retain(|uid, p| still_placing(by_uid.get(uid.as_str()).copied(), p.at.elapsed()));
+        all.get(uid).map(|p| p.nodes.clone()).unwrap_or_default()
+    }
+
     /// Whether both caches hold their first full listing (asked without
     /// waiting; an error means a watch task is gone: never ready).
     pub fn ready(&self) -> bool {
@@ -134,6 +160,24 @@ impl Inventory {
 fn still_unseen(cached: Option<&SessionLivedBackend>, age: Duration) -> bool {
     match cached {
         Some(s) => s.phase() == Phase::Pending && s.metadata.deletion_timestamp.is_none() && age < REMEMBERED_FOR,
+        None => age < ABSENT_FOR,
+    }
+}
+
+/// Nodes a backend's Pod could not run on.
+#[derive(Debug)]
+struct PassedOver {
+    nodes: Vec<String>,
+    /// When the last was added.
+    at: Instant,
+}
+
+/// Whether the nodes a backend was passed over by still matter, given the
+/// backend as the cache shows it: while it is being placed or started (or,
+/// for a few seconds, not listed yet).
+fn still_placing(cached: Option<&SessionLivedBackend>, age: Duration) -> bool {
+    match cached {
+        Some(s) => matches!(s.phase(), Phase::Pending | Phase::Scheduled | Phase::Starting) && s.metadata.deletion_timestamp.is_none(),
         None => age < ABSENT_FOR,
     }
 }
@@ -232,6 +276,28 @@ mod tests {
         assert!(!still_unseen(Some(&backend(None, false)), REMEMBERED_FOR), "not for ever");
         assert!(still_unseen(None, second), "not listed yet");
         assert!(!still_unseen(None, ABSENT_FOR), "deleted before it was listed");
+    }
+
+    #[test]
+    fn nodes_passed_over_are_kept_while_the_backend_starts() {
+        let backend = |phase: &str| -> SessionLivedBackend {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend",
+                "metadata": {"name": "b", "uid": "u"},
+                "spec": {"template": {"containers": [{"name": "app", "image": "x"}]}},
+                "status": {"phase": phase}
+            }))
+            .unwrap()
+        };
+        let second = Duration::from_secs(1);
+        for phase in ["pending", "scheduled", "starting"] {
+            assert!(still_placing(Some(&backend(phase)), second), "{phase}");
+        }
+        for phase in ["ready", "terminating", "failed", "terminated"] {
+            assert!(!still_placing(Some(&backend(phase)), second), "{phase}");
+        }
+        assert!(still_placing(None, second), "not listed yet");
+        assert!(!still_placing(None, ABSENT_FOR), "deleted");
     }
 
     #[test]

@@ -168,6 +168,18 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
     }
 }
 
+/// The node `pod` is required on, when [`pod_for`] pinned it to the
+/// scheduler plugin's choice (not yet bound there, or bound).
+pub fn pinned_to(pod: &Pod) -> Option<&str> {
+    let required = pod.spec.as_ref()?.affinity.as_ref()?.node_affinity.as_ref()?;
+    let terms = &required.required_during_scheduling_ignored_during_execution.as_ref()?.node_selector_terms;
+    let field = terms.iter().flat_map(|t| t.match_fields.iter().flatten()).find(|f| f.key == "metadata.name" && f.operator == "In")?;
+    match field.values.as_deref()? {
+        [node] => Some(node),
+        _ => None,
+    }
+}
+
 /// kube-scheduler's message when it has found no node for `pod` (its
 /// `PodScheduled` condition is false with reason `Unschedulable`): it
 /// names what kept the Pod off each node. `None` once placed, or before
@@ -511,6 +523,8 @@ mod tests {
             (field.key.as_str(), field.operator.as_str(), field.values.as_deref()),
             ("metadata.name", "In", Some(&["node-a".to_string()][..]))
         );
+        assert_eq!(pinned_to(&pod), Some("node-a"));
+        assert_eq!(pinned_to(&pod_for(&slab(), None, &[], None)), None, "placed anywhere");
         assert_eq!(spec.automount_service_account_token, Some(false), "backend pods get no cluster credentials");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(

@@ -66,6 +66,8 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
             last_output,
             ended_by: None,
             probe,
+            // One machine: nowhere else to go.
+            unfit: None,
             now: Timestamp::now(),
         };
         let current = rec.status();
@@ -96,6 +98,7 @@ pub(crate) async fn drive(local: Arc<Local>, rec: Arc<Record>) {
                     stop_sent = true;
                 }
             }
+            Action::Reschedule { .. } => unreachable!("local mode observes no unfit workload"),
             Action::Wait => {
                 if next.phase.is_terminal() && !matches!(workload, Workload::Starting | Workload::Ready) {
                     return;
