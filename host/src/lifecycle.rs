@@ -10,9 +10,10 @@
 //! Phases, in order: `pending → scheduled → starting → ready → terminating
 //! → terminated`, plus `failed`. `terminated` and `failed` are terminal and
 //! record a [`Reason`]. One step goes back: a workload that cannot run on
-//! the node the scheduler chose (on Kubernetes, kube-scheduler finds no
-//! room there for its Pod, which other workloads may have filled) is
-//! removed and its backend is `pending` again, to be placed elsewhere.
+//! the node the scheduler chose (on Kubernetes, kube-scheduler cannot
+//! place its Pod there: other workloads filled it, most often) is removed
+//! and its backend is `pending` again, to be placed elsewhere, within the
+//! startup timeout counted from its first workload.
 //! The function is level-triggered: calling it again
 //! with the same inputs gives the same answer, which is what a Kubernetes
 //! reconcile loop needs after a crash at any line.
@@ -127,7 +128,8 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub scheduled_at: Option<Timestamp>,
-    /// When the workload was created (startup timeout counts from here).
+    /// When its first workload was created: the startup timeout counts
+    /// from here, also for a backend placed again on another node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub started_at: Option<Timestamp>,
@@ -252,8 +254,8 @@ pub struct Observed {
     /// told so when it times out.
     pub probe: Option<String>,
     /// Why the workload cannot run on the node the scheduler chose, when
-    /// the runtime says it cannot (Kubernetes: kube-scheduler found no room
-    /// there for its Pod, pinned to it): the backend is placed again.
+    /// the runtime says it cannot (Kubernetes: kube-scheduler cannot place
+    /// its Pod, pinned there): the backend is placed again.
     pub unfit: Option<String>,
     /// Now.
     pub now: Timestamp,
@@ -446,9 +448,9 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         return (next, Action::Wait);
     }
 
-    // Pinned to a node that cannot run it: placed again, and the startup
-    // timeout counts from the new workload (each node is tried once, so
-    // this ends).
+    // Pinned to a node that cannot run it: placed again. The startup
+    // timeout still counts from the first workload, so however many nodes
+    // it is moved across, it ends within it.
     if let (Phase::Scheduled | Phase::Starting, Some(_), Workload::Starting, Some(node)) =
         (status.phase, &observed.unfit, observed.workload, &status.node)
     {
@@ -456,7 +458,6 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
         next.phase = Phase::Pending;
         next.node = None;
         next.scheduled_at = None;
-        next.started_at = None;
         return (next, Action::Reschedule { node });
     }
 
@@ -484,7 +485,8 @@ pub fn step(status: &Status, observed: &Observed, timeouts: &Timeouts) -> (Statu
             }
             Workload::Starting => {
                 next.phase = Phase::Starting;
-                next.started_at = Some(now);
+                // Kept when placed again (see `Action::Reschedule`).
+                next.started_at.get_or_insert(now);
                 (next, Action::Wait)
             }
             Workload::Ready => {
@@ -605,11 +607,11 @@ mod tests {
         let s = in_phase(Phase::Starting);
         let (next, action) = step(&s, &unfit(Workload::Starting, 5), &STARTUP);
         assert_eq!(action, Action::Reschedule { node: "n1".into() });
-        assert_eq!(next, Status { phase: Phase::Pending, node: None, scheduled_at: None, started_at: None, ..s.clone() });
+        assert_eq!(next, Status { phase: Phase::Pending, node: None, scheduled_at: None, ..s.clone() });
         // Seen before its `starting` was recorded: the same.
         assert_eq!(step(&in_phase(Phase::Scheduled), &unfit(Workload::Starting, 5), &STARTUP).1, action);
-        // Then scheduled afresh, and its startup timeout counts from the
-        // new workload.
+        // Then scheduled afresh; its startup timeout still counts from
+        // the first workload.
         let elsewhere = Observed { admission: Some(Admission::Admitted { node: Some("n2".into()) }), ..observed(Workload::Absent, 6) };
         let (placed, action) = step(&next, &Observed { admission: None, ..elsewhere.clone() }, &STARTUP);
         assert_eq!((placed.phase, action), (Phase::Pending, Action::Schedule));
@@ -619,7 +621,9 @@ mod tests {
             (Phase::Scheduled, Some("n2"), Action::Create { node: Some("n2".into()) })
         );
         let (started, _) = step(&placed, &observed(Workload::Starting, 7), &STARTUP);
-        assert_eq!((started.phase, started.started_at, started.created_at), (Phase::Starting, Some(t(7)), t(0)));
+        assert_eq!((started.phase, started.started_at, started.created_at), (Phase::Starting, Some(t(1)), t(0)));
+        let (late, _) = step(&started, &observed(Workload::Starting, 61), &STARTUP);
+        assert_eq!(late.reason, Some(Reason::StartupTimeout), "60 s after the first workload");
 
         // Placed "anywhere": kube-scheduler's to place, so it waits (and
         // the startup timeout ends the wait).

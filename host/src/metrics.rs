@@ -263,13 +263,21 @@ pub struct OperatorMetrics {
     /// retries: a stale read, a Pod still stopping, caches filling), and
     /// failed watches (`error="watch"`).
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+    /// Backends placed again because kube-scheduler could not run their
+    /// Pod on the node the scheduler plugin chose (one per move).
+    pub rescheduled: Counter,
 }
 
 impl OperatorMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let m = OperatorMetrics { leader: Family::default(), reconcile_errors: Family::default() };
+        let m = OperatorMetrics { leader: Family::default(), reconcile_errors: Family::default(), rescheduled: Counter::default() };
         registry.register("leader", "Whether this replica holds the Lease (1) or not (0)", m.leader.clone());
         registry.register("reconcile_errors", "Reconciles (and watches) that failed and are retried, by why", m.reconcile_errors.clone());
+        registry.register(
+            "backends_rescheduled",
+            "Backends placed again because their Pod could not run on the node the scheduler plugin chose",
+            m.rescheduled.clone(),
+        );
         m
     }
 }

@@ -660,8 +660,8 @@ async fn a_backend_whose_nodes_are_all_cordoned_waits_for_one_instead_of_failing
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     // A control plane of its own: its nodes' room is this test's.
-    let small = FakeNode { cpu: "1".into(), ..FakeNode::new("a-full") };
-    let plane = ControlPlane::start(&[small, FakeNode::new("b-roomy")]).await.unwrap();
+    let small = FakeNode { cpu: "1".into(), ..FakeNode::new("a-full").label("zone", "a") };
+    let plane = ControlPlane::start(&[small, FakeNode::new("b-roomy").label("zone", "b")]).await.unwrap();
     let config = OperatorConfig { retention: HOUR, stop_timeout: Duration::ZERO, ..OperatorConfig::default() };
     let (client, ns, metrics) = operator_with_metrics(&plane, "op-full", "", config).await;
     let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
@@ -693,8 +693,8 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     assert_eq!(moved.len(), 1, "{events:?}");
     assert_eq!(moved[0].0, "Normal");
     let note = &moved[0].2;
-    assert!(note.starts_with("its Pod could not run on a-full, the node the scheduler plugin chose: "), "{note}");
-    assert!(note.contains("Insufficient cpu") && note.ends_with("; placing it again, without a-full"), "{note}");
+    assert!(note.starts_with("its Pod could not run on a-full, the node the scheduler plugin chose (0/2 nodes are available: "), "{note}");
+    assert!(note.contains("Insufficient cpu") && note.ends_with("); placing it again without a-full"), "{note}");
     assert!(!events.iter().any(|e| e.1 == "Pending"), "going back is said once, by Rescheduled: {events:?}");
     assert!(pods.get_opt("daemon").await.unwrap().is_some(), "the other workload is left alone");
 
@@ -721,6 +721,23 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     pods.delete("batch", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
     let ready = until(&slabs, "patient", "ready", phase(Phase::Ready)).await;
     assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("b-roomy"));
+
+    // A backend only a-full's labels suit: moved off it, no other node
+    // will do (the plugin refuses b-roomy for the selector), so it is not
+    // rejected but waits, "anywhere" within its selector, for room there.
+    let mut selective = wants("selective", "500m");
+    selective.spec.template.node_selector = Some([("zone".to_string(), "a".to_string())].into());
+    slabs.create(&PostParams::default(), &selective).await.unwrap();
+    let waited = tokio::time::timeout(WAIT, await_condition(pods.clone(), "selective", unpinned)).await;
+    assert!(waited.is_ok(), "never placed anywhere: {:?}", slabs.get("selective").await.unwrap().status);
+    let waiting =
+        until(&slabs, "selective", "noted why it waits", |s| s.ready_condition().is_some_and(|c| c.reason == "WaitingForNode")).await;
+    assert_eq!(waiting.status.unwrap().phase, Some(Phase::Starting));
+    pods.delete("daemon", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    let ready = until(&slabs, "selective", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("a-full"));
+    let moves = metrics.encode().lines().find(|l| l.starts_with("spawner_backends_rescheduled_total ")).map(String::from);
+    assert_eq!(moves.as_deref(), Some("spawner_backends_rescheduled_total 4"), "1 + 2 + 1 moves");
 
     // Moving a backend is no failure: nothing for on-call.
     let errors: Vec<String> =

@@ -30,6 +30,10 @@
 //!   replica and after restarts, and growing across the backends a key
 //!   names in turn (unless two are created within one second: creation
 //!   times have one-second precision), so `Last-Event-ID` resumes anywhere.
+//!   A backend moved to another node goes back to `pending` for a moment:
+//!   that step back is not sent (its id would be smaller), and its next
+//!   `starting`, with the id of the first, is sent to a stream that is
+//!   following (it differs) but not to one resuming from that id.
 //! - **Reads** prefer the watched cache, but an object the cache does not
 //!   have, or has as ended or deleted, is read from the API server: just
 //!   after a key's backend is replaced, the cache may still hold the old.

@@ -541,8 +541,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             ended_by: pod::ended_by(pod.as_ref()),
             // The Pod's Ready condition: its own probe, or the port's.
             probe: None,
-            // Pinned to the plugin's node, and kube-scheduler found no
-            // room there.
+            // Pinned to the plugin's node, and kube-scheduler cannot place
+            // it there.
             unfit: pod.as_ref().filter(|p| pinned_to(p).is_some()).and_then(unschedulable),
             now,
         };
@@ -671,7 +671,10 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             (None, None) => {}
         }
     }
-    record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now).await?;
+    // Before a move, written even when the object already says so: the
+    // write's version check is what tells a stale read (an earlier move's
+    // `pending`, with the Pod since placed again) from the real state.
+    record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now, rescheduled.is_some()).await?;
     if let Some(node) = rescheduled {
         reschedule(ctx, slab, &pods, pod.as_ref(), node).await?;
         return Ok(Requeue::await_change());
@@ -711,12 +714,14 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
 }
 
 /// Removes `pod`, pinned to `node` (the scheduler plugin's choice) where
-/// kube-scheduler found no room for it, once its backend is recorded
-/// `pending` again; scheduling will not offer it `node` again. The operator
-/// counts only backends against a node's capacity (it does not read other
-/// workloads' Pods), so a node other Pods filled can be chosen: without
-/// this, the Pod would wait there until the startup timeout failed the
-/// backend, however empty the other nodes.
+/// kube-scheduler could not place it, once its backend has been recorded
+/// `pending` again; scheduling will not offer it `node` again (in this
+/// leadership term: the memory is the leader's). The operator counts only
+/// backends against a node's capacity (it does not read other workloads'
+/// Pods), so a node other Pods filled can be chosen: without this, the Pod
+/// would wait there until the startup timeout failed the backend, however
+/// empty the other nodes. Any other reason kube-scheduler gives (a taint
+/// or cordon since the choice, the node gone, its Pod limit) moves it too.
 async fn reschedule(ctx: &Context, slab: &SessionLivedBackend, pods: &Api<Pod>, pod: Option<&Pod>, node: String) -> Result<(), Error> {
     let why = pod.and_then(unschedulable).unwrap_or_default();
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();
@@ -724,10 +729,18 @@ async fn reschedule(ctx: &Context, slab: &SessionLivedBackend, pods: &Api<Pod>, 
         inventory.pass_over(uid, node.clone());
     }
     if let Some(p) = pod {
-        // Never bound to a node: deleted at once, whatever the grace.
-        delete_pod(pods, p, Duration::ZERO).await?;
+        // Deleted at once, whatever the grace, as it was read: never bound
+        // to a node. One that changed since (kube-scheduler bound it after
+        // all) is read again (409: retried), not removed under its kubelet.
+        let preconditions = kube::api::Preconditions { uid: p.metadata.uid.clone(), resource_version: p.metadata.resource_version.clone() };
+        let params = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(preconditions), ..DeleteParams::default() };
+        match delete_if_there(pods, &p.name_any(), &params).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::Stale(slab.name_any())),
+            done => done?,
+        }
     }
-    let note = format!("its Pod could not run on {node}, the node the scheduler plugin chose: {why}; placing it again, without {node}");
+    ctx.metrics.operator.rescheduled.inc();
+    let note = format!("its Pod could not run on {node}, the node the scheduler plugin chose ({why}); placing it again without {node}");
     tracing::info!(backend = %slab.name_any(), namespace = %slab.namespace().unwrap_or_default(), "{note}");
     publish(ctx, slab, EventType::Normal, "Rescheduled".into(), note, "Reschedule", Some(&node)).await;
     Ok(())
@@ -897,6 +910,7 @@ async fn record(
     pod: Option<&Pod>,
     waiting: Option<&Waiting>,
     now: Timestamp,
+    always: bool,
 ) -> Result<(), Error> {
     let mut next = slab.status.clone().unwrap_or_default();
     next.record(status, slab.metadata.generation, now);
@@ -927,7 +941,7 @@ async fn record(
     if let Some(base) = &ctx.config.public_url {
         next.url = Some(crate::backends::backend_url(base, ctx.config.host_domain.as_deref(), &slab.name_any()));
     }
-    if slab.status.as_ref() == Some(&next) {
+    if slab.status.as_ref() == Some(&next) && !always {
         return Ok(());
     }
     let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
@@ -1099,26 +1113,27 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let fitting = |f: Fit| fits.iter().filter(move |(_, x)| *x == f).map(|(n, _)| *n);
     let runnable: Vec<&Node> = fitting(Fit::Runs).collect();
     let later: Vec<&Node> = fitting(Fit::Later).filter(|n| carries(n, &selector)).collect();
-    let wait = !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
-    // Nor those its Pod could not run on (see `reschedule`).
+    let waits = |runnable: &[&Node]| !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
+    // Nor those its Pod could not run on (see `reschedule`); once it has
+    // been moved off `MAX_MOVES` of them, none.
     let passed_over = slab.uid().map(|uid| inventory.passed_over(&slabs, &uid)).unwrap_or_default();
-    let offered: Vec<&Node> = match wait {
-        true => Vec::new(),
-        false => runnable.iter().copied().filter(|n| !passed_over.contains(&n.name_any())).collect(),
-    };
+    let fresh: Vec<&Node> = runnable.iter().copied().filter(|n| !passed_over.contains(&n.name_any())).collect();
+    let offered: &[&Node] = if passed_over.len() >= MAX_MOVES || waits(&fresh) { &[] } else { &fresh };
     let tainted_only = tainted_only(&selector, &[&runnable[..], &later[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
-    let candidates: Vec<CandidateNode> = offered
-        .iter()
-        .map(|n| {
-            let name = n.name_any();
-            CandidateNode {
-                labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
-                capacity: capacity(n.status.as_ref().and_then(|s| s.allocatable.as_ref())),
-                backends: placed.iter().filter(|b| b.node.as_ref() == Some(&name)).cloned().collect(),
-                name,
-            }
-        })
-        .collect();
+    let candidates = |offered: &[&Node]| -> Vec<CandidateNode> {
+        offered
+            .iter()
+            .map(|n| {
+                let name = n.name_any();
+                CandidateNode {
+                    labels: n.labels().iter().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect(),
+                    capacity: capacity(n.status.as_ref().and_then(|s| s.allocatable.as_ref())),
+                    backends: placed.iter().filter(|b| b.node.as_ref() == Some(&name)).cloned().collect(),
+                    name,
+                }
+            })
+            .collect()
+    };
     let namespace = slab.namespace().unwrap_or_default();
     let owner_backends = match &slab.spec.owner {
         Some(o) => live
@@ -1132,8 +1147,8 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let request = PlacementRequest {
         backend: slab.plugin_backend(),
         requests: requests(slab),
-        node_selector: selector,
-        nodes: candidates,
+        node_selector: selector.clone(),
+        nodes: candidates(offered),
         owner_backends,
         now: crate::token::now_unix(),
     };
@@ -1145,8 +1160,21 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             if request.node_selector.is_empty() { "no node can run it" } else { "no node that can run it carries its node selector" };
         Placement::Reject(what.into())
     } else {
-        let plugins = ctx.plugins.clone();
-        tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))?
+        match place(ctx, request.clone()).await? {
+            // Refused without the nodes it was moved off: asked again with
+            // them. Would it take one, the Pod goes "anywhere", and waits
+            // for kube-scheduler to find it room within the startup
+            // timeout, as it would have waited on that node; a refusal
+            // that stands with them (a quota) stands.
+            Placement::Reject(_) if !passed_over.is_empty() => {
+                let all = if waits(&runnable) { Vec::new() } else { candidates(&runnable) };
+                match place(ctx, PlacementRequest { nodes: all, ..request }).await? {
+                    Placement::Node(_) => Placement::Anywhere(Vec::new()),
+                    other => other,
+                }
+            }
+            placement => placement,
+        }
     };
     let admission = match placement {
         Placement::Node(n) => (Admission::Admitted { node: Some(n) }, Vec::new()),
@@ -1154,7 +1182,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         Placement::Reject(mut message) => {
             message.push_str(tainted_only.as_deref().unwrap_or_default());
             if !passed_over.is_empty() {
-                message.push_str(&format!("; passed over: {} (kube-scheduler found no room for its Pod there)", passed_over.join(", ")));
+                message.push_str(&format!("; passed over: {} (kube-scheduler could not place its Pod there)", passed_over.join(", ")));
             }
             (Admission::Rejected { message }, Vec::new())
         }
@@ -1167,6 +1195,19 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         _ => {}
     }
     Ok(admission)
+}
+
+/// How many nodes a backend is moved off (see `reschedule`) before it is
+/// offered none, which asks the plugin for "anywhere": a Pod that no node
+/// takes for a reason the plugin does not see (an extended resource, a
+/// volume bound to one zone) would otherwise be moved across the cluster,
+/// each move a Pod created and deleted and an Event.
+const MAX_MOVES: usize = 3;
+
+/// The scheduler plugin's answer to `request`, off the async workers.
+async fn place(ctx: &Context, request: PlacementRequest) -> Result<Placement, Error> {
+    let plugins = ctx.plugins.clone();
+    tokio::task::spawn_blocking(move || plugins.scheduler().place(&request)).await.map_err(|e| Error::Scheduler(e.to_string()))
 }
 
 /// When only nodes left out for a taint carry the node selector's labels

@@ -15,8 +15,10 @@
 //! owner see each other, as do two placed on one node.
 //!
 //! It also remembers, per backend, the nodes its Pod could not run on
-//! (kube-scheduler found no room: the operator does not see other
-//! workloads' Pods), so that placing it again does not offer them.
+//! (kube-scheduler could not place it there, most often for want of room:
+//! the operator does not see other workloads' Pods), so that placing it
+//! again does not offer them. Like the admissions, this lasts as long as
+//! this replica leads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
