@@ -370,7 +370,7 @@ pub fn api_elsewhere_router() -> Router {
     // The API's address is not said: this listener is the public one, and
     // where the API listens is the operator's business.
     healthz_router_saying(
-        "no such endpoint: this listener serves backends under /p/{name}/ and /healthz; the REST API, /metrics and the OpenAPI document are on another listener (api-listen)",
+        "no such endpoint: this listener serves backends (under /p/{name}/, or with host routing on their own host, {name}.{host-domain}) and /healthz; the REST API, /metrics and the OpenAPI document are on another listener (api-listen)",
     )
 }
 
@@ -442,8 +442,14 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
     if let Some(expected) = &s.api_token
         && !expected.presented_in(req.headers())
     {
-        let msg = if crate::secret::bearer(req.headers()).is_empty() {
+        let presented = crate::secret::bearer(req.headers());
+        let msg = if presented.is_empty() {
             "this API needs Authorization: Bearer <api-token>"
+        } else if crate::token::shaped_in(presented) {
+            // The opposite of the proxy's hint for the API token sent to a
+            // backend: the two are easy to swap.
+            "the API token is not valid: that is a backend's capability token (st1.…), which opens its backend through the \
+             proxy, not the API; send the API token (api-token in the config, or SPAWNER_API_TOKEN)"
         } else {
             "the API token is not valid"
         };

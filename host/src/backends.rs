@@ -203,17 +203,43 @@ impl Filter {
     }
 }
 
+/// The warning for a create-or-get that returns `existing`, the live
+/// backend holding its key, when the request asked for another template or
+/// owner: it is returned as it is, and the web app's server is told rather
+/// than handed another program in silence. None when they agree.
+pub fn returned_as_it_is(spec: &BackendSpec, existing: &BackendView) -> Vec<String> {
+    let mut differs = Vec::new();
+    if spec.template != existing.template {
+        differs.push(format!("template {:?}, not {:?}", existing.template, spec.template));
+    }
+    if let Some(owner) = &spec.owner
+        && existing.owner.as_ref() != Some(owner)
+    {
+        let theirs = existing.owner.as_ref().map_or_else(|| "none".to_string(), |o| format!("{o:?}"));
+        differs.push(format!("owner {theirs}, not {owner:?}"));
+    }
+    if differs.is_empty() {
+        return Vec::new();
+    }
+    let (key, name) = (spec.key.as_deref().unwrap_or_default(), &existing.name);
+    let warning = format!(
+        "key {key:?} is held by live backend {name}, returned as it is: it has {}; to start one from this request, terminate it first (DELETE /api/v1/backends/{name})",
+        differs.join(" and ")
+    );
+    tracing::info!(backend = %name, "{warning}");
+    vec![warning]
+}
+
 /// Errors of [`Control`] operations, mapped to HTTP statuses by the API.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ControlError {
     /// No backend of that name.
     #[error("no backend named {0}")]
     NotFound(String),
-    /// The template is not configured.
-    #[error(
-        "unknown template {0:?}; configured templates: {1} (add one to the config file: [templates.{0:?}] with the command that runs it)"
-    )]
-    UnknownTemplate(String, String),
+    /// The template is not configured: its name, those that are, and how
+    /// to add it.
+    #[error("unknown template {0:?}; configured templates: {1} ({2})")]
+    UnknownTemplate(String, String, String),
     /// Input is invalid; the message says what to fix.
     #[error("{0}")]
     Invalid(String),
@@ -358,7 +384,7 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
             return bad(format!("env name {k:?} is not a valid variable name ({ENV_NAME_RULE})"));
         }
         if set_by_spawner(k) {
-            return bad(format!("env {k} is set by Spawner and cannot be overridden"));
+            return bad(format!("env {k}: PORT and every SPAWNER_ variable are Spawner's to set, and cannot be given"));
         }
     }
     // Names were checked above; a value can hold anything but NUL.

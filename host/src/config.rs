@@ -88,6 +88,10 @@ pub struct Config {
     /// `"ghcr.io/acme/editor:1"`, so one spec works locally and on
     /// Kubernetes).
     pub templates: BTreeMap<String, Template>,
+    /// The file this was read from, if any (not a setting): where to add a
+    /// template, the unknown-template error says.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             plugins: PluginsConfig::default(),
             templates: BTreeMap::new(),
+            file: None,
         }
     }
 }
@@ -727,6 +732,7 @@ impl Config {
                 }
             }
         }
+        config.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         Ok(config)
     }
 
@@ -770,7 +776,7 @@ impl Config {
         }
         if api_with_backends && !self.listen.ip().is_loopback() && no_api_token {
             return bad(format!(
-                "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1)",
+                "listen = {} is reachable from other machines, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or listen on 127.0.0.1, or keep the API there with --api-listen 127.0.0.1:PORT)",
                 self.listen
             ));
         }

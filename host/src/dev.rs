@@ -39,6 +39,7 @@ pub struct Dev {
     _tasks: Vec<tokio::task::JoinHandle<()>>,
     _api_server: Option<server::AbortOnDrop>,
     _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
+    _config_watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Dev {
@@ -155,7 +156,26 @@ impl Dev {
             local.start_gc(),
         ];
         let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone(), loaded).context("watching plugin files")?;
-        Ok(Dev { addr, api_addr, local, plugins, shutdown, server, _tasks: tasks, _api_server: api_server, _watcher: watcher })
+        // Not being able to warn about edits is no reason not to start.
+        let config_watcher = config.file.as_deref().and_then(|f| match crate::watch::warn_on_config_change(f) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the config file; edits to it will not be warned about");
+                None
+            }
+        });
+        Ok(Dev {
+            addr,
+            api_addr,
+            local,
+            plugins,
+            shutdown,
+            server,
+            _tasks: tasks,
+            _api_server: api_server,
+            _watcher: watcher,
+            _config_watcher: config_watcher,
+        })
     }
 
     /// Stops accepting, terminates every backend and waits for them (the

@@ -63,6 +63,8 @@ pub struct LocalConfig {
     pub max_ended: usize,
     /// Live backends at most.
     pub max_backends: usize,
+    /// The config file the templates come from, if any.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl LocalConfig {
@@ -78,6 +80,22 @@ impl LocalConfig {
             retention: Duration::from_secs(c.backends.retention_seconds),
             max_ended: c.backends.max_ended,
             max_backends: c.backends.max_backends,
+            config_file: c.file.clone(),
+        }
+    }
+
+    /// How to add template `name`, for the unknown-template error: to the
+    /// file in use, then restart (templates are read at start), or, with
+    /// no file, start with one.
+    fn how_to_add(&self, name: &str) -> String {
+        match &self.config_file {
+            Some(file) => format!(
+                "add [templates.{name:?}] with the command that runs it to {}, then restart spawner: templates are read at start",
+                file.display()
+            ),
+            None => format!(
+                "no config file was given: write [templates.{name:?}] with the command that runs it to a file and start spawner dev --config FILE"
+            ),
         }
     }
 }
@@ -396,7 +414,8 @@ impl Local {
         }
         validate_spec(&spec)?;
         let Some(template) = self.config.templates.get(&spec.template).cloned() else {
-            return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", ")));
+            let how = self.config.how_to_add(&spec.template);
+            return Err(ControlError::UnknownTemplate(spec.template.clone(), self.templates().join(", "), how));
         };
         let mut keys = self.keys.lock().expect("keys lock");
         // A backend that is stopping no longer holds its key: the caller
@@ -411,7 +430,9 @@ impl Local {
             // (A backend quiet for nearly its grace period was otherwise
             // swept as the user it was just handed to arrived.)
             existing.activity.touch();
-            return Ok(Created { backend: self.view(&existing), created: false, warnings: Vec::new() });
+            let backend = self.view(&existing);
+            let warnings = crate::backends::returned_as_it_is(&spec, &backend);
+            return Ok(Created { backend, created: false, warnings });
         }
         let live = self.records.read().expect("records lock").values().filter(|r| !r.phase().is_terminal()).count();
         if live >= self.config.max_backends {
@@ -498,4 +519,19 @@ impl SweepSource for Local {
 /// Lifecycle timing for the driver.
 fn timeouts(c: &LocalConfig) -> lifecycle::Timeouts {
     lifecycle::Timeouts { startup: c.startup_timeout }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_template_says_where_to_add_it() {
+        let mut config = LocalConfig::from_config(&Config::default());
+        let none = config.how_to_add("py");
+        assert!(none.starts_with("no config file was given: ") && none.ends_with("start spawner dev --config FILE"), "{none}");
+        config.config_file = Some("/srv/app/spawner.toml".into());
+        let file = config.how_to_add("py");
+        assert!(file.contains(r#"[templates."py"]"#) && file.contains("to /srv/app/spawner.toml, then restart spawner"), "{file}");
+    }
 }

@@ -251,7 +251,10 @@ impl Proxy {
     fn route(&self, req: &Request<Incoming>) -> Routed {
         if let Some(domain) = &self.settings.host_domain {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-            let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+            let (host, port) = match host.rsplit_once(':') {
+                Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => (h, port),
+                _ => (host, ""),
+            };
             // A fully qualified name's trailing dot names the same host.
             let host = host.strip_suffix('.').unwrap_or(host);
             // Host names are case-insensitive.
@@ -267,9 +270,11 @@ impl Proxy {
                 });
             }
             return match req.uri().path().strip_prefix("/p/") {
+                // On the port this request came to, if it named one.
                 Some(rest) => Routed::Refused(format!(
-                    "backends are served on their own host here, not under /p/: open {}.{domain}",
-                    rest.split('/').next().unwrap_or_default()
+                    "backends are served on their own host here, not under /p/: open {}.{domain}{}",
+                    rest.split('/').next().unwrap_or_default(),
+                    if port.is_empty() { String::new() } else { format!(":{port}") }
                 )),
                 None => Routed::Api,
             };

@@ -153,6 +153,44 @@ pub fn spawn(
     Ok(Some(watcher))
 }
 
+/// Watches `spawner dev`'s config file, which is read at start only, and
+/// warns when its content changes: plugin files reload by themselves, so
+/// an edited template that silently did nothing (an unknown-template error
+/// after adding one) looked like a mistake in the file. Each new content is
+/// said once; touching the file, or writing it back as it was, says
+/// nothing. The watch stops when the returned watcher is dropped.
+pub fn warn_on_config_change(file: &Path) -> notify::Result<notify::RecommendedWatcher> {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let digest = |f: &Path| std::fs::read(f).ok().map(|b| <[u8; 32]>::from(Sha256::digest(b)));
+    let last = Mutex::new(digest(&file));
+    let name = file.file_name().map(OsString::from);
+    let watched = file.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(e) = event else { return };
+        // A finished write (or a file renamed over it), not each step of
+        // one: a truncation read mid-write is a change too, and was said.
+        let finished = matches!(
+            e.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+        );
+        if !finished || !e.paths.iter().any(|p| p.file_name().map(OsString::from) == name) {
+            return;
+        }
+        let now = digest(&watched);
+        let mut last = last.lock().expect("config digest lock");
+        if now.is_some() && now != *last {
+            *last = now;
+            tracing::warn!(
+                config = %watched.display(),
+                "the config file changed; spawner dev reads it at start only: restart it to apply the change (plugin files and their settings files reload by themselves)"
+            );
+        }
+    })?;
+    // Its directory: editors replace a file by renaming a new one over it.
+    watcher.watch(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
 /// How long after a reload refused for the moment it is tried again the
 /// first time; each further refusal in a row doubles it, up to
 /// [`MAX_RETRY`] (a `validate-settings` that never returns is "out of

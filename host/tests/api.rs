@@ -46,7 +46,12 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ),
         ("zero port", r#"{"template":"demo","port":0}"#.into(), 422, "port must be between 1 and 65535, got 0"),
         ("NUL in env", r#"{"template":"demo","env":{"A":"x\u0000y"}}"#.into(), 422, "env A: the value contains a NUL byte"),
-        ("unknown template", r#"{"template":"nope"}"#.into(), 422, "unknown template \"nope\"; configured templates: demo"),
+        (
+            "unknown template",
+            r#"{"template":"nope"}"#.into(),
+            422,
+            "unknown template \"nope\"; configured templates: demo (add [templates.\"nope\"] with the command that runs it to /",
+        ),
         (
             "empty template",
             r#"{"template":" "}"#.into(),
@@ -55,7 +60,18 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
         ),
         ("no template", r#"{"key":"k"}"#.into(), 422, "missing field `template` (or its alias `image`)"),
         ("invalid key", r#"{"template":"demo","key":"has space"}"#.into(), 422, "key must be"),
-        ("reserved env", r#"{"template":"demo","env":{"PORT":"1"}}"#.into(), 422, "PORT is set by Spawner"),
+        (
+            "reserved env",
+            r#"{"template":"demo","env":{"PORT":"1"}}"#.into(),
+            422,
+            "env PORT: PORT and every SPAWNER_ variable are Spawner's",
+        ),
+        (
+            "reserved prefix",
+            r#"{"template":"demo","env":{"SPAWNER_FOO":"1"}}"#.into(),
+            422,
+            "env SPAWNER_FOO: PORT and every SPAWNER_ variable are Spawner's to set",
+        ),
         // Kubernetes' rules locally too, so a spec that runs here runs on a cluster.
         (
             "invalid toleration",
@@ -491,6 +507,23 @@ async fn off_loopback_the_api_requires_its_token() {
     assert_eq!(r.status(), 401);
     let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A backend's capability token in its place is named as such.
+    let created: serde_json::Value = dev
+        .http
+        .post(format!("{}/api/v1/backends", dev.base))
+        .bearer_auth(token)
+        .json(&json!({"template": "demo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let capability = created["token"].as_str().unwrap();
+    let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).bearer_auth(capability).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let error = r.json::<serde_json::Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("the API token is not valid: that is a backend's capability token (st1.…)"), "{error}");
     // The scheme's name is case-insensitive (RFC 7235), as in the proxy.
     let r = dev.http.get(format!("{}/api/v1/backends", dev.base)).header("authorization", format!("bearer {token}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -576,6 +609,55 @@ async fn the_port_warning_is_for_a_started_backend_and_refusals_are_not_a_flood(
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(warnings[0].contains(&name), "{}", warnings[0]);
     assert_eq!(log.matches("create refused for capacity").count(), 1, "{log}");
+}
+
+/// The config file is read at start only: an edit is warned about once
+/// (plugin files reload by themselves, so silence looked like a mistake in
+/// the edit), and an unknown template's error says which file to add it to
+/// and to restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_config_file_is_said_to_need_a_restart() {
+    let dev = Dev::start(FAST, &[]);
+    let file = dev.dir.path().join("spawner.toml");
+    let edited = format!("{FAST}[templates.py2]\ncommand = \"python3\"\n");
+    std::fs::write(&file, &edited).unwrap();
+    let said = "the config file changed; spawner dev reads it at start only: restart it to apply the change";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dev.log_text().contains(said) {
+        assert!(std::time::Instant::now() < deadline, "no warning: {}", dev.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = dev.create(json!({"template": "py2"})).await;
+    assert_eq!(status, 422, "{body}");
+    let error = body["error"].as_str().unwrap();
+    let expected = format!("to {}, then restart spawner: templates are read at start", file.display());
+    assert!(error.contains(r#"add [templates."py2"] with the command that runs it"#) && error.contains(&expected), "{error}");
+    // Written again as it is: nothing new to say.
+    std::fs::write(&file, &edited).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(dev.log_text().matches(said).count(), 1, "{}", dev.log_text());
+}
+
+/// A create-or-get whose key a live backend holds returns it as it is; when
+/// the request asked for another template or owner, its answer says so
+/// (a web app asking for one program must not get another in silence).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_held_by_another_template_is_returned_with_a_warning() {
+    let dev = Dev::start(&format!("{FAST}[templates.other]\ncommand = \"sleep\"\nargs = [\"60\"]\n"), &[]);
+    let (status, first) = dev.create(json!({"template":"demo","key":"shared","owner":"ivy"})).await;
+    assert_eq!(status, 201, "{first}");
+    let name = first["backend"]["name"].as_str().unwrap().to_string();
+    let (status, same) = dev.create(json!({"template":"demo","key":"shared","owner":"ivy"})).await;
+    assert_eq!((status, same.get("warnings")), (200, None), "the same request: nothing to say: {same}");
+    let (status, other) = dev.create(json!({"template":"other","key":"shared","owner":"jack"})).await;
+    assert_eq!((status, other["backend"]["template"].as_str()), (200, Some("demo")), "{other}");
+    let warning = format!(
+        "key \"shared\" is held by live backend {name}, returned as it is: it has template \"demo\", not \"other\" and owner \"ivy\", not \"jack\"; to start one from this request, terminate it first (DELETE /api/v1/backends/{name})"
+    );
+    assert_eq!(other["warnings"], json!([warning]), "{other}");
+    // No owner asked for: only the template is compared.
+    let (_, anyone) = dev.create(json!({"template":"demo","key":"shared"})).await;
+    assert!(anyone.get("warnings").is_none(), "{anyone}");
 }
 
 /// A mistake in the config file stops Spawner with the line and what is

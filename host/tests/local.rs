@@ -408,6 +408,11 @@ async fn with_a_host_domain_backends_are_served_on_their_own_host_only() {
     assert_eq!(r.status(), 404);
     let text = r.text().await.unwrap();
     assert!(text.contains(&format!("backends are served on their own host here, not under /p/: open {name}.apps.localhost")), "{text}");
+    assert!(!text.contains(&format!("{name}.apps.localhost:")), "the request named no port: {text}");
+    // On the port the request came to: without it, the host would be port 80.
+    let r = get("127.0.0.1:18087".into(), &format!("/p/{name}/")).await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&format!("not under /p/: open {name}.apps.localhost:18087")), "{text}");
     assert_eq!(get("apps.localhost".into(), &format!("/p/{name}/api/stats")).await.unwrap().status(), 404);
     for host in [format!("x.{name}.apps.localhost"), ".apps.localhost".into()] {
         let r = get(host.clone(), "/api/v1/backends").await.unwrap();
@@ -1791,4 +1796,31 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
     // And when it is back, it is loaded.
     std::fs::copy(built::HMAC_HEADER_AUTH, &auth).unwrap();
     wait_for((3, refused + 1)).await;
+}
+
+/// The README's "Your own backend": examples/own-backend, as shipped, runs
+/// its Python server under the name `counter`, reached through the proxy
+/// with the verified user passed on, one count per backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_own_backend_example_runs_as_the_readme_says() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/own-backend");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example.join("app.py"), dir.path().join("app.py")).unwrap();
+    let config = std::fs::read_to_string(example.join("spawner.toml")).unwrap();
+    let dev = Dev::start_in(dir, &config, &[]);
+    let (status, created) = dev.create(json!({"template": "counter", "owner": "alice"})).await;
+    assert_eq!(status, 201, "{created}");
+    let name = created["backend"]["name"].as_str().unwrap().to_string();
+    dev.wait_ready(&name).await;
+    // As a browser opens the browserUrl: the redirect, then the cookie.
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let url = created["browserUrl"].as_str().unwrap();
+    for served in [1, 2] {
+        let r = browser.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, json!({"backend": name, "key": null, "user": "alice", "served": served}));
+    }
+    let logs = dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("listening on 127.0.0.1:"), "unbuffered, its line is there: {logs}");
 }

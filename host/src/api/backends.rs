@@ -117,7 +117,9 @@ pub(crate) struct CreateResponse {
     /// The URL to hand to the browser: `url` with the token in the query.
     browser_url: String,
     /// What the caller should know about its request (absent when
-    /// nothing): e.g. that `port` is not used in local mode.
+    /// nothing): e.g. that `port` is not used in local mode, or that the
+    /// live backend returned for the key runs another template or is
+    /// another owner's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }

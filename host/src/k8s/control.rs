@@ -142,9 +142,11 @@ impl KubeBackends {
     /// Someone is about to use it: a fresh grace period to reach it (a
     /// backend quiet for nearly its grace period was otherwise swept as
     /// the user it was just handed to arrived), as in local mode.
-    fn reached_again(&self, slab: &SessionLivedBackend) -> Created {
+    fn reached_again(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Created {
         self.cluster.touch(slab);
-        Created { backend: self.view(slab), created: false, warnings: Vec::new() }
+        let backend = self.view(slab);
+        let warnings = crate::backends::returned_as_it_is(spec, &backend);
+        Created { backend, created: false, warnings }
     }
 
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
@@ -221,7 +223,7 @@ impl Control for KubeBackends {
             // confirmed live on the API server (the cache may lag an end).
             let name = cached.name_any();
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
-                Some(s) if holds_key(&s) => return Ok(self.reached_again(&s)),
+                Some(s) if holds_key(&s) => return Ok(self.reached_again(&s, &spec)),
                 _ => {}
             }
         }
@@ -251,7 +253,7 @@ impl Control for KubeBackends {
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
                 // Deleted in between: create again.
                 None => {}
-                Some(existing) if holds_key(&existing) => return Ok(self.reached_again(&existing)),
+                Some(existing) if holds_key(&existing) => return Ok(self.reached_again(&existing, &spec)),
                 // Ended, or stopping: it makes way (see `holds_key`).
                 Some(ended) => self.replace_ended(&ended).await?,
             }
