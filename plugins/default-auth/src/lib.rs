@@ -62,7 +62,10 @@ pub fn decide(request: &AuthRequest) -> Verdict {
     for credential in &request.credentials {
         let verdict = match &credential.verified {
             Err(TokenError::BadSignature) => Verdict::deny(401, "token signature is not valid"),
-            Err(TokenError::Malformed(why)) => Verdict::deny(401, format!("token is malformed: {why}")),
+            // Not only a broken token: also one minted for an earlier
+            // backend of the name, or the API token sent to a backend (the
+            // host says which), so not "malformed".
+            Err(TokenError::Malformed(why)) => Verdict::deny(401, format!("token is not valid: {why}")),
             Ok(cap) if cap.backend != request.backend.name => {
                 Verdict::deny(403, format!("token is for backend {}, not {}", cap.backend, request.backend.name))
             }
@@ -139,7 +142,7 @@ mod tests {
         assert_eq!(deny_status(decide(&request(vec![cap("b2", NOW + 60, None)]))), 403);
         assert_eq!(deny_status(decide(&request(vec![Err(TokenError::BadSignature)]))), 401);
         let v = decide(&request(vec![Err(TokenError::Malformed("no signature".into()))]));
-        assert!(matches!(&v, Verdict::Deny(d) if d.reason == "token is malformed: no signature"), "{v:?}");
+        assert!(matches!(&v, Verdict::Deny(d) if d.reason == "token is not valid: no signature"), "{v:?}");
         // A token for an earlier backend of this name, as the host passes it.
         let v = decide(&request(vec![Err(spawner_plugin_sdk::testing::issued_before_creation("b1"))]));
         assert!(matches!(&v, Verdict::Deny(d) if d.status == 401 && d.reason.contains("issued before backend b1 was created")), "{v:?}");
