@@ -697,6 +697,13 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     assert!(note.contains("Insufficient cpu") && note.ends_with("); placing it again without a-full"), "{note}");
     assert!(!events.iter().any(|e| e.1 == "Pending"), "going back is said once, by Rescheduled: {events:?}");
     assert!(pods.get_opt("daemon").await.unwrap().is_some(), "the other workload is left alone");
+    // The next as big is not sent to a-full first (it lacked room for
+    // this much a moment ago): no move.
+    slabs.create(&PostParams::default(), &wants("next", "500m")).await.unwrap();
+    let ready = until(&slabs, "next", "ready", phase(Phase::Ready)).await;
+    assert_eq!(ready.status.as_ref().unwrap().node_name.as_deref(), Some("b-roomy"));
+    let events = events_until(&client, &ns, "next", "Ready").await;
+    assert!(!events.iter().any(|e| e.1 == "Rescheduled"), "{events:?}");
 
     // b-roomy fills too (3 of its 4 CPUs), behind the plugin's back: a
     // backend the plugin places on either is moved off both, and then
@@ -714,17 +721,22 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     assert_eq!((status.node_name, status.started_at.is_some()), (None, true), "placed anywhere, its new Pod started");
     let events = events_until(&client, &ns, "patient", "Starting").await;
     let moved: Vec<&str> = events.iter().filter(|e| e.1 == "Rescheduled").map(|e| e.2.as_str()).collect();
-    assert_eq!(moved.len(), 2, "each node once: {events:?}");
-    assert!(moved.iter().any(|n| n.starts_with("its Pod could not run on a-full,")), "{moved:?}");
+    // Off b-roomy; a-full was passed over already if it lacked room for
+    // as much within the last 30 s (as it did, unless this machine is very
+    // slow), else it is moved off that too: each node once either way.
     assert!(moved.iter().any(|n| n.starts_with("its Pod could not run on b-roomy,")), "{moved:?}");
+    assert!(moved.len() == 1 || moved.iter().any(|n| n.starts_with("its Pod could not run on a-full,")), "{moved:?}");
+    assert!(moved.len() <= 2, "each node once: {moved:?}");
     // Room made: kube-scheduler places it, and it runs.
     pods.delete("batch", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
     let ready = until(&slabs, "patient", "ready", phase(Phase::Ready)).await;
     assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("b-roomy"));
 
-    // A backend only a-full's labels suit: moved off it, no other node
-    // will do (the plugin refuses b-roomy for the selector), so it is not
-    // rejected but waits, "anywhere" within its selector, for room there.
+    // A backend only a-full's labels suit: a-full is left out (it lacks
+    // room for as much, as seen a moment ago, or it is moved off it), and
+    // no other node will do (the plugin refuses b-roomy for the selector),
+    // so it is not rejected but waits, "anywhere" within its selector, for
+    // room there.
     let mut selective = wants("selective", "500m");
     selective.spec.template.node_selector = Some([("zone".to_string(), "a".to_string())].into());
     slabs.create(&PostParams::default(), &selective).await.unwrap();
@@ -736,8 +748,13 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     pods.delete("daemon", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
     let ready = until(&slabs, "selective", "ready", phase(Phase::Ready)).await;
     assert_eq!(ready.status.unwrap().node_name.as_deref(), Some("a-full"));
+    // Every move counted (its Event, one per node, is how many there were).
+    let mut events = 0;
+    for name in ["squeezed", "next", "patient", "selective"] {
+        events += events_until(&client, &ns, name, "Ready").await.iter().filter(|e| e.1 == "Rescheduled").count();
+    }
     let moves = metrics.encode().lines().find(|l| l.starts_with("spawner_backends_rescheduled_total ")).map(String::from);
-    assert_eq!(moves.as_deref(), Some("spawner_backends_rescheduled_total 4"), "1 + 2 + 1 moves");
+    assert_eq!(moves, Some(format!("spawner_backends_rescheduled_total {events}")));
 
     // Moving a backend is no failure: nothing for on-call.
     let errors: Vec<String> =

@@ -726,7 +726,7 @@ async fn reschedule(ctx: &Context, slab: &SessionLivedBackend, pods: &Api<Pod>, 
     let why = pod.and_then(unschedulable).unwrap_or_default();
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();
     if let (Some(inventory), Some(uid)) = (inventory, slab.uid()) {
-        inventory.pass_over(uid, node.clone());
+        inventory.pass_over(uid, node.clone(), requests(slab));
     }
     if let Some(p) = pod {
         // Deleted at once, whatever the grace, as it was read: never bound
@@ -1116,8 +1116,12 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let waits = |runnable: &[&Node]| !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
     // Nor those its Pod could not run on (see `reschedule`); once it has
     // been moved off `MAX_MOVES` of them, none.
+    // Nor, for a while, nodes that could not take a backend needing no
+    // more than this one (each create in a burst would be moved off them).
     let passed_over = slab.uid().map(|uid| inventory.passed_over(&slabs, &uid)).unwrap_or_default();
-    let fresh: Vec<&Node> = runnable.iter().copied().filter(|n| !passed_over.contains(&n.name_any())).collect();
+    let lacking = inventory.lacking_room_for(&requests(slab));
+    let left_out = |n: &Node| passed_over.contains(&n.name_any()) || lacking.contains(&n.name_any());
+    let fresh: Vec<&Node> = runnable.iter().copied().filter(|n| !left_out(n)).collect();
     let offered: &[&Node] = if passed_over.len() >= MAX_MOVES || waits(&fresh) { &[] } else { &fresh };
     let tainted_only = tainted_only(&selector, &[&runnable[..], &later[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
     let candidates = |offered: &[&Node]| -> Vec<CandidateNode> {
@@ -1166,7 +1170,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             // for kube-scheduler to find it room within the startup
             // timeout, as it would have waited on that node; a refusal
             // that stands with them (a quota) stands.
-            Placement::Reject(_) if !passed_over.is_empty() => {
+            Placement::Reject(_) if !passed_over.is_empty() || !lacking.is_empty() => {
                 let all = if waits(&runnable) { Vec::new() } else { candidates(&runnable) };
                 match place(ctx, PlacementRequest { nodes: all, ..request }).await? {
                     Placement::Node(_) => Placement::Anywhere(Vec::new()),
@@ -1181,8 +1185,15 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
         Placement::Reject(mut message) => {
             message.push_str(tainted_only.as_deref().unwrap_or_default());
-            if !passed_over.is_empty() {
-                message.push_str(&format!("; passed over: {} (kube-scheduler could not place its Pod there)", passed_over.join(", ")));
+            let mut skipped: Vec<&String> = passed_over.iter().chain(&lacking).collect();
+            skipped.sort();
+            skipped.dedup();
+            if !skipped.is_empty() {
+                let names: Vec<&str> = skipped.iter().map(|s| s.as_str()).collect();
+                message.push_str(&format!(
+                    "; passed over: {} (kube-scheduler could not place its Pod, or one as big, there)",
+                    names.join(", ")
+                ));
             }
             (Admission::Rejected { message }, Vec::new())
         }

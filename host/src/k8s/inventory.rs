@@ -17,7 +17,9 @@
 //! It also remembers, per backend, the nodes its Pod could not run on
 //! (kube-scheduler could not place it there, most often for want of room:
 //! the operator does not see other workloads' Pods), so that placing it
-//! again does not offer them. Like the admissions, this lasts as long as
+//! again does not offer them; and, for [`LACKING_FOR`], that those nodes
+//! lacked room for that much, so that a backend needing as much or more is
+//! not sent there first either. Like the admissions, this lasts as long as
 //! this replica leads.
 
 use std::collections::HashMap;
@@ -33,7 +35,7 @@ use kube::{Client, Resource};
 
 use super::crd::SessionLivedBackend;
 use crate::lifecycle::Phase;
-use crate::plugins::types::PlacedBackend;
+use crate::plugins::types::{PlacedBackend, Resources};
 use crate::server::AbortOnDrop;
 
 /// How long an admission is counted while the cache shows its backend
@@ -43,6 +45,12 @@ const REMEMBERED_FOR: Duration = Duration::from_secs(60);
 /// How long an admission is counted while the cache does not have its
 /// backend at all (not yet; after this, it was deleted).
 const ABSENT_FOR: Duration = Duration::from_secs(10);
+
+/// How long a node that could not take a backend's Pod is not offered to
+/// backends requesting as much or more: long enough for a burst of creates
+/// (each would otherwise be moved off it in turn), short enough that room
+/// made there (another workload's Pod gone) is used again soon.
+pub const LACKING_FOR: Duration = Duration::from_secs(30);
 
 /// A backend this replica admitted, as scheduling counts it.
 #[derive(Debug, Clone)]
@@ -65,6 +73,8 @@ pub struct Inventory {
     admitted: Mutex<HashMap<String, Admitted>>,
     /// Nodes each backend's Pod could not run on, by uid, while it starts.
     passed_over: Mutex<HashMap<String, PassedOver>>,
+    /// Nodes that lately could not take a backend's Pod, with its requests.
+    lacking: Mutex<Vec<Lacking>>,
     _watches: [AbortOnDrop; 2],
 }
 
@@ -89,6 +99,7 @@ impl Inventory {
             deciding: tokio::sync::Mutex::new(()),
             admitted: Mutex::new(HashMap::new()),
             passed_over: Mutex::new(HashMap::new()),
+            lacking: Mutex::new(Vec::new()),
             _watches: [node_watch, backend_watch],
         })
     }
@@ -118,8 +129,10 @@ impl Inventory {
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
     }
 
-    /// Remembers that backend `uid`'s Pod could not run on `node`.
-    pub fn pass_over(&self, uid: String, node: String) {
+    /// Remembers that backend `uid`'s Pod, requesting `requests`, could
+    /// not run on `node`.
+    pub fn pass_over(&self, uid: String, node: String, requests: Resources) {
+        self.lacking.lock().expect("lacking lock").push(Lacking { node: node.clone(), requests, at: Instant::now() });
         let mut all = self.passed_over.lock().expect("passed-over lock");
         let entry = all.entry(uid).or_insert_with(|| PassedOver { nodes: Vec::new(), at: Instant::now() });
         if !entry.nodes.contains(&node) {
@@ -135,6 +148,17 @@ impl Inventory {
         let mut all = self.passed_over.lock().expect("passed-over lock");
         all.retain(|uid, p| still_placing(by_uid.get(uid.as_str()).copied(), p.at.elapsed()));
         all.get(uid).map(|p| p.nodes.clone()).unwrap_or_default()
+    }
+
+    /// The nodes that, in the last [`LACKING_FOR`], could not take a
+    /// backend's Pod requesting no more than `requests` (so none as big).
+    pub fn lacking_room_for(&self, requests: &Resources) -> Vec<String> {
+        let mut lacking = self.lacking.lock().expect("lacking lock");
+        lacking.retain(|l| l.at.elapsed() < LACKING_FOR);
+        let mut nodes: Vec<String> = lacking.iter().filter(|l| at_least(requests, &l.requests)).map(|l| l.node.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
     }
 
     /// Whether both caches hold their first full listing (asked without
@@ -164,6 +188,19 @@ fn still_unseen(cached: Option<&SessionLivedBackend>, age: Duration) -> bool {
         Some(s) => s.phase() == Phase::Pending && s.metadata.deletion_timestamp.is_none() && age < REMEMBERED_FOR,
         None => age < ABSENT_FOR,
     }
+}
+
+/// A node that could not take a backend's Pod, requesting `requests`.
+#[derive(Debug)]
+struct Lacking {
+    node: String,
+    requests: Resources,
+    at: Instant,
+}
+
+/// Whether `a` requests at least as much as `b` of every resource.
+fn at_least(a: &Resources, b: &Resources) -> bool {
+    a.cpu_millis >= b.cpu_millis && a.memory_bytes >= b.memory_bytes
 }
 
 /// Nodes a backend's Pod could not run on.
@@ -300,6 +337,16 @@ mod tests {
         }
         assert!(still_placing(None, second), "not listed yet");
         assert!(!still_placing(None, ABSENT_FOR), "deleted");
+    }
+
+    #[test]
+    fn a_node_lacking_room_for_a_backend_lacks_it_for_any_as_big() {
+        let r = |cpu_millis: u64, memory_bytes: u64| Resources { cpu_millis, memory_bytes };
+        assert!(at_least(&r(500, 1 << 20), &r(500, 1 << 20)));
+        assert!(at_least(&r(900, 2 << 20), &r(500, 1 << 20)));
+        assert!(!at_least(&r(400, 2 << 20), &r(500, 1 << 20)), "less CPU: it may fit");
+        assert!(!at_least(&r(900, 0), &r(500, 1 << 20)), "less memory: it may fit");
+        assert!(at_least(&r(0, 0), &r(0, 0)), "a node that took no Pod at all takes none");
     }
 
     #[test]
