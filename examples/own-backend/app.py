@@ -11,18 +11,22 @@ count. The standard library only.
 import http.server
 import json
 import os
+import threading
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     served = 0
+    counting = threading.Lock()
 
     def do_GET(self):
-        Handler.served += 1
+        with Handler.counting:
+            Handler.served += 1
+            served = Handler.served
         body = json.dumps({
             "backend": os.environ.get("SPAWNER_BACKEND_NAME"),
             "key": os.environ.get("SPAWNER_BACKEND_KEY") or None,
             "user": self.headers.get("X-Spawner-User"),
-            "served": Handler.served,
+            "served": served,
         }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -449,7 +449,7 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
             // The opposite of the proxy's hint for the API token sent to a
             // backend: the two are easy to swap.
             "the API token is not valid: that is a backend's capability token (st1.…), which opens its backend through the \
-             proxy, not the API; send the API token (api-token in the config, or SPAWNER_API_TOKEN)"
+             proxy, not the API; send the API token (--api-token or SPAWNER_API_TOKEN, or api-token in spawner dev's config)"
         } else {
             "the API token is not valid"
         };

@@ -204,27 +204,19 @@ impl Filter {
 }
 
 /// The warning for a create-or-get that returns `existing`, the live
-/// backend holding its key, when the request asked for another template or
-/// owner: it is returned as it is, and the web app's server is told rather
-/// than handed another program in silence. None when they agree.
+/// backend holding its key, when the request asked for another template:
+/// it is returned as it is, and the web app's server is told rather than
+/// handed another program in silence. None when the templates agree. (Other
+/// owners are not worth a word: a second user joining a document's backend
+/// is what keys are for, and the token is made out to them.)
 pub fn returned_as_it_is(spec: &BackendSpec, existing: &BackendView) -> Vec<String> {
-    let mut differs = Vec::new();
-    if spec.template != existing.template {
-        differs.push(format!("template {:?}, not {:?}", existing.template, spec.template));
-    }
-    if let Some(owner) = &spec.owner
-        && existing.owner.as_ref() != Some(owner)
-    {
-        let theirs = existing.owner.as_ref().map_or_else(|| "none".to_string(), |o| format!("{o:?}"));
-        differs.push(format!("owner {theirs}, not {owner:?}"));
-    }
-    if differs.is_empty() {
+    if spec.template == existing.template {
         return Vec::new();
     }
     let (key, name) = (spec.key.as_deref().unwrap_or_default(), &existing.name);
     let warning = format!(
-        "key {key:?} is held by live backend {name}, returned as it is: it has {}; to start one from this request, terminate it first (DELETE /api/v1/backends/{name})",
-        differs.join(" and ")
+        "key {key:?} is held by live backend {name}, returned as it is: it runs template {:?}, not {:?}; to start one from this request, terminate it first (DELETE /api/v1/backends/{name})",
+        existing.template, spec.template
     );
     tracing::info!(backend = %name, "{warning}");
     vec![warning]

@@ -92,6 +92,9 @@ pub struct Config {
     /// template, the unknown-template error says.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// The SHA-256 of the text read from `file`, to tell an edit since.
+    #[serde(skip)]
+    pub file_digest: Option<[u8; 32]>,
 }
 
 impl Default for Config {
@@ -113,8 +116,25 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             templates: BTreeMap::new(),
             file: None,
+            file_digest: None,
         }
     }
+}
+
+/// The largest config file read at start or hashed to tell an edit: far
+/// above any real one (they are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A config file's text; one larger than [`MAX_CONFIG_BYTES`] is refused
+/// (a path to `/dev/zero` would be read until memory ran out).
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!("larger than {} MiB, which no config file is", MAX_CONFIG_BYTES >> 20)));
+    }
+    Ok(text)
 }
 
 /// Upper bound of the timeouts (startup, stop, sweep interval, header
@@ -716,7 +736,7 @@ impl Config {
     /// Reads `path` (or starts from defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = read_capped(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         let dir = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
         if let Some(dir) = dir {
@@ -733,6 +753,7 @@ impl Config {
             }
         }
         config.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        config.file_digest = Some(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into());
         Ok(config)
     }
 

@@ -157,7 +157,7 @@ impl Dev {
         ];
         let watcher = crate::watch::spawn(config.plugins.clone(), plugins.clone(), loaded).context("watching plugin files")?;
         // Not being able to warn about edits is no reason not to start.
-        let config_watcher = config.file.as_deref().and_then(|f| match crate::watch::warn_on_config_change(f) {
+        let config_watcher = config.file.as_deref().and_then(|f| match crate::watch::warn_on_config_change(f, config.file_digest) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the config file; edits to it will not be warned about");

@@ -159,36 +159,56 @@ pub fn spawn(
 /// after adding one) looked like a mistake in the file. Each new content is
 /// said once; touching the file, or writing it back as it was, says
 /// nothing. The watch stops when the returned watcher is dropped.
-pub fn warn_on_config_change(file: &Path) -> notify::Result<notify::RecommendedWatcher> {
+/// `read` is the digest of the text Spawner started with (see
+/// [`crate::config::Config::file_digest`]), so an edit made while it
+/// started is said too.
+pub fn warn_on_config_change(file: &Path, read: Option<[u8; 32]>) -> notify::Result<notify::RecommendedWatcher> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    let digest = |f: &Path| std::fs::read(f).ok().map(|b| <[u8; 32]>::from(Sha256::digest(b)));
-    let last = Mutex::new(digest(&file));
     let name = file.file_name().map(OsString::from);
-    let watched = file.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(e) = event else { return };
-        // A finished write (or a file renamed over it), not each step of
-        // one: a truncation read mid-write is a change too, and was said.
-        let finished = matches!(
-            e.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
-        );
-        if !finished || !e.paths.iter().any(|p| p.file_name().map(OsString::from) == name) {
-            return;
-        }
-        let now = digest(&watched);
-        let mut last = last.lock().expect("config digest lock");
-        if now.is_some() && now != *last {
-            *last = now;
-            tracing::warn!(
-                config = %watched.display(),
-                "the config file changed; spawner dev reads it at start only: restart it to apply the change (plugin files and their settings files reload by themselves)"
-            );
+        if let Ok(e) = event
+            && changes_content(&e.kind)
+            && e.paths.iter().any(|p| p.file_name().map(OsString::from) == name)
+        {
+            let _ = tx.send(());
         }
     })?;
     // Its directory: editors replace a file by renaming a new one over it.
     watcher.watch(file.parent().unwrap_or(Path::new("/")), RecursiveMode::NonRecursive)?;
+    // Read once the writes have stopped for a moment: read mid-write (or
+    // between an editor's two writes), a file is a change too, and was
+    // said. The thread ends when the watcher, and so the sender, is gone.
+    std::thread::spawn(move || {
+        let mut last = read.or_else(|| config_digest(&file));
+        while rx.recv().is_ok() {
+            while rx.recv_timeout(DEBOUNCE).is_ok() {}
+            let now = config_digest(&file);
+            if now.is_some() && now != last {
+                last = now;
+                tracing::warn!(
+                    config = %file.display(),
+                    "the config file changed; spawner dev reads it at start only: restart it to apply the change (plugin files and their settings files reload by themselves)"
+                );
+            }
+        }
+    });
     Ok(watcher)
+}
+
+/// The digest of config file `file` as it is now; `None` when it is not a
+/// plain file (a backend, which runs as Spawner's user in that directory,
+/// could replace it with a link to `/dev/zero`) or cannot be read. At most
+/// [`crate::config::MAX_CONFIG_BYTES`] are read, as at start.
+fn config_digest(file: &Path) -> Option<[u8; 32]> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(file).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(crate::config::MAX_CONFIG_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(Sha256::digest(&bytes).into())
 }
 
 /// How long after a reload refused for the moment it is tried again the

@@ -685,6 +685,7 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
 
     // Both nodes have room as the plugin sees them, and neither has a
     // backend: spreading picks a-full (by name), where there is none.
+    let squeezed_at = std::time::Instant::now();
     slabs.create(&PostParams::default(), &wants("squeezed", "500m")).await.unwrap();
     let ready = until(&slabs, "squeezed", "ready", phase(Phase::Ready)).await;
     assert_eq!(ready.status.as_ref().unwrap().node_name.as_deref(), Some("b-roomy"));
@@ -698,12 +699,14 @@ async fn a_backend_whose_node_others_filled_is_placed_again_elsewhere() {
     assert!(!events.iter().any(|e| e.1 == "Pending"), "going back is said once, by Rescheduled: {events:?}");
     assert!(pods.get_opt("daemon").await.unwrap().is_some(), "the other workload is left alone");
     // The next as big is not sent to a-full first (it lacked room for
-    // this much a moment ago): no move.
+    // this much a moment ago): no move, unless this machine took longer
+    // than that memory lasts to get here.
     slabs.create(&PostParams::default(), &wants("next", "500m")).await.unwrap();
     let ready = until(&slabs, "next", "ready", phase(Phase::Ready)).await;
     assert_eq!(ready.status.as_ref().unwrap().node_name.as_deref(), Some("b-roomy"));
     let events = events_until(&client, &ns, "next", "Ready").await;
-    assert!(!events.iter().any(|e| e.1 == "Rescheduled"), "{events:?}");
+    let moved = events.iter().filter(|e| e.1 == "Rescheduled").count();
+    assert!(moved == 0 || squeezed_at.elapsed() >= spawner::k8s::inventory::LACKING_FOR, "{events:?}");
 
     // b-roomy fills too (3 of its 4 CPUs), behind the plugin's back: a
     // backend the plugin places on either is moved off both, and then

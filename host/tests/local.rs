@@ -1800,7 +1800,7 @@ async fn replacing_the_auth_plugin_file_keeps_open_websockets() {
 
 /// The README's "Your own backend": examples/own-backend, as shipped, runs
 /// its Python server under the name `counter`, reached through the proxy
-/// with the verified user passed on, one count per backend.
+/// with the verified user passed on, counting the requests it served.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_own_backend_example_runs_as_the_readme_says() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/own-backend");

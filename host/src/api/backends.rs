@@ -118,8 +118,7 @@ pub(crate) struct CreateResponse {
     browser_url: String,
     /// What the caller should know about its request (absent when
     /// nothing): e.g. that `port` is not used in local mode, or that the
-    /// live backend returned for the key runs another template or is
-    /// another owner's.
+    /// live backend returned for the key runs another template.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }

@@ -726,7 +726,10 @@ async fn reschedule(ctx: &Context, slab: &SessionLivedBackend, pods: &Api<Pod>, 
     let why = pod.and_then(unschedulable).unwrap_or_default();
     let inventory = ctx.inventory.lock().expect("inventory lock").clone();
     if let (Some(inventory), Some(uid)) = (inventory, slab.uid()) {
-        inventory.pass_over(uid, node.clone(), requests(slab));
+        // Other backends as big are kept off it for a while only when what
+        // it lacked is what the plugin counts (not a GPU, a port, a zone).
+        let lacked = pod::lacks_room(&why).then(|| requests(slab));
+        inventory.pass_over(uid, node.clone(), lacked);
     }
     if let Some(p) = pod {
         // Deleted at once, whatever the grace, as it was read: never bound
@@ -1115,13 +1118,16 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
     let later: Vec<&Node> = fitting(Fit::Later).filter(|n| carries(n, &selector)).collect();
     let waits = |runnable: &[&Node]| !later.is_empty() && !runnable.iter().any(|n| carries(n, &selector));
     // Nor those its Pod could not run on (see `reschedule`); once it has
-    // been moved off `MAX_MOVES` of them, none.
-    // Nor, for a while, nodes that could not take a backend needing no
-    // more than this one (each create in a burst would be moved off them).
+    // been moved off `MAX_MOVES` of them, none. Nor, for a while, nodes
+    // that lacked room for a backend needing no more than this one (each
+    // create in a burst would be moved off them in turn).
     let passed_over = slab.uid().map(|uid| inventory.passed_over(&slabs, &uid)).unwrap_or_default();
     let lacking = inventory.lacking_room_for(&requests(slab));
-    let left_out = |n: &Node| passed_over.contains(&n.name_any()) || lacking.contains(&n.name_any());
+    let left_out = |n: &&Node| passed_over.contains(&n.name_any()) || lacking.contains(&n.name_any());
     let fresh: Vec<&Node> = runnable.iter().copied().filter(|n| !left_out(n)).collect();
+    // Those of the nodes that could run it: what a rejection names, and
+    // whether a refusal is asked again with them.
+    let skipped: Vec<String> = runnable.iter().copied().filter(left_out).map(|n| n.name_any()).collect();
     let offered: &[&Node] = if passed_over.len() >= MAX_MOVES || waits(&fresh) { &[] } else { &fresh };
     let tainted_only = tainted_only(&selector, &[&runnable[..], &later[..]].concat(), &fitting(Fit::Tainted).collect::<Vec<_>>());
     let candidates = |offered: &[&Node]| -> Vec<CandidateNode> {
@@ -1170,7 +1176,7 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
             // for kube-scheduler to find it room within the startup
             // timeout, as it would have waited on that node; a refusal
             // that stands with them (a quota) stands.
-            Placement::Reject(_) if !passed_over.is_empty() || !lacking.is_empty() => {
+            Placement::Reject(_) if !skipped.is_empty() => {
                 let all = if waits(&runnable) { Vec::new() } else { candidates(&runnable) };
                 match place(ctx, PlacementRequest { nodes: all, ..request }).await? {
                     Placement::Node(_) => Placement::Anywhere(Vec::new()),
@@ -1185,14 +1191,10 @@ async fn schedule(ctx: &Context, slab: &SessionLivedBackend) -> Result<(Admissio
         Placement::Anywhere(selector) => (Admission::Admitted { node: None }, selector),
         Placement::Reject(mut message) => {
             message.push_str(tainted_only.as_deref().unwrap_or_default());
-            let mut skipped: Vec<&String> = passed_over.iter().chain(&lacking).collect();
-            skipped.sort();
-            skipped.dedup();
             if !skipped.is_empty() {
-                let names: Vec<&str> = skipped.iter().map(|s| s.as_str()).collect();
+                let names = skipped.join(", ");
                 message.push_str(&format!(
-                    "; passed over: {} (kube-scheduler could not place its Pod, or one as big, there)",
-                    names.join(", ")
+                    "; passed over: {names} (kube-scheduler could not place its Pod there, or, within the last 30 s, a backend's as big)"
                 ));
             }
             (Admission::Rejected { message }, Vec::new())

@@ -129,10 +129,12 @@ impl Inventory {
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
     }
 
-    /// Remembers that backend `uid`'s Pod, requesting `requests`, could
-    /// not run on `node`.
-    pub fn pass_over(&self, uid: String, node: String, requests: Resources) {
-        self.lacking.lock().expect("lacking lock").push(Lacking { node: node.clone(), requests, at: Instant::now() });
+    /// Remembers that backend `uid`'s Pod could not run on `node`, and,
+    /// when that was for want of room, what it requested (`lacked`).
+    pub fn pass_over(&self, uid: String, node: String, lacked: Option<Resources>) {
+        if let Some(requests) = lacked {
+            self.lacking.lock().expect("lacking lock").push(Lacking { node: node.clone(), requests, at: Instant::now() });
+        }
         let mut all = self.passed_over.lock().expect("passed-over lock");
         let entry = all.entry(uid).or_insert_with(|| PassedOver { nodes: Vec::new(), at: Instant::now() });
         if !entry.nodes.contains(&node) {

@@ -168,6 +168,14 @@ pub fn workload(pod: Option<&Pod>, status: &Status) -> Workload {
     }
 }
 
+/// Whether kube-scheduler's `why` (see [`unschedulable`]) says a node
+/// lacked room of the kinds scheduling counts: CPU, memory, or Pods.
+/// Another reason (an extended resource such as a GPU, a host port, a
+/// volume's zone, a taint) says nothing about other backends' room.
+pub fn lacks_room(why: &str) -> bool {
+    ["Insufficient cpu", "Insufficient memory", "Too many pods"].iter().any(|r| why.contains(r))
+}
+
 /// The node `pod` is required on, when [`pod_for`] pinned it to the
 /// scheduler plugin's choice (not yet bound there, or bound).
 pub fn pinned_to(pod: &Pod) -> Option<&str> {
@@ -611,6 +619,11 @@ mod tests {
         assert_eq!(unschedulable(&with("SchedulingGated", "False", Some("gated"))), None, "another reason");
         assert_eq!(unschedulable(&with("", "True", None)), None, "placed");
         assert_eq!(unschedulable(&Pod::default()), None, "not looked at yet");
+        assert!(lacks_room("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) didn't satisfy plugin(s) [NodeAffinity]."));
+        assert!(lacks_room("0/1 nodes are available: 1 Insufficient memory."));
+        assert!(lacks_room("0/1 nodes are available: 1 Too many pods."));
+        assert!(!lacks_room("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."), "not what scheduling counts");
+        assert!(!lacks_room("0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: x}."));
     }
 
     #[test]
