@@ -624,10 +624,10 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 break;
             }
             // Recorded `pending` first, then its Pod goes (below): a
-            // reconcile that saw the Pod gone before the record would
-            // count the backend lost.
-            // The node the Pod is pinned to: the recorded one, except after
-            // a crash between recording `pending` and deleting the Pod.
+            // reconcile that saw the Pod gone before the record would count
+            // the backend lost. The node moved off is the one the Pod is
+            // pinned to: the recorded one, except after a crash between
+            // recording `pending` and deleting the Pod.
             Action::Reschedule { node } => {
                 rescheduled = Some(pod.as_ref().and_then(pinned_to).map_or(node, str::to_string));
                 break;
