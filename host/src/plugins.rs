@@ -235,7 +235,17 @@ impl Plugins {
     /// plugin of `kind`. Calls already running finish on the old plugin. On
     /// any error the old plugin stays and the error says why.
     pub fn replace(&self, kind: PluginKind, source: &PluginSource) -> LoadResult<PluginInfo> {
-        let result = LoadedPlugin::load(&self.runtime, kind, source);
+        // A plugin that traps, runs out of memory or misses its deadline
+        // (each try) on the sample request fails every call: it would
+        // replace a working one, and for auth deny every request. One that
+        // only cannot decide the sample (its error) is taken: a real
+        // request may be another matter.
+        let result = LoadedPlugin::load(&self.runtime, kind, source).and_then(|plugin| match plugin.trial(&self.runtime, kind).0 {
+            Err(source @ (CallError::Trap(_) | CallError::MemoryLimit(_) | CallError::StartMemory { .. } | CallError::Deadline(_))) => {
+                Err(LoadError::Trial { name: plugin.info().name.clone(), kind, source })
+            }
+            _ => Ok(plugin),
+        });
         match result {
             Ok(plugin) => {
                 let info = plugin.info().clone();

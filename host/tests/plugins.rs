@@ -727,6 +727,28 @@ async fn a_reload_refused_for_the_moment_is_tried_again() {
     assert!(spawner::watch::replace_if_changed(&plugins, PluginKind::Idle, &refused, &mut tried).await.is_none(), "not tried again");
 }
 
+/// A replacement that traps (a panic) or loops on its kind's sample
+/// request, as `spawner plugin check` tries it, would fail every call: it
+/// is refused and the working plugin stays. One that only cannot decide
+/// the sample (its own error) is taken, since a real request may differ.
+#[test]
+fn a_replacement_that_fails_every_call_is_refused() {
+    // The default auth deadline (the shared test runtime's are long): the
+    // loop costs three of them.
+    let rt = Arc::new(Runtime::new(RuntimeConfig { auth: RuntimeConfig::default().auth, ..patient() }, Some(key())).unwrap());
+    let (plugins, _) = with_in(rt, vec![]);
+    let before = plugins.info(PluginKind::Idle).digest;
+    for (plugin, settings, why) in [(built::FIXTURE_FAIL_IDLE, "", "trapped"), (built::FIXTURE_LOOP, "", "deadline")] {
+        let kind = if plugin == built::FIXTURE_LOOP { PluginKind::Auth } else { PluginKind::Idle };
+        let kept = plugins.info(kind).digest;
+        let e = plugins.replace(kind, &source(plugin, settings)).unwrap_err().to_string();
+        assert!(e.contains("failed a trial decision on a sample") && e.contains(why), "{e}");
+        assert_eq!(plugins.info(kind).digest, kept, "the working plugin stays");
+    }
+    assert!(plugins.replace(PluginKind::Idle, &source(built::FIXTURE_FAIL_IDLE, "error")).is_ok(), "cannot decide: taken");
+    assert_ne!(plugins.info(PluginKind::Idle).digest, before);
+}
+
 /// A ConfigMap mounted as a volume: `idle.wasm -> ..data/idle.wasm`, and
 /// each update a new directory that `..data` is re-pointed at (then the
 /// old one removed), as the kubelet does. Every update is loaded, not
@@ -752,7 +774,7 @@ async fn a_configmap_volume_is_followed_through_every_update() {
     let _watching = spawner::watch::spawn(config, plugins.clone(), loaded).unwrap();
 
     let mut previous = "v1";
-    for (version, plugin) in [("v2", built::BUSINESS_HOURS_IDLE), ("v3", built::FIXTURE_FAIL_IDLE)] {
+    for (version, plugin) in [("v2", built::BUSINESS_HOURS_IDLE), ("v3", built::FIXTURE_COUNTER_LARGE)] {
         let before = plugins.info(PluginKind::Idle).digest;
         publish(version, plugin);
         std::fs::remove_dir_all(d.join(format!("..{previous}"))).unwrap();

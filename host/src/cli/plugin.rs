@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::plugins::credentials::{self, TokenNames};
-use crate::plugins::loaded::{DEADLINE_TRIES, detect_kind};
+use crate::plugins::loaded::{TrialDecision, detect_kind};
 use crate::plugins::types::*;
-use crate::plugins::{CallError, LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
+use crate::plugins::{LoadError, LoadedPlugin, PluginKind, PluginSource, Runtime, RuntimeConfig, sample};
 use crate::token::{TokenKey, now_unix};
 
 /// Plugin author commands.
@@ -158,27 +157,13 @@ fn check(file: PathBuf, kind: Option<PluginKind>, settings: Option<String>, limi
             }
             e => e.to_string(),
         })?;
-        let decide = || {
-            let started = Instant::now();
-            let now = now_unix();
-            let trial = match kind {
-                PluginKind::Auth => plugin.check(&rt, &sample::auth_request_with_token(now), 0).map(|v| describe_verdict(&v)),
-                PluginKind::Idle => plugin.evaluate(&rt, &sample::idle_request(now)).map(|v| describe_idle(&v)),
-                PluginKind::Scheduler => plugin.place(&rt, &sample::placement_request(now)).map(|p| describe_placement(&p)),
-            };
-            (trial, started.elapsed())
-        };
-        // The deadline is wall-clock time, and a fresh process's first call
-        // also pays one-time costs (the instance's first page faults) while
-        // the machine may be busy: only a plugin that misses it on every
-        // try has a deadline problem. An endless loop costs three deadlines.
-        let (mut trial, mut took) = decide();
-        let mut missed = 0;
-        while matches!(trial, Err(CallError::Deadline(_))) && missed + 1 < DEADLINE_TRIES {
-            missed += 1;
-            (trial, took) = decide();
-        }
+        let (trial, took, missed) = plugin.trial(&rt, kind);
         let trial = trial.map_err(|e| format!("{}: trial decision on a sample {kind} request failed: the plugin {e}", source.name))?;
+        let trial = match trial {
+            TrialDecision::Auth(v) => describe_verdict(&v),
+            TrialDecision::Idle(v) => describe_idle(&v),
+            TrialDecision::Scheduler(p) => describe_placement(&p),
+        };
         // Passing on a later try is not nothing: every real call is a
         // first call on a fresh instance.
         let missed = match missed {

@@ -58,6 +58,18 @@ pub enum LoadError {
         #[source]
         source: CallError,
     },
+    /// It loaded, but trapped, ran out of memory or missed its deadline on
+    /// its kind's sample request (a reload: the current plugin stays).
+    #[error("{name} failed a trial decision on a sample {kind} request: the plugin {source} (`spawner plugin check` makes the same call)")]
+    Trial {
+        /// Plugin name.
+        name: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// Why the call produced no decision.
+        #[source]
+        source: CallError,
+    },
     /// wasmtime could not compile it.
     #[error("{name} could not be compiled: {reason}")]
     Compile {
@@ -154,7 +166,7 @@ impl LoadError {
     /// refused for these is retried, one refused for the rest is not.
     pub fn is_transient(&self) -> bool {
         match self {
-            LoadError::SettingsCall { source, .. } | LoadError::Start { source, .. } => {
+            LoadError::SettingsCall { source, .. } | LoadError::Start { source, .. } | LoadError::Trial { source, .. } => {
                 matches!(source, CallError::Deadline(_) | CallError::Instantiate(_) | CallError::HostPanic(_))
             }
             LoadError::Runtime(_) => true,

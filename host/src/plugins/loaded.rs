@@ -56,6 +56,17 @@ impl KindPre {
 /// decision of `spawner plugin check`).
 pub const DEADLINE_TRIES: usize = 3;
 
+/// A plugin's answer to its kind's sample request (see [`super::sample`]).
+#[derive(Debug)]
+pub enum TrialDecision {
+    /// An auth plugin's verdict.
+    Auth(Verdict),
+    /// An idle plugin's verdict.
+    Idle(IdleVerdict),
+    /// A scheduler plugin's placement.
+    Scheduler(Placement),
+}
+
 /// A checked, linked plugin, ready to be called any number of times.
 pub struct LoadedPlugin {
     info: PluginInfo,
@@ -171,6 +182,33 @@ impl LoadedPlugin {
                 instantiated(store, |s| p.instantiate(s))?.spawner_plugin_idleness().call_validate_settings(store, settings)
             }
         })
+    }
+
+    /// One decision on `kind`'s sample request, as `spawner plugin check`
+    /// and a reload make before taking a plugin: the answer, how long the
+    /// last try took, and how many earlier tries missed the deadline. The
+    /// deadline is wall-clock time, and a first call also pays one-time
+    /// costs while the machine may be busy, so only a plugin that misses it
+    /// [`DEADLINE_TRIES`] times in a row has a deadline problem (an endless
+    /// loop costs that many deadlines).
+    pub fn trial(&self, rt: &Runtime, kind: PluginKind) -> (Result<TrialDecision, CallError>, std::time::Duration, usize) {
+        let decide = || {
+            let started = std::time::Instant::now();
+            let now = crate::token::now_unix();
+            let answer = match kind {
+                PluginKind::Auth => self.check(rt, &super::sample::auth_request_with_token(now), 0).map(TrialDecision::Auth),
+                PluginKind::Idle => self.evaluate(rt, &super::sample::idle_request(now)).map(TrialDecision::Idle),
+                PluginKind::Scheduler => self.place(rt, &super::sample::placement_request(now)).map(TrialDecision::Scheduler),
+            };
+            (answer, started.elapsed())
+        };
+        let (mut answer, mut took) = decide();
+        let mut missed = 0;
+        while matches!(answer, Err(CallError::Deadline(_))) && missed + 1 < DEADLINE_TRIES {
+            missed += 1;
+            (answer, took) = decide();
+        }
+        (answer, took, missed)
     }
 
     /// Asks an auth plugin about one request, and checks the answer.
