@@ -727,6 +727,19 @@ async fn a_reload_refused_for_the_moment_is_tried_again() {
     assert!(spawner::watch::replace_if_changed(&plugins, PluginKind::Idle, &refused, &mut tried).await.is_none(), "not tried again");
 }
 
+/// Settings meant for one's own plugin, given without its file, reach the
+/// embedded default, which refuses them: the error says where they went.
+#[test]
+fn settings_without_a_plugin_file_are_said_to_have_gone_to_the_default() {
+    let given = PluginSource::embedded(PluginKind::Idle, r#"{"idle_after_seconds": 5}"#);
+    let e = spawner::plugins::Plugins::new(runtime(), Arc::new(spawner::metrics::Metrics::new()), vec![(PluginKind::Idle, given)])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.starts_with("default-idle refused its settings: "), "{e}");
+    assert!(e.contains("these settings went to the embedded default idle plugin, as no plugin file was given for idle"), "{e}");
+}
+
 /// A replacement that traps (a panic) or loops on its kind's sample
 /// request, as `spawner plugin check` tries it, would fail every call: it
 /// is refused and the working plugin stays. One that only cannot decide

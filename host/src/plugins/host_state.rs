@@ -156,6 +156,14 @@ impl host::Host for HostState {
             message.push_str(" (log limit for this call reached; further lines dropped)");
         }
         if matches!(level, types::LogLevel::Error) {
+            // The SDK's lean runtime says its panic this way, then traps:
+            // the failed call's line says it (one per kind per 10 s), so it
+            // is not logged once per call too, which let any client that
+            // could make the plugin panic write a line per request.
+            if message.starts_with("panicked at ") || message.starts_with("panicked: ") {
+                self.last_error = Some(message);
+                return;
+            }
             self.last_error = Some(message.clone());
         }
         let (kind, plugin) = (self.ctx.kind.as_str(), &*self.ctx.name);
@@ -187,6 +195,35 @@ impl HostState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_lean_plugins_panic_message_is_kept_for_its_call_not_logged_each_time() {
+        use super::host::Host as _;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let written = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || written.clone()).with_ansi(false).finish();
+        let ctx = super::PluginContext { name: "p.wasm".into(), kind: super::PluginKind::Idle, settings: "".into(), tokens: None };
+        let mut state = super::HostState::new(Arc::new(ctx), 1 << 20);
+        tracing::subscriber::with_default(subscriber, || {
+            state.log(super::types::LogLevel::Error, "something is off".into());
+            state.log(super::types::LogLevel::Error, "panicked at src/lib.rs:4:9: boom".into());
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("something is off") && !text.contains("boom"), "{text}");
+        assert_eq!(state.last_error.as_deref(), Some("panicked at src/lib.rs:4:9: boom"), "the failed call's line says it");
+    }
+
     #[test]
     fn the_memory_limit_is_the_calls_over_all_its_memories() {
         use wasmtime::ResourceLimiter;

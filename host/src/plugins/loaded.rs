@@ -158,7 +158,16 @@ impl LoadedPlugin {
         }
         match validated {
             Ok(()) => Ok(plugin),
-            Err(CallError::Plugin(reason)) => Err(LoadError::Settings { name: name.into(), reason }),
+            Err(CallError::Plugin(mut reason)) => {
+                // Settings meant for one's own plugin, given without it.
+                if source.name == format!("default-{kind}") && *source.bytes == *super::embedded::bytes(kind) {
+                    reason.push_str(&format!(
+                        " (these settings went to the embedded default {kind} plugin, as no plugin file was given for {kind}: give \
+                         yours with --plugin {kind}=FILE, file under [plugins.{kind}] in the config, or {kind}.wasm in the plugins ConfigMap)"
+                    ));
+                }
+                Err(LoadError::Settings { name: name.into(), reason })
+            }
             Err(source @ CallError::StartMemory { .. }) => Err(LoadError::Start { name: name.into(), source }),
             Err(source) => Err(LoadError::SettingsCall { name: name.into(), source }),
         }
@@ -651,7 +660,11 @@ fn check_world(engine: &Engine, component: &Component, kind: PluginKind, name: &
         return Err(LoadError::WrongVersion { name: name.into(), found: other.clone(), supported: PACKAGE_VERSION });
     }
     let found = match exports.as_slice() {
-        [] => "nothing".to_string(),
+        // Most often a crate without its `export!` line: said as without
+        // `--kind`, where the kind cannot be told (`UnknownKind`).
+        [] => format!(
+            "nothing (no export! line? spawner-plugin-sdk's `spawner_plugin_sdk::export!({kind}: MyPlugin);` at the top level of lib.rs makes it)"
+        ),
         list => {
             let described: Vec<String> = list
                 .iter()

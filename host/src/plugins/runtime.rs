@@ -518,7 +518,7 @@ impl Runtime {
                 Some(needs) => {
                     LoadError::Start { name: name.into(), source: CallError::StartMemory { needs, limit: self.config.max_memory_bytes() } }
                 }
-                None => LoadError::Compile { name: name.into(), reason },
+                None => LoadError::Compile { name: name.into(), reason: with_truncation_hint(reason) },
             }
         })?;
         let mut cache = self.cache.lock().expect("cache lock");
@@ -552,8 +552,28 @@ impl Runtime {
     }
 }
 
+/// wasmtime's reason for a file that ends early (a copy caught mid-write,
+/// a truncated download), with what that likely is: its own words ("section
+/// range … is out of bounds", "unexpected end") say only where parsing
+/// stopped.
+fn with_truncation_hint(reason: String) -> String {
+    if reason.contains("out of bounds (bound = ") || reason.contains("unexpected end") {
+        format!("{reason} (the file ends early: truncated, or still being written?)")
+    } else {
+        reason
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_that_ends_early_is_said_to() {
+        let cut = "failed to parse WebAssembly module: wasm component contains an invalid module section: section range 1810..163167 is out of bounds (bound = 30000)";
+        assert!(super::with_truncation_hint(cut.into()).ends_with("(the file ends early: truncated, or still being written?)"));
+        assert!(super::with_truncation_hint("unexpected end-of-file (at offset 0x10)".into()).contains("truncated"));
+        assert_eq!(super::with_truncation_hint("type mismatch".into()), "type mismatch");
+    }
+
     use super::*;
 
     #[test]
