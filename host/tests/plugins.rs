@@ -732,10 +732,11 @@ async fn a_reload_refused_for_the_moment_is_tried_again() {
 #[test]
 fn settings_without_a_plugin_file_are_said_to_have_gone_to_the_default() {
     let given = PluginSource::embedded(PluginKind::Idle, r#"{"idle_after_seconds": 5}"#);
-    let e = spawner::plugins::Plugins::new(runtime(), Arc::new(spawner::metrics::Metrics::new()), vec![(PluginKind::Idle, given)])
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(e) = spawner::plugins::Plugins::new(runtime(), Arc::new(spawner::metrics::Metrics::new()), vec![(PluginKind::Idle, given)])
+    else {
+        panic!("taken");
+    };
+    let e = e.to_string();
     assert!(e.starts_with("default-idle refused its settings: "), "{e}");
     assert!(e.contains("these settings went to the embedded default idle plugin, as no plugin file was given for idle"), "{e}");
 }
