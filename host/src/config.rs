@@ -137,6 +137,13 @@ fn read_capped(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// The digest of a config file's content: the one taken at start
+/// ([`Config::file_digest`]) and the one the watch for edits compares with
+/// it must be the same function of the same bytes.
+pub fn digest(content: &[u8]) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(content).into()
+}
+
 /// Upper bound of the timeouts (startup, stop, sweep interval, header
 /// read), one day: far above any real use, and low enough that no timer or
 /// timestamp arithmetic overflows (a stop timeout near 2^64 s made
@@ -753,7 +760,7 @@ impl Config {
             }
         }
         config.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
-        config.file_digest = Some(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into());
+        config.file_digest = Some(digest(text.as_bytes()));
         Ok(config)
     }
 

@@ -142,6 +142,11 @@ impl PluginSource {
         PluginSource { name: format!("default-{kind}"), bytes: embedded::bytes(kind).into(), settings: settings.into() }
     }
 
+    /// Whether this is [`PluginSource::embedded`]'s plugin of `kind`.
+    pub fn is_embedded(&self, kind: PluginKind) -> bool {
+        self.name == format!("default-{kind}") && *self.bytes == *embedded::bytes(kind)
+    }
+
     /// A plugin read from `path`.
     pub fn file(path: &Path, settings: impl Into<String>) -> LoadResult<Self> {
         let bytes = std::fs::read(path).map_err(|error| {

@@ -208,7 +208,7 @@ fn config_digest(file: &Path) -> Option<[u8; 32]> {
     }
     let mut bytes = Vec::new();
     f.take(crate::config::MAX_CONFIG_BYTES).read_to_end(&mut bytes).ok()?;
-    Some(Sha256::digest(&bytes).into())
+    Some(crate::config::digest(&bytes))
 }
 
 /// How long after a reload refused for the moment it is tried again the

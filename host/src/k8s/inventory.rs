@@ -123,7 +123,7 @@ impl Inventory {
     /// one scheduling counts from) does not show, but for `except`'s;
     /// forgets the others.
     pub fn unseen_admissions(&self, cached: &[Arc<SessionLivedBackend>], except: Option<&str>) -> Vec<Admitted> {
-        let by_uid: HashMap<&str, &SessionLivedBackend> = cached.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, &**s))).collect();
+        let by_uid = by_uid(cached);
         let mut admitted = self.admitted.lock().expect("admitted lock");
         admitted.retain(|uid, a| still_unseen(by_uid.get(uid.as_str()).copied(), a.at.elapsed()));
         admitted.iter().filter(|(uid, _)| Some(uid.as_str()) != except).map(|(_, a)| a.clone()).collect()
@@ -146,7 +146,7 @@ impl Inventory {
     /// The nodes backend `uid`'s Pod could not run on; forgets those of
     /// backends `cached` shows running or ended, or no longer has.
     pub fn passed_over(&self, cached: &[Arc<SessionLivedBackend>], uid: &str) -> Vec<String> {
-        let by_uid: HashMap<&str, &SessionLivedBackend> = cached.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, &**s))).collect();
+        let by_uid = by_uid(cached);
         let mut all = self.passed_over.lock().expect("passed-over lock");
         all.retain(|uid, p| still_placing(by_uid.get(uid.as_str()).copied(), p.at.elapsed()));
         all.get(uid).map(|p| p.nodes.clone()).unwrap_or_default()
@@ -179,6 +179,12 @@ impl Inventory {
     pub fn backends(&self) -> Vec<Arc<SessionLivedBackend>> {
         self.backends.state()
     }
+}
+
+/// The backends `cached` holds, by uid, for the memories kept per backend
+/// to be pruned by.
+fn by_uid(cached: &[Arc<SessionLivedBackend>]) -> HashMap<&str, &SessionLivedBackend> {
+    cached.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, &**s))).collect()
 }
 
 /// Whether an admission still needs counting, given its backend as the

@@ -160,7 +160,7 @@ impl LoadedPlugin {
             Ok(()) => Ok(plugin),
             Err(CallError::Plugin(mut reason)) => {
                 // Settings meant for one's own plugin, given without it.
-                if source.name == format!("default-{kind}") && *source.bytes == *super::embedded::bytes(kind) {
+                if source.is_embedded(kind) {
                     reason.push_str(&format!(
                         " (these settings went to the embedded default {kind} plugin, as no plugin file was given for {kind}: give \
                          yours with --plugin {kind}=FILE, file under [plugins.{kind}] in the config, or {kind}.wasm in the plugins ConfigMap)"
