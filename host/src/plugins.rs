@@ -197,6 +197,21 @@ fn settings_digest(settings: &str) -> String {
     mac.finalize().into_bytes()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// At start, a plugin that fails the trial a reload would refuse it for
+/// (see [`Plugins::replace`]) is still loaded: there is no working plugin
+/// to keep, and refusing to start would take the system down (an operator
+/// in a crash loop over a ConfigMap) where the kind's fallback keeps it up.
+/// But its author is told now, not by the first request's failure.
+fn warn_if_failing(runtime: &Runtime, kind: PluginKind, plugin: &LoadedPlugin) {
+    let source = match plugin.trial(runtime, kind).0 {
+        Err(source @ (CallError::Trap(_) | CallError::MemoryLimit(_) | CallError::StartMemory { .. } | CallError::Deadline(_))) => source,
+        _ => return,
+    };
+    let error = crate::text::one_line(&LoadError::Trial { name: plugin.info().name.clone(), kind, source });
+    tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, %error,
+        "plugin loaded, but it may fail every call: each failed call takes its kind's fallback");
+}
+
 impl std::fmt::Debug for Plugins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(PluginKind::ALL.iter().map(|k| self.info(*k))).finish()
@@ -218,6 +233,9 @@ impl Plugins {
             let plugin = Arc::new(result?);
             tracing::info!(kind = kind.as_str(), plugin = %plugin.info().name, digest = %&plugin.info().digest[..12],
                 settings = %settings_digest(&source.settings), "plugin loaded");
+            if !source.is_embedded(kind) {
+                warn_if_failing(&runtime, kind, &plugin);
+            }
             Ok(plugin)
         };
         let slots = [load(PluginKind::Scheduler)?, load(PluginKind::Auth)?, load(PluginKind::Idle)?];

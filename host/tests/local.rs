@@ -1675,7 +1675,8 @@ async fn every_connection_slot_taken_is_logged_and_counted() {
 /// A `std` auth plugin writes to WASI streams when it prints or panics;
 /// the proxy calls it on a tokio worker, where wasmtime-wasi's blocking
 /// writes used to panic the request's task (the client saw the connection
-/// close, with no answer).
+/// close, with no answer). One that panics on every call is loaded with a
+/// warning at start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_std_auth_plugin_that_prints_or_panics_still_answers_through_the_proxy() {
     use spawner_test_plugins as built;
@@ -1694,6 +1695,10 @@ async fn a_std_auth_plugin_that_prints_or_panics_still_answers_through_the_proxy
             451 => assert_eq!(trapped, None, "printing is not a failure"),
             _ => assert!(trapped.is_some_and(|l| l.ends_with(" 3")), "each panic is a counted trap: {trapped:?}"),
         }
+        // Loaded all the same (there is nothing else to keep), but the
+        // start says the plugin fails its trial, as a reload would.
+        let warned = dev.log_text().lines().any(|l| l.contains("may fail every call") && l.contains("panicked"));
+        assert_eq!(warned, status == 403, "{settings}:\n{}", dev.log_text());
     }
 }
 
