@@ -837,6 +837,23 @@ impl Config {
                 ));
             }
         }
+        // A reverse proxy in front, said so by trusting one or by its
+        // scheme, forwards the API with the backends, whatever address
+        // Spawner listens on: a loopback listener is no longer private.
+        let behind = match (self.proxy.trusted_proxies.is_empty(), self.proxy.forwarded_proto) {
+            (false, _) => Some("proxy.trusted-proxies names a reverse proxy in front"),
+            (true, Scheme::Https) => Some("proxy.forwarded-proto = \"https\" says a TLS terminator is in front"),
+            (true, Scheme::Http) => None,
+        };
+        if let Some(behind) = behind
+            && api_with_backends
+            && no_api_token
+        {
+            return bad(format!(
+                "{behind}, which reaches the API as well as the backends on listen = {}, so the API needs a token: pass --api-token, set SPAWNER_API_TOKEN or api-token in the config file (or keep the API off the proxied listener with --api-listen 127.0.0.1:PORT)",
+                self.listen
+            ));
+        }
         if let Some(d) = &self.host_domain {
             host_domain_arg(d).map_err(|why| ConfigError::Invalid(format!("host-domain {why}")))?;
             // Its URLs work only where its hosts reach this listener (a
@@ -1043,6 +1060,7 @@ mod tests {
         c.proxy.token_cookie = "__Secure-session".into();
         assert!(c.validate().is_err());
         c.proxy.forwarded_proto = Scheme::Https;
+        c.api_token = Some("0123456789abcdef".into());
         c.validate().unwrap();
     }
 
@@ -1193,6 +1211,25 @@ mod tests {
         assert!(with("https://apps.example.com", Some("0123456789abcdef")).validate().is_ok());
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080", "http://apps.localhost:8080"] {
             assert!(with(local, None).validate().is_ok(), "{local}");
+        }
+    }
+
+    /// A reverse proxy on the same machine forwards to a loopback listener,
+    /// so loopback no longer keeps the API private there.
+    #[test]
+    fn a_reverse_proxy_in_front_needs_an_api_token() {
+        let trusting = Config::parse("[proxy]\ntrusted-proxies = [\"127.0.0.2\"]\n").unwrap();
+        let e = trusting.validate().unwrap_err().to_string();
+        assert!(e.contains("proxy.trusted-proxies") && e.contains("listen = 127.0.0.1:8080") && e.contains("--api-token"), "{e}");
+        let https = Config::parse("[proxy]\nforwarded-proto = \"https\"\n").unwrap();
+        let e = https.validate().unwrap_err().to_string();
+        assert!(e.contains("forwarded-proto") && e.contains("--api-listen"), "{e}");
+        for mut c in [trusting, https] {
+            c.api_token = Some("0123456789abcdef".into());
+            c.validate().unwrap();
+            c.api_token = None;
+            c.api_listen = Some("127.0.0.1:8081".parse().unwrap());
+            c.validate().unwrap();
         }
     }
 

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     // As behind a TLS terminator (the flag overrides the config's "http").
-    let dev = Dev::start(FAST, &["--forwarded-proto", "https"]);
+    let dev = Dev::start_with_api_token(FAST, &["--forwarded-proto", "https"]);
     let (name, token) = dev.create_ok(json!({"template": "demo", "owner": "alice", "gracePeriodSeconds": 5})).await;
     dev.wait_ready(&name).await;
 
@@ -39,7 +39,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     let wanted = format!("stdout demo backend {name} serving a shared notepad");
     let mut logs = String::new();
     for _ in 0..100 {
-        logs = dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base)).send().await.unwrap().text().await.unwrap();
+        logs = dev.api(dev.http.get(format!("{}/api/v1/backends/{name}/logs", dev.base))).send().await.unwrap().text().await.unwrap();
         if logs.contains(&wanted) {
             break;
         }
@@ -64,7 +64,7 @@ async fn a_backend_lives_serves_http_and_websocket_and_is_swept_when_idle() {
     // The proxy says it is gone.
     assert_eq!(dev.get(&name, "/", Some(&token)).await.status(), 410);
     // And the metrics count how it ended.
-    let metrics = dev.http.get(format!("{}/metrics", dev.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = dev.api(dev.http.get(format!("{}/metrics", dev.base))).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == r#"spawner_backends_ended_total{phase="terminated",reason="idle"} 1"#), "{metrics}");
     // Every phase has its series, before anything reached it too.
     assert!(metrics.lines().any(|l| l == r#"spawner_backends{phase="failed"} 0"#), "{metrics}");
@@ -369,7 +369,7 @@ async fn the_api_listener_of_its_own_cuts_slow_request_heads_and_caps_connection
 /// own; and never what the client itself wrote to the left of it.
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_backends_are_told_the_clients_address() {
-    let dev = Dev::start(&format!("{FAST}[proxy]\ntrusted-proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n"), &[]);
+    let dev = Dev::start_with_api_token(&format!("{FAST}[proxy]\ntrusted-proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n"), &[]);
     let (name, token) = dev.create_ok(json!({"template": "demo"})).await;
     dev.wait_ready(&name).await;
     let seen = |xff: Option<&'static str>| {
@@ -1057,7 +1057,7 @@ async fn the_token_redirect_stays_on_the_backends_host() {
 /// cannot plant its user's token in this backend's cookie.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_routing_over_https_keeps_the_token_in_a_host_only_cookie() {
-    let dev = Dev::start(FAST, &["--host-domain", "apps.localhost", "--forwarded-proto", "https"]);
+    let dev = Dev::start_with_api_token(FAST, &["--host-domain", "apps.localhost", "--forwarded-proto", "https"]);
     let (name, token) = dev.create_ok(json!({"template": "demo", "gracePeriodSeconds": 60})).await;
     dev.wait_ready(&name).await;
     let host = format!("{name}.apps.localhost");

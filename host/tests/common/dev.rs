@@ -20,7 +20,13 @@ pub struct Dev {
     log: Arc<Mutex<String>>,
     /// HTTP client (no cookies).
     pub http: reqwest::Client,
+    /// The API token it was started with ([`Dev::start_with_api_token`]),
+    /// which the API helpers below present.
+    api_token: Option<String>,
 }
+
+/// The API token of [`Dev::start_with_api_token`].
+pub const API_TOKEN: &str = "test-api-token-0123456789abcdef";
 
 /// Test defaults: sweep often, short timeouts. The default grace period is
 /// long: it runs from ready, and on a busy machine the steps between ready
@@ -57,6 +63,14 @@ impl Dev {
     /// Starts `spawner dev` with `config` (TOML) and extra flags.
     pub fn start(config: &str, args: &[&str]) -> Dev {
         Self::start_in(tempfile::tempdir().unwrap(), config, args)
+    }
+
+    /// Same, with an API token (required behind a reverse proxy), which
+    /// the API helpers present.
+    pub fn start_with_api_token(config: &str, args: &[&str]) -> Dev {
+        let mut dev = Self::start(config, &[args, &["--api-token", API_TOKEN]].concat());
+        dev.api_token = Some(API_TOKEN.into());
+        dev
     }
 
     /// Same, in a prepared directory.
@@ -111,7 +125,7 @@ impl Dev {
             }
         };
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Dev { child: Some(child), base, dir, log, http }
+        Dev { child: Some(child), base, dir, log, http, api_token: None }
     }
 
     /// The process id of `spawner dev`.
@@ -151,7 +165,7 @@ impl Dev {
 
     /// POST /api/v1/backends; returns (status, body).
     pub async fn create(&self, body: Value) -> (u16, Value) {
-        self.create_as(body, None).await
+        self.create_as(body, self.api_token.as_deref()).await
     }
 
     /// The same, presenting `api_token` (a Spawner started with one).
@@ -174,7 +188,7 @@ impl Dev {
 
     /// GET /api/v1/backends/{name}.
     pub async fn backend(&self, name: &str) -> Value {
-        self.http.get(format!("{}/api/v1/backends/{name}", self.base)).send().await.unwrap().json().await.unwrap()
+        self.api(self.http.get(format!("{}/api/v1/backends/{name}", self.base))).send().await.unwrap().json().await.unwrap()
     }
 
     /// Polls until the backend's phase is `phase` (or panics after 30 s).
@@ -194,11 +208,19 @@ impl Dev {
 
     /// Waits for ready through the long-poll endpoint.
     pub async fn wait_ready(&self, name: &str) -> Value {
-        let r = self.http.get(format!("{}/api/v1/backends/{name}/ready?timeout=30", self.base)).send().await.unwrap();
+        let r = self.api(self.http.get(format!("{}/api/v1/backends/{name}/ready?timeout=30", self.base))).send().await.unwrap();
         let status = r.status().as_u16();
         let v: Value = r.json().await.unwrap();
         assert_eq!(status, 200, "not ready: {v}\n{}", self.log_text());
         v
+    }
+
+    /// `request` with the API token, if this Spawner has one.
+    pub fn api(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
     }
 
     /// Two demo backends with a minute's grace (no test's steps outlast
