@@ -30,6 +30,12 @@ const API_TOKEN: &str = "an-api-token-for-the-test";
 async fn system(prefix: &str, host_domain: Option<&str>, max_backends: usize) -> (kube::Client, String, RunningProxy) {
     let (client, ns) = namespace(prefix).await;
     spawn_operator(&client, &ns, plugins(""));
+    let proxy = api_proxy(&client, &ns, host_domain, max_backends).await;
+    (client, ns, proxy)
+}
+
+/// An API-serving proxy for `ns`.
+async fn api_proxy(client: &kube::Client, ns: &str, host_domain: Option<&str>, max_backends: usize) -> RunningProxy {
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let tokens = Arc::new(TokenKey::new(b"a test secret of some length").unwrap());
     let api = ApiOptions {
@@ -38,9 +44,8 @@ async fn system(prefix: &str, host_domain: Option<&str>, max_backends: usize) ->
         token_ttl_seconds: 600,
         limits: CreateLimits { max_backends, image_prefixes: vec!["example.invalid/".into()] },
     };
-    let options = ProxyOptions { listen, host_domain: host_domain.map(String::from), api: Some(api), ..proxy_options(&ns, tokens) };
-    let proxy = serve::start(client.clone(), options).await.unwrap();
-    (client, ns, proxy)
+    let options = ProxyOptions { listen, host_domain: host_domain.map(String::from), api: Some(api), ..proxy_options(ns, tokens) };
+    serve::start(client.clone(), options).await.unwrap()
 }
 
 /// The ids of the server-sent events in `text`.
@@ -276,6 +281,37 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
 /// period, as in local mode: its new user is on the way, and a backend
 /// quiet for nearly its grace period would otherwise be swept as they
 /// arrive.
+/// With `spawner operator` down, a backend terminated through the API is
+/// stopping from that moment, as in local mode: the answer says so, no
+/// new token is minted for it, a wait for ready ends at once, and the
+/// proxy serves it no more (it was handed out as live, given tokens and
+/// served while the operator had not acted; found in a failure-injection
+/// trial).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_terminated_while_the_operator_is_down_is_stopping_at_once() {
+    let (client, ns) = namespace("api-nooperator").await;
+    let proxy = api_proxy(&client, &ns, None, 10).await;
+    let app = WebApp { http: reqwest::Client::new(), base: format!("http://{}", proxy.addr) };
+    let (status, created) = app.create(&json!({"template": "example.invalid/notes:1", "key": "doc-9"})).await;
+    assert_eq!(status, 201, "{created}");
+    let name = created["backend"]["name"].as_str().unwrap().to_string();
+    let token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["backend"]["status"]["phase"], "pending", "{created}");
+
+    let (status, view) = app.call(reqwest::Method::DELETE, &format!("/api/v1/backends/{name}"), None).await;
+    assert_eq!(status, 202, "{view}");
+    assert_eq!((&view["status"]["phase"], &view["status"]["reason"]), (&json!("terminating"), &json!("requested")), "{view}");
+    let (status, listed) = app.call(reqwest::Method::GET, "/api/v1/backends", None).await;
+    assert_eq!((status, &listed[0]["status"]["phase"]), (200, &json!("terminating")), "{listed}");
+    let (status, minted) = app.call(reqwest::Method::POST, &format!("/api/v1/backends/{name}/tokens"), Some(json!({}))).await;
+    assert_eq!(status, 409, "{minted}");
+    let (status, waited) = app.call(reqwest::Method::GET, &format!("/api/v1/backends/{name}/ready?timeout=30"), None).await;
+    assert_eq!(status, 409, "{waited}");
+    let page = reqwest::Client::new().get(format!("{}/p/{name}/", app.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(page.text().await.unwrap().contains("is stopping"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_or_get_of_a_live_backend_restarts_its_grace_period() {
     let (client, ns, proxy) = system("regrace", None, 10).await;

@@ -327,7 +327,7 @@ impl Cluster {
 impl Resolve for Cluster {
     fn resolve(&self, name: &str) -> Option<Target> {
         let slab = self.slab(name)?;
-        let phase = slab.phase();
+        let phase = slab.shown_phase();
         let addr = match (phase, slab.status.as_ref().and_then(|s| s.pod_ip.as_deref())) {
             (Phase::Ready, Some(ip)) if self.serving(&slab, ip) => {
                 ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, slab.spec.http_port()))

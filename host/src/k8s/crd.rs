@@ -209,8 +209,18 @@ impl SessionLivedBackend {
     /// ready, the `Ready` condition's note on why (see
     /// [`SessionLivedBackendStatus::waiting_for_node`]) as its message, so
     /// a web developer watching a backend is told what holds it.
+    ///
+    /// A live backend asked to end is shown `terminating` (see
+    /// [`Self::shown_phase`]), with the request's reason and message.
     pub fn shown_status(&self) -> Status {
         let mut status = self.lifecycle_status();
+        if self.shown_phase() != status.phase {
+            let asked = crate::k8s::cluster::termination_requested(self);
+            status.phase = Phase::Terminating;
+            status.reason = Some(asked.as_ref().map_or(Reason::Requested, |a| a.reason));
+            status.message = Some(asked.map_or_else(|| "its object was deleted".into(), |a| a.message));
+            return status;
+        }
         let waiting = self
             .status
             .as_ref()
@@ -223,6 +233,21 @@ impl SessionLivedBackend {
             status.message = Some(c.message.clone());
         }
         status
+    }
+
+    /// The phase the REST API and the proxy go by: the recorded one, but
+    /// `terminating` for a live backend asked to end (the termination
+    /// annotation, or its object deleted) from that moment, as in local
+    /// mode, not from when the operator next acts: while it is down, a
+    /// backend terminated through the API was otherwise still handed out
+    /// as ready, given new tokens, and served.
+    pub fn shown_phase(&self) -> Phase {
+        let phase = self.phase();
+        let asked = self.metadata.deletion_timestamp.is_some() || crate::k8s::cluster::termination_requested(self).is_some();
+        match asked && phase != Phase::Terminating && !phase.is_terminal() {
+            true => Phase::Terminating,
+            false => phase,
+        }
     }
 
     /// The recorded phase (`pending` before the operator has written one),
@@ -568,6 +593,40 @@ mod tests {
         slab.status = Some(object);
         assert_eq!(slab.status.as_ref().unwrap().conditions[0].reason, "Starting");
         assert_eq!(slab.shown_status().message, None);
+    }
+
+    /// Asked to end, a live backend is shown stopping at once, whether or
+    /// not the operator has acted yet; what has ended stays as it ended.
+    #[test]
+    fn a_backend_asked_to_end_is_shown_terminating_before_the_operator_acts() {
+        let mut slab: SessionLivedBackend = serde_json::from_str(ORIGINAL).unwrap();
+        let mut status = Status::new(at(0));
+        status.phase = Phase::Ready;
+        let mut object = SessionLivedBackendStatus::default();
+        object.record(&status, Some(1), at(1));
+        slab.status = Some(object.clone());
+        assert_eq!((slab.shown_phase(), slab.shown_status().phase), (Phase::Ready, Phase::Ready));
+
+        let request = crate::lifecycle::TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
+        let patch = crate::k8s::cluster::termination_patch(&request);
+        let note = patch["metadata"]["annotations"][crate::k8s::cluster::TERMINATE_ANNOTATION].as_str().unwrap();
+        slab.annotations_mut().insert(crate::k8s::cluster::TERMINATE_ANNOTATION.into(), note.into());
+        let shown = slab.shown_status();
+        assert_eq!((slab.shown_phase(), shown.phase, shown.reason), (Phase::Terminating, Phase::Terminating, Some(Reason::Requested)));
+        assert_eq!(shown.message.as_deref(), Some("terminated through the API"));
+        assert_eq!(slab.phase(), Phase::Ready, "the recorded phase is the operator's");
+
+        slab.annotations_mut().clear();
+        slab.metadata.deletion_timestamp = Some(Time(at(2)));
+        assert_eq!(slab.shown_status().message.as_deref(), Some("its object was deleted"));
+        assert_eq!(slab.shown_phase(), Phase::Terminating);
+
+        status.phase = Phase::Terminated;
+        status.reason = Some(Reason::Idle);
+        object.record(&status, Some(1), at(3));
+        slab.status = Some(object);
+        let shown = slab.shown_status();
+        assert_eq!((shown.phase, shown.reason), (Phase::Terminated, Some(Reason::Idle)), "how it ended, not the request");
     }
 
     #[test]
