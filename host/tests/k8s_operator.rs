@@ -559,6 +559,46 @@ async fn a_backend_on_a_lost_node_still_ends() {
     nodes.delete("node-lost", &DeleteParams::default()).await.unwrap();
 }
 
+/// A Pod that another controller's finalizer keeps is deleted without
+/// waiting once, saying so, and then waited for: it was deleted again,
+/// with a Warning, every second for as long as it was held (found in a
+/// failure-injection trial). The backend ends when the finalizer goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_a_foreign_finalizer_holds_is_deleted_once_and_waited_for() {
+    let (client, ns, nodes) = on_a_lost_node("node-held", "op-held").await;
+    let slabs: Api<SessionLivedBackend> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let ready = ready_on_unserved(&slabs, &pods, "held", "node-held").await;
+    let hold = |finalizers: serde_json::Value| serde_json::json!({"metadata": {"finalizers": finalizers}});
+    pods.patch("held", &PatchParams::default(), &Patch::Merge(&hold(serde_json::json!(["example.com/hold"])))).await.unwrap();
+
+    slabs.delete("held", &DeleteParams::default()).await.unwrap();
+    let events = events_until(&client, &ns, "held", "ForceDeleted").await;
+    assert!(events.iter().any(|e| e.2.contains("its finalizers example.com/hold keep it")), "{events:?}");
+    // Well past the next overdue point (the stop timeout, 5 s at least,
+    // after the forced delete): one forced delete, one Event.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let forced: i32 = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ForceDeleted") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("held"))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum();
+    assert_eq!(forced, 1);
+    let held = pods.get("held").await.unwrap();
+    assert_eq!(held.metadata.deletion_grace_period_seconds, Some(0));
+    assert_eq!(slabs.get("held").await.unwrap().status.and_then(|s| s.phase), Some(Phase::Terminating));
+
+    pods.patch("held", &PatchParams::default(), &Patch::Merge(&hold(serde_json::Value::Null))).await.unwrap();
+    let uid = ready.metadata.uid.clone().unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(slabs.clone(), "held", kube::runtime::conditions::is_deleted(&uid))).await;
+    assert!(gone.is_ok(), "still there: {:?}", slabs.get_opt("held").await.unwrap().map(|s| s.status));
+    nodes.delete("node-held", &DeleteParams::default()).await.unwrap();
+}
+
 /// A Pod evicted from a node that is gone (Kubernetes evicts Pods from an
 /// unreachable node after five minutes; nothing there confirms it): its
 /// backend ends as lost at once, and deleting the backend later does not

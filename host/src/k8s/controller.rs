@@ -602,14 +602,29 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
                 }
             },
             Action::Stop => {
+                // Deleted with no grace left (its node confirmed the stop,
+                // or it was deleted without waiting): another delete can do
+                // no more, and what still keeps the Pod is its finalizers,
+                // another controller's. It is waited for; deleting it again
+                // (and warning) on every reconcile helped nobody.
+                if let Some(p) = &pod
+                    && p.metadata.deletion_grace_period_seconds == Some(0)
+                {
+                    tracing::debug!(backend = %name, finalizers = ?p.finalizers(), "its Pod is deleted and waits for its finalizers");
+                    break;
+                }
                 let grace = match overdue_since(pod.as_ref(), ctx.config.stop_timeout) {
                     Some(deadline) if deadline <= now => {
                         // Its node never confirmed the stop: lost, or cut off
                         // from the API server. Without this the backend would
                         // stay terminating (and its key taken) until the node
                         // returned; what still runs there is the node's to end.
+                        let held = match pod.as_ref().map(|p| p.finalizers()).filter(|f| !f.is_empty()) {
+                            Some(f) => format!(" (its finalizers {} keep it until whoever put them there removes them)", f.join(", ")),
+                            None => String::new(),
+                        };
                         let note = format!(
-                            "the Pod's node did not confirm its stop {} s after the grace period; deleting it without waiting",
+                            "the Pod's node did not confirm its stop {} s after the grace period; deleting it without waiting{held}",
                             ctx.config.stop_timeout.max(MIN_STOP_OVERDUE).as_secs()
                         );
                         tracing::warn!(backend = %name, "{note}");
