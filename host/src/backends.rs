@@ -378,6 +378,13 @@ pub fn validate_spec(spec: &BackendSpec) -> Result<(), ControlError> {
         if set_by_spawner(k) {
             return bad(format!("env {k}: PORT and every SPAWNER_ variable are Spawner's to set, and cannot be given"));
         }
+        if loads_code(k) {
+            return bad(format!(
+                "env {k}: a variable that makes the dynamic loader, a shell or a language runtime load or run other code cannot be \
+                 given in a create (it would run whatever the caller chose in place of the template's program); set it in the \
+                 template if the program needs it"
+            ));
+        }
     }
     // Names were checked above; a value can hold anything but NUL.
     if let Some(k) = spec.env.iter().find_map(|(k, v)| v.contains('\0').then_some(k)) {
@@ -404,6 +411,47 @@ pub const MAX_GRACE_SECONDS: u64 = u32::MAX as u64;
 /// `SPAWNER_*`), which neither a create nor a template may set.
 pub fn set_by_spawner(name: &str) -> bool {
     name == "PORT" || name.starts_with("SPAWNER_")
+}
+
+/// Whether a create's `env` variable `name` would let its caller run code
+/// of their choosing in the backend instead of the template's program: the
+/// dynamic loader's (`LD_PRELOAD`), a shell's start-up files, the usual
+/// runtimes' option and module-path variables (Python's `PYTHONWARNINGS`
+/// can import any module), and `PATH`, where the command is looked up.
+/// The API's caller holds the API token, but what runs is the template's
+/// to say (locally, the config file's; on Kubernetes, the allowed images'),
+/// so a leaked token or a web app passing its users' names through does
+/// not become a shell. A list can only be of the known ones; a template
+/// sets any such variable itself.
+pub fn loads_code(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "PATH",
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "IFS",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5DB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+    ];
+    const PREFIXES: &[&str] = &["LD_", "PYTHON", "BASH_FUNC_"];
+    // Python's that only set how output is written.
+    const HARMLESS: &[&str] = &["PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8"];
+    (NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))) && !HARMLESS.contains(&name)
 }
 
 /// The message for a duration `field` outside 1 to `max` seconds (no
@@ -483,6 +531,21 @@ mod tests {
             node_selector: BTreeMap::new(),
             tolerations: vec![],
             port: None,
+        }
+    }
+
+    #[test]
+    fn a_create_may_not_set_variables_that_run_other_code() {
+        for name in
+            ["LD_PRELOAD", "LD_AUDIT", "PATH", "BASH_ENV", "PYTHONWARNINGS", "PYTHONPATH", "NODE_OPTIONS", "PERL5OPT", "JAVA_TOOL_OPTIONS"]
+        {
+            let spec = BackendSpec { env: [(name.to_string(), "x".to_string())].into(), ..spec() };
+            let e = validate_spec(&spec).unwrap_err().to_string();
+            assert!(e.contains(&format!("env {name}:")) && e.contains("set it in the template"), "{name}: {e}");
+        }
+        for name in ["DOC_ID", "PYTHONUNBUFFERED", "NODE_ENV", "LANG", "path"] {
+            let spec = BackendSpec { env: [(name.to_string(), "x".to_string())].into(), ..spec() };
+            assert!(validate_spec(&spec).is_ok(), "{name}");
         }
     }
 
