@@ -247,6 +247,10 @@ pub enum ControlError {
     /// The runtime's store (the Kubernetes API) failed; worth a retry.
     #[error("{0}")]
     Unavailable(String),
+    /// What the request names is held by something it may not be given
+    /// (a key held by an object the API did not create).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Result of a create-or-get.

@@ -212,12 +212,37 @@ impl TokenKey {
         Ok(Claims { backend: p.b, subject: p.sub.filter(|s| !s.is_empty()), issued_at: p.iat, expires_at: p.exp, object: p.o })
     }
 
+    /// A seal over `data` (base64url), for Spawner to recognise later what
+    /// it wrote (on Kubernetes, the backend objects its API created).
+    /// Domain-separated from tokens: no seal is a token's signature.
+    pub fn seal(&self, data: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(SEAL_DOMAIN);
+        mac.update(data);
+        B64.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `seal` is [`Self::seal`]'s over `data`, with this secret or
+    /// a previous one (constant time).
+    pub fn sealed(&self, data: &[u8], seal: &str) -> bool {
+        let Ok(seal) = B64.decode(seal) else { return false };
+        std::iter::once(&self.mac).chain(&self.previous).any(|key| {
+            let mut mac = key.clone();
+            mac.update(SEAL_DOMAIN);
+            mac.update(data);
+            mac.verify_slice(&seal).is_ok()
+        })
+    }
+
     fn sign(&self, data: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
 }
+
+/// What every seal's MAC starts with (a token's starts with `st1.`).
+const SEAL_DOMAIN: &[u8] = b"spawner seal\0";
 
 /// An HMAC key from a secret of at least [`MIN_SECRET_BYTES`].
 fn hmac(secret: &[u8]) -> Result<Hmac<Sha256>, TokenError> {
@@ -296,6 +321,22 @@ mod tests {
     fn an_empty_subject_names_no_user() {
         let k = key("0123456789abcdef-secret");
         assert_eq!(k.verify(&k.mint("b", Some(""), 1, 2)).unwrap().subject, None);
+    }
+
+    #[test]
+    fn seals_hold_for_their_data_and_secret_only_and_are_never_tokens() {
+        let key = key("0123456789abcdef-new");
+        let seal = key.seal(b"name\0{}");
+        assert!(key.sealed(b"name\0{}", &seal));
+        assert!(!key.sealed(b"name\0{ }", &seal), "other data");
+        assert!(!key.sealed(b"name\0{}", "not base64!"));
+        assert!(!self::key("0123456789abcdef-other").sealed(b"name\0{}", &seal), "another secret");
+        let rotated = self::key("0123456789abcdef-newer").with_previous(&["0123456789abcdef-new"]).unwrap();
+        assert!(rotated.sealed(b"name\0{}", &seal), "a previous secret still recognises its seals");
+        // A seal over a token's signed part is not that token's signature.
+        let token = key.mint("b1", None, 1, 2);
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        assert_ne!(key.seal(signed.as_bytes()), signature);
     }
 
     #[test]

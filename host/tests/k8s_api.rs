@@ -258,7 +258,10 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     assert_eq!((status, &replaced["created"]), (201, &json!(true)), "{replaced}");
     assert_ne!(slabs.get(&name).await.unwrap().metadata.uid, stopping_uid, "a new object");
 
-    // A live object written with kubectl, keyed, is found by its key.
+    // A live object written with kubectl, keyed, is not handed out by its
+    // key: the API did not create it (whoever may write objects could take
+    // a user's key first, with any image, command or second container,
+    // and be sent that user). It says so; its name still gets tokens.
     let mut by_kubectl: SessionLivedBackend = serde_json::from_value(json!({
         "apiVersion": "spawner.dev/v1", "kind": "SessionLivedBackend", "metadata": {"name": "written-by-kubectl"},
         "spec": {"template": {"containers": [{"name": "app", "image": "example.invalid/notes:1"}]}, "key": "doc-7"}
@@ -268,19 +271,16 @@ async fn a_web_app_creates_reaches_watches_and_terminates_a_backend_through_the_
     app.until(by_kubectl.metadata.name.as_deref().unwrap(), "was seen by the API", |v| v["status"]["phase"] == "ready").await;
     let (status, found) =
         app.call(reqwest::Method::POST, "/api/v1/backends", Some(json!({"template": "example.invalid/notes:1", "key": "doc-7"}))).await;
-    assert_eq!((status, &found["backend"]["name"]), (200, &json!("written-by-kubectl")), "{found}");
+    assert_eq!(status, 409, "{found}");
+    assert!(found["error"].as_str().is_some_and(|e| e.contains("written-by-kubectl") && e.contains("did not create")), "{found}");
+    let (status, minted) = app.call(reqwest::Method::POST, "/api/v1/backends/written-by-kubectl/tokens", Some(json!({}))).await;
+    assert_eq!(status, 201, "{minted}");
 
     let (status, err) = app.call(reqwest::Method::GET, "/api/v1/backends/no-such-backend", None).await;
     assert_eq!(status, 404, "{err}");
     proxy.stop().await;
 }
 
-/// Also with host routing: the URL the browser is sent to is
-/// `{name}.{domain}`. And with a limit of one live backend.
-/// A create-or-get that returns a live backend gives it a fresh grace
-/// period, as in local mode: its new user is on the way, and a backend
-/// quiet for nearly its grace period would otherwise be swept as they
-/// arrive.
 /// With `spawner operator` down, a backend terminated through the API is
 /// stopping from that moment, as in local mode: the answer says so, no
 /// new token is minted for it, a wait for ready ends at once, and the
@@ -312,6 +312,10 @@ async fn a_backend_terminated_while_the_operator_is_down_is_stopping_at_once() {
     assert!(page.text().await.unwrap().contains("is stopping"));
 }
 
+/// A create-or-get that returns a live backend gives it a fresh grace
+/// period, as in local mode: its new user is on the way, and a backend
+/// quiet for nearly its grace period would otherwise be swept as they
+/// arrive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_or_get_of_a_live_backend_restarts_its_grace_period() {
     let (client, ns, proxy) = system("regrace", None, 10).await;
@@ -337,6 +341,8 @@ async fn a_create_or_get_of_a_live_backend_restarts_its_grace_period() {
     assert_eq!(ended["status"]["reason"], "idle", "{ended}");
 }
 
+/// Also with host routing: the URL the browser is sent to is
+/// `{name}.{domain}`. And with a limit of one live backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_original_spawn_flow_works_on_kubernetes_with_host_routing() {
     let (client, ns, proxy) = system("api-original", Some("apps.test"), 1).await;

@@ -186,6 +186,7 @@ pub(super) fn mint(s: &ApiState, view: &BackendView, subject: Option<&str>, ttl:
     responses((status = 201, description = "Created", body = CreateResponse, headers(("Location" = String, description = "The backend's path in this API"))),
         (status = 200, description = "Existing backend with this key", body = CreateResponse, headers(("Location" = String, description = "The backend's path in this API"))),
         (status = 400, description = "Malformed JSON"), (status = 413, description = "Body over 64 KiB"), (status = 415, description = "Body not sent as application/json"),
+        (status = 409, description = "Kubernetes: the key is held by an object this API did not create"),
         (status = 422, description = "Invalid values or unknown template"), (status = 429, description = "Too many backends")))]
 pub(crate) async fn create(
     State(s): State<ApiState>,

@@ -59,6 +59,7 @@ impl From<ControlError> for ApiError {
             ControlError::UnknownTemplate(..) | ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Capacity(_) => StatusCode::TOO_MANY_REQUESTS,
             ControlError::Gone(_) => StatusCode::GONE,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::ShuttingDown | ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         // What the operator of Spawner must hear about too, not only the

@@ -65,6 +65,7 @@ use crate::backends::{
 };
 use crate::lifecycle::{Phase, Reason, TerminationRequest};
 use crate::process::{LogLine, Stream};
+use crate::token::TokenKey;
 
 /// Creates tried before giving up when names keep colliding (a key whose
 /// ended object is being replaced by another caller at the same moment).
@@ -101,6 +102,10 @@ impl Default for CreateLimits {
     }
 }
 
+/// The annotation the API seals the objects it creates with (see
+/// [`KubeBackends::vouch`]).
+pub const CREATED_ANNOTATION: &str = "spawner.dev/created-by-api";
+
 /// The API's runtime on Kubernetes (see the module docs).
 pub struct KubeBackends {
     cluster: Arc<Cluster>,
@@ -108,14 +113,24 @@ pub struct KubeBackends {
     public_url: String,
     host_domain: Option<String>,
     limits: CreateLimits,
+    /// The token secret: it also seals the objects the API creates.
+    tokens: Arc<TokenKey>,
 }
 
 impl KubeBackends {
     /// Backends in `cluster`'s namespace; `public_url` is the proxy's
     /// address as browsers reach it, `host_domain` its host routing domain.
-    pub fn new(cluster: Arc<Cluster>, client: Client, public_url: &str, host_domain: Option<String>, limits: CreateLimits) -> Arc<Self> {
+    /// `tokens` is the token secret, which also seals what it creates.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        client: Client,
+        public_url: &str,
+        host_domain: Option<String>,
+        limits: CreateLimits,
+        tokens: Arc<TokenKey>,
+    ) -> Arc<Self> {
         let pods = Api::namespaced(client, cluster.namespace());
-        Arc::new(KubeBackends { cluster, pods, public_url: public_url.to_string(), host_domain, limits })
+        Arc::new(KubeBackends { cluster, pods, public_url: public_url.to_string(), host_domain, limits, tokens })
     }
 
     /// Default idle grace period for creates that do not give one.
@@ -142,11 +157,33 @@ impl KubeBackends {
     /// Someone is about to use it: a fresh grace period to reach it (a
     /// backend quiet for nearly its grace period was otherwise swept as
     /// the user it was just handed to arrived), as in local mode.
-    fn reached_again(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Created {
+    fn reached_again(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Result<Created, ControlError> {
+        self.vouch(slab, spec)?;
         self.cluster.touch(slab);
         let backend = self.view(slab);
         let warnings = crate::backends::returned_as_it_is(spec, &backend);
-        Created { backend, created: false, warnings }
+        Ok(Created { backend, created: false, warnings })
+    }
+
+    /// Whether a live object holding the create's key may be handed back
+    /// (with a token for the caller's user, and the browser sent there).
+    /// Only if this API created it (its seal, over its name and spec,
+    /// holds), or it is exactly what this request would create: whoever may
+    /// write backend objects could otherwise take a key first, with an
+    /// image from anywhere, another command or a second container, and be
+    /// sent the session of every user the web app asks for by that key
+    /// (found in a security review).
+    fn vouch(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Result<(), ControlError> {
+        let name = slab.name_any();
+        let sealed = slab.annotations().get(CREATED_ANNOTATION).is_some_and(|seal| self.tokens.sealed(&seal_data(&name, &slab.spec), seal));
+        if sealed || slab_for(spec, &name).is_ok_and(|made| made.spec == slab.spec) {
+            return Ok(());
+        }
+        let key = spec.key.as_deref().unwrap_or_default();
+        tracing::warn!(backend = %name, "a create's key is held by a backend object the API did not create (or that was re-created by hand): refused");
+        Err(ControlError::Conflict(format!(
+            "key {key:?} is held by backend {name}, which this API did not create (written directly, or not sealed with this token secret), so it is not handed out: end it (kubectl delete slab {name}) or use another key"
+        )))
     }
 
     fn view(&self, slab: &SessionLivedBackend) -> BackendView {
@@ -219,11 +256,13 @@ impl Control for KubeBackends {
         if let Some(key) = &spec.key
             && let Some(cached) = live.iter().find(|s| s.spec.key.as_ref() == Some(key) && holds_key(s))
         {
-            // Written with another name (kubectl), or ours, already cached;
-            // confirmed live on the API server (the cache may lag an end).
+            // Written with another name (kubectl: handed back only if it is
+            // what this request would create, see `vouch`), or ours, already
+            // cached; confirmed live on the API server (the cache may lag an
+            // end).
             let name = cached.name_any();
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
-                Some(s) if holds_key(&s) => return Ok(self.reached_again(&s, &spec)),
+                Some(s) if holds_key(&s) => return self.reached_again(&s, &spec),
                 _ => {}
             }
         }
@@ -238,7 +277,9 @@ impl Control for KubeBackends {
             None => new_name(&spec.template),
         };
         for _ in 0..CREATE_ATTEMPTS {
-            let slab = slab_for(&spec, &name)?;
+            let mut slab = slab_for(&spec, &name)?;
+            let seal = self.tokens.seal(&seal_data(&name, &slab.spec));
+            slab.annotations_mut().insert(CREATED_ANNOTATION.into(), seal);
             let err = match self.cluster.api().create(&PostParams::default(), &slab).await {
                 Ok(made) => return Ok(Created { backend: self.view(&made), created: true, warnings: Vec::new() }),
                 Err(kube::Error::Api(e)) if e.code == 409 => e,
@@ -253,7 +294,7 @@ impl Control for KubeBackends {
             match self.cluster.api().get_opt(&name).await.map_err(|e| unavailable("reading", &name, e))? {
                 // Deleted in between: create again.
                 None => {}
-                Some(existing) if holds_key(&existing) => return Ok(self.reached_again(&existing, &spec)),
+                Some(existing) if holds_key(&existing) => return self.reached_again(&existing, &spec),
                 // Ended, or stopping: it makes way (see `holds_key`).
                 Some(ended) => self.replace_ended(&ended).await?,
             }
@@ -467,6 +508,16 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
         slab.metadata.labels = Some(spec.labels.clone());
     }
     Ok(slab)
+}
+
+/// What [`CREATED_ANNOTATION`] seals: the object's name and its spec as
+/// JSON (which the API server keeps as written: the CRD has no defaults,
+/// and a create's spec is read back equal, which the API tests rely on).
+fn seal_data(name: &str, spec: &SessionLivedBackendSpec) -> Vec<u8> {
+    let mut data = name.as_bytes().to_vec();
+    data.push(0);
+    data.extend(serde_json::to_vec(spec).expect("a spec serializes"));
+    data
 }
 
 /// Neither being deleted nor ended.

@@ -176,6 +176,7 @@ pub async fn start(client: kube::Client, options: ProxyOptions) -> anyhow::Resul
                     &api.public_url,
                     options.host_domain.clone(),
                     api.limits,
+                    options.tokens.clone(),
                 )),
                 tokens: options.tokens.clone(),
                 token_ttl_seconds: api.token_ttl_seconds,
