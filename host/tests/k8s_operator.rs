@@ -162,6 +162,13 @@ async fn a_backend_becomes_a_ready_pod_and_deleting_it_stops_the_pod_first() {
     let errors: Vec<String> =
         metrics.encode().lines().filter(|l| l.starts_with("spawner_reconcile_errors_total{")).map(String::from).collect();
     assert!(errors.is_empty(), "{errors:?}");
+    // How it ended is told before the object goes: counted, and an Event
+    // (neither was, for a deleted object, when its Pod went between two
+    // looks; found in a failure-injection trial).
+    let ended = r#"spawner_backends_ended_total{phase="terminated",reason="requested"} 1"#;
+    assert!(metrics.encode().lines().any(|l| l == ended), "{}", metrics.encode());
+    let events = events_until(&services.into_client(), &ns, "notes", "Terminated").await;
+    assert!(events.iter().any(|e| e.1 == "Terminated" && e.2.contains("the SessionLivedBackend was deleted")), "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -483,11 +483,20 @@ async fn namespace_deleting(client: &Client, ns: &str) -> bool {
 /// A deleted backend: stop its Pod, record how it ended, and delete its
 /// Service; `Ok` once the object may go.
 async fn cleanup(slab: &SessionLivedBackend, ctx: &Context, ns: &str) -> Result<Requeue, Error> {
-    let request = TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
-    let requeue = apply(slab, ctx, Some(request)).await?;
+    let request = || TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
+    let requeue = apply(slab, ctx, Some(request())).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    match pods.get_opt(&slab.name_any()).await? {
-        Some(pod) if owned_by(&pod, slab) => {
+    let pod = pods.get_opt(&slab.name_any()).await?.filter(|p| owned_by(p, slab));
+    // Gone since `apply` looked (it saw it stopping): the end is recorded
+    // (counted, with its Event) before the object may go, which it would
+    // otherwise do without either. An object this reconcile read before
+    // `apply` wrote is stale: the write is refused and the reconcile
+    // retried, on the status `apply` wrote.
+    if pod.is_none() && !slab.phase().is_terminal() {
+        apply(slab, ctx, Some(request())).await?;
+    }
+    match pod {
+        Some(pod) => {
             // A Pod whose application exited is no workload to the
             // lifecycle, but it is still an object the garbage collector
             // keeps while this finalizer holds its owner: delete it here.
