@@ -433,7 +433,6 @@ pub fn loads_code(name: &str) -> bool {
         "GCONV_PATH",
         "GLIBC_TUNABLES",
         "BASH_ENV",
-        "ENV",
         "SHELLOPTS",
         "BASHOPTS",
         "PS4",
@@ -451,6 +450,13 @@ pub fn loads_code(name: &str) -> bool {
         "_JAVA_OPTIONS",
         "JDK_JAVA_OPTIONS",
         "CLASSPATH",
+        "LUA_INIT",
+        "ERL_AFLAGS",
+        "ERL_FLAGS",
+        "ERL_ZFLAGS",
+        "PHPRC",
+        "PHP_INI_SCAN_DIR",
+        "DOTNET_STARTUP_HOOKS",
     ];
     const PREFIXES: &[&str] = &["LD_", "PYTHON", "BASH_FUNC_"];
     // Python's that only set how output is written.
@@ -540,14 +546,23 @@ mod tests {
 
     #[test]
     fn a_create_may_not_set_variables_that_run_other_code() {
-        for name in
-            ["LD_PRELOAD", "LD_AUDIT", "PATH", "BASH_ENV", "PYTHONWARNINGS", "PYTHONPATH", "NODE_OPTIONS", "PERL5OPT", "JAVA_TOOL_OPTIONS"]
-        {
+        for name in [
+            "LD_PRELOAD",
+            "LD_AUDIT",
+            "PATH",
+            "BASH_ENV",
+            "PYTHONWARNINGS",
+            "PYTHONPATH",
+            "NODE_OPTIONS",
+            "PERL5OPT",
+            "JAVA_TOOL_OPTIONS",
+            "LUA_INIT",
+        ] {
             let spec = BackendSpec { env: [(name.to_string(), "x".to_string())].into(), ..spec() };
             let e = validate_spec(&spec).unwrap_err().to_string();
             assert!(e.contains(&format!("env {name}:")) && e.contains("set it in the template"), "{name}: {e}");
         }
-        for name in ["DOC_ID", "PYTHONUNBUFFERED", "NODE_ENV", "LANG", "path"] {
+        for name in ["DOC_ID", "PYTHONUNBUFFERED", "NODE_ENV", "ENV", "LANG", "path"] {
             let spec = BackendSpec { env: [(name.to_string(), "x".to_string())].into(), ..spec() };
             assert!(validate_spec(&spec).is_ok(), "{name}");
         }

@@ -176,7 +176,7 @@ impl KubeBackends {
     fn vouch(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Result<(), ControlError> {
         let name = slab.name_any();
         let sealed = slab.annotations().get(CREATED_ANNOTATION).is_some_and(|seal| self.tokens.sealed(&seal_data(&name, &slab.spec), seal));
-        if sealed || slab_for(spec, &name).is_ok_and(|made| made.spec == slab.spec) {
+        if sealed || slab_for(spec, &name).is_ok_and(|made| seal_data(&name, &made.spec) == seal_data(&name, &slab.spec)) {
             return Ok(());
         }
         let key = spec.key.as_deref().unwrap_or_default();
@@ -317,7 +317,7 @@ impl Control for KubeBackends {
         let uid = slab.uid();
         let request = TerminationRequest { reason: Reason::Requested, message: "terminated through the API".into() };
         let mut attempts = 0;
-        let patched = loop {
+        loop {
             if slab.phase().is_terminal() || termination_requested(&slab).is_some() {
                 return Ok(self.view(&slab));
             }
@@ -327,7 +327,7 @@ impl Control for KubeBackends {
             let mut patch = termination_patch(&request);
             patch["metadata"]["resourceVersion"] = serde_json::json!(slab.metadata.resource_version);
             match self.cluster.api().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(patched) => break patched,
+                Ok(_) => break,
                 Err(kube::Error::Api(e)) if e.code == 404 => return Err(ControlError::NotFound(name.into())),
                 Err(kube::Error::Api(e)) if e.code == 409 && attempts < CREATE_ATTEMPTS => attempts += 1,
                 Err(e) => return Err(unavailable("terminating", name, e)),
@@ -337,13 +337,21 @@ impl Control for KubeBackends {
                 Some(s) if s.uid() == uid => Arc::new(s),
                 _ => return Err(ControlError::NotFound(name.into())),
             };
-        };
+        }
         // Answer with the status the request caused (terminating, or ended
         // if it had not started), as local mode does: the operator acts
-        // within a round trip or two.
-        let mut live = self.feed(Arc::new(patched)).live;
-        let stopping = |e: &StatusEvent| e.status.phase == Phase::Terminating || e.status.phase.is_terminal();
-        let _ = tokio::time::timeout(TERMINATE_ANSWER_WAIT, live.wait_for(stopping)).await;
+        // within a round trip or two. Waited for on the recorded phase,
+        // not the shown one (which is `terminating` as
+        // soon as the request is written): one that had not started goes
+        // straight to `terminated`. Without an operator, the answer comes
+        // after the wait, `terminating`.
+        let mut changes = self.cluster.changes();
+        let acted = |cluster: &Cluster| match cluster.slab(name) {
+            Some(s) if s.uid() == uid => s.phase() == Phase::Terminating || s.phase().is_terminal(),
+            _ => true,
+        };
+        let _ =
+            tokio::time::timeout(TERMINATE_ANSWER_WAIT, async { while !acted(&self.cluster) && changes.changed().await.is_ok() {} }).await;
         let after = self.find(name).await?.ok_or_else(|| ControlError::NotFound(name.into()))?;
         Ok(self.view(&after))
     }
@@ -510,13 +518,23 @@ fn slab_for(spec: &BackendSpec, name: &str) -> Result<SessionLivedBackend, Contr
     Ok(slab)
 }
 
-/// What [`CREATED_ANNOTATION`] seals: the object's name and its spec as
-/// JSON (which the API server keeps as written: the CRD has no defaults,
-/// and a create's spec is read back equal, which the API tests rely on).
+/// What [`CREATED_ANNOTATION`] seals: the object's name and the fields of
+/// its spec that decide what runs and whose it is, which the CRD's rules
+/// make immutable (`template`, `httpPort`, `key`, `owner`, `service`), as
+/// JSON (which the API server keeps as written: the CRD has no defaults).
+/// Not the grace period or lifetime limit, which may be changed by hand
+/// and must not make a key's backend unrecognisable.
 fn seal_data(name: &str, spec: &SessionLivedBackendSpec) -> Vec<u8> {
+    let sealed = serde_json::json!({
+        "template": spec.template,
+        "httpPort": spec.http_port,
+        "key": spec.key,
+        "owner": spec.owner,
+        "service": spec.service,
+    });
     let mut data = name.as_bytes().to_vec();
     data.push(0);
-    data.extend(serde_json::to_vec(spec).expect("a spec serializes"));
+    data.extend(serde_json::to_vec(&sealed).expect("a spec serializes"));
     data
 }
 

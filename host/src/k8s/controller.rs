@@ -451,7 +451,7 @@ async fn reconcile_once(slab: Arc<SessionLivedBackend>, ctx: Arc<Context>) -> Re
     let api: Api<SessionLivedBackend> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, slab, |event| async {
         match event {
-            Event::Apply(slab) => apply(&slab, &ctx, None).await,
+            Event::Apply(slab) => apply(&slab, &ctx, None).await.map(|(requeue, _)| requeue),
             Event::Cleanup(slab) => match cleanup(&slab, &ctx, &ns).await {
                 Err(e) if e.forbidden() && namespace_deleting(&ctx.client, &ns).await => {
                     // Deleting a namespace deletes its RoleBindings at once,
@@ -484,15 +484,15 @@ async fn namespace_deleting(client: &Client, ns: &str) -> bool {
 /// Service; `Ok` once the object may go.
 async fn cleanup(slab: &SessionLivedBackend, ctx: &Context, ns: &str) -> Result<Requeue, Error> {
     let request = || TerminationRequest { reason: Reason::Requested, message: "the SessionLivedBackend was deleted".into() };
-    let requeue = apply(slab, ctx, Some(request())).await?;
+    let (requeue, recorded) = apply(slab, ctx, Some(request())).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pod = pods.get_opt(&slab.name_any()).await?.filter(|p| owned_by(p, slab));
-    // Gone since `apply` looked (it saw it stopping): the end is recorded
-    // (counted, with its Event) before the object may go, which it would
-    // otherwise do without either. An object this reconcile read before
-    // `apply` wrote is stale: the write is refused and the reconcile
-    // retried, on the status `apply` wrote.
-    if pod.is_none() && !slab.phase().is_terminal() {
+    // Gone since `apply` looked (it saw it stopping, and recorded a phase
+    // that is not an end): the end is recorded (counted, with its Event)
+    // before the object may go, which it would otherwise do without
+    // either. If `apply` wrote, this reconcile's object is stale: that
+    // write is refused and the reconcile retried, on the status written.
+    if pod.is_none() && !recorded.is_terminal() {
         apply(slab, ctx, Some(request())).await?;
     }
     match pod {
@@ -525,8 +525,9 @@ async fn cleanup(slab: &SessionLivedBackend, ctx: &Context, ns: &str) -> Result<
 }
 
 /// Steps the lifecycle for `slab` until it waits, executing each action,
-/// then records the status.
-async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<TerminationRequest>) -> Result<Requeue, Error> {
+/// then records the status; returns when to look again, and the phase
+/// recorded.
+async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<TerminationRequest>) -> Result<(Requeue, Phase), Error> {
     let name = slab.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &slab.namespace().unwrap_or_default());
     // Deletion first; else what the sweeper (or anyone) asked for.
@@ -701,9 +702,9 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
     record(slab, ctx, &status, pod.as_ref(), waiting.as_ref(), now, rescheduled.is_some()).await?;
     if let Some(node) = rescheduled {
         reschedule(ctx, slab, &pods, pod.as_ref(), node).await?;
-        return Ok(Requeue::await_change());
+        return Ok((Requeue::await_change(), status.phase));
     }
-    Ok(match (status.phase, status.started_at, status.finished_at) {
+    let requeue = match (status.phase, status.started_at, status.finished_at) {
         (Phase::Starting, Some(started), _) => {
             let waited = now.duration_since(started).unsigned_abs();
             Requeue::requeue(ctx.config.startup_timeout.saturating_sub(waited) + Duration::from_secs(1))
@@ -734,7 +735,8 @@ async fn apply(slab: &SessionLivedBackend, ctx: &Context, termination: Option<Te
             }
             None => Requeue::await_change(),
         },
-    })
+    };
+    Ok((requeue, status.phase))
 }
 
 /// Removes `pod`, pinned to `node` (the scheduler plugin's choice) where
