@@ -197,17 +197,27 @@ fn settings_digest(settings: &str) -> String {
     mac.finalize().into_bytes()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why `plugin` would fail every call, if its trial on the sample request
+/// says so: it traps, runs out of memory or misses its deadline (each
+/// try). One that only cannot decide the sample (its error) passes: a real
+/// request may be another matter.
+fn failed_trial(runtime: &Runtime, kind: PluginKind, plugin: &LoadedPlugin) -> Option<LoadError> {
+    match plugin.trial(runtime, kind).0 {
+        Err(source @ (CallError::Trap(_) | CallError::MemoryLimit(_) | CallError::StartMemory { .. } | CallError::Deadline(_))) => {
+            Some(LoadError::Trial { name: plugin.info().name.clone(), kind, source })
+        }
+        _ => None,
+    }
+}
+
 /// At start, a plugin that fails the trial a reload would refuse it for
 /// (see [`Plugins::replace`]) is still loaded: there is no working plugin
 /// to keep, and refusing to start would take the system down (an operator
 /// in a crash loop over a ConfigMap) where the kind's fallback keeps it up.
 /// But its author is told now, not by the first request's failure.
 fn warn_if_failing(runtime: &Runtime, kind: PluginKind, plugin: &LoadedPlugin) {
-    let source = match plugin.trial(runtime, kind).0 {
-        Err(source @ (CallError::Trap(_) | CallError::MemoryLimit(_) | CallError::StartMemory { .. } | CallError::Deadline(_))) => source,
-        _ => return,
-    };
-    let error = crate::text::one_line(&LoadError::Trial { name: plugin.info().name.clone(), kind, source });
+    let Some(failed) = failed_trial(runtime, kind, plugin) else { return };
+    let error = crate::text::one_line(&failed);
     tracing::warn!(kind = kind.as_str(), plugin = %plugin.info().name, %error,
         "plugin loaded, but it may fail every call: each failed call takes its kind's fallback");
 }
@@ -258,16 +268,11 @@ impl Plugins {
     /// plugin of `kind`. Calls already running finish on the old plugin. On
     /// any error the old plugin stays and the error says why.
     pub fn replace(&self, kind: PluginKind, source: &PluginSource) -> LoadResult<PluginInfo> {
-        // A plugin that traps, runs out of memory or misses its deadline
-        // (each try) on the sample request fails every call: it would
-        // replace a working one, and for auth deny every request. One that
-        // only cannot decide the sample (its error) is taken: a real
-        // request may be another matter.
-        let result = LoadedPlugin::load(&self.runtime, kind, source).and_then(|plugin| match plugin.trial(&self.runtime, kind).0 {
-            Err(source @ (CallError::Trap(_) | CallError::MemoryLimit(_) | CallError::StartMemory { .. } | CallError::Deadline(_))) => {
-                Err(LoadError::Trial { name: plugin.info().name.clone(), kind, source })
-            }
-            _ => Ok(plugin),
+        // One that fails every call (see `failed_trial`) would replace a
+        // working one, and for auth deny every request.
+        let result = LoadedPlugin::load(&self.runtime, kind, source).and_then(|plugin| match failed_trial(&self.runtime, kind, &plugin) {
+            Some(failed) => Err(failed),
+            None => Ok(plugin),
         });
         match result {
             Ok(plugin) => {

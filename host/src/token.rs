@@ -202,7 +202,7 @@ impl TokenKey {
             mac.update(signed.as_bytes());
             mac.verify_slice(&sig).is_ok()
         };
-        if !signed_by(&self.mac) && !self.previous.iter().any(signed_by) {
+        if !self.keys().any(signed_by) {
             return Err(TokenError::BadSignature);
         }
         let json = B64.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
@@ -216,22 +216,19 @@ impl TokenKey {
     /// it wrote (on Kubernetes, the backend objects its API created).
     /// Domain-separated from tokens: no seal is a token's signature.
     pub fn seal(&self, data: &[u8]) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(SEAL_DOMAIN);
-        mac.update(data);
-        B64.encode(mac.finalize().into_bytes())
+        B64.encode(sealing(&self.mac, data).finalize().into_bytes())
     }
 
     /// Whether `seal` is [`Self::seal`]'s over `data`, with this secret or
     /// a previous one (constant time).
     pub fn sealed(&self, data: &[u8], seal: &str) -> bool {
         let Ok(seal) = B64.decode(seal) else { return false };
-        std::iter::once(&self.mac).chain(&self.previous).any(|key| {
-            let mut mac = key.clone();
-            mac.update(SEAL_DOMAIN);
-            mac.update(data);
-            mac.verify_slice(&seal).is_ok()
-        })
+        self.keys().any(|key| sealing(key, data).verify_slice(&seal).is_ok())
+    }
+
+    /// The secret and the previous ones: what verifies.
+    fn keys(&self) -> impl Iterator<Item = &Hmac<Sha256>> {
+        std::iter::once(&self.mac).chain(&self.previous)
     }
 
     fn sign(&self, data: &[u8]) -> [u8; 32] {
@@ -243,6 +240,14 @@ impl TokenKey {
 
 /// What every seal's MAC starts with (a token's starts with `st1.`).
 const SEAL_DOMAIN: &[u8] = b"spawner seal\0";
+
+/// `key`'s MAC over a seal's domain and `data`, to finish or verify.
+fn sealing(key: &Hmac<Sha256>, data: &[u8]) -> Hmac<Sha256> {
+    let mut mac = key.clone();
+    mac.update(SEAL_DOMAIN);
+    mac.update(data);
+    mac
+}
 
 /// An HMAC key from a secret of at least [`MIN_SECRET_BYTES`].
 fn hmac(secret: &[u8]) -> Result<Hmac<Sha256>, TokenError> {

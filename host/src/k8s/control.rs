@@ -175,8 +175,9 @@ impl KubeBackends {
     /// (found in a security review).
     fn vouch(&self, slab: &SessionLivedBackend, spec: &BackendSpec) -> Result<(), ControlError> {
         let name = slab.name_any();
-        let sealed = slab.annotations().get(CREATED_ANNOTATION).is_some_and(|seal| self.tokens.sealed(&seal_data(&name, &slab.spec), seal));
-        if sealed || slab_for(spec, &name).is_ok_and(|made| seal_data(&name, &made.spec) == seal_data(&name, &slab.spec)) {
+        let data = seal_data(&name, &slab.spec);
+        let sealed = slab.annotations().get(CREATED_ANNOTATION).is_some_and(|seal| self.tokens.sealed(&data, seal));
+        if sealed || slab_for(spec, &name).is_ok_and(|made| seal_data(&name, &made.spec) == data) {
             return Ok(());
         }
         let key = spec.key.as_deref().unwrap_or_default();
